@@ -1,0 +1,2 @@
+namespace Platter.Lmdb;
+internal static class AssemblyMarker { }

@@ -1,0 +1,30 @@
+namespace Platter.Storage;
+
+/// <summary>Naming rules for volumes (and later snapshots): what an NBD export name and a CLI argument can carry safely.</summary>
+public static class VolumeNames
+{
+    /// <summary>Longest name in UTF-8 bytes. NBD allows 4096; 200 leaves room for "@snapshot" and keeps keys short.</summary>
+    public const int NameBytesMax = 200;
+
+    /// <summary>Returns null when <paramref name="name"/> is valid, otherwise the reason.</summary>
+    public static string? Validate(string? name)
+    {
+        if (string.IsNullOrEmpty(name)) return "a name cannot be empty";
+        if (System.Text.Encoding.UTF8.GetByteCount(name) > NameBytesMax) return $"a name is at most {NameBytesMax} bytes";
+        foreach (char c in name)
+        {
+            if (char.IsControl(c)) return "a name cannot contain control characters";
+            if (c == '/') return "a name cannot contain '/'";
+            if (c == '@') return "a name cannot contain '@' (it separates volume and snapshot)";
+        }
+        if (char.IsWhiteSpace(name[0]) || char.IsWhiteSpace(name[^1])) return "a name cannot start or end with white space";
+        return null;
+    }
+
+    /// <summary>Throws <see cref="StorageException"/> InvalidName when the name is not valid.</summary>
+    public static void ThrowIfInvalid(string? name)
+    {
+        var reason = Validate(name);
+        if (reason is not null) throw new StorageException(StorageError.InvalidName, $"invalid volume name '{name}': {reason}");
+    }
+}
