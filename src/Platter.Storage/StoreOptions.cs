@@ -14,4 +14,19 @@ public sealed class StoreOptions
 
     /// <summary>Logger for checksum errors, faults and recovery.</summary>
     public ILoggerFactory LoggerFactory { get; init; } = NullLoggerFactory.Instance;
+
+    /// <summary>Opens the data file's device. Tests wrap it to inject faults; null means a plain file.</summary>
+    internal Func<string, Devices.IDataDevice>? DataDeviceFactory { get; init; }
+
+    /// <summary>Opens the metadata journal's device. Tests wrap it to inject faults; null means a plain file.</summary>
+    internal Func<string, Devices.IDataDevice>? JournalDeviceFactory { get; init; }
+
+    /// <summary>Called inside each metadata checkpoint before the KV commit; a test hook that may throw to simulate a failed commit.</summary>
+    internal Action? BeforeCheckpointCommit { get; init; }
+
+    /// <summary>Size of each data file growth step. Tests use small steps to reach ENOSPC quickly.</summary>
+    internal long DataGrowthBytes { get; init; } = 256L << 20;
+
+    /// <summary>Largest the data file may grow to (a quota; ENOSPC past it). Default: unlimited.</summary>
+    public long DataBytesMax { get; init; } = long.MaxValue;
 }
