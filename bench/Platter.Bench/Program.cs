@@ -3,6 +3,12 @@ using Platter.Storage;
 
 // In-process engine benchmark (no network): the numbers the engine must reach before NBD adds its own cost.
 // Usage: dotnet run -c Release --project bench/Platter.Bench -- [--dir DIR] [--size-gib 4] [--seconds 10] [--threads 4]
+//        dotnet run -c Release --project bench/Platter.Bench -- --kv     (metadata store micro-benchmark)
+if (args.Length > 0 && args[0] == "--kv")
+{
+    KvBench.Run(Path.Combine(Path.GetTempPath(), "platter-kvbench"), keys: 1_000_000);
+    return;
+}
 var options = BenchOptions.Parse(args);
 if (Directory.Exists(options.Directory)) Directory.Delete(options.Directory, recursive: true);
 Console.WriteLine($"# Platter engine benchmark: {options.SizeBytes >> 30} GiB volume, {options.Seconds} s per workload, {options.Threads} threads, store {options.Directory}");
@@ -21,6 +27,8 @@ Report("rand-write 4K, flush/32", Run(options, 4096, (v, buf, rnd, i, pos) =>
     if (i % 32 == 31) v.FlushAsync().AsTask().GetAwaiter().GetResult();
 }, sequential: false, volume), 4096);
 Report("rand-read 4K after random writes", Run(options, 4096, (v, buf, rnd, i, pos) => v.Read(pos, buf), sequential: false, volume), 4096);
+var c = store.Counters;
+Console.WriteLine($"# commits {c.Commits}: sync avg {c.SyncMicros / Math.Max(1, c.Commits)} us; checkpoints {c.Checkpoints}: avg {c.CheckpointMicros / Math.Max(1, c.Checkpoints) / 1000} ms");
 var check = store.Check(verifyChecksums: false);
 Console.WriteLine($"# check: {(check.Ok ? "ok" : string.Join("; ", check.Problems))}; {check.ExtentRecords} extent records for {check.MappedBlocks} blocks; commits {store.Counters.Commits}, checkpoints {store.Counters.Checkpoints}");
 Directory.Delete(options.Directory, recursive: true);

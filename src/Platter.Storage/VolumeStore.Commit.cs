@@ -169,7 +169,9 @@ public sealed partial class VolumeStore
         long sequence = _nextSequence++;
         _journal.Append(sequence, batch.Span);
         // One sync covers the batch's data blocks and its journal record (they share the data file).
+        long syncStart = Stopwatch.GetTimestamp();
         _data.Sync();
+        Interlocked.Add(ref Counters.SyncMicros, (long)Stopwatch.GetElapsedTime(syncStart).TotalMicroseconds);
         Interlocked.Increment(ref Counters.Commits);
 
         // The batch's bytes now belong to the checkpoint queue.
@@ -208,7 +210,9 @@ public sealed partial class VolumeStore
     {
         if (_unapplied.Count > 0)
         {
+            long start = Stopwatch.GetTimestamp();
             _metadata.Checkpoint(_unapplied, _options.BeforeCheckpointCommit);
+            Interlocked.Add(ref Counters.CheckpointMicros, (long)Stopwatch.GetElapsedTime(start).TotalMicroseconds);
             _unapplied.Clear();
             Interlocked.Increment(ref Counters.Checkpoints);
         }

@@ -199,6 +199,10 @@ public sealed class StorageCounters
     public long WriteBytes;
     public long Commits;
     public long Checkpoints;
+    /// <summary>Time spent in commit syncs (data + journal), microseconds.</summary>
+    public long SyncMicros;
+    /// <summary>Time spent applying journaled batches to the KV store, microseconds.</summary>
+    public long CheckpointMicros;
     public long ChecksumErrors;
     public long IoErrors;
 }
