@@ -27,7 +27,7 @@
 #                           [--workloads a,b,...] [--dir IMAGE_DIR] [--out RESULT_DIR] [--quick]
 #   --quick = --rounds 2 --size 1G --runtime 3 (a smoke run of the harness, not a measurement)
 # Output: bench/results/<UTC time>/{summary.md,runs.jsonl,env.txt,raw/}, and bench/results/latest.md.
-# Disk space: about 5 x size (source data, raw, two qcow2, platter's store). The images are kept in
+# Disk space: about 6 x size (source data, two raw files, two qcow2, platter's store); page cache: 5 x size. The images are kept in
 # --dir between runs only if --keep is given.
 set -euo pipefail
 
@@ -156,14 +156,14 @@ stop_all() {
   done
   pid=()
   if [ "$keep" = 0 ]; then
-    rm -rf "$dir/src.img" "$dir/raw.img" "$dir/q.qcow2" "$dir/qsnap.qcow2" "$dir/platter-store" "$dir"/*.sock
+    rm -rf "$dir/src.img" "$dir/raw.img" "$dir/raw-direct.img" "$dir/q.qcow2" "$dir/qsnap.qcow2" "$dir/platter-store" "$dir"/*.sock
   fi
 }
 trap stop_all EXIT
 
 # --- images -----------------------------------------------------------------------------------
 # src.img: incompressible, fully allocated data, the source of every prefill and of copy-from-file.
-# raw.img is shared by raw-*, qemu-nbd-raw and nbdkit-file (never two at once): neither server caches
+# raw.img is shared by raw-cached, qemu-nbd-raw and nbdkit-file (never two at once): neither server caches
 # data itself, so they see the same bytes, and one copy less keeps all images in the page cache.
 src="$dir/src.img"
 has_target() { [[ ",$targets," == *",$1,"* ]]; }
@@ -171,8 +171,14 @@ if [ ! -f "$src" ] || [ "$(stat -c %s "$src")" != "$size_bytes" ]; then
   log "writing $size of random data to $src"
   head -c "$size_bytes" /dev/urandom > "$src"
 fi
-if has_target raw-direct || has_target raw-cached || has_target qemu-nbd-raw || has_target nbdkit-file; then
+if has_target raw-cached || has_target qemu-nbd-raw || has_target nbdkit-file; then
   cp --sparse=never "$src" "$dir/raw.img"
+fi
+# raw-direct has a file of its own: O_DIRECT writes invalidate cached pages of the range, which would
+# turn the other targets' cached reads of a shared file into disk reads. Written with O_DIRECT too, so
+# it takes no page cache from the others.
+if has_target raw-direct; then
+  dd if="$src" of="$dir/raw-direct.img" bs=4M oflag=direct conv=fsync status=none
 fi
 if has_target qemu-nbd-qcow2; then
   qemu-img convert -f raw -O qcow2 "$src" "$dir/q.qcow2"
@@ -217,7 +223,7 @@ fio_args() { # target workload
   common=(--name="$w" --size="$size_bytes" --time_based --runtime="$runtime" --output-format=json
           --randrepeat=0 --norandommap --group_reporting)
   case "$t" in
-    raw-direct) common+=(--ioengine=io_uring --filename="$dir/raw.img" --direct=1) ;;
+    raw-direct) common+=(--ioengine=io_uring --filename="$dir/raw-direct.img" --direct=1) ;;
     raw-cached) common+=(--ioengine=io_uring --filename="$dir/raw.img" --direct=0) ;;
     *) common+=(--ioengine=nbd --uri="${uri[$t]}") ;;
   esac
