@@ -57,8 +57,8 @@ fi
 DEPMOD=$(command -v depmod || echo /sbin/depmod)
 
 # --- resolve package versions ------------------------------------------------------------------
-candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}'; }
-if [ -z "$(candidate busybox-static)" ] || [ "$(candidate busybox-static)" = "(none)" ]; then
+bb=$(apt-cache policy busybox-static 2>/dev/null | awk '/Candidate:/ {print $2}')
+if [ -z "$bb" ] || [ "$bb" = "(none)" ]; then
   log "apt lists do not know busybox-static; running apt-get update"
   timeout 300 apt-get update >&2 || die "apt-get update failed"
 fi
@@ -73,9 +73,13 @@ e2libs=$(apt-cache depends e2fsprogs 2>/dev/null | awk '/(Pre)?Depends: lib/ {pr
 pkgs=("$kpkg" busybox-static e2fsprogs libc6 $e2libs)
 pkgs=($(printf '%s\n' "${pkgs[@]}" | sort -u))
 
+# One apt-cache call for all candidates: each call costs a fraction of a second on a busy machine.
+declare -A cand=()
+while read -r p v; do cand[$p]=$v; done < <(apt-cache policy "${pkgs[@]}" 2>/dev/null |
+  awk '/^[^ ].*:$/ {p = substr($1, 1, length($1) - 1)} /Candidate:/ {print p, $2}')
 versions=""
 for p in "${pkgs[@]}"; do
-  v=$(candidate "$p")
+  v=${cand[$p]:-}
   [ -n "$v" ] && [ "$v" != "(none)" ] || die "no installable version of $p"
   versions+="$p=$v "
 done
@@ -98,10 +102,10 @@ trap 'rm -rf "$work"' EXIT
 # directories, which only produces a warning, so the directory is made world-writable.
 chmod 0777 "$cache/debs"
 # apt-get download names files <pkg>_<version with ':' as %3a>_<arch>.deb.
-deb_of() { local v; v=$(candidate "$1"); echo "$cache/debs/${1}_${v//:/%3a}_amd64.deb"; }
+deb_of() { local v=${cand[$1]}; echo "$cache/debs/${1}_${v//:/%3a}_amd64.deb"; }
 for p in "${pkgs[@]}"; do
   if [ ! -s "$(deb_of "$p")" ]; then
-    (cd "$cache/debs" && timeout 600 apt-get download "$p=$(candidate "$p")" >&2) || die "apt-get download $p failed"
+    (cd "$cache/debs" && timeout 600 apt-get download "$p=${cand[$p]}" >&2) || die "apt-get download $p failed"
   fi
   [ -s "$(deb_of "$p")" ] || die "apt-get download $p did not produce $(deb_of "$p")"
 done
@@ -197,5 +201,9 @@ cp "$pkg/boot/vmlinuz-$kver" "$out.tmp/vmlinuz"
 printf '%s\n' $versions > "$out.tmp/packages"
 rm -rf "$out"
 mv "$out.tmp" "$out"
+# Older builds (other package versions or script revisions) are dead weight: keep only this one.
+for d in "$cache"/????????????????; do
+  [ "$d" != "$out" ] && [ -f "$d/packages" ] && rm -rf "$d"
+done
 log "built $out ($(du -h "$out/initrd.img" | cut -f1) initramfs)"
 echo "kernel=$out/vmlinuz"; echo "initrd=$out/initrd.img"; echo "key=$key"
