@@ -230,72 +230,86 @@ public sealed class FaultInjectionTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void Quota_reached_is_no_space_for_that_write_only_and_space_comes_back_after_trim()
     {
-        // Baseline 256 KiB of a 2 MiB quota.
-        var (store, vol) = OpenWithBaseline(dataBytesMax: 2 * MiB, growth: 256 * 1024);
-        store.CreateVolume("big", 16 * MiB);
+        const long quota = 12 * MiB;
+        var (store, vol) = OpenWithBaseline(dataBytesMax: quota, growth: 256 * 1024);
+        store.CreateVolume("big", 32 * MiB);
         using var big = store.OpenVolume("big");
-        const int chunk = 64 * 1024;
-        int written = 0;
-        StorageException? full = null;
-        for (int i = 0; i < 256 && full is null; i++)
-        {
-            try
-            {
-                var data = new byte[chunk];
-                for (int k = 0; k < chunk / B; k++) Blocks.FillPattern(data.AsSpan(k * B, B), 5, i * (chunk / B) + k);
-                big.Write(i * (long)chunk, data);
-                written++;
-            }
-            catch (StorageException e) { full = e; }
-        }
+        int written = FillUntilNoSpace(big, tag: 5, chunksMax: 512, out var full);
         Assert.NotNull(full);
         Assert.True(full.Error == StorageError.NoSpace, $"a full quota must be NoSpace, got {full.Error}: {full.Message}");
-        Assert.InRange(written * (long)chunk, 1 * MiB, 2 * MiB);
+        Assert.InRange(written * (long)Chunk, 4 * MiB, quota);
         output.WriteLine($"full after {written} chunks: {full.Message}; usage {store.GetUsage()}");
+        Assert.True(store.GetUsage().DataFileBytes <= quota, $"{store.GetUsage()}");
 
-        // Only that write failed: the store flushes, reads, and the other volume's data is intact.
+        // Only that write failed: the store flushes, and everything acknowledged reads back.
         big.Flush();
         for (int i = 0; i < written; i++)
-        {
-            var got = big.ReadAll(i * (long)chunk, B);
-            Assert.Equal(Blocks.Pattern(5, i * (chunk / B)), got);
-        }
+            Assert.Equal(Blocks.Pattern(5, i * (Chunk / B)), big.ReadAll(i * (long)Chunk, B));
         for (int b = 0; b < 64; b++) Assert.Equal(Blocks.Pattern(1, b), vol.ReadAll(b * (long)B, B));
-        StorageAssert.Throws(() => vol.Write(100 * B, new byte[B * 64]), StorageError.NoSpace);
-        Assert.True(store.GetUsage().DataFileBytes <= 2 * MiB, $"{store.GetUsage()}");
+        StorageAssert.Throws(() => big.Write(written * (long)Chunk, new byte[Chunk]), StorageError.NoSpace);
 
         // Freeing space makes writes possible again.
-        big.Trim(0, written * (long)chunk / 2);
+        big.Trim(0, written * (long)Chunk / 2);
         big.Flush();
-        vol.Write(100 * B, Blocks.Pattern(3, 100));
-        big.Write(0, Blocks.Pattern(6, 0));
+        big.Write(written * (long)Chunk, Blocks.Pattern(6, 0));
+        Assert.Equal(Blocks.Pattern(6, 0), big.ReadAll(written * (long)Chunk, B));
         store.Flush();
         StoreChecks.AssertConsistent(store, "after ENOSPC");
         CloseQuietly(store, vol);
-        ReopenAndVerifyBaseline(new HashSet<long>(), context: "quota", restIsZeros: false);
+        ReopenAndVerifyBaseline(new HashSet<long>(), context: "quota");
+    }
+
+    [Fact]
+    public void Free_space_under_the_quota_is_usable_by_every_volume()
+    {
+        // 2 MiB quota, 256 KiB used by "v": a 64 KiB write to another volume must fit.
+        var (store, vol) = OpenWithBaseline(dataBytesMax: 2 * MiB, growth: 256 * 1024);
+        output.WriteLine($"usage with 256 KiB written: {store.GetUsage()}");
+        store.CreateVolume("other", 16 * MiB);
+        using var other = store.OpenVolume("other");
+        int written = FillUntilNoSpace(other, tag: 7, chunksMax: 64, out var full);
+        output.WriteLine($"'other' took {written} chunks of 64 KiB before {full?.Error}; usage {store.GetUsage()}");
+        Assert.True(written * (long)Chunk >= MiB,
+            $"only {written * (long)Chunk} bytes fit in another volume while {2 * MiB - 64 * B} bytes of the quota are unused ({full?.Message})");
+        CloseQuietly(store, vol);
+    }
+
+    private const int Chunk = 64 * 1024;
+
+    private static int FillUntilNoSpace(Volume v, int tag, int chunksMax, out StorageException? full)
+    {
+        full = null;
+        var data = new byte[Chunk];
+        for (int i = 0; i < chunksMax; i++)
+        {
+            for (int k = 0; k < Chunk / B; k++) Blocks.FillPattern(data.AsSpan(k * B, B), tag, i * (Chunk / B) + k);
+            try { v.Write(i * (long)Chunk, data); }
+            catch (StorageException e) { full = e; return i; }
+        }
+        return chunksMax;
     }
 
     [Fact]
     public void Enospc_from_the_device_is_no_space_not_an_io_error()
     {
         var (store, vol) = OpenWithBaseline(growth: 256 * 1024);
+        store.CreateVolume("big", 64 * MiB);
+        using var big = store.OpenVolume("big");
+        big.Write(0, Blocks.Pattern(5, 0)); // "big" now has space of its own; what follows needs the file to grow
         _faults.Data!.FailGrowsNoSpace = int.MaxValue;
-        StorageException? full = null;
-        int written = 0;
-        for (int i = 0; i < 59 && full is null; i++)
-        {
-            try { vol.Write((64 + i * 16) * (long)B, new byte[16 * B].Select(_ => (byte)7).ToArray()); written++; }
-            catch (StorageException e) { full = e; }
-        }
+        int written = FillUntilNoSpace(big, tag: 5, chunksMax: 256, out var full);
         Assert.NotNull(full);
         Assert.True(full.Error == StorageError.NoSpace, $"ENOSPC from the device must be NoSpace, got {full.Error}: {full.Message}");
         Assert.True(_faults.Data.Injected > 0);
-        vol.Flush(); // not a failed store
+        output.WriteLine($"full after {written} chunks: {full.Message}");
+        big.Flush(); // not a failed store
+        for (int i = 0; i < written; i++)
+            Assert.Equal(Blocks.Pattern(5, i * (Chunk / B)), big.ReadAll(i * (long)Chunk, B));
         _faults.Data.FailGrowsNoSpace = 0;
-        vol.Write(1000L * B, Blocks.Pattern(8, 1000)); // the disk has room again
-        Assert.Equal(Blocks.Pattern(8, 1000), vol.ReadAll(1000L * B, B));
-        vol.Flush();
+        big.Write(written * (long)Chunk, Blocks.Pattern(8, 1000)); // the disk has room again
+        Assert.Equal(Blocks.Pattern(8, 1000), big.ReadAll(written * (long)Chunk, B));
+        big.Flush();
         CloseQuietly(store, vol);
-        ReopenAndVerifyBaseline(new HashSet<long>(), context: "device ENOSPC", restIsZeros: false);
+        ReopenAndVerifyBaseline(new HashSet<long>(), context: "device ENOSPC");
     }
 }
