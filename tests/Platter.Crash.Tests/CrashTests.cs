@@ -24,7 +24,7 @@ public sealed class CrashTests(ITestOutputHelper output)
     public void Sigkill_at_random_moments_loses_no_flushed_write()
     {
         int baseSeed = EnvInt("PLATTER_TEST_SEED") ?? Random.Shared.Next();
-        int iterations = EnvInt("PLATTER_CRASH_ITERATIONS") ?? 40;
+        int iterations = EnvInt("PLATTER_CRASH_ITERATIONS") ?? 70;
         output.WriteLine($"seed={baseSeed}; replay: PLATTER_TEST_SEED={baseSeed} dotnet test tests/Platter.Crash.Tests");
         var rng = new Random(baseSeed);
 
