@@ -50,12 +50,18 @@ public sealed class CrashTests(ITestOutputHelper output)
                 string ctx = $"seed={baseSeed} iteration={it} runSeed={runSeed} kill {(waitForOpen ? "after open +" : "after start +")}{delayMs} ms";
 
                 RunAndKill(storeDir, runSeed, logPath, waitForOpen, delayMs, ctx);
-                var (lastFlush, lastIntent) = ParseLog(logPath);
-                opsSeen += lastIntent + 1;
-                if (lastFlush >= 0) flushesSeen++;
-
-                var expect = Replay(runSeed, baseline, lastFlush, lastIntent);
-                newerSeen += VerifyAndAdopt(storeDir, expect, baseline, $"{ctx}, last flush op {lastFlush}, last started op {lastIntent}");
+                int threads = CrashWorkload.Threads(runSeed);
+                var progress = ParseLog(logPath, threads);
+                var expect = new Expectation(baseline);
+                for (int t = 0; t < threads; t++)
+                {
+                    var (lastFlush, lastIntent) = progress[t];
+                    opsSeen += lastIntent + 1;
+                    if (lastFlush >= 0) flushesSeen++;
+                    Replay(runSeed, t, baseline, lastFlush, lastIntent, expect);
+                }
+                string where = string.Join("; ", progress.Select((p, t) => $"thread {t}: last flush op {p.LastFlush}, last started op {p.LastIntent}"));
+                newerSeen += VerifyAndAdopt(storeDir, expect, baseline, $"{ctx}, {threads} threads ({where})");
             }
             output.WriteLine($"{done} kills in {clock.Elapsed.TotalSeconds:F1} s; {opsSeen} ops started, {flushesSeen} runs with a completed flush, "
                 + $"{newerSeen} blocks recovered newer than their last flush");
@@ -117,49 +123,62 @@ public sealed class CrashTests(ITestOutputHelper output)
         return r.ReadLine() == CrashWorkload.OpenedLine;
     }
 
-    /// <summary>Index of the last flush op that returned (-1: none) and of the last op that may have started (-1: none).</summary>
-    private static (int LastFlush, int LastIntent) ParseLog(string logPath)
+    /// <summary>
+    /// Per thread: the index of its last flush op that returned (-1: none) and of its last op that may have
+    /// started (-1: none). Only a thread's own flushes are used: they certainly followed its earlier writes.
+    /// </summary>
+    private static (int LastFlush, int LastIntent)[] ParseLog(string logPath, int threads)
     {
-        int lastFlush = -1, lastIntent = -1;
-        if (!File.Exists(logPath)) return (lastFlush, lastIntent);
-        foreach (var line in File.ReadAllLines(logPath))
+        var result = Enumerable.Repeat((LastFlush: -1, LastIntent: -1), threads).ToArray();
+        if (!File.Exists(logPath)) return result;
+        var text = File.ReadAllText(logPath);
+        // Each line is one write(2) issued before its op starts (or after its flush returns): a line the kill
+        // cut short, without its newline, belongs to an op that had not started, so it is ignored.
+        int end = text.LastIndexOf('\n');
+        foreach (var line in end < 0 ? [] : text[..end].Split('\n'))
         {
-            // A line cut by the kill has no newline and may be partial; ReadAllLines still returns it, so parse strictly.
-            if (line.StartsWith(CrashWorkload.FlushedPrefix, StringComparison.Ordinal)
-                && int.TryParse(line.AsSpan(2), NumberStyles.None, CultureInfo.InvariantCulture, out int f))
-                lastFlush = Math.Max(lastFlush, f);
-            else if (line.StartsWith(CrashWorkload.IntentPrefix, StringComparison.Ordinal)
-                && int.TryParse(line.AsSpan(2), NumberStyles.None, CultureInfo.InvariantCulture, out int k))
-                lastIntent = Math.Max(lastIntent, k);
+            var parts = line.Split(' ');
+            if (parts.Length != 3 || !int.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out int t)
+                || !int.TryParse(parts[2], NumberStyles.None, CultureInfo.InvariantCulture, out int k) || t >= threads)
+                continue;
+            if (parts[0] + " " == CrashWorkload.FlushedPrefix) result[t].LastFlush = Math.Max(result[t].LastFlush, k);
+            else if (parts[0] + " " == CrashWorkload.IntentPrefix) result[t].LastIntent = Math.Max(result[t].LastIntent, k);
         }
-        return (lastFlush, Math.Max(lastIntent, lastFlush));
+        for (int t = 0; t < threads; t++) result[t].LastIntent = Math.Max(result[t].LastIntent, result[t].LastFlush);
+        return result;
     }
 
     /// <summary>For each block: its durable content (as of the last completed flush) and every later version.</summary>
-    private sealed class Expectation
+    private sealed class Expectation(Dictionary<long, byte[]> baseline)
     {
-        public readonly Dictionary<long, byte[]> Durable = new();
+        public readonly Dictionary<long, byte[]> Durable = new(baseline);
         public readonly Dictionary<long, List<(int Op, byte[]? Content)>> Later = new();
     }
 
-    private static Expectation Replay(int runSeed, Dictionary<long, byte[]> baseline, int lastFlush, int lastIntent)
+    /// <summary>Replays one thread's ops (its blocks are its own) into the expectation.</summary>
+    private static void Replay(int runSeed, int thread, Dictionary<long, byte[]> baseline, int lastFlush, int lastIntent, Expectation expect)
     {
         var current = new Dictionary<long, byte[]>(baseline);
-        var expect = new Expectation();
+        var touched = new HashSet<long>();
         var buf = new byte[64 * B];
-        if (lastFlush < 0) foreach (var (k, v) in current) expect.Durable[k] = v;
-        foreach (var op in CrashWorkload.Ops(runSeed))
+        foreach (var op in CrashWorkload.Ops(runSeed, thread))
         {
             if (op.Index > lastIntent) break;
             if (op.Kind == CrashWorkload.OpKind.Flush)
             {
                 if (op.Index == lastFlush)
-                    foreach (var (k, v) in current) expect.Durable[k] = v;
+                {
+                    foreach (var blk in touched)
+                    {
+                        if (current.TryGetValue(blk, out var v)) expect.Durable[blk] = v;
+                        else expect.Durable.Remove(blk);
+                    }
+                }
                 continue;
             }
             bool after = op.Index > lastFlush;
             long end = op.Offset + op.Length;
-            if (op.Kind == CrashWorkload.OpKind.Write) CrashWorkload.Content(runSeed, op.Index, op.Offset, buf.AsSpan(0, op.Length));
+            if (op.Kind == CrashWorkload.OpKind.Write) CrashWorkload.Content(runSeed, thread, op.Index, op.Offset, buf.AsSpan(0, op.Length));
             for (long blk = op.Offset / B; blk * B < end; blk++)
             {
                 long bStart = blk * B;
@@ -172,6 +191,7 @@ public sealed class CrashTests(ITestOutputHelper output)
                     v.AsSpan((int)(from - bStart), (int)(to - from)).Clear();
                 bool zero = !v.AsSpan().ContainsAnyExcept((byte)0);
                 if (zero) current.Remove(blk); else current[blk] = v;
+                touched.Add(blk);
                 if (after)
                 {
                     if (!expect.Later.TryGetValue(blk, out var list)) expect.Later[blk] = list = new();
@@ -179,7 +199,6 @@ public sealed class CrashTests(ITestOutputHelper output)
                 }
             }
         }
-        return expect;
     }
 
     /// <summary>Reopens the store, checks every block against the expectation, runs the consistency check, and makes what it read the next baseline.</summary>

@@ -17,13 +17,28 @@ public static class CrashWorkload
 
     public readonly record struct Op(int Index, OpKind Kind, long Offset, int Length);
 
-    /// <summary>The endless op sequence of one run.</summary>
-    public static IEnumerable<Op> Ops(int seed)
+    /// <summary>
+    /// How many writer threads a run uses. Each owns a disjoint slice of the volume, so its ops can be replayed on
+    /// their own, while the engine still sees concurrent writes and flushes (group commit) as from an NBD client.
+    /// </summary>
+    public static int Threads(int seed) => 1 + (int)((uint)seed % 3);
+
+    /// <summary>The slice of the volume thread <paramref name="thread"/> of <paramref name="threads"/> writes to, in blocks.</summary>
+    public static (long FirstBlock, long Blocks) Slice(int thread, int threads)
     {
-        var rng = new Random(seed);
-        long blocks = VolumeSizeBytes / BlockSize;
+        long total = VolumeSizeBytes / BlockSize;
+        long each = total / threads;
+        return (thread * each, thread == threads - 1 ? total - thread * each : each);
+    }
+
+    /// <summary>The endless op sequence of one thread of one run.</summary>
+    public static IEnumerable<Op> Ops(int seed, int thread = 0)
+    {
+        var rng = new Random(seed * 31 + thread);
+        var (firstBlock, blocks) = Slice(thread, Threads(seed));
+        long baseOffset = firstBlock * BlockSize;
         // A hot region gets most writes, so blocks are overwritten between flushes and old/new both occur.
-        long hotBlocks = 256;
+        long hotBlocks = Math.Min(256, blocks);
         for (int i = 0; ; i++)
         {
             int dice = rng.Next(100);
@@ -36,20 +51,20 @@ public static class CrashWorkload
             {
                 int count = rng.Next(1, 33);
                 long first = rng.NextInt64(0, regionBlocks - count + 1);
-                yield return new Op(i, OpKind.Write, first * BlockSize, count * BlockSize);
+                yield return new Op(i, OpKind.Write, baseOffset + first * BlockSize, count * BlockSize);
             }
             else if (dice < 85)
             {
                 int len = rng.Next(1, 3 * BlockSize + 200);
                 long off = rng.NextInt64(0, regionBlocks * BlockSize - len + 1);
-                yield return new Op(i, OpKind.Write, off, len);
+                yield return new Op(i, OpKind.Write, baseOffset + off, len);
             }
             else
             {
                 bool aligned = rng.Next(2) == 0;
                 int len = aligned ? rng.Next(1, 17) * BlockSize : rng.Next(1, 5 * BlockSize);
                 long off = aligned ? rng.NextInt64(0, regionBlocks - len / BlockSize + 1) * BlockSize : rng.NextInt64(0, regionBlocks * BlockSize - len + 1);
-                yield return new Op(i, dice < 93 ? OpKind.Trim : OpKind.WriteZeroes, off, len);
+                yield return new Op(i, dice < 93 ? OpKind.Trim : OpKind.WriteZeroes, baseOffset + off, len);
             }
         }
     }
@@ -58,7 +73,7 @@ public static class CrashWorkload
     /// The bytes op <paramref name="opIndex"/> writes at volume offset <paramref name="offset"/>: each aligned
     /// 8-byte word names (seed, op, word position), so any block read back tells which write it came from.
     /// </summary>
-    public static void Content(int seed, int opIndex, long offset, Span<byte> destination)
+    public static void Content(int seed, int thread, int opIndex, long offset, Span<byte> destination)
     {
         Span<byte> word = stackalloc byte[8];
         long p = offset;
@@ -66,7 +81,7 @@ public static class CrashWorkload
         while (i < destination.Length)
         {
             long w = p >> 3;
-            BinaryPrimitives.WriteUInt64LittleEndian(word, Word(seed, opIndex, w));
+            BinaryPrimitives.WriteUInt64LittleEndian(word, Word(seed + thread, opIndex, w));
             int inWord = (int)(p & 7);
             int n = Math.Min(8 - inWord, destination.Length - i);
             word.Slice(inWord, n).CopyTo(destination[i..]);
@@ -98,7 +113,7 @@ public static class CrashWorkload
         _ => TimeSpan.FromSeconds(1),
     };
 
-    /// <summary>Progress log lines. Written before an op starts / after a flush returns.</summary>
+    /// <summary>Progress log lines: "I thread op" before an op starts, "F thread op" after a flush returns.</summary>
     public const string OpenedLine = "opened";
     public const string IntentPrefix = "I ";
     public const string FlushedPrefix = "F ";

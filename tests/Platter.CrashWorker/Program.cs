@@ -18,10 +18,15 @@ double secondsMax = args.Length > 3 ? double.Parse(args[3], System.Globalization
 // The log only has to survive the death of this process, not of the machine: a write(2) puts it in the
 // page cache, which SIGKILL does not touch, so no fsync is needed (and none would slow the workload).
 using var log = new FileStream(logPath, FileMode.Append, FileAccess.Write, FileShare.Read, bufferSize: 1);
+var logLock = new object();
 void Log(string line)
 {
-    log.Write(Encoding.ASCII.GetBytes(line + "\n"));
-    log.Flush(flushToDisk: false);
+    var bytes = Encoding.ASCII.GetBytes(line + "\n");
+    lock (logLock)
+    {
+        log.Write(bytes);
+        log.Flush(flushToDisk: false);
+    }
 }
 
 var options = new StoreOptions
@@ -34,33 +39,39 @@ using var store = VolumeStore.Open(storeDir, options);
 using var volume = store.OpenVolume(CrashWorkload.VolumeName);
 Log(CrashWorkload.OpenedLine);
 
-var buffer = new byte[4 * CrashWorkload.BlockSize + 200];
 var deadline = DateTime.UtcNow.AddSeconds(secondsMax);
-foreach (var op in CrashWorkload.Ops(seed))
+int threads = CrashWorkload.Threads(seed);
+var workers = Enumerable.Range(0, threads).Select(t => Task.Run(async () =>
 {
-    if ((op.Index & 63) == 0 && DateTime.UtcNow > deadline) break;
-    if (op.Kind == CrashWorkload.OpKind.Flush)
+    var buffer = new byte[4 * CrashWorkload.BlockSize + 200];
+    string prefix = t.ToString(System.Globalization.CultureInfo.InvariantCulture) + " ";
+    foreach (var op in CrashWorkload.Ops(seed, t))
     {
-        await volume.FlushAsync();
-        Log(CrashWorkload.FlushedPrefix + op.Index.ToString(System.Globalization.CultureInfo.InvariantCulture));
-        continue;
+        if ((op.Index & 63) == 0 && DateTime.UtcNow > deadline) break;
+        string index = op.Index.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        if (op.Kind == CrashWorkload.OpKind.Flush)
+        {
+            await volume.FlushAsync();
+            Log(CrashWorkload.FlushedPrefix + prefix + index);
+            continue;
+        }
+        Log(CrashWorkload.IntentPrefix + prefix + index);
+        switch (op.Kind)
+        {
+            case CrashWorkload.OpKind.Write:
+                if (buffer.Length < op.Length) buffer = new byte[op.Length];
+                CrashWorkload.Content(seed, t, op.Index, op.Offset, buffer.AsSpan(0, op.Length));
+                volume.Write(op.Offset, buffer.AsSpan(0, op.Length));
+                break;
+            case CrashWorkload.OpKind.Trim:
+                volume.Trim(op.Offset, op.Length);
+                break;
+            case CrashWorkload.OpKind.WriteZeroes:
+                volume.WriteZeroes(op.Offset, op.Length);
+                break;
+        }
     }
-    Log(CrashWorkload.IntentPrefix + op.Index.ToString(System.Globalization.CultureInfo.InvariantCulture));
-    switch (op.Kind)
-    {
-        case CrashWorkload.OpKind.Write:
-            if (buffer.Length < op.Length) buffer = new byte[op.Length];
-            var data = buffer.AsSpan(0, op.Length);
-            CrashWorkload.Content(seed, op.Index, op.Offset, data);
-            volume.Write(op.Offset, data);
-            break;
-        case CrashWorkload.OpKind.Trim:
-            volume.Trim(op.Offset, op.Length);
-            break;
-        case CrashWorkload.OpKind.WriteZeroes:
-            volume.WriteZeroes(op.Offset, op.Length);
-            break;
-    }
-}
+})).ToArray();
+await Task.WhenAll(workers);
 Log("done");
 return 0;
