@@ -23,6 +23,7 @@ public sealed partial class VolumeStore
     private readonly List<(long Epoch, List<long> Blocks)> _quarantine = new();
     private List<long> _roundFrees = new();
     private long _quarantinedBlocks;
+    private long _pendingDataBytes;
     // Held while blocks move from quarantine to the allocator, so the check sees each block in exactly one place.
     private readonly object _spaceAccountingLock = new();
     private OpLog _batch = new(64 << 10);
@@ -60,11 +61,12 @@ public sealed partial class VolumeStore
     }
 
     /// <summary>Called by writers after appending operations: bounds the overlay's memory.</summary>
-    internal void NotePendingBytes(int bytes)
+    internal void NotePendingBytes(int opBytes, long dataBytes)
     {
-        long pending = Interlocked.Add(ref _pendingOpBytes, bytes);
-        if (pending > Layout.PendingOpBytesSoftMax) _commitSignal.Set();
-        if (pending > Layout.PendingOpBytesHardMax) CommitNow();
+        long pending = Interlocked.Add(ref _pendingOpBytes, opBytes);
+        long data = Interlocked.Add(ref _pendingDataBytes, dataBytes);
+        if (pending > Layout.PendingOpBytesSoftMax || data > Layout.PendingDataBytesSoftMax) _commitSignal.Set();
+        if (pending > Layout.PendingOpBytesHardMax(_metadata.JournalRegionBytes)) CommitNow();
     }
 
     private void StartCommitter()
@@ -103,7 +105,7 @@ public sealed partial class VolumeStore
                 try
                 {
                     CommitRound();
-                    if (stopping || checkpoints.Count > 0 || _journal.Position > Layout.JournalCheckpointBytes
+                    if (stopping || checkpoints.Count > 0 || _journal.Position > Layout.JournalCheckpointBytes(_metadata.JournalRegionBytes)
                         || (_unapplied.Count > 0 && _sinceCheckpoint.Elapsed > Layout.CheckpointIntervalMax))
                         CheckpointNow();
                 }
@@ -156,17 +158,20 @@ public sealed partial class VolumeStore
         batch.Append(catalogOps.Span);
         catalogOps.Dispose();
         Interlocked.Exchange(ref _pendingOpBytes, 0);
+        Interlocked.Exchange(ref _pendingDataBytes, 0);
         if (batch.Length == 0)
         {
             if (frees.Count > 0) Quarantine(frees);
             return;
         }
 
-        _data.Sync();
         if (!_journal.Fits(batch.Length)) CheckpointNow();
         long sequence = _nextSequence++;
         _journal.Append(sequence, batch.Span);
-        _journal.Sync();
+        // One sync covers the batch's data blocks and its journal record (they share the data file).
+        long syncStart = Stopwatch.GetTimestamp();
+        _data.Sync();
+        Interlocked.Add(ref Counters.SyncMicros, (long)Stopwatch.GetElapsedTime(syncStart).TotalMicroseconds);
         Interlocked.Increment(ref Counters.Commits);
 
         // The batch's bytes now belong to the checkpoint queue.
@@ -205,7 +210,9 @@ public sealed partial class VolumeStore
     {
         if (_unapplied.Count > 0)
         {
+            long start = Stopwatch.GetTimestamp();
             _metadata.Checkpoint(_unapplied, _options.BeforeCheckpointCommit);
+            Interlocked.Add(ref Counters.CheckpointMicros, (long)Stopwatch.GetElapsedTime(start).TotalMicroseconds);
             _unapplied.Clear();
             Interlocked.Increment(ref Counters.Checkpoints);
         }
@@ -227,13 +234,21 @@ public sealed partial class VolumeStore
                     state.Map.Set(block + i, BlockEntry.Mapped(pba + i, System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(crcs[(4 * i)..])));
             });
         long nextId = _metadata.NextVolumeId;
-        long last = _journal.Replay(_metadata.AppliedSequence, (sequence, payload) =>
+        var records = _journal.ReadRecords(_metadata.AppliedSequence);
+        if (records.Count > 0 && !LastRecordDataIsDurable(records[^1].Payload))
+        {
+            _logger.LogWarning("Dropped journal record {Sequence}: the crash interrupted its sync (it was never acknowledged)", records[^1].Sequence);
+            records.RemoveAt(records.Count - 1);
+        }
+        long last = _metadata.AppliedSequence;
+        foreach (var (sequence, payload) in records)
         {
             var reader = new OpReader(payload);
             while (reader.TryRead(out var op))
                 ReplayOp(catalog, op, ref nextId);
-            _unapplied.Add((sequence, payload.ToArray(), payload.Length));
-        });
+            _unapplied.Add((sequence, payload, payload.Length));
+            last = sequence;
+        }
         _nextSequence = last + 1;
         _nextVolumeId = Math.Max(nextId, catalog.Count == 0 ? 1 : catalog.Keys.Max() + 1);
         foreach (var state in catalog.Values)
@@ -263,6 +278,41 @@ public sealed partial class VolumeStore
         }
         _allocator.Initialize(dataBlocks, runs);
         if (_unapplied.Count > 0) CheckpointNow();
+    }
+
+    // The record and its data were synced together: if the crash came during that sync, some blocks the record maps
+    // may not be on disk. Every block the record leaves mapped must match its checksum, or the record never completed.
+    private bool LastRecordDataIsDurable(byte[] payload)
+    {
+        var final = new Dictionary<(long Volume, long Block), (long Pba, uint Crc)>();
+        var reader = new OpReader(payload);
+        while (reader.TryRead(out var op))
+        {
+            switch (op.Kind)
+            {
+                case OpKind.MapExtent:
+                    for (int i = 0; i < op.Count; i++) final[(op.VolumeId, op.Block + i)] = (op.Pba + i, op.Crc(i));
+                    break;
+                case OpKind.Unmap:
+                case OpKind.DeleteVolume:
+                {
+                    long start = op.Kind == OpKind.Unmap ? op.Block : 0;
+                    long end = op.Kind == OpKind.Unmap && op.Count < long.MaxValue - op.Block ? op.Block + op.Count : long.MaxValue;
+                    long volume = op.VolumeId;
+                    foreach (var key in final.Keys.Where(k => k.Volume == volume && k.Block >= start && k.Block < end).ToList())
+                        final.Remove(key);
+                    break;
+                }
+            }
+        }
+        var buffer = new byte[Layout.BlockBytes];
+        foreach (var (pba, crc) in final.Values)
+        {
+            if (((pba + 1) << Layout.BlockShift) > _data.Length) return false;
+            _data.Read(pba << Layout.BlockShift, buffer);
+            if (Crc32C.Compute(buffer) != crc) return false;
+        }
+        return true;
     }
 
     private static void ReplayOp(Dictionary<long, VolumeState> catalog, in Op op, ref long nextId)

@@ -50,7 +50,7 @@ public sealed partial class VolumeStore
                 state.PendingOps.AppendMapExtent(state.Id, firstBlock + done, crcs[..got], pba);
                 opBytes = state.PendingOps.Length - before;
             }
-            NotePendingBytes(opBytes);
+            NotePendingBytes(opBytes, (long)got << Layout.BlockShift);
             done += got;
         }
         Interlocked.Increment(ref Counters.WriteOps);
@@ -133,7 +133,7 @@ public sealed partial class VolumeStore
             state.PendingOps.AppendUnmap(state.Id, firstBlock, count);
             opBytes = state.PendingOps.Length - before;
         }
-        NotePendingBytes(opBytes);
+        NotePendingBytes(opBytes, 0);
     }
 
     /// <summary>Makes a byte range read as zeros: whole blocks are unmapped, partial blocks rewritten with zeros.</summary>

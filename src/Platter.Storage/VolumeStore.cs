@@ -18,13 +18,13 @@ public sealed partial class VolumeStore : IDisposable
 {
     internal const string MetadataFileName = "data.mdb";
     internal const string DataFileName = "data";
-    internal const string JournalFileName = "journal";
     internal const string LockFileName = "store.lock";
 
     private readonly StoreOptions _options;
     private readonly ILogger _logger;
     private readonly FileStream _lockFile;
     private readonly MetadataStore _metadata;
+    private readonly IDataDevice _file;
     private readonly IDataDevice _data;
     private readonly Journal _journal;
     private readonly Allocator _allocator = new();
@@ -43,8 +43,9 @@ public sealed partial class VolumeStore : IDisposable
     private long _pendingOpBytes;
     private volatile bool _disposed;
 
-    private VolumeStore(string directory, StoreOptions options, FileStream lockFile, MetadataStore metadata, IDataDevice data, Journal journal)
+    private VolumeStore(string directory, StoreOptions options, FileStream lockFile, MetadataStore metadata, IDataDevice file, IDataDevice data, Journal journal)
     {
+        _file = file;
         Directory = directory;
         _options = options;
         _logger = options.LoggerFactory.CreateLogger("Platter.Storage");
@@ -64,7 +65,7 @@ public sealed partial class VolumeStore : IDisposable
         {
             if (!options.CreateIfMissing) throw new StorageException(StorageError.NotFound, $"no Platter store in {directory}");
             if (System.IO.Directory.Exists(directory) && System.IO.Directory.EnumerateFileSystemEntries(directory)
-                    .Any(p => Path.GetFileName(p) is not (LockFileName or "lock.mdb" or MetadataFileName) && !p.EndsWith(".sock", StringComparison.Ordinal)))
+                    .Any(p => Path.GetFileName(p) is not (LockFileName or "lock.mdb" or MetadataFileName or DataFileName) && !p.EndsWith(".sock", StringComparison.Ordinal)))
                 throw new StorageException(StorageError.BadStore, $"{directory} is not empty and holds no Platter store; choose an empty directory");
             System.IO.Directory.CreateDirectory(directory);
         }
@@ -81,23 +82,24 @@ public sealed partial class VolumeStore : IDisposable
         }
 
         MetadataStore? metadata = null;
-        IDataDevice? data = null;
-        IDataDevice? journalDevice = null;
+        IDataDevice? file = null;
         try
         {
-            metadata = new MetadataStore(directory, create: !exists);
-            data = (options.DataDeviceFactory ?? (p => new FileDataDevice(p)))(Path.Combine(directory, DataFileName));
-            journalDevice = (options.JournalDeviceFactory ?? (p => new FileDataDevice(p)))(Path.Combine(directory, JournalFileName));
-            var journal = new Journal(journalDevice);
-            var store = new VolumeStore(directory, options, lockFile, metadata, data, journal);
+            if (options.JournalRegionBytes < Layout.JournalRegionBytesMin) throw new ArgumentException("journal region too small", nameof(options));
+            metadata = new MetadataStore(directory, create: !exists, options.JournalRegionBytes);
+            long journalBytes = metadata.JournalRegionBytes;
+            file = (options.DataDeviceFactory ?? (p => new FileDataDevice(p)))(Path.Combine(directory, DataFileName));
+            // Layout of the data file: the journal region, then data blocks (physical block 0 starts after the journal).
+            var journal = new Journal(new DeviceWindow(file, 0, journalBytes));
+            if (!exists || file.Length < journalBytes) journal.Format();
+            var store = new VolumeStore(directory, options, lockFile, metadata, file, new DeviceWindow(file, journalBytes), journal);
             store.Recover();
             store.StartCommitter();
             return store;
         }
         catch (Exception e)
         {
-            journalDevice?.Dispose();
-            data?.Dispose();
+            file?.Dispose();
             metadata?.Dispose();
             lockFile.Dispose();
             if (e is StorageException) throw;
@@ -181,7 +183,7 @@ public sealed partial class VolumeStore : IDisposable
         _disposed = true;
         StopCommitter();
         _journal.Dispose();
-        _data.Dispose();
+        _file.Dispose();
         _metadata.Dispose();
         _lockFile.Dispose();
         _adminLock.Dispose();
@@ -197,6 +199,10 @@ public sealed class StorageCounters
     public long WriteBytes;
     public long Commits;
     public long Checkpoints;
+    /// <summary>Time spent in commit syncs (data + journal), microseconds.</summary>
+    public long SyncMicros;
+    /// <summary>Time spent applying journaled batches to the KV store, microseconds.</summary>
+    public long CheckpointMicros;
     public long ChecksumErrors;
     public long IoErrors;
 }

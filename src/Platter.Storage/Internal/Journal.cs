@@ -5,10 +5,13 @@ using Platter.Storage.Devices;
 namespace Platter.Storage.Internal;
 
 /// <summary>
-/// The metadata journal: committed batches of operations appended to a preallocated device and made durable with one
-/// sync per group commit. Durable commits of random keys straight into the KV store cost several syncs each; the
-/// journal costs one, and the KV store takes the batches later in one large transaction (a checkpoint), after which
-/// the journal starts again at offset 0.
+/// The metadata journal: committed batches of operations appended to a preallocated region at the start of the data
+/// file and made durable by the same fdatasync that makes the batch's data durable: one sync per group commit.
+/// Durable commits of random keys straight into the KV store cost several syncs each; the KV store takes the batches
+/// later in one large transaction (a checkpoint), after which the journal starts again at offset 0.
+/// Because data and record share one sync, a crash during it can leave the record on disk without all of its data:
+/// recovery checks the data of the last record against its checksums and drops the record when any block is missing
+/// (that commit was never acknowledged).
 ///
 /// Record: 32-byte header {magic u32, version u16, reserved u16, payload length u32, crc32c u32, sequence u64,
 /// reserved u64} then the payload. The CRC covers the header (with the crc field zero) and the payload. Replay reads
@@ -27,31 +30,33 @@ internal sealed class Journal : IDisposable
     public Journal(IDataDevice device)
     {
         _device = device;
-        if (_device.Length < Layout.JournalBytesInitial)
-        {
-            // Write real zeros once: appends into never-written (unwritten-extent) space would make every journal
-            // sync also commit file-system metadata.
-            long start = _device.Length;
-            _device.Grow(Layout.JournalBytesInitial);
-            var zeros = new byte[1 << 20];
-            for (long off = start; off < Layout.JournalBytesInitial; off += zeros.Length)
-                _device.Write(off, zeros.AsSpan(0, (int)Math.Min(zeros.Length, Layout.JournalBytesInitial - off)));
-            _device.Sync();
-        }
+    }
+
+    /// <summary>
+    /// Writes real zeros over the whole region once, when the store is created: appends into never-written
+    /// (unwritten-extent) space would make every commit's sync also commit file-system metadata.
+    /// </summary>
+    public void Format()
+    {
+        _device.Grow(_device.Length);
+        var zeros = new byte[1 << 20];
+        for (long off = 0; off < _device.Length; off += zeros.Length)
+            _device.Write(off, zeros.AsSpan(0, (int)Math.Min(zeros.Length, _device.Length - off)));
+        _device.Sync();
     }
 
     /// <summary>Bytes used since the last reset.</summary>
     public long Position => _position;
 
     /// <summary>
-    /// Reads the journal from the start, calling <paramref name="apply"/> for each intact record whose sequence is
-    /// greater than <paramref name="appliedSequence"/>. Returns the last sequence seen (or appliedSequence).
+    /// Reads the journal from the start and returns, in order, the payloads of the intact records whose sequence is
+    /// greater than <paramref name="appliedSequence"/>. Reading stops at the first torn, stale or foreign record.
     /// </summary>
-    public long Replay(long appliedSequence, ReplayAction apply)
+    public List<(long Sequence, byte[] Payload)> ReadRecords(long appliedSequence)
     {
+        var records = new List<(long, byte[])>();
         long position = 0;
         long previous = -1;
-        long last = appliedSequence;
         Span<byte> header = stackalloc byte[HeaderBytes];
         while (position + HeaderBytes <= _device.Length)
         {
@@ -63,38 +68,27 @@ internal sealed class Journal : IDisposable
             long sequence = BinaryPrimitives.ReadInt64LittleEndian(header[16..]);
             if (length < 0 || position + HeaderBytes + length > _device.Length) break;
             if (previous >= 0 && sequence != previous + 1) break;
-            var record = ArrayPool<byte>.Shared.Rent(HeaderBytes + length);
-            try
-            {
-                var span = record.AsSpan(0, HeaderBytes + length);
-                header.CopyTo(span);
-                _device.Read(position + HeaderBytes, span[HeaderBytes..]);
-                BinaryPrimitives.WriteUInt32LittleEndian(span[12..], 0);
-                if (Crc32C.Compute(span) != crc) break;
-                if (sequence > appliedSequence)
-                {
-                    apply(sequence, span[HeaderBytes..]);
-                    last = sequence;
-                }
-            }
-            finally
-            {
-                ArrayPool<byte>.Shared.Return(record);
-            }
+            var record = new byte[HeaderBytes + length];
+            header.CopyTo(record);
+            _device.Read(position + HeaderBytes, record.AsSpan(HeaderBytes));
+            BinaryPrimitives.WriteUInt32LittleEndian(record.AsSpan(12), 0);
+            if (Crc32C.Compute(record) != crc) break;
+            if (sequence > appliedSequence) records.Add((sequence, record[HeaderBytes..]));
             previous = sequence;
             position += HeaderBytes + length;
         }
-        return last;
+        return records;
     }
 
     /// <summary>True when a record with this payload fits without a reset.</summary>
     public bool Fits(int payloadBytes) => _position + HeaderBytes + payloadBytes <= _device.Length;
 
-    /// <summary>Appends a record (not yet durable: call <see cref="Sync"/>). Grows the device when even an empty journal is too small.</summary>
+    /// <summary>Appends a record; it is durable once the device below is synced. The caller checks <see cref="Fits"/> first.</summary>
     public void Append(long sequence, ReadOnlySpan<byte> payload)
     {
         int total = HeaderBytes + payload.Length;
-        if (_position + total > _device.Length) _device.Grow(_position + total + Layout.JournalBytesInitial);
+        if (_position + total > _device.Length)
+            throw new InvalidOperationException($"journal record of {total} bytes does not fit at {_position} in {_device.Length}");
         var record = ArrayPool<byte>.Shared.Rent(total);
         try
         {
@@ -115,12 +109,8 @@ internal sealed class Journal : IDisposable
         }
     }
 
-    public void Sync() => _device.Sync();
-
     /// <summary>Starts the next cycle at offset 0; call only after every record is in the KV store durably.</summary>
     public void Reset() => _position = 0;
 
     public void Dispose() => _device.Dispose();
 }
-
-internal delegate void ReplayAction(long sequence, ReadOnlySpan<byte> payload);

@@ -29,14 +29,29 @@ internal static class Layout
     /// <summary>Pending operation bytes that trigger a commit without a flush (bounds memory and replay time).</summary>
     public const int PendingOpBytesSoftMax = 8 << 20;
 
-    /// <summary>Pending operation bytes past which writers wait for a commit: the hard memory bound of the overlay.</summary>
-    public const int PendingOpBytesHardMax = 64 << 20;
+    /// <summary>
+    /// Pending operation bytes past which writers wait for a commit: the hard memory bound of the overlay.
+    /// A quarter of the journal region, so that after a checkpoint at another quarter a batch always fits.
+    /// </summary>
+    public static long PendingOpBytesHardMax(long journalRegionBytes) => journalRegionBytes / 4;
 
     /// <summary>Journal bytes after which the journaled batches are checkpointed into the KV store and the journal reused.</summary>
-    public const long JournalCheckpointBytes = 32L << 20;
+    public static long JournalCheckpointBytes(long journalRegionBytes) => journalRegionBytes / 4;
 
-    /// <summary>Preallocated journal size; a larger batch grows it.</summary>
-    public const long JournalBytesInitial = 64L << 20;
+    /// <summary>Smallest journal region a store may be created with (tests); production uses <see cref="JournalRegionBytes"/>.</summary>
+    public const long JournalRegionBytesMin = 1 << 20;
+
+    /// <summary>
+    /// Data written since the last commit that triggers a commit without a flush. After a crash, replay re-reads the
+    /// data of the last journal record to prove it reached the disk, so this bounds recovery reads too.
+    /// </summary>
+    public const long PendingDataBytesSoftMax = 256L << 20;
+
+    /// <summary>
+    /// The journal region at the start of the data file (default for new stores). It must hold the checkpoint threshold
+    /// plus one largest batch (the hard overlay bound), so a batch always fits after a checkpoint.
+    /// </summary>
+    public const long JournalRegionBytes = 128L << 20;
 
     /// <summary>Longest a journaled batch waits before it is checkpointed into the KV store (bounds replay work after a crash).</summary>
     public static readonly TimeSpan CheckpointIntervalMax = TimeSpan.FromSeconds(5);

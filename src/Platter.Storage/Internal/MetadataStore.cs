@@ -26,13 +26,15 @@ internal sealed class MetadataStore : IDisposable
     private static readonly byte[] FormatKey = "format"u8.ToArray();
     private static readonly byte[] AppliedSequenceKey = "applied-sequence"u8.ToArray();
     private static readonly byte[] NextVolumeIdKey = "next-volume-id"u8.ToArray();
+    private static readonly byte[] JournalBytesKey = "journal-bytes"u8.ToArray();
 
     private readonly LmdbEnvironment _env;
     private readonly LmdbDatabase _meta;
     private readonly LmdbDatabase _volumes;
     private readonly LmdbDatabase _extents;
 
-    public MetadataStore(string directory, bool create)
+    /// <summary>Opens the metadata; a new store records <paramref name="journalRegionBytes"/>, an existing one reports its own.</summary>
+    public MetadataStore(string directory, bool create, long journalRegionBytes)
     {
         _env = LmdbEnvironment.Open(directory, Layout.MetadataMapBytes, maxDatabases: 8);
         using var txn = _env.BeginTransaction(readOnly: false);
@@ -48,13 +50,19 @@ internal sealed class MetadataStore : IDisposable
         else
         {
             if (!create) throw new StorageException(StorageError.BadStore, $"{directory} holds no Platter metadata");
-            Span<byte> v = stackalloc byte[4];
+            Span<byte> v = stackalloc byte[8];
             BinaryPrimitives.WriteUInt32LittleEndian(v, FormatVersion);
-            txn.Put(_meta, FormatKey, v);
+            txn.Put(_meta, FormatKey, v[..4]);
+            BinaryPrimitives.WriteInt64LittleEndian(v, journalRegionBytes);
+            txn.Put(_meta, JournalBytesKey, v);
         }
+        JournalRegionBytes = txn.TryGet(_meta, JournalBytesKey, out var journalBytes)
+            ? BinaryPrimitives.ReadInt64LittleEndian(journalBytes)
+            : throw new StorageException(StorageError.BadStore, $"{directory}: metadata does not record the journal size");
         txn.Commit();
     }
 
+    public long JournalRegionBytes { get; }
     public long AppliedSequence { get; private set; }
     public long NextVolumeId { get; private set; } = 1;
 
