@@ -33,7 +33,8 @@ public sealed class CrashTests(ITestOutputHelper output)
         Directory.CreateDirectory(storeDir);
         try
         {
-            using (var store = VolumeStore.Open(storeDir))
+            // A small journal region: it fills every few hundred commits, so kills also land in checkpoints and journal wrap-around.
+            using (var store = VolumeStore.Open(storeDir, new StoreOptions { JournalRegionBytes = 1 << 20 }))
                 store.CreateVolume(CrashWorkload.VolumeName, CrashWorkload.VolumeSizeBytes);
 
             // What the volume held after the previous recovery: the starting point of the next run.

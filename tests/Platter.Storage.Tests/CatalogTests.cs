@@ -11,7 +11,7 @@ public sealed class CatalogTests : IDisposable
 
     public void Dispose() => _dir.Dispose();
 
-    private VolumeStore Open() => VolumeStore.Open(_dir.Path, new StoreOptions { DataGrowthBytes = 1 * MiB });
+    private VolumeStore Open() => VolumeStore.Open(_dir.Path, new StoreOptions { DataGrowthBytes = 1 * MiB, JournalRegionBytes = FaultyStore.JournalBytes });
 
     [Fact]
     public void New_store_is_empty_and_exists_afterwards()

@@ -23,7 +23,7 @@ public sealed class ConcurrencyTests(ITestOutputHelper output) : IDisposable
     public void Concurrent_sector_writes_to_shared_blocks_lose_no_update(int slot)
     {
         if (Seeds.ForSlot(slot, output, nameof(Concurrent_sector_writes_to_shared_blocks_lose_no_update)) is not int seed) return;
-        using var store = VolumeStore.Open(_dir.Path, new StoreOptions { DataGrowthBytes = 1 << 20, CommitIntervalMax = TimeSpan.FromMilliseconds(20) });
+        using var store = VolumeStore.Open(_dir.Path, new StoreOptions { JournalRegionBytes = FaultyStore.JournalBytes, DataGrowthBytes = 1 << 20, CommitIntervalMax = TimeSpan.FromMilliseconds(20) });
         store.CreateVolume("v", 1 << 20);
         using var vol = store.OpenVolume("v");
         const int blocksShared = 4;   // several blocks, so per-block locking that picks the wrong block shows up too
@@ -97,7 +97,7 @@ public sealed class ConcurrencyTests(ITestOutputHelper output) : IDisposable
     {
         int seed = Seeds.Fixed ?? Random.Shared.Next();
         output.WriteLine($"seed={seed}");
-        using var store = VolumeStore.Open(_dir.Path, new StoreOptions { DataGrowthBytes = 1 << 20 });
+        using var store = VolumeStore.Open(_dir.Path, new StoreOptions { JournalRegionBytes = FaultyStore.JournalBytes, DataGrowthBytes = 1 << 20 });
         const int volumes = 4;
         var data = new byte[volumes][];
         for (int i = 0; i < volumes; i++)

@@ -112,6 +112,7 @@ public sealed class FaultInjectionTests(ITestOutputHelper output) : IDisposable
     public void Data_write_error_or_torn_write_fails_the_write_and_loses_nothing_durable(bool torn)
     {
         var (store, vol) = OpenWithBaseline();
+        _faults.AimAtData();
         if (torn) _faults.Data!.TornWrites = 1; else _faults.Data!.FailWrites = 1;
         var e = StorageAssert.Throws(() => WriteTag2(vol, 0, 16), StorageError.IoError);
         output.WriteLine($"caller saw: {e.Message}");
@@ -136,6 +137,7 @@ public sealed class FaultInjectionTests(ITestOutputHelper output) : IDisposable
         // Reopen so that the blocks come from the device, not from anything the engine kept in memory.
         store = _faults.Open(_dir.Path);
         vol = store.OpenVolume("v");
+        _faults.AimAtData();
         _faults.Data!.FailReads = 1;
         StorageAssert.Throws(() => vol.ReadAll(7 * B, B), StorageError.IoError);
         Assert.Equal(1, _faults.Data.Injected);
@@ -156,11 +158,10 @@ public sealed class FaultInjectionTests(ITestOutputHelper output) : IDisposable
         ReopenAndVerifyBaseline(new HashSet<long>(), new HashSet<long> { 10 }, "EIO on read");
     }
 
-    public enum SyncFault { DataSync, JournalSync, JournalWrite, JournalTornWrite }
+    public enum SyncFault { DataSync, JournalWrite, JournalTornWrite }
 
     [Theory]
     [InlineData(SyncFault.DataSync)]
-    [InlineData(SyncFault.JournalSync)]
     [InlineData(SyncFault.JournalWrite)]
     [InlineData(SyncFault.JournalTornWrite)]
     public void Failed_flush_fails_the_store_until_reopen_and_keeps_durable_data(SyncFault fault)
@@ -169,10 +170,11 @@ public sealed class FaultInjectionTests(ITestOutputHelper output) : IDisposable
         WriteTag2(vol, 0, 8);
         vol.Flush();                     // blocks 0..7: tag 2, durable
         WriteTag2(vol, 8, 8);            // blocks 8..15: tag 2, acknowledged, not flushed
-        var dev = fault == SyncFault.DataSync ? _faults.Data! : _faults.Journal!;
+        var dev = _faults.Data!;
+        _faults.AimAtJournal();
         switch (fault)
         {
-            case SyncFault.DataSync: case SyncFault.JournalSync: dev.FailSyncs = 1; break;
+            case SyncFault.DataSync: dev.FailSyncs = 1; break;
             case SyncFault.JournalWrite: dev.FailWrites = 1; break;
             case SyncFault.JournalTornWrite: dev.TornPrefixBytes = 40; dev.TornWrites = 1; break;
         }
@@ -234,7 +236,7 @@ public sealed class FaultInjectionTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void Quota_reached_is_no_space_for_that_write_only_and_space_comes_back_after_trim()
     {
-        const long quota = 12 * MiB;
+        const long quota = FaultyStore.JournalBytes + 12 * MiB;
         var (store, vol) = OpenWithBaseline(dataBytesMax: quota, growth: 256 * 1024);
         store.CreateVolume("big", 32 * MiB);
         using var big = store.OpenVolume("big");
@@ -266,8 +268,8 @@ public sealed class FaultInjectionTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void Free_space_under_the_quota_is_usable_by_every_volume()
     {
-        // 2 MiB quota, 256 KiB used by "v": a 64 KiB write to another volume must fit.
-        var (store, vol) = OpenWithBaseline(dataBytesMax: 2 * MiB, growth: 256 * 1024);
+        // 2 MiB of data under the quota (after the journal region), 256 KiB used by "v": another volume must get most of the rest.
+        var (store, vol) = OpenWithBaseline(dataBytesMax: FaultyStore.JournalBytes + 2 * MiB, growth: 256 * 1024);
         output.WriteLine($"usage with 256 KiB written: {store.GetUsage()}");
         store.CreateVolume("other", 16 * MiB);
         using var other = store.OpenVolume("other");

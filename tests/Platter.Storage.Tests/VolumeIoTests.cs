@@ -21,7 +21,7 @@ public sealed class VolumeIoTests : IDisposable
         _dir.Dispose();
     }
 
-    private VolumeStore Open() => VolumeStore.Open(_dir.Path, new StoreOptions { DataGrowthBytes = 1 * MiB });
+    private VolumeStore Open() => VolumeStore.Open(_dir.Path, new StoreOptions { DataGrowthBytes = 1 * MiB, JournalRegionBytes = FaultyStore.JournalBytes });
 
     private Volume Create(string name = "v", long size = 8 * MiB)
     {

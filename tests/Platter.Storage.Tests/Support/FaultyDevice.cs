@@ -40,6 +40,15 @@ internal sealed class FaultyDevice(IDataDevice inner) : IDataDevice
     /// </summary>
     public bool Crashed { get => _crashed; set => _crashed = value; }
 
+    /// <summary>
+    /// Counted faults (fail/tear writes, fail reads) only hit I/O that starts inside [FaultRangeStart, FaultRangeEnd):
+    /// the data file holds the journal region first and data blocks after it, so a test aims at one or the other.
+    /// </summary>
+    public long FaultRangeStart { get; set; }
+    public long FaultRangeEnd { get; set; } = long.MaxValue;
+
+    private bool InRange(long offset) => offset >= FaultRangeStart && offset < FaultRangeEnd;
+
     /// <summary>Corrupts data on its way up, as a decaying disk would; called with (device offset, buffer) after each read.</summary>
     public Action<long, Span<byte>>? OnRead { get; set; }
 
@@ -56,7 +65,7 @@ internal sealed class FaultyDevice(IDataDevice inner) : IDataDevice
     public void Read(long offset, Span<byte> destination)
     {
         Interlocked.Increment(ref _reads);
-        if (TakeOne(ref _failReads)) throw Eio("read", offset, destination.Length);
+        if (InRange(offset) && TakeOne(ref _failReads)) throw Eio("read", offset, destination.Length);
         _inner.Read(offset, destination);
         OnRead?.Invoke(offset, destination);
     }
@@ -65,8 +74,8 @@ internal sealed class FaultyDevice(IDataDevice inner) : IDataDevice
     {
         Interlocked.Increment(ref _writes);
         if (_crashed) throw Eio("write (crashed)", offset, source.Length);
-        if (TakeOne(ref _failWrites)) throw Eio("write", offset, source.Length);
-        if (TakeOne(ref _tornWrites))
+        if (InRange(offset) && TakeOne(ref _failWrites)) throw Eio("write", offset, source.Length);
+        if (InRange(offset) && TakeOne(ref _tornWrites))
         {
             _inner.Write(offset, source[..Math.Min(TornPrefixBytes, source.Length)]);
             throw Eio("torn write", offset, source.Length);
@@ -119,8 +128,17 @@ internal sealed class FaultyStore
     private volatile bool _failCheckpoints;
     private int _checkpointsFailed;
 
+    /// <summary>Journal region of the stores tests create: the smallest the engine allows, so test stores stay small.</summary>
+    public const long JournalBytes = 1 << 20;
+
+    /// <summary>The data file's device (journal region first, then data blocks).</summary>
     public FaultyDevice? Data { get; private set; }
-    public FaultyDevice? Journal { get; private set; }
+
+    /// <summary>Aims counted faults at the data blocks only.</summary>
+    public void AimAtData() { Data!.FaultRangeStart = JournalBytes; Data.FaultRangeEnd = long.MaxValue; }
+
+    /// <summary>Aims counted faults at the journal region only.</summary>
+    public void AimAtJournal() { Data!.FaultRangeStart = 0; Data.FaultRangeEnd = JournalBytes; }
 
     /// <summary>Every KV checkpoint commit fails while set.</summary>
     public bool FailCheckpoints { get => _failCheckpoints; set => _failCheckpoints = value; }
@@ -130,7 +148,7 @@ internal sealed class FaultyStore
     public StoreOptions Options(long dataGrowthBytes = 1 << 20, long dataBytesMax = long.MaxValue, TimeSpan? commitIntervalMax = null) => new()
     {
         DataDeviceFactory = path => Data = new FaultyDevice(new FileDataDevice(path)),
-        JournalDeviceFactory = path => Journal = new FaultyDevice(new FileDataDevice(path)),
+        JournalRegionBytes = JournalBytes,
         BeforeCheckpointCommit = () =>
         {
             if (_failCheckpoints)
@@ -158,7 +176,6 @@ internal sealed class FaultyStore
     public void Crash(VolumeStore store, params Volume[] volumes)
     {
         if (Data is not null) Data.Crashed = true;
-        if (Journal is not null) Journal.Crashed = true;
         _failCheckpoints = true;
         foreach (var v in volumes)
         {
