@@ -33,7 +33,7 @@ public sealed partial class StoreLock : IDisposable
     public static StoreLock Acquire(string storeDirectory)
     {
         Directory.CreateDirectory(storeDirectory);
-        var path = System.IO.Path.Combine(storeDirectory, StoreLocation.LockFileName);
+        var path = System.IO.Path.Combine(storeDirectory, StorePaths.LockFileName);
         var file = new FileStream(path, new FileStreamOptions
         {
             Mode = FileMode.OpenOrCreate,

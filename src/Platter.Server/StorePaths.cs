@@ -4,7 +4,7 @@ namespace Platter.Server;
 /// Where a store and its sockets live by default. The server and the CLI both resolve paths here so that
 /// `platter volume list` finds the server that `platter serve` started with the same environment.
 /// </summary>
-public static class StoreLocation
+public static class StorePaths
 {
     /// <summary>Environment variable that names the store directory.</summary>
     public const string StoreEnvironmentVariable = "PLATTER_STORE";
