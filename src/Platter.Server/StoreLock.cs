@@ -14,10 +14,13 @@ public sealed partial class StoreLock : IDisposable
     private const int LOCK_EX = 2;
     private const int LOCK_NB = 4;
     private const int EWOULDBLOCK = 11;
+    private const int O_RDWR = 0x2;
+    private const int O_CREAT = 0x40;
+    private const int O_CLOEXEC = 0x80000;
 
-    private readonly FileStream _file;
+    private readonly SafeFileHandle _file;
 
-    private StoreLock(FileStream file, string path)
+    private StoreLock(SafeFileHandle file, string path)
     {
         _file = file;
         Path = path;
@@ -34,17 +37,18 @@ public sealed partial class StoreLock : IDisposable
     {
         Directory.CreateDirectory(storeDirectory);
         var path = System.IO.Path.Combine(storeDirectory, StorePaths.LockFileName);
-        var file = new FileStream(path, new FileStreamOptions
+        // open(2) directly: FileStream takes its own flock (LOCK_SH) to emulate FileShare, which would turn a
+        // held lock into a generic sharing-violation IOException before ours is even tried.
+        var file = new SafeFileHandle((nint)Open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0x1A4 /* 0644 */), ownsHandle: true);
+        if (file.IsInvalid)
         {
-            Mode = FileMode.OpenOrCreate,
-            Access = FileAccess.ReadWrite,
-            // Sharing is decided by flock below, not by .NET's own emulation.
-            Share = FileShare.ReadWrite | FileShare.Delete,
-            UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead,
-        });
+            var errno = Marshal.GetLastPInvokeError();
+            file.Dispose();
+            throw new IOException($"cannot open {path}: {Marshal.GetPInvokeErrorMessage(errno)}");
+        }
         try
         {
-            if (Flock(file.SafeFileHandle, LOCK_EX | LOCK_NB) != 0)
+            if (Flock(file, LOCK_EX | LOCK_NB) != 0)
             {
                 var errno = Marshal.GetLastPInvokeError();
                 if (errno == EWOULDBLOCK)
@@ -55,10 +59,9 @@ public sealed partial class StoreLock : IDisposable
                 }
                 throw new IOException($"cannot lock {path}: {Marshal.GetPInvokeErrorMessage(errno)}");
             }
-            file.SetLength(0);
             var pid = Encoding.ASCII.GetBytes($"{Environment.ProcessId}\n");
-            file.Write(pid);
-            file.Flush();
+            RandomAccess.SetLength(file, 0);
+            RandomAccess.Write(file, pid, 0);
             return new StoreLock(file, path);
         }
         catch
@@ -68,13 +71,12 @@ public sealed partial class StoreLock : IDisposable
         }
     }
 
-    private static string? ReadHolder(FileStream file)
+    private static string? ReadHolder(SafeFileHandle file)
     {
         try
         {
-            file.Position = 0;
             Span<byte> buffer = stackalloc byte[32];
-            int n = file.Read(buffer);
+            int n = RandomAccess.Read(file, buffer, 0);
             var text = Encoding.ASCII.GetString(buffer[..n]).Trim();
             return int.TryParse(text, out _) ? text : null;
         }
@@ -86,6 +88,9 @@ public sealed partial class StoreLock : IDisposable
 
     /// <summary>Releases the lock (closing the descriptor drops the flock). Safe to call twice.</summary>
     public void Dispose() => _file.Dispose();
+
+    [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int Open(string path, int flags, int mode);
 
     [LibraryImport("libc", EntryPoint = "flock", SetLastError = true)]
     private static partial int Flock(SafeFileHandle fd, int operation);
