@@ -16,28 +16,48 @@ internal static class CheckCommand
         };
         var verify = new Option<bool>("--verify-checksums") { Description = "Also read every data block and verify its checksum (reads all stored data)." };
         var json = PlatterCli.JsonOption();
-        var command = new Command("check", "Check a store's metadata offline. Refuses to run while a server holds the store.") { store, verify, json };
+        var command = new Command("check",
+            "Check a store offline: every extent inside its volume and the data file, no block mapped twice or both mapped and free, " +
+            "space adding up. Refuses to run while a server holds the store. Exit code 1 when it finds a problem.")
+        {
+            store, verify, json,
+        };
         command.SetAction(int (ParseResult parse) =>
         {
             var directory = Path.GetFullPath(parse.GetValue(store) ?? StorePaths.DefaultStoreDirectory(context.GetEnvironment));
             if (!Directory.Exists(directory) || !VolumeStore.Exists(directory))
                 throw new CliException($"no Platter store at {directory}");
-            StoreLock storeLock;
+            CheckReport report;
             try
             {
-                storeLock = StoreLock.Acquire(directory);
+                using var opened = VolumeStore.Open(directory, new StoreOptions { CreateIfMissing = false });
+                report = opened.Check(parse.GetValue(verify));
             }
-            catch (StoreLockedException e)
+            catch (StorageException e) when (e.Error == StorageError.InUse)
             {
-                throw new CliException(e.Message + " (platter check runs offline)");
+                throw new CliException($"the store at {directory} is in use by a running server; stop `platter serve` first (platter check runs offline)");
             }
-            using (storeLock)
+            catch (StorageException e)
             {
-                throw new CliException("platter check is not available yet: this build's storage engine has no consistency check (VolumeStore.Check)");
+                throw new CliException($"cannot open the store at {directory}: {PlatterCli.OneLine(e.Message)}");
             }
-#pragma warning disable CS0162 // replaced by the report once VolumeStore.Check lands
+
+            if (parse.GetValue(json))
+            {
+                PlatterCli.WriteJson(context, report, CliJsonContext.Default.CheckReport);
+            }
+            else
+            {
+                context.Out.WriteLine($"store:          {directory}");
+                context.Out.WriteLine($"volumes:        {report.Volumes}");
+                context.Out.WriteLine($"extent records: {report.ExtentRecords}");
+                context.Out.WriteLine($"blocks:         {report.MappedBlocks} mapped, {report.FreeBlocks} free, {report.TotalBlocks} in the data file");
+                if (parse.GetValue(verify)) context.Out.WriteLine($"checksums:      {report.BlocksVerified} blocks read and verified");
+                foreach (var problem in report.Problems) context.Out.WriteLine("problem: " + problem);
+                if (report.Ok) context.Out.WriteLine("ok: no problems found");
+            }
+            if (!report.Ok) throw new CliException($"the store at {directory} has {report.Problems.Count} problem(s)");
             return PlatterCli.ExitOk;
-#pragma warning restore CS0162
         });
         return command;
     }

@@ -141,9 +141,9 @@ internal static class ServeCommand
         {
             await host.StartAsync();
         }
-        catch (StoreLockedException e)
+        catch (Storage.StorageException e) when (e.Error == Storage.StorageError.InUse)
         {
-            throw new CliException(e.Message);
+            throw new CliException($"the store at {options.StoreDirectory} is in use by another Platter process (another `platter serve`?)");
         }
         catch (Storage.StorageException e)
         {

@@ -18,12 +18,17 @@ public sealed partial class PlatterHost
             TlsRequired = _options.TlsRequired,
             TlsClientCertificateAuthority = _options.TlsClientCertificateAuthority,
         };
-        _nbd = new NbdServer(exports, nbdOptions, _loggerFactory.CreateLogger("Platter.Nbd"));
-        if (_options.NbdTcpEndPoint is not null) _nbd.Listen(_options.NbdTcpEndPoint);
+        _nbd = new NbdServer(exports, nbdOptions, _loggerFactory.CreateLogger<NbdServer>());
+        if (_options.NbdTcpEndPoint is not null)
+        {
+            _nbd.Listen(_options.NbdTcpEndPoint);
+            // Port 0 asks the kernel for a free port; health and `platter attach` must report the real one.
+            NbdTcpEndPoint = _nbd.LocalEndPoints.OfType<IPEndPoint>().FirstOrDefault() ?? _options.NbdTcpEndPoint;
+        }
         if (_options.NbdSocketPath is not null) _nbd.Listen(new UnixDomainSocketEndPoint(Path.GetFullPath(_options.NbdSocketPath)));
         await _nbd.StartAsync().ConfigureAwait(false);
         var tls = _options.TlsCertificate is null ? "no TLS" : _options.TlsRequired ? "TLS required" : "TLS offered";
-        if (_options.NbdTcpEndPoint is not null) _log.LogInformation("NBD on {EndPoint} ({Tls})", _options.NbdTcpEndPoint, tls);
+        if (NbdTcpEndPoint is not null) _log.LogInformation("NBD on {EndPoint} ({Tls})", NbdTcpEndPoint, tls);
         if (_options.NbdSocketPath is not null) _log.LogInformation("NBD on unix:{Path} ({Tls})", Path.GetFullPath(_options.NbdSocketPath), tls);
     }
 
@@ -33,7 +38,6 @@ public sealed partial class PlatterHost
         var nbd = _nbd;
         _nbd = null;
         await nbd.StopAsync(cancellationToken).ConfigureAwait(false);
-        if (nbd is IAsyncDisposable disposable) await disposable.DisposeAsync().ConfigureAwait(false);
-        else if (nbd is IDisposable d) d.Dispose();
+        await nbd.DisposeAsync().ConfigureAwait(false);
     }
 }

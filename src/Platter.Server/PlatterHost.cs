@@ -12,7 +12,7 @@ namespace Platter.Server;
 /// <summary>
 /// One Platter server: the store, NBD on TCP and a unix socket, and the management API. Start once, stop once;
 /// <see cref="StopAsync"/> shuts down in the order that keeps every acknowledged write: stop taking management
-/// calls, stop accepting NBD connections and finish in-flight requests, flush the store, close it, release the lock.
+/// calls, stop accepting NBD connections and finish in-flight requests, flush the store, close it (which releases its lock).
 /// </summary>
 public sealed partial class PlatterHost : IAsyncDisposable
 {
@@ -21,7 +21,6 @@ public sealed partial class PlatterHost : IAsyncDisposable
     private readonly ILogger _log;
     private readonly SemaphoreSlim _stateLock = new(1, 1);
     private readonly List<string> _ownedSockets = [];
-    private StoreLock? _lock;
     private VolumeStore? _store;
     private WebApplication? _api;
     private bool _started;
@@ -44,13 +43,16 @@ public sealed partial class PlatterHost : IAsyncDisposable
     /// <summary>The open store, once started.</summary>
     public VolumeStore Store => _store ?? throw new InvalidOperationException("the host is not started");
 
+    /// <summary>The bound NBD TCP address (the real port when the options asked for port 0), or null.</summary>
+    public IPEndPoint? NbdTcpEndPoint { get; private set; }
+
     /// <summary>The options the host runs with.</summary>
     public PlatterHostOptions Options => _options;
 
     /// <summary>
-    /// Takes the store lock, opens (or creates) the store, and starts the NBD and API listeners. On failure
-    /// everything opened so far is closed again and the exception propagates.
-    /// Throws <see cref="StoreLockedException"/> when another process holds the store.
+    /// Opens (or creates) the store, which locks it against other processes, and starts the NBD and API listeners.
+    /// On failure everything opened so far is closed again and the exception propagates: a
+    /// <see cref="StorageException"/> with <see cref="StorageError.InUse"/> when another process holds the store.
     /// </summary>
     public async Task StartAsync(CancellationToken cancellationToken = default)
     {
@@ -67,7 +69,6 @@ public sealed partial class PlatterHost : IAsyncDisposable
                     // The store holds every VM's disk: private to its owner unless the admin loosens it.
                     Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
                 }
-                _lock = StoreLock.Acquire(directory);
                 _store = VolumeStore.Open(directory, _options.StoreOptions ?? new StoreOptions { LoggerFactory = _loggerFactory });
                 var usage = _store.GetUsage();
                 _log.LogInformation("store {Directory} open: {Volumes} volume(s), {Used} used", directory, usage.VolumeCount, SizeText.Format(usage.UsedBytes));
@@ -182,8 +183,6 @@ public sealed partial class PlatterHost : IAsyncDisposable
             }
         }
         _ownedSockets.Clear();
-        _lock?.Dispose();
-        _lock = null;
         if (errors is not null && !failed) throw new AggregateException("the server did not shut down cleanly", errors);
     }
 
@@ -192,13 +191,13 @@ public sealed partial class PlatterHost : IAsyncDisposable
         Version,
         Path.GetFullPath(_options.StoreDirectory),
         _options.NbdSocketPath is null ? null : Path.GetFullPath(_options.NbdSocketPath),
-        _options.NbdTcpEndPoint?.ToString(),
+        NbdTcpEndPoint?.ToString(),
         _options.TlsCertificate is not null,
         _options.TlsRequired);
 
     /// <summary>
     /// Removes a stale socket file left by a server that died, but refuses to take over one that still answers.
-    /// The store lock already proves no server of this store is running; this guards paths outside the store.
+    /// The store's lock already proves no server of this store is running; this guards paths outside the store.
     /// </summary>
     private void PrepareSocket(string path)
     {
@@ -207,9 +206,8 @@ public sealed partial class PlatterHost : IAsyncDisposable
         if (parent is not null) Directory.CreateDirectory(parent);
         if (File.Exists(path) || Directory.Exists(path))
         {
-            var attributes = File.GetAttributes(path);
-            if (attributes.HasFlag(FileAttributes.Directory))
-                throw new IOException($"cannot listen on {path}: it is a directory");
+            if (!UnixFile.IsSocket(path))
+                throw new IOException($"cannot listen on {path}: something that is not a socket is in the way");
             using (var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
             {
                 bool answered;

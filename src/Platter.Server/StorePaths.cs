@@ -18,9 +18,6 @@ public static class StorePaths
     /// <summary>File name of the management API unix socket inside the store directory.</summary>
     public const string ApiSocketFileName = "api.sock";
 
-    /// <summary>File name of the lock file that marks a store as held by one process.</summary>
-    public const string LockFileName = "platter.lock";
-
     /// <summary>
     /// The default store directory: $PLATTER_STORE, else $XDG_DATA_HOME/platter, else ~/.local/share/platter.
     /// The same rule holds for root (/root/.local/share/platter) so that the CLI and the server agree without

@@ -83,6 +83,7 @@ public static class ApiErrorCodes
         StorageError.ReadOnly => "read_only",
         StorageError.BadStore => "bad_store",
         StorageError.Closed => "closed",
+        StorageError.InUse => "in_use",
         _ => "storage_error",
     };
 
@@ -92,6 +93,7 @@ public static class ApiErrorCodes
         StorageError.NotFound => 404,
         StorageError.AlreadyExists => 409,
         StorageError.ReadOnly => 409,
+        StorageError.InUse => 409,
         StorageError.InvalidName or StorageError.InvalidArgument or StorageError.OutOfRange => 400,
         StorageError.NoSpace => 507,
         StorageError.Closed => 503,
