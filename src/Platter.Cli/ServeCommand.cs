@@ -185,7 +185,7 @@ internal static class ServeCommand
     {
         logging.SetMinimumLevel(level);
         // ASP.NET Core's own request logging is noise for an operator; its warnings and errors still show.
-        logging.AddFilter("Microsoft", LogLevel.Warning);
+        logging.AddFilter("Microsoft", level <= LogLevel.Debug ? LogLevel.Information : LogLevel.Warning);
         logging.AddSimpleConsole(console =>
         {
             console.SingleLine = true;
