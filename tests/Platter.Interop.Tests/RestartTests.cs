@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Text.Json;
 using Xunit.Sdk;
 
 namespace Platter.Interop.Tests;
@@ -53,32 +54,21 @@ public sealed class RestartTests(ServerFixture fixture, ITestOutputHelper output
     [Fact]
     public async Task Sigterm_with_a_client_connected_flushes_acknowledged_writes()
     {
-        var export = await Fixture.CreateExportAsync("in-flight", 64 * MiB);
+        var export = await Fixture.CreateExportAsync("idle-client", 64 * MiB);
 
         // The client writes without ever flushing, stays connected, and waits; the server is stopped under it.
-        string script = """
+        using var client = Nbdsh.Start("""
             import os, sys, nbd
             h = nbd.NBD()
             h.connect_uri(os.environ["URI"])
             for i in range(64):
-                h.pwrite(bytes([0x40 + i % 64]) * 65536, i * 131072)
+                h.pwrite(bytes([0x40 + i]) * 65536, i * 131072)
             print("ready", flush=True)
             sys.stdin.readline()
-            """;
-        var psi = Proc.CreateStartInfo(Tools.Require("nbdsh", "python3-libnbd"), ["-n", "-c", script], new Dictionary<string, string?>
-        {
-            ["PATH"] = Tools.RequireLibnbdPythonDirectory() + ":" + Environment.GetEnvironmentVariable("PATH"),
-            ["URI"] = export.Uri,
-        });
-        psi.RedirectStandardInput = true;
-        using var client = Process.Start(psi)!;
+            """, new Dictionary<string, string> { ["URI"] = export.Uri });
         try
         {
-            var stderr = client.StandardError.ReadToEndAsync();
-            var line = await client.StandardOutput.ReadLineAsync().WaitAsync(TimeSpan.FromSeconds(60));
-            if (line != "ready")
-                throw new XunitException($"nbdsh writer did not get its writes acknowledged: {line}\n{await stderr.WaitAsync(TimeSpan.FromSeconds(5))}");
-
+            await WaitForLineAsync(client, "ready");
             int exitCode = await Server.StopAsync();
             Assert.True(exitCode == 0, $"server exited with code {exitCode} on SIGTERM with a client connected\n{Server.Log}");
         }
@@ -91,10 +81,100 @@ public sealed class RestartTests(ServerFixture fixture, ITestOutputHelper output
         var reads = new List<string>();
         for (int i = 0; i < 64; i++)
         {
-            reads.Add($"read -P 0x{0x40 + i % 64:x2} {i * 131072} 65536");
+            reads.Add($"read -P 0x{0x40 + i:x2} {i * 131072} 65536");
             reads.Add($"read -P 0x00 {i * 131072 + 65536} 65536");
         }
         await Clients.QemuIoAsync(export.Uri, [.. reads]);
+    }
+
+    [Fact]
+    public async Task Sigterm_during_a_write_stream_keeps_every_acknowledged_write()
+    {
+        const int blocks = 4096; // 4 KiB each: 16 MiB rewritten round after round
+        var export = await Fixture.CreateExportAsync("stream", 64 * MiB);
+
+        // Sixteen writes in flight at all times, each filling one 4 KiB block with a value that changes every
+        // round. The script records the last acknowledged value per block, and what was still in flight when
+        // the server closed the connection (those may or may not have landed).
+        using var writer = Nbdsh.Start("""
+            import json, os, sys, nbd
+            BS, BLOCKS, DEPTH = 4096, int(os.environ["BLOCKS"]), 16
+            h = nbd.NBD()
+            h.connect_uri(os.environ["URI"])
+            bufs = [nbd.Buffer.from_bytearray(bytearray([v]) * BS) for v in range(256)]
+            acked, pending, n, announced, error = [0] * BLOCKS, {}, 0, False, ""
+            try:
+                while True:
+                    while h.aio_in_flight() < DEPTH:
+                        n += 1
+                        block, value = n % BLOCKS, n % 255 + 1
+                        pending[h.aio_pwrite(bufs[value], block * BS)] = (block, value)
+                    h.poll(-1)
+                    while True:
+                        cookie = h.aio_peek_command_completed()
+                        if cookie <= 0:
+                            break
+                        block, value = pending.pop(cookie)
+                        h.aio_command_completed(cookie)
+                        acked[block] = value
+                    if not announced and n > 2 * BLOCKS:
+                        print("streaming", flush=True)
+                        announced = True
+            except nbd.Error as e:
+                error = e.string
+            print(json.dumps({"acked": acked, "pending": list(pending.values()), "writes": n, "error": error}))
+            """, new Dictionary<string, string> { ["URI"] = export.Uri, ["BLOCKS"] = $"{blocks}" });
+        JsonElement outcome;
+        try
+        {
+            await WaitForLineAsync(writer, "streaming");
+            int exitCode = await Server.StopAsync();
+            Assert.True(exitCode == 0, $"server exited with code {exitCode} on SIGTERM under load\n{Server.Log}");
+            var rest = await writer.StandardOutput.ReadToEndAsync().WaitAsync(TimeSpan.FromSeconds(60));
+            var last = rest.Split('\n', StringSplitOptions.RemoveEmptyEntries).LastOrDefault()
+                ?? throw new XunitException($"writer printed no outcome\n{await writer.StandardError.ReadToEndAsync()}");
+            using var doc = JsonDocument.Parse(last);
+            outcome = doc.RootElement.Clone();
+        }
+        finally
+        {
+            Proc.KillTree(writer);
+        }
+        Output.WriteLine($"writer: {outcome.GetProperty("writes").GetInt64()} writes submitted, ended with \"{outcome.GetProperty("error").GetString()}\"");
+
+        await Server.StartAsync();
+
+        // Every block holds its last acknowledged value, or the value that was in flight for it: nothing older,
+        // nothing torn, nothing else.
+        var verdict = await Nbdsh.RunAsync("""
+            import json, os, nbd
+            BS, BLOCKS = 4096, int(os.environ["BLOCKS"])
+            outcome = json.loads(os.environ["OUTCOME"])
+            allowed = [{v} for v in outcome["acked"]]
+            for block, value in outcome["pending"]:
+                allowed[block].add(value)
+            h = nbd.NBD()
+            h.connect_uri(os.environ["URI"])
+            data = h.pread(BS * BLOCKS, 0)
+            bad = []
+            for b in range(BLOCKS):
+                chunk = data[b * BS:(b + 1) * BS]
+                if chunk != bytes([chunk[0]]) * BS or chunk[0] not in allowed[b]:
+                    bad.append({"block": b, "first": chunk[0], "uniform": chunk == bytes([chunk[0]]) * BS, "allowed": sorted(allowed[b])})
+            print(json.dumps({"bad": bad[:20], "badCount": len(bad)}))
+            """, new Dictionary<string, string> { ["URI"] = export.Uri, ["BLOCKS"] = $"{blocks}", ["OUTCOME"] = outcome.GetRawText() });
+
+        Assert.True(verdict.GetProperty("badCount").GetInt32() == 0, $"acknowledged writes lost or torn across SIGTERM: {verdict}");
+    }
+
+    private static async Task WaitForLineAsync(Process process, string expected)
+    {
+        var line = await process.StandardOutput.ReadLineAsync().WaitAsync(TimeSpan.FromSeconds(60));
+        if (line != expected)
+        {
+            Proc.KillTree(process);
+            throw new XunitException($"nbdsh client printed \"{line}\" instead of \"{expected}\"\n{await process.StandardError.ReadToEndAsync()}");
+        }
     }
 
     private static void WriteFill(FileStream image, long offset, long length, byte value)
