@@ -7,7 +7,7 @@ namespace Platter.Interop.Tests;
 public abstract class InteropTest(ServerFixture fixture, ITestOutputHelper output) : IDisposable
 {
     protected ServerFixture Fixture { get; } = fixture;
-    protected ITestServer Server => Fixture.Server;
+    protected PlatterServer Server => Fixture.Server;
     protected ITestOutputHelper Output { get; } = output;
     protected TempDirectory Scratch { get; } = new("plt-t");
 

@@ -42,7 +42,7 @@ public sealed class NbdInfoTests(ServerFixture fixture, ITestOutputHelper output
     [InlineData("1T", 1024L * 1024 * 1024 * 1024)]
     public async Task Volume_size_given_to_the_cli_is_the_export_size(string size, long expectedBytes)
     {
-        var platter = RequirePlatter();
+        var platter = Server;
         var export = await platter.CreateVolumeAsync($"size-{size.ToLowerInvariant()}", size, expectedBytes);
 
         var e = (await Clients.NbdInfoJsonAsync(export.Uri)).GetProperty("exports")[0];
@@ -57,7 +57,7 @@ public sealed class NbdInfoTests(ServerFixture fixture, ITestOutputHelper output
     [Fact]
     public async Task List_shows_every_volume_as_an_export_and_agrees_with_the_cli()
     {
-        var platter = RequirePlatter();
+        var platter = Server;
         var a = await platter.CreateVolumeAsync("list-alpha", "64M", 64 * MiB);
         var b = await platter.CreateVolumeAsync("list-beta", "128M", 128 * MiB);
 
@@ -110,9 +110,6 @@ public sealed class NbdInfoTests(ServerFixture fixture, ITestOutputHelper output
         // Every hole must also read as zeros (NBD_STATE_ZERO), or clients would have to read it to know.
         Assert.All(map.Where(m => m.IsHole), m => Assert.True(m.IsZero, $"hole without the zero flag: {m}"));
     }
-
-    private PlatterServer RequirePlatter() =>
-        Server as PlatterServer ?? throw new InvalidOperationException("this test needs the Platter server (volume names and sizes come from its CLI)");
 
     private static IEnumerable<string> StringValuesNamed(JsonElement element, string property)
     {

@@ -8,10 +8,12 @@ namespace Platter.Interop.Tests.Infrastructure;
 /// A real <c>platter serve</c> process on a private store with NBD and the management API on unix sockets
 /// (no TCP, so parallel test classes never collide on ports). Volumes are created through the real CLI.
 /// </summary>
-public sealed class PlatterServer : ITestServer
+public sealed class PlatterServer : IAsyncDisposable
 {
     private static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(60);
-    private static readonly TimeSpan StopTimeout = TimeSpan.FromSeconds(30);
+    // Longer than the server's own 30 s grace for in-flight requests, so a slow drain shows up as a slow
+    // exit in the log rather than as a kill; only a real hang fails here.
+    private static readonly TimeSpan StopTimeout = TimeSpan.FromSeconds(60);
     private static readonly TimeSpan CliTimeout = TimeSpan.FromSeconds(60);
 
     private readonly TempDirectory _root = new();
@@ -104,6 +106,7 @@ public sealed class PlatterServer : ITestServer
     {
         var process = _process ?? throw new InvalidOperationException("not started");
         AppendLog("--- sending SIGTERM");
+        var stopping = Stopwatch.StartNew();
         Signals.Terminate(process);
         using var cts = new CancellationTokenSource(StopTimeout);
         try
@@ -118,7 +121,7 @@ public sealed class PlatterServer : ITestServer
         int exitCode = process.ExitCode;
         process.Dispose();
         _process = null;
-        AppendLog($"--- exited with code {exitCode}");
+        AppendLog($"--- exited with code {exitCode}, {stopping.Elapsed.TotalSeconds:0.0} s after SIGTERM");
         return exitCode;
     }
 
@@ -131,7 +134,7 @@ public sealed class PlatterServer : ITestServer
         Proc.RunAsync(DotnetHost, [PlatterDll, .. args], CliTimeout,
             new Dictionary<string, string?> { ["PLATTER_API_SOCKET"] = ApiSocketPath });
 
-    /// <inheritdoc />
+    /// <summary>Creates a volume of <paramref name="sizeBytes"/> (given to the CLI in MiB when whole, else in bytes).</summary>
     public Task<NbdExport> CreateExportAsync(string name, long sizeBytes) =>
         CreateVolumeAsync(name, sizeBytes % (1024 * 1024) == 0 ? $"{sizeBytes / (1024 * 1024)}M" : $"{sizeBytes}", sizeBytes);
 

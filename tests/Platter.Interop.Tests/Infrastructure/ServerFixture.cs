@@ -1,16 +1,15 @@
 namespace Platter.Interop.Tests.Infrastructure;
 
-/// <summary>One server per test class: started before the first test, stopped after the last.</summary>
+/// <summary>One <c>platter serve</c> per test class: started before the first test, stopped after the last.</summary>
 public sealed class ServerFixture : IAsyncLifetime
 {
-    public ITestServer Server { get; } =
-        Environment.GetEnvironmentVariable("PLATTER_INTEROP_PEER") == "qemu-nbd" ? new QemuNbdServer() : new PlatterServer();
+    private int _sequence;
 
-    /// <summary>Creates an export with a name unique within this server.</summary>
+    public PlatterServer Server { get; } = new();
+
+    /// <summary>Creates a volume named <c>PREFIX-N</c>, unique within this server, so tests of a class never share one.</summary>
     public Task<NbdExport> CreateExportAsync(string prefix, long sizeBytes) =>
         Server.CreateExportAsync($"{prefix}-{Interlocked.Increment(ref _sequence)}", sizeBytes);
-
-    private int _sequence;
 
     public Task InitializeAsync() => Server.StartAsync();
 
