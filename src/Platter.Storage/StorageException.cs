@@ -27,6 +27,8 @@ public enum StorageError
     BadStore,
     /// <summary>The store or volume handle was closed.</summary>
     Closed,
+    /// <summary>Another process has the store open.</summary>
+    InUse,
 }
 
 /// <summary>A storage operation that failed for a reason the caller can act on.</summary>

@@ -15,14 +15,17 @@ public sealed class StoreOptions
     /// <summary>Logger for checksum errors, faults and recovery.</summary>
     public ILoggerFactory LoggerFactory { get; init; } = NullLoggerFactory.Instance;
 
-    /// <summary>Opens the data file's device. Tests wrap it to inject faults; null means a plain file.</summary>
+    /// <summary>
+    /// Opens the data file's device (which also holds the metadata journal in its first
+    /// JournalRegionBytes). Tests wrap it to inject faults; null means a plain file.
+    /// </summary>
     internal Func<string, Devices.IDataDevice>? DataDeviceFactory { get; init; }
-
-    /// <summary>Opens the metadata journal's device. Tests wrap it to inject faults; null means a plain file.</summary>
-    internal Func<string, Devices.IDataDevice>? JournalDeviceFactory { get; init; }
 
     /// <summary>Called inside each metadata checkpoint before the KV commit; a test hook that may throw to simulate a failed commit.</summary>
     internal Action? BeforeCheckpointCommit { get; init; }
+
+    /// <summary>Journal region size for a new store (kept in its metadata; an existing store keeps its own). Tests use small ones.</summary>
+    internal long JournalRegionBytes { get; init; } = Internal.Layout.JournalRegionBytes;
 
     /// <summary>Size of each data file growth step. Tests use small steps to reach ENOSPC quickly.</summary>
     internal long DataGrowthBytes { get; init; } = 256L << 20;

@@ -1,35 +1,162 @@
+using System.Buffers;
+using Platter.Storage.Internal;
+
 namespace Platter.Storage;
 
 /// <summary>
 /// An I/O handle on one volume. Thread-safe; concurrent requests are allowed. Offsets and lengths
 /// are in bytes and need no alignment (unaligned writes read-modify-write their 4 KiB blocks).
 /// </summary>
-public sealed partial class Volume : IDisposable
+public sealed class Volume : IDisposable
 {
-    public string Name => throw new NotImplementedException("engine landing");
-    public long SizeBytes => throw new NotImplementedException("engine landing");
-    public bool IsReadOnly => throw new NotImplementedException("engine landing");
+    private readonly VolumeStore _store;
+    private readonly VolumeState _state;
+    private volatile bool _disposed;
+
+    internal Volume(VolumeStore store, VolumeState state)
+    {
+        _store = store;
+        _state = state;
+    }
+
+    public string Name => _state.Name;
+    public long SizeBytes => Volatile.Read(ref _state.SizeBytes);
+    public bool IsReadOnly => false;
 
     /// <summary>Reads; unmapped ranges read as zeros. Throws ChecksumMismatch, IoError, OutOfRange, Closed.</summary>
-    public void Read(long offset, Span<byte> destination) => throw new NotImplementedException("engine landing");
+    public void Read(long offset, Span<byte> destination)
+    {
+        CheckRange(offset, destination.Length);
+        if (destination.IsEmpty) return;
+        if (IsAligned(offset, destination.Length))
+        {
+            _store.ReadBlocks(_state, offset >> Layout.BlockShift, destination);
+            return;
+        }
+        long first = offset >> Layout.BlockShift;
+        long last = (offset + destination.Length - 1) >> Layout.BlockShift;
+        int bytes = (int)(last - first + 1) << Layout.BlockShift;
+        var buffer = ArrayPool<byte>.Shared.Rent(bytes);
+        try
+        {
+            _store.ReadBlocks(_state, first, buffer.AsSpan(0, bytes));
+            buffer.AsSpan((int)(offset - (first << Layout.BlockShift)), destination.Length).CopyTo(destination);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
 
     /// <summary>Writes (copy-on-write). Acknowledged on return, durable after the next flush. Throws NoSpace, IoError, StoreFailed, OutOfRange.</summary>
-    public void Write(long offset, ReadOnlySpan<byte> source) => throw new NotImplementedException("engine landing");
+    public void Write(long offset, ReadOnlySpan<byte> source)
+    {
+        CheckWritable();
+        CheckRange(offset, source.Length);
+        if (source.IsEmpty) return;
+        long end = offset + source.Length;
+        long firstWhole = (offset + Layout.BlockBytes - 1) >> Layout.BlockShift;
+        long endWhole = end >> Layout.BlockShift;
+        if (firstWhole >= endWhole)
+        {
+            // No whole block: one or two partial blocks.
+            WritePartial(offset, source);
+            return;
+        }
+        long headBytes = (firstWhole << Layout.BlockShift) - offset;
+        long wholeBytes = (endWhole - firstWhole) << Layout.BlockShift;
+        if (headBytes > 0) _store.ReadModifyWrite(_state, offset, source[..(int)headBytes]);
+        _store.WriteBlocks(_state, firstWhole, source.Slice((int)headBytes, (int)wholeBytes));
+        var tail = source[(int)(headBytes + wholeBytes)..];
+        if (!tail.IsEmpty) _store.ReadModifyWrite(_state, endWhole << Layout.BlockShift, tail);
+    }
+
+    private void WritePartial(long offset, ReadOnlySpan<byte> source)
+    {
+        while (!source.IsEmpty)
+        {
+            int inBlock = (int)Math.Min(source.Length, Layout.BlockBytes - (offset & (Layout.BlockBytes - 1)));
+            _store.ReadModifyWrite(_state, offset, source[..inBlock]);
+            offset += inBlock;
+            source = source[inBlock..];
+        }
+    }
 
     /// <summary>Deallocates; the range reads as zeros.</summary>
-    public void Trim(long offset, long length) => throw new NotImplementedException("engine landing");
+    public void Trim(long offset, long length) => WriteZeroes(offset, length);
 
     /// <summary>Makes the range read as zeros (deallocates whole blocks, writes zeros into partial ones).</summary>
-    public void WriteZeroes(long offset, long length) => throw new NotImplementedException("engine landing");
+    public void WriteZeroes(long offset, long length)
+    {
+        CheckWritable();
+        CheckRange(offset, length);
+        _store.ZeroRange(_state, offset, length);
+    }
 
     /// <summary>Makes every acknowledged write durable (group commit shared with all volumes of the store).</summary>
-    public ValueTask FlushAsync(CancellationToken cancellationToken = default) => throw new NotImplementedException("engine landing");
+    public ValueTask FlushAsync(CancellationToken cancellationToken = default)
+    {
+        ThrowIfClosed();
+        return _store.FlushAsync(cancellationToken);
+    }
 
     /// <summary>
     /// Allocation map from <paramref name="offset"/>: fills <paramref name="destination"/> with consecutive runs
     /// covering at most <paramref name="length"/> bytes and returns how many (at least one when length &gt; 0).
     /// </summary>
-    public int GetExtents(long offset, long length, Span<VolumeExtent> destination) => throw new NotImplementedException("engine landing");
+    public int GetExtents(long offset, long length, Span<VolumeExtent> destination)
+    {
+        ThrowIfClosed();
+        CheckRange(offset, length);
+        if (length == 0 || destination.IsEmpty) return 0;
+        long end = offset + length;
+        int count = 0;
+        lock (_state.Lock)
+        {
+            long pos = offset;
+            while (pos < end && count < destination.Length)
+            {
+                long block = pos >> Layout.BlockShift;
+                long endBlock = (end + Layout.BlockBytes - 1) >> Layout.BlockShift;
+                bool allocated = _state.Map.Get(block).IsMapped;
+                long nextBlock = allocated ? _state.Map.NextUnmapped(block + 1, endBlock) : NextMappedOrEnd(block + 1, endBlock);
+                long runEnd = Math.Min(end, nextBlock << Layout.BlockShift);
+                destination[count++] = new VolumeExtent(pos, runEnd - pos, allocated);
+                pos = runEnd;
+            }
+        }
+        return count;
+    }
 
-    public void Dispose() => throw new NotImplementedException("engine landing");
+    private long NextMappedOrEnd(long block, long endBlock)
+    {
+        long next = _state.Map.NextMapped(block, endBlock);
+        return next < 0 ? endBlock : next;
+    }
+
+    private static bool IsAligned(long offset, long length) => ((offset | length) & (Layout.BlockBytes - 1)) == 0;
+
+    private void CheckRange(long offset, long length)
+    {
+        ThrowIfClosed();
+        if (offset < 0 || length < 0)
+            throw new StorageException(StorageError.InvalidArgument, $"negative offset or length ({offset}, {length})");
+        long size = SizeBytes;
+        if (offset > size || length > size - offset)
+            throw new StorageException(StorageError.OutOfRange, $"range [{offset}, {offset + length}) is past the end of volume '{Name}' ({size} bytes)");
+    }
+
+    private void CheckWritable()
+    {
+        if (IsReadOnly) throw new StorageException(StorageError.ReadOnly, $"volume '{Name}' is read-only");
+    }
+
+    private void ThrowIfClosed()
+    {
+        if (_disposed) throw new StorageException(StorageError.Closed, "the volume handle is closed");
+        if (_state.Deleted) throw new StorageException(StorageError.Closed, $"volume '{Name}' was deleted");
+        _store.ThrowIfDisposed();
+    }
+
+    public void Dispose() => _disposed = true;
 }

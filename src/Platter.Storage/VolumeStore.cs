@@ -1,50 +1,193 @@
+using Microsoft.Extensions.Logging;
+using Platter.Storage.Devices;
+using Platter.Storage.Internal;
+
 namespace Platter.Storage;
 
 /// <summary>
 /// A Platter store: a directory holding the metadata (LMDB), the metadata journal and the data file.
-/// Thread-safe. Open one instance per directory per process.
+/// Thread-safe. One process opens a store at a time (a lock file enforces it).
+///
+/// How a write becomes durable: the data goes to newly allocated blocks of the data file (copy-on-write), the
+/// block map in memory points at them and the change is appended, encoded, to the volume's pending operations;
+/// the write is acknowledged. A flush (or the commit timer) gathers every pending operation of every volume into one
+/// batch, syncs the data file, appends the batch to the journal and syncs it: from then on the writes survive any
+/// crash. Batches reach the KV store later, many at a time, in one checkpoint transaction.
 /// </summary>
 public sealed partial class VolumeStore : IDisposable
 {
+    internal const string MetadataFileName = "data.mdb";
+    internal const string DataFileName = "data";
+    internal const string LockFileName = "store.lock";
+
+    private readonly StoreOptions _options;
+    private readonly ILogger _logger;
+    private readonly FileStream _lockFile;
+    private readonly MetadataStore _metadata;
+    private readonly IDataDevice _file;
+    private readonly IDataDevice _data;
+    private readonly Journal _journal;
+    private readonly Allocator _allocator = new();
+    private readonly EpochGate _epochs = new();
+    private readonly object _growLock = new();
+
+    // Catalog: guarded by _catalogLock. Catalog changes are serialised by _adminLock (they are rare and wait for commits).
+    private readonly object _catalogLock = new();
+    private readonly SemaphoreSlim _adminLock = new(1, 1);
+    private readonly Dictionary<string, VolumeState> _byName = new(StringComparer.Ordinal);
+    private readonly Dictionary<long, VolumeState> _byId = new();
+    private OpLog _catalogOps = new(256);
+    private readonly List<long> _catalogFrees = new();
+    private long _nextVolumeId;
+
+    private long _pendingOpBytes;
+    private volatile bool _disposed;
+
+    private VolumeStore(string directory, StoreOptions options, FileStream lockFile, MetadataStore metadata, IDataDevice file, IDataDevice data, Journal journal)
+    {
+        _file = file;
+        Directory = directory;
+        _options = options;
+        _logger = options.LoggerFactory.CreateLogger("Platter.Storage");
+        _lockFile = lockFile;
+        _metadata = metadata;
+        _data = data;
+        _journal = journal;
+    }
+
     /// <summary>Opens the store in <paramref name="directory"/>, creating it when allowed; replays the journal after a crash.</summary>
-    public static VolumeStore Open(string directory, StoreOptions? options = null) => throw new NotImplementedException("engine landing");
+    public static VolumeStore Open(string directory, StoreOptions? options = null)
+    {
+        options ??= new StoreOptions();
+        directory = Path.GetFullPath(directory);
+        bool exists = Exists(directory);
+        if (!exists)
+        {
+            if (!options.CreateIfMissing) throw new StorageException(StorageError.NotFound, $"no Platter store in {directory}");
+            if (System.IO.Directory.Exists(directory) && System.IO.Directory.EnumerateFileSystemEntries(directory)
+                    .Any(p => Path.GetFileName(p) is not (LockFileName or "lock.mdb" or MetadataFileName or DataFileName) && !p.EndsWith(".sock", StringComparison.Ordinal)))
+                throw new StorageException(StorageError.BadStore, $"{directory} is not empty and holds no Platter store; choose an empty directory");
+            System.IO.Directory.CreateDirectory(directory);
+        }
+
+        FileStream lockFile;
+        try
+        {
+            // FileShare.None takes an exclusive flock on Linux: a second process (or a second open here) is refused.
+            lockFile = new FileStream(Path.Combine(directory, LockFileName), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+        }
+        catch (IOException e)
+        {
+            throw new StorageException(StorageError.InUse, $"the store in {directory} is in use by another process (is `platter serve` running?)", e);
+        }
+
+        MetadataStore? metadata = null;
+        IDataDevice? file = null;
+        try
+        {
+            if (options.JournalRegionBytes < Layout.JournalRegionBytesMin) throw new ArgumentException("journal region too small", nameof(options));
+            metadata = new MetadataStore(directory, create: !exists, options.JournalRegionBytes);
+            long journalBytes = metadata.JournalRegionBytes;
+            file = (options.DataDeviceFactory ?? (p => new FileDataDevice(p)))(Path.Combine(directory, DataFileName));
+            // Layout of the data file: the journal region, then data blocks (physical block 0 starts after the journal).
+            var journal = new Journal(new DeviceWindow(file, 0, journalBytes));
+            if (!exists || file.Length < journalBytes) journal.Format();
+            var store = new VolumeStore(directory, options, lockFile, metadata, file, new DeviceWindow(file, journalBytes), journal);
+            store.Recover();
+            store.StartCommitter();
+            return store;
+        }
+        catch (Exception e)
+        {
+            file?.Dispose();
+            metadata?.Dispose();
+            lockFile.Dispose();
+            if (e is StorageException) throw;
+            throw new StorageException(StorageError.BadStore, $"cannot open the store in {directory}: {e.Message}", e);
+        }
+    }
 
     /// <summary>True when <paramref name="directory"/> holds a Platter store.</summary>
-    public static bool Exists(string directory) => throw new NotImplementedException("engine landing");
+    public static bool Exists(string directory) =>
+        File.Exists(Path.Combine(directory, MetadataFileName)) && File.Exists(Path.Combine(directory, DataFileName));
 
-    public string Directory => throw new NotImplementedException("engine landing");
-
-    public IReadOnlyList<VolumeInfo> ListVolumes() => throw new NotImplementedException("engine landing");
-
-    /// <summary>Returns the volume's info or throws <see cref="StorageException"/> NotFound.</summary>
-    public VolumeInfo GetVolumeInfo(string name) => throw new NotImplementedException("engine landing");
-
-    public bool TryGetVolumeInfo(string name, out VolumeInfo? info) => throw new NotImplementedException("engine landing");
-
-    /// <summary>Creates a thin volume; durable on return.</summary>
-    public VolumeInfo CreateVolume(string name, long sizeBytes) => throw new NotImplementedException("engine landing");
-
-    public void RenameVolume(string name, string newName) => throw new NotImplementedException("engine landing");
-
-    /// <summary>Grows or shrinks; shrinking drops the data past the new end. Durable on return.</summary>
-    public void ResizeVolume(string name, long newSizeBytes) => throw new NotImplementedException("engine landing");
-
-    /// <summary>Deletes the volume and reclaims its space. Open handles start failing with Closed.</summary>
-    public void DeleteVolume(string name) => throw new NotImplementedException("engine landing");
-
-    /// <summary>Opens a handle for I/O. Handles are cheap; all handles of a volume share its state.</summary>
-    public Volume OpenVolume(string name) => throw new NotImplementedException("engine landing");
-
-    public StoreUsage GetUsage() => throw new NotImplementedException("engine landing");
-
-    /// <summary>Makes every acknowledged write of every volume durable (group commit).</summary>
-    public ValueTask FlushAsync(CancellationToken cancellationToken = default) => throw new NotImplementedException("engine landing");
+    public string Directory { get; }
 
     /// <summary>Counters for metrics.</summary>
-    public StorageCounters Counters => throw new NotImplementedException("engine landing");
+    public StorageCounters Counters { get; } = new();
+
+    public IReadOnlyList<VolumeInfo> ListVolumes()
+    {
+        List<VolumeState> states;
+        lock (_catalogLock) states = [.. _byName.Values];
+        return [.. states.Select(s => s.ToInfo()).OrderBy(i => i.Name, StringComparer.Ordinal)];
+    }
+
+    /// <summary>Returns the volume's info or throws <see cref="StorageException"/> NotFound.</summary>
+    public VolumeInfo GetVolumeInfo(string name) => Find(name).ToInfo();
+
+    public bool TryGetVolumeInfo(string name, out VolumeInfo? info)
+    {
+        VolumeState? state;
+        lock (_catalogLock) _byName.TryGetValue(name, out state);
+        info = state?.ToInfo();
+        return info is not null;
+    }
+
+    /// <summary>Opens a handle for I/O. Handles are cheap; all handles of a volume share its state.</summary>
+    public Volume OpenVolume(string name)
+    {
+        ThrowIfDisposed();
+        return new Volume(this, Find(name));
+    }
+
+    /// <summary>Space accounting for the whole store.</summary>
+    public StoreUsage GetUsage()
+    {
+        List<VolumeState> states;
+        lock (_catalogLock) states = [.. _byName.Values];
+        long used = 0, provisioned = 0;
+        foreach (var s in states)
+        {
+            lock (s.Lock)
+            {
+                used += s.Map.MappedBlocks;
+                provisioned += s.SizeBytes;
+            }
+        }
+        return new StoreUsage(_data.Length, used * Layout.BlockBytes, _allocator.FreeBlocks * Layout.BlockBytes, states.Count, provisioned);
+    }
+
+    internal ILogger Logger => _logger;
+    internal IDataDevice DataDevice => _data;
+    internal EpochGate Epochs => _epochs;
+
+    private VolumeState Find(string name)
+    {
+        lock (_catalogLock)
+        {
+            if (_byName.TryGetValue(name, out var state)) return state;
+        }
+        throw new StorageException(StorageError.NotFound, $"no volume named '{name}'");
+    }
+
+    internal void ThrowIfDisposed()
+    {
+        if (_disposed) throw new StorageException(StorageError.Closed, "the store is closed");
+    }
 
     /// <summary>Flushes and closes. Safe to call twice.</summary>
-    public void Dispose() => throw new NotImplementedException("engine landing");
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        StopCommitter();
+        _journal.Dispose();
+        _file.Dispose();
+        _metadata.Dispose();
+        _lockFile.Dispose();
+        _adminLock.Dispose();
+    }
 }
 
 /// <summary>Monotonic counters since the store was opened.</summary>
@@ -55,6 +198,11 @@ public sealed class StorageCounters
     public long WriteOps;
     public long WriteBytes;
     public long Commits;
+    public long Checkpoints;
+    /// <summary>Time spent in commit syncs (data + journal), microseconds.</summary>
+    public long SyncMicros;
+    /// <summary>Time spent applying journaled batches to the KV store, microseconds.</summary>
+    public long CheckpointMicros;
     public long ChecksumErrors;
     public long IoErrors;
 }

@@ -1,0 +1,100 @@
+using System.Diagnostics;
+using Platter.Storage;
+
+// In-process engine benchmark (no network): the numbers the engine must reach before NBD adds its own cost.
+// Usage: dotnet run -c Release --project bench/Platter.Bench -- [--dir DIR] [--size-gib 4] [--seconds 10] [--threads 4]
+//        dotnet run -c Release --project bench/Platter.Bench -- --kv     (metadata store micro-benchmark)
+if (args.Length > 0 && args[0] == "--kv")
+{
+    KvBench.Run(Path.Combine(Path.GetTempPath(), "platter-kvbench"), keys: 1_000_000);
+    return;
+}
+var options = BenchOptions.Parse(args);
+if (Directory.Exists(options.Directory)) Directory.Delete(options.Directory, recursive: true);
+Console.WriteLine($"# Platter engine benchmark: {options.SizeBytes >> 30} GiB volume, {options.Seconds} s per workload, {options.Threads} threads, store {options.Directory}");
+Console.WriteLine($"# {Environment.ProcessorCount} cores, .NET {Environment.Version}, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}");
+
+using var store = VolumeStore.Open(options.Directory);
+store.CreateVolume("bench", options.SizeBytes);
+using var volume = store.OpenVolume("bench");
+
+Report("seq-write 1M", SequentialWrite(volume, options), 1 << 20);
+Report("seq-read 1M", Run(options, 1 << 20, (v, buf, rnd, i, pos) => v.Read(pos, buf), sequential: true, volume), 1 << 20);
+Report("rand-read 4K", Run(options, 4096, (v, buf, rnd, i, pos) => v.Read(pos, buf), sequential: false, volume), 4096);
+Report("rand-write 4K, flush/32", Run(options, 4096, (v, buf, rnd, i, pos) =>
+{
+    v.Write(pos, buf);
+    if (i % 32 == 31) v.FlushAsync().AsTask().GetAwaiter().GetResult();
+}, sequential: false, volume), 4096);
+Report("rand-read 4K after random writes", Run(options, 4096, (v, buf, rnd, i, pos) => v.Read(pos, buf), sequential: false, volume), 4096);
+var c = store.Counters;
+Console.WriteLine($"# commits {c.Commits}: sync avg {c.SyncMicros / Math.Max(1, c.Commits)} us; checkpoints {c.Checkpoints}: avg {c.CheckpointMicros / Math.Max(1, c.Checkpoints) / 1000} ms");
+var check = store.Check(verifyChecksums: false);
+Console.WriteLine($"# check: {(check.Ok ? "ok" : string.Join("; ", check.Problems))}; {check.ExtentRecords} extent records for {check.MappedBlocks} blocks; commits {store.Counters.Commits}, checkpoints {store.Counters.Checkpoints}");
+Directory.Delete(options.Directory, recursive: true);
+
+static void Report(string name, (long Ops, double Seconds) r, int bytes)
+{
+    double iops = r.Ops / r.Seconds;
+    Console.WriteLine($"{name,-34} {iops,12:N0} IOPS {iops * bytes / 1e6,10:N1} MB/s");
+}
+
+// Fills the whole volume once, sequentially, with a flush at the end (so reads later hit real data).
+static (long, double) SequentialWrite(Volume volume, BenchOptions o)
+{
+    var buf = new byte[1 << 20];
+    Random.Shared.NextBytes(buf);
+    var sw = Stopwatch.StartNew();
+    long ops = 0;
+    for (long pos = 0; pos < volume.SizeBytes; pos += buf.Length, ops++)
+        volume.Write(pos, buf);
+    volume.FlushAsync().AsTask().GetAwaiter().GetResult();
+    return (ops, sw.Elapsed.TotalSeconds);
+}
+
+static (long, double) Run(BenchOptions o, int blockBytes, Action<Volume, byte[], Random, long, long> op, bool sequential, Volume volume)
+{
+    long blocks = volume.SizeBytes / blockBytes;
+    long total = 0;
+    var deadline = Stopwatch.StartNew();
+    var threads = Enumerable.Range(0, o.Threads).Select(t => new Thread(() =>
+    {
+        var rnd = new Random(t + 1);
+        var buf = new byte[blockBytes];
+        rnd.NextBytes(buf);
+        long i = 0;
+        long seq = t * (blocks / o.Threads);
+        while (deadline.Elapsed.TotalSeconds < o.Seconds)
+        {
+            long pos = sequential ? (seq++ % blocks) * blockBytes : rnd.NextInt64(blocks) * blockBytes;
+            op(volume, buf, rnd, i++, pos);
+        }
+        Interlocked.Add(ref total, i);
+    })).ToList();
+    threads.ForEach(t => t.Start());
+    threads.ForEach(t => t.Join());
+    return (total, deadline.Elapsed.TotalSeconds);
+}
+
+internal sealed record BenchOptions(string Directory, long SizeBytes, double Seconds, int Threads)
+{
+    public static BenchOptions Parse(string[] args)
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "platter-bench");
+        long size = 4L << 30;
+        double seconds = 10;
+        int threads = 4;
+        for (int i = 0; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "--dir": dir = args[++i]; break;
+                case "--size-gib": size = long.Parse(args[++i]) << 30; break;
+                case "--seconds": seconds = double.Parse(args[++i]); break;
+                case "--threads": threads = int.Parse(args[++i]); break;
+                default: throw new ArgumentException($"unknown argument {args[i]}; see the header of bench/Platter.Bench/Program.cs");
+            }
+        }
+        return new BenchOptions(dir, size, seconds, threads);
+    }
+}

@@ -1,2 +1,0 @@
-namespace Platter.Lmdb;
-internal static class AssemblyMarker { }

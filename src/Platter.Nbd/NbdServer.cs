@@ -1,0 +1,233 @@
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Platter.Nbd.Internal;
+
+namespace Platter.Nbd;
+
+/// <summary>
+/// An NBD server: fixed newstyle handshake (TLS, structured replies, extended headers, metadata contexts) and a
+/// concurrent transmission phase, serving the exports of an <see cref="INbdExportProvider"/>.
+/// </summary>
+/// <remarks>
+/// Typical host use: construct, <see cref="Listen"/> on one or more endpoints, <see cref="StartAsync"/>, and
+/// <see cref="StopAsync"/> on shutdown. A misbehaving client only ever loses its own connection.
+/// </remarks>
+public sealed class NbdServer : IAsyncDisposable
+{
+    private readonly ServerContext _context;
+    private readonly ILogger _log;
+    private readonly List<Socket> _listeners = [];
+    private readonly List<string> _socketFiles = [];
+    private readonly List<Task> _acceptLoops = [];
+    private readonly ConcurrentDictionary<NbdConnection, Task> _connections = new();
+    private readonly CancellationTokenSource _stopping = new();
+    private readonly object _lock = new();
+    private Task? _stopTask;
+    private bool _started;
+    private int _active;
+
+    /// <param name="exports">Where export names are resolved; called concurrently from connections.</param>
+    /// <param name="options">Settings, read once here.</param>
+    /// <param name="logger">Connection-level diagnostics; protocol noise is logged at Debug.</param>
+    public NbdServer(INbdExportProvider exports, NbdServerOptions options, ILogger<NbdServer>? logger = null)
+    {
+        ArgumentNullException.ThrowIfNull(exports);
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.TlsRequired && options.TlsCertificate is null)
+            throw new ArgumentException("TlsRequired needs a TlsCertificate.", nameof(options));
+        if (options.TlsCertificate is { HasPrivateKey: false })
+            throw new ArgumentException("The TLS certificate has no private key.", nameof(options));
+        if (options.MaxConnections <= 0) throw new ArgumentOutOfRangeException(nameof(options), "MaxConnections must be positive.");
+        _log = (ILogger?)logger ?? NullLogger.Instance;
+        _context = new ServerContext(exports, options, _log);
+    }
+
+    /// <summary>Connections currently being served (handshake or transmission).</summary>
+    public int ActiveConnections => Volatile.Read(ref _active);
+
+    /// <summary>Bound addresses (useful after listening on port 0).</summary>
+    public IReadOnlyList<EndPoint> LocalEndPoints
+    {
+        get { lock (_lock) return [.. _listeners.Select(l => l.LocalEndPoint!)]; }
+    }
+
+    /// <summary>
+    /// Binds and listens on <paramref name="endPoint"/>: an <see cref="IPEndPoint"/> or a
+    /// <see cref="UnixDomainSocketEndPoint"/> (a stale socket file at that path is deleted first, and the file
+    /// is removed again on stop). Connections are accepted once <see cref="StartAsync"/> runs.
+    /// </summary>
+    public void Listen(EndPoint endPoint)
+    {
+        ArgumentNullException.ThrowIfNull(endPoint);
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_stopTask is not null, this);
+            Socket socket;
+            string? path = null;
+            if (endPoint is UnixDomainSocketEndPoint unix)
+            {
+                path = unix.ToString();
+                if (!string.IsNullOrEmpty(path) && path[0] != '\0' && File.Exists(path)) File.Delete(path);
+                socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            }
+            else
+            {
+                socket = new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+                if (endPoint.AddressFamily == AddressFamily.InterNetworkV6) socket.DualMode = true;
+            }
+            try
+            {
+                socket.Bind(endPoint);
+                socket.Listen(512);
+            }
+            catch
+            {
+                socket.Dispose();
+                throw;
+            }
+            _listeners.Add(socket);
+            if (path is not null) _socketFiles.Add(path);
+            if (_started) _acceptLoops.Add(AcceptLoopAsync(socket));
+        }
+    }
+
+    /// <summary>Starts accepting on every endpoint given to <see cref="Listen"/>. Returns once the loops run.</summary>
+    public Task StartAsync()
+    {
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_stopTask is not null, this);
+            if (_started) return Task.CompletedTask;
+            _started = true;
+            foreach (Socket listener in _listeners) _acceptLoops.Add(AcceptLoopAsync(listener));
+        }
+        return Task.CompletedTask;
+    }
+
+    /// <summary>
+    /// Serves one already-connected client over <paramref name="stream"/> until it disconnects, the server stops,
+    /// or <paramref name="cancellationToken"/> is cancelled (which ends the connection at once). The stream is
+    /// disposed when the connection ends. Completes normally whatever the client sent.
+    /// </summary>
+    public Task ServeConnectionAsync(Stream stream, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        return ServeAsync(stream, "stream", cancellationToken);
+    }
+
+    private async Task ServeAsync(Stream stream, string peer, CancellationToken cancellationToken)
+    {
+        var connection = new NbdConnection(_context, stream, peer, _stopping.Token);
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _connections[connection] = done.Task;
+        Interlocked.Increment(ref _active);
+        try
+        {
+            // A connection registered after StopAsync took its snapshot still sees the stop token.
+            using var registration = cancellationToken.Register(static c => ((NbdConnection)c!).Abort(), connection);
+            await connection.RunAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _active);
+            _connections.TryRemove(connection, out _);
+            done.TrySetResult();
+        }
+    }
+
+    private async Task AcceptLoopAsync(Socket listener)
+    {
+        CancellationToken ct = _stopping.Token;
+        while (!ct.IsCancellationRequested)
+        {
+            Socket client;
+            try
+            {
+                client = await listener.AcceptAsync(ct).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) { return; }
+            catch (ObjectDisposedException) { return; }
+            catch (SocketException e)
+            {
+                // Transient accept failures (EMFILE, ECONNABORTED) must not kill the listener.
+                _log.LogWarning("NBD: accept failed: {Error}", e.SocketErrorCode);
+                try { await Task.Delay(50, ct).ConfigureAwait(false); } catch (OperationCanceledException) { return; }
+                continue;
+            }
+
+            if (ActiveConnections >= _context.Options.MaxConnections)
+            {
+                _log.LogWarning("NBD: connection limit {Max} reached, refusing {Peer}", _context.Options.MaxConnections, client.RemoteEndPoint);
+                client.Dispose();
+                continue;
+            }
+            string peer = client.RemoteEndPoint?.ToString() is { Length: > 0 } p ? p : "unix";
+            try
+            {
+                if (client.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6)
+                    client.NoDelay = true; // the spec asks both sides to disable Nagle
+                client.SendBufferSize = NbdLimits.SocketBufferBytes;
+                client.ReceiveBufferSize = NbdLimits.SocketBufferBytes;
+            }
+            catch (SocketException e)
+            {
+                _log.LogDebug("NBD: socket options on {Peer} not applied: {Error}", peer, e.SocketErrorCode);
+            }
+            _ = ServeAsync(new NetworkStream(client, ownsSocket: true), peer, CancellationToken.None);
+        }
+    }
+
+    /// <summary>
+    /// Stops accepting, stops reading new requests, lets requests in flight finish and reply, then closes every
+    /// connection. When <paramref name="cancellationToken"/> fires first, remaining connections are cut at once.
+    /// Safe to call more than once; later calls wait for the first.
+    /// </summary>
+    public Task StopAsync(CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            _stopTask ??= StopCoreAsync(cancellationToken);
+            return _stopTask;
+        }
+    }
+
+    private async Task StopCoreAsync(CancellationToken cancellationToken)
+    {
+        await Task.Yield();
+        _stopping.Cancel();
+        Socket[] listeners;
+        Task[] loops;
+        lock (_lock)
+        {
+            listeners = [.. _listeners];
+            loops = [.. _acceptLoops];
+        }
+        foreach (Socket listener in listeners) listener.Dispose();
+        await Task.WhenAll(loops).ConfigureAwait(false);
+        foreach (string path in _socketFiles)
+        {
+            try { File.Delete(path); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        }
+
+        Task all = Task.WhenAll(_connections.Values);
+        try
+        {
+            await all.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            foreach (NbdConnection connection in _connections.Keys) connection.Abort();
+            await all.ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Stops the server, giving connections up to five seconds to finish requests in flight.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+        await StopAsync(cts.Token).ConfigureAwait(false);
+    }
+}

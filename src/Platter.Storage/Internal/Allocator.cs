@@ -1,0 +1,179 @@
+namespace Platter.Storage.Internal;
+
+/// <summary>
+/// Free space of the data device as an ordered map of extents (by start) with a second index by
+/// (length, start) for best-fit. Units are blocks. Thread-safe (one lock; callers take space in regions of
+/// <see cref="Layout.RegionBlocks"/>, so the lock is taken about once per 4 MiB written).
+/// Space becomes free here only when no durable metadata and no in-flight read references it: the store
+/// quarantines freed blocks until their journal record is durable and older readers have finished.
+/// </summary>
+internal sealed class Allocator
+{
+    private readonly object _lock = new();
+    private readonly SortedSet<(long Start, long Length)> _byStart = new(Comparer<(long Start, long Length)>.Create((a, b) => a.Start.CompareTo(b.Start)));
+    private readonly SortedSet<(long Length, long Start)> _byLength = new();
+    private long _freeBlocks;
+
+    /// <summary>Total blocks the device holds (free or not).</summary>
+    public long TotalBlocks { get; private set; }
+
+    public long FreeBlocks
+    {
+        get { lock (_lock) return _freeBlocks; }
+    }
+
+    /// <summary>Number of free extents (a fragmentation measure).</summary>
+    public int FreeExtentCount
+    {
+        get { lock (_lock) return _byStart.Count; }
+    }
+
+    /// <summary>Adds the device space past the old total, up to <paramref name="newTotalBlocks"/>, after the device grew.</summary>
+    public void AddCapacity(long newTotalBlocks)
+    {
+        lock (_lock)
+        {
+            if (newTotalBlocks <= TotalBlocks) return;
+            long start = TotalBlocks;
+            TotalBlocks = newTotalBlocks;
+            FreeLocked(start, newTotalBlocks - start);
+        }
+    }
+
+    /// <summary>Initialises from the set of used runs (sorted by start, non-overlapping) on a device of <paramref name="totalBlocks"/>.</summary>
+    public void Initialize(long totalBlocks, IEnumerable<(long Start, long Length)> usedSorted)
+    {
+        lock (_lock)
+        {
+            _byStart.Clear();
+            _byLength.Clear();
+            _freeBlocks = 0;
+            TotalBlocks = totalBlocks;
+            long cursor = 0;
+            foreach (var (start, length) in usedSorted)
+            {
+                if (start > cursor) InsertLocked(cursor, start - cursor);
+                cursor = Math.Max(cursor, start + length);
+            }
+            if (cursor < totalBlocks) InsertLocked(cursor, totalBlocks - cursor);
+        }
+    }
+
+    /// <summary>
+    /// Takes up to <paramref name="wantBlocks"/> contiguous blocks, preferring the extent that starts at
+    /// <paramref name="hint"/> (right after the caller's previous region), then the smallest extent that fits,
+    /// then the largest there is. Returns false when nothing is free.
+    /// </summary>
+    public bool TryAllocate(long hint, long wantBlocks, out long start, out long length)
+    {
+        lock (_lock)
+        {
+            if (_byStart.Count == 0)
+            {
+                start = length = 0;
+                return false;
+            }
+            (long Start, long Length) chosen;
+            var atHint = hint >= 0 ? _byStart.GetViewBetween((hint, 0), (hint, 0)) : null;
+            if (atHint is { Count: > 0 })
+            {
+                chosen = atHint.Min;
+            }
+            else
+            {
+                var fits = _byLength.GetViewBetween((wantBlocks, long.MinValue), (long.MaxValue, long.MaxValue));
+                var best = fits.Count > 0 ? fits.Min : _byLength.Max;
+                chosen = (best.Start, best.Length);
+            }
+            RemoveLocked(chosen.Start, chosen.Length);
+            start = chosen.Start;
+            length = Math.Min(wantBlocks, chosen.Length);
+            if (length < chosen.Length) InsertLocked(start + length, chosen.Length - length);
+            return true;
+        }
+    }
+
+    /// <summary>Whether an extent of at least <paramref name="blocks"/> is free.</summary>
+    public bool HasExtentOf(long blocks)
+    {
+        lock (_lock) return _byLength.Count > 0 && _byLength.Max.Length >= blocks;
+    }
+
+    /// <summary>Returns space, merging it with free neighbours.</summary>
+    public void Free(long start, long length)
+    {
+        if (length <= 0) return;
+        lock (_lock) FreeLocked(start, length);
+    }
+
+    /// <summary>Returns many single blocks (sorted first so neighbours merge).</summary>
+    public void FreeBlocksBulk(List<long> blocks)
+    {
+        if (blocks.Count == 0) return;
+        blocks.Sort();
+        lock (_lock)
+        {
+            int i = 0;
+            while (i < blocks.Count)
+            {
+                long start = blocks[i];
+                int j = i + 1;
+                while (j < blocks.Count && blocks[j] == blocks[j - 1] + 1) j++;
+                FreeLocked(start, j - i);
+                i = j;
+            }
+        }
+    }
+
+    /// <summary>The free extents in order (for checks and tests).</summary>
+    public List<(long Start, long Length)> Snapshot()
+    {
+        lock (_lock) return [.. _byStart];
+    }
+
+    private void FreeLocked(long start, long length)
+    {
+        if (start < 0 || start + length > TotalBlocks)
+            throw new InvalidOperationException($"free of blocks [{start}, {start + length}) outside the device ({TotalBlocks} blocks)");
+        var before = _byStart.GetViewBetween((long.MinValue, 0), (start, 0));
+        if (before.Count > 0)
+        {
+            var prev = before.Max;
+            if (prev.Start + prev.Length > start)
+                throw new InvalidOperationException($"double free: blocks [{start}, {start + length}) overlap free extent [{prev.Start}, {prev.Start + prev.Length})");
+            if (prev.Start + prev.Length == start)
+            {
+                RemoveLocked(prev.Start, prev.Length);
+                start = prev.Start;
+                length += prev.Length;
+            }
+        }
+        var after = _byStart.GetViewBetween((start + 1, 0), (long.MaxValue, 0));
+        if (after.Count > 0)
+        {
+            var next = after.Min;
+            if (next.Start < start + length)
+                throw new InvalidOperationException($"double free: blocks [{start}, {start + length}) overlap free extent [{next.Start}, {next.Start + next.Length})");
+            if (next.Start == start + length)
+            {
+                RemoveLocked(next.Start, next.Length);
+                length += next.Length;
+            }
+        }
+        InsertLocked(start, length);
+    }
+
+    private void InsertLocked(long start, long length)
+    {
+        _byStart.Add((start, length));
+        _byLength.Add((length, start));
+        _freeBlocks += length;
+    }
+
+    private void RemoveLocked(long start, long length)
+    {
+        _byStart.Remove((start, length));
+        _byLength.Remove((length, start));
+        _freeBlocks -= length;
+    }
+}

@@ -1,0 +1,116 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using Platter.Storage.Devices;
+
+namespace Platter.Storage.Internal;
+
+/// <summary>
+/// The metadata journal: committed batches of operations appended to a preallocated region at the start of the data
+/// file and made durable by the same fdatasync that makes the batch's data durable: one sync per group commit.
+/// Durable commits of random keys straight into the KV store cost several syncs each; the KV store takes the batches
+/// later in one large transaction (a checkpoint), after which the journal starts again at offset 0.
+/// Because data and record share one sync, a crash during it can leave the record on disk without all of its data:
+/// recovery checks the data of the last record against its checksums and drops the record when any block is missing
+/// (that commit was never acknowledged).
+///
+/// Record: 32-byte header {magic u32, version u16, reserved u16, payload length u32, crc32c u32, sequence u64,
+/// reserved u64} then the payload. The CRC covers the header (with the crc field zero) and the payload. Replay reads
+/// records from offset 0 while each is intact and its sequence follows the previous one; a torn or stale record ends it.
+/// Sequences only grow, so stale records from an earlier cycle can never continue the current one.
+/// </summary>
+internal sealed class Journal : IDisposable
+{
+    private const uint Magic = 0x4E524A50; // "PJRN"
+    private const ushort Version = 1;
+    public const int HeaderBytes = 32;
+
+    private readonly IDataDevice _device;
+    private long _position;
+
+    public Journal(IDataDevice device)
+    {
+        _device = device;
+    }
+
+    /// <summary>
+    /// Writes real zeros over the whole region once, when the store is created: appends into never-written
+    /// (unwritten-extent) space would make every commit's sync also commit file-system metadata.
+    /// </summary>
+    public void Format()
+    {
+        _device.Grow(_device.Length);
+        var zeros = new byte[1 << 20];
+        for (long off = 0; off < _device.Length; off += zeros.Length)
+            _device.Write(off, zeros.AsSpan(0, (int)Math.Min(zeros.Length, _device.Length - off)));
+        _device.Sync();
+    }
+
+    /// <summary>Bytes used since the last reset.</summary>
+    public long Position => _position;
+
+    /// <summary>
+    /// Reads the journal from the start and returns, in order, the payloads of the intact records whose sequence is
+    /// greater than <paramref name="appliedSequence"/>. Reading stops at the first torn, stale or foreign record.
+    /// </summary>
+    public List<(long Sequence, byte[] Payload)> ReadRecords(long appliedSequence)
+    {
+        var records = new List<(long, byte[])>();
+        long position = 0;
+        long previous = -1;
+        Span<byte> header = stackalloc byte[HeaderBytes];
+        while (position + HeaderBytes <= _device.Length)
+        {
+            _device.Read(position, header);
+            if (BinaryPrimitives.ReadUInt32LittleEndian(header) != Magic) break;
+            if (BinaryPrimitives.ReadUInt16LittleEndian(header[4..]) != Version) break;
+            int length = BinaryPrimitives.ReadInt32LittleEndian(header[8..]);
+            uint crc = BinaryPrimitives.ReadUInt32LittleEndian(header[12..]);
+            long sequence = BinaryPrimitives.ReadInt64LittleEndian(header[16..]);
+            if (length < 0 || position + HeaderBytes + length > _device.Length) break;
+            if (previous >= 0 && sequence != previous + 1) break;
+            var record = new byte[HeaderBytes + length];
+            header.CopyTo(record);
+            _device.Read(position + HeaderBytes, record.AsSpan(HeaderBytes));
+            BinaryPrimitives.WriteUInt32LittleEndian(record.AsSpan(12), 0);
+            if (Crc32C.Compute(record) != crc) break;
+            if (sequence > appliedSequence) records.Add((sequence, record[HeaderBytes..]));
+            previous = sequence;
+            position += HeaderBytes + length;
+        }
+        return records;
+    }
+
+    /// <summary>True when a record with this payload fits without a reset.</summary>
+    public bool Fits(int payloadBytes) => _position + HeaderBytes + payloadBytes <= _device.Length;
+
+    /// <summary>Appends a record; it is durable once the device below is synced. The caller checks <see cref="Fits"/> first.</summary>
+    public void Append(long sequence, ReadOnlySpan<byte> payload)
+    {
+        int total = HeaderBytes + payload.Length;
+        if (_position + total > _device.Length)
+            throw new InvalidOperationException($"journal record of {total} bytes does not fit at {_position} in {_device.Length}");
+        var record = ArrayPool<byte>.Shared.Rent(total);
+        try
+        {
+            var span = record.AsSpan(0, total);
+            span[..HeaderBytes].Clear();
+            BinaryPrimitives.WriteUInt32LittleEndian(span, Magic);
+            BinaryPrimitives.WriteUInt16LittleEndian(span[4..], Version);
+            BinaryPrimitives.WriteInt32LittleEndian(span[8..], payload.Length);
+            BinaryPrimitives.WriteInt64LittleEndian(span[16..], sequence);
+            payload.CopyTo(span[HeaderBytes..]);
+            BinaryPrimitives.WriteUInt32LittleEndian(span[12..], Crc32C.Compute(span));
+            _device.Write(_position, span);
+            _position += total;
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(record);
+        }
+    }
+
+    /// <summary>Starts the next cycle at offset 0; call only after every record is in the KV store durably.</summary>
+    public void Reset() => _position = 0;
+
+    public void Dispose() => _device.Dispose();
+}

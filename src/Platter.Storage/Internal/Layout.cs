@@ -1,0 +1,64 @@
+namespace Platter.Storage.Internal;
+
+/// <summary>Sizes and limits of the engine, in one place, each with the reason for its value.</summary>
+internal static class Layout
+{
+    /// <summary>The unit of allocation, checksumming and copy-on-write. 4 KiB matches page size and guest file systems.</summary>
+    public const int BlockBytes = 4096;
+    public const int BlockShift = 12;
+
+    /// <summary>
+    /// Longest extent record, in blocks (1 MiB). Bounds an LMDB value to ~1 KiB of checksums, so a 4 KiB overwrite
+    /// inside a long extent rewrites at most one small record, while sequential data still needs only one record per MiB.
+    /// </summary>
+    public const int ExtentBlocksMax = 256;
+
+    /// <summary>Blocks per in-memory map chunk (the unit of the sparse block map and of allocation-map scans).</summary>
+    public const int ChunkBlocks = 256;
+    public const int ChunkShift = 8;
+
+    /// <summary>Blocks a volume reserves from the allocator at a time, so consecutive writes land contiguously (4 MiB).</summary>
+    public const int RegionBlocks = 1024;
+
+    /// <summary>Largest volume: 1 PiB (the minimum) times 64. Block numbers then fit in 44 bits.</summary>
+    public const long VolumeBytesMax = 64L << 50;
+
+    /// <summary>Volume sizes are whole sectors; qemu and the Linux block layer think in 512-byte sectors.</summary>
+    public const int SizeAlignmentBytes = 512;
+
+    /// <summary>Pending operation bytes that trigger a commit without a flush (bounds memory and replay time).</summary>
+    public const int PendingOpBytesSoftMax = 8 << 20;
+
+    /// <summary>
+    /// Pending operation bytes past which writers wait for a commit: the hard memory bound of the overlay.
+    /// A quarter of the journal region, so that after a checkpoint at another quarter a batch always fits.
+    /// </summary>
+    public static long PendingOpBytesHardMax(long journalRegionBytes) => journalRegionBytes / 4;
+
+    /// <summary>Journal bytes after which the journaled batches are checkpointed into the KV store and the journal reused.</summary>
+    public static long JournalCheckpointBytes(long journalRegionBytes) => journalRegionBytes / 4;
+
+    /// <summary>Smallest journal region a store may be created with (tests); production uses <see cref="JournalRegionBytes"/>.</summary>
+    public const long JournalRegionBytesMin = 1 << 20;
+
+    /// <summary>
+    /// Data written since the last commit that triggers a commit without a flush. After a crash, replay re-reads the
+    /// data of the last journal record to prove it reached the disk, so this bounds recovery reads too.
+    /// </summary>
+    public const long PendingDataBytesSoftMax = 256L << 20;
+
+    /// <summary>
+    /// The journal region at the start of the data file (default for new stores). It must hold the checkpoint threshold
+    /// plus one largest batch (the hard overlay bound), so a batch always fits after a checkpoint.
+    /// </summary>
+    public const long JournalRegionBytes = 128L << 20;
+
+    /// <summary>Longest a journaled batch waits before it is checkpointed into the KV store (bounds replay work after a crash).</summary>
+    public static readonly TimeSpan CheckpointIntervalMax = TimeSpan.FromSeconds(5);
+
+    /// <summary>Stripes of the lock that serialises read-modify-write of partial blocks (two sector writes into one block).</summary>
+    public const int RmwLockStripes = 64;
+
+    /// <summary>LMDB address space reservation: the largest the metadata file may grow to (1 TiB of virtual space, not disk).</summary>
+    public const long MetadataMapBytes = 1L << 40;
+}

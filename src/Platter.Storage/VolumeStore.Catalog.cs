@@ -1,0 +1,128 @@
+using Platter.Storage.Internal;
+
+namespace Platter.Storage;
+
+public sealed partial class VolumeStore
+{
+    /// <summary>Creates a thin volume; durable on return.</summary>
+    public VolumeInfo CreateVolume(string name, long sizeBytes)
+    {
+        VolumeNames.ThrowIfInvalid(name);
+        ValidateSize(sizeBytes);
+        return Admin(() =>
+        {
+            VolumeState state;
+            lock (_catalogLock)
+            {
+                if (_byName.ContainsKey(name)) throw new StorageException(StorageError.AlreadyExists, $"a volume named '{name}' already exists");
+                state = new VolumeState(_nextVolumeId++, name, sizeBytes, DateTimeOffset.UtcNow);
+                _catalogOps.AppendCreateVolume(state.Id, sizeBytes, state.Created, name);
+            }
+            CommitNow();
+            // Visible only once durable, so no write to it can be journaled before its creation.
+            lock (_catalogLock)
+            {
+                _byName.Add(name, state);
+                _byId.Add(state.Id, state);
+            }
+            return state.ToInfo();
+        });
+    }
+
+    public void RenameVolume(string name, string newName)
+    {
+        VolumeNames.ThrowIfInvalid(newName);
+        Admin(() =>
+        {
+            lock (_catalogLock)
+            {
+                if (!_byName.TryGetValue(name, out var state)) throw new StorageException(StorageError.NotFound, $"no volume named '{name}'");
+                if (name == newName) return 0;
+                if (_byName.ContainsKey(newName)) throw new StorageException(StorageError.AlreadyExists, $"a volume named '{newName}' already exists");
+                _byName.Remove(name);
+                _byName.Add(newName, state);
+                lock (state.Lock) state.Name = newName;
+                _catalogOps.AppendRenameVolume(state.Id, newName);
+            }
+            CommitNow();
+            return 0;
+        });
+    }
+
+    /// <summary>Grows or shrinks; shrinking drops the data past the new end. Durable on return.</summary>
+    public void ResizeVolume(string name, long newSizeBytes)
+    {
+        ValidateSize(newSizeBytes);
+        Admin(() =>
+        {
+            var state = Find(name);
+            long oldSize;
+            lock (state.Lock) oldSize = state.SizeBytes;
+            if (newSizeBytes < oldSize && newSizeBytes % Layout.BlockBytes != 0)
+            {
+                // The new last block keeps only its head: zero the rest so a later grow reads zeros there.
+                long tailEnd = Math.Min(oldSize, (newSizeBytes | (Layout.BlockBytes - 1)) + 1);
+                ZeroRange(state, newSizeBytes, tailEnd - newSizeBytes);
+            }
+            lock (state.Lock)
+            {
+                state.SizeBytes = newSizeBytes;
+                if (newSizeBytes < oldSize)
+                {
+                    long firstDropped = state.SizeBlocks;
+                    state.Map.UnmapFrom(firstDropped, state.PendingFrees.Add);
+                    state.PendingOps.AppendUnmap(state.Id, firstDropped, long.MaxValue - firstDropped);
+                }
+            }
+            lock (_catalogLock) _catalogOps.AppendResizeVolume(state.Id, newSizeBytes);
+            CommitNow();
+            return 0;
+        });
+    }
+
+    /// <summary>Deletes the volume and reclaims its space. Open handles start failing with Closed.</summary>
+    public void DeleteVolume(string name)
+    {
+        Admin(() =>
+        {
+            VolumeState state;
+            lock (_catalogLock)
+            {
+                if (!_byName.Remove(name, out state!)) throw new StorageException(StorageError.NotFound, $"no volume named '{name}'");
+            }
+            lock (state.Lock)
+            {
+                state.Deleted = true;
+                state.Map.UnmapFrom(0, state.PendingFrees.Add);
+            }
+            ReleaseRegion(state);
+            lock (_catalogLock) _catalogOps.AppendDeleteVolume(state.Id);
+            CommitNow();
+            lock (_catalogLock) _byId.Remove(state.Id);
+            return 0;
+        });
+    }
+
+    private static void ValidateSize(long sizeBytes)
+    {
+        if (sizeBytes <= 0) throw new StorageException(StorageError.InvalidArgument, "a volume size must be greater than zero");
+        if (sizeBytes > Layout.VolumeBytesMax) throw new StorageException(StorageError.InvalidArgument, $"a volume size is at most {Layout.VolumeBytesMax >> 50} PiB");
+        if (sizeBytes % Layout.SizeAlignmentBytes != 0)
+            throw new StorageException(StorageError.InvalidArgument, $"a volume size must be a multiple of {Layout.SizeAlignmentBytes} bytes (got {sizeBytes})");
+    }
+
+    private T Admin<T>(Func<T> action)
+    {
+        ThrowIfDisposed();
+        ThrowIfFailed();
+        _adminLock.Wait();
+        try
+        {
+            return action();
+        }
+        finally
+        {
+            _adminLock.Release();
+        }
+    }
+}

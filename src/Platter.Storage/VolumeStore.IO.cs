@@ -1,0 +1,285 @@
+using System.Buffers;
+using Microsoft.Extensions.Logging;
+using Platter.Storage.Devices;
+using Platter.Storage.Internal;
+
+namespace Platter.Storage;
+
+// The data path: allocation, copy-on-write writes, verified reads, unmapping. Offsets here are in blocks unless named bytes.
+public sealed partial class VolumeStore
+{
+    /// <summary>Writes whole blocks to new space and maps them. <paramref name="data"/> is a multiple of the block size.</summary>
+    internal void WriteBlocks(VolumeState state, long firstBlock, ReadOnlySpan<byte> data)
+    {
+        ThrowIfFailed();
+        int blocks = data.Length >> Layout.BlockShift;
+        Span<uint> crcs = stackalloc uint[Layout.ExtentBlocksMax];
+        int done = 0;
+        while (done < blocks)
+        {
+            long pba = Allocate(state, Math.Min(blocks - done, Layout.ExtentBlocksMax), out int got);
+            var piece = data.Slice(done << Layout.BlockShift, got << Layout.BlockShift);
+            for (int i = 0; i < got; i++)
+                crcs[i] = Crc32C.Compute(piece.Slice(i << Layout.BlockShift, Layout.BlockBytes));
+            try
+            {
+                _data.Write(pba << Layout.BlockShift, piece);
+            }
+            catch (IOException e)
+            {
+                // Nothing maps this space yet, so it can be reused at once.
+                _allocator.Free(pba, got);
+                throw DeviceError(e, $"write to volume '{state.Name}' at offset {(firstBlock + done) << Layout.BlockShift}");
+            }
+            int opBytes;
+            lock (state.Lock)
+            {
+                if (state.Deleted || firstBlock + done + got > state.SizeBlocks)
+                {
+                    _allocator.Free(pba, got);
+                    throw state.Deleted
+                        ? new StorageException(StorageError.Closed, $"volume '{state.Name}' was deleted")
+                        : new StorageException(StorageError.OutOfRange, $"volume '{state.Name}' shrank below this write");
+                }
+                for (int i = 0; i < got; i++)
+                {
+                    var old = state.Map.Set(firstBlock + done + i, BlockEntry.Mapped(pba + i, crcs[i]));
+                    if (old.IsMapped) state.PendingFrees.Add(old.Pba);
+                }
+                int before = state.PendingOps.Length;
+                state.PendingOps.AppendMapExtent(state.Id, firstBlock + done, crcs[..got], pba);
+                opBytes = state.PendingOps.Length - before;
+            }
+            NotePendingBytes(opBytes, (long)got << Layout.BlockShift);
+            done += got;
+        }
+        Interlocked.Increment(ref Counters.WriteOps);
+        Interlocked.Add(ref Counters.WriteBytes, data.Length);
+    }
+
+    /// <summary>Reads whole blocks, verifying each mapped block's checksum; unmapped blocks read as zeros.</summary>
+    internal void ReadBlocks(VolumeState state, long firstBlock, Span<byte> destination)
+    {
+        int blocks = destination.Length >> Layout.BlockShift;
+        long epoch = _epochs.Enter();
+        BlockEntry[]? rented = null;
+        try
+        {
+            Span<BlockEntry> entries = blocks <= 64 ? stackalloc BlockEntry[64] : (rented = ArrayPool<BlockEntry>.Shared.Rent(blocks));
+            entries = entries[..blocks];
+            lock (state.Lock)
+            {
+                if (state.Deleted) throw new StorageException(StorageError.Closed, $"volume '{state.Name}' was deleted");
+                state.Map.Get(firstBlock, entries);
+            }
+            int i = 0;
+            while (i < blocks)
+            {
+                if (!entries[i].IsMapped)
+                {
+                    int j = i + 1;
+                    while (j < blocks && !entries[j].IsMapped) j++;
+                    destination.Slice(i << Layout.BlockShift, (j - i) << Layout.BlockShift).Clear();
+                    i = j;
+                    continue;
+                }
+                // One device read per physically contiguous run.
+                int k = i + 1;
+                while (k < blocks && entries[k].IsMapped && entries[k].Pba == entries[k - 1].Pba + 1) k++;
+                var run = destination.Slice(i << Layout.BlockShift, (k - i) << Layout.BlockShift);
+                try
+                {
+                    _data.Read(entries[i].Pba << Layout.BlockShift, run);
+                }
+                catch (IOException e)
+                {
+                    throw DeviceError(e, $"read of volume '{state.Name}' at offset {(firstBlock + i) << Layout.BlockShift}");
+                }
+                for (int b = i; b < k; b++)
+                {
+                    if (Crc32C.Compute(run.Slice((b - i) << Layout.BlockShift, Layout.BlockBytes)) != entries[b].Crc)
+                        throw ChecksumError(state, firstBlock + b, entries[b].Pba);
+                }
+                i = k;
+            }
+        }
+        finally
+        {
+            _epochs.Exit(epoch);
+            if (rented is not null) ArrayPool<BlockEntry>.Shared.Return(rented);
+        }
+        Interlocked.Increment(ref Counters.ReadOps);
+        Interlocked.Add(ref Counters.ReadBytes, destination.Length);
+    }
+
+    /// <summary>Unmaps whole blocks [firstBlock, firstBlock+count).</summary>
+    internal void UnmapBlocks(VolumeState state, long firstBlock, long count)
+    {
+        ThrowIfFailed();
+        if (count <= 0) return;
+        int opBytes;
+        lock (state.Lock)
+        {
+            if (state.Deleted) throw new StorageException(StorageError.Closed, $"volume '{state.Name}' was deleted");
+            long end = firstBlock + count;
+            bool any = false;
+            for (long b = state.Map.NextMapped(firstBlock, end); b >= 0; b = state.Map.NextMapped(b + 1, end))
+            {
+                state.PendingFrees.Add(state.Map.Set(b, default).Pba);
+                any = true;
+            }
+            if (!any) return; // already reads as zeros: nothing to journal
+            int before = state.PendingOps.Length;
+            state.PendingOps.AppendUnmap(state.Id, firstBlock, count);
+            opBytes = state.PendingOps.Length - before;
+        }
+        NotePendingBytes(opBytes, 0);
+    }
+
+    /// <summary>Makes a byte range read as zeros: whole blocks are unmapped, partial blocks rewritten with zeros.</summary>
+    internal void ZeroRange(VolumeState state, long offset, long length)
+    {
+        if (length <= 0) return;
+        long end = offset + length;
+        long firstWhole = (offset + Layout.BlockBytes - 1) >> Layout.BlockShift;
+        long endWhole = end >> Layout.BlockShift;
+        if (firstWhole >= endWhole)
+        {
+            // Inside one block, or straddling two without covering either.
+            ZeroPartial(state, offset, end);
+            return;
+        }
+        ZeroPartial(state, offset, firstWhole << Layout.BlockShift);
+        UnmapBlocks(state, firstWhole, endWhole - firstWhole);
+        ZeroPartial(state, endWhole << Layout.BlockShift, end);
+    }
+
+    private void ZeroPartial(VolumeState state, long offset, long end)
+    {
+        Span<byte> zeros = stackalloc byte[Layout.BlockBytes];
+        zeros.Clear();
+        while (offset < end)
+        {
+            long block = offset >> Layout.BlockShift;
+            long blockEnd = Math.Min(end, (block + 1) << Layout.BlockShift);
+            bool mapped;
+            lock (state.Lock) mapped = state.Map.Get(block).IsMapped;
+            if (mapped)
+            {
+                ReadModifyWrite(state, offset, zeros[..(int)(blockEnd - offset)]);
+            }
+            offset = blockEnd;
+        }
+    }
+
+    /// <summary>Writes part of one block: reads it (verified), patches it, writes it to new space.</summary>
+    internal void ReadModifyWrite(VolumeState state, long offset, ReadOnlySpan<byte> source)
+    {
+        long block = offset >> Layout.BlockShift;
+        int inner = (int)(offset & (Layout.BlockBytes - 1));
+        Span<byte> buffer = stackalloc byte[Layout.BlockBytes];
+        // Two sector writes into one block must not both read the old block: serialise them per stripe.
+        lock (state.RmwLocks[(int)(block % Layout.RmwLockStripes)])
+        {
+            ReadBlocks(state, block, buffer);
+            source.CopyTo(buffer[inner..]);
+            WriteBlocks(state, block, buffer);
+        }
+    }
+
+    // Takes up to `want` contiguous blocks from the volume's region, refilling it from the allocator near its end.
+    private long Allocate(VolumeState state, int want, out int got)
+    {
+        lock (state.RegionLock)
+        {
+            if (state.RegionNext >= state.RegionEnd)
+                RefillRegion(state, want);
+            got = (int)Math.Min(want, state.RegionEnd - state.RegionNext);
+            long pba = state.RegionNext;
+            state.RegionNext += got;
+            return pba;
+        }
+    }
+
+    private void RefillRegion(VolumeState state, int want)
+    {
+        long wantBlocks = Math.Max(want, Layout.RegionBlocks);
+        for (int attempt = 0; ; attempt++)
+        {
+            // Grow the file rather than scatter data while free space is scarce; reuse holes once it is plentiful.
+            if (!_allocator.HasExtentOf(wantBlocks) && _allocator.FreeBlocks < Math.Max(_allocator.TotalBlocks / 8, wantBlocks))
+                TryGrow(wantBlocks);
+            if (_allocator.TryAllocate(state.RegionEnd, wantBlocks, out long start, out long length))
+            {
+                state.RegionNext = start;
+                state.RegionEnd = start + length;
+                return;
+            }
+            if (!TryGrow(wantBlocks))
+            {
+                // Space may be waiting for a commit (overwritten blocks) or for readers to drain: commit and retry.
+                if (attempt >= 3)
+                    throw new StorageException(StorageError.NoSpace, $"no space left for volume '{state.Name}': the data disk is full or the store reached its size limit");
+                if (Volatile.Read(ref _failure) is null) CommitNow();
+                Thread.Sleep(attempt * 5);
+            }
+        }
+    }
+
+    /// <summary>Returns a volume's unused region to the allocator (its blocks were never mapped).</summary>
+    private void ReleaseRegion(VolumeState state)
+    {
+        lock (state.RegionLock)
+        {
+            _allocator.Free(state.RegionNext, state.RegionEnd - state.RegionNext);
+            state.RegionNext = state.RegionEnd = 0;
+        }
+    }
+
+    private bool TryGrow(long minBlocks)
+    {
+        lock (_growLock)
+        {
+            long current = _data.Length;
+            long limit = Math.Min(_options.DataBytesMax, long.MaxValue / 2) & ~(long)(Layout.BlockBytes - 1);
+            long step = Math.Max(_options.DataGrowthBytes, minBlocks << Layout.BlockShift);
+            while (step >= Layout.BlockBytes)
+            {
+                long target = Math.Min(current + step, limit);
+                if (target <= current) return false;
+                try
+                {
+                    _data.Grow(target);
+                    _allocator.AddCapacity(target >> Layout.BlockShift);
+                    return true;
+                }
+                catch (IOException e) when (Errno.IsNoSpace(e))
+                {
+                    step /= 2; // the disk is nearly full: take what is left, in smaller steps
+                }
+                catch (IOException e)
+                {
+                    throw DeviceError(e, "growing the data file");
+                }
+            }
+            return false;
+        }
+    }
+
+    private StorageException DeviceError(IOException e, string what)
+    {
+        if (Errno.IsNoSpace(e))
+            return new StorageException(StorageError.NoSpace, $"no space left on the data disk during {what}", e);
+        Interlocked.Increment(ref Counters.IoErrors);
+        _logger.LogError(e, "I/O error during {What}", what);
+        return new StorageException(StorageError.IoError, $"I/O error during {what}: {e.Message}", e);
+    }
+
+    private StorageException ChecksumError(VolumeState state, long block, long pba)
+    {
+        Interlocked.Increment(ref Counters.ChecksumErrors);
+        long offset = block << Layout.BlockShift;
+        _logger.LogError("Checksum mismatch in volume '{Volume}' at offset {Offset} (physical block {Pba})", state.Name, offset, pba);
+        return new StorageException(StorageError.ChecksumMismatch, $"checksum mismatch in volume '{state.Name}' at offset {offset} (physical block {pba})");
+    }
+}

@@ -1,0 +1,85 @@
+namespace Platter.Guest.Tests;
+
+/// <summary>
+/// qemu-nbd serving a raw file: the reference server the guest tests are proven against, and the
+/// template for a PlatterTarget.
+/// </summary>
+public sealed class QemuNbdTarget : INbdTarget
+{
+    private static readonly TimeSpan ReadyTimeout = TimeSpan.FromSeconds(20);
+    private static readonly TimeSpan StopTimeout = TimeSpan.FromSeconds(20);
+    private readonly string _imagePath;
+    private ServerProcess? _server;
+
+    /// <summary>Creates a target whose image and socket live in <paramref name="workDirectory"/>.</summary>
+    public QemuNbdTarget(string workDirectory, long sizeBytes)
+    {
+        _imagePath = Path.Combine(workDirectory, "volume.raw");
+        SocketPath = Path.Combine(workDirectory, "nbd.sock");
+        SizeBytes = sizeBytes;
+    }
+
+    /// <inheritdoc/>
+    public string Name => "qemu-nbd raw";
+
+    /// <inheritdoc/>
+    public string SocketPath { get; }
+
+    /// <inheritdoc/>
+    public string ExportName => "guest";
+
+    /// <inheritdoc/>
+    public long SizeBytes { get; }
+
+    /// <inheritdoc/>
+    public async Task StartAsync(CancellationToken cancellationToken)
+    {
+        if (_server is not null) throw new InvalidOperationException("already started");
+        if (!File.Exists(_imagePath))
+        {
+            // A sparse file reads as zeros, like a new volume.
+            using var f = new FileStream(_imagePath, FileMode.CreateNew, FileAccess.Write);
+            f.SetLength(SizeBytes);
+        }
+        File.Delete(SocketPath);
+        _server = await ServerProcess.StartAsync("qemu-nbd",
+        [
+            "--socket=" + SocketPath,
+            "--format=raw",
+            "--export-name=" + ExportName,
+            // Stay up across connections: the readiness probe is one, the guest another.
+            "--persistent",
+            // Writeback honours the client's FLUSH with fdatasync, which is the durability contract a
+            // guest relies on; anything weaker (cache=unsafe) would make the restart check meaningless.
+            "--cache=writeback",
+            // Pass the guest's discards (mke2fs discards the whole device) through as hole punches.
+            "--discard=unmap",
+            _imagePath,
+        ], SocketPath, ReadyTimeout, cancellationToken);
+    }
+
+    /// <inheritdoc/>
+    public async Task StopAsync(bool graceful, CancellationToken cancellationToken)
+    {
+        if (_server is null) return;
+        try
+        {
+            await _server.StopAsync(graceful, StopTimeout, cancellationToken);
+        }
+        finally
+        {
+            await _server.DisposeAsync();
+            _server = null;
+        }
+    }
+
+    /// <inheritdoc/>
+    public async ValueTask DisposeAsync()
+    {
+        if (_server is not null)
+        {
+            await _server.DisposeAsync();
+            _server = null;
+        }
+    }
+}

@@ -1,0 +1,132 @@
+using System.Security.Authentication;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using static Platter.Nbd.Tests.NbdTestClient;
+
+namespace Platter.Nbd.Tests;
+
+public class TlsTests
+{
+    private static X509Certificate2 SelfSigned(string subject, X509Certificate2? issuer = null, bool ca = false)
+    {
+        using var key = RSA.Create(2048);
+        var request = new CertificateRequest($"CN={subject}", key, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
+        request.CertificateExtensions.Add(new X509BasicConstraintsExtension(ca, false, 0, true));
+        if (ca) request.CertificateExtensions.Add(new X509KeyUsageExtension(X509KeyUsageFlags.KeyCertSign | X509KeyUsageFlags.CrlSign, true));
+        else request.CertificateExtensions.Add(new X509EnhancedKeyUsageExtension([new Oid("1.3.6.1.5.5.7.3.1"), new Oid("1.3.6.1.5.5.7.3.2")], false));
+        var san = new SubjectAlternativeNameBuilder();
+        san.AddDnsName(subject);
+        request.CertificateExtensions.Add(san.Build());
+        var notBefore = DateTimeOffset.UtcNow.AddMinutes(-5);
+        var notAfter = issuer is null ? DateTimeOffset.UtcNow.AddDays(2) : issuer.NotAfter.ToUniversalTime().AddHours(-1);
+        X509Certificate2 cert = issuer is null
+            ? request.CreateSelfSigned(notBefore, notAfter)
+            : request.Create(issuer, notBefore, notAfter, RandomNumberGenerator.GetBytes(8)).CopyWithPrivateKey(key);
+        // Round-trip through PKCS#12 so SslStream on Linux gets a usable private key.
+        return X509CertificateLoader.LoadPkcs12(cert.Export(X509ContentType.Pkcs12), null);
+    }
+
+    [Fact]
+    public async Task StartTls_UpgradesAndServesOverTls()
+    {
+        using var cert = SelfSigned("localhost");
+        await using var server = await TestServer.StartAsync(TestServer.DefaultExports(), new NbdServerOptions { TlsCertificate = cert });
+        await using var client = await server.ConnectAsync();
+        // Negotiation state before STARTTLS does not survive it.
+        Assert.Equal(RepAck, await client.StructuredReplyAsync());
+        await client.StartTlsAsync("localhost");
+        Assert.Equal(ErrInvalid, (await client.OptionAsync(OptStartTls)).Single().Type);
+        Assert.Equal(ErrInvalid, (await client.MetaContextAsync(OptSetMetaContext, "disk", "base:allocation")).Final);
+        Assert.Equal(RepAck, await client.ExtendedHeadersAsync());
+        Assert.Equal(RepAck, await client.InfoOrGoAsync(OptGo, "disk"));
+        Assert.Equal(0u, await client.WriteAsync(0, new byte[70_000]));
+        byte[] data = new byte[100_000];
+        Random.Shared.NextBytes(data);
+        Assert.Equal(0u, await client.WriteAsync(4096, data));
+        Assert.Equal(data, (await client.ReadAsync(4096, data.Length)).Data);
+        await client.DisconnectAsync();
+        Assert.True(await client.IsClosedByServerAsync());
+    }
+
+    [Fact]
+    public async Task TlsRequired_RefusesEveryOptionButStartTlsAndAbort()
+    {
+        using var cert = SelfSigned("localhost");
+        var options = new NbdServerOptions { TlsCertificate = cert, TlsRequired = true };
+        await using var server = await TestServer.StartAsync(TestServer.DefaultExports(), options);
+        await using (var client = await server.ConnectAsync())
+        {
+            Assert.Equal(ErrTlsReqd, (await client.OptionAsync(OptList)).Single().Type);
+            Assert.Equal(ErrTlsReqd, await client.InfoOrGoAsync(OptGo, "disk"));
+            Assert.Equal(ErrTlsReqd, await client.InfoOrGoAsync(OptInfo, "disk"));
+            Assert.Equal(ErrTlsReqd, (await client.OptionAsync(OptStructuredReply)).Single().Type);
+            Assert.Equal(ErrTlsReqd, (await client.OptionAsync(77)).Single().Type);
+            await client.StartTlsAsync("localhost");
+            Assert.Equal(RepAck, (await client.OptionAsync(OptList)).Last().Type);
+            Assert.Equal(RepAck, await client.InfoOrGoAsync(OptGo, "disk"));
+            Assert.Equal(0u, await client.FlushAsync());
+        }
+        await using (var client = await server.ConnectAsync())
+        {
+            // EXPORT_NAME cannot be refused politely: the session ends.
+            await client.SendOptionAsync(OptExportName, "disk"u8.ToArray());
+            Assert.True(await client.IsClosedByServerAsync());
+        }
+        await using (var client = await server.ConnectAsync())
+        {
+            Assert.Equal(RepAck, (await client.OptionAsync(OptAbort)).Single().Type);
+        }
+    }
+
+    [Fact]
+    public async Task ClientCertificate_MustChainToConfiguredAuthority()
+    {
+        using var serverCert = SelfSigned("localhost");
+        using var ca = SelfSigned("Platter Test CA", ca: true);
+        using var good = SelfSigned("client", issuer: ca);
+        using var stranger = SelfSigned("stranger");
+        var options = new NbdServerOptions { TlsCertificate = serverCert, TlsRequired = true, TlsClientCertificateAuthority = ca };
+        await using var server = await TestServer.StartAsync(TestServer.DefaultExports(), options);
+
+        await using (var client = await server.ConnectAsync())
+        {
+            await client.StartTlsAsync("localhost", good);
+            Assert.Equal(RepAck, await client.InfoOrGoAsync(OptGo, "disk"));
+            Assert.Equal(0u, await client.FlushAsync());
+        }
+        foreach (var cert in new[] { stranger, null })
+        {
+            await using var client = await server.ConnectAsync();
+            // Depending on the TLS version the failure shows in the handshake or on first use.
+            await Assert.ThrowsAnyAsync<Exception>(async () =>
+            {
+                await client.StartTlsAsync("localhost", cert);
+                await client.OptionAsync(OptList);
+            });
+        }
+        await using (var client = await server.ConnectAsync())
+        {
+            await client.StartTlsAsync("localhost", good);
+            Assert.Equal(RepAck, (await client.OptionAsync(OptList)).Last().Type);
+        }
+        Assert.Empty(server.Logger.Errors);
+    }
+
+    [Fact]
+    public async Task GarbageInsteadOfTlsHandshake_ClosesConnection()
+    {
+        using var cert = SelfSigned("localhost");
+        await using var server = await TestServer.StartAsync(TestServer.DefaultExports(), new NbdServerOptions { TlsCertificate = cert });
+        await using var client = await server.ConnectAsync();
+        Assert.Equal(RepAck, (await client.OptionAsync(OptStartTls)).Single().Type);
+        await client.WriteAsync(new byte[64]);
+        Assert.True(await client.IsClosedByServerAsync());
+        Assert.Empty(server.Logger.Errors);
+    }
+
+    [Fact]
+    public void TlsRequired_WithoutCertificate_IsRejected()
+    {
+        Assert.Throws<ArgumentException>(() => new NbdServer(new MemoryExportProvider(), new NbdServerOptions { TlsRequired = true }));
+    }
+}
