@@ -1,0 +1,3 @@
+global using Platter.Interop.Tests.Infrastructure;
+global using Xunit;
+global using Xunit.Abstractions;

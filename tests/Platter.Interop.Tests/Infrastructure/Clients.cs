@@ -1,0 +1,84 @@
+using System.Text.Json;
+using Xunit.Sdk;
+
+namespace Platter.Interop.Tests.Infrastructure;
+
+/// <summary>One run of allocation state from <c>nbdinfo --map</c> (type bit 0 = hole, bit 1 = zero).</summary>
+public readonly record struct MapEntry(long Offset, long Length, int Type)
+{
+    public bool IsHole => (Type & 1) != 0;
+    public bool IsZero => (Type & 2) != 0;
+    public long End => Offset + Length;
+}
+
+/// <summary>Thin wrappers over the real tools; each returns parsed output or fails with the tool's own words.</summary>
+public static class Clients
+{
+    public static async Task<JsonElement> NbdInfoJsonAsync(string uri)
+    {
+        // --no-content: nbdinfo would otherwise pipe the disk through file(1), which proves nothing here.
+        var result = (await Proc.RunAsync(Tools.NbdInfo, ["--json", "--no-content", uri])).EnsureSuccess("nbdinfo --json failed");
+        return ParseJson(result, result.Stdout);
+    }
+
+    public static async Task<JsonElement> NbdInfoListJsonAsync(string socketPath)
+    {
+        var result = (await Proc.RunAsync(Tools.NbdInfo, ["--list", "--json", NbdExport.NbdUri("", socketPath)])).EnsureSuccess("nbdinfo --list --json failed");
+        return ParseJson(result, result.Stdout);
+    }
+
+    public static async Task<List<MapEntry>> NbdInfoMapAsync(string uri)
+    {
+        var result = (await Proc.RunAsync(Tools.NbdInfo, ["--map", "--json", uri])).EnsureSuccess("nbdinfo --map failed");
+        var map = new List<MapEntry>();
+        foreach (var e in ParseJson(result, result.Stdout).EnumerateArray())
+            map.Add(new MapEntry(e.GetProperty("offset").GetInt64(), e.GetProperty("length").GetInt64(), e.GetProperty("type").GetInt32()));
+        return map;
+    }
+
+    /// <summary>Runs qemu-io on the export with the raw format driver, one -c per command; fails if any command fails.</summary>
+    public static async Task<ProcessResult> QemuIoAsync(string uri, params string[] commands)
+    {
+        var args = new List<string> { "-f", "raw" };
+        foreach (var c in commands) { args.Add("-c"); args.Add(c); }
+        args.Add(uri);
+        var result = await Proc.RunAsync(Tools.QemuIo, args);
+        // qemu-io exits 1 when a command fails, but says so only in its output for some commands: check both.
+        if (result.ExitCode != 0 || result.Stdout.Contains("failed", StringComparison.OrdinalIgnoreCase) || result.Stderr.Length > 0)
+            throw new XunitException($"qemu-io reported a failure\n{result.Describe()}");
+        return result;
+    }
+
+    public static async Task<ProcessResult> QemuImgAsync(params string[] args) =>
+        (await Proc.RunAsync(Tools.QemuImg, args)).EnsureSuccess("qemu-img failed");
+
+    /// <summary>Merges adjacent map entries that agree on their key, so tests compare ranges, not chunking.</summary>
+    public static List<(long Offset, long Length, T Key)> Coalesce<T>(IEnumerable<(long Offset, long Length, T Key)> runs) where T : IEquatable<T>
+    {
+        var merged = new List<(long Offset, long Length, T Key)>();
+        foreach (var run in runs.OrderBy(r => r.Offset))
+        {
+            if (merged.Count > 0 && merged[^1].Key.Equals(run.Key) && merged[^1].Offset + merged[^1].Length == run.Offset)
+                merged[^1] = (merged[^1].Offset, merged[^1].Length + run.Length, run.Key);
+            else
+                merged.Add(run);
+        }
+        return merged;
+    }
+
+    public static JsonElement ParseJson(ProcessResult result, string text)
+    {
+        // Some tools (fio's nbd engine) print progress lines before the JSON document.
+        int start = text.IndexOfAny(['{', '[']);
+        try
+        {
+            if (start < 0) throw new JsonException("no JSON in output");
+            using var doc = JsonDocument.Parse(text[start..]);
+            return doc.RootElement.Clone();
+        }
+        catch (JsonException e)
+        {
+            throw new XunitException($"output is not JSON: {e.Message}\n{result.Describe()}");
+        }
+    }
+}
