@@ -2,7 +2,7 @@ using System.Diagnostics;
 using Platter.Storage;
 
 // In-process engine benchmark (no network): the numbers the engine must reach before NBD adds its own cost.
-// Usage: dotnet run -c Release --project bench/Platter.Bench -- [--dir DIR] [--size-gib 4] [--seconds 10] [--threads 4]
+// Usage: dotnet run -c Release --project bench/Platter.Bench -- [--dir DIR] [--size-gib 4] [--seconds 10] [--threads 4] [--write-threads 32]
 //        dotnet run -c Release --project bench/Platter.Bench -- --kv     (metadata store micro-benchmark)
 if (args.Length > 0 && args[0] == "--kv")
 {
@@ -11,7 +11,7 @@ if (args.Length > 0 && args[0] == "--kv")
 }
 var options = BenchOptions.Parse(args);
 if (Directory.Exists(options.Directory)) Directory.Delete(options.Directory, recursive: true);
-Console.WriteLine($"# Platter engine benchmark: {options.SizeBytes >> 30} GiB volume, {options.Seconds} s per workload, {options.Threads} threads, store {options.Directory}");
+Console.WriteLine($"# Platter engine benchmark: {options.SizeBytes >> 30} GiB volume, {options.Seconds} s per workload, {options.Threads} threads ({options.WriteThreads} for random writes), store {options.Directory}");
 Console.WriteLine($"# {Environment.ProcessorCount} cores, .NET {Environment.Version}, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}");
 
 using var store = VolumeStore.Open(options.Directory);
@@ -21,11 +21,20 @@ using var volume = store.OpenVolume("bench");
 Report("seq-write 1M", SequentialWrite(volume, options), 1 << 20);
 Report("seq-read 1M", Run(options, 1 << 20, (v, buf, rnd, i, pos) => v.Read(pos, buf), sequential: true, volume), 1 << 20);
 Report("rand-read 4K", Run(options, 4096, (v, buf, rnd, i, pos) => v.Read(pos, buf), sequential: false, volume), 4096);
+long writeTicks = 0, flushTicks = 0;
 Report("rand-write 4K, flush/32", Run(options, 4096, (v, buf, rnd, i, pos) =>
 {
+    long t0 = Stopwatch.GetTimestamp();
     v.Write(pos, buf);
-    if (i % 32 == 31) v.FlushAsync().AsTask().GetAwaiter().GetResult();
-}, sequential: false, volume), 4096);
+    long t1 = Stopwatch.GetTimestamp();
+    Interlocked.Add(ref writeTicks, t1 - t0);
+    if (i % 32 == 31)
+    {
+        v.FlushAsync().AsTask().GetAwaiter().GetResult();
+        Interlocked.Add(ref flushTicks, Stopwatch.GetTimestamp() - t1);
+    }
+}, sequential: false, volume, options.WriteThreads), 4096);
+Console.WriteLine($"#   time in writes {Stopwatch.GetElapsedTime(0, writeTicks).TotalSeconds:F2} s, in flushes {Stopwatch.GetElapsedTime(0, flushTicks).TotalSeconds:F2} s (summed over threads)");
 Report("rand-read 4K after random writes", Run(options, 4096, (v, buf, rnd, i, pos) => v.Read(pos, buf), sequential: false, volume), 4096);
 var c = store.Counters;
 Console.WriteLine($"# commits {c.Commits}: sync avg {c.SyncMicros / Math.Max(1, c.Commits)} us; checkpoints {c.Checkpoints}: avg {c.CheckpointMicros / Math.Max(1, c.Checkpoints) / 1000} ms");
@@ -52,18 +61,19 @@ static (long, double) SequentialWrite(Volume volume, BenchOptions o)
     return (ops, sw.Elapsed.TotalSeconds);
 }
 
-static (long, double) Run(BenchOptions o, int blockBytes, Action<Volume, byte[], Random, long, long> op, bool sequential, Volume volume)
+static (long, double) Run(BenchOptions o, int blockBytes, Action<Volume, byte[], Random, long, long> op, bool sequential, Volume volume, int threadCount = 0)
 {
+    if (threadCount == 0) threadCount = o.Threads;
     long blocks = volume.SizeBytes / blockBytes;
     long total = 0;
     var deadline = Stopwatch.StartNew();
-    var threads = Enumerable.Range(0, o.Threads).Select(t => new Thread(() =>
+    var threads = Enumerable.Range(0, threadCount).Select(t => new Thread(() =>
     {
         var rnd = new Random(t + 1);
         var buf = new byte[blockBytes];
         rnd.NextBytes(buf);
         long i = 0;
-        long seq = t * (blocks / o.Threads);
+        long seq = t * (blocks / threadCount);
         while (deadline.Elapsed.TotalSeconds < o.Seconds)
         {
             long pos = sequential ? (seq++ % blocks) * blockBytes : rnd.NextInt64(blocks) * blockBytes;
@@ -76,7 +86,9 @@ static (long, double) Run(BenchOptions o, int blockBytes, Action<Volume, byte[],
     return (total, deadline.Elapsed.TotalSeconds);
 }
 
-internal sealed record BenchOptions(string Directory, long SizeBytes, double Seconds, int Threads)
+// Threads: readers and sequential writers (the machine has 2 cores). WriteThreads: random writers, each flushing every
+// 32 writes; like a queue depth of 32 it lets group commit share each sync among many flushes.
+internal sealed record BenchOptions(string Directory, long SizeBytes, double Seconds, int Threads, int WriteThreads)
 {
     public static BenchOptions Parse(string[] args)
     {
@@ -84,6 +96,7 @@ internal sealed record BenchOptions(string Directory, long SizeBytes, double Sec
         long size = 4L << 30;
         double seconds = 10;
         int threads = 4;
+        int writeThreads = 32;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -92,9 +105,10 @@ internal sealed record BenchOptions(string Directory, long SizeBytes, double Sec
                 case "--size-gib": size = long.Parse(args[++i]) << 30; break;
                 case "--seconds": seconds = double.Parse(args[++i]); break;
                 case "--threads": threads = int.Parse(args[++i]); break;
+                case "--write-threads": writeThreads = int.Parse(args[++i]); break;
                 default: throw new ArgumentException($"unknown argument {args[i]}; see the header of bench/Platter.Bench/Program.cs");
             }
         }
-        return new BenchOptions(dir, size, seconds, threads);
+        return new BenchOptions(dir, size, seconds, threads, writeThreads);
     }
 }
