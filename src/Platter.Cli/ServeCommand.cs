@@ -4,6 +4,7 @@ using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Console;
 using Platter.Server;
 
 namespace Platter.Cli;
@@ -192,6 +193,11 @@ internal static class ServeCommand
         logging.SetMinimumLevel(level);
         // ASP.NET Core's own request logging is noise for an operator; its warnings and errors still show.
         logging.AddFilter("Microsoft", level <= LogLevel.Debug ? LogLevel.Information : LogLevel.Warning);
+        // The console logger queues lines for a background writer; by default, once its queue is full, every
+        // logging call waits. A log consumer that reads slowly or not at all (a pipe nobody drains, a stuck
+        // terminal) would then stall NBD and API requests, which log. A server must keep serving: drop lines
+        // instead (the logger reports how many it dropped once it catches up).
+        logging.AddConsole(console => console.QueueFullMode = ConsoleLoggerQueueFullMode.DropWrite);
         logging.AddSimpleConsole(console =>
         {
             console.SingleLine = true;
