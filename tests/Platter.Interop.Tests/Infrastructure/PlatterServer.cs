@@ -42,6 +42,9 @@ public sealed class PlatterServer : IAsyncDisposable
 
     public bool IsRunning => _process is { HasExited: false };
 
+    /// <summary>Start the next <see cref="StartAsync"/> with <c>--read-only</c>: every NBD export read-only.</summary>
+    public bool ReadOnly { get; set; }
+
     /// <summary>Path of platter.dll, copied next to the test assembly by the project reference.</summary>
     public static string PlatterDll
     {
@@ -68,7 +71,7 @@ public sealed class PlatterServer : IAsyncDisposable
     public async Task StartAsync()
     {
         if (IsRunning) throw new InvalidOperationException("already running");
-        AppendLog($"--- starting platter serve (store {StoreDirectory})");
+        AppendLog($"--- starting platter serve (store {StoreDirectory}{(ReadOnly ? ", read-only" : "")})");
 
         string[] args =
         [
@@ -77,6 +80,7 @@ public sealed class PlatterServer : IAsyncDisposable
             "--socket", NbdSocketPath,
             "--listen", "none",
             "--api-socket", ApiSocketPath,
+            .. (ReadOnly ? (string[])["--read-only"] : []),
         ];
         var psi = Proc.CreateStartInfo(DotnetHost, args, CleanEnvironment);
         var process = new Process { StartInfo = psi };
