@@ -5,7 +5,8 @@ using Platter.Storage.Internal;
 namespace Platter.Storage;
 
 // Group commit, journal, checkpoints and recovery. One dedicated thread (the committer) does every sync and every
-// metadata write; other threads only append to in-memory overlays and wait for it.
+// journal write; a second one (the checkpointer) applies full journal halves to the KV store; other threads only
+// append to in-memory overlays and wait for the committer.
 public sealed partial class VolumeStore
 {
     private readonly object _commitLock = new();
@@ -18,8 +19,15 @@ public sealed partial class VolumeStore
 
     // Committer-thread state.
     private long _nextSequence;
-    private readonly List<(long Sequence, byte[] Payload, int Length)> _unapplied = new();
-    private readonly Stopwatch _sinceCheckpoint = Stopwatch.StartNew();
+    private List<(long Sequence, byte[] Payload, int Length)> _activeBatches = new();
+    private readonly Stopwatch _sinceSwitch = Stopwatch.StartNew();
+
+    // Checkpointer: takes the batches of the half just left; the committer may switch again only when it is idle.
+    private Thread? _checkpointer;
+    private readonly AutoResetEvent _checkpointSignal = new(false);
+    private readonly ManualResetEventSlim _checkpointIdle = new(true);
+    private List<(long Sequence, byte[] Payload, int Length)> _handedOff = new();
+    private volatile bool _stoppingCheckpointer;
     private readonly List<(long Epoch, List<long> Blocks)> _quarantine = new();
     private List<long> _roundFrees = new();
     private long _quarantinedBlocks;
@@ -71,6 +79,8 @@ public sealed partial class VolumeStore
 
     private void StartCommitter()
     {
+        _checkpointer = new Thread(CheckpointerLoop) { Name = "platter-checkpoint", IsBackground = true };
+        _checkpointer.Start();
         _committer = new Thread(CommitterLoop) { Name = "platter-commit", IsBackground = true };
         _committer.Start();
     }
@@ -80,7 +90,12 @@ public sealed partial class VolumeStore
         _stopping = true;
         _commitSignal.Set();
         _committer?.Join();
+        _stoppingCheckpointer = true;
+        _checkpointSignal.Set();
+        _checkpointer?.Join();
         _commitSignal.Dispose();
+        _checkpointSignal.Dispose();
+        _checkpointIdle.Dispose();
         _batch.Dispose();
     }
 
@@ -107,9 +122,18 @@ public sealed partial class VolumeStore
                     long roundStart = Stopwatch.GetTimestamp();
                     CommitRound();
                     Interlocked.Add(ref Counters.RoundMicros, (long)Stopwatch.GetElapsedTime(roundStart).TotalMicroseconds);
-                    if (stopping || checkpoints.Count > 0 || _journal.Position > Layout.JournalCheckpointBytes(_metadata.JournalRegionBytes)
-                        || (_unapplied.Count > 0 && _sinceCheckpoint.Elapsed > Layout.CheckpointIntervalMax))
-                        CheckpointNow();
+                    if (stopping || checkpoints.Count > 0)
+                    {
+                        // Everything journaled goes to the KV store before a close or a check.
+                        if (_activeBatches.Count > 0) SwitchHalves();
+                        _checkpointIdle.Wait();
+                        ThrowIfFailed();
+                    }
+                    else if (_activeBatches.Count > 0 && _checkpointIdle.IsSet
+                        && (_journal.Position > Layout.JournalSwitchBytes(_metadata.JournalRegionBytes) || _sinceSwitch.Elapsed > Layout.CheckpointIntervalMax))
+                    {
+                        SwitchHalves();
+                    }
                 }
                 catch (Exception e)
                 {
@@ -167,7 +191,7 @@ public sealed partial class VolumeStore
             return;
         }
 
-        if (!_journal.Fits(batch.Length)) CheckpointNow();
+        if (!_journal.Fits(batch.Length)) SwitchHalves();
         long sequence = _nextSequence++;
         _journal.Append(sequence, batch.Span);
         // One sync covers the batch's data blocks and its journal record (they share the data file).
@@ -176,9 +200,9 @@ public sealed partial class VolumeStore
         Interlocked.Add(ref Counters.SyncMicros, (long)Stopwatch.GetElapsedTime(syncStart).TotalMicroseconds);
         Interlocked.Increment(ref Counters.Commits);
 
-        // The batch's bytes now belong to the checkpoint queue.
-        _unapplied.Add((sequence, batch.Span.ToArray(), batch.Length));
-        if (_unapplied.Count == 1) _sinceCheckpoint.Restart();
+        // The batch's bytes wait with the active half until it is checkpointed.
+        _activeBatches.Add((sequence, batch.Span.ToArray(), batch.Length));
+        if (_activeBatches.Count == 1) _sinceSwitch.Restart();
         Quarantine(frees);
     }
 
@@ -208,18 +232,55 @@ public sealed partial class VolumeStore
         _quarantine.RemoveRange(0, released);
     }
 
-    private void CheckpointNow()
+    // Hands the active half's batches to the checkpointer and continues in the other half, once the checkpointer has
+    // finished with it (its records are then all in the KV store, so overwriting them loses nothing).
+    private void SwitchHalves()
     {
-        if (_unapplied.Count > 0)
+        _checkpointIdle.Wait();
+        ThrowIfFailed();
+        _handedOff = _activeBatches;
+        _activeBatches = new();
+        _journal.SwitchHalves();
+        _sinceSwitch.Restart();
+        _checkpointIdle.Reset();
+        _checkpointSignal.Set();
+    }
+
+    private void CheckpointerLoop()
+    {
+        while (true)
         {
-            long start = Stopwatch.GetTimestamp();
-            _metadata.Checkpoint(_unapplied, _options.BeforeCheckpointCommit);
-            Interlocked.Add(ref Counters.CheckpointMicros, (long)Stopwatch.GetElapsedTime(start).TotalMicroseconds);
-            _unapplied.Clear();
-            Interlocked.Increment(ref Counters.Checkpoints);
+            _checkpointSignal.WaitOne();
+            if (_checkpointIdle.IsSet)
+            {
+                if (_stoppingCheckpointer) return;
+                continue;
+            }
+            try
+            {
+                ApplyToMetadata(_handedOff);
+            }
+            catch (Exception e)
+            {
+                Volatile.Write(ref _failure, e);
+                _logger.LogCritical(e, "Checkpoint into the metadata store failed; the store now refuses writes until it is reopened (the journal keeps every commit)");
+            }
+            finally
+            {
+                _handedOff = new();
+                _checkpointIdle.Set();
+                _commitSignal.Set();
+            }
         }
-        _journal.Reset();
-        _sinceCheckpoint.Restart();
+    }
+
+    private void ApplyToMetadata(List<(long Sequence, byte[] Payload, int Length)> batches)
+    {
+        if (batches.Count == 0) return;
+        long start = Stopwatch.GetTimestamp();
+        _metadata.Checkpoint(batches, _options.BeforeCheckpointCommit);
+        Interlocked.Add(ref Counters.CheckpointMicros, (long)Stopwatch.GetElapsedTime(start).TotalMicroseconds);
+        Interlocked.Increment(ref Counters.Checkpoints);
     }
 
     // Rebuilds memory from the KV store plus the journal, derives free space, and checkpoints what was replayed.
@@ -243,12 +304,13 @@ public sealed partial class VolumeStore
             records.RemoveAt(records.Count - 1);
         }
         long last = _metadata.AppliedSequence;
+        var replayed = new List<(long Sequence, byte[] Payload, int Length)>();
         foreach (var (sequence, payload) in records)
         {
             var reader = new OpReader(payload);
             while (reader.TryRead(out var op))
                 ReplayOp(catalog, op, ref nextId);
-            _unapplied.Add((sequence, payload, payload.Length));
+            replayed.Add((sequence, payload, payload.Length));
             last = sequence;
         }
         _nextSequence = last + 1;
@@ -258,8 +320,8 @@ public sealed partial class VolumeStore
             _byId.Add(state.Id, state);
             _byName.Add(state.Name, state);
         }
-        if (_unapplied.Count > 0)
-            _logger.LogInformation("Replayed {Batches} journaled batches (sequences {First}..{Last})", _unapplied.Count, _unapplied[0].Sequence, last);
+        if (replayed.Count > 0)
+            _logger.LogInformation("Replayed {Batches} journaled batches (sequences {First}..{Last})", replayed.Count, replayed[0].Sequence, last);
 
         // Free space is everything the maps do not reference.
         long dataBlocks = _data.Length / Layout.BlockBytes;
@@ -279,7 +341,9 @@ public sealed partial class VolumeStore
             else runs.Add((used[i], 1));
         }
         _allocator.Initialize(dataBlocks, runs);
-        if (_unapplied.Count > 0) CheckpointNow();
+        // With the replayed batches in the KV store, both journal halves hold only applied records.
+        ApplyToMetadata(replayed);
+        _journal.Reset();
     }
 
     // The record and its data were synced together: if the crash came during that sync, some blocks the record maps

@@ -8,15 +8,21 @@ namespace Platter.Storage.Internal;
 /// The metadata journal: committed batches of operations appended to a preallocated region at the start of the data
 /// file and made durable by the same fdatasync that makes the batch's data durable: one sync per group commit.
 /// Durable commits of random keys straight into the KV store cost several syncs each; the KV store takes the batches
-/// later in one large transaction (a checkpoint), after which the journal starts again at offset 0.
+/// later in one large transaction (a checkpoint).
+///
+/// The region has two halves. Records go to the active half; when it fills (or ages) the store switches to the other
+/// half, whose records are all in the KV store already, and a background thread checkpoints the half just left. So a
+/// checkpoint never stalls a commit. Replay reads the record chain of both halves and applies, in sequence order, the
+/// records newer than the KV store's applied sequence.
 /// Because data and record share one sync, a crash during it can leave the record on disk without all of its data:
 /// recovery checks the data of the last record against its checksums and drops the record when any block is missing
 /// (that commit was never acknowledged).
 ///
 /// Record: 32-byte header {magic u32, version u16, reserved u16, payload length u32, crc32c u32, sequence u64,
-/// reserved u64} then the payload. The CRC covers the header (with the crc field zero) and the payload. Replay reads
-/// records from offset 0 while each is intact and its sequence follows the previous one; a torn or stale record ends it.
-/// Sequences only grow, so stale records from an earlier cycle can never continue the current one.
+/// reserved u64} then the payload. The CRC covers the header (with the crc field zero) and the payload. Each half is read
+/// from its start while records are intact and each sequence follows the previous one; a torn or stale record ends it.
+/// Sequences only grow and a half is reused only once all its records are checkpointed, so a stale record can never
+/// continue the current chain.
 /// </summary>
 internal sealed class Journal : IDisposable
 {
@@ -25,12 +31,18 @@ internal sealed class Journal : IDisposable
     public const int HeaderBytes = 32;
 
     private readonly IDataDevice _device;
+    private readonly long _halfBytes;
+    private int _active;
     private long _position;
 
     public Journal(IDataDevice device)
     {
         _device = device;
+        _halfBytes = device.Length / 2;
     }
+
+    /// <summary>Bytes of each half: the largest a run of records between two switches can be.</summary>
+    public long HalfBytes => _halfBytes;
 
     /// <summary>
     /// Writes real zeros over the whole region once, when the store is created: appends into never-written
@@ -45,7 +57,7 @@ internal sealed class Journal : IDisposable
         _device.Sync();
     }
 
-    /// <summary>Bytes used since the last reset.</summary>
+    /// <summary>Bytes used in the active half.</summary>
     public long Position => _position;
 
     /// <summary>
@@ -54,11 +66,29 @@ internal sealed class Journal : IDisposable
     /// </summary>
     public List<(long Sequence, byte[] Payload)> ReadRecords(long appliedSequence)
     {
+        var found = new List<(long Sequence, byte[] Payload)>();
+        ReadHalf(0, appliedSequence, found);
+        ReadHalf(_halfBytes, appliedSequence, found);
+        found.Sort((a, b) => a.Sequence.CompareTo(b.Sequence));
+        // Only an unbroken run from the applied sequence on is history; anything after a gap never committed.
         var records = new List<(long, byte[])>();
-        long position = 0;
+        long expected = appliedSequence + 1;
+        foreach (var (sequence, payload) in found)
+        {
+            if (sequence != expected) break;
+            records.Add((sequence, payload));
+            expected++;
+        }
+        return records;
+    }
+
+    private void ReadHalf(long start, long appliedSequence, List<(long, byte[])> records)
+    {
+        long end = start + _halfBytes;
+        long position = start;
         long previous = -1;
         Span<byte> header = stackalloc byte[HeaderBytes];
-        while (position + HeaderBytes <= _device.Length)
+        while (position + HeaderBytes <= end)
         {
             _device.Read(position, header);
             if (BinaryPrimitives.ReadUInt32LittleEndian(header) != Magic) break;
@@ -66,7 +96,7 @@ internal sealed class Journal : IDisposable
             int length = BinaryPrimitives.ReadInt32LittleEndian(header[8..]);
             uint crc = BinaryPrimitives.ReadUInt32LittleEndian(header[12..]);
             long sequence = BinaryPrimitives.ReadInt64LittleEndian(header[16..]);
-            if (length < 0 || position + HeaderBytes + length > _device.Length) break;
+            if (length < 0 || position + HeaderBytes + length > end) break;
             if (previous >= 0 && sequence != previous + 1) break;
             var record = new byte[HeaderBytes + length];
             header.CopyTo(record);
@@ -77,18 +107,17 @@ internal sealed class Journal : IDisposable
             previous = sequence;
             position += HeaderBytes + length;
         }
-        return records;
     }
 
-    /// <summary>True when a record with this payload fits without a reset.</summary>
-    public bool Fits(int payloadBytes) => _position + HeaderBytes + payloadBytes <= _device.Length;
+    /// <summary>True when a record with this payload fits in the active half.</summary>
+    public bool Fits(int payloadBytes) => _position + HeaderBytes + payloadBytes <= _halfBytes;
 
     /// <summary>Appends a record; it is durable once the device below is synced. The caller checks <see cref="Fits"/> first.</summary>
     public void Append(long sequence, ReadOnlySpan<byte> payload)
     {
         int total = HeaderBytes + payload.Length;
-        if (_position + total > _device.Length)
-            throw new InvalidOperationException($"journal record of {total} bytes does not fit at {_position} in {_device.Length}");
+        if (_position + total > _halfBytes)
+            throw new InvalidOperationException($"journal record of {total} bytes does not fit at {_position} in a half of {_halfBytes}");
         var record = ArrayPool<byte>.Shared.Rent(total);
         try
         {
@@ -100,7 +129,7 @@ internal sealed class Journal : IDisposable
             BinaryPrimitives.WriteInt64LittleEndian(span[16..], sequence);
             payload.CopyTo(span[HeaderBytes..]);
             BinaryPrimitives.WriteUInt32LittleEndian(span[12..], Crc32C.Compute(span));
-            _device.Write(_position, span);
+            _device.Write(_active * _halfBytes + _position, span);
             _position += total;
         }
         finally
@@ -109,8 +138,19 @@ internal sealed class Journal : IDisposable
         }
     }
 
-    /// <summary>Starts the next cycle at offset 0; call only after every record is in the KV store durably.</summary>
-    public void Reset() => _position = 0;
+    /// <summary>Moves to the other half; call only when every record there is in the KV store durably.</summary>
+    public void SwitchHalves()
+    {
+        _active ^= 1;
+        _position = 0;
+    }
+
+    /// <summary>Starts again in the first half; call only when every record of both halves is in the KV store durably.</summary>
+    public void Reset()
+    {
+        _active = 0;
+        _position = 0;
+    }
 
     public void Dispose() => _device.Dispose();
 }

@@ -31,12 +31,12 @@ internal static class Layout
 
     /// <summary>
     /// Pending operation bytes past which writers wait for a commit: the hard memory bound of the overlay.
-    /// A quarter of the journal region, so that after a checkpoint at another quarter a batch always fits.
+    /// A quarter of a journal half, so a batch always fits in a freshly switched-to half.
     /// </summary>
-    public static long PendingOpBytesHardMax(long journalRegionBytes) => journalRegionBytes / 4;
+    public static long PendingOpBytesHardMax(long journalRegionBytes) => journalRegionBytes / 8;
 
-    /// <summary>Journal bytes after which the journaled batches are checkpointed into the KV store and the journal reused.</summary>
-    public static long JournalCheckpointBytes(long journalRegionBytes) => journalRegionBytes / 4;
+    /// <summary>Bytes in the active journal half after which the store switches halves and checkpoints the full one.</summary>
+    public static long JournalSwitchBytes(long journalRegionBytes) => journalRegionBytes / 4;
 
     /// <summary>Smallest journal region a store may be created with (tests); production uses <see cref="JournalRegionBytes"/>.</summary>
     public const long JournalRegionBytesMin = 1 << 20;
@@ -48,12 +48,12 @@ internal static class Layout
     public const long PendingDataBytesSoftMax = 256L << 20;
 
     /// <summary>
-    /// The journal region at the start of the data file (default for new stores). It must hold the checkpoint threshold
-    /// plus one largest batch (the hard overlay bound), so a batch always fits after a checkpoint.
+    /// The journal region at the start of the data file (default for new stores): two halves, each holding the switch
+    /// threshold plus one largest batch (the hard overlay bound).
     /// </summary>
     public const long JournalRegionBytes = 128L << 20;
 
-    /// <summary>Longest a journaled batch waits before it is checkpointed into the KV store (bounds replay work after a crash).</summary>
+    /// <summary>Longest a journal half stays active before the store switches and checkpoints it (bounds replay work after a crash).</summary>
     public static readonly TimeSpan CheckpointIntervalMax = TimeSpan.FromSeconds(5);
 
     /// <summary>Stripes of the lock that serialises read-modify-write of partial blocks (two sector writes into one block).</summary>
