@@ -5,8 +5,8 @@ using Xunit.Sdk;
 namespace Platter.Interop.Tests;
 
 /// <summary>
-/// Stop the server with SIGTERM, start it again on the same store: every flushed byte must be there, and a
-/// clean shutdown also flushes what it had acknowledged. These tests restart their class's server.
+/// Stop the server with SIGTERM (or kill it), start it again on the same store: every flushed byte must be
+/// there, and a clean shutdown also flushes what it had acknowledged. These tests restart their class's server.
 /// </summary>
 public sealed class RestartTests(ServerFixture fixture, ITestOutputHelper output) : InteropTest(fixture, output), IClassFixture<ServerFixture>
 {
@@ -165,6 +165,43 @@ public sealed class RestartTests(ServerFixture fixture, ITestOutputHelper output
             """, new Dictionary<string, string> { ["URI"] = export.Uri, ["BLOCKS"] = $"{blocks}", ["OUTCOME"] = outcome.GetRawText() });
 
         Assert.True(verdict.GetProperty("badCount").GetInt32() == 0, $"acknowledged writes lost or torn across SIGTERM: {verdict}");
+    }
+
+    [Fact]
+    public async Task Flush_on_one_connection_makes_writes_of_another_durable_even_across_a_crash()
+    {
+        var export = await Fixture.CreateExportAsync("multi-conn", 64 * MiB);
+
+        // Multi-conn's promise (NBD_FLAG_CAN_MULTI_CONN): a flush acknowledged on any connection covers writes
+        // acknowledged on all of them. nbdcopy and QEMU flush on one connection only and rely on this.
+        using var client = Nbdsh.Start("""
+            import os, sys, nbd
+            writer, flusher = nbd.NBD(), nbd.NBD()
+            writer.connect_uri(os.environ["URI"])
+            flusher.connect_uri(os.environ["URI"])
+            assert writer.can_multi_conn()
+            for i in range(32):
+                writer.pwrite(bytes([0x80 + i]) * 65536, i * 262144)
+            flusher.flush()
+            print("flushed", flush=True)
+            sys.stdin.readline()
+            """, new Dictionary<string, string> { ["URI"] = export.Uri });
+        try
+        {
+            await WaitForLineAsync(client, "flushed");
+            // SIGKILL: no shutdown flush can rescue the writes; only the client's flush made them durable.
+            await Server.KillAsync();
+        }
+        finally
+        {
+            Proc.KillTree(client);
+        }
+        // The crash left the socket files behind: the server must start anyway.
+        await Server.StartAsync();
+
+        var reads = new List<string>();
+        for (int i = 0; i < 32; i++) reads.Add($"read -P 0x{0x80 + i:x2} {i * 262144} 65536");
+        await Clients.QemuIoAsync(export.Uri, [.. reads]);
     }
 
     private static async Task WaitForLineAsync(Process process, string expected)

@@ -125,6 +125,17 @@ public sealed class PlatterServer : IAsyncDisposable
         return exitCode;
     }
 
+    /// <summary>Kills the server with SIGKILL (a crash: no shutdown code runs) and waits for it to be gone.</summary>
+    public async Task KillAsync()
+    {
+        var process = _process ?? throw new InvalidOperationException("not started");
+        AppendLog("--- sending SIGKILL");
+        process.Kill();
+        await process.WaitForExitAsync();
+        process.Dispose();
+        _process = null;
+    }
+
     /// <summary>Runs <c>platter ARGS --api-socket SOCKET</c> against this server.</summary>
     public Task<ProcessResult> CliAsync(params string[] args) =>
         Proc.RunAsync(DotnetHost, [PlatterDll, .. args, "--api-socket", ApiSocketPath], CliTimeout, CleanEnvironment);
