@@ -217,6 +217,8 @@ public sealed partial class VolumeStore
             }
             if (!TryGrow(wantBlocks))
             {
+                // Other volumes may hold unused reservations: take them back before giving up.
+                if (attempt == 0 && ReclaimRegions(except: state)) continue;
                 // Space may be waiting for a commit (overwritten blocks) or for readers to drain: commit and retry.
                 if (attempt >= 3)
                     throw new StorageException(StorageError.NoSpace, $"no space left for volume '{state.Name}': the data disk is full or the store reached its size limit");
@@ -224,6 +226,44 @@ public sealed partial class VolumeStore
                 Thread.Sleep(attempt * 5);
             }
         }
+    }
+
+    /// <summary>Returns every other volume's unused region to the allocator; true when anything came back.</summary>
+    private bool ReclaimRegions(VolumeState except)
+    {
+        List<VolumeState> volumes;
+        lock (_catalogLock) volumes = [.. _byId.Values];
+        bool any = false;
+        foreach (var v in volumes)
+        {
+            // TryEnter: two volumes reclaiming from each other at once must not deadlock; a busy one keeps its region.
+            if (v == except || !Monitor.TryEnter(v.RegionLock)) continue;
+            try
+            {
+                if (v.RegionEnd > v.RegionNext)
+                {
+                    _allocator.Free(v.RegionNext, v.RegionEnd - v.RegionNext);
+                    any = true;
+                }
+                v.RegionNext = v.RegionEnd = 0;
+            }
+            finally
+            {
+                Monitor.Exit(v.RegionLock);
+            }
+        }
+        return any;
+    }
+
+    /// <summary>Blocks reserved by volumes' regions and not yet written (free space in all but name).</summary>
+    private long ReservedRegionBlocks()
+    {
+        List<VolumeState> volumes;
+        lock (_catalogLock) volumes = [.. _byId.Values];
+        long reserved = 0;
+        foreach (var v in volumes)
+            lock (v.RegionLock) reserved += v.RegionEnd - v.RegionNext;
+        return reserved;
     }
 
     /// <summary>Returns a volume's unused region to the allocator (its blocks were never mapped).</summary>

@@ -118,16 +118,22 @@ public sealed partial class VolumeStore : IDisposable
 
     public IReadOnlyList<VolumeInfo> ListVolumes()
     {
+        ThrowIfDisposed();
         List<VolumeState> states;
         lock (_catalogLock) states = [.. _byName.Values];
         return [.. states.Select(s => s.ToInfo()).OrderBy(i => i.Name, StringComparer.Ordinal)];
     }
 
     /// <summary>Returns the volume's info or throws <see cref="StorageException"/> NotFound.</summary>
-    public VolumeInfo GetVolumeInfo(string name) => Find(name).ToInfo();
+    public VolumeInfo GetVolumeInfo(string name)
+    {
+        ThrowIfDisposed();
+        return Find(name).ToInfo();
+    }
 
     public bool TryGetVolumeInfo(string name, out VolumeInfo? info)
     {
+        ThrowIfDisposed();
         VolumeState? state;
         lock (_catalogLock) _byName.TryGetValue(name, out state);
         info = state?.ToInfo();
@@ -144,6 +150,7 @@ public sealed partial class VolumeStore : IDisposable
     /// <summary>Space accounting for the whole store.</summary>
     public StoreUsage GetUsage()
     {
+        ThrowIfDisposed();
         List<VolumeState> states;
         lock (_catalogLock) states = [.. _byName.Values];
         long used = 0, provisioned = 0;
@@ -155,7 +162,8 @@ public sealed partial class VolumeStore : IDisposable
                 provisioned += s.SizeBytes;
             }
         }
-        return new StoreUsage(_data.Length, used * Layout.BlockBytes, _allocator.FreeBlocks * Layout.BlockBytes, states.Count, provisioned);
+        long free = _allocator.FreeBlocks + ReservedRegionBlocks();
+        return new StoreUsage(_data.Length, used * Layout.BlockBytes, free * Layout.BlockBytes, states.Count, provisioned);
     }
 
     internal ILogger Logger => _logger;

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests use, only those that are missing (apt-get update only when installing).
+#   liblmdb0        the metadata store's library (also needed to run the server)
+#   qemu-utils      qemu-img, qemu-io, qemu-nbd: interop clients and the reference server in benchmarks
+#   libnbd-bin      nbdinfo, nbdcopy          python3-libnbd  nbdsh
+#   fio             the nbd engine for verification and benchmarks
+#   nbdkit          a reference NBD server
+#   qemu-system-x86, busybox-static, e2fsprogs: a Linux guest booted on a Platter volume
+set -euo pipefail
+
+packages=(liblmdb0 qemu-utils libnbd-bin python3-libnbd fio nbdkit qemu-system-x86 busybox-static e2fsprogs)
+
+missing=()
+for package in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$package")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+
+sudo=""
+if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+echo "installing: ${missing[*]}"
+$sudo apt-get update -q
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,5 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Versioning;
+
+[assembly: SupportedOSPlatform("linux")]
+[assembly: InternalsVisibleTo("Platter.Server.Tests")]

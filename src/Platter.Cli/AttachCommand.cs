@@ -1,0 +1,102 @@
+using System.CommandLine;
+using Platter.Server;
+
+namespace Platter.Cli;
+
+/// <summary>platter attach NAME: prints how to give the volume to QEMU or libvirt.</summary>
+internal static class AttachCommand
+{
+    public static Command Build(CliContext context)
+    {
+        var name = new Argument<string>("NAME") { Description = "The volume to attach." };
+        var socket = new Option<string?>("--socket")
+        {
+            Description = "Reach NBD through this unix socket. Default: the server's own NBD socket, else its TCP address.",
+            HelpName = "PATH",
+        };
+        var tcp = new Option<string?>("--tcp")
+        {
+            Description = "Reach NBD over TCP at HOST:PORT (use this for libvirt, whose QEMU runs as another user).",
+            HelpName = "HOST:PORT",
+        };
+        var qemu = new Option<bool>("--qemu") { Description = "Print only the QEMU -blockdev arguments." };
+        var libvirt = new Option<bool>("--libvirt") { Description = "Print only the libvirt <disk> XML." };
+        var json = PlatterCli.JsonOption();
+        var api = PlatterCli.ApiSocketOption();
+        var command = new Command("attach",
+            "Print the QEMU -blockdev and -drive arguments and the libvirt <disk type='network'> XML that attach a volume to a VM. " +
+            "Asks the running server for the volume and its NBD endpoints.")
+        {
+            name, socket, tcp, qemu, libvirt, json, api,
+        };
+        command.Validators.Add(result =>
+        {
+            if (result.GetResult(socket) is not null && result.GetResult(tcp) is not null)
+                result.AddError("--socket and --tcp cannot be used together");
+            if (result.GetResult(qemu) is not null && result.GetResult(libvirt) is not null)
+                result.AddError("--qemu and --libvirt cannot be used together (without either, both are printed)");
+        });
+        command.SetAction(async (parse, ct) =>
+        {
+            var volumeName = parse.GetRequiredValue(name);
+            using var client = PlatterCli.CreateClient(parse, api, context);
+            var health = await client.GetHealthAsync(ct);
+            await VolumeCommands.Call(() => client.GetVolumeAsync(volumeName, ct), volumeName);
+
+            NbdTarget target;
+            if (parse.GetValue(socket) is { } socketPath) target = new NbdTarget.Unix(Path.GetFullPath(socketPath));
+            else if (parse.GetValue(tcp) is { } hostPort) target = ParseHostPort(hostPort);
+            else if (health.NbdSocket is not null) target = new NbdTarget.Unix(health.NbdSocket);
+            else if (health.NbdTcp is not null) target = ParseHostPort(health.NbdTcp);
+            else throw new CliException("the server has no NBD listener (it runs with --listen none --socket none)");
+
+            var info = AttachText.Build(volumeName, target, health.Tls);
+            if (parse.GetValue(json))
+            {
+                PlatterCli.WriteJson(context, info, CliJsonContext.Default.AttachInfo);
+                return PlatterCli.ExitOk;
+            }
+            if (parse.GetValue(qemu))
+            {
+                context.Out.WriteLine(info.QemuBlockdev);
+                return PlatterCli.ExitOk;
+            }
+            if (parse.GetValue(libvirt))
+            {
+                context.Out.WriteLine(info.LibvirtXml);
+                return PlatterCli.ExitOk;
+            }
+            context.Out.WriteLine("# QEMU with -blockdev:");
+            context.Out.WriteLine(info.QemuBlockdev);
+            context.Out.WriteLine();
+            context.Out.WriteLine("# QEMU with -drive:");
+            context.Out.WriteLine(info.QemuDrive);
+            context.Out.WriteLine();
+            context.Out.WriteLine("# libvirt (virsh attach-device DOMAIN disk.xml --persistent, or paste into <devices>):");
+            context.Out.WriteLine(info.LibvirtXml);
+            if (health.Tls)
+            {
+                context.Out.WriteLine();
+                context.Out.WriteLine("# The server uses TLS: put ca-cert.pem (and client-cert.pem, client-key.pem if it checks clients) in /etc/pki/qemu.");
+            }
+            if (target is NbdTarget.Unix)
+            {
+                context.Out.WriteLine();
+                context.Out.WriteLine("# QEMU must be allowed to open the socket; for libvirt (QEMU runs as libvirt-qemu) use --tcp HOST:PORT.");
+            }
+            return PlatterCli.ExitOk;
+        });
+        return command;
+    }
+
+    private static NbdTarget.Tcp ParseHostPort(string text)
+    {
+        int colon = text.LastIndexOf(':');
+        if (colon <= 0 || !int.TryParse(text.AsSpan(colon + 1), out var port) || port is <= 0 or > 65535)
+            throw new CliException($"invalid address '{text}': expected HOST:PORT such as 127.0.0.1:{PlatterHostOptions.DefaultNbdPort}", PlatterCli.ExitUsage);
+        var host = text[..colon];
+        if (host.StartsWith('[') && host.EndsWith(']')) host = host[1..^1];
+        if (host.Length == 0) throw new CliException($"invalid address '{text}': no host", PlatterCli.ExitUsage);
+        return new NbdTarget.Tcp(host, port);
+    }
+}

@@ -1,0 +1,64 @@
+using System.CommandLine;
+using Platter.Server;
+using Platter.Storage;
+
+namespace Platter.Cli;
+
+/// <summary>platter check: offline consistency check of a store (the server must be stopped).</summary>
+internal static class CheckCommand
+{
+    public static Command Build(CliContext context)
+    {
+        var store = new Option<string?>("--store")
+        {
+            Description = "Store directory. Default: $PLATTER_STORE, else $XDG_DATA_HOME/platter, else ~/.local/share/platter.",
+            HelpName = "DIR",
+        };
+        var verify = new Option<bool>("--verify-checksums") { Description = "Also read every data block and verify its checksum (reads all stored data)." };
+        var json = PlatterCli.JsonOption();
+        var command = new Command("check",
+            "Check a store offline: every extent inside its volume and the data file, no block mapped twice or both mapped and free, " +
+            "space adding up. Refuses to run while a server holds the store. Exit code 1 when it finds a problem.")
+        {
+            store, verify, json,
+        };
+        command.SetAction(int (ParseResult parse) =>
+        {
+            var directory = Path.GetFullPath(parse.GetValue(store) ?? StorePaths.DefaultStoreDirectory(context.GetEnvironment));
+            if (!Directory.Exists(directory) || !VolumeStore.Exists(directory))
+                throw new CliException($"no Platter store at {directory}");
+            CheckReport report;
+            try
+            {
+                using var opened = VolumeStore.Open(directory, new StoreOptions { CreateIfMissing = false });
+                report = opened.Check(parse.GetValue(verify));
+            }
+            catch (StorageException e) when (e.Error == StorageError.InUse)
+            {
+                throw new CliException($"the store at {directory} is in use by a running server; stop `platter serve` first (platter check runs offline)");
+            }
+            catch (StorageException e)
+            {
+                throw new CliException($"cannot open the store at {directory}: {PlatterCli.OneLine(e.Message)}");
+            }
+
+            if (parse.GetValue(json))
+            {
+                PlatterCli.WriteJson(context, report, CliJsonContext.Default.CheckReport);
+            }
+            else
+            {
+                context.Out.WriteLine($"store:          {directory}");
+                context.Out.WriteLine($"volumes:        {report.Volumes}");
+                context.Out.WriteLine($"extent records: {report.ExtentRecords}");
+                context.Out.WriteLine($"blocks:         {report.MappedBlocks} mapped, {report.FreeBlocks} free, {report.TotalBlocks} in the data file");
+                if (parse.GetValue(verify)) context.Out.WriteLine($"checksums:      {report.BlocksVerified} blocks read and verified");
+                foreach (var problem in report.Problems) context.Out.WriteLine("problem: " + problem);
+                if (report.Ok) context.Out.WriteLine("ok: no problems found");
+            }
+            if (!report.Ok) throw new CliException($"the store at {directory} has {report.Problems.Count} problem(s)");
+            return PlatterCli.ExitOk;
+        });
+        return command;
+    }
+}

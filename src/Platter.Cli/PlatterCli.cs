@@ -1,0 +1,151 @@
+using System.CommandLine;
+using System.CommandLine.Parsing;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Serialization.Metadata;
+using Platter.Server;
+using Platter.Server.Api;
+
+namespace Platter.Cli;
+
+/// <summary>
+/// The `platter` command line. Every command writes its result to stdout (a table or text for people, JSON with
+/// --json) and reports a failure as exactly one line on stderr starting with "platter: ", with exit code 1
+/// (2 for a command line that does not parse).
+/// </summary>
+public static class PlatterCli
+{
+    /// <summary>Success.</summary>
+    public const int ExitOk = 0;
+    /// <summary>The command ran and failed (unknown volume, server not running, bad store...).</summary>
+    public const int ExitError = 1;
+    /// <summary>The command line itself is wrong.</summary>
+    public const int ExitUsage = 2;
+
+    internal const string ApiUrlEnvironmentVariable = "PLATTER_API_URL";
+    internal const string ApiTokenEnvironmentVariable = "PLATTER_API_TOKEN";
+
+    /// <summary>Parses and runs <paramref name="args"/>; returns the exit code.</summary>
+    public static async Task<int> RunAsync(string[] args, CliContext? context = null)
+    {
+        context ??= new CliContext();
+        var root = BuildRootCommand(context);
+        var parse = root.Parse(args);
+        if (parse.Errors.Count > 0 && parse.Action is not System.CommandLine.Help.HelpAction)
+        {
+            var command = CommandPath(parse.CommandResult);
+            // An unknown word explains more than the "required command" error it causes.
+            var error = parse.Errors.FirstOrDefault(e => e.Message.StartsWith("Unrecognized", StringComparison.Ordinal)) ?? parse.Errors[0];
+            context.Error.WriteLine($"platter: {OneLine(error.Message)} (see '{command} --help')");
+            return ExitUsage;
+        }
+        var invocation = new InvocationConfiguration
+        {
+            Output = context.Out,
+            Error = context.Error,
+            // serve installs its own SIGINT/SIGTERM handlers so that shutdown can take as long as flushing needs.
+            ProcessTerminationTimeout = null,
+            EnableDefaultExceptionHandler = false,
+        };
+        try
+        {
+            return await parse.InvokeAsync(invocation).ConfigureAwait(false);
+        }
+        catch (CliException e)
+        {
+            context.Error.WriteLine("platter: " + e.Message);
+            return e.ExitCode;
+        }
+        catch (ServerUnreachableException e)
+        {
+            context.Error.WriteLine($"platter: cannot reach the Platter server at {e.Endpoint} (is `platter serve` running?)");
+            return ExitError;
+        }
+        catch (PlatterApiException e)
+        {
+            context.Error.WriteLine("platter: " + OneLine(e.Message));
+            return ExitError;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or TaskCanceledException or HttpRequestException)
+        {
+            context.Error.WriteLine("platter: " + OneLine(e.Message));
+            return ExitError;
+        }
+    }
+
+    private static string CommandPath(CommandResult result)
+    {
+        var names = new List<string>();
+        for (SymbolResult? r = result; r is CommandResult c; r = c.Parent) names.Add(c.Command is RootCommand ? "platter" : c.Command.Name);
+        names.Reverse();
+        return string.Join(' ', names);
+    }
+
+    internal static string OneLine(string message) => message.ReplaceLineEndings(" ").Trim();
+
+    /// <summary>The whole command tree.</summary>
+    public static RootCommand BuildRootCommand(CliContext context)
+    {
+        var root = new RootCommand(
+            "Platter serves virtual machine disks over NBD from an embedded store.\n" +
+            "Run `platter serve` to start the server, then manage volumes with `platter volume`.");
+        root.Add(ServeCommand.Build(context));
+        root.Add(VolumeCommands.Build(context));
+        root.Add(VolumeCommands.BuildUsage(context));
+        root.Add(AttachCommand.Build(context));
+        root.Add(CheckCommand.Build(context));
+        return root;
+    }
+
+    /// <summary>--json: machine-readable output.</summary>
+    internal static Option<bool> JsonOption() => new("--json") { Description = "Print the result as JSON for scripts instead of text for people." };
+
+    /// <summary>--api-socket for client commands.</summary>
+    internal static Option<string?> ApiSocketOption() => new("--api-socket")
+    {
+        Description = "The server's management API socket. Default: $PLATTER_API_SOCKET, else api.sock in the default store " +
+                      "($PLATTER_STORE, else $XDG_DATA_HOME/platter, else ~/.local/share/platter). " +
+                      "To reach an API on TCP set PLATTER_API_URL (e.g. http://host:8080) and PLATTER_API_TOKEN instead.",
+        HelpName = "PATH",
+    };
+
+    /// <summary>--size for create and resize, parsed by <see cref="SizeParser"/>.</summary>
+    internal static Option<long> SizeOption(string description) => new("--size", "-s")
+    {
+        Description = description + " Units are powers of 1024: 512, 4K, 10M, 20G, 1.5T.",
+        HelpName = "SIZE",
+        Required = true,
+        CustomParser = result =>
+        {
+            var text = result.Tokens.Count > 0 ? result.Tokens[0].Value : "";
+            if (SizeParser.TryParse(text, out var bytes, out var error)) return bytes;
+            result.AddError(error);
+            return 0;
+        },
+    };
+
+    /// <summary>The API client for a client command: --api-socket, else the environment, else the default store's socket.</summary>
+    internal static PlatterApiClient CreateClient(ParseResult parse, Option<string?> apiSocket, CliContext context)
+    {
+        var socket = parse.GetValue(apiSocket);
+        if (!string.IsNullOrWhiteSpace(socket)) return PlatterApiClient.ForUnixSocket(Path.GetFullPath(socket));
+        var envSocket = context.GetEnvironment(StorePaths.ApiSocketEnvironmentVariable);
+        if (!string.IsNullOrWhiteSpace(envSocket)) return PlatterApiClient.ForUnixSocket(Path.GetFullPath(envSocket));
+        var url = context.GetEnvironment(ApiUrlEnvironmentVariable);
+        if (!string.IsNullOrWhiteSpace(url))
+        {
+            if (!Uri.TryCreate(url, UriKind.Absolute, out var uri) || (uri.Scheme != "http" && uri.Scheme != "https"))
+                throw new CliException($"{ApiUrlEnvironmentVariable} is not an http(s) URL: {url}");
+            var token = context.GetEnvironment(ApiTokenEnvironmentVariable);
+            if (string.IsNullOrEmpty(token)) throw new CliException($"{ApiUrlEnvironmentVariable} is set but {ApiTokenEnvironmentVariable} is not");
+            return PlatterApiClient.ForTcp(uri, token);
+        }
+        return PlatterApiClient.ForUnixSocket(StorePaths.DefaultApiSocketPath(context.GetEnvironment));
+    }
+
+    internal static void WriteJson<T>(CliContext context, T value, JsonTypeInfo<T> type) =>
+        context.Out.WriteLine(JsonSerializer.Serialize(value, type));
+
+    internal static string FormatTime(DateTimeOffset time) =>
+        time.ToUniversalTime().ToString("yyyy-MM-dd HH:mm:ss'Z'", CultureInfo.InvariantCulture);
+}

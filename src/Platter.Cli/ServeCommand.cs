@@ -1,0 +1,250 @@
+using System.CommandLine;
+using System.Net;
+using System.Runtime.InteropServices;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using Microsoft.Extensions.Logging;
+using Platter.Server;
+
+namespace Platter.Cli;
+
+/// <summary>platter serve: runs the server until SIGINT or SIGTERM.</summary>
+internal static class ServeCommand
+{
+    // After SIGTERM, in-flight NBD requests get this long to finish before connections are cut; the store is
+    // flushed and closed either way. A second signal cuts them at once.
+    private static readonly TimeSpan InFlightGraceMax = TimeSpan.FromSeconds(30);
+
+    public static Command Build(CliContext context)
+    {
+        var store = new Option<string?>("--store")
+        {
+            Description = "Store directory, created with a new store on first run. Default: $PLATTER_STORE, else $XDG_DATA_HOME/platter, else ~/.local/share/platter.",
+            HelpName = "DIR",
+        };
+        var listen = new Option<string>("--listen")
+        {
+            Description = "NBD TCP address as ADDR:PORT ([::1]:PORT for IPv6), or 'none' to disable TCP.",
+            HelpName = "ADDR:PORT",
+            DefaultValueFactory = _ => $"127.0.0.1:{PlatterHostOptions.DefaultNbdPort}",
+        };
+        var socket = new Option<string?>("--socket")
+        {
+            Description = "NBD unix socket path, or 'none' to disable it. Default: nbd.sock in the store directory.",
+            HelpName = "PATH",
+        };
+        var apiSocket = new Option<string?>("--api-socket")
+        {
+            Description = "Management API unix socket (owner-only access), or 'none' when --api-listen is used. Default: api.sock in the store directory.",
+            HelpName = "PATH",
+        };
+        var apiListen = new Option<string?>("--api-listen")
+        {
+            Description = "Also serve the management API on TCP at ADDR:PORT. Every request must carry 'Authorization: Bearer TOKEN'; " +
+                          "the token is read from --api-token-file or $PLATTER_API_TOKEN.",
+            HelpName = "ADDR:PORT",
+        };
+        var apiTokenFile = new Option<string?>("--api-token-file")
+        {
+            Description = "File holding the bearer token for --api-listen (kept out of the process list).",
+            HelpName = "FILE",
+        };
+        var tlsCert = new Option<string?>("--tls-cert") { Description = "PEM certificate (chain) for NBD TLS. Enables STARTTLS.", HelpName = "FILE" };
+        var tlsKey = new Option<string?>("--tls-key") { Description = "PEM private key of --tls-cert.", HelpName = "FILE" };
+        var tlsRequired = new Option<bool>("--tls-required") { Description = "Refuse every NBD option but STARTTLS until the client has started TLS." };
+        var tlsClientCa = new Option<string?>("--tls-client-ca")
+        {
+            Description = "PEM CA certificate: NBD clients must present a certificate it issued.",
+            HelpName = "FILE",
+        };
+        var verbose = new Option<bool>("--verbose", "-v") { Description = "Log debug detail (per connection) as well." };
+
+        var command = new Command("serve",
+            "Run the Platter server: opens (or creates) the store, serves every volume as an NBD export of the same name " +
+            "on TCP and a unix socket, and the management API on a unix socket. Stops cleanly on SIGINT/SIGTERM " +
+            "(finishes in-flight requests, flushes, closes the store).")
+        {
+            store, listen, socket, apiSocket, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa, verbose,
+        };
+        command.SetAction(async (parse, ct) =>
+        {
+            var directory = Path.GetFullPath(parse.GetValue(store) ?? StorePaths.DefaultStoreDirectory(context.GetEnvironment));
+            var nbdTcp = ParseEndPoint(parse.GetValue(listen)!, "--listen", allowNone: true);
+            var nbdSocket = NoneOr(parse.GetValue(socket), StorePaths.NbdSocketPath(directory));
+            var apiTcp = parse.GetValue(apiListen) is { } a ? ParseEndPoint(a, "--api-listen", allowNone: true) : null;
+            var apiUnix = NoneOr(parse.GetValue(apiSocket), StorePaths.ApiSocketPath(directory));
+            string? token = null;
+            if (apiTcp is not null)
+            {
+                token = parse.GetValue(apiTokenFile) is { } tokenFile ? ReadToken(tokenFile) : context.GetEnvironment(PlatterCli.ApiTokenEnvironmentVariable);
+                if (string.IsNullOrEmpty(token)) throw new CliException("--api-listen needs a token: pass --api-token-file FILE or set PLATTER_API_TOKEN");
+            }
+            else if (apiUnix is null)
+            {
+                throw new CliException("--api-socket none needs --api-listen ADDR:PORT (the CLI has to reach the server somehow)");
+            }
+
+            var certPath = parse.GetValue(tlsCert);
+            var keyPath = parse.GetValue(tlsKey);
+            if ((certPath is null) != (keyPath is null)) throw new CliException("--tls-cert and --tls-key go together");
+            var certificate = certPath is null ? null : LoadCertificate(certPath, keyPath!);
+            var clientCa = parse.GetValue(tlsClientCa) is { } caPath ? LoadCa(caPath) : null;
+
+            var options = new PlatterHostOptions
+            {
+                StoreDirectory = directory,
+                NbdTcpEndPoint = nbdTcp,
+                NbdSocketPath = nbdSocket,
+                ApiSocketPath = apiUnix,
+                ApiTcpEndPoint = apiTcp,
+                ApiToken = token,
+                TlsCertificate = certificate,
+                TlsRequired = parse.GetValue(tlsRequired),
+                TlsClientCertificateAuthority = clientCa,
+            };
+            var problem = options.Validate();
+            if (problem is not null) throw new CliException(problem);
+
+            var level = parse.GetValue(verbose) ? LogLevel.Debug : LogLevel.Information;
+            using var loggerFactory = context.CreateLoggerFactory?.Invoke(level) ?? CreateConsoleLogging(level);
+            return await RunAsync(options, loggerFactory, context);
+        });
+        return command;
+    }
+
+    private static async Task<int> RunAsync(PlatterHostOptions options, ILoggerFactory loggerFactory, CliContext context)
+    {
+        var log = loggerFactory.CreateLogger("Platter");
+        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var force = new CancellationTokenSource();
+        int signals = 0;
+        void OnSignal(PosixSignalContext signal)
+        {
+            // Keep the runtime from exiting at once: shutdown flushes the store first.
+            signal.Cancel = true;
+            if (Interlocked.Increment(ref signals) == 1)
+            {
+                log.LogInformation("{Signal}: shutting down (send it again to cut connections at once)", signal.Signal);
+                stop.TrySetResult();
+            }
+            else
+            {
+                force.Cancel();
+            }
+        }
+
+        using var sigterm = context.ShutdownRequested is null ? PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal) : null;
+        using var sigint = context.ShutdownRequested is null ? PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal) : null;
+
+        var host = new PlatterHost(options, loggerFactory);
+        try
+        {
+            await host.StartAsync();
+        }
+        catch (Storage.StorageException e) when (e.Error == Storage.StorageError.InUse)
+        {
+            throw new CliException($"the store at {options.StoreDirectory} is in use by another Platter process (another `platter serve`?)");
+        }
+        catch (Storage.StorageException e)
+        {
+            throw new CliException($"cannot open the store at {options.StoreDirectory}: {PlatterCli.OneLine(e.Message)}");
+        }
+        catch (System.Net.Sockets.SocketException e)
+        {
+            throw new CliException($"cannot listen: {e.Message} (is another server using the address?)");
+        }
+        catch (IOException e) when (e.InnerException is System.Net.Sockets.SocketException s)
+        {
+            throw new CliException($"cannot listen: {s.Message} (is another server using the address?)");
+        }
+        log.LogInformation("Platter {Version} serving {Store}", PlatterHost.Version, options.StoreDirectory);
+        context.Serving?.Invoke(host);
+
+        await (context.ShutdownRequested ?? stop.Task);
+
+        using var grace = CancellationTokenSource.CreateLinkedTokenSource(force.Token);
+        grace.CancelAfter(InFlightGraceMax);
+        try
+        {
+            await host.StopAsync(grace.Token);
+        }
+        catch (Exception e)
+        {
+            log.LogError(e, "shutdown failed: {Message}", e.Message);
+            throw new CliException("the server did not shut down cleanly: " + PlatterCli.OneLine(e.Message));
+        }
+        finally
+        {
+            await host.DisposeAsync();
+        }
+        log.LogInformation("stopped");
+        return PlatterCli.ExitOk;
+    }
+
+    internal static ILoggerFactory CreateConsoleLogging(LogLevel level) => LoggerFactory.Create(logging =>
+    {
+        logging.SetMinimumLevel(level);
+        // ASP.NET Core's own request logging is noise for an operator; its warnings and errors still show.
+        logging.AddFilter("Microsoft", level <= LogLevel.Debug ? LogLevel.Information : LogLevel.Warning);
+        logging.AddSimpleConsole(console =>
+        {
+            console.SingleLine = true;
+            console.UseUtcTimestamp = true;
+            console.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ ";
+            console.IncludeScopes = false;
+        });
+    });
+
+    private static string? NoneOr(string? value, string defaultValue) =>
+        value is null ? defaultValue : value.Equals("none", StringComparison.OrdinalIgnoreCase) ? null : Path.GetFullPath(value);
+
+    /// <summary>Parses ADDR:PORT ([v6]:PORT, localhost:PORT); 'none' gives null.</summary>
+    internal static IPEndPoint? ParseEndPoint(string text, string option, bool allowNone)
+    {
+        if (allowNone && text.Equals("none", StringComparison.OrdinalIgnoreCase)) return null;
+        var value = text.StartsWith("localhost:", StringComparison.OrdinalIgnoreCase) ? "127.0.0.1" + text["localhost".Length..] : text;
+        int colon = value.LastIndexOf(':');
+        bool hasPort = colon > 0 && (value[0] != '[' || value[colon - 1] == ']');
+        if (!hasPort || !IPEndPoint.TryParse(value, out var endPoint) || endPoint.Port == 0 && !value.EndsWith(":0", StringComparison.Ordinal))
+            throw new CliException($"invalid {option} '{text}': expected ADDR:PORT such as 127.0.0.1:10809 or [::1]:10809{(allowNone ? ", or none" : "")}", PlatterCli.ExitUsage);
+        return endPoint;
+    }
+
+    private static string ReadToken(string path)
+    {
+        try
+        {
+            var token = File.ReadAllText(path).Trim();
+            if (token.Length == 0) throw new CliException($"the token file {path} is empty");
+            return token;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new CliException($"cannot read the token file: {e.Message}");
+        }
+    }
+
+    private static X509Certificate2 LoadCertificate(string certPath, string keyPath)
+    {
+        try
+        {
+            return X509Certificate2.CreateFromPemFile(certPath, keyPath);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or CryptographicException or ArgumentException)
+        {
+            throw new CliException($"cannot load the TLS certificate {certPath} with key {keyPath}: {PlatterCli.OneLine(e.Message)}");
+        }
+    }
+
+    private static X509Certificate2 LoadCa(string path)
+    {
+        try
+        {
+            return X509Certificate2.CreateFromPem(File.ReadAllText(path));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or CryptographicException)
+        {
+            throw new CliException($"cannot load the client CA certificate {path}: {PlatterCli.OneLine(e.Message)}");
+        }
+    }
+}

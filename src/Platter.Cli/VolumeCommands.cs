@@ -1,0 +1,202 @@
+using System.CommandLine;
+using Platter.Server;
+using Platter.Server.Api;
+using Platter.Storage;
+
+namespace Platter.Cli;
+
+/// <summary>platter volume create|list|info|resize|rename|delete and platter du: clients of the management API.</summary>
+internal static class VolumeCommands
+{
+    public static Command Build(CliContext context)
+    {
+        var volume = new Command("volume", "Create, list, inspect, resize, rename and delete volumes (virtual disks). Needs a running `platter serve`.");
+        volume.Add(Create(context));
+        volume.Add(List(context));
+        volume.Add(Info(context));
+        volume.Add(Resize(context));
+        volume.Add(Rename(context));
+        volume.Add(Delete(context));
+        return volume;
+    }
+
+    private static Argument<string> NameArgument(string description = "The volume's name (also its NBD export name).", string argumentName = "NAME") =>
+        new(argumentName) { Description = description, Validators = { ValidateName } };
+
+    private static void ValidateName(System.CommandLine.Parsing.ArgumentResult result)
+    {
+        if (result.Tokens.Count == 0) return;
+        var reason = VolumeNames.Validate(result.Tokens[0].Value);
+        if (reason is not null) result.AddError($"invalid volume name '{result.Tokens[0].Value}': {reason}");
+    }
+
+    private static Command Create(CliContext context)
+    {
+        var name = NameArgument("Name of the new volume; it becomes the NBD export name.");
+        var size = PlatterCli.SizeOption("Virtual size of the volume. Space is allocated only when written (thin provisioning).");
+        var json = PlatterCli.JsonOption();
+        var api = PlatterCli.ApiSocketOption();
+        var command = new Command("create", "Create a thin-provisioned volume.") { name, size, json, api };
+        command.SetAction(async (parse, ct) =>
+        {
+            using var client = PlatterCli.CreateClient(parse, api, context);
+            var created = await Call(() => client.CreateVolumeAsync(parse.GetRequiredValue(name), parse.GetValue(size), ct), parse.GetRequiredValue(name));
+            if (parse.GetValue(json)) PlatterCli.WriteJson(context, created, PlatterJsonContext.Default.VolumeDto);
+            else context.Out.WriteLine($"created volume '{created.Name}' ({SizeText.Format(created.SizeBytes)})");
+            return PlatterCli.ExitOk;
+        });
+        return command;
+    }
+
+    private static Command List(CliContext context)
+    {
+        var json = PlatterCli.JsonOption();
+        var api = PlatterCli.ApiSocketOption();
+        var command = new Command("list", "List volumes with their size and allocated space.") { json, api };
+        command.Aliases.Add("ls");
+        command.SetAction(async (parse, ct) =>
+        {
+            using var client = PlatterCli.CreateClient(parse, api, context);
+            var volumes = await client.ListVolumesAsync(ct);
+            if (parse.GetValue(json))
+            {
+                PlatterCli.WriteJson(context, new VolumeListDto(volumes), PlatterJsonContext.Default.VolumeListDto);
+                return PlatterCli.ExitOk;
+            }
+            if (volumes.Count == 0)
+            {
+                context.Out.WriteLine("no volumes (create one with `platter volume create NAME --size 20G`)");
+                return PlatterCli.ExitOk;
+            }
+            var table = new Table("NAME", "SIZE", "ALLOCATED", "CREATED").AlignRight(1, 2);
+            foreach (var v in volumes.OrderBy(v => v.Name, StringComparer.Ordinal))
+                table.Add(v.Name, SizeText.Format(v.SizeBytes), SizeText.Format(v.AllocatedBytes), PlatterCli.FormatTime(v.CreatedUtc));
+            context.Out.Write(table.ToString());
+            return PlatterCli.ExitOk;
+        });
+        return command;
+    }
+
+    private static Command Info(CliContext context)
+    {
+        var name = NameArgument();
+        var json = PlatterCli.JsonOption();
+        var api = PlatterCli.ApiSocketOption();
+        var command = new Command("info", "Show one volume.") { name, json, api };
+        command.SetAction(async (parse, ct) =>
+        {
+            using var client = PlatterCli.CreateClient(parse, api, context);
+            var v = await Call(() => client.GetVolumeAsync(parse.GetRequiredValue(name), ct), parse.GetRequiredValue(name));
+            if (parse.GetValue(json))
+            {
+                PlatterCli.WriteJson(context, v, PlatterJsonContext.Default.VolumeDto);
+                return PlatterCli.ExitOk;
+            }
+            context.Out.WriteLine($"name:       {v.Name}");
+            context.Out.WriteLine($"size:       {SizeText.Format(v.SizeBytes)} ({v.SizeBytes} bytes)");
+            context.Out.WriteLine($"allocated:  {SizeText.Format(v.AllocatedBytes)} ({v.AllocatedBytes} bytes)");
+            context.Out.WriteLine($"created:    {PlatterCli.FormatTime(v.CreatedUtc)}");
+            context.Out.WriteLine($"id:         {v.Id}");
+            return PlatterCli.ExitOk;
+        });
+        return command;
+    }
+
+    private static Command Resize(CliContext context)
+    {
+        var name = NameArgument();
+        var size = PlatterCli.SizeOption("The new virtual size. Shrinking discards the data past the new end.");
+        var json = PlatterCli.JsonOption();
+        var api = PlatterCli.ApiSocketOption();
+        var command = new Command("resize", "Grow or shrink a volume. Clients see the new size when they reconnect.") { name, size, json, api };
+        command.SetAction(async (parse, ct) =>
+        {
+            using var client = PlatterCli.CreateClient(parse, api, context);
+            var v = await Call(() => client.ResizeVolumeAsync(parse.GetRequiredValue(name), parse.GetValue(size), ct), parse.GetRequiredValue(name));
+            if (parse.GetValue(json)) PlatterCli.WriteJson(context, v, PlatterJsonContext.Default.VolumeDto);
+            else context.Out.WriteLine($"resized volume '{v.Name}' to {SizeText.Format(v.SizeBytes)}");
+            return PlatterCli.ExitOk;
+        });
+        return command;
+    }
+
+    private static Command Rename(CliContext context)
+    {
+        var name = NameArgument("The volume's current name.");
+        var newName = NameArgument("The new name (and NBD export name).", "NEW_NAME");
+        var json = PlatterCli.JsonOption();
+        var api = PlatterCli.ApiSocketOption();
+        var command = new Command("rename", "Rename a volume. Connected clients keep working; new clients use the new name.") { name, newName, json, api };
+        command.SetAction(async (parse, ct) =>
+        {
+            using var client = PlatterCli.CreateClient(parse, api, context);
+            var from = parse.GetRequiredValue(name);
+            var v = await Call(() => client.RenameVolumeAsync(from, parse.GetRequiredValue(newName), ct), from);
+            if (parse.GetValue(json)) PlatterCli.WriteJson(context, v, PlatterJsonContext.Default.VolumeDto);
+            else context.Out.WriteLine($"renamed volume '{from}' to '{v.Name}'");
+            return PlatterCli.ExitOk;
+        });
+        return command;
+    }
+
+    private static Command Delete(CliContext context)
+    {
+        var name = NameArgument();
+        var json = PlatterCli.JsonOption();
+        var api = PlatterCli.ApiSocketOption();
+        var command = new Command("delete", "Delete a volume and free its space. This cannot be undone.") { name, json, api };
+        command.Aliases.Add("rm");
+        command.SetAction(async (parse, ct) =>
+        {
+            using var client = PlatterCli.CreateClient(parse, api, context);
+            var volumeName = parse.GetRequiredValue(name);
+            await Call(async () => { await client.DeleteVolumeAsync(volumeName, ct); return 0; }, volumeName);
+            if (parse.GetValue(json)) context.Out.WriteLine("{\"deleted\":\"" + System.Text.Json.JsonEncodedText.Encode(volumeName) + "\"}");
+            else context.Out.WriteLine($"deleted volume '{volumeName}'");
+            return PlatterCli.ExitOk;
+        });
+        return command;
+    }
+
+    /// <summary>platter du: space used by the store.</summary>
+    public static Command BuildUsage(CliContext context)
+    {
+        var json = PlatterCli.JsonOption();
+        var api = PlatterCli.ApiSocketOption();
+        var command = new Command("du", "Show the store's space: provisioned (sum of volume sizes), used by data, free in the data files.") { json, api };
+        command.SetAction(async (parse, ct) =>
+        {
+            using var client = PlatterCli.CreateClient(parse, api, context);
+            var u = await client.GetUsageAsync(ct);
+            if (parse.GetValue(json))
+            {
+                PlatterCli.WriteJson(context, u, PlatterJsonContext.Default.UsageDto);
+                return PlatterCli.ExitOk;
+            }
+            context.Out.WriteLine($"volumes:      {u.VolumeCount}");
+            context.Out.WriteLine($"provisioned:  {SizeText.Format(u.ProvisionedBytes)}");
+            context.Out.WriteLine($"used:         {SizeText.Format(u.UsedBytes)}");
+            context.Out.WriteLine($"data files:   {SizeText.Format(u.DataFileBytes)}");
+            context.Out.WriteLine($"free:         {SizeText.Format(u.FreeBytes)} (inside the data files)");
+            return PlatterCli.ExitOk;
+        });
+        return command;
+    }
+
+    /// <summary>Runs an API call and words "not found" as the user thinks of it.</summary>
+    internal static async Task<T> Call<T>(Func<Task<T>> call, string volumeName)
+    {
+        try
+        {
+            return await call();
+        }
+        catch (PlatterApiException e) when (e.Code == "not_found")
+        {
+            throw new CliException($"no volume named '{volumeName}' (see `platter volume list`)");
+        }
+        catch (PlatterApiException e) when (e.Code == "already_exists")
+        {
+            throw new CliException(PlatterCli.OneLine(e.Message));
+        }
+    }
+}

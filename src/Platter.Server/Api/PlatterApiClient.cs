@@ -1,0 +1,155 @@
+using System.Net.Http.Headers;
+using System.Net.Http.Json;
+using System.Net.Sockets;
+using System.Text.Json;
+using System.Text.Json.Serialization.Metadata;
+
+namespace Platter.Server.Api;
+
+/// <summary>
+/// Client of the management API over its unix socket (or TCP with a token). Failures come back as
+/// <see cref="PlatterApiException"/> (the server answered with an error) or <see cref="ServerUnreachableException"/>
+/// (nothing answered).
+/// </summary>
+public sealed class PlatterApiClient : IDisposable
+{
+    private readonly HttpClient _http;
+
+    private PlatterApiClient(HttpClient http, string endpoint)
+    {
+        _http = http;
+        Endpoint = endpoint;
+    }
+
+    /// <summary>Where the client connects, for messages: a socket path or a URL.</summary>
+    public string Endpoint { get; }
+
+    /// <summary>A client of the API on the unix socket at <paramref name="socketPath"/>.</summary>
+    public static PlatterApiClient ForUnixSocket(string socketPath, TimeSpan? timeout = null)
+    {
+        var endPoint = new UnixDomainSocketEndPoint(socketPath);
+        var handler = new SocketsHttpHandler
+        {
+            ConnectCallback = async (_, cancellationToken) =>
+            {
+                var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+                try
+                {
+                    await socket.ConnectAsync(endPoint, cancellationToken).ConfigureAwait(false);
+                    return new NetworkStream(socket, ownsSocket: true);
+                }
+                catch
+                {
+                    socket.Dispose();
+                    throw;
+                }
+            },
+        };
+        // The host name is never resolved: every request goes through the callback above.
+        var http = new HttpClient(handler) { BaseAddress = new Uri("http://platter/"), Timeout = timeout ?? TimeSpan.FromSeconds(60) };
+        return new PlatterApiClient(http, socketPath);
+    }
+
+    /// <summary>A client of the API on TCP at <paramref name="baseUri"/>, authenticating with <paramref name="token"/>.</summary>
+    public static PlatterApiClient ForTcp(Uri baseUri, string token, TimeSpan? timeout = null)
+    {
+        var http = new HttpClient { BaseAddress = baseUri, Timeout = timeout ?? TimeSpan.FromSeconds(60) };
+        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", token);
+        return new PlatterApiClient(http, baseUri.ToString());
+    }
+
+    private static PlatterJsonContext Json => PlatterJsonContext.Default;
+
+    /// <summary>GET /v1/health.</summary>
+    public Task<HealthDto> GetHealthAsync(CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Get, "v1/health", null, Json.HealthDto, cancellationToken);
+
+    /// <summary>GET /v1/usage.</summary>
+    public Task<UsageDto> GetUsageAsync(CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Get, "v1/usage", null, Json.UsageDto, cancellationToken);
+
+    /// <summary>GET /v1/volumes.</summary>
+    public async Task<IReadOnlyList<VolumeDto>> ListVolumesAsync(CancellationToken cancellationToken = default) =>
+        (await SendAsync(HttpMethod.Get, "v1/volumes", null, Json.VolumeListDto, cancellationToken).ConfigureAwait(false)).Volumes;
+
+    /// <summary>GET /v1/volumes/{name}.</summary>
+    public Task<VolumeDto> GetVolumeAsync(string name, CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Get, VolumePath(name), null, Json.VolumeDto, cancellationToken);
+
+    /// <summary>POST /v1/volumes.</summary>
+    public Task<VolumeDto> CreateVolumeAsync(string name, long sizeBytes, CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Post, "v1/volumes", JsonContent.Create(new CreateVolumeRequest(name, sizeBytes), Json.CreateVolumeRequest), Json.VolumeDto, cancellationToken);
+
+    /// <summary>POST /v1/volumes/{name}/resize.</summary>
+    public Task<VolumeDto> ResizeVolumeAsync(string name, long sizeBytes, CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Post, VolumePath(name) + "/resize", JsonContent.Create(new ResizeVolumeRequest(sizeBytes), Json.ResizeVolumeRequest), Json.VolumeDto, cancellationToken);
+
+    /// <summary>POST /v1/volumes/{name}/rename.</summary>
+    public Task<VolumeDto> RenameVolumeAsync(string name, string newName, CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Post, VolumePath(name) + "/rename", JsonContent.Create(new RenameVolumeRequest(newName), Json.RenameVolumeRequest), Json.VolumeDto, cancellationToken);
+
+    /// <summary>DELETE /v1/volumes/{name}.</summary>
+    public Task DeleteVolumeAsync(string name, CancellationToken cancellationToken = default) =>
+        SendAsync<ErrorDto>(HttpMethod.Delete, VolumePath(name), null, null, cancellationToken);
+
+    private static string VolumePath(string name) => "v1/volumes/" + Uri.EscapeDataString(name);
+
+    private async Task<T> SendAsync<T>(HttpMethod method, string path, HttpContent? content, JsonTypeInfo<T>? type, CancellationToken cancellationToken)
+    {
+        using var request = new HttpRequestMessage(method, path) { Content = content };
+        HttpResponseMessage response;
+        try
+        {
+            response = await _http.SendAsync(request, cancellationToken).ConfigureAwait(false);
+        }
+        catch (HttpRequestException e) when (e.InnerException is SocketException || e.HttpRequestError == HttpRequestError.ConnectionError)
+        {
+            throw new ServerUnreachableException(Endpoint, e);
+        }
+        catch (SocketException e)
+        {
+            throw new ServerUnreachableException(Endpoint, e);
+        }
+        using (response)
+        {
+            if (!response.IsSuccessStatusCode)
+            {
+                ErrorDto? error = null;
+                try
+                {
+                    error = await response.Content.ReadFromJsonAsync(Json.ErrorDto, cancellationToken).ConfigureAwait(false);
+                }
+                catch (JsonException)
+                {
+                }
+                throw new PlatterApiException((int)response.StatusCode,
+                    error?.Error ?? "http_" + (int)response.StatusCode,
+                    error?.Message ?? $"the server answered {(int)response.StatusCode} {response.ReasonPhrase}");
+            }
+            if (type is null) return default!;
+            return await response.Content.ReadFromJsonAsync(type, cancellationToken).ConfigureAwait(false)
+                ?? throw new PlatterApiException((int)response.StatusCode, "bad_response", "the server sent an empty answer");
+        }
+    }
+
+    /// <inheritdoc />
+    public void Dispose() => _http.Dispose();
+}
+
+/// <summary>The server answered with an error.</summary>
+public sealed class PlatterApiException(int statusCode, string code, string message) : Exception(message)
+{
+    /// <summary>HTTP status.</summary>
+    public int StatusCode { get; } = statusCode;
+
+    /// <summary>The API's error code, e.g. not_found.</summary>
+    public string Code { get; } = code;
+}
+
+/// <summary>Nothing answered at the API endpoint: the server is not running there.</summary>
+public sealed class ServerUnreachableException(string endpoint, Exception inner)
+    : Exception($"cannot reach the Platter server at {endpoint}", inner)
+{
+    /// <summary>The socket path or URL tried.</summary>
+    public string Endpoint { get; } = endpoint;
+}

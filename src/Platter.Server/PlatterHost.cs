@@ -1,0 +1,236 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Reflection;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Platter.Server.Api;
+using Platter.Storage;
+
+namespace Platter.Server;
+
+/// <summary>
+/// One Platter server: the store, NBD on TCP and a unix socket, and the management API. Start once, stop once;
+/// <see cref="StopAsync"/> shuts down in the order that keeps every acknowledged write: stop taking management
+/// calls, stop accepting NBD connections and finish in-flight requests, flush the store, close it (which releases its lock).
+/// </summary>
+public sealed partial class PlatterHost : IAsyncDisposable
+{
+    private readonly PlatterHostOptions _options;
+    private readonly ILoggerFactory _loggerFactory;
+    private readonly ILogger _log;
+    private readonly SemaphoreSlim _stateLock = new(1, 1);
+    private readonly List<string> _ownedSockets = [];
+    private VolumeStore? _store;
+    private WebApplication? _api;
+    private bool _started;
+    private bool _stopped;
+
+    /// <summary>Creates a host; nothing is opened until <see cref="StartAsync"/>.</summary>
+    public PlatterHost(PlatterHostOptions options, ILoggerFactory? loggerFactory = null)
+    {
+        var problem = options.Validate();
+        if (problem is not null) throw new ArgumentException(problem, nameof(options));
+        _options = options;
+        _loggerFactory = loggerFactory ?? NullLoggerFactory.Instance;
+        _log = _loggerFactory.CreateLogger("Platter.Server");
+    }
+
+    /// <summary>The server's version (the assembly's informational version).</summary>
+    public static string Version { get; } =
+        typeof(PlatterHost).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion.Split('+')[0] ?? "0.0.0";
+
+    /// <summary>The open store, once started.</summary>
+    public VolumeStore Store => _store ?? throw new InvalidOperationException("the host is not started");
+
+    /// <summary>The bound NBD TCP address (the real port when the options asked for port 0), or null.</summary>
+    public IPEndPoint? NbdTcpEndPoint { get; private set; }
+
+    /// <summary>The options the host runs with.</summary>
+    public PlatterHostOptions Options => _options;
+
+    /// <summary>
+    /// Opens (or creates) the store, which locks it against other processes, and starts the NBD and API listeners.
+    /// On failure everything opened so far is closed again and the exception propagates: a
+    /// <see cref="StorageException"/> with <see cref="StorageError.InUse"/> when another process holds the store.
+    /// </summary>
+    public async Task StartAsync(CancellationToken cancellationToken = default)
+    {
+        await _stateLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            if (_started) throw new InvalidOperationException("the host was already started");
+            _started = true;
+            try
+            {
+                var directory = Path.GetFullPath(_options.StoreDirectory);
+                if (!Directory.Exists(directory))
+                {
+                    // The store holds every VM's disk: private to its owner unless the admin loosens it.
+                    Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+                }
+                _store = VolumeStore.Open(directory, _options.StoreOptions ?? new StoreOptions { LoggerFactory = _loggerFactory });
+                var usage = _store.GetUsage();
+                _log.LogInformation("store {Directory} open: {Volumes} volume(s), {Used} used", directory, usage.VolumeCount, SizeText.Format(usage.UsedBytes));
+
+                if (_options.NbdSocketPath is not null) PrepareSocket(_options.NbdSocketPath);
+                if (_options.ApiSocketPath is not null) PrepareSocket(_options.ApiSocketPath);
+
+                await StartNbdAsync(new VolumeExportProvider(_store), cancellationToken).ConfigureAwait(false);
+
+                _api = ManagementApi.Build(_store, new ManagementApiOptions
+                {
+                    SocketPath = _options.ApiSocketPath,
+                    TcpEndPoint = _options.ApiTcpEndPoint,
+                    Token = _options.ApiToken,
+                }, _loggerFactory, Health);
+                await _api.StartAsync(cancellationToken).ConfigureAwait(false);
+                if (_options.ApiSocketPath is not null)
+                {
+                    // No authentication on the unix socket: only the owner may connect.
+                    File.SetUnixFileMode(_options.ApiSocketPath, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+                    _log.LogInformation("management API on unix:{Path}", _options.ApiSocketPath);
+                }
+                if (_options.ApiTcpEndPoint is not null)
+                    _log.LogInformation("management API on http://{EndPoint} (bearer token required)", _options.ApiTcpEndPoint);
+            }
+            catch
+            {
+                await ShutdownAsync(CancellationToken.None, failed: true).ConfigureAwait(false);
+                throw;
+            }
+        }
+        finally
+        {
+            _stateLock.Release();
+        }
+    }
+
+    /// <summary>
+    /// Stops the listeners, lets in-flight NBD requests finish (until <paramref name="cancellationToken"/> fires,
+    /// after which connections are cut), flushes and closes the store. Safe to call twice.
+    /// </summary>
+    public async Task StopAsync(CancellationToken cancellationToken = default)
+    {
+        await _stateLock.WaitAsync(CancellationToken.None).ConfigureAwait(false);
+        try
+        {
+            if (!_started || _stopped) return;
+            await ShutdownAsync(cancellationToken, failed: false).ConfigureAwait(false);
+        }
+        finally
+        {
+            _stateLock.Release();
+        }
+    }
+
+    private async Task ShutdownAsync(CancellationToken cancellationToken, bool failed)
+    {
+        _stopped = true;
+        List<Exception>? errors = null;
+        if (_api is not null)
+        {
+            try
+            {
+                await _api.StopAsync(cancellationToken).ConfigureAwait(false);
+                await _api.DisposeAsync().ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                (errors ??= []).Add(e);
+            }
+            _api = null;
+        }
+        try
+        {
+            await StopNbdAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            (errors ??= []).Add(e);
+        }
+        if (_store is not null)
+        {
+            try
+            {
+                await _store.FlushAsync(CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                _log.LogError(e, "final flush failed: {Message}", e.Message);
+                (errors ??= []).Add(e);
+            }
+            try
+            {
+                _store.Dispose();
+                if (!failed) _log.LogInformation("store {Directory} closed", _store.Directory);
+            }
+            catch (Exception e)
+            {
+                (errors ??= []).Add(e);
+            }
+            _store = null;
+        }
+        foreach (var path in _ownedSockets)
+        {
+            try
+            {
+                File.Delete(path);
+            }
+            catch (IOException)
+            {
+                // A leftover socket file is harmless: the next start removes it.
+            }
+        }
+        _ownedSockets.Clear();
+        if (errors is not null && !failed) throw new AggregateException("the server did not shut down cleanly", errors);
+    }
+
+    private HealthDto Health() => new(
+        "ok",
+        Version,
+        Path.GetFullPath(_options.StoreDirectory),
+        _options.NbdSocketPath is null ? null : Path.GetFullPath(_options.NbdSocketPath),
+        NbdTcpEndPoint?.ToString(),
+        _options.TlsCertificate is not null,
+        _options.TlsRequired);
+
+    /// <summary>
+    /// Removes a stale socket file left by a server that died, but refuses to take over one that still answers.
+    /// The store's lock already proves no server of this store is running; this guards paths outside the store.
+    /// </summary>
+    private void PrepareSocket(string path)
+    {
+        path = Path.GetFullPath(path);
+        var parent = Path.GetDirectoryName(path);
+        if (parent is not null) Directory.CreateDirectory(parent);
+        if (File.Exists(path) || Directory.Exists(path))
+        {
+            if (!UnixFile.IsSocket(path))
+                throw new IOException($"cannot listen on {path}: something that is not a socket is in the way");
+            using (var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
+            {
+                bool answered;
+                try
+                {
+                    probe.Connect(new UnixDomainSocketEndPoint(path));
+                    answered = true;
+                }
+                catch (SocketException)
+                {
+                    answered = false;
+                }
+                if (answered) throw new IOException($"cannot listen on {path}: another server is listening there");
+            }
+            File.Delete(path);
+        }
+        _ownedSockets.Add(path);
+    }
+
+    /// <summary>Same as <see cref="StopAsync"/> with no deadline.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync(CancellationToken.None).ConfigureAwait(false);
+        _stateLock.Dispose();
+    }
+}

@@ -1,0 +1,62 @@
+using System.Net;
+using System.Security.Cryptography.X509Certificates;
+using Platter.Storage;
+
+namespace Platter.Server;
+
+/// <summary>What a <see cref="PlatterHost"/> serves and where.</summary>
+public sealed class PlatterHostOptions
+{
+    /// <summary>The default NBD TCP port (IANA-assigned to NBD).</summary>
+    public const int DefaultNbdPort = 10809;
+
+    /// <summary>The store directory; created with the store on first run.</summary>
+    public required string StoreDirectory { get; init; }
+
+    /// <summary>NBD over TCP, e.g. 127.0.0.1:10809; null disables it.</summary>
+    public IPEndPoint? NbdTcpEndPoint { get; init; }
+
+    /// <summary>NBD over a unix socket; null disables it.</summary>
+    public string? NbdSocketPath { get; init; }
+
+    /// <summary>The management API's unix socket; null disables it (then <see cref="ApiTcpEndPoint"/> is needed).</summary>
+    public string? ApiSocketPath { get; init; }
+
+    /// <summary>Optional management API over TCP; requires <see cref="ApiToken"/>.</summary>
+    public IPEndPoint? ApiTcpEndPoint { get; init; }
+
+    /// <summary>Bearer token for the TCP management API.</summary>
+    public string? ApiToken { get; init; }
+
+    /// <summary>Server certificate with its private key; enables NBD STARTTLS.</summary>
+    public X509Certificate2? TlsCertificate { get; init; }
+
+    /// <summary>Refuse every NBD option but STARTTLS until TLS is up.</summary>
+    public bool TlsRequired { get; init; }
+
+    /// <summary>When set, NBD clients must present a certificate issued by this CA.</summary>
+    public X509Certificate2? TlsClientCertificateAuthority { get; init; }
+
+    /// <summary>How the store is opened (tests shrink its limits).</summary>
+    public StoreOptions? StoreOptions { get; init; }
+
+    /// <summary>Checks the combination before anything is opened; returns the problem or null.</summary>
+    public string? Validate()
+    {
+        if (string.IsNullOrWhiteSpace(StoreDirectory)) return "no store directory";
+        if (ApiSocketPath is null && ApiTcpEndPoint is null) return "the management API needs a unix socket or a TCP address";
+        if (ApiTcpEndPoint is not null && string.IsNullOrEmpty(ApiToken)) return "the management API on TCP needs a token (--api-token-file or PLATTER_API_TOKEN)";
+        if (TlsRequired && TlsCertificate is null) return "--tls-required needs --tls-cert and --tls-key";
+        if (TlsClientCertificateAuthority is not null && TlsCertificate is null) return "--tls-client-ca needs --tls-cert and --tls-key";
+        if (TlsCertificate is not null && !TlsCertificate.HasPrivateKey) return "the TLS certificate has no private key";
+        foreach (var path in new[] { NbdSocketPath, ApiSocketPath })
+        {
+            // sun_path holds 108 bytes including the terminator.
+            if (path is not null && System.Text.Encoding.UTF8.GetByteCount(Path.GetFullPath(path)) > 107)
+                return $"socket path is too long for a unix socket (107 bytes at most): {path}";
+        }
+        if (NbdSocketPath is not null && ApiSocketPath is not null && Path.GetFullPath(NbdSocketPath) == Path.GetFullPath(ApiSocketPath))
+            return "the NBD socket and the API socket must differ";
+        return null;
+    }
+}

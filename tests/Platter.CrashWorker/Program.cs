@@ -1,0 +1,77 @@
+using System.Text;
+using Platter.CrashWorker;
+using Platter.Storage;
+
+// Usage: Platter.CrashWorker STOREDIR SEED LOGFILE [SECONDSMAX]
+// Runs the seeded crash workload against STOREDIR until it is killed (or SECONDSMAX passes, so that a
+// worker orphaned by a dead test run does not run forever).
+if (args.Length < 3)
+{
+    Console.Error.WriteLine("usage: Platter.CrashWorker STOREDIR SEED LOGFILE [SECONDSMAX]");
+    return 2;
+}
+string storeDir = args[0];
+int seed = int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture);
+string logPath = args[2];
+double secondsMax = args.Length > 3 ? double.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture) : 60;
+
+// The log only has to survive the death of this process, not of the machine: a write(2) puts it in the
+// page cache, which SIGKILL does not touch, so no fsync is needed (and none would slow the workload).
+using var log = new FileStream(logPath, FileMode.Append, FileAccess.Write, FileShare.Read, bufferSize: 1);
+var logLock = new object();
+void Log(string line)
+{
+    var bytes = Encoding.ASCII.GetBytes(line + "\n");
+    lock (logLock)
+    {
+        log.Write(bytes);
+        log.Flush(flushToDisk: false);
+    }
+}
+
+var options = new StoreOptions
+{
+    CreateIfMissing = false,
+    CommitIntervalMax = CrashWorkload.CommitInterval(seed),
+    DataGrowthBytes = 1L << 20,
+};
+using var store = VolumeStore.Open(storeDir, options);
+using var volume = store.OpenVolume(CrashWorkload.VolumeName);
+Log(CrashWorkload.OpenedLine);
+
+var deadline = DateTime.UtcNow.AddSeconds(secondsMax);
+int threads = CrashWorkload.Threads(seed);
+var workers = Enumerable.Range(0, threads).Select(t => Task.Run(async () =>
+{
+    var buffer = new byte[4 * CrashWorkload.BlockSize + 200];
+    string prefix = t.ToString(System.Globalization.CultureInfo.InvariantCulture) + " ";
+    foreach (var op in CrashWorkload.Ops(seed, t))
+    {
+        if ((op.Index & 63) == 0 && DateTime.UtcNow > deadline) break;
+        string index = op.Index.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        if (op.Kind == CrashWorkload.OpKind.Flush)
+        {
+            await volume.FlushAsync();
+            Log(CrashWorkload.FlushedPrefix + prefix + index);
+            continue;
+        }
+        Log(CrashWorkload.IntentPrefix + prefix + index);
+        switch (op.Kind)
+        {
+            case CrashWorkload.OpKind.Write:
+                if (buffer.Length < op.Length) buffer = new byte[op.Length];
+                CrashWorkload.Content(seed, t, op.Index, op.Offset, buffer.AsSpan(0, op.Length));
+                volume.Write(op.Offset, buffer.AsSpan(0, op.Length));
+                break;
+            case CrashWorkload.OpKind.Trim:
+                volume.Trim(op.Offset, op.Length);
+                break;
+            case CrashWorkload.OpKind.WriteZeroes:
+                volume.WriteZeroes(op.Offset, op.Length);
+                break;
+        }
+    }
+})).ToArray();
+await Task.WhenAll(workers);
+Log("done");
+return 0;

