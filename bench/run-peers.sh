@@ -9,8 +9,10 @@
 #   qcow2-snap      qemu-nbd serving a qcow2 file that has an internal snapshot (qemu-img snapshot -c):
 #                   every first write to a cluster copies it, the baseline for Platter's snapshots
 #   nbdkit-file     nbdkit's file plugin serving the raw file
-#   platter         platter serve (binary from $PLATTER_BIN, else built from src/Platter.Cli); skipped with a
-#                   clear line when it cannot be built or started
+#   platter         platter serve on a fresh store in --dir, volume created with `platter volume create`
+#                   and prefilled like the others; the binary is $PLATTER_BIN, else a Release build of
+#                   src/Platter.Cli run as its apphost (so the measured CPU is the server's own); skipped
+#                   with a clear line when it cannot be built or started
 # Workloads (fio's nbd engine for servers, io_uring for raw-*):
 #   randwrite-4k-qd1-flush  4 KiB random writes, depth 1, a flush after every write (IOPS, p50/p99, flush p99)
 #   randwrite-4k-qd32       4 KiB random writes, depth 32, no flushes (fsync=N at depth > 1 is not comparable)
@@ -24,7 +26,7 @@
 # /proc/PID/stat utime+stime deltas) and the ratios Platter / best peer and Platter / qemu-nbd qcow2.
 #
 # Usage: bench/run-peers.sh [--rounds N] [--size 4G] [--runtime SECONDS] [--targets a,b,...]
-#                           [--workloads a,b,...] [--dir IMAGE_DIR] [--out RESULT_DIR] [--quick]
+#                           [--workloads a,b,...] [--dir IMAGE_DIR] [--out RESULT_DIR] [--keep] [--quick]
 #   --quick = --rounds 2 --size 1G --runtime 3 (a smoke run of the harness, not a measurement)
 # Output: bench/results/<UTC time>/{summary.md,runs.jsonl,env.txt,raw/}, and bench/results/latest.md.
 # Disk space: about 6 x size (source data, two raw files, two qcow2, platter's store); page cache: 5 x size. The images are kept in
@@ -54,7 +56,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     --quick) rounds=2; size=1G; runtime=3; shift ;;
-    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "run-peers.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -106,8 +108,8 @@ start_bg() { # name socket logfile cmd...
   log "$name: pid ${pid[$name]} on $s"
 }
 
-# Platter: the same `platter serve` command the guest test's PlatterTarget runs. The lead owns these
-# two functions' exact CLI; everything else treats platter like any other NBD server.
+# Platter: the same `platter serve` command the guest test's PlatterTarget runs, on a fresh store in
+# $dir, NBD and the management API on unix sockets, no TCP. The volume is created with the real CLI.
 platter_bin=""
 find_platter() {
   if [ -n "${PLATTER_BIN:-}" ]; then
@@ -115,35 +117,57 @@ find_platter() {
     skip[platter]="PLATTER_BIN=$PLATTER_BIN is not executable"; return 1
   fi
   [ -f "$repo/src/Platter.Cli/Platter.Cli.csproj" ] || { skip[platter]="no src/Platter.Cli"; return 1; }
-  # Build once and run the apphost directly: `dotnet run` would put a second process between us and
-  # the server whose CPU we measure.
-  if ! timeout 600 dotnet build "$repo/src/Platter.Cli" -c Release -o "$dir/platter-bin" > "$out/platter-build.log" 2>&1; then
+  command -v dotnet >/dev/null || { skip[platter]="dotnet not found (needed to build src/Platter.Cli)"; return 1; }
+  # Build Release once and run the apphost directly: `dotnet run` would put a second process (the SDK)
+  # between us and the server whose CPU we measure, and Debug code is not what users run.
+  log "building src/Platter.Cli (Release) into $dir/platter-bin"
+  if ! timeout 900 dotnet build "$repo/src/Platter.Cli" -c Release -o "$dir/platter-bin" > "$out/platter-build.log" 2>&1; then
     skip[platter]="dotnet build -c Release src/Platter.Cli failed (see $out/platter-build.log)"; return 1
   fi
   platter_bin="$dir/platter-bin/platter"
   [ -x "$platter_bin" ] || { skip[platter]="build produced no $platter_bin"; return 1; }
 }
+
+# True once something accepts connections on unix socket $1 (bash cannot connect to one by itself).
+unix_socket_accepts() {
+  [ -S "$1" ] && python3 -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX); s.settimeout(2); s.connect(sys.argv[1])' "$1" 2>/dev/null
+}
+
+platter_api=""
 platter_start() {
-  local store="$dir/platter-store" s="$dir/platter.sock"
+  local store="$dir/platter-store" s="$dir/platter.sock" i
+  platter_api="$dir/platter-api.sock"
   rm -rf "$store"
-  mkdir -p "$store"
-  rm -f "$s"
-  "$platter_bin" serve --store "$store" --socket "$s" --listen none > "$out/platter.log" 2>&1 &
+  rm -f "$s" "$platter_api"
+  # The developer's own PLATTER_API_SOCKET / PLATTER_STORE must not point the CLI or server elsewhere.
+  env -u PLATTER_API_SOCKET -u PLATTER_STORE \
+    "$platter_bin" serve --store "$store" --socket "$s" --listen none --api-socket "$platter_api" > "$out/platter.log" 2>&1 &
   pid[platter]=$!
   sock[platter]=$s
   uri[platter]="nbd+unix:///$export_name?socket=$s"
-  local i
-  for i in $(seq 1 100); do [ -S "$s" ] && break; kill -0 "${pid[platter]}" 2>/dev/null || break; sleep 0.1; done
-  if ! timeout 60 "$platter_bin" volume create "$export_name" --size "$size" >> "$out/platter.log" 2>&1 \
+  for i in $(seq 1 600); do
+    unix_socket_accepts "$platter_api" && unix_socket_accepts "$s" && break
+    kill -0 "${pid[platter]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  # Exact bytes: --size may be given as 4G or 4GiB, the CLI and numfmt agree on bytes.
+  if ! timeout 60 env -u PLATTER_API_SOCKET "$platter_bin" volume create "$export_name" --size "$size_bytes" \
+         --api-socket "$platter_api" >> "$out/platter.log" 2>&1 \
      || ! wait_socket platter "$s" "${pid[platter]}"; then
     skip[platter]="platter serve / volume create did not work (see $out/platter.log)"
     kill "${pid[platter]}" 2>/dev/null || true
+    wait "${pid[platter]}" 2>/dev/null || true
     unset 'pid[platter]'
     return 1
   fi
+  local got
+  got=$(timeout 10 nbdinfo --size "${uri[platter]}") || got=?
+  [ "$got" = "$size_bytes" ] || { skip[platter]="volume $export_name has size $got, expected $size_bytes"; return 1; }
   # A new volume reads as zeros without touching storage; fill it so reads measure real reads.
+  log "platter: prefilling $size from $src"
   timeout 3600 nbdcopy --flush "$src" "${uri[platter]}" || { skip[platter]="prefill failed"; return 1; }
-  log "platter: pid ${pid[platter]} on $s"
+  log "platter: pid ${pid[platter]} on $s ($platter_bin)"
 }
 
 stop_all() {
@@ -151,8 +175,12 @@ stop_all() {
   for n in "${!pid[@]}"; do
     kill "${pid[$n]}" 2>/dev/null || true
   done
+  local rc
   for n in "${!pid[@]}"; do
-    wait "${pid[$n]}" 2>/dev/null || true
+    rc=0
+    wait "${pid[$n]}" 2>/dev/null || rc=$?
+    # SIGTERM is platter's clean shutdown (flush, close): anything but 0 is worth a look.
+    [ "$n" != platter ] || [ "$rc" = 0 ] || log "WARNING: platter exited with code $rc after SIGTERM (see $out/platter.log)"
   done
   pid=()
   if [ "$keep" = 0 ]; then
@@ -297,7 +325,7 @@ done
   echo "qemu-nbd: $(qemu-nbd --version | head -n1)"
   echo "nbdkit: $(nbdkit --version)"
   echo "nbdcopy: $(nbdcopy --version | head -n1)"
-  [ -n "$platter_bin" ] && echo "platter: $platter_bin"
+  [ -n "$platter_bin" ] && echo "platter: $("$platter_bin" --version 2>/dev/null | head -n1) ($platter_bin, Release, commit $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo ?))"
   for t in "${!skip[@]}"; do echo "skipped $t: ${skip[$t]}"; done
 } > "$out/env.txt"
 

@@ -50,7 +50,7 @@ internal static class AttachCommand
             else if (health.NbdTcp is not null) target = ParseHostPort(health.NbdTcp);
             else throw new CliException("the server has no NBD listener (it runs with --listen none --socket none)");
 
-            var info = AttachText.Build(volumeName, target, health.Tls);
+            var info = AttachText.Build(volumeName, target, health.Tls, health.NbdReadOnly);
             if (parse.GetValue(json))
             {
                 PlatterCli.WriteJson(context, info, CliJsonContext.Default.AttachInfo);
@@ -78,6 +78,11 @@ internal static class AttachCommand
             {
                 context.Out.WriteLine();
                 context.Out.WriteLine("# The server uses TLS: put ca-cert.pem (and client-cert.pem, client-key.pem if it checks clients) in /etc/pki/qemu.");
+            }
+            if (health.NbdReadOnly)
+            {
+                context.Out.WriteLine();
+                context.Out.WriteLine("# The server runs with --read-only: the disk is attached read-only.");
             }
             if (target is NbdTarget.Unix)
             {

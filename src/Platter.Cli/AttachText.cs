@@ -27,8 +27,12 @@ public static class AttachText
     private const string NodeName = "platter0";
     private const string TlsObjectId = "platter-tls0";
 
-    /// <summary>Builds the attach strings. With <paramref name="tls"/> QEMU gets an x509 credentials object.</summary>
-    public static AttachInfo Build(string name, NbdTarget target, bool tls)
+    /// <summary>
+    /// Builds the attach strings. With <paramref name="tls"/> QEMU gets an x509 credentials object. With
+    /// <paramref name="readOnly"/> (a server started with --read-only) the disk is opened read-only: QEMU refuses
+    /// to open a read-only NBD export read-write ("Permission denied", "Block node is read-only").
+    /// </summary>
+    public static AttachInfo Build(string name, NbdTarget target, bool tls, bool readOnly = false)
     {
         var tlsObject = tls ? $"--object tls-creds-x509,id={TlsObjectId},endpoint=client,dir=/etc/pki/qemu " : "";
         var tlsOption = tls ? $",tls-creds={TlsObjectId}" : "";
@@ -50,11 +54,11 @@ public static class AttachText
         }
 
         var blockdev = tlsObject +
-            "-blockdev " + Shell($"driver=nbd,node-name={NodeName},{server},export={QemuValue(name)},discard=unmap{tlsOption}") +
+            "-blockdev " + Shell($"driver=nbd,node-name={NodeName},{server},export={QemuValue(name)},discard=unmap{tlsOption}{(readOnly ? ",read-only=on" : "")}") +
             $" -device virtio-blk-pci,drive={NodeName}";
         // With -drive the URI carries everything; the TLS option applies to the protocol layer ("file.").
         var drive = tlsObject +
-            "-drive " + Shell($"file={QemuValue(uri)},format=raw,if=virtio,discard=unmap{(tls ? $",file.tls-creds={TlsObjectId}" : "")}");
+            "-drive " + Shell($"file={QemuValue(uri)},format=raw,if=virtio,discard=unmap{(tls ? $",file.tls-creds={TlsObjectId}" : "")}{(readOnly ? ",readonly=on" : "")}");
 
         var xml = new StringBuilder();
         xml.Append("<disk type='network' device='disk'>\n");
@@ -70,6 +74,7 @@ public static class AttachText
         });
         xml.Append("  </source>\n");
         xml.Append("  <target dev='vda' bus='virtio'/>\n");
+        if (readOnly) xml.Append("  <readonly/>\n");
         xml.Append("</disk>");
         return new AttachInfo(name, uri, blockdev, drive, xml.ToString());
     }

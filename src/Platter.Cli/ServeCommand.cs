@@ -4,6 +4,7 @@ using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Console;
 using Platter.Server;
 
 namespace Platter.Cli;
@@ -24,7 +25,7 @@ internal static class ServeCommand
         };
         var listen = new Option<string>("--listen")
         {
-            Description = "NBD TCP address as ADDR:PORT ([::1]:PORT for IPv6), or 'none' to disable TCP.",
+            Description = "NBD TCP address as ADDR:PORT ([::1]:PORT for IPv6, localhost:PORT, port 0 for any free port), or 'none' to disable TCP.",
             HelpName = "ADDR:PORT",
             DefaultValueFactory = _ => $"127.0.0.1:{PlatterHostOptions.DefaultNbdPort}",
         };
@@ -40,31 +41,36 @@ internal static class ServeCommand
         };
         var apiListen = new Option<string?>("--api-listen")
         {
-            Description = "Also serve the management API on TCP at ADDR:PORT. Every request must carry 'Authorization: Bearer TOKEN'; " +
-                          "the token is read from --api-token-file or $PLATTER_API_TOKEN.",
+            Description = "Also serve the management API on TCP at ADDR:PORT (plain HTTP: keep it on a trusted network). Every request " +
+                          "must carry 'Authorization: Bearer TOKEN'; the token is read from --api-token-file, else $PLATTER_API_TOKEN.",
             HelpName = "ADDR:PORT",
         };
         var apiTokenFile = new Option<string?>("--api-token-file")
         {
-            Description = "File holding the bearer token for --api-listen (kept out of the process list).",
+            Description = "File holding the bearer token for --api-listen (so the token stays out of the process list and the environment).",
             HelpName = "FILE",
         };
-        var tlsCert = new Option<string?>("--tls-cert") { Description = "PEM certificate (chain) for NBD TLS. Enables STARTTLS.", HelpName = "FILE" };
+        var tlsCert = new Option<string?>("--tls-cert") { Description = "PEM certificate (chain) for NBD TLS; offers STARTTLS on NBD. Needs --tls-key.", HelpName = "FILE" };
         var tlsKey = new Option<string?>("--tls-key") { Description = "PEM private key of --tls-cert.", HelpName = "FILE" };
-        var tlsRequired = new Option<bool>("--tls-required") { Description = "Refuse every NBD option but STARTTLS until the client has started TLS." };
+        var tlsRequired = new Option<bool>("--tls-required") { Description = "Refuse every NBD option but STARTTLS (and ABORT) until the client has started TLS. Needs --tls-cert." };
         var tlsClientCa = new Option<string?>("--tls-client-ca")
         {
-            Description = "PEM CA certificate: NBD clients must present a certificate it issued.",
+            Description = "PEM CA certificate: NBD clients must present a certificate it issued. Needs --tls-cert.",
             HelpName = "FILE",
         };
-        var verbose = new Option<bool>("--verbose", "-v") { Description = "Log debug detail (per connection) as well." };
+        var readOnly = new Option<bool>("--read-only", "-r")
+        {
+            Description = "Serve every NBD export read-only, like qemu-nbd -r: clients see NBD_FLAG_READ_ONLY and writes, trims and " +
+                          "write-zeroes get EPERM. The management API still creates, resizes, renames and deletes volumes.",
+        };
+        var verbose = new Option<bool>("--verbose", "-v") { Description = "Log debug detail as well: NBD connections and refused requests, and each management API request." };
 
         var command = new Command("serve",
             "Run the Platter server: opens (or creates) the store, serves every volume as an NBD export of the same name " +
-            "on TCP and a unix socket, and the management API on a unix socket. Stops cleanly on SIGINT/SIGTERM " +
-            "(finishes in-flight requests, flushes, closes the store).")
+            "on TCP and a unix socket, and the management API on a unix socket. Logs one line per event to stdout. Stops cleanly " +
+            "on SIGINT/SIGTERM: finishes in-flight requests (30 s at most; a second signal cuts them), flushes, closes the store.")
         {
-            store, listen, socket, apiSocket, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa, verbose,
+            store, listen, socket, apiSocket, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa, readOnly, verbose,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -101,6 +107,7 @@ internal static class ServeCommand
                 TlsCertificate = certificate,
                 TlsRequired = parse.GetValue(tlsRequired),
                 TlsClientCertificateAuthority = clientCa,
+                ReadOnly = parse.GetValue(readOnly),
             };
             var problem = options.Validate();
             if (problem is not null) throw new CliException(problem);
@@ -186,6 +193,11 @@ internal static class ServeCommand
         logging.SetMinimumLevel(level);
         // ASP.NET Core's own request logging is noise for an operator; its warnings and errors still show.
         logging.AddFilter("Microsoft", level <= LogLevel.Debug ? LogLevel.Information : LogLevel.Warning);
+        // The console logger queues lines for a background writer; by default, once its queue is full, every
+        // logging call waits. A log consumer that reads slowly or not at all (a pipe nobody drains, a stuck
+        // terminal) would then stall NBD and API requests, which log. A server must keep serving: drop lines
+        // instead (the logger reports how many it dropped once it catches up).
+        logging.AddConsole(console => console.QueueFullMode = ConsoleLoggerQueueFullMode.DropWrite);
         logging.AddSimpleConsole(console =>
         {
             console.SingleLine = true;

@@ -28,6 +28,7 @@ public sealed partial class PlatterHost
         if (_options.NbdSocketPath is not null) _nbd.Listen(new UnixDomainSocketEndPoint(Path.GetFullPath(_options.NbdSocketPath)));
         await _nbd.StartAsync().ConfigureAwait(false);
         var tls = _options.TlsCertificate is null ? "no TLS" : _options.TlsRequired ? "TLS required" : "TLS offered";
+        if (_options.ReadOnly) tls += ", read-only";
         if (NbdTcpEndPoint is not null) _log.LogInformation("NBD on {EndPoint} ({Tls})", NbdTcpEndPoint, tls);
         if (_options.NbdSocketPath is not null) _log.LogInformation("NBD on unix:{Path} ({Tls})", Path.GetFullPath(_options.NbdSocketPath), tls);
     }

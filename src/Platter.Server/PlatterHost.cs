@@ -76,7 +76,7 @@ public sealed partial class PlatterHost : IAsyncDisposable
                 if (_options.NbdSocketPath is not null) PrepareSocket(_options.NbdSocketPath);
                 if (_options.ApiSocketPath is not null) PrepareSocket(_options.ApiSocketPath);
 
-                await StartNbdAsync(new VolumeExportProvider(_store), cancellationToken).ConfigureAwait(false);
+                await StartNbdAsync(new VolumeExportProvider(_store, _options.ReadOnly), cancellationToken).ConfigureAwait(false);
 
                 _api = ManagementApi.Build(_store, new ManagementApiOptions
                 {
@@ -193,7 +193,8 @@ public sealed partial class PlatterHost : IAsyncDisposable
         _options.NbdSocketPath is null ? null : Path.GetFullPath(_options.NbdSocketPath),
         NbdTcpEndPoint?.ToString(),
         _options.TlsCertificate is not null,
-        _options.TlsRequired);
+        _options.TlsRequired,
+        _options.ReadOnly);
 
     /// <summary>
     /// Removes a stale socket file left by a server that died, but refuses to take over one that still answers.

@@ -37,6 +37,13 @@ public sealed class PlatterHostOptions
     /// <summary>When set, NBD clients must present a certificate issued by this CA.</summary>
     public X509Certificate2? TlsClientCertificateAuthority { get; init; }
 
+    /// <summary>
+    /// Serve every NBD export read-only (like <c>qemu-nbd -r</c>): clients see NBD_FLAG_READ_ONLY and writes, trims
+    /// and write-zeroes get EPERM. Only the NBD side is read-only; the management API still creates, resizes,
+    /// renames and deletes volumes, because it is the owner's channel and the one way to prepare a read-only store.
+    /// </summary>
+    public bool ReadOnly { get; init; }
+
     /// <summary>How the store is opened (tests shrink its limits).</summary>
     public StoreOptions? StoreOptions { get; init; }
 

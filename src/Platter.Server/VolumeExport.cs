@@ -16,11 +16,16 @@ public sealed class VolumeExport : INbdExport
     private const int ExtentsPerCallMax = 64;
 
     private readonly Volume _volume;
+    private readonly bool _readOnly;
 
-    /// <summary>Wraps <paramref name="volume"/>; the export owns the handle and disposes it.</summary>
-    public VolumeExport(Volume volume)
+    /// <summary>
+    /// Wraps <paramref name="volume"/>; the export owns the handle and disposes it. With <paramref name="readOnly"/>
+    /// the export is read-only even when the volume is writable (<c>platter serve --read-only</c>).
+    /// </summary>
+    public VolumeExport(Volume volume, bool readOnly = false)
     {
         _volume = volume;
+        _readOnly = readOnly;
         Name = volume.Name;
     }
 
@@ -34,7 +39,7 @@ public sealed class VolumeExport : INbdExport
     public long Size => _volume.SizeBytes;
 
     /// <inheritdoc />
-    public bool IsReadOnly => _volume.IsReadOnly;
+    public bool IsReadOnly => _readOnly || _volume.IsReadOnly;
 
     /// <summary>True: a flush commits the whole store, so it covers writes from every connection.</summary>
     public bool CanMultiConn => true;
@@ -62,6 +67,7 @@ public sealed class VolumeExport : INbdExport
     /// <inheritdoc />
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken cancellationToken)
     {
+        if (_readOnly) return RefuseWrite();
         try
         {
             _volume.Write(offset, source.Span);
@@ -103,6 +109,7 @@ public sealed class VolumeExport : INbdExport
     /// <inheritdoc />
     public ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken)
     {
+        if (_readOnly) return RefuseWrite();
         try
         {
             _volume.Trim(offset, length);
@@ -122,6 +129,7 @@ public sealed class VolumeExport : INbdExport
     /// </remarks>
     public ValueTask WriteZeroesAsync(long offset, long length, bool mayDeallocate, bool fastOnly, bool fua, CancellationToken cancellationToken)
     {
+        if (_readOnly) return RefuseWrite();
         try
         {
             _volume.WriteZeroes(offset, length);
@@ -132,6 +140,11 @@ public sealed class VolumeExport : INbdExport
         }
         return fua ? FlushAsync(cancellationToken) : default;
     }
+
+    // The protocol layer already answers EPERM for a read-only export (it advertises NBD_FLAG_READ_ONLY and
+    // refuses at the edge); this is the assertion behind that check, so no other caller can write through.
+    private ValueTask RefuseWrite() =>
+        ValueTask.FromException(new NbdErrorException(NbdError.NotPermitted, $"volume '{Name}' is served read-only"));
 
     /// <summary>Does nothing: reads come from the page cache and the map cache already.</summary>
     public ValueTask CacheAsync(long offset, long length, CancellationToken cancellationToken) => default;

@@ -4,15 +4,20 @@ using Platter.Storage;
 namespace Platter.Server;
 
 /// <summary>Every volume of a store is an export named after it.</summary>
-public sealed class VolumeExportProvider(VolumeStore store) : INbdExportProvider
+/// <param name="store">The open store.</param>
+/// <param name="readOnly">Serve every export read-only, whatever the volume allows.</param>
+public sealed class VolumeExportProvider(VolumeStore store, bool readOnly = false) : INbdExportProvider
 {
+    /// <summary>True when every export is served read-only.</summary>
+    public bool ReadOnly => readOnly;
+
     /// <inheritdoc />
     public INbdExport? TryOpen(string name)
     {
         if (VolumeNames.Validate(name) is not null) return null;
         try
         {
-            return new VolumeExport(store.OpenVolume(name));
+            return new VolumeExport(store.OpenVolume(name), readOnly);
         }
         catch (StorageException e) when (e.Error == StorageError.NotFound)
         {

@@ -16,6 +16,38 @@ public static class Crc32C
     /// <summary>CRC32C of <paramref name="data"/> (initial value and final xor 0xFFFFFFFF, as in iSCSI and ext4).</summary>
     public static uint Compute(ReadOnlySpan<byte> data) => ~Append(0xFFFFFFFFu, data);
 
+    /// <summary>
+    /// CRC32C of each <paramref name="blockBytes"/>-sized block of <paramref name="data"/>, into <paramref name="crcs"/>.
+    /// The CRC32 instruction has a latency of three cycles but a throughput of one per cycle, so three blocks are
+    /// computed side by side: about three times the speed of one block at a time for large writes and reads.
+    /// </summary>
+    public static void ComputeBlocks(ReadOnlySpan<byte> data, int blockBytes, Span<uint> crcs)
+    {
+        int blocks = data.Length / blockBytes;
+        int i = 0;
+        if (Sse42.X64.IsSupported && blockBytes % 8 == 0)
+        {
+            for (; i + 3 <= blocks; i += 3)
+            {
+                var a = data.Slice(i * blockBytes, blockBytes);
+                var b = data.Slice((i + 1) * blockBytes, blockBytes);
+                var c = data.Slice((i + 2) * blockBytes, blockBytes);
+                ulong ca = 0xFFFFFFFF, cb = 0xFFFFFFFF, cc = 0xFFFFFFFF;
+                for (int k = 0; k < blockBytes; k += 8)
+                {
+                    ca = Sse42.X64.Crc32(ca, BinaryPrimitives.ReadUInt64LittleEndian(a[k..]));
+                    cb = Sse42.X64.Crc32(cb, BinaryPrimitives.ReadUInt64LittleEndian(b[k..]));
+                    cc = Sse42.X64.Crc32(cc, BinaryPrimitives.ReadUInt64LittleEndian(c[k..]));
+                }
+                crcs[i] = ~(uint)ca;
+                crcs[i + 1] = ~(uint)cb;
+                crcs[i + 2] = ~(uint)cc;
+            }
+        }
+        for (; i < blocks; i++)
+            crcs[i] = Compute(data.Slice(i * blockBytes, blockBytes));
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static uint Append(uint crc, ReadOnlySpan<byte> data)
     {

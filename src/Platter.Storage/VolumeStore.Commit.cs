@@ -104,7 +104,9 @@ public sealed partial class VolumeStore
             {
                 try
                 {
+                    long roundStart = Stopwatch.GetTimestamp();
                     CommitRound();
+                    Interlocked.Add(ref Counters.RoundMicros, (long)Stopwatch.GetElapsedTime(roundStart).TotalMicroseconds);
                     if (stopping || checkpoints.Count > 0 || _journal.Position > Layout.JournalCheckpointBytes(_metadata.JournalRegionBytes)
                         || (_unapplied.Count > 0 && _sinceCheckpoint.Elapsed > Layout.CheckpointIntervalMax))
                         CheckpointNow();

@@ -19,8 +19,7 @@ public sealed partial class VolumeStore
         {
             long pba = Allocate(state, Math.Min(blocks - done, Layout.ExtentBlocksMax), out int got);
             var piece = data.Slice(done << Layout.BlockShift, got << Layout.BlockShift);
-            for (int i = 0; i < got; i++)
-                crcs[i] = Crc32C.Compute(piece.Slice(i << Layout.BlockShift, Layout.BlockBytes));
+            Crc32C.ComputeBlocks(piece, Layout.BlockBytes, crcs[..got]);
             try
             {
                 _data.Write(pba << Layout.BlockShift, piece);
@@ -72,6 +71,7 @@ public sealed partial class VolumeStore
                 if (state.Deleted) throw new StorageException(StorageError.Closed, $"volume '{state.Name}' was deleted");
                 state.Map.Get(firstBlock, entries);
             }
+            Span<uint> actual = stackalloc uint[64];
             int i = 0;
             while (i < blocks)
             {
@@ -95,10 +95,15 @@ public sealed partial class VolumeStore
                 {
                     throw DeviceError(e, $"read of volume '{state.Name}' at offset {(firstBlock + i) << Layout.BlockShift}");
                 }
-                for (int b = i; b < k; b++)
+                for (int b = i; b < k; b += actual.Length)
                 {
-                    if (Crc32C.Compute(run.Slice((b - i) << Layout.BlockShift, Layout.BlockBytes)) != entries[b].Crc)
-                        throw ChecksumError(state, firstBlock + b, entries[b].Pba);
+                    int n = Math.Min(actual.Length, k - b);
+                    Crc32C.ComputeBlocks(run.Slice((b - i) << Layout.BlockShift, n << Layout.BlockShift), Layout.BlockBytes, actual[..n]);
+                    for (int j = 0; j < n; j++)
+                    {
+                        if (actual[j] != entries[b + j].Crc)
+                            throw ChecksumError(state, firstBlock + b + j, entries[b + j].Pba);
+                    }
                 }
                 i = k;
             }

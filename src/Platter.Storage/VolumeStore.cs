@@ -211,6 +211,8 @@ public sealed class StorageCounters
     public long SyncMicros;
     /// <summary>Time spent applying journaled batches to the KV store, microseconds.</summary>
     public long CheckpointMicros;
+    /// <summary>Time spent in commit rounds (gathering, journal, sync), microseconds.</summary>
+    public long RoundMicros;
     public long ChecksumErrors;
     public long IoErrors;
 }

@@ -2,10 +2,10 @@ namespace Platter.Guest.Tests;
 
 /// <summary>
 /// The NBD server under test: something that serves one volume over NBD on a unix socket and keeps
-/// its data across restarts. The guest tests only know this interface, so the same tests run against
-/// qemu-nbd today (<see cref="QemuNbdTarget"/>) and against Platter once it exists (a PlatterTarget
-/// that runs <c>platter serve --store DIR --socket PATH --listen none</c> and, on first start,
-/// <c>platter volume create guest --size 512M</c>).
+/// its data across restarts. The guest tests only know this interface, so the same test runs against
+/// Platter (<see cref="PlatterTarget"/>: <c>platter serve --store DIR --socket PATH --listen none</c> and,
+/// on first start, <c>platter volume create guest --size 512M</c>) and, to tell a guest or test problem
+/// from a server problem, against qemu-nbd (<see cref="QemuNbdTarget"/>).
 /// </summary>
 /// <remarks>
 /// Contract:
@@ -32,6 +32,9 @@ public interface INbdTarget : IAsyncDisposable
 
     /// <summary>Size of the volume in bytes.</summary>
     long SizeBytes { get; }
+
+    /// <summary>Everything the server printed so far, across restarts, with start/stop markers; for failure messages.</summary>
+    string Log { get; }
 
     /// <summary>Starts the server (creating the volume on the first start) and waits until it accepts connections.</summary>
     Task StartAsync(CancellationToken cancellationToken);

@@ -12,9 +12,10 @@ public static class ProcessRunner
     /// <summary>
     /// Runs <paramref name="fileName"/>; if it outlives <paramref name="timeout"/> it is killed and the
     /// result says <see cref="ProcessResult.TimedOut"/>. A missing executable throws with a clear message.
+    /// <paramref name="environment"/> entries set (or, when null, remove) variables of the child's environment.
     /// </summary>
     public static async Task<ProcessResult> RunAsync(string fileName, IEnumerable<string> arguments, TimeSpan timeout,
-        CancellationToken cancellationToken = default)
+        CancellationToken cancellationToken = default, IReadOnlyDictionary<string, string?>? environment = null)
     {
         var psi = new ProcessStartInfo(fileName)
         {
@@ -23,6 +24,11 @@ public static class ProcessRunner
             UseShellExecute = false,
         };
         foreach (var a in arguments) psi.ArgumentList.Add(a);
+        foreach (var (name, value) in environment ?? new Dictionary<string, string?>())
+        {
+            if (value is null) psi.Environment.Remove(name);
+            else psi.Environment[name] = value;
+        }
         var stdout = new StringBuilder();
         var stderr = new StringBuilder();
         var stopwatch = Stopwatch.StartNew();

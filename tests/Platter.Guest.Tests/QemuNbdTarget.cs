@@ -1,14 +1,15 @@
 namespace Platter.Guest.Tests;
 
 /// <summary>
-/// qemu-nbd serving a raw file: the reference server the guest tests are proven against, and the
-/// template for a PlatterTarget.
+/// qemu-nbd serving a raw file: the reference server. When the guest test fails on Platter, the same test
+/// on qemu-nbd (PLATTER_GUEST_QEMU_NBD=1) says whether the guest, QEMU or the test itself is at fault.
 /// </summary>
 public sealed class QemuNbdTarget : INbdTarget
 {
     private static readonly TimeSpan ReadyTimeout = TimeSpan.FromSeconds(20);
     private static readonly TimeSpan StopTimeout = TimeSpan.FromSeconds(20);
     private readonly string _imagePath;
+    private readonly System.Text.StringBuilder _log = new();
     private ServerProcess? _server;
 
     /// <summary>Creates a target whose image and socket live in <paramref name="workDirectory"/>.</summary>
@@ -30,6 +31,15 @@ public sealed class QemuNbdTarget : INbdTarget
 
     /// <inheritdoc/>
     public long SizeBytes { get; }
+
+    /// <inheritdoc/>
+    public string Log
+    {
+        get
+        {
+            lock (_log) { return _server is null ? _log.ToString() : _log + _server.Output; }
+        }
+    }
 
     /// <inheritdoc/>
     public async Task StartAsync(CancellationToken cancellationToken)
@@ -55,7 +65,7 @@ public sealed class QemuNbdTarget : INbdTarget
             // Pass the guest's discards (mke2fs discards the whole device) through as hole punches.
             "--discard=unmap",
             _imagePath,
-        ], SocketPath, ReadyTimeout, cancellationToken);
+        ], [SocketPath], ReadyTimeout, cancellationToken);
     }
 
     /// <inheritdoc/>
@@ -68,8 +78,14 @@ public sealed class QemuNbdTarget : INbdTarget
         }
         finally
         {
-            await _server.DisposeAsync();
-            _server = null;
+            var server = _server;
+            await server.DisposeAsync();
+            lock (_log)
+            {
+                _log.AppendLine($"--- qemu-nbd stopped ({(graceful ? "SIGTERM" : "SIGKILL")})");
+                _log.Append(server.Output);
+                _server = null;
+            }
         }
     }
 

@@ -23,9 +23,16 @@ public sealed class ServerProcess : IAsyncDisposable
     /// <summary>Process id, for logs.</summary>
     public int Id => _process.Id;
 
-    /// <summary>Starts <paramref name="fileName"/> and waits (up to <paramref name="readyTimeout"/>) for <paramref name="socketPath"/> to accept a connection.</summary>
-    public static async Task<ServerProcess> StartAsync(string fileName, IEnumerable<string> arguments, string socketPath,
-        TimeSpan readyTimeout, CancellationToken cancellationToken)
+    /// <summary>Exit code once the process has exited, else null.</summary>
+    public int? ExitCode => _process.HasExited ? _process.ExitCode : null;
+
+    /// <summary>
+    /// Starts <paramref name="fileName"/> and waits (up to <paramref name="readyTimeout"/>) until every path in
+    /// <paramref name="socketPaths"/> accepts a connection. <paramref name="environment"/> entries set (or, when
+    /// null, remove) variables of the child's environment.
+    /// </summary>
+    public static async Task<ServerProcess> StartAsync(string fileName, IEnumerable<string> arguments, IReadOnlyList<string> socketPaths,
+        TimeSpan readyTimeout, CancellationToken cancellationToken, IReadOnlyDictionary<string, string?>? environment = null)
     {
         var psi = new ProcessStartInfo(fileName)
         {
@@ -34,6 +41,11 @@ public sealed class ServerProcess : IAsyncDisposable
             UseShellExecute = false,
         };
         foreach (var a in arguments) psi.ArgumentList.Add(a);
+        foreach (var (name, value) in environment ?? new Dictionary<string, string?>())
+        {
+            if (value is null) psi.Environment.Remove(name);
+            else psi.Environment[name] = value;
+        }
         Process process;
         try
         {
@@ -55,16 +67,17 @@ public sealed class ServerProcess : IAsyncDisposable
             if (process.HasExited)
             {
                 throw new InvalidOperationException(
-                    $"{fileName} exited with code {process.ExitCode} before listening on {socketPath}:\n{server.Output}");
+                    $"{fileName} exited with code {process.ExitCode} before listening on {string.Join(" and ", socketPaths)}:\n{server.Output}");
             }
-            if (File.Exists(socketPath) && await CanConnectAsync(socketPath, cancellationToken))
+            if (await AllAcceptAsync(socketPaths, cancellationToken))
             {
                 return server;
             }
             if (DateTime.UtcNow > deadline)
             {
                 await server.DisposeAsync();
-                throw new TimeoutException($"{fileName} did not accept connections on {socketPath} within {readyTimeout}:\n{server.Output}");
+                throw new TimeoutException(
+                    $"{fileName} did not accept connections on {string.Join(" and ", socketPaths)} within {readyTimeout}:\n{server.Output}");
             }
             await Task.Delay(50, cancellationToken);
         }
@@ -74,6 +87,15 @@ public sealed class ServerProcess : IAsyncDisposable
     {
         if (line is null) return;
         lock (_output) { _output.AppendLine(line); }
+    }
+
+    private static async Task<bool> AllAcceptAsync(IReadOnlyList<string> socketPaths, CancellationToken cancellationToken)
+    {
+        foreach (var path in socketPaths)
+        {
+            if (!File.Exists(path) || !await CanConnectAsync(path, cancellationToken)) return false;
+        }
+        return true;
     }
 
     private static async Task<bool> CanConnectAsync(string socketPath, CancellationToken cancellationToken)

@@ -80,28 +80,58 @@ public sealed class NbdshNegativeTests(ServerFixture fixture, ITestOutputHelper 
         Assert.True(r.GetProperty("intact").GetBoolean(), "a refused write changed data inside the export");
     }
 
-    [Fact(Skip = "read-only exports arrive with snapshots (issue 4): Platter has no read-only export to write to yet")]
+    [Fact]
     public async Task Write_to_a_read_only_export_is_eperm()
     {
-        var export = await Fixture.CreateExportAsync("ro", 64 * MiB);
+        // Its own server: data goes in through a writable server, which then restarts with --read-only.
+        await using var server = new PlatterServer();
+        await server.StartAsync();
+        var export = await server.CreateExportAsync("ro", 64 * MiB);
+        try
+        {
+            await RunAsync(export, """
+                h = connect()
+                h.pwrite(b"\x5c" * 8192, 0)
+                h.flush()
+                h.shutdown()
+                print(json.dumps({}))
+                """);
+            Assert.Equal(0, await server.StopAsync());
 
-        var r = await RunAsync(export, """
-            h = connect(strict=False)
-            r = {
-                "read_only": h.is_read_only(),
-                "write": attempt(lambda: h.pwrite(b"\x01" * 4096, 0)),
-                "trim": attempt(lambda: h.trim(4096, 0)),
-                "zero": attempt(lambda: h.zero(4096, 0)),
-            }
-            r["readable"] = len(h.pread(4096, 0)) == 4096
-            print(json.dumps(r))
-            """);
+            server.ReadOnly = true;
+            await server.StartAsync();
+            var r = await RunAsync(export, """
+                h = connect(strict=False)
+                r = {
+                    "read_only": h.is_read_only(),
+                    "write": attempt(lambda: h.pwrite(b"\x01" * 4096, 0)),
+                    "trim": attempt(lambda: h.trim(4096, 0)),
+                    "zero": attempt(lambda: h.zero(4096, 0)),
+                    "flush": attempt(lambda: h.flush()),
+                }
+                r["intact"] = h.pread(8192, 0) == b"\x5c" * 8192
+                h.shutdown()
+                print(json.dumps(r))
+                """);
 
-        Assert.True(r.GetProperty("read_only").GetBoolean(), "export must advertise NBD_FLAG_READ_ONLY");
-        AssertServerError(r, "write", EPERM);
-        AssertServerError(r, "trim", EPERM);
-        AssertServerError(r, "zero", EPERM);
-        Assert.True(r.GetProperty("readable").GetBoolean());
+            Assert.True(r.GetProperty("read_only").GetBoolean(), "export must advertise NBD_FLAG_READ_ONLY");
+            AssertServerError(r, "write", EPERM);
+            AssertServerError(r, "trim", EPERM);
+            AssertServerError(r, "zero", EPERM);
+            Assert.Equal(0, r.GetProperty("flush").GetProperty("errno").GetInt32());
+            Assert.True(r.GetProperty("intact").GetBoolean(), "refused writes changed the data");
+
+            // Only NBD is read-only: the catalog is still managed through the API.
+            var listed = await server.CliAsync("volume", "list", "--json");
+            Assert.True(listed.ExitCode == 0, listed.Describe());
+            Assert.Contains("\"ro\"", listed.Stdout);
+        }
+        catch
+        {
+            Output.WriteLine("--- read-only server log ---");
+            Output.WriteLine(server.Log);
+            throw;
+        }
     }
 
     [Fact]

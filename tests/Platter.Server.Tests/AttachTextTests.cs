@@ -30,6 +30,20 @@ public class AttachTextTests
     }
 
     [Fact]
+    public void ReadOnlyServerGivesReadOnlyDisks()
+    {
+        // QEMU refuses to open a read-only NBD export read-write, with either syntax.
+        var info = AttachText.Build("vm1", new NbdTarget.Unix("/run/p/nbd.sock"), tls: false, readOnly: true);
+        Assert.EndsWith(",discard=unmap,read-only=on -device virtio-blk-pci,drive=platter0", info.QemuBlockdev);
+        Assert.EndsWith(",discard=unmap,readonly=on'", info.QemuDrive);
+        Assert.NotNull(XElement.Parse(info.LibvirtXml).Element("readonly"));
+
+        var writable = AttachText.Build("vm1", new NbdTarget.Unix("/run/p/nbd.sock"), tls: false);
+        Assert.DoesNotContain("read", writable.QemuBlockdev + writable.QemuDrive);
+        Assert.Null(XElement.Parse(writable.LibvirtXml).Element("readonly"));
+    }
+
+    [Fact]
     public void TcpGivesInetServerAndHostElement()
     {
         var info = AttachText.Build("db", new NbdTarget.Tcp("10.0.0.5", 10809), tls: false);

@@ -22,3 +22,49 @@ public class VolumeExportErrorTests
         Assert.Equal("boom", mapped.Message);
     }
 }
+
+public class ReadOnlyVolumeExportTests
+{
+    [Fact]
+    public async Task ReadOnlyExportRefusesEveryWriteWithEpermAndLeavesTheDataAlone()
+    {
+        using var dir = new TempDirectory();
+        using var store = VolumeStore.Open(dir.Combine("store"));
+        store.CreateVolume("vm1", 1 << 20);
+        var block = Enumerable.Repeat((byte)0xA5, 4096).ToArray();
+        using (var writable = new VolumeExport(store.OpenVolume("vm1")))
+        {
+            Assert.False(writable.IsReadOnly);
+            await writable.WriteAsync(0, block, fua: true, CancellationToken.None);
+        }
+
+        using var export = new VolumeExport(store.OpenVolume("vm1"), readOnly: true);
+        Assert.True(export.IsReadOnly);
+        foreach (var (what, call) in new (string, Func<ValueTask>)[]
+        {
+            ("write", () => export.WriteAsync(0, new byte[4096], fua: false, CancellationToken.None)),
+            ("trim", () => export.TrimAsync(0, 4096, fua: false, CancellationToken.None)),
+            ("write zeroes", () => export.WriteZeroesAsync(0, 4096, mayDeallocate: true, fastOnly: false, fua: false, CancellationToken.None)),
+        })
+        {
+            var e = await Assert.ThrowsAsync<NbdErrorException>(async () => await call());
+            Assert.True(e.Error == NbdError.NotPermitted, $"{what}: {e.Error}");
+        }
+
+        var read = new byte[4096];
+        await export.ReadAsync(0, read, CancellationToken.None);
+        Assert.Equal(block, read);
+    }
+
+    [Fact]
+    public void ProviderHandsOutReadOnlyExportsWhenAsked()
+    {
+        using var dir = new TempDirectory();
+        using var store = VolumeStore.Open(dir.Combine("store"));
+        store.CreateVolume("vm1", 1 << 20);
+        using var writable = new VolumeExportProvider(store).TryOpen("vm1");
+        using var readOnly = new VolumeExportProvider(store, readOnly: true).TryOpen("vm1");
+        Assert.False(writable!.IsReadOnly);
+        Assert.True(readOnly!.IsReadOnly);
+    }
+}

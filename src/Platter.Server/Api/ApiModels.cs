@@ -39,7 +39,9 @@ public sealed record UsageDto(long DataFileBytes, long UsedBytes, long FreeBytes
 /// <param name="NbdTcp">NBD TCP address as HOST:PORT, or null when disabled.</param>
 /// <param name="Tls">NBD offers TLS.</param>
 /// <param name="TlsRequired">NBD refuses everything but STARTTLS before TLS.</param>
-public sealed record HealthDto(string Status, string Version, string StoreDirectory, string? NbdSocket, string? NbdTcp, bool Tls, bool TlsRequired);
+/// <param name="NbdReadOnly">Every NBD export is read-only (<c>platter serve --read-only</c>); false from servers that predate it.</param>
+public sealed record HealthDto(string Status, string Version, string StoreDirectory, string? NbdSocket, string? NbdTcp, bool Tls, bool TlsRequired,
+    bool NbdReadOnly = false);
 
 /// <summary>Every error answer: a stable machine code and a sentence for people.</summary>
 public sealed record ErrorDto(string Error, string Message);

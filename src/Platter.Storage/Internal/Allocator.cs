@@ -74,15 +74,15 @@ internal sealed class Allocator
                 return false;
             }
             (long Start, long Length) chosen;
-            var atHint = hint >= 0 ? _byStart.GetViewBetween((hint, 0), (hint, 0)) : null;
-            if (atHint is { Count: > 0 })
+            var atHint = hint >= 0 ? Ceiling(hint) : default;
+            if (atHint.Length > 0 && atHint.Start == hint)
             {
-                chosen = atHint.Min;
+                chosen = atHint;
             }
             else
             {
-                var fits = _byLength.GetViewBetween((wantBlocks, long.MinValue), (long.MaxValue, long.MaxValue));
-                var best = fits.Count > 0 ? fits.Min : _byLength.Max;
+                var best = _byLength.GetViewBetween((wantBlocks, long.MinValue), (long.MaxValue, long.MaxValue)).Min;
+                if (best.Length < wantBlocks) best = _byLength.Max;
                 chosen = (best.Start, best.Length);
             }
             RemoveLocked(chosen.Start, chosen.Length);
@@ -135,10 +135,9 @@ internal sealed class Allocator
     {
         if (start < 0 || start + length > TotalBlocks)
             throw new InvalidOperationException($"free of blocks [{start}, {start + length}) outside the device ({TotalBlocks} blocks)");
-        var before = _byStart.GetViewBetween((long.MinValue, 0), (start, 0));
-        if (before.Count > 0)
+        var prev = Floor(start);
+        if (prev.Length > 0)
         {
-            var prev = before.Max;
             if (prev.Start + prev.Length > start)
                 throw new InvalidOperationException($"double free: blocks [{start}, {start + length}) overlap free extent [{prev.Start}, {prev.Start + prev.Length})");
             if (prev.Start + prev.Length == start)
@@ -148,10 +147,9 @@ internal sealed class Allocator
                 length += prev.Length;
             }
         }
-        var after = _byStart.GetViewBetween((start + 1, 0), (long.MaxValue, 0));
-        if (after.Count > 0)
+        var next = Ceiling(start + 1);
+        if (next.Length > 0)
         {
-            var next = after.Min;
             if (next.Start < start + length)
                 throw new InvalidOperationException($"double free: blocks [{start}, {start + length}) overlap free extent [{next.Start}, {next.Start + next.Length})");
             if (next.Start == start + length)
@@ -161,6 +159,23 @@ internal sealed class Allocator
             }
         }
         InsertLocked(start, length);
+    }
+
+    // Never read Count on a SortedSet view: it walks the whole view (O(n)). Min and Max of a view are O(log n);
+    // an empty view answers default, which no real extent equals (lengths are positive), and the bound is rechecked.
+
+    /// <summary>The free extent with the greatest start at or before <paramref name="start"/>, or default.</summary>
+    private (long Start, long Length) Floor(long start)
+    {
+        var e = _byStart.GetViewBetween((long.MinValue, 0), (start, 0)).Max;
+        return e.Length > 0 && e.Start <= start ? e : default;
+    }
+
+    /// <summary>The free extent with the smallest start at or after <paramref name="start"/>, or default.</summary>
+    private (long Start, long Length) Ceiling(long start)
+    {
+        var e = _byStart.GetViewBetween((start, 0), (long.MaxValue, 0)).Min;
+        return e.Length > 0 && e.Start >= start ? e : default;
     }
 
     private void InsertLocked(long start, long length)

@@ -107,9 +107,10 @@ internal sealed class BlockMap
             // Jump to the next chunk that has anything mapped.
             long lastChunk = (limit - 1) >> Layout.ChunkShift;
             if (c + 1 > lastChunk) return -1;
-            var view = _chunkOrder.GetViewBetween(c + 1, lastChunk);
-            if (view.Count == 0) return -1;
-            block = view.Min << Layout.ChunkShift;
+            // Min of a view is O(log n) (Count would walk it); an empty view answers 0, below the range.
+            long next = _chunkOrder.GetViewBetween(c + 1, lastChunk).Min;
+            if (next < c + 1) return -1;
+            block = next << Layout.ChunkShift;
         }
         return -1;
     }

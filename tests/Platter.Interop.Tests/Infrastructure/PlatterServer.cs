@@ -39,6 +39,9 @@ public sealed class PlatterServer : IAsyncDisposable
 
     public bool IsRunning => _process is { HasExited: false };
 
+    /// <summary>Start the next <see cref="StartAsync"/> with <c>--read-only</c>: every NBD export read-only.</summary>
+    public bool ReadOnly { get; set; }
+
     /// <summary>Path of platter.dll, copied next to the test assembly by the project reference.</summary>
     public static string PlatterDll
     {
@@ -67,7 +70,7 @@ public sealed class PlatterServer : IAsyncDisposable
         if (IsRunning) throw new InvalidOperationException("already running");
         _process?.Dispose(); // exited on its own (or never listened): only its log remains
         _process = null;
-        AppendLog($"--- starting platter serve (store {StoreDirectory})");
+        AppendLog($"--- starting platter serve (store {StoreDirectory}{(ReadOnly ? ", read-only" : "")})");
 
         string[] args =
         [
@@ -76,6 +79,7 @@ public sealed class PlatterServer : IAsyncDisposable
             "--socket", NbdSocketPath,
             "--listen", "none",
             "--api-socket", ApiSocketPath,
+            .. (ReadOnly ? (string[])["--read-only"] : []),
         ];
         var psi = Proc.CreateStartInfo(DotnetHost, args, CleanEnvironment);
         var process = new Process { StartInfo = psi };
