@@ -42,8 +42,7 @@ public sealed class NbdInfoTests(ServerFixture fixture, ITestOutputHelper output
     [InlineData("1T", 1024L * 1024 * 1024 * 1024)]
     public async Task Volume_size_given_to_the_cli_is_the_export_size(string size, long expectedBytes)
     {
-        var platter = Server;
-        var export = await platter.CreateVolumeAsync($"size-{size.ToLowerInvariant()}", size, expectedBytes);
+        var export = await Server.CreateVolumeAsync($"size-{size.ToLowerInvariant()}", size, expectedBytes);
 
         var e = (await Clients.NbdInfoJsonAsync(export.Uri)).GetProperty("exports")[0];
 
@@ -57,22 +56,21 @@ public sealed class NbdInfoTests(ServerFixture fixture, ITestOutputHelper output
     [Fact]
     public async Task List_shows_every_volume_as_an_export_and_agrees_with_the_cli()
     {
-        var platter = Server;
-        var a = await platter.CreateVolumeAsync("list-alpha", "64M", 64 * MiB);
-        var b = await platter.CreateVolumeAsync("list-beta", "128M", 128 * MiB);
+        var a = await Server.CreateVolumeAsync("list-alpha", "64M", 64 * MiB);
+        var b = await Server.CreateVolumeAsync("list-beta", "128M", 128 * MiB);
 
-        var listing = await Clients.NbdInfoListJsonAsync(platter.NbdSocketPath);
+        var listing = await Clients.NbdInfoListJsonAsync(Server.NbdSocketPath);
         var exports = listing.GetProperty("exports").EnumerateArray()
             .ToDictionary(x => x.GetProperty("export-name").GetString()!, x => x.GetProperty("export-size").GetInt64());
         Assert.Equal(64 * MiB, exports[a.Name]);
         Assert.Equal(128 * MiB, exports[b.Name]);
 
-        var text = (await Proc.RunAsync(Tools.NbdInfo, ["--list", NbdExport.NbdUri("", platter.NbdSocketPath)])).EnsureSuccess();
+        var text = (await Proc.RunAsync(Tools.NbdInfo, ["--list", NbdExport.NbdUri("", Server.NbdSocketPath)])).EnsureSuccess();
         Assert.Contains($"export=\"{a.Name}\":", text.Stdout);
         Assert.Contains($"export=\"{b.Name}\":", text.Stdout);
 
         // The management API (selected by PLATTER_API_SOCKET alone) and NBD see the same volumes.
-        var cli = (await platter.CliWithEnvironmentSocketAsync("volume", "list", "--json")).EnsureSuccess("platter volume list --json failed");
+        var cli = (await Server.CliWithEnvironmentSocketAsync("volume", "list", "--json")).EnsureSuccess("platter volume list --json failed");
         var names = StringValuesNamed(Clients.ParseJson(cli, cli.Stdout), "name").ToHashSet();
         Assert.Superset(names, exports.Keys.ToHashSet());
         Assert.Superset(exports.Keys.ToHashSet(), names);

@@ -5,8 +5,8 @@ using Xunit.Sdk;
 namespace Platter.Interop.Tests;
 
 /// <summary>
-/// Stop the server with SIGTERM, start it again on the same store: every flushed byte must be there, and a
-/// clean shutdown also flushes what it had acknowledged. These tests restart their class's server.
+/// Stop the server with SIGTERM (or kill it), start it again on the same store: every flushed byte must be
+/// there, and a clean shutdown also flushes what it had acknowledged. These tests restart their class's server.
 /// </summary>
 public sealed class RestartTests(ServerFixture fixture, ITestOutputHelper output) : InteropTest(fixture, output), IClassFixture<ServerFixture>
 {
@@ -87,43 +87,44 @@ public sealed class RestartTests(ServerFixture fixture, ITestOutputHelper output
         await Clients.QemuIoAsync(export.Uri, [.. reads]);
     }
 
-    [Fact]
-    public async Task Sigterm_during_a_write_stream_keeps_every_acknowledged_write()
+    [Theory]
+    [InlineData(4096, 4096)]       // 16 MiB in 4 KiB writes: many small requests in flight
+    [InlineData(262144, 128)]      // 32 MiB in 256 KiB writes: SIGTERM likely lands mid-payload
+    public async Task Sigterm_during_a_write_stream_keeps_every_acknowledged_write(int chunkBytes, int chunks)
     {
-        const int blocks = 4096; // 4 KiB each: 16 MiB rewritten round after round
         var export = await Fixture.CreateExportAsync("stream", 64 * MiB);
 
-        // Sixteen writes in flight at all times, each filling one 4 KiB block with a value that changes every
-        // round. The script records the last acknowledged value per block, and what was still in flight when
-        // the server closed the connection (those may or may not have landed).
+        // Sixteen writes in flight at all times, each filling one chunk with a value that changes every round.
+        // The script records the last acknowledged value per chunk, and what was still in flight when the
+        // server closed the connection (those may or may not have landed).
         using var writer = Nbdsh.Start("""
             import json, os, sys, nbd
-            BS, BLOCKS, DEPTH = 4096, int(os.environ["BLOCKS"]), 16
+            CHUNK, CHUNKS, DEPTH = int(os.environ["CHUNK"]), int(os.environ["CHUNKS"]), 16
             h = nbd.NBD()
             h.connect_uri(os.environ["URI"])
-            bufs = [nbd.Buffer.from_bytearray(bytearray([v]) * BS) for v in range(256)]
-            acked, pending, n, announced, error = [0] * BLOCKS, {}, 0, False, ""
+            bufs = [nbd.Buffer.from_bytearray(bytearray([v]) * CHUNK) for v in range(256)]
+            acked, pending, n, announced, error = [0] * CHUNKS, {}, 0, False, ""
             try:
                 while True:
                     while h.aio_in_flight() < DEPTH:
                         n += 1
-                        block, value = n % BLOCKS, n % 255 + 1
-                        pending[h.aio_pwrite(bufs[value], block * BS)] = (block, value)
+                        chunk, value = n % CHUNKS, n % 255 + 1
+                        pending[h.aio_pwrite(bufs[value], chunk * CHUNK)] = (chunk, value)
                     h.poll(-1)
                     while True:
                         cookie = h.aio_peek_command_completed()
                         if cookie <= 0:
                             break
-                        block, value = pending.pop(cookie)
+                        chunk, value = pending.pop(cookie)
                         h.aio_command_completed(cookie)
-                        acked[block] = value
-                    if not announced and n > 2 * BLOCKS:
+                        acked[chunk] = value
+                    if not announced and n > 2 * CHUNKS:
                         print("streaming", flush=True)
                         announced = True
             except nbd.Error as e:
                 error = e.string
             print(json.dumps({"acked": acked, "pending": list(pending.values()), "writes": n, "error": error}))
-            """, new Dictionary<string, string> { ["URI"] = export.Uri, ["BLOCKS"] = $"{blocks}" });
+            """, Variables(export, chunkBytes, chunks));
         JsonElement outcome;
         try
         {
@@ -144,27 +145,69 @@ public sealed class RestartTests(ServerFixture fixture, ITestOutputHelper output
 
         await Server.StartAsync();
 
-        // Every block holds its last acknowledged value, or the value that was in flight for it: nothing older,
-        // nothing torn, nothing else.
+        // Every 4 KiB block holds its chunk's last acknowledged value, or the value that was in flight for it:
+        // nothing older, nothing torn inside a block, nothing else.
         var verdict = await Nbdsh.RunAsync("""
             import json, os, nbd
-            BS, BLOCKS = 4096, int(os.environ["BLOCKS"])
+            BS, CHUNK, CHUNKS = 4096, int(os.environ["CHUNK"]), int(os.environ["CHUNKS"])
             outcome = json.loads(os.environ["OUTCOME"])
             allowed = [{v} for v in outcome["acked"]]
-            for block, value in outcome["pending"]:
-                allowed[block].add(value)
+            for chunk, value in outcome["pending"]:
+                allowed[chunk].add(value)
             h = nbd.NBD()
             h.connect_uri(os.environ["URI"])
-            data = h.pread(BS * BLOCKS, 0)
             bad = []
-            for b in range(BLOCKS):
-                chunk = data[b * BS:(b + 1) * BS]
-                if chunk != bytes([chunk[0]]) * BS or chunk[0] not in allowed[b]:
-                    bad.append({"block": b, "first": chunk[0], "uniform": chunk == bytes([chunk[0]]) * BS, "allowed": sorted(allowed[b])})
+            for c in range(CHUNKS):
+                data = h.pread(CHUNK, c * CHUNK)
+                for b in range(CHUNK // BS):
+                    block = data[b * BS:(b + 1) * BS]
+                    uniform = block == bytes([block[0]]) * BS
+                    if not uniform or block[0] not in allowed[c]:
+                        bad.append({"offset": c * CHUNK + b * BS, "first": block[0], "uniform": uniform, "allowed": sorted(allowed[c])})
             print(json.dumps({"bad": bad[:20], "badCount": len(bad)}))
-            """, new Dictionary<string, string> { ["URI"] = export.Uri, ["BLOCKS"] = $"{blocks}", ["OUTCOME"] = outcome.GetRawText() });
+            """, new Dictionary<string, string>(Variables(export, chunkBytes, chunks)) { ["OUTCOME"] = outcome.GetRawText() });
 
         Assert.True(verdict.GetProperty("badCount").GetInt32() == 0, $"acknowledged writes lost or torn across SIGTERM: {verdict}");
+    }
+
+    private static Dictionary<string, string> Variables(NbdExport export, int chunkBytes, int chunks) =>
+        new() { ["URI"] = export.Uri, ["CHUNK"] = $"{chunkBytes}", ["CHUNKS"] = $"{chunks}" };
+
+    [Fact]
+    public async Task Flush_on_one_connection_makes_writes_of_another_durable_even_across_a_crash()
+    {
+        var export = await Fixture.CreateExportAsync("multi-conn", 64 * MiB);
+
+        // Multi-conn's promise (NBD_FLAG_CAN_MULTI_CONN): a flush acknowledged on any connection covers writes
+        // acknowledged on all of them. nbdcopy and QEMU flush on one connection only and rely on this.
+        using var client = Nbdsh.Start("""
+            import os, sys, nbd
+            writer, flusher = nbd.NBD(), nbd.NBD()
+            writer.connect_uri(os.environ["URI"])
+            flusher.connect_uri(os.environ["URI"])
+            assert writer.can_multi_conn()
+            for i in range(32):
+                writer.pwrite(bytes([0x80 + i]) * 65536, i * 262144)
+            flusher.flush()
+            print("flushed", flush=True)
+            sys.stdin.readline()
+            """, new Dictionary<string, string> { ["URI"] = export.Uri });
+        try
+        {
+            await WaitForLineAsync(client, "flushed");
+            // SIGKILL: no shutdown flush can rescue the writes; only the client's flush made them durable.
+            await Server.KillAsync();
+        }
+        finally
+        {
+            Proc.KillTree(client);
+        }
+        // The crash left the socket files behind: the server must start anyway.
+        await Server.StartAsync();
+
+        var reads = new List<string>();
+        for (int i = 0; i < 32; i++) reads.Add($"read -P 0x{0x80 + i:x2} {i * 262144} 65536");
+        await Clients.QemuIoAsync(export.Uri, [.. reads]);
     }
 
     private static async Task WaitForLineAsync(Process process, string expected)

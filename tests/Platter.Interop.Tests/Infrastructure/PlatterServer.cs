@@ -31,9 +31,6 @@ public sealed class PlatterServer : IAsyncDisposable
     public string NbdSocketPath { get; }
     public string ApiSocketPath { get; }
 
-    /// <summary>A scratch directory owned by this server's lifetime, for images the tests copy in and out.</summary>
-    public string ScratchDirectory => _root.Path;
-
     /// <summary>Everything the server printed, across restarts; attached to failures.</summary>
     public string Log
     {
@@ -71,6 +68,8 @@ public sealed class PlatterServer : IAsyncDisposable
     public async Task StartAsync()
     {
         if (IsRunning) throw new InvalidOperationException("already running");
+        _process?.Dispose(); // exited on its own (or never listened): only its log remains
+        _process = null;
         AppendLog($"--- starting platter serve (store {StoreDirectory}{(ReadOnly ? ", read-only" : "")})");
 
         string[] args =
@@ -120,6 +119,10 @@ public sealed class PlatterServer : IAsyncDisposable
         catch (OperationCanceledException)
         {
             Proc.KillTree(process);
+            await process.WaitForExitAsync();
+            process.Dispose();
+            _process = null;
+            AppendLog($"--- killed: still running {StopTimeout.TotalSeconds} s after SIGTERM");
             throw new XunitException($"platter serve did not exit within {StopTimeout.TotalSeconds} s of SIGTERM\n{Log}");
         }
         int exitCode = process.ExitCode;
@@ -127,6 +130,17 @@ public sealed class PlatterServer : IAsyncDisposable
         _process = null;
         AppendLog($"--- exited with code {exitCode}, {stopping.Elapsed.TotalSeconds:0.0} s after SIGTERM");
         return exitCode;
+    }
+
+    /// <summary>Kills the server with SIGKILL (a crash: no shutdown code runs) and waits for it to be gone.</summary>
+    public async Task KillAsync()
+    {
+        var process = _process ?? throw new InvalidOperationException("not started");
+        AppendLog("--- sending SIGKILL");
+        process.Kill();
+        await process.WaitForExitAsync();
+        process.Dispose();
+        _process = null;
     }
 
     /// <summary>Runs <c>platter ARGS --api-socket SOCKET</c> against this server.</summary>
