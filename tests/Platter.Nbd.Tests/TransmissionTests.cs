@@ -390,4 +390,29 @@ public class TransmissionTests
         await client.DisposeAsync();
         await server.DisposeAsync();
     }
+
+    [Fact]
+    public async Task Stop_while_a_write_payload_is_half_sent_completes()
+    {
+        // Regression: the in-flight slot taken for a write whose payload never fully arrived was not given back,
+        // so closing the connection (and so stopping the server) waited for it forever.
+        var server = await TestServer.StartDefaultAsync();
+        var client = await server.OpenAsync();
+        ulong probe = client.NextCookie();
+        await client.SendRequestAsync(CmdRead, 0, probe, 0, 512);
+        Assert.Equal(probe, (await client.ReadChunkAsync()).Cookie);
+        // Header of a 64 KiB write, then only a quarter of its data.
+        var header = new byte[28];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(header, 0x25609513u);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt16BigEndian(header.AsSpan(6), CmdWrite);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64BigEndian(header.AsSpan(8), client.NextCookie());
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32BigEndian(header.AsSpan(24), 65536);
+        await client.WriteAsync([.. header, .. new byte[16384]]);
+        await Task.Delay(100); // let the server start reading the payload
+        var stop = server.Server.StopAsync(CancellationToken.None);
+        Assert.Same(stop, await Task.WhenAny(stop, Task.Delay(TimeSpan.FromSeconds(20))));
+        Assert.Equal(0, server.Server.ActiveConnections);
+        await client.DisposeAsync();
+        await server.DisposeAsync();
+    }
 }

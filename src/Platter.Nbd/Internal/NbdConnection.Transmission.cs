@@ -123,15 +123,26 @@ internal sealed partial class NbdConnection
             if (hasPayload)
             {
                 bool complete;
-                if (error == NbdError.None)
+                try
                 {
-                    request.Payload = ArrayPool<byte>.Shared.Rent((int)payloadLength);
-                    complete = await _reader.ReadExactAsync(request.Payload.AsMemory(0, (int)payloadLength), ct).ConfigureAwait(false);
+                    if (error == NbdError.None)
+                    {
+                        request.Payload = ArrayPool<byte>.Shared.Rent((int)payloadLength);
+                        complete = await _reader.ReadExactAsync(request.Payload.AsMemory(0, (int)payloadLength), ct).ConfigureAwait(false);
+                    }
+                    else
+                    {
+                        // Refused writes still carry their data; reading past it keeps the stream in sync.
+                        complete = await _reader.SkipAsync(payloadLength, ct).ConfigureAwait(false);
+                    }
                 }
-                else
+                catch
                 {
-                    // Refused writes still carry their data; reading past it keeps the stream in sync.
-                    complete = await _reader.SkipAsync(payloadLength, ct).ConfigureAwait(false);
+                    // Shutdown or a broken stream in the middle of a payload: this request never reaches the export,
+                    // so its in-flight slot must be given back here or closing the connection waits for it forever.
+                    ReturnRequest(request);
+                    _gate.Release(gateBytes);
+                    throw;
                 }
                 if (!complete)
                 {
