@@ -172,12 +172,9 @@ internal sealed class MetadataStore : IDisposable
     {
         long end = count >= long.MaxValue - block ? long.MaxValue : block + count;
         Span<byte> key = stackalloc byte[KeyBytes];
-        WriteKey(key, volumeId, block);
 
         // A record starting before the range may reach into it.
-        bool found = cursor.SeekAtOrAfter(key);
-        bool havePrev = found ? cursor.Previous() : cursor.Last();
-        if (havePrev && BinaryPrimitives.ReadInt64BigEndian(cursor.Key) == volumeId)
+        if (SeekRecordBefore(cursor, volumeId, block))
         {
             var e = DecodeExtent(cursor.Key, cursor.Value);
             long eEnd = e.Block + e.Count;
@@ -218,11 +215,7 @@ internal sealed class MetadataStore : IDisposable
     // Inserts a new mapping (the range is already empty), merging with the record before it when it continues it.
     private void InsertExtent(LmdbTransaction txn, LmdbCursor cursor, long volumeId, long block, long count, long pba, long birth, ReadOnlySpan<byte> crcs)
     {
-        Span<byte> key = stackalloc byte[KeyBytes];
-        WriteKey(key, volumeId, block);
-        bool found = cursor.SeekAtOrAfter(key);
-        bool havePrev = found ? cursor.Previous() : cursor.Last();
-        if (havePrev && BinaryPrimitives.ReadInt64BigEndian(cursor.Key) == volumeId)
+        if (SeekRecordBefore(cursor, volumeId, block))
         {
             var prev = DecodeExtent(cursor.Key, cursor.Value);
             if (prev.Block + prev.Count == block && prev.Pba + prev.Count == pba && prev.Birth == birth && prev.Count < Layout.ExtentBlocksMax)
@@ -247,6 +240,16 @@ internal sealed class MetadataStore : IDisposable
             count -= n;
             crcs = crcs[(n * 4)..];
         }
+    }
+
+    // Positions the cursor on the volume's last record that starts before `block`; false when there is none.
+    private static bool SeekRecordBefore(LmdbCursor cursor, long volumeId, long block)
+    {
+        Span<byte> key = stackalloc byte[KeyBytes];
+        WriteKey(key, volumeId, block);
+        bool found = cursor.SeekAtOrAfter(key);
+        bool havePrev = found ? cursor.Previous() : cursor.Last();
+        return havePrev && BinaryPrimitives.ReadInt64BigEndian(cursor.Key) == volumeId;
     }
 
     private void PutExtent(LmdbTransaction txn, long volumeId, long block, long pba, int count, long birth, ReadOnlySpan<byte> crcs)
