@@ -15,6 +15,9 @@ public sealed class VolumeExport : INbdExport
     // reply stopped, and 64 runs of 24 bytes keep the scratch buffer on the stack.
     private const int ExtentsPerCallMax = 64;
 
+    // Source of the zeros a NO_HOLE write-zeroes writes; shared and never modified.
+    private static readonly byte[] ZeroBlock = new byte[1 << 20];
+
     private readonly Volume _volume;
     private readonly bool _readOnly;
 
@@ -123,16 +126,27 @@ public sealed class VolumeExport : INbdExport
 
     /// <inheritdoc />
     /// <remarks>
-    /// The engine zeroes by dropping whole blocks from the map (a metadata update) and rewriting at most the two
-    /// partial blocks at the ends, so it is always fast and FAST_ZERO is honoured. NO_HOLE is not: keeping
-    /// zero-filled blocks allocated gains nothing in a copy-on-write store, where the next write allocates anew.
+    /// Without NO_HOLE the engine zeroes by dropping whole blocks from the map (a metadata update) and rewriting at
+    /// most the two partial blocks at the ends: always fast, so FAST_ZERO succeeds. With NO_HOLE the client asked for
+    /// the range to stay provisioned (it reads back as allocated data), so zeros are written like any data: that is
+    /// no faster than a write, so NO_HOLE with FAST_ZERO is answered ENOTSUP, as the protocol requires.
     /// </remarks>
     public ValueTask WriteZeroesAsync(long offset, long length, bool mayDeallocate, bool fastOnly, bool fua, CancellationToken cancellationToken)
     {
         if (_readOnly) return RefuseWrite();
+        if (!mayDeallocate && fastOnly)
+            return ValueTask.FromException(new NbdErrorException(NbdError.NotSupported, "zeroing without deallocating writes zeros: not fast"));
         try
         {
-            _volume.WriteZeroes(offset, length);
+            if (mayDeallocate)
+            {
+                _volume.WriteZeroes(offset, length);
+            }
+            else
+            {
+                for (long done = 0; done < length; done += ZeroBlock.Length)
+                    _volume.Write(offset + done, ZeroBlock.AsSpan(0, (int)Math.Min(ZeroBlock.Length, length - done)));
+            }
         }
         catch (StorageException e)
         {

@@ -68,3 +68,51 @@ public class ReadOnlyVolumeExportTests
         Assert.True(readOnly!.IsReadOnly);
     }
 }
+
+public class WriteZeroesTests
+{
+    [Fact]
+    public async Task ZeroesWithoutNoHoleDeallocateAndWithNoHoleStayAllocated()
+    {
+        using var dir = new TempDirectory();
+        using var store = VolumeStore.Open(dir.Combine("store"));
+        store.CreateVolume("vm1", 1 << 20);
+        using var export = new VolumeExport(store.OpenVolume("vm1"));
+        var data = Enumerable.Repeat((byte)0x5A, 64 << 10).ToArray();
+        await export.WriteAsync(0, data, fua: false, CancellationToken.None);
+        await export.WriteAsync(512 << 10, data, fua: false, CancellationToken.None);
+
+        await export.WriteZeroesAsync(0, 64 << 10, mayDeallocate: true, fastOnly: true, fua: false, CancellationToken.None);
+        await export.WriteZeroesAsync(512 << 10, 64 << 10, mayDeallocate: false, fastOnly: false, fua: true, CancellationToken.None);
+
+        var read = new byte[64 << 10];
+        foreach (long offset in new long[] { 0, 512 << 10 })
+        {
+            await export.ReadAsync(offset, read, CancellationToken.None);
+            Assert.All(read, b => Assert.Equal(0, b));
+        }
+        var extents = new AllocationExtent[4];
+        Assert.True(export.GetAllocation(0, 64 << 10, extents) >= 1);
+        Assert.Equal(AllocationFlags.Hole | AllocationFlags.Zero, extents[0].Flags);
+        Assert.True(export.GetAllocation(512 << 10, 64 << 10, extents) >= 1);
+        Assert.Equal(AllocationFlags.None, extents[0].Flags);
+        Assert.Equal(64 << 10, extents[0].Length);
+    }
+
+    [Fact]
+    public async Task NoHoleWithFastZeroIsNotSupportedAndChangesNothing()
+    {
+        using var dir = new TempDirectory();
+        using var store = VolumeStore.Open(dir.Combine("store"));
+        store.CreateVolume("vm1", 1 << 20);
+        using var export = new VolumeExport(store.OpenVolume("vm1"));
+        var data = Enumerable.Repeat((byte)0x5A, 4096).ToArray();
+        await export.WriteAsync(0, data, fua: false, CancellationToken.None);
+        var e = await Assert.ThrowsAsync<NbdErrorException>(() =>
+            export.WriteZeroesAsync(0, 4096, mayDeallocate: false, fastOnly: true, fua: false, CancellationToken.None).AsTask());
+        Assert.Equal(NbdError.NotSupported, e.Error);
+        var read = new byte[4096];
+        await export.ReadAsync(0, read, CancellationToken.None);
+        Assert.Equal(data, read);
+    }
+}
