@@ -42,6 +42,12 @@ public sealed class PlatterServer : IAsyncDisposable
     /// <summary>Start the next <see cref="StartAsync"/> with <c>--read-only</c>: every NBD export read-only.</summary>
     public bool ReadOnly { get; set; }
 
+    /// <summary>The <c>--listen</c> value of the next <see cref="StartAsync"/>: no TCP listener unless a test needs one.</summary>
+    public string Listen { get; set; } = "none";
+
+    /// <summary>More <c>platter serve</c> arguments for the next <see cref="StartAsync"/> (TLS options).</summary>
+    public string[] ExtraArguments { get; set; } = [];
+
     /// <summary>Path of platter.dll, copied next to the test assembly by the project reference.</summary>
     public static string PlatterDll
     {
@@ -77,9 +83,10 @@ public sealed class PlatterServer : IAsyncDisposable
             PlatterDll, "serve",
             "--store", StoreDirectory,
             "--socket", NbdSocketPath,
-            "--listen", "none",
+            "--listen", Listen,
             "--api-socket", ApiSocketPath,
             .. (ReadOnly ? (string[])["--read-only"] : []),
+            .. ExtraArguments,
         ];
         var psi = Proc.CreateStartInfo(DotnetHost, args, CleanEnvironment);
         var process = new Process { StartInfo = psi };
