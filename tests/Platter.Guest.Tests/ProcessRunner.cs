@@ -17,18 +17,7 @@ public static class ProcessRunner
     public static async Task<ProcessResult> RunAsync(string fileName, IEnumerable<string> arguments, TimeSpan timeout,
         CancellationToken cancellationToken = default, IReadOnlyDictionary<string, string?>? environment = null)
     {
-        var psi = new ProcessStartInfo(fileName)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        foreach (var a in arguments) psi.ArgumentList.Add(a);
-        foreach (var (name, value) in environment ?? new Dictionary<string, string?>())
-        {
-            if (value is null) psi.Environment.Remove(name);
-            else psi.Environment[name] = value;
-        }
+        var psi = StartInfo(fileName, arguments, environment);
         var stdout = new StringBuilder();
         var stderr = new StringBuilder();
         var stopwatch = Stopwatch.StartNew();
@@ -66,5 +55,23 @@ public static class ProcessRunner
             lock (stdout) lock (stderr)
                 return new ProcessResult(process.ExitCode, stdout.ToString(), stderr.ToString(), stopwatch.Elapsed, timedOut);
         }
+    }
+
+    /// <summary>Start info with both output streams redirected (callers must drain them) and the environment edits applied.</summary>
+    public static ProcessStartInfo StartInfo(string fileName, IEnumerable<string> arguments, IReadOnlyDictionary<string, string?>? environment)
+    {
+        var psi = new ProcessStartInfo(fileName)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (var a in arguments) psi.ArgumentList.Add(a);
+        foreach (var (name, value) in environment ?? new Dictionary<string, string?>())
+        {
+            if (value is null) psi.Environment.Remove(name);
+            else psi.Environment[name] = value;
+        }
+        return psi;
     }
 }

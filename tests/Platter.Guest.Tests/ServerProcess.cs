@@ -34,18 +34,7 @@ public sealed class ServerProcess : IAsyncDisposable
     public static async Task<ServerProcess> StartAsync(string fileName, IEnumerable<string> arguments, IReadOnlyList<string> socketPaths,
         TimeSpan readyTimeout, CancellationToken cancellationToken, IReadOnlyDictionary<string, string?>? environment = null)
     {
-        var psi = new ProcessStartInfo(fileName)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        foreach (var a in arguments) psi.ArgumentList.Add(a);
-        foreach (var (name, value) in environment ?? new Dictionary<string, string?>())
-        {
-            if (value is null) psi.Environment.Remove(name);
-            else psi.Environment[name] = value;
-        }
+        var psi = ProcessRunner.StartInfo(fileName, arguments, environment);
         Process process;
         try
         {
