@@ -29,6 +29,8 @@ public enum StorageError
     Closed,
     /// <summary>Another process has the store open.</summary>
     InUse,
+    /// <summary>Refused because something depends on it: a volume with snapshots, a snapshot with clones.</summary>
+    HasDependents,
 }
 
 /// <summary>A storage operation that failed for a reason the caller can act on.</summary>

@@ -93,6 +93,19 @@ public sealed class Volume : IDisposable
         _store.ZeroRange(_state, offset, length);
     }
 
+    /// <summary>Names of the snapshots a dirty-bitmap query may name: the volume's snapshots older than this handle's point in time.</summary>
+    public IReadOnlyList<string> DirtyBitmapSnapshots => throw new NotImplementedException();
+
+    /// <summary>
+    /// Changed-since map from <paramref name="offset"/>: consecutive runs covering at most <paramref name="length"/>
+    /// bytes, Allocated meaning "differs from snapshot <paramref name="sinceSnapshot"/>". Returns how many.
+    /// NotFound when the volume has no such snapshot (older than this handle's point in time).
+    /// </summary>
+    public int GetChangedExtents(string sinceSnapshot, long offset, long length, Span<VolumeExtent> destination) => throw new NotImplementedException();
+
+    /// <summary>Allocation depth map from <paramref name="offset"/> (see <see cref="DepthExtent"/>). Returns how many runs.</summary>
+    public int GetAllocationDepth(long offset, long length, Span<DepthExtent> destination) => throw new NotImplementedException();
+
     /// <summary>Makes every acknowledged write durable (group commit shared with all volumes of the store).</summary>
     public ValueTask FlushAsync(CancellationToken cancellationToken = default)
     {

@@ -27,4 +27,19 @@ public static class VolumeNames
         var reason = Validate(name);
         if (reason is not null) throw new StorageException(StorageError.InvalidName, $"invalid volume name '{name}': {reason}");
     }
+
+    /// <summary>Splits <c>volume@snapshot</c>; false when <paramref name="fullName"/> has no '@'.</summary>
+    public static bool TrySplitSnapshotName(string fullName, out string volume, out string snapshot)
+    {
+        int at = fullName.IndexOf('@');
+        if (at < 0)
+        {
+            volume = fullName;
+            snapshot = "";
+            return false;
+        }
+        volume = fullName[..at];
+        snapshot = fullName[(at + 1)..];
+        return true;
+    }
 }
