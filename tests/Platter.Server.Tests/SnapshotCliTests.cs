@@ -151,7 +151,7 @@ public class SnapshotCliTests
         // The command line is wrong: exit 2, nothing sent.
         await Fails(env, 2, "VOLUME@SNAPSHOT", "snapshot", "create", "vm1");
         await Fails(env, 2, "invalid snapshot name 'a/b'", "snapshot", "create", "vm1@a/b");
-        await Fails(env, 2, "invalid volume name ''", "snapshot", "delete", "@s1");
+        await Fails(env, 2, "invalid volume name 'a/b'", "snapshot", "delete", "a/b@s1");
         await Fails(env, 2, "invalid snapshot name ''", "clone", "vm1@", "c1");
         await Fails(env, 2, "invalid volume name 'c@1'", "clone", "vm1@s1", "c@1");
         await Fails(env, 2, "same volume", "diff", "vm1@s1", "other@s1");
