@@ -144,7 +144,7 @@ public sealed partial class VolumeStore
             lock (state.Lock) newer = state.Snapshots.SkipWhile(s => s != snap).Skip(1).ToList();
             if (newer.Count > 0 && !recursive)
                 throw new StorageException(StorageError.HasDependents,
-                    $"'{volume}' has snapshots newer than '{snapshot}' ({string.Join(", ", newer.Select(s => s.Name))}); rolling back deletes them: use --recursive");
+                    $"'{volume}' has snapshots newer than '{snapshot}' ({string.Join(", ", newer.Select(s => s.Name))}); rolling back past them deletes them, which needs the recursive option (platter rollback --recursive)");
             foreach (var s in newer) ThrowIfCloned(s);
             long layer;
             lock (_catalogLock) layer = _nextId++;
@@ -179,7 +179,7 @@ public sealed partial class VolumeStore
             lock (state.Lock) snaps = [.. state.Snapshots];
             if (snaps.Count > 0 && !recursive)
                 throw new StorageException(StorageError.HasDependents,
-                    $"volume '{name}' has snapshots ({string.Join(", ", snaps.Select(s => s.Name))}); delete them first or use --recursive");
+                    $"volume '{name}' has snapshots ({string.Join(", ", snaps.Select(s => s.Name))}); delete them first, or delete recursively (platter volume delete --recursive)");
             foreach (var s in snaps) ThrowIfCloned(s);
             lock (_catalogLock) _byName.Remove(name);
             MapTree head;
