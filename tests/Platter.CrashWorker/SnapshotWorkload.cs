@@ -1,0 +1,214 @@
+using System.Globalization;
+using System.Text;
+using Platter.Storage;
+
+namespace Platter.CrashWorker;
+
+/// <summary>
+/// The snapshot variant of the crash workload: one thread mixes data ops on several small volumes with snapshot
+/// create, clone, rollback, snapshot delete and recursive volume delete (and requests the engine must refuse).
+/// Its op sequence is a pure function of the seed and of the catalog the run starts from (which the worker and the
+/// test both read from the store with <see cref="Catalog.Read"/>), so the test can replay it. One thread keeps the
+/// content of every snapshot exact: a snapshot holds precisely the writes issued before its create call.
+/// </summary>
+public static class SnapshotWorkload
+{
+    /// <summary>The volume the test creates before the first run.</summary>
+    public const string FirstVolumeName = "base";
+
+    /// <summary>Every volume is this small, so a run can verify many volumes and snapshots block by block after each kill.</summary>
+    public const long VolumeSizeBytes = 4L << 20;
+
+    private const int B = CrashWorkload.BlockSize;
+
+    // Bounds keep the per-kill verification (every block of every volume and snapshot) cheap.
+    private const int LiveVolumesMax = 5;
+    private const int SnapshotsPerVolumeMax = 3;
+    private const int SnapshotsMax = 8;
+
+    public enum OpKind { Write, Trim, WriteZeroes, Flush, CreateVolume, CreateSnapshot, Clone, Rollback, DeleteSnapshot, DeleteVolume }
+
+    /// <summary>
+    /// One op. Volume is the volume it acts on; Snapshot the snapshot (create, clone, rollback, delete); Target the
+    /// new volume's name (create, clone); Refused: the engine must refuse it with HasDependents and change nothing.
+    /// </summary>
+    public sealed record Op(int Index, OpKind Kind, string Volume, long Offset = 0, int Length = 0, string? Snapshot = null,
+        string? Target = null, bool Recursive = false, bool Refused = false)
+    {
+        public bool IsData => Kind is OpKind.Write or OpKind.Trim or OpKind.WriteZeroes;
+        public bool IsCatalog => !IsData && Kind != OpKind.Flush;
+
+        public override string ToString() => Kind switch
+        {
+            OpKind.Write or OpKind.Trim or OpKind.WriteZeroes => $"op {Index} {Kind} {Volume} [{Offset}, +{Length})",
+            OpKind.Flush => $"op {Index} Flush",
+            OpKind.CreateVolume => $"op {Index} CreateVolume {Target}",
+            OpKind.Clone => $"op {Index} Clone {Volume}@{Snapshot} -> {Target}{(Refused ? " (must be refused)" : "")}",
+            _ => $"op {Index} {Kind} {Volume}{(Snapshot is null ? "" : "@" + Snapshot)}{(Recursive ? " recursive" : "")}{(Refused ? " (must be refused)" : "")}",
+        };
+    }
+
+    /// <summary>
+    /// What the store's catalog holds, in a canonical order: volumes by name (with the snapshot each was cloned
+    /// from), each with its snapshots oldest first. Clones of a snapshot are the volumes whose origin names it.
+    /// </summary>
+    public sealed class Catalog
+    {
+        public SortedDictionary<string, VolumeEntry> Volumes { get; } = new(StringComparer.Ordinal);
+
+        public sealed class VolumeEntry
+        {
+            public string? Origin { get; set; }
+            public List<string> Snapshots { get; } = [];
+        }
+
+        public static Catalog Read(VolumeStore store)
+        {
+            var catalog = new Catalog();
+            foreach (var v in store.ListVolumes())
+            {
+                var entry = new VolumeEntry { Origin = v.Origin };
+                entry.Snapshots.AddRange(store.ListSnapshots(v.Name).Select(s => s.Name));
+                catalog.Volumes.Add(v.Name, entry);
+            }
+            return catalog;
+        }
+
+        public Catalog Copy()
+        {
+            var copy = new Catalog();
+            foreach (var (name, e) in Volumes)
+            {
+                var entry = new VolumeEntry { Origin = e.Origin };
+                entry.Snapshots.AddRange(e.Snapshots);
+                copy.Volumes.Add(name, entry);
+            }
+            return copy;
+        }
+
+        public IEnumerable<string> ClonesOf(string volume, string snapshot)
+        {
+            string full = volume + "@" + snapshot;
+            return Volumes.Where(v => v.Value.Origin == full).Select(v => v.Key);
+        }
+
+        public int SnapshotCount => Volumes.Values.Sum(v => v.Snapshots.Count);
+
+        /// <summary>Removes the volume and its snapshots (the model of a successful recursive delete).</summary>
+        public void RemoveVolume(string volume) => Volumes.Remove(volume);
+
+        /// <summary>One line per volume: <c>name (origin) [snap1, snap2]</c>; equal text means equal catalogs.</summary>
+        public string Describe()
+        {
+            var sb = new StringBuilder();
+            foreach (var (name, e) in Volumes)
+                sb.Append(name).Append(e.Origin is null ? "" : $" (clone of {e.Origin})").Append(" [").AppendJoin(", ", e.Snapshots).Append("]\n");
+            return sb.Length == 0 ? "(no volumes)\n" : sb.ToString();
+        }
+    }
+
+    /// <summary>The endless op sequence of a run that starts from <paramref name="initial"/> (which is not changed).</summary>
+    public static IEnumerable<Op> Ops(int seed, Catalog initial)
+    {
+        var rng = new Random(seed * 31 + 7);
+        var catalog = initial.Copy();
+        string tag = ((uint)seed).ToString("x8", CultureInfo.InvariantCulture);
+        long blocks = VolumeSizeBytes / B;
+        const long hotBlocks = 128;
+        for (int i = 0; ; i++)
+        {
+            string NewName(char kind) => $"{kind}{tag}-{i.ToString(CultureInfo.InvariantCulture)}";
+
+            if (catalog.Volumes.Count == 0)
+            {
+                string name = NewName('v');
+                catalog.Volumes.Add(name, new Catalog.VolumeEntry());
+                yield return new Op(i, OpKind.CreateVolume, name, Target: name);
+                continue;
+            }
+            var volumes = catalog.Volumes.Keys.ToList();
+            string vol = volumes[rng.Next(volumes.Count)];
+            var entry = catalog.Volumes[vol];
+            var allSnapshots = catalog.Volumes.SelectMany(v => v.Value.Snapshots.Select(s => (Volume: v.Key, Snapshot: s))).ToList();
+            int dice = rng.Next(100);
+
+            if (dice < 10)
+            {
+                yield return new Op(i, OpKind.Flush, vol);
+            }
+            else if (dice < 60)
+            {
+                long regionBlocks = rng.Next(4) == 0 ? blocks : hotBlocks;
+                int kind = rng.Next(100);
+                if (kind < 50)
+                {
+                    int count = rng.Next(1, 17);
+                    long first = rng.NextInt64(0, regionBlocks - count + 1);
+                    yield return new Op(i, OpKind.Write, vol, first * B, count * B);
+                }
+                else if (kind < 80)
+                {
+                    int len = rng.Next(1, 3 * B + 200);
+                    yield return new Op(i, OpKind.Write, vol, rng.NextInt64(0, regionBlocks * B - len + 1), len);
+                }
+                else
+                {
+                    bool aligned = rng.Next(2) == 0;
+                    int len = aligned ? rng.Next(1, 17) * B : rng.Next(1, 5 * B);
+                    long off = aligned ? rng.NextInt64(0, regionBlocks - len / B + 1) * B : rng.NextInt64(0, regionBlocks * B - len + 1);
+                    yield return new Op(i, kind < 92 ? OpKind.Trim : OpKind.WriteZeroes, vol, off, len);
+                }
+            }
+            else if (dice < 71)
+            {
+                if (entry.Snapshots.Count >= SnapshotsPerVolumeMax || catalog.SnapshotCount >= SnapshotsMax) continue;
+                string snap = NewName('s');
+                entry.Snapshots.Add(snap);
+                yield return new Op(i, OpKind.CreateSnapshot, vol, Snapshot: snap);
+            }
+            else if (dice < 78)
+            {
+                if (allSnapshots.Count == 0 || catalog.Volumes.Count >= LiveVolumesMax) continue;
+                var (origin, snap) = allSnapshots[rng.Next(allSnapshots.Count)];
+                string clone = NewName('c');
+                catalog.Volumes.Add(clone, new Catalog.VolumeEntry { Origin = origin + "@" + snap });
+                yield return new Op(i, OpKind.Clone, origin, Snapshot: snap, Target: clone);
+            }
+            else if (dice < 84)
+            {
+                if (entry.Snapshots.Count == 0) continue;
+                int at = rng.Next(entry.Snapshots.Count);
+                var newer = entry.Snapshots.Skip(at + 1).ToList();
+                bool recursive = newer.Count == 0 ? rng.Next(2) == 0 : rng.Next(3) != 0;
+                bool refused = newer.Count > 0 && (!recursive || newer.Any(s => catalog.ClonesOf(vol, s).Any()));
+                if (!refused) entry.Snapshots.RemoveRange(at + 1, newer.Count);
+                yield return new Op(i, OpKind.Rollback, vol, Snapshot: entry.Snapshots[at], Recursive: recursive, Refused: refused);
+            }
+            else if (dice < 91)
+            {
+                if (allSnapshots.Count == 0) continue;
+                var (owner, snap) = allSnapshots[rng.Next(allSnapshots.Count)];
+                bool refused = catalog.ClonesOf(owner, snap).Any();
+                if (!refused) catalog.Volumes[owner].Snapshots.Remove(snap);
+                yield return new Op(i, OpKind.DeleteSnapshot, owner, Snapshot: snap, Refused: refused);
+            }
+            else if (dice < 96)
+            {
+                bool recursive = entry.Snapshots.Count == 0 ? rng.Next(2) == 0 : rng.Next(4) != 0;
+                bool refused = entry.Snapshots.Count > 0 && (!recursive || entry.Snapshots.Any(s => catalog.ClonesOf(vol, s).Any()));
+                if (!refused) catalog.RemoveVolume(vol);
+                yield return new Op(i, OpKind.DeleteVolume, vol, Recursive: recursive, Refused: refused);
+            }
+            else
+            {
+                if (catalog.Volumes.Count >= LiveVolumesMax) continue;
+                string name = NewName('v');
+                catalog.Volumes.Add(name, new Catalog.VolumeEntry());
+                yield return new Op(i, OpKind.CreateVolume, name, Target: name);
+            }
+        }
+    }
+
+    /// <summary>Progress log lines: "I 0 op" before an op starts, "F 0 op" after a flush returns, "D 0 op" after a catalog op returns.</summary>
+    public const string DonePrefix = "D ";
+}
