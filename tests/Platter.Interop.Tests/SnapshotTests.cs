@@ -208,16 +208,42 @@ public sealed class SnapshotTests(ServerFixture fixture, ITestOutputHelper outpu
 
         foreach (var command in new[] { $"write -P 0x01 0 {64 * KiB}", $"discard 0 {64 * KiB}", $"write -z 0 {64 * KiB}" })
         {
+            // qemu sees NBD_FLAG_READ_ONLY and refuses to open the export for writing.
             var r = await Proc.RunAsync(Tools.QemuIo, ["-f", "raw", "-c", command, snapshotUri]);
-            // qemu refuses to open a read-only export for writing, or the server refuses the request: either way it fails.
-            Assert.True(r.ExitCode != 0 || r.Stdout.Contains("failed", StringComparison.OrdinalIgnoreCase) || r.Stderr.Length > 0,
-                $"'{command}' on the read-only snapshot export seemed to succeed\n{r.Describe()}");
+            Assert.True(r.ExitCode != 0 && r.Stderr.Contains("Permission denied", StringComparison.Ordinal),
+                $"'{command}' on the read-only snapshot export did not fail as a read-only export\n{r.Describe()}");
         }
+        // A client that ignores the flag (libnbd without strict mode) gets EPERM from the server itself.
+        var refused = await Nbdsh.RunAsync("""
+            import json, os, nbd
+            def attempt(f):
+                try:
+                    f()
+                    return 0
+                except nbd.Error as e:
+                    return e.errnum or -1
+            h = nbd.NBD()
+            h.set_strict_mode(0)
+            h.connect_uri(os.environ["URI"])
+            r = {"read_only": h.is_read_only(),
+                 "write": attempt(lambda: h.pwrite(b"\x01" * 4096, 0)),
+                 "trim": attempt(lambda: h.trim(4096, 4096)),
+                 "zero": attempt(lambda: h.zero(4096, 8192))}
+            r["intact"] = h.pread(16384, 0) == b"\x5c" * 16384
+            h.shutdown()
+            print(json.dumps(r))
+            """, new Dictionary<string, string> { ["URI"] = snapshotUri });
+        Output.WriteLine(refused.ToString());
+        Assert.True(refused.GetProperty("read_only").GetBoolean(), "a snapshot export must advertise NBD_FLAG_READ_ONLY");
+        const int EPERM = 1;
+        foreach (var request in new[] { "write", "trim", "zero" })
+            Assert.True(refused.GetProperty(request).GetInt32() == EPERM, $"{request} to the snapshot export: errno {refused.GetProperty(request)}, expected EPERM");
+        Assert.True(refused.GetProperty("intact").GetBoolean(), "refused writes changed the snapshot");
 
-        await Clients.QemuIoAsync(snapshotUri, $"read -P 0x5c 0 {1 * MiB}");
+        await Clients.QemuIoAsync(snapshotUri, readOnly: true, $"read -P 0x5c 0 {1 * MiB}");
         await Clients.QemuIoAsync(vol.Uri, $"write -P 0x6d 0 {64 * KiB}", "flush");
         await Clients.QemuIoAsync(vol.Uri, $"read -P 0x6d 0 {64 * KiB}", $"read -P 0x5c {64 * KiB} {1 * MiB - 64 * KiB}");
-        await Clients.QemuIoAsync(snapshotUri, $"read -P 0x5c 0 {1 * MiB}");
+        await Clients.QemuIoAsync(snapshotUri, readOnly: true, $"read -P 0x5c 0 {1 * MiB}");
         Assert.True(Server.IsRunning, "the server exited");
     }
 

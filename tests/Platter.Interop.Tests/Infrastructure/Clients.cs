@@ -42,9 +42,13 @@ public static class Clients
     }
 
     /// <summary>Runs qemu-io on the export with the raw format driver, one -c per command; fails if any command fails.</summary>
-    public static async Task<ProcessResult> QemuIoAsync(string uri, params string[] commands)
+    public static Task<ProcessResult> QemuIoAsync(string uri, params string[] commands) => QemuIoAsync(uri, readOnly: false, commands);
+
+    /// <summary>Like <see cref="QemuIoAsync(string, string[])"/>; <paramref name="readOnly"/> opens with -r, as a read-only export needs.</summary>
+    public static async Task<ProcessResult> QemuIoAsync(string uri, bool readOnly, params string[] commands)
     {
         var args = new List<string> { "-f", "raw" };
+        if (readOnly) args.Add("-r");
         foreach (var c in commands) { args.Add("-c"); args.Add(c); }
         args.Add(uri);
         var result = await Proc.RunAsync(Tools.QemuIo, args);
