@@ -11,9 +11,11 @@ namespace Platter.Crash.Tests;
 /// <summary>
 /// The kill loop of <see cref="CrashTests"/> with snapshots: the worker mixes writes on several small volumes with
 /// snapshot create, clone, rollback, snapshot delete (and the background reclaim that follows), recursive volume
-/// delete and requests the engine must refuse, and is killed with SIGKILL at random moments. After each kill:
+/// delete, resizes (so rollback and clone must bring back the snapshot's size) and requests the engine must refuse,
+/// and is killed with SIGKILL at random moments. After each kill:
 /// <list type="bullet">
-/// <item>the catalog is the one the ops that returned produced, plus or minus the one op in flight;</item>
+/// <item>the catalog (names, sizes, origins, snapshots) is the one the ops that returned produced, plus or minus the
+/// one op in flight;</item>
 /// <item>every snapshot reads exactly what its volume held when it was taken;</item>
 /// <item>every volume (clones too) holds its content as of its last durability point (a flush, or a snapshot of
 /// it, a clone or rollback creating that content) with each block old-or-new since;</item>
@@ -139,7 +141,7 @@ public sealed class SnapshotCrashTests(ITestOutputHelper output)
 
         public void RemoveSnapshot(string volume, string snapshot)
         {
-            Catalog.Volumes[volume].Snapshots.Remove(snapshot);
+            Catalog.Volumes[volume].RemoveSnapshot(snapshot);
             Snapshots.Remove(volume + "@" + snapshot);
         }
     }
@@ -240,7 +242,7 @@ public sealed class SnapshotCrashTests(ITestOutputHelper output)
             case OpKind.CreateSnapshot:
             {
                 var vol = world.Volumes[op.Volume];
-                catalog.Volumes[op.Volume].Snapshots.Add(op.Snapshot!);
+                catalog.Volumes[op.Volume].AddSnapshot(op.Snapshot!, catalog.Volumes[op.Volume].SizeBytes);
                 world.Snapshots[op.Volume + "@" + op.Snapshot] = new(vol.Current);
                 // The snapshot is durable on return and is the volume's content at that point: the volume cannot
                 // come back older than its own snapshot.
@@ -250,7 +252,7 @@ public sealed class SnapshotCrashTests(ITestOutputHelper output)
             case OpKind.Clone:
             {
                 string origin = op.Volume + "@" + op.Snapshot;
-                catalog.Volumes.Add(op.Target!, new Catalog.VolumeEntry { Origin = origin });
+                catalog.Volumes.Add(op.Target!, new Catalog.VolumeEntry { Origin = origin, SizeBytes = catalog.Volumes[op.Volume].SnapshotSizes[op.Snapshot!] });
                 world.Volumes[op.Target!] = VolumeModel.DurableAs(world.Snapshots[origin]);
                 break;
             }
@@ -260,6 +262,22 @@ public sealed class SnapshotCrashTests(ITestOutputHelper output)
                 int at = snaps.IndexOf(op.Snapshot!);
                 foreach (var newer in snaps.Skip(at + 1).ToList()) world.RemoveSnapshot(op.Volume, newer);
                 world.Volumes[op.Volume] = VolumeModel.DurableAs(world.Snapshots[op.Volume + "@" + op.Snapshot]);
+                catalog.Volumes[op.Volume].SizeBytes = catalog.Volumes[op.Volume].SnapshotSizes[op.Snapshot!];
+                break;
+            }
+            case OpKind.Resize:
+            {
+                // Durable on return: what a shrink cut off is gone for good and reads as zeros after a later grow.
+                catalog.Volumes[op.Volume].SizeBytes = op.SizeBytes;
+                var vol = world.Volumes[op.Volume];
+                long firstGone = op.SizeBytes / B;
+                var gone = vol.Current.Keys.Concat(vol.Durable.Keys).Concat(vol.Later.Keys).Where(b => b >= firstGone).Distinct().ToList();
+                foreach (var blk in gone)
+                {
+                    vol.Current.Remove(blk);
+                    vol.Durable.Remove(blk);
+                    vol.Later.Remove(blk);
+                }
                 break;
             }
             case OpKind.DeleteSnapshot:
@@ -322,7 +340,7 @@ public sealed class SnapshotCrashTests(ITestOutputHelper output)
             using (var vol = store.OpenVolume(name))
             {
                 Assert.False(vol.IsReadOnly, $"{ctx}: volume '{name}' opened read-only");
-                volumes[name] = ReadAll(vol, ctx);
+                volumes[name] = ReadAll(vol, entry.SizeBytes, ctx);
             }
             foreach (var s in entry.Snapshots)
             {
@@ -332,7 +350,7 @@ public sealed class SnapshotCrashTests(ITestOutputHelper output)
                 Assert.Equal(full, snap.Name);
                 var refusal = Assert.Throws<StorageException>(() => snap.Write(0, new byte[1]));
                 Assert.Equal(StorageError.ReadOnly, refusal.Error);
-                snapshots[full] = ReadAll(snap, ctx);
+                snapshots[full] = ReadAll(snap, entry.SnapshotSizes[s], ctx);
             }
         }
 
@@ -361,12 +379,12 @@ public sealed class SnapshotCrashTests(ITestOutputHelper output)
         foreach (var (name, entry) in observed.Volumes)
         {
             var info = store.GetVolumeInfo(name);
-            Assert.True(info.SizeBytes == VolumeSizeBytes, $"{ctx}: volume '{name}' is {info.SizeBytes} bytes");
+            Assert.True(info.SizeBytes == entry.SizeBytes, $"{ctx}: volume '{name}' is {info.SizeBytes} bytes in its info, {entry.SizeBytes} in the list");
             Assert.True(info.SnapshotCount == entry.Snapshots.Count, $"{ctx}: volume '{name}' reports {info.SnapshotCount} snapshots, lists {entry.Snapshots.Count}");
             foreach (var s in entry.Snapshots)
             {
                 var snap = store.GetSnapshotInfo(name, s);
-                Assert.True(snap.SizeBytes == VolumeSizeBytes, $"{ctx}: snapshot '{snap.FullName}' is {snap.SizeBytes} bytes");
+                Assert.True(snap.SizeBytes == entry.SnapshotSizes[s], $"{ctx}: snapshot '{snap.FullName}' is {snap.SizeBytes} bytes in its info, {entry.SnapshotSizes[s]} in the list");
                 var clones = observed.ClonesOf(name, s).Order(StringComparer.Ordinal).ToList();
                 var listed = snap.Clones.Order(StringComparer.Ordinal).ToList();
                 Assert.True(clones.SequenceEqual(listed),
@@ -377,10 +395,10 @@ public sealed class SnapshotCrashTests(ITestOutputHelper output)
         Assert.True(all == observed.SnapshotCount, $"{ctx}: ListSnapshots() has {all} snapshots, the volumes list {observed.SnapshotCount}");
     }
 
-    private static byte[] ReadAll(Volume vol, string ctx)
+    private static byte[] ReadAll(Volume vol, long sizeBytes, string ctx)
     {
-        Assert.True(vol.SizeBytes == VolumeSizeBytes, $"{ctx}: '{vol.Name}' is {vol.SizeBytes} bytes");
-        var image = new byte[VolumeSizeBytes];
+        Assert.True(vol.SizeBytes == sizeBytes, $"{ctx}: a handle on '{vol.Name}' is {vol.SizeBytes} bytes, its catalog entry {sizeBytes}");
+        var image = new byte[sizeBytes];
         for (long off = 0; off < image.Length; off += 1 << 20)
             vol.Read(off, image.AsSpan((int)off, 1 << 20));
         return image;

@@ -100,6 +100,9 @@ public static class SnapshotRunner
                 store.DeleteVolume(op.Volume, op.Recursive);
                 drop(op.Volume);
                 break;
+            case SnapshotWorkload.OpKind.Resize:
+                store.ResizeVolume(op.Volume, op.SizeBytes);
+                break;
             default:
                 throw new InvalidOperationException($"not a catalog op: {op}");
         }
@@ -114,20 +117,20 @@ public static class SnapshotRunner
                 catalog.Volumes.Add(op.Target!, new SnapshotWorkload.Catalog.VolumeEntry());
                 break;
             case SnapshotWorkload.OpKind.CreateSnapshot:
-                catalog.Volumes[op.Volume].Snapshots.Add(op.Snapshot!);
+                catalog.Volumes[op.Volume].AddSnapshot(op.Snapshot!, catalog.Volumes[op.Volume].SizeBytes);
                 break;
             case SnapshotWorkload.OpKind.Clone:
                 catalog.Volumes.Add(op.Target!, new SnapshotWorkload.Catalog.VolumeEntry { Origin = op.Volume + "@" + op.Snapshot });
                 break;
             case SnapshotWorkload.OpKind.Rollback:
             {
-                var snaps = catalog.Volumes[op.Volume].Snapshots;
-                int at = snaps.IndexOf(op.Snapshot!);
-                snaps.RemoveRange(at + 1, snaps.Count - at - 1);
+                var entry = catalog.Volumes[op.Volume];
+                int at = entry.Snapshots.IndexOf(op.Snapshot!);
+                foreach (var newer in entry.Snapshots.Skip(at + 1).ToList()) entry.RemoveSnapshot(newer);
                 break;
             }
             case SnapshotWorkload.OpKind.DeleteSnapshot:
-                catalog.Volumes[op.Volume].Snapshots.Remove(op.Snapshot!);
+                catalog.Volumes[op.Volume].RemoveSnapshot(op.Snapshot!);
                 break;
             case SnapshotWorkload.OpKind.DeleteVolume:
                 catalog.RemoveVolume(op.Volume);

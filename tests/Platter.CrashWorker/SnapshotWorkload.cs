@@ -16,8 +16,11 @@ public static class SnapshotWorkload
     /// <summary>The volume the test creates before the first run.</summary>
     public const string FirstVolumeName = "base";
 
-    /// <summary>Every volume is this small, so a run can verify many volumes and snapshots block by block after each kill.</summary>
+    /// <summary>Volumes start this small (and are resized among <see cref="Sizes"/>), so a run can verify many volumes and snapshots block by block after each kill.</summary>
     public const long VolumeSizeBytes = 4L << 20;
+
+    /// <summary>The sizes a resize picks from: rollback and clone must bring back the snapshot's size, not the volume's.</summary>
+    public static readonly long[] Sizes = [2L << 20, 4L << 20, 6L << 20];
 
     private const int B = CrashWorkload.BlockSize;
 
@@ -26,11 +29,12 @@ public static class SnapshotWorkload
     private const int SnapshotsPerVolumeMax = 3;
     private const int SnapshotsMax = 8;
 
-    public enum OpKind { Write, Trim, WriteZeroes, Flush, CreateVolume, CreateSnapshot, Clone, Rollback, DeleteSnapshot, DeleteVolume }
+    public enum OpKind { Write, Trim, WriteZeroes, Flush, CreateVolume, CreateSnapshot, Clone, Rollback, DeleteSnapshot, DeleteVolume, Resize }
 
     /// <summary>
     /// One op. Volume is the volume it acts on; Snapshot the snapshot (create, clone, rollback, delete); Target the
-    /// new volume's name (create, clone); Refused: the engine must refuse it with HasDependents and change nothing.
+    /// new volume's name (create, clone); Length the new size (resize); Refused: the engine must refuse it with
+    /// HasDependents and change nothing.
     /// </summary>
     public sealed record Op(int Index, OpKind Kind, string Volume, long Offset = 0, int Length = 0, string? Snapshot = null,
         string? Target = null, bool Recursive = false, bool Refused = false)
@@ -38,11 +42,15 @@ public static class SnapshotWorkload
         public bool IsData => Kind is OpKind.Write or OpKind.Trim or OpKind.WriteZeroes;
         public bool IsCatalog => !IsData && Kind != OpKind.Flush;
 
+        /// <summary>The new size of a resize.</summary>
+        public long SizeBytes => Offset;
+
         public override string ToString() => Kind switch
         {
             OpKind.Write or OpKind.Trim or OpKind.WriteZeroes => $"op {Index} {Kind} {Volume} [{Offset}, +{Length})",
             OpKind.Flush => $"op {Index} Flush",
             OpKind.CreateVolume => $"op {Index} CreateVolume {Target}",
+            OpKind.Resize => $"op {Index} Resize {Volume} to {SizeBytes}",
             OpKind.Clone => $"op {Index} Clone {Volume}@{Snapshot} -> {Target}{(Refused ? " (must be refused)" : "")}",
             _ => $"op {Index} {Kind} {Volume}{(Snapshot is null ? "" : "@" + Snapshot)}{(Recursive ? " recursive" : "")}{(Refused ? " (must be refused)" : "")}",
         };
@@ -58,8 +66,29 @@ public static class SnapshotWorkload
 
         public sealed class VolumeEntry
         {
+            public long SizeBytes { get; set; } = VolumeSizeBytes;
             public string? Origin { get; set; }
             public List<string> Snapshots { get; } = [];
+            public Dictionary<string, long> SnapshotSizes { get; } = new(StringComparer.Ordinal);
+
+            public void AddSnapshot(string name, long sizeBytes)
+            {
+                Snapshots.Add(name);
+                SnapshotSizes[name] = sizeBytes;
+            }
+
+            public void RemoveSnapshot(string name)
+            {
+                Snapshots.Remove(name);
+                SnapshotSizes.Remove(name);
+            }
+
+            public VolumeEntry Copy()
+            {
+                var copy = new VolumeEntry { SizeBytes = SizeBytes, Origin = Origin };
+                foreach (var s in Snapshots) copy.AddSnapshot(s, SnapshotSizes[s]);
+                return copy;
+            }
         }
 
         public static Catalog Read(VolumeStore store)
@@ -67,8 +96,8 @@ public static class SnapshotWorkload
             var catalog = new Catalog();
             foreach (var v in store.ListVolumes())
             {
-                var entry = new VolumeEntry { Origin = v.Origin };
-                entry.Snapshots.AddRange(store.ListSnapshots(v.Name).Select(s => s.Name));
+                var entry = new VolumeEntry { SizeBytes = v.SizeBytes, Origin = v.Origin };
+                foreach (var s in store.ListSnapshots(v.Name)) entry.AddSnapshot(s.Name, s.SizeBytes);
                 catalog.Volumes.Add(v.Name, entry);
             }
             return catalog;
@@ -77,12 +106,7 @@ public static class SnapshotWorkload
         public Catalog Copy()
         {
             var copy = new Catalog();
-            foreach (var (name, e) in Volumes)
-            {
-                var entry = new VolumeEntry { Origin = e.Origin };
-                entry.Snapshots.AddRange(e.Snapshots);
-                copy.Volumes.Add(name, entry);
-            }
+            foreach (var (name, e) in Volumes) copy.Volumes.Add(name, e.Copy());
             return copy;
         }
 
@@ -97,12 +121,15 @@ public static class SnapshotWorkload
         /// <summary>Removes the volume and its snapshots (the model of a successful recursive delete).</summary>
         public void RemoveVolume(string volume) => Volumes.Remove(volume);
 
-        /// <summary>One line per volume: <c>name (origin) [snap1, snap2]</c>; equal text means equal catalogs.</summary>
+        /// <summary>One line per volume: <c>name size (origin) [snap1 size, snap2 size]</c>; equal text means equal catalogs.</summary>
         public string Describe()
         {
             var sb = new StringBuilder();
             foreach (var (name, e) in Volumes)
-                sb.Append(name).Append(e.Origin is null ? "" : $" (clone of {e.Origin})").Append(" [").AppendJoin(", ", e.Snapshots).Append("]\n");
+            {
+                sb.Append(name).Append(' ').Append(e.SizeBytes).Append(e.Origin is null ? "" : $" (clone of {e.Origin})").Append(" [")
+                    .AppendJoin(", ", e.Snapshots.Select(s => $"{s} {e.SnapshotSizes[s]}")).Append("]\n");
+            }
             return sb.Length == 0 ? "(no volumes)\n" : sb.ToString();
         }
     }
@@ -113,8 +140,7 @@ public static class SnapshotWorkload
         var rng = new Random(seed * 31 + 7);
         var catalog = initial.Copy();
         string tag = ((uint)seed).ToString("x8", CultureInfo.InvariantCulture);
-        long blocks = VolumeSizeBytes / B;
-        const long hotBlocks = 128;
+        const long hotBlocksMax = 128;
         for (int i = 0; ; i++)
         {
             string NewName(char kind) => $"{kind}{tag}-{i.ToString(CultureInfo.InvariantCulture)}";
@@ -129,6 +155,8 @@ public static class SnapshotWorkload
             var volumes = catalog.Volumes.Keys.ToList();
             string vol = volumes[rng.Next(volumes.Count)];
             var entry = catalog.Volumes[vol];
+            long blocks = entry.SizeBytes / B;
+            long hotBlocks = Math.Min(hotBlocksMax, blocks);
             var allSnapshots = catalog.Volumes.SelectMany(v => v.Value.Snapshots.Select(s => (Volume: v.Key, Snapshot: s))).ToList();
             int dice = rng.Next(100);
 
@@ -163,7 +191,7 @@ public static class SnapshotWorkload
             {
                 if (entry.Snapshots.Count >= SnapshotsPerVolumeMax || catalog.SnapshotCount >= SnapshotsMax) continue;
                 string snap = NewName('s');
-                entry.Snapshots.Add(snap);
+                entry.AddSnapshot(snap, entry.SizeBytes);
                 yield return new Op(i, OpKind.CreateSnapshot, vol, Snapshot: snap);
             }
             else if (dice < 78)
@@ -171,7 +199,7 @@ public static class SnapshotWorkload
                 if (allSnapshots.Count == 0 || catalog.Volumes.Count >= LiveVolumesMax) continue;
                 var (origin, snap) = allSnapshots[rng.Next(allSnapshots.Count)];
                 string clone = NewName('c');
-                catalog.Volumes.Add(clone, new Catalog.VolumeEntry { Origin = origin + "@" + snap });
+                catalog.Volumes.Add(clone, new Catalog.VolumeEntry { Origin = origin + "@" + snap, SizeBytes = catalog.Volumes[origin].SnapshotSizes[snap] });
                 yield return new Op(i, OpKind.Clone, origin, Snapshot: snap, Target: clone);
             }
             else if (dice < 84)
@@ -181,7 +209,11 @@ public static class SnapshotWorkload
                 var newer = entry.Snapshots.Skip(at + 1).ToList();
                 bool recursive = newer.Count == 0 ? rng.Next(2) == 0 : rng.Next(3) != 0;
                 bool refused = newer.Count > 0 && (!recursive || newer.Any(s => catalog.ClonesOf(vol, s).Any()));
-                if (!refused) entry.Snapshots.RemoveRange(at + 1, newer.Count);
+                if (!refused)
+                {
+                    foreach (var s in newer) entry.RemoveSnapshot(s);
+                    entry.SizeBytes = entry.SnapshotSizes[entry.Snapshots[at]];
+                }
                 yield return new Op(i, OpKind.Rollback, vol, Snapshot: entry.Snapshots[at], Recursive: recursive, Refused: refused);
             }
             else if (dice < 91)
@@ -189,10 +221,17 @@ public static class SnapshotWorkload
                 if (allSnapshots.Count == 0) continue;
                 var (owner, snap) = allSnapshots[rng.Next(allSnapshots.Count)];
                 bool refused = catalog.ClonesOf(owner, snap).Any();
-                if (!refused) catalog.Volumes[owner].Snapshots.Remove(snap);
+                if (!refused) catalog.Volumes[owner].RemoveSnapshot(snap);
                 yield return new Op(i, OpKind.DeleteSnapshot, owner, Snapshot: snap, Refused: refused);
             }
-            else if (dice < 96)
+            else if (dice < 93)
+            {
+                long size = Sizes[rng.Next(Sizes.Length)];
+                if (size == entry.SizeBytes) continue;
+                entry.SizeBytes = size;
+                yield return new Op(i, OpKind.Resize, vol, Offset: size);
+            }
+            else if (dice < 97)
             {
                 bool recursive = entry.Snapshots.Count == 0 ? rng.Next(2) == 0 : rng.Next(4) != 0;
                 bool refused = entry.Snapshots.Count > 0 && (!recursive || entry.Snapshots.Any(s => catalog.ClonesOf(vol, s).Any()));
