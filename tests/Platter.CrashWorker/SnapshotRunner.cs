@@ -7,7 +7,7 @@ namespace Platter.CrashWorker;
 public static class SnapshotRunner
 {
     /// <summary>Returns 0 when the deadline passed, 3 when the engine did something the workload's model forbids.</summary>
-    public static async Task<int> RunAsync(VolumeStore store, int seed, Action<string> log, DateTime deadline)
+    public static async Task<int> RunAsync(VolumeStore store, int seed, string mode, Action<string> log, DateTime deadline)
     {
         var catalog = SnapshotWorkload.Catalog.Read(store);
         log(CrashWorkload.OpenedLine);
@@ -24,7 +24,7 @@ public static class SnapshotRunner
         }
 
         var buffer = new byte[4 * CrashWorkload.BlockSize + 200];
-        foreach (var op in SnapshotWorkload.Ops(seed, catalog))
+        foreach (var op in SnapshotWorkload.Ops(seed, catalog, mode))
         {
             if ((op.Index & 15) == 0 && DateTime.UtcNow > deadline) break;
             string index = "0 " + op.Index.ToString(CultureInfo.InvariantCulture);

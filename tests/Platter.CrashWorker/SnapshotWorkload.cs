@@ -22,6 +22,17 @@ public static class SnapshotWorkload
     /// <summary>The sizes a resize picks from: rollback and clone must bring back the snapshot's size, not the volume's.</summary>
     public static readonly long[] Sizes = [2L << 20, 4L << 20, 6L << 20];
 
+    /// <summary>
+    /// The "reclaim" mode's one big volume, filled with <see cref="BulkContent"/> before the first run. Deleting a
+    /// snapshot of it compares more blocks than the engine reclaims inline, so the reclaim runs in the background
+    /// while the workload goes on, and kills land in it.
+    /// </summary>
+    public const string BulkVolumeName = "bulk";
+    public const long BulkSizeBytes = 168L << 20;
+
+    /// <summary>The seed of the bulk volume's initial content (see <see cref="CrashWorkload.Content"/>, op 0).</summary>
+    public const int BulkSeed = 0x5eed;
+
     private const int B = CrashWorkload.BlockSize;
 
     // Bounds keep the per-kill verification (every block of every volume and snapshot) cheap.
@@ -134,8 +145,79 @@ public static class SnapshotWorkload
         }
     }
 
-    /// <summary>The endless op sequence of a run that starts from <paramref name="initial"/> (which is not changed).</summary>
-    public static IEnumerable<Op> Ops(int seed, Catalog initial)
+    /// <summary>The endless op sequence of a run of <paramref name="mode"/> ("snapshots" or "reclaim") that starts from <paramref name="initial"/>.</summary>
+    public static IEnumerable<Op> Ops(int seed, Catalog initial, string mode) => mode switch
+    {
+        "snapshots" => Ops(seed, initial),
+        "reclaim" => ReclaimOps(seed, initial),
+        _ => throw new ArgumentException($"unknown mode '{mode}'", nameof(mode)),
+    };
+
+    /// <summary>
+    /// The "reclaim" mode: snapshots of the bulk volume taken and deleted over and over with a few writes between
+    /// (each delete starts a background reclaim), now and then a clone (written to, then deleted) or a rollback.
+    /// </summary>
+    public static IEnumerable<Op> ReclaimOps(int seed, Catalog initial)
+    {
+        var rng = new Random(seed * 31 + 11);
+        var catalog = initial.Copy();
+        string tag = ((uint)seed).ToString("x8", CultureInfo.InvariantCulture);
+        for (int i = 0; ; i++)
+        {
+            string NewName(char kind) => $"{kind}{tag}-{i.ToString(CultureInfo.InvariantCulture)}";
+            var bulk = catalog.Volumes[BulkVolumeName];
+            string? clone = catalog.Volumes.Keys.FirstOrDefault(v => v != BulkVolumeName);
+            int dice = rng.Next(100);
+            if (bulk.Snapshots.Count == 0 || (dice < 10 && bulk.Snapshots.Count < 2))
+            {
+                string snap = NewName('s');
+                bulk.AddSnapshot(snap, bulk.SizeBytes);
+                yield return new Op(i, OpKind.CreateSnapshot, BulkVolumeName, Snapshot: snap);
+            }
+            else if (dice < 60)
+            {
+                string target = clone is not null && rng.Next(4) == 0 ? clone : BulkVolumeName;
+                long blocks = catalog.Volumes[target].SizeBytes / B;
+                int count = rng.Next(1, 17);
+                yield return new Op(i, OpKind.Write, target, rng.NextInt64(0, blocks - count + 1) * B, count * B);
+            }
+            else if (dice < 68)
+            {
+                yield return new Op(i, OpKind.Flush, BulkVolumeName);
+            }
+            else if (dice < 88)
+            {
+                string snap = bulk.Snapshots[0];
+                bool refused = catalog.ClonesOf(BulkVolumeName, snap).Any();
+                if (!refused) bulk.RemoveSnapshot(snap);
+                yield return new Op(i, OpKind.DeleteSnapshot, BulkVolumeName, Snapshot: snap, Refused: refused);
+            }
+            else if (dice < 93)
+            {
+                if (clone is not null) continue;
+                string snap = bulk.Snapshots[^1];
+                string name = NewName('c');
+                catalog.Volumes.Add(name, new Catalog.VolumeEntry { Origin = BulkVolumeName + "@" + snap, SizeBytes = bulk.SnapshotSizes[snap] });
+                yield return new Op(i, OpKind.Clone, BulkVolumeName, Snapshot: snap, Target: name);
+            }
+            else if (dice < 97)
+            {
+                if (clone is null) continue;
+                catalog.RemoveVolume(clone);
+                yield return new Op(i, OpKind.DeleteVolume, clone, Recursive: true);
+            }
+            else
+            {
+                // The newest snapshot, so no newer ones are in the way.
+                yield return new Op(i, OpKind.Rollback, BulkVolumeName, Snapshot: bulk.Snapshots[^1]);
+            }
+        }
+    }
+
+    /// <summary>The bulk volume's initial content at <paramref name="offset"/>.</summary>
+    public static void BulkContent(long offset, Span<byte> destination) => CrashWorkload.Content(BulkSeed, 0, 0, offset, destination);
+
+    private static IEnumerable<Op> Ops(int seed, Catalog initial)
     {
         var rng = new Random(seed * 31 + 7);
         var catalog = initial.Copy();
