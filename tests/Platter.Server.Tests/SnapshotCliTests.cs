@@ -131,7 +131,7 @@ public class SnapshotCliTests
         // Deleting: the clones hold the snapshot, the snapshot holds the volume.
         await Fails(env, 1, "c1", "snapshot", "delete", "vm1@s1");
         await Fails(env, 1, "--recursive", "volume", "delete", "vm1");
-        await Fails(env, 1, "delete the clones first", "volume", "delete", "vm1", "--recursive");
+        await Fails(env, 1, "c1", "volume", "delete", "vm1", "--recursive");
         await Ok(env, "volume", "delete", "c1");
         await Ok(env, "volume", "delete", "c2");
         Assert.Equal("deleted volume 'vm1' and its snapshots\n", (await Ok(env, "volume", "delete", "vm1", "--recursive")).Out);

@@ -204,6 +204,65 @@ public class SnapshotNbdTests
         Assert.Equal(Pattern(1), (await client.ReadAsync(0, Block)).Data);
     }
 
+    [Fact]
+    public async Task DeletingTheSnapshotOfASelectedBitmapFailsThatRequestOnly()
+    {
+        await using var server = await StartAsync();
+        using var api = server.Client();
+        await api.CreateVolumeAsync("vm1", Size);
+        await api.CreateSnapshotAsync("vm1", "s1");
+        SnapshotApiTests.Write(server, "vm1", 0, Pattern(1));
+
+        var (client, ids) = await OpenAsync(server, "vm1", extendedHeaders: false, DirtyS1);
+        await using (client)
+        {
+            Assert.Equal(E((Block, 1u), (Size - Block, 0u)), await StatusAsync(client, ids[DirtyS1]));
+            await api.DeleteSnapshotAsync("vm1", "s1");
+            // Nothing left to compare with: an error for the request, not a wrong answer or a dropped connection.
+            var (error, _, _) = await client.BlockStatusAsync(0, Size);
+            Assert.Equal(5u, error);
+            var read = await client.ReadAsync(0, Block);
+            Assert.Equal(0u, read.Error);
+            Assert.Equal(Pattern(1), read.Data);
+        }
+    }
+
+    [Fact]
+    public async Task NbdinfoReadsTheDirtyBitmapAndAllocationDepth()
+    {
+        await using var server = await StartAsync();
+        using var api = server.Client();
+        await api.CreateVolumeAsync("vm1", Size);
+        SnapshotApiTests.Write(server, "vm1", 0, Pattern(1));
+        await api.CreateSnapshotAsync("vm1", "s1");
+        SnapshotApiTests.Write(server, "vm1", 65536, Pattern(2, 2 * Block));
+        await api.CloneSnapshotAsync("vm1", "s1", "c1");
+
+        var uri = $"nbd+unix:///vm1?socket={NbdSocket(server)}";
+        // Block 0 was written before s1 (clean); 64 KiB..72 KiB after it (dirty).
+        Assert.Equal("0 65536 0\n65536 8192 1\n73728 974848 0\n", await NbdinfoMapAsync(DirtyS1, uri));
+        // The clone has only what it inherited from s1: depth 2.
+        Assert.Equal("0 4096 2\n4096 1044480 0\n", await NbdinfoMapAsync(Depth, $"nbd+unix:///c1?socket={NbdSocket(server)}"));
+    }
+
+    /// <summary>nbdinfo --map=CONTEXT as "offset length type" lines (libnbd's own client, not ours).</summary>
+    private static async Task<string> NbdinfoMapAsync(string context, string uri)
+    {
+        var start = new System.Diagnostics.ProcessStartInfo("nbdinfo") { RedirectStandardOutput = true, RedirectStandardError = true };
+        start.ArgumentList.Add("--map=" + context);
+        start.ArgumentList.Add(uri);
+        using var process = System.Diagnostics.Process.Start(start)!;
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        var output = process.StandardOutput.ReadToEndAsync(deadline.Token);
+        var error = process.StandardError.ReadToEndAsync(deadline.Token);
+        await process.WaitForExitAsync(deadline.Token);
+        Assert.True(process.ExitCode == 0, $"nbdinfo exit {process.ExitCode}: {await error}");
+        var lines = (await output).Split('\n', StringSplitOptions.RemoveEmptyEntries)
+            .Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            .Select(f => $"{f[0]} {f[1]} {f[2]}\n");
+        return string.Concat(lines);
+    }
+
     private static (long Length, uint Flags)[] E(params (long Length, uint Flags)[] descriptors) => descriptors;
 
     private static async Task<(C Client, Dictionary<string, uint> Ids)> OpenAsync(RunningHost server, string export, bool extendedHeaders,
