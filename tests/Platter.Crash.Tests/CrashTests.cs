@@ -15,6 +15,7 @@ namespace Platter.Crash.Tests;
 /// reads zeros, and the consistency check passes.
 /// PLATTER_TEST_SEED=N replays a run; PLATTER_CRASH_ITERATIONS=N changes how many kills it makes.
 /// </summary>
+[Collection(nameof(CrashCollection))]
 public sealed class CrashTests(ITestOutputHelper output)
 {
     private const int B = CrashWorkload.BlockSize;
@@ -23,8 +24,8 @@ public sealed class CrashTests(ITestOutputHelper output)
     [Fact]
     public void Sigkill_at_random_moments_loses_no_flushed_write()
     {
-        int baseSeed = EnvInt("PLATTER_TEST_SEED") ?? Random.Shared.Next();
-        int iterations = EnvInt("PLATTER_CRASH_ITERATIONS") ?? 70;
+        int baseSeed = CrashHarness.EnvInt("PLATTER_TEST_SEED") ?? Random.Shared.Next();
+        int iterations = CrashHarness.EnvInt("PLATTER_CRASH_ITERATIONS") ?? 70;
         output.WriteLine($"seed={baseSeed}; replay: PLATTER_TEST_SEED={baseSeed} dotnet test tests/Platter.Crash.Tests");
         var rng = new Random(baseSeed);
 
@@ -50,7 +51,7 @@ public sealed class CrashTests(ITestOutputHelper output)
                 int delayMs = waitForOpen ? rng.Next(0, 700) : rng.Next(0, 400);
                 string ctx = $"seed={baseSeed} iteration={it} runSeed={runSeed} kill {(waitForOpen ? "after open +" : "after start +")}{delayMs} ms";
 
-                RunAndKill(storeDir, runSeed, logPath, waitForOpen, delayMs, ctx);
+                CrashHarness.RunAndKill(storeDir, runSeed, logPath, waitForOpen, delayMs, ctx, "volume");
                 int threads = CrashWorkload.Threads(runSeed);
                 var progress = ParseLog(logPath, threads);
                 var expect = new Expectation(baseline);
@@ -73,55 +74,6 @@ public sealed class CrashTests(ITestOutputHelper output)
         {
             try { Directory.Delete(root, recursive: true); } catch (IOException) { }
         }
-    }
-
-    private static int? EnvInt(string name) =>
-        int.TryParse(Environment.GetEnvironmentVariable(name), NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) ? v : null;
-
-    private void RunAndKill(string storeDir, int runSeed, string logPath, bool waitForOpen, int delayMs, string ctx)
-    {
-        string workerDll = Path.Combine(AppContext.BaseDirectory, "Platter.CrashWorker.dll");
-        Assert.True(File.Exists(workerDll), $"worker not found at {workerDll}");
-        var psi = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
-        {
-            RedirectStandardError = true,
-            RedirectStandardOutput = true,
-            UseShellExecute = false,
-        };
-        foreach (var a in new[] { workerDll, storeDir, runSeed.ToString(CultureInfo.InvariantCulture), logPath, "60" }) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var stderr = p.StandardError.ReadToEndAsync();
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        try
-        {
-            if (waitForOpen)
-            {
-                // A liveness bound: start-up plus recovery take well under a second on a healthy store.
-                var deadline = DateTime.UtcNow.AddSeconds(30);
-                while (!LogSaysOpened(logPath))
-                {
-                    if (p.HasExited) Assert.Fail($"{ctx}: the worker exited ({p.ExitCode}) before opening the store:\n{stderr.Result}{stdout.Result}");
-                    Assert.True(DateTime.UtcNow < deadline, $"{ctx}: the worker did not open the store within 30 s");
-                    Thread.Sleep(5);
-                }
-            }
-            Thread.Sleep(delayMs);
-            if (p.HasExited)
-                Assert.Fail($"{ctx}: the worker exited on its own ({p.ExitCode}) before the kill:\n{stderr.Result}{stdout.Result}");
-        }
-        finally
-        {
-            if (!p.HasExited) p.Kill(entireProcessTree: true); // SIGKILL
-            p.WaitForExit();
-        }
-    }
-
-    private static bool LogSaysOpened(string logPath)
-    {
-        if (!File.Exists(logPath)) return false;
-        using var fs = new FileStream(logPath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-        using var r = new StreamReader(fs);
-        return r.ReadLine() == CrashWorkload.OpenedLine;
     }
 
     /// <summary>

@@ -2,18 +2,22 @@ using System.Text;
 using Platter.CrashWorker;
 using Platter.Storage;
 
-// Usage: Platter.CrashWorker STOREDIR SEED LOGFILE [SECONDSMAX]
+// Usage: Platter.CrashWorker STOREDIR SEED LOGFILE [SECONDSMAX [volume|snapshots|reclaim]]
 // Runs the seeded crash workload against STOREDIR until it is killed (or SECONDSMAX passes, so that a
-// worker orphaned by a dead test run does not run forever).
-if (args.Length < 3)
+// worker orphaned by a dead test run does not run forever). "volume" (the default) writes to one volume
+// from several threads (CrashWorkload); "snapshots" mixes writes with snapshot, clone, rollback and delete
+// operations on several volumes, "reclaim" deletes snapshots of one big volume so that reclaim runs in the
+// background (SnapshotWorkload).
+if (args.Length < 3 || (args.Length > 4 && args[4] is not ("volume" or "snapshots" or "reclaim")))
 {
-    Console.Error.WriteLine("usage: Platter.CrashWorker STOREDIR SEED LOGFILE [SECONDSMAX]");
+    Console.Error.WriteLine("usage: Platter.CrashWorker STOREDIR SEED LOGFILE [SECONDSMAX [volume|snapshots|reclaim]]");
     return 2;
 }
 string storeDir = args[0];
 int seed = int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture);
 string logPath = args[2];
 double secondsMax = args.Length > 3 ? double.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture) : 60;
+string mode = args.Length > 4 ? args[4] : "volume";
 
 // The log only has to survive the death of this process, not of the machine: a write(2) puts it in the
 // page cache, which SIGKILL does not touch, so no fsync is needed (and none would slow the workload).
@@ -36,10 +40,12 @@ var options = new StoreOptions
     DataGrowthBytes = 1L << 20,
 };
 using var store = VolumeStore.Open(storeDir, options);
+var deadline = DateTime.UtcNow.AddSeconds(secondsMax);
+if (mode != "volume") return await SnapshotRunner.RunAsync(store, seed, mode, Log, deadline);
+
 using var volume = store.OpenVolume(CrashWorkload.VolumeName);
 Log(CrashWorkload.OpenedLine);
 
-var deadline = DateTime.UtcNow.AddSeconds(secondsMax);
 int threads = CrashWorkload.Threads(seed);
 var workers = Enumerable.Range(0, threads).Select(t => Task.Run(async () =>
 {

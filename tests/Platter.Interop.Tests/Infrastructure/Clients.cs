@@ -27,9 +27,14 @@ public static class Clients
         return ParseJson(result, result.Stdout);
     }
 
-    public static async Task<List<MapEntry>> NbdInfoMapAsync(string uri)
+    /// <summary>
+    /// <c>nbdinfo --map</c> of <paramref name="metaContext"/> (default base:allocation); Type is the context's raw
+    /// status value (a dirty flag for qemu:dirty-bitmap:*, the depth for qemu:allocation-depth).
+    /// </summary>
+    public static async Task<List<MapEntry>> NbdInfoMapAsync(string uri, string? metaContext = null)
     {
-        var result = (await Proc.RunAsync(Tools.NbdInfo, ["--map", "--json", uri])).EnsureSuccess("nbdinfo --map failed");
+        string option = metaContext is null ? "--map" : "--map=" + metaContext;
+        var result = (await Proc.RunAsync(Tools.NbdInfo, [option, "--json", uri])).EnsureSuccess($"nbdinfo {option} failed");
         var map = new List<MapEntry>();
         foreach (var e in ParseJson(result, result.Stdout).EnumerateArray())
             map.Add(new MapEntry(e.GetProperty("offset").GetInt64(), e.GetProperty("length").GetInt64(), e.GetProperty("type").GetInt32()));
@@ -37,9 +42,13 @@ public static class Clients
     }
 
     /// <summary>Runs qemu-io on the export with the raw format driver, one -c per command; fails if any command fails.</summary>
-    public static async Task<ProcessResult> QemuIoAsync(string uri, params string[] commands)
+    public static Task<ProcessResult> QemuIoAsync(string uri, params string[] commands) => QemuIoAsync(uri, readOnly: false, commands);
+
+    /// <summary>Like <see cref="QemuIoAsync(string, string[])"/>; <paramref name="readOnly"/> opens with -r, as a read-only export needs.</summary>
+    public static async Task<ProcessResult> QemuIoAsync(string uri, bool readOnly, params string[] commands)
     {
         var args = new List<string> { "-f", "raw" };
+        if (readOnly) args.Add("-r");
         foreach (var c in commands) { args.Add("-c"); args.Add(c); }
         args.Add(uri);
         var result = await Proc.RunAsync(Tools.QemuIo, args);

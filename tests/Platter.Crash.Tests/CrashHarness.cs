@@ -1,0 +1,66 @@
+using System.Diagnostics;
+using System.Globalization;
+using Platter.CrashWorker;
+using Xunit;
+
+namespace Platter.Crash.Tests;
+
+/// <summary>
+/// The kill loops share the machine's two cores: run them one after the other, so the kill moments of one are
+/// not skewed by the other's load.
+/// </summary>
+[CollectionDefinition(nameof(CrashCollection), DisableParallelization = true)]
+public sealed class CrashCollection;
+
+/// <summary>Starts the crash worker on a store and kills it with SIGKILL at a chosen moment.</summary>
+internal static class CrashHarness
+{
+    public static int? EnvInt(string name) =>
+        int.TryParse(Environment.GetEnvironmentVariable(name), NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) ? v : null;
+
+    public static void RunAndKill(string storeDir, int runSeed, string logPath, bool waitForOpen, int delayMs, string ctx, string mode)
+    {
+        string workerDll = Path.Combine(AppContext.BaseDirectory, "Platter.CrashWorker.dll");
+        Assert.True(File.Exists(workerDll), $"worker not found at {workerDll}");
+        var psi = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
+        {
+            RedirectStandardError = true,
+            RedirectStandardOutput = true,
+            UseShellExecute = false,
+        };
+        foreach (var a in new[] { workerDll, storeDir, runSeed.ToString(CultureInfo.InvariantCulture), logPath, "60", mode }) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var stderr = p.StandardError.ReadToEndAsync();
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        try
+        {
+            if (waitForOpen)
+            {
+                // A liveness bound: start-up plus recovery take well under a second on a healthy store.
+                var deadline = DateTime.UtcNow.AddSeconds(30);
+                while (!LogSaysOpened(logPath))
+                {
+                    if (p.HasExited) Assert.Fail($"{ctx}: the worker exited ({p.ExitCode}) before opening the store:\n{stderr.Result}{stdout.Result}");
+                    Assert.True(DateTime.UtcNow < deadline, $"{ctx}: the worker did not open the store within 30 s");
+                    Thread.Sleep(5);
+                }
+            }
+            Thread.Sleep(delayMs);
+            if (p.HasExited)
+                Assert.Fail($"{ctx}: the worker exited on its own ({p.ExitCode}) before the kill:\n{stderr.Result}{stdout.Result}");
+        }
+        finally
+        {
+            if (!p.HasExited) p.Kill(entireProcessTree: true); // SIGKILL
+            p.WaitForExit();
+        }
+    }
+
+    private static bool LogSaysOpened(string logPath)
+    {
+        if (!File.Exists(logPath)) return false;
+        using var fs = new FileStream(logPath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        using var r = new StreamReader(fs);
+        return r.ReadLine() == CrashWorkload.OpenedLine;
+    }
+}
