@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Platter.Server;
+using Platter.Server.Api;
 
 namespace Platter.Cli;
 
@@ -8,7 +9,7 @@ internal static class AttachCommand
 {
     public static Command Build(CliContext context)
     {
-        var name = new Argument<string>("NAME") { Description = "The volume to attach." };
+        var name = new Argument<string>("NAME") { Description = "The volume to attach, or VOLUME@SNAPSHOT to attach a snapshot (always read-only)." };
         var socket = new Option<string?>("--socket")
         {
             Description = "Reach NBD through this unix socket. Default: the server's own NBD socket, else its TCP address.",
@@ -24,7 +25,8 @@ internal static class AttachCommand
         var json = PlatterCli.JsonOption();
         var api = PlatterCli.ApiSocketOption();
         var command = new Command("attach",
-            "Print the QEMU -blockdev and -drive arguments and the libvirt <disk type='network'> XML that attach a volume to a VM. " +
+            "Print the QEMU -blockdev and -drive arguments and the libvirt <disk type='network'> XML that attach a volume (or, read-only, " +
+            "a snapshot) to a VM. " +
             "Asks the running server for the volume and its NBD endpoints.")
         {
             name, socket, tcp, qemu, libvirt, json, api,
@@ -41,7 +43,26 @@ internal static class AttachCommand
             var volumeName = parse.GetRequiredValue(name);
             using var client = PlatterCli.CreateClient(parse, api, context);
             var health = await client.GetHealthAsync(ct);
-            await VolumeCommands.Call(() => client.GetVolumeAsync(volumeName, ct), volumeName);
+            bool readOnly = health.NbdReadOnly;
+            bool isSnapshot = false;
+            if (volumeName.Contains('@'))
+            {
+                if (SnapshotName.TryParse(volumeName, out var error) is not { } snapshot) throw new CliException(error!, PlatterCli.ExitUsage);
+                try
+                {
+                    await client.GetSnapshotAsync(snapshot.Volume, snapshot.Snapshot, ct);
+                }
+                catch (PlatterApiException e) when (e.Code == "not_found")
+                {
+                    throw new CliException($"no snapshot '{snapshot}' (see `platter snapshot list {snapshot.Volume}`)");
+                }
+                // Snapshots are read-only exports: QEMU refuses to open them read-write.
+                readOnly = isSnapshot = true;
+            }
+            else
+            {
+                await VolumeCommands.Call(() => client.GetVolumeAsync(volumeName, ct), volumeName);
+            }
 
             NbdTarget target;
             if (parse.GetValue(socket) is { } socketPath) target = new NbdTarget.Unix(Path.GetFullPath(socketPath));
@@ -50,7 +71,7 @@ internal static class AttachCommand
             else if (health.NbdTcp is not null) target = ParseHostPort(health.NbdTcp);
             else throw new CliException("the server has no NBD listener (it runs with --listen none --socket none)");
 
-            var info = AttachText.Build(volumeName, target, health.Tls, health.NbdReadOnly);
+            var info = AttachText.Build(volumeName, target, health.Tls, readOnly);
             if (parse.GetValue(json))
             {
                 PlatterCli.WriteJson(context, info, CliJsonContext.Default.AttachInfo);
@@ -79,7 +100,12 @@ internal static class AttachCommand
                 context.Out.WriteLine();
                 context.Out.WriteLine("# The server uses TLS: put ca-cert.pem (and client-cert.pem, client-key.pem if it checks clients) in /etc/pki/qemu.");
             }
-            if (health.NbdReadOnly)
+            if (isSnapshot)
+            {
+                context.Out.WriteLine();
+                context.Out.WriteLine("# A snapshot is read-only: the disk is attached read-only (clone it with `platter clone` for a writable copy).");
+            }
+            else if (health.NbdReadOnly)
             {
                 context.Out.WriteLine();
                 context.Out.WriteLine("# The server runs with --read-only: the disk is attached read-only.");

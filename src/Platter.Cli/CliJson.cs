@@ -7,4 +7,12 @@ namespace Platter.Cli;
 [JsonSourceGenerationOptions(JsonSerializerDefaults.Web)]
 [JsonSerializable(typeof(AttachInfo))]
 [JsonSerializable(typeof(Platter.Storage.CheckReport))]
+[JsonSerializable(typeof(DiskUsageReport))]
 internal sealed partial class CliJsonContext : JsonSerializerContext;
+
+/// <summary>
+/// <c>platter du --json</c>: the store's totals (the same fields as the API's /v1/usage) and one entry per volume and
+/// snapshot (as /v1/space).
+/// </summary>
+public sealed record DiskUsageReport(long DataFileBytes, long UsedBytes, long FreeBytes, int VolumeCount, long ProvisionedBytes,
+    IReadOnlyList<Platter.Server.Api.SpaceUsageDto> Entries);

@@ -88,9 +88,13 @@ public static class PlatterCli
     {
         var root = new RootCommand(
             "Platter serves virtual machine disks over NBD from an embedded store.\n" +
-            "Run `platter serve` to start the server, then manage volumes with `platter volume`.");
+            "Run `platter serve` to start the server, then manage volumes with `platter volume` and snapshots with `platter snapshot`.");
         root.Add(ServeCommand.Build(context));
         root.Add(VolumeCommands.Build(context));
+        root.Add(SnapshotCommands.Build(context));
+        root.Add(SnapshotCommands.BuildClone(context));
+        root.Add(SnapshotCommands.BuildRollback(context));
+        root.Add(SnapshotCommands.BuildDiff(context));
         root.Add(VolumeCommands.BuildUsage(context));
         root.Add(AttachCommand.Build(context));
         root.Add(CheckCommand.Build(context));

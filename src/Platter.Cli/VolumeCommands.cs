@@ -82,7 +82,11 @@ internal static class VolumeCommands
         var name = NameArgument();
         var json = PlatterCli.JsonOption();
         var api = PlatterCli.ApiSocketOption();
-        var command = new Command("info", "Show one volume.") { name, json, api };
+        var command = new Command("info",
+            "Show one volume: size, allocated space, its origin (for a clone, the VOLUME@SNAPSHOT it was cloned from) and how many snapshots it has.")
+        {
+            name, json, api,
+        };
         command.SetAction(async (parse, ct) =>
         {
             using var client = PlatterCli.CreateClient(parse, api, context);
@@ -96,6 +100,8 @@ internal static class VolumeCommands
             context.Out.WriteLine($"size:       {SizeText.Format(v.SizeBytes)} ({v.SizeBytes} bytes)");
             context.Out.WriteLine($"allocated:  {SizeText.Format(v.AllocatedBytes)} ({v.AllocatedBytes} bytes)");
             context.Out.WriteLine($"created:    {PlatterCli.FormatTime(v.CreatedUtc)}");
+            context.Out.WriteLine($"origin:     {v.Origin ?? "-"}");
+            context.Out.WriteLine($"snapshots:  {v.SnapshotCount}");
             context.Out.WriteLine($"id:         {v.Id}");
             return PlatterCli.ExitOk;
         });
@@ -142,35 +148,63 @@ internal static class VolumeCommands
     private static Command Delete(CliContext context)
     {
         var name = NameArgument();
+        var recursive = new Option<bool>("--recursive", "-r")
+        {
+            Description = "Also delete the volume's snapshots. Without it a volume that has snapshots is not deleted. " +
+                          "Snapshots that volumes were cloned from are never deleted this way: delete those clones first.",
+        };
         var json = PlatterCli.JsonOption();
         var api = PlatterCli.ApiSocketOption();
-        var command = new Command("delete", "Delete a volume and free its space. This cannot be undone.") { name, json, api };
+        var command = new Command("delete",
+            "Delete a volume and free its space. A volume with snapshots needs --recursive. This cannot be undone.")
+        {
+            name, recursive, json, api,
+        };
         command.Aliases.Add("rm");
         command.SetAction(async (parse, ct) =>
         {
             using var client = PlatterCli.CreateClient(parse, api, context);
             var volumeName = parse.GetRequiredValue(name);
-            await Call(async () => { await client.DeleteVolumeAsync(volumeName, ct); return 0; }, volumeName);
+            bool withSnapshots = parse.GetValue(recursive);
+            try
+            {
+                await Call(async () => { await client.DeleteVolumeAsync(volumeName, withSnapshots, ct); return 0; }, volumeName);
+            }
+            catch (PlatterApiException e) when (e.Code == "has_dependents")
+            {
+                var hint = withSnapshots ? "delete the clones first" : "use --recursive to delete its snapshots too";
+                throw new CliException($"{PlatterCli.OneLine(e.Message)} ({hint})");
+            }
             if (parse.GetValue(json)) context.Out.WriteLine("{\"deleted\":\"" + System.Text.Json.JsonEncodedText.Encode(volumeName) + "\"}");
-            else context.Out.WriteLine($"deleted volume '{volumeName}'");
+            else context.Out.WriteLine($"deleted volume '{volumeName}'{(withSnapshots ? " and its snapshots" : "")}");
             return PlatterCli.ExitOk;
         });
         return command;
     }
 
-    /// <summary>platter du: space used by the store.</summary>
+    /// <summary>platter du: space used by the store, and by each volume and snapshot.</summary>
     public static Command BuildUsage(CliContext context)
     {
         var json = PlatterCli.JsonOption();
         var api = PlatterCli.ApiSocketOption();
-        var command = new Command("du", "Show the store's space: provisioned (sum of volume sizes), used by data, free in the data files.") { json, api };
+        var command = new Command("du",
+            "Show the store's space (provisioned = sum of volume sizes, used by data, free in the data files) and, per volume and " +
+            "snapshot: ALLOCATED = data it maps, UNIQUE = data only it maps (what deleting it alone would free), " +
+            "SHARED = data it shares with other volumes and snapshots (a snapshot and its volume share what has not changed since).")
+        {
+            json, api,
+        };
         command.SetAction(async (parse, ct) =>
         {
             using var client = PlatterCli.CreateClient(parse, api, context);
             var u = await client.GetUsageAsync(ct);
+            // Volumes, each followed by its snapshots in the server's order (oldest first).
+            var entries = (await client.GetSpaceUsageAsync(ct))
+                .OrderBy(e => VolumeOf(e.Name), StringComparer.Ordinal).ThenBy(e => e.IsSnapshot).ToArray();
             if (parse.GetValue(json))
             {
-                PlatterCli.WriteJson(context, u, PlatterJsonContext.Default.UsageDto);
+                var report = new DiskUsageReport(u.DataFileBytes, u.UsedBytes, u.FreeBytes, u.VolumeCount, u.ProvisionedBytes, entries);
+                PlatterCli.WriteJson(context, report, CliJsonContext.Default.DiskUsageReport);
                 return PlatterCli.ExitOk;
             }
             context.Out.WriteLine($"volumes:      {u.VolumeCount}");
@@ -178,9 +212,23 @@ internal static class VolumeCommands
             context.Out.WriteLine($"used:         {SizeText.Format(u.UsedBytes)}");
             context.Out.WriteLine($"data files:   {SizeText.Format(u.DataFileBytes)}");
             context.Out.WriteLine($"free:         {SizeText.Format(u.FreeBytes)} (inside the data files)");
+            if (entries.Length > 0)
+            {
+                var table = new Table("NAME", "ALLOCATED", "UNIQUE", "SHARED").AlignRight(1, 2, 3);
+                foreach (var e in entries)
+                    table.Add(e.Name, SizeText.Format(e.AllocatedBytes), SizeText.Format(e.UniqueBytes), SizeText.Format(e.SharedBytes));
+                context.Out.WriteLine();
+                context.Out.Write(table.ToString());
+            }
             return PlatterCli.ExitOk;
         });
         return command;
+    }
+
+    private static string VolumeOf(string name)
+    {
+        int at = name.IndexOf('@');
+        return at < 0 ? name : name[..at];
     }
 
     /// <summary>Runs an API call and words "not found" as the user thinks of it.</summary>

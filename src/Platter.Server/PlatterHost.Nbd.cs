@@ -18,6 +18,8 @@ public sealed partial class PlatterHost
             TlsRequired = _options.TlsRequired,
             TlsClientCertificateAuthority = _options.TlsClientCertificateAuthority,
         };
+        // qemu:dirty-bitmap:SNAP (what changed since a snapshot) and qemu:allocation-depth, next to base:allocation.
+        nbdOptions.MetaContextProviders.Add(QemuMetaContextProvider.Instance);
         _nbd = new NbdServer(exports, nbdOptions, _loggerFactory.CreateLogger<NbdServer>());
         if (_options.NbdTcpEndPoint is not null)
         {

@@ -30,13 +30,17 @@ public sealed class VolumeExport : INbdExport
         _volume = volume;
         _readOnly = readOnly;
         Name = volume.Name;
+        Description = volume.IsReadOnly ? "Platter snapshot (read-only)" : "Platter volume";
     }
+
+    /// <summary>The engine handle, for the metadata contexts that read more than allocation from it.</summary>
+    internal Volume Volume => _volume;
 
     /// <inheritdoc />
     public string Name { get; }
 
     /// <inheritdoc />
-    public string? Description => "Platter volume";
+    public string? Description { get; }
 
     /// <inheritdoc />
     public long Size => _volume.SizeBytes;

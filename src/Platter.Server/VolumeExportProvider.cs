@@ -3,7 +3,10 @@ using Platter.Storage;
 
 namespace Platter.Server;
 
-/// <summary>Every volume of a store is an export named after it.</summary>
+/// <summary>
+/// Every volume of a store is an export named after it, and every snapshot a read-only export named
+/// <c>volume@snapshot</c>.
+/// </summary>
 /// <param name="store">The open store.</param>
 /// <param name="readOnly">Serve every export read-only, whatever the volume allows.</param>
 public sealed class VolumeExportProvider(VolumeStore store, bool readOnly = false) : INbdExportProvider
@@ -14,10 +17,16 @@ public sealed class VolumeExportProvider(VolumeStore store, bool readOnly = fals
     /// <inheritdoc />
     public INbdExport? TryOpen(string name)
     {
-        if (VolumeNames.Validate(name) is not null) return null;
+        bool isSnapshot = VolumeNames.TrySplitSnapshotName(name, out var volume, out var snapshot);
+        // Names no volume or snapshot can have are "unknown export", not an error worth a log line.
+        if (VolumeNames.Validate(volume) is not null) return null;
+        if (isSnapshot && VolumeNames.Validate(snapshot) is not null) return null;
         try
         {
-            return new VolumeExport(store.OpenVolume(name), readOnly);
+            // A snapshot handle refuses writes itself; readOnly: true makes the export refuse them before the engine.
+            return isSnapshot
+                ? new VolumeExport(store.OpenSnapshot(volume, snapshot), readOnly: true)
+                : new VolumeExport(store.OpenVolume(name), readOnly);
         }
         catch (StorageException e) when (e.Error == StorageError.NotFound)
         {
@@ -30,9 +39,12 @@ public sealed class VolumeExportProvider(VolumeStore store, bool readOnly = fals
     public IReadOnlyList<(string Name, string? Description)> List()
     {
         var volumes = store.ListVolumes();
-        var list = new (string, string?)[volumes.Count];
-        for (int i = 0; i < volumes.Count; i++)
-            list[i] = (volumes[i].Name, $"Platter volume, {SizeText.Format(volumes[i].SizeBytes)}");
+        var snapshots = store.ListSnapshots();
+        var list = new List<(string, string?)>(volumes.Count + snapshots.Count);
+        foreach (var v in volumes)
+            list.Add((v.Name, $"Platter volume, {SizeText.Format(v.SizeBytes)}"));
+        foreach (var s in snapshots)
+            list.Add((s.FullName, $"Platter snapshot (read-only), {SizeText.Format(s.SizeBytes)}"));
         return list;
     }
 

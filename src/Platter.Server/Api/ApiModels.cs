@@ -5,11 +5,76 @@ using Platter.Storage;
 namespace Platter.Server.Api;
 
 /// <summary>A volume as the management API shows it.</summary>
-public sealed record VolumeDto(string Name, long Id, long SizeBytes, long AllocatedBytes, DateTimeOffset CreatedUtc)
+/// <param name="Name">Name (and NBD export name).</param>
+/// <param name="Id">Internal id, never reused.</param>
+/// <param name="SizeBytes">Virtual size.</param>
+/// <param name="AllocatedBytes">Bytes of data the volume maps.</param>
+/// <param name="CreatedUtc">Creation time.</param>
+/// <param name="Origin">For a clone, the snapshot it was cloned from as <c>volume@snapshot</c>; null otherwise.</param>
+/// <param name="SnapshotCount">Number of snapshots of the volume.</param>
+public sealed record VolumeDto(string Name, long Id, long SizeBytes, long AllocatedBytes, DateTimeOffset CreatedUtc,
+    string? Origin = null, int SnapshotCount = 0)
 {
     /// <summary>Converts the catalog's record.</summary>
-    public static VolumeDto From(VolumeInfo info) => new(info.Name, info.Id, info.SizeBytes, info.AllocatedBytes, info.CreatedUtc);
+    public static VolumeDto From(VolumeInfo info) =>
+        new(info.Name, info.Id, info.SizeBytes, info.AllocatedBytes, info.CreatedUtc, info.Origin, info.SnapshotCount);
 }
+
+/// <summary>A snapshot as the management API shows it.</summary>
+/// <param name="FullName"><c>volume@snapshot</c>: its NBD export name (read-only) and how the CLI names it.</param>
+/// <param name="Volume">The volume it was taken of.</param>
+/// <param name="Name">The snapshot's own name.</param>
+/// <param name="Id">Internal id, never reused.</param>
+/// <param name="SizeBytes">The volume's size when the snapshot was taken.</param>
+/// <param name="AllocatedBytes">Bytes of data the snapshot maps (shared with the volume or not).</param>
+/// <param name="CreatedUtc">When it was taken.</param>
+/// <param name="Clones">Volumes cloned from it; while there are any it cannot be deleted.</param>
+public sealed record SnapshotDto(string FullName, string Volume, string Name, long Id, long SizeBytes, long AllocatedBytes,
+    DateTimeOffset CreatedUtc, IReadOnlyList<string> Clones)
+{
+    /// <summary>Converts the catalog's record.</summary>
+    public static SnapshotDto From(SnapshotInfo info) =>
+        new(info.FullName, info.Volume, info.Name, info.Id, info.SizeBytes, info.AllocatedBytes, info.CreatedUtc, info.Clones);
+}
+
+/// <summary>GET /v1/snapshots and GET /v1/volumes/{name}/snapshots.</summary>
+public sealed record SnapshotListDto(IReadOnlyList<SnapshotDto> Snapshots);
+
+/// <summary>POST /v1/volumes/{name}/snapshots.</summary>
+public sealed record CreateSnapshotRequest(string? Name);
+
+/// <summary>POST /v1/volumes/{name}/snapshots/{snapshot}/clone.</summary>
+public sealed record CloneSnapshotRequest(string? NewName);
+
+/// <summary>A range whose content differs between the two points of a diff.</summary>
+/// <param name="Offset">Byte offset.</param>
+/// <param name="Length">Byte length.</param>
+/// <param name="Allocated">True when the newer point has data there; false when it reads as zeros (trimmed).</param>
+public sealed record ChangedExtentDto(long Offset, long Length, bool Allocated);
+
+/// <summary>GET /v1/volumes/{name}/diff?from=SNAP[&amp;to=SNAP].</summary>
+/// <param name="Volume">The volume.</param>
+/// <param name="From">The older snapshot.</param>
+/// <param name="To">The newer snapshot, or null for the volume's current content.</param>
+/// <param name="ChangedBytes">Sum of the extents' lengths.</param>
+/// <param name="Extents">Changed ranges in offset order, coalesced.</param>
+public sealed record DiffDto(string Volume, string From, string? To, long ChangedBytes, IReadOnlyList<ChangedExtentDto> Extents);
+
+/// <summary>Space one volume or snapshot holds.</summary>
+/// <param name="Name"><c>volume</c> or <c>volume@snapshot</c>.</param>
+/// <param name="IsSnapshot">True for a snapshot.</param>
+/// <param name="AllocatedBytes">Bytes of data it maps.</param>
+/// <param name="UniqueBytes">Bytes only it maps: what deleting it alone would free.</param>
+/// <param name="SharedBytes">Bytes it maps that another volume or snapshot maps too.</param>
+public sealed record SpaceUsageDto(string Name, bool IsSnapshot, long AllocatedBytes, long UniqueBytes, long SharedBytes)
+{
+    /// <summary>Converts the store's record.</summary>
+    public static SpaceUsageDto From(SpaceUsage usage) =>
+        new(usage.Name, usage.IsSnapshot, usage.AllocatedBytes, usage.UniqueBytes, usage.SharedBytes);
+}
+
+/// <summary>GET /v1/space: one entry per volume and per snapshot.</summary>
+public sealed record SpaceUsageListDto(IReadOnlyList<SpaceUsageDto> Entries);
 
 /// <summary>GET /v1/volumes.</summary>
 public sealed record VolumeListDto(IReadOnlyList<VolumeDto> Volumes);
@@ -54,6 +119,12 @@ public sealed record ErrorDto(string Error, string Message);
 [JsonSerializable(typeof(ResizeVolumeRequest))]
 [JsonSerializable(typeof(RenameVolumeRequest))]
 [JsonSerializable(typeof(UsageDto))]
+[JsonSerializable(typeof(SnapshotDto))]
+[JsonSerializable(typeof(SnapshotListDto))]
+[JsonSerializable(typeof(CreateSnapshotRequest))]
+[JsonSerializable(typeof(CloneSnapshotRequest))]
+[JsonSerializable(typeof(DiffDto))]
+[JsonSerializable(typeof(SpaceUsageListDto))]
 [JsonSerializable(typeof(HealthDto))]
 [JsonSerializable(typeof(ErrorDto))]
 public sealed partial class PlatterJsonContext : JsonSerializerContext;
@@ -86,6 +157,7 @@ public static class ApiErrorCodes
         StorageError.BadStore => "bad_store",
         StorageError.Closed => "closed",
         StorageError.InUse => "in_use",
+        StorageError.HasDependents => "has_dependents",
         _ => "storage_error",
     };
 
@@ -96,6 +168,8 @@ public static class ApiErrorCodes
         StorageError.AlreadyExists => 409,
         StorageError.ReadOnly => 409,
         StorageError.InUse => 409,
+        // The request is well formed; the store's state (snapshots, clones) stands in the way: Conflict.
+        StorageError.HasDependents => 409,
         StorageError.InvalidName or StorageError.InvalidArgument or StorageError.OutOfRange => 400,
         StorageError.NoSpace => 507,
         StorageError.Closed => 503,

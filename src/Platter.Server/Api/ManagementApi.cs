@@ -151,10 +151,91 @@ internal static class ManagementApi
         app.MapDelete("/v1/volumes/{name}", (HttpContext http) =>
         {
             var name = RouteName(http);
-            store.DeleteVolume(name);
-            log.LogInformation("deleted volume '{Name}'", name);
+            bool recursive = QueryFlag(http, "recursive");
+            store.DeleteVolume(name, recursive);
+            log.LogInformation("deleted volume '{Name}'{Recursive}", name, recursive ? " and its snapshots" : "");
             http.Response.StatusCode = 204;
             return Task.CompletedTask;
+        });
+
+        app.MapGet("/v1/snapshots", (HttpContext http) =>
+            Write(http, 200, SnapshotList(store.ListSnapshots()), json.SnapshotListDto));
+
+        app.MapGet("/v1/volumes/{name}/snapshots", (HttpContext http) =>
+            Write(http, 200, SnapshotList(store.ListSnapshots(RouteName(http))), json.SnapshotListDto));
+
+        app.MapPost("/v1/volumes/{name}/snapshots", async (HttpContext http) =>
+        {
+            var volume = RouteName(http);
+            var request = await ReadBody(http, json.CreateSnapshotRequest);
+            var snapshot = request.Name ?? throw new BadRequestException("missing 'name'");
+            ThrowIfInvalidSnapshotName(snapshot);
+            var info = store.CreateSnapshot(volume, snapshot);
+            log.LogInformation("created snapshot '{Snapshot}'", info.FullName);
+            http.Response.Headers.Location = SnapshotLocation(info.Volume, info.Name);
+            await Write(http, 201, SnapshotDto.From(info), json.SnapshotDto);
+        });
+
+        app.MapGet("/v1/volumes/{name}/snapshots/{snapshot}", (HttpContext http) =>
+            Write(http, 200, SnapshotDto.From(store.GetSnapshotInfo(RouteName(http), RouteSnapshot(http))), json.SnapshotDto));
+
+        app.MapDelete("/v1/volumes/{name}/snapshots/{snapshot}", (HttpContext http) =>
+        {
+            var volume = RouteName(http);
+            var snapshot = RouteSnapshot(http);
+            store.DeleteSnapshot(volume, snapshot);
+            log.LogInformation("deleted snapshot '{Volume}@{Snapshot}'", volume, snapshot);
+            http.Response.StatusCode = 204;
+            return Task.CompletedTask;
+        });
+
+        app.MapPost("/v1/volumes/{name}/snapshots/{snapshot}/clone", async (HttpContext http) =>
+        {
+            var volume = RouteName(http);
+            var snapshot = RouteSnapshot(http);
+            var request = await ReadBody(http, json.CloneSnapshotRequest);
+            var newName = request.NewName ?? throw new BadRequestException("missing 'newName'");
+            VolumeNames.ThrowIfInvalid(newName);
+            var info = store.CloneSnapshot(volume, snapshot, newName);
+            log.LogInformation("cloned '{Volume}@{Snapshot}' to volume '{Clone}'", volume, snapshot, info.Name);
+            http.Response.Headers.Location = "/v1/volumes/" + Uri.EscapeDataString(info.Name);
+            await Write(http, 201, VolumeDto.From(info), json.VolumeDto);
+        });
+
+        // No body: everything is in the path and ?recursive=true (deletes the snapshots newer than this one).
+        app.MapPost("/v1/volumes/{name}/snapshots/{snapshot}/rollback", (HttpContext http) =>
+        {
+            var volume = RouteName(http);
+            var snapshot = RouteSnapshot(http);
+            bool recursive = QueryFlag(http, "recursive");
+            store.RollbackVolume(volume, snapshot, recursive);
+            log.LogInformation("rolled volume '{Volume}' back to '{Snapshot}'{Recursive}", volume, snapshot,
+                recursive ? ", deleting newer snapshots" : "");
+            return Write(http, 200, VolumeDto.From(store.GetVolumeInfo(volume)), json.VolumeDto);
+        });
+
+        app.MapGet("/v1/volumes/{name}/diff", (HttpContext http) =>
+        {
+            var volume = RouteName(http);
+            var from = QueryString(http, "from") ?? throw new BadRequestException("missing query parameter 'from' (the older snapshot)");
+            var to = QueryString(http, "to");
+            var extents = store.Diff(volume, from, to);
+            var list = new ChangedExtentDto[extents.Count];
+            long changed = 0;
+            for (int i = 0; i < list.Length; i++)
+            {
+                list[i] = new ChangedExtentDto(extents[i].Offset, extents[i].Length, extents[i].Allocated);
+                changed += extents[i].Length;
+            }
+            return Write(http, 200, new DiffDto(volume, from, to, changed, list), json.DiffDto);
+        });
+
+        app.MapGet("/v1/space", (HttpContext http) =>
+        {
+            var usage = store.GetSpaceUsage();
+            var list = new SpaceUsageDto[usage.Count];
+            for (int i = 0; i < list.Length; i++) list[i] = SpaceUsageDto.From(usage[i]);
+            return Write(http, 200, new SpaceUsageListDto(list), json.SpaceUsageListDto);
         });
 
         app.MapFallback((HttpContext http) =>
@@ -165,6 +246,41 @@ internal static class ManagementApi
 
     private static string RouteName(HttpContext http) =>
         http.Request.RouteValues["name"] as string ?? throw new BadRequestException("missing volume name");
+
+    private static string RouteSnapshot(HttpContext http) =>
+        http.Request.RouteValues["snapshot"] as string ?? throw new BadRequestException("missing snapshot name");
+
+    private static string SnapshotLocation(string volume, string snapshot) =>
+        "/v1/volumes/" + Uri.EscapeDataString(volume) + "/snapshots/" + Uri.EscapeDataString(snapshot);
+
+    private static SnapshotListDto SnapshotList(IReadOnlyList<SnapshotInfo> snapshots)
+    {
+        var list = new SnapshotDto[snapshots.Count];
+        for (int i = 0; i < list.Length; i++) list[i] = SnapshotDto.From(snapshots[i]);
+        return new SnapshotListDto(list);
+    }
+
+    private static void ThrowIfInvalidSnapshotName(string name)
+    {
+        // Same rules as volume names (the engine checks them too); worded for snapshots so the user sees which name.
+        var reason = VolumeNames.Validate(name);
+        if (reason is not null) throw new StorageException(StorageError.InvalidName, $"invalid snapshot name '{name}': {reason}");
+    }
+
+    private static string? QueryString(HttpContext http, string key)
+    {
+        var values = http.Request.Query[key];
+        if (values.Count > 1) throw new BadRequestException($"query parameter '{key}' given more than once");
+        var value = values.Count == 1 ? values[0] : null;
+        return string.IsNullOrEmpty(value) ? null : value;
+    }
+
+    private static bool QueryFlag(HttpContext http, string key) => QueryString(http, key) switch
+    {
+        null or "false" or "0" => false,
+        "true" or "1" => true,
+        var other => throw new BadRequestException($"query parameter '{key}' must be true or false, not '{other}'"),
+    };
 
     private static long ValidSize(long? sizeBytes)
     {

@@ -92,7 +92,56 @@ public sealed class PlatterApiClient : IDisposable
     public Task DeleteVolumeAsync(string name, CancellationToken cancellationToken = default) =>
         SendAsync<ErrorDto>(HttpMethod.Delete, VolumePath(name), null, null, cancellationToken);
 
+    /// <summary>DELETE /v1/volumes/{name}?recursive=true|false: with <paramref name="recursive"/> its snapshots go too.</summary>
+    public Task DeleteVolumeAsync(string name, bool recursive, CancellationToken cancellationToken = default) =>
+        SendAsync<ErrorDto>(HttpMethod.Delete, VolumePath(name) + (recursive ? "?recursive=true" : ""), null, null, cancellationToken);
+
+    /// <summary>GET /v1/snapshots: every snapshot of every volume.</summary>
+    public async Task<IReadOnlyList<SnapshotDto>> ListSnapshotsAsync(CancellationToken cancellationToken = default) =>
+        (await SendAsync(HttpMethod.Get, "v1/snapshots", null, Json.SnapshotListDto, cancellationToken).ConfigureAwait(false)).Snapshots;
+
+    /// <summary>GET /v1/volumes/{volume}/snapshots: the volume's snapshots, oldest first.</summary>
+    public async Task<IReadOnlyList<SnapshotDto>> ListSnapshotsAsync(string volume, CancellationToken cancellationToken = default) =>
+        (await SendAsync(HttpMethod.Get, VolumePath(volume) + "/snapshots", null, Json.SnapshotListDto, cancellationToken).ConfigureAwait(false)).Snapshots;
+
+    /// <summary>POST /v1/volumes/{volume}/snapshots.</summary>
+    public Task<SnapshotDto> CreateSnapshotAsync(string volume, string snapshot, CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Post, VolumePath(volume) + "/snapshots",
+            JsonContent.Create(new CreateSnapshotRequest(snapshot), Json.CreateSnapshotRequest), Json.SnapshotDto, cancellationToken);
+
+    /// <summary>GET /v1/volumes/{volume}/snapshots/{snapshot}.</summary>
+    public Task<SnapshotDto> GetSnapshotAsync(string volume, string snapshot, CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Get, SnapshotPath(volume, snapshot), null, Json.SnapshotDto, cancellationToken);
+
+    /// <summary>DELETE /v1/volumes/{volume}/snapshots/{snapshot}; refused (409 has_dependents) while clones of it exist.</summary>
+    public Task DeleteSnapshotAsync(string volume, string snapshot, CancellationToken cancellationToken = default) =>
+        SendAsync<ErrorDto>(HttpMethod.Delete, SnapshotPath(volume, snapshot), null, null, cancellationToken);
+
+    /// <summary>POST /v1/volumes/{volume}/snapshots/{snapshot}/clone: a new writable volume with the snapshot's content.</summary>
+    public Task<VolumeDto> CloneSnapshotAsync(string volume, string snapshot, string newVolume, CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Post, SnapshotPath(volume, snapshot) + "/clone",
+            JsonContent.Create(new CloneSnapshotRequest(newVolume), Json.CloneSnapshotRequest), Json.VolumeDto, cancellationToken);
+
+    /// <summary>
+    /// POST /v1/volumes/{volume}/snapshots/{snapshot}/rollback: the volume's content and size become the snapshot's.
+    /// With <paramref name="recursive"/> newer snapshots are deleted; without, their existence refuses it (409).
+    /// </summary>
+    public Task<VolumeDto> RollbackAsync(string volume, string snapshot, bool recursive = false, CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Post, SnapshotPath(volume, snapshot) + "/rollback" + (recursive ? "?recursive=true" : ""), null, Json.VolumeDto, cancellationToken);
+
+    /// <summary>GET /v1/volumes/{volume}/diff: ranges changed from snapshot <paramref name="from"/> to <paramref name="to"/> (null: the live volume).</summary>
+    public Task<DiffDto> DiffAsync(string volume, string from, string? to = null, CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Get,
+            VolumePath(volume) + "/diff?from=" + Uri.EscapeDataString(from) + (to is null ? "" : "&to=" + Uri.EscapeDataString(to)),
+            null, Json.DiffDto, cancellationToken);
+
+    /// <summary>GET /v1/space: allocated, unique and shared bytes per volume and snapshot.</summary>
+    public async Task<IReadOnlyList<SpaceUsageDto>> GetSpaceUsageAsync(CancellationToken cancellationToken = default) =>
+        (await SendAsync(HttpMethod.Get, "v1/space", null, Json.SpaceUsageListDto, cancellationToken).ConfigureAwait(false)).Entries;
+
     private static string VolumePath(string name) => "v1/volumes/" + Uri.EscapeDataString(name);
+
+    private static string SnapshotPath(string volume, string snapshot) => VolumePath(volume) + "/snapshots/" + Uri.EscapeDataString(snapshot);
 
     private async Task<T> SendAsync<T>(HttpMethod method, string path, HttpContent? content, JsonTypeInfo<T>? type, CancellationToken cancellationToken)
     {
