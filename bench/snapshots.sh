@@ -4,7 +4,8 @@
 #   create  snapshot creation time of a full 1 GiB volume and of a 64 GiB volume (written full when the disk has room,
 #           else 4 KiB in every 64 KiB: a map as large as possible in the space there is). In-process through
 #           VolumeStore (bench/Platter.Bench --snapshots), then end to end with `platter snapshot create` against
-#           `platter serve` on the same store; `platter snapshot list` timed alongside shows the CLI's own start-up.
+#           `platter serve` on the same store; `platter snapshot list` timed alongside shows the CLI's own start-up,
+#           and the API call itself (POST /v1/volumes/VOL/snapshots with curl) shows the server's part.
 #   cow     4 KiB random write IOPS (fio nbd engine, depth 32) right after a snapshot versus before it: on Platter
 #           (`platter snapshot create`) and on qemu-nbd serving a qcow2 with an internal snapshot (qemu-img snapshot -c
 #           while no server has the file open, then served again: the run-peers.sh qcow2-snap target). Every round
@@ -230,7 +231,7 @@ make_src() {
 
 # --- part: create -----------------------------------------------------------------------------------------------
 part_create() {
-  local avail need pattern store="$dir/create-store" i r v t0 t1
+  local avail need pattern store="$dir/create-store" i r v t t0 t1
   avail=$(df -B1 --output=avail "$dir" | tail -n1)
   need=$(( (big_gib + 1 + 20) << 30 )) # both volumes full, and 20 GiB left for the other parts and other users
   pattern=$big_pattern
@@ -262,6 +263,11 @@ h.flush()' || die "nbdsh writes to $v failed"
       record "{\"part\":\"create\",\"how\":\"cli-create\",\"volume\":\"$v\",\"round\":$r,\"us\":$(( (t1 - t0) / 1000 ))}"
       t0=$(date +%s%N); pcli snapshot list "$v"; t1=$(date +%s%N)
       record "{\"part\":\"create\",\"how\":\"cli-list\",\"volume\":\"$v\",\"round\":$r,\"us\":$(( (t1 - t0) / 1000 ))}"
+      # The same API call without the CLI's process start: curl's own wall time of the request.
+      t=$(curl -s -o /dev/null -w '%{http_code} %{time_total}' --max-time 60 --unix-socket "$api" \
+            -H 'Content-Type: application/json' -d "{\"name\":\"api$r\"}" "http://platter/v1/volumes/$v/snapshots")
+      [ "${t%% *}" = 201 ] || die "POST /v1/volumes/$v/snapshots answered ${t%% *}"
+      record "{\"part\":\"create\",\"how\":\"api-create\",\"volume\":\"$v\",\"round\":$r,\"us\":$(awk -v s="${t#* }" 'BEGIN { printf "%d", s * 1e6 }')}"
     done
   done
   stop_pid platter
