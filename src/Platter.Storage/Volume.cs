@@ -10,18 +10,23 @@ namespace Platter.Storage;
 public sealed class Volume : IDisposable
 {
     private readonly VolumeStore _store;
-    private readonly VolumeState _state;
+    private readonly MapOwner _state;
     private volatile bool _disposed;
 
-    internal Volume(VolumeStore store, VolumeState state)
+    internal Volume(VolumeStore store, MapOwner state)
     {
         _store = store;
         _state = state;
     }
 
-    public string Name => _state.Name;
+    /// <summary>The volume's name, or <c>volume@snapshot</c> for a snapshot.</summary>
+    public string Name => _state.DisplayName;
     public long SizeBytes => Volatile.Read(ref _state.SizeBytes);
-    public bool IsReadOnly => false;
+    /// <summary>True for a snapshot: writes, trims and zeroing fail with ReadOnly.</summary>
+    public bool IsReadOnly => _state is SnapshotState;
+
+    // Only writable handles reach the write paths (CheckWritable runs first).
+    private VolumeState Writable => (VolumeState)_state;
 
     /// <summary>Reads; unmapped ranges read as zeros. Throws ChecksumMismatch, IoError, OutOfRange, Closed.</summary>
     public void Read(long offset, Span<byte> destination)
@@ -65,10 +70,10 @@ public sealed class Volume : IDisposable
         }
         long headBytes = (firstWhole << Layout.BlockShift) - offset;
         long wholeBytes = (endWhole - firstWhole) << Layout.BlockShift;
-        if (headBytes > 0) _store.ReadModifyWrite(_state, offset, source[..(int)headBytes]);
-        _store.WriteBlocks(_state, firstWhole, source.Slice((int)headBytes, (int)wholeBytes));
+        if (headBytes > 0) _store.ReadModifyWrite(Writable, offset, source[..(int)headBytes]);
+        _store.WriteBlocks(Writable, firstWhole, source.Slice((int)headBytes, (int)wholeBytes));
         var tail = source[(int)(headBytes + wholeBytes)..];
-        if (!tail.IsEmpty) _store.ReadModifyWrite(_state, endWhole << Layout.BlockShift, tail);
+        if (!tail.IsEmpty) _store.ReadModifyWrite(Writable, endWhole << Layout.BlockShift, tail);
     }
 
     private void WritePartial(long offset, ReadOnlySpan<byte> source)
@@ -76,7 +81,7 @@ public sealed class Volume : IDisposable
         while (!source.IsEmpty)
         {
             int inBlock = (int)Math.Min(source.Length, Layout.BlockBytes - (offset & (Layout.BlockBytes - 1)));
-            _store.ReadModifyWrite(_state, offset, source[..inBlock]);
+            _store.ReadModifyWrite(Writable, offset, source[..inBlock]);
             offset += inBlock;
             source = source[inBlock..];
         }
@@ -90,21 +95,124 @@ public sealed class Volume : IDisposable
     {
         CheckWritable();
         CheckRange(offset, length);
-        _store.ZeroRange(_state, offset, length);
+        _store.ZeroRange(Writable, offset, length);
     }
 
     /// <summary>Names of the snapshots a dirty-bitmap query may name: the volume's snapshots older than this handle's point in time.</summary>
-    public IReadOnlyList<string> DirtyBitmapSnapshots => throw new NotImplementedException();
+    public IReadOnlyList<string> DirtyBitmapSnapshots
+    {
+        get
+        {
+            ThrowIfClosed();
+            var volume = _state is SnapshotState s ? s.Volume : (VolumeState)_state;
+            lock (volume.Lock)
+                return [.. volume.Snapshots.TakeWhile(x => x != _state).Select(x => x.Name)];
+        }
+    }
 
     /// <summary>
     /// Changed-since map from <paramref name="offset"/>: consecutive runs covering at most <paramref name="length"/>
     /// bytes, Allocated meaning "differs from snapshot <paramref name="sinceSnapshot"/>". Returns how many.
     /// NotFound when the volume has no such snapshot (older than this handle's point in time).
+    /// Time is proportional to the changes inside the range.
     /// </summary>
-    public int GetChangedExtents(string sinceSnapshot, long offset, long length, Span<VolumeExtent> destination) => throw new NotImplementedException();
+    public int GetChangedExtents(string sinceSnapshot, long offset, long length, Span<VolumeExtent> destination)
+    {
+        CheckRange(offset, length);
+        if (length == 0 || destination.IsEmpty) return 0;
+        var volume = _state is SnapshotState s ? s.Volume : (VolumeState)_state;
+        long end = offset + length;
+        long firstBlock = offset >> Layout.BlockShift, endBlock = (end + Layout.BlockBytes - 1) >> Layout.BlockShift;
+        var changed = new List<(long Start, long End)>();
+        int runsMax = destination.Length;
+        lock (volume.Lock)
+        {
+            SnapshotState? since = null;
+            foreach (var x in volume.Snapshots)
+            {
+                if (x == _state) break;
+                if (x.Name == sinceSnapshot) since = x;
+            }
+            if (since is null) throw new StorageException(StorageError.NotFound, $"'{Name}' has no older snapshot named '{sinceSnapshot}'");
+            lock (_state.Lock)
+            {
+                MapTree.Diff(since.Map, _state.Map, firstBlock, endBlock, (block, _, _) =>
+                {
+                    if (changed.Count > 0 && changed[^1].End == block) changed[^1] = (changed[^1].Start, block + 1);
+                    else if (changed.Count <= runsMax) changed.Add((block, block + 1));
+                });
+            }
+        }
+        int count = 0;
+        long pos = offset;
+        foreach (var (start, stop) in changed)
+        {
+            long runStart = Math.Max(offset, start << Layout.BlockShift), runEnd = Math.Min(end, stop << Layout.BlockShift);
+            if (runStart > pos)
+            {
+                if (count == destination.Length) return count;
+                destination[count++] = new VolumeExtent(pos, runStart - pos, false);
+            }
+            if (count == destination.Length) return count;
+            destination[count++] = new VolumeExtent(runStart, runEnd - runStart, true);
+            pos = runEnd;
+        }
+        if (pos < end && count < destination.Length) destination[count++] = new VolumeExtent(pos, end - pos, false);
+        return count;
+    }
 
     /// <summary>Allocation depth map from <paramref name="offset"/> (see <see cref="DepthExtent"/>). Returns how many runs.</summary>
-    public int GetAllocationDepth(long offset, long length, Span<DepthExtent> destination) => throw new NotImplementedException();
+    public int GetAllocationDepth(long offset, long length, Span<DepthExtent> destination)
+    {
+        CheckRange(offset, length);
+        if (length == 0 || destination.IsEmpty) return 0;
+        long end = offset + length;
+        long endBlock = (end + Layout.BlockBytes - 1) >> Layout.BlockShift;
+        int count = 0;
+        lock (_state.Lock)
+        {
+            var map = _state.Map;
+            long pos = offset;
+            long block = offset >> Layout.BlockShift;
+            while (block < endBlock && count < destination.Length)
+            {
+                int depth;
+                long next;
+                var entry = map.Get(block);
+                if (!entry.IsMapped)
+                {
+                    depth = 0;
+                    long m = map.NextMapped(block + 1, endBlock);
+                    next = m < 0 ? endBlock : m;
+                }
+                else
+                {
+                    depth = DepthOf(block, entry);
+                    next = block + 1;
+                    while (next < endBlock)
+                    {
+                        var e = map.Get(next);
+                        if (!e.IsMapped || DepthOf(next, e) != depth) break;
+                        next++;
+                    }
+                }
+                long runEnd = Math.Min(end, next << Layout.BlockShift);
+                destination[count++] = new DepthExtent(pos, runEnd - pos, depth);
+                pos = runEnd;
+                block = next;
+            }
+        }
+        return count;
+    }
+
+    // 1 when this volume wrote the block itself; one more for each origin snapshot up the clone chain that maps it too.
+    private int DepthOf(long block, BlockEntry entry)
+    {
+        int depth = 1;
+        for (var origin = _state.Origin; origin is not null && origin.Map.Get(block).PbaPlusOne == entry.PbaPlusOne; origin = origin.Origin)
+            depth++;
+        return depth;
+    }
 
     /// <summary>Makes every acknowledged write durable (group commit shared with all volumes of the store).</summary>
     public ValueTask FlushAsync(CancellationToken cancellationToken = default)

@@ -15,8 +15,9 @@ public sealed partial class VolumeStore
             lock (_catalogLock)
             {
                 if (_byName.ContainsKey(name)) throw new StorageException(StorageError.AlreadyExists, $"a volume named '{name}' already exists");
-                state = new VolumeState(_nextVolumeId++, name, sizeBytes, DateTimeOffset.UtcNow);
-                _catalogOps.AppendCreateVolume(state.Id, sizeBytes, state.Created, name);
+                long id = _nextId++, layer = _nextId++;
+                state = new VolumeState(id, name, sizeBytes, DateTimeOffset.UtcNow, layer, origin: null);
+                _catalogOps.AppendCreateVolume(state.Id, sizeBytes, state.Created, layer, 0, name);
             }
             CommitNow();
             // Visible only once durable, so no write to it can be journaled before its creation.
@@ -70,8 +71,9 @@ public sealed partial class VolumeStore
                 if (newSizeBytes < oldSize)
                 {
                     long firstDropped = state.SizeBlocks;
-                    state.Map.UnmapFrom(firstDropped, state.PendingFrees.Add);
-                    state.PendingOps.AppendUnmap(state.Id, firstDropped, long.MaxValue - firstDropped);
+                    var parent = state.Parent;
+                    state.Map.UnmapFrom(firstDropped, (block, old) => FreeIfUnshared(state, parent, block, old));
+                    AppendUnmapOps(state, parent, firstDropped, long.MaxValue);
                 }
             }
             lock (_catalogLock) _catalogOps.AppendResizeVolume(state.Id, newSizeBytes);
@@ -80,28 +82,8 @@ public sealed partial class VolumeStore
         });
     }
 
-    /// <summary>Deletes the volume and reclaims its space. Open handles start failing with Closed.</summary>
-    public void DeleteVolume(string name)
-    {
-        Admin(() =>
-        {
-            VolumeState state;
-            lock (_catalogLock)
-            {
-                if (!_byName.Remove(name, out state!)) throw new StorageException(StorageError.NotFound, $"no volume named '{name}'");
-            }
-            lock (state.Lock)
-            {
-                state.Deleted = true;
-                state.Map.UnmapFrom(0, state.PendingFrees.Add);
-            }
-            ReleaseRegion(state);
-            lock (_catalogLock) _catalogOps.AppendDeleteVolume(state.Id);
-            CommitNow();
-            lock (_catalogLock) _byId.Remove(state.Id);
-            return 0;
-        });
-    }
+    /// <summary>Deletes a volume without snapshots and reclaims its space. Open handles start failing with Closed.</summary>
+    public void DeleteVolume(string name) => DeleteVolume(name, recursive: false);
 
     private static void ValidateSize(long sizeBytes)
     {

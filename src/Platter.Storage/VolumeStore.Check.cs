@@ -14,14 +14,16 @@ public sealed partial class VolumeStore
     private const int ProblemsMax = 100;
 
     /// <summary>
-    /// Checks the store's consistency: every durable extent belongs to a volume and lies inside it and inside the
-    /// data file; no physical block is mapped twice; the durable map equals the in-memory one; free + used = total.
-    /// With <paramref name="verifyChecksums"/> every mapped block is read and its CRC compared. Commits and
-    /// checkpoints first; run it on an idle store (the CLI runs it offline).
+    /// Checks the store's consistency: the durable catalog and layers rebuild exactly the versions (volumes and
+    /// snapshots) in memory; every record lies inside the data file; no physical block is referenced by two unrelated
+    /// versions; free + referenced (+ reserved, + awaiting reuse) = total. With <paramref name="verifyChecksums"/>
+    /// every referenced block is read and its CRC compared. Waits for background reclaims, commits and checkpoints
+    /// first; run it on an idle store (the CLI runs it offline).
     /// </summary>
     public CheckReport Check(bool verifyChecksums)
     {
         ThrowIfDisposed();
+        WaitForReclaims();
         Checkpoint();
         var problems = new List<string>();
         void Problem(string text)
@@ -32,70 +34,60 @@ public sealed partial class VolumeStore
 
         List<VolumeState> volumes;
         lock (_catalogLock) volumes = [.. _byId.Values];
-        var byId = volumes.ToDictionary(v => v.Id);
         long totalBlocks = _allocator.TotalBlocks;
-        var physical = new List<(long Pba, int Count, long VolumeId, long Block)>();
-        var durableMapped = new Dictionary<long, long>();
-        long records = 0, verified = 0;
-        var buffer = new byte[Layout.BlockBytes];
+        long records = 0;
 
-        _metadata.VisitExtents((volumeId, block, count, pba, _, crcs) =>
+        // 1. The durable form rebuilds the same versions.
+        using (var view = _metadata.OpenView())
         {
-            records++;
-            if (!byId.TryGetValue(volumeId, out var state))
+            var layers = new HashSet<long>();
+            try
             {
-                Problem($"extent at block {block} belongs to volume {volumeId}, which does not exist");
-                return;
-            }
-            if (block + count > state.SizeBlocks)
-                Problem($"volume '{state.Name}': extent [{block}, {block + count}) lies past the end ({state.SizeBlocks} blocks)");
-            if (pba < 0 || pba + count > totalBlocks)
-                Problem($"volume '{state.Name}': extent at block {block} points at physical [{pba}, {pba + count}), outside the data file ({totalBlocks} blocks)");
-            physical.Add((pba, count, volumeId, block));
-            durableMapped[volumeId] = durableMapped.GetValueOrDefault(volumeId) + count;
-            lock (state.Lock)
-            {
-                for (int i = 0; i < count; i++)
+                var durable = Catalog.Load(view);
+                foreach (var v in volumes)
                 {
-                    var entry = state.Map.Get(block + i);
-                    uint crc = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(crcs[(4 * i)..]);
-                    if (!entry.IsMapped || entry.Pba != pba + i || entry.Crc != crc)
+                    if (!durable.Volumes.TryGetValue(v.Id, out var d))
                     {
-                        Problem($"volume '{state.Name}': block {block + i} differs between the durable map and memory");
-                        break;
+                        Problem($"volume '{v.Name}' is not in the durable catalog");
+                        continue;
                     }
+                    if (d.Name != v.Name || d.SizeBytes != v.SizeBytes || d.LayerId != v.LayerId)
+                        Problem($"volume '{v.Name}': durable catalog says name '{d.Name}', size {d.SizeBytes}, layer {d.LayerId}; memory says {v.SizeBytes}, layer {v.LayerId}");
+                    CompareMaps(v.Name, d.Map, v, Problem);
+                    List<SnapshotState> snaps;
+                    lock (v.Lock) snaps = [.. v.Snapshots];
+                    if (!snaps.Select(s => (s.Id, s.Name, s.LayerId)).SequenceEqual(d.Snapshots.Select(s => (s.Id, s.Name, s.LayerId))))
+                        Problem($"volume '{v.Name}': durable snapshots [{string.Join(", ", d.Snapshots.Select(s => s.Name))}] differ from memory [{string.Join(", ", snaps.Select(s => s.Name))}]");
+                    else
+                        for (int i = 0; i < snaps.Count; i++) CompareMaps(snaps[i].DisplayName, d.Snapshots[i].Map, snaps[i], Problem);
                 }
-            }
-            if (verifyChecksums && pba >= 0 && pba + count <= totalBlocks)
-            {
-                for (int i = 0; i < count; i++)
+                foreach (var d in durable.Volumes.Values)
                 {
-                    _data.Read((pba + i) << Layout.BlockShift, buffer);
-                    verified++;
-                    uint crc = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(crcs[(4 * i)..]);
-                    if (Crc32C.Compute(buffer) != crc)
-                        Problem($"volume '{state.Name}': checksum mismatch at offset {(block + i) << Layout.BlockShift} (physical block {pba + i})");
+                    if (!volumes.Any(v => v.Id == d.Id)) Problem($"the durable catalog holds volume '{d.Name}' ({d.Id}), which memory does not");
+                    layers.Add(d.LayerId);
+                    foreach (var s in d.Snapshots) layers.Add(s.LayerId);
                 }
             }
-        });
-
-        long mapped = 0;
-        foreach (var v in volumes)
-        {
-            long inMemory;
-            lock (v.Lock) inMemory = v.Map.MappedBlocks;
-            mapped += inMemory;
-            if (durableMapped.GetValueOrDefault(v.Id) != inMemory)
-                Problem($"volume '{v.Name}': {durableMapped.GetValueOrDefault(v.Id)} blocks mapped durably but {inMemory} in memory");
+            catch (StorageException e)
+            {
+                Problem($"the durable catalog cannot be loaded: {e.Message}");
+            }
+            view.VisitAll((layer, block, count, pba, _, _) =>
+            {
+                records++;
+                if (!layers.Contains(layer)) Problem($"extent record at block {block} belongs to layer {layer}, which no volume or snapshot owns");
+                if (pba != MetadataStore.TombstonePba && (pba < 0 || pba + count > totalBlocks))
+                    Problem($"layer {layer}: extent at block {block} points at physical [{pba}, {pba + count}), outside the data file ({totalBlocks} blocks)");
+            });
         }
 
-        // No physical block mapped twice, and none of them free.
-        physical.Sort((a, b) => a.Pba.CompareTo(b.Pba));
-        for (int i = 1; i < physical.Count; i++)
+        // 2. Physical space: each referenced block once, none of them free, and everything adds up.
+        var used = ReferencedEntries(volumes);
+        used.Sort((a, b) => a.Pba.CompareTo(b.Pba));
+        for (int i = 1; i < used.Count; i++)
         {
-            var (p, c, vol, blk) = physical[i - 1];
-            if (p + c > physical[i].Pba)
-                Problem($"physical block {physical[i].Pba} is mapped twice (volume {vol} block {blk} and volume {physical[i].VolumeId} block {physical[i].Block})");
+            if (used[i].Pba == used[i - 1].Pba)
+                Problem($"physical block {used[i].Pba} is mapped by '{used[i - 1].Owner}' block {used[i - 1].Block} and by '{used[i].Owner}' block {used[i].Block}");
         }
         List<(long Start, long Length)> free;
         long quarantined;
@@ -109,18 +101,69 @@ public sealed partial class VolumeStore
         foreach (var (start, length) in free)
         {
             freeBlocks += length;
-            while (u < physical.Count && physical[u].Pba + physical[u].Count <= start) u++;
-            if (u < physical.Count && physical[u].Pba < start + length)
-                Problem($"physical blocks [{start}, {start + length}) are free but volume {physical[u].VolumeId} maps block {physical[u].Pba}");
+            while (u < used.Count && used[u].Pba < start) u++;
+            if (u < used.Count && used[u].Pba < start + length)
+                Problem($"physical block {used[u].Pba} is free but '{used[u].Owner}' maps it at block {used[u].Block}");
         }
-
-        // Space between "used" and "free": volumes' reserved regions and blocks waiting in quarantine.
         long reserved = 0;
         foreach (var v in volumes)
             lock (v.RegionLock) reserved += v.RegionEnd - v.RegionNext;
-        if (mapped + freeBlocks + reserved + quarantined != totalBlocks)
-            Problem($"space does not add up: {mapped} mapped + {freeBlocks} free + {reserved} reserved + {quarantined} awaiting reuse != {totalBlocks} total blocks");
+        if (used.Count + freeBlocks + reserved + quarantined != totalBlocks)
+            Problem($"space does not add up: {used.Count} referenced + {freeBlocks} free + {reserved} reserved + {quarantined} awaiting reuse != {totalBlocks} total blocks");
+        if (Interlocked.Read(ref _referencedBlocks) != used.Count)
+            Problem($"the store counts {Interlocked.Read(ref _referencedBlocks)} referenced blocks but the maps reference {used.Count}");
 
-        return new CheckReport(problems, volumes.Count, records, mapped, freeBlocks, totalBlocks, verified);
+        long verified = 0;
+        if (verifyChecksums)
+        {
+            var buffer = new byte[Layout.BlockBytes];
+            foreach (var (pba, crc, owner, block) in used)
+            {
+                if (pba >= totalBlocks) continue;
+                _data.Read(pba << Layout.BlockShift, buffer);
+                verified++;
+                if (Crc32C.Compute(buffer) != crc)
+                    Problem($"'{owner}': checksum mismatch at offset {block << Layout.BlockShift} (physical block {pba})");
+            }
+        }
+        return new CheckReport(problems, volumes.Count, records, used.Count, freeBlocks, totalBlocks, verified);
+    }
+
+    private static void CompareMaps(string name, MapTree durable, MapOwner live, Action<string> problem)
+    {
+        MapTree liveMap;
+        lock (live.Lock) liveMap = live is VolumeState v ? v.Map.Snapshot() : live.Map;
+        long differing = 0, first = -1;
+        MapTree.Diff(durable, liveMap, 0, long.MaxValue, (block, _, _) =>
+        {
+            if (differing++ == 0) first = block;
+        });
+        if (differing > 0) problem($"'{name}': {differing} blocks differ between the durable map and memory (first at block {first})");
+        long sizeBlocks = live.SizeBlocks;
+        if (liveMap.NextMapped(sizeBlocks, long.MaxValue) is var past and >= 0)
+            problem($"'{name}': block {past} is mapped past the end ({sizeBlocks} blocks)");
+    }
+
+    /// <summary>Like <see cref="ReferencedBlocks"/>, with each block's CRC and the first version and block mapping it.</summary>
+    private static List<(long Pba, uint Crc, string Owner, long Block)> ReferencedEntries(IEnumerable<VolumeState> volumes)
+    {
+        var used = new List<(long, uint, string, long)>();
+        foreach (var v in volumes)
+        {
+            List<MapOwner> chain;
+            lock (v.Lock) chain = [.. v.Snapshots, v];
+            MapTree? previous = v.OriginSnapshot?.Map;
+            foreach (var version in chain)
+            {
+                MapTree map;
+                lock (version.Lock) map = version is VolumeState h ? h.Map.Snapshot() : version.Map;
+                MapTree.Diff(previous, map, 0, long.MaxValue, (block, _, newer) =>
+                {
+                    if (newer.IsMapped) used.Add((newer.Pba, newer.Crc, version.DisplayName, block));
+                });
+                previous = map;
+            }
+        }
+        return used;
     }
 }

@@ -286,17 +286,10 @@ public sealed partial class VolumeStore
     // Rebuilds memory from the KV store plus the journal, derives free space, and checkpoints what was replayed.
     private void Recover()
     {
-        var catalog = new Dictionary<long, VolumeState>();
-        _metadata.Load(
-            v => catalog.Add(v.Id, new VolumeState(v.Id, v.Name, v.SizeBytes, v.Created)),
-            (volumeId, block, count, pba, _, crcs) =>
-            {
-                if (!catalog.TryGetValue(volumeId, out var state))
-                    throw new StorageException(StorageError.BadStore, $"the metadata maps blocks of volume {volumeId}, which the catalog does not hold; run `platter check`");
-                for (int i = 0; i < count; i++)
-                    state.Map.Set(block + i, BlockEntry.Mapped(pba + i, System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(crcs[(4 * i)..])));
-            });
-        long nextId = _metadata.NextVolumeId;
+        Catalog catalog;
+        using (var view = _metadata.OpenView())
+            catalog = Catalog.Load(view);
+        long nextId = _metadata.NextId;
         var records = _journal.ReadRecords(_metadata.AppliedSequence);
         if (records.Count > 0 && !LastRecordDataIsDurable(records[^1].Payload))
         {
@@ -309,13 +302,13 @@ public sealed partial class VolumeStore
         {
             var reader = new OpReader(payload);
             while (reader.TryRead(out var op))
-                ReplayOp(catalog, op, ref nextId);
+                catalog.Replay(op, ref nextId);
             replayed.Add((sequence, payload, payload.Length));
             last = sequence;
         }
         _nextSequence = last + 1;
-        _nextVolumeId = Math.Max(nextId, catalog.Count == 0 ? 1 : catalog.Keys.Max() + 1);
-        foreach (var state in catalog.Values)
+        _nextId = nextId;
+        foreach (var state in catalog.Volumes.Values)
         {
             _byId.Add(state.Id, state);
             _byName.Add(state.Name, state);
@@ -323,12 +316,9 @@ public sealed partial class VolumeStore
         if (replayed.Count > 0)
             _logger.LogInformation("Replayed {Batches} journaled batches (sequences {First}..{Last})", replayed.Count, replayed[0].Sequence, last);
 
-        // Free space is everything the maps do not reference.
+        // Free space is everything no version of any volume references.
         long dataBlocks = _data.Length / Layout.BlockBytes;
-        var used = new List<long>();
-        foreach (var state in catalog.Values)
-            foreach (var (_, entry) in state.Map.EnumerateMapped())
-                used.Add(entry.Pba);
+        var used = ReferencedBlocks(catalog.Volumes.Values);
         used.Sort();
         var runs = new List<(long Start, long Length)>();
         for (int i = 0; i < used.Count; i++)
@@ -341,31 +331,56 @@ public sealed partial class VolumeStore
             else runs.Add((used[i], 1));
         }
         _allocator.Initialize(dataBlocks, runs);
+        _referencedBlocks = used.Count;
         // With the replayed batches in the KV store, both journal halves hold only applied records.
         ApplyToMetadata(replayed);
         _journal.Reset();
+    }
+
+    /// <summary>
+    /// Every physical block referenced by any version of the volumes, each once: a block is listed by the oldest
+    /// version that maps it (where it differs from that version's parent), since versions share what they inherit.
+    /// </summary>
+    private static List<long> ReferencedBlocks(IEnumerable<VolumeState> volumes)
+    {
+        var used = new List<long>();
+        foreach (var v in volumes)
+        {
+            MapTree? previous = v.OriginSnapshot?.Map;
+            foreach (var version in v.Snapshots.Select(x => x.Map).Append(v.Map))
+            {
+                MapTree.Diff(previous, version, 0, long.MaxValue, (_, _, newer) =>
+                {
+                    if (newer.IsMapped) used.Add(newer.Pba);
+                });
+                previous = version;
+            }
+        }
+        return used;
     }
 
     // The record and its data were synced together: if the crash came during that sync, some blocks the record maps
     // may not be on disk. Every block the record leaves mapped must match its checksum, or the record never completed.
     private bool LastRecordDataIsDurable(byte[] payload)
     {
-        var final = new Dictionary<(long Volume, long Block), (long Pba, uint Crc)>();
+        var final = new Dictionary<(long Layer, long Block), (long Pba, uint Crc)>();
         var reader = new OpReader(payload);
         while (reader.TryRead(out var op))
         {
             switch (op.Kind)
             {
                 case OpKind.MapExtent:
-                    for (int i = 0; i < op.Count; i++) final[(op.VolumeId, op.Block + i)] = (op.Pba + i, op.Crc(i));
+                    for (int i = 0; i < op.Count; i++) final[(op.LayerId, op.Block + i)] = (op.Pba + i, op.Crc(i));
                     break;
                 case OpKind.Unmap:
-                case OpKind.DeleteVolume:
+                case OpKind.Tombstone:
                 {
-                    long start = op.Kind == OpKind.Unmap ? op.Block : 0;
-                    long end = op.Kind == OpKind.Unmap && op.Count < long.MaxValue - op.Block ? op.Block + op.Count : long.MaxValue;
-                    long volume = op.VolumeId;
-                    foreach (var key in final.Keys.Where(k => k.Volume == volume && k.Block >= start && k.Block < end).ToList())
+                    // Blocks unmapped later in the same record need not have reached the disk. (Other operations only
+                    // make the check stricter by leaving blocks in it.)
+                    long start = op.Block;
+                    long end = op.Count < long.MaxValue - op.Block ? op.Block + op.Count : long.MaxValue;
+                    long layer = op.LayerId;
+                    foreach (var key in final.Keys.Where(k => k.Layer == layer && k.Block >= start && k.Block < end).ToList())
                         final.Remove(key);
                     break;
                 }
@@ -379,41 +394,5 @@ public sealed partial class VolumeStore
             if (Crc32C.Compute(buffer) != crc) return false;
         }
         return true;
-    }
-
-    private static void ReplayOp(Dictionary<long, VolumeState> catalog, in Op op, ref long nextId)
-    {
-        switch (op.Kind)
-        {
-            case OpKind.CreateVolume:
-                catalog[op.VolumeId] = new VolumeState(op.VolumeId, op.Name, op.SizeBytes, new DateTimeOffset(op.CreatedTicks, TimeSpan.Zero));
-                nextId = Math.Max(nextId, op.VolumeId + 1);
-                return;
-        }
-        if (!catalog.TryGetValue(op.VolumeId, out var state))
-            throw new StorageException(StorageError.BadStore, $"the journal names volume {op.VolumeId}, which the catalog does not hold");
-        switch (op.Kind)
-        {
-            case OpKind.MapExtent:
-                for (int i = 0; i < op.Count; i++)
-                    state.Map.Set(op.Block + i, BlockEntry.Mapped(op.Pba + i, op.Crc(i)));
-                break;
-            case OpKind.Unmap:
-            {
-                long end = op.Count >= long.MaxValue - op.Block ? long.MaxValue : op.Block + op.Count;
-                for (long b = state.Map.NextMapped(op.Block, end); b >= 0; b = state.Map.NextMapped(b + 1, end))
-                    state.Map.Set(b, default);
-                break;
-            }
-            case OpKind.DeleteVolume:
-                catalog.Remove(op.VolumeId);
-                break;
-            case OpKind.ResizeVolume:
-                state.SizeBytes = op.SizeBytes;
-                break;
-            case OpKind.RenameVolume:
-                state.Name = op.Name;
-                break;
-        }
     }
 }

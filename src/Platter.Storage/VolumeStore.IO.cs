@@ -40,13 +40,16 @@ public sealed partial class VolumeStore
                         ? new StorageException(StorageError.Closed, $"volume '{state.Name}' was deleted")
                         : new StorageException(StorageError.OutOfRange, $"volume '{state.Name}' shrank below this write");
                 }
+                var parent = state.Parent;
                 for (int i = 0; i < got; i++)
                 {
-                    var old = state.Map.Set(firstBlock + done + i, BlockEntry.Mapped(pba + i, crcs[i]));
-                    if (old.IsMapped) state.PendingFrees.Add(old.Pba);
+                    long block = firstBlock + done + i;
+                    var old = state.Map.Set(block, BlockEntry.Mapped(pba + i, crcs[i]));
+                    if (old.IsMapped) FreeIfUnshared(state, parent, block, old);
                 }
+                Interlocked.Add(ref _referencedBlocks, got);
                 int before = state.PendingOps.Length;
-                state.PendingOps.AppendMapExtent(state.Id, firstBlock + done, crcs[..got], pba);
+                state.PendingOps.AppendMapExtent(state.LayerId, firstBlock + done, crcs[..got], pba);
                 opBytes = state.PendingOps.Length - before;
             }
             NotePendingBytes(opBytes, (long)got << Layout.BlockShift);
@@ -56,8 +59,20 @@ public sealed partial class VolumeStore
         Interlocked.Add(ref Counters.WriteBytes, data.Length);
     }
 
+    /// <summary>
+    /// A volume unmapped or replaced a block's entry: the block is free unless the volume's parent (its newest
+    /// snapshot, or its origin) still maps it. Nothing else can: versions share a block only along their lineage, and
+    /// every version between the parent and the volume is the parent itself. Caller holds the volume's lock.
+    /// </summary>
+    private void FreeIfUnshared(VolumeState state, SnapshotState? parent, long block, BlockEntry old)
+    {
+        if (parent is not null && parent.Map.Get(block).PbaPlusOne == old.PbaPlusOne) return;
+        state.PendingFrees.Add(old.Pba);
+        Interlocked.Decrement(ref _referencedBlocks);
+    }
+
     /// <summary>Reads whole blocks, verifying each mapped block's checksum; unmapped blocks read as zeros.</summary>
-    internal void ReadBlocks(VolumeState state, long firstBlock, Span<byte> destination)
+    internal void ReadBlocks(MapOwner state, long firstBlock, Span<byte> destination)
     {
         int blocks = destination.Length >> Layout.BlockShift;
         long epoch = _epochs.Enter();
@@ -68,7 +83,7 @@ public sealed partial class VolumeStore
             entries = entries[..blocks];
             lock (state.Lock)
             {
-                if (state.Deleted) throw new StorageException(StorageError.Closed, $"volume '{state.Name}' was deleted");
+                if (state.Deleted) throw new StorageException(StorageError.Closed, $"'{state.DisplayName}' was deleted");
                 state.Map.Get(firstBlock, entries);
             }
             Span<uint> actual = stackalloc uint[64];
@@ -93,7 +108,7 @@ public sealed partial class VolumeStore
                 }
                 catch (IOException e)
                 {
-                    throw DeviceError(e, $"read of volume '{state.Name}' at offset {(firstBlock + i) << Layout.BlockShift}");
+                    throw DeviceError(e, $"read of '{state.DisplayName}' at offset {(firstBlock + i) << Layout.BlockShift}");
                 }
                 for (int b = i; b < k; b += actual.Length)
                 {
@@ -127,18 +142,36 @@ public sealed partial class VolumeStore
         {
             if (state.Deleted) throw new StorageException(StorageError.Closed, $"volume '{state.Name}' was deleted");
             long end = firstBlock + count;
+            var parent = state.Parent;
             bool any = false;
             for (long b = state.Map.NextMapped(firstBlock, end); b >= 0; b = state.Map.NextMapped(b + 1, end))
             {
-                state.PendingFrees.Add(state.Map.Set(b, default).Pba);
+                FreeIfUnshared(state, parent, b, state.Map.Set(b, default));
                 any = true;
             }
             if (!any) return; // already reads as zeros: nothing to journal
             int before = state.PendingOps.Length;
-            state.PendingOps.AppendUnmap(state.Id, firstBlock, count);
+            AppendUnmapOps(state, parent, firstBlock, end);
             opBytes = state.PendingOps.Length - before;
         }
         NotePendingBytes(opBytes, 0);
+    }
+
+    /// <summary>
+    /// Journals that [firstBlock, end) of the volume reads as zeros: the range leaves the volume's layer, and where the
+    /// parent maps blocks a tombstone hides them. Caller holds the volume's lock.
+    /// </summary>
+    private static void AppendUnmapOps(VolumeState state, SnapshotState? parent, long firstBlock, long end)
+    {
+        state.PendingOps.AppendUnmap(state.LayerId, firstBlock, end - firstBlock);
+        if (parent is null) return;
+        long parentEnd = Math.Min(end, parent.SizeBlocks);
+        for (long b = parent.Map.NextMapped(firstBlock, parentEnd); b >= 0; )
+        {
+            long runEnd = parent.Map.NextUnmapped(b + 1, parentEnd);
+            state.PendingOps.AppendTombstone(state.LayerId, b, runEnd - b);
+            b = parent.Map.NextMapped(runEnd, parentEnd);
+        }
     }
 
     /// <summary>Makes a byte range read as zeros: whole blocks are unmapped, partial blocks rewritten with zeros.</summary>
@@ -320,11 +353,11 @@ public sealed partial class VolumeStore
         return new StorageException(StorageError.IoError, $"I/O error during {what}: {e.Message}", e);
     }
 
-    private StorageException ChecksumError(VolumeState state, long block, long pba)
+    private StorageException ChecksumError(MapOwner state, long block, long pba)
     {
         Interlocked.Increment(ref Counters.ChecksumErrors);
         long offset = block << Layout.BlockShift;
-        _logger.LogError("Checksum mismatch in volume '{Volume}' at offset {Offset} (physical block {Pba})", state.Name, offset, pba);
-        return new StorageException(StorageError.ChecksumMismatch, $"checksum mismatch in volume '{state.Name}' at offset {offset} (physical block {pba})");
+        _logger.LogError("Checksum mismatch in '{Volume}' at offset {Offset} (physical block {Pba})", state.DisplayName, offset, pba);
+        return new StorageException(StorageError.ChecksumMismatch, $"checksum mismatch in '{state.DisplayName}' at offset {offset} (physical block {pba})");
     }
 }

@@ -38,7 +38,9 @@ public sealed partial class VolumeStore : IDisposable
     private readonly Dictionary<long, VolumeState> _byId = new();
     private OpLog _catalogOps = new(256);
     private readonly List<long> _catalogFrees = new();
-    private long _nextVolumeId;
+    private long _nextId;
+    // Distinct physical blocks referenced by any version of any volume (mapped, not yet freed).
+    private long _referencedBlocks;
 
     private long _pendingOpBytes;
     private volatile bool _disposed;
@@ -153,15 +155,9 @@ public sealed partial class VolumeStore : IDisposable
         ThrowIfDisposed();
         List<VolumeState> states;
         lock (_catalogLock) states = [.. _byName.Values];
-        long used = 0, provisioned = 0;
-        foreach (var s in states)
-        {
-            lock (s.Lock)
-            {
-                used += s.Map.MappedBlocks;
-                provisioned += s.SizeBytes;
-            }
-        }
+        long provisioned = 0;
+        foreach (var s in states) provisioned += Volatile.Read(ref s.SizeBytes);
+        long used = Interlocked.Read(ref _referencedBlocks);
         long free = _allocator.FreeBlocks + ReservedRegionBlocks();
         return new StoreUsage(_data.Length, used * Layout.BlockBytes, free * Layout.BlockBytes, states.Count, provisioned);
     }
@@ -189,6 +185,7 @@ public sealed partial class VolumeStore : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
+        WaitForReclaims();
         StopCommitter();
         _journal.Dispose();
         _file.Dispose();

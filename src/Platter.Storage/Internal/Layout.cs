@@ -59,6 +59,12 @@ internal static class Layout
     /// <summary>Stripes of the lock that serialises read-modify-write of partial blocks (two sector writes into one block).</summary>
     public const int RmwLockStripes = 64;
 
+    /// <summary>
+    /// Largest reclaim (blocks of the maps compared) done before a delete or rollback returns; larger ones run in the
+    /// background. 64 Ki blocks (256 MiB of data) compare in a few milliseconds.
+    /// </summary>
+    public const long InlineReclaimBlocks = 1 << 16;
+
     /// <summary>LMDB address space reservation: the largest the metadata file may grow to (1 TiB of virtual space, not disk).</summary>
     public const long MetadataMapBytes = 1L << 40;
 }

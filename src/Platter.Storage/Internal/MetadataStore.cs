@@ -4,33 +4,45 @@ using Platter.Lmdb;
 
 namespace Platter.Storage.Internal;
 
-/// <summary>A volume as the catalog stores it.</summary>
-internal sealed record CatalogVolume(long Id, string Name, long SizeBytes, DateTimeOffset Created);
+/// <summary>A volume as the catalog stores it: its writes go to <see cref="LayerId"/>; a clone names its origin snapshot.</summary>
+internal sealed record CatalogVolume(long Id, string Name, long SizeBytes, DateTimeOffset Created, long LayerId, long OriginSnapshotId);
+
+/// <summary>A snapshot as the catalog stores it. A volume's snapshots in id order form its chain (oldest first).</summary>
+internal sealed record CatalogSnapshot(long Id, long VolumeId, string Name, long SizeBytes, DateTimeOffset Created, long LayerId);
 
 /// <summary>
-/// The durable metadata in LMDB: the catalog and every volume's extent map as of the last checkpoint.
+/// The durable metadata in LMDB: the catalog and every layer's extent records as of the last checkpoint.
+/// A version of a volume (the volume itself or a snapshot) is its parent's content overlaid with its own layer:
+/// a volume's chain is its origin snapshot (for a clone), its snapshots oldest first, then the volume.
 /// Databases:
-///   meta:    "format" -> u32, "applied-sequence" -> u64, "next-volume-id" -> u64
-///   volumes: id (u64 BE) -> {size u64, created ticks i64, name length u16, name utf8}
-///   extents: volume id (u64 BE) ++ first block (u64 BE) -> {pba u64, count u32, birth u64, crc32c u32 x count}
-/// Keys are big-endian so LMDB's byte order is numeric order: one volume's extents are one contiguous, sorted range.
-/// Extents never overlap, never exceed <see cref="Layout.ExtentBlocksMax"/> blocks, and adjacent ones that continue each
-/// other physically (same birth) are merged as they are written.
+///   meta:      "format" -> u32, "applied-sequence" -> u64, "next-id" -> u64, "journal-bytes" -> u64
+///   volumes:   id (u64 BE) -> {size u64, created ticks i64, layer u64, origin snapshot u64, name length u16, name utf8}
+///   snapshots: id (u64 BE) -> {volume u64, layer u64, size u64, created ticks i64, name length u16, name utf8}
+///   extents:   layer (u64 BE) ++ first block (u64 BE) -> {pba i64, count u32, birth u64, crc32c u32 x count}
+///              a tombstone (the range reads as zeros although the parent maps it) has pba -1 and no CRCs.
+/// Keys are big-endian so LMDB's byte order is numeric order: one layer's records are one contiguous, sorted range.
+/// Records never overlap within a layer; extents hold at most <see cref="Layout.ExtentBlocksMax"/> blocks, and
+/// adjacent ones that continue each other physically (same birth) are merged as they are written.
+/// Ids of volumes, snapshots and layers come from one counter and are never reused.
 /// </summary>
 internal sealed class MetadataStore : IDisposable
 {
-    public const uint FormatVersion = 1;
+    public const uint FormatVersion = 2;
     private const int KeyBytes = 16;
     private const int ExtentHeaderBytes = 20;
+    /// <summary>Physical block recorded for a tombstone.</summary>
+    public const long TombstonePba = -1;
+    private const int TombstoneBlocksMax = 1 << 30;
 
     private static readonly byte[] FormatKey = "format"u8.ToArray();
     private static readonly byte[] AppliedSequenceKey = "applied-sequence"u8.ToArray();
-    private static readonly byte[] NextVolumeIdKey = "next-volume-id"u8.ToArray();
+    private static readonly byte[] NextIdKey = "next-id"u8.ToArray();
     private static readonly byte[] JournalBytesKey = "journal-bytes"u8.ToArray();
 
     private readonly LmdbEnvironment _env;
     private readonly LmdbDatabase _meta;
     private readonly LmdbDatabase _volumes;
+    private readonly LmdbDatabase _snapshots;
     private readonly LmdbDatabase _extents;
 
     /// <summary>Opens the metadata; a new store records <paramref name="journalRegionBytes"/>, an existing one reports its own.</summary>
@@ -40,6 +52,7 @@ internal sealed class MetadataStore : IDisposable
         using var txn = _env.BeginTransaction(readOnly: false);
         _meta = txn.OpenDatabase("meta", create: true);
         _volumes = txn.OpenDatabase("volumes", create: true);
+        _snapshots = txn.OpenDatabase("snapshots", create: true);
         _extents = txn.OpenDatabase("extents", create: true);
         if (txn.TryGet(_meta, FormatKey, out var format))
         {
@@ -64,27 +77,58 @@ internal sealed class MetadataStore : IDisposable
 
     public long JournalRegionBytes { get; }
     public long AppliedSequence { get; private set; }
-    public long NextVolumeId { get; private set; } = 1;
+    public long NextId { get; private set; } = 1;
 
-    /// <summary>Reads the catalog (to <paramref name="onVolume"/>) and then streams every extent to <paramref name="onExtent"/>.</summary>
-    public void Load(Action<CatalogVolume> onVolume, ExtentVisitor onExtent)
+    /// <summary>A consistent read-only view of the durable catalog and layers.</summary>
+    public sealed class View : IDisposable
     {
-        using var txn = _env.BeginTransaction(readOnly: true);
-        AppliedSequence = txn.TryGet(_meta, AppliedSequenceKey, out var applied) ? BinaryPrimitives.ReadInt64LittleEndian(applied) : 0;
-        NextVolumeId = txn.TryGet(_meta, NextVolumeIdKey, out var next) ? BinaryPrimitives.ReadInt64LittleEndian(next) : 1;
-        using (var cursor = txn.OpenCursor(_volumes))
+        private readonly MetadataStore _store;
+        private readonly LmdbTransaction _txn;
+
+        internal View(MetadataStore store)
         {
-            for (bool ok = cursor.First(); ok; ok = cursor.Next())
-                onVolume(DecodeVolume(BinaryPrimitives.ReadInt64BigEndian(cursor.Key), cursor.Value));
+            _store = store;
+            _txn = store._env.BeginTransaction(readOnly: true);
         }
-        using (var cursor = txn.OpenCursor(_extents))
+
+        public long AppliedSequence => _txn.TryGet(_store._meta, AppliedSequenceKey, out var v) ? BinaryPrimitives.ReadInt64LittleEndian(v) : 0;
+        public long NextId => _txn.TryGet(_store._meta, NextIdKey, out var v) ? BinaryPrimitives.ReadInt64LittleEndian(v) : 1;
+        public List<CatalogVolume> Volumes() => _store.ReadVolumes(_txn);
+        public List<CatalogSnapshot> Snapshots() => _store.ReadSnapshots(_txn);
+
+        /// <summary>Streams one layer's records in block order (tombstones have pba -1 and no CRCs).</summary>
+        public void VisitLayer(long layerId, ExtentVisitor visitor)
         {
+            using var cursor = _txn.OpenCursor(_store._extents);
+            Span<byte> key = stackalloc byte[KeyBytes];
+            WriteKey(key, layerId, 0);
+            for (bool ok = cursor.SeekAtOrAfter(key); ok && BinaryPrimitives.ReadInt64BigEndian(cursor.Key) == layerId; ok = cursor.Next())
+            {
+                var e = DecodeExtent(cursor.Key, cursor.Value);
+                visitor(e.LayerId, e.Block, e.Count, e.Pba, e.Birth, e.Crcs);
+            }
+        }
+
+        /// <summary>Streams every record of every layer.</summary>
+        public void VisitAll(ExtentVisitor visitor)
+        {
+            using var cursor = _txn.OpenCursor(_store._extents);
             for (bool ok = cursor.First(); ok; ok = cursor.Next())
             {
                 var e = DecodeExtent(cursor.Key, cursor.Value);
-                onExtent(e.VolumeId, e.Block, e.Count, e.Pba, e.Birth, e.Crcs);
+                visitor(e.LayerId, e.Block, e.Count, e.Pba, e.Birth, e.Crcs);
             }
         }
+
+        public void Dispose() => _txn.Dispose();
+    }
+
+    public View OpenView()
+    {
+        var view = new View(this);
+        AppliedSequence = view.AppliedSequence;
+        NextId = view.NextId;
+        return view;
     }
 
     /// <summary>
@@ -96,7 +140,7 @@ internal sealed class MetadataStore : IDisposable
         if (batches.Count == 0) return;
         using var txn = _env.BeginTransaction(readOnly: false);
         using var cursor = txn.OpenCursor(_extents);
-        long nextVolumeId = NextVolumeId;
+        long nextId = NextId;
         foreach (var (sequence, payload, length) in batches)
         {
             var reader = new OpReader(payload.AsSpan(0, length));
@@ -105,30 +149,61 @@ internal sealed class MetadataStore : IDisposable
                 switch (op.Kind)
                 {
                     case OpKind.MapExtent:
-                        RemoveRange(txn, cursor, op.VolumeId, op.Block, op.Count);
-                        InsertExtent(txn, cursor, op.VolumeId, op.Block, op.Count, op.Pba, sequence, op.Crcs);
+                        RemoveRange(txn, cursor, op.LayerId, op.Block, op.Count);
+                        InsertExtent(txn, cursor, op.LayerId, op.Block, op.Count, op.Pba, sequence, op.Crcs);
                         break;
                     case OpKind.Unmap:
-                        RemoveRange(txn, cursor, op.VolumeId, op.Block, op.Count);
+                        RemoveRange(txn, cursor, op.LayerId, op.Block, op.Count);
+                        break;
+                    case OpKind.Tombstone:
+                        RemoveRange(txn, cursor, op.LayerId, op.Block, op.Count);
+                        InsertTombstone(txn, cursor, op.LayerId, op.Block, op.Count, sequence);
                         break;
                     case OpKind.CreateVolume:
-                        PutVolume(txn, new CatalogVolume(op.VolumeId, op.Name, op.SizeBytes, new DateTimeOffset(op.CreatedTicks, TimeSpan.Zero)));
-                        nextVolumeId = Math.Max(nextVolumeId, op.VolumeId + 1);
+                        PutVolume(txn, new CatalogVolume(op.VolumeId, op.Name, op.SizeBytes, new DateTimeOffset(op.CreatedTicks, TimeSpan.Zero), op.LayerId, op.SnapshotId));
+                        nextId = Math.Max(nextId, Math.Max(op.VolumeId, op.LayerId) + 1);
                         break;
                     case OpKind.DeleteVolume:
-                        RemoveRange(txn, cursor, op.VolumeId, 0, long.MaxValue);
-                        txn.Delete(_volumes, VolumeKey(op.VolumeId));
-                        break;
-                    case OpKind.ResizeVolume:
                     {
                         var v = GetVolume(txn, op.VolumeId);
-                        PutVolume(txn, v with { SizeBytes = op.SizeBytes });
+                        foreach (var snap in ReadSnapshots(txn).Where(x => x.VolumeId == v.Id))
+                        {
+                            RemoveRange(txn, cursor, snap.LayerId, 0, long.MaxValue);
+                            txn.Delete(_snapshots, IdKey(snap.Id));
+                        }
+                        RemoveRange(txn, cursor, v.LayerId, 0, long.MaxValue);
+                        txn.Delete(_volumes, IdKey(op.VolumeId));
                         break;
                     }
+                    case OpKind.ResizeVolume:
+                        PutVolume(txn, GetVolume(txn, op.VolumeId) with { SizeBytes = op.SizeBytes });
+                        break;
                     case OpKind.RenameVolume:
+                        PutVolume(txn, GetVolume(txn, op.VolumeId) with { Name = op.Name });
+                        break;
+                    case OpKind.CreateSnapshot:
                     {
                         var v = GetVolume(txn, op.VolumeId);
-                        PutVolume(txn, v with { Name = op.Name });
+                        PutSnapshot(txn, new CatalogSnapshot(op.SnapshotId, v.Id, op.Name, v.SizeBytes, new DateTimeOffset(op.CreatedTicks, TimeSpan.Zero), v.LayerId));
+                        PutVolume(txn, v with { LayerId = op.LayerId });
+                        nextId = Math.Max(nextId, Math.Max(op.SnapshotId, op.LayerId) + 1);
+                        break;
+                    }
+                    case OpKind.DeleteSnapshot:
+                        DeleteSnapshot(txn, cursor, op.VolumeId, op.SnapshotId, sequence);
+                        break;
+                    case OpKind.Rollback:
+                    {
+                        var v = GetVolume(txn, op.VolumeId);
+                        var target = GetSnapshot(txn, op.SnapshotId);
+                        foreach (var newer in ReadSnapshots(txn).Where(x => x.VolumeId == v.Id && x.Id > target.Id))
+                        {
+                            RemoveRange(txn, cursor, newer.LayerId, 0, long.MaxValue);
+                            txn.Delete(_snapshots, IdKey(newer.Id));
+                        }
+                        RemoveRange(txn, cursor, v.LayerId, 0, long.MaxValue);
+                        PutVolume(txn, v with { LayerId = op.LayerId, SizeBytes = target.SizeBytes });
+                        nextId = Math.Max(nextId, op.LayerId + 1);
                         break;
                     }
                 }
@@ -138,55 +213,78 @@ internal sealed class MetadataStore : IDisposable
         Span<byte> value = stackalloc byte[8];
         BinaryPrimitives.WriteInt64LittleEndian(value, last);
         txn.Put(_meta, AppliedSequenceKey, value);
-        BinaryPrimitives.WriteInt64LittleEndian(value, nextVolumeId);
-        txn.Put(_meta, NextVolumeIdKey, value);
+        BinaryPrimitives.WriteInt64LittleEndian(value, nextId);
+        txn.Put(_meta, NextIdKey, value);
         cursor.Dispose();
         beforeCommit?.Invoke();
         txn.Commit();
         AppliedSequence = last;
-        NextVolumeId = nextVolumeId;
+        NextId = nextId;
     }
 
-    /// <summary>Streams the durable extents (for the consistency check).</summary>
-    public void VisitExtents(ExtentVisitor visitor)
+    // The version derived from the snapshot (its volume's next snapshot, or the volume) takes over the snapshot's
+    // layer with its own records merged in: what it overrides there was the snapshot's alone and disappears.
+    // Work is proportional to the child's records, i.e. to what changed since the snapshot.
+    private void DeleteSnapshot(LmdbTransaction txn, LmdbCursor cursor, long volumeId, long snapshotId, long sequence)
     {
-        using var txn = _env.BeginTransaction(readOnly: true);
-        using var cursor = txn.OpenCursor(_extents);
-        for (bool ok = cursor.First(); ok; ok = cursor.Next())
+        var snap = GetSnapshot(txn, snapshotId);
+        var v = GetVolume(txn, volumeId);
+        var chain = ReadSnapshots(txn).Where(x => x.VolumeId == volumeId).OrderBy(x => x.Id).ToList();
+        int index = chain.FindIndex(x => x.Id == snapshotId);
+        bool hasParent = index > 0 || v.OriginSnapshotId != 0;
+        long childLayer = index + 1 < chain.Count ? chain[index + 1].LayerId : v.LayerId;
+
+        Span<byte> key = stackalloc byte[KeyBytes];
+        var crcs = new byte[Layout.ExtentBlocksMax * 4];
+        while (true)
         {
+            WriteKey(key, childLayer, 0);
+            if (!cursor.SeekAtOrAfter(key) || BinaryPrimitives.ReadInt64BigEndian(cursor.Key) != childLayer) break;
             var e = DecodeExtent(cursor.Key, cursor.Value);
-            visitor(e.VolumeId, e.Block, e.Count, e.Pba, e.Birth, e.Crcs);
+            long block = e.Block, pba = e.Pba, birth = e.Birth;
+            int count = e.Count;
+            e.Crcs.CopyTo(crcs);
+            int crcBytes = e.Crcs.Length;
+            cursor.DeleteCurrent();
+            RemoveRange(txn, cursor, snap.LayerId, block, count);
+            if (pba != TombstonePba) InsertExtent(txn, cursor, snap.LayerId, block, count, pba, birth, crcs.AsSpan(0, crcBytes));
+            else if (hasParent) InsertTombstone(txn, cursor, snap.LayerId, block, count, sequence);
         }
+        if (index + 1 < chain.Count) PutSnapshot(txn, chain[index + 1] with { LayerId = snap.LayerId });
+        else PutVolume(txn, v with { LayerId = snap.LayerId });
+        txn.Delete(_snapshots, IdKey(snapshotId));
     }
 
     /// <summary>Number of extent records (how well extents coalesce).</summary>
     public long CountExtents()
     {
         long n = 0;
-        VisitExtents((_, _, _, _, _, _) => n++);
+        using var view = new View(this);
+        view.VisitAll((_, _, _, _, _, _) => n++);
         return n;
     }
 
-    // Removes [block, block+count) from a volume's map, trimming or splitting records that straddle its edges.
-    private void RemoveRange(LmdbTransaction txn, LmdbCursor cursor, long volumeId, long block, long count)
+    // Removes [block, block+count) from a layer, trimming or splitting records that straddle its edges.
+    private void RemoveRange(LmdbTransaction txn, LmdbCursor cursor, long layerId, long block, long count)
     {
         long end = count >= long.MaxValue - block ? long.MaxValue : block + count;
         Span<byte> key = stackalloc byte[KeyBytes];
 
         // A record starting before the range may reach into it.
-        if (SeekRecordBefore(cursor, volumeId, block))
+        if (SeekRecordBefore(cursor, layerId, block))
         {
             var e = DecodeExtent(cursor.Key, cursor.Value);
             long eEnd = e.Block + e.Count;
             if (eEnd > block)
             {
                 var crcs = e.Crcs.ToArray();
+                long pba = e.Pba, birth = e.Birth, eBlock = e.Block;
                 // Keep the head [e.Block, block).
-                PutExtent(txn, volumeId, e.Block, e.Pba, (int)(block - e.Block), e.Birth, crcs.AsSpan(0, (int)(block - e.Block) * 4));
+                PutRecord(txn, layerId, eBlock, pba, (int)(block - eBlock), birth, Crcs(crcs, pba, 0, block - eBlock));
                 if (eEnd > end)
                 {
-                    int skip = (int)(end - e.Block);
-                    PutExtent(txn, volumeId, end, e.Pba + skip, (int)(eEnd - end), e.Birth, crcs.AsSpan(skip * 4));
+                    long skip = end - eBlock;
+                    PutRecord(txn, layerId, end, Advance(pba, skip), (int)(eEnd - end), birth, Crcs(crcs, pba, skip, eEnd - end));
                     return;
                 }
             }
@@ -195,36 +293,42 @@ internal sealed class MetadataStore : IDisposable
         // Records starting inside the range: delete, keeping the tail of the last one if it reaches past the end.
         while (true)
         {
-            WriteKey(key, volumeId, block);
+            WriteKey(key, layerId, block);
             if (!cursor.SeekAtOrAfter(key)) return;
-            if (BinaryPrimitives.ReadInt64BigEndian(cursor.Key) != volumeId) return;
+            if (BinaryPrimitives.ReadInt64BigEndian(cursor.Key) != layerId) return;
             var e = DecodeExtent(cursor.Key, cursor.Value);
             if (e.Block >= end) return;
             long eEnd = e.Block + e.Count;
-            byte[]? tail = eEnd > end ? e.Crcs[(int)((end - e.Block) * 4)..].ToArray() : null;
+            long pba = e.Pba, birth = e.Birth, eBlock = e.Block;
+            byte[]? tail = eEnd > end ? Crcs(e.Crcs.ToArray(), pba, end - eBlock, eEnd - end).ToArray() : null;
             cursor.DeleteCurrent();
             if (tail is not null)
             {
-                PutExtent(txn, volumeId, end, e.Pba + (end - e.Block), (int)(eEnd - end), e.Birth, tail);
+                PutRecord(txn, layerId, end, Advance(pba, end - eBlock), (int)(eEnd - end), birth, tail);
                 return;
             }
             block = eEnd;
         }
     }
 
+    private static long Advance(long pba, long blocks) => pba == TombstonePba ? pba : pba + blocks;
+
+    private static ReadOnlySpan<byte> Crcs(byte[] crcs, long pba, long skip, long count) =>
+        pba == TombstonePba ? ReadOnlySpan<byte>.Empty : crcs.AsSpan((int)(skip * 4), (int)(count * 4));
+
     // Inserts a new mapping (the range is already empty), merging with the record before it when it continues it.
-    private void InsertExtent(LmdbTransaction txn, LmdbCursor cursor, long volumeId, long block, long count, long pba, long birth, ReadOnlySpan<byte> crcs)
+    private void InsertExtent(LmdbTransaction txn, LmdbCursor cursor, long layerId, long block, long count, long pba, long birth, ReadOnlySpan<byte> crcs)
     {
-        if (SeekRecordBefore(cursor, volumeId, block))
+        if (SeekRecordBefore(cursor, layerId, block))
         {
             var prev = DecodeExtent(cursor.Key, cursor.Value);
-            if (prev.Block + prev.Count == block && prev.Pba + prev.Count == pba && prev.Birth == birth && prev.Count < Layout.ExtentBlocksMax)
+            if (prev.Pba != TombstonePba && prev.Block + prev.Count == block && prev.Pba + prev.Count == pba && prev.Birth == birth && prev.Count < Layout.ExtentBlocksMax)
             {
                 int take = (int)Math.Min(Layout.ExtentBlocksMax - prev.Count, count);
                 var merged = new byte[(prev.Count + take) * 4];
                 prev.Crcs.CopyTo(merged);
                 crcs[..(take * 4)].CopyTo(merged.AsSpan(prev.Count * 4));
-                PutExtent(txn, volumeId, prev.Block, prev.Pba, prev.Count + take, birth, merged);
+                PutRecord(txn, layerId, prev.Block, prev.Pba, prev.Count + take, birth, merged);
                 block += take;
                 pba += take;
                 count -= take;
@@ -234,7 +338,7 @@ internal sealed class MetadataStore : IDisposable
         while (count > 0)
         {
             int n = (int)Math.Min(Layout.ExtentBlocksMax, count);
-            PutExtent(txn, volumeId, block, pba, n, birth, crcs[..(n * 4)]);
+            PutRecord(txn, layerId, block, pba, n, birth, crcs[..(n * 4)]);
             block += n;
             pba += n;
             count -= n;
@@ -242,31 +346,54 @@ internal sealed class MetadataStore : IDisposable
         }
     }
 
-    // Positions the cursor on the volume's last record that starts before `block`; false when there is none.
-    private static bool SeekRecordBefore(LmdbCursor cursor, long volumeId, long block)
+    // Inserts a tombstone (the range is already empty), extending the one before it when adjacent.
+    private void InsertTombstone(LmdbTransaction txn, LmdbCursor cursor, long layerId, long block, long count, long birth)
     {
-        Span<byte> key = stackalloc byte[KeyBytes];
-        WriteKey(key, volumeId, block);
-        bool found = cursor.SeekAtOrAfter(key);
-        bool havePrev = found ? cursor.Previous() : cursor.Last();
-        return havePrev && BinaryPrimitives.ReadInt64BigEndian(cursor.Key) == volumeId;
+        if (SeekRecordBefore(cursor, layerId, block))
+        {
+            var prev = DecodeExtent(cursor.Key, cursor.Value);
+            if (prev.Pba == TombstonePba && prev.Block + prev.Count == block && prev.Count < TombstoneBlocksMax)
+            {
+                int take = (int)Math.Min(TombstoneBlocksMax - prev.Count, count);
+                PutRecord(txn, layerId, prev.Block, TombstonePba, prev.Count + take, prev.Birth, default);
+                block += take;
+                count -= take;
+            }
+        }
+        while (count > 0)
+        {
+            int n = (int)Math.Min(TombstoneBlocksMax, count);
+            PutRecord(txn, layerId, block, TombstonePba, n, birth, default);
+            block += n;
+            count -= n;
+        }
     }
 
-    private void PutExtent(LmdbTransaction txn, long volumeId, long block, long pba, int count, long birth, ReadOnlySpan<byte> crcs)
+    // Positions the cursor on the layer's last record that starts before `block`; false when there is none.
+    private static bool SeekRecordBefore(LmdbCursor cursor, long layerId, long block)
     {
         Span<byte> key = stackalloc byte[KeyBytes];
-        WriteKey(key, volumeId, block);
+        WriteKey(key, layerId, block);
+        bool found = cursor.SeekAtOrAfter(key);
+        bool havePrev = found ? cursor.Previous() : cursor.Last();
+        return havePrev && BinaryPrimitives.ReadInt64BigEndian(cursor.Key) == layerId;
+    }
+
+    private void PutRecord(LmdbTransaction txn, long layerId, long block, long pba, int count, long birth, ReadOnlySpan<byte> crcs)
+    {
+        Span<byte> key = stackalloc byte[KeyBytes];
+        WriteKey(key, layerId, block);
         Span<byte> value = stackalloc byte[ExtentHeaderBytes + Layout.ExtentBlocksMax * 4];
         BinaryPrimitives.WriteInt64LittleEndian(value, pba);
         BinaryPrimitives.WriteInt32LittleEndian(value[8..], count);
         BinaryPrimitives.WriteInt64LittleEndian(value[12..], birth);
         crcs.CopyTo(value[ExtentHeaderBytes..]);
-        txn.Put(_extents, key, value[..(ExtentHeaderBytes + count * 4)]);
+        txn.Put(_extents, key, value[..(ExtentHeaderBytes + crcs.Length)]);
     }
 
-    private readonly ref struct ExtentRecord(long volumeId, long block, long pba, int count, long birth, ReadOnlySpan<byte> crcs)
+    private readonly ref struct ExtentRecord(long layerId, long block, long pba, int count, long birth, ReadOnlySpan<byte> crcs)
     {
-        public readonly long VolumeId = volumeId;
+        public readonly long LayerId = layerId;
         public readonly long Block = block;
         public readonly long Pba = pba;
         public readonly int Count = count;
@@ -278,22 +405,24 @@ internal sealed class MetadataStore : IDisposable
     {
         if (key.Length != KeyBytes || value.Length < ExtentHeaderBytes)
             throw new StorageException(StorageError.BadStore, "corrupt extent record in the metadata store");
+        long pba = BinaryPrimitives.ReadInt64LittleEndian(value);
         int count = BinaryPrimitives.ReadInt32LittleEndian(value[8..]);
-        if (count <= 0 || count > Layout.ExtentBlocksMax || value.Length != ExtentHeaderBytes + 4 * count)
-            throw new StorageException(StorageError.BadStore, "corrupt extent record in the metadata store");
+        bool ok = pba == TombstonePba
+            ? count > 0 && value.Length == ExtentHeaderBytes
+            : pba >= 0 && count > 0 && count <= Layout.ExtentBlocksMax && value.Length == ExtentHeaderBytes + 4 * count;
+        if (!ok) throw new StorageException(StorageError.BadStore, "corrupt extent record in the metadata store");
         return new ExtentRecord(
             BinaryPrimitives.ReadInt64BigEndian(key), BinaryPrimitives.ReadInt64BigEndian(key[8..]),
-            BinaryPrimitives.ReadInt64LittleEndian(value), count, BinaryPrimitives.ReadInt64LittleEndian(value[12..]),
-            value[ExtentHeaderBytes..]);
+            pba, count, BinaryPrimitives.ReadInt64LittleEndian(value[12..]), value[ExtentHeaderBytes..]);
     }
 
-    private static void WriteKey(Span<byte> key, long volumeId, long block)
+    private static void WriteKey(Span<byte> key, long layerId, long block)
     {
-        BinaryPrimitives.WriteInt64BigEndian(key, volumeId);
+        BinaryPrimitives.WriteInt64BigEndian(key, layerId);
         BinaryPrimitives.WriteInt64BigEndian(key[8..], block);
     }
 
-    private static byte[] VolumeKey(long id)
+    private static byte[] IdKey(long id)
     {
         var key = new byte[8];
         BinaryPrimitives.WriteInt64BigEndian(key, id);
@@ -302,32 +431,82 @@ internal sealed class MetadataStore : IDisposable
 
     private CatalogVolume GetVolume(LmdbTransaction txn, long id)
     {
-        if (!txn.TryGet(_volumes, VolumeKey(id), out var value))
+        if (!txn.TryGet(_volumes, IdKey(id), out var value))
             throw new StorageException(StorageError.BadStore, $"journal names volume {id}, which the catalog does not hold");
         return DecodeVolume(id, value);
+    }
+
+    private CatalogSnapshot GetSnapshot(LmdbTransaction txn, long id)
+    {
+        if (!txn.TryGet(_snapshots, IdKey(id), out var value))
+            throw new StorageException(StorageError.BadStore, $"journal names snapshot {id}, which the catalog does not hold");
+        return DecodeSnapshot(id, value);
+    }
+
+    private List<CatalogVolume> ReadVolumes(LmdbTransaction txn)
+    {
+        var list = new List<CatalogVolume>();
+        using var cursor = txn.OpenCursor(_volumes);
+        for (bool ok = cursor.First(); ok; ok = cursor.Next())
+            list.Add(DecodeVolume(BinaryPrimitives.ReadInt64BigEndian(cursor.Key), cursor.Value));
+        return list;
+    }
+
+    private List<CatalogSnapshot> ReadSnapshots(LmdbTransaction txn)
+    {
+        var list = new List<CatalogSnapshot>();
+        using var cursor = txn.OpenCursor(_snapshots);
+        for (bool ok = cursor.First(); ok; ok = cursor.Next())
+            list.Add(DecodeSnapshot(BinaryPrimitives.ReadInt64BigEndian(cursor.Key), cursor.Value));
+        return list;
     }
 
     private void PutVolume(LmdbTransaction txn, CatalogVolume v)
     {
         int nameBytes = Encoding.UTF8.GetByteCount(v.Name);
-        var value = new byte[18 + nameBytes];
+        var value = new byte[34 + nameBytes];
         BinaryPrimitives.WriteInt64LittleEndian(value, v.SizeBytes);
         BinaryPrimitives.WriteInt64LittleEndian(value.AsSpan(8), v.Created.UtcTicks);
-        BinaryPrimitives.WriteUInt16LittleEndian(value.AsSpan(16), (ushort)nameBytes);
-        Encoding.UTF8.GetBytes(v.Name, value.AsSpan(18));
-        txn.Put(_volumes, VolumeKey(v.Id), value);
+        BinaryPrimitives.WriteInt64LittleEndian(value.AsSpan(16), v.LayerId);
+        BinaryPrimitives.WriteInt64LittleEndian(value.AsSpan(24), v.OriginSnapshotId);
+        BinaryPrimitives.WriteUInt16LittleEndian(value.AsSpan(32), (ushort)nameBytes);
+        Encoding.UTF8.GetBytes(v.Name, value.AsSpan(34));
+        txn.Put(_volumes, IdKey(v.Id), value);
     }
 
     private static CatalogVolume DecodeVolume(long id, ReadOnlySpan<byte> value)
     {
-        if (value.Length < 18) throw new StorageException(StorageError.BadStore, $"corrupt catalog record for volume {id}");
-        int nameBytes = BinaryPrimitives.ReadUInt16LittleEndian(value[16..]);
-        if (value.Length != 18 + nameBytes) throw new StorageException(StorageError.BadStore, $"corrupt catalog record for volume {id}");
-        return new CatalogVolume(id, Encoding.UTF8.GetString(value.Slice(18, nameBytes)),
-            BinaryPrimitives.ReadInt64LittleEndian(value), new DateTimeOffset(BinaryPrimitives.ReadInt64LittleEndian(value[8..]), TimeSpan.Zero));
+        if (value.Length < 34 || value.Length != 34 + BinaryPrimitives.ReadUInt16LittleEndian(value[32..]))
+            throw new StorageException(StorageError.BadStore, $"corrupt catalog record for volume {id}");
+        return new CatalogVolume(id, Encoding.UTF8.GetString(value[34..]), BinaryPrimitives.ReadInt64LittleEndian(value),
+            new DateTimeOffset(BinaryPrimitives.ReadInt64LittleEndian(value[8..]), TimeSpan.Zero),
+            BinaryPrimitives.ReadInt64LittleEndian(value[16..]), BinaryPrimitives.ReadInt64LittleEndian(value[24..]));
+    }
+
+    private void PutSnapshot(LmdbTransaction txn, CatalogSnapshot s)
+    {
+        int nameBytes = Encoding.UTF8.GetByteCount(s.Name);
+        var value = new byte[34 + nameBytes];
+        BinaryPrimitives.WriteInt64LittleEndian(value, s.VolumeId);
+        BinaryPrimitives.WriteInt64LittleEndian(value.AsSpan(8), s.LayerId);
+        BinaryPrimitives.WriteInt64LittleEndian(value.AsSpan(16), s.SizeBytes);
+        BinaryPrimitives.WriteInt64LittleEndian(value.AsSpan(24), s.Created.UtcTicks);
+        BinaryPrimitives.WriteUInt16LittleEndian(value.AsSpan(32), (ushort)nameBytes);
+        Encoding.UTF8.GetBytes(s.Name, value.AsSpan(34));
+        txn.Put(_snapshots, IdKey(s.Id), value);
+    }
+
+    private static CatalogSnapshot DecodeSnapshot(long id, ReadOnlySpan<byte> value)
+    {
+        if (value.Length < 34 || value.Length != 34 + BinaryPrimitives.ReadUInt16LittleEndian(value[32..]))
+            throw new StorageException(StorageError.BadStore, $"corrupt catalog record for snapshot {id}");
+        return new CatalogSnapshot(id, BinaryPrimitives.ReadInt64LittleEndian(value), Encoding.UTF8.GetString(value[34..]),
+            BinaryPrimitives.ReadInt64LittleEndian(value[16..]), new DateTimeOffset(BinaryPrimitives.ReadInt64LittleEndian(value[24..]), TimeSpan.Zero),
+            BinaryPrimitives.ReadInt64LittleEndian(value[8..]));
     }
 
     public void Dispose() => _env.Dispose();
 }
 
-internal delegate void ExtentVisitor(long volumeId, long block, int count, long pba, long birth, ReadOnlySpan<byte> crcs);
+/// <summary>Receives one record of a layer: an extent, or a tombstone when <paramref name="pba"/> is -1 (then no CRCs).</summary>
+internal delegate void ExtentVisitor(long layerId, long block, int count, long pba, long birth, ReadOnlySpan<byte> crcs);

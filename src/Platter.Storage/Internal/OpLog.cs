@@ -7,14 +7,24 @@ namespace Platter.Storage.Internal;
 /// <summary>Kinds of metadata operation. Values are on-disk (journal) format: never renumber.</summary>
 internal enum OpKind : byte
 {
-    /// <summary>Map [block, block+count) of a volume to physical blocks [pba, pba+count) with per-block CRCs.</summary>
+    /// <summary>Map [block, block+count) of a layer (a volume's writes) to physical blocks [pba, pba+count) with per-block CRCs.</summary>
     MapExtent = 1,
-    /// <summary>Unmap [block, block+count) of a volume (trim, write-zeroes, shrink).</summary>
+    /// <summary>Remove [block, block+count) from a layer (trim, write-zeroes, shrink): it shows what the parent holds there.</summary>
     Unmap = 2,
+    /// <summary>A new volume with its first layer; a clone names its origin snapshot.</summary>
     CreateVolume = 3,
+    /// <summary>Delete a volume, its snapshots and all their layers.</summary>
     DeleteVolume = 4,
     ResizeVolume = 5,
     RenameVolume = 6,
+    /// <summary>The volume's layer becomes the snapshot's; the volume continues in a new, empty layer on top of it.</summary>
+    CreateSnapshot = 7,
+    /// <summary>Delete a snapshot: the layer of the version derived from it is merged into the snapshot's layer, which that version takes over.</summary>
+    DeleteSnapshot = 8,
+    /// <summary>The volume drops its layer and newer snapshots, and continues in a new, empty layer on top of the snapshot.</summary>
+    Rollback = 9,
+    /// <summary>Record in a layer that [block, block+count) reads as zeros although the parent maps it.</summary>
+    Tombstone = 10,
 }
 
 /// <summary>
@@ -32,11 +42,11 @@ internal sealed class OpLog : IDisposable
     public int Length => _length;
     public ReadOnlySpan<byte> Span => _buffer.AsSpan(0, _length);
 
-    public void AppendMapExtent(long volumeId, long block, ReadOnlySpan<uint> crcs, long pba)
+    public void AppendMapExtent(long layerId, long block, ReadOnlySpan<uint> crcs, long pba)
     {
         var s = Reserve(1 + 8 + 8 + 4 + 8 + 4 * crcs.Length);
         s[0] = (byte)OpKind.MapExtent;
-        BinaryPrimitives.WriteInt64LittleEndian(s[1..], volumeId);
+        BinaryPrimitives.WriteInt64LittleEndian(s[1..], layerId);
         BinaryPrimitives.WriteInt64LittleEndian(s[9..], block);
         BinaryPrimitives.WriteInt32LittleEndian(s[17..], crcs.Length);
         BinaryPrimitives.WriteInt64LittleEndian(s[21..], pba);
@@ -44,25 +54,62 @@ internal sealed class OpLog : IDisposable
             BinaryPrimitives.WriteUInt32LittleEndian(s[(29 + 4 * i)..], crcs[i]);
     }
 
-    public void AppendUnmap(long volumeId, long block, long count)
+    public void AppendUnmap(long layerId, long block, long count) => AppendRange(OpKind.Unmap, layerId, block, count);
+
+    public void AppendTombstone(long layerId, long block, long count) => AppendRange(OpKind.Tombstone, layerId, block, count);
+
+    private void AppendRange(OpKind kind, long layerId, long block, long count)
     {
         var s = Reserve(1 + 8 + 8 + 8);
-        s[0] = (byte)OpKind.Unmap;
-        BinaryPrimitives.WriteInt64LittleEndian(s[1..], volumeId);
+        s[0] = (byte)kind;
+        BinaryPrimitives.WriteInt64LittleEndian(s[1..], layerId);
         BinaryPrimitives.WriteInt64LittleEndian(s[9..], block);
         BinaryPrimitives.WriteInt64LittleEndian(s[17..], count);
     }
 
-    public void AppendCreateVolume(long volumeId, long sizeBytes, DateTimeOffset created, string name)
+    /// <summary>A volume (a clone when <paramref name="originSnapshotId"/> is not 0) whose writes go to layer <paramref name="layerId"/>.</summary>
+    public void AppendCreateVolume(long volumeId, long sizeBytes, DateTimeOffset created, long layerId, long originSnapshotId, string name)
     {
         int nameBytes = Encoding.UTF8.GetByteCount(name);
-        var s = Reserve(1 + 8 + 8 + 8 + 2 + nameBytes);
+        var s = Reserve(1 + 8 + 8 + 8 + 8 + 8 + 2 + nameBytes);
         s[0] = (byte)OpKind.CreateVolume;
         BinaryPrimitives.WriteInt64LittleEndian(s[1..], volumeId);
         BinaryPrimitives.WriteInt64LittleEndian(s[9..], sizeBytes);
         BinaryPrimitives.WriteInt64LittleEndian(s[17..], created.UtcTicks);
-        BinaryPrimitives.WriteUInt16LittleEndian(s[25..], (ushort)nameBytes);
-        Encoding.UTF8.GetBytes(name, s[27..]);
+        BinaryPrimitives.WriteInt64LittleEndian(s[25..], layerId);
+        BinaryPrimitives.WriteInt64LittleEndian(s[33..], originSnapshotId);
+        BinaryPrimitives.WriteUInt16LittleEndian(s[41..], (ushort)nameBytes);
+        Encoding.UTF8.GetBytes(name, s[43..]);
+    }
+
+    public void AppendCreateSnapshot(long volumeId, long snapshotId, long newLayerId, DateTimeOffset created, string name)
+    {
+        int nameBytes = Encoding.UTF8.GetByteCount(name);
+        var s = Reserve(1 + 8 + 8 + 8 + 8 + 2 + nameBytes);
+        s[0] = (byte)OpKind.CreateSnapshot;
+        BinaryPrimitives.WriteInt64LittleEndian(s[1..], volumeId);
+        BinaryPrimitives.WriteInt64LittleEndian(s[9..], snapshotId);
+        BinaryPrimitives.WriteInt64LittleEndian(s[17..], newLayerId);
+        BinaryPrimitives.WriteInt64LittleEndian(s[25..], created.UtcTicks);
+        BinaryPrimitives.WriteUInt16LittleEndian(s[33..], (ushort)nameBytes);
+        Encoding.UTF8.GetBytes(name, s[35..]);
+    }
+
+    public void AppendDeleteSnapshot(long volumeId, long snapshotId)
+    {
+        var s = Reserve(1 + 8 + 8);
+        s[0] = (byte)OpKind.DeleteSnapshot;
+        BinaryPrimitives.WriteInt64LittleEndian(s[1..], volumeId);
+        BinaryPrimitives.WriteInt64LittleEndian(s[9..], snapshotId);
+    }
+
+    public void AppendRollback(long volumeId, long snapshotId, long newLayerId)
+    {
+        var s = Reserve(1 + 8 + 8 + 8);
+        s[0] = (byte)OpKind.Rollback;
+        BinaryPrimitives.WriteInt64LittleEndian(s[1..], volumeId);
+        BinaryPrimitives.WriteInt64LittleEndian(s[9..], snapshotId);
+        BinaryPrimitives.WriteInt64LittleEndian(s[17..], newLayerId);
     }
 
     public void AppendDeleteVolume(long volumeId)
@@ -121,6 +168,10 @@ internal readonly ref struct Op
 {
     public OpKind Kind { get; init; }
     public long VolumeId { get; init; }
+    /// <summary>MapExtent, Unmap, Tombstone: the layer changed. CreateVolume, CreateSnapshot, Rollback: the volume's new layer.</summary>
+    public long LayerId { get; init; }
+    /// <summary>CreateSnapshot, DeleteSnapshot, Rollback: the snapshot. CreateVolume: the origin snapshot (0 = none).</summary>
+    public long SnapshotId { get; init; }
     public long Block { get; init; }
     public long Count { get; init; }
     public long Pba { get; init; }
@@ -158,34 +209,64 @@ internal ref struct OpReader(ReadOnlySpan<byte> data)
                 Need(s, 28 + 4 * count);
                 op = new Op
                 {
-                    Kind = kind, VolumeId = BinaryPrimitives.ReadInt64LittleEndian(s), Block = BinaryPrimitives.ReadInt64LittleEndian(s[8..]),
+                    Kind = kind, LayerId = BinaryPrimitives.ReadInt64LittleEndian(s), Block = BinaryPrimitives.ReadInt64LittleEndian(s[8..]),
                     Count = count, Pba = BinaryPrimitives.ReadInt64LittleEndian(s[20..]), Crcs = s.Slice(28, 4 * count),
                 };
                 used = 28 + 4 * count;
                 break;
             }
             case OpKind.Unmap:
+            case OpKind.Tombstone:
                 Need(s, 24);
                 op = new Op
                 {
-                    Kind = kind, VolumeId = BinaryPrimitives.ReadInt64LittleEndian(s), Block = BinaryPrimitives.ReadInt64LittleEndian(s[8..]),
+                    Kind = kind, LayerId = BinaryPrimitives.ReadInt64LittleEndian(s), Block = BinaryPrimitives.ReadInt64LittleEndian(s[8..]),
                     Count = BinaryPrimitives.ReadInt64LittleEndian(s[16..]),
                 };
                 used = 24;
                 break;
             case OpKind.CreateVolume:
             {
-                Need(s, 26);
-                int nameBytes = BinaryPrimitives.ReadUInt16LittleEndian(s[24..]);
-                Need(s, 26 + nameBytes);
+                Need(s, 42);
+                int nameBytes = BinaryPrimitives.ReadUInt16LittleEndian(s[40..]);
+                Need(s, 42 + nameBytes);
                 op = new Op
                 {
                     Kind = kind, VolumeId = BinaryPrimitives.ReadInt64LittleEndian(s), SizeBytes = BinaryPrimitives.ReadInt64LittleEndian(s[8..]),
-                    CreatedTicks = BinaryPrimitives.ReadInt64LittleEndian(s[16..]), NameUtf8 = s.Slice(26, nameBytes),
+                    CreatedTicks = BinaryPrimitives.ReadInt64LittleEndian(s[16..]), LayerId = BinaryPrimitives.ReadInt64LittleEndian(s[24..]),
+                    SnapshotId = BinaryPrimitives.ReadInt64LittleEndian(s[32..]), NameUtf8 = s.Slice(42, nameBytes),
                 };
-                used = 26 + nameBytes;
+                used = 42 + nameBytes;
                 break;
             }
+            case OpKind.CreateSnapshot:
+            {
+                Need(s, 34);
+                int nameBytes = BinaryPrimitives.ReadUInt16LittleEndian(s[32..]);
+                Need(s, 34 + nameBytes);
+                op = new Op
+                {
+                    Kind = kind, VolumeId = BinaryPrimitives.ReadInt64LittleEndian(s), SnapshotId = BinaryPrimitives.ReadInt64LittleEndian(s[8..]),
+                    LayerId = BinaryPrimitives.ReadInt64LittleEndian(s[16..]), CreatedTicks = BinaryPrimitives.ReadInt64LittleEndian(s[24..]),
+                    NameUtf8 = s.Slice(34, nameBytes),
+                };
+                used = 34 + nameBytes;
+                break;
+            }
+            case OpKind.DeleteSnapshot:
+                Need(s, 16);
+                op = new Op { Kind = kind, VolumeId = BinaryPrimitives.ReadInt64LittleEndian(s), SnapshotId = BinaryPrimitives.ReadInt64LittleEndian(s[8..]) };
+                used = 16;
+                break;
+            case OpKind.Rollback:
+                Need(s, 24);
+                op = new Op
+                {
+                    Kind = kind, VolumeId = BinaryPrimitives.ReadInt64LittleEndian(s), SnapshotId = BinaryPrimitives.ReadInt64LittleEndian(s[8..]),
+                    LayerId = BinaryPrimitives.ReadInt64LittleEndian(s[16..]),
+                };
+                used = 24;
+                break;
             case OpKind.DeleteVolume:
                 Need(s, 8);
                 op = new Op { Kind = kind, VolumeId = BinaryPrimitives.ReadInt64LittleEndian(s) };

@@ -1,24 +1,59 @@
 namespace Platter.Storage.Internal;
 
+/// <summary>What reads need from a volume or a snapshot: its map, a lock guarding it, a size and a name.</summary>
+internal abstract class MapOwner
+{
+    /// <summary>Guards <see cref="Map"/> (for a volume also its pending operations); a frozen map needs it only to read the reference.</summary>
+    public readonly object Lock = new();
+    public MapTree Map;
+    public long SizeBytes;
+    public readonly DateTimeOffset Created;
+
+    /// <summary>Set once deleted: every later I/O fails with Closed.</summary>
+    public volatile bool Deleted;
+
+    protected MapOwner(MapTree map, long sizeBytes, DateTimeOffset created)
+    {
+        Map = map;
+        SizeBytes = sizeBytes;
+        Created = created;
+    }
+
+    public long SizeBlocks => (Volatile.Read(ref SizeBytes) + Layout.BlockBytes - 1) >> Layout.BlockShift;
+
+    /// <summary>The name users see: <c>volume</c> or <c>volume@snapshot</c>.</summary>
+    public abstract string DisplayName { get; }
+
+    /// <summary>The version this one was derived from (its content at creation): a snapshot, or null for a new volume.</summary>
+    public abstract SnapshotState? Parent { get; }
+
+    /// <summary>The volume a clone chain leads to first: for a volume its origin snapshot, for a snapshot its volume's.</summary>
+    public abstract SnapshotState? Origin { get; }
+}
+
 /// <summary>
-/// Everything the engine keeps in memory for one volume: its catalog entry, its block map, the operations not yet
-/// journaled and the physical blocks those operations unmapped. <see cref="Lock"/> guards the map, the pending
-/// operations and the freed list together, so the order of map updates is the order of the journal.
+/// Everything the engine keeps in memory for one volume: its catalog entry, its (mutable) block map, the operations
+/// not yet journaled and the physical blocks those operations freed, and its snapshots. <see cref="MapOwner.Lock"/>
+/// guards the map, the pending operations, the freed list and the snapshot chain together, so the order of map
+/// updates is the order of the journal.
 /// </summary>
-internal sealed class VolumeState(long id, string name, long sizeBytes, DateTimeOffset created)
+internal sealed class VolumeState(long id, string name, long sizeBytes, DateTimeOffset created, long layerId, SnapshotState? origin)
+    : MapOwner(new MapTree(), sizeBytes, created)
 {
     public readonly long Id = id;
     public string Name = name;
-    public long SizeBytes = sizeBytes;
-    public readonly DateTimeOffset Created = created;
 
-    public readonly object Lock = new();
-    public readonly BlockMap Map = new();
+    /// <summary>The durable layer the volume's writes go to (extent records keyed by it); changes on snapshot, rollback, merge.</summary>
+    public long LayerId = layerId;
+
+    /// <summary>The snapshot this volume was cloned from, or null.</summary>
+    public readonly SnapshotState? OriginSnapshot = origin;
+
+    /// <summary>The volume's snapshots, oldest first: each one's parent is the one before (the first's is the origin).</summary>
+    public readonly List<SnapshotState> Snapshots = new();
+
     public readonly OpLog PendingOps = new(1024);
     public readonly List<long> PendingFrees = new();
-
-    /// <summary>Set once the volume is deleted: every later I/O fails with Closed.</summary>
-    public volatile bool Deleted;
 
     /// <summary>Guards the allocation region: space reserved for this volume's next writes, kept contiguous.</summary>
     public readonly object RegionLock = new();
@@ -28,7 +63,9 @@ internal sealed class VolumeState(long id, string name, long sizeBytes, DateTime
     /// <summary>Serialises read-modify-write of partial blocks that hash to the same stripe.</summary>
     public readonly object[] RmwLocks = CreateStripes();
 
-    public long SizeBlocks => (SizeBytes + Layout.BlockBytes - 1) >> Layout.BlockShift;
+    public override string DisplayName => Name;
+    public override SnapshotState? Parent => Snapshots.Count > 0 ? Snapshots[^1] : OriginSnapshot;
+    public override SnapshotState? Origin => OriginSnapshot;
 
     private static object[] CreateStripes()
     {
@@ -39,6 +76,51 @@ internal sealed class VolumeState(long id, string name, long sizeBytes, DateTime
 
     public VolumeInfo ToInfo()
     {
-        lock (Lock) return new VolumeInfo(Id, Name, SizeBytes, Map.MappedBlocks * Layout.BlockBytes, Created);
+        lock (Lock)
+        {
+            return new VolumeInfo(Id, Name, SizeBytes, Map.MappedBlocks * Layout.BlockBytes, Created)
+            {
+                Origin = OriginSnapshot?.DisplayName,
+                SnapshotCount = Snapshots.Count,
+            };
+        }
+    }
+}
+
+/// <summary>A snapshot: a frozen map of a volume, its durable identity and the clones that depend on it.</summary>
+internal sealed class SnapshotState(long id, string name, VolumeState volume, MapTree frozenMap, long sizeBytes, DateTimeOffset created, long layerId)
+    : MapOwner(frozenMap, sizeBytes, created)
+{
+    public readonly long Id = id;
+    public readonly string Name = name;
+    public readonly VolumeState Volume = volume;
+
+    /// <summary>The durable layer holding what this snapshot changed relative to its parent.</summary>
+    public long LayerId = layerId;
+
+    /// <summary>Volumes cloned from this snapshot (guarded by the store's catalog lock).</summary>
+    public readonly List<VolumeState> Clones = new();
+
+    public override string DisplayName => $"{Volume.Name}@{Name}";
+
+    public override SnapshotState? Parent
+    {
+        get
+        {
+            int i = Volume.Snapshots.IndexOf(this);
+            return i > 0 ? Volume.Snapshots[i - 1] : Volume.OriginSnapshot;
+        }
+    }
+
+    public override SnapshotState? Origin => Volume.OriginSnapshot;
+
+    /// <summary>The version derived from this one in its own volume: the next snapshot, or the volume itself.</summary>
+    public MapOwner Child
+    {
+        get
+        {
+            int i = Volume.Snapshots.IndexOf(this);
+            return i >= 0 && i + 1 < Volume.Snapshots.Count ? Volume.Snapshots[i + 1] : Volume;
+        }
     }
 }

@@ -1,0 +1,181 @@
+using System.Buffers.Binary;
+
+namespace Platter.Storage.Internal;
+
+/// <summary>
+/// The in-memory catalog being rebuilt at open (from the KV store, then the journal) or by the consistency check,
+/// plus the structural changes of snapshots, deletes and rollbacks that live operations and replay share, so both
+/// produce the same versions from the same operations.
+/// </summary>
+internal sealed class Catalog
+{
+    public readonly Dictionary<long, VolumeState> Volumes = new();
+    public readonly Dictionary<long, SnapshotState> Snapshots = new();
+    private readonly Dictionary<long, VolumeState> _byLayer = new();
+
+    /// <summary>Builds every version from the durable records: each starts from its parent's map and applies its own layer.</summary>
+    public static Catalog Load(MetadataStore.View view)
+    {
+        var catalog = new Catalog();
+        var snapshotsByVolume = view.Snapshots().GroupBy(s => s.VolumeId).ToDictionary(g => g.Key, g => g.OrderBy(s => s.Id).ToList());
+        // A clone's origin belongs to an older volume (ids grow), so id order builds every origin before its clones.
+        foreach (var v in view.Volumes().OrderBy(v => v.Id))
+        {
+            SnapshotState? origin = null;
+            if (v.OriginSnapshotId != 0 && !catalog.Snapshots.TryGetValue(v.OriginSnapshotId, out origin))
+                throw new StorageException(StorageError.BadStore, $"volume '{v.Name}' is a clone of snapshot {v.OriginSnapshotId}, which the catalog does not hold; run `platter check`");
+            var state = new VolumeState(v.Id, v.Name, v.SizeBytes, v.Created, v.LayerId, origin);
+            var working = origin?.Map.CloneMutable() ?? new MapTree();
+            foreach (var s in snapshotsByVolume.GetValueOrDefault(v.Id) ?? [])
+            {
+                view.VisitLayer(s.LayerId, (_, block, count, pba, _, crcs) => ApplyRecord(working, block, count, pba, crcs));
+                var snap = new SnapshotState(s.Id, s.Name, state, working.Snapshot(), s.SizeBytes, s.Created, s.LayerId);
+                state.Snapshots.Add(snap);
+                catalog.Snapshots.Add(snap.Id, snap);
+            }
+            view.VisitLayer(v.LayerId, (_, block, count, pba, _, crcs) => ApplyRecord(working, block, count, pba, crcs));
+            state.Map = working;
+            origin?.Clones.Add(state);
+            catalog.Volumes.Add(state.Id, state);
+            catalog._byLayer.Add(state.LayerId, state);
+        }
+        if (snapshotsByVolume.Keys.FirstOrDefault(id => !catalog.Volumes.ContainsKey(id)) is var orphan and not 0)
+            throw new StorageException(StorageError.BadStore, $"the catalog holds snapshots of volume {orphan}, which does not exist; run `platter check`");
+        return catalog;
+    }
+
+    /// <summary>Applies one durable record (an extent, or a tombstone when pba is -1) to a map being built.</summary>
+    public static void ApplyRecord(MapTree map, long block, long count, long pba, ReadOnlySpan<byte> crcs)
+    {
+        if (pba == MetadataStore.TombstonePba)
+        {
+            long end = block + count;
+            for (long b = map.NextMapped(block, end); b >= 0; b = map.NextMapped(b + 1, end))
+                map.Set(b, default);
+            return;
+        }
+        for (int i = 0; i < count; i++)
+            map.Set(block + i, BlockEntry.Mapped(pba + i, BinaryPrimitives.ReadUInt32LittleEndian(crcs[(4 * i)..])));
+    }
+
+    /// <summary>Replays one journaled operation onto the catalog.</summary>
+    public void Replay(in Op op, ref long nextId)
+    {
+        switch (op.Kind)
+        {
+            case OpKind.MapExtent:
+                ApplyRecord(Head(op.LayerId).Map, op.Block, op.Count, op.Pba, op.Crcs);
+                return;
+            case OpKind.Unmap:
+            case OpKind.Tombstone:
+            {
+                var map = Head(op.LayerId).Map;
+                long end = op.Count >= long.MaxValue - op.Block ? long.MaxValue : op.Block + op.Count;
+                for (long b = map.NextMapped(op.Block, end); b >= 0; b = map.NextMapped(b + 1, end))
+                    map.Set(b, default);
+                return;
+            }
+            case OpKind.CreateVolume:
+            {
+                SnapshotState? origin = op.SnapshotId == 0 ? null : Snapshot(op.SnapshotId);
+                var state = new VolumeState(op.VolumeId, op.Name, op.SizeBytes, new DateTimeOffset(op.CreatedTicks, TimeSpan.Zero), op.LayerId, origin);
+                if (origin is not null) state.Map = origin.Map.CloneMutable();
+                origin?.Clones.Add(state);
+                Volumes[state.Id] = state;
+                _byLayer[state.LayerId] = state;
+                nextId = Math.Max(nextId, Math.Max(op.VolumeId, op.LayerId) + 1);
+                return;
+            }
+        }
+        var volume = Volumes.GetValueOrDefault(op.VolumeId)
+            ?? throw new StorageException(StorageError.BadStore, $"the journal names volume {op.VolumeId}, which the catalog does not hold");
+        switch (op.Kind)
+        {
+            case OpKind.DeleteVolume:
+                foreach (var s in volume.Snapshots) Snapshots.Remove(s.Id);
+                volume.OriginSnapshot?.Clones.Remove(volume);
+                Volumes.Remove(volume.Id);
+                _byLayer.Remove(volume.LayerId);
+                break;
+            case OpKind.ResizeVolume:
+                volume.SizeBytes = op.SizeBytes;
+                break;
+            case OpKind.RenameVolume:
+                volume.Name = op.Name;
+                break;
+            case OpKind.CreateSnapshot:
+            {
+                _byLayer.Remove(volume.LayerId);
+                var snap = TakeSnapshot(volume, op.SnapshotId, op.Name, new DateTimeOffset(op.CreatedTicks, TimeSpan.Zero), op.LayerId);
+                Snapshots.Add(snap.Id, snap);
+                _byLayer[volume.LayerId] = volume;
+                nextId = Math.Max(nextId, Math.Max(op.SnapshotId, op.LayerId) + 1);
+                break;
+            }
+            case OpKind.DeleteSnapshot:
+            {
+                var snap = Snapshot(op.SnapshotId);
+                _byLayer.Remove(volume.LayerId);
+                RemoveSnapshot(snap);
+                Snapshots.Remove(snap.Id);
+                _byLayer[volume.LayerId] = volume;
+                break;
+            }
+            case OpKind.Rollback:
+            {
+                _byLayer.Remove(volume.LayerId);
+                foreach (var dropped in RollBack(volume, Snapshot(op.SnapshotId), op.LayerId)) Snapshots.Remove(dropped.Id);
+                _byLayer[volume.LayerId] = volume;
+                nextId = Math.Max(nextId, op.LayerId + 1);
+                break;
+            }
+        }
+    }
+
+    private VolumeState Head(long layerId) => _byLayer.GetValueOrDefault(layerId)
+        ?? throw new StorageException(StorageError.BadStore, $"the journal writes to layer {layerId}, which no volume owns");
+
+    private SnapshotState Snapshot(long id) => Snapshots.GetValueOrDefault(id)
+        ?? throw new StorageException(StorageError.BadStore, $"the journal names snapshot {id}, which the catalog does not hold");
+
+    // ---- Structural changes shared by live operations and replay (callers hold the volume's lock when live). ----
+
+    /// <summary>Freezes the volume's current map as a new snapshot; the volume continues in a new layer on top of it.</summary>
+    public static SnapshotState TakeSnapshot(VolumeState volume, long id, string name, DateTimeOffset created, long newLayerId)
+    {
+        var snap = new SnapshotState(id, name, volume, volume.Map.Snapshot(), volume.SizeBytes, created, volume.LayerId);
+        volume.Snapshots.Add(snap);
+        volume.LayerId = newLayerId;
+        return snap;
+    }
+
+    /// <summary>
+    /// Unlinks a snapshot (it must have no clones). The version derived from it takes over its layer (the durable
+    /// merge does the same); returns that version.
+    /// </summary>
+    public static MapOwner RemoveSnapshot(SnapshotState snap)
+    {
+        var child = snap.Child;
+        if (child is SnapshotState next) next.LayerId = snap.LayerId;
+        else ((VolumeState)child).LayerId = snap.LayerId;
+        snap.Volume.Snapshots.Remove(snap);
+        snap.Deleted = true;
+        return child;
+    }
+
+    /// <summary>
+    /// Makes the volume read as the snapshot again: its map becomes a mutable copy of the snapshot's, its size the
+    /// snapshot's, newer snapshots are dropped (returned). The old map is left to the caller (to reclaim).
+    /// </summary>
+    public static List<SnapshotState> RollBack(VolumeState volume, SnapshotState target, long newLayerId)
+    {
+        int index = volume.Snapshots.IndexOf(target);
+        var dropped = volume.Snapshots.GetRange(index + 1, volume.Snapshots.Count - index - 1);
+        volume.Snapshots.RemoveRange(index + 1, dropped.Count);
+        foreach (var d in dropped) d.Deleted = true;
+        volume.Map = target.Map.CloneMutable();
+        volume.SizeBytes = target.SizeBytes;
+        volume.LayerId = newLayerId;
+        return dropped;
+    }
+}

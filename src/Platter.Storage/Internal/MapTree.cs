@@ -1,0 +1,274 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+
+namespace Platter.Storage.Internal;
+
+/// <summary>Where one logical block lives: physical block + 1 (0 = unmapped) and its CRC32C.</summary>
+[StructLayout(LayoutKind.Sequential, Pack = 4)]
+internal struct BlockEntry
+{
+    public long PbaPlusOne;
+    public uint Crc;
+
+    public readonly bool IsMapped => PbaPlusOne != 0;
+    public readonly long Pba => PbaPlusOne - 1;
+
+    public static BlockEntry Mapped(long pba, uint crc) => new() { PbaPlusOne = pba + 1, Crc = crc };
+}
+
+/// <summary>Receives each block where two maps differ, with both entries (one may be unmapped).</summary>
+internal delegate void MapDiffVisitor(long block, BlockEntry older, BlockEntry newer);
+
+/// <summary>
+/// One version of a block map: a persistent radix tree (256-way interior nodes over leaves of
+/// <see cref="Layout.ChunkBlocks"/> entries). Versions share every node they have not changed, so a snapshot is a
+/// new reference to the same root (O(1) whatever the size), a clone of a snapshot starts from that root (reads walk
+/// the same depth however deep the clone chain) and two versions can be compared by skipping shared subtrees (time
+/// proportional to what differs). A node may be changed in place only by the tree whose owner token it carries; any
+/// other tree copies the path first ("transient" persistent structures).
+/// Not thread-safe: the owner of a mutable tree guards it; a frozen tree is immutable and may be read freely.
+/// </summary>
+internal sealed class MapTree
+{
+    // 8 bits per level: leaves hold bits 0..7 of the block number, five interior levels bits 8..47 (blocks < 2^44).
+    private const int Fanout = 256;
+    private const int LevelBits = 8;
+    private const int InteriorLevels = 5;
+
+    private sealed class Node
+    {
+        public readonly object Owner;
+        public readonly BlockEntry[]? Entries;
+        public readonly Node?[]? Children;
+        public int Count; // leaf: mapped entries; interior: non-null children
+
+        public Node(object owner, bool leaf)
+        {
+            Owner = owner;
+            if (leaf) Entries = new BlockEntry[Fanout];
+            else Children = new Node?[Fanout];
+        }
+
+        public Node(object owner, Node copyOf)
+        {
+            Owner = owner;
+            Entries = copyOf.Entries is null ? null : (BlockEntry[])copyOf.Entries.Clone();
+            Children = copyOf.Children is null ? null : (Node?[])copyOf.Children.Clone();
+            Count = copyOf.Count;
+        }
+    }
+
+    [InlineArray(InteriorLevels + 1)]
+    private struct NodePath
+    {
+        private Node _node;
+    }
+
+    private Node? _root;
+    private object? _owner; // null: frozen
+
+    private MapTree(Node? root, long mapped, bool frozen)
+    {
+        _root = root;
+        MappedBlocks = mapped;
+        _owner = frozen ? null : new object();
+    }
+
+    /// <summary>An empty, mutable map.</summary>
+    public MapTree() : this(null, 0, frozen: false) { }
+
+    /// <summary>Number of mapped blocks.</summary>
+    public long MappedBlocks { get; private set; }
+
+    public bool IsFrozen => _owner is null;
+
+    /// <summary>
+    /// Returns a frozen version holding the current content, in O(1). This tree stays mutable but no longer owns its
+    /// nodes, so its next change to any of them copies that node's path.
+    /// </summary>
+    public MapTree Snapshot()
+    {
+        if (_owner is not null) _owner = new object();
+        return new MapTree(_root, MappedBlocks, frozen: true);
+    }
+
+    /// <summary>A new mutable map with this map's content, sharing every node (O(1)).</summary>
+    public MapTree CloneMutable()
+    {
+        if (_owner is not null) _owner = new object();
+        return new MapTree(_root, MappedBlocks, frozen: false);
+    }
+
+    /// <summary>True when both maps are the same version (share their root): no block differs.</summary>
+    public bool SharesRootWith(MapTree other) => ReferenceEquals(_root, other._root);
+
+    public BlockEntry Get(long block)
+    {
+        var leaf = FindLeaf(block);
+        return leaf is null ? default : leaf.Entries![block & (Fanout - 1)];
+    }
+
+    /// <summary>Copies the entries of <paramref name="destination"/>.Length blocks starting at <paramref name="firstBlock"/>.</summary>
+    public void Get(long firstBlock, Span<BlockEntry> destination)
+    {
+        int done = 0;
+        while (done < destination.Length)
+        {
+            long block = firstBlock + done;
+            int inLeaf = (int)(block & (Fanout - 1));
+            int n = Math.Min(Fanout - inLeaf, destination.Length - done);
+            var leaf = FindLeaf(block);
+            if (leaf is not null) leaf.Entries.AsSpan(inLeaf, n).CopyTo(destination.Slice(done, n));
+            else destination.Slice(done, n).Clear();
+            done += n;
+        }
+    }
+
+    private Node? FindLeaf(long block)
+    {
+        var node = _root;
+        for (int level = InteriorLevels; level > 0 && node is not null; level--)
+            node = node.Children![(int)((block >> (level * LevelBits)) & (Fanout - 1))];
+        return node;
+    }
+
+    /// <summary>Sets one block and returns what was there before.</summary>
+    public BlockEntry Set(long block, BlockEntry entry)
+    {
+        var owner = _owner ?? throw new InvalidOperationException("a frozen map cannot change");
+        if ((ulong)block >= 1UL << (LevelBits * (InteriorLevels + 1))) throw new ArgumentOutOfRangeException(nameof(block));
+        if (!entry.IsMapped && FindLeaf(block) is null) return default;
+
+        // Walk down, copying every node this tree does not own (path copy), creating missing ones.
+        Span<int> slots = stackalloc int[InteriorLevels];
+        var path = new NodePath();
+        ref Node? link = ref _root;
+        for (int level = InteriorLevels; level >= 0; level--)
+        {
+            var node = link;
+            if (node is null)
+            {
+                node = new Node(owner, leaf: level == 0);
+                link = node;
+                if (level < InteriorLevels) path[level + 1].Count++;
+            }
+            else if (!ReferenceEquals(node.Owner, owner))
+            {
+                node = new Node(owner, node);
+                link = node;
+            }
+            path[level] = node;
+            if (level == 0) break;
+            int slot = (int)((block >> (level * LevelBits)) & (Fanout - 1));
+            slots[level - 1] = slot;
+            link = ref node.Children![slot];
+        }
+
+        var leafNode = path[0];
+        ref var target = ref leafNode.Entries![block & (Fanout - 1)];
+        var old = target;
+        target = entry;
+        int delta = (entry.IsMapped ? 1 : 0) - (old.IsMapped ? 1 : 0);
+        leafNode.Count += delta;
+        MappedBlocks += delta;
+        // Prune emptied nodes so scans skip them.
+        for (int level = 0; level < InteriorLevels && path[level].Count == 0; level++)
+        {
+            path[level + 1].Children![slots[level]] = null;
+            path[level + 1].Count--;
+        }
+        if (path[InteriorLevels].Count == 0) _root = null;
+        return old;
+    }
+
+    /// <summary>First mapped block at or after <paramref name="block"/> and before <paramref name="limit"/>, or -1.</summary>
+    public long NextMapped(long block, long limit) => block >= limit ? -1 : NextMapped(_root, InteriorLevels, 0, block, limit);
+
+    private static long NextMapped(Node? node, int level, long nodeBase, long from, long limit)
+    {
+        if (node is null) return -1;
+        int shift = level * LevelBits;
+        long span = 1L << shift;
+        int first = from <= nodeBase ? 0 : (int)((from - nodeBase) >> shift);
+        for (int i = first; i < Fanout; i++)
+        {
+            long childBase = nodeBase + i * span;
+            if (childBase >= limit) return -1;
+            if (level == 0)
+            {
+                if (node.Entries![i].IsMapped && childBase >= from) return childBase;
+                continue;
+            }
+            var found = NextMapped(node.Children![i], level - 1, childBase, from, limit);
+            if (found >= 0) return found;
+        }
+        return -1;
+    }
+
+    /// <summary>First unmapped block at or after <paramref name="block"/> and before <paramref name="limit"/>, or <paramref name="limit"/>.</summary>
+    public long NextUnmapped(long block, long limit)
+    {
+        while (block < limit)
+        {
+            var leaf = FindLeaf(block);
+            if (leaf is null) return block;
+            var entries = leaf.Entries!;
+            long leafBase = block & ~(long)(Fanout - 1);
+            for (int i = (int)(block - leafBase); i < Fanout; i++)
+            {
+                long b = leafBase + i;
+                if (b >= limit) return limit;
+                if (!entries[i].IsMapped) return b;
+            }
+            block = leafBase + Fanout;
+        }
+        return limit;
+    }
+
+    /// <summary>Every mapped block, in logical order.</summary>
+    public IEnumerable<(long Block, BlockEntry Entry)> EnumerateMapped()
+    {
+        for (long b = NextMapped(0, long.MaxValue); b >= 0; b = NextMapped(b + 1, long.MaxValue))
+            yield return (b, Get(b));
+    }
+
+    /// <summary>Unmaps everything at or after <paramref name="block"/>, reporting each block and what it held.</summary>
+    public void UnmapFrom(long block, Action<long, BlockEntry> unmapped)
+    {
+        for (long b = NextMapped(block, long.MaxValue); b >= 0; b = NextMapped(b + 1, long.MaxValue))
+            unmapped(b, Set(b, default));
+    }
+
+    /// <summary>
+    /// Calls <paramref name="visitor"/> for every block in [<paramref name="from"/>, <paramref name="to"/>) whose entry
+    /// differs between the two maps, in block order. Shared subtrees are skipped, so the time is proportional to the
+    /// number of differing leaves, not to the size. Either map may be null (empty). Both must be stable while this runs.
+    /// </summary>
+    public static void Diff(MapTree? older, MapTree? newer, long from, long to, MapDiffVisitor visitor)
+    {
+        if (from >= to) return;
+        Diff(older?._root, newer?._root, InteriorLevels, 0, from, to, visitor);
+    }
+
+    private static void Diff(Node? a, Node? b, int level, long nodeBase, long from, long to, MapDiffVisitor visitor)
+    {
+        if (ReferenceEquals(a, b)) return;
+        int shift = level * LevelBits;
+        long span = 1L << shift;
+        int first = from <= nodeBase ? 0 : (int)((from - nodeBase) >> shift);
+        for (int i = first; i < Fanout; i++)
+        {
+            long childBase = nodeBase + i * span;
+            if (childBase >= to) return;
+            if (level == 0)
+            {
+                if (childBase < from) continue;
+                var ea = a is null ? default : a.Entries![i];
+                var eb = b is null ? default : b.Entries![i];
+                if (ea.PbaPlusOne != eb.PbaPlusOne) visitor(childBase, ea, eb);
+                continue;
+            }
+            Diff(a?.Children![i], b?.Children![i], level - 1, childBase, from, to, visitor);
+        }
+    }
+}
