@@ -253,7 +253,8 @@ part_create() {
   for r in $(seq 1 "$create_runs"); do
     for v in $([ $((r % 2)) = 1 ] && echo snap-small snap-big || echo snap-big snap-small); do
       # A few writes and a flush first (untimed), so each snapshot freezes a map that changed since the last.
-      timeout 60 nbdsh -u "$(puri "$v")" -c '
+      # nbdsh runs `python3 -m nbd`: Debian's python3, which has the binding, not one earlier on PATH (pyenv).
+      PATH=/usr/bin:$PATH timeout 60 nbdsh -u "$(puri "$v")" -c '
 import random
 n = h.get_size() // 4096
 for i in range(16):
@@ -398,7 +399,7 @@ part_clone() {
 # --- part: delete -----------------------------------------------------------------------------------------------
 # One fio run of 4 KiB random reads at depth 1 on volume del, with a per-I/O latency log in Unix-epoch milliseconds;
 # 2 s in, the command runs (delete: `platter snapshot delete del@old`; control: `platter snapshot list del`), and
-# the store's used bytes are sampled 5 times a second until fio ends.
+# the store's usage (free bytes rise as the reclaim hands blocks back) is sampled 5 times a second until fio ends.
 delete_run() { # round kind
   local r=$1 kind=$2 raw="$out/raw/r$1-delete-$2" fpid t0 t1 rc=0 u0
   fio --name=snap --ioengine=nbd --uri="$(puri del)" --rw=randread --bs=4k --iodepth=1 --time_based \

@@ -83,13 +83,13 @@ def load_clat(path):
 
 
 def load_usage(path):
-    """(epoch_ms, usedBytes) samples; lines are `ms {json}` as snapshots.sh wrote them."""
+    """(epoch_ms, freeBytes) samples; lines are `ms {json}` as snapshots.sh wrote them."""
     out = []
     try:
         for line in open(path):
             ms, _, rest = line.strip().partition(" ")
             try:
-                out.append((int(ms), int(json.loads(rest)["usedBytes"])))
+                out.append((int(ms), int(json.loads(rest)["freeBytes"])))
             except (ValueError, KeyError, TypeError):
                 pass
     except OSError:
@@ -98,17 +98,20 @@ def load_usage(path):
 
 
 def reclaim_window(run):
-    """When the used bytes stopped falling after the delete: (end_ms, reclaimed_bytes, finished)."""
+    """When the deleted snapshot's space was back in the allocator: (end_ms, reclaimed_bytes, finished).
+
+    The store's usedBytes drops as soon as the delete returns (accounting); freeBytes rises only when the
+    background reclaim hands the blocks back, so the reclaim is over when freeBytes stops rising."""
     samples = load_usage(run["usage_log"])
-    before = (run.get("usage_before") or {}).get("usedBytes")
+    before = (run.get("usage_before") or {}).get("freeBytes")
     if not samples or before is None:
         return run["cmd_end_ms"], None, False
     final = samples[-1][1]
-    reclaimed = before - final
+    reclaimed = final - before
     tolerance = max(reclaimed // 100, 1 << 20)
-    end = next((t for t, u in samples if u <= final + tolerance), samples[-1][0])
-    # Still falling in the last second of the run: the reclaim outlasted fio.
-    last_second = [u for t, u in samples if t >= samples[-1][0] - 1000]
+    end = next((t for t, f in samples if f >= final - tolerance), samples[-1][0])
+    # Still rising in the last second of the run: the reclaim outlasted fio.
+    last_second = [f for t, f in samples if t >= samples[-1][0] - 1000]
     finished = max(last_second) - min(last_second) <= (1 << 20)
     return max(end, run["cmd_end_ms"]), reclaimed, finished
 
@@ -232,8 +235,8 @@ def main():
     dele = [r for r in runs if r["part"] == "delete"]
     if dele:
         out.append("## Read latency while a snapshot is deleted (4 KiB random reads, depth 1)\n")
-        out.append("Window: from the start of `platter snapshot delete` to the end of the reclaim (when the store's used "
-                   "bytes stop falling), and the same span from the start of `platter snapshot list` in the round's "
+        out.append("Window: from the start of `platter snapshot delete` to the end of the reclaim (when the store's free "
+                   "bytes, from /v1/usage, stop rising), and the same span from the start of `platter snapshot list` in the round's "
                    "control run. Whole run: fio's own percentiles over the run.\n")
         out.append("| round | run | window s | reclaimed GiB | delete cmd ms | window p50 µs | window p99 µs | window p99.9 µs | window max µs | run p99 µs | run IOPS |")
         out.append("|---|---|---|---|---|---|---|---|---|---|---|")
