@@ -448,14 +448,18 @@ part_delete() {
 # --- main -------------------------------------------------------------------------------------------------------
 has platter "$sides" && find_platter
 log "parts=$parts sides=$sides rounds=$rounds size=$size runtime=${runtime}s out=$out"
-has create "$parts" && part_create
-if has platter "$sides" && { has cow "$parts" || has clone "$parts" || has delete "$parts"; }; then
+# Every part gets a fresh store: what one part leaves in the data file (free space scattered by reclaimed
+# snapshots, a larger file competing for the page cache) must not slow the next one down.
+platter_fresh() {
+  has platter "$sides" || return 0
+  stop_pid platter
   rm -rf "$dir/snap-store"
   platter_start "$dir/snap-store"
-fi
-has cow "$parts" && part_cow
-has clone "$parts" && part_clone
-has delete "$parts" && part_delete
+}
+has create "$parts" && part_create
+has cow "$parts" && { platter_fresh; part_cow; }
+has clone "$parts" && { platter_fresh; part_clone; }
+has delete "$parts" && { platter_fresh; part_delete; }
 
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
