@@ -15,8 +15,9 @@
 #           (depth 0); qemu-nbd on qcow2 backing chains of the same depths for comparison (served --read-only: a
 #           backing file is opened by several servers, which qemu's image locking allows only read-only).
 #   delete  p99 latency of 4 KiB random reads at depth 1 on a volume while its snapshot holding --reclaim-size of unique
-#           data is deleted (written, snapshotted, overwritten), against the same fio run in which `platter snapshot
-#           list` runs at the same moment instead of the delete. The reclaim is followed through the management
+#           data is deleted (written, snapshotted, overwritten; deleted through the management API with curl, or with
+#           --delete-via cli by `platter snapshot delete`), against the same fio run in which the snapshots are listed
+#           at the same moment instead (GET with curl, or `platter snapshot list`). The reclaim is followed through the management
 #           API's /v1/usage (curl, 5 times a second, in both runs); latency is taken from fio's per-I/O log.
 # Rounds interleave the targets of a part (order rotated every round) so a drift of the shared machine spreads over
 # all of them; bench/summarize-snapshots.py reports medians and the ratios after/before, Platter/qcow2, depth 16/1
@@ -24,7 +25,7 @@
 #
 # Usage: bench/snapshots.sh [--parts create,cow,clone,delete] [--rounds N] [--size 4G] [--runtime SECONDS]
 #                           [--create-runs N] [--big-gib 64] [--big-pattern auto|full|sparse] [--depth 16]
-#                           [--reclaim-size 4G] [--delete-runtime SECONDS] [--sides platter,qcow2]
+#                           [--reclaim-size 4G] [--delete-runtime SECONDS] [--delete-via api|cli] [--sides platter,qcow2]
 #                           [--dir IMAGE_DIR] [--out RESULT_DIR] [--keep] [--quick]
 #   --quick = --rounds 2 --size 1G --runtime 3 --create-runs 5 --big-gib 4 --reclaim-size 512M --delete-runtime 8
 #             (a smoke run of the harness, not a measurement)
@@ -44,6 +45,7 @@ big_pattern=auto
 depth=16
 reclaim_size=4G
 delete_runtime=30
+delete_via=api
 sides=platter,qcow2
 dir="$repo/.cache/bench-snap"
 out=""
@@ -61,6 +63,7 @@ while [ $# -gt 0 ]; do
     --depth) depth=$2; shift 2 ;;
     --reclaim-size) reclaim_size=$2; shift 2 ;;
     --delete-runtime) delete_runtime=$2; shift 2 ;;
+    --delete-via) delete_via=$2; shift 2 ;;
     --sides) sides=$2; shift 2 ;;
     --dir) dir=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
@@ -82,6 +85,7 @@ done
 for p in ${parts//,/ }; do case "$p" in create|cow|clone|delete) ;; *) die "unknown part $p" ;; esac; done
 for s in ${sides//,/ }; do case "$s" in platter|qcow2) ;; *) die "unknown side $s" ;; esac; done
 case "$big_pattern" in auto|full|sparse) ;; *) die "--big-pattern is auto, full or sparse" ;; esac
+case "$delete_via" in api|cli) ;; *) die "--delete-via is api or cli" ;; esac
 has platter "$sides" || ! has create "$parts" || die "the create part measures Platter only (--sides has no platter)"
 has platter "$sides" || ! has delete "$parts" || die "the delete part measures Platter only (--sides has no platter)"
 
@@ -398,7 +402,8 @@ part_clone() {
 
 # --- part: delete -----------------------------------------------------------------------------------------------
 # One fio run of 4 KiB random reads at depth 1 on volume del, with a per-I/O latency log in Unix-epoch milliseconds;
-# 2 s in, the command runs (delete: `platter snapshot delete del@old`; control: `platter snapshot list del`), and
+# 2 s in, the command runs (delete: DELETE /v1/volumes/del/snapshots/old; control: GET /v1/volumes/del/snapshots;
+# both with curl, or with --delete-via cli `platter snapshot delete del@old` / `platter snapshot list del`), and
 # the store's usage (free bytes rise as the reclaim hands blocks back) is sampled 5 times a second until fio ends.
 delete_run() { # round kind
   local r=$1 kind=$2 raw="$out/raw/r$1-delete-$2" fpid t0 t1 rc=0 u0
@@ -409,7 +414,20 @@ delete_run() { # round kind
   sleep 2
   u0=$(usage_json)
   t0=$(now_ms)
-  if [ "$kind" = delete ]; then pcli snapshot delete del@old; else pcli snapshot list del; fi
+  # curl by default: the CLI is a .NET process whose start-up on this 2-core machine disturbs fio more than the
+  # engine's work does, and an administrator's CLI need not run on the server at all.
+  if [ "$delete_via" = cli ]; then
+    if [ "$kind" = delete ]; then pcli snapshot delete del@old; else pcli snapshot list del; fi
+  else
+    local code
+    if [ "$kind" = delete ]; then
+      code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 600 --unix-socket "$api" -X DELETE http://platter/v1/volumes/del/snapshots/old)
+      [ "$code" = 204 ] || die "DELETE /v1/volumes/del/snapshots/old answered $code"
+    else
+      code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 600 --unix-socket "$api" http://platter/v1/volumes/del/snapshots)
+      [ "$code" = 200 ] || die "GET /v1/volumes/del/snapshots answered $code"
+    fi
+  fi
   t1=$(now_ms)
   while kill -0 "$fpid" 2>/dev/null; do
     echo "$(now_ms) $(usage_json)" >> "$raw.usage"
@@ -435,7 +453,7 @@ part_delete() {
     head -c "$reclaim_bytes" "$src" | timeout 3600 nbdcopy --flush - "$(puri del)" || die "overwrite of del failed"
     settle "${pid[platter]}" platter
     # The control run first: the deletion consumes the snapshot, and building another costs a full overwrite.
-    log "delete: round $r/$rounds control (snapshot list)"
+    log "delete: round $r/$rounds control (list the snapshots)"
     delete_run "$r" control
     settle "${pid[platter]}" platter
     log "delete: round $r/$rounds delete"
@@ -463,7 +481,7 @@ has delete "$parts" && { platter_fresh; part_delete; }
 
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "command: $0 --parts $parts --sides $sides --rounds $rounds --size $size --runtime $runtime --create-runs $create_runs --big-gib $big_gib --big-pattern $big_pattern --depth $depth --reclaim-size $reclaim_size --delete-runtime $delete_runtime"
+  echo "command: $0 --parts $parts --sides $sides --rounds $rounds --size $size --runtime $runtime --create-runs $create_runs --big-gib $big_gib --big-pattern $big_pattern --depth $depth --reclaim-size $reclaim_size --delete-runtime $delete_runtime --delete-via $delete_via"
   echo "kernel: $(uname -r)"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //') x $(nproc)"
   echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB"

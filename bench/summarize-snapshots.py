@@ -235,10 +235,10 @@ def main():
     dele = [r for r in runs if r["part"] == "delete"]
     if dele:
         out.append("## Read latency while a snapshot is deleted (4 KiB random reads, depth 1)\n")
-        out.append("Window: from the start of `platter snapshot delete` to the end of the reclaim (when the store's free "
-                   "bytes, from /v1/usage, stop rising), and the same span from the start of `platter snapshot list` in the round's "
-                   "control run. Whole run: fio's own percentiles over the run.\n")
-        out.append("| round | run | window s | reclaimed GiB | delete cmd ms | window p50 µs | window p99 µs | window p99.9 µs | window max µs | run p99 µs | run IOPS |")
+        out.append("Window: from the start of the delete request to the end of the reclaim (when the store's free "
+                   "bytes, from /v1/usage, stop rising), and the same span from the start of the request listing the "
+                   "snapshots in the round's control run. Whole run: fio's own percentiles over the run.\n")
+        out.append("| round | run | window s | reclaimed GiB | request ms | window p50 µs | window p99 µs | window p99.9 µs | window max µs | run p99 µs | run IOPS |")
         out.append("|---|---|---|---|---|---|---|---|---|---|---|")
         rows = {}
         for r in dele:
