@@ -387,6 +387,9 @@ part_clone() {
       k=$(( (i + r - 1) % n )); t=${targets[$k]}; u=${uris[$k]}
       log "clone: round $r/$rounds $t"
       raw="$out/raw/r$r-clone-$t"
+      # Read the whole export first: this machine's kernel pages out page cache left untouched for about a minute
+      # (DAMON), so without it the first target after a pause would read the disk and the others the cache.
+      timeout 900 nbdcopy --connections=4 "$u" null: || log "warm-up read of $t failed"
       fio_nbd "$raw" "$u" randread 4k 32 "$runtime" || log "FAILED: $raw.out"
       record "{\"part\":\"clone\",\"round\":$r,\"target\":\"$t\",\"depth\":${t##*-d},\"fio_json\":\"$raw.json\"}"
     done
