@@ -149,4 +149,16 @@ internal sealed class VolumeModel(long sizeBytes)
 
     /// <summary>Every block that may hold data now or after a crash (for full verification).</summary>
     public IEnumerable<long> BlocksOfInterest => _current.Keys.Concat(_durable.Keys).Concat(_since.Keys).Distinct();
+
+    /// <summary>A copy holding the current content as durable: a snapshot taken now, or a clone made from one.</summary>
+    public VolumeModel CopyDurable()
+    {
+        var copy = new VolumeModel(SizeBytes);
+        foreach (var (k, v) in _current)
+        {
+            copy._current[k] = v;
+            copy._durable[k] = v;
+        }
+        return copy;
+    }
 }
