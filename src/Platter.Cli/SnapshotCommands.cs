@@ -188,8 +188,7 @@ internal static class SnapshotCommands
             var s = parse.GetRequiredValue(target);
             bool deleteNewer = parse.GetValue(recursive);
             using var client = PlatterCli.CreateClient(parse, api, context);
-            var volume = await Call(client, () => client.RollbackAsync(s.Volume, s.Snapshot, deleteNewer, ct), s.Volume, s.Snapshot, ct,
-                dependentsHint: "use --recursive to delete the newer snapshots too");
+            var volume = await Call(client, () => client.RollbackAsync(s.Volume, s.Snapshot, deleteNewer, ct), s.Volume, s.Snapshot, ct);
             if (parse.GetValue(json)) PlatterCli.WriteJson(context, volume, PlatterJsonContext.Default.VolumeDto);
             else context.Out.WriteLine($"rolled volume '{volume.Name}' back to snapshot '{s}' ({SizeText.Format(volume.SizeBytes)})");
             return PlatterCli.ExitOk;
@@ -266,12 +265,13 @@ internal static class SnapshotCommands
     }
 
     /// <summary>
-    /// Runs a call about snapshot <paramref name="volume"/>@<paramref name="snapshot"/> and words its failures: which of
-    /// volume or snapshot is missing, and what to do about dependents.
+    /// Runs a call about snapshot <paramref name="volume"/>@<paramref name="snapshot"/> and says, when it is not found,
+    /// whether the volume or the snapshot is missing.
     /// </summary>
-    private static async Task<T> Call<T>(PlatterApiClient client, Func<Task<T>> call, string volume, string snapshot, CancellationToken ct,
-        string? dependentsHint = null)
+    private static async Task<T> Call<T>(PlatterApiClient client, Func<Task<T>> call, string volume, string snapshot, CancellationToken ct)
     {
+        // Other refusals (already_exists, has_dependents naming the clones or newer snapshots) are the server's own
+        // sentence, printed as one line by PlatterCli.
         try
         {
             return await call();
@@ -279,15 +279,6 @@ internal static class SnapshotCommands
         catch (PlatterApiException e) when (e.Code == "not_found")
         {
             throw new CliException(await MissingSnapshotMessage(client, volume, [snapshot], ct));
-        }
-        catch (PlatterApiException e) when (e.Code is "already_exists" or "invalid_name")
-        {
-            throw new CliException(PlatterCli.OneLine(e.Message));
-        }
-        catch (PlatterApiException e) when (e.Code == "has_dependents")
-        {
-            var message = PlatterCli.OneLine(e.Message);
-            throw new CliException(dependentsHint is null ? message : $"{message} ({dependentsHint})");
         }
     }
 

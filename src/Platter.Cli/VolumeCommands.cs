@@ -166,15 +166,8 @@ internal static class VolumeCommands
             using var client = PlatterCli.CreateClient(parse, api, context);
             var volumeName = parse.GetRequiredValue(name);
             bool withSnapshots = parse.GetValue(recursive);
-            try
-            {
-                await Call(async () => { await client.DeleteVolumeAsync(volumeName, withSnapshots, ct); return 0; }, volumeName);
-            }
-            catch (PlatterApiException e) when (e.Code == "has_dependents")
-            {
-                var hint = withSnapshots ? "delete the clones first" : "use --recursive to delete its snapshots too";
-                throw new CliException($"{PlatterCli.OneLine(e.Message)} ({hint})");
-            }
+            // A refusal (snapshots, or clones of them) is the engine's sentence: it names them and says what to do.
+            await Call(async () => { await client.DeleteVolumeAsync(volumeName, withSnapshots, ct); return 0; }, volumeName);
             if (parse.GetValue(json)) context.Out.WriteLine("{\"deleted\":\"" + System.Text.Json.JsonEncodedText.Encode(volumeName) + "\"}");
             else context.Out.WriteLine($"deleted volume '{volumeName}'{(withSnapshots ? " and its snapshots" : "")}");
             return PlatterCli.ExitOk;
