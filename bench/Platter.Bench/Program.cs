@@ -4,10 +4,13 @@ using Platter.Storage;
 // In-process engine benchmark (no network): the numbers the engine must reach before NBD adds its own cost.
 // Usage: dotnet run -c Release --project bench/Platter.Bench -- [--dir DIR] [--size-gib 4] [--seconds 10] [--threads 4] [--write-threads 32]
 //        dotnet run -c Release --project bench/Platter.Bench -- --kv     (metadata store micro-benchmark)
+//        dotnet run -c Release --project bench/Platter.Bench -- --snapshots [...]   (snapshot creation time, see SnapshotBench.cs)
+if (args.Length > 0 && args[0] == "--snapshots")
+    return SnapshotBench.Run(args);
 if (args.Length > 0 && args[0] == "--kv")
 {
     KvBench.Run(Path.Combine(Path.GetTempPath(), "platter-kvbench"), keys: 1_000_000);
-    return;
+    return 0;
 }
 var options = BenchOptions.Parse(args);
 if (Directory.Exists(options.Directory)) Directory.Delete(options.Directory, recursive: true);
@@ -29,6 +32,7 @@ Console.WriteLine($"# commits {c.Commits}: sync avg {c.SyncMicros / Math.Max(1, 
 var check = store.Check(verifyChecksums: false);
 Console.WriteLine($"# check: {(check.Ok ? "ok" : string.Join("; ", check.Problems))}; {check.ExtentRecords} extent records for {check.MappedBlocks} blocks; commits {store.Counters.Commits}, checkpoints {store.Counters.Checkpoints}");
 Directory.Delete(options.Directory, recursive: true);
+return 0;
 
 static void Report(string name, (long Ops, double Seconds) r, int bytes)
 {
