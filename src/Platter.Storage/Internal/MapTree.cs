@@ -35,28 +35,43 @@ internal sealed class MapTree
     private const int LevelBits = 8;
     private const int InteriorLevels = 5;
 
-    private sealed class Node
+    // Slots live inline in the node object, so each level of a lookup is one dependent load, not two.
+    [InlineArray(Fanout)]
+    private struct ChildSlots
     {
-        public readonly object Owner;
-        public readonly BlockEntry[]? Entries;
-        public readonly Node?[]? Children;
-        public int Count; // leaf: mapped entries; interior: non-null children
-
-        public Node(object owner, bool leaf)
-        {
-            Owner = owner;
-            if (leaf) Entries = new BlockEntry[Fanout];
-            else Children = new Node?[Fanout];
-        }
-
-        public Node(object owner, Node copyOf)
-        {
-            Owner = owner;
-            Entries = copyOf.Entries is null ? null : (BlockEntry[])copyOf.Entries.Clone();
-            Children = copyOf.Children is null ? null : (Node?[])copyOf.Children.Clone();
-            Count = copyOf.Count;
-        }
+        private Node? _child;
     }
+
+    [InlineArray(Fanout)]
+    private struct EntrySlots
+    {
+        private BlockEntry _entry;
+    }
+
+    private abstract class Node(object owner)
+    {
+        public readonly object Owner = owner;
+        public int Count; // leaf: mapped entries; interior: non-null children
+        public abstract Node CopyFor(object owner);
+    }
+
+    private sealed class Interior(object owner) : Node(owner)
+    {
+        public ChildSlots Children;
+
+        public override Node CopyFor(object owner) => new Interior(owner) { Children = Children, Count = Count };
+    }
+
+    private sealed class Leaf(object owner) : Node(owner)
+    {
+        public EntrySlots Entries;
+
+        public override Node CopyFor(object owner) => new Leaf(owner) { Entries = Entries, Count = Count };
+    }
+
+    // The level says which kind a node is (0 = leaf), so casts need no type check.
+    private static Interior AsInterior(Node node) => Unsafe.As<Interior>(node);
+    private static Leaf AsLeaf(Node node) => Unsafe.As<Leaf>(node);
 
     [InlineArray(InteriorLevels + 1)]
     private struct NodePath
@@ -105,7 +120,7 @@ internal sealed class MapTree
     public BlockEntry Get(long block)
     {
         var leaf = FindLeaf(block);
-        return leaf is null ? default : leaf.Entries![block & (Fanout - 1)];
+        return leaf is null ? default : leaf.Entries[(int)(block & (Fanout - 1))];
     }
 
     /// <summary>Copies the entries of <paramref name="destination"/>.Length blocks starting at <paramref name="firstBlock"/>.</summary>
@@ -118,18 +133,18 @@ internal sealed class MapTree
             int inLeaf = (int)(block & (Fanout - 1));
             int n = Math.Min(Fanout - inLeaf, destination.Length - done);
             var leaf = FindLeaf(block);
-            if (leaf is not null) leaf.Entries.AsSpan(inLeaf, n).CopyTo(destination.Slice(done, n));
+            if (leaf is not null) ((ReadOnlySpan<BlockEntry>)leaf.Entries).Slice(inLeaf, n).CopyTo(destination.Slice(done, n));
             else destination.Slice(done, n).Clear();
             done += n;
         }
     }
 
-    private Node? FindLeaf(long block)
+    private Leaf? FindLeaf(long block)
     {
         var node = _root;
         for (int level = InteriorLevels; level > 0 && node is not null; level--)
-            node = node.Children![(int)((block >> (level * LevelBits)) & (Fanout - 1))];
-        return node;
+            node = AsInterior(node).Children[(int)((block >> (level * LevelBits)) & (Fanout - 1))];
+        return node is null ? null : AsLeaf(node);
     }
 
     /// <summary>Sets one block and returns what was there before.</summary>
@@ -148,24 +163,24 @@ internal sealed class MapTree
             var node = link;
             if (node is null)
             {
-                node = new Node(owner, leaf: level == 0);
+                node = level == 0 ? new Leaf(owner) : new Interior(owner);
                 link = node;
                 if (level < InteriorLevels) path[level + 1].Count++;
             }
             else if (!ReferenceEquals(node.Owner, owner))
             {
-                node = new Node(owner, node);
+                node = node.CopyFor(owner);
                 link = node;
             }
             path[level] = node;
             if (level == 0) break;
             int slot = (int)((block >> (level * LevelBits)) & (Fanout - 1));
             slots[level - 1] = slot;
-            link = ref node.Children![slot];
+            link = ref AsInterior(node).Children[slot];
         }
 
-        var leafNode = path[0];
-        ref var target = ref leafNode.Entries![block & (Fanout - 1)];
+        var leafNode = AsLeaf(path[0]);
+        ref var target = ref leafNode.Entries[(int)(block & (Fanout - 1))];
         var old = target;
         target = entry;
         int delta = (entry.IsMapped ? 1 : 0) - (old.IsMapped ? 1 : 0);
@@ -174,7 +189,7 @@ internal sealed class MapTree
         // Prune emptied nodes so scans skip them.
         for (int level = 0; level < InteriorLevels && path[level].Count == 0; level++)
         {
-            path[level + 1].Children![slots[level]] = null;
+            AsInterior(path[level + 1]).Children[slots[level]] = null;
             path[level + 1].Count--;
         }
         if (path[InteriorLevels].Count == 0) _root = null;
@@ -196,10 +211,10 @@ internal sealed class MapTree
             if (childBase >= limit) return -1;
             if (level == 0)
             {
-                if (node.Entries![i].IsMapped && childBase >= from) return childBase;
+                if (AsLeaf(node).Entries[i].IsMapped && childBase >= from) return childBase;
                 continue;
             }
-            var found = NextMapped(node.Children![i], level - 1, childBase, from, limit);
+            var found = NextMapped(AsInterior(node).Children[i], level - 1, childBase, from, limit);
             if (found >= 0) return found;
         }
         return -1;
@@ -212,7 +227,7 @@ internal sealed class MapTree
         {
             var leaf = FindLeaf(block);
             if (leaf is null) return block;
-            var entries = leaf.Entries!;
+            ref var entries = ref leaf.Entries;
             long leafBase = block & ~(long)(Fanout - 1);
             for (int i = (int)(block - leafBase); i < Fanout; i++)
             {
@@ -263,12 +278,12 @@ internal sealed class MapTree
             if (level == 0)
             {
                 if (childBase < from) continue;
-                var ea = a is null ? default : a.Entries![i];
-                var eb = b is null ? default : b.Entries![i];
+                var ea = a is null ? default : AsLeaf(a).Entries[i];
+                var eb = b is null ? default : AsLeaf(b).Entries[i];
                 if (ea.PbaPlusOne != eb.PbaPlusOne) visitor(childBase, ea, eb);
                 continue;
             }
-            Diff(a?.Children![i], b?.Children![i], level - 1, childBase, from, to, visitor);
+            Diff(a is null ? null : AsInterior(a).Children[i], b is null ? null : AsInterior(b).Children[i], level - 1, childBase, from, to, visitor);
         }
     }
 }
