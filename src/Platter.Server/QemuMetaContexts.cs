@@ -91,7 +91,7 @@ public sealed class QemuMetaContextProvider : INbdMetaContextProvider
                 // E.g. the snapshot was deleted after the client selected the context: EIO with the engine's reason.
                 throw VolumeExport.Map(e);
             }
-            return Convert(runs[..count], offset, destination, static r => r.Allocated ? Dirty : 0, export.Name);
+            return Convert(runs[..count], offset, destination, static r => (r.Offset, r.Length, r.Allocated ? Dirty : 0u), export.Name);
         }
     }
 
@@ -112,30 +112,23 @@ public sealed class QemuMetaContextProvider : INbdMetaContextProvider
             {
                 throw VolumeExport.Map(e);
             }
-            int written = 0;
-            long expected = offset;
-            foreach (var run in runs[..count])
-            {
-                if (run.Length <= 0) continue;
-                CheckContiguous(run.Offset, expected, export.Name);
-                expected += run.Length;
-                written = Append(destination, written, run.Length, (uint)Math.Max(run.Depth, 0));
-            }
-            return written;
+            return Convert(runs[..count], offset, destination, static r => (r.Offset, r.Length, (uint)Math.Max(r.Depth, 0)), export.Name);
         }
     }
 
-    private static int Convert(ReadOnlySpan<VolumeExtent> runs, long offset, Span<NbdStatusExtent> destination,
-        Func<VolumeExtent, uint> flags, string exportName)
+    // Engine runs -> NBD descriptors: the runs must continue each other from `offset`; equal neighbours merge.
+    private static int Convert<TRun>(ReadOnlySpan<TRun> runs, long offset, Span<NbdStatusExtent> destination,
+        Func<TRun, (long Offset, long Length, uint Flags)> describe, string exportName)
     {
         int written = 0;
         long expected = offset;
-        foreach (var run in runs)
+        foreach (var item in runs)
         {
+            var run = describe(item);
             if (run.Length <= 0) continue;
             CheckContiguous(run.Offset, expected, exportName);
             expected += run.Length;
-            written = Append(destination, written, run.Length, flags(run));
+            written = Append(destination, written, run.Length, run.Flags);
         }
         return written;
     }
