@@ -136,10 +136,17 @@ public sealed class Volume : IDisposable
             if (since is null) throw new StorageException(StorageError.NotFound, $"'{Name}' has no older snapshot named '{sinceSnapshot}'");
             lock (_state.Lock)
             {
-                MapTree.Diff(since.Map, _state.Map, firstBlock, endBlock, (block, _, _) =>
+                // Enough runs to fill the reply (and one to know where the last clean one ends), then stop.
+                MapTree.DiffUntil(since.Map, _state.Map, firstBlock, endBlock, (block, _, _) =>
                 {
-                    if (changed.Count > 0 && changed[^1].End == block) changed[^1] = (changed[^1].Start, block + 1);
-                    else if (changed.Count <= runsMax) changed.Add((block, block + 1));
+                    if (changed.Count > 0 && changed[^1].End == block)
+                    {
+                        changed[^1] = (changed[^1].Start, block + 1);
+                        return true;
+                    }
+                    if (changed.Count > runsMax) return false;
+                    changed.Add((block, block + 1));
+                    return true;
                 });
             }
         }

@@ -114,4 +114,45 @@ public sealed class SnapshotTests
         StoreChecks.AssertConsistent(store, "after rollback");
         Assert.Equal(MiB, store.GetUsage().UsedBytes);
     }
+
+    [Fact]
+    public void Changed_extents_page_through_many_changes_with_a_small_buffer_and_agree_with_diff()
+    {
+        using var dir = new TempDir("platter-snap");
+        using var store = Open(dir);
+        store.CreateVolume("vm", 16 * MiB);
+        using var vol = store.OpenVolume("vm");
+        vol.Write(0, Pattern(1, (int)(16 * MiB)));
+        store.CreateSnapshot("vm", "s1");
+        var rng = new Random(42);
+        var written = new SortedSet<long>();
+        for (int i = 0; i < 300; i++)
+        {
+            long block = rng.Next(0, (int)(16 * MiB / B));
+            written.Add(block);
+            vol.Write(block * B, Pattern(2, B));
+        }
+
+        var dirty = new SortedSet<long>();
+        var runs = new VolumeExtent[5];
+        long at = 0;
+        int calls = 0;
+        while (at < vol.SizeBytes)
+        {
+            int n = vol.GetChangedExtents("s1", at, vol.SizeBytes - at, runs);
+            Assert.InRange(n, 1, runs.Length);
+            calls++;
+            foreach (var r in runs.AsSpan(0, n))
+            {
+                Assert.Equal(at, r.Offset);
+                if (r.Allocated)
+                    for (long b = r.Offset / B; b < (r.Offset + r.Length) / B; b++) dirty.Add(b);
+                at += r.Length;
+            }
+        }
+        Assert.Equal(written, dirty);
+        Assert.True(calls > 10, $"only {calls} calls: the buffer should have forced paging");
+        var fromDiff = store.Diff("vm", "s1", null).SelectMany(c => Enumerable.Range(0, (int)(c.Length / B)).Select(i => c.Offset / B + i));
+        Assert.Equal(written, new SortedSet<long>(fromDiff));
+    }
 }

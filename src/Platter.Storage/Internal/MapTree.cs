@@ -19,6 +19,9 @@ internal struct BlockEntry
 /// <summary>Receives each block where two maps differ, with both entries (one may be unmapped).</summary>
 internal delegate void MapDiffVisitor(long block, BlockEntry older, BlockEntry newer);
 
+/// <summary>Like <see cref="MapDiffVisitor"/>; returns false to stop the walk.</summary>
+internal delegate bool MapDiffUntilVisitor(long block, BlockEntry older, BlockEntry newer);
+
 /// <summary>
 /// One version of a block map: a persistent radix tree (256-way interior nodes over leaves of
 /// <see cref="Layout.ChunkBlocks"/> entries). Versions share every node they have not changed, so a snapshot is a
@@ -259,31 +262,45 @@ internal sealed class MapTree
     /// differs between the two maps, in block order. Shared subtrees are skipped, so the time is proportional to the
     /// number of differing leaves, not to the size. Either map may be null (empty). Both must be stable while this runs.
     /// </summary>
-    public static void Diff(MapTree? older, MapTree? newer, long from, long to, MapDiffVisitor visitor)
+    public static void Diff(MapTree? older, MapTree? newer, long from, long to, MapDiffVisitor visitor) =>
+        DiffUntil(older, newer, from, to, (block, a, b) =>
+        {
+            visitor(block, a, b);
+            return true;
+        });
+
+    /// <summary>
+    /// <see cref="Diff"/> that stops when <paramref name="visitor"/> returns false (a caller that has what it needs,
+    /// e.g. a block-status reply that is full, does not walk the rest of the range).
+    /// </summary>
+    public static void DiffUntil(MapTree? older, MapTree? newer, long from, long to, MapDiffUntilVisitor visitor)
     {
         if (from >= to) return;
-        Diff(older?._root, newer?._root, InteriorLevels, 0, from, to, visitor);
+        Walk(older?._root, newer?._root, InteriorLevels, 0, from, to, visitor);
     }
 
-    private static void Diff(Node? a, Node? b, int level, long nodeBase, long from, long to, MapDiffVisitor visitor)
+    // Returns false when the visitor asked to stop.
+    private static bool Walk(Node? a, Node? b, int level, long nodeBase, long from, long to, MapDiffUntilVisitor visitor)
     {
-        if (ReferenceEquals(a, b)) return;
+        if (ReferenceEquals(a, b)) return true;
         int shift = level * LevelBits;
         long span = 1L << shift;
         int first = from <= nodeBase ? 0 : (int)((from - nodeBase) >> shift);
         for (int i = first; i < Fanout; i++)
         {
             long childBase = nodeBase + i * span;
-            if (childBase >= to) return;
+            if (childBase >= to) return true;
             if (level == 0)
             {
                 if (childBase < from) continue;
                 var ea = a is null ? default : AsLeaf(a).Entries[i];
                 var eb = b is null ? default : AsLeaf(b).Entries[i];
-                if (ea.PbaPlusOne != eb.PbaPlusOne) visitor(childBase, ea, eb);
+                if (ea.PbaPlusOne != eb.PbaPlusOne && !visitor(childBase, ea, eb)) return false;
                 continue;
             }
-            Diff(a is null ? null : AsInterior(a).Children[i], b is null ? null : AsInterior(b).Children[i], level - 1, childBase, from, to, visitor);
+            if (!Walk(a is null ? null : AsInterior(a).Children[i], b is null ? null : AsInterior(b).Children[i], level - 1, childBase, from, to, visitor))
+                return false;
         }
+        return true;
     }
 }
