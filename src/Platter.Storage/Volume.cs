@@ -125,6 +125,7 @@ public sealed class Volume : IDisposable
         long firstBlock = offset >> Layout.BlockShift, endBlock = (end + Layout.BlockBytes - 1) >> Layout.BlockShift;
         var changed = new List<(long Start, long End)>();
         int runsMax = destination.Length;
+        bool truncated = false;
         lock (volume.Lock)
         {
             SnapshotState? since = null;
@@ -136,11 +137,17 @@ public sealed class Volume : IDisposable
             if (since is null) throw new StorageException(StorageError.NotFound, $"'{Name}' has no older snapshot named '{sinceSnapshot}'");
             lock (_state.Lock)
             {
-                // Enough runs to fill the reply (and one to know where the last clean one ends), then stop.
+                // Enough runs to fill the reply (and one to know where the last clean one ends), then stop; a run is
+                // cut at MapQueryBlocksMax blocks so one call never walks a huge range under the lock.
                 MapTree.DiffUntil(since.Map, _state.Map, firstBlock, endBlock, (block, _, _) =>
                 {
                     if (changed.Count > 0 && changed[^1].End == block)
                     {
+                        if (block - changed[^1].Start >= Layout.MapQueryBlocksMax)
+                        {
+                            truncated = true;
+                            return false;
+                        }
                         changed[^1] = (changed[^1].Start, block + 1);
                         return true;
                     }
@@ -164,7 +171,8 @@ public sealed class Volume : IDisposable
             destination[count++] = new VolumeExtent(runStart, runEnd - runStart, true);
             pos = runEnd;
         }
-        if (pos < end && count < destination.Length) destination[count++] = new VolumeExtent(pos, end - pos, false);
+        // After a cut run nothing is known beyond it: the caller asks again from there.
+        if (!truncated && pos < end && count < destination.Length) destination[count++] = new VolumeExtent(pos, end - pos, false);
         return count;
     }
 
@@ -181,7 +189,8 @@ public sealed class Volume : IDisposable
             var map = _state.Map;
             long pos = offset;
             long block = offset >> Layout.BlockShift;
-            while (block < endBlock && count < destination.Length)
+            long scanned = 0; // mapped blocks looked at: the work bound of one call
+            while (block < endBlock && count < destination.Length && scanned < Layout.MapQueryBlocksMax)
             {
                 int depth;
                 long next;
@@ -196,12 +205,14 @@ public sealed class Volume : IDisposable
                 {
                     depth = DepthOf(block, entry);
                     next = block + 1;
-                    while (next < endBlock)
+                    long cut = Math.Min(endBlock, block + Layout.MapQueryBlocksMax);
+                    while (next < cut)
                     {
                         var e = map.Get(next);
                         if (!e.IsMapped || DepthOf(next, e) != depth) break;
                         next++;
                     }
+                    scanned += next - block;
                 }
                 long runEnd = Math.Min(end, next << Layout.BlockShift);
                 destination[count++] = new DepthExtent(pos, runEnd - pos, depth);

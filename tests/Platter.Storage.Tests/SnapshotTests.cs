@@ -155,4 +155,60 @@ public sealed class SnapshotTests
         var fromDiff = store.Diff("vm", "s1", null).SelectMany(c => Enumerable.Range(0, (int)(c.Length / B)).Select(i => c.Offset / B + i));
         Assert.Equal(written, new SortedSet<long>(fromDiff));
     }
+
+    [Fact]
+    public void Map_queries_over_long_uniform_runs_answer_in_bounded_pieces_that_cover_everything()
+    {
+        using var dir = new TempDir("platter-snap");
+        using var store = Open(dir);
+        const long size = 320 * MiB; // longer than one query's run limit (256 MiB)
+        store.CreateVolume("base", size);
+        using (var v = store.OpenVolume("base"))
+        {
+            var chunk = Pattern(3, (int)(16 * MiB));
+            for (long off = 0; off < size; off += chunk.Length) v.Write(off, chunk);
+        }
+        store.CreateSnapshot("base", "s1");
+        store.CloneSnapshot("base", "s1", "clone");
+        using var clone = store.OpenVolume("clone");
+        var depths = new DepthExtent[8];
+        long at = 0;
+        int calls = 0;
+        while (at < size)
+        {
+            int n = clone.GetAllocationDepth(at, size - at, depths);
+            calls++;
+            Assert.InRange(n, 1, depths.Length);
+            foreach (var d in depths.AsSpan(0, n))
+            {
+                Assert.Equal(at, d.Offset);
+                Assert.Equal(2, d.Depth); // every block comes from the origin snapshot
+                at += d.Length;
+            }
+        }
+        Assert.True(calls >= 2, "one call answered 320 MiB of mapped blocks: the work per call is not bounded");
+
+        using (var v = store.OpenVolume("base"))
+        {
+            var chunk = Pattern(4, (int)(16 * MiB));
+            for (long off = 0; off < size; off += chunk.Length) v.Write(off, chunk);
+        }
+        using var live = store.OpenVolume("base");
+        var runs = new VolumeExtent[8];
+        at = 0;
+        calls = 0;
+        while (at < size)
+        {
+            int n = live.GetChangedExtents("s1", at, size - at, runs);
+            calls++;
+            Assert.InRange(n, 1, runs.Length);
+            foreach (var r in runs.AsSpan(0, n))
+            {
+                Assert.Equal(at, r.Offset);
+                Assert.True(r.Allocated, $"{r} reported clean after the whole volume was rewritten");
+                at += r.Length;
+            }
+        }
+        Assert.True(calls >= 2, "one call walked 320 MiB of changes: the work per call is not bounded");
+    }
 }

@@ -65,6 +65,12 @@ internal static class Layout
     /// </summary>
     public const long InlineReclaimBlocks = 1 << 16;
 
+    /// <summary>
+    /// Longest run one changed-extents or allocation-depth call reports (256 MiB). The work of a call is bounded by it,
+    /// since it holds the volume's lock; a block-status reply may cover less than was asked, and clients ask again.
+    /// </summary>
+    public const long MapQueryBlocksMax = 1 << 16;
+
     /// <summary>LMDB address space reservation: the largest the metadata file may grow to (1 TiB of virtual space, not disk).</summary>
     public const long MetadataMapBytes = 1L << 40;
 }
