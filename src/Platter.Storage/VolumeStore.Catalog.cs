@@ -72,7 +72,7 @@ public sealed partial class VolumeStore
                 {
                     long firstDropped = state.SizeBlocks;
                     var parent = state.Parent;
-                    state.Map.UnmapFrom(firstDropped, (block, old) => FreeIfUnshared(state, parent, block, old));
+                    state.Map.UnmapRange(firstDropped, long.MaxValue, (block, old) => FreeIfUnshared(state, parent, block, old));
                     AppendUnmapOps(state, parent, firstDropped, long.MaxValue);
                 }
             }

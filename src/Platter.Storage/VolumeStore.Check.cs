@@ -144,25 +144,14 @@ public sealed partial class VolumeStore
             problem($"'{name}': block {past} is mapped past the end ({sizeBlocks} blocks)");
     }
 
-    /// <summary>Like <see cref="ReferencedBlocks"/>, with each block's CRC and the first version and block mapping it.</summary>
+    /// <summary>Like <see cref="ReferencedBlocks"/>, with each block's CRC and the version and block that first map it.</summary>
     private static List<(long Pba, uint Crc, string Owner, long Block)> ReferencedEntries(IEnumerable<VolumeState> volumes)
     {
         var used = new List<(long, uint, string, long)>();
         foreach (var v in volumes)
         {
-            List<MapOwner> chain;
-            lock (v.Lock) chain = [.. v.Snapshots, v];
-            MapTree? previous = v.OriginSnapshot?.Map;
-            foreach (var version in chain)
-            {
-                MapTree map;
-                lock (version.Lock) map = version is VolumeState h ? h.Map.Snapshot() : version.Map;
-                MapTree.Diff(previous, map, 0, long.MaxValue, (block, _, newer) =>
-                {
-                    if (newer.IsMapped) used.Add((newer.Pba, newer.Crc, version.DisplayName, block));
-                });
-                previous = map;
-            }
+            var (maps, versions) = Lineage(v, freezeVolume: true);
+            VisitAdditions(maps, (i, block, entry) => used.Add((entry.Pba, entry.Crc, versions[i - 1].DisplayName, block)));
         }
         return used;
     }

@@ -337,25 +337,12 @@ public sealed partial class VolumeStore
         _journal.Reset();
     }
 
-    /// <summary>
-    /// Every physical block referenced by any version of the volumes, each once: a block is listed by the oldest
-    /// version that maps it (where it differs from that version's parent), since versions share what they inherit.
-    /// </summary>
+    /// <summary>Every physical block referenced by any version of the volumes, each once (see <see cref="VisitAdditions"/>).</summary>
     private static List<long> ReferencedBlocks(IEnumerable<VolumeState> volumes)
     {
         var used = new List<long>();
         foreach (var v in volumes)
-        {
-            MapTree? previous = v.OriginSnapshot?.Map;
-            foreach (var version in v.Snapshots.Select(x => x.Map).Append(v.Map))
-            {
-                MapTree.Diff(previous, version, 0, long.MaxValue, (_, _, newer) =>
-                {
-                    if (newer.IsMapped) used.Add(newer.Pba);
-                });
-                previous = version;
-            }
-        }
+            VisitAdditions(Lineage(v, freezeVolume: false).Maps, (_, _, entry) => used.Add(entry.Pba));
         return used;
     }
 

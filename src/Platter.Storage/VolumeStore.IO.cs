@@ -144,11 +144,11 @@ public sealed partial class VolumeStore
             long end = firstBlock + count;
             var parent = state.Parent;
             bool any = false;
-            for (long b = state.Map.NextMapped(firstBlock, end); b >= 0; b = state.Map.NextMapped(b + 1, end))
+            state.Map.UnmapRange(firstBlock, end, (b, old) =>
             {
-                FreeIfUnshared(state, parent, b, state.Map.Set(b, default));
+                FreeIfUnshared(state, parent, b, old);
                 any = true;
-            }
+            });
             if (!any) return; // already reads as zeros: nothing to journal
             int before = state.PendingOps.Length;
             AppendUnmapOps(state, parent, firstBlock, end);

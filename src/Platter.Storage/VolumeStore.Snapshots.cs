@@ -158,10 +158,10 @@ public sealed partial class VolumeStore
             }
             CommitNow();
             // What the dropped versions added on top of the snapshot was theirs alone.
-            var chain = new List<MapTree> { snap.Map };
+            var chain = new List<MapTree?> { snap.Map };
             chain.AddRange(dropped.Select(d => d.Map));
             chain.Add(oldMap);
-            StartReclaim($"rollback of '{volume}' to '{snapshot}'", chain.Sum(m => m.MappedBlocks), free => FreeChainAdditions(chain, free));
+            StartReclaim($"rollback of '{volume}' to '{snapshot}'", chain.Sum(m => m!.MappedBlocks), free => VisitAdditions(chain, (_, _, e) => free(e.Pba)));
             return 0;
         });
     }
@@ -182,12 +182,12 @@ public sealed partial class VolumeStore
                     $"volume '{name}' has snapshots ({string.Join(", ", snaps.Select(s => s.Name))}); delete them first, or delete recursively (platter volume delete --recursive)");
             foreach (var s in snaps) ThrowIfCloned(s);
             lock (_catalogLock) _byName.Remove(name);
-            MapTree head;
+            List<MapTree?> chain;
             lock (state.Lock)
             {
                 state.Deleted = true;
                 foreach (var s in snaps) s.Deleted = true;
-                head = state.Map.Snapshot();
+                chain = Lineage(state, freezeVolume: true).Maps;
             }
             ReleaseRegion(state);
             lock (_catalogLock) _catalogOps.AppendDeleteVolume(state.Id);
@@ -197,24 +197,43 @@ public sealed partial class VolumeStore
                 _byId.Remove(state.Id);
                 state.OriginSnapshot?.Clones.Remove(state);
             }
-            var chain = new List<MapTree?> { state.OriginSnapshot?.Map };
-            chain.AddRange(snaps.Select(s => s.Map));
-            chain.Add(head);
-            StartReclaim($"volume '{name}'", chain.Sum(m => m?.MappedBlocks ?? 0), free => FreeChainAdditions(chain, free));
+            StartReclaim($"volume '{name}'", chain.Sum(m => m?.MappedBlocks ?? 0), free => VisitAdditions(chain, (_, _, e) => free(e.Pba)));
             return 0;
         });
     }
 
-    // Along a chain of versions, each one's additions over the one before are blocks no version outside the chain
-    // maps (the first element is the part that survives, or null).
-    private static void FreeChainAdditions(IReadOnlyList<MapTree?> chain, Action<long> free)
+    /// <summary>
+    /// Along a chain of versions, each derived from the one before (the first may be null: empty), reports each
+    /// version's additions over the one before: the blocks it maps that its predecessor does not map there, with the
+    /// index of the version in the chain. Versions share blocks only along their lineage, so no version before it in
+    /// the chain references such a block: this is how reclaim finds what a dropped chain held alone, and how
+    /// recovery and the check list every referenced block exactly once.
+    /// </summary>
+    private static void VisitAdditions(IReadOnlyList<MapTree?> chain, Action<int, long, BlockEntry> visit)
     {
         for (int i = 1; i < chain.Count; i++)
         {
-            MapTree.Diff(chain[i - 1], chain[i], 0, long.MaxValue, (_, _, newer) =>
+            int version = i;
+            MapTree.Diff(chain[i - 1], chain[i], 0, long.MaxValue, (block, _, newer) =>
             {
-                if (newer.IsMapped) free(newer.Pba);
+                if (newer.IsMapped) visit(version, block, newer);
             });
+        }
+    }
+
+    /// <summary>
+    /// A volume's lineage as maps: its origin snapshot's (or null), its snapshots' oldest first, then its own; and the
+    /// versions they belong to (Versions[i] owns Maps[i + 1]). With <paramref name="freezeVolume"/> the volume's map
+    /// is a frozen view, for callers that walk it while writes may go on.
+    /// </summary>
+    private static (List<MapTree?> Maps, List<MapOwner> Versions) Lineage(VolumeState volume, bool freezeVolume)
+    {
+        lock (volume.Lock)
+        {
+            var maps = new List<MapTree?> { volume.OriginSnapshot?.Map };
+            maps.AddRange(volume.Snapshots.Select(s => s.Map));
+            maps.Add(freezeVolume ? volume.Map.Snapshot() : volume.Map);
+            return (maps, [.. volume.Snapshots, volume]);
         }
     }
 

@@ -49,9 +49,7 @@ internal sealed class Catalog
     {
         if (pba == MetadataStore.TombstonePba)
         {
-            long end = block + count;
-            for (long b = map.NextMapped(block, end); b >= 0; b = map.NextMapped(b + 1, end))
-                map.Set(b, default);
+            map.UnmapRange(block, block + count);
             return;
         }
         for (int i = 0; i < count; i++)
@@ -68,13 +66,8 @@ internal sealed class Catalog
                 return;
             case OpKind.Unmap:
             case OpKind.Tombstone:
-            {
-                var map = Head(op.LayerId).Map;
-                long end = op.Count >= long.MaxValue - op.Block ? long.MaxValue : op.Block + op.Count;
-                for (long b = map.NextMapped(op.Block, end); b >= 0; b = map.NextMapped(b + 1, end))
-                    map.Set(b, default);
+                Head(op.LayerId).Map.UnmapRange(op.Block, op.Count >= long.MaxValue - op.Block ? long.MaxValue : op.Block + op.Count);
                 return;
-            }
             case OpKind.CreateVolume:
             {
                 SnapshotState? origin = op.SnapshotId == 0 ? null : Snapshot(op.SnapshotId);

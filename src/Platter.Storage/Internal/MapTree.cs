@@ -98,8 +98,6 @@ internal sealed class MapTree
     /// <summary>Number of mapped blocks.</summary>
     public long MappedBlocks { get; private set; }
 
-    public bool IsFrozen => _owner is null;
-
     /// <summary>
     /// Returns a frozen version holding the current content, in O(1). This tree stays mutable but no longer owns its
     /// nodes, so its next change to any of them copies that node's path.
@@ -116,9 +114,6 @@ internal sealed class MapTree
         if (_owner is not null) _owner = new object();
         return new MapTree(_root, MappedBlocks, frozen: false);
     }
-
-    /// <summary>True when both maps are the same version (share their root): no block differs.</summary>
-    public bool SharesRootWith(MapTree other) => ReferenceEquals(_root, other._root);
 
     public BlockEntry Get(long block)
     {
@@ -243,18 +238,14 @@ internal sealed class MapTree
         return limit;
     }
 
-    /// <summary>Every mapped block, in logical order.</summary>
-    public IEnumerable<(long Block, BlockEntry Entry)> EnumerateMapped()
+    /// <summary>Unmaps every mapped block in [<paramref name="from"/>, <paramref name="end"/>), reporting each block and what it held.</summary>
+    public void UnmapRange(long from, long end, Action<long, BlockEntry>? unmapped = null)
     {
-        for (long b = NextMapped(0, long.MaxValue); b >= 0; b = NextMapped(b + 1, long.MaxValue))
-            yield return (b, Get(b));
-    }
-
-    /// <summary>Unmaps everything at or after <paramref name="block"/>, reporting each block and what it held.</summary>
-    public void UnmapFrom(long block, Action<long, BlockEntry> unmapped)
-    {
-        for (long b = NextMapped(block, long.MaxValue); b >= 0; b = NextMapped(b + 1, long.MaxValue))
-            unmapped(b, Set(b, default));
+        for (long b = NextMapped(from, end); b >= 0; b = NextMapped(b + 1, end))
+        {
+            var old = Set(b, default);
+            unmapped?.Invoke(b, old);
+        }
     }
 
     /// <summary>

@@ -255,15 +255,6 @@ internal sealed class MetadataStore : IDisposable
         txn.Delete(_snapshots, IdKey(snapshotId));
     }
 
-    /// <summary>Number of extent records (how well extents coalesce).</summary>
-    public long CountExtents()
-    {
-        long n = 0;
-        using var view = new View(this);
-        view.VisitAll((_, _, _, _, _, _) => n++);
-        return n;
-    }
-
     // Removes [block, block+count) from a layer, trimming or splitting records that straddle its edges.
     private void RemoveRange(LmdbTransaction txn, LmdbCursor cursor, long layerId, long block, long count)
     {
