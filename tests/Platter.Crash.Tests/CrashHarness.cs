@@ -12,13 +12,26 @@ namespace Platter.Crash.Tests;
 [CollectionDefinition(nameof(CrashCollection), DisableParallelization = true)]
 public sealed class CrashCollection;
 
+/// <summary>When to kill the worker: after it opened the store (mid-workload) or after it started (start-up, replay).</summary>
+internal readonly record struct KillMoment(bool WaitForOpen, int DelayMs)
+{
+    /// <summary>Mostly in the middle of the workload, sometimes during start-up and journal replay.</summary>
+    public static KillMoment Choose(Random rng)
+    {
+        bool waitForOpen = rng.Next(4) != 0;
+        return new KillMoment(waitForOpen, waitForOpen ? rng.Next(0, 700) : rng.Next(0, 400));
+    }
+
+    public override string ToString() => $"{(WaitForOpen ? "after open +" : "after start +")}{DelayMs} ms";
+}
+
 /// <summary>Starts the crash worker on a store and kills it with SIGKILL at a chosen moment.</summary>
 internal static class CrashHarness
 {
     public static int? EnvInt(string name) =>
         int.TryParse(Environment.GetEnvironmentVariable(name), NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) ? v : null;
 
-    public static void RunAndKill(string storeDir, int runSeed, string logPath, bool waitForOpen, int delayMs, string ctx, string mode)
+    public static void RunAndKill(string storeDir, int runSeed, string logPath, KillMoment kill, string ctx, string mode)
     {
         string workerDll = Path.Combine(AppContext.BaseDirectory, "Platter.CrashWorker.dll");
         Assert.True(File.Exists(workerDll), $"worker not found at {workerDll}");
@@ -34,7 +47,7 @@ internal static class CrashHarness
         var stdout = p.StandardOutput.ReadToEndAsync();
         try
         {
-            if (waitForOpen)
+            if (kill.WaitForOpen)
             {
                 // A liveness bound: start-up plus recovery take well under a second on a healthy store.
                 var deadline = DateTime.UtcNow.AddSeconds(30);
@@ -45,7 +58,7 @@ internal static class CrashHarness
                     Thread.Sleep(5);
                 }
             }
-            Thread.Sleep(delayMs);
+            Thread.Sleep(kill.DelayMs);
             if (p.HasExited)
                 Assert.Fail($"{ctx}: the worker exited on its own ({p.ExitCode}) before the kill:\n{stderr.Result}{stdout.Result}");
         }

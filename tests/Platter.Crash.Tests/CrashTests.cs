@@ -46,12 +46,10 @@ public sealed class CrashTests(ITestOutputHelper output)
             {
                 int runSeed = rng.Next();
                 string logPath = Path.Combine(root, $"run-{it}.log");
-                // Mostly kill in the middle of the workload, sometimes during start-up and journal replay.
-                bool waitForOpen = rng.Next(4) != 0;
-                int delayMs = waitForOpen ? rng.Next(0, 700) : rng.Next(0, 400);
-                string ctx = $"seed={baseSeed} iteration={it} runSeed={runSeed} kill {(waitForOpen ? "after open +" : "after start +")}{delayMs} ms";
+                var kill = KillMoment.Choose(rng);
+                string ctx = $"seed={baseSeed} iteration={it} runSeed={runSeed} kill {kill}";
 
-                CrashHarness.RunAndKill(storeDir, runSeed, logPath, waitForOpen, delayMs, ctx, "volume");
+                CrashHarness.RunAndKill(storeDir, runSeed, logPath, kill, ctx, "volume");
                 int threads = CrashWorkload.Threads(runSeed);
                 var progress = ParseLog(logPath, threads);
                 var expect = new Expectation(baseline);

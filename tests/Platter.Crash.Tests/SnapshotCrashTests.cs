@@ -94,11 +94,10 @@ public sealed class SnapshotCrashTests(ITestOutputHelper output)
             {
                 int runSeed = rng.Next();
                 string logPath = Path.Combine(root, $"run-{it}.log");
-                bool waitForOpen = rng.Next(4) != 0;
-                int delayMs = waitForOpen ? rng.Next(0, 700) : rng.Next(0, 400);
-                string ctx = $"seed={baseSeed} {mode} iteration={it} runSeed={runSeed} kill {(waitForOpen ? "after open +" : "after start +")}{delayMs} ms";
+                var kill = KillMoment.Choose(rng);
+                string ctx = $"seed={baseSeed} {mode} iteration={it} runSeed={runSeed} kill {kill}";
 
-                CrashHarness.RunAndKill(storeDir, runSeed, logPath, waitForOpen, delayMs, ctx, mode);
+                CrashHarness.RunAndKill(storeDir, runSeed, logPath, kill, ctx, mode);
                 var (lastIntent, lastCompleted) = ParseLog(logPath);
                 var replay = Replay(runSeed, mode, known, lastIntent, lastCompleted);
                 opsSeen += lastIntent + 1;
