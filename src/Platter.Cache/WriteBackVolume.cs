@@ -31,6 +31,9 @@ public sealed class WriteBackOptions
     /// </summary>
     public bool AcceptLoss { get; init; }
 
+    /// <summary>Size of the read cache file next to the log (0: no read cache). It starts empty on every open.</summary>
+    public long ReadCacheBytes { get; init; }
+
     /// <summary>Where log messages go.</summary>
     public ILoggerFactory LoggerFactory { get; init; } = NullLoggerFactory.Instance;
 }
@@ -62,12 +65,14 @@ public sealed class WriteBackVolume : IAsyncDisposable
 
     private readonly IVolumeHandle _backend;
     private readonly WriteBackLog _log;
+    private readonly ReadCache? _readCache;
     private readonly SemaphoreSlim[] _rmw = Enumerable.Range(0, RmwStripes).Select(_ => new SemaphoreSlim(1, 1)).ToArray();
 
-    private WriteBackVolume(IVolumeHandle backend, WriteBackLog log)
+    private WriteBackVolume(IVolumeHandle backend, WriteBackLog log, ReadCache? readCache)
     {
         _backend = backend;
         _log = log;
+        _readCache = readCache;
     }
 
     /// <summary>
@@ -81,7 +86,8 @@ public sealed class WriteBackVolume : IAsyncDisposable
     {
         var logger = options.LoggerFactory.CreateLogger("Platter.Cache");
         var log = WriteBackLog.Open(logPath, identity, options.LogBytes, options.AtomicUnitBytes, backend, logger, options.AcceptLoss, out var report);
-        var volume = new WriteBackVolume(backend, log) { Replayed = report.Replayed, Damage = report.Damage };
+        var readCache = options.ReadCacheBytes > 0 ? new ReadCache(logPath + ".rcache", options.ReadCacheBytes) : null;
+        var volume = new WriteBackVolume(backend, log, readCache) { Replayed = report.Replayed, Damage = report.Damage };
         log.Start();
         return volume;
     }
@@ -104,6 +110,12 @@ public sealed class WriteBackVolume : IAsyncDisposable
     /// <summary>Current counters.</summary>
     public WriteBackStatus Status => new(_log.DirtyBlocks * BlockBytes, _log.UsedBytes, _log.CapacityBytes, _log.LagRecords, _log.Failure);
 
+    /// <summary>Reads served by the read cache and reads that went to the backend (clean blocks only), or zeros without one.</summary>
+    public (long Hits, long Misses) ReadCacheCounters => _readCache is null ? (0, 0) : (_readCache.Hits, _readCache.Misses);
+
+    /// <summary>Forgets the read cache (the backend's content changed under it, e.g. a rollback).</summary>
+    public void ClearReadCache() => _readCache?.Clear();
+
     /// <summary>A handle for one client; all handles share this cache. Disposing a handle leaves the cache open.</summary>
     public IVolumeHandle OpenHandle() => new Handle(this);
 
@@ -114,6 +126,7 @@ public sealed class WriteBackVolume : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await _log.DisposeAsync().ConfigureAwait(false);
+        _readCache?.Dispose();
         _backend.Dispose();
     }
 
@@ -165,7 +178,7 @@ public sealed class WriteBackVolume : IAsyncDisposable
             }
             int start = i++;
             while (i < blocks && !_log.IsDirty(firstBlock + i)) i++;
-            await _backend.ReadAsync((firstBlock + start) * BlockBytes, destination[(start * BlockBytes)..(i * BlockBytes)], cancellationToken).ConfigureAwait(false);
+            await ReadThrough.ReadAsync(_readCache, _backend, firstBlock + start, destination[(start * BlockBytes)..(i * BlockBytes)], cancellationToken).ConfigureAwait(false);
         }
     }
 
@@ -175,7 +188,7 @@ public sealed class WriteBackVolume : IAsyncDisposable
         if (source.IsEmpty) return;
         if (IsAligned(offset, source.Length))
         {
-            await _log.AppendAsync(offset, source, cancellationToken).ConfigureAwait(false);
+            await AppendAsync(offset, source, cancellationToken).ConfigureAwait(false);
         }
         else
         {
@@ -194,7 +207,7 @@ public sealed class WriteBackVolume : IAsyncDisposable
             {
                 await ReadBlocksAsync(first, buffer.AsMemory(0, bytes), cancellationToken).ConfigureAwait(false);
                 source.Span.CopyTo(buffer.AsSpan((int)(offset - first * BlockBytes)));
-                await _log.AppendAsync(first * BlockBytes, buffer.AsMemory(0, bytes), cancellationToken).ConfigureAwait(false);
+                await AppendAsync(first * BlockBytes, buffer.AsMemory(0, bytes), cancellationToken).ConfigureAwait(false);
             }
             finally
             {
@@ -206,13 +219,25 @@ public sealed class WriteBackVolume : IAsyncDisposable
         if (fua) await _log.FlushAsync(cancellationToken).ConfigureAwait(false);
     }
 
+    // The read cache must never outlive the log's newer copy of a block: it is invalidated before the append (no
+    // racing reader inserts the old copy afterwards) and after it (none that looked in between does either).
+    private async ValueTask AppendAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    {
+        _readCache?.Invalidate(offset / BlockBytes, data.Length / BlockBytes);
+        await _log.AppendAsync(offset, data, cancellationToken).ConfigureAwait(false);
+        _readCache?.Invalidate(offset / BlockBytes, data.Length / BlockBytes);
+    }
+
     private async ValueTask ZeroAsync(long offset, long length, bool trim, bool deallocate, bool fua, CancellationToken cancellationToken)
     {
         CheckRange(offset, length);
         // An ordered barrier: everything logged before goes to the backend first, then the zeroing itself.
         await _log.DrainAsync(cancellationToken).ConfigureAwait(false);
+        long first = offset / BlockBytes, blocks = (offset + length + BlockBytes - 1) / BlockBytes - first;
+        _readCache?.Invalidate(first, blocks);
         if (trim) await _backend.TrimAsync(offset, length, fua, cancellationToken).ConfigureAwait(false);
         else await _backend.WriteZeroesAsync(offset, length, deallocate, fua, cancellationToken).ConfigureAwait(false);
+        _readCache?.Invalidate(first, blocks);
     }
 
     // Overlays dirty blocks on the backend's answer: a hole that holds dirty blocks is data (checked block by block up
