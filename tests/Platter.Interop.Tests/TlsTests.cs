@@ -42,12 +42,12 @@ public sealed class TlsTests(ITestOutputHelper output) : IDisposable
             string source = Path.Combine(_dir.Path, "source.img");
             string copy = Path.Combine(_dir.Path, "copy.img");
             await File.WriteAllBytesAsync(source, data);
-            (await Proc.RunAsync(Tools.NbdCopy, ["--flush", source, tlsUri])).EnsureSuccess("nbdcopy into the volume over TLS");
-            (await Proc.RunAsync(Tools.NbdCopy, [tlsUri, copy])).EnsureSuccess("nbdcopy out of the volume over TLS");
+            (await ProcessRunner.RunAsync(Tools.NbdCopy, ["--flush", source, tlsUri])).EnsureSuccess("nbdcopy into the volume over TLS");
+            (await ProcessRunner.RunAsync(Tools.NbdCopy, [tlsUri, copy])).EnsureSuccess("nbdcopy out of the volume over TLS");
             byte[] readBack = await File.ReadAllBytesAsync(copy);
             Assert.True(data.SequenceEqual(readBack), "data read back over TLS differs");
 
-            var plain = await Proc.RunAsync(Tools.NbdInfo, ["--no-content", $"nbd://127.0.0.1:{port}/secure"]);
+            var plain = await ProcessRunner.RunAsync(Tools.NbdInfo, ["--no-content", $"nbd://127.0.0.1:{port}/secure"]);
             Assert.True(plain.ExitCode != 0, "a client without TLS must be refused by --tls-required\n" + plain.Describe());
             Assert.Equal(0, await server.StopAsync());
         }

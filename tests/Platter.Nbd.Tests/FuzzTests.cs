@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Net.Sockets;
 using System.Text;
 using Xunit.Abstractions;
-using static Platter.Nbd.Tests.NbdTestClient;
+using static Platter.Testing.NbdTestClient;
 
 namespace Platter.Nbd.Tests;
 
@@ -18,14 +18,12 @@ public class FuzzTests(ITestOutputHelper output)
     private sealed class SocketPairFactory : IDisposable
     {
         private readonly Socket _listener;
-        private readonly string _dir;
+        private readonly TempDirectory _dir = new("pnbdf");
         private readonly string _path;
 
         public SocketPairFactory()
         {
-            _dir = Path.Combine(Path.GetTempPath(), "pnbdf-" + Guid.NewGuid().ToString("N")[..8]);
-            Directory.CreateDirectory(_dir);
-            _path = Path.Combine(_dir, "s");
+            _path = _dir.Combine("s");
             _listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
             _listener.Bind(new UnixDomainSocketEndPoint(_path));
             _listener.Listen(16);
@@ -42,7 +40,7 @@ public class FuzzTests(ITestOutputHelper output)
         public void Dispose()
         {
             _listener.Dispose();
-            try { Directory.Delete(_dir, true); } catch (IOException) { }
+            _dir.Dispose();
         }
     }
 

@@ -1,7 +1,7 @@
 using System.Security.Authentication;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
-using static Platter.Nbd.Tests.NbdTestClient;
+using static Platter.Testing.NbdTestClient;
 
 namespace Platter.Nbd.Tests;
 

@@ -11,7 +11,7 @@ namespace Platter.Storage.Tests;
 public sealed class ConcurrencyTests(ITestOutputHelper output) : IDisposable
 {
     private const int Sector = 512;
-    private readonly TempDir _dir = new();
+    private readonly TempDirectory _dir = new();
 
     public void Dispose() => _dir.Dispose();
 

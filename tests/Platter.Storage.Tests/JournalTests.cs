@@ -12,7 +12,7 @@ namespace Platter.Storage.Tests;
 public sealed class JournalTests(ITestOutputHelper output) : IDisposable
 {
     private const int B = Blocks.Size;
-    private readonly TempDir _dir = new();
+    private readonly TempDirectory _dir = new();
 
     [Theory]
     [InlineData(0)]

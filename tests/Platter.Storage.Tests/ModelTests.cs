@@ -52,7 +52,7 @@ public sealed class ModelTests(ITestOutputHelper output)
 
         public void Execute(int operations)
         {
-            using var dir = new TempDir("platter-model");
+            using var dir = new TempDirectory("platter-model");
             // Background commits every few ms interleave with the workload in some seeds, rarely in others.
             _commitInterval = _rng.Next(2) == 0 ? TimeSpan.FromMilliseconds(_rng.Next(1, 30)) : TimeSpan.FromSeconds(1);
             _store = _faults.Open(dir.Path, dataGrowthBytes: B * (long)_rng.Next(16, 512), commitIntervalMax: _commitInterval);

@@ -60,7 +60,7 @@ public sealed class SnapshotModelTests(ITestOutputHelper output)
 
         public void Execute(int operations)
         {
-            using var dir = new TempDir("platter-snapmodel");
+            using var dir = new TempDirectory("platter-snapmodel");
             _store = Open(dir.Path);
             try
             {

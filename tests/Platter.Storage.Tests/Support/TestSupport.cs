@@ -4,25 +4,6 @@ using Xunit.Abstractions;
 
 namespace Platter.Storage.Tests.Support;
 
-/// <summary>A scratch directory on the real file system (fallocate and fdatasync behave as in production), removed on dispose.</summary>
-internal sealed class TempDir : IDisposable
-{
-    public TempDir(string prefix = "platter-test")
-    {
-        Path = System.IO.Path.Combine(System.IO.Path.GetTempPath(), $"{prefix}-{Guid.NewGuid():N}");
-        Directory.CreateDirectory(Path);
-    }
-
-    public string Path { get; }
-
-    public void Dispose()
-    {
-        try { Directory.Delete(Path, recursive: true); }
-        catch (IOException) { }
-        catch (UnauthorizedAccessException) { }
-    }
-}
-
 /// <summary>
 /// Seeds for randomized tests. PLATTER_TEST_SEED replays one seed; otherwise every run draws fresh ones,
 /// so repeated CI runs keep exploring. The seed is always printed, and repeated in every failure message.
