@@ -41,6 +41,17 @@ public static class Clients
         return map;
     }
 
+    /// <summary>
+    /// <c>nbdinfo</c> on <paramref name="uri"/>, which must be refused because the server has no export named
+    /// <paramref name="name"/>: the server answers NBD_OPT_GO with NBD_REP_ERR_UNKNOWN, which libnbd reports as ENOENT
+    /// for that export. Any other failure (a crash, a timeout, a refused connection) fails the test.
+    /// </summary>
+    public static async Task AssertNoSuchExportAsync(string uri, string name, string because)
+    {
+        var result = await ProcessRunner.RunAsync(Tools.NbdInfo, ["--no-content", uri]);
+        result.EnsureRefused(1, $"server replied with error to opt_go request: No such file or directory for export: {name}", because);
+    }
+
     /// <summary>Runs qemu-io on the export with the raw format driver, one -c per command; fails if any command fails.</summary>
     public static Task<ProcessResult> QemuIoAsync(string uri, params string[] commands) => QemuIoAsync(uri, readOnly: false, commands);
 

@@ -16,16 +16,16 @@ internal static class Seeds
         Environment.GetEnvironmentVariable(EnvironmentVariable) is { Length: > 0 } s
         && int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) ? v : null;
 
-    /// <summary>The seed for one slot of a theory, or null when a replayed seed already runs in slot 0.</summary>
-    public static int? ForSlot(int slot, ITestOutputHelper output, string testName)
+    /// <summary>
+    /// The seed for one slot of a theory (a <c>[SkippableTheory]</c>). When a replayed seed already runs in slot 0,
+    /// every other slot has nothing to do and reports itself skipped: a slot that ran nothing must not count as passed.
+    /// </summary>
+    public static int ForSlot(int slot, ITestOutputHelper output, string testName)
     {
         if (Fixed is int f)
         {
             if (slot != 0)
-            {
-                output.WriteLine($"{EnvironmentVariable}={f} replays a single seed in slot 0; slot {slot} does nothing");
-                return null;
-            }
+                throw new SkipException($"{EnvironmentVariable}={f} replays a single seed, in slot 0; slot {slot} has nothing to run");
             output.WriteLine($"seed={f} (from {EnvironmentVariable}); replay: {EnvironmentVariable}={f} dotnet test --filter {testName}");
             return f;
         }
