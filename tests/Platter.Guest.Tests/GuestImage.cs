@@ -6,23 +6,10 @@ public sealed record GuestImage(string KernelPath, string InitrdPath, string Key
     // A cold build downloads ~75 MB of packages and may install qemu-system-x86; a cached one takes a second.
     private static readonly TimeSpan BuildTimeout = TimeSpan.FromMinutes(15);
 
-    /// <summary>The repository root: the nearest ancestor of the test binaries holding Platter.slnx.</summary>
-    public static string RepositoryRoot
-    {
-        get
-        {
-            for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            {
-                if (File.Exists(Path.Combine(dir.FullName, "Platter.slnx"))) return dir.FullName;
-            }
-            throw new InvalidOperationException($"no Platter.slnx above {AppContext.BaseDirectory}");
-        }
-    }
-
     /// <summary>Runs the build script (a no-op when cached) and returns the kernel and initramfs paths.</summary>
     public static async Task<GuestImage> BuildAsync(CancellationToken cancellationToken)
     {
-        var script = Path.Combine(RepositoryRoot, "tests", "guest", "build-guest.sh");
+        var script = Repository.PathOf("tests/guest/build-guest.sh");
         var result = await ProcessRunner.RunAsync("bash", [script], BuildTimeout, failOnTimeout: false, cancellationToken: cancellationToken);
         if (result.TimedOut || result.ExitCode != 0)
         {

@@ -21,7 +21,7 @@ public sealed class TlsTests(ITestOutputHelper output) : IDisposable
         string clientDir = Directory.CreateDirectory(Path.Combine(_dir.Path, "client")).FullName;
         WriteSelfSignedCertificate(serverCert, serverKey, Path.Combine(clientDir, "ca-cert.pem"));
 
-        int port = FreeTcpPort();
+        int port = Repository.FreeLoopbackPort();
         await using var server = new PlatterServer
         {
             Listen = $"127.0.0.1:{port}",
@@ -90,13 +90,6 @@ except nbd.Error as e:
         File.WriteAllText(certPath, pem);
         File.WriteAllText(caPath, pem);
         File.WriteAllText(keyPath, key.ExportPkcs8PrivateKeyPem());
-    }
-
-    private static int FreeTcpPort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 
     public void Dispose() => _dir.Dispose();
