@@ -1,4 +1,5 @@
 using System.Buffers;
+using Microsoft.Extensions.Logging;
 using Platter.Storage.Internal;
 
 namespace Platter.Storage;
@@ -9,13 +10,13 @@ namespace Platter.Storage;
 /// </summary>
 public sealed class Volume : IDisposable
 {
-    private readonly VolumeStore _store;
+    private readonly EngineParts _parts;
     private readonly MapOwner _state;
     private volatile bool _disposed;
 
-    internal Volume(VolumeStore store, MapOwner state)
+    internal Volume(EngineParts parts, MapOwner state)
     {
-        _store = store;
+        _parts = parts;
         _state = state;
     }
 
@@ -35,7 +36,7 @@ public sealed class Volume : IDisposable
         if (destination.IsEmpty) return;
         if (IsAligned(offset, destination.Length))
         {
-            _store.ReadBlocks(_state, offset >> Layout.BlockShift, destination);
+            ReadBlocks(offset >> Layout.BlockShift, destination);
             return;
         }
         long first = offset >> Layout.BlockShift;
@@ -44,7 +45,7 @@ public sealed class Volume : IDisposable
         var buffer = ArrayPool<byte>.Shared.Rent(bytes);
         try
         {
-            _store.ReadBlocks(_state, first, buffer.AsSpan(0, bytes));
+            ReadBlocks(first, buffer.AsSpan(0, bytes));
             buffer.AsSpan((int)(offset - (first << Layout.BlockShift)), destination.Length).CopyTo(destination);
         }
         finally
@@ -70,10 +71,10 @@ public sealed class Volume : IDisposable
         }
         long headBytes = (firstWhole << Layout.BlockShift) - offset;
         long wholeBytes = (endWhole - firstWhole) << Layout.BlockShift;
-        if (headBytes > 0) _store.ReadModifyWrite(Writable, offset, source[..(int)headBytes]);
-        _store.WriteBlocks(Writable, firstWhole, source.Slice((int)headBytes, (int)wholeBytes));
+        if (headBytes > 0) ReadModifyWrite(offset, source[..(int)headBytes]);
+        WriteBlocks(firstWhole, source.Slice((int)headBytes, (int)wholeBytes));
         var tail = source[(int)(headBytes + wholeBytes)..];
-        if (!tail.IsEmpty) _store.ReadModifyWrite(Writable, endWhole << Layout.BlockShift, tail);
+        if (!tail.IsEmpty) ReadModifyWrite(endWhole << Layout.BlockShift, tail);
     }
 
     private void WritePartial(long offset, ReadOnlySpan<byte> source)
@@ -81,7 +82,7 @@ public sealed class Volume : IDisposable
         while (!source.IsEmpty)
         {
             int inBlock = (int)Math.Min(source.Length, Layout.BlockBytes - (offset & (Layout.BlockBytes - 1)));
-            _store.ReadModifyWrite(Writable, offset, source[..inBlock]);
+            ReadModifyWrite(offset, source[..inBlock]);
             offset += inBlock;
             source = source[inBlock..];
         }
@@ -95,7 +96,7 @@ public sealed class Volume : IDisposable
     {
         CheckWritable();
         CheckRange(offset, length);
-        _store.ZeroRange(Writable, offset, length);
+        ZeroRange(offset, length);
     }
 
     /// <summary>Names of the snapshots a dirty-bitmap query may name: the volume's snapshots older than this handle's point in time.</summary>
@@ -236,7 +237,7 @@ public sealed class Volume : IDisposable
     public ValueTask FlushAsync(CancellationToken cancellationToken = default)
     {
         ThrowIfClosed();
-        return _store.FlushAsync(cancellationToken);
+        return _parts.Committer.FlushAsync(cancellationToken);
     }
 
     /// <summary>
@@ -294,8 +295,267 @@ public sealed class Volume : IDisposable
     {
         if (_disposed) throw new StorageException(StorageError.Closed, "the volume handle is closed");
         if (_state.Deleted) throw new StorageException(StorageError.Closed, $"volume '{Name}' was deleted");
-        _store.ThrowIfDisposed();
+        _parts.ThrowIfClosed();
     }
 
     public void Dispose() => _disposed = true;
+
+    // ---- The data path: copy-on-write writes, verified reads, unmapping. Offsets in blocks unless named bytes. ----
+
+    /// <summary>Writes whole blocks to new space and maps them. <paramref name="data"/> is a multiple of the block size.</summary>
+    private void WriteBlocks(long firstBlock, ReadOnlySpan<byte> data)
+    {
+        var state = Writable;
+        _parts.Committer.ThrowIfFailed();
+        int blocks = data.Length >> Layout.BlockShift;
+        Span<uint> crcs = stackalloc uint[Layout.ExtentBlocksMax];
+        int done = 0;
+        while (done < blocks)
+        {
+            long pba = _parts.Space.Allocate(state, Math.Min(blocks - done, Layout.ExtentBlocksMax), out int got);
+            var piece = data.Slice(done << Layout.BlockShift, got << Layout.BlockShift);
+            Crc32C.ComputeBlocks(piece, Layout.BlockBytes, crcs[..got]);
+            try
+            {
+                _parts.Data.Write(pba << Layout.BlockShift, piece);
+            }
+            catch (IOException e)
+            {
+                // Nothing maps this space yet, so it can be reused at once.
+                _parts.Space.FreeUnmapped(pba, got);
+                throw _parts.DeviceError(e, $"write to volume '{state.Name}' at offset {(firstBlock + done) << Layout.BlockShift}");
+            }
+            int opBytes;
+            lock (state.Lock)
+            {
+                if (state.Deleted || firstBlock + done + got > state.SizeBlocks)
+                {
+                    _parts.Space.FreeUnmapped(pba, got);
+                    throw state.Deleted
+                        ? new StorageException(StorageError.Closed, $"volume '{state.Name}' was deleted")
+                        : new StorageException(StorageError.OutOfRange, $"volume '{state.Name}' shrank below this write");
+                }
+                var parent = state.Parent;
+                for (int i = 0; i < got; i++)
+                {
+                    long block = firstBlock + done + i;
+                    var old = state.Map.Set(block, BlockEntry.Mapped(pba + i, crcs[i]));
+                    if (old.IsMapped) FreeIfUnshared(state, parent, block, old);
+                }
+                _parts.Space.NoteMapped(got);
+                int before = state.PendingOps.Length;
+                state.PendingOps.AppendMapExtent(state.LayerId, firstBlock + done, crcs[..got], pba);
+                opBytes = state.PendingOps.Length - before;
+            }
+            _parts.Committer.NotePendingBytes(opBytes, (long)got << Layout.BlockShift);
+            done += got;
+        }
+        Interlocked.Increment(ref _parts.Counters.WriteOps);
+        Interlocked.Add(ref _parts.Counters.WriteBytes, data.Length);
+    }
+
+    /// <summary>
+    /// A volume unmapped or replaced a block's entry: the block is free unless the volume's parent (its newest
+    /// snapshot, or its origin) still maps it. Nothing else can: versions share a block only along their lineage, and
+    /// every version between the parent and the volume is the parent itself. Caller holds the volume's lock.
+    /// </summary>
+    private void FreeIfUnshared(VolumeState state, SnapshotState? parent, long block, BlockEntry old)
+    {
+        if (parent is not null && parent.Map.Get(block).PbaPlusOne == old.PbaPlusOne) return;
+        state.PendingFrees.Add(old.Pba);
+        _parts.Space.NoteUnreferenced(1);
+    }
+
+    /// <summary>Reads whole blocks, verifying each mapped block's checksum; unmapped blocks read as zeros.</summary>
+    private void ReadBlocks(long firstBlock, Span<byte> destination)
+    {
+        var state = _state;
+        int blocks = destination.Length >> Layout.BlockShift;
+        long epoch = _parts.Epochs.Enter();
+        BlockEntry[]? rented = null;
+        try
+        {
+            Span<BlockEntry> entries = blocks <= 64 ? stackalloc BlockEntry[64] : (rented = ArrayPool<BlockEntry>.Shared.Rent(blocks));
+            entries = entries[..blocks];
+            lock (state.Lock)
+            {
+                if (state.Deleted) throw new StorageException(StorageError.Closed, $"'{state.DisplayName}' was deleted");
+                state.Map.Get(firstBlock, entries);
+            }
+            Span<uint> actual = stackalloc uint[64];
+            int i = 0;
+            while (i < blocks)
+            {
+                if (!entries[i].IsMapped)
+                {
+                    int j = i + 1;
+                    while (j < blocks && !entries[j].IsMapped) j++;
+                    destination.Slice(i << Layout.BlockShift, (j - i) << Layout.BlockShift).Clear();
+                    i = j;
+                    continue;
+                }
+                // One device read per physically contiguous run.
+                int k = i + 1;
+                while (k < blocks && entries[k].IsMapped && entries[k].Pba == entries[k - 1].Pba + 1) k++;
+                var run = destination.Slice(i << Layout.BlockShift, (k - i) << Layout.BlockShift);
+                try
+                {
+                    _parts.Data.Read(entries[i].Pba << Layout.BlockShift, run);
+                }
+                catch (IOException e)
+                {
+                    throw _parts.DeviceError(e, $"read of '{state.DisplayName}' at offset {(firstBlock + i) << Layout.BlockShift}");
+                }
+                for (int b = i; b < k; b += actual.Length)
+                {
+                    int n = Math.Min(actual.Length, k - b);
+                    Crc32C.ComputeBlocks(run.Slice((b - i) << Layout.BlockShift, n << Layout.BlockShift), Layout.BlockBytes, actual[..n]);
+                    for (int j = 0; j < n; j++)
+                    {
+                        if (actual[j] != entries[b + j].Crc)
+                            throw ChecksumError(state, firstBlock + b + j, entries[b + j].Pba);
+                    }
+                }
+                i = k;
+            }
+        }
+        finally
+        {
+            _parts.Epochs.Exit(epoch);
+            if (rented is not null) ArrayPool<BlockEntry>.Shared.Return(rented);
+        }
+        Interlocked.Increment(ref _parts.Counters.ReadOps);
+        Interlocked.Add(ref _parts.Counters.ReadBytes, destination.Length);
+    }
+
+    /// <summary>Unmaps whole blocks [firstBlock, firstBlock+count).</summary>
+    private void UnmapBlocks(long firstBlock, long count)
+    {
+        var state = Writable;
+        _parts.Committer.ThrowIfFailed();
+        if (count <= 0) return;
+        int opBytes;
+        lock (state.Lock)
+        {
+            if (state.Deleted) throw new StorageException(StorageError.Closed, $"volume '{state.Name}' was deleted");
+            long end = firstBlock + count;
+            var parent = state.Parent;
+            bool any = false;
+            state.Map.UnmapRange(firstBlock, end, (b, old) =>
+            {
+                FreeIfUnshared(state, parent, b, old);
+                any = true;
+            });
+            if (!any) return; // already reads as zeros: nothing to journal
+            int before = state.PendingOps.Length;
+            AppendUnmapOps(state, parent, firstBlock, end);
+            opBytes = state.PendingOps.Length - before;
+        }
+        _parts.Committer.NotePendingBytes(opBytes, 0);
+    }
+
+    /// <summary>
+    /// Journals that [firstBlock, end) of the volume reads as zeros: the range leaves the volume's layer, and where the
+    /// parent maps blocks a tombstone hides them. Caller holds the volume's lock.
+    /// </summary>
+    private static void AppendUnmapOps(VolumeState state, SnapshotState? parent, long firstBlock, long end)
+    {
+        state.PendingOps.AppendUnmap(state.LayerId, firstBlock, end - firstBlock);
+        if (parent is null) return;
+        long parentEnd = Math.Min(end, parent.SizeBlocks);
+        for (long b = parent.Map.NextMapped(firstBlock, parentEnd); b >= 0; )
+        {
+            long runEnd = parent.Map.NextUnmapped(b + 1, parentEnd);
+            state.PendingOps.AppendTombstone(state.LayerId, b, runEnd - b);
+            b = parent.Map.NextMapped(runEnd, parentEnd);
+        }
+    }
+
+    /// <summary>Makes a byte range read as zeros: whole blocks are unmapped, partial blocks rewritten with zeros.</summary>
+    private void ZeroRange(long offset, long length)
+    {
+        if (length <= 0) return;
+        long end = offset + length;
+        long firstWhole = (offset + Layout.BlockBytes - 1) >> Layout.BlockShift;
+        long endWhole = end >> Layout.BlockShift;
+        if (firstWhole >= endWhole)
+        {
+            // Inside one block, or straddling two without covering either.
+            ZeroPartial(offset, end);
+            return;
+        }
+        ZeroPartial(offset, firstWhole << Layout.BlockShift);
+        UnmapBlocks(firstWhole, endWhole - firstWhole);
+        ZeroPartial(endWhole << Layout.BlockShift, end);
+    }
+
+    private void ZeroPartial(long offset, long end)
+    {
+        var state = Writable;
+        Span<byte> zeros = stackalloc byte[Layout.BlockBytes];
+        zeros.Clear();
+        while (offset < end)
+        {
+            long block = offset >> Layout.BlockShift;
+            long blockEnd = Math.Min(end, (block + 1) << Layout.BlockShift);
+            bool mapped;
+            lock (state.Lock) mapped = state.Map.Get(block).IsMapped;
+            if (mapped)
+            {
+                ReadModifyWrite(offset, zeros[..(int)(blockEnd - offset)]);
+            }
+            offset = blockEnd;
+        }
+    }
+
+    /// <summary>Writes part of one block: reads it (verified), patches it, writes it to new space.</summary>
+    private void ReadModifyWrite(long offset, ReadOnlySpan<byte> source)
+    {
+        var state = Writable;
+        long block = offset >> Layout.BlockShift;
+        int inner = (int)(offset & (Layout.BlockBytes - 1));
+        Span<byte> buffer = stackalloc byte[Layout.BlockBytes];
+        // Two sector writes into one block must not both read the old block: serialise them per stripe.
+        lock (state.RmwLocks[(int)(block % Layout.RmwLockStripes)])
+        {
+            ReadBlocks(block, buffer);
+            source.CopyTo(buffer[inner..]);
+            WriteBlocks(block, buffer);
+        }
+    }
+
+    /// <summary>
+    /// Sets the volume's size (catalog resize, under the admin lock): shrinking drops the data past the new end and
+    /// zeroes the rest of a new partial last block, so a later grow reads zeros there.
+    /// </summary>
+    internal void Resize(long newSizeBytes)
+    {
+        var state = Writable;
+        long oldSize;
+        lock (state.Lock) oldSize = state.SizeBytes;
+        if (newSizeBytes < oldSize && newSizeBytes % Layout.BlockBytes != 0)
+        {
+            long tailEnd = Math.Min(oldSize, (newSizeBytes | (Layout.BlockBytes - 1)) + 1);
+            ZeroRange(newSizeBytes, tailEnd - newSizeBytes);
+        }
+        lock (state.Lock)
+        {
+            state.SizeBytes = newSizeBytes;
+            if (newSizeBytes < oldSize)
+            {
+                long firstDropped = state.SizeBlocks;
+                var parent = state.Parent;
+                state.Map.UnmapRange(firstDropped, long.MaxValue, (block, old) => FreeIfUnshared(state, parent, block, old));
+                AppendUnmapOps(state, parent, firstDropped, long.MaxValue);
+            }
+        }
+    }
+
+    private StorageException ChecksumError(MapOwner state, long block, long pba)
+    {
+        Interlocked.Increment(ref _parts.Counters.ChecksumErrors);
+        long offset = block << Layout.BlockShift;
+        _parts.Logger.LogError("Checksum mismatch in '{Volume}' at offset {Offset} (physical block {Pba})", state.DisplayName, offset, pba);
+        return new StorageException(StorageError.ChecksumMismatch, $"checksum mismatch in '{state.DisplayName}' at offset {offset} (physical block {pba})");
+    }
 }

@@ -55,10 +55,8 @@ internal sealed class VolumeState(long id, string name, long sizeBytes, DateTime
     public readonly OpLog PendingOps = new(1024);
     public readonly List<long> PendingFrees = new();
 
-    /// <summary>Guards the allocation region: space reserved for this volume's next writes, kept contiguous.</summary>
-    public readonly object RegionLock = new();
-    public long RegionNext;
-    public long RegionEnd;
+    /// <summary>Space reserved for this volume's next writes, kept contiguous (used by <see cref="Space"/> only).</summary>
+    public readonly Region Region = new();
 
     /// <summary>Serialises read-modify-write of partial blocks that hash to the same stripe.</summary>
     public readonly object[] RmwLocks = CreateStripes();
