@@ -19,7 +19,7 @@ namespace Platter.Storage;
 /// journal halves, checkpointer, the failed-store latch), <see cref="Space"/> (allocator, regions, growth, block
 /// counts, quarantine) and the data path in <see cref="Volume"/>. docs/ARCHITECTURE.md ("Concurrency") lists their locks.
 /// </summary>
-public sealed class VolumeStore : IDisposable
+public sealed partial class VolumeStore : IDisposable
 {
     internal const string MetadataFileName = "data.mdb";
     internal const string DataFileName = "data";

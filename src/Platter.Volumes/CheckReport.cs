@@ -1,6 +1,6 @@
-namespace Platter.Storage;
+namespace Platter.Volumes;
 
-/// <summary>What <see cref="VolumeStore.Check"/> found: one line per inconsistency in Problems (empty when consistent) and counts.</summary>
+/// <summary>What <see cref="IVolumeBackend.Check"/> found: one line per inconsistency in Problems (empty when consistent) and counts.</summary>
 public sealed record CheckReport(
     IReadOnlyList<string> Problems, int Volumes, long ExtentRecords, long MappedBlocks, long FreeBlocks, long TotalBlocks, long BlocksVerified)
 {
