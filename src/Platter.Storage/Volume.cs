@@ -63,6 +63,18 @@ public sealed class Volume : IVolumeHandle
         CheckWritable();
         CheckRange(offset, source.Length);
         if (source.IsEmpty) return;
+        try
+        {
+            WriteChecked(offset, source);
+        }
+        catch (Exception e) when (e is not StorageException)
+        {
+            throw _parts.Committer.FailStop(e, $"a write to '{Name}' at offset {offset}");
+        }
+    }
+
+    private void WriteChecked(long offset, ReadOnlySpan<byte> source)
+    {
         long end = offset + source.Length;
         long firstWhole = (offset + Layout.BlockBytes - 1) >> Layout.BlockShift;
         long endWhole = end >> Layout.BlockShift;
@@ -99,7 +111,14 @@ public sealed class Volume : IVolumeHandle
     {
         CheckWritable();
         CheckRange(offset, length);
-        ZeroRange(offset, length);
+        try
+        {
+            ZeroRange(offset, length);
+        }
+        catch (Exception e) when (e is not StorageException)
+        {
+            throw _parts.Committer.FailStop(e, $"zeroing '{Name}' at offset {offset}");
+        }
     }
 
     /// <summary>Names of the snapshots a dirty-bitmap query may name: the volume's snapshots older than this handle's point in time.</summary>
@@ -413,12 +432,16 @@ public sealed class Volume : IVolumeHandle
                 {
                     long block = firstBlock + done + i;
                     var old = state.Map.Set(block, BlockEntry.Mapped(pba + i, crcs[i]));
+                    // The allocator handed out a block this very volume maps: space accounting is broken.
+                    if (old.PbaPlusOne == pba + i + 1) Invariant.Fail($"physical block {pba + i} was allocated while '{state.Name}' maps it at block {block}");
                     if (old.IsMapped) FreeIfUnshared(state, parent, block, old);
                 }
                 _parts.Space.NoteMapped(got);
                 int before = state.PendingOps.Length;
                 state.PendingOps.AppendMapExtent(state.LayerId, firstBlock + done, crcs[..got], pba);
                 opBytes = state.PendingOps.Length - before;
+                // Map and pending log in step: every block just mapped is in the record just appended.
+                Invariant.Check(opBytes == OpLog.MapExtentBytes(got), "the pending log did not take the extent just mapped");
             }
             _parts.Committer.NotePendingBytes(opBytes, (long)got << Layout.BlockShift);
             done += got;

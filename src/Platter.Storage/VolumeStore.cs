@@ -321,6 +321,12 @@ public sealed partial class VolumeStore : IDisposable
     /// <summary>Commits and checkpoints everything into the KV store (tests).</summary>
     internal void Checkpoint() => _parts.Committer.Checkpoint();
 
+    /// <summary>The parts, for tests that inject broken state (fail-stop tests).</summary>
+    internal EngineParts Parts => _parts;
+
+    /// <summary>A volume's in-memory state, for tests that inject broken state.</summary>
+    internal VolumeState VolumeStateForTests(string name) => _catalog.Find(name);
+
     /// <summary>Waits until every background reclaim has handed its blocks over (tests).</summary>
     internal void WaitForReclaims() => _catalog.WaitForReclaims();
 

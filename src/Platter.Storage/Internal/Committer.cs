@@ -127,6 +127,21 @@ internal sealed class Committer : IDisposable
         }
     }
 
+    /// <summary>
+    /// Fail-stop: an unexpected exception (anything but a <see cref="StorageException"/>) or a broken invariant inside
+    /// write, commit, map or catalog code fails the store, like a failed sync: memory may now disagree with the
+    /// journal, so nothing more may be committed. Flush waiters are failed by the next round (no one hangs). Returns
+    /// the StoreFailed error to throw to the caller.
+    /// </summary>
+    public StorageException FailStop(Exception e, string during)
+    {
+        if (Interlocked.CompareExchange(ref _failure, e, null) is null)
+            _logger.LogCritical(e, "Unexpected error during {During}; the store now refuses writes until it is reopened", during);
+        Nudge();
+        return new StorageException(StorageError.StoreFailed,
+            $"the store failed during {during} ({e.Message}); it refuses writes until it is reopened (restart the server)", e);
+    }
+
     public void ThrowIfFailed()
     {
         var failure = Volatile.Read(ref _failure);
@@ -187,7 +202,16 @@ internal sealed class Committer : IDisposable
                     _logger.LogCritical(e, "Commit failed; the store now refuses writes until it is reopened");
                 }
             }
-            if (_space.HasQuarantine) _space.ReleaseQuarantine(_epochs.TryAdvance());
+            try
+            {
+                // A double free here (a broken invariant) must fail the store, not kill the committer thread.
+                if (error is null && _space.HasQuarantine) _space.ReleaseQuarantine(_epochs.TryAdvance());
+            }
+            catch (Exception e)
+            {
+                error = e;
+                FailStop(e, "the release of freed blocks");
+            }
             foreach (var w in flushes.Concat(checkpoints))
             {
                 if (error is null) w.TrySetResult();

@@ -60,10 +60,18 @@ internal sealed class Space
     public long FreeBlocks() => _allocator.FreeBlocks + ReservedRegionBlocks();
 
     /// <summary>A volume mapped <paramref name="blocks"/> newly allocated blocks.</summary>
-    public void NoteMapped(int blocks) => Interlocked.Add(ref _referencedBlocks, blocks);
+    public void NoteMapped(int blocks)
+    {
+        long referenced = Interlocked.Add(ref _referencedBlocks, blocks);
+        Invariant.Check(referenced <= _allocator.TotalBlocks, $"{referenced} blocks referenced in a data area of {_allocator.TotalBlocks}");
+    }
 
     /// <summary>Blocks no version references any more (they are on their way to the quarantine).</summary>
-    public void NoteUnreferenced(long blocks) => Interlocked.Add(ref _referencedBlocks, -blocks);
+    public void NoteUnreferenced(long blocks)
+    {
+        long referenced = Interlocked.Add(ref _referencedBlocks, -blocks);
+        Invariant.Check(referenced >= 0, $"more blocks freed than were referenced ({referenced})");
+    }
 
     /// <summary>Gives back space allocated but never mapped (a failed or refused write): reusable at once.</summary>
     public void FreeUnmapped(long pba, int blocks) => _allocator.Free(pba, blocks);

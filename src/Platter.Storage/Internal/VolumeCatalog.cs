@@ -72,6 +72,8 @@ internal sealed class VolumeCatalog : IDisposable
             lock (v.Lock)
             {
                 if (v.PendingOps.Length == 0 && v.PendingFrees.Count == 0) continue;
+                // Map and pending log in step: a block is freed only by a map change, which is journaled with it.
+                Invariant.Check(v.PendingOps.Length > 0, $"volume '{v.Name}' freed {v.PendingFrees.Count} blocks without a journaled change");
                 batch.Append(v.PendingOps.Span);
                 v.PendingOps.Clear();
                 frees.AddRange(v.PendingFrees);
@@ -316,6 +318,10 @@ internal sealed class VolumeCatalog : IDisposable
         try
         {
             return action();
+        }
+        catch (Exception e) when (e is not StorageException)
+        {
+            throw Committer.FailStop(e, "a catalog change");
         }
         finally
         {
