@@ -34,6 +34,11 @@ internal sealed class Committer : IDisposable
     private readonly object _waitersLock = new();
     private List<TaskCompletionSource> _flushWaiters = new();
     private List<TaskCompletionSource> _checkpointWaiters = new();
+    // Synchronous commit waiters (see Commit): tickets handed out and tickets whose round has finished.
+    private long _commitTickets;
+    private long _ticketsDone;
+    private bool _stopped; // guarded by _waitersLock: the committer thread has ended
+    private Exception? _ticketFailure;
     private readonly AutoResetEvent _commitSignal = new(false);
     private Thread? _committer;
     private volatile bool _stopping;
@@ -100,8 +105,28 @@ internal sealed class Committer : IDisposable
         return new ValueTask(cancellationToken.CanBeCanceled ? waiter.Task.WaitAsync(cancellationToken) : waiter.Task);
     }
 
-    /// <summary>Commits and waits (catalog changes, which must be durable when they return).</summary>
-    public void Commit() => FlushAsync(default).AsTask().GetAwaiter().GetResult();
+    /// <summary>
+    /// Commits and waits on the calling thread: catalog changes (durable when they return), a writer past the hard
+    /// overlay bound (back-pressure: the overlay must shrink before it grows) and an allocation that found no space
+    /// (freed blocks come back only through a commit). A ticket and a monitor, not a task: no allocation, no
+    /// sync-over-async. It blocks by design (the engine's write and catalog calls are synchronous); no lock is held
+    /// while it waits, so usage queries, reads and other volumes' writes go on.
+    /// </summary>
+    public void Commit()
+    {
+        ThrowIfFailed();
+        long ticket;
+        lock (_waitersLock) ticket = ++_commitTickets;
+        _commitSignal.Set();
+        Exception? failure;
+        lock (_waitersLock)
+        {
+            while (_ticketsDone < ticket && Volatile.Read(ref _failure) is null && !_stopped) Monitor.Wait(_waitersLock);
+            failure = _ticketsDone >= ticket ? _ticketFailure : Volatile.Read(ref _failure);
+            if (failure is null && _ticketsDone < ticket) throw new StorageException(StorageError.Closed, "the store is closed");
+        }
+        if (failure is not null) throw new StorageException(StorageError.StoreFailed, $"commit failed: {failure.Message}", failure);
+    }
 
     /// <summary>Commits and checkpoints everything into the KV store (used by the check and by tests).</summary>
     public void Checkpoint()
@@ -137,6 +162,7 @@ internal sealed class Committer : IDisposable
     {
         if (Interlocked.CompareExchange(ref _failure, e, null) is null)
             _logger.LogCritical(e, "Unexpected error during {During}; the store now refuses writes until it is reopened", during);
+        lock (_waitersLock) Monitor.PulseAll(_waitersLock); // synchronous committers stop waiting
         Nudge();
         return new StorageException(StorageError.StoreFailed,
             $"the store failed during {during} ({e.Message}); it refuses writes until it is reopened (restart the server)", e);
@@ -167,8 +193,10 @@ internal sealed class Committer : IDisposable
             _commitSignal.WaitOne(idle);
             bool stopping = _stopping;
             List<TaskCompletionSource> flushes, checkpoints;
+            long tickets;
             lock (_waitersLock)
             {
+                tickets = _commitTickets;
                 flushes = _flushWaiters;
                 checkpoints = _checkpointWaiters;
                 _flushWaiters = new();
@@ -211,6 +239,13 @@ internal sealed class Committer : IDisposable
             {
                 error = e;
                 FailStop(e, "the release of freed blocks");
+            }
+            lock (_waitersLock)
+            {
+                _ticketsDone = tickets;
+                _ticketFailure = error;
+                _stopped = stopping;
+                Monitor.PulseAll(_waitersLock);
             }
             foreach (var w in flushes.Concat(checkpoints))
             {

@@ -314,6 +314,10 @@ internal sealed class VolumeCatalog : IDisposable
     {
         _parts.ThrowIfClosed();
         Committer.ThrowIfFailed();
+        // A blocking wait, kept on purpose: the catalog surface (IVolumeBackend) is synchronous and every catalog
+        // change waits for its own commit (one fsync) anyway, so an HTTP handler holds its thread for that commit
+        // whatever this lock does. The queue behind it is bounded by the management API's concurrency and each
+        // holder's time by one commit plus in-memory work (a reclaim over 64 Ki blocks goes to the background).
         _adminLock.Wait();
         try
         {
