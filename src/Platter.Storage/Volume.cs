@@ -39,17 +39,17 @@ public sealed class Volume : IVolumeHandle
         if (destination.IsEmpty) return;
         if (IsAligned(offset, destination.Length))
         {
-            ReadBlocks(offset >> Layout.BlockShift, destination);
+            ReadBlocks(offset >> EngineLimits.BlockShift, destination);
             return;
         }
-        long first = offset >> Layout.BlockShift;
-        long last = (offset + destination.Length - 1) >> Layout.BlockShift;
-        int bytes = (int)(last - first + 1) << Layout.BlockShift;
+        long first = offset >> EngineLimits.BlockShift;
+        long last = (offset + destination.Length - 1) >> EngineLimits.BlockShift;
+        int bytes = (int)(last - first + 1) << EngineLimits.BlockShift;
         var buffer = ArrayPool<byte>.Shared.Rent(bytes);
         try
         {
             ReadBlocks(first, buffer.AsSpan(0, bytes));
-            buffer.AsSpan((int)(offset - (first << Layout.BlockShift)), destination.Length).CopyTo(destination);
+            buffer.AsSpan((int)(offset - (first << EngineLimits.BlockShift)), destination.Length).CopyTo(destination);
         }
         finally
         {
@@ -76,27 +76,27 @@ public sealed class Volume : IVolumeHandle
     private void WriteChecked(long offset, ReadOnlySpan<byte> source)
     {
         long end = offset + source.Length;
-        long firstWhole = (offset + Layout.BlockBytes - 1) >> Layout.BlockShift;
-        long endWhole = end >> Layout.BlockShift;
+        long firstWhole = (offset + EngineLimits.BlockBytes - 1) >> EngineLimits.BlockShift;
+        long endWhole = end >> EngineLimits.BlockShift;
         if (firstWhole >= endWhole)
         {
             // No whole block: one or two partial blocks.
             WritePartial(offset, source);
             return;
         }
-        long headBytes = (firstWhole << Layout.BlockShift) - offset;
-        long wholeBytes = (endWhole - firstWhole) << Layout.BlockShift;
+        long headBytes = (firstWhole << EngineLimits.BlockShift) - offset;
+        long wholeBytes = (endWhole - firstWhole) << EngineLimits.BlockShift;
         if (headBytes > 0) ReadModifyWrite(offset, source[..(int)headBytes]);
         WriteBlocks(firstWhole, source.Slice((int)headBytes, (int)wholeBytes));
         var tail = source[(int)(headBytes + wholeBytes)..];
-        if (!tail.IsEmpty) ReadModifyWrite(endWhole << Layout.BlockShift, tail);
+        if (!tail.IsEmpty) ReadModifyWrite(endWhole << EngineLimits.BlockShift, tail);
     }
 
     private void WritePartial(long offset, ReadOnlySpan<byte> source)
     {
         while (!source.IsEmpty)
         {
-            int inBlock = (int)Math.Min(source.Length, Layout.BlockBytes - (offset & (Layout.BlockBytes - 1)));
+            int inBlock = (int)Math.Min(source.Length, EngineLimits.BlockBytes - (offset & (EngineLimits.BlockBytes - 1)));
             ReadModifyWrite(offset, source[..inBlock]);
             offset += inBlock;
             source = source[inBlock..];
@@ -145,7 +145,7 @@ public sealed class Volume : IVolumeHandle
         if (length == 0 || destination.IsEmpty) return 0;
         var volume = _state is SnapshotState s ? s.Volume : (VolumeState)_state;
         long end = offset + length;
-        long firstBlock = offset >> Layout.BlockShift, endBlock = (end + Layout.BlockBytes - 1) >> Layout.BlockShift;
+        long firstBlock = offset >> EngineLimits.BlockShift, endBlock = (end + EngineLimits.BlockBytes - 1) >> EngineLimits.BlockShift;
         var changed = new List<(long Start, long End)>();
         int runsMax = destination.Length;
         bool truncated = false;
@@ -166,7 +166,7 @@ public sealed class Volume : IVolumeHandle
                 {
                     if (changed.Count > 0 && changed[^1].End == block)
                     {
-                        if (block - changed[^1].Start >= Layout.MapQueryBlocksMax)
+                        if (block - changed[^1].Start >= EngineLimits.MapQueryBlocksMax)
                         {
                             truncated = true;
                             return false;
@@ -184,7 +184,7 @@ public sealed class Volume : IVolumeHandle
         long pos = offset;
         foreach (var (start, stop) in changed)
         {
-            long runStart = Math.Max(offset, start << Layout.BlockShift), runEnd = Math.Min(end, stop << Layout.BlockShift);
+            long runStart = Math.Max(offset, start << EngineLimits.BlockShift), runEnd = Math.Min(end, stop << EngineLimits.BlockShift);
             if (runStart > pos)
             {
                 if (count == destination.Length) return count;
@@ -205,15 +205,15 @@ public sealed class Volume : IVolumeHandle
         CheckRange(offset, length);
         if (length == 0 || destination.IsEmpty) return 0;
         long end = offset + length;
-        long endBlock = (end + Layout.BlockBytes - 1) >> Layout.BlockShift;
+        long endBlock = (end + EngineLimits.BlockBytes - 1) >> EngineLimits.BlockShift;
         int count = 0;
         lock (_state.Lock)
         {
             var map = _state.Map;
             long pos = offset;
-            long block = offset >> Layout.BlockShift;
+            long block = offset >> EngineLimits.BlockShift;
             long scanned = 0; // mapped blocks looked at: the work bound of one call
-            while (block < endBlock && count < destination.Length && scanned < Layout.MapQueryBlocksMax)
+            while (block < endBlock && count < destination.Length && scanned < EngineLimits.MapQueryBlocksMax)
             {
                 int depth;
                 long next;
@@ -228,7 +228,7 @@ public sealed class Volume : IVolumeHandle
                 {
                     depth = DepthOf(block, entry);
                     next = block + 1;
-                    long cut = Math.Min(endBlock, block + Layout.MapQueryBlocksMax);
+                    long cut = Math.Min(endBlock, block + EngineLimits.MapQueryBlocksMax);
                     while (next < cut)
                     {
                         var e = map.Get(next);
@@ -237,7 +237,7 @@ public sealed class Volume : IVolumeHandle
                     }
                     scanned += next - block;
                 }
-                long runEnd = Math.Min(end, next << Layout.BlockShift);
+                long runEnd = Math.Min(end, next << EngineLimits.BlockShift);
                 destination[count++] = new DepthExtent(pos, runEnd - pos, depth);
                 pos = runEnd;
                 block = next;
@@ -250,7 +250,8 @@ public sealed class Volume : IVolumeHandle
     private int DepthOf(long block, BlockEntry entry)
     {
         int depth = 1;
-        for (var origin = _state.Origin; origin is not null && origin.Map.Get(block).PbaPlusOne == entry.PbaPlusOne; origin = origin.Origin)
+        var start = _state is SnapshotState s ? s.Volume.Origin : ((VolumeState)_state).Origin;
+        for (var origin = start; origin is not null && origin.Map.Get(block).PbaPlusOne == entry.PbaPlusOne; origin = origin.Volume.Origin)
             depth++;
         return depth;
     }
@@ -348,11 +349,11 @@ public sealed class Volume : IVolumeHandle
             long pos = offset;
             while (pos < end && count < destination.Length)
             {
-                long block = pos >> Layout.BlockShift;
-                long endBlock = (end + Layout.BlockBytes - 1) >> Layout.BlockShift;
+                long block = pos >> EngineLimits.BlockShift;
+                long endBlock = (end + EngineLimits.BlockBytes - 1) >> EngineLimits.BlockShift;
                 bool allocated = _state.Map.Get(block).IsMapped;
                 long nextBlock = allocated ? _state.Map.NextUnmapped(block + 1, endBlock) : NextMappedOrEnd(block + 1, endBlock);
-                long runEnd = Math.Min(end, nextBlock << Layout.BlockShift);
+                long runEnd = Math.Min(end, nextBlock << EngineLimits.BlockShift);
                 destination[count++] = new VolumeExtent(pos, runEnd - pos, allocated);
                 pos = runEnd;
             }
@@ -366,7 +367,7 @@ public sealed class Volume : IVolumeHandle
         return next < 0 ? endBlock : next;
     }
 
-    private static bool IsAligned(long offset, long length) => ((offset | length) & (Layout.BlockBytes - 1)) == 0;
+    private static bool IsAligned(long offset, long length) => ((offset | length) & (EngineLimits.BlockBytes - 1)) == 0;
 
     private void CheckRange(long offset, long length)
     {
@@ -399,23 +400,23 @@ public sealed class Volume : IVolumeHandle
     {
         var state = Writable;
         _parts.Committer.ThrowIfFailed();
-        int blocks = data.Length >> Layout.BlockShift;
-        Span<uint> crcs = stackalloc uint[Layout.ExtentBlocksMax];
+        int blocks = data.Length >> EngineLimits.BlockShift;
+        Span<uint> crcs = stackalloc uint[EngineLimits.ExtentBlocksMax];
         int done = 0;
         while (done < blocks)
         {
-            long pba = _parts.Space.Allocate(state, Math.Min(blocks - done, Layout.ExtentBlocksMax), out int got);
-            var piece = data.Slice(done << Layout.BlockShift, got << Layout.BlockShift);
-            Crc32C.ComputeBlocks(piece, Layout.BlockBytes, crcs[..got]);
+            long pba = _parts.Space.Allocate(state, Math.Min(blocks - done, EngineLimits.ExtentBlocksMax), out int got);
+            var piece = data.Slice(done << EngineLimits.BlockShift, got << EngineLimits.BlockShift);
+            Crc32C.ComputeBlocks(piece, EngineLimits.BlockBytes, crcs[..got]);
             try
             {
-                _parts.Data.Write(pba << Layout.BlockShift, piece);
+                _parts.Data.Write(pba << EngineLimits.BlockShift, piece);
             }
             catch (IOException e)
             {
                 // Nothing maps this space yet, so it can be reused at once.
                 _parts.Space.FreeUnmapped(pba, got);
-                throw _parts.DeviceError(e, $"write to volume '{state.Name}' at offset {(firstBlock + done) << Layout.BlockShift}");
+                throw _parts.DeviceError(e, $"write to volume '{state.Name}' at offset {(firstBlock + done) << EngineLimits.BlockShift}");
             }
             int opBytes;
             lock (state.Lock)
@@ -443,7 +444,7 @@ public sealed class Volume : IVolumeHandle
                 // Map and pending log in step: every block just mapped is in the record just appended.
                 Invariant.Check(opBytes == OpLog.MapExtentBytes(got), "the pending log did not take the extent just mapped");
             }
-            _parts.Committer.NotePendingBytes(opBytes, (long)got << Layout.BlockShift);
+            _parts.Committer.NotePendingBytes(opBytes, (long)got << EngineLimits.BlockShift);
             done += got;
         }
         Interlocked.Increment(ref _parts.Counters.WriteOps);
@@ -466,7 +467,7 @@ public sealed class Volume : IVolumeHandle
     private void ReadBlocks(long firstBlock, Span<byte> destination)
     {
         var state = _state;
-        int blocks = destination.Length >> Layout.BlockShift;
+        int blocks = destination.Length >> EngineLimits.BlockShift;
         long epoch = _parts.Epochs.Enter();
         BlockEntry[]? rented = null;
         try
@@ -486,26 +487,26 @@ public sealed class Volume : IVolumeHandle
                 {
                     int j = i + 1;
                     while (j < blocks && !entries[j].IsMapped) j++;
-                    destination.Slice(i << Layout.BlockShift, (j - i) << Layout.BlockShift).Clear();
+                    destination.Slice(i << EngineLimits.BlockShift, (j - i) << EngineLimits.BlockShift).Clear();
                     i = j;
                     continue;
                 }
                 // One device read per physically contiguous run.
                 int k = i + 1;
                 while (k < blocks && entries[k].IsMapped && entries[k].Pba == entries[k - 1].Pba + 1) k++;
-                var run = destination.Slice(i << Layout.BlockShift, (k - i) << Layout.BlockShift);
+                var run = destination.Slice(i << EngineLimits.BlockShift, (k - i) << EngineLimits.BlockShift);
                 try
                 {
-                    _parts.Data.Read(entries[i].Pba << Layout.BlockShift, run);
+                    _parts.Data.Read(entries[i].Pba << EngineLimits.BlockShift, run);
                 }
                 catch (IOException e)
                 {
-                    throw _parts.DeviceError(e, $"read of '{state.DisplayName}' at offset {(firstBlock + i) << Layout.BlockShift}");
+                    throw _parts.DeviceError(e, $"read of '{state.DisplayName}' at offset {(firstBlock + i) << EngineLimits.BlockShift}");
                 }
                 for (int b = i; b < k; b += actual.Length)
                 {
                     int n = Math.Min(actual.Length, k - b);
-                    Crc32C.ComputeBlocks(run.Slice((b - i) << Layout.BlockShift, n << Layout.BlockShift), Layout.BlockBytes, actual[..n]);
+                    Crc32C.ComputeBlocks(run.Slice((b - i) << EngineLimits.BlockShift, n << EngineLimits.BlockShift), EngineLimits.BlockBytes, actual[..n]);
                     for (int j = 0; j < n; j++)
                     {
                         if (actual[j] != entries[b + j].Crc)
@@ -572,28 +573,28 @@ public sealed class Volume : IVolumeHandle
     {
         if (length <= 0) return;
         long end = offset + length;
-        long firstWhole = (offset + Layout.BlockBytes - 1) >> Layout.BlockShift;
-        long endWhole = end >> Layout.BlockShift;
+        long firstWhole = (offset + EngineLimits.BlockBytes - 1) >> EngineLimits.BlockShift;
+        long endWhole = end >> EngineLimits.BlockShift;
         if (firstWhole >= endWhole)
         {
             // Inside one block, or straddling two without covering either.
             ZeroPartial(offset, end);
             return;
         }
-        ZeroPartial(offset, firstWhole << Layout.BlockShift);
+        ZeroPartial(offset, firstWhole << EngineLimits.BlockShift);
         UnmapBlocks(firstWhole, endWhole - firstWhole);
-        ZeroPartial(endWhole << Layout.BlockShift, end);
+        ZeroPartial(endWhole << EngineLimits.BlockShift, end);
     }
 
     private void ZeroPartial(long offset, long end)
     {
         var state = Writable;
-        Span<byte> zeros = stackalloc byte[Layout.BlockBytes];
+        Span<byte> zeros = stackalloc byte[EngineLimits.BlockBytes];
         zeros.Clear();
         while (offset < end)
         {
-            long block = offset >> Layout.BlockShift;
-            long blockEnd = Math.Min(end, (block + 1) << Layout.BlockShift);
+            long block = offset >> EngineLimits.BlockShift;
+            long blockEnd = Math.Min(end, (block + 1) << EngineLimits.BlockShift);
             bool mapped;
             lock (state.Lock) mapped = state.Map.Get(block).IsMapped;
             if (mapped)
@@ -608,11 +609,11 @@ public sealed class Volume : IVolumeHandle
     private void ReadModifyWrite(long offset, ReadOnlySpan<byte> source)
     {
         var state = Writable;
-        long block = offset >> Layout.BlockShift;
-        int inner = (int)(offset & (Layout.BlockBytes - 1));
-        Span<byte> buffer = stackalloc byte[Layout.BlockBytes];
+        long block = offset >> EngineLimits.BlockShift;
+        int inner = (int)(offset & (EngineLimits.BlockBytes - 1));
+        Span<byte> buffer = stackalloc byte[EngineLimits.BlockBytes];
         // Two sector writes into one block must not both read the old block: serialise them per stripe.
-        lock (state.RmwLocks[(int)(block % Layout.RmwLockStripes)])
+        lock (state.RmwLocks[(int)(block % EngineLimits.RmwLockStripes)])
         {
             ReadBlocks(block, buffer);
             source.CopyTo(buffer[inner..]);
@@ -629,9 +630,9 @@ public sealed class Volume : IVolumeHandle
         var state = Writable;
         long oldSize;
         lock (state.Lock) oldSize = state.SizeBytes;
-        if (newSizeBytes < oldSize && newSizeBytes % Layout.BlockBytes != 0)
+        if (newSizeBytes < oldSize && newSizeBytes % EngineLimits.BlockBytes != 0)
         {
-            long tailEnd = Math.Min(oldSize, (newSizeBytes | (Layout.BlockBytes - 1)) + 1);
+            long tailEnd = Math.Min(oldSize, (newSizeBytes | (EngineLimits.BlockBytes - 1)) + 1);
             ZeroRange(newSizeBytes, tailEnd - newSizeBytes);
         }
         lock (state.Lock)
@@ -650,7 +651,7 @@ public sealed class Volume : IVolumeHandle
     private StorageException ChecksumError(MapOwner state, long block, long pba)
     {
         Interlocked.Increment(ref _parts.Counters.ChecksumErrors);
-        long offset = block << Layout.BlockShift;
+        long offset = block << EngineLimits.BlockShift;
         _parts.Logger.LogError("Checksum mismatch in '{Volume}' at offset {Offset} (physical block {Pba})", state.DisplayName, offset, pba);
         return new StorageException(StorageError.ChecksumMismatch, $"checksum mismatch in '{state.DisplayName}' at offset {offset} (physical block {pba})");
     }

@@ -63,7 +63,7 @@ public sealed partial class VolumeStore : IDisposable
 
         var recovered = Recovery.Run(metadata, journal, dataArea, logger);
         _catalog.Load(recovered.Catalog.Volumes.Values, recovered.NextId);
-        space.Initialize(dataArea.Length / Layout.BlockBytes, recovered.UsedRuns, recovered.ReferencedBlocks);
+        space.Initialize(dataArea.Length / EngineLimits.BlockBytes, recovered.UsedRuns, recovered.ReferencedBlocks);
         committer.Start(recovered.LastSequence, recovered.Replayed);
     }
 
@@ -97,7 +97,7 @@ public sealed partial class VolumeStore : IDisposable
         IDataDevice? file = null;
         try
         {
-            if (options.JournalRegionBytes < Layout.JournalRegionBytesMin) throw new ArgumentException("journal region too small", nameof(options));
+            if (options.JournalRegionBytes < EngineLimits.JournalRegionBytesMin) throw new ArgumentException("journal region too small", nameof(options));
             metadata = new MetadataStore(directory, create: !exists, options.JournalRegionBytes);
             long journalBytes = metadata.JournalRegionBytes;
             file = (options.DataDeviceFactory ?? (p => new FileDataDevice(p)))(Path.Combine(directory, DataFileName));
@@ -166,7 +166,7 @@ public sealed partial class VolumeStore : IDisposable
         var states = _catalog.NamedVolumes();
         long provisioned = 0;
         foreach (var s in states) provisioned += Volatile.Read(ref s.SizeBytes);
-        return new StoreUsage(_parts.Data.Length, _parts.Space.ReferencedBlocks * Layout.BlockBytes, _parts.Space.FreeBlocks() * Layout.BlockBytes,
+        return new StoreUsage(_parts.Data.Length, _parts.Space.ReferencedBlocks * EngineLimits.BlockBytes, _parts.Space.FreeBlocks() * EngineLimits.BlockBytes,
             states.Count, provisioned);
     }
 
@@ -292,7 +292,7 @@ public sealed partial class VolumeStore : IDisposable
             toMap = to.Map;
             toSize = to.SizeBytes;
         }
-        long endBlock = (Math.Max(from.SizeBytes, toSize) + Layout.BlockBytes - 1) >> Layout.BlockShift;
+        long endBlock = (Math.Max(from.SizeBytes, toSize) + EngineLimits.BlockBytes - 1) >> EngineLimits.BlockShift;
         return Versions.Diff(from.Map, toMap, endBlock);
     }
 
@@ -333,9 +333,9 @@ public sealed partial class VolumeStore : IDisposable
     private static void ValidateSize(long sizeBytes)
     {
         if (sizeBytes <= 0) throw new StorageException(StorageError.InvalidArgument, "a volume size must be greater than zero");
-        if (sizeBytes > Layout.VolumeBytesMax) throw new StorageException(StorageError.InvalidArgument, $"a volume size is at most {Layout.VolumeBytesMax >> 50} PiB");
-        if (sizeBytes % Layout.SizeAlignmentBytes != 0)
-            throw new StorageException(StorageError.InvalidArgument, $"a volume size must be a multiple of {Layout.SizeAlignmentBytes} bytes (got {sizeBytes})");
+        if (sizeBytes > EngineLimits.VolumeBytesMax) throw new StorageException(StorageError.InvalidArgument, $"a volume size is at most {EngineLimits.VolumeBytesMax >> 50} PiB");
+        if (sizeBytes % EngineLimits.SizeAlignmentBytes != 0)
+            throw new StorageException(StorageError.InvalidArgument, $"a volume size must be a multiple of {EngineLimits.SizeAlignmentBytes} bytes (got {sizeBytes})");
     }
 
     private static void ThrowIfInvalidSnapshotName(string? name)

@@ -3,7 +3,7 @@ namespace Platter.Storage.Internal;
 /// <summary>
 /// Free space of the data device as an ordered map of extents (by start) with a second index by
 /// (length, start) for best-fit. Units are blocks. Thread-safe (one lock; callers take space in regions of
-/// <see cref="Layout.RegionBlocks"/>, so the lock is taken about once per 4 MiB written).
+/// <see cref="EngineLimits.RegionBlocks"/>, so the lock is taken about once per 4 MiB written).
 /// Space becomes free here only when no durable metadata and no in-flight read references it: the store
 /// quarantines freed blocks until their journal record is durable and older readers have finished.
 /// </summary>

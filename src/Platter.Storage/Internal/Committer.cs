@@ -181,8 +181,8 @@ internal sealed class Committer : IDisposable
     {
         long pending = Interlocked.Add(ref _pendingOpBytes, opBytes);
         long data = Interlocked.Add(ref _pendingDataBytes, dataBytes);
-        if (pending > Layout.PendingOpBytesSoftMax || data > Layout.PendingDataBytesSoftMax) _commitSignal.Set();
-        if (pending > Layout.PendingOpBytesHardMax(_metadata.JournalRegionBytes)) Commit();
+        if (pending > EngineLimits.PendingOpBytesSoftMax || data > EngineLimits.PendingDataBytesSoftMax) _commitSignal.Set();
+        if (pending > EngineLimits.PendingOpBytesHardMax(_metadata.JournalRegionBytes)) Commit();
     }
 
     private void CommitterLoop()
@@ -218,7 +218,7 @@ internal sealed class Committer : IDisposable
                         ThrowIfFailed();
                     }
                     else if (_activeBatches.Count > 0 && _checkpointIdle.IsSet
-                        && (_journal.Position > Layout.JournalSwitchBytes(_metadata.JournalRegionBytes) || _sinceSwitch.Elapsed > Layout.CheckpointIntervalMax))
+                        && (_journal.Position > EngineLimits.JournalSwitchBytes(_metadata.JournalRegionBytes) || _sinceSwitch.Elapsed > EngineLimits.CheckpointIntervalMax))
                     {
                         SwitchHalves();
                     }

@@ -44,7 +44,7 @@ internal static class Recovery
             logger.LogInformation("Replayed {Batches} journaled batches (sequences {First}..{Last})", replayed.Count, replayed[0].Sequence, last);
 
         // Free space is everything no version of any volume references.
-        long dataBlocks = data.Length / Layout.BlockBytes;
+        long dataBlocks = data.Length / EngineLimits.BlockBytes;
         var used = Versions.ReferencedBlocks(catalog.Volumes.Values);
         used.Sort();
         var runs = new List<(long Start, long Length)>();
@@ -87,11 +87,11 @@ internal static class Recovery
                 }
             }
         }
-        var buffer = new byte[Layout.BlockBytes];
+        var buffer = new byte[EngineLimits.BlockBytes];
         foreach (var (pba, crc) in final.Values)
         {
-            if (((pba + 1) << Layout.BlockShift) > data.Length) return false;
-            data.Read(pba << Layout.BlockShift, buffer);
+            if (((pba + 1) << EngineLimits.BlockShift) > data.Length) return false;
+            data.Read(pba << EngineLimits.BlockShift, buffer);
             if (Crc32C.Compute(buffer) != crc) return false;
         }
         return true;

@@ -88,7 +88,7 @@ internal sealed class Space
 
     private long RefillAndTake(VolumeState state, int want, out int got)
     {
-        long wantBlocks = Math.Max(want, Layout.RegionBlocks);
+        long wantBlocks = Math.Max(want, EngineLimits.RegionBlocks);
         for (int attempt = 0; ; attempt++)
         {
             // Grow the file rather than scatter data while free space is scarce; reuse holes once it is plentiful.
@@ -154,16 +154,16 @@ internal sealed class Space
         lock (_growLock)
         {
             long current = _data.Length;
-            long limit = Math.Min(_dataBytesMax, long.MaxValue / 2) & ~(long)(Layout.BlockBytes - 1);
-            long step = Math.Max(_growthBytes, minBlocks << Layout.BlockShift);
-            while (step >= Layout.BlockBytes)
+            long limit = Math.Min(_dataBytesMax, long.MaxValue / 2) & ~(long)(EngineLimits.BlockBytes - 1);
+            long step = Math.Max(_growthBytes, minBlocks << EngineLimits.BlockShift);
+            while (step >= EngineLimits.BlockBytes)
             {
                 long target = Math.Min(current + step, limit);
                 if (target <= current) return false;
                 try
                 {
                     _data.Grow(target);
-                    _allocator.AddCapacity(target >> Layout.BlockShift);
+                    _allocator.AddCapacity(target >> EngineLimits.BlockShift);
                     return true;
                 }
                 catch (IOException e) when (Errno.IsNoSpace(e))
@@ -214,8 +214,13 @@ internal sealed class Space
     /// <summary>For the check: free extents, quarantined and reserved blocks, taken so each block is in one place.</summary>
     public (List<(long Start, long Length)> Free, long Quarantined, long Reserved) AccountingSnapshot()
     {
+        var volumes = _volumes(); // the catalog's lock comes before this one: take it first
         lock (_accountingLock)
-            return (_allocator.Snapshot(), _quarantinedBlocks, ReservedRegionBlocks());
+        {
+            long reserved = 0;
+            foreach (var v in volumes) reserved += v.Region.Unused;
+            return (_allocator.Snapshot(), _quarantinedBlocks, reserved);
+        }
     }
 }
 

@@ -96,14 +96,14 @@ internal static class StoreCheck
         long verified = 0;
         if (verifyChecksums)
         {
-            var buffer = new byte[Layout.BlockBytes];
+            var buffer = new byte[EngineLimits.BlockBytes];
             foreach (var (pba, crc, owner, block) in used)
             {
                 if (pba >= totalBlocks) continue;
-                data.Read(pba << Layout.BlockShift, buffer);
+                data.Read(pba << EngineLimits.BlockShift, buffer);
                 verified++;
                 if (Crc32C.Compute(buffer) != crc)
-                    Problem($"'{owner}': checksum mismatch at offset {block << Layout.BlockShift} (physical block {pba})");
+                    Problem($"'{owner}': checksum mismatch at offset {block << EngineLimits.BlockShift} (physical block {pba})");
             }
         }
         return new CheckReport(problems, volumes.Count, records, used.Count, freeBlocks, totalBlocks, verified);

@@ -35,7 +35,7 @@ internal static class Versions
     {
         lock (volume.Lock)
         {
-            var maps = new List<MapTree?> { volume.OriginSnapshot?.Map };
+            var maps = new List<MapTree?> { volume.Origin?.Map };
             maps.AddRange(volume.Snapshots.Select(s => s.Map));
             maps.Add(freezeVolume ? volume.Map.Snapshot() : volume.Map);
             return (maps, [.. volume.Snapshots, volume]);
@@ -69,11 +69,11 @@ internal static class Versions
         var runs = new List<ChangedExtent>();
         MapTree.Diff(from, to, 0, endBlock, (block, _, newer) =>
         {
-            long offset = block << Layout.BlockShift;
+            long offset = block << EngineLimits.BlockShift;
             if (runs.Count > 0 && runs[^1].Offset + runs[^1].Length == offset && runs[^1].Allocated == newer.IsMapped)
-                runs[^1] = runs[^1] with { Length = runs[^1].Length + Layout.BlockBytes };
+                runs[^1] = runs[^1] with { Length = runs[^1].Length + EngineLimits.BlockBytes };
             else
-                runs.Add(new ChangedExtent(offset, Layout.BlockBytes, newer.IsMapped));
+                runs.Add(new ChangedExtent(offset, EngineLimits.BlockBytes, newer.IsMapped));
         });
         return runs;
     }
@@ -100,7 +100,7 @@ internal static class Versions
         {
             for (int i = 0; i < chain.Count; i++)
             {
-                MapOwner? parent = i > 0 ? chain[i - 1] : v.OriginSnapshot;
+                MapOwner? parent = i > 0 ? chain[i - 1] : v.Origin;
                 parents[chain[i]] = parent;
                 if (parent is not null)
                 {
@@ -127,8 +127,8 @@ internal static class Versions
                     unique++;
                 });
                 long allocated = map.MappedBlocks;
-                result.Add(new SpaceUsage(version.DisplayName, version is SnapshotState, allocated * Layout.BlockBytes,
-                    unique * Layout.BlockBytes, (allocated - unique) * Layout.BlockBytes));
+                result.Add(new SpaceUsage(version.DisplayName, version is SnapshotState, allocated * EngineLimits.BlockBytes,
+                    unique * EngineLimits.BlockBytes, (allocated - unique) * EngineLimits.BlockBytes));
             }
         }
         return result;

@@ -8,8 +8,9 @@ namespace Platter.Storage.Internal;
 ///
 /// Locks: <see cref="_adminLock"/> serialises catalog operations (rare; each waits for its commit);
 /// <see cref="_lock"/> guards the dictionaries, the catalog's pending operations and frees, ids and every
-/// snapshot's clone list, and is held for a few instructions only. Order: admin lock, then a volume's lock, then
-/// this lock (never the other way round); the committer takes this lock, then each volume's lock in turn, never both.
+/// snapshot's clone list, and is held for a few instructions only. Order: admin lock, then this lock, then a volume's
+/// lock (rename nests them; never the other way round); the committer takes this lock, then each volume's lock in
+/// turn, never both at once.
 /// A catalog change becomes visible (by name) only once it is durable, so no write to a new volume can be journaled
 /// before its creation.
 /// </summary>
@@ -125,7 +126,7 @@ internal sealed class VolumeCatalog : IDisposable
     {
         List<string> clones;
         lock (_lock) clones = [.. s.Clones.Select(c => c.Name)];
-        return new SnapshotInfo(s.Id, s.Volume.Name, s.Name, s.SizeBytes, s.Map.MappedBlocks * Layout.BlockBytes, s.Created, clones);
+        return new SnapshotInfo(s.Id, s.Volume.Name, s.Name, s.SizeBytes, s.Map.MappedBlocks * EngineLimits.BlockBytes, s.Created, clones);
     }
 
     // ---- Catalog operations: each under the admin lock, durable on return. ----
@@ -198,7 +199,7 @@ internal sealed class VolumeCatalog : IDisposable
         lock (_lock)
         {
             _byId.Remove(state.Id);
-            state.OriginSnapshot?.Clones.Remove(state);
+            state.Origin?.Clones.Remove(state);
         }
         StartReclaim($"volume '{name}'", chain.Sum(m => m?.MappedBlocks ?? 0), free => Versions.VisitAdditions(chain, (_, _, e) => free(e.Pba)));
         return 0;
@@ -335,7 +336,7 @@ internal sealed class VolumeCatalog : IDisposable
 
     /// <summary>
     /// Reclaims space: <paramref name="enumerate"/> reports each physical block no version references any more (its
-    /// operation is already durable). Small reclaims (at most <see cref="Layout.InlineReclaimBlocks"/> blocks to
+    /// operation is already durable). Small reclaims (at most <see cref="EngineLimits.InlineReclaimBlocks"/> blocks to
     /// compare) run before the call returns, so space is back at once; larger ones run in the background, holding no
     /// lock the I/O path needs. The blocks go through the usual quarantine, so reads still in flight on the deleted
     /// versions finish first. After a crash nothing is lost: free space is derived from the durable maps at open.
@@ -362,7 +363,7 @@ internal sealed class VolumeCatalog : IDisposable
                 });
                 Hand();
                 Committer.Nudge();
-                if (workBlocks > Layout.InlineReclaimBlocks) _logger.LogInformation("Reclaimed {Bytes} bytes from {What}", total * Layout.BlockBytes, what);
+                if (workBlocks > EngineLimits.InlineReclaimBlocks) _logger.LogInformation("Reclaimed {Bytes} bytes from {What}", total * EngineLimits.BlockBytes, what);
             }
             catch (Exception e)
             {
@@ -370,7 +371,7 @@ internal sealed class VolumeCatalog : IDisposable
                 _logger.LogError(e, "Reclaiming space from {What} failed; it will be reclaimed when the store is next opened", what);
             }
         }
-        if (workBlocks <= Layout.InlineReclaimBlocks)
+        if (workBlocks <= EngineLimits.InlineReclaimBlocks)
         {
             Run();
             return;
