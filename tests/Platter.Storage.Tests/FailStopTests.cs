@@ -15,7 +15,7 @@ public sealed class FailStopTests : IDisposable
 {
     private const int B = Blocks.Size;
     private const long MiB = 1 << 20;
-    private readonly TempDir _dir = new();
+    private readonly TempDirectory _dir = new();
 
     public void Dispose() => _dir.Dispose();
 
