@@ -5,6 +5,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Platter.Server.Api;
+using Platter.Server.Transfer;
 using Platter.Storage;
 
 namespace Platter.Server;
@@ -73,6 +74,12 @@ public sealed partial class PlatterHost : IAsyncDisposable
                 var usage = _store.GetUsage();
                 _log.LogInformation("store {Directory} open: {Volumes} volume(s), {Used} used", directory, usage.VolumeCount, SizeText.Format(usage.UsedBytes));
 
+                // Send/receive state lives beside the store; a receive a crash interrupted is finished or undone
+                // before anything is served (docs/decisions/0007).
+                var identities = SnapshotIdentities.Open(directory, _store);
+                var receiver = new VolumeReceiver(_store, identities, directory, _loggerFactory.CreateLogger("Platter.Receive"));
+                receiver.Recover();
+
                 if (_options.NbdSocketPath is not null) PrepareSocket(_options.NbdSocketPath);
                 if (_options.ApiSocketPath is not null) PrepareSocket(_options.ApiSocketPath);
 
@@ -83,7 +90,7 @@ public sealed partial class PlatterHost : IAsyncDisposable
                     SocketPath = _options.ApiSocketPath,
                     TcpEndPoint = _options.ApiTcpEndPoint,
                     Token = _options.ApiToken,
-                }, _loggerFactory, Health);
+                }, _loggerFactory, Health, (app, log) => TransferApi.Map(app, _store, identities, receiver, log));
                 await _api.StartAsync(cancellationToken).ConfigureAwait(false);
                 if (_options.ApiSocketPath is not null)
                 {
