@@ -35,13 +35,14 @@ mib=$((bytes / 1048576))
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  for p in "${pids[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
 }
 trap cleanup EXIT
 
 serve() { # NAME: a fresh store and sockets under $dir/NAME
   rm -rf "$dir/$1"; mkdir -p "$dir/$1"
-  platter serve --store "$dir/$1/store" --socket "$dir/$1/nbd.sock" --listen none --api-socket "$dir/$1/api.sock" \
+  # dotnet itself in the background (not the platter function, whose subshell's pid a kill would not pass on).
+  dotnet "$dll" serve --store "$dir/$1/store" --socket "$dir/$1/nbd.sock" --listen none --api-socket "$dir/$1/api.sock" \
     >"$dir/$1/log" 2>&1 &
   pids+=($!)
   for _ in $(seq 200); do [[ -S "$dir/$1/api.sock" && -S "$dir/$1/nbd.sock" ]] && return; sleep 0.1; done

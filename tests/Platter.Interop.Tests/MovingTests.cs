@@ -211,6 +211,21 @@ public sealed class MovingTests(ServerFixture fixture, ITestOutputHelper output)
         await AssertUnchangedAsync(target, vol.Name, "copy", "s1", "after the crash");
         (await target.CliAsync("receive", "copy", "-i", inc)).EnsureSuccess();
         await AssertSameAsync(target, vol.Name, "copy", "s2");
+
+        // A full stream cut by a crash: its temporary volume is deleted at restart, the new volume never appears.
+        string full = Scratch.File("full.stream");
+        (await Server.CliAsync("send", $"{vol.Name}@s2", "-o", full)).EnsureSuccess();
+        await File.WriteAllBytesAsync(partial, (await File.ReadAllBytesAsync(full))[..(int)(5 * MiB)]);
+        receive = Proc.RunAsync("bash", ["-c", $"(cat '{partial}'; sleep 10) | '{PlatterServer.DotnetHost}' '{PlatterServer.PlatterDll}' receive copy2 --api-socket '{target.ApiSocketPath}'"],
+            TimeSpan.FromSeconds(60));
+        await WaitForAsync(() => Directory.GetFiles(Path.Combine(target.StoreDirectory, "receiving"), "*.json").Length > 0);
+        await Task.Delay(1500);
+        await target.KillAsync();
+        Assert.NotEqual(0, (await receive).ExitCode);
+        await target.StartAsync();
+        Assert.Contains("deleted its partial volume", target.Log);
+        Assert.Equal("[\"copy\"]", await VolumeNamesAsync(target));
+        Assert.Empty(Directory.GetFiles(Path.Combine(target.StoreDirectory, "receiving")));
     }
 
     private static async Task WaitForAsync(Func<bool> condition)
