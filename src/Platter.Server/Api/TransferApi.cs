@@ -13,9 +13,9 @@ namespace Platter.Server.Api;
 /// </summary>
 internal static class TransferApi
 {
-    // A refused stream is drained (read and dropped) so the client reads the refusal instead of a broken pipe; past
-    // this many bytes the connection is cut instead, since the sender may be far from done.
-    private const long DrainBytesMax = 64L * 1024 * 1024;
+    // A refused stream is drained (read to its end and dropped) so the client reads the refusal instead of a broken
+    // pipe: a one-line reason is worth reading the rest of a stream that is going nowhere. The API is the owner's
+    // channel (unix socket or token), so a client that sends forever only wastes its own time.
 
     public static void Map(WebApplication app, IVolumeBackend store, SnapshotIdentities identities, VolumeReceiver receiver, ILogger log)
     {
@@ -71,14 +71,10 @@ internal static class TransferApi
     private static async Task DrainAsync(HttpContext http)
     {
         var buffer = new byte[64 * 1024];
-        long drained = 0;
         try
         {
-            while (drained < DrainBytesMax)
+            while (await http.Request.Body.ReadAsync(buffer, http.RequestAborted) > 0)
             {
-                int n = await http.Request.Body.ReadAsync(buffer, http.RequestAborted);
-                if (n == 0) return;
-                drained += n;
             }
         }
         catch (Exception e) when (e is IOException or OperationCanceledException or BadHttpRequestException)

@@ -72,9 +72,9 @@ public sealed class VolumeReceiver
         string temp = TempPrefix + Guid.NewGuid().ToString("N")[..16];
         var marker = new ReceiveMarker(Full: true, target, temp, header.Snapshot, header.SnapshotId, null, 0);
         WriteMarker(marker);
-        _store.CreateVolume(temp, header.VolumeSizeBytes);
         try
         {
+            _store.CreateVolume(temp, header.VolumeSizeBytes);
             var totals = await ApplyAsync(temp, reader, skipZeros: true, cancellationToken).ConfigureAwait(false);
             await _store.FlushAsync(cancellationToken).ConfigureAwait(false);
             _store.CreateSnapshot(temp, header.Snapshot);
