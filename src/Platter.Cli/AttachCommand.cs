@@ -120,7 +120,7 @@ internal static class AttachCommand
         return command;
     }
 
-    internal static NbdTarget.Tcp ParseHostPort(string text)
+    private static NbdTarget.Tcp ParseHostPort(string text)
     {
         int colon = text.LastIndexOf(':');
         if (colon <= 0 || !int.TryParse(text.AsSpan(colon + 1), out var port) || port is <= 0 or > 65535)

@@ -176,10 +176,10 @@ internal static class ImageCommands
         var health = await client.GetHealthAsync(ct);
         if (health.TlsRequired)
             throw new CliException("the server requires TLS on NBD; import and export connect without it (serve a plain unix socket too)");
-        NbdTarget target = health.NbdSocket is not null ? new NbdTarget.Unix(health.NbdSocket)
-            : health.NbdTcp is not null ? AttachCommand.ParseHostPort(health.NbdTcp)
-            : throw new CliException("the server has no NBD listener (it runs with --listen none --socket none)");
-        return AttachText.Build(name, target, tls: false).Uri;
+        if (health.NbdSocket is not null) return AttachText.Build(name, new NbdTarget.Unix(health.NbdSocket), tls: false).Uri;
+        // The server reports its TCP address as HOST:PORT ([V6]:PORT for IPv6), which is already a URI authority.
+        if (health.NbdTcp is not null) return $"nbd://{health.NbdTcp}/{Uri.EscapeDataString(name)}";
+        throw new CliException("the server has no NBD listener (it runs with --listen none --socket none)");
     }
 
     private sealed record ImageInfo(string Format, long VirtualSize);

@@ -95,13 +95,13 @@ public static class PlatterCli
         root.Add(SnapshotCommands.BuildClone(context));
         root.Add(SnapshotCommands.BuildRollback(context));
         root.Add(SnapshotCommands.BuildDiff(context));
-        root.Add(VolumeCommands.BuildUsage(context));
-        root.Add(AttachCommand.Build(context));
-        root.Add(CheckCommand.Build(context));
         root.Add(ImageCommands.BuildImport(context));
         root.Add(ImageCommands.BuildExport(context));
         root.Add(TransferCommands.BuildSend(context));
         root.Add(TransferCommands.BuildReceive(context));
+        root.Add(VolumeCommands.BuildUsage(context));
+        root.Add(AttachCommand.Build(context));
+        root.Add(CheckCommand.Build(context));
         return root;
     }
 
@@ -133,12 +133,12 @@ public static class PlatterCli
     };
 
     /// <summary>The API client for a client command: --api-socket, else the environment, else the default store's socket.</summary>
-    internal static PlatterApiClient CreateClient(ParseResult parse, Option<string?> apiSocket, CliContext context, TimeSpan? timeout = null)
+    internal static PlatterApiClient CreateClient(ParseResult parse, Option<string?> apiSocket, CliContext context)
     {
         var socket = parse.GetValue(apiSocket);
-        if (!string.IsNullOrWhiteSpace(socket)) return PlatterApiClient.ForUnixSocket(Path.GetFullPath(socket), timeout);
+        if (!string.IsNullOrWhiteSpace(socket)) return PlatterApiClient.ForUnixSocket(Path.GetFullPath(socket));
         var envSocket = context.GetEnvironment(StorePaths.ApiSocketEnvironmentVariable);
-        if (!string.IsNullOrWhiteSpace(envSocket)) return PlatterApiClient.ForUnixSocket(Path.GetFullPath(envSocket), timeout);
+        if (!string.IsNullOrWhiteSpace(envSocket)) return PlatterApiClient.ForUnixSocket(Path.GetFullPath(envSocket));
         var url = context.GetEnvironment(ApiUrlEnvironmentVariable);
         if (!string.IsNullOrWhiteSpace(url))
         {
@@ -146,9 +146,9 @@ public static class PlatterCli
                 throw new CliException($"{ApiUrlEnvironmentVariable} is not an http(s) URL: {url}");
             var token = context.GetEnvironment(ApiTokenEnvironmentVariable);
             if (string.IsNullOrEmpty(token)) throw new CliException($"{ApiUrlEnvironmentVariable} is set but {ApiTokenEnvironmentVariable} is not");
-            return PlatterApiClient.ForTcp(uri, token, timeout);
+            return PlatterApiClient.ForTcp(uri, token);
         }
-        return PlatterApiClient.ForUnixSocket(StorePaths.DefaultApiSocketPath(context.GetEnvironment), timeout);
+        return PlatterApiClient.ForUnixSocket(StorePaths.DefaultApiSocketPath(context.GetEnvironment));
     }
 
     internal static void WriteJson<T>(CliContext context, T value, JsonTypeInfo<T> type) =>

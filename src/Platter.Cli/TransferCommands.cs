@@ -1,7 +1,6 @@
 using System.CommandLine;
 using Platter.Server;
 using Platter.Server.Api;
-using Platter.Server.Transfer;
 
 namespace Platter.Cli;
 
@@ -50,7 +49,8 @@ internal static class TransferCommands
             if (file is null && !Console.IsOutputRedirected)
                 throw new CliException("refusing to write a binary stream to a terminal: pipe it (| platter receive VOLUME) or use -o FILE");
 
-            using var client = PlatterCli.CreateClient(parse, api, context, Timeout.InfiniteTimeSpan);
+            using var client = PlatterCli.CreateClient(parse, api, context);
+            client.DisableTimeout();
             var meter = ProgressMeter.OnStderr(context, $"send {s}");
             Stream destination = file is null ? Console.OpenStandardOutput() : new FileStream(file, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20);
             long bytes;
@@ -110,7 +110,8 @@ internal static class TransferCommands
             string? file = parse.GetValue(input);
             if (file is null && !Console.IsInputRedirected)
                 throw new CliException("refusing to read a stream from a terminal: pipe it (platter send ... | platter receive VOLUME) or use -i FILE");
-            using var client = PlatterCli.CreateClient(parse, api, context, Timeout.InfiniteTimeSpan);
+            using var client = PlatterCli.CreateClient(parse, api, context);
+            client.DisableTimeout();
             var meter = ProgressMeter.OnStderr(context, $"receive {volume}");
             await using var source = file is null ? Console.OpenStandardInput() : OpenInput(file);
             if (file is not null) meter.TotalBytes = source.Length;

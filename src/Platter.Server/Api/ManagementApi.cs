@@ -36,8 +36,7 @@ internal static class ManagementApi
     // A create/resize/rename request is a few dozen bytes; anything much larger is not a client of this API.
     private const long RequestBodyBytesMax = 64 * 1024;
 
-    public static WebApplication Build(IVolumeBackend store, ManagementApiOptions options, ILoggerFactory loggerFactory, Func<HealthDto> health,
-        Action<WebApplication, ILogger>? mapMore = null)
+    public static WebApplication Build(IVolumeBackend store, ManagementApiOptions options, ILoggerFactory loggerFactory, Func<HealthDto> health)
     {
         if (options.SocketPath is null && options.TcpEndPoint is null)
             throw new ArgumentException("the management API needs a socket path or a TCP endpoint");
@@ -238,8 +237,6 @@ internal static class ManagementApi
             for (int i = 0; i < list.Length; i++) list[i] = SpaceUsageDto.From(usage[i]);
             return Write(http, 200, new SpaceUsageListDto(list), json.SpaceUsageListDto);
         });
-
-        mapMore?.Invoke(app, log);
 
         app.MapFallback((HttpContext http) =>
             WriteError(http, 404, ApiErrorCodes.NoSuchEndpoint, $"no endpoint {http.Request.Method} {http.Request.Path}"));

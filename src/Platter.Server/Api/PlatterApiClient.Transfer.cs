@@ -1,7 +1,6 @@
 using System.Net.Http.Headers;
 using System.Net.Http.Json;
 using System.Net.Sockets;
-using Platter.Server.Transfer;
 
 namespace Platter.Server.Api;
 
@@ -10,6 +9,12 @@ public sealed partial class PlatterApiClient
     // The stream is copied in pieces this big: large enough that a pipe or a socket moves at full speed, small
     // enough that progress moves often.
     private const int CopyBufferBytes = 1024 * 1024;
+
+    /// <summary>
+    /// Lifts the per-request timeout (60 s by default) for a client about to stream a whole volume. Call it before
+    /// the first request: HttpClient fixes its timeout then.
+    /// </summary>
+    public void DisableTimeout() => _http.Timeout = Timeout.InfiniteTimeSpan;
 
     /// <summary>
     /// GET /v1/volumes/{volume}/snapshots/{snapshot}/send[?from=...]: copies the send stream of
@@ -38,7 +43,7 @@ public sealed partial class PlatterApiClient
         {
             Content = new ProgressContent(source, progress),
         };
-        request.Content.Headers.ContentType = new MediaTypeHeaderValue(SendStream.ContentType);
+        request.Content.Headers.ContentType = new MediaTypeHeaderValue(TransferMediaTypes.SendStream);
         using var response = await SendRawAsync(request, HttpCompletionOption.ResponseContentRead, cancellationToken).ConfigureAwait(false);
         if (!response.IsSuccessStatusCode) await ThrowErrorAsync(response, cancellationToken).ConfigureAwait(false);
         return await response.Content.ReadFromJsonAsync(TransferJsonContext.Default.ReceiveSummary, cancellationToken).ConfigureAwait(false)

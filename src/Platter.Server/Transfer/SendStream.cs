@@ -42,7 +42,7 @@ public static class SendStream
     internal const int ChecksumBytes = 8;
 
     /// <summary>Content type of the stream on the management API.</summary>
-    public const string ContentType = "application/vnd.platter.send-stream";
+    public const string ContentType = Api.TransferMediaTypes.SendStream;
 
     internal static ulong Checksum(ReadOnlySpan<byte> head, ReadOnlySpan<byte> payload, long sequence)
     {

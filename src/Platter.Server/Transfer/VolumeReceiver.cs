@@ -1,5 +1,6 @@
 using System.Text.Json;
 using Microsoft.Extensions.Logging;
+using Platter.Server.Api;
 
 namespace Platter.Server.Transfer;
 
@@ -177,7 +178,7 @@ public sealed class VolumeReceiver
             ReceiveMarker? marker;
             try
             {
-                marker = JsonSerializer.Deserialize(File.ReadAllText(path), TransferJsonContext.Default.ReceiveMarker);
+                marker = JsonSerializer.Deserialize(File.ReadAllText(path), ReceiveMarkerJsonContext.Default.ReceiveMarker);
             }
             catch (JsonException)
             {
@@ -227,7 +228,7 @@ public sealed class VolumeReceiver
         var path = MarkerPath(marker);
         using (var file = new FileStream(path + ".tmp", FileMode.Create, FileAccess.Write))
         {
-            JsonSerializer.Serialize(file, marker, TransferJsonContext.Default.ReceiveMarker);
+            JsonSerializer.Serialize(file, marker, ReceiveMarkerJsonContext.Default.ReceiveMarker);
             // The marker must be durable before the first change it guards.
             file.Flush(flushToDisk: true);
         }
@@ -247,18 +248,7 @@ public sealed class VolumeReceiver
 /// <param name="VolumeId">For an incremental stream, the target's catalog id (a volume by the same name later is another).</param>
 public sealed record ReceiveMarker(bool Full, string Target, string? Temp, string Snapshot, Guid SnapshotId, string? Base, long VolumeId);
 
-/// <summary>What a receive applied.</summary>
-/// <param name="Volume">The target volume.</param>
-/// <param name="Snapshot">The snapshot it created.</param>
-/// <param name="BaseSnapshot">For an incremental stream, the base.</param>
-/// <param name="SizeBytes">The volume's size afterwards.</param>
-/// <param name="StreamBytes">Bytes of stream read.</param>
-/// <param name="DataBytes">Bytes of data written.</param>
-/// <param name="ZeroBytes">Bytes made to read as zeros.</param>
-public sealed record ReceiveSummary(string Volume, string Snapshot, string? BaseSnapshot, long SizeBytes, long StreamBytes, long DataBytes, long ZeroBytes);
-
-/// <summary>Serializers for the transfer records (the marker file and the API's answers).</summary>
+/// <summary>Serializer for the marker file.</summary>
 [System.Text.Json.Serialization.JsonSourceGenerationOptions(JsonSerializerDefaults.Web)]
 [System.Text.Json.Serialization.JsonSerializable(typeof(ReceiveMarker))]
-[System.Text.Json.Serialization.JsonSerializable(typeof(ReceiveSummary))]
-public sealed partial class TransferJsonContext : System.Text.Json.Serialization.JsonSerializerContext;
+internal sealed partial class ReceiveMarkerJsonContext : System.Text.Json.Serialization.JsonSerializerContext;
