@@ -71,13 +71,13 @@ public sealed partial class PlatterHost : IAsyncDisposable
                     Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
                 }
                 _store = VolumeStore.Open(directory, _options.StoreOptions ?? new StoreOptions { LoggerFactory = _loggerFactory });
+                var usage = _store.GetUsage();
+                _log.LogInformation("store {Directory} open: {Volumes} volume(s), {Used} used", directory, usage.VolumeCount, SizeText.Format(usage.UsedBytes));
                 // Send/receive state lives beside the store; a receive a crash interrupted is finished or undone
                 // before anything is served (docs/decisions/0007).
                 var identities = SnapshotIdentities.Open(directory, _store);
                 var receiver = new VolumeReceiver(_store, identities, directory, _loggerFactory.CreateLogger("Platter.Receive"));
                 receiver.Recover();
-                var usage = _store.GetUsage();
-                _log.LogInformation("store {Directory} open: {Volumes} volume(s), {Used} used", directory, usage.VolumeCount, SizeText.Format(usage.UsedBytes));
 
                 if (_options.NbdSocketPath is not null) PrepareSocket(_options.NbdSocketPath);
                 if (_options.ApiSocketPath is not null) PrepareSocket(_options.ApiSocketPath);
