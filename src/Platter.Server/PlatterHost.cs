@@ -73,7 +73,6 @@ public sealed partial class PlatterHost : IAsyncDisposable
                 _store = VolumeStore.Open(directory, _options.StoreOptions ?? new StoreOptions { LoggerFactory = _loggerFactory });
                 var usage = _store.GetUsage();
                 _log.LogInformation("store {Directory} open: {Volumes} volume(s), {Used} used", directory, usage.VolumeCount, SizeText.Format(usage.UsedBytes));
-
                 // Send/receive state lives beside the store; a receive a crash interrupted is finished or undone
                 // before anything is served (docs/decisions/0007).
                 var identities = SnapshotIdentities.Open(directory, _store);
