@@ -15,9 +15,9 @@ public sealed class MovingTests(ServerFixture fixture, ITestOutputHelper output)
     [Fact]
     public async Task Import_of_a_qcow2_with_data_and_holes_matches_it_stays_sparse_and_exports_back()
     {
-        string qcow2 = Scratch.File("src.qcow2");
-        (await Proc.RunAsync(Tools.QemuImg, ["create", "-q", "-f", "qcow2", qcow2, $"{Size}"])).EnsureSuccess();
-        (await Proc.RunAsync(Tools.QemuIo, ["-f", "qcow2",
+        string qcow2 = Scratch.Combine("src.qcow2");
+        (await ProcessRunner.RunAsync(Tools.QemuImg, ["create", "-q", "-f", "qcow2", qcow2, $"{Size}"])).EnsureSuccess();
+        (await ProcessRunner.RunAsync(Tools.QemuIo, ["-f", "qcow2",
             "-c", $"write -P 0x11 0 {4 * MiB}",
             "-c", $"write -P 0x22 {20 * MiB + 4 * KiB} {1 * MiB}",
             "-c", $"write -z {30 * MiB} {2 * MiB}",           // allocated zeros: must not become data
@@ -31,31 +31,31 @@ public sealed class MovingTests(ServerFixture fixture, ITestOutputHelper output)
             Assert.Equal(Size, summary.RootElement.GetProperty("sizeBytes").GetInt64());
         }
         var volume = new NbdExport("img1", Server.NbdSocketPath, Size);
-        var compare = await Proc.RunAsync(Tools.QemuImg, ["compare", "-f", "qcow2", "-F", "raw", qcow2, volume.Uri]);
+        var compare = await ProcessRunner.RunAsync(Tools.QemuImg, ["compare", "-f", "qcow2", "-F", "raw", qcow2, volume.Uri]);
         Assert.True(compare.ExitCode == 0, $"the imported volume differs from the qcow2\n{compare.Describe()}");
 
         // 5 MiB + 64 KiB of data in a 64 MiB volume: the holes and the zero run stay unallocated.
         long allocated = await AllocatedAsync("img1");
         Assert.InRange(allocated, 5 * MiB, 6 * MiB);
 
-        string raw = Scratch.File("out.raw");
+        string raw = Scratch.Combine("out.raw");
         (await Server.CliAsync("export", "img1", raw)).EnsureSuccess("platter export raw failed");
-        compare = await Proc.RunAsync(Tools.QemuImg, ["compare", "-f", "qcow2", "-F", "raw", qcow2, raw]);
+        compare = await ProcessRunner.RunAsync(Tools.QemuImg, ["compare", "-f", "qcow2", "-F", "raw", qcow2, raw]);
         Assert.True(compare.ExitCode == 0, $"the exported raw file differs from the qcow2\n{compare.Describe()}");
         Assert.Equal(Size, new FileInfo(raw).Length);
-        long onDisk = long.Parse((await Proc.RunAsync("stat", ["-c", "%b", raw])).EnsureSuccess().Stdout.Trim()) * 512;
+        long onDisk = long.Parse((await ProcessRunner.RunAsync("stat", ["-c", "%b", raw])).EnsureSuccess().Stdout.Trim()) * 512;
         Assert.True(onDisk < 8 * MiB, $"the exported raw file takes {onDisk} bytes: its holes were filled");
 
-        string qcow2Out = Scratch.File("out.qcow2");
+        string qcow2Out = Scratch.Combine("out.qcow2");
         (await Server.CliAsync("export", "img1", qcow2Out, "--format", "qcow2")).EnsureSuccess("platter export qcow2 failed");
-        compare = await Proc.RunAsync(Tools.QemuImg, ["compare", qcow2, qcow2Out]);
+        compare = await ProcessRunner.RunAsync(Tools.QemuImg, ["compare", qcow2, qcow2Out]);
         Assert.True(compare.ExitCode == 0, $"the exported qcow2 differs\n{compare.Describe()}");
     }
 
     [Fact]
     public async Task A_failed_import_leaves_no_volume_and_an_existing_file_is_not_overwritten()
     {
-        string notAnImage = Scratch.File("bad.qcow2");
+        string notAnImage = Scratch.Combine("bad.qcow2");
         await File.WriteAllTextAsync(notAnImage, "not a disk image");
         var failed = await Server.CliAsync("import", notAnImage, "img-bad", "--format", "qcow2");
         Assert.Equal(1, failed.ExitCode);
@@ -63,7 +63,7 @@ public sealed class MovingTests(ServerFixture fixture, ITestOutputHelper output)
         Assert.DoesNotContain("img-bad", (await Server.CliAsync("volume", "list")).EnsureSuccess().Stdout);
 
         var vol = await Fixture.CreateExportAsync("exists", 1 * MiB);
-        string existing = Scratch.File("existing.raw");
+        string existing = Scratch.Combine("existing.raw");
         await File.WriteAllTextAsync(existing, "keep me");
         var refused = await Server.CliAsync("export", vol.Name, existing);
         Assert.Equal(1, refused.ExitCode);
@@ -91,7 +91,7 @@ public sealed class MovingTests(ServerFixture fixture, ITestOutputHelper output)
         await Clients.QemuIoAsync(grown.Uri, $"write -P 0x66 {70 * MiB} {1 * MiB}", "flush");
         (await Server.CliAsync("snapshot", "create", $"{vol.Name}@s2")).EnsureSuccess();
 
-        string stream = Scratch.File("s1-s2.stream");
+        string stream = Scratch.Combine("s1-s2.stream");
         (await Server.CliAsync("send", $"{vol.Name}@s2", "--from", $"{vol.Name}@s1", "-o", stream)).EnsureSuccess("platter send --from failed");
         // 1.1 MiB of new data (and one zero record): the stream follows the change, not the 80 MiB volume.
         Assert.InRange(new FileInfo(stream).Length, 1 * MiB, 2 * MiB);
@@ -116,11 +116,11 @@ public sealed class MovingTests(ServerFixture fixture, ITestOutputHelper output)
         var vol = await Fixture.CreateExportAsync("dmg", Size);
         await Clients.QemuIoAsync(vol.Uri, $"write -P 0x11 0 {3 * MiB}", "flush");
         (await Server.CliAsync("snapshot", "create", $"{vol.Name}@s1")).EnsureSuccess();
-        string full = Scratch.File("full.stream");
+        string full = Scratch.Combine("full.stream");
         (await Server.CliAsync("send", $"{vol.Name}@s1", "-o", full)).EnsureSuccess();
         await Clients.QemuIoAsync(vol.Uri, $"write -P 0x22 {1 * MiB} {2 * MiB}", $"discard {10 * MiB} {1 * MiB}", $"write -P 0x33 {30 * MiB} {1 * MiB}", "flush");
         (await Server.CliAsync("snapshot", "create", $"{vol.Name}@s2")).EnsureSuccess();
-        string inc = Scratch.File("inc.stream");
+        string inc = Scratch.Combine("inc.stream");
         (await Server.CliAsync("send", $"{vol.Name}@s2", "--from", "s1", "-o", inc)).EnsureSuccess();
         byte[] fullBytes = await File.ReadAllBytesAsync(full);
         byte[] incBytes = await File.ReadAllBytesAsync(inc);
@@ -129,8 +129,8 @@ public sealed class MovingTests(ServerFixture fixture, ITestOutputHelper output)
         for (int i = 0; i < 3; i++)
         {
             int cut = random.Next(1, fullBytes.Length);
-            await File.WriteAllBytesAsync(Scratch.File("cut-full"), fullBytes[..cut]);
-            var r = await target.CliAsync("receive", "copy", "-i", Scratch.File("cut-full"));
+            await File.WriteAllBytesAsync(Scratch.Combine("cut-full"), fullBytes[..cut]);
+            var r = await target.CliAsync("receive", "copy", "-i", Scratch.Combine("cut-full"));
             Assert.True(r.ExitCode == 1 && r.Stderr.Contains("ends early"), $"cut at {cut} of {fullBytes.Length}\n{r.Describe()}");
             Assert.Equal("[]", await VolumeNamesAsync(target));
         }
@@ -154,8 +154,8 @@ public sealed class MovingTests(ServerFixture fixture, ITestOutputHelper output)
         }
         foreach (var (what, bytes, error) in cases)
         {
-            await File.WriteAllBytesAsync(Scratch.File("bad"), bytes);
-            var r = await target.CliAsync("receive", "copy", "-i", Scratch.File("bad"));
+            await File.WriteAllBytesAsync(Scratch.Combine("bad"), bytes);
+            var r = await target.CliAsync("receive", "copy", "-i", Scratch.Combine("bad"));
             Assert.True(r.ExitCode == 1 && r.Stderr.StartsWith("platter: ") && error.Split('|').Any(r.Stderr.Contains) && r.Stderr.Contains("unchanged"),
                 $"{what}\n{r.Describe()}");
             await AssertUnchangedAsync(target, vol.Name, "copy", "s1", what);
@@ -191,13 +191,13 @@ public sealed class MovingTests(ServerFixture fixture, ITestOutputHelper output)
         await PipeAsync(Server, ["send", $"{vol.Name}@s1"], target, ["receive", "copy"]);
         await Clients.QemuIoAsync(vol.Uri, $"write -P 0x22 0 {8 * MiB}", "flush");
         (await Server.CliAsync("snapshot", "create", $"{vol.Name}@s2")).EnsureSuccess();
-        string inc = Scratch.File("inc.stream");
+        string inc = Scratch.Combine("inc.stream");
         (await Server.CliAsync("send", $"{vol.Name}@s2", "--from", "s1", "-o", inc)).EnsureSuccess();
 
         // Feed most of the stream, then hold the pipe open: the server has applied part of it when it is killed.
-        string partial = Scratch.File("partial");
+        string partial = Scratch.Combine("partial");
         await File.WriteAllBytesAsync(partial, (await File.ReadAllBytesAsync(inc))[..(int)(6 * MiB)]);
-        var receive = Proc.RunAsync("bash", ["-c", $"(cat '{partial}'; sleep 10) | '{PlatterServer.DotnetHost}' '{PlatterServer.PlatterDll}' receive copy --api-socket '{target.ApiSocketPath}'"],
+        var receive = ProcessRunner.RunAsync("bash", ["-c", $"(cat '{partial}'; sleep 10) | '{PlatterServer.DotnetHost}' '{PlatterServer.PlatterDll}' receive copy --api-socket '{target.ApiSocketPath}'"],
             TimeSpan.FromSeconds(60));
         await WaitForAsync(() => Directory.Exists(Path.Combine(target.StoreDirectory, "receiving"))
                                  && Directory.GetFiles(Path.Combine(target.StoreDirectory, "receiving"), "*.json").Length > 0);
@@ -213,10 +213,10 @@ public sealed class MovingTests(ServerFixture fixture, ITestOutputHelper output)
         await AssertSameAsync(target, vol.Name, "copy", "s2");
 
         // A full stream cut by a crash: its temporary volume is deleted at restart, the new volume never appears.
-        string full = Scratch.File("full.stream");
+        string full = Scratch.Combine("full.stream");
         (await Server.CliAsync("send", $"{vol.Name}@s2", "-o", full)).EnsureSuccess();
         await File.WriteAllBytesAsync(partial, (await File.ReadAllBytesAsync(full))[..(int)(5 * MiB)]);
-        receive = Proc.RunAsync("bash", ["-c", $"(cat '{partial}'; sleep 10) | '{PlatterServer.DotnetHost}' '{PlatterServer.PlatterDll}' receive copy2 --api-socket '{target.ApiSocketPath}'"],
+        receive = ProcessRunner.RunAsync("bash", ["-c", $"(cat '{partial}'; sleep 10) | '{PlatterServer.DotnetHost}' '{PlatterServer.PlatterDll}' receive copy2 --api-socket '{target.ApiSocketPath}'"],
             TimeSpan.FromSeconds(60));
         await WaitForAsync(() => Directory.GetFiles(Path.Combine(target.StoreDirectory, "receiving"), "*.json").Length > 0);
         await Task.Delay(1500);
@@ -244,7 +244,7 @@ public sealed class MovingTests(ServerFixture fixture, ITestOutputHelper output)
         string Quote(IEnumerable<string> args) => string.Join(' ', args.Select(a => "'" + a + "'"));
         string dotnet = PlatterServer.DotnetHost, dll = PlatterServer.PlatterDll;
         var script = $"set -o pipefail; '{dotnet}' '{dll}' {Quote(send)} --api-socket '{from.ApiSocketPath}' | '{dotnet}' '{dll}' {Quote(receive)} --api-socket '{to.ApiSocketPath}'";
-        var result = await Proc.RunAsync("bash", ["-c", script]);
+        var result = await ProcessRunner.RunAsync("bash", ["-c", script]);
         Output.WriteLine(result.Describe());
         result.EnsureSuccess("send | receive failed");
     }
@@ -255,7 +255,7 @@ public sealed class MovingTests(ServerFixture fixture, ITestOutputHelper output)
         var sourceSnapshot = new NbdExport($"{sourceVolume}@{snapshot}", Server.NbdSocketPath, 0);
         foreach (var name in new[] { targetVolume, $"{targetVolume}@{snapshot}" })
         {
-            var compare = await Proc.RunAsync(Tools.QemuImg, ["compare", "-f", "raw", "-F", "raw", sourceSnapshot.Uri, new NbdExport(name, target.NbdSocketPath, 0).Uri]);
+            var compare = await ProcessRunner.RunAsync(Tools.QemuImg, ["compare", "-f", "raw", "-F", "raw", sourceSnapshot.Uri, new NbdExport(name, target.NbdSocketPath, 0).Uri]);
             Assert.True(compare.ExitCode == 0, $"{name} differs from {sourceVolume}@{snapshot} (or in size)\n{compare.Describe()}");
         }
         var sourceSnapshots = await SnapshotsAsync(Server, sourceVolume);
