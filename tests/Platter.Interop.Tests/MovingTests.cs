@@ -219,10 +219,20 @@ public sealed class MovingTests(ServerFixture fixture, ITestOutputHelper output)
         receive = ProcessRunner.RunAsync("bash", ["-c", $"(cat '{partial}'; sleep 10) | '{PlatterServer.DotnetHost}' '{PlatterServer.PlatterDll}' receive copy2 --api-socket '{target.ApiSocketPath}'"],
             TimeSpan.FromSeconds(60));
         await WaitForAsync(() => Directory.GetFiles(Path.Combine(target.StoreDirectory, "receiving"), "*.json").Length > 0);
-        await Task.Delay(1500);
+        // Kill only once the temporary volume exists (a catalog change is durable when the API answers): on a busy
+        // machine a fixed delay could kill before it, and then there is nothing to undo.
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (!(await VolumeNamesAsync(target)).Contains("receive-tmp-"))
+        {
+            if (DateTime.UtcNow > deadline) throw new XunitException("timed out waiting for the receive's temporary volume");
+            await Task.Delay(50);
+        }
+        await Task.Delay(500); // let it write some of the stream
         await target.KillAsync();
         Assert.NotEqual(0, (await receive).ExitCode);
         await target.StartAsync();
+        deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (!target.Log.Contains("deleted its partial volume") && DateTime.UtcNow < deadline) await Task.Delay(50);
         Assert.Contains("deleted its partial volume", target.Log);
         Assert.Equal("[\"copy\"]", await VolumeNamesAsync(target));
         Assert.Empty(Directory.GetFiles(Path.Combine(target.StoreDirectory, "receiving")));
