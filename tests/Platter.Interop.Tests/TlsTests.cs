@@ -60,7 +60,7 @@ public sealed class TlsTests(ITestOutputHelper output) : IDisposable
     }
 
     // A self-signed server certificate for localhost and 127.0.0.1; the client trusts it as its own CA.
-    private static void WriteSelfSignedCertificate(string certPath, string keyPath, string caPath)
+    internal static void WriteSelfSignedCertificate(string certPath, string keyPath, string caPath)
     {
         using var key = RSA.Create(2048);
         var request = new CertificateRequest("CN=localhost", key, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
@@ -78,7 +78,7 @@ public sealed class TlsTests(ITestOutputHelper output) : IDisposable
         File.WriteAllText(keyPath, key.ExportPkcs8PrivateKeyPem());
     }
 
-    private static int FreeTcpPort()
+    internal static int FreeTcpPort()
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);
         listener.Start();
