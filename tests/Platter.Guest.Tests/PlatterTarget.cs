@@ -115,6 +115,10 @@ public sealed class PlatterTarget : INbdTarget
         }
     }
 
+    /// <summary>Runs the real CLI (<c>platter ARGS --api-socket SOCKET</c>) against this server.</summary>
+    public Task<ProcessResult> CliAsync(CancellationToken cancellationToken, params string[] args) =>
+        ProcessRunner.RunAsync(DotnetHost, [PlatterDll, .. args, "--api-socket", _apiSocketPath], CliTimeout, cancellationToken, CleanEnvironment);
+
     /// <inheritdoc/>
     public async Task StopAsync(bool graceful, CancellationToken cancellationToken)
     {
