@@ -63,6 +63,12 @@ internal static class ServeCommand
             Description = "Serve every NBD export read-only, like qemu-nbd -r: clients see NBD_FLAG_READ_ONLY and writes, trims and " +
                           "write-zeroes get EPERM. The management API still creates, resizes, renames and deletes volumes.",
         };
+        var config = new Option<string?>(ServeConfig.OptionName)
+        {
+            Description = "Read settings from FILE: one 'name = value' per line, the names being these flags without '--' " +
+                          "(store = /var/lib/platter, read-only = true); '#' starts a comment. Flags on the command line override the file.",
+            HelpName = "FILE",
+        };
         var verbose = new Option<bool>("--verbose", "-v") { Description = "Log debug detail as well: NBD connections and refused requests, and each management API request." };
 
         var command = new Command("serve",
@@ -70,7 +76,7 @@ internal static class ServeCommand
             "on TCP and a unix socket, and the management API on a unix socket. Logs one line per event to stdout. Stops cleanly " +
             "on SIGINT/SIGTERM: finishes in-flight requests (30 s at most; a second signal cuts them), flushes, closes the store.")
         {
-            store, listen, socket, apiSocket, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa, readOnly, verbose,
+            store, listen, socket, apiSocket, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa, readOnly, config, verbose,
         };
         command.SetAction(async (parse, ct) =>
         {
