@@ -30,6 +30,15 @@ public static class PlatterCli
     {
         context ??= new CliContext();
         var root = BuildRootCommand(context);
+        try
+        {
+            args = ServeConfig.Expand(args, root.Subcommands.First(c => c.Name == "serve"));
+        }
+        catch (CliException e)
+        {
+            context.Error.WriteLine("platter: " + e.Message);
+            return e.ExitCode;
+        }
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0 && parse.Action is not System.CommandLine.Help.HelpAction)
         {
