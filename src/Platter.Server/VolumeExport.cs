@@ -1,5 +1,5 @@
-using System.Diagnostics.CodeAnalysis;
 using Platter.Nbd;
+using Platter.Server.Metrics;
 using Platter.Storage;
 
 namespace Platter.Server;
@@ -20,15 +20,22 @@ public sealed class VolumeExport : INbdExport
 
     private readonly Volume _volume;
     private readonly bool _readOnly;
+    // Null when metrics are off (platter serve --no-metrics): then a request takes no timestamps at all.
+    private readonly VolumeMetrics? _metrics;
 
     /// <summary>
     /// Wraps <paramref name="volume"/>; the export owns the handle and disposes it. With <paramref name="readOnly"/>
     /// the export is read-only even when the volume is writable (<c>platter serve --read-only</c>).
     /// </summary>
-    public VolumeExport(Volume volume, bool readOnly = false)
+    public VolumeExport(Volume volume, bool readOnly = false) : this(volume, readOnly, metrics: null)
+    {
+    }
+
+    internal VolumeExport(Volume volume, bool readOnly, VolumeMetrics? metrics)
     {
         _volume = volume;
         _readOnly = readOnly;
+        _metrics = metrics;
         Name = volume.Name;
         Description = volume.IsReadOnly ? "Platter snapshot (read-only)" : "Platter volume";
     }
@@ -60,35 +67,42 @@ public sealed class VolumeExport : INbdExport
     /// <inheritdoc />
     public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken cancellationToken)
     {
+        long start = _metrics is null ? 0 : VolumeMetrics.Start();
         try
         {
             _volume.Read(offset, destination.Span);
-            return default;
         }
         catch (StorageException e)
         {
+            _metrics?.ReadFailed(e.Error == StorageError.ChecksumMismatch);
             return ValueTask.FromException(Map(e));
         }
+        _metrics?.Read(destination.Length, start);
+        return default;
     }
 
     /// <inheritdoc />
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken cancellationToken)
     {
         if (_readOnly) return RefuseWrite();
+        long start = _metrics is null ? 0 : VolumeMetrics.Start();
         try
         {
             _volume.Write(offset, source.Span);
         }
         catch (StorageException e)
         {
+            _metrics?.WriteFailed();
             return ValueTask.FromException(Map(e));
         }
+        _metrics?.Write(source.Length, start);
         return fua ? FlushAsync(cancellationToken) : default;
     }
 
     /// <inheritdoc />
     public ValueTask FlushAsync(CancellationToken cancellationToken)
     {
+        long start = _metrics is null ? 0 : VolumeMetrics.Start();
         ValueTask flush;
         try
         {
@@ -96,12 +110,15 @@ public sealed class VolumeExport : INbdExport
         }
         catch (StorageException e)
         {
+            _metrics?.FlushFailed();
             return ValueTask.FromException(Map(e));
         }
-        return flush.IsCompletedSuccessfully ? default : AwaitFlush(flush);
+        if (!flush.IsCompletedSuccessfully) return AwaitFlush(flush, start);
+        _metrics?.Flush(start);
+        return default;
     }
 
-    private static async ValueTask AwaitFlush(ValueTask flush)
+    private async ValueTask AwaitFlush(ValueTask flush, long start)
     {
         try
         {
@@ -109,22 +126,27 @@ public sealed class VolumeExport : INbdExport
         }
         catch (StorageException e)
         {
+            _metrics?.FlushFailed();
             throw Map(e);
         }
+        _metrics?.Flush(start);
     }
 
     /// <inheritdoc />
     public ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken)
     {
         if (_readOnly) return RefuseWrite();
+        long start = _metrics is null ? 0 : VolumeMetrics.Start();
         try
         {
             _volume.Trim(offset, length);
         }
         catch (StorageException e)
         {
+            _metrics?.TrimFailed();
             return ValueTask.FromException(Map(e));
         }
+        _metrics?.Trim(start);
         return fua ? FlushAsync(cancellationToken) : default;
     }
 
@@ -140,6 +162,7 @@ public sealed class VolumeExport : INbdExport
         if (_readOnly) return RefuseWrite();
         if (!mayDeallocate && fastOnly)
             return ValueTask.FromException(new NbdErrorException(NbdError.NotSupported, "zeroing without deallocating writes zeros: not fast"));
+        long start = _metrics is null ? 0 : VolumeMetrics.Start();
         try
         {
             if (mayDeallocate)
@@ -154,8 +177,10 @@ public sealed class VolumeExport : INbdExport
         }
         catch (StorageException e)
         {
+            _metrics?.WriteZeroesFailed(e.Error == StorageError.ChecksumMismatch);
             return ValueTask.FromException(Map(e));
         }
+        _metrics?.WriteZeroes(start);
         return fua ? FlushAsync(cancellationToken) : default;
     }
 

@@ -1,0 +1,35 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Metadata;
+
+namespace Platter.Server.Api;
+
+/// <summary>
+/// What the OpenAPI description says about each endpoint. The handlers read and write JSON themselves (with the
+/// source-generated serializers), so the generator cannot infer bodies and answers: these declare them.
+/// </summary>
+internal static class EndpointDescriptions
+{
+    private static readonly string[] Json = ["application/json"];
+
+    /// <summary>A JSON answer of <typeparamref name="T"/> with <paramref name="status"/>, an optional JSON body, and the error shape.</summary>
+    public static TBuilder Describe<T, TBuilder>(this TBuilder builder, string summary, int status = 200, Type? body = null)
+        where TBuilder : IEndpointConventionBuilder
+    {
+        builder.WithSummary(summary).WithMetadata(new ProducesResponseTypeMetadata(status, typeof(T), Json));
+        if (body is not null) builder.WithMetadata(new AcceptsMetadata(Json, body));
+        return builder.ProducesErrors();
+    }
+
+    /// <summary>204 No Content on success, and the error shape.</summary>
+    public static TBuilder DescribeNoContent<TBuilder>(this TBuilder builder, string summary) where TBuilder : IEndpointConventionBuilder =>
+        builder.WithSummary(summary).WithMetadata(new ProducesResponseTypeMetadata(StatusCodes.Status204NoContent, typeof(void), [])).ProducesErrors();
+
+    // Every failure is {"error": CODE, "message": TEXT}; these are the statuses a client meets in practice.
+    private static TBuilder ProducesErrors<TBuilder>(this TBuilder builder) where TBuilder : IEndpointConventionBuilder => builder.WithMetadata(
+        new ProducesResponseTypeMetadata(StatusCodes.Status400BadRequest, typeof(ErrorDto), Json),
+        new ProducesResponseTypeMetadata(StatusCodes.Status401Unauthorized, typeof(ErrorDto), Json),
+        new ProducesResponseTypeMetadata(StatusCodes.Status404NotFound, typeof(ErrorDto), Json),
+        new ProducesResponseTypeMetadata(StatusCodes.Status409Conflict, typeof(ErrorDto), Json),
+        new ProducesResponseTypeMetadata(StatusCodes.Status500InternalServerError, typeof(ErrorDto), Json));
+}
