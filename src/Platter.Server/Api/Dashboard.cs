@@ -23,11 +23,7 @@ internal static class Dashboard
             http.Response.Redirect(Path);
             return Task.CompletedTask;
         }).ExcludeFromDescription();
-        app.MapGet("/dashboard", (HttpContext http) =>
-        {
-            http.Response.Redirect(Path);
-            return Task.CompletedTask;
-        }).ExcludeFromDescription();
+        // Also matches /dashboard without the slash (routing ignores a trailing slash); the page uses absolute paths.
         app.MapGet(Path + "{file?}", (HttpContext http) =>
         {
             var file = http.Request.RouteValues["file"] as string;

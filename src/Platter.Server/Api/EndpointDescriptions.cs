@@ -1,6 +1,8 @@
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Metadata;
+using Microsoft.AspNetCore.OpenApi;
+using Microsoft.OpenApi;
 
 namespace Platter.Server.Api;
 
@@ -20,6 +22,40 @@ internal static class EndpointDescriptions
         if (body is not null) builder.WithMetadata(new AcceptsMetadata(Json, body));
         return builder.ProducesErrors();
     }
+
+    /// <summary>Declares an optional query parameter (the handlers read the query themselves).</summary>
+    public static TBuilder Query<TBuilder>(this TBuilder builder, string name, string description) where TBuilder : IEndpointConventionBuilder =>
+        builder.WithMetadata(new QueryParameter(name, description));
+
+    /// <summary>
+    /// Adds the path parameters of the route ({name}, {snapshot}) and the declared query parameters to each
+    /// operation: the handlers bind neither, so the generator does not see them.
+    /// </summary>
+    public static Task AddParameters(OpenApiOperation operation, OpenApiOperationTransformerContext context, CancellationToken cancellationToken)
+    {
+        operation.Parameters ??= [];
+        var route = context.Description.RelativePath ?? "";
+        foreach (var (name, description) in (ReadOnlySpan<(string, string)>)[("name", "Volume name"), ("snapshot", "Snapshot name")])
+        {
+            if (!route.Contains("{" + name + "}", StringComparison.Ordinal)) continue;
+            operation.Parameters.Add(new OpenApiParameter
+            {
+                Name = name, In = ParameterLocation.Path, Required = true, Description = description,
+                Schema = new OpenApiSchema { Type = JsonSchemaType.String },
+            });
+        }
+        foreach (var query in context.Description.ActionDescriptor.EndpointMetadata.OfType<QueryParameter>())
+        {
+            operation.Parameters.Add(new OpenApiParameter
+            {
+                Name = query.Name, In = ParameterLocation.Query, Required = false, Description = query.Description,
+                Schema = new OpenApiSchema { Type = JsonSchemaType.String },
+            });
+        }
+        return Task.CompletedTask;
+    }
+
+    private sealed record QueryParameter(string Name, string Description);
 
     /// <summary>204 No Content on success, and the error shape.</summary>
     public static TBuilder DescribeNoContent<TBuilder>(this TBuilder builder, string summary) where TBuilder : IEndpointConventionBuilder =>

@@ -78,7 +78,7 @@ internal static class ManagementApi
             document.Info.Description = "Volumes, snapshots, space and health of a Platter server. Errors are {\"error\": CODE, \"message\": TEXT}. " +
                 "On the unix socket no token is needed; on TCP, requests that change anything need 'Authorization: Bearer TOKEN', reads do not.";
             return Task.CompletedTask;
-        }));
+        }).AddOperationTransformer(EndpointDescriptions.AddParameters));
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.AddServerHeader = false;
@@ -193,7 +193,8 @@ internal static class ManagementApi
             services.Metrics?.Forget(name);
             http.Response.StatusCode = 204;
             return Task.CompletedTask;
-        })).DescribeNoContent("Delete a volume (?recursive=true also deletes its snapshots)");
+        })).DescribeNoContent("Delete a volume (?recursive=true also deletes its snapshots)")
+            .Query("recursive", "true: also delete the volume's snapshots (refused while any has clones)");
 
         app.MapGet("/v1/snapshots", Handler((HttpContext http) =>
             Write(http, 200, SnapshotList(store.ListSnapshots()), json.SnapshotListDto)))
@@ -253,7 +254,8 @@ internal static class ManagementApi
             log.LogInformation("rolled volume '{Volume}' back to '{Snapshot}'{Recursive}", volume, snapshot,
                 recursive ? ", deleting newer snapshots" : "");
             return Write(http, 200, VolumeDto.From(store.GetVolumeInfo(volume)), json.VolumeDto);
-        })).Describe<VolumeDto, IEndpointConventionBuilder>("Roll a volume back to a snapshot (?recursive=true deletes newer snapshots)");
+        })).Describe<VolumeDto, IEndpointConventionBuilder>("Roll a volume back to a snapshot (?recursive=true deletes newer snapshots)")
+            .Query("recursive", "true: delete the snapshots newer than this one (refused without it when there are any)");
 
         app.MapGet("/v1/volumes/{name}/diff", Handler((HttpContext http) =>
         {
@@ -269,7 +271,9 @@ internal static class ManagementApi
                 changed += extents[i].Length;
             }
             return Write(http, 200, new DiffDto(volume, from, to, changed, list), json.DiffDto);
-        })).Describe<DiffDto, IEndpointConventionBuilder>("Byte ranges changed between snapshot ?from= and ?to= (or the live volume)");
+        })).Describe<DiffDto, IEndpointConventionBuilder>("Byte ranges changed between snapshot ?from= and ?to= (or the live volume)")
+            .Query("from", "The older snapshot (required)")
+            .Query("to", "The newer snapshot; omitted: the volume's current content");
 
         app.MapGet("/v1/space", Handler((HttpContext http) =>
         {
