@@ -22,7 +22,7 @@ public sealed partial class PlatterHost : IAsyncDisposable
     private readonly ILogger _log;
     private readonly SemaphoreSlim _stateLock = new(1, 1);
     private readonly List<string> _ownedSockets = [];
-    private VolumeStore? _store;
+    private IVolumeBackend? _store;
     private WebApplication? _api;
     private WebApplication? _metricsApi;
     private bool _started;
@@ -42,8 +42,8 @@ public sealed partial class PlatterHost : IAsyncDisposable
     public static string Version { get; } =
         typeof(PlatterHost).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion.Split('+')[0] ?? "0.0.0";
 
-    /// <summary>The open store, once started.</summary>
-    public VolumeStore Store => _store ?? throw new InvalidOperationException("the host is not started");
+    /// <summary>The open store, once started: the backend every front door (NBD, the management API) uses.</summary>
+    public IVolumeBackend Store => _store ?? throw new InvalidOperationException("the host is not started");
 
     /// <summary>The bound NBD TCP address (the real port when the options asked for port 0), or null.</summary>
     public IPEndPoint? NbdTcpEndPoint { get; private set; }
@@ -90,7 +90,7 @@ public sealed partial class PlatterHost : IAsyncDisposable
                 if (_options.NbdSocketPath is not null) PrepareSocket(_options.NbdSocketPath);
                 if (_options.ApiSocketPath is not null) PrepareSocket(_options.ApiSocketPath);
 
-                if (_options.Metrics) Metrics = new PlatterMetrics { Store = _store };
+                if (_options.Metrics) Metrics = new PlatterMetrics { Store = _store, Engine = _store as VolumeStore };
                 await StartNbdAsync(new VolumeExportProvider(_store, _options.ReadOnly) { Metrics = Metrics }, cancellationToken).ConfigureAwait(false);
                 if (Metrics is not null) Metrics.Nbd = _nbd;
 
@@ -191,6 +191,7 @@ public sealed partial class PlatterHost : IAsyncDisposable
         if (Metrics is not null)
         {
             Metrics.Store = null;
+            Metrics.Engine = null;
             Metrics.Nbd = null;
         }
         if (_store is not null)
@@ -207,7 +208,7 @@ public sealed partial class PlatterHost : IAsyncDisposable
             try
             {
                 _store.Dispose();
-                if (!failed) _log.LogInformation("store {Directory} closed", _store.Directory);
+                if (!failed) _log.LogInformation("store {Directory} closed", _store.Location);
             }
             catch (Exception e)
             {

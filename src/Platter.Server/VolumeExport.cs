@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using Platter.Nbd;
 using Platter.Server.Metrics;
 using Platter.Storage;
@@ -5,9 +6,9 @@ using Platter.Storage;
 namespace Platter.Server;
 
 /// <summary>
-/// Serves one <see cref="Volume"/> as an NBD export. The engine's calls are synchronous and fast (page cache,
-/// positional I/O), so each request completes inline and returns a completed <see cref="ValueTask"/>; only
-/// flushes are truly asynchronous. Storage errors become the NBD error a client can act on.
+/// Serves one volume handle of any backend as an NBD export. The embedded engine's calls complete inline (page cache,
+/// positional I/O) and return completed <see cref="ValueTask"/>s, which pass straight through; a backend that truly
+/// waits (RBD) returns pending ones. Storage errors become the NBD error a client can act on.
 /// </summary>
 public sealed class VolumeExport : INbdExport
 {
@@ -15,10 +16,7 @@ public sealed class VolumeExport : INbdExport
     // reply stopped, and 64 runs of 24 bytes keep the scratch buffer on the stack.
     private const int ExtentsPerCallMax = 64;
 
-    // Source of the zeros a NO_HOLE write-zeroes writes; shared and never modified.
-    private static readonly byte[] ZeroBlock = new byte[1 << 20];
-
-    private readonly Volume _volume;
+    private readonly IVolumeHandle _volume;
     private readonly bool _readOnly;
     // Null when metrics are off (platter serve --no-metrics): then a request takes no timestamps at all.
     private readonly VolumeMetrics? _metrics;
@@ -27,11 +25,11 @@ public sealed class VolumeExport : INbdExport
     /// Wraps <paramref name="volume"/>; the export owns the handle and disposes it. With <paramref name="readOnly"/>
     /// the export is read-only even when the volume is writable (<c>platter serve --read-only</c>).
     /// </summary>
-    public VolumeExport(Volume volume, bool readOnly = false) : this(volume, readOnly, metrics: null)
+    public VolumeExport(IVolumeHandle volume, bool readOnly = false) : this(volume, readOnly, metrics: null)
     {
     }
 
-    internal VolumeExport(Volume volume, bool readOnly, VolumeMetrics? metrics)
+    internal VolumeExport(IVolumeHandle volume, bool readOnly, VolumeMetrics? metrics)
     {
         _volume = volume;
         _readOnly = readOnly;
@@ -41,7 +39,7 @@ public sealed class VolumeExport : INbdExport
     }
 
     /// <summary>The engine handle, for the metadata contexts that read more than allocation from it.</summary>
-    internal Volume Volume => _volume;
+    internal IVolumeHandle Volume => _volume;
 
     /// <inheritdoc />
     public string Name { get; }
@@ -55,8 +53,8 @@ public sealed class VolumeExport : INbdExport
     /// <inheritdoc />
     public bool IsReadOnly => _readOnly || _volume.IsReadOnly;
 
-    /// <summary>True: a flush commits the whole store, so it covers writes from every connection.</summary>
-    public bool CanMultiConn => true;
+    /// <summary>True when a flush on one handle covers every handle (the embedded engine commits the whole store).</summary>
+    public bool CanMultiConn => _volume.FlushCoversAllHandles;
 
     /// <summary>1: the engine read-modify-writes partial 4 KiB blocks itself.</summary>
     public uint MinimumBlockSize => 1;
@@ -68,17 +66,17 @@ public sealed class VolumeExport : INbdExport
     public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken cancellationToken)
     {
         long start = _metrics is null ? 0 : VolumeMetrics.Start();
+        ValueTask read;
         try
         {
-            _volume.Read(offset, destination.Span);
+            read = _volume.ReadAsync(offset, destination, cancellationToken);
         }
         catch (StorageException e)
         {
-            _metrics?.ReadFailed(e.Error == StorageError.ChecksumMismatch);
+            _metrics?.Failed(VolumeOp.Read, e.Error);
             return ValueTask.FromException(Map(e));
         }
-        _metrics?.Read(destination.Length, start);
-        return default;
+        return Translate(read, VolumeOp.Read, destination.Length, start);
     }
 
     /// <inheritdoc />
@@ -86,17 +84,17 @@ public sealed class VolumeExport : INbdExport
     {
         if (_readOnly) return RefuseWrite();
         long start = _metrics is null ? 0 : VolumeMetrics.Start();
+        ValueTask write;
         try
         {
-            _volume.Write(offset, source.Span);
+            write = _volume.WriteAsync(offset, source, fua, cancellationToken);
         }
         catch (StorageException e)
         {
-            _metrics?.WriteFailed();
+            _metrics?.Failed(VolumeOp.Write, e.Error);
             return ValueTask.FromException(Map(e));
         }
-        _metrics?.Write(source.Length, start);
-        return fua ? FlushAsync(cancellationToken) : default;
+        return Translate(write, VolumeOp.Write, source.Length, start);
     }
 
     /// <inheritdoc />
@@ -110,26 +108,10 @@ public sealed class VolumeExport : INbdExport
         }
         catch (StorageException e)
         {
-            _metrics?.FlushFailed();
+            _metrics?.Failed(VolumeOp.Flush, e.Error);
             return ValueTask.FromException(Map(e));
         }
-        if (!flush.IsCompletedSuccessfully) return AwaitFlush(flush, start);
-        _metrics?.Flush(start);
-        return default;
-    }
-
-    private async ValueTask AwaitFlush(ValueTask flush, long start)
-    {
-        try
-        {
-            await flush.ConfigureAwait(false);
-        }
-        catch (StorageException e)
-        {
-            _metrics?.FlushFailed();
-            throw Map(e);
-        }
-        _metrics?.Flush(start);
+        return Translate(flush, VolumeOp.Flush, 0, start);
     }
 
     /// <inheritdoc />
@@ -137,22 +119,22 @@ public sealed class VolumeExport : INbdExport
     {
         if (_readOnly) return RefuseWrite();
         long start = _metrics is null ? 0 : VolumeMetrics.Start();
+        ValueTask trim;
         try
         {
-            _volume.Trim(offset, length);
+            trim = _volume.TrimAsync(offset, length, fua, cancellationToken);
         }
         catch (StorageException e)
         {
-            _metrics?.TrimFailed();
+            _metrics?.Failed(VolumeOp.Trim, e.Error);
             return ValueTask.FromException(Map(e));
         }
-        _metrics?.Trim(start);
-        return fua ? FlushAsync(cancellationToken) : default;
+        return Translate(trim, VolumeOp.Trim, 0, start);
     }
 
     /// <inheritdoc />
     /// <remarks>
-    /// Without NO_HOLE the engine zeroes by dropping whole blocks from the map (a metadata update) and rewriting at
+    /// Without NO_HOLE the backend zeroes by dropping whole blocks from the map (a metadata update) and rewriting at
     /// most the two partial blocks at the ends: always fast, so FAST_ZERO succeeds. With NO_HOLE the client asked for
     /// the range to stay provisioned (it reads back as allocated data), so zeros are written like any data: that is
     /// no faster than a write, so NO_HOLE with FAST_ZERO is answered ENOTSUP, as the protocol requires.
@@ -163,25 +145,41 @@ public sealed class VolumeExport : INbdExport
         if (!mayDeallocate && fastOnly)
             return ValueTask.FromException(new NbdErrorException(NbdError.NotSupported, "zeroing without deallocating writes zeros: not fast"));
         long start = _metrics is null ? 0 : VolumeMetrics.Start();
+        ValueTask zero;
         try
         {
-            if (mayDeallocate)
-            {
-                _volume.WriteZeroes(offset, length);
-            }
-            else
-            {
-                for (long done = 0; done < length; done += ZeroBlock.Length)
-                    _volume.Write(offset + done, ZeroBlock.AsSpan(0, (int)Math.Min(ZeroBlock.Length, length - done)));
-            }
+            zero = _volume.WriteZeroesAsync(offset, length, deallocate: mayDeallocate, fua, cancellationToken);
         }
         catch (StorageException e)
         {
-            _metrics?.WriteZeroesFailed(e.Error == StorageError.ChecksumMismatch);
+            _metrics?.Failed(VolumeOp.WriteZeroes, e.Error);
             return ValueTask.FromException(Map(e));
         }
-        _metrics?.WriteZeroes(start);
-        return fua ? FlushAsync(cancellationToken) : default;
+        return Translate(zero, VolumeOp.WriteZeroes, 0, start);
+    }
+
+    // Backends complete most requests inline (the embedded engine always does, except flushes): a completed task
+    // passes through without a state machine; only a pending or failed one pays for the await that maps its error.
+    // Metrics are recorded when the request completes, on whichever path.
+    private ValueTask Translate(ValueTask task, VolumeOp op, int bytes, long start)
+    {
+        if (!task.IsCompletedSuccessfully) return TranslateSlow(task, op, bytes, start);
+        _metrics?.Done(op, bytes, start);
+        return default;
+    }
+
+    private async ValueTask TranslateSlow(ValueTask task, VolumeOp op, int bytes, long start)
+    {
+        try
+        {
+            await task.ConfigureAwait(false);
+        }
+        catch (StorageException e)
+        {
+            _metrics?.Failed(op, e.Error);
+            throw Map(e);
+        }
+        _metrics?.Done(op, bytes, start);
     }
 
     // The protocol layer already answers EPERM for a read-only export (it advertises NBD_FLAG_READ_ONLY and

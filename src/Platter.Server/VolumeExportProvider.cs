@@ -10,7 +10,7 @@ namespace Platter.Server;
 /// </summary>
 /// <param name="store">The open store.</param>
 /// <param name="readOnly">Serve every export read-only, whatever the volume allows.</param>
-public sealed class VolumeExportProvider(VolumeStore store, bool readOnly = false) : INbdExportProvider
+public sealed class VolumeExportProvider(IVolumeBackend store, bool readOnly = false) : INbdExportProvider
 {
     /// <summary>Where exports count their requests; null counts nothing.</summary>
     internal PlatterMetrics? Metrics { get; init; }
@@ -28,7 +28,7 @@ public sealed class VolumeExportProvider(VolumeStore store, bool readOnly = fals
         try
         {
             // A snapshot handle refuses writes itself; readOnly: true makes the export refuse them before the engine.
-            var handle = isSnapshot ? store.OpenSnapshot(volume, snapshot) : store.OpenVolume(name);
+            var handle = isSnapshot ? store.OpenSnapshotHandle(volume, snapshot) : store.OpenVolumeHandle(name);
             // Series are made only for names that exist, so clients guessing names cannot grow the metrics.
             return new VolumeExport(handle, readOnly || isSnapshot, Metrics?.ForVolume(name));
         }

@@ -51,7 +51,7 @@ internal static class ManagementApi
     /// <summary>Where the OpenAPI description of this API is served (a stable path: tools and the README point at it).</summary>
     public const string OpenApiPath = "/openapi/v1.json";
 
-    public static WebApplication Build(VolumeStore store, ManagementApiOptions options, ILoggerFactory loggerFactory, Func<HealthDto> health,
+    public static WebApplication Build(IVolumeBackend store, ManagementApiOptions options, ILoggerFactory loggerFactory, Func<HealthDto> health,
         ApiServices? services = null)
     {
         services ??= ApiServices.None;

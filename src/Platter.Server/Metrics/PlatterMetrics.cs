@@ -47,7 +47,8 @@ internal sealed class PlatterMetrics
     private readonly Counter _nbdConnectionsRefused;
     private readonly Counter _nbdHandshakesRefused;
 
-    private volatile VolumeStore? _store;
+    private volatile IVolumeBackend? _store;
+    private volatile VolumeStore? _engine;
     private volatile NbdServer? _nbd;
 
     /// <summary>Creates the registry and every metric family; nothing is observed until a store and server are attached.</summary>
@@ -98,11 +99,21 @@ internal sealed class PlatterMetrics
     /// <summary>The registry /metrics serves.</summary>
     public CollectorRegistry Registry { get; }
 
-    /// <summary>The store whose gauges and totals are exposed (set once it is open, cleared when it closes).</summary>
-    public VolumeStore? Store
+    /// <summary>The backend whose space is exposed (set once it is open, cleared when it closes).</summary>
+    public IVolumeBackend? Store
     {
         get => _store;
         set => _store = value;
+    }
+
+    /// <summary>
+    /// The embedded engine behind <see cref="Store"/>, when it is one: its commit, sync, checkpoint and journal
+    /// figures are the engine's own and have no meaning for another backend, so they are read from it directly.
+    /// </summary>
+    public VolumeStore? Engine
+    {
+        get => _engine;
+        set => _engine = value;
     }
 
     /// <summary>The NBD server whose connection totals are exposed, or null without NBD.</summary>
@@ -127,7 +138,7 @@ internal sealed class PlatterMetrics
         {
             if (name != volume && !name.StartsWith(volume + "@", StringComparison.Ordinal)) continue;
             if (!_volumes.TryRemove(name, out _)) continue;
-            foreach (var op in (string[])["read", "write", "flush", "trim", "write_zeroes"])
+            foreach (var op in VolumeMetrics.OpLabels)
             {
                 _duration.RemoveLabelled(name, op);
                 _errors.RemoveLabelled(name, op);
@@ -151,7 +162,17 @@ internal sealed class PlatterMetrics
                 _freeBytes.Set(usage.FreeBytes);
                 _provisionedBytes.Set(usage.ProvisionedBytes);
                 _volumeCount.Set(usage.VolumeCount);
-                var counters = store.Counters;
+            }
+            catch (StorageException e) when (e.Error == StorageError.Closed)
+            {
+                // Shutting down: the last values stay.
+            }
+        }
+        if (_engine is { } engine)
+        {
+            try
+            {
+                var counters = engine.Counters;
                 _commits.IncTo(Interlocked.Read(ref counters.Commits));
                 _commitSeconds.IncTo(Interlocked.Read(ref counters.RoundMicros) / 1e6);
                 _syncSeconds.IncTo(Interlocked.Read(ref counters.SyncMicros) / 1e6);
@@ -159,7 +180,7 @@ internal sealed class PlatterMetrics
                 _checkpointSeconds.IncTo(Interlocked.Read(ref counters.CheckpointMicros) / 1e6);
                 _storeChecksumErrors.IncTo(Interlocked.Read(ref counters.ChecksumErrors));
                 _storeIoErrors.IncTo(Interlocked.Read(ref counters.IoErrors));
-                var journal = store.JournalUse;
+                var journal = engine.JournalUse;
                 _journalUsedBytes.Set(journal.UsedBytes);
                 _journalHalfBytes.Set(journal.HalfBytes);
             }

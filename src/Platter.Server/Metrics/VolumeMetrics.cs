@@ -3,6 +3,16 @@ using Prometheus;
 
 namespace Platter.Server.Metrics;
 
+/// <summary>The NBD operations counted per export; the value indexes <see cref="VolumeMetrics"/>' children.</summary>
+internal enum VolumeOp
+{
+    Read,
+    Write,
+    Flush,
+    Trim,
+    WriteZeroes,
+}
+
 /// <summary>
 /// The I/O counters of one export name (a volume, or <c>volume@snapshot</c>), resolved once so that a request costs
 /// two timestamps, one histogram observation and at most one counter increment: no allocation, no lock
@@ -14,35 +24,22 @@ namespace Platter.Server.Metrics;
 /// </remarks>
 internal sealed class VolumeMetrics
 {
-    private readonly Histogram.Child _read;
-    private readonly Histogram.Child _write;
-    private readonly Histogram.Child _flush;
-    private readonly Histogram.Child _trim;
-    private readonly Histogram.Child _zero;
+    /// <summary>The <c>op</c> label of each <see cref="VolumeOp"/>.</summary>
+    public static readonly string[] OpLabels = ["read", "write", "flush", "trim", "write_zeroes"];
+
+    private readonly Histogram.Child[] _duration;
+    private readonly Counter.Child[] _errors;
     private readonly Counter.Child _readBytes;
     private readonly Counter.Child _writtenBytes;
-    private readonly Counter.Child _readErrors;
-    private readonly Counter.Child _writeErrors;
-    private readonly Counter.Child _flushErrors;
-    private readonly Counter.Child _trimErrors;
-    private readonly Counter.Child _zeroErrors;
     private readonly Counter.Child _checksumFailures;
 
     internal VolumeMetrics(string name, Histogram duration, Counter readBytes, Counter writtenBytes, Counter errors, Counter checksumFailures)
     {
         Name = name;
-        _read = duration.WithLabels(name, "read");
-        _write = duration.WithLabels(name, "write");
-        _flush = duration.WithLabels(name, "flush");
-        _trim = duration.WithLabels(name, "trim");
-        _zero = duration.WithLabels(name, "write_zeroes");
+        _duration = [.. OpLabels.Select(op => duration.WithLabels(name, op))];
+        _errors = [.. OpLabels.Select(op => errors.WithLabels(name, op))];
         _readBytes = readBytes.WithLabels(name);
         _writtenBytes = writtenBytes.WithLabels(name);
-        _readErrors = errors.WithLabels(name, "read");
-        _writeErrors = errors.WithLabels(name, "write");
-        _flushErrors = errors.WithLabels(name, "flush");
-        _trimErrors = errors.WithLabels(name, "trim");
-        _zeroErrors = errors.WithLabels(name, "write_zeroes");
         _checksumFailures = checksumFailures.WithLabels(name);
     }
 
@@ -52,57 +49,34 @@ internal sealed class VolumeMetrics
     /// <summary>Where a request's duration starts.</summary>
     public static long Start() => Stopwatch.GetTimestamp();
 
-    public void Read(int bytes, long start)
+    /// <summary>A request that succeeded: its duration, and for reads and writes its bytes.</summary>
+    public void Done(VolumeOp op, int bytes, long start)
     {
-        _read.Observe(Seconds(Stopwatch.GetTimestamp() - start));
-        _readBytes.Inc(bytes);
+        _duration[(int)op].Observe((double)(Stopwatch.GetTimestamp() - start) / Stopwatch.Frequency);
+        if (op == VolumeOp.Read) _readBytes.Inc(bytes);
+        else if (op == VolumeOp.Write) _writtenBytes.Inc(bytes);
     }
 
-    public void Write(int bytes, long start)
+    /// <summary>A request the backend failed; a checksum mismatch also counts as damaged data.</summary>
+    public void Failed(VolumeOp op, StorageError error)
     {
-        _write.Observe(Seconds(Stopwatch.GetTimestamp() - start));
-        _writtenBytes.Inc(bytes);
-    }
-
-    public void Flush(long start) => _flush.Observe(Seconds(Stopwatch.GetTimestamp() - start));
-
-    public void Trim(long start) => _trim.Observe(Seconds(Stopwatch.GetTimestamp() - start));
-
-    public void WriteZeroes(long start) => _zero.Observe(Seconds(Stopwatch.GetTimestamp() - start));
-
-    public void ReadFailed(bool checksum) => Failed(_readErrors, checksum);
-
-    public void WriteFailed() => Failed(_writeErrors, checksum: false);
-
-    public void FlushFailed() => Failed(_flushErrors, checksum: false);
-
-    public void TrimFailed() => Failed(_trimErrors, checksum: false);
-
-    // A write-zeroes with NO_HOLE writes zeros, which may read-modify-write a partial block: a checksum failure there is possible.
-    public void WriteZeroesFailed(bool checksum) => Failed(_zeroErrors, checksum);
-
-    private void Failed(Counter.Child errors, bool checksum)
-    {
-        errors.Inc();
-        if (checksum) _checksumFailures.Inc();
+        _errors[(int)op].Inc();
+        if (error == StorageError.ChecksumMismatch) _checksumFailures.Inc();
     }
 
     /// <summary>
     /// The totals for the dashboard's JSON, read from the same children /metrics exposes (each value is read
     /// atomically; values may be from slightly different instants).
     /// </summary>
-    public VolumeTotals Totals() => new(
-        _read.Count,
-        _write.Count,
-        _flush.Count,
-        (long)_readBytes.Value,
-        (long)_writtenBytes.Value,
-        _read.Sum,
-        _write.Sum,
-        (long)(_readErrors.Value + _writeErrors.Value + _flushErrors.Value + _trimErrors.Value + _zeroErrors.Value),
-        (long)_checksumFailures.Value);
-
-    private static double Seconds(long ticks) => (double)ticks / Stopwatch.Frequency;
+    public VolumeTotals Totals()
+    {
+        long errors = 0;
+        foreach (var e in _errors) errors += (long)e.Value;
+        var read = _duration[(int)VolumeOp.Read];
+        var write = _duration[(int)VolumeOp.Write];
+        return new VolumeTotals(read.Count, write.Count, _duration[(int)VolumeOp.Flush].Count, (long)_readBytes.Value,
+            (long)_writtenBytes.Value, read.Sum, write.Sum, errors, (long)_checksumFailures.Value);
+    }
 }
 
 /// <summary>Totals of one export since the server started.</summary>
