@@ -6,9 +6,11 @@
 #   fio             the nbd engine for verification and benchmarks
 #   nbdkit          a reference NBD server
 #   qemu-system-x86, busybox-static, e2fsprogs: a Linux guest booted on a Platter volume
+#   prometheus      promtool, which checks /metrics as Prometheus parses it (the daemon is not started)
+#   chromium        the headless browser the dashboard test drives through Playwright
 set -euo pipefail
 
-packages=(liblmdb0 qemu-utils libnbd-bin python3-libnbd fio nbdkit qemu-system-x86 busybox-static e2fsprogs)
+packages=(liblmdb0 qemu-utils libnbd-bin python3-libnbd fio nbdkit qemu-system-x86 busybox-static e2fsprogs prometheus chromium)
 
 missing=()
 for package in "${packages[@]}"; do
