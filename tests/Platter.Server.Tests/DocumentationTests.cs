@@ -34,7 +34,7 @@ public class DocumentationTests
         Assert.True(missing.Length == 0, "README.md does not mention: " + string.Join(", ", missing));
     }
 
-    private static string RepositoryRoot()
+    internal static string RepositoryRoot()
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
         {
