@@ -19,7 +19,9 @@ internal static class EndpointDescriptions
         where TBuilder : IEndpointConventionBuilder
     {
         builder.WithSummary(summary).WithMetadata(new ProducesResponseTypeMetadata(status, typeof(T), Json));
-        if (body is not null) builder.WithMetadata(new AcceptsMetadata(Json, body));
+        // Not AcceptsMetadata: routing would then match only JSON requests, and a form post would fall through to
+        // 404 instead of the handler's clear 400 "the request body must be JSON". The transformer below adds it.
+        if (body is not null) builder.WithMetadata(new JsonBody(body));
         return builder.ProducesErrors();
     }
 
@@ -31,8 +33,17 @@ internal static class EndpointDescriptions
     /// Adds the path parameters of the route ({name}, {snapshot}) and the declared query parameters to each
     /// operation: the handlers bind neither, so the generator does not see them.
     /// </summary>
-    public static Task AddParameters(OpenApiOperation operation, OpenApiOperationTransformerContext context, CancellationToken cancellationToken)
+    public static async Task AddParameters(OpenApiOperation operation, OpenApiOperationTransformerContext context, CancellationToken cancellationToken)
     {
+        foreach (var body in context.Description.ActionDescriptor.EndpointMetadata.OfType<JsonBody>())
+        {
+            var schema = await context.GetOrCreateSchemaAsync(body.Type, null, cancellationToken);
+            operation.RequestBody = new OpenApiRequestBody
+            {
+                Required = true,
+                Content = new Dictionary<string, OpenApiMediaType> { ["application/json"] = new OpenApiMediaType { Schema = schema } },
+            };
+        }
         operation.Parameters ??= [];
         var route = context.Description.RelativePath ?? "";
         foreach (var (name, description) in (ReadOnlySpan<(string, string)>)[("name", "Volume name"), ("snapshot", "Snapshot name")])
@@ -52,10 +63,11 @@ internal static class EndpointDescriptions
                 Schema = new OpenApiSchema { Type = JsonSchemaType.String },
             });
         }
-        return Task.CompletedTask;
     }
 
     private sealed record QueryParameter(string Name, string Description);
+
+    private sealed record JsonBody(Type Type);
 
     /// <summary>204 No Content on success, and the error shape.</summary>
     public static TBuilder DescribeNoContent<TBuilder>(this TBuilder builder, string summary) where TBuilder : IEndpointConventionBuilder =>
