@@ -25,4 +25,7 @@ public sealed class CephException(int errno, string message) : IOException(messa
     public int Errno { get; } = errno;
 
     internal static CephException FromErrno(int errno, string what) => new(errno, $"{what}: {Native.ErrorText(errno)}");
+
+    /// <summary>The C library's text for an errno (e.g. "No such file or directory").</summary>
+    public static string Describe(int errno) => Native.ErrorText(errno);
 }
