@@ -134,7 +134,7 @@ internal static unsafe partial class Native
     [LibraryImport(Rbd)] internal static partial int rbd_close(nint image);
     [LibraryImport(Rbd)]
     internal static partial int rbd_resize2(RbdImageHandle image, ulong size, [MarshalAs(UnmanagedType.U1)] bool allowShrink,
-        nint progress, nint progressArg);
+        delegate* unmanaged<ulong, ulong, nint, int> progress, nint progressArg);
     [LibraryImport(Rbd)] internal static partial int rbd_stat(RbdImageHandle image, rbd_image_info_t* info, nuint infoSize);
     [LibraryImport(Rbd)] internal static partial int rbd_get_size(RbdImageHandle image, out ulong size);
     [LibraryImport(Rbd)] internal static partial int rbd_get_features(RbdImageHandle image, out ulong features);
@@ -159,7 +159,15 @@ internal static unsafe partial class Native
     [LibraryImport(Rbd)] internal static partial int rbd_snap_list(RbdImageHandle image, rbd_snap_info_t* snaps, ref int maxSnaps);
     [LibraryImport(Rbd)] internal static partial void rbd_snap_list_end(rbd_snap_info_t* snaps);
     [LibraryImport(Rbd, StringMarshalling = StringMarshalling.Utf8)]
-    internal static partial int rbd_snap_create2(RbdImageHandle image, string snapName, uint flags, nint progress, nint progressArg);
+    internal static partial int rbd_snap_create2(RbdImageHandle image, string snapName, uint flags,
+        delegate* unmanaged<ulong, ulong, nint, int> progress, nint progressArg);
+
+    /// <summary>
+    /// librbd calls the progress callback of resize2/snap_create2 without checking it for NULL (a shrink that trims
+    /// objects crashed the process with a null callback): this one ignores the progress.
+    /// </summary>
+    [UnmanagedCallersOnly]
+    internal static int NoProgress(ulong offset, ulong total, nint arg) => 0;
     [LibraryImport(Rbd, StringMarshalling = StringMarshalling.Utf8)]
     internal static partial int rbd_snap_remove(RbdImageHandle image, string snapName);
     [LibraryImport(Rbd, StringMarshalling = StringMarshalling.Utf8)]

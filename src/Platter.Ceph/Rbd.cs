@@ -194,7 +194,7 @@ public sealed unsafe class RbdImage : IDisposable
 
     /// <summary>Resizes; a shrink is refused with EINVAL unless <paramref name="allowShrink"/>.</summary>
     public void Resize(ulong sizeBytes, bool allowShrink) =>
-        Check(rbd_resize2(_handle, sizeBytes, allowShrink, 0, 0), $"resizing {What} to {sizeBytes} bytes");
+        Check(rbd_resize2(_handle, sizeBytes, allowShrink, &NoProgress, 0), $"resizing {What} to {sizeBytes} bytes");
 
     /// <summary>The parent of a clone, or null for an image that is not one.</summary>
     public RbdParent? GetParent()
@@ -305,7 +305,7 @@ public sealed unsafe class RbdImage : IDisposable
 
     /// <summary>Creates a snapshot (librbd flushes in-flight writes first). Skips the quiesce hooks: there are none.</summary>
     public void CreateSnapshot(string name) =>
-        Check(rbd_snap_create2(_handle, name, 1 /* RBD_SNAP_CREATE_SKIP_QUIESCE */, 0, 0), $"creating snapshot {What}@{name}");
+        Check(rbd_snap_create2(_handle, name, 1 /* RBD_SNAP_CREATE_SKIP_QUIESCE */, &NoProgress, 0), $"creating snapshot {What}@{name}");
 
     /// <summary>Removes a snapshot; EBUSY while clones of it exist (clone format 2 moves it to the trash instead).</summary>
     public void RemoveSnapshot(string name) => Check(rbd_snap_remove(_handle, name), $"removing snapshot {What}@{name}");

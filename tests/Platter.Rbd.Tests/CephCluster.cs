@@ -22,6 +22,25 @@ public sealed class CephCluster : IDisposable
             throw new InvalidOperationException($"ceph-cluster.sh start failed ({code}): {output}");
         }
         ConfFile = Path.Combine(Directory, "ceph.conf");
+        StartReaper();
+    }
+
+    /// <summary>
+    /// A detached watcher that stops the cluster and removes its directory once this test process is gone, however it
+    /// ends (a crashed test host never runs Dispose, and the daemons must not outlive the run).
+    /// </summary>
+    private void StartReaper()
+    {
+        string script = $"while kill -0 {Environment.ProcessId} 2>/dev/null; do sleep 1; done; " +
+                        $"'{Script}' stop '{Directory}' >/dev/null 2>&1; rm -rf '{Directory}'";
+        var info = new ProcessStartInfo("setsid", ["-f", "bash", "-c", script])
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+        };
+        using var reaper = Process.Start(info)!;
+        reaper.StandardInput.Close();
     }
 
     public static string RepoRoot { get; } = FindRepoRoot();
@@ -44,6 +63,15 @@ public sealed class CephCluster : IDisposable
     ];
 
     public RadosCluster Connect() => RadosCluster.Connect(ConfFile, "admin", TestSettings);
+
+    /// <summary>An RBD backend on the pool, with short timeouts so a broken cluster fails the test instead of hanging it.</summary>
+    public RbdBackend OpenBackend() => RbdBackend.Open(new RbdBackendOptions
+    {
+        Pool = Pool,
+        ConfFile = ConfFile,
+        ConnectTimeout = TimeSpan.FromSeconds(20),
+        OperationTimeout = TimeSpan.FromSeconds(60),
+    });
 
     /// <summary>Runs a command with CEPH_CONF pointing at this cluster; returns exit code and stdout+stderr.</summary>
     public (int Code, string Output) Exec(string file, params string[] args) =>
