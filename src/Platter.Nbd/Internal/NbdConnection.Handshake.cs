@@ -152,7 +152,7 @@ internal sealed partial class NbdConnection
         if (_extended) throw new NbdProtocolException("EXPORT_NAME after extended headers");
         if (data.Length > NbdLimits.StringBytesMax || !TryDecode(data.Span, out string requested))
             throw new NbdProtocolException("bad export name");
-        INbdExport export = OpenExport(requested, out _) ?? throw new NbdProtocolException($"unknown export '{requested}'");
+        INbdExport export = OpenExport(requested, out _, out string? failure) ?? throw new NbdProtocolException(failure ?? $"unknown export '{requested}'");
         try
         {
             BinaryPrimitives.WriteUInt64BigEndian(_scratch, (ulong)export.Size);
@@ -295,10 +295,10 @@ internal sealed partial class NbdConnection
             return false;
         }
 
-        INbdExport? export = OpenExport(requested, out string? canonical);
+        INbdExport? export = OpenExport(requested, out string? canonical, out string? failure);
         if (export is null)
         {
-            await SendOptionErrorAsync(option, Protocol.RepErrUnknown, "unknown export", ct).ConfigureAwait(false);
+            await SendOptionErrorAsync(option, Protocol.RepErrUnknown, failure ?? "unknown export", ct).ConfigureAwait(false);
             return false;
         }
         bool entered = false;
@@ -407,10 +407,10 @@ internal sealed partial class NbdConnection
             }
         }
 
-        INbdExport? export = OpenExport(exportName, out _);
+        INbdExport? export = OpenExport(exportName, out _, out string? failure);
         if (export is null)
         {
-            await SendOptionErrorAsync(option, Protocol.RepErrUnknown, "unknown export", ct).ConfigureAwait(false);
+            await SendOptionErrorAsync(option, Protocol.RepErrUnknown, failure ?? "unknown export", ct).ConfigureAwait(false);
             return;
         }
         var names = new List<string>();
@@ -477,8 +477,13 @@ internal sealed partial class NbdConnection
         return null;
     }
 
-    private INbdExport? OpenExport(string requested, out string? canonical)
+    /// <summary>
+    /// Opens an export; null when there is none by that name, or when opening it failed, with the reason in
+    /// <paramref name="failure"/> so the client sees it in the option error (e.g. which server holds a volume).
+    /// </summary>
+    private INbdExport? OpenExport(string requested, out string? canonical, out string? failure)
     {
+        failure = null;
         canonical = requested.Length == 0 ? _server.Exports.DefaultExportName : requested;
         if (canonical is null) return null;
         try
@@ -488,6 +493,7 @@ internal sealed partial class NbdConnection
         catch (Exception e)
         {
             _log.LogError(e, "NBD {Peer}: opening export '{Export}' failed", _peer, canonical);
+            failure = e.Message;
             return null;
         }
     }

@@ -124,7 +124,19 @@ internal static class ManagementApi
         });
 
         app.MapGet("/v1/volumes/{name}", (HttpContext http) =>
-            Write(http, 200, VolumeDto.From(store.GetVolumeInfo(RouteName(http))), json.VolumeDto));
+            Write(http, 200, VolumeDto.From(store.GetVolumeInfo(RouteName(http)), store), json.VolumeDto));
+
+        // Takes a volume over from another server that holds it (a shared cluster store only): breaks its lock and
+        // fences that server, so it can never write to the volume again. Only ever on request.
+        app.MapPost("/v1/volumes/{name}/takeover", (HttpContext http) =>
+        {
+            var name = RouteName(http);
+            if (store is not IVolumeTakeover takeover)
+                throw new BadRequestException($"the {store.Kind} store has a single server: there is nothing to take over");
+            var previous = takeover.TakeOverVolume(name);
+            log.LogWarning("took volume '{Name}' over from {Holder}", name, previous ?? "nobody");
+            return Write(http, 200, new TakeoverDto(name, previous), json.TakeoverDto);
+        });
 
         app.MapPost("/v1/volumes/{name}/resize", async (HttpContext http) =>
         {
