@@ -94,6 +94,11 @@ osd heartbeat grace = 6
 osd heartbeat interval = 2
 mon osd down out interval = 0
 
+# Clients (the CLIs, Platter, qemu) run many at once: one log and admin socket each.
+[client]
+log file = $dir/log/\$name.\$pid.log
+admin socket = $dir/run/\$name.\$pid.asok
+
 [mon]
 mon data = $dir/mon/\$cluster-\$id
 
