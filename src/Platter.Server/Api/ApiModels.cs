@@ -12,7 +12,7 @@ namespace Platter.Server.Api;
 /// <param name="CreatedUtc">Creation time.</param>
 /// <param name="Origin">For a clone, the snapshot it was cloned from as <c>volume@snapshot</c>; null otherwise.</param>
 /// <param name="SnapshotCount">Number of snapshots of the volume.</param>
-/// <param name="Backend">Which backend holds it, <c>embedded</c> or <c>rbd</c> (set by the single-volume GET).</param>
+/// <param name="Backend">Which backend holds it: <c>embedded</c> or <c>rbd</c>.</param>
 /// <param name="Store">Where: the store directory, or <c>rbd:POOL</c> (set with Backend).</param>
 public sealed record VolumeDto(string Name, long Id, long SizeBytes, long AllocatedBytes, DateTimeOffset CreatedUtc,
     string? Origin = null, int SnapshotCount = 0, string? Backend = null, string? Store = null)

@@ -107,7 +107,7 @@ internal static class ManagementApi
         {
             var volumes = store.ListVolumes();
             var list = new VolumeDto[volumes.Count];
-            for (int i = 0; i < list.Length; i++) list[i] = VolumeDto.From(volumes[i]);
+            for (int i = 0; i < list.Length; i++) list[i] = VolumeDto.From(volumes[i], store);
             return Write(http, 200, new VolumeListDto(list), json.VolumeListDto);
         });
 
@@ -120,7 +120,7 @@ internal static class ManagementApi
             var info = store.CreateVolume(name, size);
             log.LogInformation("created volume '{Name}' ({Size})", info.Name, SizeText.Format(info.SizeBytes));
             http.Response.Headers.Location = "/v1/volumes/" + Uri.EscapeDataString(info.Name);
-            await Write(http, 201, VolumeDto.From(info), json.VolumeDto);
+            await Write(http, 201, VolumeDto.From(info, store), json.VolumeDto);
         });
 
         app.MapGet("/v1/volumes/{name}", (HttpContext http) =>
@@ -146,7 +146,7 @@ internal static class ManagementApi
             var before = store.GetVolumeInfo(name).SizeBytes;
             store.ResizeVolume(name, size);
             log.LogInformation("resized volume '{Name}' from {Before} to {After}", name, SizeText.Format(before), SizeText.Format(size));
-            await Write(http, 200, VolumeDto.From(store.GetVolumeInfo(name)), json.VolumeDto);
+            await Write(http, 200, VolumeDto.From(store.GetVolumeInfo(name), store), json.VolumeDto);
         });
 
         app.MapPost("/v1/volumes/{name}/rename", async (HttpContext http) =>
@@ -157,7 +157,7 @@ internal static class ManagementApi
             VolumeNames.ThrowIfInvalid(newName);
             store.RenameVolume(name, newName);
             log.LogInformation("renamed volume '{Name}' to '{NewName}'", name, newName);
-            await Write(http, 200, VolumeDto.From(store.GetVolumeInfo(newName)), json.VolumeDto);
+            await Write(http, 200, VolumeDto.From(store.GetVolumeInfo(newName), store), json.VolumeDto);
         });
 
         app.MapDelete("/v1/volumes/{name}", (HttpContext http) =>
@@ -211,7 +211,7 @@ internal static class ManagementApi
             var info = store.CloneSnapshot(volume, snapshot, newName);
             log.LogInformation("cloned '{Volume}@{Snapshot}' to volume '{Clone}'", volume, snapshot, info.Name);
             http.Response.Headers.Location = "/v1/volumes/" + Uri.EscapeDataString(info.Name);
-            await Write(http, 201, VolumeDto.From(info), json.VolumeDto);
+            await Write(http, 201, VolumeDto.From(info, store), json.VolumeDto);
         });
 
         // No body: everything is in the path and ?recursive=true (deletes the snapshots newer than this one).
@@ -223,7 +223,7 @@ internal static class ManagementApi
             store.RollbackVolume(volume, snapshot, recursive);
             log.LogInformation("rolled volume '{Volume}' back to '{Snapshot}'{Recursive}", volume, snapshot,
                 recursive ? ", deleting newer snapshots" : "");
-            return Write(http, 200, VolumeDto.From(store.GetVolumeInfo(volume)), json.VolumeDto);
+            return Write(http, 200, VolumeDto.From(store.GetVolumeInfo(volume), store), json.VolumeDto);
         });
 
         app.MapGet("/v1/volumes/{name}/diff", (HttpContext http) =>
