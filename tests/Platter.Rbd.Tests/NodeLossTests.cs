@@ -1,5 +1,5 @@
 using System.Diagnostics;
-using Platter.Interop.Tests.Infrastructure;
+using Platter.Testing;
 using Xunit;
 
 namespace Platter.Rbd.Tests;
@@ -11,7 +11,7 @@ namespace Platter.Rbd.Tests;
 [Collection(CephCollection.Name)]
 public sealed class NodeLossTests(CephCluster ceph)
 {
-    private static Task<ProcessResult> FioAsync(string uri, int seed, string size) => Proc.RunAsync("fio",
+    private static Task<ProcessResult> FioAsync(string uri, int seed, string size) => ProcessRunner.RunAsync("fio",
     [
         "--name=node-loss", "--ioengine=nbd", $"--uri={uri}", "--rw=randwrite", "--bs=4k", "--iodepth=8",
         $"--size={size}", "--verify=crc32c", "--verify_fatal=1", $"--randseed={seed}",
@@ -85,12 +85,12 @@ public sealed class NodeLossTests(CephCluster ceph)
     public void Unreachable_cluster_at_start_is_a_clear_error_not_a_hang()
     {
         using var dir = new TempDirectory("prbdu");
-        File.WriteAllText(dir.File("ceph.conf"), $"[global]\nmon host = [v2:127.0.0.1:9]\nkeyring = {Path.Combine(ceph.Directory, "keyring")}\n");
+        File.WriteAllText(dir.Combine("ceph.conf"), $"[global]\nmon host = [v2:127.0.0.1:9]\nkeyring = {Path.Combine(ceph.Directory, "keyring")}\n");
         var watch = Stopwatch.StartNew();
         var error = Assert.Throws<Platter.Volumes.StorageException>(() => RbdBackend.Open(new RbdBackendOptions
         {
             Pool = ceph.Pool,
-            ConfFile = dir.File("ceph.conf"),
+            ConfFile = dir.Combine("ceph.conf"),
             ConnectTimeout = TimeSpan.FromSeconds(3),
         }));
         Assert.Contains("Ceph cluster unreachable", error.Message);

@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using System.Text;
-using Platter.Interop.Tests.Infrastructure;
+using Platter.Testing;
 using Xunit.Sdk;
 
 namespace Platter.Rbd.Tests;
@@ -16,8 +16,8 @@ public sealed class RbdServer : IAsyncDisposable
     public RbdServer(CephCluster ceph)
     {
         _ceph = ceph;
-        NbdSocketPath = _root.File("nbd.sock");
-        ApiSocketPath = _root.File("api.sock");
+        NbdSocketPath = _root.Combine("nbd.sock");
+        ApiSocketPath = _root.Combine("api.sock");
     }
 
     public string NbdSocketPath { get; }
@@ -35,13 +35,13 @@ public sealed class RbdServer : IAsyncDisposable
 
     public async Task StartAsync()
     {
-        var psi = Proc.CreateStartInfo("dotnet",
+        var psi = ProcessRunner.StartInfo("dotnet",
         [
             PlatterDll, "serve", "--store", "rbd:" + _ceph.Pool, "--ceph-conf", _ceph.ConfFile,
             // a fenced or cut-off server must fail its requests within the test's patience, not after 5 minutes
             "--ceph-op-timeout", "60",
             "--socket", NbdSocketPath, "--api-socket", ApiSocketPath, "--listen", "none",
-        ], new Dictionary<string, string?> { ["PLATTER_API_SOCKET"] = null, ["CEPH_ARGS"] = null, ["PLATTER_STORE"] = _root.File("state") });
+        ], new Dictionary<string, string?> { ["PLATTER_API_SOCKET"] = null, ["CEPH_ARGS"] = null, ["PLATTER_STORE"] = _root.Combine("state") });
         var process = new Process { StartInfo = psi };
         process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (_log) _log.AppendLine(e.Data); };
         process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (_log) _log.AppendLine(e.Data); };
@@ -50,12 +50,12 @@ public sealed class RbdServer : IAsyncDisposable
         process.BeginErrorReadLine();
         _process = process;
         var deadline = Stopwatch.StartNew();
-        while (!(Signals.CanConnect(NbdSocketPath) && Signals.CanConnect(ApiSocketPath)))
+        while (!(ProcessRunner.CanConnect(NbdSocketPath) && ProcessRunner.CanConnect(ApiSocketPath)))
         {
             if (process.HasExited) throw new XunitException($"platter serve exited ({process.ExitCode}) before listening\n{Log}");
             if (deadline.Elapsed > TimeSpan.FromSeconds(60))
             {
-                Proc.KillTree(process);
+                ProcessRunner.KillTree(process);
                 throw new XunitException($"platter serve did not listen within 60 s\n{Log}");
             }
             await Task.Delay(50);
@@ -63,7 +63,7 @@ public sealed class RbdServer : IAsyncDisposable
     }
 
     public Task<ProcessResult> CliAsync(params string[] args) =>
-        Proc.RunAsync("dotnet", [PlatterDll, .. args, "--api-socket", ApiSocketPath], TimeSpan.FromSeconds(90),
+        ProcessRunner.RunAsync("dotnet", [PlatterDll, .. args, "--api-socket", ApiSocketPath], TimeSpan.FromSeconds(90),
             new Dictionary<string, string?> { ["PLATTER_API_SOCKET"] = null });
 
     public async Task<string> CliOkAsync(params string[] args)
@@ -76,7 +76,7 @@ public sealed class RbdServer : IAsyncDisposable
     public async Task StopAsync()
     {
         if (_process is not { HasExited: false } process) return;
-        Signals.Terminate(process);
+        ProcessRunner.Terminate(process);
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
         await process.WaitForExitAsync(cts.Token);
     }
@@ -88,7 +88,7 @@ public sealed class RbdServer : IAsyncDisposable
         await process.WaitForExitAsync();
     }
 
-    public void Signal(string signal) => Proc.RunAsync("kill", ["-" + signal, Pid.ToString()]).GetAwaiter().GetResult().EnsureSuccess();
+    public void Signal(string signal) => ProcessRunner.RunAsync("kill", ["-" + signal, Pid.ToString()]).GetAwaiter().GetResult().EnsureSuccess();
 
 
     public async ValueTask DisposeAsync()
@@ -96,7 +96,7 @@ public sealed class RbdServer : IAsyncDisposable
         if (_process is { HasExited: false } process)
         {
             Signal("CONT");
-            Proc.KillTree(process);
+            ProcessRunner.KillTree(process);
             await process.WaitForExitAsync();
         }
         _process?.Dispose();

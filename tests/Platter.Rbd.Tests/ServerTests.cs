@@ -1,5 +1,5 @@
 using System.Text.Json;
-using Platter.Interop.Tests.Infrastructure;
+using Platter.Testing;
 using Xunit;
 
 namespace Platter.Rbd.Tests;
@@ -21,7 +21,7 @@ public sealed class ServerTests(CephCluster ceph)
         if (target.Contains('@')) args.Add("-r"); // an RBD snapshot opens read-only only
         foreach (var c in commands) { args.Add("-c"); args.Add(c); }
         args.Add(target);
-        var result = await Proc.RunAsync("qemu-io", args, TimeSpan.FromSeconds(90), new Dictionary<string, string?> { ["CEPH_CONF"] = ceph.ConfFile });
+        var result = await ProcessRunner.RunAsync("qemu-io", args, TimeSpan.FromSeconds(90), new Dictionary<string, string?> { ["CEPH_CONF"] = ceph.ConfFile });
         Assert.True(result.ExitCode == 0 && !result.Stdout.Contains("fail", StringComparison.OrdinalIgnoreCase) &&
                     !result.Stdout.Contains("Pattern verification failed"), result.Describe());
         return result.Stdout;
@@ -65,10 +65,10 @@ public sealed class ServerTests(CephCluster ceph)
 
         // the whole image over NBD equals `rbd export`, and qemu's rbd driver reads what was written over NBD
         using var files = new TempDirectory("prbdx");
-        (await Proc.RunAsync("qemu-img", ["convert", "-f", "raw", "-O", "raw", server.Uri(name), files.File("nbd.raw")])).EnsureSuccess();
+        (await ProcessRunner.RunAsync("qemu-img", ["convert", "-f", "raw", "-O", "raw", server.Uri(name), files.Combine("nbd.raw")])).EnsureSuccess();
         await server.StopAsync(); // closes the image: its lock is released
-        Rbd("export", $"{ceph.Pool}/{name}", files.File("rbd.raw"));
-        Assert.True(File.ReadAllBytes(files.File("nbd.raw")).AsSpan().SequenceEqual(File.ReadAllBytes(files.File("rbd.raw"))));
+        Rbd("export", $"{ceph.Pool}/{name}", files.Combine("rbd.raw"));
+        Assert.True(File.ReadAllBytes(files.Combine("nbd.raw")).AsSpan().SequenceEqual(File.ReadAllBytes(files.Combine("rbd.raw"))));
         await QemuIo(QemuRbd(name), "read -P 0x11 0 64k", "read -P 0x22 8M 64k", "read -P 0x33 16M 4k", "read -P 0 20M 4M");
         await QemuIo(QemuRbd(name + "@s1"), "read -P 0x22 8M 64k", "read -P 0 16M 4k");
     }
@@ -85,7 +85,7 @@ public sealed class ServerTests(CephCluster ceph)
         using var holder = new NbdHolder(a.Uri(name));
         Assert.Equal("ok", holder.Send("w 0 7", TimeSpan.FromSeconds(60)));
 
-        var refused = await Proc.RunAsync("qemu-io", ["-f", "raw", "-c", "read 0 4k", b.Uri(name)], TimeSpan.FromSeconds(60));
+        var refused = await ProcessRunner.RunAsync("qemu-io", ["-f", "raw", "-c", "read 0 4k", b.Uri(name)], TimeSpan.FromSeconds(60));
         Assert.NotEqual(0, refused.ExitCode);
         Assert.Contains($"volume '{name}' is served by another server: held by {Environment.MachineName} (pid {a.Pid}", refused.Stderr);
         Assert.Contains("platter volume takeover", refused.Stderr);
