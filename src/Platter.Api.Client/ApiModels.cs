@@ -12,13 +12,19 @@ namespace Platter.Server.Api;
 /// <param name="CreatedUtc">Creation time.</param>
 /// <param name="Origin">For a clone, the snapshot it was cloned from as <c>volume@snapshot</c>; null otherwise.</param>
 /// <param name="SnapshotCount">Number of snapshots of the volume.</param>
+/// <param name="Backend">Which backend holds it: <c>embedded</c> or <c>rbd</c>.</param>
+/// <param name="Store">Where: the store directory, or <c>rbd:POOL</c> (set with Backend).</param>
 public sealed record VolumeDto(string Name, long Id, long SizeBytes, long AllocatedBytes, DateTimeOffset CreatedUtc,
-    string? Origin = null, int SnapshotCount = 0)
+    string? Origin = null, int SnapshotCount = 0, string? Backend = null, string? Store = null)
 {
-    /// <summary>Converts the catalog's record.</summary>
-    public static VolumeDto From(VolumeInfo info) =>
-        new(info.Name, info.Id, info.SizeBytes, info.AllocatedBytes, info.CreatedUtc, info.Origin, info.SnapshotCount);
+    /// <summary>Converts the catalog's record; with <paramref name="store"/>, says which backend holds it
+    /// (<c>embedded</c> or <c>rbd</c>) and where (<c>Store</c>: the directory, or <c>rbd:POOL</c>).</summary>
+    public static VolumeDto From(VolumeInfo info, IVolumeBackend? store = null) =>
+        new(info.Name, info.Id, info.SizeBytes, info.AllocatedBytes, info.CreatedUtc, info.Origin, info.SnapshotCount, store?.Kind, store?.Location);
 }
+
+/// <summary>The answer to a takeover: the volume and who held it before (null when nobody did).</summary>
+public sealed record TakeoverDto(string Name, string? PreviousHolder);
 
 /// <summary>A snapshot as the management API shows it.</summary>
 /// <param name="FullName"><c>volume@snapshot</c>: its NBD export name (read-only) and how the CLI names it.</param>
@@ -134,6 +140,7 @@ public sealed record ErrorDto(string Error, string Message);
 /// <summary>Source-generated serializers for the API (camelCase on the wire).</summary>
 [JsonSourceGenerationOptions(JsonSerializerDefaults.Web, WriteIndented = false, DefaultIgnoreCondition = JsonIgnoreCondition.Never)]
 [JsonSerializable(typeof(VolumeDto))]
+[JsonSerializable(typeof(TakeoverDto))]
 [JsonSerializable(typeof(VolumeListDto))]
 [JsonSerializable(typeof(CreateVolumeRequest))]
 [JsonSerializable(typeof(ResizeVolumeRequest))]

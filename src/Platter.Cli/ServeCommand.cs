@@ -20,8 +20,27 @@ internal static class ServeCommand
     {
         var store = new Option<string?>("--store")
         {
-            Description = "Store directory, created with a new store on first run. Default: $PLATTER_STORE, else $XDG_DATA_HOME/platter, else ~/.local/share/platter.",
-            HelpName = "DIR",
+            Description = "Store directory, created with a new store on first run; or rbd:POOL for volumes as RBD images in a Ceph pool " +
+                          "(then the default sockets live in the default store directory). Default: $PLATTER_STORE, else $XDG_DATA_HOME/platter, else ~/.local/share/platter.",
+            HelpName = "DIR|rbd:POOL",
+        };
+        var cephConf = new Option<string?>("--ceph-conf")
+        {
+            Description = "ceph.conf for an rbd: store (monitors, keyring). Default: $CEPH_CONF, else /etc/ceph/ceph.conf.",
+            HelpName = "FILE",
+        };
+        var cephId = new Option<string>("--ceph-id")
+        {
+            Description = "Ceph user of an rbd: store, without 'client.'; its key comes from the keyring the configuration names.",
+            HelpName = "NAME",
+            DefaultValueFactory = _ => "admin",
+        };
+        var cephOpTimeout = new Option<int>("--ceph-op-timeout")
+        {
+            Description = "Seconds an I/O on an rbd: store may wait for the OSDs (while too few storage nodes are up) before the client " +
+                          "gets an I/O error; 0 waits without limit.",
+            HelpName = "SECONDS",
+            DefaultValueFactory = _ => 300,
         };
         var listen = new Option<string>("--listen")
         {
@@ -93,12 +112,37 @@ internal static class ServeCommand
             "on TCP and a unix socket, and the management API on a unix socket. Logs one line per event to stdout. Stops cleanly " +
             "on SIGINT/SIGTERM: finishes in-flight requests (30 s at most; a second signal cuts them), flushes, closes the store.")
         {
-            store, listen, socket, apiSocket, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa, readOnly, config, verbose,
+            store, cephConf, cephId, cephOpTimeout, listen, socket, apiSocket, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa, readOnly, config, verbose,
             logFormat, noMetrics, metricsListen,
         };
         command.SetAction(async (parse, ct) =>
         {
-            var directory = Path.GetFullPath(parse.GetValue(store) ?? StorePaths.DefaultStoreDirectory(context.GetEnvironment));
+            var storeValue = parse.GetValue(store);
+            Func<ILoggerFactory, Platter.Volumes.IVolumeBackend>? openBackend = null;
+            string directory;
+            if (storeValue is not null && storeValue.StartsWith("rbd:", StringComparison.Ordinal))
+            {
+                var pool = storeValue["rbd:".Length..];
+                if (pool.Length == 0) throw new CliException("--store rbd:POOL needs a pool name");
+                if (parse.GetValue(cephOpTimeout) < 0) throw new CliException("--ceph-op-timeout must be 0 or more seconds");
+                var confFile = parse.GetValue(cephConf) ?? context.GetEnvironment("CEPH_CONF") ?? "/etc/ceph/ceph.conf";
+                var id = parse.GetValue(cephId)!;
+                var opTimeout = TimeSpan.FromSeconds(parse.GetValue(cephOpTimeout));
+                openBackend = logging => Platter.Rbd.RbdBackend.Open(new Platter.Rbd.RbdBackendOptions
+                {
+                    Pool = pool,
+                    ConfFile = confFile,
+                    Id = id,
+                    OperationTimeout = opTimeout,
+                    LoggerFactory = logging,
+                });
+                directory = Path.GetFullPath(StorePaths.DefaultStoreDirectory(context.GetEnvironment));
+            }
+            else
+            {
+                if (parse.GetValue(cephConf) is not null) throw new CliException("--ceph-conf goes with --store rbd:POOL");
+                directory = Path.GetFullPath(parse.GetValue(store) ?? StorePaths.DefaultStoreDirectory(context.GetEnvironment));
+            }
             var nbdTcp = ParseEndPoint(parse.GetValue(listen)!, "--listen", allowNone: true);
             var nbdSocket = NoneOr(parse.GetValue(socket), StorePaths.NbdSocketPath(directory));
             var apiTcp = parse.GetValue(apiListen) is { } a ? ParseEndPoint(a, "--api-listen", allowNone: true) : null;
@@ -123,6 +167,7 @@ internal static class ServeCommand
             var options = new PlatterHostOptions
             {
                 StoreDirectory = directory,
+                OpenBackend = openBackend,
                 NbdTcpEndPoint = nbdTcp,
                 NbdSocketPath = nbdSocket,
                 ApiSocketPath = apiUnix,

@@ -84,9 +84,11 @@ public sealed partial class PlatterHost : IAsyncDisposable
                     // The store holds every VM's disk: private to its owner unless the admin loosens it.
                     Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
                 }
-                _store = VolumeStore.Open(directory, _options.StoreOptions ?? new StoreOptions { LoggerFactory = _loggerFactory });
+                _store = _options.OpenBackend is { } open
+                    ? open(_loggerFactory)
+                    : VolumeStore.Open(directory, _options.StoreOptions ?? new StoreOptions { LoggerFactory = _loggerFactory });
                 var usage = _store.GetUsage();
-                _log.LogInformation("store {Directory} open: {Volumes} volume(s), {Used} used", directory, usage.VolumeCount, SizeText.Format(usage.UsedBytes));
+                _log.LogInformation("store {Location} ({Kind}) open: {Volumes} volume(s), {Used} used", _store.Location, _store.Kind, usage.VolumeCount, SizeText.Format(usage.UsedBytes));
                 // Send/receive state lives beside the store; a receive a crash interrupted is finished or undone
                 // before anything is served (docs/decisions/0007).
                 var identities = SnapshotIdentities.Open(directory, _store);

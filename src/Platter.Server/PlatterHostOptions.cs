@@ -64,6 +64,12 @@ public sealed class PlatterHostOptions
     /// </summary>
     public IPEndPoint? MetricsTcpEndPoint { get; init; }
 
+    /// <summary>
+    /// Opens another backend instead of the embedded store in <see cref="StoreDirectory"/> (which then holds only the
+    /// default sockets): e.g. RBD images in a Ceph pool. Called once by <see cref="PlatterHost.StartAsync"/>.
+    /// </summary>
+    public Func<Microsoft.Extensions.Logging.ILoggerFactory, IVolumeBackend>? OpenBackend { get; init; }
+
     /// <summary>How the store is opened (tests shrink its limits).</summary>
     public StoreOptions? StoreOptions { get; init; }
 

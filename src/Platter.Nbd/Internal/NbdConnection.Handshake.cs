@@ -153,7 +153,7 @@ internal sealed partial class NbdConnection
         if (_extended) throw new NbdProtocolException("EXPORT_NAME after extended headers");
         if (data.Length > NbdLimits.StringBytesMax || !TryDecode(data.Span, out string requested))
             throw new NbdProtocolException("bad export name");
-        INbdExport export = OpenExport(requested, out _) ?? throw new NbdProtocolException($"unknown export '{requested}'");
+        INbdExport export = OpenExport(requested, out _, out string? failure) ?? throw new NbdProtocolException(failure ?? $"unknown export '{requested}'");
         try
         {
             BinaryPrimitives.WriteUInt64BigEndian(_scratch, (ulong)export.Size);
@@ -296,11 +296,11 @@ internal sealed partial class NbdConnection
             return false;
         }
 
-        INbdExport? export = OpenExport(requested, out string? canonical);
+        INbdExport? export = OpenExport(requested, out string? canonical, out string? failure);
         if (export is null)
         {
-            _refusal = $"unknown export '{requested}'";
-            await SendOptionErrorAsync(option, Protocol.RepErrUnknown, "unknown export", ct).ConfigureAwait(false);
+            _refusal = failure is null ? $"unknown export '{requested}'" : $"export '{requested}' cannot be opened: {failure}";
+            await SendOptionErrorAsync(option, Protocol.RepErrUnknown, failure ?? "unknown export", ct).ConfigureAwait(false);
             return false;
         }
         bool entered = false;
@@ -409,10 +409,10 @@ internal sealed partial class NbdConnection
             }
         }
 
-        INbdExport? export = OpenExport(exportName, out _);
+        INbdExport? export = OpenExport(exportName, out _, out string? failure);
         if (export is null)
         {
-            await SendOptionErrorAsync(option, Protocol.RepErrUnknown, "unknown export", ct).ConfigureAwait(false);
+            await SendOptionErrorAsync(option, Protocol.RepErrUnknown, failure ?? "unknown export", ct).ConfigureAwait(false);
             return;
         }
         var names = new List<string>();
@@ -479,8 +479,13 @@ internal sealed partial class NbdConnection
         return null;
     }
 
-    private INbdExport? OpenExport(string requested, out string? canonical)
+    /// <summary>
+    /// Opens an export; null when there is none by that name, or when opening it failed, with the reason in
+    /// <paramref name="failure"/> so the client sees it in the option error (e.g. which server holds a volume).
+    /// </summary>
+    private INbdExport? OpenExport(string requested, out string? canonical, out string? failure)
     {
+        failure = null;
         canonical = requested.Length == 0 ? _server.Exports.DefaultExportName : requested;
         if (canonical is null) return null;
         try
@@ -490,6 +495,7 @@ internal sealed partial class NbdConnection
         catch (Exception e)
         {
             _log.LogError(e, "NBD {Peer}: opening export '{Export}' failed", _peer, canonical);
+            failure = e.Message;
             return null;
         }
     }

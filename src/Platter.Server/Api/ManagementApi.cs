@@ -145,7 +145,7 @@ internal static class ManagementApi
         {
             var volumes = store.ListVolumes();
             var list = new VolumeDto[volumes.Count];
-            for (int i = 0; i < list.Length; i++) list[i] = VolumeDto.From(volumes[i]);
+            for (int i = 0; i < list.Length; i++) list[i] = VolumeDto.From(volumes[i], store);
             return Write(http, 200, new VolumeListDto(list), json.VolumeListDto);
         })).Describe<VolumeListDto, IEndpointConventionBuilder>("List volumes");
 
@@ -158,12 +158,24 @@ internal static class ManagementApi
             var info = store.CreateVolume(name, size);
             log.LogInformation("created volume '{Name}' ({Size})", info.Name, SizeText.Format(info.SizeBytes));
             http.Response.Headers.Location = "/v1/volumes/" + Uri.EscapeDataString(info.Name);
-            await Write(http, 201, VolumeDto.From(info), json.VolumeDto);
+            await Write(http, 201, VolumeDto.From(info, store), json.VolumeDto);
         })).Describe<VolumeDto, IEndpointConventionBuilder>("Create a volume", 201, typeof(CreateVolumeRequest));
 
         app.MapGet("/v1/volumes/{name}", Handler((HttpContext http) =>
-            Write(http, 200, VolumeDto.From(store.GetVolumeInfo(RouteName(http))), json.VolumeDto)))
+            Write(http, 200, VolumeDto.From(store.GetVolumeInfo(RouteName(http)), store), json.VolumeDto)))
             .Describe<VolumeDto, IEndpointConventionBuilder>("One volume");
+
+        // Takes a volume over from another server that holds it (a shared cluster store only): breaks its lock and
+        // fences that server, so it can never write to the volume again. Only ever on request.
+        app.MapPost("/v1/volumes/{name}/takeover", Handler((HttpContext http) =>
+        {
+            var name = RouteName(http);
+            if (store is not IVolumeTakeover takeover)
+                throw new BadRequestException($"the {store.Kind} store has a single server: there is nothing to take over");
+            var previous = takeover.TakeOverVolume(name);
+            log.LogWarning("took volume '{Name}' over from {Holder}", name, previous ?? "nobody");
+            return Write(http, 200, new TakeoverDto(name, previous), json.TakeoverDto);
+        })).Describe<TakeoverDto, IEndpointConventionBuilder>("Take a volume over from the server that holds it (cluster stores: breaks its lock, fences it)");
 
         app.MapPost("/v1/volumes/{name}/resize", Handler(async (HttpContext http) =>
         {
@@ -173,7 +185,7 @@ internal static class ManagementApi
             var before = store.GetVolumeInfo(name).SizeBytes;
             store.ResizeVolume(name, size);
             log.LogInformation("resized volume '{Name}' from {Before} to {After}", name, SizeText.Format(before), SizeText.Format(size));
-            await Write(http, 200, VolumeDto.From(store.GetVolumeInfo(name)), json.VolumeDto);
+            await Write(http, 200, VolumeDto.From(store.GetVolumeInfo(name), store), json.VolumeDto);
         })).Describe<VolumeDto, IEndpointConventionBuilder>("Resize a volume", 200, typeof(ResizeVolumeRequest));
 
         app.MapPost("/v1/volumes/{name}/rename", Handler(async (HttpContext http) =>
@@ -185,7 +197,7 @@ internal static class ManagementApi
             store.RenameVolume(name, newName);
             log.LogInformation("renamed volume '{Name}' to '{NewName}'", name, newName);
             services.Metrics?.Forget(name);
-            await Write(http, 200, VolumeDto.From(store.GetVolumeInfo(newName)), json.VolumeDto);
+            await Write(http, 200, VolumeDto.From(store.GetVolumeInfo(newName), store), json.VolumeDto);
         })).Describe<VolumeDto, IEndpointConventionBuilder>("Rename a volume", 200, typeof(RenameVolumeRequest));
 
         app.MapDelete("/v1/volumes/{name}", Handler((HttpContext http) =>
@@ -245,7 +257,7 @@ internal static class ManagementApi
             var info = store.CloneSnapshot(volume, snapshot, newName);
             log.LogInformation("cloned '{Volume}@{Snapshot}' to volume '{Clone}'", volume, snapshot, info.Name);
             http.Response.Headers.Location = "/v1/volumes/" + Uri.EscapeDataString(info.Name);
-            await Write(http, 201, VolumeDto.From(info), json.VolumeDto);
+            await Write(http, 201, VolumeDto.From(info, store), json.VolumeDto);
         })).Describe<VolumeDto, IEndpointConventionBuilder>("Clone a snapshot into a new volume", 201, typeof(CloneSnapshotRequest));
 
         // No body: everything is in the path and ?recursive=true (deletes the snapshots newer than this one).
@@ -257,7 +269,7 @@ internal static class ManagementApi
             store.RollbackVolume(volume, snapshot, recursive);
             log.LogInformation("rolled volume '{Volume}' back to '{Snapshot}'{Recursive}", volume, snapshot,
                 recursive ? ", deleting newer snapshots" : "");
-            return Write(http, 200, VolumeDto.From(store.GetVolumeInfo(volume)), json.VolumeDto);
+            return Write(http, 200, VolumeDto.From(store.GetVolumeInfo(volume), store), json.VolumeDto);
         })).Describe<VolumeDto, IEndpointConventionBuilder>("Roll a volume back to a snapshot (?recursive=true deletes newer snapshots)")
             .Query("recursive", "true: delete the snapshots newer than this one (refused without it when there are any)");
 
