@@ -34,7 +34,7 @@ if [ -z "$binary" ]; then
   # IL3050). The binary still needs no .NET installed; it starts slower than an AOT build (docs/PERFORMANCE.md).
   say "publishing src/Platter.Cli self-contained for linux-x64 (a minute or two on two cores)"
   dotnet publish src/Platter.Cli -c Release -r linux-x64 --self-contained -p:PublishSingleFile=true -p:PublishAot=false \
-    -p:IncludeNativeLibrariesForSelfExtract=true -nologo -v minimal -o "$work/publish" >&2
+    -p:IncludeNativeLibrariesForSelfExtract=true --artifacts-path "$work/artifacts" -nologo -v minimal -o "$work/publish" >&2
   binary="$work/publish/platter"
 fi
 [ -x "$binary" ] || { say "no executable at $binary"; exit 1; }
