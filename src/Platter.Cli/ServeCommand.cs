@@ -63,6 +63,11 @@ internal static class ServeCommand
             Description = "Serve every NBD export read-only, like qemu-nbd -r: clients see NBD_FLAG_READ_ONLY and writes, trims and " +
                           "write-zeroes get EPERM. The management API still creates, resizes, renames and deletes volumes.",
         };
+        var salvage = new Option<bool>("--salvage")
+        {
+            Description = "Open a store whose metadata is damaged (one that `platter serve` refuses) to copy its intact volumes out: " +
+                          "those whose metadata verifies are served read-only, the damage is logged, nothing is written to the store.",
+        };
         var verbose = new Option<bool>("--verbose", "-v") { Description = "Log debug detail as well: NBD connections and refused requests, and each management API request." };
 
         var command = new Command("serve",
@@ -70,7 +75,7 @@ internal static class ServeCommand
             "on TCP and a unix socket, and the management API on a unix socket. Logs one line per event to stdout. Stops cleanly " +
             "on SIGINT/SIGTERM: finishes in-flight requests (30 s at most; a second signal cuts them), flushes, closes the store.")
         {
-            store, listen, socket, apiSocket, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa, readOnly, verbose,
+            store, listen, socket, apiSocket, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa, readOnly, salvage, verbose,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -107,7 +112,8 @@ internal static class ServeCommand
                 TlsCertificate = certificate,
                 TlsRequired = parse.GetValue(tlsRequired),
                 TlsClientCertificateAuthority = clientCa,
-                ReadOnly = parse.GetValue(readOnly),
+                ReadOnly = parse.GetValue(readOnly) || parse.GetValue(salvage),
+                Salvage = parse.GetValue(salvage),
             };
             var problem = options.Validate();
             if (problem is not null) throw new CliException(problem);

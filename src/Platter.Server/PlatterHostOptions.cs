@@ -44,6 +44,12 @@ public sealed class PlatterHostOptions
     /// </summary>
     public bool ReadOnly { get; init; }
 
+    /// <summary>
+    /// Open a damaged store for salvage (<c>platter serve --salvage</c>): the volumes whose metadata verifies are
+    /// served read-only, the damage is logged, the catalog cannot change and nothing is written to the store.
+    /// </summary>
+    public bool Salvage { get; init; }
+
     /// <summary>How the store is opened (tests shrink its limits).</summary>
     public StoreOptions? StoreOptions { get; init; }
 

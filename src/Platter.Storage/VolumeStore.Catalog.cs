@@ -96,6 +96,8 @@ public sealed partial class VolumeStore
     private T Admin<T>(Func<T> action)
     {
         ThrowIfDisposed();
+        if (_options.Salvage)
+            throw new StorageException(StorageError.ReadOnly, "the store is open for salvage (read-only): copy the volumes out, then repair or recreate it");
         ThrowIfFailed();
         _adminLock.Wait();
         try

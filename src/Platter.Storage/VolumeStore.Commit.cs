@@ -283,67 +283,99 @@ public sealed partial class VolumeStore
         Interlocked.Increment(ref Counters.Checkpoints);
     }
 
-    // Rebuilds memory from the KV store plus the journal, derives free space, and checkpoints what was replayed.
+    // Rebuilds memory from the KV store plus the journal, verifies it (refusing a damaged store, or in salvage mode
+    // setting the damaged volumes aside), derives free space, and checkpoints what was replayed.
     private void Recover()
     {
         Catalog catalog;
+        var damage = new MetadataDamage();
+        long dataBlocks = _data.Length / Layout.BlockBytes;
         using (var view = _metadata.OpenView())
-            catalog = Catalog.Load(view);
+        {
+            catalog = Catalog.Load(view, damage);
+            MetadataVerifier.Verify(view, catalog, dataBlocks, damage);
+        }
         long nextId = _metadata.NextId;
-        var records = _journal.ReadRecords(_metadata.AppliedSequence);
+        var records = _journal.ReadRecords(_metadata.AppliedSequence, _logger);
         if (records.Count > 0 && !LastRecordDataIsDurable(records[^1].Payload))
         {
-            _logger.LogWarning("Dropped journal record {Sequence}: the crash interrupted its sync (it was never acknowledged)", records[^1].Sequence);
+            _logger.LogWarning("Dropped journal record {Sequence}: the crash interrupted its sync (it was never acknowledged); it held {Contents}",
+                records[^1].Sequence, Journal.Describe(records[^1].Payload));
             records.RemoveAt(records.Count - 1);
         }
         long last = _metadata.AppliedSequence;
         var replayed = new List<(long Sequence, byte[] Payload, int Length)>();
         foreach (var (sequence, payload) in records)
         {
-            var reader = new OpReader(payload);
-            while (reader.TryRead(out var op))
-                catalog.Replay(op, ref nextId);
+            try
+            {
+                var reader = new OpReader(payload);
+                while (reader.TryRead(out var op))
+                    catalog.Replay(op, ref nextId);
+            }
+            catch (StorageException e) when (_options.Salvage)
+            {
+                // Salvage serves the metadata as it was before the record that does not fit it.
+                damage.AddUnattributed($"journal record {sequence} does not apply to the catalog ({e.Message}); it and later records were not replayed");
+                break;
+            }
             replayed.Add((sequence, payload, payload.Length));
             last = sequence;
         }
         _nextSequence = last + 1;
         _nextId = nextId;
-        foreach (var state in catalog.Volumes.Values)
-        {
-            _byId.Add(state.Id, state);
-            _byName.Add(state.Name, state);
-        }
         if (replayed.Count > 0)
             _logger.LogInformation("Replayed {Batches} journaled batches (sequences {First}..{Last})", replayed.Count, replayed[0].Sequence, last);
 
-        // Free space is everything no version of any volume references.
-        long dataBlocks = _data.Length / Layout.BlockBytes;
-        var used = ReferencedBlocks(catalog.Volumes.Values);
-        used.Sort();
-        var runs = new List<(long Start, long Length)>();
-        for (int i = 0; i < used.Count; i++)
+        var used = MetadataVerifier.VerifyVersions(catalog.Volumes.Values, dataBlocks, damage, ReferencedBlocks);
+        var volumes = catalog.Volumes.Values.ToList();
+        if (damage.Any)
         {
-            if (i > 0 && used[i] == used[i - 1])
-                throw new StorageException(StorageError.BadStore, $"physical block {used[i]} is mapped twice; run `platter check`");
-            if (used[i] >= dataBlocks)
-                throw new StorageException(StorageError.BadStore, $"physical block {used[i]} is past the end of the data file ({dataBlocks} blocks); run `platter check`");
-            if (runs.Count > 0 && runs[^1].Start + runs[^1].Length == used[i]) runs[^1] = (runs[^1].Start, runs[^1].Length + 1);
-            else runs.Add((used[i], 1));
+            if (!_options.Salvage)
+                throw new StorageException(StorageError.BadStore,
+                    $"the store's metadata is damaged: {damage.Summary()}. Nothing was changed; `platter check` lists the damage, " +
+                    "`platter serve --salvage` serves the intact volumes read-only");
+            var damaged = MetadataVerifier.DamagedVolumes(volumes, damage);
+            foreach (var problem in damage.Problems) _logger.LogError("Damaged metadata: {Problem}", problem);
+            foreach (var v in damaged) _logger.LogError("Salvage: volume '{Volume}' is not served (its metadata is damaged)", v.Name);
+            if (damage.Unattributed)
+                _logger.LogError("Salvage: some damage belongs to no known volume; served volumes may read zeros where records were lost (every block read is still checksummed)");
+            volumes.RemoveAll(damaged.Contains);
+            _damage = [.. damage.Problems, .. damaged.Select(v => $"volume '{v.Name}' is not served: its metadata is damaged")];
+        }
+        foreach (var state in volumes)
+        {
+            // Two volumes under one name only in damaged metadata (refused above unless salvaging): serve the first.
+            if (!_byName.TryAdd(state.Name, state)) continue;
+            _byId.Add(state.Id, state);
+        }
+
+        // Free space is everything no version of any volume references.
+        var runs = new List<(long Start, long Length)>();
+        foreach (long pba in used)
+        {
+            if (runs.Count > 0 && runs[^1].Start + runs[^1].Length == pba) runs[^1] = (runs[^1].Start, runs[^1].Length + 1);
+            else runs.Add((pba, 1));
         }
         _allocator.Initialize(dataBlocks, runs);
         _referencedBlocks = used.Count;
+        // Salvage writes nothing: the journal and the KV store stay as found, for a later repair or a second look.
+        if (_options.Salvage) return;
         // With the replayed batches in the KV store, both journal halves hold only applied records.
         ApplyToMetadata(replayed);
         _journal.Reset();
     }
 
-    /// <summary>Every physical block referenced by any version of the volumes, each once (see <see cref="VisitAdditions"/>).</summary>
-    private static List<long> ReferencedBlocks(IEnumerable<VolumeState> volumes)
+    /// <summary>Adds every physical block the volume's versions reference, each once, with the layer that first maps it.</summary>
+    private static void ReferencedBlocks(VolumeState volume, List<(long Pba, long Layer)> used)
     {
-        var used = new List<long>();
-        foreach (var v in volumes)
-            VisitAdditions(Lineage(v, freezeVolume: false).Maps, (_, _, entry) => used.Add(entry.Pba));
-        return used;
+        var (maps, versions) = Lineage(volume, freezeVolume: false);
+        VisitAdditions(maps, (i, _, entry) => used.Add((entry.Pba, versions[i - 1] switch
+        {
+            VolumeState v => v.LayerId,
+            SnapshotState s => s.LayerId,
+            _ => 0,
+        })));
     }
 
     // The record and its data were synced together: if the crash came during that sync, some blocks the record maps

@@ -57,15 +57,26 @@ public sealed partial class VolumeStore : IDisposable
         _journal = journal;
     }
 
-    /// <summary>Opens the store in <paramref name="directory"/>, creating it when allowed; replays the journal after a crash.</summary>
+    /// <summary>
+    /// Opens the store in <paramref name="directory"/>, creating it when allowed; replays the journal after a crash.
+    /// What it loads is verified first (see <see cref="MetadataVerifier"/>): damaged metadata is refused with
+    /// BadStore naming the damage (or, with <see cref="StoreOptions.Salvage"/>, set aside), never served with holes.
+    /// </summary>
     public static VolumeStore Open(string directory, StoreOptions? options = null)
     {
         options ??= new StoreOptions();
         directory = Path.GetFullPath(directory);
-        bool exists = Exists(directory);
+        string metadataPath = Path.Combine(directory, MetadataFileName), dataPath = Path.Combine(directory, DataFileName);
+        bool hasMetadata = File.Exists(metadataPath), hasData = File.Exists(dataPath);
+        // A data file without its metadata is somebody's volumes: never initialise a new store over it.
+        if (hasData && !hasMetadata)
+            throw new StorageException(StorageError.BadStore,
+                $"{directory} holds a data file but its metadata ({MetadataFileName}) is missing: refusing to create a new store over the data; " +
+                $"restore {MetadataFileName} from a backup, or move the data file away to start a new store");
+        bool exists = hasMetadata;
         if (!exists)
         {
-            if (!options.CreateIfMissing) throw new StorageException(StorageError.NotFound, $"no Platter store in {directory}");
+            if (!options.CreateIfMissing || options.Salvage) throw new StorageException(StorageError.NotFound, $"no Platter store in {directory}");
             if (System.IO.Directory.Exists(directory) && System.IO.Directory.EnumerateFileSystemEntries(directory)
                     .Any(p => Path.GetFileName(p) is not (LockFileName or "lock.mdb" or MetadataFileName or DataFileName) && !p.EndsWith(".sock", StringComparison.Ordinal)))
                 throw new StorageException(StorageError.BadStore, $"{directory} is not empty and holds no Platter store; choose an empty directory");
@@ -88,12 +99,25 @@ public sealed partial class VolumeStore : IDisposable
         try
         {
             if (options.JournalRegionBytes < Layout.JournalRegionBytesMin) throw new ArgumentException("journal region too small", nameof(options));
-            metadata = new MetadataStore(directory, create: !exists, options.JournalRegionBytes);
+            // LMDB maps the file and trusts its header: a truncated file would be a SIGBUS on first touch, not an error.
+            if (exists && Lmdb.LmdbFile.Inspect(metadataPath) is { } damaged)
+                throw new StorageException(StorageError.BadStore, $"the store's metadata is damaged: {damaged}. Nothing was changed");
+            long journalRegion = exists ? options.JournalRegionBytes : Layout.JournalRegionBytesFor(directory, options.JournalRegionBytes);
+            metadata = new MetadataStore(directory, create: !exists, journalRegion);
             long journalBytes = metadata.JournalRegionBytes;
-            file = (options.DataDeviceFactory ?? (p => new FileDataDevice(p)))(Path.Combine(directory, DataFileName));
+            // Metadata whose data file is missing or shorter than its journal: only a store whose creation was cut
+            // short (nothing ever committed) may be formatted again; anything else holds volumes whose data is gone.
+            bool unformatted = !hasData || new FileInfo(dataPath).Length < journalBytes;
+            if (exists && unformatted && !metadata.IsEmpty())
+                throw new StorageException(StorageError.BadStore, hasData
+                    ? $"the data file {dataPath} is truncated: {new FileInfo(dataPath).Length} bytes, shorter than its {journalBytes}-byte journal region. Nothing was changed"
+                    : $"{directory} holds metadata for volumes but its data file ({DataFileName}) is missing. Nothing was changed");
+            if (options.Salvage && unformatted)
+                throw new StorageException(StorageError.BadStore, $"{directory} holds no data to salvage");
+            file = (options.DataDeviceFactory ?? (p => new FileDataDevice(p)))(dataPath);
             // Layout of the data file: the journal region, then data blocks (physical block 0 starts after the journal).
             var journal = new Journal(new DeviceWindow(file, 0, journalBytes));
-            if (!exists || file.Length < journalBytes) journal.Format();
+            if (!exists || unformatted) journal.Format();
             var store = new VolumeStore(directory, options, lockFile, metadata, file, new DeviceWindow(file, journalBytes), journal);
             store.Recover();
             store.StartCommitter();
@@ -114,6 +138,17 @@ public sealed partial class VolumeStore : IDisposable
         File.Exists(Path.Combine(directory, MetadataFileName)) && File.Exists(Path.Combine(directory, DataFileName));
 
     public string Directory { get; }
+
+    /// <summary>
+    /// Opened with <see cref="StoreOptions.Salvage"/>: every volume is read-only, the catalog cannot change, nothing
+    /// is written to the store.
+    /// </summary>
+    public bool IsSalvage => _options.Salvage;
+
+    /// <summary>What the verification at open found damaged (only a salvage open gets this far with damage): one line each.</summary>
+    public IReadOnlyList<string> Damage => _damage;
+
+    private IReadOnlyList<string> _damage = [];
 
     /// <summary>Counters for metrics.</summary>
     public StorageCounters Counters { get; } = new();

@@ -53,6 +53,20 @@ internal static class Layout
     /// </summary>
     public const long JournalRegionBytes = 128L << 20;
 
+    /// <summary>
+    /// The journal region for a new store in <paramref name="directory"/>: the default (<see cref="JournalRegionBytes"/>)
+    /// shrinks to a power of two no larger than a 32nd of the file system, so a store fits on a small one (a 64 MiB
+    /// file system gets 2 MiB). The journal only bounds how much is committed between checkpoints; a smaller one
+    /// checkpoints more often. An explicit (test) size is kept.
+    /// </summary>
+    public static long JournalRegionBytesFor(string directory, long requested)
+    {
+        if (requested != JournalRegionBytes) return requested;
+        if (Devices.FileSystemSpace.Query(directory) is not { } fs) return requested;
+        long share = Math.Max(JournalRegionBytesMin, fs.TotalBytes / 32);
+        return Math.Min(requested, (long)System.Numerics.BitOperations.RoundUpToPowerOf2((ulong)share + 1) / 2);
+    }
+
     /// <summary>Longest a journal half stays active before the store switches and checkpoints it (bounds replay work after a crash).</summary>
     public static readonly TimeSpan CheckpointIntervalMax = TimeSpan.FromSeconds(5);
 
