@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Microsoft.Extensions.Logging;
 using Platter.Server;
 using Platter.Storage;
 
@@ -29,9 +30,11 @@ internal static class CheckCommand
             if (!Directory.Exists(directory) || (!File.Exists(Path.Combine(directory, "data.mdb")) && !File.Exists(Path.Combine(directory, "data"))))
                 throw new CliException($"no Platter store at {directory}");
             CheckReport report;
+            // Recovery's warnings (a journal record dropped, and what it held) belong in the check's output.
+            using var loggerFactory = context.CreateLoggerFactory?.Invoke(LogLevel.Warning) ?? ServeCommand.CreateConsoleLogging(LogLevel.Warning);
             try
             {
-                using var opened = VolumeStore.Open(directory, new StoreOptions { CreateIfMissing = false });
+                using var opened = VolumeStore.Open(directory, new StoreOptions { CreateIfMissing = false, LoggerFactory = loggerFactory });
                 report = opened.Check(parse.GetValue(verify));
             }
             catch (StorageException e) when (e.Error == StorageError.InUse)

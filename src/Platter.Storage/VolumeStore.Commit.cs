@@ -296,11 +296,17 @@ public sealed partial class VolumeStore
             MetadataVerifier.Verify(view, catalog, dataBlocks, damage);
         }
         long nextId = _metadata.NextId;
-        var records = _journal.ReadRecords(_metadata.AppliedSequence, _logger);
+        var layerNames = new Dictionary<long, string>();
+        foreach (var v in catalog.Volumes.Values)
+        {
+            layerNames[v.LayerId] = v.DisplayName;
+            foreach (var s in v.Snapshots) layerNames[s.LayerId] = s.DisplayName;
+        }
+        var records = _journal.ReadRecords(_metadata.AppliedSequence, _logger, layerNames.GetValueOrDefault);
         if (records.Count > 0 && !LastRecordDataIsDurable(records[^1].Payload))
         {
             _logger.LogWarning("Dropped journal record {Sequence}: the crash interrupted its sync (it was never acknowledged); it held {Contents}",
-                records[^1].Sequence, Journal.Describe(records[^1].Payload));
+                records[^1].Sequence, Journal.Describe(records[^1].Payload, layerNames.GetValueOrDefault));
             records.RemoveAt(records.Count - 1);
         }
         long last = _metadata.AppliedSequence;

@@ -68,11 +68,11 @@ internal sealed class Journal : IDisposable
     /// held: a crash during a commit tears only a record that was never acknowledged, but damage on disk can hit
     /// one that was, and its writes are then lost — the log says which.
     /// </summary>
-    public List<(long Sequence, byte[] Payload)> ReadRecords(long appliedSequence, ILogger? logger = null)
+    public List<(long Sequence, byte[] Payload)> ReadRecords(long appliedSequence, ILogger? logger = null, Func<long, string?>? layerName = null)
     {
         var found = new List<(long Sequence, byte[] Payload)>();
-        ReadHalf(0, appliedSequence, found, logger);
-        ReadHalf(_halfBytes, appliedSequence, found, logger);
+        ReadHalf(0, appliedSequence, found, logger, layerName);
+        ReadHalf(_halfBytes, appliedSequence, found, logger, layerName);
         found.Sort((a, b) => a.Sequence.CompareTo(b.Sequence));
         // Only an unbroken run from the applied sequence on is history; anything after a gap never committed.
         var records = new List<(long, byte[])>();
@@ -82,7 +82,7 @@ internal sealed class Journal : IDisposable
             if (sequence != expected)
             {
                 logger?.LogWarning("Dropped journal record {Sequence}: it follows a gap (record {Expected} is missing or damaged); it held {Contents}",
-                    sequence, expected, Describe(payload));
+                    sequence, expected, Describe(payload, layerName));
                 continue;
             }
             records.Add((sequence, payload));
@@ -91,7 +91,7 @@ internal sealed class Journal : IDisposable
         return records;
     }
 
-    private void ReadHalf(long start, long appliedSequence, List<(long, byte[])> records, ILogger? logger)
+    private void ReadHalf(long start, long appliedSequence, List<(long, byte[])> records, ILogger? logger, Func<long, string?>? layerName)
     {
         long end = start + _halfBytes;
         long position = start;
@@ -109,7 +109,7 @@ internal sealed class Journal : IDisposable
             bool continues = previous >= 0 ? sequence == previous + 1 : sequence > appliedSequence;
             if (length < 0 || position + HeaderBytes + length > end)
             {
-                if (continues) LogDamaged(logger, sequence, position, $"its length {length} runs past the journal half", ReadOnlySpan<byte>.Empty);
+                if (continues) LogDamaged(logger, sequence, position, $"its length {length} runs past the journal half", ReadOnlySpan<byte>.Empty, layerName);
                 break;
             }
             if (previous >= 0 && sequence != previous + 1) break;
@@ -119,7 +119,7 @@ internal sealed class Journal : IDisposable
             BinaryPrimitives.WriteUInt32LittleEndian(record.AsSpan(12), 0);
             if (Crc32C.Compute(record) != crc)
             {
-                if (continues) LogDamaged(logger, sequence, position, "its checksum does not match", record.AsSpan(HeaderBytes));
+                if (continues) LogDamaged(logger, sequence, position, "its checksum does not match", record.AsSpan(HeaderBytes), layerName);
                 break;
             }
             if (sequence > appliedSequence) records.Add((sequence, record[HeaderBytes..]));
@@ -128,17 +128,17 @@ internal sealed class Journal : IDisposable
         }
     }
 
-    private static void LogDamaged(ILogger? logger, long sequence, long position, string why, ReadOnlySpan<byte> payload) =>
+    private static void LogDamaged(ILogger? logger, long sequence, long position, string why, ReadOnlySpan<byte> payload, Func<long, string?>? layerName) =>
         logger?.LogWarning(
             "Dropped journal record {Sequence} at journal offset {Offset}: {Why}. Either a crash tore it during its commit (then it was " +
             "never acknowledged) or it was damaged since (then these acknowledged writes are lost); as far as it can be read it held {Contents}",
-            sequence, position, why, payload.IsEmpty ? "nothing readable" : Describe(payload));
+            sequence, position, why, payload.IsEmpty ? "nothing readable" : Describe(payload, layerName));
 
     /// <summary>
     /// What a journal payload holds, in one line for a log: blocks written and unmapped per layer, and every catalog
     /// change. Reads as far as the payload decodes (a damaged record may decode only in part).
     /// </summary>
-    public static string Describe(ReadOnlySpan<byte> payload)
+    public static string Describe(ReadOnlySpan<byte> payload, Func<long, string?>? layerName = null)
     {
         var written = new SortedDictionary<long, (long Blocks, long First, long End)>();
         var unmapped = new SortedDictionary<long, long>();
@@ -173,11 +173,13 @@ internal sealed class Journal : IDisposable
         {
             tail = $"; the rest does not decode ({e.Message})";
         }
-        var parts = written.Select(kv => $"{kv.Value.Blocks} blocks written to layer {kv.Key} (volume blocks {kv.Value.First}..{kv.Value.End - 1})")
-            .Concat(unmapped.Select(kv => $"{kv.Value} unmaps in layer {kv.Key}"))
+        var parts = written.Select(kv => $"{kv.Value.Blocks} blocks written to {Owner(kv.Key)} at offsets {kv.Value.First << Layout.BlockShift}..{(kv.Value.End << Layout.BlockShift) - 1}")
+            .Concat(unmapped.Select(kv => $"{kv.Value} unmaps in {Owner(kv.Key)}"))
             .Concat(catalog)
             .ToList();
         return (parts.Count == 0 ? "no operations" : string.Join(", ", parts)) + tail;
+
+        string Owner(long layer) => layerName?.Invoke(layer) is { } name ? $"'{name}'" : $"layer {layer}";
     }
 
     /// <summary>True when a record with this payload fits in the active half.</summary>
