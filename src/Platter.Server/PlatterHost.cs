@@ -69,18 +69,19 @@ public sealed partial class PlatterHost : IAsyncDisposable
                     // The store holds every VM's disk: private to its owner unless the admin loosens it.
                     Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
                 }
-                _store = VolumeStore.Open(directory, _options.StoreOptions
+                var store = VolumeStore.Open(directory, _options.StoreOptions
                     ?? new StoreOptions { LoggerFactory = _loggerFactory, Salvage = _options.Salvage, CreateIfMissing = !_options.Salvage });
+                _store = store;
                 var usage = _store.GetUsage();
                 _log.LogInformation("store {Directory} open: {Volumes} volume(s), {Used} used", directory, usage.VolumeCount, SizeText.Format(usage.UsedBytes));
-                if (_store.IsSalvage)
+                if (store.IsSalvage)
                     _log.LogWarning("salvage mode: {Volumes} intact volume(s) served read-only, {Problems} problem(s) found; copy the volumes out (qemu-img convert), nothing is written to the store",
-                        usage.VolumeCount, _store.Damage.Count);
+                        usage.VolumeCount, store.Damage.Count);
 
                 if (_options.NbdSocketPath is not null) PrepareSocket(_options.NbdSocketPath);
                 if (_options.ApiSocketPath is not null) PrepareSocket(_options.ApiSocketPath);
 
-                await StartNbdAsync(new VolumeExportProvider(_store, _options.ReadOnly || _store.IsSalvage), cancellationToken).ConfigureAwait(false);
+                await StartNbdAsync(new VolumeExportProvider(_store, _options.ReadOnly || store.IsSalvage), cancellationToken).ConfigureAwait(false);
 
                 _api = ManagementApi.Build(_store, new ManagementApiOptions
                 {
