@@ -214,22 +214,45 @@ public sealed partial class VolumeStore
         _roundFrees = new List<long>();
     }
 
-    // Hands freed blocks back to the allocator once no reader that might have looked them up is still running.
+    // Hands freed blocks back to the allocator once no reader that might have looked them up is still running, and
+    // their disk space back to the file system first (punched while still in quarantine, so no new write can be in
+    // them yet): deleting a volume makes the host's free space grow.
     private void ReleaseQuarantine()
     {
         if (_quarantine.Count == 0) return;
         long drained = _epochs.TryAdvance();
-        int released = 0;
+        int ready = 0;
+        while (ready < _quarantine.Count && _quarantine[ready].Epoch <= drained) ready++;
+        for (int i = 0; i < ready; i++) PunchHoles(_quarantine[i].Blocks);
         lock (_spaceAccountingLock)
         {
-            while (released < _quarantine.Count && _quarantine[released].Epoch <= drained)
+            for (int i = 0; i < ready; i++)
             {
-                _allocator.FreeBlocksBulk(_quarantine[released].Blocks);
-                _quarantinedBlocks -= _quarantine[released].Blocks.Count;
-                released++;
+                _allocator.FreeBlocksBulk(_quarantine[i].Blocks);
+                _quarantinedBlocks -= _quarantine[i].Blocks.Count;
             }
         }
-        _quarantine.RemoveRange(0, released);
+        _quarantine.RemoveRange(0, ready);
+    }
+
+    // One fallocate(PUNCH_HOLE) per run of adjacent blocks. A failure costs only the space (the blocks stay free).
+    private void PunchHoles(List<long> blocks)
+    {
+        blocks.Sort();
+        try
+        {
+            for (int i = 0; i < blocks.Count; )
+            {
+                int j = i + 1;
+                while (j < blocks.Count && blocks[j] == blocks[j - 1] + 1) j++;
+                _data.PunchHole(blocks[i] << Layout.BlockShift, (long)(j - i) << Layout.BlockShift);
+                i = j;
+            }
+        }
+        catch (IOException e)
+        {
+            _logger.LogWarning("Cannot return freed space to the file system: {Error}", e.Message);
+        }
     }
 
     // Hands the active half's batches to the checkpointer and continues in the other half, once the checkpointer has
@@ -278,7 +301,16 @@ public sealed partial class VolumeStore
     {
         if (batches.Count == 0) return;
         long start = Stopwatch.GetTimestamp();
-        _metadata.Checkpoint(batches, _options.BeforeCheckpointCommit);
+        try
+        {
+            _metadata.Checkpoint(batches, _options.BeforeCheckpointCommit);
+        }
+        catch (Lmdb.LmdbException e) when (e.ErrorCode == Devices.Errno.ENOSPC && _reserve.Release())
+        {
+            // The failed transaction was aborted whole; with the reserve's space it goes through.
+            _metadata.Checkpoint(batches, _options.BeforeCheckpointCommit);
+        }
+        _reserve.TryHold();
         Interlocked.Add(ref Counters.CheckpointMicros, (long)Stopwatch.GetElapsedTime(start).TotalMicroseconds);
         Interlocked.Increment(ref Counters.Checkpoints);
     }

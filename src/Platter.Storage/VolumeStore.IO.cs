@@ -244,6 +244,17 @@ public sealed partial class VolumeStore
         long wantBlocks = Math.Max(want, Layout.RegionBlocks);
         for (int attempt = 0; ; attempt++)
         {
+            // Data never takes the file system's last bytes: they are the metadata's (see SpaceReserve).
+            if (!_reserve.DataMayTake(wantBlocks << Layout.BlockShift))
+            {
+                if (attempt >= 3)
+                    throw new StorageException(StorageError.NoSpace,
+                        $"no space left for volume '{state.Name}': the file system holding the store is full (the last {_reserve.Bytes >> 20} MiB are kept for metadata); delete volumes or snapshots, trim, or grow the file system");
+                // Freed blocks come back (and are punched) once their commit is durable: commit and look again.
+                if (Volatile.Read(ref _failure) is null) CommitNow();
+                Thread.Sleep(attempt * 5);
+                continue;
+            }
             // Grow the file rather than scatter data while free space is scarce; reuse holes once it is plentiful.
             if (!_allocator.HasExtentOf(wantBlocks) && _allocator.FreeBlocks < Math.Max(_allocator.TotalBlocks / 8, wantBlocks))
                 TryGrow(wantBlocks);

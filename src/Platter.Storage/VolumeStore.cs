@@ -30,6 +30,7 @@ public sealed partial class VolumeStore : IDisposable
     private readonly Allocator _allocator = new();
     private readonly EpochGate _epochs = new();
     private readonly object _growLock = new();
+    private readonly SpaceReserve _reserve;
 
     // Catalog: guarded by _catalogLock. Catalog changes are serialised by _adminLock (they are rare and wait for commits).
     private readonly object _catalogLock = new();
@@ -55,6 +56,8 @@ public sealed partial class VolumeStore : IDisposable
         _metadata = metadata;
         _data = data;
         _journal = journal;
+        _reserve = new SpaceReserve(directory,
+            options.MetadataReserveBytes ?? Layout.MetadataReserveBytes(FileSystemSpace.Query(directory)?.TotalBytes ?? 0), _logger);
     }
 
     /// <summary>
@@ -78,7 +81,7 @@ public sealed partial class VolumeStore : IDisposable
         {
             if (!options.CreateIfMissing || options.Salvage) throw new StorageException(StorageError.NotFound, $"no Platter store in {directory}");
             if (System.IO.Directory.Exists(directory) && System.IO.Directory.EnumerateFileSystemEntries(directory)
-                    .Any(p => Path.GetFileName(p) is not (LockFileName or "lock.mdb" or MetadataFileName or DataFileName) && !p.EndsWith(".sock", StringComparison.Ordinal)))
+                    .Any(p => Path.GetFileName(p) is not (LockFileName or "lock.mdb" or MetadataFileName or DataFileName or SpaceReserve.FileName) && !p.EndsWith(".sock", StringComparison.Ordinal)))
                 throw new StorageException(StorageError.BadStore, $"{directory} is not empty and holds no Platter store; choose an empty directory");
             System.IO.Directory.CreateDirectory(directory);
         }
@@ -120,6 +123,7 @@ public sealed partial class VolumeStore : IDisposable
             if (!exists || unformatted) journal.Format();
             var store = new VolumeStore(directory, options, lockFile, metadata, file, new DeviceWindow(file, journalBytes), journal);
             store.Recover();
+            if (!options.Salvage) store._reserve.TryHold();
             store.StartCommitter();
             return store;
         }

@@ -67,6 +67,14 @@ internal static class Layout
         return Math.Min(requested, (long)System.Numerics.BitOperations.RoundUpToPowerOf2((ulong)share + 1) / 2);
     }
 
+    /// <summary>
+    /// Space kept free for metadata on the file system holding the store (and the size of its reserve file; see
+    /// <see cref="SpaceReserve"/>): a 32nd of the file system, as ZFS's slop space, at least 1 MiB (a few hundred LMDB
+    /// pages: the checkpoint of a small store's deletes) and at most 256 MiB (a checkpoint rewrites at most the
+    /// LMDB pages it touches; 256 MiB of pages covers deleting ~60 GiB of fully written volume in one go).
+    /// </summary>
+    public static long MetadataReserveBytes(long fileSystemBytes) => Math.Clamp(fileSystemBytes / 32, 1L << 20, 256L << 20) & ~(BlockBytes - 1L);
+
     /// <summary>Longest a journal half stays active before the store switches and checkpoints it (bounds replay work after a crash).</summary>
     public static readonly TimeSpan CheckpointIntervalMax = TimeSpan.FromSeconds(5);
 
