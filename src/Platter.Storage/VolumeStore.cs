@@ -198,7 +198,9 @@ public sealed partial class VolumeStore : IDisposable
         foreach (var s in states) provisioned += Volatile.Read(ref s.SizeBytes);
         long used = Interlocked.Read(ref _referencedBlocks);
         long free = _allocator.FreeBlocks + ReservedRegionBlocks();
-        return new StoreUsage(_data.Length, used * Layout.BlockBytes, free * Layout.BlockBytes, states.Count, provisioned);
+        var fs = _reserve.FileSystem;
+        return new StoreUsage(_data.Length, used * Layout.BlockBytes, free * Layout.BlockBytes, states.Count, provisioned,
+            fs?.TotalBytes ?? 0, fs?.AvailableBytes ?? 0, _reserve.Bytes);
     }
 
     internal ILogger Logger => _logger;
