@@ -27,7 +27,8 @@ public sealed class PlatterServer : IAsyncDisposable
         ApiSocketPath = _root.File("api.sock");
     }
 
-    public string StoreDirectory { get; }
+    /// <summary>The store directory (settable before the first start: a test may put it on a file system of its own).</summary>
+    public string StoreDirectory { get; set; }
     public string NbdSocketPath { get; }
     public string ApiSocketPath { get; }
 
