@@ -220,3 +220,59 @@ internal sealed class ListLoggerFactory : ILoggerFactory, ILoggerProvider
         }
     }
 }
+
+/// <summary>The metadata reserve: a checkpoint that finds the disk full drops the reserve file and goes through; the journal fits small file systems.</summary>
+public sealed class MetadataReserveTests : IDisposable
+{
+    private readonly TempDir _dir = new();
+
+    [Fact]
+    public void A_checkpoint_that_finds_the_disk_full_releases_the_reserve_and_commits()
+    {
+        int failures = 1;
+        var options = new StoreOptions
+        {
+            JournalRegionBytes = 1 << 20,
+            DataGrowthBytes = 1 << 20,
+            MetadataReserveBytes = 1 << 20,
+            // LMDB reports a full disk as ENOSPC from its commit; the engine must not fail the store for it.
+            BeforeCheckpointCommit = () =>
+            {
+                if (Interlocked.Decrement(ref failures) >= 0) throw new Platter.Lmdb.LmdbException(28, "mdb_txn_commit: No space left on device (injected)");
+            },
+        };
+        string reserve = Path.Combine(_dir.Path, "reserve");
+        using (var store = VolumeStore.Open(_dir.Path, options))
+        {
+            Assert.Equal(1 << 20, new FileInfo(reserve).Length);
+            store.CreateVolume("vm", 1 << 20);
+            using var v = store.OpenVolume("vm");
+            v.Write(0, Blocks.Pattern(1, 0));
+            v.Flush();
+            store.Checkpoint();
+            Assert.True(failures < 0, "the injected ENOSPC never fired");
+            // The reserve was dropped for that commit and made again once there was room (this disk has plenty).
+            Assert.True(File.Exists(reserve), "the reserve file was not made again after the checkpoint");
+            v.Write(4096, Blocks.Pattern(2, 1));
+            v.Flush();
+        }
+        using var reopened = VolumeStore.Open(_dir.Path, options);
+        using var volume = reopened.OpenVolume("vm");
+        Assert.Equal(Blocks.Pattern(2, 1), volume.ReadAll(4096, 4096));
+        Assert.True(reopened.Check(verifyChecksums: true).Ok);
+    }
+
+    [Theory]
+    [InlineData(64L << 20, 2L << 20)]
+    [InlineData(200L << 20, 4L << 20)]
+    [InlineData(1L << 40, 128L << 20)]
+    public void Journal_and_reserve_scale_with_the_file_system(long fileSystemBytes, long journalBytes)
+    {
+        Assert.Equal(journalBytes, Internal.Layout.JournalRegionBytesFor(fileSystemBytes, Internal.Layout.JournalRegionBytes));
+        long reserve = Internal.Layout.MetadataReserveBytes(fileSystemBytes);
+        Assert.InRange(reserve, 1L << 20, 256L << 20);
+        Assert.True(journalBytes + 2 * reserve < fileSystemBytes / 4, "the journal and the metadata reserve must leave most of a small file system to data");
+    }
+
+    public void Dispose() => _dir.Dispose();
+}

@@ -59,11 +59,13 @@ internal static class Layout
     /// file system gets 2 MiB). The journal only bounds how much is committed between checkpoints; a smaller one
     /// checkpoints more often. An explicit (test) size is kept.
     /// </summary>
-    public static long JournalRegionBytesFor(string directory, long requested)
+    public static long JournalRegionBytesFor(string directory, long requested) =>
+        requested == JournalRegionBytes && Devices.FileSystemSpace.Query(directory) is { } fs ? JournalRegionBytesFor(fs.TotalBytes, requested) : requested;
+
+    /// <summary>The rule of <see cref="JournalRegionBytesFor(string, long)"/> for a file system of <paramref name="fileSystemBytes"/>.</summary>
+    public static long JournalRegionBytesFor(long fileSystemBytes, long requested)
     {
-        if (requested != JournalRegionBytes) return requested;
-        if (Devices.FileSystemSpace.Query(directory) is not { } fs) return requested;
-        long share = Math.Max(JournalRegionBytesMin, fs.TotalBytes / 32);
+        long share = Math.Max(JournalRegionBytesMin, fileSystemBytes / 32);
         return Math.Min(requested, (long)System.Numerics.BitOperations.RoundUpToPowerOf2((ulong)share + 1) / 2);
     }
 
