@@ -235,7 +235,8 @@ public sealed partial class VolumeStore
         _quarantine.RemoveRange(0, ready);
     }
 
-    // One fallocate(PUNCH_HOLE) per run of adjacent blocks. A failure costs only the space (the blocks stay free).
+    // One fallocate(PUNCH_HOLE) per run of adjacent blocks at least PunchRunBlocksMin long (deleted volumes and
+    // snapshots, large trims); shorter runs stay allocated as free blocks. A failure costs only the space.
     private void PunchHoles(List<long> blocks)
     {
         blocks.Sort();
@@ -245,7 +246,7 @@ public sealed partial class VolumeStore
             {
                 int j = i + 1;
                 while (j < blocks.Count && blocks[j] == blocks[j - 1] + 1) j++;
-                _data.PunchHole(blocks[i] << Layout.BlockShift, (long)(j - i) << Layout.BlockShift);
+                if (j - i >= Layout.PunchRunBlocksMin) _data.PunchHole(blocks[i] << Layout.BlockShift, (long)(j - i) << Layout.BlockShift);
                 i = j;
             }
         }
