@@ -25,9 +25,9 @@ public sealed class StoreOptions
     internal Action? BeforeCheckpointCommit { get; init; }
 
     /// <summary>Journal region size for a new store (kept in its metadata; an existing store keeps its own). Tests use small ones.</summary>
-    internal long JournalRegionBytes { get; init; } = Internal.Layout.JournalRegionBytes;
+    internal long JournalRegionBytes { get; init; } = Internal.EngineLimits.JournalRegionBytes;
 
-    /// <summary>Bytes kept free for metadata on the store's file system (null: <see cref="Internal.Layout.MetadataReserveBytes"/>). Tests set it.</summary>
+    /// <summary>Bytes kept free for metadata on the store's file system (null: <see cref="Internal.EngineLimits.MetadataReserveBytes"/>). Tests set it.</summary>
     internal long? MetadataReserveBytes { get; init; }
 
     /// <summary>Size of each data file growth step. Tests use small steps to reach ENOSPC quickly.</summary>

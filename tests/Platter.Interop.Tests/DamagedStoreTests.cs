@@ -36,7 +36,7 @@ public sealed class DamagedStoreTests(ITestOutputHelper output) : IAsyncLifetime
     }
 
     private Task<ProcessResult> PlatterAsync(params string[] args) =>
-        Proc.RunAsync(PlatterServer.DotnetHost, [PlatterServer.PlatterDll, .. args], TimeSpan.FromSeconds(60));
+        ProcessRunner.RunAsync(PlatterServer.DotnetHost, [PlatterServer.PlatterDll, .. args], TimeSpan.FromSeconds(60));
 
     private Task<ProcessResult> ServeAsync(params string[] extra) =>
         PlatterAsync(["serve", "--store", _server.StoreDirectory, "--listen", "none", "--socket", "none",

@@ -20,7 +20,7 @@ public sealed class FullDiskTests(ITestOutputHelper output) : IAsyncLifetime
         _mount = Path.GetDirectoryName(_server.StoreDirectory)! + "/fs";
         Directory.CreateDirectory(_mount);
         // Needs root (as CI and the dev machines run the tests); a failure here fails the test, it does not skip it.
-        (await Proc.RunAsync("mount", ["-t", "tmpfs", "-o", "size=64m", "tmpfs", _mount])).EnsureSuccess("mounting a 64 MiB tmpfs failed (the full-disk tests run as root)");
+        (await ProcessRunner.RunAsync("mount", ["-t", "tmpfs", "-o", "size=64m", "tmpfs", _mount])).EnsureSuccess("mounting a 64 MiB tmpfs failed (the full-disk tests run as root)");
         _server.StoreDirectory = Path.Combine(_mount, "store");
     }
 
@@ -33,7 +33,7 @@ public sealed class FullDiskTests(ITestOutputHelper output) : IAsyncLifetime
             catch (XunitException e) { output.WriteLine(e.Message); }
         }
         output.WriteLine(_server.Log);
-        if (_mount is not null) (await Proc.RunAsync("umount", [_mount])).EnsureSuccess("unmounting the test tmpfs failed");
+        if (_mount is not null) (await ProcessRunner.RunAsync("umount", [_mount])).EnsureSuccess("unmounting the test tmpfs failed");
         await _server.DisposeAsync();
     }
 
@@ -53,7 +53,7 @@ public sealed class FullDiskTests(ITestOutputHelper output) : IAsyncLifetime
         await Clients.QemuIoAsync(a.Uri, $"write -P 0xa1 0 {20 * MiB}", "flush");
 
         // b writes until the disk is full: the data write gets ENOSPC (and nothing else breaks).
-        var full = await Proc.RunAsync(Tools.QemuIo, ["-f", "raw", "-c", $"write -P 0xb2 0 {100 * MiB}", "-c", "flush", b.Uri]);
+        var full = await ProcessRunner.RunAsync(Tools.QemuIo, ["-f", "raw", "-c", $"write -P 0xb2 0 {100 * MiB}", "-c", "flush", b.Uri]);
         Assert.True(full.Stdout.Contains("No space left on device", StringComparison.Ordinal)
                     || full.Stderr.Contains("No space left on device", StringComparison.Ordinal), $"expected ENOSPC\n{full.Describe()}");
         var usage = await UsageAsync();
@@ -88,13 +88,13 @@ public sealed class FullDiskTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.Equal(0, await _server.StopAsync());
 
         // Something else fills the file system to the last byte: check and serve still work.
-        var hog = await Proc.RunAsync("dd", ["if=/dev/zero", $"of={_mount}/hog", "bs=1M"]);
+        var hog = await ProcessRunner.RunAsync("dd", ["if=/dev/zero", $"of={_mount}/hog", "bs=1M"]);
         Assert.Equal(0, new DriveInfo(_mount!).AvailableFreeSpace);
-        (await Proc.RunAsync(PlatterServer.DotnetHost, [PlatterServer.PlatterDll, "check", "--store", _server.StoreDirectory]))
+        (await ProcessRunner.RunAsync(PlatterServer.DotnetHost, [PlatterServer.PlatterDll, "check", "--store", _server.StoreDirectory]))
             .EnsureSuccess($"platter check on a full file system failed (dd: {hog.Stderr.Trim()})");
         await _server.StartAsync();
         await Clients.QemuIoAsync(a.Uri, readOnly: true, $"read -P 0xa4 {30 * MiB} {16 * MiB}", $"read -P 0xa3 0 {4 * MiB}");
-        var refused = await Proc.RunAsync(Tools.QemuIo, ["-f", "raw", "-c", $"write -P 0xa5 {50 * MiB} {8 * MiB}", "-c", "flush", a.Uri]);
+        var refused = await ProcessRunner.RunAsync(Tools.QemuIo, ["-f", "raw", "-c", $"write -P 0xa5 {50 * MiB} {8 * MiB}", "-c", "flush", a.Uri]);
         Assert.Contains("No space left on device", refused.Stdout + refused.Stderr);
         (await _server.CliAsync("volume", "delete", a.Name)).EnsureSuccess("deleting a volume on a full file system failed");
         Assert.Equal(0, await _server.StopAsync());

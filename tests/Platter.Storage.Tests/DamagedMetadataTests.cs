@@ -14,7 +14,7 @@ public sealed class DamagedMetadataTests : IDisposable
 {
     private const int B = Blocks.Size;
     private const long Journal = 1 << 20;
-    private readonly TempDir _dir = new();
+    private readonly TempDirectory _dir = new();
 
     private string MetadataPath => Path.Combine(_dir.Path, "data.mdb");
     private string DataPath => Path.Combine(_dir.Path, "data");
@@ -224,7 +224,7 @@ internal sealed class ListLoggerFactory : ILoggerFactory, ILoggerProvider
 /// <summary>The metadata reserve: a checkpoint that finds the disk full drops the reserve file and goes through; the journal fits small file systems.</summary>
 public sealed class MetadataReserveTests : IDisposable
 {
-    private readonly TempDir _dir = new();
+    private readonly TempDirectory _dir = new();
 
     [Fact]
     public void A_checkpoint_that_finds_the_disk_full_releases_the_reserve_and_commits()
@@ -268,8 +268,8 @@ public sealed class MetadataReserveTests : IDisposable
     [InlineData(1L << 40, 128L << 20)]
     public void Journal_and_reserve_scale_with_the_file_system(long fileSystemBytes, long journalBytes)
     {
-        Assert.Equal(journalBytes, Internal.Layout.JournalRegionBytesFor(fileSystemBytes, Internal.Layout.JournalRegionBytes));
-        long reserve = Internal.Layout.MetadataReserveBytes(fileSystemBytes);
+        Assert.Equal(journalBytes, Internal.EngineLimits.JournalRegionBytesFor(fileSystemBytes, Internal.EngineLimits.JournalRegionBytes));
+        long reserve = Internal.EngineLimits.MetadataReserveBytes(fileSystemBytes);
         Assert.InRange(reserve, 1L << 20, 256L << 20);
         Assert.True(journalBytes + 2 * reserve < fileSystemBytes / 4, "the journal and the metadata reserve must leave most of a small file system to data");
     }

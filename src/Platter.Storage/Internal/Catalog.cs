@@ -31,9 +31,9 @@ internal sealed class Catalog
         foreach (var v in view.Volumes(damage).OrderBy(v => v.Id))
         {
             SnapshotState? origin = null;
-            if (v.OriginSnapshotId != 0 && !catalog.Snapshots.TryGetValue(v.OriginSnapshotId, out origin))
+            if (v.OriginId != 0 && !catalog.Snapshots.TryGetValue(v.OriginId, out origin))
             {
-                string problem = $"volume '{v.Name}' is a clone of snapshot {v.OriginSnapshotId}, which the catalog does not hold";
+                string problem = $"volume '{v.Name}' is a clone of snapshot {v.OriginId}, which the catalog does not hold";
                 if (damage is null) throw new StorageException(StorageError.BadStore, $"{problem}; run `platter check`");
                 damage.Add(v.LayerId, problem);
             }
@@ -108,7 +108,7 @@ internal sealed class Catalog
         {
             case OpKind.DeleteVolume:
                 foreach (var s in volume.Snapshots) Snapshots.Remove(s.Id);
-                volume.OriginSnapshot?.Clones.Remove(volume);
+                volume.Origin?.Clones.Remove(volume);
                 Volumes.Remove(volume.Id);
                 _byLayer.Remove(volume.LayerId);
                 break;

@@ -42,9 +42,6 @@ internal sealed class Journal : IDisposable
         _halfBytes = device.Length / 2;
     }
 
-    /// <summary>Bytes of each half: the largest a run of records between two switches can be.</summary>
-    public long HalfBytes => _halfBytes;
-
     /// <summary>
     /// Writes real zeros over the whole region once, when the store is created: appends into never-written
     /// (unwritten-extent) space would make every commit's sync also commit file-system metadata.
@@ -173,7 +170,7 @@ internal sealed class Journal : IDisposable
         {
             tail = $"; the rest does not decode ({e.Message})";
         }
-        var parts = written.Select(kv => $"{kv.Value.Blocks} blocks written to {Owner(kv.Key)} at offsets {kv.Value.First << Layout.BlockShift}..{(kv.Value.End << Layout.BlockShift) - 1}")
+        var parts = written.Select(kv => $"{kv.Value.Blocks} blocks written to {Owner(kv.Key)} at offsets {kv.Value.First << EngineLimits.BlockShift}..{(kv.Value.End << EngineLimits.BlockShift) - 1}")
             .Concat(unmapped.Select(kv => $"{kv.Value} unmaps in {Owner(kv.Key)}"))
             .Concat(catalog)
             .ToList();

@@ -214,7 +214,7 @@ internal static class MetadataVerifier
     {
         foreach (var s in v.Snapshots) yield return s.LayerId;
         yield return v.LayerId;
-        for (var origin = v.OriginSnapshot; origin is not null; origin = origin.Volume.OriginSnapshot)
+        for (var origin = v.Origin; origin is not null; origin = origin.Volume.Origin)
         {
             foreach (var s in origin.Volume.Snapshots)
             {

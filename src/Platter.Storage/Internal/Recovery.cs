@@ -1,0 +1,137 @@
+using Microsoft.Extensions.Logging;
+using Platter.Storage.Devices;
+
+namespace Platter.Storage.Internal;
+
+/// <summary>
+/// Rebuilds memory at open: the catalog from the KV store plus the journal's records newer than its applied sequence
+/// (dropping a last record whose data the crash cut short), verifies it (<see cref="MetadataVerifier"/>: damaged
+/// metadata is refused, or in salvage mode the damaged volumes are set aside), and derives the set of referenced
+/// blocks from which free space is derived.
+/// </summary>
+internal static class Recovery
+{
+    /// <summary>
+    /// What open rebuilt. <paramref name="Volumes"/> are the volumes to serve (without the damaged ones when
+    /// salvaging); <paramref name="Damage"/> is what verification found (empty unless salvaging).
+    /// </summary>
+    public sealed record Result(
+        List<VolumeState> Volumes,
+        long NextId,
+        long LastSequence,
+        List<(long Sequence, byte[] Payload, int Length)> Replayed,
+        List<(long Start, long Length)> UsedRuns,
+        long ReferencedBlocks,
+        IReadOnlyList<string> Damage);
+
+    public static Result Run(MetadataStore metadata, Journal journal, IDataDevice data, bool salvage, ILogger logger)
+    {
+        Catalog catalog;
+        var damage = new MetadataDamage();
+        long dataBlocks = data.Length / EngineLimits.BlockBytes;
+        using (var view = metadata.OpenView())
+        {
+            catalog = Catalog.Load(view, damage);
+            MetadataVerifier.Verify(view, catalog, dataBlocks, damage);
+        }
+        long nextId = metadata.NextId;
+        var layerNames = new Dictionary<long, string>();
+        foreach (var v in catalog.Volumes.Values)
+        {
+            layerNames[v.LayerId] = v.DisplayName;
+            foreach (var s in v.Snapshots) layerNames[s.LayerId] = s.DisplayName;
+        }
+        var records = journal.ReadRecords(metadata.AppliedSequence, logger, layerNames.GetValueOrDefault);
+        if (records.Count > 0 && !LastRecordDataIsDurable(records[^1].Payload, data))
+        {
+            logger.LogWarning("Dropped journal record {Sequence}: the crash interrupted its sync (it was never acknowledged); it held {Contents}",
+                records[^1].Sequence, Journal.Describe(records[^1].Payload, layerNames.GetValueOrDefault));
+            records.RemoveAt(records.Count - 1);
+        }
+        long last = metadata.AppliedSequence;
+        var replayed = new List<(long Sequence, byte[] Payload, int Length)>();
+        foreach (var (sequence, payload) in records)
+        {
+            try
+            {
+                var reader = new OpReader(payload);
+                while (reader.TryRead(out var op))
+                    catalog.Replay(op, ref nextId);
+            }
+            catch (StorageException e) when (salvage)
+            {
+                // Salvage serves the metadata as it was before the record that does not fit it.
+                damage.AddUnattributed($"journal record {sequence} does not apply to the catalog ({e.Message}); it and later records were not replayed");
+                break;
+            }
+            replayed.Add((sequence, payload, payload.Length));
+            last = sequence;
+        }
+        if (replayed.Count > 0)
+            logger.LogInformation("Replayed {Batches} journaled batches (sequences {First}..{Last})", replayed.Count, replayed[0].Sequence, last);
+
+        var used = MetadataVerifier.VerifyVersions(catalog.Volumes.Values, dataBlocks, damage, Versions.ReferencedBlocks);
+        var volumes = catalog.Volumes.Values.ToList();
+        IReadOnlyList<string> problems = [];
+        if (damage.Any)
+        {
+            if (!salvage)
+                throw new StorageException(StorageError.BadStore,
+                    $"the store's metadata is damaged: {damage.Summary()}. Nothing was changed; `platter check` lists the damage, " +
+                    "`platter serve --salvage` serves the intact volumes read-only");
+            var damaged = MetadataVerifier.DamagedVolumes(volumes, damage);
+            foreach (var problem in damage.Problems) logger.LogError("Damaged metadata: {Problem}", problem);
+            foreach (var v in damaged) logger.LogError("Salvage: volume '{Volume}' is not served (its metadata is damaged)", v.Name);
+            if (damage.Unattributed)
+                logger.LogError("Salvage: some damage belongs to no known volume; served volumes may read zeros where records were lost (every block read is still checksummed)");
+            volumes.RemoveAll(damaged.Contains);
+            problems = [.. damage.Problems, .. damaged.Select(v => $"volume '{v.Name}' is not served: its metadata is damaged")];
+        }
+
+        // Free space is everything no version of any volume references (used is sorted, each block once).
+        var runs = new List<(long Start, long Length)>();
+        foreach (long pba in used)
+        {
+            if (runs.Count > 0 && runs[^1].Start + runs[^1].Length == pba) runs[^1] = (runs[^1].Start, runs[^1].Length + 1);
+            else runs.Add((pba, 1));
+        }
+        return new Result(volumes, nextId, last, replayed, runs, used.Count, problems);
+    }
+
+    // The record and its data were synced together: if the crash came during that sync, some blocks the record maps
+    // may not be on disk. Every block the record leaves mapped must match its checksum, or the record never completed.
+    private static bool LastRecordDataIsDurable(byte[] payload, IDataDevice data)
+    {
+        var final = new Dictionary<(long Layer, long Block), (long Pba, uint Crc)>();
+        var reader = new OpReader(payload);
+        while (reader.TryRead(out var op))
+        {
+            switch (op.Kind)
+            {
+                case OpKind.MapExtent:
+                    for (int i = 0; i < op.Count; i++) final[(op.LayerId, op.Block + i)] = (op.Pba + i, op.Crc(i));
+                    break;
+                case OpKind.Unmap:
+                case OpKind.Tombstone:
+                {
+                    // Blocks unmapped later in the same record need not have reached the disk. (Other operations only
+                    // make the check stricter by leaving blocks in it.)
+                    long start = op.Block;
+                    long end = op.Count < long.MaxValue - op.Block ? op.Block + op.Count : long.MaxValue;
+                    long layer = op.LayerId;
+                    foreach (var key in final.Keys.Where(k => k.Layer == layer && k.Block >= start && k.Block < end).ToList())
+                        final.Remove(key);
+                    break;
+                }
+            }
+        }
+        var buffer = new byte[EngineLimits.BlockBytes];
+        foreach (var (pba, crc) in final.Values)
+        {
+            if (((pba + 1) << EngineLimits.BlockShift) > data.Length) return false;
+            data.Read(pba << EngineLimits.BlockShift, buffer);
+            if (Crc32C.Compute(buffer) != crc) return false;
+        }
+        return true;
+    }
+}
