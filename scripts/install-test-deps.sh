@@ -5,10 +5,11 @@
 #   libnbd-bin      nbdinfo, nbdcopy          python3-libnbd  nbdsh
 #   fio             the nbd engine for verification and benchmarks
 #   nbdkit          a reference NBD server
-#   qemu-system-x86, busybox-static, e2fsprogs: a Linux guest booted on a Platter volume
+#   qemu-system-x86, busybox-static, e2fsprogs: a Linux guest booted on a Platter volume (and attach's output opened by QEMU)
+#   libvirt-clients, libxml2-utils: virt-xml-validate checks attach's libvirt XML against the installed libvirt's schema
 set -euo pipefail
 
-packages=(liblmdb0 qemu-utils libnbd-bin python3-libnbd fio nbdkit qemu-system-x86 busybox-static e2fsprogs)
+packages=(liblmdb0 qemu-utils libnbd-bin python3-libnbd fio nbdkit qemu-system-x86 busybox-static e2fsprogs libvirt-clients libxml2-utils)
 
 missing=()
 for package in "${packages[@]}"; do

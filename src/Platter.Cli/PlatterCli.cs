@@ -30,6 +30,15 @@ public static class PlatterCli
     {
         context ??= new CliContext();
         var root = BuildRootCommand(context);
+        try
+        {
+            args = ServeConfig.Expand(args, root.Subcommands.First(c => c.Name == "serve"));
+        }
+        catch (CliException e)
+        {
+            context.Error.WriteLine("platter: " + e.Message);
+            return e.ExitCode;
+        }
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0 && parse.Action is not System.CommandLine.Help.HelpAction)
         {
@@ -95,6 +104,10 @@ public static class PlatterCli
         root.Add(SnapshotCommands.BuildClone(context));
         root.Add(SnapshotCommands.BuildRollback(context));
         root.Add(SnapshotCommands.BuildDiff(context));
+        root.Add(ImageCommands.BuildImport(context));
+        root.Add(ImageCommands.BuildExport(context));
+        root.Add(TransferCommands.BuildSend(context));
+        root.Add(TransferCommands.BuildReceive(context));
         root.Add(VolumeCommands.BuildUsage(context));
         root.Add(AttachCommand.Build(context));
         root.Add(CheckCommand.Build(context));

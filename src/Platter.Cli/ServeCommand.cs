@@ -68,6 +68,12 @@ internal static class ServeCommand
             Description = "Open a store whose metadata is damaged (one that `platter serve` refuses) to copy its intact volumes out: " +
                           "those whose metadata verifies are served read-only, the damage is logged, nothing is written to the store.",
         };
+        var config = new Option<string?>(ServeConfig.OptionName)
+        {
+            Description = "Read settings from FILE: one 'name = value' per line, the names being these flags without '--' " +
+                          "(store = /var/lib/platter, read-only = true); '#' starts a comment. Flags on the command line override the file.",
+            HelpName = "FILE",
+        };
         var verbose = new Option<bool>("--verbose", "-v") { Description = "Log debug detail as well: NBD connections and refused requests, and each management API request." };
 
         var command = new Command("serve",
@@ -75,7 +81,7 @@ internal static class ServeCommand
             "on TCP and a unix socket, and the management API on a unix socket. Logs one line per event to stdout. Stops cleanly " +
             "on SIGINT/SIGTERM: finishes in-flight requests (30 s at most; a second signal cuts them), flushes, closes the store.")
         {
-            store, listen, socket, apiSocket, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa, readOnly, salvage, verbose,
+            store, listen, socket, apiSocket, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa, readOnly, salvage, config, verbose,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -114,6 +120,9 @@ internal static class ServeCommand
                 TlsClientCertificateAuthority = clientCa,
                 ReadOnly = parse.GetValue(readOnly) || parse.GetValue(salvage),
                 Salvage = parse.GetValue(salvage),
+                // Under systemd socket activation (packaging/systemd/platter-*.socket) the listening sockets come
+                // from the service manager, which keeps them open across restarts.
+                ActivatedSockets = context.ShutdownRequested is null ? TakeActivatedSockets() : [],
             };
             var problem = options.Validate();
             if (problem is not null) throw new CliException(problem);
@@ -145,6 +154,7 @@ internal static class ServeCommand
             signal.Cancel = true;
             if (Interlocked.Increment(ref signals) == 1)
             {
+                SystemdNotify.Send("STOPPING=1");
                 log.LogInformation("{Signal}: shutting down (send it again to cut connections at once)", signal.Signal);
                 stop.TrySetResult();
             }
@@ -174,11 +184,17 @@ internal static class ServeCommand
         {
             throw new CliException($"cannot listen: {e.Message} (is another server using the address?)");
         }
+        catch (InvalidOperationException e)
+        {
+            throw new CliException(PlatterCli.OneLine(e.Message));
+        }
         catch (IOException e) when (e.InnerException is System.Net.Sockets.SocketException s)
         {
             throw new CliException($"cannot listen: {s.Message} (is another server using the address?)");
         }
         log.LogInformation("Platter {Version} serving {Store}", PlatterHost.Version, options.StoreDirectory);
+        // Type=notify: the service counts as started now that the store is open and every listener accepts.
+        SystemdNotify.Send($"READY=1\nSTATUS=serving {options.StoreDirectory}\nMAINPID={Environment.ProcessId}");
         context.Serving?.Invoke(host);
 
         await (context.ShutdownRequested ?? stop.Task);
@@ -220,6 +236,18 @@ internal static class ServeCommand
             console.IncludeScopes = false;
         });
     });
+
+    private static IReadOnlyList<ActivatedSocket> TakeActivatedSockets()
+    {
+        try
+        {
+            return SystemdActivation.TakeListenSockets();
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new CliException("socket activation: " + e.Message);
+        }
+    }
 
     private static string? NoneOr(string? value, string defaultValue) =>
         value is null ? defaultValue : value.Equals("none", StringComparison.OrdinalIgnoreCase) ? null : Path.GetFullPath(value);

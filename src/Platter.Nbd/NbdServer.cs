@@ -12,7 +12,7 @@ namespace Platter.Nbd;
 /// concurrent transmission phase, serving the exports of an <see cref="INbdExportProvider"/>.
 /// </summary>
 /// <remarks>
-/// Typical host use: construct, <see cref="Listen"/> on one or more endpoints, <see cref="StartAsync"/>, and
+/// Typical host use: construct, <see cref="Listen(EndPoint)"/> on one or more endpoints, <see cref="StartAsync"/>, and
 /// <see cref="StopAsync"/> on shutdown. A misbehaving client only ever loses its own connection.
 /// </remarks>
 public sealed class NbdServer : IAsyncDisposable
@@ -94,7 +94,23 @@ public sealed class NbdServer : IAsyncDisposable
         }
     }
 
-    /// <summary>Starts accepting on every endpoint given to <see cref="Listen"/>. Returns once the loops run.</summary>
+    /// <summary>
+    /// Serves an already bound and listening socket (one passed in by a service manager). The server closes its
+    /// descriptor on stop but never deletes its socket file or shuts it down: the manager's copy keeps listening, and
+    /// clients that connect while the server restarts wait in the accept queue.
+    /// </summary>
+    public void Listen(Socket listeningSocket)
+    {
+        ArgumentNullException.ThrowIfNull(listeningSocket);
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_stopTask is not null, this);
+            _listeners.Add(listeningSocket);
+            if (_started) _acceptLoops.Add(AcceptLoopAsync(listeningSocket));
+        }
+    }
+
+    /// <summary>Starts accepting on every endpoint given to <see cref="Listen(EndPoint)"/>. Returns once the loops run.</summary>
     public Task StartAsync()
     {
         lock (_lock)
@@ -205,8 +221,11 @@ public sealed class NbdServer : IAsyncDisposable
             listeners = [.. _listeners];
             loops = [.. _acceptLoops];
         }
-        foreach (Socket listener in listeners) listener.Dispose();
+        // The accept loops end on the cancellation above; only then are the listeners closed. Closing a socket with
+        // an accept in progress makes .NET shut it down to wake the accept, and shutting down a listening socket that
+        // a service manager also holds would stop it listening for the next server too.
         await Task.WhenAll(loops).ConfigureAwait(false);
+        foreach (Socket listener in listeners) listener.Dispose();
         foreach (string path in _socketFiles)
         {
             try { File.Delete(path); } catch (IOException) { } catch (UnauthorizedAccessException) { }

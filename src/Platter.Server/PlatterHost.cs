@@ -5,6 +5,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Platter.Server.Api;
+using Platter.Server.Transfer;
 using Platter.Storage;
 
 namespace Platter.Server;
@@ -77,20 +78,39 @@ public sealed partial class PlatterHost : IAsyncDisposable
                 if (store.IsSalvage)
                     _log.LogWarning("salvage mode: {Volumes} intact volume(s) served read-only, {Problems} problem(s) found; copy the volumes out (qemu-img convert), nothing is written to the store",
                         usage.VolumeCount, store.Damage.Count);
+                // Send/receive state lives beside the store; a receive a crash interrupted is finished or undone
+                // before anything is served (docs/decisions/0007).
+                var identities = SnapshotIdentities.Open(directory, _store);
+                var receiver = new VolumeReceiver(_store, identities, directory, _loggerFactory.CreateLogger("Platter.Receive"));
+                // A salvage open changes nothing in the store: an interrupted receive is finished or undone once the
+                // store opens normally again.
+                if (!store.IsSalvage) receiver.Recover();
 
-                if (_options.NbdSocketPath is not null) PrepareSocket(_options.NbdSocketPath);
-                if (_options.ApiSocketPath is not null) PrepareSocket(_options.ApiSocketPath);
+                // A socket file the service manager listens on is its own: never delete or replace it.
+                if (_options.NbdSocketPath is not null && ActivatedAt(_options.NbdSocketPath) is null) PrepareSocket(_options.NbdSocketPath);
+                if (_options.ApiSocketPath is not null && ActivatedAt(_options.ApiSocketPath) is null) PrepareSocket(_options.ApiSocketPath);
 
                 await StartNbdAsync(new VolumeExportProvider(_store, _options.ReadOnly || store.IsSalvage), cancellationToken).ConfigureAwait(false);
 
+                var activatedApi = _options.ActivatedSockets.Where(IsApiSocket).ToList();
+                if (activatedApi.Any(a => a.TcpEndPoint is not null) && string.IsNullOrEmpty(_options.ApiToken))
+                    throw new InvalidOperationException("a management API socket on TCP was passed in: it needs a token (--api-token-file or PLATTER_API_TOKEN)");
+                // Kestrel takes its own descriptor of each passed socket and closes it on stop; ours stay open (and
+                // listening, with the service manager's) until the host is disposed.
+                var descriptors = activatedApi.Select(a => UnixFile.Duplicate((int)a.Socket.Handle)).ToList();
                 _api = ManagementApi.Build(_store, new ManagementApiOptions
                 {
-                    SocketPath = _options.ApiSocketPath,
+                    SocketPath = _options.ApiSocketPath is { } apiPath && ActivatedAt(apiPath) is null ? apiPath : null,
                     TcpEndPoint = _options.ApiTcpEndPoint,
+                    ListenDescriptors = descriptors,
                     Token = _options.ApiToken,
                 }, _loggerFactory, Health);
+                // Mapped after the fallback is fine: routing tries the fallback only when no endpoint matches.
+                TransferApi.Map(_api, _store, identities, receiver, _loggerFactory.CreateLogger("Platter.Api"));
                 await _api.StartAsync(cancellationToken).ConfigureAwait(false);
-                if (_options.ApiSocketPath is not null)
+                foreach (var a in activatedApi)
+                    _log.LogInformation("management API on {Address} (passed in by the service manager as '{Name}')", a.UnixPath is { } p ? "unix:" + p : a.TcpEndPoint, a.Name);
+                if (_options.ApiSocketPath is not null && ActivatedAt(_options.ApiSocketPath) is null)
                 {
                     // No authentication on the unix socket: only the owner may connect.
                     File.SetUnixFileMode(_options.ApiSocketPath, UnixFileMode.UserRead | UnixFileMode.UserWrite);
@@ -191,11 +211,22 @@ public sealed partial class PlatterHost : IAsyncDisposable
         if (errors is not null && !failed) throw new AggregateException("the server did not shut down cleanly", errors);
     }
 
+    /// <summary>The passed-in socket listening at unix path <paramref name="path"/>, or null.</summary>
+    private ActivatedSocket? ActivatedAt(string path)
+    {
+        var full = Path.GetFullPath(path);
+        return _options.ActivatedSockets.FirstOrDefault(a => a.UnixPath is { } p && Path.GetFullPath(p) == full);
+    }
+
+    private bool IsApiSocket(ActivatedSocket socket) =>
+        socket.Name == "api" || (_options.ApiSocketPath is not null && socket == ActivatedAt(_options.ApiSocketPath));
+
     private HealthDto Health() => new(
         "ok",
         Version,
         Path.GetFullPath(_options.StoreDirectory),
-        _options.NbdSocketPath is null ? null : Path.GetFullPath(_options.NbdSocketPath),
+        _options.NbdSocketPath is not null ? Path.GetFullPath(_options.NbdSocketPath)
+            : _options.ActivatedSockets.Where(a => !IsApiSocket(a)).Select(a => a.UnixPath).FirstOrDefault(p => p is not null),
         NbdTcpEndPoint?.ToString(),
         _options.TlsCertificate is not null,
         _options.TlsRequired,
@@ -237,6 +268,8 @@ public sealed partial class PlatterHost : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await StopAsync(CancellationToken.None).ConfigureAwait(false);
+        // Our descriptors of passed-in sockets; the service manager's stay open and listening.
+        foreach (var a in _options.ActivatedSockets) a.Socket.Dispose();
         _stateLock.Dispose();
     }
 }

@@ -50,6 +50,13 @@ public sealed class PlatterHostOptions
     /// </summary>
     public bool Salvage { get; init; }
 
+    /// <summary>
+    /// Listening sockets passed in by the service manager (systemd socket activation). A socket named "api", or a
+    /// unix socket at <see cref="ApiSocketPath"/>, serves the management API; every other one serves NBD. A passed
+    /// socket at a configured address replaces binding that address; the others are served in addition.
+    /// </summary>
+    public IReadOnlyList<ActivatedSocket> ActivatedSockets { get; init; } = [];
+
     /// <summary>How the store is opened (tests shrink its limits).</summary>
     public StoreOptions? StoreOptions { get; init; }
 

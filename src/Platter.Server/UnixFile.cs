@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 
 namespace Platter.Server;
 
-/// <summary>The one stat(2) fact .NET does not expose: whether a path is a socket.</summary>
+/// <summary>The two system calls .NET does not expose: whether a path is a socket (stat), and dup.</summary>
 internal static partial class UnixFile
 {
     private const uint S_IFMT = 0xF000;
@@ -23,6 +23,17 @@ internal static partial class UnixFile
         uint mode = MemoryMarshal.Read<uint>(stat[modeOffset..]);
         return (mode & S_IFMT) == S_IFSOCK;
     }
+
+    /// <summary>dup(2): a second descriptor for the same open socket, so two owners can each close their own.</summary>
+    public static int Duplicate(int fd)
+    {
+        int copy = Dup(fd);
+        if (copy < 0) throw new IOException($"dup({fd}) failed: errno {Marshal.GetLastPInvokeError()}");
+        return copy;
+    }
+
+    [LibraryImport("libc", EntryPoint = "dup", SetLastError = true)]
+    private static partial int Dup(int fd);
 
     [LibraryImport("libc", EntryPoint = "lstat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int Lstat(string path, ref byte buffer);

@@ -23,6 +23,9 @@ public sealed class ManagementApiOptions
     /// <summary>Optional TCP endpoint; every request on it must carry <c>Authorization: Bearer TOKEN</c>.</summary>
     public IPEndPoint? TcpEndPoint { get; init; }
 
+    /// <summary>Listening sockets passed by the service manager, given as descriptors Kestrel takes over (one it may close).</summary>
+    public IReadOnlyList<int> ListenDescriptors { get; init; } = [];
+
     /// <summary>The bearer token for the TCP listener. Required when <see cref="TcpEndPoint"/> is set.</summary>
     public string? Token { get; init; }
 }
@@ -38,7 +41,7 @@ internal static class ManagementApi
 
     public static WebApplication Build(IVolumeBackend store, ManagementApiOptions options, ILoggerFactory loggerFactory, Func<HealthDto> health)
     {
-        if (options.SocketPath is null && options.TcpEndPoint is null)
+        if (options.SocketPath is null && options.TcpEndPoint is null && options.ListenDescriptors.Count == 0)
             throw new ArgumentException("the management API needs a socket path or a TCP endpoint");
         if (options.TcpEndPoint is not null && string.IsNullOrEmpty(options.Token))
             throw new ArgumentException("the management API on TCP needs a token");
@@ -57,6 +60,7 @@ internal static class ManagementApi
             kestrel.AddServerHeader = false;
             kestrel.Limits.MaxRequestBodySize = RequestBodyBytesMax;
             if (options.SocketPath is not null) kestrel.ListenUnixSocket(options.SocketPath);
+            foreach (var fd in options.ListenDescriptors) kestrel.ListenHandle((ulong)fd);
             if (options.TcpEndPoint is not null) kestrel.Listen(options.TcpEndPoint);
         });
 

@@ -1,6 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
-using Platter.Storage;
+using Platter.Volumes;
 
 namespace Platter.Server.Api;
 
