@@ -7,9 +7,11 @@
 #   nbdkit          a reference NBD server
 #   qemu-system-x86, busybox-static, e2fsprogs: a Linux guest booted on a Platter volume (and attach's output opened by QEMU)
 #   libvirt-clients, libxml2-utils: virt-xml-validate checks attach's libvirt XML against the installed libvirt's schema
+#   prometheus      promtool, which checks /metrics as Prometheus parses it (the daemon is not started)
+#   chromium        the headless browser the dashboard test drives through Playwright
 set -euo pipefail
 
-packages=(liblmdb0 qemu-utils libnbd-bin python3-libnbd fio nbdkit qemu-system-x86 busybox-static e2fsprogs libvirt-clients libxml2-utils)
+packages=(liblmdb0 qemu-utils libnbd-bin python3-libnbd fio nbdkit qemu-system-x86 busybox-static e2fsprogs libvirt-clients libxml2-utils prometheus chromium)
 
 missing=()
 for package in "${packages[@]}"; do

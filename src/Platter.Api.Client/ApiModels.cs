@@ -111,6 +111,26 @@ public sealed record UsageDto(long DataFileBytes, long UsedBytes, long FreeBytes
 public sealed record HealthDto(string Status, string Version, string StoreDirectory, string? NbdSocket, string? NbdTcp, bool Tls, bool TlsRequired,
     bool NbdReadOnly = false);
 
+/// <summary>GET /v1/stats: live totals since the server started; rates come from two readings.</summary>
+/// <param name="MetricsEnabled">False under <c>platter serve --no-metrics</c>: then no export counts its requests.</param>
+/// <param name="TimeUtc">When these totals were read.</param>
+/// <param name="NbdConnectionsTotal">NBD connections served since start.</param>
+/// <param name="NbdHandshakesRefused">NBD clients turned away in the handshake (unknown export, TLS).</param>
+/// <param name="Connections">NBD connections open now.</param>
+/// <param name="Volumes">Totals per export that served a request since start.</param>
+public sealed record StatsDto(bool MetricsEnabled, DateTimeOffset TimeUtc, long NbdConnectionsTotal, long NbdHandshakesRefused,
+    IReadOnlyList<ConnectionDto> Connections, IReadOnlyList<VolumeStatsDto> Volumes);
+
+/// <summary>An open NBD connection.</summary>
+/// <param name="Peer">Client address, or <c>unix</c>.</param>
+/// <param name="Export">The export it uses; null while still in the handshake.</param>
+/// <param name="ConnectedUtc">When it connected.</param>
+public sealed record ConnectionDto(string Peer, string? Export, DateTimeOffset ConnectedUtc);
+
+/// <summary>I/O totals of one export (volume or <c>volume@snapshot</c>) since the server started.</summary>
+public sealed record VolumeStatsDto(string Name, long Reads, long Writes, long Flushes, long ReadBytes, long WrittenBytes,
+    double ReadSeconds, double WriteSeconds, long Errors, long ChecksumFailures);
+
 /// <summary>Every error answer: a stable machine code and a sentence for people.</summary>
 public sealed record ErrorDto(string Error, string Message);
 
@@ -130,6 +150,7 @@ public sealed record ErrorDto(string Error, string Message);
 [JsonSerializable(typeof(SpaceUsageListDto))]
 [JsonSerializable(typeof(HealthDto))]
 [JsonSerializable(typeof(ErrorDto))]
+[JsonSerializable(typeof(StatsDto))]
 public sealed partial class PlatterJsonContext : JsonSerializerContext;
 
 /// <summary>The stable error codes of the API.</summary>

@@ -31,7 +31,7 @@ internal static class CheckCommand
                 throw new CliException($"no Platter store at {directory}");
             CheckReport report;
             // Recovery's warnings (a journal record dropped, and what it held) belong in the check's output.
-            using var loggerFactory = context.CreateLoggerFactory?.Invoke(LogLevel.Warning) ?? ServeCommand.CreateConsoleLogging(LogLevel.Warning);
+            using var loggerFactory = context.CreateLoggerFactory?.Invoke(LogLevel.Warning) ?? ServeLogging.Create(LogLevel.Warning, LogFormat.Text, journal: false);
             try
             {
                 using var opened = VolumeStore.Open(directory, new StoreOptions { CreateIfMissing = false, LoggerFactory = loggerFactory });

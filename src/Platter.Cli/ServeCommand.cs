@@ -75,6 +75,23 @@ internal static class ServeCommand
             HelpName = "FILE",
         };
         var verbose = new Option<bool>("--verbose", "-v") { Description = "Log debug detail as well: NBD connections and refused requests, and each management API request." };
+        var logFormat = new Option<string>("--log-format")
+        {
+            Description = "Log as 'text' (one line per event: time, level, category such as nbd/api/store, message; under systemd with journald " +
+                          "priorities instead of times) or 'json' (one JSON object per line).",
+            HelpName = "text|json",
+            DefaultValueFactory = _ => "text",
+        };
+        logFormat.AcceptOnlyFromAmong("text", "json");
+        var noMetrics = new Option<bool>("--no-metrics")
+        {
+            Description = "Do not count per-volume I/O and do not serve /metrics (metrics are on by default; this exists to measure their cost).",
+        };
+        var metricsListen = new Option<string?>("--metrics-listen")
+        {
+            Description = "Also serve Prometheus metrics at http://ADDR:PORT/metrics, without a token and nothing else on that listener.",
+            HelpName = "ADDR:PORT",
+        };
 
         var command = new Command("serve",
             "Run the Platter server: opens (or creates) the store, serves every volume as an NBD export of the same name " +
@@ -82,6 +99,7 @@ internal static class ServeCommand
             "on SIGINT/SIGTERM: finishes in-flight requests (30 s at most; a second signal cuts them), flushes, closes the store.")
         {
             store, listen, socket, apiSocket, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa, readOnly, salvage, config, verbose,
+            logFormat, noMetrics, metricsListen,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -123,12 +141,16 @@ internal static class ServeCommand
                 // Under systemd socket activation (packaging/systemd/platter-*.socket) the listening sockets come
                 // from the service manager, which keeps them open across restarts.
                 ActivatedSockets = context.ShutdownRequested is null ? TakeActivatedSockets() : [],
+                Metrics = !parse.GetValue(noMetrics),
+                MetricsTcpEndPoint = parse.GetValue(metricsListen) is { } m ? ParseEndPoint(m, "--metrics-listen", allowNone: true) : null,
             };
             var problem = options.Validate();
             if (problem is not null) throw new CliException(problem);
 
             var level = parse.GetValue(verbose) ? LogLevel.Debug : LogLevel.Information;
-            using var loggerFactory = context.CreateLoggerFactory?.Invoke(level) ?? CreateConsoleLogging(level);
+            var format = parse.GetValue(logFormat) == "json" ? LogFormat.Json : LogFormat.Text;
+            bool journal = !string.IsNullOrEmpty(context.GetEnvironment(ServeLogging.JournalStreamVariable));
+            using var loggerFactory = context.CreateLoggerFactory?.Invoke(level) ?? ServeLogging.Create(level, format, journal);
             return await RunAsync(options, loggerFactory, context);
         });
         return command;
@@ -217,25 +239,6 @@ internal static class ServeCommand
         log.LogInformation("stopped");
         return PlatterCli.ExitOk;
     }
-
-    internal static ILoggerFactory CreateConsoleLogging(LogLevel level) => LoggerFactory.Create(logging =>
-    {
-        logging.SetMinimumLevel(level);
-        // ASP.NET Core's own request logging is noise for an operator; its warnings and errors still show.
-        logging.AddFilter("Microsoft", level <= LogLevel.Debug ? LogLevel.Information : LogLevel.Warning);
-        // The console logger queues lines for a background writer; by default, once its queue is full, every
-        // logging call waits. A log consumer that reads slowly or not at all (a pipe nobody drains, a stuck
-        // terminal) would then stall NBD and API requests, which log. A server must keep serving: drop lines
-        // instead (the logger reports how many it dropped once it catches up).
-        logging.AddConsole(console => console.QueueFullMode = ConsoleLoggerQueueFullMode.DropWrite);
-        logging.AddSimpleConsole(console =>
-        {
-            console.SingleLine = true;
-            console.UseUtcTimestamp = true;
-            console.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ ";
-            console.IncludeScopes = false;
-        });
-    });
 
     private static IReadOnlyList<ActivatedSocket> TakeActivatedSockets()
     {

@@ -48,6 +48,23 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>Connections currently being served (handshake or transmission).</summary>
     public int ActiveConnections => Volatile.Read(ref _active);
 
+    /// <summary>Connections served since the server started (accepted and under the connection limit).</summary>
+    public long ConnectionsAccepted => Interlocked.Read(ref _context.ConnectionsAccepted);
+
+    /// <summary>Connections closed right after accept because <see cref="NbdServerOptions.MaxConnections"/> were being served.</summary>
+    public long ConnectionsRefused => Interlocked.Read(ref _context.ConnectionsRefused);
+
+    /// <summary>
+    /// Connections the server turned away during the handshake: an unknown export, an option refused because TLS
+    /// is required, a failed TLS handshake (e.g. no acceptable client certificate), or a protocol violation.
+    /// A client that only lists exports and leaves is not counted.
+    /// </summary>
+    public long HandshakesRefused => Interlocked.Read(ref _context.HandshakesRefused);
+
+    /// <summary>A snapshot of the connections being served now: peer, export (null during the handshake), since when.</summary>
+    public IReadOnlyList<NbdConnectionInfo> Connections =>
+        [.. _connections.Keys.Select(c => new NbdConnectionInfo(c.Peer, c.ExportName, c.ConnectedUtc))];
+
     /// <summary>Bound addresses (useful after listening on port 0).</summary>
     public IReadOnlyList<EndPoint> LocalEndPoints
     {
@@ -176,6 +193,7 @@ public sealed class NbdServer : IAsyncDisposable
 
             if (ActiveConnections >= _context.Options.MaxConnections)
             {
+                Interlocked.Increment(ref _context.ConnectionsRefused);
                 _log.LogWarning("NBD: connection limit {Max} reached, refusing {Peer}", _context.Options.MaxConnections, client.RemoteEndPoint);
                 client.Dispose();
                 continue;
@@ -250,3 +268,9 @@ public sealed class NbdServer : IAsyncDisposable
         await StopAsync(cts.Token).ConfigureAwait(false);
     }
 }
+
+/// <summary>One connection being served.</summary>
+/// <param name="Peer">The client's address (<c>unix</c> for a unix socket).</param>
+/// <param name="Export">The export it uses, or null while it is still in the handshake.</param>
+/// <param name="ConnectedUtc">When it connected.</param>
+public sealed record NbdConnectionInfo(string Peer, string? Export, DateTimeOffset ConnectedUtc);

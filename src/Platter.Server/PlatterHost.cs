@@ -6,6 +6,7 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Platter.Server.Api;
 using Platter.Server.Transfer;
+using Platter.Server.Metrics;
 using Platter.Storage;
 
 namespace Platter.Server;
@@ -24,6 +25,7 @@ public sealed partial class PlatterHost : IAsyncDisposable
     private readonly List<string> _ownedSockets = [];
     private IVolumeBackend? _store;
     private WebApplication? _api;
+    private WebApplication? _metricsApi;
     private bool _started;
     private bool _stopped;
 
@@ -46,6 +48,18 @@ public sealed partial class PlatterHost : IAsyncDisposable
 
     /// <summary>The bound NBD TCP address (the real port when the options asked for port 0), or null.</summary>
     public IPEndPoint? NbdTcpEndPoint { get; private set; }
+
+    /// <summary>The bound address of the management API on TCP (the real port when the options asked for port 0), or null.</summary>
+    public IPEndPoint? ApiTcpEndPoint { get; private set; }
+
+    /// <summary>The bound address of the metrics-only listener (the real port when the options asked for port 0), or null.</summary>
+    public IPEndPoint? MetricsTcpEndPoint { get; private set; }
+
+    /// <summary>The metrics, or null when they are off.</summary>
+    internal PlatterMetrics? Metrics { get; private set; }
+
+    /// <summary>The NBD server, or null when NBD is off (for connection counts).</summary>
+    internal Platter.Nbd.NbdServer? Nbd => _nbd;
 
     /// <summary>The options the host runs with.</summary>
     public PlatterHostOptions Options => _options;
@@ -90,7 +104,9 @@ public sealed partial class PlatterHost : IAsyncDisposable
                 if (_options.NbdSocketPath is not null && ActivatedAt(_options.NbdSocketPath) is null) PrepareSocket(_options.NbdSocketPath);
                 if (_options.ApiSocketPath is not null && ActivatedAt(_options.ApiSocketPath) is null) PrepareSocket(_options.ApiSocketPath);
 
-                await StartNbdAsync(new VolumeExportProvider(_store, _options.ReadOnly || store.IsSalvage), cancellationToken).ConfigureAwait(false);
+                if (_options.Metrics) Metrics = new PlatterMetrics { Store = _store, Engine = _store as VolumeStore };
+                await StartNbdAsync(new VolumeExportProvider(_store, _options.ReadOnly || store.IsSalvage) { Metrics = Metrics }, cancellationToken).ConfigureAwait(false);
+                if (Metrics is not null) Metrics.Nbd = _nbd;
 
                 var activatedApi = _options.ActivatedSockets.Where(IsApiSocket).ToList();
                 if (activatedApi.Any(a => a.TcpEndPoint is not null) && string.IsNullOrEmpty(_options.ApiToken))
@@ -104,12 +120,19 @@ public sealed partial class PlatterHost : IAsyncDisposable
                     TcpEndPoint = _options.ApiTcpEndPoint,
                     ListenDescriptors = descriptors,
                     Token = _options.ApiToken,
-                }, _loggerFactory, Health);
+                }, _loggerFactory, Health, new ApiServices(Metrics, () => _nbd));
                 // Mapped after the fallback is fine: routing tries the fallback only when no endpoint matches.
                 TransferApi.Map(_api, _store, identities, receiver, _loggerFactory.CreateLogger("Platter.Api"));
                 await _api.StartAsync(cancellationToken).ConfigureAwait(false);
                 foreach (var a in activatedApi)
                     _log.LogInformation("management API on {Address} (passed in by the service manager as '{Name}')", a.UnixPath is { } p ? "unix:" + p : a.TcpEndPoint, a.Name);
+                if (_options.MetricsTcpEndPoint is not null && Metrics is not null)
+                {
+                    _metricsApi = ManagementApi.BuildMetricsOnly(_options.MetricsTcpEndPoint, Metrics, _loggerFactory);
+                    await _metricsApi.StartAsync(cancellationToken).ConfigureAwait(false);
+                    MetricsTcpEndPoint = ManagementApi.BoundEndPoint(_metricsApi) ?? _options.MetricsTcpEndPoint;
+                    _log.LogInformation("metrics on http://{EndPoint}/metrics", MetricsTcpEndPoint);
+                }
                 if (_options.ApiSocketPath is not null && ActivatedAt(_options.ApiSocketPath) is null)
                 {
                     // No authentication on the unix socket: only the owner may connect.
@@ -117,7 +140,10 @@ public sealed partial class PlatterHost : IAsyncDisposable
                     _log.LogInformation("management API on unix:{Path}", _options.ApiSocketPath);
                 }
                 if (_options.ApiTcpEndPoint is not null)
-                    _log.LogInformation("management API on http://{EndPoint} (bearer token required)", _options.ApiTcpEndPoint);
+                {
+                    ApiTcpEndPoint = ManagementApi.BoundEndPoint(_api) ?? _options.ApiTcpEndPoint;
+                    _log.LogInformation("management API and dashboard on http://{EndPoint}/ (reading needs no token; changes need the bearer token)", ApiTcpEndPoint);
+                }
             }
             catch
             {
@@ -153,6 +179,19 @@ public sealed partial class PlatterHost : IAsyncDisposable
     {
         _stopped = true;
         List<Exception>? errors = null;
+        if (_metricsApi is not null)
+        {
+            try
+            {
+                await _metricsApi.StopAsync(cancellationToken).ConfigureAwait(false);
+                await _metricsApi.DisposeAsync().ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                (errors ??= []).Add(e);
+            }
+            _metricsApi = null;
+        }
         if (_api is not null)
         {
             try
@@ -173,6 +212,12 @@ public sealed partial class PlatterHost : IAsyncDisposable
         catch (Exception e)
         {
             (errors ??= []).Add(e);
+        }
+        if (Metrics is not null)
+        {
+            Metrics.Store = null;
+            Metrics.Engine = null;
+            Metrics.Nbd = null;
         }
         if (_store is not null)
         {

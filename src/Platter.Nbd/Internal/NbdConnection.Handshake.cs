@@ -78,6 +78,7 @@ internal sealed partial class NbdConnection
         if (_server.Options.TlsRequired && !_tls && option != Protocol.OptStartTls && option != Protocol.OptAbort)
         {
             if (option == Protocol.OptExportName) throw new NbdProtocolException("EXPORT_NAME before required TLS");
+            _refusal = "TLS is required";
             await SendOptionErrorAsync(option, Protocol.RepErrTlsReqd, "TLS is required", ct).ConfigureAwait(false);
             return null;
         }
@@ -298,6 +299,7 @@ internal sealed partial class NbdConnection
         INbdExport? export = OpenExport(requested, out string? canonical);
         if (export is null)
         {
+            _refusal = $"unknown export '{requested}'";
             await SendOptionErrorAsync(option, Protocol.RepErrUnknown, "unknown export", ct).ConfigureAwait(false);
             return false;
         }

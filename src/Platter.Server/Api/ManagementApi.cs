@@ -6,11 +6,17 @@ using System.Text.Json.Serialization.Metadata;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Metadata;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.Extensions.Logging;
+using Platter.Nbd;
+using Platter.Server.Metrics;
 using Platter.Storage;
+using Prometheus;
 
 namespace Platter.Server.Api;
 
@@ -30,6 +36,12 @@ public sealed class ManagementApiOptions
     public string? Token { get; init; }
 }
 
+/// <summary>What the API shows besides the store: metrics (null when off) and the NBD server (null when off).</summary>
+internal sealed record ApiServices(PlatterMetrics? Metrics, Func<NbdServer?> Nbd)
+{
+    public static readonly ApiServices None = new(null, () => null);
+}
+
 /// <summary>
 /// The HTTP+JSON management API on Kestrel. Handlers call the store directly; the store is thread-safe and its
 /// catalog operations are short, so they run on the request thread.
@@ -39,8 +51,13 @@ internal static class ManagementApi
     // A create/resize/rename request is a few dozen bytes; anything much larger is not a client of this API.
     private const long RequestBodyBytesMax = 64 * 1024;
 
-    public static WebApplication Build(IVolumeBackend store, ManagementApiOptions options, ILoggerFactory loggerFactory, Func<HealthDto> health)
+    /// <summary>Where the OpenAPI description of this API is served (a stable path: tools and the README point at it).</summary>
+    public const string OpenApiPath = "/openapi/v1.json";
+
+    public static WebApplication Build(IVolumeBackend store, ManagementApiOptions options, ILoggerFactory loggerFactory, Func<HealthDto> health,
+        ApiServices? services = null)
     {
+        services ??= ApiServices.None;
         if (options.SocketPath is null && options.TcpEndPoint is null && options.ListenDescriptors.Count == 0)
             throw new ArgumentException("the management API needs a socket path or a TCP endpoint");
         if (options.TcpEndPoint is not null && string.IsNullOrEmpty(options.Token))
@@ -55,6 +72,16 @@ internal static class ManagementApi
         builder.Services.Replace(ServiceDescriptor.Singleton(loggerFactory));
         // PlatterHost owns signals and shutdown order; the default console lifetime would stop the API on its own.
         builder.Services.Replace(ServiceDescriptor.Singleton<IHostLifetime, PassiveLifetime>());
+        // The source-generated serializers also describe the types to the OpenAPI generator.
+        builder.Services.ConfigureHttpJsonOptions(json => json.SerializerOptions.TypeInfoResolverChain.Insert(0, PlatterJsonContext.Default));
+        builder.Services.AddOpenApi("v1", openApi => openApi.AddDocumentTransformer((document, _, _) =>
+        {
+            document.Info.Title = "Platter management API";
+            document.Info.Version = PlatterHost.Version;
+            document.Info.Description = "Volumes, snapshots, space and health of a Platter server. Errors are {\"error\": CODE, \"message\": TEXT}. " +
+                "On the unix socket no token is needed; on TCP, requests that change anything need 'Authorization: Bearer TOKEN', reads do not.";
+            return Task.CompletedTask;
+        }).AddOperationTransformer(EndpointDescriptions.AddParameters));
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.AddServerHeader = false;
@@ -70,8 +97,10 @@ internal static class ManagementApi
 
         app.Use(async (http, next) =>
         {
-            // Requests from the unix socket have no IP address; file permissions guard that socket.
-            if (http.Connection.LocalIpAddress is not null && !HasToken(http, tokenBytes))
+            // Requests from the unix socket have no IP address; file permissions guard that socket. On TCP, reading
+            // (GET, HEAD: the dashboard, /metrics, lists) needs no token, so a read-only dashboard or a Prometheus
+            // works without one; everything that changes state does.
+            if (http.Connection.LocalIpAddress is not null && !IsRead(http.Request.Method) && !HasToken(http, tokenBytes))
             {
                 await WriteError(http, 401, ApiErrorCodes.Unauthorized, "missing or wrong bearer token");
                 return;
@@ -103,19 +132,24 @@ internal static class ManagementApi
 
         var json = PlatterJsonContext.Default;
 
-        app.MapGet("/v1/health", (HttpContext http) => Write(http, 200, health(), json.HealthDto));
+        app.MapGet("/v1/health", Handler((HttpContext http) => Write(http, 200, health(), json.HealthDto)))
+            .Describe<HealthDto, IEndpointConventionBuilder>("Server version, store and NBD endpoints (what `platter attach` uses)");
 
-        app.MapGet("/v1/usage", (HttpContext http) => Write(http, 200, UsageDto.From(store.GetUsage()), json.UsageDto));
+        app.MapGet("/v1/usage", Handler((HttpContext http) => Write(http, 200, UsageDto.From(store.GetUsage()), json.UsageDto)))
+            .Describe<UsageDto, IEndpointConventionBuilder>("Store space: data file size, used, free, provisioned");
 
-        app.MapGet("/v1/volumes", (HttpContext http) =>
+        app.MapGet("/v1/stats", Handler((HttpContext http) => Write(http, 200, Stats(services), json.StatsDto)))
+            .Describe<StatsDto, IEndpointConventionBuilder>("Live I/O totals per export and the NBD connections (the dashboard computes rates from two readings)");
+
+        app.MapGet("/v1/volumes", Handler((HttpContext http) =>
         {
             var volumes = store.ListVolumes();
             var list = new VolumeDto[volumes.Count];
             for (int i = 0; i < list.Length; i++) list[i] = VolumeDto.From(volumes[i]);
             return Write(http, 200, new VolumeListDto(list), json.VolumeListDto);
-        });
+        })).Describe<VolumeListDto, IEndpointConventionBuilder>("List volumes");
 
-        app.MapPost("/v1/volumes", async (HttpContext http) =>
+        app.MapPost("/v1/volumes", Handler(async (HttpContext http) =>
         {
             var request = await ReadBody(http, json.CreateVolumeRequest);
             var name = request.Name ?? throw new BadRequestException("missing 'name'");
@@ -125,12 +159,13 @@ internal static class ManagementApi
             log.LogInformation("created volume '{Name}' ({Size})", info.Name, SizeText.Format(info.SizeBytes));
             http.Response.Headers.Location = "/v1/volumes/" + Uri.EscapeDataString(info.Name);
             await Write(http, 201, VolumeDto.From(info), json.VolumeDto);
-        });
+        })).Describe<VolumeDto, IEndpointConventionBuilder>("Create a volume", 201, typeof(CreateVolumeRequest));
 
-        app.MapGet("/v1/volumes/{name}", (HttpContext http) =>
-            Write(http, 200, VolumeDto.From(store.GetVolumeInfo(RouteName(http))), json.VolumeDto));
+        app.MapGet("/v1/volumes/{name}", Handler((HttpContext http) =>
+            Write(http, 200, VolumeDto.From(store.GetVolumeInfo(RouteName(http))), json.VolumeDto)))
+            .Describe<VolumeDto, IEndpointConventionBuilder>("One volume");
 
-        app.MapPost("/v1/volumes/{name}/resize", async (HttpContext http) =>
+        app.MapPost("/v1/volumes/{name}/resize", Handler(async (HttpContext http) =>
         {
             var name = RouteName(http);
             var request = await ReadBody(http, json.ResizeVolumeRequest);
@@ -139,9 +174,9 @@ internal static class ManagementApi
             store.ResizeVolume(name, size);
             log.LogInformation("resized volume '{Name}' from {Before} to {After}", name, SizeText.Format(before), SizeText.Format(size));
             await Write(http, 200, VolumeDto.From(store.GetVolumeInfo(name)), json.VolumeDto);
-        });
+        })).Describe<VolumeDto, IEndpointConventionBuilder>("Resize a volume", 200, typeof(ResizeVolumeRequest));
 
-        app.MapPost("/v1/volumes/{name}/rename", async (HttpContext http) =>
+        app.MapPost("/v1/volumes/{name}/rename", Handler(async (HttpContext http) =>
         {
             var name = RouteName(http);
             var request = await ReadBody(http, json.RenameVolumeRequest);
@@ -149,26 +184,31 @@ internal static class ManagementApi
             VolumeNames.ThrowIfInvalid(newName);
             store.RenameVolume(name, newName);
             log.LogInformation("renamed volume '{Name}' to '{NewName}'", name, newName);
+            services.Metrics?.Forget(name);
             await Write(http, 200, VolumeDto.From(store.GetVolumeInfo(newName)), json.VolumeDto);
-        });
+        })).Describe<VolumeDto, IEndpointConventionBuilder>("Rename a volume", 200, typeof(RenameVolumeRequest));
 
-        app.MapDelete("/v1/volumes/{name}", (HttpContext http) =>
+        app.MapDelete("/v1/volumes/{name}", Handler((HttpContext http) =>
         {
             var name = RouteName(http);
             bool recursive = QueryFlag(http, "recursive");
             store.DeleteVolume(name, recursive);
             log.LogInformation("deleted volume '{Name}'{Recursive}", name, recursive ? " and its snapshots" : "");
+            services.Metrics?.Forget(name);
             http.Response.StatusCode = 204;
             return Task.CompletedTask;
-        });
+        })).DescribeNoContent("Delete a volume (?recursive=true also deletes its snapshots)")
+            .Query("recursive", "true: also delete the volume's snapshots (refused while any has clones)");
 
-        app.MapGet("/v1/snapshots", (HttpContext http) =>
-            Write(http, 200, SnapshotList(store.ListSnapshots()), json.SnapshotListDto));
+        app.MapGet("/v1/snapshots", Handler((HttpContext http) =>
+            Write(http, 200, SnapshotList(store.ListSnapshots()), json.SnapshotListDto)))
+            .Describe<SnapshotListDto, IEndpointConventionBuilder>("List every snapshot");
 
-        app.MapGet("/v1/volumes/{name}/snapshots", (HttpContext http) =>
-            Write(http, 200, SnapshotList(store.ListSnapshots(RouteName(http))), json.SnapshotListDto));
+        app.MapGet("/v1/volumes/{name}/snapshots", Handler((HttpContext http) =>
+            Write(http, 200, SnapshotList(store.ListSnapshots(RouteName(http))), json.SnapshotListDto)))
+            .Describe<SnapshotListDto, IEndpointConventionBuilder>("List a volume's snapshots");
 
-        app.MapPost("/v1/volumes/{name}/snapshots", async (HttpContext http) =>
+        app.MapPost("/v1/volumes/{name}/snapshots", Handler(async (HttpContext http) =>
         {
             var volume = RouteName(http);
             var request = await ReadBody(http, json.CreateSnapshotRequest);
@@ -178,22 +218,24 @@ internal static class ManagementApi
             log.LogInformation("created snapshot '{Snapshot}'", info.FullName);
             http.Response.Headers.Location = SnapshotLocation(info.Volume, info.Name);
             await Write(http, 201, SnapshotDto.From(info), json.SnapshotDto);
-        });
+        })).Describe<SnapshotDto, IEndpointConventionBuilder>("Take a snapshot", 201, typeof(CreateSnapshotRequest));
 
-        app.MapGet("/v1/volumes/{name}/snapshots/{snapshot}", (HttpContext http) =>
-            Write(http, 200, SnapshotDto.From(store.GetSnapshotInfo(RouteName(http), RouteSnapshot(http))), json.SnapshotDto));
+        app.MapGet("/v1/volumes/{name}/snapshots/{snapshot}", Handler((HttpContext http) =>
+            Write(http, 200, SnapshotDto.From(store.GetSnapshotInfo(RouteName(http), RouteSnapshot(http))), json.SnapshotDto)))
+            .Describe<SnapshotDto, IEndpointConventionBuilder>("One snapshot");
 
-        app.MapDelete("/v1/volumes/{name}/snapshots/{snapshot}", (HttpContext http) =>
+        app.MapDelete("/v1/volumes/{name}/snapshots/{snapshot}", Handler((HttpContext http) =>
         {
             var volume = RouteName(http);
             var snapshot = RouteSnapshot(http);
             store.DeleteSnapshot(volume, snapshot);
             log.LogInformation("deleted snapshot '{Volume}@{Snapshot}'", volume, snapshot);
+            services.Metrics?.Forget(volume + "@" + snapshot);
             http.Response.StatusCode = 204;
             return Task.CompletedTask;
-        });
+        })).DescribeNoContent("Delete a snapshot");
 
-        app.MapPost("/v1/volumes/{name}/snapshots/{snapshot}/clone", async (HttpContext http) =>
+        app.MapPost("/v1/volumes/{name}/snapshots/{snapshot}/clone", Handler(async (HttpContext http) =>
         {
             var volume = RouteName(http);
             var snapshot = RouteSnapshot(http);
@@ -204,10 +246,10 @@ internal static class ManagementApi
             log.LogInformation("cloned '{Volume}@{Snapshot}' to volume '{Clone}'", volume, snapshot, info.Name);
             http.Response.Headers.Location = "/v1/volumes/" + Uri.EscapeDataString(info.Name);
             await Write(http, 201, VolumeDto.From(info), json.VolumeDto);
-        });
+        })).Describe<VolumeDto, IEndpointConventionBuilder>("Clone a snapshot into a new volume", 201, typeof(CloneSnapshotRequest));
 
         // No body: everything is in the path and ?recursive=true (deletes the snapshots newer than this one).
-        app.MapPost("/v1/volumes/{name}/snapshots/{snapshot}/rollback", (HttpContext http) =>
+        app.MapPost("/v1/volumes/{name}/snapshots/{snapshot}/rollback", Handler((HttpContext http) =>
         {
             var volume = RouteName(http);
             var snapshot = RouteSnapshot(http);
@@ -216,9 +258,10 @@ internal static class ManagementApi
             log.LogInformation("rolled volume '{Volume}' back to '{Snapshot}'{Recursive}", volume, snapshot,
                 recursive ? ", deleting newer snapshots" : "");
             return Write(http, 200, VolumeDto.From(store.GetVolumeInfo(volume)), json.VolumeDto);
-        });
+        })).Describe<VolumeDto, IEndpointConventionBuilder>("Roll a volume back to a snapshot (?recursive=true deletes newer snapshots)")
+            .Query("recursive", "true: delete the snapshots newer than this one (refused without it when there are any)");
 
-        app.MapGet("/v1/volumes/{name}/diff", (HttpContext http) =>
+        app.MapGet("/v1/volumes/{name}/diff", Handler((HttpContext http) =>
         {
             var volume = RouteName(http);
             var from = QueryString(http, "from") ?? throw new BadRequestException("missing query parameter 'from' (the older snapshot)");
@@ -232,21 +275,98 @@ internal static class ManagementApi
                 changed += extents[i].Length;
             }
             return Write(http, 200, new DiffDto(volume, from, to, changed, list), json.DiffDto);
-        });
+        })).Describe<DiffDto, IEndpointConventionBuilder>("Byte ranges changed between snapshot ?from= and ?to= (or the live volume)")
+            .Query("from", "The older snapshot (required)")
+            .Query("to", "The newer snapshot; omitted: the volume's current content");
 
-        app.MapGet("/v1/space", (HttpContext http) =>
+        app.MapGet("/v1/space", Handler((HttpContext http) =>
         {
             var usage = store.GetSpaceUsage();
             var list = new SpaceUsageDto[usage.Count];
             for (int i = 0; i < list.Length; i++) list[i] = SpaceUsageDto.From(usage[i]);
             return Write(http, 200, new SpaceUsageListDto(list), json.SpaceUsageListDto);
-        });
+        })).Describe<SpaceUsageListDto, IEndpointConventionBuilder>("Space per volume and snapshot: allocated, unique, shared");
+
+        if (services.Metrics is not null)
+        {
+            app.MapMetrics("/metrics", services.Metrics.Registry)
+                .WithSummary("Prometheus metrics (text exposition format)")
+                .WithMetadata(new ProducesResponseTypeMetadata(200, typeof(string), ["text/plain"]));
+        }
+
+        app.MapOpenApi(OpenApiPath);
+        Dashboard.Map(app);
 
         app.MapFallback((HttpContext http) =>
             WriteError(http, 404, ApiErrorCodes.NoSuchEndpoint, $"no endpoint {http.Request.Method} {http.Request.Path}"));
 
         return app;
     }
+
+    // Route handlers are registered as typed delegates, not as RequestDelegates: only those reach the OpenAPI generator
+    // (ASP.NET Core's API explorer skips RequestDelegate endpoints), which then lists them with EndpointDescriptions.
+    private static Delegate Handler(Func<HttpContext, Task> handler) => handler;
+
+    /// <summary>A second, metrics-only listener (<c>--metrics-listen</c>): <c>/metrics</c> and nothing else, no token.</summary>
+    public static WebApplication BuildMetricsOnly(IPEndPoint endPoint, PlatterMetrics metrics, ILoggerFactory loggerFactory)
+    {
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
+        {
+            Args = [],
+            ApplicationName = "Platter.Server",
+            ContentRootPath = AppContext.BaseDirectory,
+        });
+        builder.Services.Replace(ServiceDescriptor.Singleton(loggerFactory));
+        builder.Services.Replace(ServiceDescriptor.Singleton<IHostLifetime, PassiveLifetime>());
+        builder.WebHost.ConfigureKestrel(kestrel =>
+        {
+            kestrel.AddServerHeader = false;
+            kestrel.Limits.MaxRequestBodySize = 0;
+            kestrel.Listen(endPoint);
+        });
+        var app = builder.Build();
+        app.MapMetrics("/metrics", metrics.Registry);
+        app.MapFallback((HttpContext http) =>
+            WriteError(http, 404, ApiErrorCodes.NoSuchEndpoint, $"this listener serves only GET /metrics, not {http.Request.Method} {http.Request.Path}"));
+        return app;
+    }
+
+    /// <summary>The TCP address a started application listens on (the real port after port 0).</summary>
+    public static IPEndPoint? BoundEndPoint(WebApplication app)
+    {
+        var addresses = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()?.Addresses;
+        foreach (var address in addresses ?? [])
+        {
+            if (Uri.TryCreate(address, UriKind.Absolute, out var uri) && IPAddress.TryParse(uri.Host.Trim('[', ']'), out var ip))
+                return new IPEndPoint(ip, uri.Port);
+        }
+        return null;
+    }
+
+    private static StatsDto Stats(ApiServices services)
+    {
+        var volumes = new List<VolumeStatsDto>();
+        if (services.Metrics is { } metrics)
+        {
+            foreach (var v in metrics.Volumes)
+            {
+                var t = v.Totals();
+                volumes.Add(new VolumeStatsDto(v.Name, t.Reads, t.Writes, t.Flushes, t.ReadBytes, t.WrittenBytes, t.ReadSeconds, t.WriteSeconds,
+                    t.Errors, t.ChecksumFailures));
+            }
+            volumes.Sort((a, b) => string.CompareOrdinal(a.Name, b.Name));
+        }
+        var nbd = services.Nbd();
+        var connections = new List<ConnectionDto>();
+        if (nbd is not null)
+        {
+            foreach (var c in nbd.Connections) connections.Add(new ConnectionDto(c.Peer, c.Export, c.ConnectedUtc));
+        }
+        return new StatsDto(services.Metrics is not null, DateTimeOffset.UtcNow, nbd?.ConnectionsAccepted ?? 0, nbd?.HandshakesRefused ?? 0,
+            connections, volumes);
+    }
+
+    private static bool IsRead(string method) => HttpMethods.IsGet(method) || HttpMethods.IsHead(method);
 
     private static string RouteName(HttpContext http) =>
         http.Request.RouteValues["name"] as string ?? throw new BadRequestException("missing volume name");
