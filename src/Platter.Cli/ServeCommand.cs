@@ -82,6 +82,11 @@ internal static class ServeCommand
             Description = "Serve every NBD export read-only, like qemu-nbd -r: clients see NBD_FLAG_READ_ONLY and writes, trims and " +
                           "write-zeroes get EPERM. The management API still creates, resizes, renames and deletes volumes.",
         };
+        var salvage = new Option<bool>("--salvage")
+        {
+            Description = "Open a store whose metadata is damaged (one that `platter serve` refuses) to copy its intact volumes out: " +
+                          "those whose metadata verifies are served read-only, the damage is logged, nothing is written to the store.",
+        };
         var config = new Option<string?>(ServeConfig.OptionName)
         {
             Description = "Read settings from FILE: one 'name = value' per line, the names being these flags without '--' " +
@@ -112,7 +117,7 @@ internal static class ServeCommand
             "on TCP and a unix socket, and the management API on a unix socket. Logs one line per event to stdout. Stops cleanly " +
             "on SIGINT/SIGTERM: finishes in-flight requests (30 s at most; a second signal cuts them), flushes, closes the store.")
         {
-            store, cephConf, cephId, cephOpTimeout, listen, socket, apiSocket, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa, readOnly, config, verbose,
+            store, cephConf, cephId, cephOpTimeout, listen, socket, apiSocket, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa, readOnly, salvage, config, verbose,
             logFormat, noMetrics, metricsListen,
         };
         command.SetAction(async (parse, ct) =>
@@ -176,7 +181,8 @@ internal static class ServeCommand
                 TlsCertificate = certificate,
                 TlsRequired = parse.GetValue(tlsRequired),
                 TlsClientCertificateAuthority = clientCa,
-                ReadOnly = parse.GetValue(readOnly),
+                ReadOnly = parse.GetValue(readOnly) || parse.GetValue(salvage),
+                Salvage = parse.GetValue(salvage),
                 // Under systemd socket activation (packaging/systemd/platter-*.socket) the listening sockets come
                 // from the service manager, which keeps them open across restarts.
                 ActivatedSockets = context.ShutdownRequested is null ? TakeActivatedSockets() : [],
