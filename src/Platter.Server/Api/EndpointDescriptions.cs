@@ -25,6 +25,19 @@ internal static class EndpointDescriptions
         return builder.ProducesErrors();
     }
 
+    /// <summary>An answer whose body is a byte stream of <paramref name="contentType"/> (not JSON), and the error shape.</summary>
+    public static TBuilder DescribeStreamOut<TBuilder>(this TBuilder builder, string summary, string contentType) where TBuilder : IEndpointConventionBuilder =>
+        // Not ProducesResponseTypeMetadata(typeof(Stream)): the generator would ask System.Text.Json for a schema of
+        // Stream, which has none (an error under Native AOT, and in every build with reflection-based JSON off).
+        builder.WithSummary(summary).WithMetadata(new StreamAnswer(contentType)).ProducesErrors();
+
+    /// <summary>A request whose body is a byte stream of <paramref name="contentType"/>, answered with JSON <typeparamref name="T"/>.</summary>
+    public static TBuilder DescribeStreamIn<T, TBuilder>(this TBuilder builder, string summary, string contentType, int status) where TBuilder : IEndpointConventionBuilder
+    {
+        builder.WithSummary(summary).WithMetadata(new ProducesResponseTypeMetadata(status, typeof(T), Json), new StreamBody(contentType));
+        return builder.ProducesErrors();
+    }
+
     /// <summary>Declares an optional query parameter (the handlers read the query themselves).</summary>
     public static TBuilder Query<TBuilder>(this TBuilder builder, string name, string description) where TBuilder : IEndpointConventionBuilder =>
         builder.WithMetadata(new QueryParameter(name, description));
@@ -42,6 +55,26 @@ internal static class EndpointDescriptions
             {
                 Required = true,
                 Content = new Dictionary<string, OpenApiMediaType> { ["application/json"] = new OpenApiMediaType { Schema = schema } },
+            };
+        }
+        foreach (var body in context.Description.ActionDescriptor.EndpointMetadata.OfType<StreamBody>())
+        {
+            operation.RequestBody = new OpenApiRequestBody
+            {
+                Required = true,
+                Content = new Dictionary<string, OpenApiMediaType>
+                {
+                    [body.ContentType] = new OpenApiMediaType { Schema = BinarySchema() },
+                },
+            };
+        }
+        foreach (var answer in context.Description.ActionDescriptor.EndpointMetadata.OfType<StreamAnswer>())
+        {
+            operation.Responses ??= [];
+            operation.Responses["200"] = new OpenApiResponse
+            {
+                Description = "OK",
+                Content = new Dictionary<string, OpenApiMediaType> { [answer.ContentType] = new OpenApiMediaType { Schema = BinarySchema() } },
             };
         }
         operation.Parameters ??= [];
@@ -68,6 +101,12 @@ internal static class EndpointDescriptions
     private sealed record QueryParameter(string Name, string Description);
 
     private sealed record JsonBody(Type Type);
+
+    private sealed record StreamBody(string ContentType);
+
+    private sealed record StreamAnswer(string ContentType);
+
+    private static OpenApiSchema BinarySchema() => new() { Type = JsonSchemaType.String, Format = "binary" };
 
     /// <summary>204 No Content on success, and the error shape.</summary>
     public static TBuilder DescribeNoContent<TBuilder>(this TBuilder builder, string summary) where TBuilder : IEndpointConventionBuilder =>

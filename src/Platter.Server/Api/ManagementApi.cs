@@ -18,6 +18,12 @@ using Platter.Server.Metrics;
 using Platter.Storage;
 using Prometheus;
 
+// Route handlers are cast to this typed delegate so that they bind to MapGet(string, Delegate), not to the
+// RequestDelegate overload: only the former reach the OpenAPI generator (ASP.NET Core's API explorer skips
+// RequestDelegate endpoints). The cast keeps each handler a lambda the request delegate generator sees at compile
+// time, so it writes the endpoint code then and nothing is built by reflection at run time (Native AOT).
+using Handler = System.Func<Microsoft.AspNetCore.Http.HttpContext, System.Threading.Tasks.Task>;
+
 namespace Platter.Server.Api;
 
 /// <summary>Where the management API listens.</summary>
@@ -73,7 +79,11 @@ internal static class ManagementApi
         // PlatterHost owns signals and shutdown order; the default console lifetime would stop the API on its own.
         builder.Services.Replace(ServiceDescriptor.Singleton<IHostLifetime, PassiveLifetime>());
         // The source-generated serializers also describe the types to the OpenAPI generator.
-        builder.Services.ConfigureHttpJsonOptions(json => json.SerializerOptions.TypeInfoResolverChain.Insert(0, PlatterJsonContext.Default));
+        builder.Services.ConfigureHttpJsonOptions(json =>
+        {
+            json.SerializerOptions.TypeInfoResolverChain.Insert(0, PlatterJsonContext.Default);
+            json.SerializerOptions.TypeInfoResolverChain.Insert(1, TransferJsonContext.Default);
+        });
         builder.Services.AddOpenApi("v1", openApi => openApi.AddDocumentTransformer((document, _, _) =>
         {
             document.Info.Title = "Platter management API";
@@ -132,16 +142,16 @@ internal static class ManagementApi
 
         var json = PlatterJsonContext.Default;
 
-        app.MapGet("/v1/health", Handler((HttpContext http) => Write(http, 200, health(), json.HealthDto)))
+        app.MapGet("/v1/health", (Handler)((HttpContext http) => Write(http, 200, health(), json.HealthDto)))
             .Describe<HealthDto, IEndpointConventionBuilder>("Server version, store and NBD endpoints (what `platter attach` uses)");
 
-        app.MapGet("/v1/usage", Handler((HttpContext http) => Write(http, 200, UsageDto.From(store.GetUsage()), json.UsageDto)))
+        app.MapGet("/v1/usage", (Handler)((HttpContext http) => Write(http, 200, UsageDto.From(store.GetUsage()), json.UsageDto)))
             .Describe<UsageDto, IEndpointConventionBuilder>("Store space: data file size, used, free, provisioned");
 
-        app.MapGet("/v1/stats", Handler((HttpContext http) => Write(http, 200, Stats(services), json.StatsDto)))
+        app.MapGet("/v1/stats", (Handler)((HttpContext http) => Write(http, 200, Stats(services), json.StatsDto)))
             .Describe<StatsDto, IEndpointConventionBuilder>("Live I/O totals per export and the NBD connections (the dashboard computes rates from two readings)");
 
-        app.MapGet("/v1/volumes", Handler((HttpContext http) =>
+        app.MapGet("/v1/volumes", (Handler)((HttpContext http) =>
         {
             var volumes = store.ListVolumes();
             var list = new VolumeDto[volumes.Count];
@@ -149,7 +159,7 @@ internal static class ManagementApi
             return Write(http, 200, new VolumeListDto(list), json.VolumeListDto);
         })).Describe<VolumeListDto, IEndpointConventionBuilder>("List volumes");
 
-        app.MapPost("/v1/volumes", Handler(async (HttpContext http) =>
+        app.MapPost("/v1/volumes", (Handler)(async (HttpContext http) =>
         {
             var request = await ReadBody(http, json.CreateVolumeRequest);
             var name = request.Name ?? throw new BadRequestException("missing 'name'");
@@ -161,13 +171,13 @@ internal static class ManagementApi
             await Write(http, 201, VolumeDto.From(info, store), json.VolumeDto);
         })).Describe<VolumeDto, IEndpointConventionBuilder>("Create a volume", 201, typeof(CreateVolumeRequest));
 
-        app.MapGet("/v1/volumes/{name}", Handler((HttpContext http) =>
+        app.MapGet("/v1/volumes/{name}", (Handler)((HttpContext http) =>
             Write(http, 200, VolumeDto.From(store.GetVolumeInfo(RouteName(http)), store), json.VolumeDto)))
             .Describe<VolumeDto, IEndpointConventionBuilder>("One volume");
 
         // Takes a volume over from another server that holds it (a shared cluster store only): breaks its lock and
         // fences that server, so it can never write to the volume again. Only ever on request.
-        app.MapPost("/v1/volumes/{name}/takeover", Handler((HttpContext http) =>
+        app.MapPost("/v1/volumes/{name}/takeover", (Handler)((HttpContext http) =>
         {
             var name = RouteName(http);
             if (store is not IVolumeTakeover takeover)
@@ -177,7 +187,7 @@ internal static class ManagementApi
             return Write(http, 200, new TakeoverDto(name, previous), json.TakeoverDto);
         })).Describe<TakeoverDto, IEndpointConventionBuilder>("Take a volume over from the server that holds it (cluster stores: breaks its lock, fences it)");
 
-        app.MapPost("/v1/volumes/{name}/resize", Handler(async (HttpContext http) =>
+        app.MapPost("/v1/volumes/{name}/resize", (Handler)(async (HttpContext http) =>
         {
             var name = RouteName(http);
             var request = await ReadBody(http, json.ResizeVolumeRequest);
@@ -188,7 +198,7 @@ internal static class ManagementApi
             await Write(http, 200, VolumeDto.From(store.GetVolumeInfo(name), store), json.VolumeDto);
         })).Describe<VolumeDto, IEndpointConventionBuilder>("Resize a volume", 200, typeof(ResizeVolumeRequest));
 
-        app.MapPost("/v1/volumes/{name}/rename", Handler(async (HttpContext http) =>
+        app.MapPost("/v1/volumes/{name}/rename", (Handler)(async (HttpContext http) =>
         {
             var name = RouteName(http);
             var request = await ReadBody(http, json.RenameVolumeRequest);
@@ -200,7 +210,7 @@ internal static class ManagementApi
             await Write(http, 200, VolumeDto.From(store.GetVolumeInfo(newName), store), json.VolumeDto);
         })).Describe<VolumeDto, IEndpointConventionBuilder>("Rename a volume", 200, typeof(RenameVolumeRequest));
 
-        app.MapDelete("/v1/volumes/{name}", Handler((HttpContext http) =>
+        app.MapDelete("/v1/volumes/{name}", (Handler)((HttpContext http) =>
         {
             var name = RouteName(http);
             bool recursive = QueryFlag(http, "recursive");
@@ -212,15 +222,15 @@ internal static class ManagementApi
         })).DescribeNoContent("Delete a volume (?recursive=true also deletes its snapshots)")
             .Query("recursive", "true: also delete the volume's snapshots (refused while any has clones)");
 
-        app.MapGet("/v1/snapshots", Handler((HttpContext http) =>
+        app.MapGet("/v1/snapshots", (Handler)((HttpContext http) =>
             Write(http, 200, SnapshotList(store.ListSnapshots()), json.SnapshotListDto)))
             .Describe<SnapshotListDto, IEndpointConventionBuilder>("List every snapshot");
 
-        app.MapGet("/v1/volumes/{name}/snapshots", Handler((HttpContext http) =>
+        app.MapGet("/v1/volumes/{name}/snapshots", (Handler)((HttpContext http) =>
             Write(http, 200, SnapshotList(store.ListSnapshots(RouteName(http))), json.SnapshotListDto)))
             .Describe<SnapshotListDto, IEndpointConventionBuilder>("List a volume's snapshots");
 
-        app.MapPost("/v1/volumes/{name}/snapshots", Handler(async (HttpContext http) =>
+        app.MapPost("/v1/volumes/{name}/snapshots", (Handler)(async (HttpContext http) =>
         {
             var volume = RouteName(http);
             var request = await ReadBody(http, json.CreateSnapshotRequest);
@@ -232,11 +242,11 @@ internal static class ManagementApi
             await Write(http, 201, SnapshotDto.From(info), json.SnapshotDto);
         })).Describe<SnapshotDto, IEndpointConventionBuilder>("Take a snapshot", 201, typeof(CreateSnapshotRequest));
 
-        app.MapGet("/v1/volumes/{name}/snapshots/{snapshot}", Handler((HttpContext http) =>
+        app.MapGet("/v1/volumes/{name}/snapshots/{snapshot}", (Handler)((HttpContext http) =>
             Write(http, 200, SnapshotDto.From(store.GetSnapshotInfo(RouteName(http), RouteSnapshot(http))), json.SnapshotDto)))
             .Describe<SnapshotDto, IEndpointConventionBuilder>("One snapshot");
 
-        app.MapDelete("/v1/volumes/{name}/snapshots/{snapshot}", Handler((HttpContext http) =>
+        app.MapDelete("/v1/volumes/{name}/snapshots/{snapshot}", (Handler)((HttpContext http) =>
         {
             var volume = RouteName(http);
             var snapshot = RouteSnapshot(http);
@@ -247,7 +257,7 @@ internal static class ManagementApi
             return Task.CompletedTask;
         })).DescribeNoContent("Delete a snapshot");
 
-        app.MapPost("/v1/volumes/{name}/snapshots/{snapshot}/clone", Handler(async (HttpContext http) =>
+        app.MapPost("/v1/volumes/{name}/snapshots/{snapshot}/clone", (Handler)(async (HttpContext http) =>
         {
             var volume = RouteName(http);
             var snapshot = RouteSnapshot(http);
@@ -261,7 +271,7 @@ internal static class ManagementApi
         })).Describe<VolumeDto, IEndpointConventionBuilder>("Clone a snapshot into a new volume", 201, typeof(CloneSnapshotRequest));
 
         // No body: everything is in the path and ?recursive=true (deletes the snapshots newer than this one).
-        app.MapPost("/v1/volumes/{name}/snapshots/{snapshot}/rollback", Handler((HttpContext http) =>
+        app.MapPost("/v1/volumes/{name}/snapshots/{snapshot}/rollback", (Handler)((HttpContext http) =>
         {
             var volume = RouteName(http);
             var snapshot = RouteSnapshot(http);
@@ -273,7 +283,7 @@ internal static class ManagementApi
         })).Describe<VolumeDto, IEndpointConventionBuilder>("Roll a volume back to a snapshot (?recursive=true deletes newer snapshots)")
             .Query("recursive", "true: delete the snapshots newer than this one (refused without it when there are any)");
 
-        app.MapGet("/v1/volumes/{name}/diff", Handler((HttpContext http) =>
+        app.MapGet("/v1/volumes/{name}/diff", (Handler)((HttpContext http) =>
         {
             var volume = RouteName(http);
             var from = QueryString(http, "from") ?? throw new BadRequestException("missing query parameter 'from' (the older snapshot)");
@@ -291,7 +301,7 @@ internal static class ManagementApi
             .Query("from", "The older snapshot (required)")
             .Query("to", "The newer snapshot; omitted: the volume's current content");
 
-        app.MapGet("/v1/space", Handler((HttpContext http) =>
+        app.MapGet("/v1/space", (Handler)((HttpContext http) =>
         {
             var usage = store.GetSpaceUsage();
             var list = new SpaceUsageDto[usage.Count];
@@ -314,10 +324,6 @@ internal static class ManagementApi
 
         return app;
     }
-
-    // Route handlers are registered as typed delegates, not as RequestDelegates: only those reach the OpenAPI generator
-    // (ASP.NET Core's API explorer skips RequestDelegate endpoints), which then lists them with EndpointDescriptions.
-    private static Delegate Handler(Func<HttpContext, Task> handler) => handler;
 
     /// <summary>A second, metrics-only listener (<c>--metrics-listen</c>): <c>/metrics</c> and nothing else, no token.</summary>
     public static WebApplication BuildMetricsOnly(IPEndPoint endPoint, PlatterMetrics metrics, ILoggerFactory loggerFactory)

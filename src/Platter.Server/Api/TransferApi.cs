@@ -3,6 +3,8 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
 using Microsoft.Extensions.Logging;
 using Platter.Server.Transfer;
+// Typed handlers, so the endpoints reach the OpenAPI description and the request delegate generator (ManagementApi.cs).
+using Handler = System.Func<Microsoft.AspNetCore.Http.HttpContext, System.Threading.Tasks.Task>;
 
 namespace Platter.Server.Api;
 
@@ -22,7 +24,7 @@ internal static class TransferApi
         var sender = new VolumeSender(store, identities);
 
         // GET /v1/volumes/VOL/snapshots/SNAP/send[?from=OLDER]: a full stream, or the changes since OLDER.
-        app.MapGet("/v1/volumes/{name}/snapshots/{snapshot}/send", async (HttpContext http) =>
+        app.MapGet("/v1/volumes/{name}/snapshots/{snapshot}/send", (Handler)(async (HttpContext http) =>
         {
             var volume = (string)http.Request.RouteValues["name"]!;
             var snapshot = (string)http.Request.RouteValues["snapshot"]!;
@@ -42,10 +44,11 @@ internal static class TransferApi
                 log.LogError(e, "sending '{Volume}@{Snapshot}' failed after the stream started; cutting it", volume, snapshot);
                 http.Abort();
             }
-        });
+        })).DescribeStreamOut("A send stream of the snapshot: all of it, or (?from=OLDER) the changes since OLDER", SendStream.ContentType)
+            .Query("from", "An older snapshot of the same volume: send only what changed since it");
 
         // POST /v1/volumes/VOL/receive with the stream as the body: creates VOL (full) or adds a snapshot to it.
-        app.MapPost("/v1/volumes/{name}/receive", async (HttpContext http) =>
+        app.MapPost("/v1/volumes/{name}/receive", (Handler)(async (HttpContext http) =>
         {
             var target = (string)http.Request.RouteValues["name"]!;
             // A stream is as large as the volume: the API's small-body limit does not apply here.
@@ -65,7 +68,8 @@ internal static class TransferApi
             }
             http.Response.StatusCode = 201;
             await http.Response.WriteAsJsonAsync(summary, TransferJsonContext.Default.ReceiveSummary, contentType: null, http.RequestAborted);
-        });
+        })).DescribeStreamIn<ReceiveSummary, IEndpointConventionBuilder>("Receive a send stream (the request body): a full stream creates the volume, an incremental one adds a snapshot to it",
+            SendStream.ContentType, 201);
     }
 
     private static async Task DrainAsync(HttpContext http)
