@@ -2,6 +2,7 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Logging.Console;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 
 namespace Platter.Cli;
 
@@ -37,11 +38,11 @@ internal static class ServeLogging
             console.QueueFullMode = ConsoleLoggerQueueFullMode.DropWrite;
             console.FormatterName = format == LogFormat.Json ? ConsoleFormatterNames.Json : PlatterFormatter.FormatterName;
         });
-        // The trimming/AOT warnings are about binding the options from IConfiguration; nothing binds them here (they
-        // are set in code, below), so nothing the binder would reach for is trimmed away.
-#pragma warning disable IL2026, IL3050
-        logging.AddConsoleFormatter<PlatterFormatter, PlatterFormatterOptions>(options => options.Journal = journal);
-#pragma warning restore IL2026, IL3050
+        // What AddConsoleFormatter<PlatterFormatter, PlatterFormatterOptions> does, minus binding the options from
+        // IConfiguration (reflection over the options type, which Native AOT cannot keep): the options are set in
+        // code here, and nothing reads logging configuration.
+        logging.Services.TryAddEnumerable(ServiceDescriptor.Singleton<ConsoleFormatter, PlatterFormatter>());
+        logging.Services.Configure<PlatterFormatterOptions>(options => options.Journal = journal);
         // The JSON formatter is built in; AddJsonConsole would also make it the default, so only its options are set here.
         logging.Services.Configure<JsonConsoleFormatterOptions>(json =>
         {
