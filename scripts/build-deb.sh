@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# Builds platter_VERSION_amd64.deb: the platter command published as one self-contained single-file binary for
-# linux-x64 (/usr/bin/platter), the systemd units (/lib/systemd/system), a sample /etc/platter/platter.conf and the
-# --help text of every command (/usr/share/doc/platter/help.txt, also `man`-less `platter CMD --help`).
+# Builds platter_VERSION_amd64.deb: the platter command published with Native AOT for linux-x64 (/usr/bin/platter,
+# one native executable, no .NET runtime needed), the systemd units (/lib/systemd/system), a sample
+# /etc/platter/platter.conf and the --help text of every command (/usr/share/doc/platter/help.txt, also `man`-less
+# `platter CMD --help`).
 #
 #   scripts/build-deb.sh [--out DIR] [--binary FILE]
+#   scripts/build-deb.sh --publish-only DIR
 #
-#   --out DIR       where the .deb goes (default: artifacts/)
-#   --binary FILE   package this already published binary instead of publishing (tests reuse one publish)
+#   --out DIR            where the .deb goes (default: artifacts/)
+#   --binary FILE        package this already published binary instead of publishing (tests reuse one publish)
+#   --publish-only DIR   publish the Native AOT binary to DIR/platter and stop (scripts/test.sh publishes once,
+#                        packages that binary and runs tests against it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 
 out="$repo/artifacts"
 binary=""
+publish_only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out="$2"; shift 2 ;;
     --binary) binary="$2"; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --publish-only) publish_only="$2"; shift 2 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "build-deb.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -28,13 +34,28 @@ command -v dpkg-deb >/dev/null || { say "dpkg-deb not found (package dpkg)"; exi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+publish() {
+  # Native AOT: one native executable that starts a command in milliseconds (docs/PERFORMANCE.md). The trim and AOT
+  # analyzers run as part of it with warnings as errors (Directory.Build.props), so a publish that succeeds has no
+  # code AOT cannot keep. --artifacts-path keeps its intermediate files out of the tree's bin/ and obj/: tests building
+  # beside a publish must never see their shared outputs rewritten.
+  say "publishing src/Platter.Cli with Native AOT for linux-x64 (a few minutes on two cores)"
+  dotnet publish src/Platter.Cli -c Release -r linux-x64 -p:PublishAot=true \
+    --artifacts-path "$work/artifacts" -nologo -v minimal -o "$1" >&2
+  [ -x "$1/platter" ] || { say "the publish left no executable at $1/platter"; exit 1; }
+}
+
+if [ -n "$publish_only" ]; then
+  mkdir -p "$publish_only"
+  publish "$work/publish"
+  install -m 0755 "$work/publish/platter" "$publish_only/platter"
+  say "published $publish_only/platter"
+  echo "$publish_only/platter"
+  exit 0
+fi
+
 if [ -z "$binary" ]; then
-  # Self-contained single file, not Native AOT: the management API's handlers are described for OpenAPI through
-  # Delegate-typed minimal-API mappings, which need reflection that AOT cannot keep (the publish fails with IL2026/
-  # IL3050). The binary still needs no .NET installed; it starts slower than an AOT build (docs/PERFORMANCE.md).
-  say "publishing src/Platter.Cli self-contained for linux-x64 (a minute or two on two cores)"
-  dotnet publish src/Platter.Cli -c Release -r linux-x64 --self-contained -p:PublishSingleFile=true -p:PublishAot=false \
-    -p:IncludeNativeLibrariesForSelfExtract=true --artifacts-path "$work/artifacts" -nologo -v minimal -o "$work/publish" >&2
+  publish "$work/publish"
   binary="$work/publish/platter"
 fi
 [ -x "$binary" ] || { say "no executable at $binary"; exit 1; }
@@ -80,7 +101,7 @@ Priority: optional
 Description: storage server for virtual machine disks over NBD
  Platter keeps thin-provisioned, checksummed, copy-on-write volumes with instant
  snapshots and clones in an embedded store and serves them over NBD to QEMU,
- libvirt, qemu-img and the libnbd tools. One self-contained binary,
+ libvirt, qemu-img and the libnbd tools. One native binary (no .NET runtime),
  systemd units with socket activation for restarts guests do not notice.
 CONTROL
 echo "/etc/platter/platter.conf" > "$root/DEBIAN/conffiles"

@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Diagnostics;
 using System.Text;
 
@@ -5,9 +6,10 @@ namespace Platter.Interop.Tests;
 
 /// <summary>
 /// scripts/build-deb.sh builds the package; it is unpacked with `dpkg -x` into an empty directory (a clean root) and
-/// the binary from there serves a volume that qemu-io writes and reads. The binary must be self-contained: the package
-/// has no .NET runtime in it and the binary must not look for one (a framework-dependent apphost loads libhostfxr).
-/// Publishing with Native AOT takes minutes; PLATTER_DEB_BINARY=FILE packages an already published binary instead.
+/// the binary from there serves a volume that qemu-io writes and reads. The binary must be a Native AOT executable:
+/// compiled code, not a .NET host that looks for a runtime (a framework-dependent apphost) or unpacks one (a
+/// single-file bundle). Publishing with Native AOT takes minutes; PLATTER_DEB_BINARY=FILE packages an already
+/// published binary instead (scripts/test.sh publishes once and passes it).
 /// </summary>
 public sealed class DebPackageTests(ITestOutputHelper output) : IDisposable
 {
@@ -33,10 +35,13 @@ public sealed class DebPackageTests(ITestOutputHelper output) : IDisposable
 
         string platter = Path.Combine(root, "usr", "bin", "platter");
         Assert.Equal(["platter"], Directory.GetFiles(Path.Combine(root, "usr", "bin")).Select(Path.GetFileName));
-        // A framework-dependent apphost is a small launcher that finds a .NET runtime on the machine; the packaged binary
-        // must carry its runtime inside (a single-file bundle holds System.Private.CoreLib, an AOT binary is compiled).
+        // Every .NET host (a framework-dependent apphost, a self-contained single-file bundle) carries the bundle
+        // signature, where the build writes or looks for the bundled assemblies; a Native AOT executable has none, and
+        // holds the compiled managed code in an ELF section of its own.
         var bytes = await File.ReadAllBytesAsync(platter);
-        Assert.True(bytes.Length > 8 << 20 && Contains(bytes, "System.Private.CoreLib"), "the packaged binary is a framework-dependent apphost, not a self-contained one");
+        Assert.True(bytes.AsSpan().StartsWith("\u007fELF"u8), "the packaged binary is not an ELF executable");
+        Assert.False(bytes.AsSpan().IndexOf(BundleSignature) >= 0, "the packaged binary is a .NET apphost or single-file bundle, not Native AOT");
+        Assert.True(ElfSectionNames(bytes).Contains(ManagedCodeSection), $"the packaged binary has no {ManagedCodeSection} section: not Native AOT");
         foreach (var unit in new[] { "platter.service", "platter-nbd.socket", "platter-api.socket" })
             Assert.Equal(await File.ReadAllTextAsync(Path.Combine(repo, "packaging", "systemd", unit)),
                 await File.ReadAllTextAsync(Path.Combine(root, "lib", "systemd", "system", unit)));
@@ -47,6 +52,9 @@ public sealed class DebPackageTests(ITestOutputHelper output) : IDisposable
         // The packaged binary, run from the clean root with no .NET in its environment.
         var env = new Dictionary<string, string?> { ["DOTNET_ROOT"] = "/nonexistent", ["PLATTER_API_SOCKET"] = null, ["PLATTER_STORE"] = null };
         (await ProcessRunner.RunAsync(platter, ["--version"], environment: env)).EnsureSuccess("platter --version");
+        var usage = (await ProcessRunner.RunAsync(platter, ["--help"], environment: env)).EnsureSuccess("platter --help").Stdout;
+        Assert.Contains("serve", usage);
+        Assert.Contains("attach", usage);
         string store = _dir.Combine("store"), nbd = _dir.Combine("nbd.sock"), api = _dir.Combine("api.sock");
         var psi = ProcessRunner.StartInfo(platter, ["serve", "--store", store, "--listen", "none", "--socket", nbd, "--api-socket", api], env);
         using var server = new Process { StartInfo = psi };
@@ -82,8 +90,36 @@ public sealed class DebPackageTests(ITestOutputHelper output) : IDisposable
         }
     }
 
-    private static bool Contains(byte[] haystack, string needle) =>
-        haystack.AsSpan().IndexOf(Encoding.ASCII.GetBytes(needle)) >= 0;
+    // The 32 bytes every .NET apphost and single-file host carries to find its bundle (the SHA-256 of ".net core bundle").
+    private static ReadOnlySpan<byte> BundleSignature =>
+    [
+        0x8b, 0x12, 0x02, 0xb9, 0x6a, 0x61, 0x20, 0x38, 0x72, 0x7b, 0x93, 0x02, 0x14, 0xd7, 0xa0, 0x32,
+        0x13, 0xf5, 0xb9, 0xe6, 0xef, 0xae, 0x33, 0x18, 0xee, 0x3b, 0x2d, 0xce, 0x24, 0xb3, 0x6a, 0xae,
+    ];
+
+    // Where the Native AOT compiler puts compiled managed code in a Linux executable.
+    private const string ManagedCodeSection = "__managedcode";
+
+    // The section names of a little-endian ELF64 file (from its section header table and the names' string table).
+    private static HashSet<string> ElfSectionNames(byte[] elf)
+    {
+        var span = elf.AsSpan();
+        Assert.True(span[4] == 2 && span[5] == 1, "not a little-endian 64-bit ELF file");
+        long sectionHeaders = BinaryPrimitives.ReadInt64LittleEndian(span[0x28..]);
+        int entrySize = BinaryPrimitives.ReadUInt16LittleEndian(span[0x3A..]);
+        int count = BinaryPrimitives.ReadUInt16LittleEndian(span[0x3C..]);
+        int namesIndex = BinaryPrimitives.ReadUInt16LittleEndian(span[0x3E..]);
+        long namesOffset = BinaryPrimitives.ReadInt64LittleEndian(Header(span, namesIndex)[0x18..]);
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        for (int i = 0; i < count; i++)
+        {
+            var name = span[checked((int)(namesOffset + BinaryPrimitives.ReadUInt32LittleEndian(Header(span, i))))..];
+            names.Add(Encoding.ASCII.GetString(name[..name.IndexOf((byte)0)]));
+        }
+        return names;
+
+        ReadOnlySpan<byte> Header(ReadOnlySpan<byte> file, int i) => file.Slice(checked((int)(sectionHeaders + (long)i * entrySize)), entrySize);
+    }
 
     public void Dispose() => _dir.Dispose();
 }

@@ -16,7 +16,7 @@ public sealed record NbdExport(string Name, string SocketPath, long SizeBytes)
 
 /// <summary>
 /// A real <c>platter serve</c> process (platter.dll, copied next to the tests by a project reference to
-/// src/Platter.Cli) on a private store, with NBD and the management API on unix sockets and no TCP unless asked
+/// src/Platter.Cli, or the published binary named by <c>PLATTER_TEST_BINARY</c>) on a private store, with NBD and the management API on unix sockets and no TCP unless asked
 /// for, so parallel tests never collide on ports. It can be stopped (SIGTERM), killed (SIGKILL) and started again
 /// on the same store; <see cref="Log"/> keeps what every run printed. Volumes are created through the real CLI.
 /// </summary>
@@ -126,14 +126,26 @@ public sealed class PlatterServer : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// A published <c>platter</c> executable (the Native AOT binary) to run instead of platter.dll, from
+    /// <c>PLATTER_TEST_BINARY</c>; null runs platter.dll with <see cref="DotnetHost"/>. scripts/test.sh sets it to run
+    /// the metrics and dashboard tests once more against the binary the .deb ships.
+    /// </summary>
+    public static string? TestBinary =>
+        Environment.GetEnvironmentVariable("PLATTER_TEST_BINARY") is { Length: > 0 } binary ? Path.GetFullPath(binary) : null;
+
+    /// <summary>The program and arguments that run <c>platter ARGS</c>: <see cref="TestBinary"/>, else dotnet platter.dll.</summary>
+    public static (string FileName, string[] Arguments) PlatterCommand(IEnumerable<string> args) =>
+        TestBinary is { } binary ? (binary, [.. args]) : (DotnetHost, [PlatterDll, .. args]);
+
     /// <summary>Starts <c>platter serve</c> and waits until the API socket (and the NBD socket, when served) accept connections.</summary>
     public async Task StartAsync(CancellationToken cancellationToken = default)
     {
         if (IsRunning) throw new InvalidOperationException("already running");
         await ForgetExitedAsync(); // exited on its own (or never listened): only its log remains
-        string[] args =
+        var (program, args) = PlatterCommand(
         [
-            PlatterDll, "serve",
+            "serve",
             "--store", StoreDirectory,
             "--socket", ServeNbd ? NbdSocketPath : "none",
             "--listen", Listen,
@@ -141,9 +153,9 @@ public sealed class PlatterServer : IAsyncDisposable
             .. (ReadOnly ? (string[])["--read-only"] : []),
             .. (Verbose ? (string[])["--verbose"] : []),
             .. ExtraArguments,
-        ];
-        var process = ChildProcess.Start(DotnetHost, args, CleanEnvironment, ReadOutput);
-        AppendLog($"--- started pid {process.Id}: platter {string.Join(' ', args.Skip(1))}");
+        ]);
+        var process = ChildProcess.Start(program, args, CleanEnvironment, ReadOutput);
+        AppendLog($"--- started pid {process.Id}: {process.CommandLine}");
         _process = process;
         await process.WaitUntilListeningAsync(ServeNbd ? [NbdSocketPath, ApiSocketPath] : [ApiSocketPath], StartTimeout, cancellationToken);
     }
@@ -178,13 +190,19 @@ public sealed class PlatterServer : IAsyncDisposable
     }
 
     /// <summary>Runs <c>platter ARGS --api-socket SOCKET</c> against this server.</summary>
-    public Task<ProcessResult> CliAsync(params string[] args) =>
-        ProcessRunner.RunAsync(DotnetHost, [PlatterDll, .. args, "--api-socket", ApiSocketPath], CliTimeout, CleanEnvironment);
+    public Task<ProcessResult> CliAsync(params string[] args)
+    {
+        var (program, arguments) = PlatterCommand([.. args, "--api-socket", ApiSocketPath]);
+        return ProcessRunner.RunAsync(program, arguments, CliTimeout, CleanEnvironment);
+    }
 
     /// <summary>Runs the CLI with the API socket given only through PLATTER_API_SOCKET.</summary>
-    public Task<ProcessResult> CliWithEnvironmentSocketAsync(params string[] args) =>
-        ProcessRunner.RunAsync(DotnetHost, [PlatterDll, .. args], CliTimeout,
+    public Task<ProcessResult> CliWithEnvironmentSocketAsync(params string[] args)
+    {
+        var (program, arguments) = PlatterCommand(args);
+        return ProcessRunner.RunAsync(program, arguments, CliTimeout,
             new Dictionary<string, string?> { ["PLATTER_API_SOCKET"] = ApiSocketPath, ["PLATTER_STORE"] = null });
+    }
 
     /// <summary>Creates a volume of <paramref name="sizeBytes"/> (given to the CLI in MiB when whole, else in bytes).</summary>
     public Task<NbdExport> CreateExportAsync(string name, long sizeBytes) =>
