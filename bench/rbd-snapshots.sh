@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Snapshot creation time on an RBD store against the image's size: is it O(1)? Volumes of 1 GiB (written full), 64 GiB
+# and 1 TiB (thin, 4 KiB written in every 16th / 256th object, so both hold 4096 objects of data) on a one-host cluster.
+# For each, --runs snapshots are taken through Platter's management API (POST /v1/volumes/VOL/snapshots with curl,
+# so the CLI's start-up is not in the number) and as many with `rbd snap create` (librbd's own time, plus the rbd
+# CLI's start-up); the table shows the median and the slowest per size.
+#
+#   bench/rbd-snapshots.sh [--runs N] [--cluster DIR]
+#
+# Without --cluster a one-host cluster is started in a temp directory (scripts/ceph-cluster.sh) and stopped at the end.
+# Build first: dotnet build src/Platter.Cli -c Release.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+runs=10
+cluster=""
+while (($#)); do
+  case $1 in
+    --runs) runs=$2; shift 2 ;;
+    --cluster) cluster=$2; shift 2 ;;
+    *) echo "usage: $0 [--runs N] [--cluster DIR]" >&2; exit 2 ;;
+  esac
+done
+
+platter_dll=src/Platter.Cli/bin/Release/net10.0/platter.dll
+[[ -f $platter_dll ]] || { echo "build first: dotnet build src/Platter.Cli -c Release" >&2; exit 1; }
+
+work=$(mktemp -d /tmp/platter-rbd-snap.XXXXXX)
+own_cluster=0
+server_pid=""
+images=()
+cleanup() {
+  [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  for i in "${images[@]}"; do rbd snap purge "rbd/$i" >/dev/null 2>&1; rbd rm "rbd/$i" >/dev/null 2>&1; done
+  ((own_cluster)) && scripts/ceph-cluster.sh stop "$cluster" >/dev/null 2>&1
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+if [[ -z $cluster ]]; then
+  cluster=$work/ceph
+  own_cluster=1
+  scripts/ceph-cluster.sh start "$cluster" >/dev/null
+fi
+export CEPH_CONF=$cluster/ceph.conf
+
+# name size fio-rw (what is written: the whole 1 GiB, else 4 KiB at the start of every 16th or 256th 4 MiB object)
+volumes=(
+  "snap1g-$$ 1G write --bs=4M"
+  "snap64g-$$ 64G write:65532k --bs=4k"
+  "snap1t-$$ 1T write:1048572k --bs=4k"
+)
+for v in "${volumes[@]}"; do
+  read -r name size rw bs <<<"$v"
+  rbd create --size "$size" "rbd/$name"
+  images+=("$name")
+  fio --name=fill --ioengine=rbd --clientname=admin --pool=rbd --rbdname="$name" --rw="$rw" "$bs" --iodepth=8 \
+    --size="$size" >/dev/null
+done
+
+dotnet "$platter_dll" serve --store rbd:rbd --ceph-conf "$CEPH_CONF" --socket "$work/platter.sock" \
+  --api-socket "$work/api.sock" --listen none >"$work/platter.log" 2>&1 &
+server_pid=$!
+for _ in $(seq 1 200); do [[ -S $work/api.sock ]] && break; sleep 0.1; done
+[[ -S $work/api.sock ]] || { echo "platter did not start: $(tail -3 "$work/platter.log")" >&2; exit 1; }
+
+# summary SECONDS...: "median max" in milliseconds
+summary() { printf '%s\n' "$@" | python3 -c 'import statistics,sys; v=[float(x)*1000 for x in sys.stdin]; print(f"{statistics.median(v):.0f} {max(v):.0f}")'; }
+
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+declare -A result
+for v in "${volumes[@]}"; do
+  read -r name size _ <<<"$v"
+  api=() cli=()
+  for ((i = 0; i < runs; i++)); do
+    # alternate the two ways, so a drift of the shared machine touches both alike
+    code_time=$(curl -s -o "$work/reply" -w '%{http_code} %{time_total}' --unix-socket "$work/api.sock" \
+      -H 'Content-Type: application/json' -d "{\"name\":\"p$i\"}" "http://localhost/v1/volumes/$name/snapshots")
+    [[ ${code_time%% *} == 20* ]] || { echo "snapshot of $name failed: $code_time $(cat "$work/reply")" >&2; exit 1; }
+    api+=("${code_time#* }")
+    start=$(date +%s.%N)
+    rbd snap create "rbd/$name@r$i" >/dev/null
+    cli+=("$(python3 -c "print($(date +%s.%N) - $start)")")
+  done
+  result[$name]="$size $(summary "${api[@]}") $(summary "${cli[@]}")"
+done
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+
+echo "RBD snapshot creation vs image size, one-host cluster (3 bluestore OSDs), $runs snapshots each way per size, $(date -u '+%F %H:%M') UTC"
+echo "load average: $load_start at the start, $load_end at the end"
+printf "| %-6s | %-28s | %-10s | %-28s | %-10s |\n" size "Platter API median" "max" "rbd snap create median" "max"
+printf "|%s|\n" "---|---|---|---|---"
+for v in "${volumes[@]}"; do
+  read -r name _ <<<"$v"
+  read -r size a_med a_max c_med c_max <<<"${result[$name]}"
+  printf "| %-6s | %-28s | %-10s | %-28s | %-10s |\n" "$size" "$a_med ms" "$a_max ms" "$c_med ms" "$c_max ms"
+done
