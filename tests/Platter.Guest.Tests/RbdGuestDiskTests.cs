@@ -10,6 +10,10 @@ namespace Platter.Guest.Tests;
 /// </summary>
 public sealed class RbdGuestDiskTests(ITestOutputHelper output, CephTestCluster cluster) : GuestDiskTests(output), IClassFixture<CephTestCluster>
 {
+    // Every write goes to three OSDs that share the machine's two cores with the guest's TCG and the server: the first
+    // boot (a raw pattern, then mkfs.ext4 on 512 MiB) took longer than the embedded store's bound on a loaded machine.
+    protected override TimeSpan BootTimeout => TimeSpan.FromMinutes(8);
+
     protected override INbdTarget CreateTarget(string workDirectory, long sizeBytes) => new RbdPlatterTarget(workDirectory, sizeBytes, cluster);
 
     [Fact]

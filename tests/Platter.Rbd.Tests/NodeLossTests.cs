@@ -120,6 +120,39 @@ public sealed class NodeLossTests(CephCluster ceph)
     }
 
     [Fact]
+    public async Task Every_osd_lost_while_serving_fails_requests_with_a_clear_error_after_the_op_timeout()
+    {
+        await using var server = new RbdServer(ceph, opTimeoutSeconds: 8);
+        await server.StartAsync();
+        string name = CephCluster.UniqueName("lossall");
+        await server.CliOkAsync("volume", "create", name, "--size", "16M");
+        await using var client = await NbdTestClient.ConnectAsync(server.NbdSocketPath, name, structured: true);
+        Assert.Equal(0u, await client.WriteAsync(0, new byte[4096], NbdTestClient.FlagFua));
+        try
+        {
+            foreach (var id in new[] { "0", "1", "2" }) ceph.ExecOk(ceph.Script, "kill-osd", ceph.Directory, id);
+            ceph.ExecOk("ceph", "osd", "down", "0", "1", "2");
+            WaitOsdsUp(0);
+
+            // Nothing can answer: the request fails once --ceph-op-timeout passes, with EIO and a message that says
+            // why (structured replies carry it), rather than hanging the client forever.
+            ulong cookie = client.NextCookie();
+            await client.SendRequestAsync(NbdTestClient.CmdWrite, NbdTestClient.FlagFua, cookie, 4096, 4096, new byte[4096]);
+            var reply = await client.ReadReplyAsync(cookie);
+            Assert.Equal(5u, NbdTestClient.ErrorOf(reply)); // EIO
+            var chunk = Assert.Single(reply, c => c.Type == NbdTestClient.ReplyError);
+            int length = System.Buffers.Binary.BinaryPrimitives.ReadUInt16BigEndian(chunk.Payload.AsSpan(4));
+            string message = System.Text.Encoding.UTF8.GetString(chunk.Payload, 6, length);
+            Assert.Contains("the Ceph OSDs did not answer within the operation timeout", message);
+        }
+        finally
+        {
+            foreach (var id in new[] { "0", "1", "2" }) ceph.ExecOk(ceph.Script, "start-osd", ceph.Directory, id);
+            WaitAllOsdsUp();
+        }
+    }
+
+    [Fact]
     public void Unreachable_cluster_at_start_is_a_clear_error_not_a_hang()
     {
         using var dir = new TempDirectory("prbdu");
