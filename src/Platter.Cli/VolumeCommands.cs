@@ -210,7 +210,8 @@ internal static class VolumeCommands
         var recursive = new Option<bool>("--recursive", "-r")
         {
             Description = "Also delete the volume's snapshots. Without it a volume that has snapshots is not deleted. " +
-                          "Snapshots that volumes were cloned from are never deleted this way: delete those clones first.",
+                          "Snapshots that volumes were cloned from are never deleted this way: delete those clones first, or make them " +
+                          "independent with `platter volume flatten CLONE`.",
         };
         var json = PlatterCli.JsonOption();
         var api = PlatterCli.ApiSocketOption();

@@ -391,7 +391,7 @@ internal sealed class VolumeCatalog : IDisposable
         lock (_lock) clones = [.. snap.Clones.Select(c => c.Name)];
         if (clones.Count > 0)
             throw new StorageException(StorageError.HasDependents,
-                $"snapshot '{snap.DisplayName}' has clones ({string.Join(", ", clones)}); delete them first (they share its data)");
+                $"snapshot '{snap.DisplayName}' has clones ({string.Join(", ", clones)}); delete them first (they share its data), or make them independent (platter volume flatten)");
     }
 
     private T Admin<T>(Func<T> action)
