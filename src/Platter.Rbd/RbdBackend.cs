@@ -378,7 +378,7 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover
     /// </summary>
     public FlattenResult FlattenVolume(string name)
     {
-        VolumeNames.ThrowIfInvalid(name);
+        ThrowIfInvalidExisting(name);
         var parent = WithImage(name, image => image.GetParent(), $"reading the origin of '{name}'")
             ?? throw new StorageException(StorageError.InvalidArgument, $"volume '{name}' is not a clone: it depends on no snapshot, nothing to flatten");
         string origin = parent.Pool == _options.Pool ? $"{parent.Image}@{parent.Snapshot}" : $"{parent.Pool}/{parent.Image}@{parent.Snapshot}";
