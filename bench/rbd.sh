@@ -3,7 +3,11 @@
 # driver, and fio's rbd engine (librbd directly, no server) as the limit. Prints one table: IOPS or MB/s per workload
 # and target, and the server's CPU time per operation (small racks are short of CPU).
 #
-#   bench/rbd.sh [--seconds N] [--size-mib N] [--cluster DIR]
+#   bench/rbd.sh [--seconds N] [--size-mib N] [--rounds N] [--cluster DIR]
+#
+# The targets take turns: every round runs all workloads on fio rbd, then qemu-nbd, then Platter, and the table shows
+# each target's median over the rounds (the machine is shared: only ratios from interleaved rounds mean something).
+# The load average at the start and the end is printed with the table.
 #
 # Without --cluster a one-host cluster is started in a temp directory (scripts/ceph-cluster.sh) and stopped at the end.
 # Build first: dotnet build src/Platter.Cli -c Release.
@@ -12,13 +16,15 @@ cd "$(dirname "$0")/.."
 
 seconds=8
 size_mib=2048
+rounds=2
 cluster=""
 while (($#)); do
   case $1 in
     --seconds) seconds=$2; shift 2 ;;
     --size-mib) size_mib=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
     --cluster) cluster=$2; shift 2 ;;
-    *) echo "usage: $0 [--seconds N] [--size-mib N] [--cluster DIR]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--seconds N] [--size-mib N] [--rounds N] [--cluster DIR]" >&2; exit 2 ;;
   esac
 done
 
@@ -108,22 +114,45 @@ start_qemu_nbd() {
 
 stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""; }
 
-declare -A result
-for target in rbd qemu platter; do
-  case $target in
-    rbd) pid=- uri=rbd ;;
-    qemu) start_qemu_nbd; pid=$server_pid uri="nbd+unix:///?socket=$work/qemu.sock" ;;
-    platter) start_platter; pid=$server_pid uri="nbd+unix:///$image?socket=$work/platter.sock" ;;
-  esac
-  for w in "${workloads[@]}"; do
-    read -r name rw bs depth extra <<<"$w"
-    # shellcheck disable=SC2086
-    result[$target,$name]=$(run_fio "$uri" "$pid" "$rw" "$bs" "$depth" $extra)
-  done
-  [[ $target != rbd ]] && stop_server
-done
+# median "IOPS MBPS CPU"...: each column's median over the rounds (the lower middle for an even count)
+median() {
+  python3 - "$@" <<'EOF'
+import statistics, sys
+rows = [list(map(float, r.split())) for r in sys.argv[1:]]
+print(" ".join(f"{statistics.median_low(col):.0f}" for col in zip(*rows)))
+EOF
+}
 
-echo "RBD on a one-host cluster (3 bluestore OSDs), ${size_mib} MiB image, ${seconds} s per run, $(date -u +%F)"
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+declare -A result
+for ((round = 1; round <= rounds; round++)); do
+  for target in rbd qemu platter; do
+    case $target in
+      rbd) pid=- uri=rbd ;;
+      qemu) start_qemu_nbd; pid=$server_pid uri="nbd+unix:///?socket=$work/qemu.sock" ;;
+      platter) start_platter; pid=$server_pid uri="nbd+unix:///$image?socket=$work/platter.sock" ;;
+    esac
+    for w in "${workloads[@]}"; do
+      read -r name rw bs depth extra <<<"$w"
+      # shellcheck disable=SC2086
+      result[$target,$name,$round]=$(run_fio "$uri" "$pid" "$rw" "$bs" "$depth" $extra)
+      echo "round $round $target $name: ${result[$target,$name,$round]}" >&2
+    done
+    [[ $target != rbd ]] && stop_server
+  done
+done
+for target in rbd qemu platter; do
+  for w in "${workloads[@]}"; do
+    read -r name _ <<<"$w"
+    runs=()
+    for ((round = 1; round <= rounds; round++)); do runs+=("${result[$target,$name,$round]}"); done
+    result[$target,$name]=$(median "${runs[@]}")
+  done
+done
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+
+echo "RBD on a one-host cluster (3 bluestore OSDs), ${size_mib} MiB image, ${seconds} s per run, median of $rounds interleaved rounds, $(date -u '+%F %H:%M') UTC"
+echo "load average: $load_start at the start, $load_end at the end"
 printf "| %-20s | %-12s | %-12s | %-12s | %-9s | %-9s | %-12s | %-14s |\n" workload "fio rbd" "qemu-nbd rbd:" platter "vs qemu" "vs fio" "cpu/op qemu" "cpu/op platter"
 printf "|%s|\n" "---|---|---|---|---|---|---|---"
 for w in "${workloads[@]}"; do

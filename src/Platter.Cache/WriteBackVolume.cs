@@ -280,6 +280,7 @@ public sealed class WriteBackVolume : IAsyncDisposable
         public long SizeBytes => cache._backend.SizeBytes;
         public bool IsReadOnly => false;
         public bool FlushCoversAllHandles => true; // one log per volume: a flush syncs every handle's records
+        public bool ExtentsAreCheap => cache._backend.ExtentsAreCheap; // the overlay is in memory, the backend's map may not be
 
         private void ThrowIfClosed()
         {

@@ -87,6 +87,7 @@ public sealed class WriteThroughVolume : IDisposable
         public long SizeBytes => _backend.SizeBytes;
         public bool IsReadOnly => _backend.IsReadOnly;
         public bool FlushCoversAllHandles => _backend.FlushCoversAllHandles;
+        public bool ExtentsAreCheap => _backend.ExtentsAreCheap;
 
         public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken cancellationToken = default) =>
             cache.ReadAsync(offset, destination, cancellationToken);

@@ -29,6 +29,13 @@ public interface INbdExport : IDisposable
     /// <summary>Preferred I/O size (e.g. 4096).</summary>
     uint PreferredBlockSize { get; }
 
+    /// <summary>
+    /// True (the default): a structured READ reply asks <see cref="GetAllocation"/> and sends holes as OFFSET_HOLE
+    /// chunks. False when that lookup costs more than sending the zeros (it goes to the network): every READ is
+    /// answered with its data in one chunk, which is always correct.
+    /// </summary>
+    bool SparseReads => true;
+
     /// <summary>Reads <paramref name="destination"/>.Length bytes at <paramref name="offset"/>. The range is validated by the caller.</summary>
     ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken cancellationToken);
 

@@ -141,12 +141,21 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover
         return volumes;
     }
 
+    // Names that refer to an existing image or snapshot are checked by the looser rules, as the embedded engine does:
+    // an image made with 'rbd create' under a name today's rules refuse for new volumes can still be served,
+    // renamed and deleted. New names (create, rename to, snapshot, clone) meet VolumeNames.Validate.
+    private static void ThrowIfInvalidExisting(string name)
+    {
+        if (VolumeNames.ValidateExisting(name) is { } reason)
+            throw new StorageException(StorageError.InvalidName, $"invalid name '{name}': {reason}");
+    }
+
     public VolumeInfo GetVolumeInfo(string name) =>
         TryGetVolumeInfo(name, out var info) ? info! : throw new StorageException(StorageError.NotFound, $"no volume named '{name}'");
 
     public bool TryGetVolumeInfo(string name, out VolumeInfo? info)
     {
-        VolumeNames.ThrowIfInvalid(name);
+        ThrowIfInvalidExisting(name);
         try
         {
             using var image = RbdImage.Open(_catalog, name, readOnly: true);
@@ -223,7 +232,7 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover
 
     public void RenameVolume(string name, string newName)
     {
-        VolumeNames.ThrowIfInvalid(name);
+        ThrowIfInvalidExisting(name);
         VolumeNames.ThrowIfInvalid(newName);
         lock (_catalogLock)
         {
@@ -238,7 +247,7 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover
 
     public void ResizeVolume(string name, long newSizeBytes)
     {
-        VolumeNames.ThrowIfInvalid(name);
+        ThrowIfInvalidExisting(name);
         CheckSize(newSizeBytes);
         lock (_catalogLock)
         {
@@ -248,7 +257,7 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover
 
     public void DeleteVolume(string name, bool recursive)
     {
-        VolumeNames.ThrowIfInvalid(name);
+        ThrowIfInvalidExisting(name);
         lock (_catalogLock)
         {
             var snapshots = ListSnapshots(name);
@@ -278,7 +287,7 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover
 
     public SnapshotInfo CreateSnapshot(string volume, string snapshot)
     {
-        VolumeNames.ThrowIfInvalid(volume);
+        ThrowIfInvalidExisting(volume);
         VolumeNames.ThrowIfInvalid(snapshot);
         lock (_catalogLock)
         {
@@ -294,7 +303,7 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover
 
     public IReadOnlyList<SnapshotInfo> ListSnapshots(string volume)
     {
-        VolumeNames.ThrowIfInvalid(volume);
+        ThrowIfInvalidExisting(volume);
         return WithImage(volume, image => image.ListSnapshots().Select(s => DescribeSnapshot(image, s)).ToList(), $"listing snapshots of '{volume}'");
     }
 
@@ -318,8 +327,8 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover
 
     public SnapshotInfo GetSnapshotInfo(string volume, string snapshot)
     {
-        VolumeNames.ThrowIfInvalid(volume);
-        VolumeNames.ThrowIfInvalid(snapshot);
+        ThrowIfInvalidExisting(volume);
+        ThrowIfInvalidExisting(snapshot);
         return WithImage(volume, image =>
         {
             var found = image.ListSnapshots().FirstOrDefault(s => s.Name == snapshot);
@@ -362,6 +371,22 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover
         }
     }
 
+    /// <summary>
+    /// <c>rbd_flatten</c>: librbd copies every object the clone still reads from its parent and drops the parent link
+    /// (of its snapshots too: images are created with deep-flatten). Not under the catalog lock: the copy takes as
+    /// long as the parent's data, and librbd keeps the clone consistent on its own (through its exclusive lock).
+    /// </summary>
+    public FlattenResult FlattenVolume(string name)
+    {
+        ThrowIfInvalidExisting(name);
+        var parent = WithImage(name, image => image.GetParent(), $"reading the origin of '{name}'")
+            ?? throw new StorageException(StorageError.InvalidArgument, $"volume '{name}' is not a clone: it depends on no snapshot, nothing to flatten");
+        string origin = parent.Pool == _options.Pool ? $"{parent.Image}@{parent.Snapshot}" : $"{parent.Pool}/{parent.Image}@{parent.Snapshot}";
+        WithWritableImage(name, image => image.Flatten(), $"flattening '{name}'");
+        _log.LogInformation("volume {Name} flattened (no longer depends on {Origin})", name, origin);
+        return new FlattenResult(name, origin, CopiedBytes: null);
+    }
+
     public void RollbackVolume(string volume, string snapshot, bool recursive)
     {
         lock (_catalogLock)
@@ -390,7 +415,7 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover
 
     public IReadOnlyList<ChangedExtent> Diff(string volume, string fromSnapshot, string? toSnapshot)
     {
-        VolumeNames.ThrowIfInvalid(volume);
+        ThrowIfInvalidExisting(volume);
         var from = GetSnapshotInfo(volume, fromSnapshot);
         if (toSnapshot != null)
         {
@@ -563,7 +588,7 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover
 
     public IVolumeHandle OpenVolumeHandle(string name)
     {
-        VolumeNames.ThrowIfInvalid(name);
+        ThrowIfInvalidExisting(name);
         ObjectDisposedException.ThrowIf(_disposed, this);
         lock (_openLock)
         {
@@ -586,8 +611,8 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover
 
     public IVolumeHandle OpenSnapshotHandle(string volume, string snapshot)
     {
-        VolumeNames.ThrowIfInvalid(volume);
-        VolumeNames.ThrowIfInvalid(snapshot);
+        ThrowIfInvalidExisting(volume);
+        ThrowIfInvalidExisting(snapshot);
         GetSnapshotInfo(volume, snapshot);
         return new RbdVolumeHandle(this, RbdVolume.OpenSnapshot(_catalog, volume, snapshot));
     }
@@ -669,7 +694,7 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover
     /// </summary>
     public string? TakeOverVolume(string name)
     {
-        VolumeNames.ThrowIfInvalid(name);
+        ThrowIfInvalidExisting(name);
         lock (_catalogLock)
         {
             if (IsOpenHere(name)) throw new StorageException(StorageError.InvalidArgument, $"volume '{name}' is already served by this server");

@@ -54,6 +54,12 @@ internal sealed unsafe class RbdVolume : IDisposable
         {
             io = connection.OpenPool(backend.Pool);
             image = RbdImage.Open(io, name);
+            // Without the feature rbd_lock_acquire fails with a bare EINVAL, and nothing would keep a second writer
+            // (another server, 'rbd map' elsewhere) off the image: refuse, naming the fix.
+            if ((image.Features & RbdFeatures.ExclusiveLock) == 0)
+                throw new StorageException(StorageError.InvalidArgument,
+                    $"volume '{name}' cannot be served read-write: its RBD image lacks the exclusive-lock feature that keeps it to one writer; " +
+                    $"enable it with 'rbd feature enable {backend.Pool}/{name} exclusive-lock'");
             try
             {
                 image.AcquireExclusiveLock();

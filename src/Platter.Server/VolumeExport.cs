@@ -62,6 +62,9 @@ public sealed class VolumeExport : INbdExport
     /// <summary>4096: the engine's block size; smaller or unaligned writes cost a read-modify-write.</summary>
     public uint PreferredBlockSize => 4096;
 
+    /// <summary>Holes in read replies only when the volume's allocation map is in memory (not for RBD: see <see cref="IVolumeHandle.ExtentsAreCheap"/>).</summary>
+    public bool SparseReads => _volume.ExtentsAreCheap;
+
     /// <inheritdoc />
     public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken cancellationToken)
     {

@@ -25,6 +25,13 @@ public interface IVolumeHandle : IDisposable
     /// <summary>True when a flush on any handle of the store covers writes acknowledged on every handle (NBD multi-conn).</summary>
     bool FlushCoversAllHandles { get; }
 
+    /// <summary>
+    /// True when <see cref="GetExtents"/> answers from memory (the embedded engine's map). False when it costs a
+    /// round trip (an RBD image asks the OSDs object by object): a front door then must not ask it on every read,
+    /// only when a client asks for block status.
+    /// </summary>
+    bool ExtentsAreCheap => true;
+
     /// <summary>Reads <paramref name="destination"/>.Length bytes; unmapped ranges read as zeros.</summary>
     ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken cancellationToken = default);
 

@@ -6,8 +6,16 @@ public static class VolumeNames
     /// <summary>Longest name in UTF-8 bytes. NBD allows 4096; 200 leaves room for "@snapshot" and keeps keys short.</summary>
     public const int NameBytesMax = 200;
 
-    /// <summary>Returns null when <paramref name="name"/> is valid, otherwise the reason.</summary>
-    public static string? Validate(string? name)
+    /// <summary>Returns null when <paramref name="name"/> is valid for a new volume or snapshot, otherwise the reason.</summary>
+    public static string? Validate(string? name) => ValidateExisting(name);
+
+    /// <summary>
+    /// What a name that already exists in a store may look like. Used where a name refers to an existing volume or
+    /// snapshot (rename from, delete, info, open), so that when <see cref="Validate"/> grows stricter a store
+    /// holding an older name (or an RBD image made with <c>rbd create</c>) can still be served, renamed or deleted.
+    /// Null when acceptable.
+    /// </summary>
+    public static string? ValidateExisting(string? name)
     {
         if (string.IsNullOrEmpty(name)) return "a name cannot be empty";
         if (System.Text.Encoding.UTF8.GetByteCount(name) > NameBytesMax) return $"a name is at most {NameBytesMax} bytes";

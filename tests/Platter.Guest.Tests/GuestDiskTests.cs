@@ -22,6 +22,9 @@ public abstract class GuestDiskTests : IAsyncLifetime
         _output = output;
     }
 
+    /// <summary>Wall-time bound of one boot (a hang detector): <see cref="GuestVm.BootTimeout"/> unless the target is slower by nature.</summary>
+    protected virtual TimeSpan BootTimeout => GuestVm.BootTimeout;
+
     /// <summary>Creates the server under test; its files belong in <paramref name="workDirectory"/>.</summary>
     protected abstract INbdTarget CreateTarget(string workDirectory, long sizeBytes);
 
@@ -69,10 +72,10 @@ public abstract class GuestDiskTests : IAsyncLifetime
     private async Task BootAndAssertAsync(GuestImage image, INbdTarget target, GuestMode mode, string accel,
         int? expectedMarkers, string what, CancellationToken ct)
     {
-        var boot = await GuestVm.BootAsync(image, target, mode, _work.Path, accel, expectedMarkers, cancellationToken: ct);
+        var boot = await GuestVm.BootAsync(image, target, mode, _work.Path, accel, expectedMarkers, BootTimeout, cancellationToken: ct);
         _output.WriteLine($"{what} on {target.Name}: {(boot.Passed ? "PASS" : "FAIL")}, wall {boot.Elapsed.TotalSeconds:F1} s, " +
                           $"guest uptime at PASS {boot.GuestUptimeSeconds?.ToString("F1") ?? "?"} s");
-        Assert.False(boot.TimedOut, $"{what} on {target.Name} did not power off within {GuestVm.BootTimeout}:\n{boot.Describe()}\n" +
+        Assert.False(boot.TimedOut, $"{what} on {target.Name} did not power off within {BootTimeout}:\n{boot.Describe()}\n" +
                                     $"--- {target.Name} log ---\n{target.Log}");
         Assert.True(boot.Passed, $"{what} on {target.Name} did not report PASS:\n{boot.Describe()}\n--- {target.Name} log ---\n{target.Log}");
     }

@@ -149,8 +149,16 @@ public sealed class MemoryExport : INbdExport
 
     public ValueTask CacheAsync(long offset, long length, CancellationToken cancellationToken) => default;
 
+    /// <summary>False: act like an export whose allocation lookup is a network round trip (RBD).</summary>
+    public bool SparseReads { get; set; } = true;
+
+    /// <summary>How many times <see cref="GetAllocation"/> was asked.</summary>
+    public int AllocationQueries => Volatile.Read(ref _allocationQueries);
+    private int _allocationQueries;
+
     public int GetAllocation(long offset, long length, Span<AllocationExtent> destination)
     {
+        Interlocked.Increment(ref _allocationQueries);
         int count = 0;
         long end = offset + length;
         long pos = offset;

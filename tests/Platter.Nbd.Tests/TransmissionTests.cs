@@ -40,6 +40,26 @@ public class TransmissionTests
     }
 
     [Fact]
+    public async Task StructuredRead_OnAnExportWithoutSparseReads_IsOneDataChunkWithoutAnAllocationLookup()
+    {
+        await using var server = await TestServer.StartDefaultAsync();
+        var disk = server.Exports["disk"];
+        disk.SparseReads = false;
+        disk.Fill(4096, Pattern(4096, 5));
+        await using var client = await server.OpenAsync();
+
+        var read = await client.ReadAsync(0, 64 * 1024);
+        Assert.Equal(0u, read.Error);
+        byte[] expected = new byte[64 * 1024];
+        Pattern(4096, 5).CopyTo(expected, 4096);
+        Assert.Equal(expected, read.Data);
+        var chunk = Assert.Single(read.Chunks);
+        Assert.Equal(ReplyOffsetData, chunk.Type);
+        Assert.True((chunk.Flags & 1) != 0);
+        Assert.Equal(0, disk.AllocationQueries);
+    }
+
+    [Fact]
     public async Task DfRead_IsOneContentChunk()
     {
         await using var server = await TestServer.StartDefaultAsync();

@@ -13,9 +13,14 @@ public sealed class RbdServer : IAsyncDisposable
     private readonly StringBuilder _log = new();
     private Process? _process;
 
-    public RbdServer(CephCluster ceph)
+    private readonly int _opTimeoutSeconds;
+
+    /// <param name="ceph">The test cluster.</param>
+    /// <param name="opTimeoutSeconds">--ceph-op-timeout: how long a request waits for the OSDs before it fails.</param>
+    public RbdServer(CephCluster ceph, int opTimeoutSeconds = 60)
     {
         _ceph = ceph;
+        _opTimeoutSeconds = opTimeoutSeconds;
         NbdSocketPath = _root.Combine("nbd.sock");
         ApiSocketPath = _root.Combine("api.sock");
     }
@@ -39,7 +44,7 @@ public sealed class RbdServer : IAsyncDisposable
         [
             PlatterDll, "serve", "--store", "rbd:" + _ceph.Pool, "--ceph-conf", _ceph.ConfFile,
             // a fenced or cut-off server must fail its requests within the test's patience, not after 5 minutes
-            "--ceph-op-timeout", "60",
+            "--ceph-op-timeout", _opTimeoutSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture),
             "--socket", NbdSocketPath, "--api-socket", ApiSocketPath, "--listen", "none",
         ], new Dictionary<string, string?> { ["PLATTER_API_SOCKET"] = null, ["CEPH_ARGS"] = null, ["PLATTER_STORE"] = _root.Combine("state") });
         var process = new Process { StartInfo = psi };

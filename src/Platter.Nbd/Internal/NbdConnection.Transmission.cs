@@ -384,6 +384,13 @@ internal sealed partial class NbdConnection
         byte[] data = ArrayPool<byte>.Shared.Rent(length);
         try
         {
+            if (_structured && !export.SparseReads)
+            {
+                // One data chunk, no allocation lookup: for an export where the lookup is a network round trip
+                // (RBD), asking it on every read cost more than the read itself.
+                await SendDataAsync(r, export, offset, offset, offset + length, last: true, data, ct).ConfigureAwait(false);
+                return;
+            }
             if (!_structured)
             {
                 NbdError error = NbdError.None;
