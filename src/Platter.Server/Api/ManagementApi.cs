@@ -272,7 +272,7 @@ internal static class ManagementApi
 
         // No body. Synchronous for the copy's whole duration (a request thread waits, as for every catalog call); the
         // copy is not cancelled when the client goes away: it either finishes or leaves the clone as it was.
-        app.MapPost("/v1/volumes/{name}/flatten", Handler((HttpContext http) =>
+        app.MapPost("/v1/volumes/{name}/flatten", (Handler)((HttpContext http) =>
         {
             var name = RouteName(http);
             var started = System.Diagnostics.Stopwatch.GetTimestamp();
