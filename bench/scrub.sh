@@ -39,10 +39,14 @@ uri="nbd+unix:///vm?socket=$work/nbd.sock"
 fio --name=fill --ioengine=nbd --uri="$uri" --rw=write --bs=1M --size="$size" --iodepth=8 --output=/dev/null
 load() { cut -d' ' -f1 /proc/loadavg; }
 
-# Runs a scrub with the given rate to the end; prints MB/s from its own start and finish times.
+# Runs a scrub with the given rate to the end; prints MB/s from its own start and finish times. It waits for the
+# server's "finished" log line rather than polling the CLI: a CLI process every half second would take CPU from the
+# scrub it measures.
+finished_lines() { grep -c "Scrub of .* finished" "$work/server.log" || true; }
 scrub_rate() {
+  local before; before=$(finished_lines)
   cli scrub start --restart --rate "$1" >/dev/null
-  while [ "$(cli scrub status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')" != finished ]; do sleep 0.5; done
+  while [ "$(finished_lines)" = "$before" ]; do sleep 0.2; done
   cli scrub status --json | python3 -c '
 import json, sys, datetime
 s = json.load(sys.stdin)
