@@ -292,4 +292,63 @@ public sealed class ScrubTests : IDisposable
         StorageAssert.Throws(() => store.StartScrub(["v@nope"], null, false), StorageError.NotFound);
         StorageAssert.Throws(() => store.StartScrub([], -1, false), StorageError.InvalidArgument);
     }
+
+    [Fact]
+    public void Scrubs_under_random_overwrites_trims_and_snapshots_report_nothing_and_clients_see_no_error()
+    {
+        int seed = Random.Shared.Next();
+        using var store = _faults.Open(_dir.Path);
+        const int blocks = 2048;
+        WriteMany(store, "v", blocks);
+        var stop = new ManualResetEventSlim();
+        var failures = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var writers = Enumerable.Range(0, 2).Select(w => new Thread(() =>
+        {
+            var random = new Random(seed + w);
+            using var v = store.OpenVolume("v");
+            var buffer = new byte[B];
+            try
+            {
+                for (int i = 0; !stop.IsSet; i++)
+                {
+                    long block = random.Next(blocks);
+                    switch (random.Next(10))
+                    {
+                        case 0: v.Trim(block * B, B); break;
+                        case 1: v.ReadAll(block * B, B); break;
+                        case 2 when w == 0 && i % 50 == 0:
+                            store.CreateSnapshot("v", $"s{i}");
+                            if (i % 200 == 0) store.DeleteSnapshot("v", $"s{i}");
+                            break;
+                        default:
+                            Blocks.FillPattern(buffer, i, block);
+                            v.Write(block * B, buffer);
+                            break;
+                    }
+                    if (i % 64 == 0) store.Flush();
+                }
+            }
+            catch (Exception e)
+            {
+                failures.Enqueue(e.ToString());
+            }
+        })).ToList();
+        writers.ForEach(t => t.Start());
+        try
+        {
+            for (int round = 0; round < 5; round++)
+            {
+                var status = RunToEnd(store);
+                Assert.True(status.BadBlocksFound == 0, $"seed {seed}: a scrub under writes reported {status.BadBlocksFound} bad blocks");
+            }
+        }
+        finally
+        {
+            stop.Set();
+            writers.ForEach(t => t.Join());
+        }
+        Assert.True(failures.IsEmpty, $"seed {seed}: " + string.Join("\n", failures));
+        Assert.Empty(store.GetScrubStatus().BadBlocks);
+        StoreChecks.AssertConsistent(store, $"after scrubs under writes (seed {seed})");
+    }
 }
