@@ -148,6 +148,43 @@ public sealed record VolumeStatsDto(string Name, long Reads, long Writes, long F
 /// <summary>Every error answer: a stable machine code and a sentence for people.</summary>
 public sealed record ErrorDto(string Error, string Message);
 
+/// <summary>POST /v1/scrub/start.</summary>
+/// <param name="Targets">Volumes and <c>volume@snapshot</c> names to scrub; empty or null: the whole store.</param>
+/// <param name="RateBytesPerSecond">I/O budget in bytes per second; null: the server's default (64 MB/s); 0: no limit.</param>
+/// <param name="Restart">Start from the beginning even when a paused scrub of the same targets could resume.</param>
+public sealed record ScrubStartRequest(IReadOnlyList<string>? Targets, long? RateBytesPerSecond = null, bool Restart = false);
+
+/// <summary>GET /v1/scrub (and the answer to start and stop): progress and the bad blocks listed now.</summary>
+/// <param name="State"><c>none</c>, <c>running</c>, <c>paused</c> or <c>finished</c>.</param>
+/// <param name="Targets">What it reads; empty for the whole store.</param>
+/// <param name="RateBytesPerSecond">The I/O budget; 0 = unlimited.</param>
+/// <param name="BlocksTotal">4 KiB blocks to check (for named targets an upper bound).</param>
+/// <param name="BlocksChecked">Blocks read and verified so far (each physical block once).</param>
+/// <param name="BytesChecked">BlocksChecked in bytes.</param>
+/// <param name="Percent">Done, 0 to 100.</param>
+/// <param name="BadBlocksFound">Bad blocks this scrub found.</param>
+/// <param name="CurrentBytesPerSecond">Measured rate while running.</param>
+/// <param name="EtaSeconds">Estimated seconds left while running, else null.</param>
+/// <param name="StartedUtc">When this scrub started (a resume keeps it).</param>
+/// <param name="FinishedUtc">When it finished.</param>
+/// <param name="BadBlocks">Bad blocks still referenced, each with every volume/snapshot and offset that references it.</param>
+public sealed record ScrubStatusDto(string State, IReadOnlyList<string> Targets, long RateBytesPerSecond, long BlocksTotal, long BlocksChecked,
+    long BytesChecked, double Percent, long BadBlocksFound, double CurrentBytesPerSecond, double? EtaSeconds, DateTimeOffset? StartedUtc,
+    DateTimeOffset? FinishedUtc, IReadOnlyList<BadBlockDto> BadBlocks)
+{
+    /// <summary>Converts the backend's record.</summary>
+    public static ScrubStatusDto From(ScrubStatus s) =>
+        new(s.State.ToString().ToLowerInvariant(), s.Targets, s.RateBytesPerSecond, s.BlocksTotal, s.BlocksChecked, s.BytesChecked, Math.Round(s.Percent, 2),
+            s.BadBlocksFound, Math.Round(s.CurrentBytesPerSecond), s.EtaSeconds is { } eta ? Math.Round(eta, 1) : null, s.StartedUtc, s.FinishedUtc,
+            [.. s.BadBlocks.Select(b => new BadBlockDto(b.PhysicalBlock, b.Reason, b.FoundUtc, [.. b.References.Select(r => new BlockReferenceDto(r.Version, r.Offset))]))]);
+}
+
+/// <summary>A block whose content does not match its checksum (<c>checksum_mismatch</c>) or that the disk cannot read (<c>io_error</c>).</summary>
+public sealed record BadBlockDto(long PhysicalBlock, string Reason, DateTimeOffset FoundUtc, IReadOnlyList<BlockReferenceDto> References);
+
+/// <summary>A volume or <c>volume@snapshot</c> that references a bad block, and the byte offset of the 4 KiB block in it.</summary>
+public sealed record BlockReferenceDto(string Version, long Offset);
+
 /// <summary>Source-generated serializers for the API (camelCase on the wire).</summary>
 [JsonSourceGenerationOptions(JsonSerializerDefaults.Web, WriteIndented = false, DefaultIgnoreCondition = JsonIgnoreCondition.Never)]
 [JsonSerializable(typeof(VolumeDto))]
@@ -167,6 +204,8 @@ public sealed record ErrorDto(string Error, string Message);
 [JsonSerializable(typeof(HealthDto))]
 [JsonSerializable(typeof(ErrorDto))]
 [JsonSerializable(typeof(StatsDto))]
+[JsonSerializable(typeof(ScrubStartRequest))]
+[JsonSerializable(typeof(ScrubStatusDto))]
 public sealed partial class PlatterJsonContext : JsonSerializerContext;
 
 /// <summary>The stable error codes of the API.</summary>

@@ -80,6 +80,18 @@ public sealed partial class PlatterApiClient : IDisposable
     public Task<VolumeDto> CreateVolumeAsync(string name, long sizeBytes, CancellationToken cancellationToken = default) =>
         SendAsync(HttpMethod.Post, "v1/volumes", JsonContent.Create(new CreateVolumeRequest(name, sizeBytes), Json.CreateVolumeRequest), Json.VolumeDto, cancellationToken);
 
+    /// <summary>POST /v1/scrub/start.</summary>
+    public Task<ScrubStatusDto> StartScrubAsync(ScrubStartRequest request, CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Post, "v1/scrub/start", JsonContent.Create(request, Json.ScrubStartRequest), Json.ScrubStatusDto, cancellationToken);
+
+    /// <summary>POST /v1/scrub/stop.</summary>
+    public Task<ScrubStatusDto> StopScrubAsync(CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Post, "v1/scrub/stop", null, Json.ScrubStatusDto, cancellationToken);
+
+    /// <summary>GET /v1/scrub.</summary>
+    public Task<ScrubStatusDto> GetScrubStatusAsync(CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Get, "v1/scrub", null, Json.ScrubStatusDto, cancellationToken);
+
     /// <summary>POST /v1/volumes/{name}/takeover.</summary>
     public Task<TakeoverDto> TakeOverVolumeAsync(string name, CancellationToken cancellationToken = default) =>
         SendAsync(HttpMethod.Post, VolumePath(name) + "/takeover", null, Json.TakeoverDto, cancellationToken);

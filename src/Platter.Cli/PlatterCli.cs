@@ -110,6 +110,7 @@ public static class PlatterCli
         root.Add(TransferCommands.BuildReceive(context));
         root.Add(VolumeCommands.BuildUsage(context));
         root.Add(AttachCommand.Build(context));
+        root.Add(ScrubCommands.Build(context));
         root.Add(CheckCommand.Build(context));
         return root;
     }

@@ -479,7 +479,6 @@ public sealed partial class Volume : IVolumeHandle
                 if (state.Deleted) throw new StorageException(StorageError.Closed, $"'{state.DisplayName}' was deleted");
                 state.Map.Get(firstBlock, entries);
             }
-            Span<uint> actual = stackalloc uint[64];
             int i = 0;
             while (i < blocks)
             {
@@ -503,16 +502,8 @@ public sealed partial class Volume : IVolumeHandle
                 {
                     throw _parts.DeviceError(e, $"read of '{state.DisplayName}' at offset {(firstBlock + i) << EngineLimits.BlockShift}");
                 }
-                for (int b = i; b < k; b += actual.Length)
-                {
-                    int n = Math.Min(actual.Length, k - b);
-                    Crc32C.ComputeBlocks(run.Slice((b - i) << EngineLimits.BlockShift, n << EngineLimits.BlockShift), EngineLimits.BlockBytes, actual[..n]);
-                    for (int j = 0; j < n; j++)
-                    {
-                        if (actual[j] != entries[b + j].Crc)
-                            throw ChecksumError(state, firstBlock + b + j, entries[b + j].Pba);
-                    }
-                }
+                int bad = BlockVerify.FirstMismatch(run, entries[i..k]);
+                if (bad >= 0) throw ChecksumError(state, firstBlock + i + bad, entries[i + bad].Pba);
                 i = k;
             }
         }

@@ -32,6 +32,7 @@ public sealed partial class VolumeStore : IDisposable
     private readonly Journal _journal;
     private readonly EngineParts _parts;
     private readonly VolumeCatalog _catalog;
+    private readonly Scrubber _scrubber;
     private volatile bool _disposed;
 
     private VolumeStore(string directory, StoreOptions options, FileStream lockFile, MetadataStore metadata, IDataDevice dataFile, IDataDevice dataArea, Journal journal)
@@ -70,6 +71,9 @@ public sealed partial class VolumeStore : IDisposable
         space.Initialize(dataArea.Length / EngineLimits.BlockBytes, recovered.UsedRuns, recovered.ReferencedBlocks);
         if (!options.Salvage) space.HoldReserve();
         committer.Start(recovered.LastSequence, recovered.Replayed, options.Salvage);
+        _scrubber = CreateScrubber(directory, options.Salvage, logger);
+        committer.BlocksFreed = _scrubber.NoteFreed;
+        _scrubber.Load();
     }
 
     /// <summary>
@@ -409,6 +413,7 @@ public sealed partial class VolumeStore : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
+        _scrubber.Dispose();
         _parts.Close();
         _catalog.WaitForReclaims();
         _parts.Committer.Dispose();
@@ -437,4 +442,8 @@ public sealed class StorageCounters
     public long RoundMicros;
     public long ChecksumErrors;
     public long IoErrors;
+    /// <summary>Blocks the online scrub read and verified.</summary>
+    public long ScrubBlocksChecked;
+    /// <summary>Bad blocks the online scrub found (confirmed: still referenced and still wrong on a second read).</summary>
+    public long ScrubBadBlocks;
 }

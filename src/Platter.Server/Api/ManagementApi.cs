@@ -187,6 +187,23 @@ internal static class ManagementApi
             return Write(http, 200, new TakeoverDto(name, previous), json.TakeoverDto);
         })).Describe<TakeoverDto, IEndpointConventionBuilder>("Take a volume over from the server that holds it (cluster stores: breaks its lock, fences it)");
 
+        // Online scrub (embedded store): reads every block while serving and verifies its checksum. A Ceph store is
+        // scrubbed by Ceph itself (BlueStore checksums, deep scrub of placement groups): those calls say so.
+        app.MapPost("/v1/scrub/start", (Handler)(async (HttpContext http) =>
+        {
+            var request = await ReadBody(http, json.ScrubStartRequest);
+            var status = Scrubbing(store).StartScrub(request.Targets ?? [], request.RateBytesPerSecond, request.Restart);
+            await Write(http, 200, ScrubStatusDto.From(status), json.ScrubStatusDto);
+        })).Describe<ScrubStatusDto, IEndpointConventionBuilder>("Start (or resume) an online scrub of the store or of named volumes and snapshots", 200, typeof(ScrubStartRequest));
+
+        app.MapPost("/v1/scrub/stop", (Handler)((HttpContext http) =>
+            Write(http, 200, ScrubStatusDto.From(Scrubbing(store).StopScrub()), json.ScrubStatusDto)))
+            .Describe<ScrubStatusDto, IEndpointConventionBuilder>("Pause the running scrub, keeping its progress");
+
+        app.MapGet("/v1/scrub", (Handler)((HttpContext http) =>
+            Write(http, 200, ScrubStatusDto.From(Scrubbing(store).GetScrubStatus()), json.ScrubStatusDto)))
+            .Describe<ScrubStatusDto, IEndpointConventionBuilder>("Scrub progress, rate, ETA and the bad blocks found, with every volume/snapshot and offset referencing each");
+
         app.MapPost("/v1/volumes/{name}/resize", (Handler)(async (HttpContext http) =>
         {
             var name = RouteName(http);
@@ -395,6 +412,15 @@ internal static class ManagementApi
         }
         return new StatsDto(services.Metrics is not null, DateTimeOffset.UtcNow, nbd?.ConnectionsAccepted ?? 0, nbd?.HandshakesRefused ?? 0,
             connections, volumes);
+    }
+
+    private static IVolumeScrub Scrubbing(IVolumeBackend store)
+    {
+        if (store is IVolumeScrub scrub) return scrub;
+        string pool = store.Location.StartsWith("rbd:", StringComparison.Ordinal) ? store.Location[4..] : store.Location;
+        throw new BadRequestException(
+            $"the {store.Kind} store {store.Location} is scrubbed by Ceph, not by Platter (BlueStore checksums every read; Ceph deep-scrubs on its own schedule): " +
+            $"run `ceph osd pool deep-scrub {pool}` (or `ceph pg deep-scrub PGID`) and read the results with `ceph health detail`");
     }
 
     private static bool IsRead(string method) => HttpMethods.IsGet(method) || HttpMethods.IsHead(method);

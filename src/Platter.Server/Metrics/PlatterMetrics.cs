@@ -41,6 +41,10 @@ internal sealed class PlatterMetrics
     private readonly Counter _storeIoErrors;
     private readonly Gauge _journalUsedBytes;
     private readonly Gauge _journalHalfBytes;
+    private readonly Counter _scrubCheckedBytes;
+    private readonly Counter _scrubBadBlocksFound;
+    private readonly Gauge _scrubBadBlocks;
+    private readonly Gauge _scrubRunning;
 
     private readonly Gauge _nbdConnections;
     private readonly Counter _nbdConnectionsTotal;
@@ -85,6 +89,12 @@ internal sealed class PlatterMetrics
         _storeIoErrors = factory.CreateCounter("platter_store_io_errors_total", "Failed data-file reads or writes.");
         _journalUsedBytes = factory.CreateGauge("platter_store_journal_used_bytes", "Bytes used in the journal half that commits go to now.");
         _journalHalfBytes = factory.CreateGauge("platter_store_journal_half_bytes", "Size of one journal half.");
+        _scrubCheckedBytes = factory.CreateCounter("platter_scrub_checked_bytes_total", "Bytes the online scrub read and verified.");
+        _scrubBadBlocksFound = factory.CreateCounter("platter_scrub_bad_blocks_total",
+            "Bad blocks the online scrub found (checksum mismatch or unreadable, confirmed while still referenced).");
+        _scrubBadBlocks = factory.CreateGauge("platter_scrub_bad_blocks",
+            "Bad blocks listed now by `platter scrub status` (still referenced: not yet freed or overwritten).");
+        _scrubRunning = factory.CreateGauge("platter_scrub_running", "1 while an online scrub is reading, else 0.");
 
         _nbdConnections = factory.CreateGauge("platter_nbd_connections", "NBD connections being served now (handshake or transmission).");
         _nbdConnectionsTotal = factory.CreateCounter("platter_nbd_connections_total", "NBD connections served since start.");
@@ -180,6 +190,11 @@ internal sealed class PlatterMetrics
                 _checkpointSeconds.IncTo(Interlocked.Read(ref counters.CheckpointMicros) / 1e6);
                 _storeChecksumErrors.IncTo(Interlocked.Read(ref counters.ChecksumErrors));
                 _storeIoErrors.IncTo(Interlocked.Read(ref counters.IoErrors));
+                _scrubCheckedBytes.IncTo(Interlocked.Read(ref counters.ScrubBlocksChecked) * 4096.0);
+                _scrubBadBlocksFound.IncTo(Interlocked.Read(ref counters.ScrubBadBlocks));
+                var scrub = engine.GetScrubStatus();
+                _scrubBadBlocks.Set(scrub.BadBlocks.Count);
+                _scrubRunning.Set(scrub.State == ScrubState.Running ? 1 : 0);
                 var journal = engine.JournalUse;
                 _journalUsedBytes.Set(journal.UsedBytes);
                 _journalHalfBytes.Set(journal.HalfBytes);

@@ -292,9 +292,13 @@ internal sealed class Committer : IDisposable
         Quarantine(frees);
     }
 
+    /// <summary>Told of every block whose free is durable, before it is quarantined (the scrubber's bad-block list).</summary>
+    public Action<List<long>>? BlocksFreed { get; set; }
+
     private void Quarantine(List<long> frees)
     {
         if (frees.Count == 0) return;
+        BlocksFreed?.Invoke(frees);
         _space.Quarantine(_epochs.Current, frees);
         _roundFrees = new List<long>();
     }

@@ -104,4 +104,34 @@ internal static class EngineLimits
 
     /// <summary>LMDB address space reservation: the largest the metadata file may grow to (1 TiB of virtual space, not disk).</summary>
     public const long MetadataMapBytes = 1L << 40;
+
+    // ---- Scrub (Internal/Scrubber.cs) ----
+
+    /// <summary>
+    /// Default scrub budget: 64 MB/s (10^6 bytes). A 1 TB store is read in about 4.5 hours (a night); on an SSD that is
+    /// a small share of its bandwidth, and reads from the page cache cost the CPU a few percent of one core (CRC32C
+    /// runs at GB/s). Clients' throughput and latency with and without it: docs/PERFORMANCE.md. `--rate` changes it.
+    /// </summary>
+    public const long ScrubRateBytesPerSecondDefault = 64_000_000;
+
+    /// <summary>
+    /// Blocks gathered from the maps, sorted by physical block and read per batch (16 MiB). The resume point moves
+    /// forward a batch at a time, so at most one batch is read again after a crash or a stop.
+    /// </summary>
+    public const int ScrubBatchBlocksMax = 4096;
+
+    /// <summary>
+    /// Map entries looked at per hold of a volume's lock while gathering a batch (about 50 µs of work): writers of that
+    /// volume wait at most that long for the scrubber.
+    /// </summary>
+    public const int ScrubLockedVisitsMax = 1024;
+
+    /// <summary>Longest physically contiguous read of the scrubber (1 MiB): the unit the budget paces.</summary>
+    public const int ScrubRunBlocksMax = 256;
+
+    /// <summary>How often a running scrub writes its progress file (at most this much work is redone after a crash).</summary>
+    public static readonly TimeSpan ScrubPersistInterval = TimeSpan.FromSeconds(2);
+
+    /// <summary>Bad blocks a scrub keeps listed (and in its progress file); more are still logged and counted.</summary>
+    public const int ScrubBadBlocksListedMax = 10_000;
 }
