@@ -89,6 +89,11 @@ internal sealed unsafe class VhostUserConnection : IDisposable
         {
             if (Volatile.Read(ref _closed) == 0) _log.LogWarning("vhost-user-blk {Volume}: connection closed: {Reason}", _name, e.Message);
         }
+        finally
+        {
+            // The front-end sees the end at once (and QEMU's reconnect starts), whoever closes the descriptor later.
+            Close();
+        }
     }
 
     /// <summary>Wakes <see cref="Run"/> (from another thread) so that it returns; safe to call twice.</summary>
