@@ -112,13 +112,21 @@ internal static class ServeCommand
             HelpName = "ADDR:PORT",
         };
 
+        var vhostUserDir = new Option<string?>("--vhost-user-dir")
+        {
+            Description = "Also serve every volume as a vhost-user-blk device for QEMU on this machine: one unix socket DIR/NAME.sock per " +
+                          "volume (VOLUME@SNAPSHOT.sock, read-only, per snapshot), appearing and disappearing with the volumes. A volume is " +
+                          "written through one front door at a time: NBD or vhost-user.",
+            HelpName = "DIR",
+        };
+
         var command = new Command("serve",
             "Run the Platter server: opens (or creates) the store, serves every volume as an NBD export of the same name " +
             "on TCP and a unix socket, and the management API on a unix socket. Logs one line per event to stdout. Stops cleanly " +
             "on SIGINT/SIGTERM: finishes in-flight requests (30 s at most; a second signal cuts them), flushes, closes the store.")
         {
             store, cephConf, cephId, cephOpTimeout, listen, socket, apiSocket, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa, readOnly, salvage, config, verbose,
-            logFormat, noMetrics, metricsListen,
+            logFormat, noMetrics, metricsListen, vhostUserDir,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -188,6 +196,7 @@ internal static class ServeCommand
                 ActivatedSockets = context.ShutdownRequested is null ? TakeActivatedSockets() : [],
                 Metrics = !parse.GetValue(noMetrics),
                 MetricsTcpEndPoint = parse.GetValue(metricsListen) is { } m ? ParseEndPoint(m, "--metrics-listen", allowNone: true) : null,
+                VhostUserDirectory = parse.GetValue(vhostUserDir) is { } vd ? Path.GetFullPath(vd) : null,
             };
             var problem = options.Validate();
             if (problem is not null) throw new CliException(problem);

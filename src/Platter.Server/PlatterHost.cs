@@ -107,8 +107,9 @@ public sealed partial class PlatterHost : IAsyncDisposable
                 if (_options.ApiSocketPath is not null && ActivatedAt(_options.ApiSocketPath) is null) PrepareSocket(_options.ApiSocketPath);
 
                 if (_options.Metrics) Metrics = new PlatterMetrics { Store = _store, Engine = _store as VolumeStore };
-                await StartNbdAsync(new VolumeExportProvider(_store, _options.ReadOnly || salvage) { Metrics = Metrics }, cancellationToken).ConfigureAwait(false);
+                await StartNbdAsync(new VolumeExportProvider(_store, _options.ReadOnly || salvage) { Metrics = Metrics, Writers = _writers }, cancellationToken).ConfigureAwait(false);
                 if (Metrics is not null) Metrics.Nbd = _nbd;
+                StartVhostUser(_options.ReadOnly || salvage);
 
                 var activatedApi = _options.ActivatedSockets.Where(IsApiSocket).ToList();
                 if (activatedApi.Any(a => a.TcpEndPoint is not null) && string.IsNullOrEmpty(_options.ApiToken))
@@ -210,6 +211,14 @@ public sealed partial class PlatterHost : IAsyncDisposable
         try
         {
             await StopNbdAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            (errors ??= []).Add(e);
+        }
+        try
+        {
+            await StopVhostUserAsync().ConfigureAwait(false);
         }
         catch (Exception e)
         {

@@ -76,6 +76,12 @@ public sealed class PlatterHostOptions
     /// </summary>
     public Func<Microsoft.Extensions.Logging.ILoggerFactory, IVolumeBackend>? OpenBackend { get; init; }
 
+    /// <summary>
+    /// Serve every volume as a vhost-user-blk device too, one unix socket per volume in this directory
+    /// (<c>platter serve --vhost-user-dir DIR</c>); null: no vhost-user.
+    /// </summary>
+    public string? VhostUserDirectory { get; init; }
+
     /// <summary>How the store is opened (tests shrink its limits).</summary>
     public StoreOptions? StoreOptions { get; init; }
 

@@ -20,6 +20,8 @@ public sealed class VolumeExport : INbdExport
     private readonly bool _readOnly;
     // Null when metrics are off (platter serve --no-metrics): then a request takes no timestamps at all.
     private readonly VolumeMetrics? _metrics;
+    // This connection's share of the one-writer claim (VolumeWriters), released when the export closes.
+    private readonly IDisposable? _writerClaim;
 
     /// <summary>
     /// Wraps <paramref name="volume"/>; the export owns the handle and disposes it. With <paramref name="readOnly"/>
@@ -29,8 +31,9 @@ public sealed class VolumeExport : INbdExport
     {
     }
 
-    internal VolumeExport(IVolumeHandle volume, bool readOnly, VolumeMetrics? metrics)
+    internal VolumeExport(IVolumeHandle volume, bool readOnly, VolumeMetrics? metrics, IDisposable? writerClaim = null)
     {
+        _writerClaim = writerClaim;
         _volume = volume;
         _readOnly = readOnly;
         _metrics = metrics;
@@ -229,7 +232,11 @@ public sealed class VolumeExport : INbdExport
     }
 
     /// <summary>Closes the volume handle.</summary>
-    public void Dispose() => _volume.Dispose();
+    public void Dispose()
+    {
+        _volume.Dispose();
+        _writerClaim?.Dispose();
+    }
 
     /// <summary>Maps a storage failure to the NBD error a client understands.</summary>
     public static NbdErrorException Map(StorageException e) => new(ToNbdError(e.Error), e.Message, e);

@@ -15,6 +15,12 @@ public sealed class VolumeExportProvider(IVolumeBackend store, bool readOnly = f
     /// <summary>Where exports count their requests; null counts nothing.</summary>
     internal PlatterMetrics? Metrics { get; init; }
 
+    /// <summary>
+    /// The one-writer registry shared with vhost-user: a writable export claims its volume for NBD and an export of a
+    /// volume vhost-user writes is refused with a message saying so. Null: no other front door.
+    /// </summary>
+    internal VolumeWriters? Writers { get; init; }
+
     /// <summary>True when every export is served read-only.</summary>
     public bool ReadOnly => readOnly;
 
@@ -29,8 +35,19 @@ public sealed class VolumeExportProvider(IVolumeBackend store, bool readOnly = f
         {
             // A snapshot handle refuses writes itself; readOnly: true makes the export refuse them before the engine.
             var handle = isSnapshot ? store.OpenSnapshotHandle(volume, snapshot) : store.OpenVolumeHandle(name);
+            IDisposable? claim = null;
+            try
+            {
+                // NBD has no read-only open: every connection to a writable export may write, so each one claims it.
+                if (!readOnly && !isSnapshot && Writers is not null) claim = Writers.Claim(name, VolumeWriters.Nbd);
+            }
+            catch
+            {
+                handle.Dispose();
+                throw;
+            }
             // Series are made only for names that exist, so clients guessing names cannot grow the metrics.
-            return new VolumeExport(handle, readOnly || isSnapshot, Metrics?.ForVolume(name));
+            return new VolumeExport(handle, readOnly || isSnapshot, Metrics?.ForVolume(name), claim);
         }
         catch (StorageException e) when (e.Error == StorageError.NotFound)
         {

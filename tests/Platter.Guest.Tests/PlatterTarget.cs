@@ -11,11 +11,14 @@ public sealed class PlatterTarget : INbdTarget
     private readonly PlatterServer _server;
     private bool _volumeCreated;
 
-    /// <summary>Creates a target whose store and sockets live in <paramref name="workDirectory"/>.</summary>
-    public PlatterTarget(string workDirectory, long sizeBytes)
+    /// <summary>
+    /// Creates a target whose store and sockets live in <paramref name="workDirectory"/>; <paramref name="extraArguments"/>
+    /// go to <c>platter serve</c> (e.g. <c>--vhost-user-dir DIR</c>).
+    /// </summary>
+    public PlatterTarget(string workDirectory, long sizeBytes, params string[] extraArguments)
     {
         if (sizeBytes % 512 != 0) throw new ArgumentOutOfRangeException(nameof(sizeBytes), "a volume size is a multiple of 512 bytes");
-        _server = new PlatterServer(workDirectory);
+        _server = new PlatterServer(workDirectory) { ExtraArguments = extraArguments };
         SizeBytes = sizeBytes;
     }
 

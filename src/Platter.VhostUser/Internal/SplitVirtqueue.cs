@@ -1,0 +1,242 @@
+using System.Runtime.CompilerServices;
+
+namespace Platter.VhostUser.Internal;
+
+/// <summary>A run of guest memory one descriptor (or the part of it inside one region) names, already translated.</summary>
+internal unsafe struct Segment
+{
+    public byte* Host;
+    public uint Length;
+    public bool Writable;
+}
+
+/// <summary>What <see cref="SplitVirtqueue.TryPop"/> found.</summary>
+internal enum PopResult
+{
+    Empty,
+    Popped,
+    /// <summary>The driver broke the ring itself (see <see cref="SplitVirtqueue.BrokenReason"/>); stop using the queue.</summary>
+    Broken,
+}
+
+/// <summary>One descriptor chain read from the table: its segments and where its status byte is.</summary>
+internal unsafe struct Chain
+{
+    /// <summary>Segments filled in the caller's array, in chain order (device-readable first).</summary>
+    public int SegmentCount;
+    /// <summary>Some descriptor named memory outside every region (or wrapped around): the request fails.</summary>
+    public bool BadAddress;
+    /// <summary>More segments than the request array holds (a driver that ignores seg_max): the request fails.</summary>
+    public bool TooManySegments;
+    /// <summary>The last byte of the last descriptor when it is device-writable and in guest memory, else null.</summary>
+    public byte* Status;
+
+    public readonly bool HasStatus => Status != null;
+}
+
+/// <summary>
+/// A split virtqueue (virtio 1.1 section 2.6) over guest memory: the descriptor table, the available ring the driver
+/// fills and the used ring the device fills. Everything read from the rings is read once into locals and checked before
+/// use: indices against the queue size, chain length against the queue size (a loop in the chain ends there),
+/// descriptor addresses against <see cref="GuestMemory"/>. Not thread-safe: one worker pops; completions push under the
+/// owner's lock.
+/// </summary>
+/// <remarks>
+/// Not offered, so refused if a driver uses them anyway: indirect descriptors (VIRTIO_RING_F_INDIRECT_DESC) and
+/// event index suppression (VIRTIO_RING_F_EVENT_IDX); without the latter the device interrupts unless the driver set
+/// VIRTQ_AVAIL_F_NO_INTERRUPT.
+/// </remarks>
+internal sealed unsafe class SplitVirtqueue
+{
+    public const ushort DescNext = 1;
+    public const ushort DescWrite = 2;
+    public const ushort DescIndirect = 4;
+    private const ushort AvailNoInterrupt = 1;
+    public const uint SizeMax = 32768;
+
+    private readonly GuestMemory _memory;
+    private readonly byte* _descriptors;
+    private readonly ushort* _available;
+    private readonly byte* _used;
+    private ushort _lastAvailable;
+    private ushort _usedIndex;
+
+    private SplitVirtqueue(GuestMemory memory, ushort size, byte* descriptors, ushort* available, byte* used, ushort lastAvailable)
+    {
+        _memory = memory;
+        Size = size;
+        _descriptors = descriptors;
+        _available = available;
+        _used = used;
+        _lastAvailable = lastAvailable;
+        // The driver zeroes the used ring when it sets the queue up; after a stop and restart the front-end hands back
+        // our last available index and the used index in memory is ours from before.
+        _usedIndex = Volatile.Read(ref *(ushort*)(used + 2));
+    }
+
+    public ushort Size { get; }
+
+    /// <summary>How many available entries the device has taken (what GET_VRING_BASE reports).</summary>
+    public ushort LastAvailableIndex => _lastAvailable;
+
+    public string? BrokenReason { get; private set; }
+
+    /// <summary>
+    /// Locates the rings (front-end virtual addresses, as SET_VRING_ADDR gives them) in guest memory; null with the reason
+    /// when the size is not a power of two up to 32768, or a ring is not wholly inside one region or misaligned.
+    /// </summary>
+    public static SplitVirtqueue? Create(GuestMemory memory, uint size, ulong descriptorsUser, ulong availableUser, ulong usedUser,
+        ushort lastAvailable, out string? problem)
+    {
+        problem = null;
+        if (size == 0 || size > SizeMax || !uint.IsPow2(size))
+        {
+            problem = $"queue size {size} is not a power of two between 1 and {SizeMax}";
+            return null;
+        }
+        byte* d = memory.TranslateUser(descriptorsUser, 16UL * size);
+        byte* a = memory.TranslateUser(availableUser, 6UL + 2UL * size);
+        byte* u = memory.TranslateUser(usedUser, 6UL + 8UL * size);
+        if (d is null || a is null || u is null)
+        {
+            problem = $"a ring of the queue is outside guest memory (descriptors 0x{descriptorsUser:x}, available 0x{availableUser:x}, used 0x{usedUser:x})";
+            return null;
+        }
+        // The virtio spec's alignments; the rings are then read with naturally aligned loads.
+        if (((nint)d & 15) != 0 || ((nint)a & 1) != 0 || ((nint)u & 3) != 0)
+        {
+            problem = "a ring of the queue is misaligned";
+            return null;
+        }
+        return new SplitVirtqueue(memory, (ushort)size, d, (ushort*)a, u, lastAvailable);
+    }
+
+    /// <summary>Takes the next available chain head, if any.</summary>
+    public PopResult TryPop(out ushort head)
+    {
+        head = 0;
+        if (BrokenReason is not null) return PopResult.Broken;
+        // Acquire: the ring entry is read after the index that published it.
+        ushort availableIndex = Volatile.Read(ref _available[1]);
+        ushort pending = (ushort)(availableIndex - _lastAvailable);
+        if (pending == 0) return PopResult.Empty;
+        if (pending > Size) return Break($"the available index moved {pending} entries ahead on a queue of {Size}");
+        ushort h = Volatile.Read(ref _available[2 + (_lastAvailable & (Size - 1))]);
+        if (h >= Size) return Break($"available ring entry names descriptor {h} on a queue of {Size}");
+        _lastAvailable++;
+        head = h;
+        return PopResult.Popped;
+    }
+
+    private PopResult Break(string reason)
+    {
+        BrokenReason = reason;
+        return PopResult.Broken;
+    }
+
+    /// <summary>
+    /// Walks the chain from <paramref name="head"/> into <paramref name="segments"/>. False (and the queue broken) when
+    /// the chain's structure is wrong: a next index past the table, more descriptors than the queue has (a loop), an
+    /// indirect descriptor, a device-readable descriptor after a device-writable one. A descriptor whose memory is not
+    /// the guest's only fails its request (<see cref="Chain.BadAddress"/>).
+    /// </summary>
+    public bool TryReadChain(ushort head, Span<Segment> segments, out Chain chain)
+    {
+        chain = default;
+        ushort index = head;
+        int descriptors = 0;
+        bool seenWritable = false;
+        ulong lastAddress = 0;
+        uint lastLength = 0;
+        bool lastWritable = false;
+        while (true)
+        {
+            // A chain has at most Size descriptors: one more means it loops.
+            if (++descriptors > Size)
+            {
+                Break($"descriptor chain from {head} is longer than the queue ({Size}): a loop");
+                return false;
+            }
+            byte* d = _descriptors + 16 * index;
+            // One read of each field: the guest may change the table under us; only these copies are used.
+            ulong address = Unsafe.ReadUnaligned<ulong>(d);
+            uint length = Unsafe.ReadUnaligned<uint>(d + 8);
+            ushort flags = Unsafe.ReadUnaligned<ushort>(d + 12);
+            ushort next = Unsafe.ReadUnaligned<ushort>(d + 14);
+            if ((flags & DescIndirect) != 0)
+            {
+                Break("indirect descriptor (VIRTIO_RING_F_INDIRECT_DESC was not offered)");
+                return false;
+            }
+            bool writable = (flags & DescWrite) != 0;
+            if (!writable && seenWritable)
+            {
+                Break($"device-readable descriptor {index} after a device-writable one in the chain from {head}");
+                return false;
+            }
+            seenWritable |= writable;
+            if (length > 0 && !chain.BadAddress)
+            {
+                if (address + length < address)
+                {
+                    chain.BadAddress = true;
+                }
+                else
+                {
+                    ulong done = 0;
+                    while (done < length)
+                    {
+                        if (!_memory.TryTranslate(address + done, length - done, out byte* host, out ulong contiguous))
+                        {
+                            chain.BadAddress = true;
+                            break;
+                        }
+                        if (chain.SegmentCount == segments.Length)
+                        {
+                            chain.TooManySegments = true;
+                            break;
+                        }
+                        segments[chain.SegmentCount++] = new Segment { Host = host, Length = (uint)contiguous, Writable = writable };
+                        done += contiguous;
+                    }
+                }
+            }
+            lastAddress = address;
+            lastLength = length;
+            lastWritable = writable;
+            if ((flags & DescNext) == 0) break;
+            if (next >= Size)
+            {
+                Break($"descriptor {index} names next descriptor {next} on a queue of {Size}");
+                return false;
+            }
+            index = next;
+        }
+        if (lastWritable && lastLength > 0 && lastAddress + lastLength - 1 >= lastAddress
+            && _memory.TryTranslate(lastAddress + lastLength - 1, 1, out byte* status, out _))
+        {
+            chain.Status = status;
+        }
+        return true;
+    }
+
+    /// <summary>Returns a chain to the driver with the number of bytes written into it. The caller serialises pushes.</summary>
+    public void PushUsed(ushort head, uint writtenBytes)
+    {
+        byte* element = _used + 4 + 8 * (_usedIndex & (Size - 1));
+        Unsafe.WriteUnaligned(element, (uint)head);
+        Unsafe.WriteUnaligned(element + 4, writtenBytes);
+        _usedIndex++;
+        // Release: the element is visible before the index that publishes it.
+        Volatile.Write(ref *(ushort*)(_used + 2), _usedIndex);
+    }
+
+    /// <summary>True unless the driver asked for no interrupts (VIRTQ_AVAIL_F_NO_INTERRUPT).</summary>
+    public bool DriverWantsInterrupt()
+    {
+        // The used index store must be visible before the flag is read, or a driver that just re-enabled interrupts
+        // and checked the used ring could miss both.
+        Interlocked.MemoryBarrier();
+        return (Volatile.Read(ref _available[0]) & AvailNoInterrupt) == 0;
+    }
+}

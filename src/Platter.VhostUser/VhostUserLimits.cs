@@ -1,0 +1,44 @@
+namespace Platter.VhostUser;
+
+/// <summary>Every limit of the vhost-user-blk back-end, in one place with its reason.</summary>
+public static class VhostUserLimits
+{
+    /// <summary>
+    /// Queues per device (GET_QUEUE_NUM). Each started queue has its own worker thread blocked on its kick eventfd, so
+    /// this bounds threads per VM; a guest uses min(vCPUs, num-queues) of them, and 8 covers the VMs a small node runs.
+    /// </summary>
+    public const int QueuesMax = 8;
+
+    /// <summary>
+    /// Data segments per request (config seg_max). The header and the status byte take two more descriptors; a driver
+    /// that sends more gets an I/O error for that request. 126 + 2 fits QEMU's default queue of 128.
+    /// </summary>
+    public const int DataSegmentsMax = 126;
+
+    /// <summary>Segments a request holds after translation: a descriptor that spans two memory regions becomes two.</summary>
+    internal const int SegmentsPerRequestMax = DataSegmentsMax + 2 + 8;
+
+    /// <summary>Bytes one read or write request may move (64 MiB): far above what Linux sends (its max_sectors), low enough that one request cannot hold the engine for long.</summary>
+    public const long RequestBytesMax = 64L * 1024 * 1024;
+
+    /// <summary>Ranges in one DISCARD or WRITE_ZEROES request (config max_discard_seg / max_write_zeroes_seg).</summary>
+    public const int DiscardRangesMax = 16;
+
+    /// <summary>Sectors of one discard or write-zeroes range: 4 GiB; the engine unmaps whole blocks as a metadata update.</summary>
+    public const uint DiscardSectorsMax = 8u * 1024 * 1024;
+
+    /// <summary>
+    /// Payload bytes of one control message. The largest we accept is SET_MEM_TABLE with 8 regions (264 bytes) or
+    /// GET_CONFIG with its 256-byte config; anything bigger is a broken or hostile front-end and ends the connection.
+    /// </summary>
+    public const int MessagePayloadMax = 4096;
+
+    /// <summary>Memory regions of SET_MEM_TABLE (the protocol's own limit without CONFIGURE_MEM_SLOTS).</summary>
+    public const int MemoryRegionsMax = 8;
+
+    /// <summary>Descriptors one control message may carry (one per memory region).</summary>
+    public const int DescriptorsPerMessageMax = 8;
+
+    /// <summary>Bytes of config space served (VHOST_USER_MAX_CONFIG_SIZE); the virtio-blk config itself is 60.</summary>
+    public const int ConfigBytesMax = 256;
+}

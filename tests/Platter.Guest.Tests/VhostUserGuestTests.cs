@@ -1,0 +1,105 @@
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Platter.Guest.Tests;
+
+/// <summary>
+/// A real Linux guest whose disk is a Platter volume over vhost-user-blk (<c>platter serve --vhost-user-dir</c>):
+/// QEMU shares the guest's memory (memfd, share=on) and Platter serves the virtqueues itself. The guest writes a raw
+/// pattern, runs mkfs.ext4 (which discards the whole disk first), writes files, syncs and runs e2fsck; the server is
+/// then killed, so only what the guest flushed survives; NBD reads the discarded range back and a second guest
+/// verifies every file over NBD; a third boot over vhost-user again sees the second one's marker.
+/// </summary>
+public sealed class VhostUserGuestTests(ITestOutputHelper output) : IDisposable
+{
+    private const long VolumeSizeBytes = 512L * 1024 * 1024;
+    // A range the guest never writes before mkfs and ext4 leaves alone on a mostly empty 512 MiB disk: filled with
+    // 0xAB through NBD before the first boot, it must read back as anything but 0xAB once mkfs has discarded the disk.
+    private const long DiscardProbeOffset = 500L * 1024 * 1024;
+    private const int DiscardProbeBytes = 4 * 1024 * 1024;
+
+    private readonly TempDirectory _work = new("platter-vhost");
+
+    public void Dispose() => _work.Dispose();
+
+    [Fact]
+    public async Task Guest_writes_flushes_and_discards_over_vhost_user_and_the_data_reads_back_over_nbd()
+    {
+        using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(20));
+        var ct = cts.Token;
+        var image = await GuestImage.BuildAsync(ct);
+        // TCG always: under KVM on the build machines a vhost-user-blk guest never reached its serial console (not yet
+        // understood; the same guest under TCG, and the NBD guests under KVM, boot).
+        const string accel = "tcg";
+        output.WriteLine($"guest {image.Key}, accelerator {accel}");
+        var vhostDir = _work.Combine("vu");
+        await using var target = new PlatterTarget(_work.Path, VolumeSizeBytes, "--vhost-user-dir", vhostDir);
+        await target.StartAsync(ct);
+        var socket = Path.Combine(vhostDir, target.ExportName + ".sock");
+        await WaitForAsync(() => File.Exists(socket), "the volume's vhost-user socket", target, ct);
+
+        var nbdUri = $"nbd+unix:///{target.ExportName}?socket={target.SocketPath}";
+        var fill = await ProcessRunner.RunAsync("qemu-io", ["-f", "raw", "-c", $"write -P 0xab {DiscardProbeOffset} {DiscardProbeBytes}", "-c", "flush", nbdUri],
+            TimeSpan.FromSeconds(60), cancellationToken: ct);
+        Assert.True(fill.ExitCode == 0, fill.Describe());
+
+        // Boot 1 over vhost-user; while its QEMU holds the volume, NBD must refuse to open it (one writer).
+        var boot = GuestVm.BootAsync(image, null, GuestMode.Write, _work.Path, accel, diskArguments: VhostUserDisk(socket), cancellationToken: ct);
+        await WaitForAsync(() => target.Log.Contains("front-end connected", StringComparison.Ordinal) || boot.IsCompleted, "QEMU to connect", target, ct);
+        var refused = await ProcessRunner.RunAsync("qemu-io", ["-r", "-f", "raw", "-c", "read 0 4k", nbdUri], TimeSpan.FromSeconds(60), cancellationToken: ct);
+        output.WriteLine($"NBD while vhost-user writes: exit {refused.ExitCode}: {refused.Stderr.Trim()}");
+        Assert.NotEqual(0, refused.ExitCode);
+        // qemu-io prints the server's reason ("server reported: ...") on stdout.
+        Assert.Contains("being written over vhost-user", refused.Stdout + refused.Stderr);
+        await AssertPassedAsync(await boot, "boot 1 (write, over vhost-user)", target);
+
+        // Only flushed data may be relied on after SIGKILL; the guest synced and unmounted, so all of it must be there.
+        await target.StopAsync(graceful: false, ct);
+        await target.StartAsync(ct);
+
+        var probe = _work.Combine("probe.raw");
+        // The whole volume through NBD (sparse, so quick), then the probed range from the copy.
+        var copy = await ProcessRunner.RunAsync("qemu-img", ["convert", "-f", "raw", "-O", "raw", nbdUri, probe], TimeSpan.FromMinutes(3), cancellationToken: ct);
+        Assert.True(copy.ExitCode == 0, copy.Describe());
+        var bytes = new byte[DiscardProbeBytes];
+        using (var file = File.OpenHandle(probe)) Assert.Equal(DiscardProbeBytes, RandomAccess.Read(file, bytes, DiscardProbeOffset));
+        int stale = 0;
+        for (int block = 0; block < bytes.Length; block += 4096)
+            if (bytes.AsSpan(block, 4096).IndexOfAnyExcept((byte)0xAB) < 0) stale++;
+        Assert.True(stale == 0, $"{stale} 4 KiB blocks of the range still hold the 0xAB fill: mkfs.ext4's discard did not reach the volume");
+
+        var verifyOverNbd = await GuestVm.BootAsync(image, target, GuestMode.Verify, _work.Path, accel, expectedMarkers: 0, cancellationToken: ct);
+        await AssertPassedAsync(verifyOverNbd, "boot 2 (verify, over NBD)", target);
+
+        // NBD's claim ends with its connection: vhost-user may write again.
+        var again = await GuestVm.BootAsync(image, null, GuestMode.Verify, _work.Path, accel, expectedMarkers: 1, diskArguments: VhostUserDisk(socket), cancellationToken: ct);
+        await AssertPassedAsync(again, "boot 3 (verify, over vhost-user)", target);
+        await target.StopAsync(graceful: true, ct);
+    }
+
+    /// <summary>QEMU's arguments for a vhost-user-blk disk: guest RAM shared with the back-end, the socket, the device.</summary>
+    private static List<string> VhostUserDisk(string socket) =>
+    [
+        // GuestVm boots with -m 512M: the shared backend covers all of it.
+        "-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem",
+        "-chardev", $"socket,id=vu0,path={socket}",
+        "-device", "vhost-user-blk-pci,chardev=vu0",
+    ];
+
+    private async Task AssertPassedAsync(GuestBoot boot, string what, PlatterTarget target)
+    {
+        output.WriteLine($"{what}: {(boot.Passed ? "PASS" : "FAIL")}, wall {boot.Elapsed.TotalSeconds:F1} s, guest uptime {boot.GuestUptimeSeconds?.ToString("F1") ?? "?"} s");
+        Assert.True(boot.Passed, $"{what} did not report PASS:\n{boot.Describe()}\n--- platter log ---\n{target.Log}");
+        await Task.CompletedTask;
+    }
+
+    private static async Task WaitForAsync(Func<bool> condition, string what, PlatterTarget target, CancellationToken ct)
+    {
+        var waited = System.Diagnostics.Stopwatch.StartNew();
+        while (!condition())
+        {
+            if (waited.Elapsed > TimeSpan.FromSeconds(60)) Assert.Fail($"waited a minute for {what}\n--- platter log ---\n{target.Log}");
+            await Task.Delay(100, ct);
+        }
+    }
+}
