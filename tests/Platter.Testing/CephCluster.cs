@@ -1,20 +1,23 @@
 using System.Diagnostics;
 using Platter.Ceph;
-using Xunit;
+using Platter.Rbd;
 
-namespace Platter.Rbd.Tests;
+namespace Platter.Testing;
 
 /// <summary>
 /// A real one-host Ceph cluster (scripts/ceph-cluster.sh: one monitor, three bluestore OSDs, pool "rbd" of size 3 /
-/// min_size 2) started once for every test class of the collection and stopped after the last. Tests make images
-/// with unique names, so they never see each other's.
+/// min_size 2) started once for every test class of a collection and stopped after the last. Tests make images
+/// with unique names, so they never see each other's. Each test project that uses it declares its own xunit
+/// collection with this class as the collection fixture (xunit looks for collection definitions only in the test
+/// assembly itself); Platter.Rbd.Tests and Platter.Contract.Tests each start one cluster, on a port block of its own.
 /// </summary>
 public sealed class CephCluster : IDisposable
 {
+    /// <summary>Starts the cluster in a new temp directory; fails with the script's output when it cannot.</summary>
     public CephCluster()
     {
         Directory = System.IO.Directory.CreateTempSubdirectory("platter-ceph-").FullName;
-        Script = Path.Combine(RepoRoot, "scripts", "ceph-cluster.sh");
+        Script = Repository.PathOf(Path.Combine("scripts", "ceph-cluster.sh"));
         var (code, output) = Run(Script, "start", Directory);
         if (code != 0)
         {
@@ -43,14 +46,16 @@ public sealed class CephCluster : IDisposable
         reaper.StandardInput.Close();
     }
 
-    public static string RepoRoot { get; } = FindRepoRoot();
-
+    /// <summary>The cluster's directory: its configuration, keyring, daemon data and logs.</summary>
     public string Directory { get; }
 
+    /// <summary>scripts/ceph-cluster.sh, for tests that stop and start daemons (kill-osd, start-osd).</summary>
     public string Script { get; }
 
+    /// <summary>The cluster's ceph.conf (monitor address, keyring), for librados, the rbd CLI and qemu's rbd: driver.</summary>
     public string ConfFile { get; }
 
+    /// <summary>The replicated pool the script creates.</summary>
     public string Pool => "rbd";
 
     /// <summary>Settings every test connection uses: fail rather than hang when something is wrong.</summary>
@@ -62,6 +67,7 @@ public sealed class CephCluster : IDisposable
         new("rbd_skip_partial_discard", "false"),
     ];
 
+    /// <summary>A new librados connection as client.admin with <see cref="TestSettings"/>.</summary>
     public RadosCluster Connect() => RadosCluster.Connect(ConfFile, "admin", TestSettings);
 
     /// <summary>An RBD backend on the pool, with short timeouts so a broken cluster fails the test instead of hanging it.</summary>
@@ -75,8 +81,9 @@ public sealed class CephCluster : IDisposable
 
     /// <summary>Runs a command with CEPH_CONF pointing at this cluster; returns exit code and stdout+stderr.</summary>
     public (int Code, string Output) Exec(string file, params string[] args) =>
-        Run(file, args, new Dictionary<string, string> { ["CEPH_CONF"] = ConfFile });
+        Run(file, args, new Dictionary<string, string?> { ["CEPH_CONF"] = ConfFile });
 
+    /// <summary>As <see cref="Exec"/>, and fails with the command and its output unless it exits 0.</summary>
     public string ExecOk(string file, params string[] args)
     {
         var (code, output) = Exec(file, args);
@@ -84,8 +91,10 @@ public sealed class CephCluster : IDisposable
         return output;
     }
 
+    /// <summary>A name no other test uses: the prefix, a dash and 12 random hex digits.</summary>
     public static string UniqueName(string prefix) => $"{prefix}-{Guid.NewGuid():N}"[..(prefix.Length + 13)];
 
+    /// <summary>Stops the daemons and removes the directory.</summary>
     public void Dispose()
     {
         Run(Script, "stop", Directory);
@@ -99,43 +108,26 @@ public sealed class CephCluster : IDisposable
         }
     }
 
-    internal static (int Code, string Output) Run(string file, string[] args, IDictionary<string, string>? env = null)
+    /// <summary>
+    /// Runs a command to completion (3 minutes at most, then its process tree is killed) with the caller's
+    /// CEPH_ARGS removed, so that a developer's own settings never reach this cluster's tools.
+    /// </summary>
+    private static (int Code, string Output) Run(string file, string[] args, IReadOnlyDictionary<string, string?>? env = null)
     {
-        var info = new ProcessStartInfo(file)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = true,
-        };
-        foreach (var arg in args) info.ArgumentList.Add(arg);
-        info.Environment.Remove("CEPH_ARGS");
-        foreach (var (k, v) in env ?? new Dictionary<string, string>()) info.Environment[k] = v;
-        using var process = Process.Start(info)!;
+        var environment = new Dictionary<string, string?>(env ?? new Dictionary<string, string?>()) { ["CEPH_ARGS"] = null };
+        var info = ProcessRunner.StartInfo(file, args, environment);
+        info.RedirectStandardInput = true;
+        using var process = ProcessRunner.Start(info);
         process.StandardInput.Close();
         var stdout = process.StandardOutput.ReadToEndAsync();
         var stderr = process.StandardError.ReadToEndAsync();
         if (!process.WaitForExit(TimeSpan.FromMinutes(3)))
         {
-            process.Kill(entireProcessTree: true);
-            throw new TimeoutException($"{file} {string.Join(' ', args)} did not finish in 3 minutes");
+            ProcessRunner.KillTree(process);
+            throw new TimeoutException($"{ProcessRunner.FormatCommandLine(info)} did not finish in 3 minutes");
         }
         return (process.ExitCode, stdout.Result + stderr.Result);
     }
 
     private static (int Code, string Output) Run(string file, params string[] args) => Run(file, args, null);
-
-    private static string FindRepoRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "Platter.slnx"))) return dir.FullName;
-        }
-        throw new InvalidOperationException("repository root (Platter.slnx) not found above " + AppContext.BaseDirectory);
-    }
-}
-
-[CollectionDefinition(Name)]
-public sealed class CephCollection : ICollectionFixture<CephCluster>
-{
-    public const string Name = "ceph";
 }
