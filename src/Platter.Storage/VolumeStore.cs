@@ -60,7 +60,7 @@ public sealed partial class VolumeStore : IDisposable
         var epochs = new EpochGate();
         committer = new Committer(options, logger, metadata, journal, dataArea, space, epochs, counters, (batch, frees) => catalog!.Gather(batch, frees));
         _parts = new EngineParts(dataArea, space, committer, epochs, counters, logger, options.Salvage);
-        catalog = new VolumeCatalog(_parts, logger);
+        catalog = new VolumeCatalog(_parts, logger, options.BackgroundReclaimForTests);
         _catalog = catalog;
 
         // Verification at open happens here: damaged metadata throws BadStore (or, salvaging, is set aside).

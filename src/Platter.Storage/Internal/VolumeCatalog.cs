@@ -28,11 +28,13 @@ internal sealed class VolumeCatalog : IDisposable
     private long _nextId;
 
     private readonly List<Task> _reclaims = new();
+    private readonly Action<bool>? _backgroundReclaimObserver;
 
-    public VolumeCatalog(EngineParts parts, ILogger logger)
+    public VolumeCatalog(EngineParts parts, ILogger logger, Action<bool>? backgroundReclaimObserver = null)
     {
         _parts = parts;
         _logger = logger;
+        _backgroundReclaimObserver = backgroundReclaimObserver;
     }
 
     private Committer Committer => _parts.Committer;
@@ -379,7 +381,19 @@ internal sealed class VolumeCatalog : IDisposable
             Run();
             return;
         }
-        var task = Task.Run(Run);
+        var observer = _backgroundReclaimObserver;
+        var task = observer is null ? Task.Run(Run) : Task.Run(() =>
+        {
+            observer(true);
+            try
+            {
+                Run();
+            }
+            finally
+            {
+                observer(false);
+            }
+        });
         lock (_reclaims)
         {
             _reclaims.RemoveAll(t => t.IsCompleted);
