@@ -85,6 +85,12 @@ public sealed class PlatterServer : IAsyncDisposable
     /// </summary>
     public bool ReadOutput { get; set; } = true;
 
+    /// <summary>
+    /// Environment variables for the next <see cref="StartAsync"/>'s server process (a null value removes one), on top
+    /// of the clean environment every start gets; for example a .NET startup hook that injects a fault.
+    /// </summary>
+    public Dictionary<string, string?> Environment { get; } = new(StringComparer.Ordinal);
+
     /// <summary>More <c>platter serve</c> arguments for the next <see cref="StartAsync"/> (TLS options).</summary>
     public string[] ExtraArguments { get; set; } = [];
 
@@ -120,8 +126,8 @@ public sealed class PlatterServer : IAsyncDisposable
     {
         get
         {
-            if (Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host)) return host;
-            if (Environment.ProcessPath is { } self && Path.GetFileNameWithoutExtension(self) == "dotnet") return self;
+            if (System.Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host)) return host;
+            if (System.Environment.ProcessPath is { } self && Path.GetFileNameWithoutExtension(self) == "dotnet") return self;
             return ProcessRunner.RequireTool("dotnet", "the .NET SDK");
         }
     }
@@ -142,7 +148,9 @@ public sealed class PlatterServer : IAsyncDisposable
             .. (Verbose ? (string[])["--verbose"] : []),
             .. ExtraArguments,
         ];
-        var process = ChildProcess.Start(DotnetHost, args, CleanEnvironment, ReadOutput);
+        var environment = new Dictionary<string, string?>(CleanEnvironment);
+        foreach (var (name, value) in Environment) environment[name] = value;
+        var process = ChildProcess.Start(DotnetHost, args, environment, ReadOutput);
         AppendLog($"--- started pid {process.Id}: platter {string.Join(' ', args.Skip(1))}");
         _process = process;
         await process.WaitUntilListeningAsync(ServeNbd ? [NbdSocketPath, ApiSocketPath] : [ApiSocketPath], StartTimeout, cancellationToken);
