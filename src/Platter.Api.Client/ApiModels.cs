@@ -23,6 +23,14 @@ public sealed record VolumeDto(string Name, long Id, long SizeBytes, long Alloca
         new(info.Name, info.Id, info.SizeBytes, info.AllocatedBytes, info.CreatedUtc, info.Origin, info.SnapshotCount, store?.Kind, store?.Location);
 }
 
+/// <summary>POST /v1/volumes/{name}/flatten: what the flatten did.</summary>
+/// <param name="Name">The volume, now independent.</param>
+/// <param name="Origin">The snapshot it no longer depends on (<c>volume@snapshot</c>): it can be deleted now.</param>
+/// <param name="CopiedBytes">Data copied from the origin into the volume; null when the backend does not report it (RBD).</param>
+/// <param name="Seconds">How long the flatten took on the server.</param>
+/// <param name="Volume">The volume after the flatten.</param>
+public sealed record FlattenDto(string Name, string Origin, long? CopiedBytes, double Seconds, VolumeDto Volume);
+
 /// <summary>The answer to a takeover: the volume and who held it before (null when nobody did).</summary>
 public sealed record TakeoverDto(string Name, string? PreviousHolder);
 
@@ -149,6 +157,7 @@ public sealed record ErrorDto(string Error, string Message);
 [JsonSourceGenerationOptions(JsonSerializerDefaults.Web, WriteIndented = false, DefaultIgnoreCondition = JsonIgnoreCondition.Never)]
 [JsonSerializable(typeof(VolumeDto))]
 [JsonSerializable(typeof(TakeoverDto))]
+[JsonSerializable(typeof(FlattenDto))]
 [JsonSerializable(typeof(VolumeListDto))]
 [JsonSerializable(typeof(CreateVolumeRequest))]
 [JsonSerializable(typeof(ResizeVolumeRequest))]
