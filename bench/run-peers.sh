@@ -15,6 +15,9 @@
 #                   with a clear line when it cannot be built or started
 #   platter-nometrics  the same with `--no-metrics` (not in the default list): run it beside platter to
 #                   measure what per-volume metrics cost on the request path
+#   platter-base    the same with the executable $PLATTER_BASE_BIN, a build of another commit (not in the
+#                   default list): run it beside platter to compare two versions in one interleaved run
+#                   (bench/old-vs-new.sh builds both and does this)
 # Workloads (fio's nbd engine for servers, io_uring for raw-*):
 #   randwrite-4k-qd1-flush  4 KiB random writes, depth 1, a flush after every write (IOPS, p50/p99, flush p99)
 #   randwrite-4k-qd32       4 KiB random writes, depth 32, no flushes (fsync=N at depth > 1 is not comparable)
@@ -138,12 +141,13 @@ s = socket.socket(socket.AF_UNIX); s.settimeout(2); s.connect(sys.argv[1])' "$1"
 
 platter_start() { # target [extra serve arguments...]
   local t=$1; shift
-  local store="$dir/$t-store" s="$dir/$t.sock" api="$dir/$t-api.sock" i
+  local store="$dir/$t-store" s="$dir/$t.sock" api="$dir/$t-api.sock" i bin=$platter_bin
+  [ "$t" != platter-base ] || bin=$PLATTER_BASE_BIN
   rm -rf "$store"
   rm -f "$s" "$api"
   # The developer's own PLATTER_API_SOCKET / PLATTER_STORE must not point the CLI or server elsewhere.
   env -u PLATTER_API_SOCKET -u PLATTER_STORE \
-    "$platter_bin" serve --store "$store" --socket "$s" --listen none --api-socket "$api" "$@" > "$out/$t.log" 2>&1 &
+    "$bin" serve --store "$store" --socket "$s" --listen none --api-socket "$api" "$@" > "$out/$t.log" 2>&1 &
   pid[$t]=$!
   sock[$t]=$s
   uri[$t]="nbd+unix:///$export_name?socket=$s"
@@ -153,7 +157,7 @@ platter_start() { # target [extra serve arguments...]
     sleep 0.1
   done
   # Exact bytes: --size may be given as 4G or 4GiB, the CLI and numfmt agree on bytes.
-  if ! timeout 60 env -u PLATTER_API_SOCKET "$platter_bin" volume create "$export_name" --size "$size_bytes" \
+  if ! timeout 60 env -u PLATTER_API_SOCKET "$bin" volume create "$export_name" --size "$size_bytes" \
          --api-socket "$api" >> "$out/$t.log" 2>&1 \
      || ! wait_socket "$t" "$s" "${pid[$t]}"; then
     skip[$t]="platter serve / volume create did not work (see $out/$t.log)"
@@ -168,7 +172,7 @@ platter_start() { # target [extra serve arguments...]
   # A new volume reads as zeros without touching storage; fill it so reads measure real reads.
   log "$t: prefilling $size from $src"
   timeout 3600 nbdcopy --flush "$src" "${uri[$t]}" || { skip[$t]="prefill failed"; return 1; }
-  log "$t: pid ${pid[$t]} on $s ($platter_bin $*)"
+  log "$t: pid ${pid[$t]} on $s ($bin $*)"
 }
 
 stop_all() {
@@ -235,6 +239,9 @@ for t in "${target_list[@]}"; do
         nbdkit --foreground --unix "$dir/$t.sock" --exportname "$export_name" file "$dir/raw.img" ;;
     platter) { [ -n "$platter_bin" ] || find_platter; } && platter_start "$t" || true ;;
     platter-nometrics) { [ -n "$platter_bin" ] || find_platter; } && platter_start "$t" --no-metrics || true ;;
+    platter-base)
+      if [ -x "${PLATTER_BASE_BIN:-}" ]; then { [ -n "$platter_bin" ] || find_platter; } && platter_start "$t" || true
+      else skip[$t]="PLATTER_BASE_BIN (the other commit's platter executable) is not set or not executable"; fi ;;
     *) die "unknown target $t" ;;
   esac
 done
@@ -328,10 +335,11 @@ done
   echo "nbdkit: $(nbdkit --version)"
   echo "nbdcopy: $(nbdcopy --version | head -n1)"
   [ -n "$platter_bin" ] && echo "platter: $("$platter_bin" --version 2>/dev/null | head -n1) ($platter_bin, Release, commit $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo ?))"
+  [ -n "${PLATTER_BASE_BIN:-}" ] && has_target platter-base && echo "platter-base: $("$PLATTER_BASE_BIN" --version 2>/dev/null | head -n1) ($PLATTER_BASE_BIN)"
   for t in "${!skip[@]}"; do echo "skipped $t: ${skip[$t]}"; done
 } > "$out/env.txt"
 
 python3 "$here/summarize.py" "$out" > "$out/summary.md"
-cp "$out/summary.md" "$here/results/latest.md"
+mkdir -p "$here/results" && cp "$out/summary.md" "$here/results/latest.md"
 cat "$out/summary.md"
 log "results in $out"

@@ -16,7 +16,7 @@ import sys
 
 # NBD servers that compete with Platter. raw-* are limits, not peers.
 PEERS = ["qemu-nbd-raw", "qemu-nbd-qcow2", "qcow2-snap", "nbdkit-file"]
-TARGET_ORDER = ["raw-direct", "raw-cached", "qemu-nbd-raw", "qemu-nbd-qcow2", "qcow2-snap", "nbdkit-file", "platter", "platter-nometrics"]
+TARGET_ORDER = ["raw-direct", "raw-cached", "qemu-nbd-raw", "qemu-nbd-qcow2", "qcow2-snap", "nbdkit-file", "platter", "platter-nometrics", "platter-base"]
 WORKLOAD_ORDER = ["randwrite-4k-qd1-flush", "randwrite-4k-qd32", "randread-4k-qd32", "seqwrite-1m-qd8",
                   "seqread-1m-qd8", "copy-from-file", "copy-to-null"]
 
@@ -80,6 +80,7 @@ def main():
 
     failures = []
     cells = {}  # (workload, target) -> list of per-round metric dicts
+    by_round = {}  # (workload, target) -> {round: metric dict}
     for run in runs:
         key = (run["workload"], run["target"])
         if run["kind"] == "na":
@@ -96,6 +97,7 @@ def main():
         m["cpu_us_op"] = 1e6 * cpu_s / ops if has_server and ops else None
         m["cpu_s_gb"] = cpu_s / (run["bytes"] / 1e9) if has_server and run["kind"] == "nbdcopy" else None
         cells.setdefault(key, []).append(m)
+        by_round.setdefault(key, {})[run["round"]] = m
 
     workloads = [w for w in WORKLOAD_ORDER if any(k[0] == w for k in cells)]
     workloads += sorted({k[0] for k in cells} - set(workloads))
@@ -171,6 +173,24 @@ def main():
         out.append(f"| {w} | {unit} | {fmt(p, digits) if p else 'not run'} | "
                    f"{(best + ' ' + fmt(best_v, digits)) if best else '—'} | {ratio(p, best_v)} | {ratio(p, qcow2)} | {ratio(p, raw)} |")
     out.append("")
+    if "platter-base" in targets:
+        # Two builds of Platter in one run: the ratio within each round (the two ran minutes apart, under the same
+        # load), then the median and range of those ratios. A range that spans 1.00 is no measurable difference.
+        out.append("## platter / platter-base (per-round ratios)\n")
+        out.append("| workload | unit | median ratio | range | rounds | server CPU µs/op (or s/GB), platter / base |")
+        out.append("|---|---|---|---|---|---|")
+        for w in workloads:
+            key = "iops" if unit_of(w) == "IOPS" else "mbps"
+            a, b = by_round.get((w, "platter"), {}), by_round.get((w, "platter-base"), {})
+            ratios = [a[r][key] / b[r][key] for r in sorted(set(a) & set(b)) if a[r][key] and b[r][key]]
+            if not ratios:
+                continue
+            cpu = "cpu_s_gb" if w.startswith("copy-") else "cpu_us_op"
+            ca = med([m[cpu] for m in a.values()])
+            cb = med([m[cpu] for m in b.values()])
+            out.append(f"| {w} | {unit_of(w)} | {statistics.median(ratios):.2f} | {min(ratios):.2f}–{max(ratios):.2f} | "
+                       f"{len(ratios)} | {fmt(ca, 2 if w.startswith('copy-') else 1)} / {fmt(cb, 2 if w.startswith('copy-') else 1)} |")
+        out.append("")
     if failures:
         out.append("## Failed jobs (excluded from the medians)\n")
         for f in failures:

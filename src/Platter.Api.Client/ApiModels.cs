@@ -114,7 +114,7 @@ public sealed record UsageDto(long DataFileBytes, long UsedBytes, long FreeBytes
 }
 
 /// <summary>GET /v1/health: the server is up, and where its NBD endpoints are (for `platter attach`).</summary>
-/// <param name="Status">"ok".</param>
+/// <param name="Status">"ok", or "failed" when the store has failed (see <paramref name="StoreFailure"/>).</param>
 /// <param name="Version">Server version.</param>
 /// <param name="StoreDirectory">The store it serves.</param>
 /// <param name="NbdSocket">NBD unix socket, or null when disabled.</param>
@@ -122,8 +122,13 @@ public sealed record UsageDto(long DataFileBytes, long UsedBytes, long FreeBytes
 /// <param name="Tls">NBD offers TLS.</param>
 /// <param name="TlsRequired">NBD refuses everything but STARTTLS before TLS.</param>
 /// <param name="NbdReadOnly">Every NBD export is read-only (<c>platter serve --read-only</c>); false from servers that predate it.</param>
+/// <param name="StoreFailure">
+/// Why the store failed, or null while it works. A failed store (a failed sync or metadata commit, or a broken engine
+/// invariant: fail-stop) answers every write, flush and catalog change with an error until the server is restarted;
+/// reads of what was durable still work.
+/// </param>
 public sealed record HealthDto(string Status, string Version, string StoreDirectory, string? NbdSocket, string? NbdTcp, bool Tls, bool TlsRequired,
-    bool NbdReadOnly = false);
+    bool NbdReadOnly = false, string? StoreFailure = null);
 
 /// <summary>GET /v1/stats: live totals since the server started; rates come from two readings.</summary>
 /// <param name="MetricsEnabled">False under <c>platter serve --no-metrics</c>: then no export counts its requests.</param>

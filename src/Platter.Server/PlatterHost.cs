@@ -277,8 +277,9 @@ public sealed partial class PlatterHost : IAsyncDisposable
     private bool IsApiSocket(ActivatedSocket socket) =>
         socket.Name == "api" || (_options.ApiSocketPath is not null && socket == ActivatedAt(_options.ApiSocketPath));
 
+    // One server serves one store: when it fails, the whole server answers writes with errors, so health says so.
     private HealthDto Health() => new(
-        "ok",
+        StoreFailure is null ? "ok" : "failed",
         Version,
         Path.GetFullPath(_options.StoreDirectory),
         _options.NbdSocketPath is not null ? Path.GetFullPath(_options.NbdSocketPath)
@@ -286,7 +287,10 @@ public sealed partial class PlatterHost : IAsyncDisposable
         NbdTcpEndPoint?.ToString(),
         _options.TlsCertificate is not null,
         _options.TlsRequired,
-        _options.ReadOnly);
+        _options.ReadOnly,
+        StoreFailure);
+
+    private string? StoreFailure => (_store as VolumeStore)?.Failure;
 
     /// <summary>
     /// Removes a stale socket file left by a server that died, but refuses to take over one that still answers.

@@ -21,6 +21,12 @@ public sealed class StoreOptions
     /// </summary>
     internal Func<string, Devices.IDataDevice>? DataDeviceFactory { get; init; }
 
+    /// <summary>
+    /// Called on the reclaim's own thread with true when a background reclaim starts and false when it has handed all
+    /// its blocks over (or failed); a test hook, so the crash tests can tell whether a kill landed inside a reclaim.
+    /// </summary>
+    internal Action<bool>? BackgroundReclaimForTests { get; init; }
+
     /// <summary>Called inside each metadata checkpoint before the KV commit; a test hook that may throw to simulate a failed commit.</summary>
     internal Action? BeforeCheckpointCommit { get; init; }
 

@@ -61,7 +61,7 @@ public sealed partial class VolumeStore : IDisposable
         var epochs = new EpochGate();
         committer = new Committer(options, logger, metadata, journal, dataArea, space, epochs, counters, (batch, frees) => catalog!.Gather(batch, frees));
         _parts = new EngineParts(dataArea, space, committer, epochs, counters, logger, options.Salvage);
-        catalog = new VolumeCatalog(_parts, logger);
+        catalog = new VolumeCatalog(_parts, logger, options.BackgroundReclaimForTests);
         _catalog = catalog;
 
         // Verification at open happens here: damaged metadata throws BadStore (or, salvaging, is set aside).
@@ -137,7 +137,9 @@ public sealed partial class VolumeStore : IDisposable
             // Layout of the data file: the journal region, then data blocks (physical block 0 starts after the journal).
             var journal = new Journal(new DeviceWindow(file, 0, journalBytes));
             if (!exists || unformatted) journal.Format();
-            return new VolumeStore(directory, options, lockFile, metadata, file, new DeviceWindow(file, journalBytes), journal);
+            var store = new VolumeStore(directory, options, lockFile, metadata, file, new DeviceWindow(file, journalBytes), journal);
+            OpenedForTests?.Invoke(store);
+            return store;
         }
         catch (Exception e)
         {
@@ -379,6 +381,20 @@ public sealed partial class VolumeStore : IDisposable
 
     /// <summary>Commits and checkpoints everything into the KV store (tests).</summary>
     internal void Checkpoint() => _parts.Committer.Checkpoint();
+
+    /// <summary>
+    /// Called with every store this process opens, for tests that break a store served by a real <c>platter serve</c>
+    /// (tests/Platter.FaultHook, loaded into the server as a .NET startup hook, sets it). Internal: only assemblies
+    /// named in this project's InternalsVisibleTo can set it, so a production server never has one.
+    /// </summary>
+    internal static Action<VolumeStore>? OpenedForTests;
+
+    /// <summary>
+    /// Why the store failed, or null while it works. A failed store (a failed sync or metadata commit, or fail-stop on
+    /// a broken engine invariant) refuses every write, flush and catalog change with StoreFailed until it is reopened;
+    /// reads of what was durable still work. The server's health endpoint reports it.
+    /// </summary>
+    public string? Failure => _parts.Committer.Failure?.Message;
 
     /// <summary>The parts, for tests that inject broken state (fail-stop tests).</summary>
     internal EngineParts Parts => _parts;

@@ -2,7 +2,7 @@ using Platter.Storage;
 
 namespace Platter.Contract.Tests;
 
-/// <summary>The contract on the embedded engine: a fresh store directory per test.</summary>
+/// <summary>The contract on the embedded engine: a fresh store directory per test; allocation is per 4 KiB block.</summary>
 public sealed class EmbeddedBackendTests : BackendContractTests, IDisposable
 {
     private readonly TempDirectory _directory = new("platter-contract");
@@ -14,6 +14,10 @@ public sealed class EmbeddedBackendTests : BackendContractTests, IDisposable
     }
 
     protected override IVolumeBackend Backend => _store;
+
+    protected override long AllocationUnit => 4096;
+
+    protected override string ExpectedKind => "embedded";
 
     protected override void Reopen()
     {

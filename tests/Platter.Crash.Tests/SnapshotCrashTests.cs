@@ -42,8 +42,9 @@ public sealed class SnapshotCrashTests(ITestOutputHelper output)
 
     /// <summary>
     /// The same checks with one big volume whose snapshots are deleted over and over: each delete compares more
-    /// blocks than the engine reclaims inline, so reclaim runs in the background while the workload goes on and
-    /// kills land in it (and in the recovery at open that derives free space again).
+    /// blocks than the engine reclaims inline, so reclaim runs in the background while the workload goes on. Every
+    /// other kill is aimed at the start of a background reclaim (the worker logs each start and end), and the test
+    /// fails unless some kills really landed inside one (and the recovery at open derives free space again).
     /// </summary>
     [Fact]
     public void Sigkill_during_background_reclaim_keeps_snapshots_and_space_accounting_exact() =>
@@ -89,15 +90,16 @@ public sealed class SnapshotCrashTests(ITestOutputHelper output)
 
             var clock = Stopwatch.StartNew();
             var inFlight = new SortedDictionary<string, int>(StringComparer.Ordinal);
-            int done = 0, opsSeen = 0, catalogOpsDone = 0, newerSeen = 0;
+            int done = 0, opsSeen = 0, catalogOpsDone = 0, newerSeen = 0, killsInReclaim = 0;
             for (int it = 0; it < iterations && (it < 5 || clock.Elapsed < budget); it++, done++)
             {
                 int runSeed = rng.Next();
                 string logPath = Path.Combine(root, $"run-{it}.log");
-                var kill = KillMoment.Choose(rng);
+                var kill = mode == "reclaim" && it % 2 == 1 ? KillMoment.DuringReclaim(rng) : KillMoment.Choose(rng);
                 string ctx = $"seed={baseSeed} {mode} iteration={it} runSeed={runSeed} kill {kill}";
 
                 CrashHarness.RunAndKill(storeDir, runSeed, logPath, kill, ctx, mode);
+                if (CrashHarness.ReclaimRunning(logPath)) killsInReclaim++;
                 var (lastIntent, lastCompleted) = ParseLog(logPath);
                 var replay = Replay(runSeed, mode, known, lastIntent, lastCompleted);
                 opsSeen += lastIntent + 1;
@@ -109,7 +111,7 @@ public sealed class SnapshotCrashTests(ITestOutputHelper output)
             }
             output.WriteLine($"{done} kills in {clock.Elapsed.TotalSeconds:F1} s; {opsSeen} ops started, {catalogOpsDone} catalog ops returned, "
                 + $"{newerSeen} blocks recovered newer than their last durability point");
-            output.WriteLine("op in flight at the kill: " + string.Join(", ", inFlight.Select(kv => $"{kv.Key} {kv.Value}")));
+            output.WriteLine("op in flight at the kill: " + string.Join(", ", inFlight.Select(kv => $"{kv.Key} {kv.Value}")) + (mode == "reclaim" ? $"; {killsInReclaim} kills inside a background reclaim" : ""));
             Assert.True(done >= 5, "too few iterations to mean anything");
             Assert.True(catalogOpsDone > 0, $"seed={baseSeed}: no snapshot or catalog op returned before a kill: the test checked nothing of them");
             // Catalog ops commit synchronously, so they take most of the worker's time and most kills land in one; none
@@ -117,6 +119,10 @@ public sealed class SnapshotCrashTests(ITestOutputHelper output)
             int killedInCatalogOp = inFlight.Where(kv => Enum.TryParse<OpKind>(kv.Key, out var k) && k is OpKind.CreateSnapshot or OpKind.Clone
                 or OpKind.Rollback or OpKind.DeleteSnapshot or OpKind.DeleteVolume or OpKind.Flatten).Sum(kv => kv.Value);
             Assert.True(done < 10 || killedInCatalogOp > 0, $"seed={baseSeed}: none of {done} kills landed during a snapshot, clone, rollback or delete");
+            // The reclaim test is named after kills inside a background reclaim: at least five iterations run, so at
+            // least two kills are aimed at one; none landing would mean it no longer tests what it claims.
+            if (mode == "reclaim")
+                Assert.True(killsInReclaim > 0, $"seed={baseSeed}: none of {done} kills landed inside a background reclaim");
 
             DeleteEverythingAndExpectEmpty(storeDir, $"seed={baseSeed} final clean-up");
         }

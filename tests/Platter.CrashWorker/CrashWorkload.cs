@@ -115,6 +115,12 @@ public static class CrashWorkload
 
     /// <summary>Progress log lines: "I thread op" before an op starts, "F thread op" after a flush returns.</summary>
     public const string OpenedLine = "opened";
+
+    /// <summary>Logged when a background reclaim starts ("reclaim" mode); a kill after it and before <see cref="ReclaimEndedLine"/> landed inside one.</summary>
+    public const string ReclaimStartedLine = "reclaim started";
+
+    /// <summary>Logged when a background reclaim has handed all its blocks over.</summary>
+    public const string ReclaimEndedLine = "reclaim ended";
     public const string IntentPrefix = "I ";
     public const string FlushedPrefix = "F ";
 }

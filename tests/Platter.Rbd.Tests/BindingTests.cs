@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Platter.Ceph;
+using Platter.Testing;
 using Xunit;
 
 namespace Platter.Rbd.Tests;

@@ -85,6 +85,12 @@ public sealed class PlatterServer : IAsyncDisposable
     /// </summary>
     public bool ReadOutput { get; set; } = true;
 
+    /// <summary>
+    /// Environment variables for the next <see cref="StartAsync"/>'s server process (a null value removes one), on top
+    /// of the clean environment every start gets; for example a .NET startup hook that injects a fault.
+    /// </summary>
+    public Dictionary<string, string?> Environment { get; } = new(StringComparer.Ordinal);
+
     /// <summary>More <c>platter serve</c> arguments for the next <see cref="StartAsync"/> (TLS options).</summary>
     public string[] ExtraArguments { get; set; } = [];
 
@@ -120,8 +126,8 @@ public sealed class PlatterServer : IAsyncDisposable
     {
         get
         {
-            if (Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host)) return host;
-            if (Environment.ProcessPath is { } self && Path.GetFileNameWithoutExtension(self) == "dotnet") return self;
+            if (System.Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host)) return host;
+            if (System.Environment.ProcessPath is { } self && Path.GetFileNameWithoutExtension(self) == "dotnet") return self;
             return ProcessRunner.RequireTool("dotnet", "the .NET SDK");
         }
     }
@@ -132,7 +138,7 @@ public sealed class PlatterServer : IAsyncDisposable
     /// the metrics and dashboard tests once more against the binary the .deb ships.
     /// </summary>
     public static string? TestBinary =>
-        Environment.GetEnvironmentVariable("PLATTER_TEST_BINARY") is { Length: > 0 } binary ? Path.GetFullPath(binary) : null;
+        System.Environment.GetEnvironmentVariable("PLATTER_TEST_BINARY") is { Length: > 0 } binary ? Path.GetFullPath(binary) : null;
 
     /// <summary>The program and arguments that run <c>platter ARGS</c>: <see cref="TestBinary"/>, else dotnet platter.dll.</summary>
     public static (string FileName, string[] Arguments) PlatterCommand(IEnumerable<string> args) =>
@@ -154,7 +160,9 @@ public sealed class PlatterServer : IAsyncDisposable
             .. (Verbose ? (string[])["--verbose"] : []),
             .. ExtraArguments,
         ]);
-        var process = ChildProcess.Start(program, args, CleanEnvironment, ReadOutput);
+        var environment = new Dictionary<string, string?>(CleanEnvironment);
+        foreach (var (name, value) in Environment) environment[name] = value;
+        var process = ChildProcess.Start(program, args, environment, ReadOutput);
         AppendLog($"--- started pid {process.Id}: {process.CommandLine}");
         _process = process;
         await process.WaitUntilListeningAsync(ServeNbd ? [NbdSocketPath, ApiSocketPath] : [ApiSocketPath], StartTimeout, cancellationToken);

@@ -100,6 +100,9 @@ internal sealed class Committer : IDisposable
     /// <summary>True once the store has failed (see the class summary).</summary>
     public bool Failed => Volatile.Read(ref _failure) is not null;
 
+    /// <summary>What failed the store (a failed sync or commit, or the fault a fail-stop caught), or null while it works.</summary>
+    public Exception? Failure => Volatile.Read(ref _failure);
+
     /// <summary>Makes every acknowledged write of every volume durable (group commit).</summary>
     public ValueTask FlushAsync(CancellationToken cancellationToken)
     {
@@ -178,7 +181,7 @@ internal sealed class Committer : IDisposable
         var failure = Volatile.Read(ref _failure);
         if (failure is not null)
             throw new StorageException(StorageError.StoreFailed,
-                $"the store refuses writes after a failed sync or metadata commit ({failure.Message}); reopen it (restart the server) to recover", failure);
+                $"the store failed ({failure.Message}) and refuses writes; reopen it (restart the server) to recover", failure);
     }
 
     /// <summary>Called by writers after appending operations: bounds the overlay's memory.</summary>

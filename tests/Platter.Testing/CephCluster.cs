@@ -1,13 +1,15 @@
 using Platter.Ceph;
-using Platter.Testing;
-using Xunit;
+using Platter.Rbd;
 
-namespace Platter.Rbd.Tests;
+namespace Platter.Testing;
 
 /// <summary>
-/// The shared one-host cluster (<see cref="CephTestCluster"/>), started once for every test class of the collection
-/// and stopped after the last, with what the backend's tests add: connections through the binding and backends with
-/// short timeouts.
+/// The one-host cluster (<see cref="CephTestCluster"/>: scripts/ceph-cluster.sh, one monitor, three bluestore OSDs,
+/// pool "rbd" of size 3 / min_size 2) with what the backend's tests add: connections through the binding and backends
+/// with short timeouts. Started once for every test class of a collection and stopped after the last. Each test
+/// project that uses it declares its own xunit collection with this class as the collection fixture (xunit looks for
+/// collection definitions only in the test assembly itself); Platter.Rbd.Tests and Platter.Contract.Tests each start
+/// one cluster, on a port block of its own.
 /// </summary>
 public sealed class CephCluster : CephTestCluster
 {
@@ -20,6 +22,7 @@ public sealed class CephCluster : CephTestCluster
         new("rbd_skip_partial_discard", "false"),
     ];
 
+    /// <summary>A new librados connection as client.admin with <see cref="TestSettings"/>.</summary>
     public RadosCluster Connect() => RadosCluster.Connect(ConfFile, "admin", TestSettings);
 
     /// <summary>An RBD backend on the pool, with short timeouts so a broken cluster fails the test instead of hanging it.</summary>
@@ -30,10 +33,4 @@ public sealed class CephCluster : CephTestCluster
         ConnectTimeout = TimeSpan.FromSeconds(20),
         OperationTimeout = TimeSpan.FromSeconds(60),
     });
-}
-
-[CollectionDefinition(Name)]
-public sealed class CephCollection : ICollectionFixture<CephCluster>
-{
-    public const string Name = "ceph";
 }
