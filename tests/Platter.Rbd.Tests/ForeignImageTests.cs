@@ -1,3 +1,4 @@
+using Platter.Testing;
 using Platter.Volumes;
 using Xunit;
 
