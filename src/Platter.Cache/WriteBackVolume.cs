@@ -119,6 +119,15 @@ public sealed class WriteBackVolume : IAsyncDisposable
     /// <summary>A handle for one client; all handles share this cache. Disposing a handle leaves the cache open.</summary>
     public IVolumeHandle OpenHandle() => new Handle(this);
 
+    /// <summary>Makes every write acknowledged so far durable in the local log (what a client's FLUSH does).</summary>
+    public ValueTask FlushAsync(CancellationToken cancellationToken = default) => _log.FlushAsync(cancellationToken);
+
+    /// <summary>
+    /// The id of the log file at <paramref name="logPath"/>, or null when there is none (or nothing readable): what a
+    /// node compares with a volume's dirty marker before it replays a log onto the volume.
+    /// </summary>
+    public static Guid? ReadLogId(string logPath) => WriteBackLog.TryReadLogId(logPath);
+
     /// <summary>Waits until everything written so far is on the backend (before a snapshot, a release or a migration).</summary>
     public ValueTask DrainAsync(CancellationToken cancellationToken = default) => _log.DrainAsync(cancellationToken);
 
