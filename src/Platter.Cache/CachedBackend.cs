@@ -256,6 +256,12 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
                 LoggerFactory = _options.LoggerFactory,
             });
         }
+        catch (StorageException e) when (e.Error == StorageError.IoError && !acceptLoss)
+        {
+            backend.Dispose();
+            // The log's own words say what is damaged and what the image holds; add how to go on from here.
+            throw new StorageException(StorageError.IoError, $"volume '{name}': {e.Message} (run `platter volume takeover {name} --accept-cache-loss` on this server)", e);
+        }
         catch
         {
             backend.Dispose();
