@@ -1,4 +1,0 @@
-using System.Runtime.Versioning;
-
-// The cache uses fdatasync and unix file modes; Platter runs on Linux.
-[assembly: SupportedOSPlatform("linux")]
