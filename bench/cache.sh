@@ -34,8 +34,8 @@ platter_pid=""
 qemu_pid=""
 cleanup() {
   # SIGKILL: a SIGTERM would first write back what the write-back log still holds (minutes of random writes).
-  [[ -n $platter_pid ]] && kill -9 "$platter_pid" 2>/dev/null && wait "$platter_pid" 2>/dev/null
-  [[ -n $qemu_pid ]] && kill "$qemu_pid" 2>/dev/null && wait "$qemu_pid" 2>/dev/null
+  [[ -n $platter_pid ]] && { kill -9 "$platter_pid" 2>/dev/null; wait "$platter_pid" 2>/dev/null || true; }
+  [[ -n $qemu_pid ]] && { kill "$qemu_pid" 2>/dev/null; wait "$qemu_pid" 2>/dev/null || true; }
   ((own_cluster)) && scripts/ceph-cluster.sh stop "$cluster" >/dev/null 2>&1
   rm -rf "$work"
 }
@@ -141,6 +141,11 @@ for w in "${workloads[@]}"; do
   read -r wb _ <<<"${result[writeback,$name]}"
   printf "| %-22s | %-16s | %-16s | %-16s | %-16s | %-11s | %-11s |\n" "$name" "${row[0]}" "${row[1]}" "${row[2]}" "${row[3]}" \
     "$(python3 -c "print(f'{$wb/$n:.2f}x' if $n else '-')")" "$(python3 -c "print(f'{$wt/$n:.2f}x' if $n else '-')")"
+done
+
+# The read caches' own counters, to tell a cache that missed from one that hit but cost as much as the cluster.
+for t in writethrough writeback; do
+  platter volume info "$prefix-$t" --json | python3 -c "import json,sys; c=json.load(sys.stdin)['cache']; print(f\"$t read cache: {c['hits']} hits, {c['misses']} misses; dirty {c['dirtyBytes']} bytes, lag {c['lagRecords']} records\")"
 done
 
 # Drain: write sequential data into a fresh write-back volume's log (the cluster keeps up only partly), then time the
