@@ -47,6 +47,13 @@ public sealed record SetCacheRequest(string? Mode);
 
 /// <summary>The answer to a release: the volume and how many dirty bytes were written back first.</summary>
 public sealed record ReleaseDto(string Name, long WrittenBackBytes);
+/// <summary>POST /v1/volumes/{name}/flatten: what the flatten did.</summary>
+/// <param name="Name">The volume, now independent.</param>
+/// <param name="Origin">The snapshot it no longer depends on (<c>volume@snapshot</c>): it can be deleted now.</param>
+/// <param name="CopiedBytes">Data copied from the origin into the volume; null when the backend does not report it (RBD).</param>
+/// <param name="Seconds">How long the flatten took on the server.</param>
+/// <param name="Volume">The volume after the flatten.</param>
+public sealed record FlattenDto(string Name, string Origin, long? CopiedBytes, double Seconds, VolumeDto Volume);
 
 /// <summary>The answer to a takeover: the volume and who held it before (null when nobody did).</summary>
 public sealed record TakeoverDto(string Name, string? PreviousHolder);
@@ -172,6 +179,7 @@ public sealed record ErrorDto(string Error, string Message);
 [JsonSerializable(typeof(VolumeCacheDto))]
 [JsonSerializable(typeof(SetCacheRequest))]
 [JsonSerializable(typeof(ReleaseDto))]
+[JsonSerializable(typeof(FlattenDto))]
 [JsonSerializable(typeof(VolumeListDto))]
 [JsonSerializable(typeof(CreateVolumeRequest))]
 [JsonSerializable(typeof(ResizeVolumeRequest))]

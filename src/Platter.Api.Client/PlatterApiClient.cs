@@ -104,6 +104,13 @@ public sealed partial class PlatterApiClient : IDisposable
     public Task<VolumeDto> ResizeVolumeAsync(string name, long sizeBytes, CancellationToken cancellationToken = default) =>
         SendAsync(HttpMethod.Post, VolumePath(name) + "/resize", JsonContent.Create(new ResizeVolumeRequest(sizeBytes), Json.ResizeVolumeRequest), Json.VolumeDto, cancellationToken);
 
+    /// <summary>
+    /// POST /v1/volumes/{name}/flatten: the clone stops depending on its origin snapshot. Takes as long as copying the
+    /// data it shares with the origin: callers with a short timeout should <see cref="DisableTimeout"/> first.
+    /// </summary>
+    public Task<FlattenDto> FlattenVolumeAsync(string name, CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Post, VolumePath(name) + "/flatten", null, Json.FlattenDto, cancellationToken);
+
     /// <summary>POST /v1/volumes/{name}/rename.</summary>
     public Task<VolumeDto> RenameVolumeAsync(string name, string newName, CancellationToken cancellationToken = default) =>
         SendAsync(HttpMethod.Post, VolumePath(name) + "/rename", JsonContent.Create(new RenameVolumeRequest(newName), Json.RenameVolumeRequest), Json.VolumeDto, cancellationToken);

@@ -565,6 +565,9 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
         return _inner.Diff(volume, fromSnapshot, toSnapshot);
     }
 
+    /// <summary>Passed through: a flatten only fills what the clone has not written, so logged writes still land on top.</summary>
+    public FlattenResult FlattenVolume(string name) => _inner.FlattenVolume(name);
+
     /// <inheritdoc />
     public IReadOnlyList<SpaceUsage> GetSpaceUsage() => _inner.GetSpaceUsage();
 

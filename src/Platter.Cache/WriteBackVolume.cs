@@ -44,7 +44,7 @@ public sealed class WriteBackOptions
 /// order. One per volume per node, shared by every handle on it (<see cref="OpenHandle"/>).
 /// </summary>
 /// <remarks>
-/// Guarantees (docs/decisions/0008-local-cache.md): nothing flushed is lost across a crash of the process or the node
+/// Guarantees (docs/decisions/0009-local-cache.md): nothing flushed is lost across a crash of the process or the node
 /// (the log replays on open); if the cache is lost, the backend holds an ordered prefix of the acknowledged writes;
 /// damaged log records are neither served nor written back. Trims and write-zeroes are ordered barriers: they wait
 /// until everything logged before them is written back, then go to the backend directly (they are rare, and a trim

@@ -142,6 +142,7 @@ internal static unsafe partial class Native
     [LibraryImport(Rbd)] internal static partial int rbd_get_id(RbdImageHandle image, byte* id, nuint idLen);
     [LibraryImport(Rbd)]
     internal static partial int rbd_get_parent(RbdImageHandle image, rbd_linked_image_spec_t* parentImage, rbd_snap_spec_t* parentSnap);
+    [LibraryImport(Rbd)] internal static partial int rbd_flatten(RbdImageHandle image);
     [LibraryImport(Rbd)] internal static partial void rbd_linked_image_spec_cleanup(rbd_linked_image_spec_t* image);
     [LibraryImport(Rbd)] internal static partial void rbd_linked_image_spec_list_cleanup(rbd_linked_image_spec_t* images, nuint count);
     [LibraryImport(Rbd)] internal static partial void rbd_snap_spec_cleanup(rbd_snap_spec_t* snap);

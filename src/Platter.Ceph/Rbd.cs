@@ -210,6 +210,12 @@ public sealed unsafe class RbdImage : IDisposable
         return parent;
     }
 
+    /// <summary>
+    /// Copies the parent's data the clone still reads through into the clone and detaches it (<c>rbd_flatten</c>;
+    /// with deep-flatten, from its snapshots too). Blocks for the copy. EINVAL when the image has no parent.
+    /// </summary>
+    public void Flatten() => Check(rbd_flatten(_handle), $"flattening {What}");
+
     /// <summary>The clones of the snapshot this handle is opened at (open the snapshot to ask).</summary>
     public List<RbdChild> ListChildren()
     {

@@ -147,7 +147,8 @@ internal static class SnapshotCommands
         var command = new Command("clone",
             "Create a new writable volume whose content is the snapshot's. Instant and free however big the snapshot (O(1): " +
             "the clone shares the snapshot's blocks and stores only what is written to it afterwards). " +
-            "While the clone exists its snapshot cannot be deleted (so neither can the source volume, even with --recursive); " +
+            "While the clone exists its snapshot cannot be deleted (so neither can the source volume, even with --recursive) " +
+            "unless the clone is made independent first with `platter volume flatten NEW_VOLUME` (which copies the shared data); " +
             "`platter volume info NEW_VOLUME` shows where it came from.")
         {
             source, newName, json, api,

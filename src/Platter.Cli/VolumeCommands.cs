@@ -10,13 +10,14 @@ internal static class VolumeCommands
 {
     public static Command Build(CliContext context)
     {
-        var volume = new Command("volume", "Create, list, inspect, resize, rename and delete volumes (virtual disks). Needs a running `platter serve`.");
+        var volume = new Command("volume", "Create, list, inspect, resize, rename, flatten and delete volumes (virtual disks). Needs a running `platter serve`.");
         volume.Add(Create(context));
         volume.Add(List(context));
         volume.Add(Info(context));
         volume.Add(Resize(context));
         volume.Add(Rename(context));
         volume.Add(Delete(context));
+        volume.Add(Flatten(context));
         volume.Add(TakeOver(context));
         volume.Add(Set(context));
         volume.Add(Release(context));
@@ -256,13 +257,46 @@ internal static class VolumeCommands
         return command;
     }
 
+    private static Command Flatten(CliContext context)
+    {
+        var name = NameArgument("The clone to make independent.");
+        var json = PlatterCli.JsonOption();
+        var api = PlatterCli.ApiSocketOption();
+        var command = new Command("flatten",
+            "Make a clone independent of the snapshot it was cloned from, so that snapshot and its volume can be deleted " +
+            "(`platter volume delete VOL --recursive`). The clone's content does not change and its clients keep working. " +
+            "Cost: it copies the data the clone still shares with its origin (everything it has not overwritten), so it " +
+            "takes time and space in proportion to that data, like `rbd flatten`; nothing else is rewritten. Embedded " +
+            "store: a clone that has snapshots of its own is refused (delete them first); a full disk stops the copy with " +
+            "an error and leaves the clone as it was, and flattening again continues where it stopped. RBD store: runs " +
+            "`rbd_flatten` (the clone's snapshots are detached too).")
+        {
+            name, json, api,
+        };
+        command.SetAction(async (parse, ct) =>
+        {
+            using var client = PlatterCli.CreateClient(parse, api, context);
+            // The copy may take longer than the API client's default timeout.
+            client.DisableTimeout();
+            var volumeName = parse.GetRequiredValue(name);
+            var result = await Call(() => client.FlattenVolumeAsync(volumeName, ct), volumeName);
+            if (parse.GetValue(json)) PlatterCli.WriteJson(context, result, PlatterJsonContext.Default.FlattenDto);
+            else
+                context.Out.WriteLine($"flattened volume '{result.Name}': it no longer depends on '{result.Origin}'" +
+                    (result.CopiedBytes is { } copied ? $" (copied {SizeText.Format(copied)} in {result.Seconds:0.0} s)" : $" ({result.Seconds:0.0} s)"));
+            return PlatterCli.ExitOk;
+        });
+        return command;
+    }
+
     private static Command Delete(CliContext context)
     {
         var name = NameArgument();
         var recursive = new Option<bool>("--recursive", "-r")
         {
             Description = "Also delete the volume's snapshots. Without it a volume that has snapshots is not deleted. " +
-                          "Snapshots that volumes were cloned from are never deleted this way: delete those clones first.",
+                          "Snapshots that volumes were cloned from are never deleted this way: delete those clones first, or make them " +
+                          "independent with `platter volume flatten CLONE`.",
         };
         var json = PlatterCli.JsonOption();
         var api = PlatterCli.ApiSocketOption();

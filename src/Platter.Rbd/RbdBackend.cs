@@ -362,6 +362,22 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover, IVolumeMetadat
         }
     }
 
+    /// <summary>
+    /// <c>rbd_flatten</c>: librbd copies every object the clone still reads from its parent and drops the parent link
+    /// (of its snapshots too: images are created with deep-flatten). Not under the catalog lock: the copy takes as
+    /// long as the parent's data, and librbd keeps the clone consistent on its own (through its exclusive lock).
+    /// </summary>
+    public FlattenResult FlattenVolume(string name)
+    {
+        VolumeNames.ThrowIfInvalid(name);
+        var parent = WithImage(name, image => image.GetParent(), $"reading the origin of '{name}'")
+            ?? throw new StorageException(StorageError.InvalidArgument, $"volume '{name}' is not a clone: it depends on no snapshot, nothing to flatten");
+        string origin = parent.Pool == _options.Pool ? $"{parent.Image}@{parent.Snapshot}" : $"{parent.Pool}/{parent.Image}@{parent.Snapshot}";
+        WithWritableImage(name, image => image.Flatten(), $"flattening '{name}'");
+        _log.LogInformation("volume {Name} flattened (no longer depends on {Origin})", name, origin);
+        return new FlattenResult(name, origin, CopiedBytes: null);
+    }
+
     public void RollbackVolume(string volume, string snapshot, bool recursive)
     {
         lock (_catalogLock)

@@ -8,7 +8,7 @@ namespace Platter.Storage;
 /// An I/O handle on one volume. Thread-safe; concurrent requests are allowed. Offsets and lengths
 /// are in bytes and need no alignment (unaligned writes read-modify-write their 4 KiB blocks).
 /// </summary>
-public sealed class Volume : IVolumeHandle
+public sealed partial class Volume : IVolumeHandle
 {
     // Source of the zeros a non-deallocating write-zeroes writes; shared and never modified.
     private static readonly byte[] ZeroChunk = new byte[1 << 20];

@@ -305,6 +305,15 @@ public sealed partial class VolumeStore : IDisposable
     }
 
     /// <summary>
+    /// Makes a clone independent of its origin snapshot (decision 0008): every block it still shares with the origin
+    /// is copied into space of its own, then one journaled operation drops the origin link. I/O on every volume goes
+    /// on during the copy. InvalidArgument when it is not a clone; HasDependents when it has snapshots of its own;
+    /// InUse while another flatten of it runs; NoSpace when the copy does not fit (the clone is unchanged in content,
+    /// still a clone; flattening again continues where it stopped).
+    /// </summary>
+    public FlattenResult FlattenVolume(string name) => _catalog.FlattenVolume(name);
+
+    /// <summary>
     /// Returns the volume to the snapshot's content (and size) in O(1); what was written since is reclaimed in the
     /// background. When newer snapshots exist it is refused with HasDependents unless <paramref name="recursive"/>,
     /// which deletes them (refused still if any of them has clones).

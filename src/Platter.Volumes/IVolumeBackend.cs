@@ -61,6 +61,15 @@ public interface IVolumeBackend : IDisposable
     /// <summary>Creates a writable volume <paramref name="newVolume"/> whose content starts as the snapshot's.</summary>
     VolumeInfo CloneSnapshot(string volume, string snapshot, string newVolume);
 
+    /// <summary>
+    /// Makes a clone independent of its origin snapshot, so the snapshot (and its volume) can be deleted; the clone's
+    /// content does not change. Copies the data the clone still shares with the origin (the embedded engine: every
+    /// block the clone has not overwritten; RBD: <c>rbd_flatten</c>), so it takes time and space proportional to that
+    /// data, and I/O on every volume, this one included, goes on meanwhile. InvalidArgument when the volume is not a
+    /// clone, NoSpace when the copy does not fit (the clone is left as it was: still a clone, same content).
+    /// </summary>
+    FlattenResult FlattenVolume(string name);
+
     /// <summary>Makes the volume's content the snapshot's again; newer snapshots are deleted only when <paramref name="recursive"/>.</summary>
     void RollbackVolume(string volume, string snapshot, bool recursive);
 

@@ -103,3 +103,9 @@ public readonly record struct ChangedExtent(long Offset, long Length, bool Alloc
 /// cloned from, 3 = from that snapshot's own origin, and so on.
 /// </summary>
 public readonly record struct DepthExtent(long Offset, long Length, int Depth);
+
+/// <summary>What a flatten did.</summary>
+/// <param name="Volume">The flattened volume.</param>
+/// <param name="Origin">The snapshot it no longer depends on, as <c>volume@snapshot</c>.</param>
+/// <param name="CopiedBytes">Data copied from the origin into the volume; null when the backend does not report it (RBD).</param>
+public sealed record FlattenResult(string Volume, string Origin, long? CopiedBytes);

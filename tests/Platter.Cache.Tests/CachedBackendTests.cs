@@ -156,6 +156,7 @@ public sealed class CachedBackendTests(ITestOutputHelper output) : EngineVolumeT
         public VolumeInfo CloneSnapshot(string volume, string snapshot, string newVolume) => S.CloneSnapshot(volume, snapshot, newVolume);
         public void RollbackVolume(string volume, string snapshot, bool recursive) => S.RollbackVolume(volume, snapshot, recursive);
         public IReadOnlyList<ChangedExtent> Diff(string volume, string fromSnapshot, string? toSnapshot) => S.Diff(volume, fromSnapshot, toSnapshot);
+        public FlattenResult FlattenVolume(string name) => S.FlattenVolume(name);
         public IReadOnlyList<SpaceUsage> GetSpaceUsage() => S.GetSpaceUsage();
         public StoreUsage GetUsage() => S.GetUsage();
         public CheckReport Check(bool verifyChecksums) => S.Check(verifyChecksums);

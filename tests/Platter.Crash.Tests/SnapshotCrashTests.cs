@@ -10,7 +10,7 @@ namespace Platter.Crash.Tests;
 
 /// <summary>
 /// The kill loop of <see cref="CrashTests"/> with snapshots: the worker mixes writes on several small volumes with
-/// snapshot create, clone, rollback, snapshot delete (and the background reclaim that follows), recursive volume
+/// snapshot create, clone, flatten (its copy phase and its detach), rollback, snapshot delete (and the background reclaim that follows), recursive volume
 /// delete, resizes (so rollback and clone must bring back the snapshot's size) and requests the engine must refuse,
 /// and is killed with SIGKILL at random moments. After each kill:
 /// <list type="bullet">
@@ -115,7 +115,7 @@ public sealed class SnapshotCrashTests(ITestOutputHelper output)
             // Catalog ops commit synchronously, so they take most of the worker's time and most kills land in one; none
             // at all would mean this test no longer exercises what it is named after.
             int killedInCatalogOp = inFlight.Where(kv => Enum.TryParse<OpKind>(kv.Key, out var k) && k is OpKind.CreateSnapshot or OpKind.Clone
-                or OpKind.Rollback or OpKind.DeleteSnapshot or OpKind.DeleteVolume).Sum(kv => kv.Value);
+                or OpKind.Rollback or OpKind.DeleteSnapshot or OpKind.DeleteVolume or OpKind.Flatten).Sum(kv => kv.Value);
             Assert.True(done < 10 || killedInCatalogOp > 0, $"seed={baseSeed}: none of {done} kills landed during a snapshot, clone, rollback or delete");
 
             DeleteEverythingAndExpectEmpty(storeDir, $"seed={baseSeed} final clean-up");
@@ -320,6 +320,10 @@ public sealed class SnapshotCrashTests(ITestOutputHelper output)
                 foreach (var s in catalog.Volumes[op.Volume].Snapshots) world.Snapshots.Remove(op.Volume + "@" + s);
                 catalog.RemoveVolume(op.Volume);
                 world.Volumes.Remove(op.Volume);
+                break;
+            case OpKind.Flatten:
+                // Only the origin link goes; the content is the clone's as before (copies of the same bytes).
+                catalog.Volumes[op.Volume].Origin = null;
                 break;
             default:
                 throw new InvalidOperationException($"not a catalog op: {op}");

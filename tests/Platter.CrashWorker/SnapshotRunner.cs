@@ -103,6 +103,9 @@ public static class SnapshotRunner
             case SnapshotWorkload.OpKind.Resize:
                 store.ResizeVolume(op.Volume, op.SizeBytes);
                 break;
+            case SnapshotWorkload.OpKind.Flatten:
+                store.FlattenVolume(op.Volume);
+                break;
             default:
                 throw new InvalidOperationException($"not a catalog op: {op}");
         }
@@ -134,6 +137,9 @@ public static class SnapshotRunner
                 break;
             case SnapshotWorkload.OpKind.DeleteVolume:
                 catalog.RemoveVolume(op.Volume);
+                break;
+            case SnapshotWorkload.OpKind.Flatten:
+                catalog.Volumes[op.Volume].Origin = null;
                 break;
         }
     }

@@ -6,7 +6,7 @@ namespace Platter.CrashWorker;
 
 /// <summary>
 /// The snapshot variant of the crash workload: one thread mixes data ops on several small volumes with snapshot
-/// create, clone, rollback, snapshot delete and recursive volume delete (and requests the engine must refuse).
+/// create, clone, flatten, rollback, snapshot delete and recursive volume delete (and requests the engine must refuse).
 /// Its op sequence is a pure function of the seed and of the catalog the run starts from (which the worker and the
 /// test both read from the store with <see cref="Catalog.Read"/>), so the test can replay it. One thread keeps the
 /// content of every snapshot exact: a snapshot holds precisely the writes issued before its create call.
@@ -40,7 +40,7 @@ public static class SnapshotWorkload
     private const int SnapshotsPerVolumeMax = 3;
     private const int SnapshotsMax = 8;
 
-    public enum OpKind { Write, Trim, WriteZeroes, Flush, CreateVolume, CreateSnapshot, Clone, Rollback, DeleteSnapshot, DeleteVolume, Resize }
+    public enum OpKind { Write, Trim, WriteZeroes, Flush, CreateVolume, CreateSnapshot, Clone, Rollback, DeleteSnapshot, DeleteVolume, Resize, Flatten }
 
     /// <summary>
     /// One op. Volume is the volume it acts on; Snapshot the snapshot (create, clone, rollback, delete); Target the
@@ -155,7 +155,8 @@ public static class SnapshotWorkload
 
     /// <summary>
     /// The "reclaim" mode: snapshots of the bulk volume taken and deleted over and over with a few writes between
-    /// (each delete starts a background reclaim), now and then a clone (written to, then deleted) or a rollback.
+    /// (each delete starts a background reclaim), now and then a clone (written to, flattened or not, then deleted)
+    /// or a rollback.
     /// </summary>
     public static IEnumerable<Op> ReclaimOps(int seed, Catalog initial)
     {
@@ -203,6 +204,14 @@ public static class SnapshotWorkload
             else if (dice < 97)
             {
                 if (clone is null) continue;
+                // Half the time flatten the clone first: its copy of up to the whole bulk volume is long, so kills
+                // land inside it (a partly copied clone must read as before and still be a clone).
+                if (catalog.Volumes[clone].Origin is not null && rng.Next(2) == 0)
+                {
+                    catalog.Volumes[clone].Origin = null;
+                    yield return new Op(i, OpKind.Flatten, clone);
+                    continue;
+                }
                 catalog.RemoveVolume(clone);
                 yield return new Op(i, OpKind.DeleteVolume, clone, Recursive: true);
             }
@@ -278,6 +287,18 @@ public static class SnapshotWorkload
             }
             else if (dice < 78)
             {
+                // Now and then flatten a clone instead (refused while the clone has snapshots of its own): afterwards
+                // its origin snapshot has one clone fewer and may be deleted.
+                var clones = catalog.Volumes.Where(v => v.Value.Origin is not null).Select(v => v.Key).ToList();
+                if (clones.Count > 0 && rng.Next(3) == 0)
+                {
+                    string flattened = clones[rng.Next(clones.Count)];
+                    var cloneEntry = catalog.Volumes[flattened];
+                    bool refused = cloneEntry.Snapshots.Count > 0;
+                    if (!refused) cloneEntry.Origin = null;
+                    yield return new Op(i, OpKind.Flatten, flattened, Refused: refused);
+                    continue;
+                }
                 if (allSnapshots.Count == 0 || catalog.Volumes.Count >= LiveVolumesMax) continue;
                 var (origin, snap) = allSnapshots[rng.Next(allSnapshots.Count)];
                 string clone = NewName('c');

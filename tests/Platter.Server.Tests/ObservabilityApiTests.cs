@@ -29,6 +29,7 @@ public class ObservabilityApiTests
                      "GET /v1/volumes/{name}/snapshots", "POST /v1/volumes/{name}/snapshots", "GET /v1/volumes/{name}/snapshots/{snapshot}",
                      "DELETE /v1/volumes/{name}/snapshots/{snapshot}", "POST /v1/volumes/{name}/snapshots/{snapshot}/clone",
                      "POST /v1/volumes/{name}/snapshots/{snapshot}/rollback", "GET /v1/volumes/{name}/diff", "GET /v1/space",
+                     "POST /v1/volumes/{name}/flatten",
                  })
         {
             Assert.Contains(expected, operations);

@@ -115,6 +115,35 @@ public class SnapshotApiTests
     }
 
     [Fact]
+    public async Task FlattenThroughTheApiFreesTheOriginAndKeepsTheCloneContent()
+    {
+        await using var server = await RunningHost.StartAsync();
+        using var client = server.Client();
+        await client.CreateVolumeAsync("base", 1 << 20);
+        Write(server, "base", 0, Pattern(7, 64 * Block));
+        await client.CreateSnapshotAsync("base", "golden");
+        await client.CloneSnapshotAsync("base", "golden", "vm8");
+        Write(server, "vm8", 0, Pattern(8));
+
+        var notClone = await Assert.ThrowsAsync<PlatterApiException>(() => client.FlattenVolumeAsync("base"));
+        Assert.Equal(400, notClone.StatusCode);
+        Assert.Contains("not a clone", notClone.Message);
+        var missing = await Assert.ThrowsAsync<PlatterApiException>(() => client.FlattenVolumeAsync("nope"));
+        Assert.Equal(404, missing.StatusCode);
+
+        var flattened = await client.FlattenVolumeAsync("vm8");
+        Assert.Equal("vm8", flattened.Name);
+        Assert.Equal("base@golden", flattened.Origin);
+        Assert.Equal(63L * Block, flattened.CopiedBytes); // 64 shared blocks, one overwritten by the clone
+        Assert.Null(flattened.Volume.Origin);
+        Assert.Empty((await client.GetSnapshotAsync("base", "golden")).Clones);
+
+        await client.DeleteVolumeAsync("base", recursive: true);
+        Assert.Equal(Pattern(8), Read(server, "vm8", 0, Block));
+        Assert.Equal(Pattern(7, 64 * Block).AsSpan(Block).ToArray(), Read(server, "vm8", Block, 63 * Block));
+    }
+
+    [Fact]
     public async Task DeletingAVolumeWithSnapshotsNeedsRecursive()
     {
         await using var server = await RunningHost.StartAsync();

@@ -304,6 +304,19 @@ internal static class ManagementApi
             await Write(http, 201, VolumeDto.From(info, store), json.VolumeDto);
         })).Describe<VolumeDto, IEndpointConventionBuilder>("Clone a snapshot into a new volume", 201, typeof(CloneSnapshotRequest));
 
+        // No body. Synchronous for the copy's whole duration (a request thread waits, as for every catalog call); the
+        // copy is not cancelled when the client goes away: it either finishes or leaves the clone as it was.
+        app.MapPost("/v1/volumes/{name}/flatten", Handler((HttpContext http) =>
+        {
+            var name = RouteName(http);
+            var started = System.Diagnostics.Stopwatch.GetTimestamp();
+            var result = store.FlattenVolume(name);
+            var seconds = System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalSeconds;
+            log.LogInformation("flattened volume '{Name}' (no longer depends on '{Origin}') in {Seconds:0.00} s", name, result.Origin, seconds);
+            return Write(http, 200, new FlattenDto(result.Volume, result.Origin, result.CopiedBytes, seconds,
+                VolumeDto.From(store.GetVolumeInfo(name), store)), json.FlattenDto);
+        })).Describe<FlattenDto, IEndpointConventionBuilder>("Make a clone independent of its origin snapshot (copies the data it shares with it)");
+
         // No body: everything is in the path and ?recursive=true (deletes the snapshots newer than this one).
         app.MapPost("/v1/volumes/{name}/snapshots/{snapshot}/rollback", Handler((HttpContext http) =>
         {

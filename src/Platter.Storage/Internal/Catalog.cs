@@ -136,6 +136,9 @@ internal sealed class Catalog
                 _byLayer[volume.LayerId] = volume;
                 break;
             }
+            case OpKind.Flatten:
+                Flatten(volume);
+                break;
             case OpKind.Rollback:
             {
                 _byLayer.Remove(volume.LayerId);
@@ -176,6 +179,16 @@ internal sealed class Catalog
         snap.Volume.Snapshots.Remove(snap);
         snap.Deleted = true;
         return child;
+    }
+
+    /// <summary>
+    /// Detaches a clone from its origin snapshot. Its map is unchanged: by now every block it maps is its own copy
+    /// (decision 0008), so its layer alone rebuilds it. Callers hold the catalog's and the volume's locks when live.
+    /// </summary>
+    public static void Flatten(VolumeState volume)
+    {
+        volume.Origin?.Clones.Remove(volume);
+        volume.Origin = null;
     }
 
     /// <summary>

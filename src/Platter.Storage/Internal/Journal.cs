@@ -166,6 +166,7 @@ internal sealed class Journal : IDisposable
                     case OpKind.CreateSnapshot: catalog.Add($"snapshot '{op.Name}' of volume {op.VolumeId}"); break;
                     case OpKind.DeleteSnapshot: catalog.Add($"delete snapshot {op.SnapshotId} of volume {op.VolumeId}"); break;
                     case OpKind.Rollback: catalog.Add($"roll volume {op.VolumeId} back to snapshot {op.SnapshotId}"); break;
+                    case OpKind.Flatten: catalog.Add($"flatten volume {op.VolumeId}"); break;
                 }
             }
         }

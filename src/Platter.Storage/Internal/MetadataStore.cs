@@ -235,6 +235,12 @@ internal sealed class MetadataStore : IDisposable
                     case OpKind.DeleteSnapshot:
                         DeleteSnapshot(txn, cursor, op.VolumeId, op.SnapshotId, sequence);
                         break;
+                    case OpKind.Flatten:
+                        // The layer already holds a record for every block the volume maps (copied before this
+                        // operation): dropping the origin leaves the content as it was. Its tombstones now hide
+                        // nothing and stay as harmless records (they load as no-ops).
+                        PutVolume(txn, GetVolume(txn, op.VolumeId) with { OriginId = 0 });
+                        break;
                     case OpKind.Rollback:
                     {
                         var v = GetVolume(txn, op.VolumeId);

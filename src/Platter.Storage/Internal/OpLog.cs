@@ -25,6 +25,11 @@ internal enum OpKind : byte
     Rollback = 9,
     /// <summary>Record in a layer that [block, block+count) reads as zeros although the parent maps it.</summary>
     Tombstone = 10,
+    /// <summary>
+    /// A clone stops depending on its origin snapshot: its layer (filled beforehand, by ordinary MapExtent records,
+    /// with copies of every block it inherited) is now its whole content. Decision 0008.
+    /// </summary>
+    Flatten = 11,
 }
 
 /// <summary>
@@ -113,6 +118,13 @@ internal sealed class OpLog : IDisposable
         BinaryPrimitives.WriteInt64LittleEndian(s[1..], volumeId);
         BinaryPrimitives.WriteInt64LittleEndian(s[9..], snapshotId);
         BinaryPrimitives.WriteInt64LittleEndian(s[17..], newLayerId);
+    }
+
+    public void AppendFlatten(long volumeId)
+    {
+        var s = Reserve(1 + 8);
+        s[0] = (byte)OpKind.Flatten;
+        BinaryPrimitives.WriteInt64LittleEndian(s[1..], volumeId);
     }
 
     public void AppendDeleteVolume(long volumeId)
@@ -271,6 +283,7 @@ internal ref struct OpReader(ReadOnlySpan<byte> data)
                 used = 24;
                 break;
             case OpKind.DeleteVolume:
+            case OpKind.Flatten:
                 Need(s, 8);
                 op = new Op { Kind = kind, VolumeId = BinaryPrimitives.ReadInt64LittleEndian(s) };
                 used = 8;

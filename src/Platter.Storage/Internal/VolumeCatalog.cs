@@ -303,13 +303,95 @@ internal sealed class VolumeCatalog : IDisposable
         return 0;
     });
 
+    /// <summary>
+    /// Flatten (decision 0008): checks and marks under the admin lock, copies the inherited blocks with no catalog
+    /// lock held (the copy takes as long as the data; other catalog changes and all I/O go on), then detaches the
+    /// clone from its origin in one journaled operation under the admin lock. The operation goes to the volume's own
+    /// pending log, after the copies it depends on, so replay never sees it without them.
+    /// </summary>
+    public FlattenResult FlattenVolume(string name)
+    {
+        var (state, origin) = Admin(() =>
+        {
+            var s = Find(name);
+            SnapshotState o;
+            lock (_lock)
+            {
+                lock (s.Lock)
+                {
+                    o = s.Origin ?? throw new StorageException(StorageError.InvalidArgument, $"volume '{name}' is not a clone: it depends on no snapshot, nothing to flatten");
+                    if (s.Snapshots.Count > 0)
+                        throw new StorageException(StorageError.HasDependents,
+                            $"clone '{name}' has snapshots ({string.Join(", ", s.Snapshots.Select(x => x.Name))}), which share the origin's data too; delete them first (flatten copies into the volume only)");
+                }
+                if (s.Flattening) throw new StorageException(StorageError.InUse, $"volume '{name}' is being flattened already");
+                s.Flattening = true;
+            }
+            return (s, o);
+        });
+        try
+        {
+            long copied;
+            try
+            {
+                copied = new Volume(_parts, state).CopyInherited(origin);
+            }
+            catch (StorageException e) when (e.Error == StorageError.NoSpace)
+            {
+                throw new StorageException(StorageError.NoSpace,
+                    $"flatten of '{name}' stopped: {e.Message}. The clone reads as before and still depends on '{origin.DisplayName}'; " +
+                    "what was copied stays its own, and flattening again continues from there", e);
+            }
+            catch (Exception e) when (e is not StorageException)
+            {
+                throw Committer.FailStop(e, $"flattening '{name}'");
+            }
+            Admin(() =>
+            {
+                lock (_lock)
+                {
+                    lock (state.Lock)
+                    {
+                        if (state.Deleted) throw new StorageException(StorageError.NotFound, $"no volume named '{name}'");
+                        if (state.Snapshots.Count > 0)
+                            throw new StorageException(StorageError.HasDependents, $"a snapshot of '{state.Name}' was taken during its flatten; delete its snapshots and flatten again (it continues where it stopped)");
+                        // The copy installed a block of its own wherever the clone mapped the origin's, and nothing can
+                        // map an origin block again (no snapshots to roll back to): sharing here would mean reclaim
+                        // later frees a block the clone still reads.
+                        long shared = CountShared(state, origin);
+                        Invariant.Check(shared == 0, $"volume '{state.Name}' still shares {shared} blocks with '{origin.DisplayName}' after its flatten copy");
+                        Catalog.Flatten(state);
+                        state.PendingOps.AppendFlatten(state.Id);
+                    }
+                }
+                Committer.Commit();
+                return 0;
+            });
+            _logger.LogInformation("Flattened '{Volume}': copied {Bytes} bytes it shared with '{Origin}'", state.Name, copied * EngineLimits.BlockBytes, origin.DisplayName);
+            return new FlattenResult(state.Name, origin.DisplayName, copied * EngineLimits.BlockBytes);
+        }
+        finally
+        {
+            lock (_lock) state.Flattening = false;
+        }
+    }
+
+    // Blocks the volume maps at the same offset as the origin (the blocks it still inherits). Caller holds its lock.
+    private static long CountShared(VolumeState state, SnapshotState origin)
+    {
+        long shared = 0, limit = Math.Min(origin.SizeBlocks, state.SizeBlocks);
+        for (long b = origin.Map.NextMapped(0, limit); b >= 0; b = origin.Map.NextMapped(b + 1, limit))
+            if (state.Map.Get(b).PbaPlusOne == origin.Map.Get(b).PbaPlusOne) shared++;
+        return shared;
+    }
+
     private void ThrowIfCloned(SnapshotState snap)
     {
         List<string> clones;
         lock (_lock) clones = [.. snap.Clones.Select(c => c.Name)];
         if (clones.Count > 0)
             throw new StorageException(StorageError.HasDependents,
-                $"snapshot '{snap.DisplayName}' has clones ({string.Join(", ", clones)}); delete them first (they share its data)");
+                $"snapshot '{snap.DisplayName}' has clones ({string.Join(", ", clones)}); delete them first (they share its data), or make them independent (platter volume flatten)");
     }
 
     private T Admin<T>(Func<T> action)

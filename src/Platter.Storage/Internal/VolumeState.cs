@@ -44,8 +44,14 @@ internal sealed class VolumeState(long id, string name, long sizeBytes, DateTime
     /// <summary>The durable layer the volume's writes go to (extent records keyed by it); changes on snapshot, rollback, merge.</summary>
     public long LayerId = layerId;
 
-    /// <summary>The snapshot this volume was cloned from, or null (a snapshot's origin is its volume's).</summary>
-    public readonly SnapshotState? Origin = origin;
+    /// <summary>
+    /// The snapshot this volume was cloned from, or null (a snapshot's origin is its volume's). Set to null only by
+    /// flatten, under the catalog's lock and this volume's <see cref="MapOwner.Lock"/>.
+    /// </summary>
+    public SnapshotState? Origin = origin;
+
+    /// <summary>A flatten is copying this volume's inherited blocks (guarded by the catalog's lock): a second is refused.</summary>
+    public bool Flattening;
 
     /// <summary>The volume's snapshots, oldest first: each one's parent is the one before (the first's is the origin).</summary>
     public readonly List<SnapshotState> Snapshots = new();
