@@ -14,8 +14,9 @@ namespace Platter.Server.Api;
 /// <param name="SnapshotCount">Number of snapshots of the volume.</param>
 /// <param name="Backend">Which backend holds it: <c>embedded</c> or <c>rbd</c>.</param>
 /// <param name="Store">Where: the store directory, or <c>rbd:POOL</c> (set with Backend).</param>
+/// <param name="Cache">The volume's node cache (cluster stores; null on the embedded store and in lists).</param>
 public sealed record VolumeDto(string Name, long Id, long SizeBytes, long AllocatedBytes, DateTimeOffset CreatedUtc,
-    string? Origin = null, int SnapshotCount = 0, string? Backend = null, string? Store = null)
+    string? Origin = null, int SnapshotCount = 0, string? Backend = null, string? Store = null, VolumeCacheDto? Cache = null)
 {
     /// <summary>Converts the catalog's record; with <paramref name="store"/>, says which backend holds it
     /// (<c>embedded</c> or <c>rbd</c>) and where (<c>Store</c>: the directory, or <c>rbd:POOL</c>).</summary>
@@ -23,6 +24,29 @@ public sealed record VolumeDto(string Name, long Id, long SizeBytes, long Alloca
         new(info.Name, info.Id, info.SizeBytes, info.AllocatedBytes, info.CreatedUtc, info.Origin, info.SnapshotCount, store?.Kind, store?.Location);
 }
 
+/// <summary>A volume's node cache as the management API shows it (see docs/ARCHITECTURE.md, "Node cache").</summary>
+/// <param name="Mode">The mode stored with the volume: <c>none</c>, <c>writethrough</c> or <c>writeback</c>.</param>
+/// <param name="Active">The mode this server serves it with now, or null when it is not open here.</param>
+/// <param name="Hits">Reads served from the local read cache.</param>
+/// <param name="Misses">Reads of clean blocks that went to the backend.</param>
+/// <param name="DirtyBytes">Bytes the local write-back log holds that the image lacks.</param>
+/// <param name="LogUsedBytes">Bytes of the write-back log in use.</param>
+/// <param name="LogCapacityBytes">Size of the write-back log: the bound on dirty data (writes wait beyond it).</param>
+/// <param name="LagRecords">Write-back lag: records logged and not yet written back.</param>
+/// <param name="Failure">Why write-back stopped, or null while it runs.</param>
+/// <param name="DirtyMarker">Which server's write-back log may hold writes the image lacks (stored with the volume), or null.</param>
+public sealed record VolumeCacheDto(string Mode, string? Active, long Hits, long Misses, long DirtyBytes, long LogUsedBytes,
+    long LogCapacityBytes, long LagRecords, string? Failure, string? DirtyMarker)
+{
+    /// <summary>Hits over all reads of clean blocks, 0 without reads.</summary>
+    public double HitRatio => Hits + Misses == 0 ? 0 : (double)Hits / (Hits + Misses);
+}
+
+/// <summary>POST /v1/volumes/{name}/cache.</summary>
+public sealed record SetCacheRequest(string? Mode);
+
+/// <summary>The answer to a release: the volume and how many dirty bytes were written back first.</summary>
+public sealed record ReleaseDto(string Name, long WrittenBackBytes);
 /// <summary>POST /v1/volumes/{name}/flatten: what the flatten did.</summary>
 /// <param name="Name">The volume, now independent.</param>
 /// <param name="Origin">The snapshot it no longer depends on (<c>volume@snapshot</c>): it can be deleted now.</param>
@@ -94,7 +118,7 @@ public sealed record SpaceUsageListDto(IReadOnlyList<SpaceUsageDto> Entries);
 public sealed record VolumeListDto(IReadOnlyList<VolumeDto> Volumes);
 
 /// <summary>POST /v1/volumes.</summary>
-public sealed record CreateVolumeRequest(string? Name, long? SizeBytes);
+public sealed record CreateVolumeRequest(string? Name, long? SizeBytes, string? Cache = null);
 
 /// <summary>POST /v1/volumes/{name}/resize.</summary>
 public sealed record ResizeVolumeRequest(long? SizeBytes);
@@ -194,6 +218,9 @@ public sealed record BlockReferenceDto(string Version, long Offset);
 [JsonSourceGenerationOptions(JsonSerializerDefaults.Web, WriteIndented = false, DefaultIgnoreCondition = JsonIgnoreCondition.Never)]
 [JsonSerializable(typeof(VolumeDto))]
 [JsonSerializable(typeof(TakeoverDto))]
+[JsonSerializable(typeof(VolumeCacheDto))]
+[JsonSerializable(typeof(SetCacheRequest))]
+[JsonSerializable(typeof(ReleaseDto))]
 [JsonSerializable(typeof(FlattenDto))]
 [JsonSerializable(typeof(VolumeListDto))]
 [JsonSerializable(typeof(CreateVolumeRequest))]

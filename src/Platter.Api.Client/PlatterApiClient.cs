@@ -78,7 +78,11 @@ public sealed partial class PlatterApiClient : IDisposable
 
     /// <summary>POST /v1/volumes.</summary>
     public Task<VolumeDto> CreateVolumeAsync(string name, long sizeBytes, CancellationToken cancellationToken = default) =>
-        SendAsync(HttpMethod.Post, "v1/volumes", JsonContent.Create(new CreateVolumeRequest(name, sizeBytes), Json.CreateVolumeRequest), Json.VolumeDto, cancellationToken);
+        CreateVolumeAsync(name, sizeBytes, cache: null, cancellationToken);
+
+    /// <summary>POST /v1/volumes with a cache mode (<c>none</c>, <c>writethrough</c>, <c>writeback</c>; null: none).</summary>
+    public Task<VolumeDto> CreateVolumeAsync(string name, long sizeBytes, string? cache, CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Post, "v1/volumes", JsonContent.Create(new CreateVolumeRequest(name, sizeBytes, cache), Json.CreateVolumeRequest), Json.VolumeDto, cancellationToken);
 
     /// <summary>POST /v1/scrub/start.</summary>
     public Task<ScrubStatusDto> StartScrubAsync(ScrubStartRequest request, CancellationToken cancellationToken = default) =>
@@ -94,7 +98,19 @@ public sealed partial class PlatterApiClient : IDisposable
 
     /// <summary>POST /v1/volumes/{name}/takeover.</summary>
     public Task<TakeoverDto> TakeOverVolumeAsync(string name, CancellationToken cancellationToken = default) =>
-        SendAsync(HttpMethod.Post, VolumePath(name) + "/takeover", null, Json.TakeoverDto, cancellationToken);
+        TakeOverVolumeAsync(name, acceptCacheLoss: false, cancellationToken);
+
+    /// <summary>POST /v1/volumes/{name}/takeover; with <paramref name="acceptCacheLoss"/>, also when a dead server's write-back cache may hold writes the image lacks.</summary>
+    public Task<TakeoverDto> TakeOverVolumeAsync(string name, bool acceptCacheLoss, CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Post, VolumePath(name) + "/takeover" + (acceptCacheLoss ? "?acceptCacheLoss=true" : ""), null, Json.TakeoverDto, cancellationToken);
+
+    /// <summary>POST /v1/volumes/{name}/cache: stores the volume's cache mode.</summary>
+    public Task<VolumeDto> SetVolumeCacheAsync(string name, string mode, CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Post, VolumePath(name) + "/cache", JsonContent.Create(new SetCacheRequest(mode), Json.SetCacheRequest), Json.VolumeDto, cancellationToken);
+
+    /// <summary>POST /v1/volumes/{name}/release: writes the cache back and lets other servers have the volume.</summary>
+    public Task<ReleaseDto> ReleaseVolumeAsync(string name, CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Post, VolumePath(name) + "/release", null, Json.ReleaseDto, cancellationToken);
 
     /// <summary>POST /v1/volumes/{name}/resize.</summary>
     public Task<VolumeDto> ResizeVolumeAsync(string name, long sizeBytes, CancellationToken cancellationToken = default) =>

@@ -44,7 +44,7 @@ public sealed class WriteBackOptions
 /// order. One per volume per node, shared by every handle on it (<see cref="OpenHandle"/>).
 /// </summary>
 /// <remarks>
-/// Guarantees (docs/decisions/0008-local-cache.md): nothing flushed is lost across a crash of the process or the node
+/// Guarantees (docs/decisions/0009-local-cache.md): nothing flushed is lost across a crash of the process or the node
 /// (the log replays on open); if the cache is lost, the backend holds an ordered prefix of the acknowledged writes;
 /// damaged log records are neither served nor written back. Trims and write-zeroes are ordered barriers: they wait
 /// until everything logged before them is written back, then go to the backend directly (they are rare, and a trim
@@ -118,6 +118,15 @@ public sealed class WriteBackVolume : IAsyncDisposable
 
     /// <summary>A handle for one client; all handles share this cache. Disposing a handle leaves the cache open.</summary>
     public IVolumeHandle OpenHandle() => new Handle(this);
+
+    /// <summary>Makes every write acknowledged so far durable in the local log (what a client's FLUSH does).</summary>
+    public ValueTask FlushAsync(CancellationToken cancellationToken = default) => _log.FlushAsync(cancellationToken);
+
+    /// <summary>
+    /// The id of the log file at <paramref name="logPath"/>, or null when there is none (or nothing readable): what a
+    /// node compares with a volume's dirty marker before it replays a log onto the volume.
+    /// </summary>
+    public static Guid? ReadLogId(string logPath) => WriteBackLog.TryReadLogId(logPath);
 
     /// <summary>Waits until everything written so far is on the backend (before a snapshot, a release or a migration).</summary>
     public ValueTask DrainAsync(CancellationToken cancellationToken = default) => _log.DrainAsync(cancellationToken);

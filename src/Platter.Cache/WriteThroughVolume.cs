@@ -63,19 +63,34 @@ public sealed class WriteThroughVolume : IDisposable
         }
     }
 
-    // Invalidated before the backend write (no racing reader caches the old copy after it) and after (none that read
-    // in between does either); see ReadCache.
-    private async ValueTask ChangeAsync(long offset, long length, Func<ValueTask> change)
+    // Invalidated before the backend call (no racing reader caches the old copy after it) and after it (none that read
+    // in between does either); see ReadCache. Written as Begin/End around the call rather than with a delegate: a
+    // closure per write was an allocation on the hot path.
+    private void Invalidate(long offset, long length)
     {
         long first = offset / BlockBytes, blocks = (offset + length + BlockBytes - 1) / BlockBytes - first;
         _cache.Invalidate(first, blocks);
+    }
+
+    private ValueTask EndChange(ValueTask change, long offset, long length)
+    {
+        if (change.IsCompletedSuccessfully)
+        {
+            Invalidate(offset, length);
+            return default;
+        }
+        return EndChangeSlow(change, offset, length);
+    }
+
+    private async ValueTask EndChangeSlow(ValueTask change, long offset, long length)
+    {
         try
         {
-            await change().ConfigureAwait(false);
+            await change.ConfigureAwait(false);
         }
         finally
         {
-            _cache.Invalidate(first, blocks);
+            Invalidate(offset, length);
         }
     }
 
@@ -92,16 +107,26 @@ public sealed class WriteThroughVolume : IDisposable
         public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken cancellationToken = default) =>
             cache.ReadAsync(offset, destination, cancellationToken);
 
-        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken cancellationToken = default) =>
-            cache.ChangeAsync(offset, source.Length, () => _backend.WriteAsync(offset, source, fua, cancellationToken));
+        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken cancellationToken = default)
+        {
+            // A backend that throws instead of returning a failed task refused before changing anything.
+            cache.Invalidate(offset, source.Length);
+            return cache.EndChange(_backend.WriteAsync(offset, source, fua, cancellationToken), offset, source.Length);
+        }
 
         public ValueTask FlushAsync(CancellationToken cancellationToken = default) => _backend.FlushAsync(cancellationToken);
 
-        public ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken = default) =>
-            cache.ChangeAsync(offset, length, () => _backend.TrimAsync(offset, length, fua, cancellationToken));
+        public ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken = default)
+        {
+            cache.Invalidate(offset, length);
+            return cache.EndChange(_backend.TrimAsync(offset, length, fua, cancellationToken), offset, length);
+        }
 
-        public ValueTask WriteZeroesAsync(long offset, long length, bool deallocate, bool fua, CancellationToken cancellationToken = default) =>
-            cache.ChangeAsync(offset, length, () => _backend.WriteZeroesAsync(offset, length, deallocate, fua, cancellationToken));
+        public ValueTask WriteZeroesAsync(long offset, long length, bool deallocate, bool fua, CancellationToken cancellationToken = default)
+        {
+            cache.Invalidate(offset, length);
+            return cache.EndChange(_backend.WriteZeroesAsync(offset, length, deallocate, fua, cancellationToken), offset, length);
+        }
 
         public int GetExtents(long offset, long length, Span<VolumeExtent> destination) => _backend.GetExtents(offset, length, destination);
 

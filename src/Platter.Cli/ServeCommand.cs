@@ -42,6 +42,27 @@ internal static class ServeCommand
             HelpName = "SECONDS",
             DefaultValueFactory = _ => 300,
         };
+        var cacheDir = new Option<string?>("--cache-dir")
+        {
+            Description = "Node cache for an rbd: store: a directory on a local SSD where volumes whose cache mode is writethrough or writeback " +
+                          "(platter volume create --cache, platter volume set --cache) keep their read cache and write-back log. Refused with " +
+                          "the embedded store, whose volumes are on this machine's disk already.",
+            HelpName = "DIR",
+        };
+        var cacheSize = new Option<long>("--cache-size")
+        {
+            Description = "Local disk per cached volume (default 1G, at least 16M): a write-back volume's log gets 3/4 of it (the bound on its " +
+                          "dirty data: writes wait for write-back beyond it), its read cache the rest; a write-through volume's read cache all of it.",
+            HelpName = "SIZE",
+            DefaultValueFactory = _ => 1L << 30,
+            CustomParser = result =>
+            {
+                var text = result.Tokens.Count > 0 ? result.Tokens[0].Value : "";
+                if (SizeParser.TryParse(text, out var bytes, out var error)) return bytes;
+                result.AddError("--cache-size: " + error);
+                return 0;
+            },
+        };
         var listen = new Option<string>("--listen")
         {
             Description = "NBD TCP address as ADDR:PORT ([::1]:PORT for IPv6, localhost:PORT, port 0 for any free port), or 'none' to disable TCP.",
@@ -123,9 +144,10 @@ internal static class ServeCommand
         var command = new Command("serve",
             "Run the Platter server: opens (or creates) the store, serves every volume as an NBD export of the same name " +
             "on TCP and a unix socket, and the management API on a unix socket. Logs one line per event to stdout. Stops cleanly " +
-            "on SIGINT/SIGTERM: finishes in-flight requests (30 s at most; a second signal cuts them), flushes, closes the store.")
+            "on SIGINT/SIGTERM: finishes in-flight requests (30 s at most; a second signal cuts them), writes node caches back to the " +
+            "cluster (until a second signal), flushes, closes the store.")
         {
-            store, cephConf, cephId, cephOpTimeout, listen, socket, apiSocket, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa, readOnly, salvage, config, verbose,
+            store, cephConf, cephId, cephOpTimeout, cacheDir, cacheSize, listen, socket, apiSocket, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa, readOnly, salvage, config, verbose,
             logFormat, noMetrics, metricsListen, vhostUserDir,
         };
         command.SetAction(async (parse, ct) =>
@@ -154,6 +176,8 @@ internal static class ServeCommand
             else
             {
                 if (parse.GetValue(cephConf) is not null) throw new CliException("--ceph-conf goes with --store rbd:POOL");
+                if (parse.GetValue(cacheDir) is not null)
+                    throw new CliException("--cache-dir is for cluster stores (--store rbd:POOL): the embedded store keeps its volumes on this machine's disk already");
                 directory = Path.GetFullPath(parse.GetValue(store) ?? StorePaths.DefaultStoreDirectory(context.GetEnvironment));
             }
             var nbdTcp = ParseEndPoint(parse.GetValue(listen)!, "--listen", allowNone: true);
@@ -181,6 +205,11 @@ internal static class ServeCommand
             {
                 StoreDirectory = directory,
                 OpenBackend = openBackend,
+                NodeCache = new Platter.Cache.NodeCacheOptions
+                {
+                    Directory = parse.GetValue(cacheDir) is { } cd ? Path.GetFullPath(cd) : null,
+                    SizeBytes = parse.GetValue(cacheSize),
+                },
                 NbdTcpEndPoint = nbdTcp,
                 NbdSocketPath = nbdSocket,
                 ApiSocketPath = apiUnix,
@@ -279,7 +308,9 @@ internal static class ServeCommand
         grace.CancelAfter(InFlightGraceMax);
         try
         {
-            await host.StopAsync(grace.Token);
+            // In-flight requests get the grace period; writing node caches back gets as long as it needs, until a
+            // second signal (what is not written back stays in the log for the next start).
+            await host.StopAsync(grace.Token, force.Token);
         }
         catch (Exception e)
         {

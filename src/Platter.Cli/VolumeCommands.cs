@@ -19,6 +19,8 @@ internal static class VolumeCommands
         volume.Add(Delete(context));
         volume.Add(Flatten(context));
         volume.Add(TakeOver(context));
+        volume.Add(Set(context));
+        volume.Add(Release(context));
         return volume;
     }
 
@@ -38,13 +40,76 @@ internal static class VolumeCommands
         var size = PlatterCli.SizeOption("Virtual size of the volume. Space is allocated only when written (thin provisioning).");
         var json = PlatterCli.JsonOption();
         var api = PlatterCli.ApiSocketOption();
-        var command = new Command("create", "Create a thin-provisioned volume.") { name, size, json, api };
+        var cache = CacheOption(required: false);
+        var command = new Command("create", "Create a thin-provisioned volume.") { name, size, cache, json, api };
         command.SetAction(async (parse, ct) =>
         {
             using var client = PlatterCli.CreateClient(parse, api, context);
-            var created = await Call(() => client.CreateVolumeAsync(parse.GetRequiredValue(name), parse.GetValue(size), ct), parse.GetRequiredValue(name));
+            var created = await Call(() => client.CreateVolumeAsync(parse.GetRequiredValue(name), parse.GetValue(size), parse.GetValue(cache), ct), parse.GetRequiredValue(name));
             if (parse.GetValue(json)) PlatterCli.WriteJson(context, created, PlatterJsonContext.Default.VolumeDto);
             else context.Out.WriteLine($"created volume '{created.Name}' ({SizeText.Format(created.SizeBytes)})");
+            return PlatterCli.ExitOk;
+        });
+        return command;
+    }
+
+    private static Option<string?> CacheOption(bool required) => new("--cache")
+    {
+        Description = "Node cache mode (cluster stores; the server needs --cache-dir): none (the default), writethrough (reads cached on the " +
+                      "server's local disk, writes acknowledged by the cluster), writeback (writes acknowledged from an ordered, checksummed " +
+                      "log on the local disk and written back in order; see `platter volume release`). The embedded store has only none.",
+        HelpName = "MODE",
+        Required = required,
+        Validators =
+        {
+            result =>
+            {
+                if (result.Tokens.Count > 0 && !Platter.Cache.CacheModes.TryParse(result.Tokens[0].Value, out _))
+                    result.AddError($"--cache is none, writethrough or writeback, not '{result.Tokens[0].Value}'");
+            },
+        },
+    };
+
+    private static Command Set(CliContext context)
+    {
+        var name = NameArgument();
+        var cache = CacheOption(required: true);
+        var json = PlatterCli.JsonOption();
+        var api = PlatterCli.ApiSocketOption();
+        var command = new Command("set",
+            "Change a volume's settings. --cache applies from the volume's next open: when no client is connected the server closes it now " +
+            "(a write-back log is written back first); otherwise once its clients disconnect and it is released or the server restarts.")
+        {
+            name, cache, json, api,
+        };
+        command.SetAction(async (parse, ct) =>
+        {
+            using var client = PlatterCli.CreateClient(parse, api, context);
+            var v = await Call(() => client.SetVolumeCacheAsync(parse.GetRequiredValue(name), parse.GetRequiredValue(cache)!, ct), parse.GetRequiredValue(name));
+            if (parse.GetValue(json)) PlatterCli.WriteJson(context, v, PlatterJsonContext.Default.VolumeDto);
+            else context.Out.WriteLine($"volume '{v.Name}': cache mode {v.Cache?.Mode ?? "none"}");
+            return PlatterCli.ExitOk;
+        });
+        return command;
+    }
+
+    private static Command Release(CliContext context)
+    {
+        var name = NameArgument();
+        var json = PlatterCli.JsonOption();
+        var api = PlatterCli.ApiSocketOption();
+        var command = new Command("release",
+            "Let another server have a volume (migration): writes its write-back cache back to the cluster completely, clears its dirty " +
+            "marker, closes it here and frees its lock. Refused while NBD clients are connected to it. Waits as long as write-back takes.")
+        {
+            name, json, api,
+        };
+        command.SetAction(async (parse, ct) =>
+        {
+            using var client = PlatterCli.CreateClient(parse, api, context);
+            var result = await Call(() => client.ReleaseVolumeAsync(parse.GetRequiredValue(name), ct), parse.GetRequiredValue(name));
+            if (parse.GetValue(json)) PlatterCli.WriteJson(context, result, PlatterJsonContext.Default.ReleaseDto);
+            else context.Out.WriteLine($"released volume '{result.Name}' ({SizeText.Format(result.WrittenBackBytes)} written back first); another server may serve it now");
             return PlatterCli.ExitOk;
         });
         return command;
@@ -106,6 +171,19 @@ internal static class VolumeCommands
             context.Out.WriteLine($"snapshots:  {v.SnapshotCount}");
             context.Out.WriteLine($"id:         {v.Id}");
             if (v.Backend is not null) context.Out.WriteLine($"backend:    {v.Backend} ({v.Store})");
+            if (v.Cache is { } c)
+            {
+                context.Out.WriteLine($"cache:      {c.Mode}{(c.Active is null ? " (not open on this server)" : $" (served here as {c.Active})")}");
+                if (c.Active is "writeback" or "writethrough")
+                    context.Out.WriteLine($"read cache: {c.Hits} hits, {c.Misses} misses ({c.HitRatio:P0} hit ratio)");
+                if (c.Active == "writeback")
+                {
+                    context.Out.WriteLine($"dirty:      {SizeText.Format(c.DirtyBytes)} ({c.DirtyBytes} bytes) not yet in the cluster; log {SizeText.Format(c.LogUsedBytes)} used of {SizeText.Format(c.LogCapacityBytes)}");
+                    context.Out.WriteLine($"lag:        {c.LagRecords} record(s) not yet written back");
+                }
+                if (c.Failure is not null) context.Out.WriteLine($"failure:    {c.Failure}");
+                if (c.DirtyMarker is not null) context.Out.WriteLine($"dirty on:   {c.DirtyMarker}");
+            }
             return PlatterCli.ExitOk;
         });
         return command;
@@ -114,19 +192,26 @@ internal static class VolumeCommands
     private static Command TakeOver(CliContext context)
     {
         var name = NameArgument();
+        var acceptLoss = new Option<bool>("--accept-cache-loss")
+        {
+            Description = "Take the volume over even though the holder's write-back cache may hold writes the image lacks (that server " +
+                          "or its disk is lost): the image is then an ordered prefix of the writes it acknowledged, consistent but older. " +
+                          "On the server whose own cache log is damaged, writes back its intact records and discards the rest.",
+        };
         var json = PlatterCli.JsonOption();
         var api = PlatterCli.ApiSocketOption();
         var command = new Command("takeover",
             "Take a volume over from another server that holds it (RBD store): breaks its exclusive lock and blocklists that " +
             "server's connection, so if it was only hung, its writes fail from then on and never reach the volume. Use it when " +
-            "the holder is dead or unreachable; then serve the volume from this server.")
+            "the holder is dead or unreachable; then serve the volume from this server. Refused while the holder's write-back cache may " +
+            "hold writes the image lacks, unless --accept-cache-loss.")
         {
-            name, json, api,
+            name, acceptLoss, json, api,
         };
         command.SetAction(async (parse, ct) =>
         {
             using var client = PlatterCli.CreateClient(parse, api, context);
-            var result = await Call(() => client.TakeOverVolumeAsync(parse.GetRequiredValue(name), ct), parse.GetRequiredValue(name));
+            var result = await Call(() => client.TakeOverVolumeAsync(parse.GetRequiredValue(name), parse.GetValue(acceptLoss), ct), parse.GetRequiredValue(name));
             if (parse.GetValue(json)) PlatterCli.WriteJson(context, result, PlatterJsonContext.Default.TakeoverDto);
             else if (result.PreviousHolder is null) context.Out.WriteLine($"volume '{result.Name}' was not held by any server: nothing to take over");
             else context.Out.WriteLine($"took volume '{result.Name}' over: fenced the previous holder ({result.PreviousHolder})");

@@ -18,7 +18,7 @@ namespace Platter.Rbd;
 /// acknowledged data in memory that could be lost or written late. The NBD client (the guest's page cache) is the
 /// write-back cache.</para>
 /// </remarks>
-public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover
+public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover, IVolumeMetadata
 {
     /// <summary>Image metadata key naming the server that holds a volume's lock (host, pid, client address).</summary>
     public const string HolderKey = "platter.holder";
@@ -683,6 +683,29 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover
             long result = await volume.FlushAsync().ConfigureAwait(false);
             if (result < 0) throw RbdErrors.ForRequest(result, volume.Name, "flush");
         }
+    }
+
+    // ---- metadata ----
+
+    /// <summary>An image-metadata value (<c>rbd image-meta get</c>), or null when unset.</summary>
+    public string? GetVolumeMetadata(string name, string key)
+    {
+        VolumeNames.ThrowIfInvalid(name);
+        return WithImage(name, image => image.GetMetadata(key), $"reading metadata '{key}' of volume '{name}'");
+    }
+
+    /// <summary>
+    /// Sets (or with null removes) an image-metadata value. Through this server's open image when it serves the
+    /// volume; else librbd forwards the change to the lock holder, or takes the lock for it when nobody holds it.
+    /// </summary>
+    public void SetVolumeMetadata(string name, string key, string? value)
+    {
+        VolumeNames.ThrowIfInvalid(name);
+        WithWritableImage(name, image =>
+        {
+            if (value is not null) image.SetMetadata(key, value);
+            else image.RemoveMetadata(key); // absent already: fine
+        }, $"setting metadata '{key}' of volume '{name}'");
     }
 
     // ---- takeover ----

@@ -13,7 +13,7 @@ namespace Platter.Server;
 
 /// <summary>
 /// One Platter server: the store, NBD on TCP and a unix socket, and the management API. Start once, stop once;
-/// <see cref="StopAsync"/> shuts down in the order that keeps every acknowledged write: stop taking management
+/// <see cref="StopAsync(CancellationToken)"/> shuts down in the order that keeps every acknowledged write: stop taking management
 /// calls, stop accepting NBD connections and finish in-flight requests, flush the store, close it (which releases its lock).
 /// </summary>
 public sealed partial class PlatterHost : IAsyncDisposable
@@ -88,6 +88,25 @@ public sealed partial class PlatterHost : IAsyncDisposable
                     ? open(_loggerFactory)
                     : VolumeStore.Open(directory, _options.StoreOptions
                         ?? new StoreOptions { LoggerFactory = _loggerFactory, Salvage = _options.Salvage, CreateIfMissing = !_options.Salvage });
+                if (_store is IVolumeMetadata)
+                {
+                    // The node cache wraps the backend's volume handles here, where volumes are opened; the engine and
+                    // the backend know nothing of it.
+                    var cacheOptions = _options.NodeCache ?? new Platter.Cache.NodeCacheOptions();
+                    _store = new Platter.Cache.CachedBackend(_store, new Platter.Cache.NodeCacheOptions
+                    {
+                        Directory = cacheOptions.Directory is { } d ? Path.GetFullPath(d) : null,
+                        SizeBytes = cacheOptions.SizeBytes,
+                        AtomicUnitBytes = cacheOptions.AtomicUnitBytes,
+                        LoggerFactory = _loggerFactory,
+                    });
+                    if (cacheOptions.Directory is not null)
+                        _log.LogInformation("node cache in {Directory}, {Size} per cached volume", Path.GetFullPath(cacheOptions.Directory), SizeText.Format(cacheOptions.SizeBytes));
+                }
+                else if (_options.NodeCache?.Directory is not null)
+                {
+                    throw new InvalidOperationException($"--cache-dir is for cluster stores (--store rbd:POOL): the {_store.Kind} store keeps its volumes on this machine's disk already");
+                }
                 var usage = _store.GetUsage();
                 _log.LogInformation("store {Location} ({Kind}) open: {Volumes} volume(s), {Used} used", _store.Location, _store.Kind, usage.VolumeCount, SizeText.Format(usage.UsedBytes));
                 bool salvage = _store is VolumeStore { IsSalvage: true };
@@ -164,13 +183,20 @@ public sealed partial class PlatterHost : IAsyncDisposable
     /// Stops the listeners, lets in-flight NBD requests finish (until <paramref name="cancellationToken"/> fires,
     /// after which connections are cut), flushes and closes the store. Safe to call twice.
     /// </summary>
-    public async Task StopAsync(CancellationToken cancellationToken = default)
+    public Task StopAsync(CancellationToken cancellationToken = default) => StopAsync(cancellationToken, cancellationToken);
+
+    /// <summary>
+    /// Same as <see cref="StopAsync(CancellationToken)"/>, but the write-back of node caches (which may take much
+    /// longer than in-flight requests: the log's dirty data at the backend's pace) waits until
+    /// <paramref name="drainCancellation"/> fires instead. A drain cut short keeps the rest in the log.
+    /// </summary>
+    public async Task StopAsync(CancellationToken cancellationToken, CancellationToken drainCancellation)
     {
         await _stateLock.WaitAsync(CancellationToken.None).ConfigureAwait(false);
         try
         {
             if (!_started || _stopped) return;
-            await ShutdownAsync(cancellationToken, failed: false).ConfigureAwait(false);
+            await ShutdownAsync(cancellationToken, failed: false, drainCancellation).ConfigureAwait(false);
         }
         finally
         {
@@ -178,7 +204,7 @@ public sealed partial class PlatterHost : IAsyncDisposable
         }
     }
 
-    private async Task ShutdownAsync(CancellationToken cancellationToken, bool failed)
+    private async Task ShutdownAsync(CancellationToken cancellationToken, bool failed, CancellationToken drainCancellation = default)
     {
         _stopped = true;
         List<Exception>? errors = null;
@@ -229,6 +255,11 @@ public sealed partial class PlatterHost : IAsyncDisposable
             Metrics.Store = null;
             Metrics.Engine = null;
             Metrics.Nbd = null;
+        }
+        if (_store is Platter.Cache.CachedBackend cached && !failed)
+        {
+            // Clients are gone: write every write-back cache back, so another server may serve its volumes.
+            await Task.Run(() => cached.Close(drainCancellation), CancellationToken.None).ConfigureAwait(false);
         }
         if (_store is not null)
         {
@@ -324,7 +355,7 @@ public sealed partial class PlatterHost : IAsyncDisposable
         _ownedSockets.Add(path);
     }
 
-    /// <summary>Same as <see cref="StopAsync"/> with no deadline.</summary>
+    /// <summary>Same as <see cref="StopAsync(CancellationToken)"/> with no deadline.</summary>
     public async ValueTask DisposeAsync()
     {
         await StopAsync(CancellationToken.None).ConfigureAwait(false);

@@ -82,6 +82,14 @@ public sealed class PlatterHostOptions
     /// </summary>
     public string? VhostUserDirectory { get; init; }
 
+    /// <summary>
+    /// The node cache of a cluster store (<c>platter serve --cache-dir DIR --cache-size SIZE</c>). A store that keeps
+    /// volume metadata (RBD) is always wrapped in a <see cref="Platter.Cache.CachedBackend"/>, with or without a cache
+    /// directory, so that dirty markers of other servers' caches are honoured; a cache directory on the embedded
+    /// store is refused (its volumes are on local disk already).
+    /// </summary>
+    public Platter.Cache.NodeCacheOptions? NodeCache { get; init; }
+
     /// <summary>How the store is opened (tests shrink its limits).</summary>
     public StoreOptions? StoreOptions { get; init; }
 
@@ -92,6 +100,9 @@ public sealed class PlatterHostOptions
         if (ApiSocketPath is null && ApiTcpEndPoint is null) return "the management API needs a unix socket or a TCP address";
         if (ApiTcpEndPoint is not null && string.IsNullOrEmpty(ApiToken)) return "the management API on TCP needs a token (--api-token-file or PLATTER_API_TOKEN)";
         if (MetricsTcpEndPoint is not null && !Metrics) return "--metrics-listen and --no-metrics contradict each other";
+        if (NodeCache?.Validate() is { } cacheProblem) return cacheProblem;
+        if (NodeCache?.Directory is not null && OpenBackend is null)
+            return "--cache-dir is for cluster stores (--store rbd:POOL): the embedded store keeps its volumes on this machine's disk already";
         if (TlsRequired && TlsCertificate is null) return "--tls-required needs --tls-cert and --tls-key";
         if (TlsClientCertificateAuthority is not null && TlsCertificate is null) return "--tls-client-ca needs --tls-cert and --tls-key";
         if (TlsCertificate is not null && !TlsCertificate.HasPrivateKey) return "the TLS certificate has no private key";

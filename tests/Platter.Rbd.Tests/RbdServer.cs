@@ -25,6 +25,15 @@ public sealed class RbdServer : IAsyncDisposable
         ApiSocketPath = _root.Combine("api.sock");
     }
 
+    /// <summary>
+    /// With a size (e.g. "64M"), the server runs with a node cache: <c>--cache-dir</c> <see cref="CacheDirectory"/>
+    /// (kept across restarts of this server, like a node's SSD) and <c>--cache-size</c> this.
+    /// </summary>
+    public string? CacheSize { get; init; }
+
+    /// <summary>The node cache directory when <see cref="CacheSize"/> is set.</summary>
+    public string CacheDirectory => _root.Combine("cache");
+
     public string NbdSocketPath { get; }
     public string ApiSocketPath { get; }
     public int Pid => _process?.Id ?? throw new InvalidOperationException("not started");
@@ -46,6 +55,7 @@ public sealed class RbdServer : IAsyncDisposable
             // a fenced or cut-off server must fail its requests within the test's patience, not after 5 minutes
             "--ceph-op-timeout", _opTimeoutSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture),
             "--socket", NbdSocketPath, "--api-socket", ApiSocketPath, "--listen", "none",
+            .. (CacheSize is null ? Array.Empty<string>() : ["--cache-dir", CacheDirectory, "--cache-size", CacheSize]),
         ], new Dictionary<string, string?> { ["PLATTER_API_SOCKET"] = null, ["CEPH_ARGS"] = null, ["PLATTER_STORE"] = _root.Combine("state") });
         var process = new Process { StartInfo = psi };
         process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (_log) _log.AppendLine(e.Data); };

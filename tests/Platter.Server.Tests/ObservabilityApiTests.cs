@@ -24,7 +24,7 @@ public class ObservabilityApiTests
         // Every JSON endpoint the API maps is described (the list the CLI's client uses), with its parameters.
         foreach (var expected in new[]
                  {
-                     "GET /v1/health", "GET /v1/usage", "GET /v1/stats", "GET /v1/volumes", "POST /v1/volumes", "GET /v1/volumes/{name}",
+                     "GET /v1/health", "GET /v1/usage", "GET /v1/stats", "GET /v1/volumes", "POST /v1/volumes", "GET /v1/volumes/{name}", "POST /v1/volumes/{name}/cache", "POST /v1/volumes/{name}/release",
                      "DELETE /v1/volumes/{name}", "POST /v1/volumes/{name}/resize", "POST /v1/volumes/{name}/rename", "GET /v1/snapshots",
                      "GET /v1/volumes/{name}/snapshots", "POST /v1/volumes/{name}/snapshots", "GET /v1/volumes/{name}/snapshots/{snapshot}",
                      "DELETE /v1/volumes/{name}/snapshots/{snapshot}", "POST /v1/volumes/{name}/snapshots/{snapshot}/clone",

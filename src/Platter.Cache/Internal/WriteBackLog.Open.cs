@@ -59,6 +59,21 @@ internal sealed partial class WriteBackLog
         }
     }
 
+    /// <summary>The id of the log at <paramref name="path"/>, or null when there is no file or no valid superblock in it.</summary>
+    public static Guid? TryReadLogId(string path)
+    {
+        if (!File.Exists(path)) return null;
+        try
+        {
+            using var file = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+            return ReadSuper(file, path).LogId;
+        }
+        catch (StorageException)
+        {
+            return null;
+        }
+    }
+
     private static LogFormat.Super ReadSuper(SafeFileHandle file, string path)
     {
         Span<byte> slots = stackalloc byte[2 * LogFormat.SectorBytes];

@@ -13,6 +13,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.Extensions.Logging;
+using Platter.Cache;
 using Platter.Nbd;
 using Platter.Server.Metrics;
 using Platter.Storage;
@@ -165,15 +166,56 @@ internal static class ManagementApi
             var name = request.Name ?? throw new BadRequestException("missing 'name'");
             VolumeNames.ThrowIfInvalid(name);
             var size = ValidSize(request.SizeBytes);
+            var mode = ParseCacheMode(request.Cache, store);
             var info = store.CreateVolume(name, size);
+            if (mode is { } m && store is CachedBackend cached)
+            {
+                try
+                {
+                    cached.SetMode(name, m);
+                }
+                catch
+                {
+                    // A volume is created with the mode asked for, or not at all.
+                    store.DeleteVolume(name, recursive: false);
+                    throw;
+                }
+            }
             log.LogInformation("created volume '{Name}' ({Size})", info.Name, SizeText.Format(info.SizeBytes));
             http.Response.Headers.Location = "/v1/volumes/" + Uri.EscapeDataString(info.Name);
-            await Write(http, 201, VolumeDto.From(info, store), json.VolumeDto);
+            await Write(http, 201, Describe(store, info), json.VolumeDto);
         })).Describe<VolumeDto, IEndpointConventionBuilder>("Create a volume", 201, typeof(CreateVolumeRequest));
 
         app.MapGet("/v1/volumes/{name}", (Handler)((HttpContext http) =>
-            Write(http, 200, VolumeDto.From(store.GetVolumeInfo(RouteName(http)), store), json.VolumeDto)))
-            .Describe<VolumeDto, IEndpointConventionBuilder>("One volume");
+            Write(http, 200, Describe(store, store.GetVolumeInfo(RouteName(http))), json.VolumeDto)))
+            .Describe<VolumeDto, IEndpointConventionBuilder>("One volume, with its node cache (mode, hits, dirty bytes, write-back lag) on cluster stores");
+
+        app.MapPost("/v1/volumes/{name}/cache", (Handler)(async (HttpContext http) =>
+        {
+            var name = RouteName(http);
+            var request = await ReadBody(http, json.SetCacheRequest);
+            var mode = ParseCacheMode(request.Mode ?? throw new BadRequestException("missing 'mode'"), store) ?? CacheMode.None;
+            if (store is not CachedBackend cached)
+            {
+                store.GetVolumeInfo(name); // NotFound first
+                await Write(http, 200, Describe(store, store.GetVolumeInfo(name)), json.VolumeDto); // mode none on a store without node caches
+                return;
+            }
+            cached.SetMode(name, mode);
+            await Write(http, 200, Describe(store, store.GetVolumeInfo(name)), json.VolumeDto);
+        })).Describe<VolumeDto, IEndpointConventionBuilder>("Set a volume's cache mode (none, writethrough, writeback); it applies from the volume's next open", 200, typeof(SetCacheRequest));
+
+        // Drains the volume's write-back cache, removes its dirty marker and closes it here, so another server may
+        // serve it (migration). Refused while NBD clients are connected to it.
+        app.MapPost("/v1/volumes/{name}/release", (Handler)((HttpContext http) =>
+        {
+            var name = RouteName(http);
+            long written = 0;
+            if (store is CachedBackend cached) written = cached.Release(name, http.RequestAborted);
+            else store.GetVolumeInfo(name);
+            log.LogInformation("released volume '{Name}' ({Bytes} dirty bytes written back first)", name, written);
+            return Write(http, 200, new ReleaseDto(name, written), json.ReleaseDto);
+        })).Describe<ReleaseDto, IEndpointConventionBuilder>("Write the volume's cache back and close it here, so another server may serve it");
 
         // Takes a volume over from another server that holds it (a shared cluster store only): breaks its lock and
         // fences that server, so it can never write to the volume again. Only ever on request.
@@ -182,10 +224,12 @@ internal static class ManagementApi
             var name = RouteName(http);
             if (store is not IVolumeTakeover takeover)
                 throw new BadRequestException($"the {store.Kind} store has a single server: there is nothing to take over");
-            var previous = takeover.TakeOverVolume(name);
+            bool acceptLoss = QueryFlag(http, "acceptCacheLoss");
+            var previous = store is CachedBackend cached ? cached.TakeOverVolume(name, acceptLoss) : takeover.TakeOverVolume(name);
             log.LogWarning("took volume '{Name}' over from {Holder}", name, previous ?? "nobody");
             return Write(http, 200, new TakeoverDto(name, previous), json.TakeoverDto);
-        })).Describe<TakeoverDto, IEndpointConventionBuilder>("Take a volume over from the server that holds it (cluster stores: breaks its lock, fences it)");
+        })).Describe<TakeoverDto, IEndpointConventionBuilder>("Take a volume over from the server that holds it (cluster stores: breaks its lock, fences it)")
+            .Query("acceptCacheLoss", "true: also when that server's write-back cache may hold writes the image lacks (serves the older, consistent image)");
 
         // Online scrub (embedded store): reads every block while serving and verifies its checksum. A Ceph store is
         // scrubbed by Ceph itself (BlueStore checksums, deep scrub of placement groups): those calls say so.
@@ -454,6 +498,26 @@ internal static class ManagementApi
         if (values.Count > 1) throw new BadRequestException($"query parameter '{key}' given more than once");
         var value = values.Count == 1 ? values[0] : null;
         return string.IsNullOrEmpty(value) ? null : value;
+    }
+
+    // A volume with its node cache status when the store has node caches.
+    private static VolumeDto Describe(IVolumeBackend store, VolumeInfo info)
+    {
+        var dto = VolumeDto.From(info, store);
+        if (store is not CachedBackend cached) return dto;
+        var c = cached.GetStatus(info.Name);
+        return dto with { Cache = new VolumeCacheDto(c.Mode, c.Active, c.Hits, c.Misses, c.DirtyBytes, c.LogUsedBytes, c.LogCapacityBytes, c.LagRecords, c.Failure, c.DirtyMarker) };
+    }
+
+    // Null for "not given"; a mode other than none on a store without node caches is refused with the reason.
+    private static CacheMode? ParseCacheMode(string? text, IVolumeBackend store)
+    {
+        if (text is null) return null;
+        if (!CacheModes.TryParse(text, out var mode))
+            throw new BadRequestException($"cache mode must be none, writethrough or writeback, not '{text}'");
+        if (mode != CacheMode.None && store is not CachedBackend)
+            throw new BadRequestException($"the {store.Kind} store keeps volumes on this machine's disk already: node caches (writethrough, writeback) are for cluster stores (platter serve --store rbd:POOL --cache-dir DIR)");
+        return mode;
     }
 
     private static bool QueryFlag(HttpContext http, string key) => QueryString(http, key) switch
