@@ -75,7 +75,7 @@ internal sealed partial class NbdConnection
     /// <returns>null to keep negotiating, true to enter transmission, false to end the connection.</returns>
     private async ValueTask<bool?> HandleOptionAsync(uint option, ReadOnlyMemory<byte> data, CancellationToken ct)
     {
-        if (_server.Options.TlsRequired && !_tls && option != Protocol.OptStartTls && option != Protocol.OptAbort)
+        if (_server.TlsRequired && !_tls && option != Protocol.OptStartTls && option != Protocol.OptAbort)
         {
             if (option == Protocol.OptExportName) throw new NbdProtocolException("EXPORT_NAME before required TLS");
             await SendOptionErrorAsync(option, Protocol.RepErrTlsReqd, "TLS is required", ct).ConfigureAwait(false);
@@ -152,7 +152,7 @@ internal sealed partial class NbdConnection
         if (_extended) throw new NbdProtocolException("EXPORT_NAME after extended headers");
         if (data.Length > NbdLimits.StringBytesMax || !TryDecode(data.Span, out string requested))
             throw new NbdProtocolException("bad export name");
-        INbdExport export = OpenExport(requested, out _) ?? throw new NbdProtocolException($"unknown export '{requested}'");
+        INbdExport export = OpenExport(requested, out _, out _, out string refusal) ?? throw new NbdProtocolException(refusal);
         try
         {
             BinaryPrimitives.WriteUInt64BigEndian(_scratch, (ulong)export.Size);
@@ -295,10 +295,10 @@ internal sealed partial class NbdConnection
             return false;
         }
 
-        INbdExport? export = OpenExport(requested, out string? canonical);
+        INbdExport? export = OpenExport(requested, out string? canonical, out uint openError, out string openMessage);
         if (export is null)
         {
-            await SendOptionErrorAsync(option, Protocol.RepErrUnknown, "unknown export", ct).ConfigureAwait(false);
+            await SendOptionErrorAsync(option, openError, openMessage, ct).ConfigureAwait(false);
             return false;
         }
         bool entered = false;
@@ -407,10 +407,10 @@ internal sealed partial class NbdConnection
             }
         }
 
-        INbdExport? export = OpenExport(exportName, out _);
+        INbdExport? export = OpenExport(exportName, out _, out uint openError, out string openMessage);
         if (export is null)
         {
-            await SendOptionErrorAsync(option, Protocol.RepErrUnknown, "unknown export", ct).ConfigureAwait(false);
+            await SendOptionErrorAsync(option, openError, openMessage, ct).ConfigureAwait(false);
             return;
         }
         var names = new List<string>();
@@ -477,17 +477,33 @@ internal sealed partial class NbdConnection
         return null;
     }
 
-    private INbdExport? OpenExport(string requested, out string? canonical)
+    /// <summary>
+    /// Opens the export a client asked for. Null with <paramref name="error"/> and <paramref name="message"/> set when
+    /// there is none (NBD_REP_ERR_UNKNOWN, "unknown export") or when it exists but cannot be opened: then the reason
+    /// is logged and sent (NBD_REP_ERR_SHUTDOWN while the server or store is going away, else NBD_REP_ERR_UNKNOWN,
+    /// the spec's "export not available"), so neither the operator nor the client mistakes it for a wrong name.
+    /// </summary>
+    private INbdExport? OpenExport(string requested, out string? canonical, out uint error, out string message)
     {
         canonical = requested.Length == 0 ? _server.Exports.DefaultExportName : requested;
+        error = Protocol.RepErrUnknown;
+        message = "unknown export";
         if (canonical is null) return null;
         try
         {
             return _server.Exports.TryOpen(canonical);
         }
+        catch (NbdExportUnavailableException e)
+        {
+            _log.LogWarning("NBD {Peer}: export '{Export}' exists but cannot be opened: {Reason}", _peer, canonical, e.Message);
+            if (e.ShuttingDown) error = Protocol.RepErrShutdown;
+            message = $"export '{canonical}' cannot be opened: {e.Message}";
+            return null;
+        }
         catch (Exception e)
         {
             _log.LogError(e, "NBD {Peer}: opening export '{Export}' failed", _peer, canonical);
+            message = $"export '{canonical}' cannot be opened: internal error (see the server log)";
             return null;
         }
     }

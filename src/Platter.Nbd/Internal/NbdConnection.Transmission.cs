@@ -60,6 +60,7 @@ internal sealed partial class NbdConnection
             }
             _contexts = [.. contexts];
         }
+        _info = new NbdClientInfo(_peer, requestedName, export, ConnectedUtc, _readOnly, _tls);
         _log.LogDebug("NBD {Peer}: transmission on '{Export}' ({Size} bytes, {Mode})", _peer, requestedName, _size,
             _extended ? "extended" : _structured ? "structured" : "simple");
     }
@@ -96,7 +97,10 @@ internal sealed partial class NbdConnection
 
             // Whether a payload follows decides how the stream continues, so it is settled before any validation.
             bool hasPayload = _extended ? (flags & Protocol.CmdFlagPayloadLen) != 0 : type == Protocol.CmdWrite;
-            if (hasPayload && length > NbdLimits.PayloadBytesMax)
+            // A payload over the maximum block size is answered with an error after reading past it, which keeps the
+            // stream in step (the spec: up to 32 MiB is never a denial of service); only one too large to be worth
+            // reading ends the connection.
+            if (hasPayload && length > NbdLimits.WritePayloadDiscardBytesMax)
                 throw new NbdProtocolException($"payload of {length} bytes over limit");
 
             if (type == Protocol.CmdDisc)
@@ -107,7 +111,8 @@ internal sealed partial class NbdConnection
 
             var (error, message) = Validate(type, flags, offset, length, hasPayload);
             long payloadLength = hasPayload ? (long)length : 0;
-            long gateBytes = payloadLength + (type == Protocol.CmdRead && error == NbdError.None ? (long)length : 0);
+            // A refused payload is skipped in small pieces, never held, so it takes no payload budget.
+            long gateBytes = error != NbdError.None ? 0 : payloadLength + (type == Protocol.CmdRead ? (long)length : 0);
             await _gate.AcquireAsync(gateBytes, ct).ConfigureAwait(false);
 
             NbdRequest request = RentRequest();

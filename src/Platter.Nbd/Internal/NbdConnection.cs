@@ -9,6 +9,12 @@ namespace Platter.Nbd.Internal;
 /// <summary>Server-wide state a connection needs.</summary>
 internal sealed class ServerContext(INbdExportProvider exports, NbdServerOptions options, ILogger logger)
 {
+    /// <summary>
+    /// TLS is required when asked for, and whenever client certificates are: a client that never starts TLS would
+    /// otherwise bypass the certificate check altogether.
+    /// </summary>
+    public bool TlsRequired { get; } = options.TlsRequired || options.TlsClientCertificateAuthority is not null;
+
     public INbdExportProvider Exports { get; } = exports;
     public NbdServerOptions Options { get; } = options;
     public ILogger Logger { get; } = logger;
@@ -34,6 +40,14 @@ internal sealed partial class NbdConnection
     private readonly CancellationToken _stopping;
     // Cancelled to tear the connection down now (transport failure, forced stop).
     private readonly CancellationTokenSource _abort = new();
+
+    private volatile NbdClientInfo? _info;
+
+    /// <summary>When the connection was accepted.</summary>
+    public DateTimeOffset ConnectedUtc { get; } = DateTimeOffset.UtcNow;
+
+    /// <summary>The client once it is in transmission (export open), for status listings; null before.</summary>
+    public NbdClientInfo? Info => _info;
 
     public NbdConnection(ServerContext server, Stream transport, string peer, CancellationToken stopping)
     {
@@ -107,6 +121,7 @@ internal sealed partial class NbdConnection
         try { await _stream.DisposeAsync().ConfigureAwait(false); } catch { }
         try { await _transport.DisposeAsync().ConfigureAwait(false); } catch { }
         _writer.Dispose();
+        _info = null;
         try { _export?.Dispose(); }
         catch (Exception e) { _log.LogWarning(e, "NBD {Peer}: disposing export failed", _peer); }
         _export = null;
