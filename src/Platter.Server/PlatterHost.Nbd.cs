@@ -17,6 +17,9 @@ public sealed partial class PlatterHost
             TlsCertificate = _options.TlsCertificate,
             TlsRequired = _options.TlsRequired,
             TlsClientCertificateAuthority = _options.TlsClientCertificateAuthority,
+            MaxConnections = _options.MaxConnections,
+            MaxConnectionsPerPeer = _options.MaxConnectionsPerPeer,
+            HandshakeTimeout = _options.HandshakeTimeout,
         };
         // qemu:dirty-bitmap:SNAP (what changed since a snapshot) and qemu:allocation-depth, next to base:allocation.
         nbdOptions.MetaContextProviders.Add(QemuMetaContextProvider.Instance);
@@ -27,9 +30,15 @@ public sealed partial class PlatterHost
             // Port 0 asks the kernel for a free port; health and `platter attach` must report the real one.
             NbdTcpEndPoint = _nbd.LocalEndPoints.OfType<IPEndPoint>().FirstOrDefault() ?? _options.NbdTcpEndPoint;
         }
-        if (_options.NbdSocketPath is not null) _nbd.Listen(new UnixDomainSocketEndPoint(Path.GetFullPath(_options.NbdSocketPath)));
+        if (_options.NbdSocketPath is not null)
+        {
+            _nbd.Listen(new UnixDomainSocketEndPoint(Path.GetFullPath(_options.NbdSocketPath)));
+            SetSocketAccess(Path.GetFullPath(_options.NbdSocketPath));
+        }
         await _nbd.StartAsync().ConfigureAwait(false);
-        var tls = _options.TlsCertificate is null ? "no TLS" : _options.TlsRequired ? "TLS required" : "TLS offered";
+        var tls = _options.TlsCertificate is null ? "no TLS"
+            : _options.TlsRequired || _options.TlsClientCertificateAuthority is not null ? "TLS required" : "TLS offered";
+        if (_options.TlsClientCertificateAuthority is not null) tls += " with client certificates";
         if (_options.ReadOnly) tls += ", read-only";
         if (NbdTcpEndPoint is not null) _log.LogInformation("NBD on {EndPoint} ({Tls})", NbdTcpEndPoint, tls);
         if (_options.NbdSocketPath is not null) _log.LogInformation("NBD on unix:{Path} ({Tls})", Path.GetFullPath(_options.NbdSocketPath), tls);

@@ -8,6 +8,16 @@ public sealed partial class VolumeStore
     public VolumeInfo CreateVolume(string name, long sizeBytes)
     {
         VolumeNames.ThrowIfInvalid(name);
+        return CreateVolumeUnchecked(name, sizeBytes);
+    }
+
+    /// <summary>
+    /// <see cref="CreateVolume"/> under the older naming rules (<see cref="VolumeNames.ValidateExisting"/>): for tests
+    /// that need a store as an older version left it, holding a name today's rules refuse.
+    /// </summary>
+    internal VolumeInfo CreateVolumeUnchecked(string name, long sizeBytes)
+    {
+        if (VolumeNames.ValidateExisting(name) is { } reason) throw new StorageException(StorageError.InvalidName, reason);
         ValidateSize(sizeBytes);
         return Admin(() =>
         {
@@ -50,8 +60,11 @@ public sealed partial class VolumeStore
         });
     }
 
-    /// <summary>Grows or shrinks; shrinking drops the data past the new end. Durable on return.</summary>
-    public void ResizeVolume(string name, long newSizeBytes)
+    /// <summary>
+    /// Grows, or with <paramref name="allowShrink"/> shrinks, a volume; shrinking drops the data past the new end,
+    /// so without the flag it is refused (InvalidArgument), like <c>rbd resize --allow-shrink</c>. Durable on return.
+    /// </summary>
+    public void ResizeVolume(string name, long newSizeBytes, bool allowShrink = false)
     {
         ValidateSize(newSizeBytes);
         Admin(() =>
@@ -59,6 +72,9 @@ public sealed partial class VolumeStore
             var state = Find(name);
             long oldSize;
             lock (state.Lock) oldSize = state.SizeBytes;
+            if (newSizeBytes < oldSize && !allowShrink)
+                throw new StorageException(StorageError.InvalidArgument,
+                    $"shrinking volume '{name}' from {oldSize} to {newSizeBytes} bytes discards the data past the new end; it needs allow-shrink (platter volume resize --allow-shrink)");
             if (newSizeBytes < oldSize && newSizeBytes % Layout.BlockBytes != 0)
             {
                 // The new last block keeps only its head: zero the rest so a later grow reads zeros there.

@@ -101,7 +101,7 @@ public static class SnapshotRunner
                 drop(op.Volume);
                 break;
             case SnapshotWorkload.OpKind.Resize:
-                store.ResizeVolume(op.Volume, op.SizeBytes);
+                store.ResizeVolume(op.Volume, op.SizeBytes, allowShrink: true);
                 break;
             default:
                 throw new InvalidOperationException($"not a catalog op: {op}");

@@ -25,6 +25,12 @@ public sealed class ManagementApiOptions
 
     /// <summary>The bearer token for the TCP listener. Required when <see cref="TcpEndPoint"/> is set.</summary>
     public string? Token { get; init; }
+
+    /// <summary>
+    /// The NBD clients connected now (the NBD server's registry), for volume status and for refusing to delete or
+    /// roll back a volume in use; null when NBD is off (then no volume has clients).
+    /// </summary>
+    public Func<IReadOnlyList<Platter.Nbd.NbdClientInfo>>? Clients { get; init; }
 }
 
 /// <summary>
@@ -62,7 +68,7 @@ internal static class ManagementApi
 
         var app = builder.Build();
         var log = loggerFactory.CreateLogger("Platter.Api");
-        var tokenBytes = options.Token is null ? null : Encoding.UTF8.GetBytes("Bearer " + options.Token);
+        var tokenBytes = options.Token is null ? null : Encoding.UTF8.GetBytes(options.Token);
 
         app.Use(async (http, next) =>
         {
@@ -132,30 +138,54 @@ internal static class ManagementApi
             var request = await ReadBody(http, json.ResizeVolumeRequest);
             var size = ValidSize(request.SizeBytes);
             var before = store.GetVolumeInfo(name).SizeBytes;
-            store.ResizeVolume(name, size);
+            bool allowShrink = request.AllowShrink ?? false;
+            if (size < before && !allowShrink)
+            {
+                // Checked here for a precise error code; the engine refuses it too (and decides under its lock).
+                await WriteError(http, 409, ApiErrorCodes.ShrinkRefused,
+                    $"shrinking volume '{name}' from {SizeText.Format(before)} to {SizeText.Format(size)} discards the data past {SizeText.Format(size)}; " +
+                    "send \"allowShrink\": true (platter volume resize --allow-shrink) to do it anyway");
+                return;
+            }
+            store.ResizeVolume(name, size, allowShrink);
             log.LogInformation("resized volume '{Name}' from {Before} to {After}", name, SizeText.Format(before), SizeText.Format(size));
             await Write(http, 200, VolumeDto.From(store.GetVolumeInfo(name)), json.VolumeDto);
         });
 
-        app.MapPost("/v1/volumes/{name}/rename", async (HttpContext http) =>
+        // POST /v1/volumes/rename?name=OLD: the same for a name that cannot travel in a URL path ('.' and '..', which
+        // HTTP clients and servers normalise away). Only stores from before the naming rules tightened hold those.
+        app.MapPost("/v1/volumes/rename", (HttpContext http) => Rename(http, QueryName(http, "name")));
+        app.MapPost("/v1/volumes/{name}/rename", (HttpContext http) => Rename(http, RouteName(http)));
+        async Task Rename(HttpContext http, string name)
         {
-            var name = RouteName(http);
             var request = await ReadBody(http, json.RenameVolumeRequest);
             var newName = request.NewName ?? throw new BadRequestException("missing 'newName'");
             VolumeNames.ThrowIfInvalid(newName);
             store.RenameVolume(name, newName);
             log.LogInformation("renamed volume '{Name}' to '{NewName}'", name, newName);
             await Write(http, 200, VolumeDto.From(store.GetVolumeInfo(newName)), json.VolumeDto);
-        });
+        }
 
-        app.MapDelete("/v1/volumes/{name}", (HttpContext http) =>
+        // DELETE /v1/volumes?name=NAME: the same for a name that cannot travel in a URL path (see rename).
+        app.MapDelete("/v1/volumes", (HttpContext http) => Delete(http, QueryName(http, "name")));
+        app.MapDelete("/v1/volumes/{name}", (HttpContext http) => Delete(http, RouteName(http)));
+        Task Delete(HttpContext http, string name)
         {
-            var name = RouteName(http);
             bool recursive = QueryFlag(http, "recursive");
+            bool force = QueryFlag(http, "force");
+            // Clients of the volume and of its snapshots (a recursive delete takes those too) lose their disk.
+            if (!force && ConnectedClients(store.GetVolumeInfo(name).Name, snapshotsToo: true) is { Count: > 0 } connected)
+                return RefuseInUse(http, name, connected, "deleting it");
             store.DeleteVolume(name, recursive);
-            log.LogInformation("deleted volume '{Name}'{Recursive}", name, recursive ? " and its snapshots" : "");
+            log.LogInformation("deleted volume '{Name}'{Recursive}{Force}", name, recursive ? " and its snapshots" : "", force ? " (forced)" : "");
             http.Response.StatusCode = 204;
             return Task.CompletedTask;
+        }
+
+        app.MapGet("/v1/volumes/{name}/status", (HttpContext http) =>
+        {
+            var info = store.GetVolumeInfo(RouteName(http));
+            return Write(http, 200, new VolumeStatusDto(info.Name, ConnectedClients(info.Name, snapshotsToo: true)), json.VolumeStatusDto);
         });
 
         app.MapGet("/v1/snapshots", (HttpContext http) =>
@@ -179,15 +209,19 @@ internal static class ManagementApi
         app.MapGet("/v1/volumes/{name}/snapshots/{snapshot}", (HttpContext http) =>
             Write(http, 200, SnapshotDto.From(store.GetSnapshotInfo(RouteName(http), RouteSnapshot(http))), json.SnapshotDto));
 
-        app.MapDelete("/v1/volumes/{name}/snapshots/{snapshot}", (HttpContext http) =>
+        // DELETE /v1/snapshots?volume=VOL&name=SNAP: the same for names that cannot travel in a URL path (see rename).
+        app.MapDelete("/v1/snapshots", (HttpContext http) => DeleteSnapshot(http, QueryName(http, "volume"), QueryName(http, "name")));
+        app.MapDelete("/v1/volumes/{name}/snapshots/{snapshot}", (HttpContext http) => DeleteSnapshot(http, RouteName(http), RouteSnapshot(http)));
+        Task DeleteSnapshot(HttpContext http, string volume, string snapshot)
         {
-            var volume = RouteName(http);
-            var snapshot = RouteSnapshot(http);
+            if (!QueryFlag(http, "force") && ConnectedClients(volume, snapshotsToo: true)
+                    .Where(c => c.Export == volume + "@" + snapshot).ToList() is { Count: > 0 } connected)
+                return RefuseInUse(http, volume + "@" + snapshot, connected, "deleting it");
             store.DeleteSnapshot(volume, snapshot);
             log.LogInformation("deleted snapshot '{Volume}@{Snapshot}'", volume, snapshot);
             http.Response.StatusCode = 204;
             return Task.CompletedTask;
-        });
+        }
 
         app.MapPost("/v1/volumes/{name}/snapshots/{snapshot}/clone", async (HttpContext http) =>
         {
@@ -208,6 +242,10 @@ internal static class ManagementApi
             var volume = RouteName(http);
             var snapshot = RouteSnapshot(http);
             bool recursive = QueryFlag(http, "recursive");
+            // Clients of the volume would see its content change under them; snapshot clients only matter when the
+            // rollback deletes newer snapshots (recursive), and then only conservatively all of them are counted.
+            if (!QueryFlag(http, "force") && ConnectedClients(volume, snapshotsToo: recursive) is { Count: > 0 } connected)
+                return RefuseInUse(http, volume, connected, "rolling it back");
             store.RollbackVolume(volume, snapshot, recursive);
             log.LogInformation("rolled volume '{Volume}' back to '{Snapshot}'{Recursive}", volume, snapshot,
                 recursive ? ", deleting newer snapshots" : "");
@@ -238,6 +276,31 @@ internal static class ManagementApi
             return Write(http, 200, new SpaceUsageListDto(list), json.SpaceUsageListDto);
         });
 
+        List<NbdClientDto> ConnectedClients(string volume, bool snapshotsToo)
+        {
+            var result = new List<NbdClientDto>();
+            if (options.Clients is null) return result;
+            foreach (var c in options.Clients())
+            {
+                // The handle's name follows renames, so a client that connected under an old name still counts.
+                if (c.Export is not VolumeExport export) continue;
+                string current = export.Volume.Name;
+                bool isSnapshot = VolumeNames.TrySplitSnapshotName(current, out var owner, out _);
+                if (owner != volume || (isSnapshot && !snapshotsToo)) continue;
+                result.Add(new NbdClientDto(c.Peer, current, c.ConnectedUtc, c.ReadOnly, c.Tls));
+            }
+            result.Sort((a, b) => a.ConnectedUtc.CompareTo(b.ConnectedUtc));
+            return result;
+        }
+
+        Task RefuseInUse(HttpContext http, string name, List<NbdClientDto> connected, string what)
+        {
+            var who = string.Join(", ", connected.Take(3).Select(c => $"{c.Peer} on '{c.Export}'")) + (connected.Count > 3 ? ", ..." : "");
+            return WriteError(http, 409, ApiErrorCodes.ClientsConnected,
+                $"'{name}' has {connected.Count} connected NBD client{(connected.Count == 1 ? "" : "s")} ({who}); stop {(connected.Count == 1 ? "it" : "them")} " +
+                $"before {what}, or force it (?force=true, platter ... --force): the clients then get I/O errors or see the content change");
+        }
+
         app.MapFallback((HttpContext http) =>
             WriteError(http, 404, ApiErrorCodes.NoSuchEndpoint, $"no endpoint {http.Request.Method} {http.Request.Path}"));
 
@@ -246,6 +309,9 @@ internal static class ManagementApi
 
     private static string RouteName(HttpContext http) =>
         http.Request.RouteValues["name"] as string ?? throw new BadRequestException("missing volume name");
+
+    private static string QueryName(HttpContext http, string key) =>
+        QueryString(http, key) ?? throw new BadRequestException($"missing query parameter '{key}'");
 
     private static string RouteSnapshot(HttpContext http) =>
         http.Request.RouteValues["snapshot"] as string ?? throw new BadRequestException("missing snapshot name");
@@ -295,8 +361,11 @@ internal static class ManagementApi
     private static bool HasToken(HttpContext http, byte[]? expected)
     {
         if (expected is null) return false;
+        // RFC 9110 11.1: the auth scheme is case-insensitive ("bearer", "BEARER"); the token itself is not.
+        const string Scheme = "Bearer ";
         var header = http.Request.Headers.Authorization.ToString();
-        var actual = Encoding.UTF8.GetBytes(header);
+        if (!header.StartsWith(Scheme, StringComparison.OrdinalIgnoreCase)) return false;
+        var actual = Encoding.UTF8.GetBytes(header.AsSpan(Scheme.Length).TrimStart(' ').ToString());
         return CryptographicOperations.FixedTimeEquals(actual, expected);
     }
 
