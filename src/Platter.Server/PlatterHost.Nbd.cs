@@ -41,6 +41,12 @@ public sealed partial class PlatterHost
         if (_options.TlsClientCertificateAuthority is not null) tls += " with client certificates";
         if (_options.ReadOnly) tls += ", read-only";
         if (NbdTcpEndPoint is not null) _log.LogInformation("NBD on {EndPoint} ({Tls})", NbdTcpEndPoint, tls);
+        if (NbdTcpEndPoint is not null && _options.TlsClientCertificateAuthority is null)
+        {
+            // NBD has no login: without client certificates the TCP port is as open as the address it listens on.
+            _log.LogWarning("NBD on TCP {EndPoint} has no client authentication: {Who} can read and write every volume (use --tls-client-ca)",
+                NbdTcpEndPoint, IPAddress.IsLoopback(NbdTcpEndPoint.Address) ? "every local user" : "anyone who can reach it");
+        }
         if (_options.NbdSocketPath is not null) _log.LogInformation("NBD on unix:{Path} ({Tls})", Path.GetFullPath(_options.NbdSocketPath), tls);
     }
 
