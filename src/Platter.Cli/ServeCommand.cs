@@ -202,11 +202,11 @@ internal static class ServeCommand
         {
             await host.StartAsync();
         }
-        catch (Storage.StorageException e) when (e.Error == Storage.StorageError.InUse)
+        catch (StorageException e) when (e.Error == StorageError.InUse)
         {
             throw new CliException($"the store at {options.StoreDirectory} is in use by another Platter process (another `platter serve`?)");
         }
-        catch (Storage.StorageException e)
+        catch (StorageException e)
         {
             throw new CliException($"cannot open the store at {options.StoreDirectory}: {PlatterCli.OneLine(e.Message)}");
         }

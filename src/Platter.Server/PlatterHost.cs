@@ -21,7 +21,7 @@ public sealed partial class PlatterHost : IAsyncDisposable
     private readonly ILogger _log;
     private readonly SemaphoreSlim _stateLock = new(1, 1);
     private readonly List<string> _ownedSockets = [];
-    private VolumeStore? _store;
+    private IVolumeBackend? _store;
     private WebApplication? _api;
     private bool _started;
     private bool _stopped;
@@ -40,8 +40,8 @@ public sealed partial class PlatterHost : IAsyncDisposable
     public static string Version { get; } =
         typeof(PlatterHost).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion.Split('+')[0] ?? "0.0.0";
 
-    /// <summary>The open store, once started.</summary>
-    public VolumeStore Store => _store ?? throw new InvalidOperationException("the host is not started");
+    /// <summary>The open store, once started: the backend every front door (NBD, the management API) uses.</summary>
+    public IVolumeBackend Store => _store ?? throw new InvalidOperationException("the host is not started");
 
     /// <summary>The bound NBD TCP address (the real port when the options asked for port 0), or null.</summary>
     public IPEndPoint? NbdTcpEndPoint { get; private set; }
@@ -164,7 +164,7 @@ public sealed partial class PlatterHost : IAsyncDisposable
             try
             {
                 _store.Dispose();
-                if (!failed) _log.LogInformation("store {Directory} closed", _store.Directory);
+                if (!failed) _log.LogInformation("store {Directory} closed", _store.Location);
             }
             catch (Exception e)
             {

@@ -7,7 +7,7 @@ namespace Platter.Server;
 /// QEMU's <c>qemu</c> metadata namespace (qemu docs/interop/nbd.rst) for volume exports:
 /// <list type="bullet">
 /// <item><c>qemu:dirty-bitmap:SNAP</c>, one per snapshot the export may compare against
-/// (<see cref="Volume.DirtyBitmapSnapshots"/>): flag bit 0 (NBD_STATE_DIRTY) is set where the content differs from
+/// (<see cref="IVolumeHandle.DirtyBitmapSnapshots"/>): flag bit 0 (NBD_STATE_DIRTY) is set where the content differs from
 /// snapshot SNAP. Backup tools read it to copy only what changed since their last snapshot.</item>
 /// <item><c>qemu:allocation-depth</c>: the whole 32-bit value is the layer the data comes from: 0 unallocated,
 /// 1 the volume itself, 2 the snapshot it was cloned from, and so on.</item>
@@ -63,7 +63,7 @@ public sealed class QemuMetaContextProvider : INbdMetaContextProvider
         return null;
     }
 
-    private static bool HasSnapshot(Volume volume, string snapshot)
+    private static bool HasSnapshot(IVolumeHandle volume, string snapshot)
     {
         foreach (var s in volume.DirtyBitmapSnapshots)
             if (s == snapshot) return true;

@@ -5,9 +5,9 @@ using Platter.Storage;
 namespace Platter.Server;
 
 /// <summary>
-/// Serves one <see cref="Volume"/> as an NBD export. The engine's calls are synchronous and fast (page cache,
-/// positional I/O), so each request completes inline and returns a completed <see cref="ValueTask"/>; only
-/// flushes are truly asynchronous. Storage errors become the NBD error a client can act on.
+/// Serves one volume handle of any backend as an NBD export. The embedded engine's calls complete inline (page cache,
+/// positional I/O) and return completed <see cref="ValueTask"/>s, which pass straight through; a backend that truly
+/// waits (RBD) returns pending ones. Storage errors become the NBD error a client can act on.
 /// </summary>
 public sealed class VolumeExport : INbdExport
 {
@@ -15,17 +15,14 @@ public sealed class VolumeExport : INbdExport
     // reply stopped, and 64 runs of 24 bytes keep the scratch buffer on the stack.
     private const int ExtentsPerCallMax = 64;
 
-    // Source of the zeros a NO_HOLE write-zeroes writes; shared and never modified.
-    private static readonly byte[] ZeroBlock = new byte[1 << 20];
-
-    private readonly Volume _volume;
+    private readonly IVolumeHandle _volume;
     private readonly bool _readOnly;
 
     /// <summary>
     /// Wraps <paramref name="volume"/>; the export owns the handle and disposes it. With <paramref name="readOnly"/>
     /// the export is read-only even when the volume is writable (<c>platter serve --read-only</c>).
     /// </summary>
-    public VolumeExport(Volume volume, bool readOnly = false)
+    public VolumeExport(IVolumeHandle volume, bool readOnly = false)
     {
         _volume = volume;
         _readOnly = readOnly;
@@ -34,7 +31,7 @@ public sealed class VolumeExport : INbdExport
     }
 
     /// <summary>The engine handle, for the metadata contexts that read more than allocation from it.</summary>
-    internal Volume Volume => _volume;
+    internal IVolumeHandle Volume => _volume;
 
     /// <inheritdoc />
     public string Name { get; }
@@ -48,8 +45,8 @@ public sealed class VolumeExport : INbdExport
     /// <inheritdoc />
     public bool IsReadOnly => _readOnly || _volume.IsReadOnly;
 
-    /// <summary>True: a flush commits the whole store, so it covers writes from every connection.</summary>
-    public bool CanMultiConn => true;
+    /// <summary>True when a flush on one handle covers every handle (the embedded engine commits the whole store).</summary>
+    public bool CanMultiConn => _volume.FlushCoversAllHandles;
 
     /// <summary>1: the engine read-modify-writes partial 4 KiB blocks itself.</summary>
     public uint MinimumBlockSize => 1;
@@ -60,30 +57,32 @@ public sealed class VolumeExport : INbdExport
     /// <inheritdoc />
     public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken cancellationToken)
     {
+        ValueTask read;
         try
         {
-            _volume.Read(offset, destination.Span);
-            return default;
+            read = _volume.ReadAsync(offset, destination, cancellationToken);
         }
         catch (StorageException e)
         {
             return ValueTask.FromException(Map(e));
         }
+        return Translate(read);
     }
 
     /// <inheritdoc />
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken cancellationToken)
     {
         if (_readOnly) return RefuseWrite();
+        ValueTask write;
         try
         {
-            _volume.Write(offset, source.Span);
+            write = _volume.WriteAsync(offset, source, fua, cancellationToken);
         }
         catch (StorageException e)
         {
             return ValueTask.FromException(Map(e));
         }
-        return fua ? FlushAsync(cancellationToken) : default;
+        return Translate(write);
     }
 
     /// <inheritdoc />
@@ -98,39 +97,28 @@ public sealed class VolumeExport : INbdExport
         {
             return ValueTask.FromException(Map(e));
         }
-        return flush.IsCompletedSuccessfully ? default : AwaitFlush(flush);
-    }
-
-    private static async ValueTask AwaitFlush(ValueTask flush)
-    {
-        try
-        {
-            await flush.ConfigureAwait(false);
-        }
-        catch (StorageException e)
-        {
-            throw Map(e);
-        }
+        return Translate(flush);
     }
 
     /// <inheritdoc />
     public ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken)
     {
         if (_readOnly) return RefuseWrite();
+        ValueTask trim;
         try
         {
-            _volume.Trim(offset, length);
+            trim = _volume.TrimAsync(offset, length, fua, cancellationToken);
         }
         catch (StorageException e)
         {
             return ValueTask.FromException(Map(e));
         }
-        return fua ? FlushAsync(cancellationToken) : default;
+        return Translate(trim);
     }
 
     /// <inheritdoc />
     /// <remarks>
-    /// Without NO_HOLE the engine zeroes by dropping whole blocks from the map (a metadata update) and rewriting at
+    /// Without NO_HOLE the backend zeroes by dropping whole blocks from the map (a metadata update) and rewriting at
     /// most the two partial blocks at the ends: always fast, so FAST_ZERO succeeds. With NO_HOLE the client asked for
     /// the range to stay provisioned (it reads back as allocated data), so zeros are written like any data: that is
     /// no faster than a write, so NO_HOLE with FAST_ZERO is answered ENOTSUP, as the protocol requires.
@@ -140,23 +128,32 @@ public sealed class VolumeExport : INbdExport
         if (_readOnly) return RefuseWrite();
         if (!mayDeallocate && fastOnly)
             return ValueTask.FromException(new NbdErrorException(NbdError.NotSupported, "zeroing without deallocating writes zeros: not fast"));
+        ValueTask zero;
         try
         {
-            if (mayDeallocate)
-            {
-                _volume.WriteZeroes(offset, length);
-            }
-            else
-            {
-                for (long done = 0; done < length; done += ZeroBlock.Length)
-                    _volume.Write(offset + done, ZeroBlock.AsSpan(0, (int)Math.Min(ZeroBlock.Length, length - done)));
-            }
+            zero = _volume.WriteZeroesAsync(offset, length, deallocate: mayDeallocate, fua, cancellationToken);
         }
         catch (StorageException e)
         {
             return ValueTask.FromException(Map(e));
         }
-        return fua ? FlushAsync(cancellationToken) : default;
+        return Translate(zero);
+    }
+
+    // Backends complete most requests inline (the embedded engine always does, except flushes): a completed task
+    // passes through without a state machine; only a pending or failed one pays for the await that maps its error.
+    private static ValueTask Translate(ValueTask task) => task.IsCompletedSuccessfully ? default : TranslateSlow(task);
+
+    private static async ValueTask TranslateSlow(ValueTask task)
+    {
+        try
+        {
+            await task.ConfigureAwait(false);
+        }
+        catch (StorageException e)
+        {
+            throw Map(e);
+        }
     }
 
     // The protocol layer already answers EPERM for a read-only export (it advertises NBD_FLAG_READ_ONLY and

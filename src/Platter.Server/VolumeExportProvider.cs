@@ -9,7 +9,7 @@ namespace Platter.Server;
 /// </summary>
 /// <param name="store">The open store.</param>
 /// <param name="readOnly">Serve every export read-only, whatever the volume allows.</param>
-public sealed class VolumeExportProvider(VolumeStore store, bool readOnly = false) : INbdExportProvider
+public sealed class VolumeExportProvider(IVolumeBackend store, bool readOnly = false) : INbdExportProvider
 {
     /// <summary>True when every export is served read-only.</summary>
     public bool ReadOnly => readOnly;
@@ -26,8 +26,8 @@ public sealed class VolumeExportProvider(VolumeStore store, bool readOnly = fals
         {
             // A snapshot handle refuses writes itself; readOnly: true makes the export refuse them before the engine.
             return isSnapshot
-                ? new VolumeExport(store.OpenSnapshot(volume, snapshot), readOnly: true)
-                : new VolumeExport(store.OpenVolume(name), readOnly);
+                ? new VolumeExport(store.OpenSnapshotHandle(volume, snapshot), readOnly: true)
+                : new VolumeExport(store.OpenVolumeHandle(name), readOnly);
         }
         catch (StorageException e) when (e.Error == StorageError.NotFound)
         {

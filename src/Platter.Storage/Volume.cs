@@ -7,8 +7,11 @@ namespace Platter.Storage;
 /// An I/O handle on one volume. Thread-safe; concurrent requests are allowed. Offsets and lengths
 /// are in bytes and need no alignment (unaligned writes read-modify-write their 4 KiB blocks).
 /// </summary>
-public sealed class Volume : IDisposable
+public sealed class Volume : IVolumeHandle
 {
+    // Source of the zeros a non-deallocating write-zeroes writes; shared and never modified.
+    private static readonly byte[] ZeroChunk = new byte[1 << 20];
+
     private readonly VolumeStore _store;
     private readonly MapOwner _state;
     private volatile bool _disposed;
@@ -232,10 +235,80 @@ public sealed class Volume : IDisposable
         return depth;
     }
 
+    /// <summary>True: a flush commits the whole store, so it covers writes acknowledged on every handle.</summary>
+    public bool FlushCoversAllHandles => true;
+
+    // The asynchronous surface of the backend seam. The engine's I/O completes inline (positional I/O into the page
+    // cache, map updates in memory), so these run the synchronous calls and return completed tasks; failures travel
+    // as faulted tasks, so callers on the network side have one error path. Only a flush truly waits.
+
+    /// <inheritdoc />
+    public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken cancellationToken = default)
+    {
+        try
+        {
+            Read(offset, destination.Span);
+            return default;
+        }
+        catch (StorageException e)
+        {
+            return ValueTask.FromException(e);
+        }
+    }
+
+    /// <inheritdoc />
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken cancellationToken = default)
+    {
+        try
+        {
+            Write(offset, source.Span);
+        }
+        catch (StorageException e)
+        {
+            return ValueTask.FromException(e);
+        }
+        return fua ? FlushAsync(cancellationToken) : default;
+    }
+
+    /// <inheritdoc />
+    public ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken = default) =>
+        WriteZeroesAsync(offset, length, deallocate: true, fua, cancellationToken);
+
+    /// <inheritdoc />
+    public ValueTask WriteZeroesAsync(long offset, long length, bool deallocate, bool fua, CancellationToken cancellationToken = default)
+    {
+        try
+        {
+            if (deallocate)
+            {
+                WriteZeroes(offset, length);
+            }
+            else
+            {
+                CheckWritable();
+                CheckRange(offset, length);
+                for (long done = 0; done < length; done += ZeroChunk.Length)
+                    Write(offset + done, ZeroChunk.AsSpan(0, (int)Math.Min(ZeroChunk.Length, length - done)));
+            }
+        }
+        catch (StorageException e)
+        {
+            return ValueTask.FromException(e);
+        }
+        return fua ? FlushAsync(cancellationToken) : default;
+    }
+
     /// <summary>Makes every acknowledged write durable (group commit shared with all volumes of the store).</summary>
     public ValueTask FlushAsync(CancellationToken cancellationToken = default)
     {
-        ThrowIfClosed();
+        try
+        {
+            ThrowIfClosed();
+        }
+        catch (StorageException e)
+        {
+            return ValueTask.FromException(e);
+        }
         return _store.FlushAsync(cancellationToken);
     }
 

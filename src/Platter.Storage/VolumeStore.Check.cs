@@ -2,13 +2,6 @@ using Platter.Storage.Internal;
 
 namespace Platter.Storage;
 
-/// <summary>What <see cref="VolumeStore.Check"/> found: one line per inconsistency in Problems (empty when consistent) and counts.</summary>
-public sealed record CheckReport(
-    IReadOnlyList<string> Problems, int Volumes, long ExtentRecords, long MappedBlocks, long FreeBlocks, long TotalBlocks, long BlocksVerified)
-{
-    public bool Ok => Problems.Count == 0;
-}
-
 public sealed partial class VolumeStore
 {
     private const int ProblemsMax = 100;

@@ -24,7 +24,7 @@ public class ReadOnlyServeTests
         }))
         {
             writer.Host.Store.CreateVolume("vm1", 1 << 20);
-            using var volume = writer.Host.Store.OpenVolume("vm1");
+            using var volume = writer.Host.EmbeddedStore().OpenVolume("vm1");
             volume.Write(8192, block);
             await volume.FlushAsync();
         }
@@ -99,7 +99,7 @@ public class ReadOnlyServeTests
             StoreDirectory = storePath,
             ApiSocketPath = dir.Combine("check-api.sock"),
         });
-        using var check = after.Host.Store.OpenVolume("vm1");
+        using var check = after.Host.EmbeddedStore().OpenVolume("vm1");
         var stored = new byte[4096];
         check.Read(8192, stored);
         Assert.Equal(block, stored);

@@ -20,13 +20,13 @@ public class SnapshotApiTests
 
     internal static void Write(RunningHost server, string volume, long offset, byte[] data)
     {
-        using var v = server.Host.Store.OpenVolume(volume);
+        using var v = server.Host.EmbeddedStore().OpenVolume(volume);
         v.Write(offset, data);
     }
 
     internal static byte[] Read(RunningHost server, string volume, long offset, int length)
     {
-        using var v = server.Host.Store.OpenVolume(volume);
+        using var v = server.Host.EmbeddedStore().OpenVolume(volume);
         var data = new byte[length];
         v.Read(offset, data);
         return data;
@@ -51,7 +51,7 @@ public class SnapshotApiTests
         // The snapshot keeps the old content while the volume changes.
         Write(server, "vm1", 0, Pattern(2));
         await client.CreateSnapshotAsync("vm1", "s2");
-        using (var snap = server.Host.Store.OpenSnapshot("vm1", "s1"))
+        using (var snap = server.Host.EmbeddedStore().OpenSnapshot("vm1", "s1"))
         {
             var old = new byte[Block];
             snap.Read(0, old);
@@ -180,7 +180,7 @@ public class SnapshotApiTests
         Write(server, "vm1", 65536, Pattern(3));
         Write(server, "vm1", 131072, Pattern(4, 2 * Block));
         await client.CreateSnapshotAsync("vm1", "s2");
-        using (var v = server.Host.Store.OpenVolume("vm1")) v.Trim(0, Block);
+        using (var v = server.Host.EmbeddedStore().OpenVolume("vm1")) v.Trim(0, Block);
 
         var s1ToS2 = await client.DiffAsync("vm1", "s1", "s2");
         Assert.Equal("vm1", s1ToS2.Volume);
@@ -207,7 +207,7 @@ public class SnapshotApiTests
         await client.CreateSnapshotAsync("vm1", "s1");
         // One of the four blocks changes: the volume and the snapshot each hold one block alone and share three.
         Write(server, "vm1", 0, Pattern(2));
-        using (var v = server.Host.Store.OpenVolume("vm1")) await v.FlushAsync();
+        using (var v = server.Host.EmbeddedStore().OpenVolume("vm1")) await v.FlushAsync();
 
         var entries = (await client.GetSpaceUsageAsync()).ToDictionary(e => e.Name);
         Assert.Equal(2, entries.Count);

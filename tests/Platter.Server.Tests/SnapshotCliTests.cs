@@ -99,7 +99,7 @@ public class SnapshotCliTests
         Assert.Equal(diff.Replace("and 'vm1'", "and 'vm1@s2'"), (await Ok(env, "diff", "vm1@s1", "vm1@s2")).Out);
 
         // du: the store's totals, then a row per volume and snapshot.
-        using (var v = server.Host.Store.OpenVolume("vm1")) await v.FlushAsync();
+        using (var v = server.Host.EmbeddedStore().OpenVolume("vm1")) await v.FlushAsync();
         var du = (await Ok(env, "du")).Out;
         Assert.Contains("volumes:      3\n", du);
         Assert.Matches(@"\nNAME\s+ALLOCATED\s+UNIQUE\s+SHARED\n", du);

@@ -146,7 +146,7 @@ public class SnapshotNbdTests
         SnapshotApiTests.Write(server, "vm1", 65536, Pattern(3));
         SnapshotApiTests.Write(server, "vm1", 131072, Pattern(4, 2 * Block));
         await api.CreateSnapshotAsync("vm1", "s2");
-        using (var v = server.Host.Store.OpenVolume("vm1")) v.Trim(0, Block);
+        using (var v = server.Host.EmbeddedStore().OpenVolume("vm1")) v.Trim(0, Block);
 
         var (live, ids) = await OpenAsync(server, "vm1", extendedHeaders, "base:allocation", DirtyS1, Depth);
         await using (live)

@@ -42,7 +42,7 @@ internal static class ManagementApi
     // A create/resize/rename request is a few dozen bytes; anything much larger is not a client of this API.
     private const long RequestBodyBytesMax = 64 * 1024;
 
-    public static WebApplication Build(VolumeStore store, ManagementApiOptions options, ILoggerFactory loggerFactory, Func<HealthDto> health)
+    public static WebApplication Build(IVolumeBackend store, ManagementApiOptions options, ILoggerFactory loggerFactory, Func<HealthDto> health)
     {
         if (options.SocketPath is null && options.TcpEndPoint is null)
             throw new ArgumentException("the management API needs a socket path or a TCP endpoint");

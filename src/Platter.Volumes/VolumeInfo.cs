@@ -1,4 +1,4 @@
-namespace Platter.Storage;
+namespace Platter.Volumes;
 
 /// <summary>What the catalog knows about a volume.</summary>
 /// <param name="Id">Internal id, never reused.</param>

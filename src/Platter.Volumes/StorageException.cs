@@ -1,4 +1,4 @@
-namespace Platter.Storage;
+namespace Platter.Volumes;
 
 /// <summary>Why a storage operation failed. The server maps these to NBD errors and CLI messages.</summary>
 public enum StorageError

@@ -1,4 +1,4 @@
-namespace Platter.Storage;
+namespace Platter.Volumes;
 
 /// <summary>Naming rules for volumes (and later snapshots): what an NBD export name and a CLI argument can carry safely.</summary>
 public static class VolumeNames

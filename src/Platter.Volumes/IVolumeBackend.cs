@@ -1,0 +1,87 @@
+namespace Platter.Volumes;
+
+/// <summary>
+/// A volume store as the server, the management API and the CLI see it: the catalog of volumes, snapshots and
+/// clones, and handles for I/O. Two backends implement it: the embedded engine (LMDB + a data file,
+/// <c>Platter.Storage</c>) and volumes as RBD images in a Ceph pool (<c>Platter.Rbd</c>).
+/// </summary>
+/// <remarks>
+/// <para>Names follow <see cref="VolumeNames"/>; every method validates its arguments and reports a refusal or an
+/// expected failure as a <see cref="StorageException"/> with the <see cref="StorageError"/> a caller can act on.
+/// Any other exception is a bug or a broken store.</para>
+/// <para>Catalog methods are synchronous: the embedded engine completes them in memory plus one journaled commit, and
+/// librbd's catalog calls are blocking C calls, so an async signature would only hide a thread that waits. Callers
+/// on the network side run them off their I/O loop (the management API does: ASP.NET Core request threads).</para>
+/// <para>Implementations are thread-safe: catalog calls and I/O on any number of handles may run concurrently.</para>
+/// </remarks>
+public interface IVolumeBackend : IDisposable
+{
+    /// <summary>Which backend this is, as users see it: <c>embedded</c> or <c>rbd</c>.</summary>
+    string Kind { get; }
+
+    /// <summary>Where the store lives, for logs and <c>volume info</c>: a directory, or <c>rbd:POOL</c>.</summary>
+    string Location { get; }
+
+    /// <summary>Every volume, ordered by name.</summary>
+    IReadOnlyList<VolumeInfo> ListVolumes();
+
+    /// <summary>One volume; NotFound when there is none by that name.</summary>
+    VolumeInfo GetVolumeInfo(string name);
+
+    /// <summary>One volume, or false when there is none by that name ("not found" is a normal answer here).</summary>
+    bool TryGetVolumeInfo(string name, out VolumeInfo? info);
+
+    /// <summary>Creates a thin volume of <paramref name="sizeBytes"/> (a multiple of 512). AlreadyExists, InvalidName, InvalidArgument.</summary>
+    VolumeInfo CreateVolume(string name, long sizeBytes);
+
+    /// <summary>Renames a volume (its snapshots follow it). NotFound, AlreadyExists, InvalidName.</summary>
+    void RenameVolume(string name, string newName);
+
+    /// <summary>Grows or shrinks a volume; data past a new, smaller end is discarded.</summary>
+    void ResizeVolume(string name, long newSizeBytes);
+
+    /// <summary>Deletes a volume; with snapshots only when <paramref name="recursive"/> (HasDependents otherwise), never while a snapshot of it has clones.</summary>
+    void DeleteVolume(string name, bool recursive);
+
+    /// <summary>Takes a point-in-time, read-only snapshot of a volume in O(1).</summary>
+    SnapshotInfo CreateSnapshot(string volume, string snapshot);
+
+    /// <summary>A volume's snapshots, oldest first.</summary>
+    IReadOnlyList<SnapshotInfo> ListSnapshots(string volume);
+
+    /// <summary>Every snapshot of every volume.</summary>
+    IReadOnlyList<SnapshotInfo> ListSnapshots();
+
+    /// <summary>One snapshot; NotFound when the volume or the snapshot does not exist.</summary>
+    SnapshotInfo GetSnapshotInfo(string volume, string snapshot);
+
+    /// <summary>Deletes a snapshot and frees what only it held; HasDependents while clones of it exist.</summary>
+    void DeleteSnapshot(string volume, string snapshot);
+
+    /// <summary>Creates a writable volume <paramref name="newVolume"/> whose content starts as the snapshot's.</summary>
+    VolumeInfo CloneSnapshot(string volume, string snapshot, string newVolume);
+
+    /// <summary>Makes the volume's content the snapshot's again; newer snapshots are deleted only when <paramref name="recursive"/>.</summary>
+    void RollbackVolume(string volume, string snapshot, bool recursive);
+
+    /// <summary>Ranges that differ between snapshot <paramref name="fromSnapshot"/> and <paramref name="toSnapshot"/> (the live volume when null).</summary>
+    IReadOnlyList<ChangedExtent> Diff(string volume, string fromSnapshot, string? toSnapshot);
+
+    /// <summary>Space held by each volume and snapshot: allocated, unique and shared.</summary>
+    IReadOnlyList<SpaceUsage> GetSpaceUsage();
+
+    /// <summary>Space of the whole store.</summary>
+    StoreUsage GetUsage();
+
+    /// <summary>Checks the store's consistency; with <paramref name="verifyChecksums"/> reads and verifies all data.</summary>
+    CheckReport Check(bool verifyChecksums);
+
+    /// <summary>Opens a writable I/O handle on a volume. The caller disposes it.</summary>
+    IVolumeHandle OpenVolumeHandle(string name);
+
+    /// <summary>Opens a read-only I/O handle on a snapshot (<c>volume@snapshot</c>). The caller disposes it.</summary>
+    IVolumeHandle OpenSnapshotHandle(string volume, string snapshot);
+
+    /// <summary>Makes every write acknowledged on any handle durable.</summary>
+    ValueTask FlushAsync(CancellationToken cancellationToken = default);
+}
