@@ -169,6 +169,21 @@ public class ManagementApiTests
             Assert.Single(await right.ListVolumesAsync());
         }
 
+        // RFC 9110: the scheme is case-insensitive; the token is not.
+        foreach (var (header, expected) in new[]
+                 {
+                     ("bearer s3cret-token", HttpStatusCode.OK), ("BEARER s3cret-token", HttpStatusCode.OK),
+                     ("Bearer  s3cret-token", HttpStatusCode.OK), ("bearer S3CRET-TOKEN", HttpStatusCode.Unauthorized),
+                     ("Basic s3cret-token", HttpStatusCode.Unauthorized), ("s3cret-token", HttpStatusCode.Unauthorized),
+                 })
+        {
+            using var raw = new HttpClient { BaseAddress = baseUri };
+            using var request = new HttpRequestMessage(HttpMethod.Get, "v1/volumes");
+            request.Headers.TryAddWithoutValidation("Authorization", header);
+            using var response = await raw.SendAsync(request);
+            Assert.True(expected == response.StatusCode, $"Authorization: {header} -> {(int)response.StatusCode}");
+        }
+
         // The unix socket needs no token: file permissions guard it.
         using var local = server.Client();
         Assert.Single(await local.ListVolumesAsync());
