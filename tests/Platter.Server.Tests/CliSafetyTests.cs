@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Platter.Cli;
+using Xunit;
 
 namespace Platter.Server.Tests;
 
@@ -60,7 +61,8 @@ public class CliSafetyTests
         int clients = 0;
         foreach (var (path, command) in LeafCommands())
         {
-            if (!command.Options.Any(o => o.Name == "--api-socket")) continue;
+            // serve has --api-socket too (where to listen); it is a server, not a client.
+            if (path[0] == "serve" || !command.Options.Any(o => o.Name == "--api-socket")) continue;
             clients++;
             string[] args = [.. path, .. PlausibleArguments(command), "--store", store];
             var result = await CliRunner.RunAsync(CliRunner.Environment(home.Path), args);
@@ -87,7 +89,7 @@ public class CliSafetyTests
         foreach (var (path, command) in LeafCommands())
         {
             if (path[0] == "serve") continue; // would start a server; its arguments are checked in CliErrorTests
-            foreach (var args in new[] { [.. path, token], [.. path, token, token], [.. path, "vm1@s1", token] })
+            foreach (string[] args in new string[][] { [.. path, token], [.. path, token, token], [.. path, "vm1@s1", token] })
             {
                 var result = await CliRunner.RunAsync(CliRunner.Environment(home.Path), [.. args, "--store", home.Combine("none")]);
                 AssertOneLine(result, "platter " + string.Join(' ', args));
