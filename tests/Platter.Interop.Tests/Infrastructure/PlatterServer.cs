@@ -28,8 +28,11 @@ public sealed class PlatterServer : IAsyncDisposable
     }
 
     public string StoreDirectory { get; }
-    public string NbdSocketPath { get; }
-    public string ApiSocketPath { get; }
+    /// <summary>The NBD unix socket; a test may move it before <see cref="StartAsync"/>.</summary>
+    public string NbdSocketPath { get; set; }
+
+    /// <summary>The API unix socket; a test may move it (e.g. into the store, where --store finds it) before <see cref="StartAsync"/>.</summary>
+    public string ApiSocketPath { get; set; }
 
     /// <summary>Everything the server printed, across restarts; attached to failures.</summary>
     public string Log
