@@ -157,12 +157,16 @@ public sealed class SafetyTests(ServerFixture fixture, ITestOutputHelper output)
             store.CreateVolumeUnchecked("rtl\u202Eevil", 8 * MiB);
         }
         await server.StartAsync();
+        // The API socket goes before "--": after it nothing is an option (that is how a name starting with '-' is given).
+        Task<ProcessResult> Platter(params string[] args) =>
+            Proc.RunAsync(PlatterServer.DotnetHost, [PlatterServer.PlatterDll, args[0], args[1], "--api-socket", server.ApiSocketPath, .. args[2..]],
+                TimeSpan.FromSeconds(60), new Dictionary<string, string?> { ["PLATTER_API_SOCKET"] = null });
 
         // Served as they are: the data is reachable over NBD.
         await Clients.QemuIoAsync(NbdExport.NbdUri("..", server.NbdSocketPath), $"write -P 0x44 0 {1 * MiB}", "flush");
 
         (await server.CliAsync("volume", "rename", "..", "dotdot")).EnsureSuccess("rename of '..' failed");
-        (await server.CliAsync("volume", "delete", "--", "-x")).EnsureSuccess("delete of '-x' failed");
+        (await Platter("volume", "delete", "--", "-x")).EnsureSuccess("delete of '-x' failed");
         (await server.CliAsync("volume", "rename", "rtl\u202Eevil", "plain")).EnsureSuccess("rename of a bidi name failed");
         var list = (await server.CliAsync("volume", "list", "--json")).EnsureSuccess();
         var names = Clients.ParseJson(list, list.Stdout).GetProperty("volumes").EnumerateArray().Select(v => v.GetProperty("name").GetString()).ToList();
@@ -172,7 +176,7 @@ public sealed class SafetyTests(ServerFixture fixture, ITestOutputHelper output)
         // And none of them can be made again.
         foreach (var name in new[] { "..", "-x", "rtl\u202Eevil" })
         {
-            var refused = await server.CliAsync("volume", "create", "--size", "1M", "--", name);
+            var refused = await Platter("volume", "create", "--size", "1M", "--", name);
             Assert.True(refused.ExitCode == 2 && refused.Stderr.StartsWith("platter: invalid volume name", StringComparison.Ordinal), refused.Describe());
         }
     }
