@@ -8,6 +8,7 @@ namespace Platter.Cli;
 [JsonSerializable(typeof(AttachInfo))]
 [JsonSerializable(typeof(Platter.Volumes.CheckReport))]
 [JsonSerializable(typeof(DiskUsageReport))]
+[JsonSerializable(typeof(ImageTransferSummary))]
 internal sealed partial class CliJsonContext : JsonSerializerContext;
 
 /// <summary>

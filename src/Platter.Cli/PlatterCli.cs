@@ -112,6 +112,10 @@ public static class PlatterCli
         root.Add(SnapshotCommands.BuildClone(context));
         root.Add(SnapshotCommands.BuildRollback(context));
         root.Add(SnapshotCommands.BuildDiff(context));
+        root.Add(ImageCommands.BuildImport(context));
+        root.Add(ImageCommands.BuildExport(context));
+        root.Add(TransferCommands.BuildSend(context));
+        root.Add(TransferCommands.BuildReceive(context));
         root.Add(VolumeCommands.BuildUsage(context));
         root.Add(AttachCommand.Build(context));
         root.Add(CheckCommand.Build(context));

@@ -5,6 +5,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Platter.Server.Api;
+using Platter.Server.Transfer;
 using Platter.Storage;
 
 namespace Platter.Server;
@@ -72,6 +73,11 @@ public sealed partial class PlatterHost : IAsyncDisposable
                 _store = VolumeStore.Open(directory, _options.StoreOptions ?? new StoreOptions { LoggerFactory = _loggerFactory });
                 var usage = _store.GetUsage();
                 _log.LogInformation("store {Directory} open: {Volumes} volume(s), {Used} used", directory, usage.VolumeCount, SizeText.Format(usage.UsedBytes));
+                // Send/receive state lives beside the store; a receive a crash interrupted is finished or undone
+                // before anything is served (docs/decisions/0007).
+                var identities = SnapshotIdentities.Open(directory, _store);
+                var receiver = new VolumeReceiver(_store, identities, directory, _loggerFactory.CreateLogger("Platter.Receive"));
+                receiver.Recover();
 
                 if (_options.NbdSocketPath is not null) PrepareSocket(_options.NbdSocketPath);
                 if (_options.ApiSocketPath is not null) PrepareSocket(_options.ApiSocketPath);
@@ -85,6 +91,8 @@ public sealed partial class PlatterHost : IAsyncDisposable
                     Token = _options.ApiToken,
                     Clients = () => _nbd?.GetClients() ?? [],
                 }, _loggerFactory, Health);
+                // Mapped after the fallback is fine: routing tries the fallback only when no endpoint matches.
+                TransferApi.Map(_api, _store, identities, receiver, _loggerFactory.CreateLogger("Platter.Api"));
                 await _api.StartAsync(cancellationToken).ConfigureAwait(false);
                 if (_options.ApiSocketPath is not null)
                 {

@@ -25,7 +25,7 @@ public sealed class StoreOptions
     internal Action? BeforeCheckpointCommit { get; init; }
 
     /// <summary>Journal region size for a new store (kept in its metadata; an existing store keeps its own). Tests use small ones.</summary>
-    internal long JournalRegionBytes { get; init; } = Internal.Layout.JournalRegionBytes;
+    internal long JournalRegionBytes { get; init; } = Internal.EngineLimits.JournalRegionBytes;
 
     /// <summary>Size of each data file growth step. Tests use small steps to reach ENOSPC quickly.</summary>
     internal long DataGrowthBytes { get; init; } = 256L << 20;

@@ -1,4 +1,5 @@
 using System.Buffers;
+using Microsoft.Extensions.Logging;
 using Platter.Storage.Internal;
 
 namespace Platter.Storage;
@@ -12,13 +13,13 @@ public sealed class Volume : IVolumeHandle
     // Source of the zeros a non-deallocating write-zeroes writes; shared and never modified.
     private static readonly byte[] ZeroChunk = new byte[1 << 20];
 
-    private readonly VolumeStore _store;
+    private readonly EngineParts _parts;
     private readonly MapOwner _state;
     private volatile bool _disposed;
 
-    internal Volume(VolumeStore store, MapOwner state)
+    internal Volume(EngineParts parts, MapOwner state)
     {
-        _store = store;
+        _parts = parts;
         _state = state;
     }
 
@@ -38,17 +39,17 @@ public sealed class Volume : IVolumeHandle
         if (destination.IsEmpty) return;
         if (IsAligned(offset, destination.Length))
         {
-            _store.ReadBlocks(_state, offset >> Layout.BlockShift, destination);
+            ReadBlocks(offset >> EngineLimits.BlockShift, destination);
             return;
         }
-        long first = offset >> Layout.BlockShift;
-        long last = (offset + destination.Length - 1) >> Layout.BlockShift;
-        int bytes = (int)(last - first + 1) << Layout.BlockShift;
+        long first = offset >> EngineLimits.BlockShift;
+        long last = (offset + destination.Length - 1) >> EngineLimits.BlockShift;
+        int bytes = (int)(last - first + 1) << EngineLimits.BlockShift;
         var buffer = ArrayPool<byte>.Shared.Rent(bytes);
         try
         {
-            _store.ReadBlocks(_state, first, buffer.AsSpan(0, bytes));
-            buffer.AsSpan((int)(offset - (first << Layout.BlockShift)), destination.Length).CopyTo(destination);
+            ReadBlocks(first, buffer.AsSpan(0, bytes));
+            buffer.AsSpan((int)(offset - (first << EngineLimits.BlockShift)), destination.Length).CopyTo(destination);
         }
         finally
         {
@@ -62,29 +63,41 @@ public sealed class Volume : IVolumeHandle
         CheckWritable();
         CheckRange(offset, source.Length);
         if (source.IsEmpty) return;
+        try
+        {
+            WriteChecked(offset, source);
+        }
+        catch (Exception e) when (e is not StorageException)
+        {
+            throw _parts.Committer.FailStop(e, $"a write to '{Name}' at offset {offset}");
+        }
+    }
+
+    private void WriteChecked(long offset, ReadOnlySpan<byte> source)
+    {
         long end = offset + source.Length;
-        long firstWhole = (offset + Layout.BlockBytes - 1) >> Layout.BlockShift;
-        long endWhole = end >> Layout.BlockShift;
+        long firstWhole = (offset + EngineLimits.BlockBytes - 1) >> EngineLimits.BlockShift;
+        long endWhole = end >> EngineLimits.BlockShift;
         if (firstWhole >= endWhole)
         {
             // No whole block: one or two partial blocks.
             WritePartial(offset, source);
             return;
         }
-        long headBytes = (firstWhole << Layout.BlockShift) - offset;
-        long wholeBytes = (endWhole - firstWhole) << Layout.BlockShift;
-        if (headBytes > 0) _store.ReadModifyWrite(Writable, offset, source[..(int)headBytes]);
-        _store.WriteBlocks(Writable, firstWhole, source.Slice((int)headBytes, (int)wholeBytes));
+        long headBytes = (firstWhole << EngineLimits.BlockShift) - offset;
+        long wholeBytes = (endWhole - firstWhole) << EngineLimits.BlockShift;
+        if (headBytes > 0) ReadModifyWrite(offset, source[..(int)headBytes]);
+        WriteBlocks(firstWhole, source.Slice((int)headBytes, (int)wholeBytes));
         var tail = source[(int)(headBytes + wholeBytes)..];
-        if (!tail.IsEmpty) _store.ReadModifyWrite(Writable, endWhole << Layout.BlockShift, tail);
+        if (!tail.IsEmpty) ReadModifyWrite(endWhole << EngineLimits.BlockShift, tail);
     }
 
     private void WritePartial(long offset, ReadOnlySpan<byte> source)
     {
         while (!source.IsEmpty)
         {
-            int inBlock = (int)Math.Min(source.Length, Layout.BlockBytes - (offset & (Layout.BlockBytes - 1)));
-            _store.ReadModifyWrite(Writable, offset, source[..inBlock]);
+            int inBlock = (int)Math.Min(source.Length, EngineLimits.BlockBytes - (offset & (EngineLimits.BlockBytes - 1)));
+            ReadModifyWrite(offset, source[..inBlock]);
             offset += inBlock;
             source = source[inBlock..];
         }
@@ -98,7 +111,14 @@ public sealed class Volume : IVolumeHandle
     {
         CheckWritable();
         CheckRange(offset, length);
-        _store.ZeroRange(Writable, offset, length);
+        try
+        {
+            ZeroRange(offset, length);
+        }
+        catch (Exception e) when (e is not StorageException)
+        {
+            throw _parts.Committer.FailStop(e, $"zeroing '{Name}' at offset {offset}");
+        }
     }
 
     /// <summary>Names of the snapshots a dirty-bitmap query may name: the volume's snapshots older than this handle's point in time.</summary>
@@ -125,7 +145,7 @@ public sealed class Volume : IVolumeHandle
         if (length == 0 || destination.IsEmpty) return 0;
         var volume = _state is SnapshotState s ? s.Volume : (VolumeState)_state;
         long end = offset + length;
-        long firstBlock = offset >> Layout.BlockShift, endBlock = (end + Layout.BlockBytes - 1) >> Layout.BlockShift;
+        long firstBlock = offset >> EngineLimits.BlockShift, endBlock = (end + EngineLimits.BlockBytes - 1) >> EngineLimits.BlockShift;
         var changed = new List<(long Start, long End)>();
         int runsMax = destination.Length;
         bool truncated = false;
@@ -146,7 +166,7 @@ public sealed class Volume : IVolumeHandle
                 {
                     if (changed.Count > 0 && changed[^1].End == block)
                     {
-                        if (block - changed[^1].Start >= Layout.MapQueryBlocksMax)
+                        if (block - changed[^1].Start >= EngineLimits.MapQueryBlocksMax)
                         {
                             truncated = true;
                             return false;
@@ -164,7 +184,7 @@ public sealed class Volume : IVolumeHandle
         long pos = offset;
         foreach (var (start, stop) in changed)
         {
-            long runStart = Math.Max(offset, start << Layout.BlockShift), runEnd = Math.Min(end, stop << Layout.BlockShift);
+            long runStart = Math.Max(offset, start << EngineLimits.BlockShift), runEnd = Math.Min(end, stop << EngineLimits.BlockShift);
             if (runStart > pos)
             {
                 if (count == destination.Length) return count;
@@ -185,15 +205,15 @@ public sealed class Volume : IVolumeHandle
         CheckRange(offset, length);
         if (length == 0 || destination.IsEmpty) return 0;
         long end = offset + length;
-        long endBlock = (end + Layout.BlockBytes - 1) >> Layout.BlockShift;
+        long endBlock = (end + EngineLimits.BlockBytes - 1) >> EngineLimits.BlockShift;
         int count = 0;
         lock (_state.Lock)
         {
             var map = _state.Map;
             long pos = offset;
-            long block = offset >> Layout.BlockShift;
+            long block = offset >> EngineLimits.BlockShift;
             long scanned = 0; // mapped blocks looked at: the work bound of one call
-            while (block < endBlock && count < destination.Length && scanned < Layout.MapQueryBlocksMax)
+            while (block < endBlock && count < destination.Length && scanned < EngineLimits.MapQueryBlocksMax)
             {
                 int depth;
                 long next;
@@ -208,7 +228,7 @@ public sealed class Volume : IVolumeHandle
                 {
                     depth = DepthOf(block, entry);
                     next = block + 1;
-                    long cut = Math.Min(endBlock, block + Layout.MapQueryBlocksMax);
+                    long cut = Math.Min(endBlock, block + EngineLimits.MapQueryBlocksMax);
                     while (next < cut)
                     {
                         var e = map.Get(next);
@@ -217,7 +237,7 @@ public sealed class Volume : IVolumeHandle
                     }
                     scanned += next - block;
                 }
-                long runEnd = Math.Min(end, next << Layout.BlockShift);
+                long runEnd = Math.Min(end, next << EngineLimits.BlockShift);
                 destination[count++] = new DepthExtent(pos, runEnd - pos, depth);
                 pos = runEnd;
                 block = next;
@@ -230,7 +250,8 @@ public sealed class Volume : IVolumeHandle
     private int DepthOf(long block, BlockEntry entry)
     {
         int depth = 1;
-        for (var origin = _state.Origin; origin is not null && origin.Map.Get(block).PbaPlusOne == entry.PbaPlusOne; origin = origin.Origin)
+        var start = _state is SnapshotState s ? s.Volume.Origin : ((VolumeState)_state).Origin;
+        for (var origin = start; origin is not null && origin.Map.Get(block).PbaPlusOne == entry.PbaPlusOne; origin = origin.Volume.Origin)
             depth++;
         return depth;
     }
@@ -304,12 +325,12 @@ public sealed class Volume : IVolumeHandle
         try
         {
             ThrowIfClosed();
+            return _parts.Committer.FlushAsync(cancellationToken);
         }
         catch (StorageException e)
         {
             return ValueTask.FromException(e);
         }
-        return _store.FlushAsync(cancellationToken);
     }
 
     /// <summary>
@@ -328,11 +349,11 @@ public sealed class Volume : IVolumeHandle
             long pos = offset;
             while (pos < end && count < destination.Length)
             {
-                long block = pos >> Layout.BlockShift;
-                long endBlock = (end + Layout.BlockBytes - 1) >> Layout.BlockShift;
+                long block = pos >> EngineLimits.BlockShift;
+                long endBlock = (end + EngineLimits.BlockBytes - 1) >> EngineLimits.BlockShift;
                 bool allocated = _state.Map.Get(block).IsMapped;
                 long nextBlock = allocated ? _state.Map.NextUnmapped(block + 1, endBlock) : NextMappedOrEnd(block + 1, endBlock);
-                long runEnd = Math.Min(end, nextBlock << Layout.BlockShift);
+                long runEnd = Math.Min(end, nextBlock << EngineLimits.BlockShift);
                 destination[count++] = new VolumeExtent(pos, runEnd - pos, allocated);
                 pos = runEnd;
             }
@@ -346,7 +367,7 @@ public sealed class Volume : IVolumeHandle
         return next < 0 ? endBlock : next;
     }
 
-    private static bool IsAligned(long offset, long length) => ((offset | length) & (Layout.BlockBytes - 1)) == 0;
+    private static bool IsAligned(long offset, long length) => ((offset | length) & (EngineLimits.BlockBytes - 1)) == 0;
 
     private void CheckRange(long offset, long length)
     {
@@ -367,8 +388,271 @@ public sealed class Volume : IVolumeHandle
     {
         if (_disposed) throw new StorageException(StorageError.Closed, "the volume handle is closed");
         if (_state.Deleted) throw new StorageException(StorageError.Closed, $"volume '{Name}' was deleted");
-        _store.ThrowIfDisposed();
+        _parts.ThrowIfClosed();
     }
 
     public void Dispose() => _disposed = true;
+
+    // ---- The data path: copy-on-write writes, verified reads, unmapping. Offsets in blocks unless named bytes. ----
+
+    /// <summary>Writes whole blocks to new space and maps them. <paramref name="data"/> is a multiple of the block size.</summary>
+    private void WriteBlocks(long firstBlock, ReadOnlySpan<byte> data)
+    {
+        var state = Writable;
+        _parts.Committer.ThrowIfFailed();
+        int blocks = data.Length >> EngineLimits.BlockShift;
+        Span<uint> crcs = stackalloc uint[EngineLimits.ExtentBlocksMax];
+        int done = 0;
+        while (done < blocks)
+        {
+            long pba = _parts.Space.Allocate(state, Math.Min(blocks - done, EngineLimits.ExtentBlocksMax), out int got);
+            var piece = data.Slice(done << EngineLimits.BlockShift, got << EngineLimits.BlockShift);
+            Crc32C.ComputeBlocks(piece, EngineLimits.BlockBytes, crcs[..got]);
+            try
+            {
+                _parts.Data.Write(pba << EngineLimits.BlockShift, piece);
+            }
+            catch (IOException e)
+            {
+                // Nothing maps this space yet, so it can be reused at once.
+                _parts.Space.FreeUnmapped(pba, got);
+                throw _parts.DeviceError(e, $"write to volume '{state.Name}' at offset {(firstBlock + done) << EngineLimits.BlockShift}");
+            }
+            int opBytes;
+            lock (state.Lock)
+            {
+                if (state.Deleted || firstBlock + done + got > state.SizeBlocks)
+                {
+                    _parts.Space.FreeUnmapped(pba, got);
+                    throw state.Deleted
+                        ? new StorageException(StorageError.Closed, $"volume '{state.Name}' was deleted")
+                        : new StorageException(StorageError.OutOfRange, $"volume '{state.Name}' shrank below this write");
+                }
+                var parent = state.Parent;
+                for (int i = 0; i < got; i++)
+                {
+                    long block = firstBlock + done + i;
+                    var old = state.Map.Set(block, BlockEntry.Mapped(pba + i, crcs[i]));
+                    // The allocator handed out a block this very volume maps: space accounting is broken.
+                    if (old.PbaPlusOne == pba + i + 1) Invariant.Fail($"physical block {pba + i} was allocated while '{state.Name}' maps it at block {block}");
+                    if (old.IsMapped) FreeIfUnshared(state, parent, block, old);
+                }
+                _parts.Space.NoteMapped(got);
+                int before = state.PendingOps.Length;
+                state.PendingOps.AppendMapExtent(state.LayerId, firstBlock + done, crcs[..got], pba);
+                opBytes = state.PendingOps.Length - before;
+                // Map and pending log in step: every block just mapped is in the record just appended.
+                Invariant.Check(opBytes == OpLog.MapExtentBytes(got), "the pending log did not take the extent just mapped");
+            }
+            _parts.Committer.NotePendingBytes(opBytes, (long)got << EngineLimits.BlockShift);
+            done += got;
+        }
+        Interlocked.Increment(ref _parts.Counters.WriteOps);
+        Interlocked.Add(ref _parts.Counters.WriteBytes, data.Length);
+    }
+
+    /// <summary>
+    /// A volume unmapped or replaced a block's entry: the block is free unless the volume's parent (its newest
+    /// snapshot, or its origin) still maps it. Nothing else can: versions share a block only along their lineage, and
+    /// every version between the parent and the volume is the parent itself. Caller holds the volume's lock.
+    /// </summary>
+    private void FreeIfUnshared(VolumeState state, SnapshotState? parent, long block, BlockEntry old)
+    {
+        if (parent is not null && parent.Map.Get(block).PbaPlusOne == old.PbaPlusOne) return;
+        state.PendingFrees.Add(old.Pba);
+        _parts.Space.NoteUnreferenced(1);
+    }
+
+    /// <summary>Reads whole blocks, verifying each mapped block's checksum; unmapped blocks read as zeros.</summary>
+    private void ReadBlocks(long firstBlock, Span<byte> destination)
+    {
+        var state = _state;
+        int blocks = destination.Length >> EngineLimits.BlockShift;
+        long epoch = _parts.Epochs.Enter();
+        BlockEntry[]? rented = null;
+        try
+        {
+            Span<BlockEntry> entries = blocks <= 64 ? stackalloc BlockEntry[64] : (rented = ArrayPool<BlockEntry>.Shared.Rent(blocks));
+            entries = entries[..blocks];
+            lock (state.Lock)
+            {
+                if (state.Deleted) throw new StorageException(StorageError.Closed, $"'{state.DisplayName}' was deleted");
+                state.Map.Get(firstBlock, entries);
+            }
+            Span<uint> actual = stackalloc uint[64];
+            int i = 0;
+            while (i < blocks)
+            {
+                if (!entries[i].IsMapped)
+                {
+                    int j = i + 1;
+                    while (j < blocks && !entries[j].IsMapped) j++;
+                    destination.Slice(i << EngineLimits.BlockShift, (j - i) << EngineLimits.BlockShift).Clear();
+                    i = j;
+                    continue;
+                }
+                // One device read per physically contiguous run.
+                int k = i + 1;
+                while (k < blocks && entries[k].IsMapped && entries[k].Pba == entries[k - 1].Pba + 1) k++;
+                var run = destination.Slice(i << EngineLimits.BlockShift, (k - i) << EngineLimits.BlockShift);
+                try
+                {
+                    _parts.Data.Read(entries[i].Pba << EngineLimits.BlockShift, run);
+                }
+                catch (IOException e)
+                {
+                    throw _parts.DeviceError(e, $"read of '{state.DisplayName}' at offset {(firstBlock + i) << EngineLimits.BlockShift}");
+                }
+                for (int b = i; b < k; b += actual.Length)
+                {
+                    int n = Math.Min(actual.Length, k - b);
+                    Crc32C.ComputeBlocks(run.Slice((b - i) << EngineLimits.BlockShift, n << EngineLimits.BlockShift), EngineLimits.BlockBytes, actual[..n]);
+                    for (int j = 0; j < n; j++)
+                    {
+                        if (actual[j] != entries[b + j].Crc)
+                            throw ChecksumError(state, firstBlock + b + j, entries[b + j].Pba);
+                    }
+                }
+                i = k;
+            }
+        }
+        finally
+        {
+            _parts.Epochs.Exit(epoch);
+            if (rented is not null) ArrayPool<BlockEntry>.Shared.Return(rented);
+        }
+        Interlocked.Increment(ref _parts.Counters.ReadOps);
+        Interlocked.Add(ref _parts.Counters.ReadBytes, destination.Length);
+    }
+
+    /// <summary>Unmaps whole blocks [firstBlock, firstBlock+count).</summary>
+    private void UnmapBlocks(long firstBlock, long count)
+    {
+        var state = Writable;
+        _parts.Committer.ThrowIfFailed();
+        if (count <= 0) return;
+        int opBytes;
+        lock (state.Lock)
+        {
+            if (state.Deleted) throw new StorageException(StorageError.Closed, $"volume '{state.Name}' was deleted");
+            long end = firstBlock + count;
+            var parent = state.Parent;
+            bool any = false;
+            state.Map.UnmapRange(firstBlock, end, (b, old) =>
+            {
+                FreeIfUnshared(state, parent, b, old);
+                any = true;
+            });
+            if (!any) return; // already reads as zeros: nothing to journal
+            int before = state.PendingOps.Length;
+            AppendUnmapOps(state, parent, firstBlock, end);
+            opBytes = state.PendingOps.Length - before;
+        }
+        _parts.Committer.NotePendingBytes(opBytes, 0);
+    }
+
+    /// <summary>
+    /// Journals that [firstBlock, end) of the volume reads as zeros: the range leaves the volume's layer, and where the
+    /// parent maps blocks a tombstone hides them. Caller holds the volume's lock.
+    /// </summary>
+    private static void AppendUnmapOps(VolumeState state, SnapshotState? parent, long firstBlock, long end)
+    {
+        state.PendingOps.AppendUnmap(state.LayerId, firstBlock, end - firstBlock);
+        if (parent is null) return;
+        long parentEnd = Math.Min(end, parent.SizeBlocks);
+        for (long b = parent.Map.NextMapped(firstBlock, parentEnd); b >= 0; )
+        {
+            long runEnd = parent.Map.NextUnmapped(b + 1, parentEnd);
+            state.PendingOps.AppendTombstone(state.LayerId, b, runEnd - b);
+            b = parent.Map.NextMapped(runEnd, parentEnd);
+        }
+    }
+
+    /// <summary>Makes a byte range read as zeros: whole blocks are unmapped, partial blocks rewritten with zeros.</summary>
+    private void ZeroRange(long offset, long length)
+    {
+        if (length <= 0) return;
+        long end = offset + length;
+        long firstWhole = (offset + EngineLimits.BlockBytes - 1) >> EngineLimits.BlockShift;
+        long endWhole = end >> EngineLimits.BlockShift;
+        if (firstWhole >= endWhole)
+        {
+            // Inside one block, or straddling two without covering either.
+            ZeroPartial(offset, end);
+            return;
+        }
+        ZeroPartial(offset, firstWhole << EngineLimits.BlockShift);
+        UnmapBlocks(firstWhole, endWhole - firstWhole);
+        ZeroPartial(endWhole << EngineLimits.BlockShift, end);
+    }
+
+    private void ZeroPartial(long offset, long end)
+    {
+        var state = Writable;
+        Span<byte> zeros = stackalloc byte[EngineLimits.BlockBytes];
+        zeros.Clear();
+        while (offset < end)
+        {
+            long block = offset >> EngineLimits.BlockShift;
+            long blockEnd = Math.Min(end, (block + 1) << EngineLimits.BlockShift);
+            bool mapped;
+            lock (state.Lock) mapped = state.Map.Get(block).IsMapped;
+            if (mapped)
+            {
+                ReadModifyWrite(offset, zeros[..(int)(blockEnd - offset)]);
+            }
+            offset = blockEnd;
+        }
+    }
+
+    /// <summary>Writes part of one block: reads it (verified), patches it, writes it to new space.</summary>
+    private void ReadModifyWrite(long offset, ReadOnlySpan<byte> source)
+    {
+        var state = Writable;
+        long block = offset >> EngineLimits.BlockShift;
+        int inner = (int)(offset & (EngineLimits.BlockBytes - 1));
+        Span<byte> buffer = stackalloc byte[EngineLimits.BlockBytes];
+        // Two sector writes into one block must not both read the old block: serialise them per stripe.
+        lock (state.RmwLocks[(int)(block % EngineLimits.RmwLockStripes)])
+        {
+            ReadBlocks(block, buffer);
+            source.CopyTo(buffer[inner..]);
+            WriteBlocks(block, buffer);
+        }
+    }
+
+    /// <summary>
+    /// Sets the volume's size (catalog resize, under the admin lock): shrinking drops the data past the new end and
+    /// zeroes the rest of a new partial last block, so a later grow reads zeros there.
+    /// </summary>
+    internal void Resize(long newSizeBytes)
+    {
+        var state = Writable;
+        long oldSize;
+        lock (state.Lock) oldSize = state.SizeBytes;
+        if (newSizeBytes < oldSize && newSizeBytes % EngineLimits.BlockBytes != 0)
+        {
+            long tailEnd = Math.Min(oldSize, (newSizeBytes | (EngineLimits.BlockBytes - 1)) + 1);
+            ZeroRange(newSizeBytes, tailEnd - newSizeBytes);
+        }
+        lock (state.Lock)
+        {
+            state.SizeBytes = newSizeBytes;
+            if (newSizeBytes < oldSize)
+            {
+                long firstDropped = state.SizeBlocks;
+                var parent = state.Parent;
+                state.Map.UnmapRange(firstDropped, long.MaxValue, (block, old) => FreeIfUnshared(state, parent, block, old));
+                AppendUnmapOps(state, parent, firstDropped, long.MaxValue);
+            }
+        }
+    }
+
+    private StorageException ChecksumError(MapOwner state, long block, long pba)
+    {
+        Interlocked.Increment(ref _parts.Counters.ChecksumErrors);
+        long offset = block << EngineLimits.BlockShift;
+        _parts.Logger.LogError("Checksum mismatch in '{Volume}' at offset {Offset} (physical block {Pba})", state.DisplayName, offset, pba);
+        return new StorageException(StorageError.ChecksumMismatch, $"checksum mismatch in '{state.DisplayName}' at offset {offset} (physical block {pba})");
+    }
 }

@@ -5,12 +5,12 @@ namespace Platter.Contract.Tests;
 /// <summary>The contract on the embedded engine: a fresh store directory per test.</summary>
 public sealed class EmbeddedBackendTests : BackendContractTests, IDisposable
 {
-    private readonly string _directory = Path.Combine(Path.GetTempPath(), $"platter-contract-{Guid.NewGuid():N}");
+    private readonly TempDirectory _directory = new("platter-contract");
     private VolumeStore _store;
 
     public EmbeddedBackendTests()
     {
-        _store = VolumeStore.Open(_directory);
+        _store = VolumeStore.Open(_directory.Path);
     }
 
     protected override IVolumeBackend Backend => _store;
@@ -18,13 +18,12 @@ public sealed class EmbeddedBackendTests : BackendContractTests, IDisposable
     protected override void Reopen()
     {
         _store.Dispose();
-        _store = VolumeStore.Open(_directory);
+        _store = VolumeStore.Open(_directory.Path);
     }
 
     public void Dispose()
     {
         _store.Dispose();
-        try { Directory.Delete(_directory, recursive: true); }
-        catch (IOException) { }
+        _directory.Dispose();
     }
 }

@@ -50,7 +50,7 @@ public sealed class SnapshotCrashTests(ITestOutputHelper output)
         KillLoop("reclaim", iterationsDefault: 15, budget: TimeSpan.FromSeconds(40), store =>
         {
             // Deleting a snapshot compares its map with the volume's: both map every block of the bulk volume.
-            Assert.True(2 * (BulkSizeBytes / B) > Platter.Storage.Internal.Layout.InlineReclaimBlocks,
+            Assert.True(2 * (BulkSizeBytes / B) > Platter.Storage.Internal.EngineLimits.InlineReclaimBlocks,
                 "the bulk volume is too small for its snapshot deletes to be reclaimed in the background");
             store.CreateVolume(BulkVolumeName, BulkSizeBytes);
             var content = new Dictionary<long, byte[]>();

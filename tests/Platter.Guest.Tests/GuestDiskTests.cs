@@ -15,14 +15,11 @@ public abstract class GuestDiskTests : IAsyncLifetime
     protected const long VolumeSizeBytes = 512L * 1024 * 1024;
 
     private readonly ITestOutputHelper _output;
-    private readonly string _workDirectory;
+    private readonly TempDirectory _work = new("platter-guest");
 
     protected GuestDiskTests(ITestOutputHelper output)
     {
         _output = output;
-        // Short path: a unix socket path must stay under 108 bytes.
-        _workDirectory = Path.Combine(Path.GetTempPath(), "platter-guest-" + Guid.NewGuid().ToString("N")[..12]);
-        Directory.CreateDirectory(_workDirectory);
     }
 
     /// <summary>Creates the server under test; its files belong in <paramref name="workDirectory"/>.</summary>
@@ -32,7 +29,7 @@ public abstract class GuestDiskTests : IAsyncLifetime
 
     public Task DisposeAsync()
     {
-        try { Directory.Delete(_workDirectory, recursive: true); } catch (IOException) { }
+        _work.Dispose();
         return Task.CompletedTask;
     }
 
@@ -46,10 +43,10 @@ public abstract class GuestDiskTests : IAsyncLifetime
         using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(20));
         var ct = cts.Token;
         var image = await GuestImage.BuildAsync(ct);
-        var accel = await GuestVm.ChooseAccelAsync(image, _workDirectory, ct);
+        var accel = await GuestVm.ChooseAccelAsync(image, _work.Path, ct);
         _output.WriteLine($"guest {image.Key}, accelerator {accel}");
 
-        await using var target = CreateTarget(_workDirectory, VolumeSizeBytes);
+        await using var target = CreateTarget(_work.Path, VolumeSizeBytes);
         await target.StartAsync(ct);
 
         // Boot 1: raw pattern, mkfs.ext4, files, clean fsck.
@@ -72,7 +69,7 @@ public abstract class GuestDiskTests : IAsyncLifetime
     private async Task BootAndAssertAsync(GuestImage image, INbdTarget target, GuestMode mode, string accel,
         int? expectedMarkers, string what, CancellationToken ct)
     {
-        var boot = await GuestVm.BootAsync(image, target, mode, _workDirectory, accel, expectedMarkers, cancellationToken: ct);
+        var boot = await GuestVm.BootAsync(image, target, mode, _work.Path, accel, expectedMarkers, cancellationToken: ct);
         _output.WriteLine($"{what} on {target.Name}: {(boot.Passed ? "PASS" : "FAIL")}, wall {boot.Elapsed.TotalSeconds:F1} s, " +
                           $"guest uptime at PASS {boot.GuestUptimeSeconds?.ToString("F1") ?? "?"} s");
         Assert.False(boot.TimedOut, $"{what} on {target.Name} did not power off within {GuestVm.BootTimeout}:\n{boot.Describe()}\n" +

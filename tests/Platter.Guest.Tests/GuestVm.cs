@@ -73,7 +73,7 @@ public static partial class GuestVm
             ]);
         }
 
-        var result = await ProcessRunner.RunAsync("qemu-system-x86_64", args, timeout ?? BootTimeout, cancellationToken);
+        var result = await ProcessRunner.RunAsync("qemu-system-x86_64", args, timeout ?? BootTimeout, failOnTimeout: false, cancellationToken: cancellationToken);
         var serial = File.Exists(serialPath) ? await File.ReadAllTextAsync(serialPath, cancellationToken) : "";
         var fail = FailLine().Match(serial);
         var passed = !result.TimedOut && result.ExitCode == 0 && !fail.Success && PassLine().IsMatch(serial);
@@ -81,7 +81,7 @@ public static partial class GuestVm
         var up = UptimeLine().Match(serial);
         if (up.Success) uptime = double.Parse(up.Groups[1].Value, CultureInfo.InvariantCulture);
         return new GuestBoot(passed, fail.Success ? fail.Groups[1].Value.Trim() : null, result.TimedOut, result.ExitCode,
-            result.Elapsed, uptime, serial, result.StandardError);
+            result.Elapsed, uptime, serial, result.Stderr);
     }
 
     /// <summary>

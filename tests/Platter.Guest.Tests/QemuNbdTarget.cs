@@ -10,7 +10,7 @@ public sealed class QemuNbdTarget : INbdTarget
     private static readonly TimeSpan StopTimeout = TimeSpan.FromSeconds(20);
     private readonly string _imagePath;
     private readonly System.Text.StringBuilder _log = new();
-    private ServerProcess? _server;
+    private ChildProcess? _server;
 
     /// <summary>Creates a target whose image and socket live in <paramref name="workDirectory"/>.</summary>
     public QemuNbdTarget(string workDirectory, long sizeBytes)
@@ -52,7 +52,7 @@ public sealed class QemuNbdTarget : INbdTarget
             f.SetLength(SizeBytes);
         }
         File.Delete(SocketPath);
-        _server = await ServerProcess.StartAsync("qemu-nbd",
+        _server = ChildProcess.Start(ProcessRunner.RequireTool("qemu-nbd", "qemu-utils"),
         [
             "--socket=" + SocketPath,
             "--format=raw",
@@ -65,20 +65,22 @@ public sealed class QemuNbdTarget : INbdTarget
             // Pass the guest's discards (mke2fs discards the whole device) through as hole punches.
             "--discard=unmap",
             _imagePath,
-        ], [SocketPath], ReadyTimeout, cancellationToken);
+        ]);
+        await _server.WaitUntilListeningAsync([SocketPath], ReadyTimeout, cancellationToken);
     }
 
     /// <inheritdoc/>
     public async Task StopAsync(bool graceful, CancellationToken cancellationToken)
     {
-        if (_server is null) return;
+        if (_server is not { } server) return;
         try
         {
-            await _server.StopAsync(graceful, StopTimeout, cancellationToken);
+            if (!graceful) await server.KillAsync();
+            else if (await server.TerminateAsync(StopTimeout, cancellationToken) is int exitCode and not 0)
+                throw new InvalidOperationException($"qemu-nbd exited with code {exitCode} after SIGTERM:\n{server.Output}");
         }
         finally
         {
-            var server = _server;
             await server.DisposeAsync();
             lock (_log)
             {

@@ -14,7 +14,7 @@ public sealed class FioTests(ServerFixture fixture, ITestOutputHelper output) : 
         var export = await Fixture.CreateExportAsync("fio", jobs * regionBytes);
 
         // offset_increment gives each job its own region: fio's verify assumes nobody else writes its blocks.
-        var result = await Proc.RunAsync(Tools.Fio,
+        var result = await ProcessRunner.RunAsync(Tools.Fio,
         [
             "--name=randwrite-verify",
             "--ioengine=nbd",

@@ -10,8 +10,8 @@ public sealed class NbdCopyTests(ServerFixture fixture, ITestOutputHelper output
         int seed = Random.Shared.Next();
         Output.WriteLine($"seed {seed}");
         var export = await Fixture.CreateExportAsync("copy", size);
-        string source = Scratch.File("source.raw");
-        string copy = Scratch.File("copy.raw");
+        string source = Scratch.Combine("source.raw");
+        string copy = Scratch.Combine("copy.raw");
         // Data spread over the disk with holes between, so several connections each get data and holes.
         SparseImage.Create(source, size, seed,
             [(0, 3 * MiB), (10 * MiB + 4 * KiB, 12 * MiB), (40 * MiB, 4 * KiB), (64 * MiB, 30 * MiB), (127 * MiB, 1 * MiB)]);
@@ -33,8 +33,8 @@ public sealed class NbdCopyTests(ServerFixture fixture, ITestOutputHelper output
         Output.WriteLine($"seed {seed}");
         var first = await Fixture.CreateExportAsync("copy-a", size);
         var second = await Fixture.CreateExportAsync("copy-b", size);
-        string source = Scratch.File("source.raw");
-        string copy = Scratch.File("copy.raw");
+        string source = Scratch.Combine("source.raw");
+        string copy = Scratch.Combine("copy.raw");
         SparseImage.Create(source, size, seed, [(1 * MiB, 7 * MiB), (33 * MiB + 512, 9 * MiB), (60 * MiB, 4 * MiB)]);
 
         await NbdCopyAsync(source, first.Uri);
@@ -48,6 +48,6 @@ public sealed class NbdCopyTests(ServerFixture fixture, ITestOutputHelper output
     private static async Task<ProcessResult> NbdCopyAsync(string from, string to) =>
         // --threads: nbdcopy caps connections at the thread count, which defaults to the number of cores.
         // -v prints the connection count actually used.
-        (await Proc.RunAsync(Tools.NbdCopy, ["-v", "--connections=4", "--threads=4", "--flush", from, to], TimeSpan.FromSeconds(120)))
+        (await ProcessRunner.RunAsync(Tools.NbdCopy, ["-v", "--connections=4", "--threads=4", "--flush", from, to], TimeSpan.FromSeconds(120)))
             .EnsureSuccess("nbdcopy failed");
 }

@@ -65,7 +65,7 @@ public sealed class NbdInfoTests(ServerFixture fixture, ITestOutputHelper output
         Assert.Equal(64 * MiB, exports[a.Name]);
         Assert.Equal(128 * MiB, exports[b.Name]);
 
-        var text = (await Proc.RunAsync(Tools.NbdInfo, ["--list", NbdExport.NbdUri("", Server.NbdSocketPath)])).EnsureSuccess();
+        var text = (await ProcessRunner.RunAsync(Tools.NbdInfo, ["--list", NbdExport.NbdUri("", Server.NbdSocketPath)])).EnsureSuccess();
         Assert.Contains($"export=\"{a.Name}\":", text.Stdout);
         Assert.Contains($"export=\"{b.Name}\":", text.Stdout);
 

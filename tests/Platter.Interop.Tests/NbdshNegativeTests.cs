@@ -189,8 +189,8 @@ public sealed class NbdshNegativeTests(ServerFixture fixture, ITestOutputHelper 
     {
         // libnbd cannot send a command type it does not know, so this one speaks the protocol directly.
         var export = await Fixture.CreateExportAsync("unknown-cmd", 64 * MiB);
-        await using var client = await RawNbdClient.ConnectAsync(export.SocketPath, export.Name);
-        Assert.Equal(export.SizeBytes, client.ExportSize);
+        await using var client = await NbdTestClient.ConnectAsync(export.SocketPath, export.Name);
+        Assert.Equal(export.SizeBytes, client.Size);
 
         foreach (ushort type in new ushort[] { 0x00ff, 0x4242 })
         {
@@ -199,11 +199,11 @@ public sealed class NbdshNegativeTests(ServerFixture fixture, ITestOutputHelper 
         }
 
         byte[] data = Encoding.ASCII.GetBytes(new string('p', 4096));
-        var (writeError, _) = await client.RequestAsync(RawNbdClient.CmdWrite, 8192, 4096, data);
+        var (writeError, _) = await client.RequestAsync(NbdTestClient.CmdWrite, 8192, 4096, data);
         Assert.Equal(0u, writeError);
-        var (flushError, _) = await client.RequestAsync(RawNbdClient.CmdFlush, 0, 0);
+        var (flushError, _) = await client.RequestAsync(NbdTestClient.CmdFlush, 0, 0);
         Assert.Equal(0u, flushError);
-        var (readError, read) = await client.RequestAsync(RawNbdClient.CmdRead, 8192, 4096);
+        var (readError, read) = await client.RequestAsync(NbdTestClient.CmdRead, 8192, 4096);
         Assert.Equal(0u, readError);
         Assert.Equal(data, read);
         Assert.True(await client.DisconnectAndWaitForCloseAsync(), "server must close the connection after NBD_CMD_DISC");

@@ -17,26 +17,26 @@ public sealed class QemuImgTests(ServerFixture fixture, ITestOutputHelper output
     public async Task Qcow2_with_holes_converts_in_and_out_identically_and_maps_agree()
     {
         var export = await Fixture.CreateExportAsync("convert", 64 * MiB);
-        string source = Scratch.File("source.qcow2");
-        string roundTrip = Scratch.File("out.qcow2");
+        string source = Scratch.Combine("source.qcow2");
+        string roundTrip = Scratch.Combine("out.qcow2");
 
         await Clients.QemuImgAsync("create", "-q", "-f", "qcow2", source, $"{64 * MiB}");
         var writes = new List<string> { "-f", "qcow2" };
         foreach (var (offset, length, pattern) in Written) { writes.Add("-c"); writes.Add($"write -P 0x{pattern:x2} {offset} {length}"); }
         writes.Add(source);
-        (await Proc.RunAsync(Tools.QemuIo, writes)).EnsureSuccess("qemu-io on the qcow2 source failed");
+        (await ProcessRunner.RunAsync(Tools.QemuIo, writes)).EnsureSuccess("qemu-io on the qcow2 source failed");
 
         // -n: the volume exists already (qemu-img cannot create NBD targets).
         await Clients.QemuImgAsync("convert", "-n", "-f", "qcow2", "-O", "raw", source, export.Uri);
 
-        var compareIn = await Proc.RunAsync(Tools.QemuImg, ["compare", "-f", "qcow2", "-F", "raw", source, export.Uri]);
+        var compareIn = await ProcessRunner.RunAsync(Tools.QemuImg, ["compare", "-f", "qcow2", "-F", "raw", source, export.Uri]);
         Assert.True(compareIn.ExitCode == 0, $"volume differs from the source image\n{compareIn.Describe()}");
 
         Assert.Equal(ExpectedDataRanges(), await DataRangesAsync("raw", export.Uri));
 
         await Clients.QemuImgAsync("convert", "-f", "raw", "-O", "qcow2", export.Uri, roundTrip);
 
-        var compareOut = await Proc.RunAsync(Tools.QemuImg, ["compare", "-f", "qcow2", "-F", "qcow2", source, roundTrip]);
+        var compareOut = await ProcessRunner.RunAsync(Tools.QemuImg, ["compare", "-f", "qcow2", "-F", "qcow2", source, roundTrip]);
         Assert.True(compareOut.ExitCode == 0, $"image copied out of the volume differs from the source\n{compareOut.Describe()}");
         // The holes survive the round trip: Platter reported them, so qemu-img did not allocate them.
         Assert.Equal(ExpectedDataRanges(), await DataRangesAsync("qcow2", roundTrip));

@@ -17,12 +17,12 @@ public sealed class RestartTests(ServerFixture fixture, ITestOutputHelper output
         int seed = Random.Shared.Next();
         Output.WriteLine($"seed {seed}");
         var export = await Fixture.CreateExportAsync("durable", size);
-        string expected = Scratch.File("expected.raw");
-        string after = Scratch.File("after.raw");
+        string expected = Scratch.Combine("expected.raw");
+        string after = Scratch.Combine("after.raw");
         SparseImage.Create(expected, size, seed, [(0, 2 * MiB), (9 * MiB + 4 * KiB, 20 * MiB), (90 * MiB, 6 * MiB)]);
 
         // Bulk data over four connections, flushed by nbdcopy at the end.
-        (await Proc.RunAsync(Tools.NbdCopy, ["--connections=4", "--threads=4", "--flush", expected, export.Uri], TimeSpan.FromSeconds(120)))
+        (await ProcessRunner.RunAsync(Tools.NbdCopy, ["--connections=4", "--threads=4", "--flush", expected, export.Uri], TimeSpan.FromSeconds(120)))
             .EnsureSuccess("nbdcopy into the volume failed");
         // Small writes, a discard and write-zeroes on top, then an explicit flush.
         await Clients.QemuIoAsync(export.Uri,
@@ -43,7 +43,7 @@ public sealed class RestartTests(ServerFixture fixture, ITestOutputHelper output
         Assert.True(exitCode == 0, $"server exited with code {exitCode} on SIGTERM; a clean shutdown exits 0\n{Server.Log}");
         await Server.StartAsync();
 
-        (await Proc.RunAsync(Tools.NbdCopy, ["--connections=4", "--threads=4", export.Uri, after], TimeSpan.FromSeconds(120)))
+        (await ProcessRunner.RunAsync(Tools.NbdCopy, ["--connections=4", "--threads=4", export.Uri, after], TimeSpan.FromSeconds(120)))
             .EnsureSuccess("nbdcopy out of the restarted volume failed");
         Assert.True(SparseImage.Sha256(expected) == SparseImage.Sha256(after), $"data after restart differs from what was flushed (seed {seed})");
         // The discarded range is still a hole after restart, not zeros written out.
@@ -74,7 +74,7 @@ public sealed class RestartTests(ServerFixture fixture, ITestOutputHelper output
         }
         finally
         {
-            Proc.KillTree(client);
+            ProcessRunner.KillTree(client);
         }
         await Server.StartAsync();
 
@@ -139,7 +139,7 @@ public sealed class RestartTests(ServerFixture fixture, ITestOutputHelper output
         }
         finally
         {
-            Proc.KillTree(writer);
+            ProcessRunner.KillTree(writer);
         }
         Output.WriteLine($"writer: {outcome.GetProperty("writes").GetInt64()} writes submitted, ended with \"{outcome.GetProperty("error").GetString()}\"");
 
@@ -200,7 +200,7 @@ public sealed class RestartTests(ServerFixture fixture, ITestOutputHelper output
         }
         finally
         {
-            Proc.KillTree(client);
+            ProcessRunner.KillTree(client);
         }
         // The crash left the socket files behind: the server must start anyway.
         await Server.StartAsync();
@@ -215,7 +215,7 @@ public sealed class RestartTests(ServerFixture fixture, ITestOutputHelper output
         var line = await process.StandardOutput.ReadLineAsync().WaitAsync(TimeSpan.FromSeconds(60));
         if (line != expected)
         {
-            Proc.KillTree(process);
+            ProcessRunner.KillTree(process);
             throw new XunitException($"nbdsh client printed \"{line}\" instead of \"{expected}\"\n{await process.StandardError.ReadToEndAsync()}");
         }
     }

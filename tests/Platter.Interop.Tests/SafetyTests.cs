@@ -36,7 +36,7 @@ public sealed class SafetyTests(ServerFixture fixture, ITestOutputHelper output)
         process.StandardInput.Close();
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
         try { await process.WaitForExitAsync(cts.Token); }
-        catch (OperationCanceledException) { Proc.KillTree(process); }
+        catch (OperationCanceledException) { ProcessRunner.KillTree(process); }
         process.Dispose();
     }
 
@@ -131,7 +131,7 @@ public sealed class SafetyTests(ServerFixture fixture, ITestOutputHelper output)
         server.ApiSocketPath = Path.Combine(server.StoreDirectory, "api.sock");
         await server.StartAsync();
         async Task<ProcessResult> Platter(params string[] args) =>
-            await Proc.RunAsync(PlatterServer.DotnetHost, [PlatterServer.PlatterDll, .. args, "--store", server.StoreDirectory],
+            await ProcessRunner.RunAsync(PlatterServer.DotnetHost, [PlatterServer.PlatterDll, .. args, "--store", server.StoreDirectory],
                 TimeSpan.FromSeconds(60), new Dictionary<string, string?> { ["PLATTER_API_SOCKET"] = null, ["PLATTER_STORE"] = null });
 
         (await Platter("volume", "create", "v1", "--size", "8M")).EnsureSuccess();
@@ -159,7 +159,7 @@ public sealed class SafetyTests(ServerFixture fixture, ITestOutputHelper output)
         await server.StartAsync();
         // The API socket goes before "--": after it nothing is an option (that is how a name starting with '-' is given).
         Task<ProcessResult> Platter(params string[] args) =>
-            Proc.RunAsync(PlatterServer.DotnetHost, [PlatterServer.PlatterDll, args[0], args[1], "--api-socket", server.ApiSocketPath, .. args[2..]],
+            ProcessRunner.RunAsync(PlatterServer.DotnetHost, [PlatterServer.PlatterDll, args[0], args[1], "--api-socket", server.ApiSocketPath, .. args[2..]],
                 TimeSpan.FromSeconds(60), new Dictionary<string, string?> { ["PLATTER_API_SOCKET"] = null });
 
         // Served as they are: the data is reachable over NBD.
@@ -195,11 +195,11 @@ public sealed class SafetyTests(ServerFixture fixture, ITestOutputHelper output)
         try
         {
             // A third connection from the same address is refused ...
-            var third = await Proc.RunAsync(Tools.NbdInfo, ["--size", tcp]);
+            var third = await ProcessRunner.RunAsync(Tools.NbdInfo, ["--size", tcp]);
             Assert.True(third.ExitCode != 0, "a third connection from 127.0.0.1 must be refused\n" + third.Describe());
             Assert.Contains("per-client limit", server.Log);
             // ... while another client still gets in.
-            var other = await Proc.RunAsync(Tools.NbdInfo, ["--size", NbdExport.NbdUri("shared", server.NbdSocketPath)]);
+            var other = await ProcessRunner.RunAsync(Tools.NbdInfo, ["--size", NbdExport.NbdUri("shared", server.NbdSocketPath)]);
             Assert.Equal($"{8 * MiB}", other.EnsureSuccess().Stdout.Trim());
         }
         finally
@@ -217,12 +217,12 @@ public sealed class SafetyTests(ServerFixture fixture, ITestOutputHelper output)
         File.SetUnixFileMode(shared.Path, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute | UnixFileMode.GroupExecute | UnixFileMode.OtherExecute);
         var setpriv = Tools.Require("setpriv", "util-linux");
         async Task<ProcessResult> AsNobody(string group, string uri) =>
-            await Proc.RunAsync(setpriv, ["--reuid=nobody", $"--regid={group}", "--clear-groups", Tools.NbdInfo, "--size", uri]);
+            await ProcessRunner.RunAsync(setpriv, ["--reuid=nobody", $"--regid={group}", "--clear-groups", Tools.NbdInfo, "--size", uri]);
 
         await using (var open = new PlatterServer { ExtraArguments = ["--socket-group", "nogroup", "--socket-mode", "0660"] })
         {
-            open.NbdSocketPath = shared.File("g.sock");
-            open.ApiSocketPath = shared.File("g-api.sock");
+            open.NbdSocketPath = shared.Combine("g.sock");
+            open.ApiSocketPath = shared.Combine("g-api.sock");
             await open.StartAsync();
             await open.CreateVolumeAsync("vm", "4M", 4 * MiB);
             var uri = NbdExport.NbdUri("vm", open.NbdSocketPath);
@@ -235,8 +235,8 @@ public sealed class SafetyTests(ServerFixture fixture, ITestOutputHelper output)
 
         await using (var closed = new PlatterServer())
         {
-            closed.NbdSocketPath = shared.File("c.sock");
-            closed.ApiSocketPath = shared.File("c-api.sock");
+            closed.NbdSocketPath = shared.Combine("c.sock");
+            closed.ApiSocketPath = shared.Combine("c-api.sock");
             await closed.StartAsync();
             await closed.CreateVolumeAsync("vm", "4M", 4 * MiB);
             Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(closed.NbdSocketPath));

@@ -15,8 +15,8 @@ public sealed class SnapshotTests(ServerFixture fixture, ITestOutputHelper outpu
     public async Task Snapshot_export_keeps_the_data_written_before_it_while_the_volume_moves_on()
     {
         var vol = await Fixture.CreateExportAsync("snapcmp", Size);
-        string before = Scratch.File("before.raw");
-        string after = Scratch.File("after.raw");
+        string before = Scratch.Combine("before.raw");
+        string after = Scratch.Combine("after.raw");
         string[] initial =
         [
             $"write -P 0x11 0 {2 * MiB}",
@@ -186,8 +186,8 @@ public sealed class SnapshotTests(ServerFixture fixture, ITestOutputHelper outpu
         int seed = Random.Shared.Next();
         Output.WriteLine($"seed {seed}");
         var vol = await Fixture.CreateExportAsync("snapcopy", Size);
-        string source = Scratch.File("source.raw");
-        string copy = Scratch.File("copy.raw");
+        string source = Scratch.Combine("source.raw");
+        string copy = Scratch.Combine("copy.raw");
         SparseImage.Create(source, Size, seed, [(0, 3 * MiB), (10 * MiB + 4 * KiB, 12 * MiB), (40 * MiB, 4 * KiB), (63 * MiB, 1 * MiB)]);
 
         await NbdCopyAsync(source, vol.Uri);
@@ -209,7 +209,7 @@ public sealed class SnapshotTests(ServerFixture fixture, ITestOutputHelper outpu
         foreach (var command in new[] { $"write -P 0x01 0 {64 * KiB}", $"discard 0 {64 * KiB}", $"write -z 0 {64 * KiB}" })
         {
             // qemu sees NBD_FLAG_READ_ONLY and refuses to open the export for writing.
-            var r = await Proc.RunAsync(Tools.QemuIo, ["-f", "raw", "-c", command, snapshotUri]);
+            var r = await ProcessRunner.RunAsync(Tools.QemuIo, ["-f", "raw", "-c", command, snapshotUri]);
             Assert.True(r.ExitCode != 0 && r.Stderr.Contains("Permission denied", StringComparison.Ordinal),
                 $"'{command}' on the read-only snapshot export did not fail as a read-only export\n{r.Describe()}");
         }
@@ -266,10 +266,10 @@ public sealed class SnapshotTests(ServerFixture fixture, ITestOutputHelper outpu
     }
 
     private static Task<ProcessResult> CompareAsync(string rawFile, string uri) =>
-        Proc.RunAsync(Tools.QemuImg, ["compare", "-f", "raw", "-F", "raw", rawFile, uri]);
+        ProcessRunner.RunAsync(Tools.QemuImg, ["compare", "-f", "raw", "-F", "raw", rawFile, uri]);
 
     private static async Task NbdCopyAsync(string from, string to) =>
-        (await Proc.RunAsync(Tools.NbdCopy, ["--flush", from, to], TimeSpan.FromSeconds(120))).EnsureSuccess("nbdcopy failed");
+        (await ProcessRunner.RunAsync(Tools.NbdCopy, ["--flush", from, to], TimeSpan.FromSeconds(120))).EnsureSuccess("nbdcopy failed");
 
     /// <summary>Ranges the dirty bitmap of <paramref name="snapshot"/> marks (NBD_STATE_DIRTY, bit 0), coalesced.</summary>
     private async Task<List<(long Offset, long Length, bool Key)>> DirtyAsync(string uri, string snapshot)

@@ -2,13 +2,14 @@ using System.Diagnostics;
 using System.Net.Sockets;
 using System.Text;
 using Xunit.Abstractions;
-using static Platter.Nbd.Tests.NbdTestClient;
+using static Platter.Testing.NbdTestClient;
 
 namespace Platter.Nbd.Tests;
 
 /// <summary>
 /// Seeded random and mutated client byte streams against <see cref="NbdServer.ServeConnectionAsync"/>: the server
-/// must end every connection on its own (no hang), never fault, never log an unexpected error, and keep serving.
+/// must end every connection on its own (no hang), never fault, never log an unexpected error, and keep serving; and
+/// every reply it sends must be well-formed and in step with what the client sent (<see cref="ReplyChecker"/>).
 /// Replay a failure with PLATTER_FUZZ_SEED=&lt;seed&gt;.
 /// </summary>
 public class FuzzTests(ITestOutputHelper output)
@@ -18,14 +19,12 @@ public class FuzzTests(ITestOutputHelper output)
     private sealed class SocketPairFactory : IDisposable
     {
         private readonly Socket _listener;
-        private readonly string _dir;
+        private readonly TempDirectory _dir = new("pnbdf");
         private readonly string _path;
 
         public SocketPairFactory()
         {
-            _dir = Path.Combine(Path.GetTempPath(), "pnbdf-" + Guid.NewGuid().ToString("N")[..8]);
-            Directory.CreateDirectory(_dir);
-            _path = Path.Combine(_dir, "s");
+            _path = _dir.Combine("s");
             _listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
             _listener.Bind(new UnixDomainSocketEndPoint(_path));
             _listener.Listen(16);
@@ -42,7 +41,7 @@ public class FuzzTests(ITestOutputHelper output)
         public void Dispose()
         {
             _listener.Dispose();
-            try { Directory.Delete(_dir, true); } catch (IOException) { }
+            _dir.Dispose();
         }
     }
 
@@ -65,7 +64,7 @@ public class FuzzTests(ITestOutputHelper output)
 
         // A budget, not an assertion: stop early on a slow machine so the whole test stays well under ~20 s.
         var budget = Stopwatch.StartNew();
-        int iterations = 0;
+        int iterations = 0, optionReplies = 0, replies = 0;
         for (; iterations < 3000 && budget.Elapsed < TimeSpan.FromSeconds(12); iterations++)
         {
             int kind = rng.Next(4);
@@ -75,10 +74,15 @@ public class FuzzTests(ITestOutputHelper output)
                 1 => Mutate(rng, BuildSession(rng, transmission: false)),
                 _ => Mutate(rng, BuildSession(rng, transmission: true)),
             };
-            await RunOneAsync(server, pairs, input, $"seed {seed} iteration {iterations} kind {kind}");
+            var outcome = await RunOneAsync(server, pairs, input, $"seed {seed} iteration {iterations} kind {kind}");
+            optionReplies += outcome.OptionReplies;
+            replies += outcome.Replies;
         }
-        output.WriteLine($"{iterations} connections fuzzed");
+        output.WriteLine($"{iterations} connections fuzzed; {optionReplies} option replies and {replies} transmission replies checked");
         Assert.True(iterations >= 100, $"only {iterations} iterations ran (seed {seed})");
+        // The reply check proves something only if replies came: most sessions are well-formed enough to get some.
+        Assert.True(optionReplies >= iterations && replies >= iterations,
+            $"seed {seed}: only {optionReplies} option replies and {replies} transmission replies in {iterations} connections");
         Assert.True(logger.Errors.Length == 0, $"seed {seed}: unexpected errors logged: {string.Join("\n", logger.Errors.Take(5))}");
         Assert.Equal(0, server.ActiveConnections);
 
@@ -97,20 +101,15 @@ public class FuzzTests(ITestOutputHelper output)
         await serving.WaitAsync(ConnectionDeadline);
     }
 
-    private static async Task RunOneAsync(NbdServer server, SocketPairFactory pairs, byte[] input, string context)
+    private static async Task<ReplyChecker.Outcome> RunOneAsync(NbdServer server, SocketPairFactory pairs, byte[] input, string context)
     {
         var (client, serverStream) = await pairs.CreateAsync();
         using (client)
         {
             Task serving = server.ServeConnectionAsync(serverStream, CancellationToken.None);
-            // Drain replies concurrently so a chatty server never blocks on a full socket buffer.
-            Task drain = Task.Run(async () =>
-            {
-                byte[] sink = new byte[64 * 1024];
-                try { while (await client.ReceiveAsync(sink) > 0) { } }
-                catch (SocketException) { }
-                catch (ObjectDisposedException) { }
-            });
+            // Read and check the replies concurrently, so a chatty server never blocks on a full socket buffer.
+            var replies = new NetworkStream(client, ownsSocket: false);
+            Task<ReplyChecker.Outcome> check = Task.Run(() => ReplyChecker.CheckAsync(replies, input));
             try
             {
                 await client.SendAsync(input);
@@ -129,7 +128,10 @@ public class FuzzTests(ITestOutputHelper output)
                 Assert.Fail($"connection did not end ({context}), input {Convert.ToHexString(input.AsSpan(0, Math.Min(input.Length, 256)))}");
             }
             Assert.True(serving.IsCompletedSuccessfully, $"ServeConnectionAsync faulted ({context}): {serving.Exception}");
-            await drain.WaitAsync(ConnectionDeadline);
+            var outcome = await check.WaitAsync(ConnectionDeadline);
+            Assert.True(outcome.Fault is null,
+                $"a malformed or out-of-step reply ({context}): {outcome.Fault}; input {Convert.ToHexString(input.AsSpan(0, Math.Min(input.Length, 256)))}");
+            return outcome;
         }
     }
 

@@ -1,5 +1,5 @@
 using System.Text;
-using static Platter.Nbd.Tests.NbdTestClient;
+using static Platter.Testing.NbdTestClient;
 
 namespace Platter.Nbd.Tests;
 

@@ -1,6 +1,6 @@
 using System.Buffers.Binary;
 using System.Text;
-using static Platter.Nbd.Tests.NbdTestClient;
+using static Platter.Testing.NbdTestClient;
 
 namespace Platter.Nbd.Tests;
 

@@ -21,7 +21,9 @@ public sealed class RecordingLogger : ILogger<NbdServer>
 /// <summary>An NbdServer on a unix socket in a fresh temp directory.</summary>
 public sealed class TestServer : IAsyncDisposable
 {
-    public string Directory { get; }
+    private readonly TempDirectory _directory = new("pnbd");
+
+    public string Directory => _directory.Path;
     public string SocketPath { get; }
     public NbdServer Server { get; }
     public MemoryExportProvider Exports { get; }
@@ -29,9 +31,7 @@ public sealed class TestServer : IAsyncDisposable
 
     private TestServer(MemoryExportProvider exports, NbdServerOptions options)
     {
-        Directory = Path.Combine(Path.GetTempPath(), "pnbd-" + Guid.NewGuid().ToString("N")[..8]);
-        System.IO.Directory.CreateDirectory(Directory);
-        SocketPath = Path.Combine(Directory, "s");
+        SocketPath = _directory.Combine("s");
         Exports = exports;
         Server = new NbdServer(exports, options, Logger);
     }
@@ -77,6 +77,6 @@ public sealed class TestServer : IAsyncDisposable
         using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(20));
         await Server.StopAsync(cts.Token);
         Assert.Equal(0, Server.ActiveConnections);
-        try { System.IO.Directory.Delete(Directory, recursive: true); } catch (IOException) { }
+        _directory.Dispose();
     }
 }

@@ -1,7 +1,7 @@
 using System.Security.Authentication;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
-using static Platter.Nbd.Tests.NbdTestClient;
+using static Platter.Testing.NbdTestClient;
 
 namespace Platter.Nbd.Tests;
 
@@ -96,15 +96,23 @@ public class TlsTests
             Assert.Equal(RepAck, await client.InfoOrGoAsync(OptGo, "disk"));
             Assert.Equal(0u, await client.FlushAsync());
         }
-        foreach (var cert in new[] { stranger, null })
+        foreach (var (cert, what) in new[] { (stranger, "a certificate from another authority"), ((X509Certificate2?)null, "no certificate") })
         {
+            int rejectedBefore = RejectedClientCertificates(server);
             await using var client = await server.ConnectAsync();
-            // Depending on the TLS version the failure shows in the handshake or on first use.
-            await Assert.ThrowsAnyAsync<Exception>(async () =>
+            // Depending on the TLS version the refusal shows in the handshake (TLS 1.2) or on first use (TLS 1.3: the
+            // client finishes before the server has judged its certificate). Either way it is the TLS layer's error
+            // or the closed connection, never an option reply, a protocol error or a timeout.
+            var refusal = await Record.ExceptionAsync(async () =>
             {
                 await client.StartTlsAsync("localhost", cert);
                 await client.OptionAsync(OptList);
             });
+            Assert.True(refusal is AuthenticationException or IOException,
+                $"{what}: expected the server's TLS rejection, got {(refusal is null ? "an answer to NBD_OPT_LIST" : refusal.GetType().Name + ": " + refusal.Message)}");
+            // The server's side: its certificate check turned this client away (it logs why the connection ended).
+            await WaitUntilAsync(() => RejectedClientCertificates(server) == rejectedBefore + 1,
+                $"{what}: the server did not log the rejected certificate; its log:\n{string.Join('\n', server.Logger.Entries.Select(e => e.Message))}");
         }
         await using (var client = await server.ConnectAsync())
         {
@@ -112,6 +120,23 @@ public class TlsTests
             Assert.Equal(RepAck, (await client.OptionAsync(OptList)).Last().Type);
         }
         Assert.Empty(server.Logger.Errors);
+    }
+
+    // The server ends a connection whose client certificate fails its check with "connection ended: <the
+    // AuthenticationException's message>", which names the validation callback that refused the certificate.
+    private static int RejectedClientCertificates(TestServer server) =>
+        server.Logger.Entries.Count(e => e.Message.Contains("connection ended", StringComparison.Ordinal)
+                                         && e.Message.Contains("RemoteCertificateValidationCallback", StringComparison.Ordinal));
+
+    // The server logs after it has closed the connection, so the client can see the refusal first: wait a bounded time.
+    private static async Task WaitUntilAsync(Func<bool> condition, string failure)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (!condition())
+        {
+            if (DateTime.UtcNow > deadline) Assert.Fail(failure);
+            await Task.Delay(10);
+        }
     }
 
     [Fact]

@@ -1,5 +1,5 @@
 using System.Buffers.Binary;
-using static Platter.Nbd.Tests.NbdTestClient;
+using static Platter.Testing.NbdTestClient;
 
 namespace Platter.Nbd.Tests;
 

@@ -1,5 +1,3 @@
-using System.Diagnostics;
-using System.Runtime.InteropServices;
 using System.Text.Json;
 using Platter.Cli;
 using Platter.Server.Api;
@@ -184,20 +182,21 @@ public class CliAgainstServerTests
     public async Task SigtermStopsTheServerProcessCleanly()
     {
         using var dir = new TempDirectory();
-        await using var server = ServerProcess.Start(dir, drainOutput: true);
-        await server.WaitUntilServingAsync();
-        using (var client = PlatterApiClient.ForUnixSocket(server.ApiSocket))
+        await using var server = new PlatterServer(dir.Path) { ServeNbd = false, Verbose = true };
+        await server.StartAsync();
+        using (var client = PlatterApiClient.ForUnixSocket(server.ApiSocketPath))
         {
-            await server.Expect(() => client.CreateVolumeAsync("vm1", 1L << 20));
+            await ExpectAsync(server, () => client.CreateVolumeAsync("vm1", 1L << 20));
         }
 
-        var (exitCode, log) = await server.TerminateAsync();
+        int exitCode = await server.StopAsync();
+        string log = server.Log;
         Assert.True(exitCode == 0, $"exit {exitCode}\n{log}");
         Assert.Contains("SIGTERM: shutting down", log);
         Assert.Contains("stopped", log);
-        Assert.False(File.Exists(server.ApiSocket));
+        Assert.False(File.Exists(server.ApiSocketPath));
 
-        var check = await CliRunner.RunAsync(null, "check", "--store", dir.Combine("store"));
+        var check = await CliRunner.RunAsync(null, "check", "--store", server.StoreDirectory);
         Assert.True(check.ExitCode == 0, check.ToString());
         Assert.Contains("volumes:        1", check.Out);
     }
@@ -211,143 +210,44 @@ public class CliAgainstServerTests
         // four times what fits before the old logger blocked.
         const int requests = 3000;
         using var dir = new TempDirectory();
-        await using var server = ServerProcess.Start(dir, drainOutput: false);
-        await server.WaitUntilServingAsync();
-        using (var client = PlatterApiClient.ForUnixSocket(server.ApiSocket, timeout: TimeSpan.FromSeconds(30)))
+        await using var server = new PlatterServer(dir.Path) { ServeNbd = false, Verbose = true, ReadOutput = false };
+        await server.StartAsync();
+        using (var client = PlatterApiClient.ForUnixSocket(server.ApiSocketPath, timeout: TimeSpan.FromSeconds(30)))
         {
             for (int i = 0; i < requests; i++)
             {
                 int request = i;
-                await server.Expect(() => client.GetHealthAsync(), $"request {request} of {requests}");
+                await ExpectAsync(server, () => client.GetHealthAsync(), $"request {request} of {requests}");
             }
-            await server.Expect(() => client.CreateVolumeAsync("vm1", 1L << 20));
+            await ExpectAsync(server, () => client.CreateVolumeAsync("vm1", 1L << 20));
         }
 
         // Still nobody reads: shutdown must not wait for the log either.
-        var (exitCode, log) = await server.TerminateAsync();
+        int exitCode = await server.StopAsync();
+        string log = server.Log;
         Assert.True(exitCode == 0, $"exit {exitCode}\n{log[^Math.Min(log.Length, 4000)..]}");
-        var check = await CliRunner.RunAsync(null, "check", "--store", dir.Combine("store"));
+        var check = await CliRunner.RunAsync(null, "check", "--store", server.StoreDirectory);
         Assert.True(check.ExitCode == 0, check.ToString());
         Assert.Contains("volumes:        1", check.Out);
     }
 
     /// <summary>
-    /// `platter serve --verbose` as a child process with stdout and stderr redirected. With drainOutput the test
-    /// reads them as they come; without, it reads nothing until the process has exited, like a log consumer that
-    /// has stalled. Diagnostics are gathered only when something already failed: gathering them kills the server.
+    /// Runs an API call against a server child process; on failure, fails the test with the server's output. The
+    /// server is killed first: only an exited server's output can be read when nobody drained it.
     /// </summary>
-    private sealed class ServerProcess : IAsyncDisposable
+    private static async Task ExpectAsync(PlatterServer server, Func<Task> call, string? what = null)
     {
-        private static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(60);
-        private static readonly TimeSpan StopTimeout = TimeSpan.FromSeconds(60);
-
-        private readonly Process _process;
-        private readonly bool _drain;
-        private Task<string>? _stdout;
-        private Task<string>? _stderr;
-
-        private ServerProcess(Process process, string apiSocket, bool drain)
+        Exception failure;
+        try
         {
-            _process = process;
-            ApiSocket = apiSocket;
-            _drain = drain;
-            if (drain) StartReading();
+            await call();
+            return;
         }
-
-        public string ApiSocket { get; }
-
-        public static ServerProcess Start(TempDirectory dir, bool drainOutput)
+        catch (Exception e) when (e is ServerUnreachableException or PlatterApiException or TaskCanceledException)
         {
-            var start = new ProcessStartInfo("dotnet")
-            {
-                RedirectStandardOutput = true,
-                RedirectStandardError = true,
-            };
-            foreach (var arg in new[] { Path.Combine(AppContext.BaseDirectory, "platter.dll"), "serve", "--verbose",
-                         "--store", dir.Combine("store"), "--listen", "none", "--socket", "none" })
-                start.ArgumentList.Add(arg);
-            return new ServerProcess(Process.Start(start)!, dir.Combine("store/api.sock"), drainOutput);
+            failure = e;
         }
-
-        private void StartReading()
-        {
-            _stdout ??= _process.StandardOutput.ReadToEndAsync();
-            _stderr ??= _process.StandardError.ReadToEndAsync();
-        }
-
-        /// <summary>Waits until the API answers; the socket file appears at bind(), before listen().</summary>
-        public async Task WaitUntilServingAsync()
-        {
-            var deadline = Stopwatch.StartNew();
-            while (!_process.HasExited && deadline.Elapsed < StartTimeout)
-            {
-                try
-                {
-                    // A fresh client per probe, as each CLI invocation has, so no refused connection lingers in a pool.
-                    using var probe = PlatterApiClient.ForUnixSocket(ApiSocket);
-                    await probe.GetHealthAsync();
-                    return;
-                }
-                catch (ServerUnreachableException)
-                {
-                    await Task.Delay(50);
-                }
-            }
-            Assert.Fail($"server did not start: {await KillAndDescribeAsync()}");
-        }
-
-        /// <summary>Runs an API call; on failure, fails the test with the server's exit status and output.</summary>
-        public async Task Expect(Func<Task> call, string? what = null)
-        {
-            Exception failure;
-            try
-            {
-                await call();
-                return;
-            }
-            catch (Exception e) when (e is ServerUnreachableException or PlatterApiException or TaskCanceledException)
-            {
-                failure = e;
-            }
-            Assert.Fail($"{what}: {failure.GetType().Name}: {failure.Message}\n{await KillAndDescribeAsync()}");
-        }
-
-        /// <summary>Sends SIGTERM and waits for the exit without reading the output first; returns the exit code and the output.</summary>
-        public async Task<(int ExitCode, string Output)> TerminateAsync()
-        {
-            Assert.Equal(0, Kill(_process.Id, 15 /* SIGTERM */));
-            using var timeout = new CancellationTokenSource(StopTimeout);
-            try
-            {
-                await _process.WaitForExitAsync(timeout.Token);
-            }
-            catch (OperationCanceledException)
-            {
-                Assert.Fail($"server did not stop within {StopTimeout.TotalSeconds} s of SIGTERM{(_drain ? "" : " while its output was not read")}: {await KillAndDescribeAsync()}");
-            }
-            StartReading();
-            return (_process.ExitCode, await _stdout! + await _stderr!);
-        }
-
-        private async Task<string> KillAndDescribeAsync()
-        {
-            if (!_process.HasExited) _process.Kill();
-            StartReading();
-            await _process.WaitForExitAsync();
-            return $"exit {_process.ExitCode}\n{await _stdout!}\n{await _stderr!}";
-        }
-
-        public async ValueTask DisposeAsync()
-        {
-            if (!_process.HasExited)
-            {
-                _process.Kill();
-                await _process.WaitForExitAsync();
-            }
-            _process.Dispose();
-        }
+        if (server.IsRunning) await server.KillAsync();
+        Assert.Fail($"{what}: {failure.GetType().Name}: {failure.Message}\n{server.Log}");
     }
-
-    [DllImport("libc", EntryPoint = "kill", SetLastError = true)]
-    private static extern int Kill(int pid, int signal);
 }

@@ -24,7 +24,7 @@ public class DocumentationTests
     [Fact]
     public void ReadmeMentionsEveryServeFlag()
     {
-        var readme = File.ReadAllText(Path.Combine(RepositoryRoot(), "README.md"));
+        var readme = File.ReadAllText(Repository.PathOf("README.md"));
         var missing = ServeCommand.Build(new CliContext()).Options
             .Where(o => o.Name.StartsWith("--", StringComparison.Ordinal) && o.Name != "--help")
             // The whole flag: "--tls" must not count as mentioned because "--tls-cert" is.
@@ -32,14 +32,5 @@ public class DocumentationTests
             .Select(o => o.Name)
             .ToArray();
         Assert.True(missing.Length == 0, "README.md does not mention: " + string.Join(", ", missing));
-    }
-
-    private static string RepositoryRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "README.md")) && File.Exists(Path.Combine(dir.FullName, "Platter.slnx"))) return dir.FullName;
-        }
-        throw new InvalidOperationException("README.md not found above " + AppContext.BaseDirectory);
     }
 }

@@ -139,7 +139,7 @@ public class ManagementApiTests
     [Fact]
     public async Task TcpListenerRequiresTheBearerToken()
     {
-        int port = FreeTcpPort();
+        int port = Repository.FreeLoopbackPort();
         await using var server = await RunningHost.StartAsync(dir => new PlatterHostOptions
         {
             StoreDirectory = dir.Combine("store"),
@@ -276,12 +276,5 @@ public class ManagementApiTests
             },
         };
         return new HttpClient(handler) { BaseAddress = new Uri("http://platter/") };
-    }
-
-    internal static int FreeTcpPort()
-    {
-        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-        return ((IPEndPoint)listener.LocalEndPoint!).Port;
     }
 }

@@ -51,23 +51,23 @@ public class ReadOnlyServeTests
             Assert.True(finished == serving.Task, $"serve ended early: {error}");
             Assert.True((await serving.Task).Options.ReadOnly);
 
-            await using (var nbd = await WireNbdClient.ConnectAsync(nbdSocket, "vm1"))
+            await using (var nbd = await NbdTestClient.ConnectWithExportNameAsync(nbdSocket, "vm1"))
             {
                 Assert.Equal(1L << 20, nbd.Size);
-                Assert.True((nbd.TransmissionFlags & WireNbdClient.FlagReadOnly) != 0,
+                Assert.True((nbd.TransmissionFlags & NbdTestClient.TxReadOnly) != 0,
                     $"NBD_FLAG_READ_ONLY missing from transmission flags 0x{nbd.TransmissionFlags:x4}");
 
-                var (writeError, _) = await nbd.RequestAsync(WireNbdClient.CmdWrite, 8192, 4096, new byte[4096]);
+                var (writeError, _) = await nbd.RequestAsync(NbdTestClient.CmdWrite, 8192, 4096, new byte[4096]);
                 Assert.Equal(EPERM, writeError);
-                var (trimError, _) = await nbd.RequestAsync(WireNbdClient.CmdTrim, 8192, 4096);
+                var (trimError, _) = await nbd.RequestAsync(NbdTestClient.CmdTrim, 8192, 4096);
                 Assert.Equal(EPERM, trimError);
-                var (zeroError, _) = await nbd.RequestAsync(WireNbdClient.CmdWriteZeroes, 8192, 4096);
+                var (zeroError, _) = await nbd.RequestAsync(NbdTestClient.CmdWriteZeroes, 8192, 4096);
                 Assert.Equal(EPERM, zeroError);
                 // A flush has nothing to make durable, so it succeeds: clients flush before they disconnect.
-                var (flushError, _) = await nbd.RequestAsync(WireNbdClient.CmdFlush, 0, 0);
+                var (flushError, _) = await nbd.RequestAsync(NbdTestClient.CmdFlush, 0, 0);
                 Assert.Equal(0u, flushError);
 
-                var (readError, data) = await nbd.RequestAsync(WireNbdClient.CmdRead, 8192, 4096);
+                var (readError, data) = await nbd.RequestAsync(NbdTestClient.CmdRead, 8192, 4096);
                 Assert.Equal(0u, readError);
                 Assert.Equal(block, data);
             }
@@ -81,9 +81,9 @@ public class ReadOnlyServeTests
             var attach = await CliRunner.RunAsync(env, "attach", "vm2", "--qemu");
             Assert.True(attach.ExitCode == 0, attach.ToString());
             Assert.Contains(",read-only=on", attach.Out);
-            await using (var nbd = await WireNbdClient.ConnectAsync(nbdSocket, "vm2"))
+            await using (var nbd = await NbdTestClient.ConnectWithExportNameAsync(nbdSocket, "vm2"))
             {
-                Assert.True((nbd.TransmissionFlags & WireNbdClient.FlagReadOnly) != 0, "a volume created while serving read-only must be read-only too");
+                Assert.True((nbd.TransmissionFlags & NbdTestClient.TxReadOnly) != 0, "a volume created while serving read-only must be read-only too");
             }
         }
         finally
@@ -116,9 +116,9 @@ public class ReadOnlyServeTests
             NbdSocketPath = dir.Combine("nbd.sock"),
         });
         server.Host.Store.CreateVolume("vm1", 1 << 20);
-        await using var nbd = await WireNbdClient.ConnectAsync(server.Directory.Combine("nbd.sock"), "vm1");
-        Assert.Equal(0, nbd.TransmissionFlags & WireNbdClient.FlagReadOnly);
-        var (writeError, _) = await nbd.RequestAsync(WireNbdClient.CmdWrite, 0, 4096, new byte[4096]);
+        await using var nbd = await NbdTestClient.ConnectWithExportNameAsync(server.Directory.Combine("nbd.sock"), "vm1");
+        Assert.Equal(0, nbd.TransmissionFlags & NbdTestClient.TxReadOnly);
+        var (writeError, _) = await nbd.RequestAsync(NbdTestClient.CmdWrite, 0, 4096, new byte[4096]);
         Assert.Equal(0u, writeError);
         using var client = server.Client();
         Assert.False((await client.GetHealthAsync()).NbdReadOnly);

@@ -232,7 +232,7 @@ public class SnapshotCliTests
     [Fact]
     public void ReadmeShowsEverySnapshotCommand()
     {
-        var readme = File.ReadAllText(Path.Combine(RepositoryRoot(), "README.md"));
+        var readme = File.ReadAllText(Repository.PathOf("README.md"));
         foreach (var usage in new[]
                  {
                      "platter snapshot create", "platter snapshot list", "platter snapshot delete", "platter clone", "platter rollback",
@@ -241,14 +241,5 @@ public class SnapshotCliTests
         {
             Assert.Contains(usage, readme);
         }
-    }
-
-    private static string RepositoryRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "README.md")) && File.Exists(Path.Combine(dir.FullName, "Platter.slnx"))) return dir.FullName;
-        }
-        throw new InvalidOperationException("README.md not found above " + AppContext.BaseDirectory);
     }
 }

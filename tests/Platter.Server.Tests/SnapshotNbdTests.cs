@@ -1,9 +1,8 @@
 using System.Buffers.Binary;
 using System.Text;
-using Platter.Nbd.Tests;
 using Platter.Server.Api;
 using Xunit;
-using C = Platter.Nbd.Tests.NbdTestClient;
+using C = Platter.Testing.NbdTestClient;
 
 namespace Platter.Server.Tests;
 
@@ -67,9 +66,9 @@ public class SnapshotNbdTests
         Assert.Equal(Pattern(2), SnapshotApiTests.Read(server, "vm1", 8192, Block));
 
         // A client that only knows NBD_OPT_EXPORT_NAME gets the same read-only export.
-        await using var old = await WireNbdClient.ConnectAsync(NbdSocket(server), "vm1@s1");
-        Assert.True((old.TransmissionFlags & WireNbdClient.FlagReadOnly) != 0);
-        Assert.Equal(EPERM, (await old.RequestAsync(WireNbdClient.CmdWrite, 0, Block, new byte[Block])).Error);
+        await using var old = await NbdTestClient.ConnectWithExportNameAsync(NbdSocket(server), "vm1@s1");
+        Assert.True((old.TransmissionFlags & NbdTestClient.TxReadOnly) != 0);
+        Assert.Equal(EPERM, (await old.RequestAsync(NbdTestClient.CmdWrite, 0, Block, new byte[Block])).Error);
     }
 
     [Fact]

@@ -7,7 +7,7 @@ namespace Platter.Storage.Tests;
 public sealed class CatalogTests : IDisposable
 {
     private const long MiB = 1 << 20;
-    private readonly TempDir _dir = new();
+    private readonly TempDirectory _dir = new();
 
     public void Dispose() => _dir.Dispose();
 

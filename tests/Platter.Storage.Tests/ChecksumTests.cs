@@ -7,7 +7,7 @@ namespace Platter.Storage.Tests;
 public sealed class ChecksumTests : IDisposable
 {
     private const int B = Blocks.Size;
-    private readonly TempDir _dir = new();
+    private readonly TempDirectory _dir = new();
     private readonly FaultyStore _faults = new();
 
     public void Dispose() => _dir.Dispose();

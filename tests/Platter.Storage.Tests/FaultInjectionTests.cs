@@ -12,7 +12,7 @@ public sealed class FaultInjectionTests(ITestOutputHelper output) : IDisposable
 {
     private const int B = Blocks.Size;
     private const long MiB = 1 << 20;
-    private readonly TempDir _dir = new();
+    private readonly TempDirectory _dir = new();
     private readonly FaultyStore _faults = new();
 
     public void Dispose() => _dir.Dispose();

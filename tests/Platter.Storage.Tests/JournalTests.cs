@@ -12,15 +12,15 @@ namespace Platter.Storage.Tests;
 public sealed class JournalTests(ITestOutputHelper output) : IDisposable
 {
     private const int B = Blocks.Size;
-    private readonly TempDir _dir = new();
+    private readonly TempDirectory _dir = new();
 
-    [Theory]
+    [SkippableTheory]
     [InlineData(0)]
     [InlineData(1)]
     [InlineData(2)]
     public void Crashes_after_many_half_switches_keep_every_flushed_write(int slot)
     {
-        if (Seeds.ForSlot(slot, output, nameof(Crashes_after_many_half_switches_keep_every_flushed_write)) is not int seed) return;
+        int seed = Seeds.ForSlot(slot, output, nameof(Crashes_after_many_half_switches_keep_every_flushed_write));
         var rng = new Random(seed);
         var faults = new FaultyStore();
         const long blocks = 512; // 2 MiB volume

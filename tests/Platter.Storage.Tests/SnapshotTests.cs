@@ -9,7 +9,7 @@ public sealed class SnapshotTests
     private const int B = Blocks.Size;
     private const long MiB = 1 << 20;
 
-    private static VolumeStore Open(TempDir dir) => VolumeStore.Open(dir.Path, new StoreOptions { JournalRegionBytes = 4 << 20 });
+    private static VolumeStore Open(TempDirectory dir) => VolumeStore.Open(dir.Path, new StoreOptions { JournalRegionBytes = 4 << 20 });
 
     private static byte[] Pattern(byte value, int length)
     {
@@ -28,7 +28,7 @@ public sealed class SnapshotTests
     [Fact]
     public void Snapshot_keeps_old_content_while_volume_changes_and_survives_reopen()
     {
-        using var dir = new TempDir("platter-snap");
+        using var dir = new TempDirectory("platter-snap");
         using (var store = Open(dir))
         {
             store.CreateVolume("vm", 8 * MiB);
@@ -63,7 +63,7 @@ public sealed class SnapshotTests
     [Fact]
     public void Deleting_everything_returns_used_space_to_zero()
     {
-        using var dir = new TempDir("platter-snap");
+        using var dir = new TempDirectory("platter-snap");
         using var store = Open(dir);
         store.CreateVolume("base", 4 * MiB);
         using (var v = store.OpenVolume("base")) v.Write(0, Pattern(7, (int)(2 * MiB)));
@@ -93,7 +93,7 @@ public sealed class SnapshotTests
     [Fact]
     public void Rollback_restores_content_and_size_and_drops_newer_snapshots_only_when_asked()
     {
-        using var dir = new TempDir("platter-snap");
+        using var dir = new TempDirectory("platter-snap");
         using var store = Open(dir);
         store.CreateVolume("vm", 4 * MiB);
         using var vol = store.OpenVolume("vm");
@@ -118,7 +118,7 @@ public sealed class SnapshotTests
     [Fact]
     public void Changed_extents_page_through_many_changes_with_a_small_buffer_and_agree_with_diff()
     {
-        using var dir = new TempDir("platter-snap");
+        using var dir = new TempDirectory("platter-snap");
         using var store = Open(dir);
         store.CreateVolume("vm", 16 * MiB);
         using var vol = store.OpenVolume("vm");
@@ -159,7 +159,7 @@ public sealed class SnapshotTests
     [Fact]
     public void Map_queries_over_long_uniform_runs_answer_in_bounded_pieces_that_cover_everything()
     {
-        using var dir = new TempDir("platter-snap");
+        using var dir = new TempDirectory("platter-snap");
         using var store = Open(dir);
         const long size = 320 * MiB; // longer than one query's run limit (256 MiB)
         store.CreateVolume("base", size);

@@ -11,7 +11,7 @@ namespace Platter.Server.Api;
 /// <see cref="PlatterApiException"/> (the server answered with an error) or <see cref="ServerUnreachableException"/>
 /// (nothing answered).
 /// </summary>
-public sealed class PlatterApiClient : IDisposable
+public sealed partial class PlatterApiClient : IDisposable
 {
     private readonly HttpClient _http;
 
@@ -209,24 +209,26 @@ public sealed class PlatterApiClient : IDisposable
         }
         using (response)
         {
-            if (!response.IsSuccessStatusCode)
-            {
-                ErrorDto? error = null;
-                try
-                {
-                    error = await response.Content.ReadFromJsonAsync(Json.ErrorDto, cancellationToken).ConfigureAwait(false);
-                }
-                catch (JsonException)
-                {
-                }
-                throw new PlatterApiException((int)response.StatusCode,
-                    error?.Error ?? "http_" + (int)response.StatusCode,
-                    error?.Message ?? $"the server answered {(int)response.StatusCode} {response.ReasonPhrase}");
-            }
+            if (!response.IsSuccessStatusCode) await ThrowErrorAsync(response, cancellationToken).ConfigureAwait(false);
             if (type is null) return default!;
             return await response.Content.ReadFromJsonAsync(type, cancellationToken).ConfigureAwait(false)
                 ?? throw new PlatterApiException((int)response.StatusCode, "bad_response", "the server sent an empty answer");
         }
+    }
+
+    private static async Task ThrowErrorAsync(HttpResponseMessage response, CancellationToken cancellationToken)
+    {
+        ErrorDto? error = null;
+        try
+        {
+            error = await response.Content.ReadFromJsonAsync(Json.ErrorDto, cancellationToken).ConfigureAwait(false);
+        }
+        catch (JsonException)
+        {
+        }
+        throw new PlatterApiException((int)response.StatusCode,
+            error?.Error ?? "http_" + (int)response.StatusCode,
+            error?.Message ?? $"the server answered {(int)response.StatusCode} {response.ReasonPhrase}");
     }
 
     /// <inheritdoc />

@@ -3,7 +3,7 @@ namespace Platter.Storage.Internal;
 /// <summary>
 /// Free space of the data device as an ordered map of extents (by start) with a second index by
 /// (length, start) for best-fit. Units are blocks. Thread-safe (one lock; callers take space in regions of
-/// <see cref="Layout.RegionBlocks"/>, so the lock is taken about once per 4 MiB written).
+/// <see cref="EngineLimits.RegionBlocks"/>, so the lock is taken about once per 4 MiB written).
 /// Space becomes free here only when no durable metadata and no in-flight read references it: the store
 /// quarantines freed blocks until their journal record is durable and older readers have finished.
 /// </summary>
@@ -20,12 +20,6 @@ internal sealed class Allocator
     public long FreeBlocks
     {
         get { lock (_lock) return _freeBlocks; }
-    }
-
-    /// <summary>Number of free extents (a fragmentation measure).</summary>
-    public int FreeExtentCount
-    {
-        get { lock (_lock) return _byStart.Count; }
     }
 
     /// <summary>Adds the device space past the old total, up to <paramref name="newTotalBlocks"/>, after the device grew.</summary>
@@ -85,6 +79,8 @@ internal sealed class Allocator
                 if (best.Length < wantBlocks) best = _byLength.Max;
                 chosen = (best.Start, best.Length);
             }
+            Invariant.Check(chosen.Start >= 0 && chosen.Start + chosen.Length <= TotalBlocks,
+                $"free extent [{chosen.Start}, {chosen.Start + chosen.Length}) outside the device ({TotalBlocks} blocks)");
             RemoveLocked(chosen.Start, chosen.Length);
             start = chosen.Start;
             length = Math.Min(wantBlocks, chosen.Length);
@@ -134,12 +130,12 @@ internal sealed class Allocator
     private void FreeLocked(long start, long length)
     {
         if (start < 0 || start + length > TotalBlocks)
-            throw new InvalidOperationException($"free of blocks [{start}, {start + length}) outside the device ({TotalBlocks} blocks)");
+            Invariant.Fail($"free of blocks [{start}, {start + length}) outside the device ({TotalBlocks} blocks)");
         var prev = Floor(start);
         if (prev.Length > 0)
         {
             if (prev.Start + prev.Length > start)
-                throw new InvalidOperationException($"double free: blocks [{start}, {start + length}) overlap free extent [{prev.Start}, {prev.Start + prev.Length})");
+                Invariant.Fail($"double free: blocks [{start}, {start + length}) overlap free extent [{prev.Start}, {prev.Start + prev.Length})");
             if (prev.Start + prev.Length == start)
             {
                 RemoveLocked(prev.Start, prev.Length);
@@ -151,7 +147,7 @@ internal sealed class Allocator
         if (next.Length > 0)
         {
             if (next.Start < start + length)
-                throw new InvalidOperationException($"double free: blocks [{start}, {start + length}) overlap free extent [{next.Start}, {next.Start + next.Length})");
+                Invariant.Fail($"double free: blocks [{start}, {start + length}) overlap free extent [{next.Start}, {next.Start + next.Length})");
             if (next.Start == start + length)
             {
                 RemoveLocked(next.Start, next.Length);

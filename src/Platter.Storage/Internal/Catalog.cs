@@ -22,8 +22,8 @@ internal sealed class Catalog
         foreach (var v in view.Volumes().OrderBy(v => v.Id))
         {
             SnapshotState? origin = null;
-            if (v.OriginSnapshotId != 0 && !catalog.Snapshots.TryGetValue(v.OriginSnapshotId, out origin))
-                throw new StorageException(StorageError.BadStore, $"volume '{v.Name}' is a clone of snapshot {v.OriginSnapshotId}, which the catalog does not hold; run `platter check`");
+            if (v.OriginId != 0 && !catalog.Snapshots.TryGetValue(v.OriginId, out origin))
+                throw new StorageException(StorageError.BadStore, $"volume '{v.Name}' is a clone of snapshot {v.OriginId}, which the catalog does not hold; run `platter check`");
             var state = new VolumeState(v.Id, v.Name, v.SizeBytes, v.Created, v.LayerId, origin);
             var working = origin?.Map.CloneMutable() ?? new MapTree();
             foreach (var s in snapshotsByVolume.GetValueOrDefault(v.Id) ?? [])
@@ -86,7 +86,7 @@ internal sealed class Catalog
         {
             case OpKind.DeleteVolume:
                 foreach (var s in volume.Snapshots) Snapshots.Remove(s.Id);
-                volume.OriginSnapshot?.Clones.Remove(volume);
+                volume.Origin?.Clones.Remove(volume);
                 Volumes.Remove(volume.Id);
                 _byLayer.Remove(volume.LayerId);
                 break;

@@ -41,9 +41,6 @@ internal sealed class Journal : IDisposable
         _halfBytes = device.Length / 2;
     }
 
-    /// <summary>Bytes of each half: the largest a run of records between two switches can be.</summary>
-    public long HalfBytes => _halfBytes;
-
     /// <summary>
     /// Writes real zeros over the whole region once, when the store is created: appends into never-written
     /// (unwritten-extent) space would make every commit's sync also commit file-system metadata.

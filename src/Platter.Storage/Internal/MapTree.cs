@@ -24,7 +24,7 @@ internal delegate bool MapDiffUntilVisitor(long block, BlockEntry older, BlockEn
 
 /// <summary>
 /// One version of a block map: a persistent radix tree (256-way interior nodes over leaves of
-/// <see cref="Layout.ChunkBlocks"/> entries). Versions share every node they have not changed, so a snapshot is a
+/// 256 entries). Versions share every node they have not changed, so a snapshot is a
 /// new reference to the same root (O(1) whatever the size), a clone of a snapshot starts from that root (reads walk
 /// the same depth however deep the clone chain) and two versions can be compared by skipping shared subtrees (time
 /// proportional to what differs). A node may be changed in place only by the tree whose owner token it carries; any

@@ -5,7 +5,7 @@ using Platter.Lmdb;
 namespace Platter.Storage.Internal;
 
 /// <summary>A volume as the catalog stores it: its writes go to <see cref="LayerId"/>; a clone names its origin snapshot.</summary>
-internal sealed record CatalogVolume(long Id, string Name, long SizeBytes, DateTimeOffset Created, long LayerId, long OriginSnapshotId);
+internal sealed record CatalogVolume(long Id, string Name, long SizeBytes, DateTimeOffset Created, long LayerId, long OriginId);
 
 /// <summary>A snapshot as the catalog stores it. A volume's snapshots in id order form its chain (oldest first).</summary>
 internal sealed record CatalogSnapshot(long Id, long VolumeId, string Name, long SizeBytes, DateTimeOffset Created, long LayerId);
@@ -21,7 +21,7 @@ internal sealed record CatalogSnapshot(long Id, long VolumeId, string Name, long
 ///   extents:   layer (u64 BE) ++ first block (u64 BE) -> {pba i64, count u32, birth u64, crc32c u32 x count}
 ///              a tombstone (the range reads as zeros although the parent maps it) has pba -1 and no CRCs.
 /// Keys are big-endian so LMDB's byte order is numeric order: one layer's records are one contiguous, sorted range.
-/// Records never overlap within a layer; extents hold at most <see cref="Layout.ExtentBlocksMax"/> blocks, and
+/// Records never overlap within a layer; extents hold at most <see cref="EngineLimits.ExtentBlocksMax"/> blocks, and
 /// adjacent ones that continue each other physically (same birth) are merged as they are written.
 /// Ids of volumes, snapshots and layers come from one counter and are never reused.
 /// </summary>
@@ -48,7 +48,7 @@ internal sealed class MetadataStore : IDisposable
     /// <summary>Opens the metadata; a new store records <paramref name="journalRegionBytes"/>, an existing one reports its own.</summary>
     public MetadataStore(string directory, bool create, long journalRegionBytes)
     {
-        _env = LmdbEnvironment.Open(directory, Layout.MetadataMapBytes, maxDatabases: 8);
+        _env = LmdbEnvironment.Open(directory, EngineLimits.MetadataMapBytes, maxDatabases: 8);
         using var txn = _env.BeginTransaction(readOnly: false);
         _meta = txn.OpenDatabase("meta", create: true);
         _volumes = txn.OpenDatabase("volumes", create: true);
@@ -231,11 +231,11 @@ internal sealed class MetadataStore : IDisposable
         var v = GetVolume(txn, volumeId);
         var chain = ReadSnapshots(txn).Where(x => x.VolumeId == volumeId).OrderBy(x => x.Id).ToList();
         int index = chain.FindIndex(x => x.Id == snapshotId);
-        bool hasParent = index > 0 || v.OriginSnapshotId != 0;
+        bool hasParent = index > 0 || v.OriginId != 0;
         long childLayer = index + 1 < chain.Count ? chain[index + 1].LayerId : v.LayerId;
 
         Span<byte> key = stackalloc byte[KeyBytes];
-        var crcs = new byte[Layout.ExtentBlocksMax * 4];
+        var crcs = new byte[EngineLimits.ExtentBlocksMax * 4];
         while (true)
         {
             WriteKey(key, childLayer, 0);
@@ -313,9 +313,9 @@ internal sealed class MetadataStore : IDisposable
         if (SeekRecordBefore(cursor, layerId, block))
         {
             var prev = DecodeExtent(cursor.Key, cursor.Value);
-            if (prev.Pba != TombstonePba && prev.Block + prev.Count == block && prev.Pba + prev.Count == pba && prev.Birth == birth && prev.Count < Layout.ExtentBlocksMax)
+            if (prev.Pba != TombstonePba && prev.Block + prev.Count == block && prev.Pba + prev.Count == pba && prev.Birth == birth && prev.Count < EngineLimits.ExtentBlocksMax)
             {
-                int take = (int)Math.Min(Layout.ExtentBlocksMax - prev.Count, count);
+                int take = (int)Math.Min(EngineLimits.ExtentBlocksMax - prev.Count, count);
                 var merged = new byte[(prev.Count + take) * 4];
                 prev.Crcs.CopyTo(merged);
                 crcs[..(take * 4)].CopyTo(merged.AsSpan(prev.Count * 4));
@@ -328,7 +328,7 @@ internal sealed class MetadataStore : IDisposable
         }
         while (count > 0)
         {
-            int n = (int)Math.Min(Layout.ExtentBlocksMax, count);
+            int n = (int)Math.Min(EngineLimits.ExtentBlocksMax, count);
             PutRecord(txn, layerId, block, pba, n, birth, crcs[..(n * 4)]);
             block += n;
             pba += n;
@@ -374,7 +374,7 @@ internal sealed class MetadataStore : IDisposable
     {
         Span<byte> key = stackalloc byte[KeyBytes];
         WriteKey(key, layerId, block);
-        Span<byte> value = stackalloc byte[ExtentHeaderBytes + Layout.ExtentBlocksMax * 4];
+        Span<byte> value = stackalloc byte[ExtentHeaderBytes + EngineLimits.ExtentBlocksMax * 4];
         BinaryPrimitives.WriteInt64LittleEndian(value, pba);
         BinaryPrimitives.WriteInt32LittleEndian(value[8..], count);
         BinaryPrimitives.WriteInt64LittleEndian(value[12..], birth);
@@ -400,7 +400,7 @@ internal sealed class MetadataStore : IDisposable
         int count = BinaryPrimitives.ReadInt32LittleEndian(value[8..]);
         bool ok = pba == TombstonePba
             ? count > 0 && value.Length == ExtentHeaderBytes
-            : pba >= 0 && count > 0 && count <= Layout.ExtentBlocksMax && value.Length == ExtentHeaderBytes + 4 * count;
+            : pba >= 0 && count > 0 && count <= EngineLimits.ExtentBlocksMax && value.Length == ExtentHeaderBytes + 4 * count;
         if (!ok) throw new StorageException(StorageError.BadStore, "corrupt extent record in the metadata store");
         return new ExtentRecord(
             BinaryPrimitives.ReadInt64BigEndian(key), BinaryPrimitives.ReadInt64BigEndian(key[8..]),
@@ -459,7 +459,7 @@ internal sealed class MetadataStore : IDisposable
         BinaryPrimitives.WriteInt64LittleEndian(value, v.SizeBytes);
         BinaryPrimitives.WriteInt64LittleEndian(value.AsSpan(8), v.Created.UtcTicks);
         BinaryPrimitives.WriteInt64LittleEndian(value.AsSpan(16), v.LayerId);
-        BinaryPrimitives.WriteInt64LittleEndian(value.AsSpan(24), v.OriginSnapshotId);
+        BinaryPrimitives.WriteInt64LittleEndian(value.AsSpan(24), v.OriginId);
         BinaryPrimitives.WriteUInt16LittleEndian(value.AsSpan(32), (ushort)nameBytes);
         Encoding.UTF8.GetBytes(v.Name, value.AsSpan(34));
         txn.Put(_volumes, IdKey(v.Id), value);

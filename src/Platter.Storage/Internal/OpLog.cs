@@ -42,9 +42,12 @@ internal sealed class OpLog : IDisposable
     public int Length => _length;
     public ReadOnlySpan<byte> Span => _buffer.AsSpan(0, _length);
 
+    /// <summary>Encoded size of a MapExtent of <paramref name="blocks"/> blocks.</summary>
+    public static int MapExtentBytes(int blocks) => 1 + 8 + 8 + 4 + 8 + 4 * blocks;
+
     public void AppendMapExtent(long layerId, long block, ReadOnlySpan<uint> crcs, long pba)
     {
-        var s = Reserve(1 + 8 + 8 + 4 + 8 + 4 * crcs.Length);
+        var s = Reserve(MapExtentBytes(crcs.Length));
         s[0] = (byte)OpKind.MapExtent;
         BinaryPrimitives.WriteInt64LittleEndian(s[1..], layerId);
         BinaryPrimitives.WriteInt64LittleEndian(s[9..], block);

@@ -19,7 +19,7 @@ internal abstract class MapOwner
         Created = created;
     }
 
-    public long SizeBlocks => (Volatile.Read(ref SizeBytes) + Layout.BlockBytes - 1) >> Layout.BlockShift;
+    public long SizeBlocks => (Volatile.Read(ref SizeBytes) + EngineLimits.BlockBytes - 1) >> EngineLimits.BlockShift;
 
     /// <summary>The name users see: <c>volume</c> or <c>volume@snapshot</c>.</summary>
     public abstract string DisplayName { get; }
@@ -27,8 +27,6 @@ internal abstract class MapOwner
     /// <summary>The version this one was derived from (its content at creation): a snapshot, or null for a new volume.</summary>
     public abstract SnapshotState? Parent { get; }
 
-    /// <summary>The volume a clone chain leads to first: for a volume its origin snapshot, for a snapshot its volume's.</summary>
-    public abstract SnapshotState? Origin { get; }
 }
 
 /// <summary>
@@ -46,8 +44,8 @@ internal sealed class VolumeState(long id, string name, long sizeBytes, DateTime
     /// <summary>The durable layer the volume's writes go to (extent records keyed by it); changes on snapshot, rollback, merge.</summary>
     public long LayerId = layerId;
 
-    /// <summary>The snapshot this volume was cloned from, or null.</summary>
-    public readonly SnapshotState? OriginSnapshot = origin;
+    /// <summary>The snapshot this volume was cloned from, or null (a snapshot's origin is its volume's).</summary>
+    public readonly SnapshotState? Origin = origin;
 
     /// <summary>The volume's snapshots, oldest first: each one's parent is the one before (the first's is the origin).</summary>
     public readonly List<SnapshotState> Snapshots = new();
@@ -55,21 +53,18 @@ internal sealed class VolumeState(long id, string name, long sizeBytes, DateTime
     public readonly OpLog PendingOps = new(1024);
     public readonly List<long> PendingFrees = new();
 
-    /// <summary>Guards the allocation region: space reserved for this volume's next writes, kept contiguous.</summary>
-    public readonly object RegionLock = new();
-    public long RegionNext;
-    public long RegionEnd;
+    /// <summary>Space reserved for this volume's next writes, kept contiguous (used by <see cref="Space"/> only).</summary>
+    public readonly Region Region = new();
 
     /// <summary>Serialises read-modify-write of partial blocks that hash to the same stripe.</summary>
     public readonly object[] RmwLocks = CreateStripes();
 
     public override string DisplayName => Name;
-    public override SnapshotState? Parent => Snapshots.Count > 0 ? Snapshots[^1] : OriginSnapshot;
-    public override SnapshotState? Origin => OriginSnapshot;
+    public override SnapshotState? Parent => Snapshots.Count > 0 ? Snapshots[^1] : Origin;
 
     private static object[] CreateStripes()
     {
-        var stripes = new object[Layout.RmwLockStripes];
+        var stripes = new object[EngineLimits.RmwLockStripes];
         for (int i = 0; i < stripes.Length; i++) stripes[i] = new object();
         return stripes;
     }
@@ -78,9 +73,9 @@ internal sealed class VolumeState(long id, string name, long sizeBytes, DateTime
     {
         lock (Lock)
         {
-            return new VolumeInfo(Id, Name, SizeBytes, Map.MappedBlocks * Layout.BlockBytes, Created)
+            return new VolumeInfo(Id, Name, SizeBytes, Map.MappedBlocks * EngineLimits.BlockBytes, Created)
             {
-                Origin = OriginSnapshot?.DisplayName,
+                Origin = Origin?.DisplayName,
                 SnapshotCount = Snapshots.Count,
             };
         }
@@ -108,11 +103,10 @@ internal sealed class SnapshotState(long id, string name, VolumeState volume, Ma
         get
         {
             int i = Volume.Snapshots.IndexOf(this);
-            return i > 0 ? Volume.Snapshots[i - 1] : Volume.OriginSnapshot;
+            return i > 0 ? Volume.Snapshots[i - 1] : Volume.Origin;
         }
     }
 
-    public override SnapshotState? Origin => Volume.OriginSnapshot;
 
     /// <summary>The version derived from this one in its own volume: the next snapshot, or the volume itself.</summary>
     public MapOwner Child

@@ -17,13 +17,13 @@ public static class Clients
     public static async Task<JsonElement> NbdInfoJsonAsync(string uri)
     {
         // --no-content: nbdinfo would otherwise pipe the disk through file(1), which proves nothing here.
-        var result = (await Proc.RunAsync(Tools.NbdInfo, ["--json", "--no-content", uri])).EnsureSuccess("nbdinfo --json failed");
+        var result = (await ProcessRunner.RunAsync(Tools.NbdInfo, ["--json", "--no-content", uri])).EnsureSuccess("nbdinfo --json failed");
         return ParseJson(result, result.Stdout);
     }
 
     public static async Task<JsonElement> NbdInfoListJsonAsync(string socketPath)
     {
-        var result = (await Proc.RunAsync(Tools.NbdInfo, ["--list", "--json", NbdExport.NbdUri("", socketPath)])).EnsureSuccess("nbdinfo --list --json failed");
+        var result = (await ProcessRunner.RunAsync(Tools.NbdInfo, ["--list", "--json", NbdExport.NbdUri("", socketPath)])).EnsureSuccess("nbdinfo --list --json failed");
         return ParseJson(result, result.Stdout);
     }
 
@@ -34,11 +34,22 @@ public static class Clients
     public static async Task<List<MapEntry>> NbdInfoMapAsync(string uri, string? metaContext = null)
     {
         string option = metaContext is null ? "--map" : "--map=" + metaContext;
-        var result = (await Proc.RunAsync(Tools.NbdInfo, [option, "--json", uri])).EnsureSuccess($"nbdinfo {option} failed");
+        var result = (await ProcessRunner.RunAsync(Tools.NbdInfo, [option, "--json", uri])).EnsureSuccess($"nbdinfo {option} failed");
         var map = new List<MapEntry>();
         foreach (var e in ParseJson(result, result.Stdout).EnumerateArray())
             map.Add(new MapEntry(e.GetProperty("offset").GetInt64(), e.GetProperty("length").GetInt64(), e.GetProperty("type").GetInt32()));
         return map;
+    }
+
+    /// <summary>
+    /// <c>nbdinfo</c> on <paramref name="uri"/>, which must be refused because the server has no export named
+    /// <paramref name="name"/>: the server answers NBD_OPT_GO with NBD_REP_ERR_UNKNOWN, which libnbd reports as ENOENT
+    /// for that export. Any other failure (a crash, a timeout, a refused connection) fails the test.
+    /// </summary>
+    public static async Task AssertNoSuchExportAsync(string uri, string name, string because)
+    {
+        var result = await ProcessRunner.RunAsync(Tools.NbdInfo, ["--no-content", uri]);
+        result.EnsureRefused(1, $"server replied with error to opt_go request: No such file or directory for export: {name}", because);
     }
 
     /// <summary>Runs qemu-io on the export with the raw format driver, one -c per command; fails if any command fails.</summary>
@@ -51,7 +62,7 @@ public static class Clients
         if (readOnly) args.Add("-r");
         foreach (var c in commands) { args.Add("-c"); args.Add(c); }
         args.Add(uri);
-        var result = await Proc.RunAsync(Tools.QemuIo, args);
+        var result = await ProcessRunner.RunAsync(Tools.QemuIo, args);
         // qemu-io exits 1 when a command fails, but says so only in its output for some commands: check both.
         if (result.ExitCode != 0 || result.Stdout.Contains("failed", StringComparison.OrdinalIgnoreCase) || result.Stderr.Length > 0)
             throw new XunitException($"qemu-io reported a failure\n{result.Describe()}");
@@ -59,7 +70,7 @@ public static class Clients
     }
 
     public static async Task<ProcessResult> QemuImgAsync(params string[] args) =>
-        (await Proc.RunAsync(Tools.QemuImg, args)).EnsureSuccess("qemu-img failed");
+        (await ProcessRunner.RunAsync(Tools.QemuImg, args)).EnsureSuccess("qemu-img failed");
 
     /// <summary>Merges adjacent map entries that agree on their key, so tests compare ranges, not chunking.</summary>
     public static List<(long Offset, long Length, T Key)> Coalesce<T>(IEnumerable<(long Offset, long Length, T Key)> runs) where T : IEquatable<T>

@@ -12,7 +12,7 @@ public static class Nbdsh
     public static async Task<JsonElement> RunAsync(string script, IReadOnlyDictionary<string, string> variables)
     {
         // -n: the script makes its own handles, each configured before it connects.
-        var result = await Proc.RunAsync(Tools.Require("nbdsh", "python3-libnbd"), ["-n", "-c", script], TimeSpan.FromSeconds(60), Environment(variables));
+        var result = await ProcessRunner.RunAsync(Tools.Require("nbdsh", "python3-libnbd"), ["-n", "-c", script], TimeSpan.FromSeconds(60), Environment(variables));
         result.EnsureSuccess("nbdsh script failed");
         var lines = result.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         if (lines.Length == 0) throw new XunitException($"nbdsh script printed nothing\n{result.Describe()}");
@@ -21,11 +21,11 @@ public static class Nbdsh
 
     /// <summary>
     /// Starts a script that runs alongside the test (stdin, stdout and stderr redirected). The caller owns the
-    /// process and must kill it (<see cref="Proc.KillTree"/>) when done.
+    /// process and must kill it (<see cref="ProcessRunner.KillTree"/>) when done.
     /// </summary>
     public static System.Diagnostics.Process Start(string script, IReadOnlyDictionary<string, string> variables)
     {
-        var psi = Proc.CreateStartInfo(Tools.Require("nbdsh", "python3-libnbd"), ["-n", "-c", script], Environment(variables));
+        var psi = ProcessRunner.StartInfo(Tools.Require("nbdsh", "python3-libnbd"), ["-n", "-c", script], Environment(variables));
         psi.RedirectStandardInput = true;
         return System.Diagnostics.Process.Start(psi) ?? throw new XunitException("could not start nbdsh");
     }

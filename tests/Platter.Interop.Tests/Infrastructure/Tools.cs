@@ -15,18 +15,7 @@ public static class Tools
     public static string Fio => Require("fio", "fio");
 
     /// <summary>Returns the full path of <paramref name="tool"/> on PATH, or fails the test naming the package.</summary>
-    public static string Require(string tool, string package) =>
-        Find(tool) ?? throw new XunitException($"{tool} not found on PATH: install {package} (scripts/install-test-deps.sh)");
-
-    public static string? Find(string tool)
-    {
-        foreach (var dir in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries))
-        {
-            var candidate = Path.Combine(dir, tool);
-            if (File.Exists(candidate)) return candidate;
-        }
-        return null;
-    }
+    public static string Require(string tool, string package) => ProcessRunner.RequireTool(tool, package);
 
     private static readonly Lazy<string?> LibnbdPython = new(FindLibnbdPython);
 
@@ -42,11 +31,11 @@ public static class Tools
     private static string? FindLibnbdPython()
     {
         var candidates = new List<string> { "/usr/bin/python3" };
-        if (Find("python3") is { } onPath) candidates.Add(onPath);
+        if (ProcessRunner.FindTool("python3") is { } onPath) candidates.Add(onPath);
         foreach (var python in candidates.Distinct())
         {
             if (!File.Exists(python)) continue;
-            var result = Proc.RunAsync(python, ["-c", "import nbd"], TimeSpan.FromSeconds(30)).GetAwaiter().GetResult();
+            var result = ProcessRunner.RunAsync(python, ["-c", "import nbd"], TimeSpan.FromSeconds(30)).GetAwaiter().GetResult();
             if (result.ExitCode == 0) return Path.GetDirectoryName(python);
         }
         return null;

@@ -6,6 +6,14 @@ namespace Platter.Storage.Tests.Support;
 /// A device that passes every call to the real one and fails on command: the test double below the
 /// engine. Failures are armed with counters ("fail the next N writes") so a test says exactly which
 /// I/O breaks, and reported as IOException with the errno in HResult, as the file device does.
+///
+/// Power-cut mode (<see cref="TrackUnsynced"/>): every write since the last successful sync is remembered with the
+/// bytes it replaced. A cut (<see cref="CutPowerAtCall"/> or <see cref="CutPower"/>) then decides, from a seeded
+/// random source, what of those writes the disk kept: each one survives whole, is lost whole, or is torn at 512-byte
+/// or 4 KiB sector boundaries (some sectors new, some old). Losing an earlier write while keeping a later one is the
+/// out-of-order case. Synced writes are never touched. This is what a power failure leaves and a SIGKILL does not
+/// (the page cache survives a killed process). Growth (fallocate) is not undone: the engine references new space only
+/// through records synced after it, and fdatasync makes the new size durable with them.
 /// </summary>
 internal sealed class FaultyDevice(IDataDevice inner) : IDataDevice
 {
@@ -62,6 +70,98 @@ internal sealed class FaultyDevice(IDataDevice inner) : IDataDevice
 
     public long Length => _inner.Length;
 
+    // ---- Power cut ----
+
+    private readonly object _cutLock = new();
+    private readonly List<(long Offset, byte[] Old)> _unsynced = new();
+    private long _callsUntilCut = -1;
+    private Random? _cutRandom;
+
+    /// <summary>Remember unsynced writes (with the bytes they replaced) so a power cut can undo them.</summary>
+    public bool TrackUnsynced { get; set; }
+
+    /// <summary>What the last power cut did: where it landed and what it kept, lost and tore.</summary>
+    public PowerCutReport? LastCut { get; private set; }
+
+    /// <summary>
+    /// Cuts the power during the <paramref name="calls"/>-th write or sync from now (1 = the next one). A write cut
+    /// is itself an unsynced write (kept, lost or torn like the others); a sync cut completes nothing. After the cut
+    /// every call fails as after a crash.
+    /// </summary>
+    public void CutPowerAtCall(long calls, Random random)
+    {
+        lock (_cutLock)
+        {
+            _callsUntilCut = calls;
+            _cutRandom = random;
+        }
+    }
+
+    /// <summary>Cuts the power now (between calls).</summary>
+    public PowerCutReport CutPower(Random random)
+    {
+        lock (_cutLock) return CutLocked(random, "idle", 0);
+    }
+
+    /// <summary>True when the armed cut point was reached.</summary>
+    public bool PowerWasCut => LastCut is not null;
+
+    // Caller holds _cutLock. Decides the fate of each unsynced write, newest first, so restoring an older write's
+    // "before" bytes over a newer kept one leaves the sector at an older version: every sector ends at one of the
+    // versions it had since the last sync.
+    private PowerCutReport CutLocked(Random random, string during, long offset)
+    {
+        _crashed = true;
+        int kept = 0, lost = 0, torn = 0;
+        for (int i = _unsynced.Count - 1; i >= 0; i--)
+        {
+            var (at, old) = _unsynced[i];
+            switch (random.Next(3))
+            {
+                case 0:
+                    kept++;
+                    break;
+                case 1:
+                    _inner.Write(at, old);
+                    lost++;
+                    break;
+                default:
+                {
+                    int sector = random.Next(2) == 0 ? 512 : 4096;
+                    // Sectors are aligned on the device, not on the write: each one independently new or old.
+                    long pos = at, end = at + old.Length;
+                    while (pos < end)
+                    {
+                        long next = Math.Min(end, (pos / sector + 1) * sector);
+                        if (random.Next(2) == 0) _inner.Write(pos, old.AsSpan((int)(pos - at), (int)(next - pos)));
+                        pos = next;
+                    }
+                    torn++;
+                    break;
+                }
+            }
+        }
+        _unsynced.Clear();
+        var report = new PowerCutReport(during, offset, kept, lost, torn);
+        LastCut = report;
+        return report;
+    }
+
+    // Caller holds _cutLock. True when this call is the one the cut was armed for.
+    private bool CutNowLocked()
+    {
+        if (_callsUntilCut < 0 || _crashed) return false;
+        return --_callsUntilCut == 0;
+    }
+
+    private void TrackLocked(long offset, int length)
+    {
+        long readable = Math.Max(0, Math.Min(length, _inner.Length - offset));
+        var old = new byte[readable];
+        if (readable > 0) _inner.Read(offset, old);
+        _unsynced.Add((offset, old));
+    }
+
     public void Read(long offset, Span<byte> destination)
     {
         Interlocked.Increment(ref _reads);
@@ -73,6 +173,21 @@ internal sealed class FaultyDevice(IDataDevice inner) : IDataDevice
     public void Write(long offset, ReadOnlySpan<byte> source)
     {
         Interlocked.Increment(ref _writes);
+        if (TrackUnsynced)
+        {
+            lock (_cutLock)
+            {
+                if (_crashed) throw Eio("write (power cut)", offset, source.Length);
+                TrackLocked(offset, source.Length);
+                _inner.Write(offset, source);
+                if (CutNowLocked())
+                {
+                    CutLocked(_cutRandom!, "write", offset);
+                    throw Eio("write (power cut)", offset, source.Length);
+                }
+            }
+            return;
+        }
         if (_crashed) throw Eio("write (crashed)", offset, source.Length);
         if (InRange(offset) && TakeOne(ref _failWrites)) throw Eio("write", offset, source.Length);
         if (InRange(offset) && TakeOne(ref _tornWrites))
@@ -86,6 +201,21 @@ internal sealed class FaultyDevice(IDataDevice inner) : IDataDevice
     public void Sync()
     {
         Interlocked.Increment(ref _syncs);
+        if (TrackUnsynced)
+        {
+            lock (_cutLock)
+            {
+                if (_crashed) throw Eio("sync (power cut)", 0, 0);
+                if (CutNowLocked())
+                {
+                    CutLocked(_cutRandom!, "sync", 0);
+                    throw Eio("sync (power cut)", 0, 0);
+                }
+                _inner.Sync();
+                _unsynced.Clear();
+            }
+            return;
+        }
         if (_crashed) throw Eio("sync (crashed)", 0, 0);
         if (TakeOne(ref _failSyncs)) throw Eio("sync", 0, 0);
         _inner.Sync();
@@ -121,6 +251,9 @@ internal sealed class FaultyDevice(IDataDevice inner) : IDataDevice
         }
     }
 }
+
+/// <summary>What a power cut did: the call it landed in (write, sync or idle), and the fate of the unsynced writes.</summary>
+internal sealed record PowerCutReport(string During, long Offset, int Kept, int Lost, int Torn);
 
 /// <summary>Opens stores whose devices are <see cref="FaultyDevice"/>s and remembers them, so a test can arm faults.</summary>
 internal sealed class FaultyStore

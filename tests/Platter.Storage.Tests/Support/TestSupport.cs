@@ -4,25 +4,6 @@ using Xunit.Abstractions;
 
 namespace Platter.Storage.Tests.Support;
 
-/// <summary>A scratch directory on the real file system (fallocate and fdatasync behave as in production), removed on dispose.</summary>
-internal sealed class TempDir : IDisposable
-{
-    public TempDir(string prefix = "platter-test")
-    {
-        Path = System.IO.Path.Combine(System.IO.Path.GetTempPath(), $"{prefix}-{Guid.NewGuid():N}");
-        Directory.CreateDirectory(Path);
-    }
-
-    public string Path { get; }
-
-    public void Dispose()
-    {
-        try { Directory.Delete(Path, recursive: true); }
-        catch (IOException) { }
-        catch (UnauthorizedAccessException) { }
-    }
-}
-
 /// <summary>
 /// Seeds for randomized tests. PLATTER_TEST_SEED replays one seed; otherwise every run draws fresh ones,
 /// so repeated CI runs keep exploring. The seed is always printed, and repeated in every failure message.
@@ -35,16 +16,16 @@ internal static class Seeds
         Environment.GetEnvironmentVariable(EnvironmentVariable) is { Length: > 0 } s
         && int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) ? v : null;
 
-    /// <summary>The seed for one slot of a theory, or null when a replayed seed already runs in slot 0.</summary>
-    public static int? ForSlot(int slot, ITestOutputHelper output, string testName)
+    /// <summary>
+    /// The seed for one slot of a theory (a <c>[SkippableTheory]</c>). When a replayed seed already runs in slot 0,
+    /// every other slot has nothing to do and reports itself skipped: a slot that ran nothing must not count as passed.
+    /// </summary>
+    public static int ForSlot(int slot, ITestOutputHelper output, string testName)
     {
         if (Fixed is int f)
         {
             if (slot != 0)
-            {
-                output.WriteLine($"{EnvironmentVariable}={f} replays a single seed in slot 0; slot {slot} does nothing");
-                return null;
-            }
+                throw new SkipException($"{EnvironmentVariable}={f} replays a single seed, in slot 0; slot {slot} has nothing to run");
             output.WriteLine($"seed={f} (from {EnvironmentVariable}); replay: {EnvironmentVariable}={f} dotnet test --filter {testName}");
             return f;
         }

@@ -1,8 +1,9 @@
-using Platter.Storage.Internal;
+using Platter.Storage.Devices;
 
-namespace Platter.Storage;
+namespace Platter.Storage.Internal;
 
-public sealed partial class VolumeStore
+/// <summary>The consistency check of a whole store (see <see cref="VolumeStore.Check"/>).</summary>
+internal static class StoreCheck
 {
     private const int ProblemsMax = 100;
 
@@ -13,11 +14,8 @@ public sealed partial class VolumeStore
     /// every referenced block is read and its CRC compared. Waits for background reclaims, commits and checkpoints
     /// first; run it on an idle store (the CLI runs it offline).
     /// </summary>
-    public CheckReport Check(bool verifyChecksums)
+    public static CheckReport Run(MetadataStore metadata, List<VolumeState> volumes, Space space, IDataDevice data, bool verifyChecksums)
     {
-        ThrowIfDisposed();
-        WaitForReclaims();
-        Checkpoint();
         var problems = new List<string>();
         void Problem(string text)
         {
@@ -25,13 +23,11 @@ public sealed partial class VolumeStore
             else if (problems.Count == ProblemsMax) problems.Add("... more problems not listed");
         }
 
-        List<VolumeState> volumes;
-        lock (_catalogLock) volumes = [.. _byId.Values];
-        long totalBlocks = _allocator.TotalBlocks;
+        long totalBlocks = space.TotalBlocks;
         long records = 0;
 
         // 1. The durable form rebuilds the same versions.
-        using (var view = _metadata.OpenView())
+        using (var view = metadata.OpenView())
         {
             var layers = new HashSet<long>();
             try
@@ -75,20 +71,14 @@ public sealed partial class VolumeStore
         }
 
         // 2. Physical space: each referenced block once, none of them free, and everything adds up.
-        var used = ReferencedEntries(volumes);
+        var used = Versions.ReferencedEntries(volumes);
         used.Sort((a, b) => a.Pba.CompareTo(b.Pba));
         for (int i = 1; i < used.Count; i++)
         {
             if (used[i].Pba == used[i - 1].Pba)
                 Problem($"physical block {used[i].Pba} is mapped by '{used[i - 1].Owner}' block {used[i - 1].Block} and by '{used[i].Owner}' block {used[i].Block}");
         }
-        List<(long Start, long Length)> free;
-        long quarantined;
-        lock (_spaceAccountingLock)
-        {
-            free = _allocator.Snapshot();
-            quarantined = _quarantinedBlocks;
-        }
+        var (free, quarantined, reserved) = space.AccountingSnapshot();
         long freeBlocks = 0;
         int u = 0;
         foreach (var (start, length) in free)
@@ -98,25 +88,22 @@ public sealed partial class VolumeStore
             if (u < used.Count && used[u].Pba < start + length)
                 Problem($"physical block {used[u].Pba} is free but '{used[u].Owner}' maps it at block {used[u].Block}");
         }
-        long reserved = 0;
-        foreach (var v in volumes)
-            lock (v.RegionLock) reserved += v.RegionEnd - v.RegionNext;
         if (used.Count + freeBlocks + reserved + quarantined != totalBlocks)
             Problem($"space does not add up: {used.Count} referenced + {freeBlocks} free + {reserved} reserved + {quarantined} awaiting reuse != {totalBlocks} total blocks");
-        if (Interlocked.Read(ref _referencedBlocks) != used.Count)
-            Problem($"the store counts {Interlocked.Read(ref _referencedBlocks)} referenced blocks but the maps reference {used.Count}");
+        if (space.ReferencedBlocks != used.Count)
+            Problem($"the store counts {space.ReferencedBlocks} referenced blocks but the maps reference {used.Count}");
 
         long verified = 0;
         if (verifyChecksums)
         {
-            var buffer = new byte[Layout.BlockBytes];
+            var buffer = new byte[EngineLimits.BlockBytes];
             foreach (var (pba, crc, owner, block) in used)
             {
                 if (pba >= totalBlocks) continue;
-                _data.Read(pba << Layout.BlockShift, buffer);
+                data.Read(pba << EngineLimits.BlockShift, buffer);
                 verified++;
                 if (Crc32C.Compute(buffer) != crc)
-                    Problem($"'{owner}': checksum mismatch at offset {block << Layout.BlockShift} (physical block {pba})");
+                    Problem($"'{owner}': checksum mismatch at offset {block << EngineLimits.BlockShift} (physical block {pba})");
             }
         }
         return new CheckReport(problems, volumes.Count, records, used.Count, freeBlocks, totalBlocks, verified);
@@ -135,17 +122,5 @@ public sealed partial class VolumeStore
         long sizeBlocks = live.SizeBlocks;
         if (liveMap.NextMapped(sizeBlocks, long.MaxValue) is var past and >= 0)
             problem($"'{name}': block {past} is mapped past the end ({sizeBlocks} blocks)");
-    }
-
-    /// <summary>Like <see cref="ReferencedBlocks"/>, with each block's CRC and the version and block that first map it.</summary>
-    private static List<(long Pba, uint Crc, string Owner, long Block)> ReferencedEntries(IEnumerable<VolumeState> volumes)
-    {
-        var used = new List<(long, uint, string, long)>();
-        foreach (var v in volumes)
-        {
-            var (maps, versions) = Lineage(v, freezeVolume: true);
-            VisitAdditions(maps, (i, block, entry) => used.Add((entry.Pba, entry.Crc, versions[i - 1].DisplayName, block)));
-        }
-        return used;
     }
 }

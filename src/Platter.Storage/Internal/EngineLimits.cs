@@ -1,7 +1,10 @@
 namespace Platter.Storage.Internal;
 
-/// <summary>Sizes and limits of the engine, in one place, each with the reason for its value.</summary>
-internal static class Layout
+/// <summary>
+/// The engine's sizes, limits and tuning in one place, each with the reason for its value: the on-disk units (block,
+/// extent record, journal region), memory and work bounds (overlay, queries, reclaim) and timing (checkpoint age).
+/// </summary>
+internal static class EngineLimits
 {
     /// <summary>The unit of allocation, checksumming and copy-on-write. 4 KiB matches page size and guest file systems.</summary>
     public const int BlockBytes = 4096;
@@ -12,10 +15,6 @@ internal static class Layout
     /// inside a long extent rewrites at most one small record, while sequential data still needs only one record per MiB.
     /// </summary>
     public const int ExtentBlocksMax = 256;
-
-    /// <summary>Blocks per in-memory map chunk (the unit of the sparse block map and of allocation-map scans).</summary>
-    public const int ChunkBlocks = 256;
-    public const int ChunkShift = 8;
 
     /// <summary>Blocks a volume reserves from the allocator at a time, so consecutive writes land contiguously (4 MiB).</summary>
     public const int RegionBlocks = 1024;

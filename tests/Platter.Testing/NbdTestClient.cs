@@ -4,7 +4,7 @@ using System.Net.Sockets;
 using System.Security.Cryptography.X509Certificates;
 using System.Text;
 
-namespace Platter.Nbd.Tests;
+namespace Platter.Testing;
 
 public sealed record OptionReply(uint Option, uint Type, byte[] Data)
 {
@@ -32,11 +32,17 @@ public sealed class ReadResultData
 }
 
 /// <summary>
-/// A deliberately small NBD client written from the spec for tests: every message is built by hand so tests can
-/// also send what a real client never would.
+/// The NBD client of every test project, written from the protocol document (NetworkBlockDevice/nbd doc/proto.md):
+/// every message is built by hand, so tests can also send what a real client never would (unknown commands, bad
+/// lengths, options out of order). It speaks fixed newstyle with NBD_OPT_GO or NBD_OPT_EXPORT_NAME, simple,
+/// structured and extended replies, meta contexts and STARTTLS. Every read has a deadline (<see cref="IoTimeout"/>),
+/// so a silent server fails the test instead of hanging it.
 /// </summary>
 public sealed class NbdTestClient : IAsyncDisposable
 {
+    /// <summary>The longest a test waits for bytes it expects; a server that says nothing for this long is hung.</summary>
+    public static readonly TimeSpan IoTimeout = TimeSpan.FromSeconds(30);
+
     public const uint OptExportName = 1, OptAbort = 2, OptList = 3, OptStartTls = 5, OptInfo = 6, OptGo = 7,
         OptStructuredReply = 8, OptListMetaContext = 9, OptSetMetaContext = 10, OptExtendedHeaders = 11;
     public const uint RepAck = 1, RepServer = 2, RepInfo = 3, RepMetaContext = 4;
@@ -72,6 +78,76 @@ public sealed class NbdTestClient : IAsyncDisposable
         if (handshake) await client.HandshakeAsync();
         return client;
     }
+
+    /// <summary>
+    /// Connects, negotiates fixed newstyle (and structured replies when <paramref name="structured"/>) and enters
+    /// transmission on <paramref name="exportName"/> with NBD_OPT_GO; <see cref="Info"/> holds the export's size and
+    /// flags. A refused export fails with the server's error type and message.
+    /// </summary>
+    public static async Task<NbdTestClient> ConnectAsync(string socketPath, string exportName, bool structured = false)
+    {
+        var client = await ConnectUnixAsync(socketPath);
+        try
+        {
+            if (structured && await client.StructuredReplyAsync() != RepAck) throw new InvalidDataException("structured replies refused");
+            var replies = await client.OptionAsync(OptGo, InfoRequest(exportName));
+            var final = replies.Last();
+            if (final.Type != RepAck)
+                throw new InvalidDataException($"NBD_OPT_GO {exportName} refused: 0x{final.Type:x8} {Encoding.UTF8.GetString(final.Data)}");
+            client.Info = ParseInfo(replies);
+            return client;
+        }
+        catch
+        {
+            await client.DisposeAsync();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Connects and enters transmission on <paramref name="exportName"/> with NBD_OPT_EXPORT_NAME, the oldest way in
+    /// (no error reply: an unknown name closes the connection); <see cref="Info"/> holds the size and flags.
+    /// </summary>
+    public static async Task<NbdTestClient> ConnectWithExportNameAsync(string socketPath, string exportName)
+    {
+        var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            await socket.ConnectAsync(new UnixDomainSocketEndPoint(socketPath));
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+        var client = new NbdTestClient(new NetworkStream(socket, ownsSocket: true), socket);
+        try
+        {
+            byte[] greeting = await client.ReadExactAsync(18);
+            if (BinaryPrimitives.ReadUInt64BigEndian(greeting) != 0x4e42444d41474943 || BinaryPrimitives.ReadUInt64BigEndian(greeting.AsSpan(8)) != 0x49484156454F5054)
+                throw new InvalidDataException("not a newstyle NBD greeting");
+            client.HandshakeFlags = BinaryPrimitives.ReadUInt16BigEndian(greeting.AsSpan(16));
+            // NO_ZEROES only when offered: the protocol forbids a client flag the server did not advertise.
+            bool noZeroes = (client.HandshakeFlags & 2) != 0;
+            await client.WriteAsync(BE32((uint)(client.HandshakeFlags & 3)));
+            await client.SendOptionAsync(OptExportName, Encoding.UTF8.GetBytes(exportName));
+            byte[] reply = await client.ReadExactAsync(noZeroes ? 10 : 134);
+            client.Info = new ExportInfo((long)BinaryPrimitives.ReadUInt64BigEndian(reply), BinaryPrimitives.ReadUInt16BigEndian(reply.AsSpan(8)),
+                0, 0, 0, null, null);
+            return client;
+        }
+        catch
+        {
+            await client.DisposeAsync();
+            throw;
+        }
+    }
+
+    /// <summary>The export's size, once in transmission.</summary>
+    public long Size => (Info ?? throw new InvalidOperationException("not in transmission")).Size;
+
+    /// <summary>The export's transmission flags (<c>Tx*</c>), once in transmission.</summary>
+    public ushort TransmissionFlags => (Info ?? throw new InvalidOperationException("not in transmission")).Flags;
 
     public Stream Stream => _stream;
 
@@ -147,6 +223,13 @@ public sealed class NbdTestClient : IAsyncDisposable
     public async Task<uint> InfoOrGoAsync(uint option, string name, params ushort[] infos)
     {
         var replies = await OptionAsync(option, InfoRequest(name, infos));
+        uint final = replies.Last().Type;
+        if (final == RepAck) Info = ParseInfo(replies);
+        return final;
+    }
+
+    private static ExportInfo ParseInfo(List<OptionReply> replies)
+    {
         long size = -1; ushort flags = 0; uint min = 0, pref = 0, max = 0; string? canonical = null, description = null;
         foreach (var r in replies.Where(r => r.Type == RepInfo))
         {
@@ -168,13 +251,8 @@ public sealed class NbdTestClient : IAsyncDisposable
                     break;
             }
         }
-        uint final = replies.Last().Type;
-        if (final == RepAck)
-        {
-            if (size < 0) throw new InvalidDataException("ACK without INFO_EXPORT");
-            Info = new ExportInfo(size, flags, min, pref, max, canonical, description);
-        }
-        return final;
+        if (size < 0) throw new InvalidDataException("ACK without INFO_EXPORT");
+        return new ExportInfo(size, flags, min, pref, max, canonical, description);
     }
 
     public static byte[] MetaContextRequest(string export, params string[] queries)
@@ -351,6 +429,28 @@ public sealed class NbdTestClient : IAsyncDisposable
 
     public Task<uint> FlushAsync() => CommandAsync(CmdFlush, 0, 0, 0);
 
+    /// <summary>
+    /// Sends one request of any <paramref name="type"/> (even one the protocol does not define) and reads its whole
+    /// reply; returns the reply's error (0 for success) and, for a successful read, the data.
+    /// </summary>
+    public async Task<(uint Error, byte[] Data)> RequestAsync(ushort type, long offset, int length, byte[]? payload = null, ushort flags = 0)
+    {
+        if (type == CmdRead)
+        {
+            var read = await ReadAsync(offset, length, flags);
+            return (read.Error, read.Data);
+        }
+        if (type == CmdWrite && Extended) flags |= FlagPayloadLen;
+        return (await CommandAsync(type, flags, offset, length, payload), []);
+    }
+
+    /// <summary>Sends NBD_CMD_DISC (which has no reply) and returns whether the server then closed the connection.</summary>
+    public async Task<bool> DisconnectAndWaitForCloseAsync()
+    {
+        await DisconnectAsync();
+        return await IsClosedByServerAsync();
+    }
+
     /// <summary>BLOCK_STATUS; returns per context id its (length, flags) descriptors.</summary>
     public async Task<(uint Error, Dictionary<uint, List<(ulong Length, uint Flags)>> Extents, List<Chunk> Chunks)> BlockStatusAsync(long offset, long length, ushort flags = 0)
     {
@@ -389,13 +489,21 @@ public sealed class NbdTestClient : IAsyncDisposable
         await SendRequestAsync(CmdDisc, 0, NextCookie(), 0, 0);
     }
 
-    /// <summary>True when the server closed the connection (read returns end of stream).</summary>
+    /// <summary>
+    /// True when the server closed the connection (read returns end of stream); false when it sent a byte instead.
+    /// A server that does neither within <see cref="IoTimeout"/> fails the test.
+    /// </summary>
     public async Task<bool> IsClosedByServerAsync()
     {
         byte[] one = new byte[1];
+        using var deadline = new CancellationTokenSource(IoTimeout);
         try
         {
-            return await _stream.ReadAsync(one) == 0;
+            return await _stream.ReadAsync(one, deadline.Token) == 0;
+        }
+        catch (OperationCanceledException)
+        {
+            throw new TimeoutException($"the server neither closed the connection nor sent anything within {IoTimeout.TotalSeconds:0} s");
         }
         catch (IOException)
         {
@@ -409,10 +517,19 @@ public sealed class NbdTestClient : IAsyncDisposable
         await _stream.FlushAsync();
     }
 
+    /// <summary>Reads exactly <paramref name="n"/> bytes; end of stream throws <see cref="EndOfStreamException"/>, silence past <see cref="IoTimeout"/> a <see cref="TimeoutException"/>.</summary>
     public async Task<byte[]> ReadExactAsync(int n)
     {
         byte[] b = new byte[n];
-        await _stream.ReadExactlyAsync(b);
+        using var deadline = new CancellationTokenSource(IoTimeout);
+        try
+        {
+            await _stream.ReadExactlyAsync(b, deadline.Token);
+        }
+        catch (OperationCanceledException) when (deadline.IsCancellationRequested)
+        {
+            throw new TimeoutException($"no answer from the server within {IoTimeout.TotalSeconds:0} s while {n} bytes were expected");
+        }
         return b;
     }
 

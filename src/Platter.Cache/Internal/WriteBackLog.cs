@@ -1,0 +1,617 @@
+using System.Buffers;
+using System.Runtime.InteropServices;
+using Microsoft.Extensions.Logging;
+using Microsoft.Win32.SafeHandles;
+
+namespace Platter.Cache.Internal;
+
+/// <summary>
+/// One volume's write-back log on local disk: an ordered ring of checksummed records, an index of the blocks it
+/// holds newer than the backend, and the background task that writes records back to the backend in order.
+/// </summary>
+/// <remarks>
+/// <para><b>Order is the whole point.</b> Records get consecutive sequence numbers when they are reserved, and are
+/// written back strictly one write-back operation at a time, each durable on the backend (write + flush) before the
+/// log's head moves past it, and the head durable in the superblock before the next operation starts. So at any
+/// instant the backend holds exactly the records before some sequence number (plus, at most, the one operation in
+/// flight, which is one record or several contiguous records inside one backend atomic unit — one RADOS object for
+/// RBD). If the cache disk dies, the image is an ordered prefix of the acknowledged writes.</para>
+/// <para><b>Durability.</b> A write is acknowledged once its record is written into the log file (page cache); FLUSH
+/// waits until every record reserved before it is written, then fdatasyncs the log. Replay after a crash stops at the
+/// first record that is missing, torn, stale (older incarnation or lap), or fails its checksum; every record before a
+/// completed flush is intact, so nothing flushed is lost — unless the log was damaged, which replay detects by
+/// comparing with the flushed sequence number the superblock records and reports.</para>
+/// <para><b>Locks</b> (taken in this order, never across I/O): <c>_appendLock</c> guards the ring's tail, the record
+/// slots and the written-through watermark; <c>_indexLock</c> guards the dirty-block index. The superblock is written
+/// under <c>_superGate</c> (an async gate: superblock writes are I/O and must not interleave). Readers of log blocks
+/// are counted in two epoch counters so the writer of new records never overwrites space a reader still reads.</para>
+/// </remarks>
+internal sealed partial class WriteBackLog : IAsyncDisposable
+{
+    private const int BlockBytes = LogFormat.BlockBytes;
+
+    // Pause between retries when the backend fails a write-back: the data is safe in the log, so waiting is right;
+    // a cluster that returns resumes write-back by itself.
+    private static readonly TimeSpan BackendRetryDelay = TimeSpan.FromMilliseconds(500);
+
+    private readonly SafeFileHandle _file;
+    private readonly IVolumeHandle _backend;
+    private readonly ILogger _logger;
+    private readonly string _path;
+    private readonly long _capacity;
+    private readonly long _dataBytes;
+    private readonly int _atomicUnitBytes;
+    private readonly ulong _logTag;
+    private readonly Guid _logId;
+    private readonly string _identity;
+    private readonly long _incarnation;
+
+    // Ring state, guarded by _appendLock.
+    private readonly object _appendLock = new();
+    private readonly RecordSlot[] _slots;
+    private long _tailPos;
+    private long _nextSeq;
+    private long _usedBytes;
+    private long _writtenThrough; // every record with seq <= this is written into the log file
+    private TaskCompletionSource _spaceFreed = NewSignal();
+    private TaskCompletionSource _recordWritten = NewSignal();
+
+    // Dirty-block index, guarded by _indexLock.
+    private readonly object _indexLock = new();
+    private readonly Dictionary<long, DirtyBlock> _index = new();
+
+    // Write-back progress: records before _headSeq are on the backend. Written only by the write-back task.
+    private long _headSeq;
+    private long _headPos;
+    private TaskCompletionSource _applied = NewSignal();
+
+    // Superblock state, guarded by _superGate.
+    private readonly SemaphoreSlim _superGate = new(1, 1);
+    private long _generation;
+    private long _flushedSeq;
+    private long _syncedThrough;
+
+    // Readers of log blocks: two counters, selected by the epoch's parity (see ReleaseSpaceAsync).
+    private readonly long[] _readers = new long[2];
+    private long _epoch;
+
+    private readonly CancellationTokenSource _stop = new();
+    private Task? _writeBack;
+    private volatile string? _failure;
+
+    private struct RecordSlot
+    {
+        public long Seq;
+        public long Pos;
+        public long Bytes;
+        public long VolumeOffset;
+        public int Blocks;
+        public ushort Kind;
+        public bool Written;
+    }
+
+    private readonly record struct DirtyBlock(long Pos, long Seq, ulong Sum);
+
+    private WriteBackLog(SafeFileHandle file, IVolumeHandle backend, ILogger logger, string path, in LogFormat.Super super, int atomicUnitBytes)
+    {
+        _file = file;
+        _backend = backend;
+        _logger = logger;
+        _path = path;
+        _capacity = super.Capacity;
+        _dataBytes = super.Capacity - LogFormat.DataStart;
+        _atomicUnitBytes = atomicUnitBytes;
+        _logId = super.LogId;
+        _logTag = BitConverter.ToUInt64(super.LogId.ToByteArray(), 0);
+        _identity = super.Identity;
+        _incarnation = super.Incarnation;
+        _generation = super.Generation;
+        _flushedSeq = super.FlushedSeq;
+        _headSeq = super.HeadSeq;
+        _headPos = super.HeadPos;
+        // The smallest record is one sector of header plus one block; a wrap marker is one sector but at most one
+        // per lap. One slot per record that can be in the ring at once, plus slack for wrap markers.
+        _slots = new RecordSlot[_dataBytes / (LogFormat.SectorBytes + BlockBytes) + 16];
+    }
+
+    /// <summary>This log's id: recorded where the volume lives so another node knows whose cache holds dirty data.</summary>
+    public Guid LogId => _logId;
+
+    /// <summary>Where the next record goes.</summary>
+    public long TailPosition
+    {
+        get { lock (_appendLock) return _tailPos; }
+    }
+
+    /// <summary>Bytes of the ring in use (records not yet written back, and their padding).</summary>
+    public long UsedBytes => Interlocked.Read(ref _usedBytes);
+
+    /// <summary>Capacity of the ring in bytes.</summary>
+    public long CapacityBytes => _dataBytes;
+
+    /// <summary>Blocks the log holds that the backend does not have yet.</summary>
+    public long DirtyBlocks
+    {
+        get { lock (_indexLock) return _index.Count; }
+    }
+
+    /// <summary>Records appended but not yet written back.</summary>
+    public long LagRecords => Interlocked.Read(ref _nextSeq) - Volatile.Read(ref _headSeq);
+
+    /// <summary>Why write-back stopped (the log is damaged or the backend refused for good), or null.</summary>
+    public string? Failure => _failure;
+
+    private static TaskCompletionSource NewSignal() => new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    private static void Signal(ref TaskCompletionSource signal)
+    {
+        var old = Interlocked.Exchange(ref signal, NewSignal());
+        old.TrySetResult();
+    }
+
+    /// <summary>Starts the background write-back; call once after open.</summary>
+    public void Start() => _writeBack = Task.Run(WriteBackLoopAsync);
+
+    // ---- append ----
+
+    /// <summary>
+    /// Appends whole blocks at <paramref name="volumeOffset"/> (block-aligned) as one or more records. Waits while the
+    /// ring is full (back-pressure: write-back frees space). Acknowledged when the records are in the log file and
+    /// the index points at them.
+    /// </summary>
+    public async ValueTask AppendAsync(long volumeOffset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    {
+        ThrowIfFailed();
+        while (!data.IsEmpty)
+        {
+            int blocks = Math.Min(data.Length / BlockBytes, LogFormat.RecordBlocksMax);
+            var chunk = data[..(blocks * BlockBytes)];
+            await AppendRecordAsync(volumeOffset, chunk, blocks, cancellationToken).ConfigureAwait(false);
+            volumeOffset += chunk.Length;
+            data = data[chunk.Length..];
+        }
+    }
+
+    private async ValueTask AppendRecordAsync(long volumeOffset, ReadOnlyMemory<byte> payload, int blocks, CancellationToken cancellationToken)
+    {
+        int headerBytes = LogFormat.HeaderBytes(blocks);
+        long recordBytes = headerBytes + (long)blocks * BlockBytes;
+        var sums = ArrayPool<ulong>.Shared.Rent(blocks);
+        var header = ArrayPool<byte>.Shared.Rent(headerBytes);
+        try
+        {
+            for (int i = 0; i < blocks; i++) sums[i] = LogFormat.Hash(payload.Span.Slice(i * BlockBytes, BlockBytes));
+
+            long seq, pos;
+            long wrapSeq = -1, wrapPos = 0;
+            while (true)
+            {
+                Task wait;
+                lock (_appendLock)
+                {
+                    long waste = _tailPos + recordBytes > _capacity ? _capacity - _tailPos : 0;
+                    if (_usedBytes + waste + recordBytes <= _dataBytes)
+                    {
+                        if (waste > 0)
+                        {
+                            wrapSeq = _nextSeq++;
+                            wrapPos = _tailPos;
+                            Reserve(wrapSeq, wrapPos, waste, 0, 0, LogFormat.KindWrap);
+                            _tailPos = LogFormat.DataStart;
+                        }
+                        seq = _nextSeq++;
+                        pos = _tailPos;
+                        Reserve(seq, pos, recordBytes, volumeOffset, blocks, LogFormat.KindWrite);
+                        _tailPos += recordBytes;
+                        if (_tailPos == _capacity) _tailPos = LogFormat.DataStart;
+                        break;
+                    }
+                    wait = _spaceFreed.Task;
+                }
+                ThrowIfFailed();
+                await wait.WaitAsync(cancellationToken).ConfigureAwait(false);
+            }
+
+            if (wrapSeq >= 0)
+            {
+                var wrap = header.AsSpan(0, LogFormat.SectorBytes);
+                LogFormat.EncodeHeader(wrap, LogFormat.KindWrap, _logTag, _incarnation, wrapSeq, 0, ReadOnlySpan<ulong>.Empty);
+                WriteFully(wrap, wrapPos);
+                MarkWritten(wrapSeq);
+            }
+
+            LogFormat.EncodeHeader(header.AsSpan(0, headerBytes), LogFormat.KindWrite, _logTag, _incarnation, seq, volumeOffset, sums.AsSpan(0, blocks));
+            RandomAccess.Write(_file, [header.AsMemory(0, headerBytes), payload], pos);
+
+            lock (_indexLock)
+            {
+                long blockPos = pos + headerBytes;
+                long first = volumeOffset / BlockBytes;
+                for (int i = 0; i < blocks; i++, blockPos += BlockBytes)
+                {
+                    ref var entry = ref CollectionsMarshal.GetValueRefOrAddDefault(_index, first + i, out bool exists);
+                    if (!exists || entry.Seq < seq) entry = new DirtyBlock(blockPos, seq, sums[i]);
+                }
+            }
+            MarkWritten(seq);
+        }
+        finally
+        {
+            ArrayPool<ulong>.Shared.Return(sums);
+            ArrayPool<byte>.Shared.Return(header);
+        }
+    }
+
+    private void Reserve(long seq, long pos, long bytes, long volumeOffset, int blocks, ushort kind)
+    {
+        ref var slot = ref _slots[seq % _slots.Length];
+        // The slot's previous record must have been written back and released: the ring's byte bound keeps the
+        // number of live records below the slot count.
+        if (slot.Seq != 0 && slot.Seq >= Volatile.Read(ref _headSeq) && slot.Seq != seq)
+            throw new InvalidOperationException($"write-back log {_path}: record slot {seq % _slots.Length} still holds live record {slot.Seq}");
+        slot = new RecordSlot { Seq = seq, Pos = pos, Bytes = bytes, VolumeOffset = volumeOffset, Blocks = blocks, Kind = kind, Written = false };
+        _usedBytes += bytes;
+    }
+
+    private void MarkWritten(long seq)
+    {
+        lock (_appendLock)
+        {
+            _slots[seq % _slots.Length].Written = true;
+            while (_writtenThrough + 1 < _nextSeq && _slots[(_writtenThrough + 1) % _slots.Length] is { Written: true } s && s.Seq == _writtenThrough + 1)
+                _writtenThrough++;
+        }
+        Signal(ref _recordWritten);
+    }
+
+    private void WriteFully(ReadOnlySpan<byte> data, long pos) => RandomAccess.Write(_file, data, pos);
+
+    // ---- read ----
+
+    /// <summary>
+    /// If the log holds block <paramref name="block"/> newer than the backend, reads it into
+    /// <paramref name="destination"/> (4 KiB), verifies its checksum and returns true. Returns false when the backend
+    /// has the newest copy. A damaged block is a ChecksumMismatch, never returned.
+    /// </summary>
+    public bool TryReadBlock(long block, Span<byte> destination)
+    {
+        long epoch = Volatile.Read(ref _epoch);
+        Interlocked.Increment(ref _readers[epoch & 1]);
+        try
+        {
+            DirtyBlock entry;
+            lock (_indexLock)
+            {
+                if (!_index.TryGetValue(block, out entry)) return false;
+            }
+            ReadFully(destination[..BlockBytes], entry.Pos);
+            if (LogFormat.Hash(destination[..BlockBytes]) != entry.Sum)
+                throw new StorageException(StorageError.ChecksumMismatch,
+                    $"write-back cache {_path}: block at volume offset {block * BlockBytes} (record {entry.Seq}) fails its checksum; it is neither served nor written back");
+            return true;
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _readers[epoch & 1]);
+        }
+    }
+
+    /// <summary>True when the log holds block <paramref name="block"/> newer than the backend (a hint: may change at once).</summary>
+    public bool IsDirty(long block)
+    {
+        lock (_indexLock) return _index.ContainsKey(block);
+    }
+
+    private void ReadFully(Span<byte> destination, long pos)
+    {
+        int total = 0;
+        while (total < destination.Length)
+        {
+            int n = RandomAccess.Read(_file, destination[total..], pos + total);
+            if (n == 0) throw new StorageException(StorageError.IoError, $"write-back cache {_path}: short read at {pos + total}");
+            total += n;
+        }
+    }
+
+    // ---- flush and drain ----
+
+    /// <summary>Makes every record appended before this call durable in the log (one fdatasync, shared by concurrent flushes).</summary>
+    public async ValueTask FlushAsync(CancellationToken cancellationToken)
+    {
+        ThrowIfFailed();
+        long target;
+        lock (_appendLock) target = _nextSeq - 1;
+        while (true)
+        {
+            Task wait;
+            lock (_appendLock)
+            {
+                if (_writtenThrough >= target) break;
+                wait = _recordWritten.Task;
+            }
+            await wait.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        if (Volatile.Read(ref _syncedThrough) >= target) return;
+        await _superGate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            if (_syncedThrough >= target) return; // a flush that ran while this one waited covered it
+            long through;
+            lock (_appendLock) through = _writtenThrough;
+            // Recording the flushed sequence number lets replay tell a torn tail (never flushed) from damage.
+            _flushedSeq = through;
+            WriteSuperLocked(_headSeq, _headPos);
+            Sync();
+            Volatile.Write(ref _syncedThrough, through);
+        }
+        finally
+        {
+            _superGate.Release();
+        }
+    }
+
+    /// <summary>Waits until every record appended before this call is written back to the backend.</summary>
+    public async ValueTask DrainAsync(CancellationToken cancellationToken)
+    {
+        long target;
+        lock (_appendLock) target = _nextSeq;
+        while (Volatile.Read(ref _headSeq) < target)
+        {
+            ThrowIfFailed();
+            var wait = _applied.Task;
+            if (Volatile.Read(ref _headSeq) >= target) break;
+            await wait.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+        ThrowIfFailed();
+    }
+
+    private void ThrowIfFailed()
+    {
+        var failure = _failure;
+        if (failure is not null) throw new StorageException(StorageError.IoError, failure);
+    }
+
+    // ---- write-back ----
+
+    private async Task WriteBackLoopAsync()
+    {
+        var token = _stop.Token;
+        var buffer = ArrayPool<byte>.Shared.Rent(Math.Max(_atomicUnitBytes, LogFormat.RecordBlocksMax * BlockBytes) + LogFormat.HeaderBytes(LogFormat.RecordBlocksMax));
+        var sums = new ulong[LogFormat.RecordBlocksMax];
+        try
+        {
+            while (!token.IsCancellationRequested)
+            {
+                // Wait for the next record to be written into the log.
+                long seq = _headSeq;
+                RecordSlot first;
+                Task wait;
+                lock (_appendLock)
+                {
+                    wait = _recordWritten.Task;
+                    first = _slots[seq % _slots.Length];
+                }
+                if (seq >= Interlocked.Read(ref _nextSeq) || first.Seq != seq || !first.Written)
+                {
+                    await wait.WaitAsync(token).ConfigureAwait(false);
+                    continue;
+                }
+
+                if (first.Kind == LogFormat.KindWrap)
+                {
+                    await AdvanceAsync(seq + 1, LogFormat.DataStart, [first], token).ConfigureAwait(false);
+                    continue;
+                }
+
+                // One backend operation: this record and the written records right after it that continue it on the
+                // volume inside the same atomic unit (one RADOS object), so the operation is all-or-nothing.
+                var batch = new List<RecordSlot> { first };
+                long unit = first.VolumeOffset / _atomicUnitBytes;
+                long end = first.VolumeOffset + (long)first.Blocks * BlockBytes;
+                long length = end - first.VolumeOffset;
+                lock (_appendLock)
+                {
+                    for (long next = seq + 1; next < _nextSeq; next++)
+                    {
+                        var s = _slots[next % _slots.Length];
+                        if (s.Seq != next || !s.Written || s.Kind != LogFormat.KindWrite) break;
+                        long sEnd = s.VolumeOffset + (long)s.Blocks * BlockBytes;
+                        if (s.VolumeOffset != end || (sEnd - 1) / _atomicUnitBytes != unit || sEnd - first.VolumeOffset > _atomicUnitBytes) break;
+                        batch.Add(s);
+                        end = sEnd;
+                    }
+                }
+                length = end - first.VolumeOffset;
+
+                int filled = 0;
+                foreach (var r in batch)
+                {
+                    var verdict = ReadRecordPayload(r, buffer.AsSpan(filled, r.Blocks * BlockBytes), sums);
+                    if (verdict is not null)
+                    {
+                        Fail(verdict);
+                        return;
+                    }
+                    filled += r.Blocks * BlockBytes;
+                }
+
+                while (true)
+                {
+                    try
+                    {
+                        await _backend.WriteAsync(first.VolumeOffset, buffer.AsMemory(0, (int)length), fua: false, token).ConfigureAwait(false);
+                        await _backend.FlushAsync(token).ConfigureAwait(false);
+                        break;
+                    }
+                    catch (StorageException e) when (e.Error is not (StorageError.Closed or StorageError.ReadOnly or StorageError.OutOfRange or StorageError.InvalidArgument))
+                    {
+                        _logger.LogWarning("write-back of {Path} to the backend failed, retrying: {Message}", _path, e.Message);
+                        await Task.Delay(BackendRetryDelay, token).ConfigureAwait(false);
+                    }
+                    catch (StorageException e)
+                    {
+                        Fail($"write-back cache {_path}: the backend refused write-back for good ({e.Error}): {e.Message}");
+                        return;
+                    }
+                }
+
+                var last = batch[^1];
+                long nextPos = last.Pos + last.Bytes;
+                if (nextPos == _capacity) nextPos = LogFormat.DataStart;
+                await AdvanceAsync(last.Seq + 1, nextPos, batch, token).ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException) when (token.IsCancellationRequested)
+        {
+        }
+        catch (Exception e)
+        {
+            Fail($"write-back cache {_path}: write-back stopped: {e.Message}");
+            _logger.LogError(e, "write-back of {Path} stopped", _path);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    // Reads a record back from the log and checks it against what was appended; returns why it is unusable, or null.
+    private string? ReadRecordPayload(in RecordSlot r, Span<byte> payload, Span<ulong> sums)
+    {
+        int headerBytes = LogFormat.HeaderBytes(r.Blocks);
+        var header = ArrayPool<byte>.Shared.Rent(headerBytes);
+        try
+        {
+            ReadFully(header.AsSpan(0, headerBytes), r.Pos);
+            if (!LogFormat.TryDecodeHeader(header.AsSpan(0, headerBytes), _logTag, out var h, out _, sums)
+                || h.Seq != r.Seq || h.VolumeOffset != r.VolumeOffset || h.Blocks != r.Blocks)
+                return $"write-back cache {_path}: record {r.Seq} is damaged (header); it and every later record stay out of the backend, which holds the writes before it";
+            ReadFully(payload, r.Pos + headerBytes);
+            for (int i = 0; i < r.Blocks; i++)
+            {
+                if (LogFormat.Hash(payload.Slice(i * BlockBytes, BlockBytes)) != sums[i])
+                    return $"write-back cache {_path}: record {r.Seq} is damaged (block at volume offset {r.VolumeOffset + (long)i * BlockBytes}); it and every later record stay out of the backend, which holds the writes before it";
+            }
+            return null;
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(header);
+        }
+    }
+
+    // After a write-back operation is durable on the backend: record the new head durably, drop index entries the
+    // backend now serves, wait out readers of the released space, then let appends reuse it.
+    private async Task AdvanceAsync(long headSeq, long headPos, List<RecordSlot> released, CancellationToken token)
+    {
+        await _superGate.WaitAsync(token).ConfigureAwait(false);
+        try
+        {
+            WriteSuperLocked(headSeq, headPos);
+            Sync();
+        }
+        finally
+        {
+            _superGate.Release();
+        }
+
+        lock (_indexLock)
+        {
+            foreach (var r in released)
+            {
+                long first = r.VolumeOffset / BlockBytes;
+                for (int i = 0; i < r.Blocks; i++)
+                {
+                    if (_index.TryGetValue(first + i, out var e) && e.Seq == r.Seq) _index.Remove(first + i);
+                }
+            }
+        }
+
+        // A reader registers in the current epoch before it looks at the index. Moving to a new epoch and waiting for
+        // the old one's readers to leave means every reader that could have seen a released entry is done; readers
+        // of the new epoch looked after the removal above.
+        long old = Interlocked.Increment(ref _epoch) - 1;
+        var spin = new SpinWait();
+        while (Interlocked.Read(ref _readers[old & 1]) != 0) spin.SpinOnce();
+
+        long bytes = 0;
+        foreach (var r in released) bytes += r.Bytes;
+        lock (_appendLock)
+        {
+            _usedBytes -= bytes;
+            Volatile.Write(ref _headPos, headPos);
+            Volatile.Write(ref _headSeq, headSeq);
+        }
+        Signal(ref _spaceFreed);
+        Signal(ref _applied);
+    }
+
+    private void Fail(string reason)
+    {
+        if (_failure is not null) return;
+        _failure = reason;
+        _logger.LogError("{Reason}", reason);
+        Signal(ref _applied);
+        Signal(ref _spaceFreed);
+        Signal(ref _recordWritten);
+    }
+
+    // ---- superblock and file ----
+
+    private void WriteSuperLocked(long headSeq, long headPos)
+    {
+        _generation++;
+        Span<byte> slot = stackalloc byte[LogFormat.SectorBytes];
+        var super = new LogFormat.Super(_logId, _identity, _capacity, _generation, _incarnation, headSeq, headPos, _flushedSeq);
+        LogFormat.EncodeSuper(slot, super);
+        WriteFully(slot, (_generation & 1) * LogFormat.SectorBytes);
+    }
+
+    private void Sync()
+    {
+        if (fdatasync((int)_file.DangerousGetHandle()) != 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            var message = $"write-back cache {_path}: fdatasync failed: {Marshal.GetPInvokeErrorMessage(errno)}";
+            // After a failed sync the kernel may have dropped dirty pages: nothing in the log can be trusted to be
+            // durable any more, so the log stops taking writes.
+            Fail(message);
+            throw new StorageException(StorageError.IoError, message);
+        }
+    }
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int fdatasync(int fd);
+
+    /// <summary>Stops write-back (without draining: the log keeps what is not written back) and closes the file.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (_stop.IsCancellationRequested) return;
+        _stop.Cancel();
+        if (_writeBack is not null)
+        {
+            try { await _writeBack.ConfigureAwait(false); }
+            catch (OperationCanceledException) { }
+        }
+        if (_failure is null)
+        {
+            await _superGate.WaitAsync().ConfigureAwait(false);
+            try
+            {
+                lock (_appendLock) _flushedSeq = _writtenThrough;
+                WriteSuperLocked(_headSeq, _headPos);
+                Sync();
+            }
+            catch (StorageException)
+            {
+                // Already logged; the file is closed below either way.
+            }
+            finally
+            {
+                _superGate.Release();
+            }
+        }
+        _file.Dispose();
+        _stop.Dispose();
+    }
+}

@@ -1,0 +1,288 @@
+using Platter.Storage.Devices;
+
+namespace Platter.Storage.Internal;
+
+/// <summary>
+/// Physical space of the data area: the free-extent allocator, each volume's allocation region, growth of the data
+/// file, the count of referenced blocks and the quarantine of freed blocks waiting for readers to drain.
+///
+/// A freed block goes: volume (pending free) -> committer (after the record that frees it is durable) ->
+/// <see cref="Quarantine"/> -> <see cref="ReleaseQuarantine"/> (once no reader of its epoch remains) -> allocator.
+/// Locks: <see cref="_accountingLock"/> guards the quarantine and its moves into the allocator, so a check sees each
+/// block in exactly one place; <see cref="_growLock"/> serialises growth of the data file; each
+/// <see cref="Region"/> has its own small lock; the allocator has its own. None is held across a commit wait.
+/// </summary>
+internal sealed class Space
+{
+    private readonly IDataDevice _data;
+    private readonly long _dataBytesMax;
+    private readonly long _growthBytes;
+    private readonly Allocator _allocator = new();
+    private readonly Func<List<VolumeState>> _volumes;
+    private readonly Func<bool> _commitForSpace;
+    private readonly Func<IOException, string, StorageException> _deviceError;
+
+    // Serialises growth: two writers that both find the allocator short must not both extend the file.
+    private readonly object _growLock = new();
+
+    private readonly object _accountingLock = new();
+    private readonly List<(long Epoch, List<long> Blocks)> _quarantine = new();
+    private long _quarantinedBlocks;
+
+    // Distinct physical blocks referenced by any version of any volume (mapped, not yet freed).
+    private long _referencedBlocks;
+
+    // volumes: the live volumes (their regions are space in all but name). commitForSpace: commits pending operations
+    // so their freed blocks can come back; false when the store has failed.
+    public Space(IDataDevice data, long dataBytesMax, long growthBytes, Func<List<VolumeState>> volumes, Func<bool> commitForSpace,
+        Func<IOException, string, StorageException> deviceError)
+    {
+        _data = data;
+        _dataBytesMax = dataBytesMax;
+        _growthBytes = growthBytes;
+        _volumes = volumes;
+        _commitForSpace = commitForSpace;
+        _deviceError = deviceError;
+    }
+
+    public long TotalBlocks => _allocator.TotalBlocks;
+
+    public long ReferencedBlocks => Interlocked.Read(ref _referencedBlocks);
+
+    /// <summary>At open: every block not in <paramref name="usedSorted"/> is free.</summary>
+    public void Initialize(long totalBlocks, List<(long Start, long Length)> usedSorted, long referencedBlocks)
+    {
+        _allocator.Initialize(totalBlocks, usedSorted);
+        _referencedBlocks = referencedBlocks;
+    }
+
+    /// <summary>Blocks free for new writes: the allocator's plus what volumes reserved and have not written.</summary>
+    public long FreeBlocks() => _allocator.FreeBlocks + ReservedRegionBlocks();
+
+    /// <summary>A volume mapped <paramref name="blocks"/> newly allocated blocks.</summary>
+    public void NoteMapped(int blocks)
+    {
+        long referenced = Interlocked.Add(ref _referencedBlocks, blocks);
+        Invariant.Check(referenced <= _allocator.TotalBlocks, $"{referenced} blocks referenced in a data area of {_allocator.TotalBlocks}");
+    }
+
+    /// <summary>Blocks no version references any more (they are on their way to the quarantine).</summary>
+    public void NoteUnreferenced(long blocks)
+    {
+        long referenced = Interlocked.Add(ref _referencedBlocks, -blocks);
+        Invariant.Check(referenced >= 0, $"more blocks freed than were referenced ({referenced})");
+    }
+
+    /// <summary>Gives back space allocated but never mapped (a failed or refused write): reusable at once.</summary>
+    public void FreeUnmapped(long pba, int blocks) => _allocator.Free(pba, blocks);
+
+    /// <summary>
+    /// Takes up to <paramref name="want"/> contiguous blocks for the volume's next write from its region, refilling
+    /// the region from the allocator (growing the file, or committing so freed space returns) when it is empty.
+    /// </summary>
+    public long Allocate(VolumeState state, int want, out int got)
+    {
+        if (state.Region.TryTake(want, out long pba, out got)) return pba;
+        return RefillAndTake(state, want, out got);
+    }
+
+    private long RefillAndTake(VolumeState state, int want, out int got)
+    {
+        long wantBlocks = Math.Max(want, EngineLimits.RegionBlocks);
+        for (int attempt = 0; ; attempt++)
+        {
+            // Grow the file rather than scatter data while free space is scarce; reuse holes once it is plentiful.
+            if (!_allocator.HasExtentOf(wantBlocks) && _allocator.FreeBlocks < Math.Max(_allocator.TotalBlocks / 8, wantBlocks))
+                TryGrow(wantBlocks);
+            if (_allocator.TryAllocate(state.Region.End, wantBlocks, out long start, out long length))
+            {
+                // No lock is held while the allocator is searched: a concurrent writer of the same volume may have
+                // refilled the region meanwhile, and then the spare extent goes straight back.
+                long pba = state.Region.Install(start, length, want, out got, out var spare);
+                if (spare.Length > 0) _allocator.Free(spare.Start, spare.Length);
+                return pba;
+            }
+            if (!TryGrow(wantBlocks))
+            {
+                // Other volumes may hold unused reservations: take them back before giving up.
+                if (attempt == 0 && ReclaimRegions(except: state)) continue;
+                // Space may be waiting for a commit (overwritten blocks) or for readers to drain: commit and retry.
+                // This waits on the writer's own thread and holds no lock: usage queries and other writers go on.
+                if (attempt >= 3)
+                    throw new StorageException(StorageError.NoSpace, $"no space left for volume '{state.Name}': the data disk is full or the store reached its size limit");
+                _commitForSpace();
+                if (attempt > 0) Thread.Sleep(attempt * 5); // readers of an old epoch may still hold the space
+            }
+        }
+    }
+
+    /// <summary>Returns every other volume's unused region to the allocator; true when anything came back.</summary>
+    private bool ReclaimRegions(VolumeState except)
+    {
+        bool any = false;
+        foreach (var v in _volumes())
+        {
+            if (v == except) continue;
+            var (start, length) = v.Region.TakeUnused();
+            if (length > 0)
+            {
+                _allocator.Free(start, length);
+                any = true;
+            }
+        }
+        return any;
+    }
+
+    /// <summary>Returns a deleted volume's unused region to the allocator (its blocks were never mapped).</summary>
+    public void ReleaseRegion(VolumeState state)
+    {
+        var (start, length) = state.Region.TakeUnused();
+        _allocator.Free(start, length);
+    }
+
+    private long ReservedRegionBlocks()
+    {
+        long reserved = 0;
+        foreach (var v in _volumes()) reserved += v.Region.Unused;
+        return reserved;
+    }
+
+    private bool TryGrow(long minBlocks)
+    {
+        // Held across fallocate: growth is rare (every DataGrowthBytes) and two at once would both extend the file.
+        // Only writers that found no free space take this lock; usage queries and reads never do.
+        lock (_growLock)
+        {
+            long current = _data.Length;
+            long limit = Math.Min(_dataBytesMax, long.MaxValue / 2) & ~(long)(EngineLimits.BlockBytes - 1);
+            long step = Math.Max(_growthBytes, minBlocks << EngineLimits.BlockShift);
+            while (step >= EngineLimits.BlockBytes)
+            {
+                long target = Math.Min(current + step, limit);
+                if (target <= current) return false;
+                try
+                {
+                    _data.Grow(target);
+                    _allocator.AddCapacity(target >> EngineLimits.BlockShift);
+                    return true;
+                }
+                catch (IOException e) when (Errno.IsNoSpace(e))
+                {
+                    step /= 2; // the disk is nearly full: take what is left, in smaller steps
+                }
+                catch (IOException e)
+                {
+                    throw _deviceError(e, "growing the data file");
+                }
+            }
+            return false;
+        }
+    }
+
+    /// <summary>Holds blocks freed by a durable commit until readers of <paramref name="epoch"/> and older have left.</summary>
+    public void Quarantine(long epoch, List<long> frees)
+    {
+        if (frees.Count == 0) return;
+        lock (_accountingLock)
+        {
+            _quarantine.Add((epoch, frees));
+            _quarantinedBlocks += frees.Count;
+        }
+    }
+
+    /// <summary>Hands quarantined blocks of epochs up to <paramref name="drainedEpoch"/> back to the allocator.</summary>
+    public void ReleaseQuarantine(long drainedEpoch)
+    {
+        lock (_accountingLock)
+        {
+            int released = 0;
+            while (released < _quarantine.Count && _quarantine[released].Epoch <= drainedEpoch)
+            {
+                _allocator.FreeBlocksBulk(_quarantine[released].Blocks);
+                _quarantinedBlocks -= _quarantine[released].Blocks.Count;
+                released++;
+            }
+            _quarantine.RemoveRange(0, released);
+        }
+    }
+
+    public bool HasQuarantine
+    {
+        get { lock (_accountingLock) return _quarantine.Count > 0; }
+    }
+
+    /// <summary>For the check: free extents, quarantined and reserved blocks, taken so each block is in one place.</summary>
+    public (List<(long Start, long Length)> Free, long Quarantined, long Reserved) AccountingSnapshot()
+    {
+        var volumes = _volumes(); // the catalog's lock comes before this one: take it first
+        lock (_accountingLock)
+        {
+            long reserved = 0;
+            foreach (var v in volumes) reserved += v.Region.Unused;
+            return (_allocator.Snapshot(), _quarantinedBlocks, reserved);
+        }
+    }
+}
+
+/// <summary>
+/// A volume's allocation region: space reserved for its next writes, so consecutive writes land contiguously.
+/// Only <see cref="Space"/> uses it; its lock is held for a few instructions, never across I/O or a wait.
+/// </summary>
+internal sealed class Region
+{
+    private readonly object _lock = new();
+    private long _next;
+    private long _end;
+
+    /// <summary>Where the region ends (a hint: the allocator prefers the extent that starts there).</summary>
+    public long End
+    {
+        get { lock (_lock) return _end; }
+    }
+
+    /// <summary>Reserved blocks not yet written.</summary>
+    public long Unused
+    {
+        get { lock (_lock) return _end - _next; }
+    }
+
+    public bool TryTake(int want, out long pba, out int got)
+    {
+        lock (_lock)
+        {
+            pba = _next;
+            got = (int)Math.Min(want, _end - _next);
+            _next += got;
+            return got > 0;
+        }
+    }
+
+    /// <summary>
+    /// Makes [start, start+length) the region and takes from it; when a concurrent refill got there first, takes from
+    /// that one and returns the new extent as <paramref name="spare"/> (for the allocator).
+    /// </summary>
+    public long Install(long start, long length, int want, out int got, out (long Start, long Length) spare)
+    {
+        lock (_lock)
+        {
+            spare = default;
+            if (_end > _next) spare = (start, length);
+            else (_next, _end) = (start, start + length);
+            long pba = _next;
+            got = (int)Math.Min(want, _end - _next);
+            _next += got;
+            return pba;
+        }
+    }
+
+    /// <summary>Empties the region and returns what it held unused.</summary>
+    public (long Start, long Length) TakeUnused()
+    {
+        lock (_lock)
+        {
+            var unused = (_next, _end - _next);
+            _next = _end = 0;
+            return unused;
+        }
+    }
+}

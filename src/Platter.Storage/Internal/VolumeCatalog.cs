@@ -1,0 +1,403 @@
+using Microsoft.Extensions.Logging;
+
+namespace Platter.Storage.Internal;
+
+/// <summary>
+/// The live catalog: volumes by name and id, id allocation, catalog operations (create, rename, resize, delete,
+/// snapshot, clone, rollback) and the reclaim of space they drop.
+///
+/// Locks: <see cref="_adminLock"/> serialises catalog operations (rare; each waits for its commit);
+/// <see cref="_lock"/> guards the dictionaries, the catalog's pending operations and frees, ids and every
+/// snapshot's clone list, and is held for a few instructions only. Order: admin lock, then this lock, then a volume's
+/// lock (rename nests them; never the other way round); the committer takes this lock, then each volume's lock in
+/// turn, never both at once.
+/// A catalog change becomes visible (by name) only once it is durable, so no write to a new volume can be journaled
+/// before its creation.
+/// </summary>
+internal sealed class VolumeCatalog : IDisposable
+{
+    private readonly EngineParts _parts;
+    private readonly ILogger _logger;
+
+    private readonly SemaphoreSlim _adminLock = new(1, 1);
+    private readonly object _lock = new();
+    private readonly Dictionary<string, VolumeState> _byName = new(StringComparer.Ordinal);
+    private readonly Dictionary<long, VolumeState> _byId = new();
+    private OpLog _pendingOps = new(256);
+    private readonly List<long> _pendingFrees = new();
+    private long _nextId;
+
+    private readonly List<Task> _reclaims = new();
+
+    public VolumeCatalog(EngineParts parts, ILogger logger)
+    {
+        _parts = parts;
+        _logger = logger;
+    }
+
+    private Committer Committer => _parts.Committer;
+
+    /// <summary>At open: the volumes recovery rebuilt and the next free id.</summary>
+    public void Load(IEnumerable<VolumeState> volumes, long nextId)
+    {
+        lock (_lock)
+        {
+            foreach (var state in volumes)
+            {
+                _byId.Add(state.Id, state);
+                _byName.Add(state.Name, state);
+            }
+            _nextId = nextId;
+        }
+    }
+
+    /// <summary>
+    /// For the committer: moves every pending operation (each volume's, then the catalog's) into
+    /// <paramref name="batch"/> and their freed blocks into <paramref name="frees"/>. Catalog operations go last, so a
+    /// volume deleted in this round has all its writes in this round too.
+    /// </summary>
+    public void Gather(OpLog batch, List<long> frees)
+    {
+        OpLog catalogOps;
+        List<VolumeState> volumes;
+        lock (_lock)
+        {
+            catalogOps = _pendingOps;
+            _pendingOps = new OpLog(256);
+            frees.AddRange(_pendingFrees);
+            _pendingFrees.Clear();
+            volumes = [.. _byId.Values];
+        }
+        foreach (var v in volumes)
+        {
+            lock (v.Lock)
+            {
+                if (v.PendingOps.Length == 0 && v.PendingFrees.Count == 0) continue;
+                // Map and pending log in step: a block is freed only by a map change, which is journaled with it.
+                Invariant.Check(v.PendingOps.Length > 0, $"volume '{v.Name}' freed {v.PendingFrees.Count} blocks without a journaled change");
+                batch.Append(v.PendingOps.Span);
+                v.PendingOps.Clear();
+                frees.AddRange(v.PendingFrees);
+                v.PendingFrees.Clear();
+            }
+        }
+        batch.Append(catalogOps.Span);
+        catalogOps.Dispose();
+    }
+
+    /// <summary>Every live volume (including one being deleted until its deletion is durable).</summary>
+    public List<VolumeState> AllVolumes()
+    {
+        lock (_lock) return [.. _byId.Values];
+    }
+
+    /// <summary>The volumes users see, by name.</summary>
+    public List<VolumeState> NamedVolumes()
+    {
+        lock (_lock) return [.. _byName.Values];
+    }
+
+    public VolumeState Find(string name)
+    {
+        lock (_lock)
+        {
+            if (_byName.TryGetValue(name, out var state)) return state;
+        }
+        throw new StorageException(StorageError.NotFound, $"no volume named '{name}'");
+    }
+
+    public VolumeState? TryFind(string name)
+    {
+        lock (_lock) return _byName.GetValueOrDefault(name);
+    }
+
+    public SnapshotState FindSnapshot(string volume, string snapshot)
+    {
+        var state = Find(volume);
+        lock (state.Lock)
+        {
+            foreach (var s in state.Snapshots)
+                if (s.Name == snapshot) return s;
+        }
+        throw new StorageException(StorageError.NotFound, $"no snapshot named '{volume}@{snapshot}'");
+    }
+
+    public SnapshotInfo ToInfo(SnapshotState s)
+    {
+        List<string> clones;
+        lock (_lock) clones = [.. s.Clones.Select(c => c.Name)];
+        return new SnapshotInfo(s.Id, s.Volume.Name, s.Name, s.SizeBytes, s.Map.MappedBlocks * EngineLimits.BlockBytes, s.Created, clones);
+    }
+
+    // ---- Catalog operations: each under the admin lock, durable on return. ----
+
+    public VolumeInfo CreateVolume(string name, long sizeBytes) => Admin(() =>
+    {
+        VolumeState state;
+        lock (_lock)
+        {
+            if (_byName.ContainsKey(name)) throw new StorageException(StorageError.AlreadyExists, $"a volume named '{name}' already exists");
+            long id = _nextId++, layer = _nextId++;
+            state = new VolumeState(id, name, sizeBytes, DateTimeOffset.UtcNow, layer, origin: null);
+            _pendingOps.AppendCreateVolume(state.Id, sizeBytes, state.Created, layer, 0, name);
+        }
+        Committer.Commit();
+        // Visible only once durable, so no write to it can be journaled before its creation.
+        lock (_lock)
+        {
+            _byName.Add(name, state);
+            _byId.Add(state.Id, state);
+        }
+        return state.ToInfo();
+    });
+
+    public void RenameVolume(string name, string newName) => Admin(() =>
+    {
+        lock (_lock)
+        {
+            if (!_byName.TryGetValue(name, out var state)) throw new StorageException(StorageError.NotFound, $"no volume named '{name}'");
+            if (name == newName) return 0;
+            if (_byName.ContainsKey(newName)) throw new StorageException(StorageError.AlreadyExists, $"a volume named '{newName}' already exists");
+            _byName.Remove(name);
+            _byName.Add(newName, state);
+            lock (state.Lock) state.Name = newName;
+            _pendingOps.AppendRenameVolume(state.Id, newName);
+        }
+        Committer.Commit();
+        return 0;
+    });
+
+    /// <summary>Grows, or with <paramref name="allowShrink"/> shrinks (InvalidArgument without it: the data past the new end would go).</summary>
+    public void ResizeVolume(string name, long newSizeBytes, bool allowShrink) => Admin(() =>
+    {
+        var state = Find(name);
+        long oldSize;
+        lock (state.Lock) oldSize = state.SizeBytes;
+        // Checked under the admin lock, so no other resize can move the size between this check and the change.
+        if (newSizeBytes < oldSize && !allowShrink)
+            throw new StorageException(StorageError.InvalidArgument,
+                $"shrinking volume '{name}' from {oldSize} to {newSizeBytes} bytes discards the data past the new end; it needs allow-shrink (platter volume resize --allow-shrink)");
+        new Volume(_parts, state).Resize(newSizeBytes);
+        lock (_lock) _pendingOps.AppendResizeVolume(state.Id, newSizeBytes);
+        Committer.Commit();
+        return 0;
+    });
+
+    public void DeleteVolume(string name, bool recursive) => Admin(() =>
+    {
+        var state = Find(name);
+        List<SnapshotState> snaps;
+        lock (state.Lock) snaps = [.. state.Snapshots];
+        if (snaps.Count > 0 && !recursive)
+            throw new StorageException(StorageError.HasDependents,
+                $"volume '{name}' has snapshots ({string.Join(", ", snaps.Select(s => s.Name))}); delete them first, or delete recursively (platter volume delete --recursive)");
+        foreach (var s in snaps) ThrowIfCloned(s);
+        lock (_lock) _byName.Remove(name);
+        List<MapTree?> chain;
+        lock (state.Lock)
+        {
+            state.Deleted = true;
+            foreach (var s in snaps) s.Deleted = true;
+            chain = Versions.Lineage(state, freezeVolume: true).Maps;
+        }
+        _parts.Space.ReleaseRegion(state);
+        lock (_lock) _pendingOps.AppendDeleteVolume(state.Id);
+        Committer.Commit();
+        lock (_lock)
+        {
+            _byId.Remove(state.Id);
+            state.Origin?.Clones.Remove(state);
+        }
+        StartReclaim($"volume '{name}'", chain.Sum(m => m?.MappedBlocks ?? 0), free => Versions.VisitAdditions(chain, (_, _, e) => free(e.Pba)));
+        return 0;
+    });
+
+    public SnapshotInfo CreateSnapshot(string volume, string snapshot) => Admin(() =>
+    {
+        var state = Find(volume);
+        long id, layer;
+        lock (_lock)
+        {
+            id = _nextId++;
+            layer = _nextId++;
+        }
+        SnapshotState snap;
+        lock (state.Lock)
+        {
+            if (state.Deleted) throw new StorageException(StorageError.NotFound, $"no volume named '{volume}'");
+            if (state.Snapshots.Any(s => s.Name == snapshot))
+                throw new StorageException(StorageError.AlreadyExists, $"snapshot '{volume}@{snapshot}' already exists");
+            snap = Catalog.TakeSnapshot(state, id, snapshot, DateTimeOffset.UtcNow, layer);
+            state.PendingOps.AppendCreateSnapshot(state.Id, id, layer, snap.Created, snapshot);
+        }
+        Committer.Commit();
+        return ToInfo(snap);
+    });
+
+    public void DeleteSnapshot(string volume, string snapshot) => Admin(() =>
+    {
+        var snap = FindSnapshot(volume, snapshot);
+        ThrowIfCloned(snap);
+        var state = snap.Volume;
+        SnapshotState? parent;
+        MapTree childMap;
+        lock (state.Lock)
+        {
+            parent = snap.Parent;
+            var child = snap.Child;
+            // The volume keeps writing: compare against a frozen view of it as of now. Blocks it replaces later
+            // are judged by the write path against the snapshot's parent, which it now inherits from.
+            childMap = child is VolumeState v ? v.Map.Snapshot() : child.Map;
+            Catalog.RemoveSnapshot(snap);
+            state.PendingOps.AppendDeleteSnapshot(state.Id, snap.Id);
+        }
+        Committer.Commit();
+        StartReclaim($"snapshot '{snap.DisplayName}'", snap.Map.MappedBlocks + childMap.MappedBlocks, free => MapTree.Diff(snap.Map, childMap, 0, long.MaxValue, (block, older, _) =>
+        {
+            if (older.IsMapped && (parent is null || parent.Map.Get(block).PbaPlusOne != older.PbaPlusOne)) free(older.Pba);
+        }));
+        return 0;
+    });
+
+    public VolumeInfo CloneSnapshot(string volume, string snapshot, string newVolume) => Admin(() =>
+    {
+        var snap = FindSnapshot(volume, snapshot);
+        VolumeState state;
+        lock (_lock)
+        {
+            if (_byName.ContainsKey(newVolume)) throw new StorageException(StorageError.AlreadyExists, $"a volume named '{newVolume}' already exists");
+            long id = _nextId++, layer = _nextId++;
+            state = new VolumeState(id, newVolume, snap.SizeBytes, DateTimeOffset.UtcNow, layer, snap) { Map = snap.Map.CloneMutable() };
+            _pendingOps.AppendCreateVolume(id, snap.SizeBytes, state.Created, layer, snap.Id, newVolume);
+        }
+        Committer.Commit();
+        lock (_lock)
+        {
+            _byName.Add(newVolume, state);
+            _byId.Add(state.Id, state);
+            snap.Clones.Add(state);
+        }
+        return state.ToInfo();
+    });
+
+    public void RollbackVolume(string volume, string snapshot, bool recursive) => Admin(() =>
+    {
+        var snap = FindSnapshot(volume, snapshot);
+        var state = snap.Volume;
+        List<SnapshotState> newer;
+        lock (state.Lock) newer = state.Snapshots.SkipWhile(s => s != snap).Skip(1).ToList();
+        if (newer.Count > 0 && !recursive)
+            throw new StorageException(StorageError.HasDependents,
+                $"'{volume}' has snapshots newer than '{snapshot}' ({string.Join(", ", newer.Select(s => s.Name))}); rolling back past them deletes them, which needs the recursive option (platter rollback --recursive)");
+        foreach (var s in newer) ThrowIfCloned(s);
+        long layer;
+        lock (_lock) layer = _nextId++;
+        MapTree oldMap;
+        List<SnapshotState> dropped;
+        lock (state.Lock)
+        {
+            oldMap = state.Map.Snapshot();
+            dropped = Catalog.RollBack(state, snap, layer);
+            state.PendingOps.AppendRollback(state.Id, snap.Id, layer);
+        }
+        Committer.Commit();
+        // What the dropped versions added on top of the snapshot was theirs alone.
+        var chain = new List<MapTree?> { snap.Map };
+        chain.AddRange(dropped.Select(d => d.Map));
+        chain.Add(oldMap);
+        StartReclaim($"rollback of '{volume}' to '{snapshot}'", chain.Sum(m => m!.MappedBlocks), free => Versions.VisitAdditions(chain, (_, _, e) => free(e.Pba)));
+        return 0;
+    });
+
+    private void ThrowIfCloned(SnapshotState snap)
+    {
+        List<string> clones;
+        lock (_lock) clones = [.. snap.Clones.Select(c => c.Name)];
+        if (clones.Count > 0)
+            throw new StorageException(StorageError.HasDependents,
+                $"snapshot '{snap.DisplayName}' has clones ({string.Join(", ", clones)}); delete them first (they share its data)");
+    }
+
+    private T Admin<T>(Func<T> action)
+    {
+        _parts.ThrowIfClosed();
+        Committer.ThrowIfFailed();
+        // A blocking wait, kept on purpose: the catalog surface (IVolumeBackend) is synchronous and every catalog
+        // change waits for its own commit (one fsync) anyway, so an HTTP handler holds its thread for that commit
+        // whatever this lock does. The queue behind it is bounded by the management API's concurrency and each
+        // holder's time by one commit plus in-memory work (a reclaim over 64 Ki blocks goes to the background).
+        _adminLock.Wait();
+        try
+        {
+            return action();
+        }
+        catch (Exception e) when (e is not StorageException)
+        {
+            throw Committer.FailStop(e, "a catalog change");
+        }
+        finally
+        {
+            _adminLock.Release();
+        }
+    }
+
+    /// <summary>
+    /// Reclaims space: <paramref name="enumerate"/> reports each physical block no version references any more (its
+    /// operation is already durable). Small reclaims (at most <see cref="EngineLimits.InlineReclaimBlocks"/> blocks to
+    /// compare) run before the call returns, so space is back at once; larger ones run in the background, holding no
+    /// lock the I/O path needs. The blocks go through the usual quarantine, so reads still in flight on the deleted
+    /// versions finish first. After a crash nothing is lost: free space is derived from the durable maps at open.
+    /// </summary>
+    private void StartReclaim(string what, long workBlocks, Action<Action<long>> enumerate)
+    {
+        void Run()
+        {
+            var batch = new List<long>();
+            long total = 0;
+            void Hand()
+            {
+                lock (_lock) _pendingFrees.AddRange(batch);
+                _parts.Space.NoteUnreferenced(batch.Count);
+                total += batch.Count;
+                batch.Clear();
+            }
+            try
+            {
+                enumerate(pba =>
+                {
+                    batch.Add(pba);
+                    if (batch.Count >= 1 << 16) Hand();
+                });
+                Hand();
+                Committer.Nudge();
+                if (workBlocks > EngineLimits.InlineReclaimBlocks) _logger.LogInformation("Reclaimed {Bytes} bytes from {What}", total * EngineLimits.BlockBytes, what);
+            }
+            catch (Exception e)
+            {
+                // The space stays unused until the next open derives it free again; nothing is lost.
+                _logger.LogError(e, "Reclaiming space from {What} failed; it will be reclaimed when the store is next opened", what);
+            }
+        }
+        if (workBlocks <= EngineLimits.InlineReclaimBlocks)
+        {
+            Run();
+            return;
+        }
+        var task = Task.Run(Run);
+        lock (_reclaims)
+        {
+            _reclaims.RemoveAll(t => t.IsCompleted);
+            _reclaims.Add(task);
+        }
+    }
+
+    /// <summary>Waits until every background reclaim has handed its blocks over (tests, check, close).</summary>
+    public void WaitForReclaims()
+    {
+        Task[] running;
+        lock (_reclaims) running = [.. _reclaims];
+        Task.WaitAll(running);
+    }
+
+    public void Dispose() => _adminLock.Dispose();
+}

@@ -1,0 +1,89 @@
+namespace Platter.Cache.Tests;
+
+/// <summary>
+/// A backend handle (the embedded engine's, below) whose writes can be held back, slowed down or cut off, so a test
+/// decides how far write-back gets. Records the order in which writes reach the backend.
+/// </summary>
+internal sealed class GatedBackend(IVolumeHandle inner) : IVolumeHandle
+{
+    private readonly object _lock = new();
+    private TaskCompletionSource _open = Opened();
+    private volatile bool _cut;
+
+    private static TaskCompletionSource Opened()
+    {
+        var tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        tcs.SetResult();
+        return tcs;
+    }
+
+    /// <summary>Delay before each write reaches the backend.</summary>
+    public TimeSpan WriteDelay { get; set; }
+
+    /// <summary>After this many writes reach the backend, cut it off (as <see cref="Cut"/>).</summary>
+    public int CutAfterWrites { get; set; } = int.MaxValue;
+
+    /// <summary>Writes that reached the backend, in order.</summary>
+    public List<(long Offset, int Length)> Applied { get; } = [];
+
+    /// <summary>Holds every later write until <see cref="Resume"/>.</summary>
+    public void Pause()
+    {
+        lock (_lock) if (_open.Task.IsCompleted) _open = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+
+    public void Resume()
+    {
+        lock (_lock) _open.TrySetResult();
+    }
+
+    /// <summary>From now on no write reaches the backend (the cache node died): writes in flight fail.</summary>
+    public void Cut()
+    {
+        _cut = true;
+        Resume();
+    }
+
+    public string Name => inner.Name;
+    public long SizeBytes => inner.SizeBytes;
+    public bool IsReadOnly => inner.IsReadOnly;
+    public bool FlushCoversAllHandles => inner.FlushCoversAllHandles;
+
+    public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken cancellationToken = default) =>
+        inner.ReadAsync(offset, destination, cancellationToken);
+
+    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken cancellationToken = default)
+    {
+        Task gate;
+        lock (_lock) gate = _open.Task;
+        await gate.WaitAsync(cancellationToken);
+        if (WriteDelay > TimeSpan.Zero) await Task.Delay(WriteDelay, cancellationToken);
+        lock (_lock)
+        {
+            if (_cut) throw new StorageException(StorageError.Closed, "the test cut the backend off");
+            // Applied under the lock, so "cut after N" means exactly N writes reached the backend.
+            inner.WriteAsync(offset, source, fua, cancellationToken).AsTask().GetAwaiter().GetResult();
+            Applied.Add((offset, source.Length));
+            if (Applied.Count >= CutAfterWrites) _cut = true;
+        }
+    }
+
+    public ValueTask FlushAsync(CancellationToken cancellationToken = default) => inner.FlushAsync(cancellationToken);
+
+    public ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken = default) =>
+        inner.TrimAsync(offset, length, fua, cancellationToken);
+
+    public ValueTask WriteZeroesAsync(long offset, long length, bool deallocate, bool fua, CancellationToken cancellationToken = default) =>
+        inner.WriteZeroesAsync(offset, length, deallocate, fua, cancellationToken);
+
+    public int GetExtents(long offset, long length, Span<VolumeExtent> destination) => inner.GetExtents(offset, length, destination);
+
+    public int GetChangedExtents(string sinceSnapshot, long offset, long length, Span<VolumeExtent> destination) =>
+        inner.GetChangedExtents(sinceSnapshot, offset, length, destination);
+
+    public int GetAllocationDepth(long offset, long length, Span<DepthExtent> destination) => inner.GetAllocationDepth(offset, length, destination);
+
+    public IReadOnlyList<string> DirtyBitmapSnapshots => inner.DirtyBitmapSnapshots;
+
+    public void Dispose() => inner.Dispose();
+}

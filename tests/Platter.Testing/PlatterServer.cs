@@ -1,0 +1,240 @@
+using System.Text;
+using Xunit.Sdk;
+
+namespace Platter.Testing;
+
+/// <summary>One export a test can point real NBD clients at.</summary>
+public sealed record NbdExport(string Name, string SocketPath, long SizeBytes)
+{
+    /// <summary>The NBD URI (nbd+unix:///NAME?socket=PATH) every libnbd and QEMU tool accepts.</summary>
+    public string Uri => NbdUri(Name, SocketPath);
+
+    /// <summary>The NBD URI of export <paramref name="name"/> on the unix socket <paramref name="socketPath"/>.</summary>
+    public static string NbdUri(string name, string socketPath) =>
+        $"nbd+unix:///{System.Uri.EscapeDataString(name)}?socket={socketPath}";
+}
+
+/// <summary>
+/// A real <c>platter serve</c> process (platter.dll, copied next to the tests by a project reference to
+/// src/Platter.Cli) on a private store, with NBD and the management API on unix sockets and no TCP unless asked
+/// for, so parallel tests never collide on ports. It can be stopped (SIGTERM), killed (SIGKILL) and started again
+/// on the same store; <see cref="Log"/> keeps what every run printed. Volumes are created through the real CLI.
+/// </summary>
+public sealed class PlatterServer : IAsyncDisposable
+{
+    // A cold start JIT-compiles the server and opens the store; on a loaded 2-core machine that can take several
+    // seconds. The bound only catches a server that never listens.
+    private static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(60);
+    // Longer than the server's own 30 s grace for in-flight requests, so a slow drain shows up as a slow exit in the
+    // log rather than as a kill; only a real hang fails here.
+    private static readonly TimeSpan StopTimeout = TimeSpan.FromSeconds(60);
+    private static readonly TimeSpan CliTimeout = TimeSpan.FromSeconds(60);
+
+    // A developer's own PLATTER_API_SOCKET must not send the tests' CLI calls to another server, and PLATTER_STORE
+    // must not matter because every path is given explicitly.
+    private static readonly IReadOnlyDictionary<string, string?> CleanEnvironment =
+        new Dictionary<string, string?> { ["PLATTER_API_SOCKET"] = null, ["PLATTER_STORE"] = null };
+
+    private readonly TempDirectory? _ownedRoot;
+    private readonly StringBuilder _log = new();
+    private ChildProcess? _process;
+
+    /// <summary>
+    /// A server whose store and sockets live in <paramref name="workDirectory"/>, or in a private temp directory
+    /// (removed on dispose) when none is given.
+    /// </summary>
+    public PlatterServer(string? workDirectory = null)
+    {
+        if (workDirectory is null)
+        {
+            _ownedRoot = new TempDirectory("plts");
+            workDirectory = _ownedRoot.Path;
+        }
+        StoreDirectory = Path.Combine(workDirectory, "store");
+        NbdSocketPath = Path.Combine(workDirectory, "nbd.sock");
+        ApiSocketPath = Path.Combine(workDirectory, "api.sock");
+    }
+
+    /// <summary>The store directory (<c>--store</c>).</summary>
+    public string StoreDirectory { get; }
+
+    /// <summary>
+    /// The NBD unix socket (<c>--socket</c>), unless <see cref="ServeNbd"/> is off; a test may move it before
+    /// <see cref="StartAsync"/>.
+    /// </summary>
+    public string NbdSocketPath { get; set; }
+
+    /// <summary>
+    /// The management API's unix socket (<c>--api-socket</c>); a test may move it (e.g. into the store, where
+    /// <c>--store</c> finds it) before <see cref="StartAsync"/>.
+    /// </summary>
+    public string ApiSocketPath { get; set; }
+
+    /// <summary>Start the next <see cref="StartAsync"/> with <c>--read-only</c>: every NBD export read-only.</summary>
+    public bool ReadOnly { get; set; }
+
+    /// <summary>Serve NBD on <see cref="NbdSocketPath"/>; off gives <c>--socket none</c> (the API alone).</summary>
+    public bool ServeNbd { get; set; } = true;
+
+    /// <summary>The <c>--listen</c> value of the next <see cref="StartAsync"/>: no TCP listener unless a test needs one.</summary>
+    public string Listen { get; set; } = "none";
+
+    /// <summary>Start the next <see cref="StartAsync"/> with <c>--verbose</c> (a log line per API request).</summary>
+    public bool Verbose { get; set; }
+
+    /// <summary>
+    /// Read the server's output as it comes (the default). Off, nothing reads it until the server has exited, like a
+    /// log consumer that stalled: the server must keep serving all the same.
+    /// </summary>
+    public bool ReadOutput { get; set; } = true;
+
+    /// <summary>More <c>platter serve</c> arguments for the next <see cref="StartAsync"/> (TLS options).</summary>
+    public string[] ExtraArguments { get; set; } = [];
+
+    /// <summary>Everything the server printed, across restarts, with start and stop markers; for failure messages.</summary>
+    public string Log
+    {
+        get
+        {
+            lock (_log) return _process is null ? _log.ToString() : _log + _process.Output;
+        }
+    }
+
+    /// <summary>True while a started server process has not exited.</summary>
+    public bool IsRunning => _process is { HasExited: false };
+
+    /// <summary>The running server's process id.</summary>
+    public int ProcessId => (_process ?? throw new InvalidOperationException("not started")).Id;
+
+    /// <summary>platter.dll next to the test assembly (copied there by the project reference to src/Platter.Cli).</summary>
+    public static string PlatterDll
+    {
+        get
+        {
+            var dll = Path.Combine(AppContext.BaseDirectory, "platter.dll");
+            if (!File.Exists(dll))
+                throw new XunitException($"platter.dll not found next to the tests ({AppContext.BaseDirectory}): reference src/Platter.Cli and build it");
+            return dll;
+        }
+    }
+
+    /// <summary>The dotnet host that runs the tests; it runs platter.dll too, so no separate install is needed.</summary>
+    public static string DotnetHost
+    {
+        get
+        {
+            if (Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host)) return host;
+            if (Environment.ProcessPath is { } self && Path.GetFileNameWithoutExtension(self) == "dotnet") return self;
+            return ProcessRunner.RequireTool("dotnet", "the .NET SDK");
+        }
+    }
+
+    /// <summary>Starts <c>platter serve</c> and waits until the API socket (and the NBD socket, when served) accept connections.</summary>
+    public async Task StartAsync(CancellationToken cancellationToken = default)
+    {
+        if (IsRunning) throw new InvalidOperationException("already running");
+        await ForgetExitedAsync(); // exited on its own (or never listened): only its log remains
+        string[] args =
+        [
+            PlatterDll, "serve",
+            "--store", StoreDirectory,
+            "--socket", ServeNbd ? NbdSocketPath : "none",
+            "--listen", Listen,
+            "--api-socket", ApiSocketPath,
+            .. (ReadOnly ? (string[])["--read-only"] : []),
+            .. (Verbose ? (string[])["--verbose"] : []),
+            .. ExtraArguments,
+        ];
+        var process = ChildProcess.Start(DotnetHost, args, CleanEnvironment, ReadOutput);
+        AppendLog($"--- started pid {process.Id}: platter {string.Join(' ', args.Skip(1))}");
+        _process = process;
+        await process.WaitUntilListeningAsync(ServeNbd ? [NbdSocketPath, ApiSocketPath] : [ApiSocketPath], StartTimeout, cancellationToken);
+    }
+
+    /// <summary>Stops the server with SIGTERM and returns its exit code; fails the test if it does not exit in time.</summary>
+    public async Task<int> StopAsync(CancellationToken cancellationToken = default)
+    {
+        var process = _process ?? throw new InvalidOperationException("not started");
+        AppendLog($"--- SIGTERM to pid {process.Id}");
+        var stopping = System.Diagnostics.Stopwatch.StartNew();
+        int exitCode;
+        try
+        {
+            exitCode = await process.TerminateAsync(StopTimeout, cancellationToken);
+        }
+        finally
+        {
+            await ForgetExitedAsync();
+        }
+        AppendLog($"--- exited with code {exitCode}, {stopping.Elapsed.TotalSeconds:0.0} s after SIGTERM");
+        return exitCode;
+    }
+
+    /// <summary>Kills the server with SIGKILL (a crash: no shutdown code runs) and waits for it to be gone.</summary>
+    public async Task KillAsync()
+    {
+        var process = _process ?? throw new InvalidOperationException("not started");
+        AppendLog($"--- SIGKILL to pid {process.Id}");
+        await process.KillAsync();
+        await ForgetExitedAsync();
+        AppendLog("--- killed");
+    }
+
+    /// <summary>Runs <c>platter ARGS --api-socket SOCKET</c> against this server.</summary>
+    public Task<ProcessResult> CliAsync(params string[] args) =>
+        ProcessRunner.RunAsync(DotnetHost, [PlatterDll, .. args, "--api-socket", ApiSocketPath], CliTimeout, CleanEnvironment);
+
+    /// <summary>Runs the CLI with the API socket given only through PLATTER_API_SOCKET.</summary>
+    public Task<ProcessResult> CliWithEnvironmentSocketAsync(params string[] args) =>
+        ProcessRunner.RunAsync(DotnetHost, [PlatterDll, .. args], CliTimeout,
+            new Dictionary<string, string?> { ["PLATTER_API_SOCKET"] = ApiSocketPath, ["PLATTER_STORE"] = null });
+
+    /// <summary>Creates a volume of <paramref name="sizeBytes"/> (given to the CLI in MiB when whole, else in bytes).</summary>
+    public Task<NbdExport> CreateExportAsync(string name, long sizeBytes) =>
+        CreateVolumeAsync(name, sizeBytes % (1024 * 1024) == 0 ? $"{sizeBytes / (1024 * 1024)}M" : $"{sizeBytes}", sizeBytes);
+
+    /// <summary>Creates a volume with <c>platter volume create NAME --size SIZE</c>; it is an export named after it.</summary>
+    public async Task<NbdExport> CreateVolumeAsync(string name, string size, long sizeBytes)
+    {
+        var result = await CliAsync("volume", "create", name, "--size", size);
+        AppendLog($"--- platter volume create {name} --size {size}: exit {result.ExitCode}");
+        if (result.TimedOut || result.ExitCode != 0)
+            throw new XunitException($"platter volume create failed\n{result.Describe()}\n--- server log ---\n{Log}");
+        return new NbdExport(name, NbdSocketPath, sizeBytes);
+    }
+
+    /// <summary>Stops a running server (SIGTERM, then SIGKILL if it lingers) and removes the private directory.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (_process is { } process)
+        {
+            try
+            {
+                if (!process.HasExited) await process.TerminateAsync(TimeSpan.FromSeconds(10));
+            }
+            catch (XunitException)
+            {
+                // Killed after the grace: disposal must not fail the test that already has its verdict.
+            }
+            await ForgetExitedAsync();
+        }
+        _ownedRoot?.Dispose();
+    }
+
+    // Moves an exited process's output into the log and lets it go.
+    private async Task ForgetExitedAsync()
+    {
+        if (_process is not { } process) return;
+        await process.DisposeAsync();
+        lock (_log)
+        {
+            _log.Append(process.Output);
+            _process = null;
+        }
+    }
+
+    private void AppendLog(string line)
+    {
+        lock (_log) _log.AppendLine(line);
+    }
+}
