@@ -25,9 +25,12 @@ public class CliSafetyTests
     }
 
     /// <summary>Plausible required arguments for <paramref name="command"/>, so it gets as far as calling the server.</summary>
-    private static string[] PlausibleArguments(Command command)
+    private static string[] PlausibleArguments(Command command, TempDirectory home)
     {
         var args = new List<string>();
+        // import reads an existing image; export writes a new file.
+        var image = home.Combine("disk.img");
+        if (!File.Exists(image)) File.WriteAllBytes(image, new byte[4096]);
         foreach (var a in command.Arguments)
         {
             if (a.Arity.MinimumNumberOfValues == 0) continue;
@@ -36,6 +39,7 @@ public class CliSafetyTests
                 "VOLUME@SNAPSHOT" or "FROM" => "vm1@s1",
                 "NEW_NAME" => "vm2",
                 "NEW_VOLUME" => "vm3",
+                "FILE" => command.Name == "import" ? image : home.Combine("out.img"),
                 _ => "vm1",
             });
         }
@@ -64,7 +68,7 @@ public class CliSafetyTests
             // serve has --api-socket too (where to listen); it is a server, not a client.
             if (path[0] == "serve" || !command.Options.Any(o => o.Name == "--api-socket")) continue;
             clients++;
-            string[] args = [.. path, .. PlausibleArguments(command), "--store", store];
+            string[] args = [.. path, .. PlausibleArguments(command, home), "--store", store];
             var result = await CliRunner.RunAsync(CliRunner.Environment(home.Path), args);
             Assert.True(result.ExitCode == 1, $"platter {string.Join(' ', args)}\n{result}");
             Assert.Equal($"platter: cannot reach the Platter server at {Path.Combine(store, "api.sock")} (is `platter serve` running?)\n",
