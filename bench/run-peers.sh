@@ -13,6 +13,8 @@
 #                   and prefilled like the others; the binary is $PLATTER_BIN, else a Release build of
 #                   src/Platter.Cli run as its apphost (so the measured CPU is the server's own); skipped
 #                   with a clear line when it cannot be built or started
+#   platter-nometrics  the same with `--no-metrics` (not in the default list): run it beside platter to
+#                   measure what per-volume metrics cost on the request path
 # Workloads (fio's nbd engine for servers, io_uring for raw-*):
 #   randwrite-4k-qd1-flush  4 KiB random writes, depth 1, a flush after every write (IOPS, p50/p99, flush p99)
 #   randwrite-4k-qd32       4 KiB random writes, depth 32, no flushes (fsync=N at depth > 1 is not comparable)
@@ -134,40 +136,39 @@ unix_socket_accepts() {
 s = socket.socket(socket.AF_UNIX); s.settimeout(2); s.connect(sys.argv[1])' "$1" 2>/dev/null
 }
 
-platter_api=""
-platter_start() {
-  local store="$dir/platter-store" s="$dir/platter.sock" i
-  platter_api="$dir/platter-api.sock"
+platter_start() { # target [extra serve arguments...]
+  local t=$1; shift
+  local store="$dir/$t-store" s="$dir/$t.sock" api="$dir/$t-api.sock" i
   rm -rf "$store"
-  rm -f "$s" "$platter_api"
+  rm -f "$s" "$api"
   # The developer's own PLATTER_API_SOCKET / PLATTER_STORE must not point the CLI or server elsewhere.
   env -u PLATTER_API_SOCKET -u PLATTER_STORE \
-    "$platter_bin" serve --store "$store" --socket "$s" --listen none --api-socket "$platter_api" > "$out/platter.log" 2>&1 &
-  pid[platter]=$!
-  sock[platter]=$s
-  uri[platter]="nbd+unix:///$export_name?socket=$s"
+    "$platter_bin" serve --store "$store" --socket "$s" --listen none --api-socket "$api" "$@" > "$out/$t.log" 2>&1 &
+  pid[$t]=$!
+  sock[$t]=$s
+  uri[$t]="nbd+unix:///$export_name?socket=$s"
   for i in $(seq 1 600); do
-    unix_socket_accepts "$platter_api" && unix_socket_accepts "$s" && break
-    kill -0 "${pid[platter]}" 2>/dev/null || break
+    unix_socket_accepts "$api" && unix_socket_accepts "$s" && break
+    kill -0 "${pid[$t]}" 2>/dev/null || break
     sleep 0.1
   done
   # Exact bytes: --size may be given as 4G or 4GiB, the CLI and numfmt agree on bytes.
   if ! timeout 60 env -u PLATTER_API_SOCKET "$platter_bin" volume create "$export_name" --size "$size_bytes" \
-         --api-socket "$platter_api" >> "$out/platter.log" 2>&1 \
-     || ! wait_socket platter "$s" "${pid[platter]}"; then
-    skip[platter]="platter serve / volume create did not work (see $out/platter.log)"
-    kill "${pid[platter]}" 2>/dev/null || true
-    wait "${pid[platter]}" 2>/dev/null || true
-    unset 'pid[platter]'
+         --api-socket "$api" >> "$out/$t.log" 2>&1 \
+     || ! wait_socket "$t" "$s" "${pid[$t]}"; then
+    skip[$t]="platter serve / volume create did not work (see $out/$t.log)"
+    kill "${pid[$t]}" 2>/dev/null || true
+    wait "${pid[$t]}" 2>/dev/null || true
+    unset "pid[$t]"
     return 1
   fi
   local got
-  got=$(timeout 10 nbdinfo --size "${uri[platter]}") || got=?
-  [ "$got" = "$size_bytes" ] || { skip[platter]="volume $export_name has size $got, expected $size_bytes"; return 1; }
+  got=$(timeout 10 nbdinfo --size "${uri[$t]}") || got=?
+  [ "$got" = "$size_bytes" ] || { skip[$t]="volume $export_name has size $got, expected $size_bytes"; return 1; }
   # A new volume reads as zeros without touching storage; fill it so reads measure real reads.
-  log "platter: prefilling $size from $src"
-  timeout 3600 nbdcopy --flush "$src" "${uri[platter]}" || { skip[platter]="prefill failed"; return 1; }
-  log "platter: pid ${pid[platter]} on $s ($platter_bin)"
+  log "$t: prefilling $size from $src"
+  timeout 3600 nbdcopy --flush "$src" "${uri[$t]}" || { skip[$t]="prefill failed"; return 1; }
+  log "$t: pid ${pid[$t]} on $s ($platter_bin $*)"
 }
 
 stop_all() {
@@ -180,11 +181,11 @@ stop_all() {
     rc=0
     wait "${pid[$n]}" 2>/dev/null || rc=$?
     # SIGTERM is platter's clean shutdown (flush, close): anything but 0 is worth a look.
-    [ "$n" != platter ] || [ "$rc" = 0 ] || log "WARNING: platter exited with code $rc after SIGTERM (see $out/platter.log)"
+    [[ "$n" != platter* ]] || [ "$rc" = 0 ] || log "WARNING: $n exited with code $rc after SIGTERM (see $out/$n.log)"
   done
   pid=()
   if [ "$keep" = 0 ]; then
-    rm -rf "$dir/src.img" "$dir/raw.img" "$dir/raw-direct.img" "$dir/q.qcow2" "$dir/qsnap.qcow2" "$dir/platter-store" "$dir"/*.sock
+    rm -rf "$dir/src.img" "$dir/raw.img" "$dir/raw-direct.img" "$dir/q.qcow2" "$dir/qsnap.qcow2" "$dir"/platter*-store "$dir"/*.sock
   fi
 }
 trap stop_all EXIT
@@ -232,7 +233,8 @@ for t in "${target_list[@]}"; do
     nbdkit-file)
       start_bg "$t" "$dir/$t.sock" "$out/$t.log" \
         nbdkit --foreground --unix "$dir/$t.sock" --exportname "$export_name" file "$dir/raw.img" ;;
-    platter) { find_platter && platter_start; } || true ;;
+    platter) { [ -n "$platter_bin" ] || find_platter; } && platter_start "$t" || true ;;
+    platter-nometrics) { [ -n "$platter_bin" ] || find_platter; } && platter_start "$t" --no-metrics || true ;;
     *) die "unknown target $t" ;;
   esac
 done

@@ -192,7 +192,7 @@ internal static class ImageCommands
         var health = await client.GetHealthAsync(ct);
         if (health.TlsRequired)
             throw new CliException("the server requires TLS on NBD; import and export connect without it (serve a plain unix socket too)");
-        if (health.NbdSocket is not null) return AttachText.Build(name, new NbdTarget.Unix(health.NbdSocket), tls: false).Uri;
+        if (health.NbdSocket is not null) return AttachText.Build(name, new NbdTarget.Unix(health.NbdSocket), new AttachOptions()).Uri;
         // The server reports its TCP address as HOST:PORT ([V6]:PORT for IPv6), which is already a URI authority.
         if (health.NbdTcp is not null) return $"nbd://{health.NbdTcp}/{Uri.EscapeDataString(name)}";
         throw new CliException("the server has no NBD listener (it runs with --listen none --socket none)");

@@ -33,6 +33,15 @@ public static class PlatterCli
         try
         {
             var root = BuildRootCommand(context);
+            try
+            {
+                args = ServeConfig.Expand(args, root.Subcommands.First(c => c.Name == "serve"));
+            }
+            catch (CliException e)
+            {
+                context.Error.WriteLine("platter: " + e.Message);
+                return e.ExitCode;
+            }
             // No response files: "@s" is how a snapshot name starts (platter snapshot create @s), never a file of arguments.
             parse = root.Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null });
         }

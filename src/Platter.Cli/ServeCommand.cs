@@ -20,8 +20,27 @@ internal static class ServeCommand
     {
         var store = new Option<string?>("--store")
         {
-            Description = "Store directory, created with a new store on first run. Default: $PLATTER_STORE, else $XDG_DATA_HOME/platter, else ~/.local/share/platter.",
-            HelpName = "DIR",
+            Description = "Store directory, created with a new store on first run; or rbd:POOL for volumes as RBD images in a Ceph pool " +
+                          "(then the default sockets live in the default store directory). Default: $PLATTER_STORE, else $XDG_DATA_HOME/platter, else ~/.local/share/platter.",
+            HelpName = "DIR|rbd:POOL",
+        };
+        var cephConf = new Option<string?>("--ceph-conf")
+        {
+            Description = "ceph.conf for an rbd: store (monitors, keyring). Default: $CEPH_CONF, else /etc/ceph/ceph.conf.",
+            HelpName = "FILE",
+        };
+        var cephId = new Option<string>("--ceph-id")
+        {
+            Description = "Ceph user of an rbd: store, without 'client.'; its key comes from the keyring the configuration names.",
+            HelpName = "NAME",
+            DefaultValueFactory = _ => "admin",
+        };
+        var cephOpTimeout = new Option<int>("--ceph-op-timeout")
+        {
+            Description = "Seconds an I/O on an rbd: store may wait for the OSDs (while too few storage nodes are up) before the client " +
+                          "gets an I/O error; 0 waits without limit.",
+            HelpName = "SECONDS",
+            DefaultValueFactory = _ => 300,
         };
         var listen = new Option<string>("--listen")
         {
@@ -102,19 +121,67 @@ internal static class ServeCommand
             Description = "Serve every NBD export read-only, like qemu-nbd -r: clients see NBD_FLAG_READ_ONLY and writes, trims and " +
                           "write-zeroes get EPERM. The management API still creates, resizes, renames and deletes volumes.",
         };
+        var config = new Option<string?>(ServeConfig.OptionName)
+        {
+            Description = "Read settings from FILE: one 'name = value' per line, the names being these flags without '--' " +
+                          "(store = /var/lib/platter, read-only = true); '#' starts a comment. Flags on the command line override the file.",
+            HelpName = "FILE",
+        };
         var verbose = new Option<bool>("--verbose", "-v") { Description = "Log debug detail as well: NBD connections and refused requests, and each management API request." };
+        var logFormat = new Option<string>("--log-format")
+        {
+            Description = "Log as 'text' (one line per event: time, level, category such as nbd/api/store, message; under systemd with journald " +
+                          "priorities instead of times) or 'json' (one JSON object per line).",
+            HelpName = "text|json",
+            DefaultValueFactory = _ => "text",
+        };
+        logFormat.AcceptOnlyFromAmong("text", "json");
+        var noMetrics = new Option<bool>("--no-metrics")
+        {
+            Description = "Do not count per-volume I/O and do not serve /metrics (metrics are on by default; this exists to measure their cost).",
+        };
+        var metricsListen = new Option<string?>("--metrics-listen")
+        {
+            Description = "Also serve Prometheus metrics at http://ADDR:PORT/metrics, without a token and nothing else on that listener.",
+            HelpName = "ADDR:PORT",
+        };
 
         var command = new Command("serve",
             "Run the Platter server: opens (or creates) the store, serves every volume as an NBD export of the same name " +
             "on TCP and a unix socket, and the management API on a unix socket. Logs one line per event to stdout. Stops cleanly " +
             "on SIGINT/SIGTERM: finishes in-flight requests (30 s at most; a second signal cuts them), flushes, closes the store.")
         {
-            store, listen, socket, apiSocket, socketMode, socketGroup, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa,
-            maxConnections, maxPerClient, handshakeTimeout, readOnly, verbose,
+            store, cephConf, cephId, cephOpTimeout, listen, socket, apiSocket, socketMode, socketGroup, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa,
+            maxConnections, maxPerClient, handshakeTimeout, readOnly, config, verbose, logFormat, noMetrics, metricsListen,
         };
         command.SetAction(async (parse, ct) =>
         {
-            var directory = Path.GetFullPath(parse.GetValue(store) ?? StorePaths.DefaultStoreDirectory(context.GetEnvironment));
+            var storeValue = parse.GetValue(store);
+            Func<ILoggerFactory, Platter.Volumes.IVolumeBackend>? openBackend = null;
+            string directory;
+            if (storeValue is not null && storeValue.StartsWith("rbd:", StringComparison.Ordinal))
+            {
+                var pool = storeValue["rbd:".Length..];
+                if (pool.Length == 0) throw new CliException("--store rbd:POOL needs a pool name");
+                if (parse.GetValue(cephOpTimeout) < 0) throw new CliException("--ceph-op-timeout must be 0 or more seconds");
+                var confFile = parse.GetValue(cephConf) ?? context.GetEnvironment("CEPH_CONF") ?? "/etc/ceph/ceph.conf";
+                var id = parse.GetValue(cephId)!;
+                var opTimeout = TimeSpan.FromSeconds(parse.GetValue(cephOpTimeout));
+                openBackend = logging => Platter.Rbd.RbdBackend.Open(new Platter.Rbd.RbdBackendOptions
+                {
+                    Pool = pool,
+                    ConfFile = confFile,
+                    Id = id,
+                    OperationTimeout = opTimeout,
+                    LoggerFactory = logging,
+                });
+                directory = Path.GetFullPath(StorePaths.DefaultStoreDirectory(context.GetEnvironment));
+            }
+            else
+            {
+                if (parse.GetValue(cephConf) is not null) throw new CliException("--ceph-conf goes with --store rbd:POOL");
+                directory = Path.GetFullPath(parse.GetValue(store) ?? StorePaths.DefaultStoreDirectory(context.GetEnvironment));
+            }
             var nbdTcp = ParseEndPoint(parse.GetValue(listen)!, "--listen", allowNone: true);
             var nbdSocket = NoneOr(parse.GetValue(socket), StorePaths.NbdSocketPath(directory));
             var apiTcp = parse.GetValue(apiListen) is { } a ? ParseEndPoint(a, "--api-listen", allowNone: true) : null;
@@ -139,6 +206,7 @@ internal static class ServeCommand
             var options = new PlatterHostOptions
             {
                 StoreDirectory = directory,
+                OpenBackend = openBackend,
                 NbdTcpEndPoint = nbdTcp,
                 NbdSocketPath = nbdSocket,
                 ApiSocketPath = apiUnix,
@@ -154,12 +222,19 @@ internal static class ServeCommand
                 HandshakeTimeout = TimeSpan.FromSeconds(parse.GetValue(handshakeTimeout)),
                 SocketMode = parse.GetValue(socketMode) is { } mode ? ParseMode(mode) : UnixFileMode.UserRead | UnixFileMode.UserWrite,
                 SocketGroup = parse.GetValue(socketGroup),
+                // Under systemd socket activation (packaging/systemd/platter-*.socket) the listening sockets come
+                // from the service manager, which keeps them open across restarts.
+                ActivatedSockets = context.ShutdownRequested is null ? TakeActivatedSockets() : [],
+                Metrics = !parse.GetValue(noMetrics),
+                MetricsTcpEndPoint = parse.GetValue(metricsListen) is { } m ? ParseEndPoint(m, "--metrics-listen", allowNone: true) : null,
             };
             var problem = options.Validate();
             if (problem is not null) throw new CliException(problem);
 
             var level = parse.GetValue(verbose) ? LogLevel.Debug : LogLevel.Information;
-            using var loggerFactory = context.CreateLoggerFactory?.Invoke(level) ?? CreateConsoleLogging(level);
+            var format = parse.GetValue(logFormat) == "json" ? LogFormat.Json : LogFormat.Text;
+            bool journal = !string.IsNullOrEmpty(context.GetEnvironment(ServeLogging.JournalStreamVariable));
+            using var loggerFactory = context.CreateLoggerFactory?.Invoke(level) ?? ServeLogging.Create(level, format, journal);
             return await RunAsync(options, loggerFactory, context);
         });
         return command;
@@ -185,6 +260,7 @@ internal static class ServeCommand
             signal.Cancel = true;
             if (Interlocked.Increment(ref signals) == 1)
             {
+                SystemdNotify.Send("STOPPING=1");
                 log.LogInformation("{Signal}: shutting down (send it again to cut connections at once)", signal.Signal);
                 stop.TrySetResult();
             }
@@ -214,11 +290,17 @@ internal static class ServeCommand
         {
             throw new CliException($"cannot listen: {e.Message} (is another server using the address?)");
         }
+        catch (InvalidOperationException e)
+        {
+            throw new CliException(PlatterCli.OneLine(e.Message));
+        }
         catch (IOException e) when (e.InnerException is System.Net.Sockets.SocketException s)
         {
             throw new CliException($"cannot listen: {s.Message} (is another server using the address?)");
         }
         log.LogInformation("Platter {Version} serving {Store}", PlatterHost.Version, options.StoreDirectory);
+        // Type=notify: the service counts as started now that the store is open and every listener accepts.
+        SystemdNotify.Send($"READY=1\nSTATUS=serving {options.StoreDirectory}\nMAINPID={Environment.ProcessId}");
         context.Serving?.Invoke(host);
 
         await (context.ShutdownRequested ?? stop.Task);
@@ -242,24 +324,17 @@ internal static class ServeCommand
         return PlatterCli.ExitOk;
     }
 
-    internal static ILoggerFactory CreateConsoleLogging(LogLevel level) => LoggerFactory.Create(logging =>
+    private static IReadOnlyList<ActivatedSocket> TakeActivatedSockets()
     {
-        logging.SetMinimumLevel(level);
-        // ASP.NET Core's own request logging is noise for an operator; its warnings and errors still show.
-        logging.AddFilter("Microsoft", level <= LogLevel.Debug ? LogLevel.Information : LogLevel.Warning);
-        // The console logger queues lines for a background writer; by default, once its queue is full, every
-        // logging call waits. A log consumer that reads slowly or not at all (a pipe nobody drains, a stuck
-        // terminal) would then stall NBD and API requests, which log. A server must keep serving: drop lines
-        // instead (the logger reports how many it dropped once it catches up).
-        logging.AddConsole(console => console.QueueFullMode = ConsoleLoggerQueueFullMode.DropWrite);
-        logging.AddSimpleConsole(console =>
+        try
         {
-            console.SingleLine = true;
-            console.UseUtcTimestamp = true;
-            console.TimestampFormat = "yyyy-MM-ddTHH:mm:ss.fffZ ";
-            console.IncludeScopes = false;
-        });
-    });
+            return SystemdActivation.TakeListenSockets();
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new CliException("socket activation: " + e.Message);
+        }
+    }
 
     private static UnixFileMode ParseMode(string text)
     {

@@ -18,6 +18,7 @@ internal static class VolumeCommands
         volume.Add(Rename(context));
         volume.Add(Delete(context));
         volume.Add(Status(context));
+        volume.Add(TakeOver(context));
         return volume;
     }
 
@@ -117,6 +118,31 @@ internal static class VolumeCommands
             context.Out.WriteLine($"origin:     {v.Origin ?? "-"}");
             context.Out.WriteLine($"snapshots:  {v.SnapshotCount}");
             context.Out.WriteLine($"id:         {v.Id}");
+            if (v.Backend is not null) context.Out.WriteLine($"backend:    {v.Backend} ({v.Store})");
+            return PlatterCli.ExitOk;
+        });
+        return command;
+    }
+
+    private static Command TakeOver(CliContext context)
+    {
+        var name = NameArgument();
+        var json = PlatterCli.JsonOption();
+        var api = PlatterCli.ApiSocketOption();
+        var command = new Command("takeover",
+            "Take a volume over from another server that holds it (RBD store): breaks its exclusive lock and blocklists that " +
+            "server's connection, so if it was only hung, its writes fail from then on and never reach the volume. Use it when " +
+            "the holder is dead or unreachable; then serve the volume from this server.")
+        {
+            name, json, api,
+        };
+        command.SetAction(async (parse, ct) =>
+        {
+            using var client = PlatterCli.CreateClient(parse, api, context);
+            var result = await Call(() => client.TakeOverVolumeAsync(parse.GetRequiredValue(name), ct), parse.GetRequiredValue(name));
+            if (parse.GetValue(json)) PlatterCli.WriteJson(context, result, PlatterJsonContext.Default.TakeoverDto);
+            else if (result.PreviousHolder is null) context.Out.WriteLine($"volume '{result.Name}' was not held by any server: nothing to take over");
+            else context.Out.WriteLine($"took volume '{result.Name}' over: fenced the previous holder ({result.PreviousHolder})");
             return PlatterCli.ExitOk;
         });
         return command;

@@ -12,7 +12,7 @@ namespace Platter.Nbd;
 /// concurrent transmission phase, serving the exports of an <see cref="INbdExportProvider"/>.
 /// </summary>
 /// <remarks>
-/// Typical host use: construct, <see cref="Listen"/> on one or more endpoints, <see cref="StartAsync"/>, and
+/// Typical host use: construct, <see cref="Listen(EndPoint)"/> on one or more endpoints, <see cref="StartAsync"/>, and
 /// <see cref="StopAsync"/> on shutdown. A misbehaving client only ever loses its own connection.
 /// </remarks>
 public sealed class NbdServer : IAsyncDisposable
@@ -54,17 +54,25 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>Connections currently being served (handshake or transmission).</summary>
     public int ActiveConnections => Volatile.Read(ref _active);
 
+    /// <summary>Connections served since the server started (accepted and under the connection limit).</summary>
+    public long ConnectionsAccepted => Interlocked.Read(ref _context.ConnectionsAccepted);
+
+    /// <summary>Connections closed right after accept because <see cref="NbdServerOptions.MaxConnections"/> were being served.</summary>
+    public long ConnectionsRefused => Interlocked.Read(ref _context.ConnectionsRefused);
+
     /// <summary>
-    /// The clients in the transmission phase (export open), in no particular order: who, on which export, since
-    /// when, read-only or not. A snapshot; connections come and go while it is read.
+    /// Connections the server turned away during the handshake: an unknown export, an option refused because TLS
+    /// is required, a failed TLS handshake (e.g. no acceptable client certificate), or a protocol violation.
+    /// A client that only lists exports and leaves is not counted.
     /// </summary>
-    public IReadOnlyList<NbdClientInfo> GetClients()
-    {
-        var clients = new List<NbdClientInfo>();
-        foreach (NbdConnection connection in _connections.Keys)
-            if (connection.Info is { } info) clients.Add(info);
-        return clients;
-    }
+    public long HandshakesRefused => Interlocked.Read(ref _context.HandshakesRefused);
+
+    /// <summary>
+    /// A snapshot of the connections being served now: peer, export (null during the handshake), since when,
+    /// read-only, TLS. The one connection list: the dashboard shows it, volume status and the in-use refusals of
+    /// delete and rollback read it. Connections come and go while it is read.
+    /// </summary>
+    public IReadOnlyList<NbdConnectionInfo> Connections => [.. _connections.Keys.Select(c => c.Info)];
 
     /// <summary>Bound addresses (useful after listening on port 0).</summary>
     public IReadOnlyList<EndPoint> LocalEndPoints
@@ -112,7 +120,23 @@ public sealed class NbdServer : IAsyncDisposable
         }
     }
 
-    /// <summary>Starts accepting on every endpoint given to <see cref="Listen"/>. Returns once the loops run.</summary>
+    /// <summary>
+    /// Serves an already bound and listening socket (one passed in by a service manager). The server closes its
+    /// descriptor on stop but never deletes its socket file or shuts it down: the manager's copy keeps listening, and
+    /// clients that connect while the server restarts wait in the accept queue.
+    /// </summary>
+    public void Listen(Socket listeningSocket)
+    {
+        ArgumentNullException.ThrowIfNull(listeningSocket);
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_stopTask is not null, this);
+            _listeners.Add(listeningSocket);
+            if (_started) _acceptLoops.Add(AcceptLoopAsync(listeningSocket));
+        }
+    }
+
+    /// <summary>Starts accepting on every endpoint given to <see cref="Listen(EndPoint)"/>. Returns once the loops run.</summary>
     public Task StartAsync()
     {
         lock (_lock)
@@ -180,6 +204,7 @@ public sealed class NbdServer : IAsyncDisposable
             var (peer, peerKey) = Identify(client);
             if (ActiveConnections >= _context.Options.MaxConnections)
             {
+                Interlocked.Increment(ref _context.ConnectionsRefused);
                 _log.LogWarning("NBD: connection limit {Max} reached, refusing {Peer}", _context.Options.MaxConnections, peer);
                 client.Dispose();
                 continue;
@@ -288,8 +313,11 @@ public sealed class NbdServer : IAsyncDisposable
             listeners = [.. _listeners];
             loops = [.. _acceptLoops];
         }
-        foreach (Socket listener in listeners) listener.Dispose();
+        // The accept loops end on the cancellation above; only then are the listeners closed. Closing a socket with
+        // an accept in progress makes .NET shut it down to wake the accept, and shutting down a listening socket that
+        // a service manager also holds would stop it listening for the next server too.
         await Task.WhenAll(loops).ConfigureAwait(false);
+        foreach (Socket listener in listeners) listener.Dispose();
         foreach (string path in _socketFiles)
         {
             try { File.Delete(path); } catch (IOException) { } catch (UnauthorizedAccessException) { }
@@ -314,3 +342,12 @@ public sealed class NbdServer : IAsyncDisposable
         await StopAsync(cts.Token).ConfigureAwait(false);
     }
 }
+
+/// <summary>One connection being served, as <see cref="NbdServer.Connections"/> reports it.</summary>
+/// <param name="Peer">Who: <c>ADDR:PORT</c> on TCP, <c>unix pid PID uid UID</c> on a unix socket.</param>
+/// <param name="Export">The export name it asked for, or null while it is still in the handshake.</param>
+/// <param name="ConnectedUtc">When it connected.</param>
+/// <param name="ReadOnly">The client may not write (a read-only export or server); false during the handshake.</param>
+/// <param name="Tls">The connection runs over TLS; false during the handshake.</param>
+/// <param name="OpenExport">The open export (the host maps it back to its volume, which may have been renamed since); null during the handshake.</param>
+public sealed record NbdConnectionInfo(string Peer, string? Export, DateTimeOffset ConnectedUtc, bool ReadOnly = false, bool Tls = false, INbdExport? OpenExport = null);

@@ -6,6 +6,7 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Platter.Server.Api;
 using Platter.Server.Transfer;
+using Platter.Server.Metrics;
 using Platter.Storage;
 
 namespace Platter.Server;
@@ -24,6 +25,7 @@ public sealed partial class PlatterHost : IAsyncDisposable
     private readonly List<string> _ownedSockets = [];
     private IVolumeBackend? _store;
     private WebApplication? _api;
+    private WebApplication? _metricsApi;
     private bool _started;
     private bool _stopped;
 
@@ -46,6 +48,18 @@ public sealed partial class PlatterHost : IAsyncDisposable
 
     /// <summary>The bound NBD TCP address (the real port when the options asked for port 0), or null.</summary>
     public IPEndPoint? NbdTcpEndPoint { get; private set; }
+
+    /// <summary>The bound address of the management API on TCP (the real port when the options asked for port 0), or null.</summary>
+    public IPEndPoint? ApiTcpEndPoint { get; private set; }
+
+    /// <summary>The bound address of the metrics-only listener (the real port when the options asked for port 0), or null.</summary>
+    public IPEndPoint? MetricsTcpEndPoint { get; private set; }
+
+    /// <summary>The metrics, or null when they are off.</summary>
+    internal PlatterMetrics? Metrics { get; private set; }
+
+    /// <summary>The NBD server, or null when NBD is off (for connection counts).</summary>
+    internal Platter.Nbd.NbdServer? Nbd => _nbd;
 
     /// <summary>The options the host runs with.</summary>
     public PlatterHostOptions Options => _options;
@@ -70,38 +84,61 @@ public sealed partial class PlatterHost : IAsyncDisposable
                     // The store holds every VM's disk: private to its owner unless the admin loosens it.
                     Directory.CreateDirectory(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
                 }
-                _store = VolumeStore.Open(directory, _options.StoreOptions ?? new StoreOptions { LoggerFactory = _loggerFactory });
+                _store = _options.OpenBackend is { } open
+                    ? open(_loggerFactory)
+                    : VolumeStore.Open(directory, _options.StoreOptions ?? new StoreOptions { LoggerFactory = _loggerFactory });
                 var usage = _store.GetUsage();
-                _log.LogInformation("store {Directory} open: {Volumes} volume(s), {Used} used", directory, usage.VolumeCount, SizeText.Format(usage.UsedBytes));
+                _log.LogInformation("store {Location} ({Kind}) open: {Volumes} volume(s), {Used} used", _store.Location, _store.Kind, usage.VolumeCount, SizeText.Format(usage.UsedBytes));
                 // Send/receive state lives beside the store; a receive a crash interrupted is finished or undone
                 // before anything is served (docs/decisions/0007).
                 var identities = SnapshotIdentities.Open(directory, _store);
                 var receiver = new VolumeReceiver(_store, identities, directory, _loggerFactory.CreateLogger("Platter.Receive"));
                 receiver.Recover();
 
-                if (_options.NbdSocketPath is not null) PrepareSocket(_options.NbdSocketPath);
-                if (_options.ApiSocketPath is not null) PrepareSocket(_options.ApiSocketPath);
+                // A socket file the service manager listens on is its own: never delete or replace it.
+                if (_options.NbdSocketPath is not null && ActivatedAt(_options.NbdSocketPath) is null) PrepareSocket(_options.NbdSocketPath);
+                if (_options.ApiSocketPath is not null && ActivatedAt(_options.ApiSocketPath) is null) PrepareSocket(_options.ApiSocketPath);
 
-                await StartNbdAsync(new VolumeExportProvider(_store, _options.ReadOnly), cancellationToken).ConfigureAwait(false);
+                if (_options.Metrics) Metrics = new PlatterMetrics { Store = _store, Engine = _store as VolumeStore };
+                await StartNbdAsync(new VolumeExportProvider(_store, _options.ReadOnly) { Metrics = Metrics }, cancellationToken).ConfigureAwait(false);
+                if (Metrics is not null) Metrics.Nbd = _nbd;
 
+                var activatedApi = _options.ActivatedSockets.Where(IsApiSocket).ToList();
+                if (activatedApi.Any(a => a.TcpEndPoint is not null) && string.IsNullOrEmpty(_options.ApiToken))
+                    throw new InvalidOperationException("a management API socket on TCP was passed in: it needs a token (--api-token-file or PLATTER_API_TOKEN)");
+                // Kestrel takes its own descriptor of each passed socket and closes it on stop; ours stay open (and
+                // listening, with the service manager's) until the host is disposed.
+                var descriptors = activatedApi.Select(a => UnixFile.Duplicate((int)a.Socket.Handle)).ToList();
                 _api = ManagementApi.Build(_store, new ManagementApiOptions
                 {
-                    SocketPath = _options.ApiSocketPath,
+                    SocketPath = _options.ApiSocketPath is { } apiPath && ActivatedAt(apiPath) is null ? apiPath : null,
                     TcpEndPoint = _options.ApiTcpEndPoint,
+                    ListenDescriptors = descriptors,
                     Token = _options.ApiToken,
-                    Clients = () => _nbd?.GetClients() ?? [],
-                }, _loggerFactory, Health);
+                }, _loggerFactory, Health, new ApiServices(Metrics, () => _nbd));
                 // Mapped after the fallback is fine: routing tries the fallback only when no endpoint matches.
                 TransferApi.Map(_api, _store, identities, receiver, _loggerFactory.CreateLogger("Platter.Api"));
                 await _api.StartAsync(cancellationToken).ConfigureAwait(false);
-                if (_options.ApiSocketPath is not null)
+                foreach (var a in activatedApi)
+                    _log.LogInformation("management API on {Address} (passed in by the service manager as '{Name}')", a.UnixPath is { } p ? "unix:" + p : a.TcpEndPoint, a.Name);
+                if (_options.MetricsTcpEndPoint is not null && Metrics is not null)
+                {
+                    _metricsApi = ManagementApi.BuildMetricsOnly(_options.MetricsTcpEndPoint, Metrics, _loggerFactory);
+                    await _metricsApi.StartAsync(cancellationToken).ConfigureAwait(false);
+                    MetricsTcpEndPoint = ManagementApi.BoundEndPoint(_metricsApi) ?? _options.MetricsTcpEndPoint;
+                    _log.LogInformation("metrics on http://{EndPoint}/metrics", MetricsTcpEndPoint);
+                }
+                if (_options.ApiSocketPath is not null && ActivatedAt(_options.ApiSocketPath) is null)
                 {
                     // No authentication on the unix socket: its permissions decide who may manage volumes.
                     SetSocketAccess(_options.ApiSocketPath);
                     _log.LogInformation("management API on unix:{Path}", _options.ApiSocketPath);
                 }
                 if (_options.ApiTcpEndPoint is not null)
-                    _log.LogInformation("management API on http://{EndPoint} (bearer token required)", _options.ApiTcpEndPoint);
+                {
+                    ApiTcpEndPoint = ManagementApi.BoundEndPoint(_api) ?? _options.ApiTcpEndPoint;
+                    _log.LogInformation("management API and dashboard on http://{EndPoint}/ (reading needs no token; changes need the bearer token)", ApiTcpEndPoint);
+                }
             }
             catch
             {
@@ -137,6 +174,19 @@ public sealed partial class PlatterHost : IAsyncDisposable
     {
         _stopped = true;
         List<Exception>? errors = null;
+        if (_metricsApi is not null)
+        {
+            try
+            {
+                await _metricsApi.StopAsync(cancellationToken).ConfigureAwait(false);
+                await _metricsApi.DisposeAsync().ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                (errors ??= []).Add(e);
+            }
+            _metricsApi = null;
+        }
         if (_api is not null)
         {
             try
@@ -157,6 +207,12 @@ public sealed partial class PlatterHost : IAsyncDisposable
         catch (Exception e)
         {
             (errors ??= []).Add(e);
+        }
+        if (Metrics is not null)
+        {
+            Metrics.Store = null;
+            Metrics.Engine = null;
+            Metrics.Nbd = null;
         }
         if (_store is not null)
         {
@@ -195,11 +251,22 @@ public sealed partial class PlatterHost : IAsyncDisposable
         if (errors is not null && !failed) throw new AggregateException("the server did not shut down cleanly", errors);
     }
 
+    /// <summary>The passed-in socket listening at unix path <paramref name="path"/>, or null.</summary>
+    private ActivatedSocket? ActivatedAt(string path)
+    {
+        var full = Path.GetFullPath(path);
+        return _options.ActivatedSockets.FirstOrDefault(a => a.UnixPath is { } p && Path.GetFullPath(p) == full);
+    }
+
+    private bool IsApiSocket(ActivatedSocket socket) =>
+        socket.Name == "api" || (_options.ApiSocketPath is not null && socket == ActivatedAt(_options.ApiSocketPath));
+
     private HealthDto Health() => new(
         "ok",
         Version,
         Path.GetFullPath(_options.StoreDirectory),
-        _options.NbdSocketPath is null ? null : Path.GetFullPath(_options.NbdSocketPath),
+        _options.NbdSocketPath is not null ? Path.GetFullPath(_options.NbdSocketPath)
+            : _options.ActivatedSockets.Where(a => !IsApiSocket(a)).Select(a => a.UnixPath).FirstOrDefault(p => p is not null),
         NbdTcpEndPoint?.ToString(),
         _options.TlsCertificate is not null,
         _options.TlsRequired,
@@ -252,6 +319,8 @@ public sealed partial class PlatterHost : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         await StopAsync(CancellationToken.None).ConfigureAwait(false);
+        // Our descriptors of passed-in sockets; the service manager's stay open and listening.
+        foreach (var a in _options.ActivatedSockets) a.Socket.Dispose();
         _stateLock.Dispose();
     }
 }

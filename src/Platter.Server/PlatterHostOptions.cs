@@ -61,6 +61,31 @@ public sealed class PlatterHostOptions
 
     /// <summary>Group (name or id) given the NBD and API unix sockets (<c>--socket-group</c>), or null to keep the owner's.</summary>
     public string? SocketGroup { get; init; }
+    /// <summary>
+    /// Listening sockets passed in by the service manager (systemd socket activation). A socket named "api", or a
+    /// unix socket at <see cref="ApiSocketPath"/>, serves the management API; every other one serves NBD. A passed
+    /// socket at a configured address replaces binding that address; the others are served in addition.
+    /// </summary>
+    public IReadOnlyList<ActivatedSocket> ActivatedSockets { get; init; } = [];
+
+    /// <summary>
+    /// Count per-volume I/O and serve Prometheus metrics at <c>/metrics</c> on the management API (default on).
+    /// Off (<c>platter serve --no-metrics</c>) the request path takes no timestamps; it exists to measure what
+    /// metrics cost.
+    /// </summary>
+    public bool Metrics { get; init; } = true;
+
+    /// <summary>
+    /// Optional extra TCP listener serving only <c>/metrics</c>, without a token (metrics change nothing and hold
+    /// no data, only names and numbers), for a Prometheus that should not see the management API.
+    /// </summary>
+    public IPEndPoint? MetricsTcpEndPoint { get; init; }
+
+    /// <summary>
+    /// Opens another backend instead of the embedded store in <see cref="StoreDirectory"/> (which then holds only the
+    /// default sockets): e.g. RBD images in a Ceph pool. Called once by <see cref="PlatterHost.StartAsync"/>.
+    /// </summary>
+    public Func<Microsoft.Extensions.Logging.ILoggerFactory, IVolumeBackend>? OpenBackend { get; init; }
 
     /// <summary>How the store is opened (tests shrink its limits).</summary>
     public StoreOptions? StoreOptions { get; init; }
@@ -71,6 +96,7 @@ public sealed class PlatterHostOptions
         if (string.IsNullOrWhiteSpace(StoreDirectory)) return "no store directory";
         if (ApiSocketPath is null && ApiTcpEndPoint is null) return "the management API needs a unix socket or a TCP address";
         if (ApiTcpEndPoint is not null && string.IsNullOrEmpty(ApiToken)) return "the management API on TCP needs a token (--api-token-file or PLATTER_API_TOKEN)";
+        if (MetricsTcpEndPoint is not null && !Metrics) return "--metrics-listen and --no-metrics contradict each other";
         if (TlsRequired && TlsCertificate is null) return "--tls-required needs --tls-cert and --tls-key";
         if (TlsClientCertificateAuthority is not null && TlsCertificate is null) return "--tls-client-ca needs --tls-cert and --tls-key";
         if (TlsCertificate is not null && !TlsCertificate.HasPrivateKey) return "the TLS certificate has no private key";

@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 
 namespace Platter.Server;
 
-/// <summary>The unix facts .NET does not expose: whether a path is a socket, a group's id, changing a file's group.</summary>
+/// <summary>The unix facts .NET does not expose: whether a path is a socket, a group's id, changing a file's group, dup.</summary>
 internal static partial class UnixFile
 {
     private const uint S_IFMT = 0xF000;
@@ -50,6 +50,16 @@ internal static partial class UnixFile
     // uid -1 (uint.MaxValue) leaves the owner as it is.
     [LibraryImport("libc", EntryPoint = "lchown", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int Lchown(string path, uint uid, uint gid);
+    /// <summary>dup(2): a second descriptor for the same open socket, so two owners can each close their own.</summary>
+    public static int Duplicate(int fd)
+    {
+        int copy = Dup(fd);
+        if (copy < 0) throw new IOException($"dup({fd}) failed: errno {Marshal.GetLastPInvokeError()}");
+        return copy;
+    }
+
+    [LibraryImport("libc", EntryPoint = "dup", SetLastError = true)]
+    private static partial int Dup(int fd);
 
     [LibraryImport("libc", EntryPoint = "lstat", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     private static partial int Lstat(string path, ref byte buffer);

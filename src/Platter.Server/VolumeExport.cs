@@ -1,5 +1,6 @@
 using System.Diagnostics.CodeAnalysis;
 using Platter.Nbd;
+using Platter.Server.Metrics;
 using Platter.Storage;
 
 namespace Platter.Server;
@@ -17,15 +18,22 @@ public sealed class VolumeExport : INbdExport
 
     private readonly IVolumeHandle _volume;
     private readonly bool _readOnly;
+    // Null when metrics are off (platter serve --no-metrics): then a request takes no timestamps at all.
+    private readonly VolumeMetrics? _metrics;
 
     /// <summary>
     /// Wraps <paramref name="volume"/>; the export owns the handle and disposes it. With <paramref name="readOnly"/>
     /// the export is read-only even when the volume is writable (<c>platter serve --read-only</c>).
     /// </summary>
-    public VolumeExport(IVolumeHandle volume, bool readOnly = false)
+    public VolumeExport(IVolumeHandle volume, bool readOnly = false) : this(volume, readOnly, metrics: null)
+    {
+    }
+
+    internal VolumeExport(IVolumeHandle volume, bool readOnly, VolumeMetrics? metrics)
     {
         _volume = volume;
         _readOnly = readOnly;
+        _metrics = metrics;
         Name = volume.Name;
         Description = volume.IsReadOnly ? "Platter snapshot (read-only)" : "Platter volume";
     }
@@ -57,6 +65,7 @@ public sealed class VolumeExport : INbdExport
     /// <inheritdoc />
     public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken cancellationToken)
     {
+        long start = _metrics is null ? 0 : VolumeMetrics.Start();
         ValueTask read;
         try
         {
@@ -64,15 +73,17 @@ public sealed class VolumeExport : INbdExport
         }
         catch (StorageException e)
         {
+            _metrics?.Failed(VolumeOp.Read, e.Error);
             return ValueTask.FromException(Map(e));
         }
-        return Translate(read);
+        return Translate(read, VolumeOp.Read, destination.Length, start);
     }
 
     /// <inheritdoc />
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken cancellationToken)
     {
         if (_readOnly) return RefuseWrite();
+        long start = _metrics is null ? 0 : VolumeMetrics.Start();
         ValueTask write;
         try
         {
@@ -80,14 +91,16 @@ public sealed class VolumeExport : INbdExport
         }
         catch (StorageException e)
         {
+            _metrics?.Failed(VolumeOp.Write, e.Error);
             return ValueTask.FromException(Map(e));
         }
-        return Translate(write);
+        return Translate(write, VolumeOp.Write, source.Length, start);
     }
 
     /// <inheritdoc />
     public ValueTask FlushAsync(CancellationToken cancellationToken)
     {
+        long start = _metrics is null ? 0 : VolumeMetrics.Start();
         ValueTask flush;
         try
         {
@@ -95,15 +108,17 @@ public sealed class VolumeExport : INbdExport
         }
         catch (StorageException e)
         {
+            _metrics?.Failed(VolumeOp.Flush, e.Error);
             return ValueTask.FromException(Map(e));
         }
-        return Translate(flush);
+        return Translate(flush, VolumeOp.Flush, 0, start);
     }
 
     /// <inheritdoc />
     public ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken)
     {
         if (_readOnly) return RefuseWrite();
+        long start = _metrics is null ? 0 : VolumeMetrics.Start();
         ValueTask trim;
         try
         {
@@ -111,9 +126,10 @@ public sealed class VolumeExport : INbdExport
         }
         catch (StorageException e)
         {
+            _metrics?.Failed(VolumeOp.Trim, e.Error);
             return ValueTask.FromException(Map(e));
         }
-        return Translate(trim);
+        return Translate(trim, VolumeOp.Trim, 0, start);
     }
 
     /// <inheritdoc />
@@ -128,6 +144,7 @@ public sealed class VolumeExport : INbdExport
         if (_readOnly) return RefuseWrite();
         if (!mayDeallocate && fastOnly)
             return ValueTask.FromException(new NbdErrorException(NbdError.NotSupported, "zeroing without deallocating writes zeros: not fast"));
+        long start = _metrics is null ? 0 : VolumeMetrics.Start();
         ValueTask zero;
         try
         {
@@ -135,16 +152,23 @@ public sealed class VolumeExport : INbdExport
         }
         catch (StorageException e)
         {
+            _metrics?.Failed(VolumeOp.WriteZeroes, e.Error);
             return ValueTask.FromException(Map(e));
         }
-        return Translate(zero);
+        return Translate(zero, VolumeOp.WriteZeroes, 0, start);
     }
 
     // Backends complete most requests inline (the embedded engine always does, except flushes): a completed task
     // passes through without a state machine; only a pending or failed one pays for the await that maps its error.
-    private static ValueTask Translate(ValueTask task) => task.IsCompletedSuccessfully ? default : TranslateSlow(task);
+    // Metrics are recorded when the request completes, on whichever path.
+    private ValueTask Translate(ValueTask task, VolumeOp op, int bytes, long start)
+    {
+        if (!task.IsCompletedSuccessfully) return TranslateSlow(task, op, bytes, start);
+        _metrics?.Done(op, bytes, start);
+        return default;
+    }
 
-    private static async ValueTask TranslateSlow(ValueTask task)
+    private async ValueTask TranslateSlow(ValueTask task, VolumeOp op, int bytes, long start)
     {
         try
         {
@@ -152,8 +176,10 @@ public sealed class VolumeExport : INbdExport
         }
         catch (StorageException e)
         {
+            _metrics?.Failed(op, e.Error);
             throw Map(e);
         }
+        _metrics?.Done(op, bytes, start);
     }
 
     // The protocol layer already answers EPERM for a read-only export (it advertises NBD_FLAG_READ_ONLY and

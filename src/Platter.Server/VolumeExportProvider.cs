@@ -1,4 +1,5 @@
 using Platter.Nbd;
+using Platter.Server.Metrics;
 using Platter.Storage;
 
 namespace Platter.Server;
@@ -11,6 +12,9 @@ namespace Platter.Server;
 /// <param name="readOnly">Serve every export read-only, whatever the volume allows.</param>
 public sealed class VolumeExportProvider(IVolumeBackend store, bool readOnly = false) : INbdExportProvider
 {
+    /// <summary>Where exports count their requests; null counts nothing.</summary>
+    internal PlatterMetrics? Metrics { get; init; }
+
     /// <summary>True when every export is served read-only.</summary>
     public bool ReadOnly => readOnly;
 
@@ -25,9 +29,9 @@ public sealed class VolumeExportProvider(IVolumeBackend store, bool readOnly = f
         try
         {
             // A snapshot handle refuses writes itself; readOnly: true makes the export refuse them before the engine.
-            return isSnapshot
-                ? new VolumeExport(store.OpenSnapshotHandle(volume, snapshot), readOnly: true)
-                : new VolumeExport(store.OpenVolumeHandle(name), readOnly);
+            var handle = isSnapshot ? store.OpenSnapshotHandle(volume, snapshot) : store.OpenVolumeHandle(name);
+            // Series are made only for names that exist, so clients guessing names cannot grow the metrics.
+            return new VolumeExport(handle, readOnly || isSnapshot, Metrics?.ForVolume(name));
         }
         catch (StorageException e) when (e.Error == StorageError.NotFound)
         {

@@ -125,6 +125,13 @@ public sealed partial class VolumeStore : IDisposable
     /// <summary>Counters for metrics.</summary>
     public StorageCounters Counters { get; } = new();
 
+    /// <summary>
+    /// For metrics: bytes used in the journal half that commits go to now, and the size of one half. When the used
+    /// part passes the switch threshold (or 5 s pass) the committer moves to the other half and the checkpointer
+    /// applies this one; a half that keeps filling up means checkpoints are not keeping up.
+    /// </summary>
+    public (long UsedBytes, long HalfBytes) JournalUse => (_journal.Position, _journal.HalfBytes);
+
     public IReadOnlyList<VolumeInfo> ListVolumes()
     {
         ThrowIfDisposed();

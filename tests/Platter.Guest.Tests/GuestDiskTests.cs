@@ -14,8 +14,8 @@ public abstract class GuestDiskTests : IAsyncLifetime
     /// <summary>Volume size: large enough for an ext4 journal and the test files, small enough to mkfs quickly under TCG.</summary>
     protected const long VolumeSizeBytes = 512L * 1024 * 1024;
 
-    private readonly ITestOutputHelper _output;
-    private readonly TempDirectory _work = new("platter-guest");
+    private protected readonly ITestOutputHelper _output;
+    private protected readonly TempDirectory _work = new("platter-guest");
 
     protected GuestDiskTests(ITestOutputHelper output)
     {
@@ -79,13 +79,102 @@ public abstract class GuestDiskTests : IAsyncLifetime
 }
 
 /// <summary>The guest test on a Platter volume: what CI runs.</summary>
-public sealed class PlatterGuestDiskTests(ITestOutputHelper output) : GuestDiskTests(output)
+public sealed partial class PlatterGuestDiskTests(ITestOutputHelper output) : GuestDiskTests(output)
 {
+    // Rounds of write/fsync/read-back the guest must complete after each restart: the I/O went on over a new connection.
+    private const int RoundsAfterRestart = 3;
+    // A TCG guest does a round in well under a second; a minute without progress is a hang.
+    private static readonly TimeSpan ProgressTimeout = TimeSpan.FromMinutes(3);
+
     protected override INbdTarget CreateTarget(string workDirectory, long sizeBytes) => new PlatterTarget(workDirectory, sizeBytes);
 
     [Fact]
     public Task Guest_file_system_on_a_platter_volume_survives_guest_shutdown_and_server_restarts() =>
         RunGuestFileSystemSurvivesRestartsAsync();
+
+    /// <summary>
+    /// The guest's QEMU gets its disk from `platter attach --qemu` (with its reconnect-delay) and does synchronous
+    /// direct I/O in rounds while the server is stopped with SIGTERM and started again, then killed with SIGKILL and
+    /// started again. The guest must see no I/O error, keep going after each restart, and read back every round's data.
+    /// </summary>
+    [Fact]
+    public async Task Guest_io_goes_on_without_errors_while_the_server_restarts_and_is_killed()
+    {
+        using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(20));
+        var ct = cts.Token;
+        var image = await GuestImage.BuildAsync(ct);
+        var accel = await GuestVm.ChooseAccelAsync(image, _work.Path, ct);
+        await using var target = new PlatterTarget(_work.Path, VolumeSizeBytes);
+        await target.StartAsync(ct);
+
+        var attach = await target.CliAsync("attach", target.ExportName, "--qemu", "--json");
+        Assert.True(attach.ExitCode == 0, attach.Describe());
+        List<string> diskArguments;
+        using (var json = System.Text.Json.JsonDocument.Parse(attach.Stdout))
+            diskArguments = [.. json.RootElement.GetProperty("qemuBlockdevArgs").EnumerateArray().Select(e => e.GetString()!)];
+        Assert.Contains(diskArguments, a => a.Contains(",reconnect-delay="));
+        _output.WriteLine("guest disk: " + string.Join(' ', diskArguments));
+
+        var serial = Path.Combine(_work.Path, "serial-io.log");
+        // A failure below cancels the boot (QEMU is killed) rather than leaving the guest to its own 300 s limit.
+        using var bootCts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        var boot = GuestVm.BootAsync(image, target, GuestMode.Io, _work.Path, accel, timeout: TimeSpan.FromMinutes(12),
+            cancellationToken: bootCts.Token, diskArguments: diskArguments, serialPath: serial);
+        try
+        {
+            int rounds = await WaitForRoundsAsync(serial, boot, RoundsAfterRestart, target, ct);
+            foreach (bool graceful in new[] { true, false })
+            {
+                var stopped = System.Diagnostics.Stopwatch.StartNew();
+                await target.StopAsync(graceful, ct);
+                await target.StartAsync(ct);
+                int atRestart = CurrentRound(serial);
+                _output.WriteLine($"{(graceful ? "SIGTERM" : "SIGKILL")} restart at guest round {rounds}..{atRestart}, server down and up in {stopped.Elapsed.TotalSeconds:F1} s");
+                rounds = await WaitForRoundsAsync(serial, boot, atRestart + RoundsAfterRestart, target, ct);
+            }
+            // Tell the guest to stop: 'S' bytes in its control block, written through the same server.
+            var stop = await ProcessRunner.RunAsync("qemu-io",
+                ["-f", "raw", "-c", "write -P 0x53 32M 4k", "-c", "flush", $"nbd+unix:///{target.ExportName}?socket={target.SocketPath}"],
+                TimeSpan.FromSeconds(60), cancellationToken: ct);
+            Assert.True(stop.ExitCode == 0, "qemu-io writing the stop block failed:\n" + stop.Describe());
+        }
+        catch
+        {
+            await bootCts.CancelAsync();
+            try { await boot; } catch (OperationCanceledException) { }
+            throw;
+        }
+        var result = await boot;
+        _output.WriteLine($"io guest: {(result.Passed ? "PASS" : "FAIL")} after {CurrentRound(serial)} rounds, wall {result.Elapsed.TotalSeconds:F1} s");
+        Assert.True(result.Passed, $"the guest did not report PASS:\n{result.Describe()}\n--- platter log ---\n{target.Log}");
+        await target.StopAsync(graceful: true, ct);
+    }
+
+    private static int CurrentRound(string serialPath)
+    {
+        if (!File.Exists(serialPath)) return 0;
+        using var stream = new FileStream(serialPath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        var matches = RoundLine().Matches(new StreamReader(stream).ReadToEnd());
+        return matches.Count == 0 ? 0 : int.Parse(matches[^1].Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    private static async Task<int> WaitForRoundsAsync(string serialPath, Task<GuestBoot> boot, int rounds, INbdTarget target, CancellationToken ct)
+    {
+        var deadline = System.Diagnostics.Stopwatch.StartNew();
+        while (true)
+        {
+            int current = CurrentRound(serialPath);
+            if (current >= rounds) return current;
+            if (boot.IsCompleted)
+                Assert.Fail($"the guest stopped at round {current} before reaching {rounds}:\n{(await boot).Describe()}\n--- platter log ---\n{target.Log}");
+            if (deadline.Elapsed > ProgressTimeout)
+                Assert.Fail($"the guest stayed at round {current} for {ProgressTimeout} (waiting for {rounds})\n--- platter log ---\n{target.Log}");
+            await Task.Delay(200, ct);
+        }
+    }
+
+    [System.Text.RegularExpressions.GeneratedRegex(@"^PLATTER-GUEST: io round (\d+)\s*$", System.Text.RegularExpressions.RegexOptions.Multiline)]
+    private static partial System.Text.RegularExpressions.Regex RoundLine();
 }
 
 /// <summary>

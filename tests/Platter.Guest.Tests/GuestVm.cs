@@ -14,6 +14,9 @@ public enum GuestMode
 
     /// <summary>Later boot: files intact, earlier boots' markers present, new marker, e2fsck -fn.</summary>
     Verify,
+
+    /// <summary>Write/fsync/read-back rounds on the raw disk until the host fills the control block at 32 MiB with 'S'.</summary>
+    Io,
 }
 
 /// <summary>The outcome of one guest boot.</summary>
@@ -45,10 +48,15 @@ public static partial class GuestVm
     private static string? _accel;
 
     /// <summary>Boots the guest once and waits for it to power off (or kills it at <see cref="BootTimeout"/>).</summary>
+    /// <remarks>
+    /// <c>diskArguments</c> are QEMU arguments that attach the disk (e.g. `platter attach --qemu`'s), by default a plain
+    /// -blockdev of the target; <c>serialPath</c> is where the serial console goes, for callers that watch the guest's progress.
+    /// </remarks>
     public static async Task<GuestBoot> BootAsync(GuestImage image, INbdTarget? disk, GuestMode mode, string workDirectory,
-        string accel, int? expectedMarkers = null, TimeSpan? timeout = null, CancellationToken cancellationToken = default)
+        string accel, int? expectedMarkers = null, TimeSpan? timeout = null, CancellationToken cancellationToken = default,
+        IReadOnlyList<string>? diskArguments = null, string? serialPath = null)
     {
-        var serialPath = Path.Combine(workDirectory, $"serial-{mode.ToString().ToLowerInvariant()}-{Guid.NewGuid():N}.log");
+        serialPath ??= Path.Combine(workDirectory, $"serial-{mode.ToString().ToLowerInvariant()}-{Guid.NewGuid():N}.log");
         var cmdline = $"console=ttyS0 panic=-1 platter.mode={mode.ToString().ToLowerInvariant()}";
         if (expectedMarkers is int n) cmdline += $" platter.markers={n}";
 
@@ -62,7 +70,11 @@ public static partial class GuestVm
             "-serial", "file:" + serialPath,
         };
         args.AddRange(accel == "kvm" ? ["-accel", "kvm", "-cpu", "host"] : ["-accel", "tcg"]);
-        if (disk is not null)
+        if (diskArguments is not null)
+        {
+            args.AddRange(diskArguments);
+        }
+        else if (disk is not null)
         {
             // The dotted -blockdev syntax splits on commas; refuse paths that would be misparsed.
             if (disk.SocketPath.Contains(',') || disk.ExportName.Contains(','))

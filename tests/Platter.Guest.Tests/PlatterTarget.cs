@@ -45,6 +45,9 @@ public sealed class PlatterTarget : INbdTarget
         }
     }
 
+    /// <summary>Runs the real CLI (<c>platter ARGS --api-socket SOCKET</c>) against this server.</summary>
+    public Task<ProcessResult> CliAsync(params string[] args) => _server.CliAsync(args);
+
     /// <inheritdoc/>
     public async Task StopAsync(bool graceful, CancellationToken cancellationToken)
     {

@@ -74,7 +74,7 @@ except nbd.Error as e:
 """;
 
     // A self-signed server certificate for localhost and 127.0.0.1; the client trusts it as its own CA.
-    private static void WriteSelfSignedCertificate(string certPath, string keyPath, string caPath)
+    internal static void WriteSelfSignedCertificate(string certPath, string keyPath, string caPath)
     {
         using var key = RSA.Create(2048);
         var request = new CertificateRequest("CN=localhost", key, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);

@@ -55,8 +55,8 @@ public class GreedyClientTests
             Assert.True(await third.IsClosedByServerAsync(), "a third connection from the same process must be refused");
 
         // The registry shows the two clients with their exports and modes.
-        var clients = server.Server.GetClients().OrderBy(c => c.ExportName, StringComparer.Ordinal).ToList();
-        Assert.Equal(["disk", "ro"], clients.Select(c => c.ExportName));
+        var clients = server.Server.Connections.OrderBy(c => c.Export, StringComparer.Ordinal).ToList();
+        Assert.Equal(["disk", "ro"], clients.Select(c => c.Export));
         Assert.Equal([false, true], clients.Select(c => c.ReadOnly));
         Assert.All(clients, c => Assert.StartsWith($"unix pid {Environment.ProcessId} uid ", c.Peer));
 

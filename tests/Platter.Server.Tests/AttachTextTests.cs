@@ -4,85 +4,116 @@ using Xunit;
 
 namespace Platter.Server.Tests;
 
+/// <summary>
+/// The rules of attach's derived names and escaping, checked as properties (whether QEMU accepts the output is
+/// Platter.Interop.Tests' AttachQemuTests, which runs the printed text through /bin/sh into qemu-system-x86_64).
+/// </summary>
 public class AttachTextTests
 {
-    [Fact]
-    public void UnixSocketGivesBlockdevDriveAndLibvirt()
-    {
-        var info = AttachText.Build("vm1", new NbdTarget.Unix("/var/lib/platter/nbd.sock"), tls: false);
-        Assert.Equal("nbd+unix:///vm1?socket=%2Fvar%2Flib%2Fplatter%2Fnbd.sock", info.Uri);
-        Assert.Equal(
-            "-blockdev driver=nbd,node-name=platter0,server.type=unix,server.path=/var/lib/platter/nbd.sock,export=vm1,discard=unmap -device virtio-blk-pci,drive=platter0",
-            info.QemuBlockdev);
-        // '?' is a shell glob character, so the -drive value is quoted.
-        Assert.Equal("-drive 'file=nbd+unix:///vm1?socket=%2Fvar%2Flib%2Fplatter%2Fnbd.sock,format=raw,if=virtio,discard=unmap'", info.QemuDrive);
+    private static readonly string[] Names =
+    [
+        "vm1", "vm1@snap", "vm1_snap", "vm1.snap", "my disk,1 'x' <&>", "datä", "dat_", "a-very-long-volume-name-that-needs-a-hash-1",
+        "a-very-long-volume-name-that-needs-a-hash-2", "Ω", "x\u00a0y",
+    ];
 
+    [Fact]
+    public void DerivedNodeNamesAreValidDistinctAndStable()
+    {
+        var nodes = Names.Select(AttachText.DeriveNodeName).ToList();
+        Assert.Equal(Names.Length, nodes.Distinct().Count());
+        foreach (var node in nodes) Assert.Null(AttachText.ValidateQemuId(node, nodeName: true));
+        Assert.Equal(nodes, Names.Select(AttachText.DeriveNodeName));
+        // A plain short name stays readable.
+        Assert.Equal("platter-vm1", AttachText.DeriveNodeName("vm1"));
+    }
+
+    [Fact]
+    public void DerivedTargetsAreVirtioNamesAndNeverVda()
+    {
+        var targets = Enumerable.Range(0, 2000).Select(i => AttachText.DeriveTarget("volume-" + i)).ToList();
+        foreach (var target in targets) Assert.Null(AttachText.ValidateTarget(target));
+        Assert.DoesNotContain("vda", targets);
+        // Spread over the 17,576 three-letter names: 2000 volumes give well over 1800 distinct targets.
+        Assert.True(targets.Distinct().Count() > 1800, $"{targets.Distinct().Count()} distinct targets");
+    }
+
+    [Fact]
+    public void LibvirtXmlParsesBackToTheExactNamesForEveryName()
+    {
+        foreach (var name in Names)
+        {
+            var info = AttachText.Build(name, new NbdTarget.Unix("/tmp/s,'1'/nbd.sock"), new AttachOptions { LibvirtReconnect = true });
+            var disk = XElement.Parse(info.LibvirtXml);
+            var source = disk.Element("source")!;
+            Assert.Equal(name, source.Attribute("name")!.Value);
+            Assert.Equal("/tmp/s,'1'/nbd.sock", source.Element("host")!.Attribute("socket")!.Value);
+            Assert.Equal("60", source.Element("reconnect")!.Attribute("delay")!.Value);
+            Assert.Equal(info.Target, disk.Element("target")!.Attribute("dev")!.Value);
+            Assert.Equal("ua-" + info.DeviceId, disk.Element("alias")!.Attribute("name")!.Value);
+        }
+    }
+
+    [Fact]
+    public void ShellQuotingRoundTripsThroughArgumentVectors()
+    {
+        // The quoted line and the argument vector describe the same words: unquote the line as sh would.
+        foreach (var name in Names)
+        {
+            var info = AttachText.Build(name, new NbdTarget.Tcp("::1", 10809), new AttachOptions { Tls = true, TlsDirectory = "/etc/pki/q 'x'" });
+            Assert.Equal(info.QemuBlockdevArgs, SplitLikeSh(info.QemuBlockdev));
+            Assert.Equal(info.QemuDriveArgs, SplitLikeSh(info.QemuDrive));
+        }
+    }
+
+    [Fact]
+    public void ReadOnlyAndTlsAndReconnectAppearInEveryForm()
+    {
+        var info = AttachText.Build("vm1", new NbdTarget.Tcp("host", 10809), new AttachOptions { ReadOnly = true, Tls = true, ReconnectDelaySeconds = 7 });
+        Assert.Contains("tls-creds-x509,id=platter-vm1-tls,endpoint=client,dir=/etc/pki/qemu", info.QemuBlockdevArgs);
+        Assert.Contains(",reconnect-delay=7,tls-creds=platter-vm1-tls,", info.QemuBlockdev);
+        Assert.Contains(",read-only=on", info.QemuBlockdev);
+        Assert.Contains(",file.reconnect-delay=7,file.tls-creds=platter-vm1-tls,readonly=on", info.QemuDrive);
         var disk = XElement.Parse(info.LibvirtXml);
-        Assert.Equal("network", disk.Attribute("type")?.Value);
-        Assert.Equal("disk", disk.Attribute("device")?.Value);
-        Assert.Equal("raw", disk.Element("driver")?.Attribute("type")?.Value);
-        var source = disk.Element("source")!;
-        Assert.Equal("nbd", source.Attribute("protocol")?.Value);
-        Assert.Equal("vm1", source.Attribute("name")?.Value);
-        Assert.Equal("unix", source.Element("host")?.Attribute("transport")?.Value);
-        Assert.Equal("/var/lib/platter/nbd.sock", source.Element("host")?.Attribute("socket")?.Value);
-        Assert.Equal("virtio", disk.Element("target")?.Attribute("bus")?.Value);
+        Assert.Equal("yes", disk.Element("source")!.Attribute("tls")?.Value);
+        Assert.NotNull(disk.Element("readonly"));
+        // Not asked for: the libvirt XML has no reconnect element (libvirt 9.0 would refuse the domain).
+        Assert.Null(disk.Element("source")!.Element("reconnect"));
     }
 
-    [Fact]
-    public void ReadOnlyServerGivesReadOnlyDisks()
+    // A POSIX shell's word splitting for the subset attach prints: unquoted words, '...' and \' between them.
+    private static List<string> SplitLikeSh(string line)
     {
-        // QEMU refuses to open a read-only NBD export read-write, with either syntax.
-        var info = AttachText.Build("vm1", new NbdTarget.Unix("/run/p/nbd.sock"), tls: false, readOnly: true);
-        Assert.EndsWith(",discard=unmap,read-only=on -device virtio-blk-pci,drive=platter0", info.QemuBlockdev);
-        Assert.EndsWith(",discard=unmap,readonly=on'", info.QemuDrive);
-        Assert.NotNull(XElement.Parse(info.LibvirtXml).Element("readonly"));
-
-        var writable = AttachText.Build("vm1", new NbdTarget.Unix("/run/p/nbd.sock"), tls: false);
-        Assert.DoesNotContain("read", writable.QemuBlockdev + writable.QemuDrive);
-        Assert.Null(XElement.Parse(writable.LibvirtXml).Element("readonly"));
-    }
-
-    [Fact]
-    public void TcpGivesInetServerAndHostElement()
-    {
-        var info = AttachText.Build("db", new NbdTarget.Tcp("10.0.0.5", 10809), tls: false);
-        Assert.Equal("nbd://10.0.0.5:10809/db", info.Uri);
-        Assert.Contains("server.type=inet,server.host=10.0.0.5,server.port=10809,export=db", info.QemuBlockdev);
-        var host = XElement.Parse(info.LibvirtXml).Element("source")!.Element("host")!;
-        Assert.Equal("10.0.0.5", host.Attribute("name")?.Value);
-        Assert.Equal("10809", host.Attribute("port")?.Value);
-        Assert.Null(host.Attribute("transport"));
-    }
-
-    [Fact]
-    public void Ipv6HostIsBracketedInTheUri()
-    {
-        var info = AttachText.Build("db", new NbdTarget.Tcp("::1", 10809), tls: false);
-        Assert.Equal("nbd://[::1]:10809/db", info.Uri);
-    }
-
-    [Fact]
-    public void AwkwardNamesAreEscapedForEachSyntax()
-    {
-        var name = "my disk,1 'x' <&>";
-        var info = AttachText.Build(name, new NbdTarget.Unix("/tmp/s,1/nbd.sock"), tls: false);
-        // QEMU doubles commas; the shell sees one single-quoted word with its quotes escaped.
-        Assert.Contains("server.path=/tmp/s,,1/nbd.sock", info.QemuBlockdev);
-        Assert.Contains("export=my disk,,1 '\\''x'\\'' <&>", info.QemuBlockdev);
-        Assert.StartsWith("-blockdev 'driver=nbd", info.QemuBlockdev);
-        Assert.Contains("nbd+unix:///my%20disk%2C1%20%27x%27%20%3C%26%3E?socket=%2Ftmp%2Fs%2C1%2Fnbd.sock", info.Uri);
-        // The XML must parse back to the exact name.
-        Assert.Equal(name, XElement.Parse(info.LibvirtXml).Element("source")!.Attribute("name")!.Value);
-    }
-
-    [Fact]
-    public void TlsAddsCredentialsEverywhere()
-    {
-        var info = AttachText.Build("vm1", new NbdTarget.Tcp("host", 10809), tls: true);
-        Assert.StartsWith("--object tls-creds-x509,id=platter-tls0,endpoint=client,dir=/etc/pki/qemu ", info.QemuBlockdev);
-        Assert.Contains(",tls-creds=platter-tls0", info.QemuBlockdev);
-        Assert.Contains(",file.tls-creds=platter-tls0", info.QemuDrive);
-        Assert.Equal("yes", XElement.Parse(info.LibvirtXml).Element("source")!.Attribute("tls")?.Value);
+        var words = new List<string>();
+        var word = new System.Text.StringBuilder();
+        bool inWord = false;
+        for (int i = 0; i < line.Length; i++)
+        {
+            char c = line[i];
+            if (c == ' ')
+            {
+                if (inWord) words.Add(word.ToString());
+                word.Clear();
+                inWord = false;
+            }
+            else if (c == '\'')
+            {
+                int end = line.IndexOf('\'', i + 1);
+                word.Append(line, i + 1, end - i - 1);
+                i = end;
+                inWord = true;
+            }
+            else if (c == '\\')
+            {
+                word.Append(line[++i]);
+                inWord = true;
+            }
+            else
+            {
+                word.Append(c);
+                inWord = true;
+            }
+        }
+        if (inWord) words.Add(word.ToString());
+        return words;
     }
 }

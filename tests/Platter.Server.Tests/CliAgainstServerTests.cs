@@ -100,7 +100,28 @@ public class CliAgainstServerTests
         Assert.Equal("nbd://192.0.2.7:10809/vm1", doc.RootElement.GetProperty("uri").GetString());
 
         var qemu = await CliRunner.RunAsync(env, "attach", "vm1", "--socket", "/run/p/nbd.sock", "--qemu");
-        Assert.Equal(AttachText.Build("vm1", new NbdTarget.Unix("/run/p/nbd.sock"), false).QemuBlockdev + "\n", qemu.Out);
+        Assert.True(qemu.ExitCode == 0, qemu.ToString());
+        Assert.StartsWith("-blockdev driver=nbd,node-name=platter-vm1,server.type=unix,server.path=/run/p/nbd.sock,export=vm1,reconnect-delay=60,", qemu.Out);
+        Assert.EndsWith(" -device virtio-blk-pci,drive=platter-vm1,id=platter-vm1\n", qemu.Out);
+
+        // Every name can be chosen, and the reconnect setting turned off.
+        var chosen = await CliRunner.RunAsync(env, "attach", "vm1", "--socket", "/run/p/nbd.sock", "--node-name", "boot", "--id", "disk1",
+            "--target", "vdb", "--reconnect-delay", "0", "--json");
+        Assert.True(chosen.ExitCode == 0, chosen.ToString());
+        using var chosenDoc = JsonDocument.Parse(chosen.Out);
+        var blockdev = chosenDoc.RootElement.GetProperty("qemuBlockdev").GetString()!;
+        Assert.Contains("node-name=boot,", blockdev);
+        Assert.Contains("drive=boot,id=disk1", blockdev);
+        Assert.DoesNotContain("reconnect", blockdev + chosenDoc.RootElement.GetProperty("libvirtXml").GetString());
+        Assert.Contains("<target dev='vdb' bus='virtio'/>", chosenDoc.RootElement.GetProperty("libvirtXml").GetString());
+        Assert.Contains("<alias name='ua-disk1'/>", chosenDoc.RootElement.GetProperty("libvirtXml").GetString());
+
+        foreach (var (option, value) in new[] { ("--node-name", "1abc"), ("--id", "a,b"), ("--target", "sda"), ("--reconnect-delay", "-1") })
+        {
+            var bad = await CliRunner.RunAsync(env, "attach", "vm1", "--socket", "/run/p/nbd.sock", option, value);
+            Assert.True(bad.ExitCode == 2, bad.ToString());
+            Assert.Contains(option, bad.Error);
+        }
 
         var libvirt = await CliRunner.RunAsync(env, "attach", "vm1", "--socket", "/run/p/nbd.sock", "--libvirt");
         Assert.StartsWith("<disk type='network' device='disk'>", libvirt.Out);

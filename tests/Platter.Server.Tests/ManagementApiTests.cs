@@ -137,7 +137,7 @@ public class ManagementApiTests
     }
 
     [Fact]
-    public async Task TcpListenerRequiresTheBearerToken()
+    public async Task TcpListenerRequiresTheBearerTokenForChanges()
     {
         int port = Repository.FreeLoopbackPort();
         await using var server = await RunningHost.StartAsync(dir => new PlatterHostOptions
@@ -151,9 +151,14 @@ public class ManagementApiTests
 
         using (var anonymous = new HttpClient { BaseAddress = baseUri })
         {
-            using var response = await anonymous.GetAsync("v1/volumes");
+            // Reading needs no token (the read-only dashboard, a Prometheus scraping /metrics); changing does.
+            using var read = await anonymous.GetAsync("v1/volumes");
+            Assert.Equal(HttpStatusCode.OK, read.StatusCode);
+            using var response = await anonymous.PostAsJsonAsync("v1/volumes", new CreateVolumeRequest("x", 4096), PlatterJsonContext.Default.CreateVolumeRequest);
             Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
             Assert.Equal("unauthorized", (await response.Content.ReadFromJsonAsync(PlatterJsonContext.Default.ErrorDto))?.Error);
+            using var delete = await anonymous.DeleteAsync("v1/volumes/x");
+            Assert.Equal(HttpStatusCode.Unauthorized, delete.StatusCode);
         }
 
         using (var wrong = PlatterApiClient.ForTcp(baseUri, "s3cret-tokeX"))

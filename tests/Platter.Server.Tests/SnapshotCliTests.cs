@@ -183,12 +183,9 @@ public class SnapshotCliTests
         await Ok(env, "volume", "create", "vm1", "--size", "1M");
         await Ok(env, "snapshot", "create", "vm1@s1");
 
-        var target = new NbdTarget.Unix("/run/p/nbd.sock");
-        var qemu = await Ok(env, "attach", "vm1@s1", "--socket", "/run/p/nbd.sock", "--qemu");
-        var expected = AttachText.Build("vm1@s1", target, tls: false, readOnly: true);
-        Assert.Equal(expected.QemuBlockdev + "\n", qemu.Out);
-        Assert.Contains("export=vm1@s1", expected.QemuBlockdev);
-        Assert.Contains("read-only=on", expected.QemuBlockdev);
+        var qemu = (await Ok(env, "attach", "vm1@s1", "--socket", "/run/p/nbd.sock", "--qemu")).Out;
+        Assert.Contains(",server.path=/run/p/nbd.sock,export=vm1@s1,", qemu);
+        Assert.Contains(",read-only=on", qemu);
 
         var all = (await Ok(env, "attach", "vm1@s1", "--socket", "/run/p/nbd.sock")).Out;
         Assert.Contains("<readonly/>", all);

@@ -1,7 +1,8 @@
 #!/bin/busybox sh
 # /init of the Platter test guest (packed into the initramfs by build-guest.sh).
-# Mode from the kernel command line: platter.mode=write|verify|probe (verify also takes
-# platter.markers=N: how many earlier verify boots left their marker on the disk). Reports exactly
+# Mode from the kernel command line: platter.mode=write|verify|probe|io (verify also takes
+# platter.markers=N: how many earlier verify boots left their marker on the disk; io runs write/read-back rounds
+# on the raw disk until the host writes 'S' bytes to the control block at 32 MiB, for at most platter.iosecs). Reports exactly
 # one "PLATTER-GUEST: PASS" or "PLATTER-GUEST: FAIL <reason>" line on the console, then powers off.
 
 /bin/busybox mkdir -p /proc /sys /dev /tmp
@@ -26,16 +27,18 @@ pass() { say "uptime $(cut -d' ' -f1 /proc/uptime) s"; say "PASS"; finish; }
 
 mode=
 markers=
+iosecs=
 for w in $(cat /proc/cmdline); do
   case "$w" in
     platter.mode=*) mode=${w#platter.mode=} ;;
     platter.markers=*) markers=${w#platter.markers=} ;;
+    platter.iosecs=*) iosecs=${w#platter.iosecs=} ;;
   esac
 done
 say "init mode=${mode:-none} uptime $(cut -d' ' -f1 /proc/uptime) s"
 
 [ "$mode" = probe ] && pass
-case "$mode" in write|verify) ;; *) fail "unknown mode '$mode'" ;; esac
+case "$mode" in write|verify|io) ;; *) fail "unknown mode '$mode'" ;; esac
 
 while read -r m; do
   insmod "/lib/modules/$m" || fail "insmod $m"
@@ -70,6 +73,47 @@ fsck_clean() {
 }
 
 small_file_text() { echo "platter guest small file $1 $(seq -s ' ' $1 $(($1 + 20)))"; }
+
+if [ "$mode" = io ]; then
+  # Synchronous direct I/O in rounds while the host restarts the server underneath: every write is followed by
+  # fsync and read back from the disk, so an I/O error or a lost write during a restart fails the round. The host
+  # ends the loop by filling the control block (4 KiB at 32 MiB) with 'S'.
+  slots=32
+  base=64
+  control=$((32 * 256))
+  dd if=/dev/zero of=/dev/vda bs=4k seek=$control count=1 oflag=direct conv=notrunc,fsync status=none || fail "clear control block"
+  for c in 0 1 2 3; do
+    dd if=/data/blob of=/tmp/chunk.$c bs=1M skip=$c count=1 status=none || fail "chunk $c"
+    sha256sum < /tmp/chunk.$c | cut -d' ' -f1 > /tmp/chunk.$c.sum
+  done
+  start=$(cut -d. -f1 /proc/uptime)
+  r=0
+  say "io loop started"
+  while :; do
+    dd if=/dev/vda of=/tmp/control bs=4k skip=$control count=1 iflag=direct status=none || fail "read error on control block in io round $r"
+    [ "$(head -c 1 /tmp/control)" = S ] && break
+    [ $(( $(cut -d. -f1 /proc/uptime) - start )) -lt ${iosecs:-300} ] || fail "no stop from the host within ${iosecs:-300} s"
+    slot=$((r % slots))
+    c=$((r % 4))
+    dd if=/tmp/chunk.$c of=/dev/vda bs=1M seek=$((base + slot)) count=1 oflag=direct conv=notrunc,fsync status=none \
+      || fail "write error in io round $r"
+    dd if=/dev/vda of=/tmp/readback bs=1M skip=$((base + slot)) count=1 iflag=direct status=none || fail "read error in io round $r"
+    [ "$(sha256sum < /tmp/readback | cut -d' ' -f1)" = "$(cat /tmp/chunk.$c.sum)" ] || fail "io round $r: read back differs"
+    echo $c > /tmp/slot.$slot
+    r=$((r + 1))
+    say "io round $r"
+  done
+  drop_caches
+  for slot in $(seq 0 $((slots - 1))); do
+    [ -f /tmp/slot.$slot ] || continue
+    c=$(cat /tmp/slot.$slot)
+    dd if=/dev/vda of=/tmp/readback bs=1M skip=$((base + slot)) count=1 iflag=direct status=none || fail "final read of slot $slot"
+    [ "$(sha256sum < /tmp/readback | cut -d' ' -f1)" = "$(cat /tmp/chunk.$c.sum)" ] || fail "slot $slot differs at the end"
+  done
+  dmesg | grep -iE "i/o error|blk_update_request" && fail "the kernel logged I/O errors"
+  say "io rounds $r verified"
+  pass
+fi
 
 if [ "$mode" = write ]; then
   # 1. Raw pattern at the start, the middle and the last 4 MiB of the disk, written and read with

@@ -78,6 +78,7 @@ internal sealed partial class NbdConnection
         if (_server.TlsRequired && !_tls && option != Protocol.OptStartTls && option != Protocol.OptAbort)
         {
             if (option == Protocol.OptExportName) throw new NbdProtocolException("EXPORT_NAME before required TLS");
+            _refusal = "TLS is required";
             await SendOptionErrorAsync(option, Protocol.RepErrTlsReqd, "TLS is required", ct).ConfigureAwait(false);
             return null;
         }
@@ -299,6 +300,7 @@ internal sealed partial class NbdConnection
         if (export is null)
         {
             await SendOptionErrorAsync(option, openError, openMessage, ct).ConfigureAwait(false);
+            _refusal = openMessage == "unknown export" ? $"unknown export '{requested}'" : openMessage;
             return false;
         }
         bool entered = false;
@@ -481,7 +483,7 @@ internal sealed partial class NbdConnection
     /// Opens the export a client asked for. Null with <paramref name="error"/> and <paramref name="message"/> set when
     /// there is none (NBD_REP_ERR_UNKNOWN, "unknown export") or when it exists but cannot be opened: then the reason
     /// is logged and sent (NBD_REP_ERR_SHUTDOWN while the server or store is going away, else NBD_REP_ERR_UNKNOWN,
-    /// the spec's "export not available"), so neither the operator nor the client mistakes it for a wrong name.
+    /// the spec's "export not available") with the reason (e.g. which server holds a volume), so neither the operator nor the client mistakes it for a wrong name.
     /// </summary>
     private INbdExport? OpenExport(string requested, out string? canonical, out uint error, out string message)
     {
@@ -503,7 +505,7 @@ internal sealed partial class NbdConnection
         catch (Exception e)
         {
             _log.LogError(e, "NBD {Peer}: opening export '{Export}' failed", _peer, canonical);
-            message = $"export '{canonical}' cannot be opened: internal error (see the server log)";
+            message = $"export '{canonical}' cannot be opened: {e.Message}";
             return null;
         }
     }

@@ -37,6 +37,7 @@ internal sealed partial class NbdConnection
     private readonly InFlightGate _gate = new(NbdLimits.InFlightRequestsPerConnectionMax, NbdLimits.InFlightPayloadBytesPerConnectionMax);
     private readonly ConcurrentQueue<NbdRequest> _requestPool = new();
     private INbdExport? _export;
+    private string? _exportName;
     private long _size;
     private bool _readOnly;
     private uint _alignment = 1;
@@ -46,6 +47,8 @@ internal sealed partial class NbdConnection
     private void EnterTransmission(INbdExport export, string requestedName, bool blockSizeRequested)
     {
         _export = export;
+        _exportName = requestedName;
+        _openedTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
         _size = export.Size;
         _readOnly = export.IsReadOnly;
         _alignment = BlockSizes(export, blockSizeRequested).Minimum;
@@ -60,9 +63,11 @@ internal sealed partial class NbdConnection
             }
             _contexts = [.. contexts];
         }
-        _info = new NbdClientInfo(_peer, requestedName, export, ConnectedUtc, _readOnly, _tls);
-        _log.LogDebug("NBD {Peer}: transmission on '{Export}' ({Size} bytes, {Mode})", _peer, requestedName, _size,
-            _extended ? "extended" : _structured ? "structured" : "simple");
+        _info = new NbdConnectionInfo(_peer, requestedName, ConnectedUtc, _readOnly, _tls, export);
+        // Info, not Debug: an operator wants to see who uses which disk (journald keeps it with the peer).
+        _log.LogInformation("NBD {Peer}: opened export '{Export}' ({Size} bytes, {Mode}{ReadOnly}{Tls})", _peer, requestedName, _size,
+            _extended ? "extended headers" : _structured ? "structured replies" : "simple replies",
+            _readOnly ? ", read-only" : "", _tls ? ", TLS" : "");
     }
 
     private async Task TransmissionAsync()

@@ -19,6 +19,11 @@ internal sealed class ServerContext(INbdExportProvider exports, NbdServerOptions
     public NbdServerOptions Options { get; } = options;
     public ILogger Logger { get; } = logger;
     public INbdMetaContextProvider[] MetaProviders { get; } = [.. options.MetaContextProviders];
+
+    // Totals for metrics, updated once per connection (never per request).
+    public long ConnectionsAccepted;
+    public long ConnectionsRefused;
+    public long HandshakesRefused;
 }
 
 /// <summary>
@@ -41,13 +46,12 @@ internal sealed partial class NbdConnection
     // Cancelled to tear the connection down now (transport failure, forced stop).
     private readonly CancellationTokenSource _abort = new();
 
-    private volatile NbdClientInfo? _info;
-
-    /// <summary>When the connection was accepted.</summary>
-    public DateTimeOffset ConnectedUtc { get; } = DateTimeOffset.UtcNow;
-
-    /// <summary>The client once it is in transmission (export open), for status listings; null before.</summary>
-    public NbdClientInfo? Info => _info;
+    // Why the server turned the client away during the handshake (unknown export, TLS required or failed, a
+    // protocol violation); null while nothing was refused. Counted and logged once when the connection ends.
+    private string? _refusal;
+    private long _openedTimestamp;
+    // Set once the export is open (transmission), cleared when the connection closes: what Connections reports.
+    private volatile NbdConnectionInfo? _info;
 
     public NbdConnection(ServerContext server, Stream transport, string peer, CancellationToken stopping)
     {
@@ -60,6 +64,16 @@ internal sealed partial class NbdConnection
         _reader = CreateReader(transport);
         _writer = new ReplyWriter(transport);
     }
+
+    public string Peer => _peer;
+
+    /// <summary>The export in use, null before transmission.</summary>
+    public string? ExportName => Volatile.Read(ref _exportName);
+
+    public DateTimeOffset ConnectedUtc { get; } = DateTimeOffset.UtcNow;
+
+    /// <summary>This connection for <see cref="NbdServer.Connections"/>: the full picture once in transmission.</summary>
+    public NbdConnectionInfo Info => _info ?? new NbdConnectionInfo(_peer, null, ConnectedUtc);
 
     /// <summary>Ends the connection at once: pending reads and writes fail, export calls see cancellation.</summary>
     public void Abort()
@@ -75,10 +89,25 @@ internal sealed partial class NbdConnection
     /// <summary>Serves the connection to its end. Never throws: every failure ends only this connection.</summary>
     public async Task RunAsync()
     {
+        Interlocked.Increment(ref _server.ConnectionsAccepted);
+        bool inTransmission = false;
         try
         {
-            bool go = await HandshakeAsync().ConfigureAwait(false);
-            if (go) await TransmissionAsync().ConfigureAwait(false);
+            bool go;
+            try
+            {
+                go = await HandshakeAsync().ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is NbdProtocolException or AuthenticationException)
+            {
+                _refusal ??= e.Message;
+                throw;
+            }
+            if (go)
+            {
+                inTransmission = true;
+                await TransmissionAsync().ConfigureAwait(false);
+            }
         }
         catch (Exception e) when (IsConnectionEnd(e))
         {
@@ -90,6 +119,11 @@ internal sealed partial class NbdConnection
         }
         finally
         {
+            if (!inTransmission && _refusal is not null)
+            {
+                Interlocked.Increment(ref _server.HandshakesRefused);
+                _log.LogInformation("NBD {Peer}: handshake refused: {Reason}", _peer, _refusal);
+            }
             await CloseAsync().ConfigureAwait(false);
         }
     }
@@ -122,6 +156,11 @@ internal sealed partial class NbdConnection
         try { await _transport.DisposeAsync().ConfigureAwait(false); } catch { }
         _writer.Dispose();
         _info = null;
+        if (_export is not null)
+        {
+            _log.LogInformation("NBD {Peer}: closed export '{Export}' after {Seconds:0.0} s", _peer, _exportName,
+                System.Diagnostics.Stopwatch.GetElapsedTime(_openedTimestamp).TotalSeconds);
+        }
         try { _export?.Dispose(); }
         catch (Exception e) { _log.LogWarning(e, "NBD {Peer}: disposing export failed", _peer); }
         _export = null;

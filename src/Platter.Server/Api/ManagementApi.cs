@@ -6,11 +6,17 @@ using System.Text.Json.Serialization.Metadata;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Metadata;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.Extensions.Logging;
+using Platter.Nbd;
+using Platter.Server.Metrics;
 using Platter.Storage;
+using Prometheus;
 
 namespace Platter.Server.Api;
 
@@ -23,14 +29,17 @@ public sealed class ManagementApiOptions
     /// <summary>Optional TCP endpoint; every request on it must carry <c>Authorization: Bearer TOKEN</c>.</summary>
     public IPEndPoint? TcpEndPoint { get; init; }
 
+    /// <summary>Listening sockets passed by the service manager, given as descriptors Kestrel takes over (one it may close).</summary>
+    public IReadOnlyList<int> ListenDescriptors { get; init; } = [];
+
     /// <summary>The bearer token for the TCP listener. Required when <see cref="TcpEndPoint"/> is set.</summary>
     public string? Token { get; init; }
+}
 
-    /// <summary>
-    /// The NBD clients connected now (the NBD server's registry), for volume status and for refusing to delete or
-    /// roll back a volume in use; null when NBD is off (then no volume has clients).
-    /// </summary>
-    public Func<IReadOnlyList<Platter.Nbd.NbdClientInfo>>? Clients { get; init; }
+/// <summary>What the API shows besides the store: metrics (null when off) and the NBD server (null when off).</summary>
+internal sealed record ApiServices(PlatterMetrics? Metrics, Func<NbdServer?> Nbd)
+{
+    public static readonly ApiServices None = new(null, () => null);
 }
 
 /// <summary>
@@ -42,9 +51,14 @@ internal static class ManagementApi
     // A create/resize/rename request is a few dozen bytes; anything much larger is not a client of this API.
     private const long RequestBodyBytesMax = 64 * 1024;
 
-    public static WebApplication Build(IVolumeBackend store, ManagementApiOptions options, ILoggerFactory loggerFactory, Func<HealthDto> health)
+    /// <summary>Where the OpenAPI description of this API is served (a stable path: tools and the README point at it).</summary>
+    public const string OpenApiPath = "/openapi/v1.json";
+
+    public static WebApplication Build(IVolumeBackend store, ManagementApiOptions options, ILoggerFactory loggerFactory, Func<HealthDto> health,
+        ApiServices? services = null)
     {
-        if (options.SocketPath is null && options.TcpEndPoint is null)
+        services ??= ApiServices.None;
+        if (options.SocketPath is null && options.TcpEndPoint is null && options.ListenDescriptors.Count == 0)
             throw new ArgumentException("the management API needs a socket path or a TCP endpoint");
         if (options.TcpEndPoint is not null && string.IsNullOrEmpty(options.Token))
             throw new ArgumentException("the management API on TCP needs a token");
@@ -58,11 +72,22 @@ internal static class ManagementApi
         builder.Services.Replace(ServiceDescriptor.Singleton(loggerFactory));
         // PlatterHost owns signals and shutdown order; the default console lifetime would stop the API on its own.
         builder.Services.Replace(ServiceDescriptor.Singleton<IHostLifetime, PassiveLifetime>());
+        // The source-generated serializers also describe the types to the OpenAPI generator.
+        builder.Services.ConfigureHttpJsonOptions(json => json.SerializerOptions.TypeInfoResolverChain.Insert(0, PlatterJsonContext.Default));
+        builder.Services.AddOpenApi("v1", openApi => openApi.AddDocumentTransformer((document, _, _) =>
+        {
+            document.Info.Title = "Platter management API";
+            document.Info.Version = PlatterHost.Version;
+            document.Info.Description = "Volumes, snapshots, space and health of a Platter server. Errors are {\"error\": CODE, \"message\": TEXT}. " +
+                "On the unix socket no token is needed; on TCP, requests that change anything need 'Authorization: Bearer TOKEN', reads do not.";
+            return Task.CompletedTask;
+        }).AddOperationTransformer(EndpointDescriptions.AddParameters));
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             kestrel.AddServerHeader = false;
             kestrel.Limits.MaxRequestBodySize = RequestBodyBytesMax;
             if (options.SocketPath is not null) kestrel.ListenUnixSocket(options.SocketPath);
+            foreach (var fd in options.ListenDescriptors) kestrel.ListenHandle((ulong)fd);
             if (options.TcpEndPoint is not null) kestrel.Listen(options.TcpEndPoint);
         });
 
@@ -72,8 +97,10 @@ internal static class ManagementApi
 
         app.Use(async (http, next) =>
         {
-            // Requests from the unix socket have no IP address; file permissions guard that socket.
-            if (http.Connection.LocalIpAddress is not null && !HasToken(http, tokenBytes))
+            // Requests from the unix socket have no IP address; file permissions guard that socket. On TCP, reading
+            // (GET, HEAD: the dashboard, /metrics, lists) needs no token, so a read-only dashboard or a Prometheus
+            // works without one; everything that changes state does.
+            if (http.Connection.LocalIpAddress is not null && !IsRead(http.Request.Method) && !HasToken(http, tokenBytes))
             {
                 await WriteError(http, 401, ApiErrorCodes.Unauthorized, "missing or wrong bearer token");
                 return;
@@ -105,19 +132,24 @@ internal static class ManagementApi
 
         var json = PlatterJsonContext.Default;
 
-        app.MapGet("/v1/health", (HttpContext http) => Write(http, 200, health(), json.HealthDto));
+        app.MapGet("/v1/health", Handler((HttpContext http) => Write(http, 200, health(), json.HealthDto)))
+            .Describe<HealthDto, IEndpointConventionBuilder>("Server version, store and NBD endpoints (what `platter attach` uses)");
 
-        app.MapGet("/v1/usage", (HttpContext http) => Write(http, 200, UsageDto.From(store.GetUsage()), json.UsageDto));
+        app.MapGet("/v1/usage", Handler((HttpContext http) => Write(http, 200, UsageDto.From(store.GetUsage()), json.UsageDto)))
+            .Describe<UsageDto, IEndpointConventionBuilder>("Store space: data file size, used, free, provisioned");
 
-        app.MapGet("/v1/volumes", (HttpContext http) =>
+        app.MapGet("/v1/stats", Handler((HttpContext http) => Write(http, 200, Stats(services), json.StatsDto)))
+            .Describe<StatsDto, IEndpointConventionBuilder>("Live I/O totals per export and the NBD connections (the dashboard computes rates from two readings)");
+
+        app.MapGet("/v1/volumes", Handler((HttpContext http) =>
         {
             var volumes = store.ListVolumes();
             var list = new VolumeDto[volumes.Count];
-            for (int i = 0; i < list.Length; i++) list[i] = VolumeDto.From(volumes[i]);
+            for (int i = 0; i < list.Length; i++) list[i] = VolumeDto.From(volumes[i], store);
             return Write(http, 200, new VolumeListDto(list), json.VolumeListDto);
-        });
+        })).Describe<VolumeListDto, IEndpointConventionBuilder>("List volumes");
 
-        app.MapPost("/v1/volumes", async (HttpContext http) =>
+        app.MapPost("/v1/volumes", Handler(async (HttpContext http) =>
         {
             var request = await ReadBody(http, json.CreateVolumeRequest);
             var name = request.Name ?? throw new BadRequestException("missing 'name'");
@@ -126,13 +158,26 @@ internal static class ManagementApi
             var info = store.CreateVolume(name, size);
             log.LogInformation("created volume '{Name}' ({Size})", info.Name, SizeText.Format(info.SizeBytes));
             http.Response.Headers.Location = "/v1/volumes/" + Uri.EscapeDataString(info.Name);
-            await Write(http, 201, VolumeDto.From(info), json.VolumeDto);
-        });
+            await Write(http, 201, VolumeDto.From(info, store), json.VolumeDto);
+        })).Describe<VolumeDto, IEndpointConventionBuilder>("Create a volume", 201, typeof(CreateVolumeRequest));
 
-        app.MapGet("/v1/volumes/{name}", (HttpContext http) =>
-            Write(http, 200, VolumeDto.From(store.GetVolumeInfo(RouteName(http))), json.VolumeDto));
+        app.MapGet("/v1/volumes/{name}", Handler((HttpContext http) =>
+            Write(http, 200, VolumeDto.From(store.GetVolumeInfo(RouteName(http)), store), json.VolumeDto)))
+            .Describe<VolumeDto, IEndpointConventionBuilder>("One volume");
 
-        app.MapPost("/v1/volumes/{name}/resize", async (HttpContext http) =>
+        // Takes a volume over from another server that holds it (a shared cluster store only): breaks its lock and
+        // fences that server, so it can never write to the volume again. Only ever on request.
+        app.MapPost("/v1/volumes/{name}/takeover", Handler((HttpContext http) =>
+        {
+            var name = RouteName(http);
+            if (store is not IVolumeTakeover takeover)
+                throw new BadRequestException($"the {store.Kind} store has a single server: there is nothing to take over");
+            var previous = takeover.TakeOverVolume(name);
+            log.LogWarning("took volume '{Name}' over from {Holder}", name, previous ?? "nobody");
+            return Write(http, 200, new TakeoverDto(name, previous), json.TakeoverDto);
+        })).Describe<TakeoverDto, IEndpointConventionBuilder>("Take a volume over from the server that holds it (cluster stores: breaks its lock, fences it)");
+
+        app.MapPost("/v1/volumes/{name}/resize", Handler(async (HttpContext http) =>
         {
             var name = RouteName(http);
             var request = await ReadBody(http, json.ResizeVolumeRequest);
@@ -149,13 +194,15 @@ internal static class ManagementApi
             }
             store.ResizeVolume(name, size, allowShrink);
             log.LogInformation("resized volume '{Name}' from {Before} to {After}", name, SizeText.Format(before), SizeText.Format(size));
-            await Write(http, 200, VolumeDto.From(store.GetVolumeInfo(name)), json.VolumeDto);
-        });
+            await Write(http, 200, VolumeDto.From(store.GetVolumeInfo(name), store), json.VolumeDto);
+        })).Describe<VolumeDto, IEndpointConventionBuilder>("Resize a volume", 200, typeof(ResizeVolumeRequest));
 
         // POST /v1/volumes/rename?name=OLD: the same for a name that cannot travel in a URL path ('.' and '..', which
         // HTTP clients and servers normalise away). Only stores from before the naming rules tightened hold those.
-        app.MapPost("/v1/volumes/rename", (HttpContext http) => Rename(http, QueryName(http, "name")));
-        app.MapPost("/v1/volumes/{name}/rename", (HttpContext http) => Rename(http, RouteName(http)));
+        app.MapPost("/v1/volumes/rename", Handler((HttpContext http) => Rename(http, QueryName(http, "name"))))
+            .Describe<VolumeDto, IEndpointConventionBuilder>("Rename a volume named '.' or '..' (?name=OLD)", 200, typeof(RenameVolumeRequest));
+        app.MapPost("/v1/volumes/{name}/rename", Handler((HttpContext http) => Rename(http, RouteName(http))))
+            .Describe<VolumeDto, IEndpointConventionBuilder>("Rename a volume", 200, typeof(RenameVolumeRequest));
         async Task Rename(HttpContext http, string name)
         {
             var request = await ReadBody(http, json.RenameVolumeRequest);
@@ -163,12 +210,17 @@ internal static class ManagementApi
             VolumeNames.ThrowIfInvalid(newName);
             store.RenameVolume(name, newName);
             log.LogInformation("renamed volume '{Name}' to '{NewName}'", name, newName);
-            await Write(http, 200, VolumeDto.From(store.GetVolumeInfo(newName)), json.VolumeDto);
+            services.Metrics?.Forget(name);
+            await Write(http, 200, VolumeDto.From(store.GetVolumeInfo(newName), store), json.VolumeDto);
         }
 
         // DELETE /v1/volumes?name=NAME: the same for a name that cannot travel in a URL path (see rename).
-        app.MapDelete("/v1/volumes", (HttpContext http) => Delete(http, QueryName(http, "name")));
-        app.MapDelete("/v1/volumes/{name}", (HttpContext http) => Delete(http, RouteName(http)));
+        app.MapDelete("/v1/volumes", Handler((HttpContext http) => Delete(http, QueryName(http, "name"))))
+            .DescribeNoContent("Delete a volume named '.' or '..' (?name=NAME)");
+        app.MapDelete("/v1/volumes/{name}", Handler((HttpContext http) => Delete(http, RouteName(http))))
+            .DescribeNoContent("Delete a volume (?recursive=true also deletes its snapshots; ?force=true even with NBD clients connected)")
+            .Query("recursive", "true: also delete the volume's snapshots (refused while any has clones)")
+            .Query("force", "true: delete even while NBD clients are connected (they get I/O errors)");
         Task Delete(HttpContext http, string name)
         {
             bool recursive = QueryFlag(http, "recursive");
@@ -178,23 +230,26 @@ internal static class ManagementApi
                 return RefuseInUse(http, name, connected, "deleting it");
             store.DeleteVolume(name, recursive);
             log.LogInformation("deleted volume '{Name}'{Recursive}{Force}", name, recursive ? " and its snapshots" : "", force ? " (forced)" : "");
+            services.Metrics?.Forget(name);
             http.Response.StatusCode = 204;
             return Task.CompletedTask;
         }
 
-        app.MapGet("/v1/volumes/{name}/status", (HttpContext http) =>
+        app.MapGet("/v1/volumes/{name}/status", Handler((HttpContext http) =>
         {
             var info = store.GetVolumeInfo(RouteName(http));
             return Write(http, 200, new VolumeStatusDto(info.Name, ConnectedClients(info.Name, snapshotsToo: true)), json.VolumeStatusDto);
-        });
+        })).Describe<VolumeStatusDto, IEndpointConventionBuilder>("The NBD clients connected to a volume and its snapshots");
 
-        app.MapGet("/v1/snapshots", (HttpContext http) =>
-            Write(http, 200, SnapshotList(store.ListSnapshots()), json.SnapshotListDto));
+        app.MapGet("/v1/snapshots", Handler((HttpContext http) =>
+            Write(http, 200, SnapshotList(store.ListSnapshots()), json.SnapshotListDto)))
+            .Describe<SnapshotListDto, IEndpointConventionBuilder>("List every snapshot");
 
-        app.MapGet("/v1/volumes/{name}/snapshots", (HttpContext http) =>
-            Write(http, 200, SnapshotList(store.ListSnapshots(RouteName(http))), json.SnapshotListDto));
+        app.MapGet("/v1/volumes/{name}/snapshots", Handler((HttpContext http) =>
+            Write(http, 200, SnapshotList(store.ListSnapshots(RouteName(http))), json.SnapshotListDto)))
+            .Describe<SnapshotListDto, IEndpointConventionBuilder>("List a volume's snapshots");
 
-        app.MapPost("/v1/volumes/{name}/snapshots", async (HttpContext http) =>
+        app.MapPost("/v1/volumes/{name}/snapshots", Handler(async (HttpContext http) =>
         {
             var volume = RouteName(http);
             var request = await ReadBody(http, json.CreateSnapshotRequest);
@@ -204,14 +259,18 @@ internal static class ManagementApi
             log.LogInformation("created snapshot '{Snapshot}'", info.FullName);
             http.Response.Headers.Location = SnapshotLocation(info.Volume, info.Name);
             await Write(http, 201, SnapshotDto.From(info), json.SnapshotDto);
-        });
+        })).Describe<SnapshotDto, IEndpointConventionBuilder>("Take a snapshot", 201, typeof(CreateSnapshotRequest));
 
-        app.MapGet("/v1/volumes/{name}/snapshots/{snapshot}", (HttpContext http) =>
-            Write(http, 200, SnapshotDto.From(store.GetSnapshotInfo(RouteName(http), RouteSnapshot(http))), json.SnapshotDto));
+        app.MapGet("/v1/volumes/{name}/snapshots/{snapshot}", Handler((HttpContext http) =>
+            Write(http, 200, SnapshotDto.From(store.GetSnapshotInfo(RouteName(http), RouteSnapshot(http))), json.SnapshotDto)))
+            .Describe<SnapshotDto, IEndpointConventionBuilder>("One snapshot");
 
         // DELETE /v1/snapshots?volume=VOL&name=SNAP: the same for names that cannot travel in a URL path (see rename).
-        app.MapDelete("/v1/snapshots", (HttpContext http) => DeleteSnapshot(http, QueryName(http, "volume"), QueryName(http, "name")));
-        app.MapDelete("/v1/volumes/{name}/snapshots/{snapshot}", (HttpContext http) => DeleteSnapshot(http, RouteName(http), RouteSnapshot(http)));
+        app.MapDelete("/v1/snapshots", Handler((HttpContext http) => DeleteSnapshot(http, QueryName(http, "volume"), QueryName(http, "name"))))
+            .DescribeNoContent("Delete a snapshot whose names cannot travel in a URL path (?volume=VOL&name=SNAP)");
+        app.MapDelete("/v1/volumes/{name}/snapshots/{snapshot}", Handler((HttpContext http) => DeleteSnapshot(http, RouteName(http), RouteSnapshot(http))))
+            .DescribeNoContent("Delete a snapshot (?force=true even with NBD clients connected to it)")
+            .Query("force", "true: delete even while NBD clients are connected to the snapshot");
         Task DeleteSnapshot(HttpContext http, string volume, string snapshot)
         {
             if (!QueryFlag(http, "force") && ConnectedClients(volume, snapshotsToo: true)
@@ -219,11 +278,12 @@ internal static class ManagementApi
                 return RefuseInUse(http, volume + "@" + snapshot, connected, "deleting it");
             store.DeleteSnapshot(volume, snapshot);
             log.LogInformation("deleted snapshot '{Volume}@{Snapshot}'", volume, snapshot);
+            services.Metrics?.Forget(volume + "@" + snapshot);
             http.Response.StatusCode = 204;
             return Task.CompletedTask;
         }
 
-        app.MapPost("/v1/volumes/{name}/snapshots/{snapshot}/clone", async (HttpContext http) =>
+        app.MapPost("/v1/volumes/{name}/snapshots/{snapshot}/clone", Handler(async (HttpContext http) =>
         {
             var volume = RouteName(http);
             var snapshot = RouteSnapshot(http);
@@ -233,11 +293,11 @@ internal static class ManagementApi
             var info = store.CloneSnapshot(volume, snapshot, newName);
             log.LogInformation("cloned '{Volume}@{Snapshot}' to volume '{Clone}'", volume, snapshot, info.Name);
             http.Response.Headers.Location = "/v1/volumes/" + Uri.EscapeDataString(info.Name);
-            await Write(http, 201, VolumeDto.From(info), json.VolumeDto);
-        });
+            await Write(http, 201, VolumeDto.From(info, store), json.VolumeDto);
+        })).Describe<VolumeDto, IEndpointConventionBuilder>("Clone a snapshot into a new volume", 201, typeof(CloneSnapshotRequest));
 
         // No body: everything is in the path and ?recursive=true (deletes the snapshots newer than this one).
-        app.MapPost("/v1/volumes/{name}/snapshots/{snapshot}/rollback", (HttpContext http) =>
+        app.MapPost("/v1/volumes/{name}/snapshots/{snapshot}/rollback", Handler((HttpContext http) =>
         {
             var volume = RouteName(http);
             var snapshot = RouteSnapshot(http);
@@ -249,10 +309,11 @@ internal static class ManagementApi
             store.RollbackVolume(volume, snapshot, recursive);
             log.LogInformation("rolled volume '{Volume}' back to '{Snapshot}'{Recursive}", volume, snapshot,
                 recursive ? ", deleting newer snapshots" : "");
-            return Write(http, 200, VolumeDto.From(store.GetVolumeInfo(volume)), json.VolumeDto);
-        });
+            return Write(http, 200, VolumeDto.From(store.GetVolumeInfo(volume), store), json.VolumeDto);
+        })).Describe<VolumeDto, IEndpointConventionBuilder>("Roll a volume back to a snapshot (?recursive=true deletes newer snapshots)")
+            .Query("recursive", "true: delete the snapshots newer than this one (refused without it when there are any)");
 
-        app.MapGet("/v1/volumes/{name}/diff", (HttpContext http) =>
+        app.MapGet("/v1/volumes/{name}/diff", Handler((HttpContext http) =>
         {
             var volume = RouteName(http);
             var from = QueryString(http, "from") ?? throw new BadRequestException("missing query parameter 'from' (the older snapshot)");
@@ -266,24 +327,37 @@ internal static class ManagementApi
                 changed += extents[i].Length;
             }
             return Write(http, 200, new DiffDto(volume, from, to, changed, list), json.DiffDto);
-        });
+        })).Describe<DiffDto, IEndpointConventionBuilder>("Byte ranges changed between snapshot ?from= and ?to= (or the live volume)")
+            .Query("from", "The older snapshot (required)")
+            .Query("to", "The newer snapshot; omitted: the volume's current content");
 
-        app.MapGet("/v1/space", (HttpContext http) =>
+        app.MapGet("/v1/space", Handler((HttpContext http) =>
         {
             var usage = store.GetSpaceUsage();
             var list = new SpaceUsageDto[usage.Count];
             for (int i = 0; i < list.Length; i++) list[i] = SpaceUsageDto.From(usage[i]);
             return Write(http, 200, new SpaceUsageListDto(list), json.SpaceUsageListDto);
-        });
+        })).Describe<SpaceUsageListDto, IEndpointConventionBuilder>("Space per volume and snapshot: allocated, unique, shared");
+
+        if (services.Metrics is not null)
+        {
+            app.MapMetrics("/metrics", services.Metrics.Registry)
+                .WithSummary("Prometheus metrics (text exposition format)")
+                .WithMetadata(new ProducesResponseTypeMetadata(200, typeof(string), ["text/plain"]));
+        }
+
+        app.MapOpenApi(OpenApiPath);
+        Dashboard.Map(app);
 
         List<NbdClientDto> ConnectedClients(string volume, bool snapshotsToo)
         {
             var result = new List<NbdClientDto>();
-            if (options.Clients is null) return result;
-            foreach (var c in options.Clients())
+            // The NBD server's one connection list (the dashboard reads it too); empty when NBD is off.
+            if (services.Nbd() is not { } nbd) return result;
+            foreach (var c in nbd.Connections)
             {
                 // The handle's name follows renames, so a client that connected under an old name still counts.
-                if (c.Export is not VolumeExport export) continue;
+                if (c.OpenExport is not VolumeExport export) continue;
                 string current = export.Volume.Name;
                 bool isSnapshot = VolumeNames.TrySplitSnapshotName(current, out var owner, out _);
                 if (owner != volume || (isSnapshot && !snapshotsToo)) continue;
@@ -306,6 +380,71 @@ internal static class ManagementApi
 
         return app;
     }
+
+    // Route handlers are registered as typed delegates, not as RequestDelegates: only those reach the OpenAPI generator
+    // (ASP.NET Core's API explorer skips RequestDelegate endpoints), which then lists them with EndpointDescriptions.
+    private static Delegate Handler(Func<HttpContext, Task> handler) => handler;
+
+    /// <summary>A second, metrics-only listener (<c>--metrics-listen</c>): <c>/metrics</c> and nothing else, no token.</summary>
+    public static WebApplication BuildMetricsOnly(IPEndPoint endPoint, PlatterMetrics metrics, ILoggerFactory loggerFactory)
+    {
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
+        {
+            Args = [],
+            ApplicationName = "Platter.Server",
+            ContentRootPath = AppContext.BaseDirectory,
+        });
+        builder.Services.Replace(ServiceDescriptor.Singleton(loggerFactory));
+        builder.Services.Replace(ServiceDescriptor.Singleton<IHostLifetime, PassiveLifetime>());
+        builder.WebHost.ConfigureKestrel(kestrel =>
+        {
+            kestrel.AddServerHeader = false;
+            kestrel.Limits.MaxRequestBodySize = 0;
+            kestrel.Listen(endPoint);
+        });
+        var app = builder.Build();
+        app.MapMetrics("/metrics", metrics.Registry);
+        app.MapFallback((HttpContext http) =>
+            WriteError(http, 404, ApiErrorCodes.NoSuchEndpoint, $"this listener serves only GET /metrics, not {http.Request.Method} {http.Request.Path}"));
+        return app;
+    }
+
+    /// <summary>The TCP address a started application listens on (the real port after port 0).</summary>
+    public static IPEndPoint? BoundEndPoint(WebApplication app)
+    {
+        var addresses = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()?.Addresses;
+        foreach (var address in addresses ?? [])
+        {
+            if (Uri.TryCreate(address, UriKind.Absolute, out var uri) && IPAddress.TryParse(uri.Host.Trim('[', ']'), out var ip))
+                return new IPEndPoint(ip, uri.Port);
+        }
+        return null;
+    }
+
+    private static StatsDto Stats(ApiServices services)
+    {
+        var volumes = new List<VolumeStatsDto>();
+        if (services.Metrics is { } metrics)
+        {
+            foreach (var v in metrics.Volumes)
+            {
+                var t = v.Totals();
+                volumes.Add(new VolumeStatsDto(v.Name, t.Reads, t.Writes, t.Flushes, t.ReadBytes, t.WrittenBytes, t.ReadSeconds, t.WriteSeconds,
+                    t.Errors, t.ChecksumFailures));
+            }
+            volumes.Sort((a, b) => string.CompareOrdinal(a.Name, b.Name));
+        }
+        var nbd = services.Nbd();
+        var connections = new List<ConnectionDto>();
+        if (nbd is not null)
+        {
+            foreach (var c in nbd.Connections) connections.Add(new ConnectionDto(c.Peer, c.Export, c.ConnectedUtc));
+        }
+        return new StatsDto(services.Metrics is not null, DateTimeOffset.UtcNow, nbd?.ConnectionsAccepted ?? 0, nbd?.HandshakesRefused ?? 0,
+            connections, volumes);
+    }
+
+    private static bool IsRead(string method) => HttpMethods.IsGet(method) || HttpMethods.IsHead(method);
 
     private static string RouteName(HttpContext http) =>
         http.Request.RouteValues["name"] as string ?? throw new BadRequestException("missing volume name");

@@ -57,6 +57,9 @@ internal sealed class Journal : IDisposable
     /// <summary>Bytes used in the active half.</summary>
     public long Position => _position;
 
+    /// <summary>Size of one journal half (metrics show how full the current one is).</summary>
+    public long HalfBytes => _halfBytes;
+
     /// <summary>
     /// Reads the journal from the start and returns, in order, the payloads of the intact records whose sequence is
     /// greater than <paramref name="appliedSequence"/>. Reading stops at the first torn, stale or foreign record.

@@ -13,6 +13,8 @@ public static class Tools
     public static string NbdInfo => Require("nbdinfo", "libnbd-bin");
     public static string NbdCopy => Require("nbdcopy", "libnbd-bin");
     public static string Fio => Require("fio", "fio");
+    public static string Promtool => Require("promtool", "prometheus");
+    public static string Chromium => Require("chromium", "chromium");
 
     /// <summary>Returns the full path of <paramref name="tool"/> on PATH, or fails the test naming the package.</summary>
     public static string Require(string tool, string package) => ProcessRunner.RequireTool(tool, package);

@@ -1,6 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
-using Platter.Storage;
+using Platter.Volumes;
 
 namespace Platter.Server.Api;
 
@@ -12,13 +12,19 @@ namespace Platter.Server.Api;
 /// <param name="CreatedUtc">Creation time.</param>
 /// <param name="Origin">For a clone, the snapshot it was cloned from as <c>volume@snapshot</c>; null otherwise.</param>
 /// <param name="SnapshotCount">Number of snapshots of the volume.</param>
+/// <param name="Backend">Which backend holds it: <c>embedded</c> or <c>rbd</c>.</param>
+/// <param name="Store">Where: the store directory, or <c>rbd:POOL</c> (set with Backend).</param>
 public sealed record VolumeDto(string Name, long Id, long SizeBytes, long AllocatedBytes, DateTimeOffset CreatedUtc,
-    string? Origin = null, int SnapshotCount = 0)
+    string? Origin = null, int SnapshotCount = 0, string? Backend = null, string? Store = null)
 {
-    /// <summary>Converts the catalog's record.</summary>
-    public static VolumeDto From(VolumeInfo info) =>
-        new(info.Name, info.Id, info.SizeBytes, info.AllocatedBytes, info.CreatedUtc, info.Origin, info.SnapshotCount);
+    /// <summary>Converts the catalog's record; with <paramref name="store"/>, says which backend holds it
+    /// (<c>embedded</c> or <c>rbd</c>) and where (<c>Store</c>: the directory, or <c>rbd:POOL</c>).</summary>
+    public static VolumeDto From(VolumeInfo info, IVolumeBackend? store = null) =>
+        new(info.Name, info.Id, info.SizeBytes, info.AllocatedBytes, info.CreatedUtc, info.Origin, info.SnapshotCount, store?.Kind, store?.Location);
 }
+
+/// <summary>The answer to a takeover: the volume and who held it before (null when nobody did).</summary>
+public sealed record TakeoverDto(string Name, string? PreviousHolder);
 
 /// <summary>A snapshot as the management API shows it.</summary>
 /// <param name="FullName"><c>volume@snapshot</c>: its NBD export name (read-only) and how the CLI names it.</param>
@@ -123,12 +129,33 @@ public sealed record UsageDto(long DataFileBytes, long UsedBytes, long FreeBytes
 public sealed record HealthDto(string Status, string Version, string StoreDirectory, string? NbdSocket, string? NbdTcp, bool Tls, bool TlsRequired,
     bool NbdReadOnly = false);
 
+/// <summary>GET /v1/stats: live totals since the server started; rates come from two readings.</summary>
+/// <param name="MetricsEnabled">False under <c>platter serve --no-metrics</c>: then no export counts its requests.</param>
+/// <param name="TimeUtc">When these totals were read.</param>
+/// <param name="NbdConnectionsTotal">NBD connections served since start.</param>
+/// <param name="NbdHandshakesRefused">NBD clients turned away in the handshake (unknown export, TLS).</param>
+/// <param name="Connections">NBD connections open now.</param>
+/// <param name="Volumes">Totals per export that served a request since start.</param>
+public sealed record StatsDto(bool MetricsEnabled, DateTimeOffset TimeUtc, long NbdConnectionsTotal, long NbdHandshakesRefused,
+    IReadOnlyList<ConnectionDto> Connections, IReadOnlyList<VolumeStatsDto> Volumes);
+
+/// <summary>An open NBD connection.</summary>
+/// <param name="Peer">Client address, or <c>unix</c>.</param>
+/// <param name="Export">The export it uses; null while still in the handshake.</param>
+/// <param name="ConnectedUtc">When it connected.</param>
+public sealed record ConnectionDto(string Peer, string? Export, DateTimeOffset ConnectedUtc);
+
+/// <summary>I/O totals of one export (volume or <c>volume@snapshot</c>) since the server started.</summary>
+public sealed record VolumeStatsDto(string Name, long Reads, long Writes, long Flushes, long ReadBytes, long WrittenBytes,
+    double ReadSeconds, double WriteSeconds, long Errors, long ChecksumFailures);
+
 /// <summary>Every error answer: a stable machine code and a sentence for people.</summary>
 public sealed record ErrorDto(string Error, string Message);
 
 /// <summary>Source-generated serializers for the API (camelCase on the wire).</summary>
 [JsonSourceGenerationOptions(JsonSerializerDefaults.Web, WriteIndented = false, DefaultIgnoreCondition = JsonIgnoreCondition.Never)]
 [JsonSerializable(typeof(VolumeDto))]
+[JsonSerializable(typeof(TakeoverDto))]
 [JsonSerializable(typeof(VolumeListDto))]
 [JsonSerializable(typeof(CreateVolumeRequest))]
 [JsonSerializable(typeof(ResizeVolumeRequest))]
@@ -143,6 +170,7 @@ public sealed record ErrorDto(string Error, string Message);
 [JsonSerializable(typeof(HealthDto))]
 [JsonSerializable(typeof(ErrorDto))]
 [JsonSerializable(typeof(VolumeStatusDto))]
+[JsonSerializable(typeof(StatsDto))]
 public sealed partial class PlatterJsonContext : JsonSerializerContext;
 
 /// <summary>The stable error codes of the API.</summary>

@@ -80,6 +80,10 @@ public sealed partial class PlatterApiClient : IDisposable
     public Task<VolumeDto> CreateVolumeAsync(string name, long sizeBytes, CancellationToken cancellationToken = default) =>
         SendAsync(HttpMethod.Post, "v1/volumes", JsonContent.Create(new CreateVolumeRequest(name, sizeBytes), Json.CreateVolumeRequest), Json.VolumeDto, cancellationToken);
 
+    /// <summary>POST /v1/volumes/{name}/takeover.</summary>
+    public Task<TakeoverDto> TakeOverVolumeAsync(string name, CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Post, VolumePath(name) + "/takeover", null, Json.TakeoverDto, cancellationToken);
+
     /// <summary>POST /v1/volumes/{name}/resize; only grows (a smaller size is refused, 409 shrink_refused).</summary>
     public Task<VolumeDto> ResizeVolumeAsync(string name, long sizeBytes, CancellationToken cancellationToken = default) =>
         ResizeVolumeAsync(name, sizeBytes, allowShrink: false, cancellationToken);

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Platter over NBD on an RBD store, side by side in one run with qemu-nbd serving the same image through qemu's rbd:
+# driver, and fio's rbd engine (librbd directly, no server) as the limit. Prints one table: IOPS or MB/s per workload
+# and target, and the server's CPU time per operation (small racks are short of CPU).
+#
+#   bench/rbd.sh [--seconds N] [--size-mib N] [--cluster DIR]
+#
+# Without --cluster a one-host cluster is started in a temp directory (scripts/ceph-cluster.sh) and stopped at the end.
+# Build first: dotnet build src/Platter.Cli -c Release.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=8
+size_mib=2048
+cluster=""
+while (($#)); do
+  case $1 in
+    --seconds) seconds=$2; shift 2 ;;
+    --size-mib) size_mib=$2; shift 2 ;;
+    --cluster) cluster=$2; shift 2 ;;
+    *) echo "usage: $0 [--seconds N] [--size-mib N] [--cluster DIR]" >&2; exit 2 ;;
+  esac
+done
+
+platter_dll=src/Platter.Cli/bin/Release/net10.0/platter.dll
+[[ -f $platter_dll ]] || { echo "build first: dotnet build src/Platter.Cli -c Release" >&2; exit 1; }
+
+work=$(mktemp -d /tmp/platter-rbd-bench.XXXXXX)
+own_cluster=0
+server_pid=""
+cleanup() {
+  [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  ((own_cluster)) && scripts/ceph-cluster.sh stop "$cluster" >/dev/null 2>&1
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+if [[ -z $cluster ]]; then
+  cluster=$work/ceph
+  own_cluster=1
+  scripts/ceph-cluster.sh start "$cluster" >/dev/null
+fi
+export CEPH_CONF=$cluster/ceph.conf
+image=bench-$$
+rbd create --size "${size_mib}M" "rbd/$image"
+# Fill the image once so reads hit data (a never-written RBD object reads as zeros without touching a disk).
+fio --name=fill --ioengine=rbd --clientname=admin --pool=rbd --rbdname="$image" --rw=write --bs=4M --iodepth=4 \
+  --size="${size_mib}M" >/dev/null
+
+# name rw bs depth extra
+workloads=(
+  "4k-randwrite-qd32 randwrite 4k 32"
+  "4k-randread-qd32 randread 4k 32"
+  "4k-write+flush-qd1 randwrite 4k 1 --fsync=1"
+  "1M-seqread-qd8 read 1M 8"
+  "1M-seqwrite-qd8 write 1M 8"
+)
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+
+# run TARGET PID(or -) WORKLOAD...: prints "iops mbps cpu_us_per_op"
+run_fio() {
+  local target=$1 pid=$2 rw=$3 bs=$4 depth=$5
+  shift 5
+  local engine
+  if [[ $target == rbd ]]; then
+    engine=(--ioengine=rbd --clientname=admin --pool=rbd --rbdname="$image")
+  else
+    engine=(--ioengine=nbd --uri="$target")
+  fi
+  local before=0
+  [[ $pid != - ]] && before=$(cpu_ticks "$pid")
+  local json
+  json=$(fio --name=b "${engine[@]}" --rw="$rw" --bs="$bs" --iodepth="$depth" --size="${size_mib}M" \
+    --time_based --runtime="$seconds" --ramp_time=1 --output-format=json "$@")
+  local after=0
+  [[ $pid != - ]] && after=$(cpu_ticks "$pid")
+  python3 - "$json" "$before" "$after" "$hz" "$seconds" <<'EOF'
+import json, sys
+text = sys.argv[1]
+j = json.loads(text[text.index("{"):])["jobs"][0]  # fio's nbd engine prints "connected" before the JSON
+before, after, hz, seconds = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+iops = j["read"]["iops"] + j["write"]["iops"]
+mbps = (j["read"]["bw_bytes"] + j["write"]["bw_bytes"]) / 1e6
+ops = iops * (seconds + 1)  # the CPU window includes the 1 s ramp
+cpu = (after - before) / hz * 1e6 / ops if after > before and ops > 0 else 0
+print(f"{iops:.0f} {mbps:.1f} {cpu:.0f}")
+EOF
+}
+
+start_platter() {
+  dotnet "$platter_dll" serve --store rbd:rbd --ceph-conf "$CEPH_CONF" --socket "$work/platter.sock" \
+    --api-socket "$work/api.sock" --listen none >"$work/platter.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 1 200); do [[ -S $work/platter.sock && -S $work/api.sock ]] && return; sleep 0.1; done
+  echo "platter did not start: $(tail -3 "$work/platter.log")" >&2; exit 1
+}
+
+start_qemu_nbd() {
+  # --cache=none: qemu's rbd driver with librbd's cache off, like Platter; -e 32: as many connections as fio wants; --persistent: it would exit after the first fio run.
+  qemu-nbd --persistent --format=raw --cache=none --aio=threads -e 32 --socket="$work/qemu.sock" \
+    "rbd:rbd/$image:conf=$CEPH_CONF" >"$work/qemu.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 1 200); do [[ -S $work/qemu.sock ]] && return; sleep 0.1; done
+  echo "qemu-nbd did not start: $(cat "$work/qemu.log")" >&2; exit 1
+}
+
+stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""; }
+
+declare -A result
+for target in rbd qemu platter; do
+  case $target in
+    rbd) pid=- uri=rbd ;;
+    qemu) start_qemu_nbd; pid=$server_pid uri="nbd+unix:///?socket=$work/qemu.sock" ;;
+    platter) start_platter; pid=$server_pid uri="nbd+unix:///$image?socket=$work/platter.sock" ;;
+  esac
+  for w in "${workloads[@]}"; do
+    read -r name rw bs depth extra <<<"$w"
+    # shellcheck disable=SC2086
+    result[$target,$name]=$(run_fio "$uri" "$pid" "$rw" "$bs" "$depth" $extra)
+  done
+  [[ $target != rbd ]] && stop_server
+done
+
+echo "RBD on a one-host cluster (3 bluestore OSDs), ${size_mib} MiB image, ${seconds} s per run, $(date -u +%F)"
+printf "| %-20s | %-12s | %-12s | %-12s | %-9s | %-9s | %-12s | %-14s |\n" workload "fio rbd" "qemu-nbd rbd:" platter "vs qemu" "vs fio" "cpu/op qemu" "cpu/op platter"
+printf "|%s|\n" "---|---|---|---|---|---|---|---"
+for w in "${workloads[@]}"; do
+  read -r name _ <<<"$w"
+  read -r r_iops r_mbps _ <<<"${result[rbd,$name]}"
+  read -r q_iops q_mbps q_cpu <<<"${result[qemu,$name]}"
+  read -r p_iops p_mbps p_cpu <<<"${result[platter,$name]}"
+  if [[ $name == 1M* ]]; then unit=MB/s; r=$r_mbps; q=$q_mbps; p=$p_mbps; else unit=IOPS; r=$r_iops; q=$q_iops; p=$p_iops; fi
+  printf "| %-20s | %-12s | %-12s | %-12s | %-9s | %-9s | %-12s | %-14s |\n" "$name" "$r $unit" "$q" "$p" \
+    "$(python3 -c "print(f'{$p/$q:.2f}x' if $q else '-')")" "$(python3 -c "print(f'{$p/$r:.2f}x' if $r else '-')")" \
+    "${q_cpu} us" "${p_cpu} us"
+done
+rbd rm "rbd/$image" >/dev/null 2>&1 || true

@@ -1,0 +1,472 @@
+using System.Runtime.InteropServices;
+using static Platter.Ceph.Native;
+
+namespace Platter.Ceph;
+
+/// <summary>RBD image feature bits (src/include/rbd/features.h).</summary>
+[Flags]
+public enum RbdFeatures : ulong
+{
+    None = 0,
+    Layering = 1 << 0,
+    StripingV2 = 1 << 1,
+    ExclusiveLock = 1 << 2,
+    ObjectMap = 1 << 3,
+    FastDiff = 1 << 4,
+    DeepFlatten = 1 << 5,
+    Journaling = 1 << 6,
+    DataPool = 1 << 7,
+    Operations = 1 << 8,
+}
+
+/// <summary>One snapshot of an image as <c>rbd_snap_list</c> returns it.</summary>
+public readonly record struct RbdSnapshot(ulong Id, string Name, ulong SizeBytes);
+
+/// <summary>The image and snapshot a clone was made from.</summary>
+public readonly record struct RbdParent(string Pool, string Image, string Snapshot, ulong SnapshotId);
+
+/// <summary>A child (clone) of an image: its pool and name; <c>InTrash</c> when it waits in the RBD trash.</summary>
+public readonly record struct RbdChild(string Pool, string Image, bool InTrash);
+
+/// <summary>Image-level operations on a pool (librbd's functions that take an I/O context).</summary>
+public static unsafe class RbdImages
+{
+    /// <summary>
+    /// Creates a format-2 image. <paramref name="order"/> is log2 of the object size (22: 4 MiB, librbd's default).
+    /// EEXIST when the name is taken.
+    /// </summary>
+    public static void Create(RadosIoContext io, string name, ulong sizeBytes, RbdFeatures features, int order = 22)
+    {
+        rbd_image_options_create(out nint opts);
+        try
+        {
+            Check(rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_FORMAT, 2), "rbd image option format");
+            Check(rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_FEATURES, (ulong)features), "rbd image option features");
+            Check(rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_ORDER, (ulong)order), "rbd image option order");
+            Check(rbd_create4(io.Handle, name, sizeBytes, opts), $"creating image {io.Pool}/{name}");
+        }
+        finally
+        {
+            rbd_image_options_destroy(opts);
+        }
+    }
+
+    /// <summary>Clones <paramref name="parent"/>@<paramref name="snapshot"/> as a format-2 clone (no protect step).</summary>
+    public static void Clone(RadosIoContext io, string parent, string snapshot, string child, RbdFeatures features)
+    {
+        rbd_image_options_create(out nint opts);
+        try
+        {
+            Check(rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_FORMAT, 2), "rbd image option format");
+            Check(rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_FEATURES, (ulong)features), "rbd image option features");
+            Check(rbd_image_options_set_uint64(opts, RBD_IMAGE_OPTION_CLONE_FORMAT, 2), "rbd image option clone format");
+            Check(rbd_clone3(io.Handle, parent, snapshot, io.Handle, child, opts),
+                $"cloning {io.Pool}/{parent}@{snapshot} as {child}");
+        }
+        finally
+        {
+            rbd_image_options_destroy(opts);
+        }
+    }
+
+    /// <summary>Removes an image. ENOTEMPTY when it has snapshots, EBUSY while another client watches it.</summary>
+    public static void Remove(RadosIoContext io, string name) => Check(rbd_remove(io.Handle, name), $"removing image {io.Pool}/{name}");
+
+    public static void Rename(RadosIoContext io, string name, string newName) =>
+        Check(rbd_rename(io.Handle, name, newName), $"renaming image {io.Pool}/{name} to {newName}");
+
+    /// <summary>The names of the pool's images (not those in the trash).</summary>
+    public static List<string> List(RadosIoContext io)
+    {
+        nuint capacity = 64;
+        while (true)
+        {
+            var specs = new rbd_image_spec_t[(int)capacity];
+            fixed (rbd_image_spec_t* p = specs)
+            {
+                nuint count = capacity;
+                int rc = rbd_list2(io.Handle, p, ref count);
+                if (rc == -34) // ERANGE: count now holds the number needed
+                {
+                    capacity = count;
+                    continue;
+                }
+                Check(rc, $"listing images of pool {io.Pool}");
+                var names = new List<string>((int)count);
+                for (int i = 0; i < (int)count; i++) names.Add(Utf8(p[i].name));
+                rbd_image_spec_list_cleanup(p, count);
+                return names;
+            }
+        }
+    }
+}
+
+/// <summary>
+/// An open RBD image (or a snapshot of one, read-only). Control calls are synchronous; data calls are librbd's
+/// asynchronous ones, started with a completion from <see cref="RbdCompletion"/>. Thread-safe, as librbd is.
+/// </summary>
+public sealed unsafe class RbdImage : IDisposable
+{
+    private readonly RbdImageHandle _handle;
+    private readonly nint _raw;
+
+    private RbdImage(RbdImageHandle handle, RadosIoContext io, string name, string? snapshot)
+    {
+        _handle = handle;
+        _raw = handle.DangerousGetHandle();
+        IoContext = io;
+        Name = name;
+        Snapshot = snapshot;
+    }
+
+    /// <summary>
+    /// Opens an image, or its snapshot <paramref name="snapshot"/>. <paramref name="readOnly"/> opens without a watch
+    /// on the header (no lock, no write).
+    /// </summary>
+    public static RbdImage Open(RadosIoContext io, string name, string? snapshot = null, bool readOnly = false)
+    {
+        int rc = readOnly || snapshot != null
+            ? rbd_open_read_only(io.Handle, name, out nint raw, snapshot)
+            : rbd_open(io.Handle, name, out raw, null);
+        Check(rc, snapshot == null ? $"opening image {io.Pool}/{name}" : $"opening snapshot {io.Pool}/{name}@{snapshot}");
+        var handle = new RbdImageHandle();
+        handle.Set(raw, io.Handle);
+        return new RbdImage(handle, io, name, snapshot);
+    }
+
+    public RadosIoContext IoContext { get; }
+
+    public string Name { get; }
+
+    public string? Snapshot { get; }
+
+    private string What => Snapshot == null ? $"{IoContext.Pool}/{Name}" : $"{IoContext.Pool}/{Name}@{Snapshot}";
+
+    public ulong Size
+    {
+        get
+        {
+            Check(rbd_get_size(_handle, out ulong size), $"size of {What}");
+            return size;
+        }
+    }
+
+    public RbdFeatures Features
+    {
+        get
+        {
+            Check(rbd_get_features(_handle, out ulong features), $"features of {What}");
+            return (RbdFeatures)features;
+        }
+    }
+
+    /// <summary>The object size in bytes (each image is striped over objects of this size).</summary>
+    public ulong ObjectSize
+    {
+        get
+        {
+            rbd_image_info_t info;
+            Check(rbd_stat(_handle, &info, (nuint)sizeof(rbd_image_info_t)), $"stat of {What}");
+            return info.obj_size;
+        }
+    }
+
+    /// <summary>The image's id (stable across renames; names its objects <c>rbd_data.ID.*</c>).</summary>
+    public string Id
+    {
+        get
+        {
+            byte* buffer = stackalloc byte[64];
+            Check(rbd_get_id(_handle, buffer, 64), $"id of {What}");
+            return Utf8(buffer);
+        }
+    }
+
+    public DateTimeOffset CreatedAt
+    {
+        get
+        {
+            Timespec ts;
+            Check(rbd_get_create_timestamp(_handle, &ts), $"creation time of {What}");
+            return DateTimeOffset.FromUnixTimeSeconds(ts.tv_sec).AddTicks(ts.tv_nsec / 100);
+        }
+    }
+
+    /// <summary>Resizes; a shrink is refused with EINVAL unless <paramref name="allowShrink"/>.</summary>
+    public void Resize(ulong sizeBytes, bool allowShrink) =>
+        Check(rbd_resize2(_handle, sizeBytes, allowShrink, &NoProgress, 0), $"resizing {What} to {sizeBytes} bytes");
+
+    /// <summary>The parent of a clone, or null for an image that is not one.</summary>
+    public RbdParent? GetParent()
+    {
+        rbd_linked_image_spec_t image;
+        rbd_snap_spec_t snap;
+        int rc = rbd_get_parent(_handle, &image, &snap);
+        if (rc == -CephException.ENOENT) return null;
+        Check(rc, $"parent of {What}");
+        var parent = new RbdParent(Utf8(image.pool_name), Utf8(image.image_name), Utf8(snap.name), snap.id);
+        rbd_linked_image_spec_cleanup(&image);
+        rbd_snap_spec_cleanup(&snap);
+        return parent;
+    }
+
+    /// <summary>The clones of the snapshot this handle is opened at (open the snapshot to ask).</summary>
+    public List<RbdChild> ListChildren()
+    {
+        nuint capacity = 16;
+        while (true)
+        {
+            var specs = new rbd_linked_image_spec_t[(int)capacity];
+            fixed (rbd_linked_image_spec_t* p = specs)
+            {
+                nuint count = capacity;
+                int rc = rbd_list_children3(_handle, p, ref count);
+                if (rc == -34)
+                {
+                    capacity = count;
+                    continue;
+                }
+                Check(rc, $"children of {What}");
+                var children = new List<RbdChild>((int)count);
+                for (int i = 0; i < (int)count; i++)
+                {
+                    children.Add(new RbdChild(Utf8(p[i].pool_name), Utf8(p[i].image_name), p[i].trash != 0));
+                }
+                rbd_linked_image_spec_list_cleanup(p, count);
+                return children;
+            }
+        }
+    }
+
+    /// <summary>An image-metadata value (<c>rbd image-meta get</c>), or null when the key is not set.</summary>
+    public string? GetMetadata(string key)
+    {
+        nuint length = 256;
+        while (true)
+        {
+            var buffer = new byte[(int)length];
+            fixed (byte* p = buffer)
+            {
+                nuint size = length;
+                int rc = rbd_metadata_get(_handle, key, p, ref size);
+                if (rc == -CephException.ENOENT) return null;
+                if (rc == -34)
+                {
+                    length = size;
+                    continue;
+                }
+                Check(rc, $"metadata {key} of {What}");
+                return Utf8(p);
+            }
+        }
+    }
+
+    public void SetMetadata(string key, string value) => Check(rbd_metadata_set(_handle, key, value), $"setting metadata {key} of {What}");
+
+    public void RemoveMetadata(string key)
+    {
+        int rc = rbd_metadata_remove(_handle, key);
+        if (rc != -CephException.ENOENT) Check(rc, $"removing metadata {key} of {What}");
+    }
+
+    // ---- snapshots ----
+
+    /// <summary>The image's user snapshots, oldest first.</summary>
+    public List<RbdSnapshot> ListSnapshots()
+    {
+        int capacity = 16;
+        while (true)
+        {
+            var infos = new rbd_snap_info_t[capacity]; // librbd wants room for a terminating entry too
+            fixed (rbd_snap_info_t* p = infos)
+            {
+                int count = capacity;
+                int rc = rbd_snap_list(_handle, p, ref count);
+                if (rc == -34)
+                {
+                    capacity = count;
+                    continue;
+                }
+                Check(rc, $"snapshots of {What}");
+                var snapshots = new List<RbdSnapshot>(rc);
+                for (int i = 0; i < rc; i++) snapshots.Add(new RbdSnapshot(p[i].id, Utf8(p[i].name), p[i].size));
+                rbd_snap_list_end(p);
+                return snapshots;
+            }
+        }
+    }
+
+    public DateTimeOffset GetSnapshotTimestamp(ulong snapshotId)
+    {
+        Timespec ts;
+        Check(rbd_snap_get_timestamp(_handle, snapshotId, &ts), $"timestamp of a snapshot of {What}");
+        return DateTimeOffset.FromUnixTimeSeconds(ts.tv_sec).AddTicks(ts.tv_nsec / 100);
+    }
+
+    /// <summary>Creates a snapshot (librbd flushes in-flight writes first). Skips the quiesce hooks: there are none.</summary>
+    public void CreateSnapshot(string name) =>
+        Check(rbd_snap_create2(_handle, name, 1 /* RBD_SNAP_CREATE_SKIP_QUIESCE */, &NoProgress, 0), $"creating snapshot {What}@{name}");
+
+    /// <summary>Removes a snapshot; EBUSY while clones of it exist (clone format 2 moves it to the trash instead).</summary>
+    public void RemoveSnapshot(string name) => Check(rbd_snap_remove(_handle, name), $"removing snapshot {What}@{name}");
+
+    /// <summary>Rolls the image's content back to a snapshot (rewrites every object; needs the exclusive lock).</summary>
+    public void RollbackSnapshot(string name) => Check(rbd_snap_rollback(_handle, name), $"rolling {What} back to {name}");
+
+    /// <summary>
+    /// Calls <paramref name="callback"/>(offset, length, exists) for every extent in [offset, offset+length) that changed
+    /// since <paramref name="fromSnapshot"/> (null: since creation, i.e. what is allocated). <paramref name="includeParent"/>
+    /// reports a clone's parent's data too. The callback returning false stops the walk (the call then returns false).
+    /// </summary>
+    public bool DiffIterate(string? fromSnapshot, ulong offset, ulong length, bool includeParent, bool wholeObject,
+        Func<ulong, ulong, bool, bool> callback)
+    {
+        var state = new DiffState(callback);
+        var gc = GCHandle.Alloc(state);
+        try
+        {
+            int rc = rbd_diff_iterate2(_handle, fromSnapshot, offset, length, includeParent ? (byte)1 : (byte)0,
+                wholeObject ? (byte)1 : (byte)0, &OnDiffExtent, GCHandle.ToIntPtr(gc));
+            if (state.Stopped) return false;
+            if (state.Failure != null) throw state.Failure;
+            Check(rc, fromSnapshot == null ? $"allocated extents of {What}" : $"changes of {What} since {fromSnapshot}");
+            return true;
+        }
+        finally
+        {
+            gc.Free();
+        }
+    }
+
+    private sealed class DiffState(Func<ulong, ulong, bool, bool> callback)
+    {
+        public readonly Func<ulong, ulong, bool, bool> Callback = callback;
+        public bool Stopped;
+        public Exception? Failure;
+    }
+
+    [UnmanagedCallersOnly]
+    private static int OnDiffExtent(ulong offset, nuint length, int exists, nint arg)
+    {
+        var state = (DiffState)GCHandle.FromIntPtr(arg).Target!;
+        try
+        {
+            if (state.Callback(offset, length, exists != 0)) return 0;
+            state.Stopped = true;
+            return -125; // ECANCELED: librbd stops the walk and returns it
+        }
+        catch (Exception e)
+        {
+            state.Failure = e; // never let an exception cross into native code
+            return -125;
+        }
+    }
+
+    // ---- exclusive lock ----
+
+    /// <summary>
+    /// Acquires the exclusive lock explicitly. librbd then switches the image to its standard lock policy: the lock is
+    /// not handed over when another client asks for it (that client gets EROFS) until this handle releases it or
+    /// someone breaks it. EROFS/EBUSY here when another client holds it.
+    /// </summary>
+    public void AcquireExclusiveLock() => Check(rbd_lock_acquire(_handle, RBD_LOCK_MODE_EXCLUSIVE), $"locking {What}");
+
+    public void ReleaseExclusiveLock() => Check(rbd_lock_release(_handle), $"unlocking {What}");
+
+    public bool IsExclusiveLockOwner
+    {
+        get
+        {
+            Check(rbd_is_exclusive_lock_owner(_handle, out int owner), $"lock owner of {What}");
+            return owner != 0;
+        }
+    }
+
+    /// <summary>The clients holding the image's exclusive lock (their addresses), empty when it is free.</summary>
+    public List<string> GetLockOwners()
+    {
+        const int capacity = 8;
+        nint* owners = stackalloc nint[capacity];
+        nuint count = capacity;
+        int rc = rbd_lock_get_owners(_handle, out _, owners, ref count);
+        if (rc == -CephException.ENOENT) return [];
+        Check(rc, $"lock owners of {What}");
+        var result = new List<string>((int)count);
+        for (int i = 0; i < (int)count; i++) result.Add(Marshal.PtrToStringUTF8(owners[i]) ?? "");
+        rbd_lock_get_owners_cleanup(owners, count);
+        return result;
+    }
+
+    /// <summary>
+    /// Breaks the exclusive lock held by <paramref name="owner"/> (an address from <see cref="GetLockOwners"/>). With
+    /// <c>rbd_blocklist_on_break_lock</c> (on by default) librbd blocklists the owner first.
+    /// </summary>
+    public void BreakExclusiveLock(string owner) =>
+        Check(rbd_lock_break(_handle, RBD_LOCK_MODE_EXCLUSIVE, owner), $"breaking the lock of {What} held by {owner}");
+
+    // ---- data: asynchronous ----
+    // The caller keeps each buffer pinned and this image undisposed until the completion fires.
+
+    public void BeginWrite(ulong offset, byte* buffer, nuint length, RbdCompletion completion, RbdOpFlags flags) =>
+        Check(rbd_aio_write2(_raw, offset, length, buffer, completion.Handle, (int)flags), $"write to {What}");
+
+    public void BeginRead(ulong offset, byte* buffer, nuint length, RbdCompletion completion, RbdOpFlags flags) =>
+        Check(rbd_aio_read2(_raw, offset, length, buffer, completion.Handle, (int)flags), $"read from {What}");
+
+    public void BeginFlush(RbdCompletion completion) => Check(rbd_aio_flush(_raw, completion.Handle), $"flush of {What}");
+
+    public void BeginDiscard(ulong offset, ulong length, RbdCompletion completion) =>
+        Check(rbd_aio_discard(_raw, offset, length, completion.Handle), $"discard on {What}");
+
+    public void BeginWriteZeroes(ulong offset, nuint length, RbdCompletion completion) =>
+        Check(rbd_aio_write_zeroes(_raw, offset, length, completion.Handle, 0, 0), $"write-zeroes on {What}");
+
+    /// <summary>Synchronous flush of everything written through this handle.</summary>
+    public void Flush() => Check(rbd_flush(_handle), $"flush of {What}");
+
+    /// <summary>Closes the image (flushes and, when held, releases the exclusive lock).</summary>
+    public void Dispose() => _handle.Dispose();
+}
+
+/// <summary>LIBRADOS_OP_FLAG_* values accepted by librbd's write2/read2.</summary>
+[Flags]
+public enum RbdOpFlags
+{
+    None = 0,
+    FadviseRandom = 0x4,
+    FadviseSequential = 0x8,
+    FadviseWillNeed = 0x10,
+    FadviseDontNeed = 0x20,
+    FadviseNoCache = 0x40,
+    /// <summary>Write through any librbd cache before completing.</summary>
+    FadviseFua = 0x80,
+}
+
+/// <summary>
+/// A librbd completion (<c>rbd_completion_t</c>): created for one request, fires <c>callback(completion, arg)</c> on a
+/// librbd thread when the request finishes, then must be released. A value type: no managed allocation per request.
+/// </summary>
+public readonly unsafe struct RbdCompletion
+{
+    private RbdCompletion(nint handle) => Handle = handle;
+
+    public nint Handle { get; }
+
+    /// <summary>Creates a completion that calls <paramref name="callback"/> with <paramref name="arg"/>.</summary>
+    public static RbdCompletion Create(nint arg, delegate* unmanaged<nint, nint, void> callback)
+    {
+        Check(rbd_aio_create_completion(arg, callback, out nint handle), "rbd_aio_create_completion");
+        return new RbdCompletion(handle);
+    }
+
+    /// <summary>Wraps the raw completion a callback receives.</summary>
+    public static RbdCompletion FromHandle(nint handle) => new(handle);
+
+    /// <summary>The request's result: bytes (reads) or 0 on success, a negative errno on failure.</summary>
+    public long ReturnValue => rbd_aio_get_return_value(Handle);
+
+    public void Release() => rbd_aio_release(Handle);
+
+    /// <summary>The exception for a negative <see cref="ReturnValue"/>.</summary>
+    public static CephException ToException(long returnValue, string what) => CephException.FromErrno((int)-returnValue, what);
+}

@@ -1,0 +1,35 @@
+using Microsoft.Extensions.Logging;
+
+namespace Platter.Rbd;
+
+/// <summary>How an <see cref="RbdBackend"/> reaches its cluster and pool.</summary>
+public sealed class RbdBackendOptions
+{
+    /// <summary>The RADOS pool holding the volumes' images.</summary>
+    public required string Pool { get; init; }
+
+    /// <summary>ceph.conf to read; null: $CEPH_CONF, else /etc/ceph/ceph.conf (librados's own search).</summary>
+    public string? ConfFile { get; init; }
+
+    /// <summary>The cephx user, without or with its <c>client.</c> prefix; its keyring is found through the conf.</summary>
+    public string Id { get; init; } = "admin";
+
+    /// <summary>
+    /// How long connecting may take before it fails with a clear error (<c>client_mount_timeout</c>): a server
+    /// started while the monitors are unreachable says so instead of hanging. Ceph's own default is 300 s.
+    /// </summary>
+    public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// How long one data request may wait for the OSDs before it fails with an I/O error (<c>rados_osd_op_timeout</c>).
+    /// While fewer than min_size copies of a placement group are up, its I/O waits (Ceph refuses to acknowledge a
+    /// write it could lose); this bounds the wait a VM sees. <see cref="TimeSpan.Zero"/> waits without limit, like a
+    /// local disk that never times out.
+    /// </summary>
+    public TimeSpan OperationTimeout { get; init; } = TimeSpan.FromMinutes(5);
+
+    /// <summary>Extra Ceph options (name -> value) applied to every connection after the defaults (tests, tuning).</summary>
+    public IReadOnlyDictionary<string, string>? CephOptions { get; init; }
+
+    public ILoggerFactory? LoggerFactory { get; init; }
+}

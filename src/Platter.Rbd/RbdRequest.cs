@@ -1,0 +1,105 @@
+using System.Buffers;
+using System.Collections.Concurrent;
+using System.Runtime.InteropServices;
+using System.Threading.Tasks.Sources;
+using Platter.Ceph;
+
+namespace Platter.Rbd;
+
+/// <summary>
+/// One asynchronous librbd request as a <see cref="ValueTask{T}"/>: librbd's completion callback completes it. Requests
+/// are pooled (a request object, its GCHandle and its callback are reused), so a read or write allocates nothing on
+/// the managed heap; librbd allocates its own completion per request (the C API has no way to reuse one).
+/// </summary>
+internal sealed unsafe class RbdRequest : IValueTaskSource<long>
+{
+    // Requests kept for reuse. Beyond it a burst's extra requests are dropped to the GC: the pool never grows past
+    // what a busy server keeps in flight (NBD limits in-flight requests per connection to a few hundred).
+    private const int PooledMax = 1024;
+    private static readonly ConcurrentQueue<RbdRequest> Pool = new();
+    private static int _pooled;
+
+    private readonly GCHandle _self;
+    private ManualResetValueTaskSourceCore<long> _core;
+    private MemoryHandle _pin;
+
+    private RbdRequest()
+    {
+        _self = GCHandle.Alloc(this);
+        // Completions arrive on librbd's finisher thread; continuations (NBD reply writes) must not run there, or
+        // they would delay every other completion of the image.
+        _core.RunContinuationsAsynchronously = true;
+    }
+
+    public static RbdRequest Rent()
+    {
+        if (Pool.TryDequeue(out var request))
+        {
+            Interlocked.Decrement(ref _pooled);
+            return request;
+        }
+        return new RbdRequest();
+    }
+
+    /// <summary>A completion that completes this request; the buffer (if any) stays pinned until then.</summary>
+    public RbdCompletion Start(MemoryHandle pin)
+    {
+        _pin = pin;
+        return RbdCompletion.Create(GCHandle.ToIntPtr(_self), &OnComplete);
+    }
+
+    /// <summary>The request could not be submitted: unpin and recycle (the caller throws).</summary>
+    public void Abandon(RbdCompletion completion)
+    {
+        completion.Release();
+        _pin.Dispose();
+        _pin = default;
+        _core.Reset();
+        Return();
+    }
+
+    public ValueTask<long> Task => new(this, _core.Version);
+
+    [UnmanagedCallersOnly]
+    private static void OnComplete(nint completion, nint arg)
+    {
+        var request = (RbdRequest)GCHandle.FromIntPtr(arg).Target!;
+        var c = RbdCompletion.FromHandle(completion);
+        long result = c.ReturnValue;
+        c.Release();
+        request._pin.Dispose();
+        request._pin = default;
+        request._core.SetResult(result);
+    }
+
+    public long GetResult(short token)
+    {
+        try
+        {
+            return _core.GetResult(token);
+        }
+        finally
+        {
+            _core.Reset();
+            Return();
+        }
+    }
+
+    public ValueTaskSourceStatus GetStatus(short token) => _core.GetStatus(token);
+
+    public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
+        _core.OnCompleted(continuation, state, token, flags);
+
+    private void Return()
+    {
+        if (Interlocked.Increment(ref _pooled) <= PooledMax)
+        {
+            Pool.Enqueue(this);
+        }
+        else
+        {
+            Interlocked.Decrement(ref _pooled);
+            _self.Free();
+        }
+    }
+}

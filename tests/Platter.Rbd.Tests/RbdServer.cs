@@ -1,0 +1,166 @@
+using System.Diagnostics;
+using System.Text;
+using Platter.Testing;
+using Xunit.Sdk;
+
+namespace Platter.Rbd.Tests;
+
+/// <summary>A real <c>platter serve --store rbd:POOL</c> process on the test cluster, NBD and API on private unix sockets.</summary>
+public sealed class RbdServer : IAsyncDisposable
+{
+    private readonly CephCluster _ceph;
+    private readonly TempDirectory _root = new("prbd");
+    private readonly StringBuilder _log = new();
+    private Process? _process;
+
+    public RbdServer(CephCluster ceph)
+    {
+        _ceph = ceph;
+        NbdSocketPath = _root.Combine("nbd.sock");
+        ApiSocketPath = _root.Combine("api.sock");
+    }
+
+    public string NbdSocketPath { get; }
+    public string ApiSocketPath { get; }
+    public int Pid => _process?.Id ?? throw new InvalidOperationException("not started");
+
+    public string Log
+    {
+        get { lock (_log) return _log.ToString(); }
+    }
+
+    public string Uri(string export) => $"nbd+unix:///{export}?socket={NbdSocketPath}";
+
+    public static string PlatterDll => Path.Combine(AppContext.BaseDirectory, "platter.dll");
+
+    public async Task StartAsync()
+    {
+        var psi = ProcessRunner.StartInfo("dotnet",
+        [
+            PlatterDll, "serve", "--store", "rbd:" + _ceph.Pool, "--ceph-conf", _ceph.ConfFile,
+            // a fenced or cut-off server must fail its requests within the test's patience, not after 5 minutes
+            "--ceph-op-timeout", "60",
+            "--socket", NbdSocketPath, "--api-socket", ApiSocketPath, "--listen", "none",
+        ], new Dictionary<string, string?> { ["PLATTER_API_SOCKET"] = null, ["CEPH_ARGS"] = null, ["PLATTER_STORE"] = _root.Combine("state") });
+        var process = new Process { StartInfo = psi };
+        process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (_log) _log.AppendLine(e.Data); };
+        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (_log) _log.AppendLine(e.Data); };
+        process.Start();
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        _process = process;
+        var deadline = Stopwatch.StartNew();
+        while (!(ProcessRunner.CanConnect(NbdSocketPath) && ProcessRunner.CanConnect(ApiSocketPath)))
+        {
+            if (process.HasExited) throw new XunitException($"platter serve exited ({process.ExitCode}) before listening\n{Log}");
+            if (deadline.Elapsed > TimeSpan.FromSeconds(60))
+            {
+                ProcessRunner.KillTree(process);
+                throw new XunitException($"platter serve did not listen within 60 s\n{Log}");
+            }
+            await Task.Delay(50);
+        }
+    }
+
+    public Task<ProcessResult> CliAsync(params string[] args) =>
+        ProcessRunner.RunAsync("dotnet", [PlatterDll, .. args, "--api-socket", ApiSocketPath], TimeSpan.FromSeconds(90),
+            new Dictionary<string, string?> { ["PLATTER_API_SOCKET"] = null });
+
+    public async Task<string> CliOkAsync(params string[] args)
+    {
+        var result = await CliAsync(args);
+        if (result.ExitCode != 0) throw new XunitException($"platter {string.Join(' ', args)} failed\n{result.Describe()}\n--- server log ---\n{Log}");
+        return result.Stdout;
+    }
+
+    public async Task StopAsync()
+    {
+        if (_process is not { HasExited: false } process) return;
+        ProcessRunner.Terminate(process);
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await process.WaitForExitAsync(cts.Token);
+    }
+
+    public async Task KillAsync()
+    {
+        var process = _process ?? throw new InvalidOperationException("not started");
+        process.Kill();
+        await process.WaitForExitAsync();
+    }
+
+    public void Signal(string signal) => ProcessRunner.RunAsync("kill", ["-" + signal, Pid.ToString()]).GetAwaiter().GetResult().EnsureSuccess();
+
+
+    public async ValueTask DisposeAsync()
+    {
+        if (_process is { HasExited: false } process)
+        {
+            Signal("CONT");
+            ProcessRunner.KillTree(process);
+            await process.WaitForExitAsync();
+        }
+        _process?.Dispose();
+        _root.Dispose();
+    }
+}
+
+/// <summary>
+/// A long-lived NBD client (python3-libnbd) that keeps its connection — and so the server's open volume and lock —
+/// while a test kills, stops or fences the server. Commands on stdin: <c>w OFFSET BYTE</c> writes 4 KiB of BYTE at
+/// OFFSET and flushes; <c>r OFFSET</c> reads 4 KiB and prints its first byte. Each answers one line: ok/err.
+/// </summary>
+public sealed class NbdHolder : IDisposable
+{
+    private const string Script = """
+        import nbd, sys
+        h = nbd.NBD()
+        h.connect_uri(sys.argv[1])
+        print("connected", flush=True)
+        for line in sys.stdin:
+            part = line.split()
+            try:
+                if part[0] == "w":
+                    h.pwrite(bytes([int(part[2])]) * 4096, int(part[1]))
+                    h.flush()
+                    print("ok", flush=True)
+                elif part[0] == "r":
+                    print("ok %d" % h.pread(4096, int(part[1]))[0], flush=True)
+            except Exception as e:
+                print("err " + str(e).replace("\n", " "), flush=True)
+        """;
+
+    private readonly Process _process;
+
+    public NbdHolder(string uri)
+    {
+        var psi = new ProcessStartInfo("/usr/bin/python3", ["-c", Script, uri])
+        {
+            RedirectStandardInput = true,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        };
+        _process = Process.Start(psi)!;
+        string? first = ReadLine(TimeSpan.FromSeconds(60));
+        if (first != "connected") throw new XunitException($"NBD holder did not connect: {first} {_process.StandardError.ReadToEnd()}");
+    }
+
+    public string Send(string command, TimeSpan timeout)
+    {
+        _process.StandardInput.WriteLine(command);
+        _process.StandardInput.Flush();
+        return ReadLine(timeout) ?? throw new XunitException($"NBD holder gave no answer to '{command}' within {timeout.TotalSeconds} s");
+    }
+
+    private string? ReadLine(TimeSpan timeout)
+    {
+        var line = _process.StandardOutput.ReadLineAsync();
+        return line.Wait(timeout) ? line.Result : null;
+    }
+
+    public void Dispose()
+    {
+        try { _process.Kill(); } catch (InvalidOperationException) { }
+        _process.WaitForExit();
+        _process.Dispose();
+    }
+}

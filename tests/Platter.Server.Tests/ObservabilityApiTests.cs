@@ -1,0 +1,151 @@
+using System.Net;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Platter.Server.Api;
+using Platter.Server.Metrics;
+using Prometheus;
+using Xunit;
+
+namespace Platter.Server.Tests;
+
+/// <summary>The OpenAPI description, the metrics switches and listener, and what counting a request costs.</summary>
+public class ObservabilityApiTests
+{
+    [Fact]
+    public async Task OpenApiDescribesEveryEndpointAndTheReadmeListsThemAll()
+    {
+        await using var server = await RunningHost.StartAsync();
+        using var http = UnixHttp(server.ApiSocket);
+        using var response = await http.GetAsync(ManagementApi.OpenApiPath.TrimStart('/'));
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        using var document = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
+        var operations = Operations(document).ToList();
+
+        // Every JSON endpoint the API maps is described (the list the CLI's client uses), with its parameters.
+        foreach (var expected in new[]
+                 {
+                     "GET /v1/health", "GET /v1/usage", "GET /v1/stats", "GET /v1/volumes", "POST /v1/volumes", "GET /v1/volumes/{name}",
+                     "DELETE /v1/volumes/{name}", "POST /v1/volumes/{name}/resize", "POST /v1/volumes/{name}/rename", "GET /v1/snapshots",
+                     "GET /v1/volumes/{name}/snapshots", "POST /v1/volumes/{name}/snapshots", "GET /v1/volumes/{name}/snapshots/{snapshot}",
+                     "DELETE /v1/volumes/{name}/snapshots/{snapshot}", "POST /v1/volumes/{name}/snapshots/{snapshot}/clone",
+                     "POST /v1/volumes/{name}/snapshots/{snapshot}/rollback", "GET /v1/volumes/{name}/diff", "GET /v1/space",
+                 })
+        {
+            Assert.Contains(expected, operations);
+        }
+        var paths = document.RootElement.GetProperty("paths");
+        var clone = paths.GetProperty("/v1/volumes/{name}/snapshots/{snapshot}/clone").GetProperty("post");
+        var parameters = clone.GetProperty("parameters").EnumerateArray().Select(p => p.GetProperty("name").GetString()).ToList();
+        Assert.Equal(["name", "snapshot"], parameters);
+        Assert.True(clone.GetProperty("requestBody").GetProperty("content").TryGetProperty("application/json", out _));
+        Assert.True(clone.GetProperty("responses").TryGetProperty("201", out _));
+        var diff = paths.GetProperty("/v1/volumes/{name}/diff").GetProperty("get").GetProperty("parameters").EnumerateArray()
+            .Select(p => p.GetProperty("name").GetString()).ToList();
+        Assert.Contains("from", diff);
+
+        var readme = File.ReadAllText(Path.Combine(Repository.Root, "README.md"));
+        var missing = operations.Where(o => !readme.Contains("`" + o + "`", StringComparison.Ordinal)).ToList();
+        Assert.True(missing.Count == 0, "README.md does not list (as `METHOD /path`): " + string.Join(", ", missing));
+    }
+
+    [Fact]
+    public async Task MetricsListenerServesOnlyMetricsWithoutAToken()
+    {
+        await using var server = await RunningHost.StartAsync(dir => new PlatterHostOptions
+        {
+            StoreDirectory = dir.Combine("store"),
+            ApiSocketPath = dir.Combine("api.sock"),
+            MetricsTcpEndPoint = new IPEndPoint(IPAddress.Loopback, 0),
+        });
+        var endPoint = server.Host.MetricsTcpEndPoint;
+        Assert.NotNull(endPoint);
+        Assert.NotEqual(0, endPoint!.Port);
+        using var http = new HttpClient { BaseAddress = new Uri($"http://{endPoint}/") };
+        using var metrics = await http.GetAsync("metrics");
+        Assert.Equal(HttpStatusCode.OK, metrics.StatusCode);
+        Assert.Contains("platter_store_free_bytes", await metrics.Content.ReadAsStringAsync());
+        using var volumes = await http.GetAsync("v1/volumes");
+        Assert.Equal(HttpStatusCode.NotFound, volumes.StatusCode);
+    }
+
+    [Fact]
+    public async Task NoMetricsTurnsCountingAndTheEndpointOff()
+    {
+        await using var server = await RunningHost.StartAsync(dir => new PlatterHostOptions
+        {
+            StoreDirectory = dir.Combine("store"),
+            ApiSocketPath = dir.Combine("api.sock"),
+            Metrics = false,
+        });
+        Assert.Null(server.Host.Metrics);
+        using var http = UnixHttp(server.ApiSocket);
+        using var metrics = await http.GetAsync("metrics");
+        Assert.Equal(HttpStatusCode.NotFound, metrics.StatusCode);
+        using var stats = await http.GetAsync("v1/stats");
+        var dto = JsonSerializer.Deserialize(await stats.Content.ReadAsStringAsync(), PlatterJsonContext.Default.StatsDto)!;
+        Assert.False(dto.MetricsEnabled);
+        Assert.Empty(dto.Volumes);
+
+        Assert.Equal("--metrics-listen and --no-metrics contradict each other", new PlatterHostOptions
+        {
+            StoreDirectory = "/x", ApiSocketPath = "/x/api.sock", Metrics = false, MetricsTcpEndPoint = new IPEndPoint(IPAddress.Loopback, 0),
+        }.Validate());
+    }
+
+    [Fact]
+    public async Task CountingARequestAllocatesNothing()
+    {
+        var metrics = new PlatterMetrics();
+        var volume = metrics.ForVolume("vm1");
+        for (int i = 0; i < 1000; i++) volume.Done(VolumeOp.Write, 4096, VolumeMetrics.Start()); // warm up: first-use paths may allocate
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 100_000; i++)
+        {
+            long start = VolumeMetrics.Start();
+            volume.Done((VolumeOp)(i % 5), 4096, start);
+        }
+        volume.Failed(VolumeOp.Read, StorageError.ChecksumMismatch);
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.Equal(0, allocated);
+
+        var totals = volume.Totals();
+        Assert.Equal(1000 + 20_000, totals.Writes);
+        Assert.Equal(20_000, totals.Reads);
+        Assert.Equal(1, totals.ChecksumFailures);
+        Assert.Same(volume, metrics.ForVolume("vm1"));
+
+        // A deleted volume's series go away with it (and its snapshots').
+        metrics.ForVolume("vm1@s1").Done(VolumeOp.Read, 512, VolumeMetrics.Start());
+        metrics.Forget("vm1");
+        using var text = new MemoryStream();
+        await metrics.Registry.CollectAndExportAsTextAsync(text);
+        Assert.DoesNotContain("vm1", System.Text.Encoding.UTF8.GetString(text.ToArray()));
+    }
+
+    private static IEnumerable<string> Operations(JsonDocument document)
+    {
+        foreach (var path in document.RootElement.GetProperty("paths").EnumerateObject())
+        {
+            foreach (var method in path.Value.EnumerateObject())
+            {
+                if (method.Name is "get" or "post" or "put" or "delete" or "patch" or "head")
+                    yield return method.Name.ToUpperInvariant() + " " + path.Name;
+            }
+        }
+    }
+
+    private static HttpClient UnixHttp(string socketPath)
+    {
+        var handler = new SocketsHttpHandler
+        {
+            ConnectCallback = async (_, ct) =>
+            {
+                var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream,
+                    System.Net.Sockets.ProtocolType.Unspecified);
+                await socket.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(socketPath), ct);
+                return new System.Net.Sockets.NetworkStream(socket, ownsSocket: true);
+            },
+        };
+        return new HttpClient(handler) { BaseAddress = new Uri("http://platter/") };
+    }
+}
