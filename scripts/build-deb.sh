@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds platter_VERSION_amd64.deb: the platter command published as one self-contained Native AOT binary for
+# Builds platter_VERSION_amd64.deb: the platter command published as one self-contained single-file binary for
 # linux-x64 (/usr/bin/platter), the systemd units (/lib/systemd/system), a sample /etc/platter/platter.conf and the
 # --help text of every command (/usr/share/doc/platter/help.txt, also `man`-less `platter CMD --help`).
 #
@@ -29,8 +29,12 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 if [ -z "$binary" ]; then
-  say "publishing src/Platter.Cli with Native AOT for linux-x64 (several minutes on two cores)"
-  dotnet publish src/Platter.Cli -c Release -r linux-x64 -p:PublishAot=true -nologo -v minimal -o "$work/publish" >&2
+  # Self-contained single file, not Native AOT: the management API's handlers are described for OpenAPI through
+  # Delegate-typed minimal-API mappings, which need reflection that AOT cannot keep (the publish fails with IL2026/
+  # IL3050). The binary still needs no .NET installed; it starts slower than an AOT build (docs/PERFORMANCE.md).
+  say "publishing src/Platter.Cli self-contained for linux-x64 (a minute or two on two cores)"
+  dotnet publish src/Platter.Cli -c Release -r linux-x64 --self-contained -p:PublishSingleFile=true -p:PublishAot=false \
+    -p:IncludeNativeLibrariesForSelfExtract=true --artifacts-path "$work/artifacts" -nologo -v minimal -o "$work/publish" >&2
   binary="$work/publish/platter"
 fi
 [ -x "$binary" ] || { say "no executable at $binary"; exit 1; }
@@ -76,7 +80,7 @@ Priority: optional
 Description: storage server for virtual machine disks over NBD
  Platter keeps thin-provisioned, checksummed, copy-on-write volumes with instant
  snapshots and clones in an embedded store and serves them over NBD to QEMU,
- libvirt, qemu-img and the libnbd tools. One self-contained binary (Native AOT),
+ libvirt, qemu-img and the libnbd tools. One self-contained binary,
  systemd units with socket activation for restarts guests do not notice.
 CONTROL
 echo "/etc/platter/platter.conf" > "$root/DEBIAN/conffiles"

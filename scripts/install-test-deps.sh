@@ -11,11 +11,12 @@
 #   chromium        the headless browser the dashboard test drives through Playwright
 #   ceph-mon, ceph-osd, ceph-common: the one-host Ceph cluster of scripts/ceph-cluster.sh (the `rbd` and `ceph` CLIs)
 #   librbd1, librados2: the RBD store's libraries (also needed to run the server with --store rbd:POOL)
+#   systemd         systemd-analyze, which checks the unit files in packaging/systemd (no daemon is started)
 #   qemu-block-extra: the rbd: driver of qemu-img/qemu-io/qemu-nbd (interop tests and the benchmark's reference)
 set -euo pipefail
 
 packages=(liblmdb0 qemu-utils libnbd-bin python3-libnbd fio nbdkit qemu-system-x86 busybox-static e2fsprogs
-  libvirt-clients libxml2-utils prometheus chromium
+  libvirt-clients libxml2-utils prometheus chromium systemd
   ceph-mon ceph-osd ceph-common librbd1 librados2 qemu-block-extra)
 
 missing=()

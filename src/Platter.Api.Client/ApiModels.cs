@@ -109,12 +109,15 @@ public sealed record VolumeStatusDto(string Name, IReadOnlyList<NbdClientDto> Cl
 /// <summary>POST /v1/volumes/{name}/rename.</summary>
 public sealed record RenameVolumeRequest(string? NewName);
 
-/// <summary>GET /v1/usage.</summary>
-public sealed record UsageDto(long DataFileBytes, long UsedBytes, long FreeBytes, int VolumeCount, long ProvisionedBytes)
+/// <summary>GET /v1/usage (the fields of <see cref="StoreUsage"/>, with its capacity, overcommit and warnings).</summary>
+public sealed record UsageDto(long DataFileBytes, long UsedBytes, long FreeBytes, int VolumeCount, long ProvisionedBytes,
+    long FileSystemBytes = 0, long FileSystemAvailableBytes = 0, long MetadataReserveBytes = 0, long CapacityBytes = 0, double Overcommit = 0,
+    IReadOnlyList<string>? Warnings = null)
 {
     /// <summary>Converts the store's record.</summary>
     public static UsageDto From(StoreUsage usage) =>
-        new(usage.DataFileBytes, usage.UsedBytes, usage.FreeBytes, usage.VolumeCount, usage.ProvisionedBytes);
+        new(usage.DataFileBytes, usage.UsedBytes, usage.FreeBytes, usage.VolumeCount, usage.ProvisionedBytes,
+            usage.FileSystemBytes, usage.FileSystemAvailableBytes, usage.MetadataReserveBytes, usage.CapacityBytes, usage.Overcommit, usage.Warnings);
 }
 
 /// <summary>GET /v1/health: the server is up, and where its NBD endpoints are (for `platter attach`).</summary>

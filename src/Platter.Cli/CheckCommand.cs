@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Microsoft.Extensions.Logging;
 using Platter.Server;
 using Platter.Storage;
 
@@ -25,12 +26,15 @@ internal static class CheckCommand
         command.SetAction(int (ParseResult parse) =>
         {
             var directory = Path.GetFullPath(parse.GetValue(store) ?? StorePaths.DefaultStoreDirectory(context.GetEnvironment));
-            if (!Directory.Exists(directory) || !VolumeStore.Exists(directory))
+            // Either file alone is a damaged store (Open says which); neither is no store.
+            if (!Directory.Exists(directory) || (!File.Exists(Path.Combine(directory, "data.mdb")) && !File.Exists(Path.Combine(directory, "data"))))
                 throw new CliException($"no Platter store at {directory}");
             CheckReport report;
+            // Recovery's warnings (a journal record dropped, and what it held) belong in the check's output.
+            using var loggerFactory = context.CreateLoggerFactory?.Invoke(LogLevel.Warning) ?? ServeLogging.Create(LogLevel.Warning, LogFormat.Text, journal: false);
             try
             {
-                using var opened = VolumeStore.Open(directory, new StoreOptions { CreateIfMissing = false });
+                using var opened = VolumeStore.Open(directory, new StoreOptions { CreateIfMissing = false, LoggerFactory = loggerFactory });
                 report = opened.Check(parse.GetValue(verify));
             }
             catch (StorageException e) when (e.Error == StorageError.InUse)
@@ -39,7 +43,11 @@ internal static class CheckCommand
             }
             catch (StorageException e)
             {
-                throw new CliException($"cannot open the store at {directory}: {PlatterCli.OneLine(e.Message)}");
+                // Damaged metadata refuses a normal open; a salvage open (which writes nothing) lists every problem.
+                var damage = e.Error == StorageError.BadStore ? ListDamage(directory) : [];
+                if (damage.Count == 0) throw new CliException($"cannot open the store at {directory}: {PlatterCli.OneLine(e.Message)}");
+                foreach (var problem in damage) context.Out.WriteLine("problem: " + problem);
+                throw new CliException($"the store at {directory} has damaged metadata ({damage.Count} problem(s) above); `platter serve --salvage` serves its intact volumes read-only");
             }
 
             if (parse.GetValue(json))
@@ -60,5 +68,18 @@ internal static class CheckCommand
             return PlatterCli.ExitOk;
         });
         return command;
+    }
+
+    private static IReadOnlyList<string> ListDamage(string directory)
+    {
+        try
+        {
+            using var salvaged = VolumeStore.Open(directory, new StoreOptions { Salvage = true, CreateIfMissing = false });
+            return salvaged.Damage;
+        }
+        catch (StorageException)
+        {
+            return [];
+        }
     }
 }

@@ -16,4 +16,5 @@ internal sealed partial class CliJsonContext : JsonSerializerContext;
 /// snapshot (as /v1/space).
 /// </summary>
 public sealed record DiskUsageReport(long DataFileBytes, long UsedBytes, long FreeBytes, int VolumeCount, long ProvisionedBytes,
-    IReadOnlyList<Platter.Server.Api.SpaceUsageDto> Entries);
+    IReadOnlyList<Platter.Server.Api.SpaceUsageDto> Entries, long FileSystemBytes = 0, long FileSystemAvailableBytes = 0,
+    long MetadataReserveBytes = 0, long CapacityBytes = 0, double Overcommit = 0, IReadOnlyList<string>? Warnings = null);

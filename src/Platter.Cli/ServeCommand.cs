@@ -121,6 +121,11 @@ internal static class ServeCommand
             Description = "Serve every NBD export read-only, like qemu-nbd -r: clients see NBD_FLAG_READ_ONLY and writes, trims and " +
                           "write-zeroes get EPERM. The management API still creates, resizes, renames and deletes volumes.",
         };
+        var salvage = new Option<bool>("--salvage")
+        {
+            Description = "Open a store whose metadata is damaged (one that `platter serve` refuses) to copy its intact volumes out: " +
+                          "those whose metadata verifies are served read-only, the damage is logged, nothing is written to the store.",
+        };
         var config = new Option<string?>(ServeConfig.OptionName)
         {
             Description = "Read settings from FILE: one 'name = value' per line, the names being these flags without '--' " +
@@ -152,7 +157,7 @@ internal static class ServeCommand
             "on SIGINT/SIGTERM: finishes in-flight requests (30 s at most; a second signal cuts them), flushes, closes the store.")
         {
             store, cephConf, cephId, cephOpTimeout, listen, socket, apiSocket, socketMode, socketGroup, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa,
-            maxConnections, maxPerClient, handshakeTimeout, readOnly, config, verbose, logFormat, noMetrics, metricsListen,
+            maxConnections, maxPerClient, handshakeTimeout, readOnly, salvage, config, verbose, logFormat, noMetrics, metricsListen,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -216,7 +221,8 @@ internal static class ServeCommand
                 // Client certificates mean nothing if a client may skip TLS: the CA implies TLS required.
                 TlsRequired = parse.GetValue(tlsRequired) || clientCa is not null,
                 TlsClientCertificateAuthority = clientCa,
-                ReadOnly = parse.GetValue(readOnly),
+                ReadOnly = parse.GetValue(readOnly) || parse.GetValue(salvage),
+                Salvage = parse.GetValue(salvage),
                 MaxConnections = parse.GetValue(maxConnections),
                 MaxConnectionsPerPeer = parse.GetValue(maxPerClient),
                 HandshakeTimeout = TimeSpan.FromSeconds(parse.GetValue(handshakeTimeout)),

@@ -281,15 +281,22 @@ internal static class VolumeCommands
                 .OrderBy(e => VolumeOf(e.Name), StringComparer.Ordinal).ThenBy(e => e.IsSnapshot).ToArray();
             if (parse.GetValue(json))
             {
-                var report = new DiskUsageReport(u.DataFileBytes, u.UsedBytes, u.FreeBytes, u.VolumeCount, u.ProvisionedBytes, entries);
+                var report = new DiskUsageReport(u.DataFileBytes, u.UsedBytes, u.FreeBytes, u.VolumeCount, u.ProvisionedBytes, entries,
+                    u.FileSystemBytes, u.FileSystemAvailableBytes, u.MetadataReserveBytes, u.CapacityBytes, u.Overcommit, u.Warnings ?? []);
                 PlatterCli.WriteJson(context, report, CliJsonContext.Default.DiskUsageReport);
                 return PlatterCli.ExitOk;
             }
             context.Out.WriteLine($"volumes:      {u.VolumeCount}");
             context.Out.WriteLine($"provisioned:  {SizeText.Format(u.ProvisionedBytes)}");
             context.Out.WriteLine($"used:         {SizeText.Format(u.UsedBytes)}");
-            context.Out.WriteLine($"data files:   {SizeText.Format(u.DataFileBytes)}");
-            context.Out.WriteLine($"free:         {SizeText.Format(u.FreeBytes)} (inside the data files)");
+            if (u.FileSystemBytes > 0)
+            {
+                context.Out.WriteLine($"capacity:     {SizeText.Format(u.CapacityBytes)} (used + what the file system can still give to data; overcommit {u.Overcommit:0.00}x)");
+                context.Out.WriteLine($"file system:  {SizeText.Format(u.FileSystemAvailableBytes)} free of {SizeText.Format(u.FileSystemBytes)} ({SizeText.Format(u.MetadataReserveBytes)} kept for metadata)");
+            }
+            context.Out.WriteLine($"data files:   {SizeText.Format(u.DataFileBytes)} (sparse)");
+            context.Out.WriteLine($"free:         {SizeText.Format(u.FreeBytes)} (blocks inside the data files)");
+            foreach (var warning in u.Warnings ?? []) context.Out.WriteLine($"warning: {warning}");
             if (entries.Length > 0)
             {
                 var table = new Table("NAME", "ALLOCATED", "UNIQUE", "SHARED").AlignRight(1, 2, 3);

@@ -136,6 +136,17 @@ public sealed unsafe class LmdbTransaction : IDisposable
     /// <summary>Removes every key of a database (keeps the database).</summary>
     public void Clear(LmdbDatabase db) => Check(mdb_drop(Handle, db.Handle, 0), "mdb_drop");
 
+    /// <summary>
+    /// Entries LMDB counts in the database (kept in the database's root record, updated by every put and delete):
+    /// a walk that finds fewer has lost records to a damaged page.
+    /// </summary>
+    public long CountEntries(LmdbDatabase db)
+    {
+        MDB_stat stat;
+        Check(mdb_stat(Handle, db.Handle, &stat), "mdb_stat");
+        return (long)stat.ms_entries;
+    }
+
     public LmdbCursor OpenCursor(LmdbDatabase db)
     {
         Check(mdb_cursor_open(Handle, db.Handle, out nint cursor), "mdb_cursor_open");

@@ -50,6 +50,19 @@ internal static unsafe partial class Native
     [LibraryImport(Library)] internal static partial int mdb_del(nint txn, uint dbi, MDB_val* key, MDB_val* data);
     [LibraryImport(Library)] internal static partial int mdb_drop(nint txn, uint dbi, int del);
 
+    [StructLayout(LayoutKind.Sequential)]
+    internal struct MDB_stat
+    {
+        public uint ms_psize;
+        public uint ms_depth;
+        public nuint ms_branch_pages;
+        public nuint ms_leaf_pages;
+        public nuint ms_overflow_pages;
+        public nuint ms_entries;
+    }
+
+    [LibraryImport(Library)] internal static partial int mdb_stat(nint txn, uint dbi, MDB_stat* stat);
+
     [LibraryImport(Library)] internal static partial int mdb_cursor_open(nint txn, uint dbi, out nint cursor);
     [LibraryImport(Library)] internal static partial void mdb_cursor_close(nint cursor);
     [LibraryImport(Library)] internal static partial int mdb_cursor_get(nint cursor, MDB_val* key, MDB_val* data, int op);

@@ -86,21 +86,28 @@ public sealed partial class PlatterHost : IAsyncDisposable
                 }
                 _store = _options.OpenBackend is { } open
                     ? open(_loggerFactory)
-                    : VolumeStore.Open(directory, _options.StoreOptions ?? new StoreOptions { LoggerFactory = _loggerFactory });
+                    : VolumeStore.Open(directory, _options.StoreOptions
+                        ?? new StoreOptions { LoggerFactory = _loggerFactory, Salvage = _options.Salvage, CreateIfMissing = !_options.Salvage });
                 var usage = _store.GetUsage();
                 _log.LogInformation("store {Location} ({Kind}) open: {Volumes} volume(s), {Used} used", _store.Location, _store.Kind, usage.VolumeCount, SizeText.Format(usage.UsedBytes));
+                bool salvage = _store is VolumeStore { IsSalvage: true };
+                if (salvage)
+                    _log.LogWarning("salvage mode: {Volumes} intact volume(s) served read-only, {Problems} problem(s) found; copy the volumes out (qemu-img convert), nothing is written to the store",
+                        usage.VolumeCount, ((VolumeStore)_store).Damage.Count);
                 // Send/receive state lives beside the store; a receive a crash interrupted is finished or undone
                 // before anything is served (docs/decisions/0007).
                 var identities = SnapshotIdentities.Open(directory, _store);
                 var receiver = new VolumeReceiver(_store, identities, directory, _loggerFactory.CreateLogger("Platter.Receive"));
-                receiver.Recover();
+                // A salvage open changes nothing in the store: an interrupted receive is finished or undone once the
+                // store opens normally again.
+                if (!salvage) receiver.Recover();
 
                 // A socket file the service manager listens on is its own: never delete or replace it.
                 if (_options.NbdSocketPath is not null && ActivatedAt(_options.NbdSocketPath) is null) PrepareSocket(_options.NbdSocketPath);
                 if (_options.ApiSocketPath is not null && ActivatedAt(_options.ApiSocketPath) is null) PrepareSocket(_options.ApiSocketPath);
 
                 if (_options.Metrics) Metrics = new PlatterMetrics { Store = _store, Engine = _store as VolumeStore };
-                await StartNbdAsync(new VolumeExportProvider(_store, _options.ReadOnly) { Metrics = Metrics }, cancellationToken).ConfigureAwait(false);
+                await StartNbdAsync(new VolumeExportProvider(_store, _options.ReadOnly || salvage) { Metrics = Metrics }, cancellationToken).ConfigureAwait(false);
                 if (Metrics is not null) Metrics.Nbd = _nbd;
 
                 var activatedApi = _options.ActivatedSockets.Where(IsApiSocket).ToList();

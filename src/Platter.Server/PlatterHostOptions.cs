@@ -62,6 +62,12 @@ public sealed class PlatterHostOptions
     /// <summary>Group (name or id) given the NBD and API unix sockets (<c>--socket-group</c>), or null to keep the owner's.</summary>
     public string? SocketGroup { get; init; }
     /// <summary>
+    /// Open a damaged store for salvage (<c>platter serve --salvage</c>): the volumes whose metadata verifies are
+    /// served read-only, the damage is logged, the catalog cannot change and nothing is written to the store.
+    /// </summary>
+    public bool Salvage { get; init; }
+
+    /// <summary>
     /// Listening sockets passed in by the service manager (systemd socket activation). A socket named "api", or a
     /// unix socket at <see cref="ApiSocketPath"/>, serves the management API; every other one serves NBD. A passed
     /// socket at a configured address replaces binding that address; the others are served in addition.

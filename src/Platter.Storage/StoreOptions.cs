@@ -27,8 +27,19 @@ public sealed class StoreOptions
     /// <summary>Journal region size for a new store (kept in its metadata; an existing store keeps its own). Tests use small ones.</summary>
     internal long JournalRegionBytes { get; init; } = Internal.EngineLimits.JournalRegionBytes;
 
+    /// <summary>Bytes kept free for metadata on the store's file system (null: <see cref="Internal.EngineLimits.MetadataReserveBytes"/>). Tests set it.</summary>
+    internal long? MetadataReserveBytes { get; init; }
+
     /// <summary>Size of each data file growth step. Tests use small steps to reach ENOSPC quickly.</summary>
     internal long DataGrowthBytes { get; init; } = 256L << 20;
+
+    /// <summary>
+    /// Opens a damaged store to get its intact volumes out: the metadata is verified as on every open, but instead of
+    /// refusing, the volumes whose metadata is damaged are set aside (listed in <see cref="VolumeStore.Damage"/>) and
+    /// the rest served read-only. Nothing is written to the store (no replayed journal is checkpointed, the catalog
+    /// cannot change), so a later repair or a second look finds it as it was. Never creates a store.
+    /// </summary>
+    public bool Salvage { get; init; }
 
     /// <summary>Largest the data file may grow to (a quota; ENOSPC past it). Default: unlimited.</summary>
     public long DataBytesMax { get; init; } = long.MaxValue;

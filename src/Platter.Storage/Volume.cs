@@ -26,8 +26,8 @@ public sealed class Volume : IVolumeHandle
     /// <summary>The volume's name, or <c>volume@snapshot</c> for a snapshot.</summary>
     public string Name => _state.DisplayName;
     public long SizeBytes => Volatile.Read(ref _state.SizeBytes);
-    /// <summary>True for a snapshot: writes, trims and zeroing fail with ReadOnly.</summary>
-    public bool IsReadOnly => _state is SnapshotState;
+    /// <summary>True for a snapshot or a store opened for salvage: writes, trims and zeroing fail with ReadOnly.</summary>
+    public bool IsReadOnly => _state is SnapshotState || _parts.Salvage;
 
     // Only writable handles reach the write paths (CheckWritable runs first).
     private VolumeState Writable => (VolumeState)_state;

@@ -47,6 +47,8 @@ public sealed partial class VolumeStore : IDisposable
         // list of volumes; the committer asks the catalog for pending operations).
         VolumeCatalog? catalog = null;
         Committer? committer = null;
+        var reserve = new SpaceReserve(directory,
+            options.MetadataReserveBytes ?? EngineLimits.MetadataReserveBytes(FileSystemSpace.Query(directory)?.TotalBytes ?? 0), logger);
         var space = new Space(dataArea, options.DataBytesMax, options.DataGrowthBytes, () => catalog!.AllVolumes(),
             commitForSpace: () =>
             {
@@ -54,30 +56,44 @@ public sealed partial class VolumeStore : IDisposable
                 committer.Commit();
                 return true;
             },
-            (e, what) => EngineParts.DeviceError(e, what, counters, logger));
+            (e, what) => EngineParts.DeviceError(e, what, counters, logger), reserve, logger);
         var epochs = new EpochGate();
         committer = new Committer(options, logger, metadata, journal, dataArea, space, epochs, counters, (batch, frees) => catalog!.Gather(batch, frees));
-        _parts = new EngineParts(dataArea, space, committer, epochs, counters, logger);
+        _parts = new EngineParts(dataArea, space, committer, epochs, counters, logger, options.Salvage);
         catalog = new VolumeCatalog(_parts, logger);
         _catalog = catalog;
 
-        var recovered = Recovery.Run(metadata, journal, dataArea, logger);
-        _catalog.Load(recovered.Catalog.Volumes.Values, recovered.NextId);
+        // Verification at open happens here: damaged metadata throws BadStore (or, salvaging, is set aside).
+        var recovered = Recovery.Run(metadata, journal, dataArea, options.Salvage, logger);
+        Damage = recovered.Damage;
+        _catalog.Load(recovered.Volumes, recovered.NextId);
         space.Initialize(dataArea.Length / EngineLimits.BlockBytes, recovered.UsedRuns, recovered.ReferencedBlocks);
-        committer.Start(recovered.LastSequence, recovered.Replayed);
+        if (!options.Salvage) space.HoldReserve();
+        committer.Start(recovered.LastSequence, recovered.Replayed, options.Salvage);
     }
 
-    /// <summary>Opens the store in <paramref name="directory"/>, creating it when allowed; replays the journal after a crash.</summary>
+    /// <summary>
+    /// Opens the store in <paramref name="directory"/>, creating it when allowed; replays the journal after a crash.
+    /// What it loads is verified first (see <see cref="MetadataVerifier"/>): damaged metadata is refused with
+    /// BadStore naming the damage (or, with <see cref="StoreOptions.Salvage"/>, set aside), never served with holes.
+    /// </summary>
     public static VolumeStore Open(string directory, StoreOptions? options = null)
     {
         options ??= new StoreOptions();
         directory = Path.GetFullPath(directory);
-        bool exists = Exists(directory);
+        string metadataPath = Path.Combine(directory, MetadataFileName), dataPath = Path.Combine(directory, DataFileName);
+        bool hasMetadata = File.Exists(metadataPath), hasData = File.Exists(dataPath);
+        // A data file without its metadata is somebody's volumes: never initialise a new store over it.
+        if (hasData && !hasMetadata)
+            throw new StorageException(StorageError.BadStore,
+                $"{directory} holds a data file but its metadata ({MetadataFileName}) is missing: refusing to create a new store over the data; " +
+                $"restore {MetadataFileName} from a backup, or move the data file away to start a new store");
+        bool exists = hasMetadata;
         if (!exists)
         {
-            if (!options.CreateIfMissing) throw new StorageException(StorageError.NotFound, $"no Platter store in {directory}");
+            if (!options.CreateIfMissing || options.Salvage) throw new StorageException(StorageError.NotFound, $"no Platter store in {directory}");
             if (System.IO.Directory.Exists(directory) && System.IO.Directory.EnumerateFileSystemEntries(directory)
-                    .Any(p => Path.GetFileName(p) is not (LockFileName or "lock.mdb" or MetadataFileName or DataFileName) && !p.EndsWith(".sock", StringComparison.Ordinal)))
+                    .Any(p => Path.GetFileName(p) is not (LockFileName or "lock.mdb" or MetadataFileName or DataFileName or SpaceReserve.FileName) && !p.EndsWith(".sock", StringComparison.Ordinal)))
                 throw new StorageException(StorageError.BadStore, $"{directory} is not empty and holds no Platter store; choose an empty directory");
             System.IO.Directory.CreateDirectory(directory);
         }
@@ -98,12 +114,25 @@ public sealed partial class VolumeStore : IDisposable
         try
         {
             if (options.JournalRegionBytes < EngineLimits.JournalRegionBytesMin) throw new ArgumentException("journal region too small", nameof(options));
-            metadata = new MetadataStore(directory, create: !exists, options.JournalRegionBytes);
+            // LMDB maps the file and trusts its header: a truncated file would be a SIGBUS on first touch, not an error.
+            if (exists && Lmdb.LmdbFile.Inspect(metadataPath) is { } damaged)
+                throw new StorageException(StorageError.BadStore, $"the store's metadata is damaged: {damaged}. Nothing was changed");
+            long journalRegion = exists ? options.JournalRegionBytes : EngineLimits.JournalRegionBytesFor(directory, options.JournalRegionBytes);
+            metadata = new MetadataStore(directory, create: !exists, journalRegion);
             long journalBytes = metadata.JournalRegionBytes;
-            file = (options.DataDeviceFactory ?? (p => new FileDataDevice(p)))(Path.Combine(directory, DataFileName));
+            // Metadata whose data file is missing or shorter than its journal: only a store whose creation was cut
+            // short (nothing ever committed) may be formatted again; anything else holds volumes whose data is gone.
+            bool unformatted = !hasData || new FileInfo(dataPath).Length < journalBytes;
+            if (exists && unformatted && !metadata.IsEmpty())
+                throw new StorageException(StorageError.BadStore, hasData
+                    ? $"the data file {dataPath} is truncated: {new FileInfo(dataPath).Length} bytes, shorter than its {journalBytes}-byte journal region. Nothing was changed"
+                    : $"{directory} holds metadata for volumes but its data file ({DataFileName}) is missing. Nothing was changed");
+            if (options.Salvage && unformatted)
+                throw new StorageException(StorageError.BadStore, $"{directory} holds no data to salvage");
+            file = (options.DataDeviceFactory ?? (p => new FileDataDevice(p)))(dataPath);
             // Layout of the data file: the journal region, then data blocks (physical block 0 starts after the journal).
             var journal = new Journal(new DeviceWindow(file, 0, journalBytes));
-            if (!exists || file.Length < journalBytes) journal.Format();
+            if (!exists || unformatted) journal.Format();
             return new VolumeStore(directory, options, lockFile, metadata, file, new DeviceWindow(file, journalBytes), journal);
         }
         catch (Exception e)
@@ -121,6 +150,15 @@ public sealed partial class VolumeStore : IDisposable
         File.Exists(Path.Combine(directory, MetadataFileName)) && File.Exists(Path.Combine(directory, DataFileName));
 
     public string Directory { get; }
+
+    /// <summary>
+    /// Opened with <see cref="StoreOptions.Salvage"/>: every volume is read-only, the catalog cannot change, nothing
+    /// is written to the store.
+    /// </summary>
+    public bool IsSalvage => _parts.Salvage;
+
+    /// <summary>What the verification at open found damaged (only a salvage open gets this far with damage): one line each.</summary>
+    public IReadOnlyList<string> Damage { get; }
 
     /// <summary>Counters for metrics.</summary>
     public StorageCounters Counters { get; } = new();
@@ -173,8 +211,9 @@ public sealed partial class VolumeStore : IDisposable
         var states = _catalog.NamedVolumes();
         long provisioned = 0;
         foreach (var s in states) provisioned += Volatile.Read(ref s.SizeBytes);
+        var fs = _parts.Space.FileSystem;
         return new StoreUsage(_parts.Data.Length, _parts.Space.ReferencedBlocks * EngineLimits.BlockBytes, _parts.Space.FreeBlocks() * EngineLimits.BlockBytes,
-            states.Count, provisioned);
+            states.Count, provisioned, fs?.TotalBytes ?? 0, fs?.AvailableBytes ?? 0, _parts.Space.MetadataReserveBytes);
     }
 
     /// <summary>Makes every acknowledged write of every volume durable (group commit).</summary>

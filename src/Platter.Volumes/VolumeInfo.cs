@@ -16,12 +16,55 @@ public sealed record VolumeInfo(long Id, string Name, long SizeBytes, long Alloc
 }
 
 /// <summary>Space accounting for the whole store.</summary>
-/// <param name="DataFileBytes">Bytes the data files occupy (allocated with fallocate).</param>
+/// <param name="DataFileBytes">Size of the data files (sparse: free blocks inside them take no disk space).</param>
 /// <param name="UsedBytes">Bytes of data blocks referenced by volumes.</param>
-/// <param name="FreeBytes">Bytes inside the data files available for new writes (excluding space awaiting commit).</param>
+/// <param name="FreeBytes">Free blocks inside the data files (excluding space awaiting commit); writes to them still need
+/// disk space from the file system.</param>
 /// <param name="VolumeCount">Number of volumes.</param>
 /// <param name="ProvisionedBytes">Sum of volume virtual sizes.</param>
-public sealed record StoreUsage(long DataFileBytes, long UsedBytes, long FreeBytes, int VolumeCount, long ProvisionedBytes);
+/// <param name="FileSystemBytes">Size of the host file system holding the store (0 when unknown, or no local store).</param>
+/// <param name="FileSystemAvailableBytes">Bytes free on that file system.</param>
+/// <param name="MetadataReserveBytes">Bytes of it kept for metadata: data writes fail with ENOSPC before they take them.</param>
+public sealed record StoreUsage(long DataFileBytes, long UsedBytes, long FreeBytes, int VolumeCount, long ProvisionedBytes,
+    long FileSystemBytes = 0, long FileSystemAvailableBytes = 0, long MetadataReserveBytes = 0)
+{
+    /// <summary>
+    /// Warn when the volumes' sizes add up to more than the data they could ever hold: LVM's thin pools warn at the
+    /// same point ("sum of all thin volume sizes exceeds the size of the thin pool"), since past it a guest that fills
+    /// its disk can fill the host's.
+    /// </summary>
+    public const double OvercommitWarningRatio = 1.0;
+
+    /// <summary>Warn when the file system has less than this share of its size left for data.</summary>
+    public const double LowSpaceWarningFraction = 0.10;
+
+    /// <summary>Bytes volumes can hold in all: what they hold plus what the file system can still give to data (0 when unknown).</summary>
+    public long CapacityBytes => FileSystemBytes <= 0 ? 0 : UsedBytes + Math.Max(0, FileSystemAvailableBytes - MetadataReserveBytes);
+
+    /// <summary>Provisioned bytes per byte of capacity (0 when the capacity is unknown).</summary>
+    public double Overcommit => CapacityBytes <= 0 ? 0 : (double)ProvisionedBytes / CapacityBytes;
+
+    /// <summary>One line per condition an operator should act on (overcommitted, file system nearly full); empty when none.</summary>
+    public IReadOnlyList<string> Warnings
+    {
+        get
+        {
+            var warnings = new List<string>();
+            if (FileSystemBytes <= 0) return warnings;
+            long forData = Math.Max(0, FileSystemAvailableBytes - MetadataReserveBytes);
+            if (Overcommit > OvercommitWarningRatio)
+                warnings.Add($"overcommitted {Overcommit:0.0}x: the volumes' sizes add up to {Size(ProvisionedBytes)} but they can hold {Size(CapacityBytes)} " +
+                             "(writes fail with ENOSPC once the file system is full)");
+            if (forData < FileSystemBytes * LowSpaceWarningFraction)
+                warnings.Add($"the file system holding the store has {Size(forData)} left for data, less than {LowSpaceWarningFraction:P0} of its size");
+            return warnings;
+        }
+    }
+
+    private static string Size(long bytes) => bytes >= 1L << 30
+        ? string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{bytes / (double)(1L << 30):0.#} GiB")
+        : string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{bytes / (double)(1L << 20):0.#} MiB");
+}
 
 /// <summary>A run of a volume with the same allocation state.</summary>
 public readonly record struct VolumeExtent(long Offset, long Length, bool Allocated);

@@ -8,36 +8,9 @@ namespace Platter.Cache.Tests;
 /// The read cache in both modes: warm reads are served locally, and no read ever returns a copy older than the last
 /// write — checked against a plain in-memory model through random writes, trims, reads and write-back progress.
 /// </summary>
-public sealed class ReadCacheTests : IDisposable
+public sealed class ReadCacheTests(ITestOutputHelper output) : EngineVolumeTest(output, VolumeBytes)
 {
-    private const int Block = 4096;
-    private const long VolumeBytes = 16L << 20;
-
-    private readonly ITestOutputHelper _output;
-    private readonly string _dir = Path.Combine(Path.GetTempPath(), $"platter-rcache-{Guid.NewGuid():N}");
-    private readonly VolumeStore _store;
-
-    public ReadCacheTests(ITestOutputHelper output)
-    {
-        _output = output;
-        Directory.CreateDirectory(_dir);
-        _store = VolumeStore.Open(Path.Combine(_dir, "store"));
-        _store.CreateVolume("vm1", VolumeBytes);
-    }
-
-    public void Dispose()
-    {
-        _store.Dispose();
-        try { Directory.Delete(_dir, recursive: true); }
-        catch (IOException) { }
-    }
-
-    private static async Task<byte[]> ReadAsync(IVolumeHandle h, long offset, int length)
-    {
-        var data = new byte[length];
-        await h.ReadAsync(offset, data);
-        return data;
-    }
+    internal const long VolumeBytes = 16L << 20;
 
     [Fact]
     public async Task Write_through_serves_warm_reads_locally_and_never_a_stale_copy()

@@ -11,29 +11,9 @@ namespace Platter.Cache.Tests;
 /// ordered prefix of the writes, damaged records are neither served nor written back, and a fast writer meets
 /// back-pressure, not errors.
 /// </summary>
-public sealed class WriteBackTests : IDisposable
+public sealed class WriteBackTests(ITestOutputHelper output) : EngineVolumeTest(output, VolumeBytes)
 {
-    private const int Block = 4096;
-    private const long VolumeBytes = 64L << 20;
-
-    private readonly ITestOutputHelper _output;
-    private readonly string _dir = Path.Combine(Path.GetTempPath(), $"platter-cache-{Guid.NewGuid():N}");
-    private readonly VolumeStore _store;
-
-    public WriteBackTests(ITestOutputHelper output)
-    {
-        _output = output;
-        Directory.CreateDirectory(_dir);
-        _store = VolumeStore.Open(Path.Combine(_dir, "store"));
-        _store.CreateVolume("vm1", VolumeBytes);
-    }
-
-    public void Dispose()
-    {
-        _store.Dispose();
-        try { Directory.Delete(_dir, recursive: true); }
-        catch (IOException) { }
-    }
+    internal const long VolumeBytes = 64L << 20;
 
     private string LogPath => Path.Combine(_dir, "vm1.log");
 
@@ -58,13 +38,6 @@ public sealed class WriteBackTests : IDisposable
         var data = new byte[length];
         using var v = _store.OpenVolume("vm1");
         v.Read(offset, data);
-        return data;
-    }
-
-    private static async Task<byte[]> ReadAsync(IVolumeHandle h, long offset, int length)
-    {
-        var data = new byte[length];
-        await h.ReadAsync(offset, data);
         return data;
     }
 

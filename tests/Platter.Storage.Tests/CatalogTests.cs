@@ -292,6 +292,12 @@ public sealed class CatalogTests : IDisposable
         StorageAssert.Throws(() => doomed.Write(0, new byte[4096]), StorageError.Closed);
         doomed.Dispose();
         StorageAssert.Throws(() => store.DeleteVolume("doomed"), StorageError.NotFound);
+        // The blocks stop counting as used at once; they count as free again only after the quarantine: the round
+        // that commits their free puts them there under the current reader epoch, and a later round hands them to
+        // the allocator once that epoch has no reader left (EpochGate). No reader runs here, so two commit rounds
+        // (two flushes) are exactly what the engine promises; one is not enough unless the timer's round came between.
+        store.Flush();
+        Assert.Equal(baseline.UsedBytes, store.GetUsage().UsedBytes);
         store.Flush();
 
         var after = store.GetUsage();

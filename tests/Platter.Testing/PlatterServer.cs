@@ -55,8 +55,11 @@ public sealed class PlatterServer : IAsyncDisposable
         ApiSocketPath = Path.Combine(workDirectory, "api.sock");
     }
 
-    /// <summary>The store directory (<c>--store</c>).</summary>
-    public string StoreDirectory { get; }
+    /// <summary>
+    /// The store directory (<c>--store</c>); settable before a start, so a test may put the store on a file system of
+    /// its own (a small loop-mounted one, for the full-disk tests).
+    /// </summary>
+    public string StoreDirectory { get; set; }
 
     /// <summary>
     /// The NBD unix socket (<c>--socket</c>), unless <see cref="ServeNbd"/> is off; a test may move it before

@@ -35,6 +35,13 @@ internal sealed class DeviceWindow(IDataDevice inner, long start, long fixedLeng
         inner.Grow(start + newLength);
     }
 
+    public void PunchHole(long offset, long length)
+    {
+        if (offset < 0 || length < 0 || (fixedLength >= 0 && offset + length > fixedLength))
+            throw new ArgumentOutOfRangeException(nameof(offset), $"hole [{offset}, {offset + length}) is outside the window");
+        inner.PunchHole(start + offset, length);
+    }
+
     private void CheckBounds(long offset, int length)
     {
         if (offset < 0 || (fixedLength >= 0 && offset + length > fixedLength))

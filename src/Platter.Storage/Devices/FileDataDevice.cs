@@ -46,22 +46,31 @@ internal sealed partial class FileDataDevice : IDataDevice
         }
     }
 
+    // Growth is sparse (ftruncate): the store returns freed blocks to the file system (PunchHole), so its free space
+    // is holes anyway, and a free block that takes no disk space until written is what lets the store tell how much
+    // space a write needs from the file system's free space alone (see SpaceReserve).
     public void Grow(long newLength)
     {
         long current = Length;
         if (newLength <= current) return;
-        int rc = fallocate((int)_handle.DangerousGetHandle(), 0, current, newLength - current);
-        if (rc != 0)
-        {
-            int errno = Marshal.GetLastPInvokeError();
-            // Some file systems (tmpfs before 3.5, some FUSE) cannot fallocate: fall back to a sparse extend,
-            // where ENOSPC then shows up on the write instead.
-            if (errno != Errno.EOPNOTSUPP)
-                throw new IOException($"cannot grow {Path} to {newLength} bytes: {Marshal.GetPInvokeErrorMessage(errno)}", errno);
-            RandomAccess.SetLength(_handle, newLength);
-        }
+        RandomAccess.SetLength(_handle, newLength);
         Volatile.Write(ref _length, newLength);
     }
+
+    public void PunchHole(long offset, long length)
+    {
+        if (length <= 0) return;
+        if (fallocate((int)_handle.DangerousGetHandle(), FallocPunchHole | FallocKeepSize, offset, length) != 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            // A file system without hole punching keeps the blocks allocated: the space stays the store's, still free.
+            if (errno != Errno.EOPNOTSUPP)
+                throw new IOException($"cannot punch a hole at {offset} (+{length}) in {Path}: {Marshal.GetPInvokeErrorMessage(errno)}", errno);
+        }
+    }
+
+    private const int FallocKeepSize = 0x01;
+    private const int FallocPunchHole = 0x02;
 
     public void Dispose() => _handle.Dispose();
 

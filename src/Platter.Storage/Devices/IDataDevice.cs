@@ -20,6 +20,12 @@ internal interface IDataDevice : IDisposable
     /// <summary>Makes every completed write durable (fdatasync). A failure means earlier writes may be lost.</summary>
     void Sync();
 
-    /// <summary>Reserves space up to <paramref name="newLength"/> (fallocate). Throws IOException on ENOSPC.</summary>
+    /// <summary>Extends the device to <paramref name="newLength"/> bytes (new bytes read as zeros). Throws IOException on ENOSPC.</summary>
     void Grow(long newLength);
+
+    /// <summary>
+    /// Gives the storage under [offset, offset + length) back to the file system (the bytes then read as zeros), so
+    /// freed blocks make the host's free space grow. Advisory: a device that cannot do it does nothing.
+    /// </summary>
+    void PunchHole(long offset, long length) { }
 }

@@ -13,34 +13,56 @@ internal sealed class Catalog
     public readonly Dictionary<long, SnapshotState> Snapshots = new();
     private readonly Dictionary<long, VolumeState> _byLayer = new();
 
-    /// <summary>Builds every version from the durable records: each starts from its parent's map and applies its own layer.</summary>
-    public static Catalog Load(MetadataStore.View view)
+    /// <summary>
+    /// Builds every version from the durable records: each starts from its parent's map and applies its own layer.
+    /// Without <paramref name="damage"/> damaged metadata throws; with it, the damage is reported there and what can
+    /// be read is loaded (the verification at open, and salvage, decide what to do with it).
+    /// </summary>
+    public static Catalog Load(MetadataStore.View view, MetadataDamage? damage = null)
     {
         var catalog = new Catalog();
-        var snapshotsByVolume = view.Snapshots().GroupBy(s => s.VolumeId).ToDictionary(g => g.Key, g => g.OrderBy(s => s.Id).ToList());
+        void Apply(long layer, MapTree map, long block, long count, long pba, ReadOnlySpan<byte> crcs)
+        {
+            if (damage is not null) damage.RecordsLoaded[layer] = damage.RecordsLoaded.GetValueOrDefault(layer) + 1;
+            ApplyRecord(map, block, count, pba, crcs);
+        }
+        var snapshotsByVolume = view.Snapshots(damage).GroupBy(s => s.VolumeId).ToDictionary(g => g.Key, g => g.OrderBy(s => s.Id).ToList());
         // A clone's origin belongs to an older volume (ids grow), so id order builds every origin before its clones.
-        foreach (var v in view.Volumes().OrderBy(v => v.Id))
+        foreach (var v in view.Volumes(damage).OrderBy(v => v.Id))
         {
             SnapshotState? origin = null;
             if (v.OriginId != 0 && !catalog.Snapshots.TryGetValue(v.OriginId, out origin))
-                throw new StorageException(StorageError.BadStore, $"volume '{v.Name}' is a clone of snapshot {v.OriginId}, which the catalog does not hold; run `platter check`");
+            {
+                string problem = $"volume '{v.Name}' is a clone of snapshot {v.OriginId}, which the catalog does not hold";
+                if (damage is null) throw new StorageException(StorageError.BadStore, $"{problem}; run `platter check`");
+                damage.Add(v.LayerId, problem);
+            }
+            if (damage is not null && (catalog.Volumes.ContainsKey(v.Id) || catalog._byLayer.ContainsKey(v.LayerId)))
+            {
+                damage.Add(v.LayerId, $"volume '{v.Name}' reuses id {v.Id} or layer {v.LayerId}");
+                continue;
+            }
             var state = new VolumeState(v.Id, v.Name, v.SizeBytes, v.Created, v.LayerId, origin);
             var working = origin?.Map.CloneMutable() ?? new MapTree();
             foreach (var s in snapshotsByVolume.GetValueOrDefault(v.Id) ?? [])
             {
-                view.VisitLayer(s.LayerId, (_, block, count, pba, _, crcs) => ApplyRecord(working, block, count, pba, crcs));
+                view.VisitLayer(s.LayerId, (layer, block, count, pba, _, crcs) => Apply(layer, working, block, count, pba, crcs), damage);
                 var snap = new SnapshotState(s.Id, s.Name, state, working.Snapshot(), s.SizeBytes, s.Created, s.LayerId);
                 state.Snapshots.Add(snap);
                 catalog.Snapshots.Add(snap.Id, snap);
             }
-            view.VisitLayer(v.LayerId, (_, block, count, pba, _, crcs) => ApplyRecord(working, block, count, pba, crcs));
+            view.VisitLayer(v.LayerId, (layer, block, count, pba, _, crcs) => Apply(layer, working, block, count, pba, crcs), damage);
             state.Map = working;
             origin?.Clones.Add(state);
             catalog.Volumes.Add(state.Id, state);
             catalog._byLayer.Add(state.LayerId, state);
         }
         if (snapshotsByVolume.Keys.FirstOrDefault(id => !catalog.Volumes.ContainsKey(id)) is var orphan and not 0)
-            throw new StorageException(StorageError.BadStore, $"the catalog holds snapshots of volume {orphan}, which does not exist; run `platter check`");
+        {
+            string problem = $"the catalog holds snapshots of volume {orphan}, which does not exist";
+            if (damage is null) throw new StorageException(StorageError.BadStore, $"{problem}; run `platter check`");
+            damage.AddUnattributed(problem);
+        }
         return catalog;
     }
 

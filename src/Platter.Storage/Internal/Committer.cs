@@ -79,13 +79,18 @@ internal sealed class Committer : IDisposable
 
     /// <summary>
     /// After recovery: the replayed batches go to the KV store now (so both journal halves hold only applied records
-    /// and the journal starts again), and sequences continue after <paramref name="lastSequence"/>.
+    /// and the journal starts again), and sequences continue after <paramref name="lastSequence"/>. With
+    /// <paramref name="salvage"/> nothing is written: the journal and the KV store stay as found, for a later repair or
+    /// a second look (a salvage store takes no writes and no catalog changes, so no round has anything to commit).
     /// </summary>
-    public void Start(long lastSequence, List<(long Sequence, byte[] Payload, int Length)> replayed)
+    public void Start(long lastSequence, List<(long Sequence, byte[] Payload, int Length)> replayed, bool salvage)
     {
         _nextSequence = lastSequence + 1;
-        ApplyToMetadata(replayed);
-        _journal.Reset();
+        if (!salvage)
+        {
+            ApplyToMetadata(replayed);
+            _journal.Reset();
+        }
         _checkpointer = new Thread(CheckpointerLoop) { Name = "platter-checkpoint", IsBackground = true };
         _checkpointer.Start();
         _committer = new Thread(CommitterLoop) { Name = "platter-commit", IsBackground = true };
@@ -340,7 +345,16 @@ internal sealed class Committer : IDisposable
     {
         if (batches.Count == 0) return;
         long start = Stopwatch.GetTimestamp();
-        _metadata.Checkpoint(batches, _beforeCheckpointCommit);
+        try
+        {
+            _metadata.Checkpoint(batches, _beforeCheckpointCommit);
+        }
+        catch (Lmdb.LmdbException e) when (e.ErrorCode == Errno.ENOSPC && _space.ReleaseReserve())
+        {
+            // The failed transaction was aborted whole; with the reserve's space it goes through.
+            _metadata.Checkpoint(batches, _beforeCheckpointCommit);
+        }
+        _space.HoldReserve();
         Interlocked.Add(ref _counters.CheckpointMicros, (long)Stopwatch.GetElapsedTime(start).TotalMicroseconds);
         Interlocked.Increment(ref _counters.Checkpoints);
     }

@@ -52,6 +52,38 @@ internal static class EngineLimits
     /// </summary>
     public const long JournalRegionBytes = 128L << 20;
 
+    /// <summary>
+    /// The journal region for a new store in <paramref name="directory"/>: the default (<see cref="JournalRegionBytes"/>)
+    /// shrinks to a power of two no larger than a 32nd of the file system, so a store fits on a small one (a 64 MiB
+    /// file system gets 2 MiB). The journal only bounds how much is committed between checkpoints; a smaller one
+    /// checkpoints more often. An explicit (test) size is kept.
+    /// </summary>
+    public static long JournalRegionBytesFor(string directory, long requested) =>
+        requested == JournalRegionBytes && Devices.FileSystemSpace.Query(directory) is { } fs ? JournalRegionBytesFor(fs.TotalBytes, requested) : requested;
+
+    /// <summary>The rule of <see cref="JournalRegionBytesFor(string, long)"/> for a file system of <paramref name="fileSystemBytes"/>.</summary>
+    public static long JournalRegionBytesFor(long fileSystemBytes, long requested)
+    {
+        long share = Math.Max(JournalRegionBytesMin, fileSystemBytes / 32);
+        return Math.Min(requested, (long)System.Numerics.BitOperations.RoundUpToPowerOf2((ulong)share + 1) / 2);
+    }
+
+    /// <summary>
+    /// Space kept free for metadata on the file system holding the store (and the size of its reserve file; see
+    /// <see cref="SpaceReserve"/>): a 32nd of the file system, as ZFS's slop space, at least 1 MiB (a few hundred LMDB
+    /// pages: the checkpoint of a small store's deletes) and at most 256 MiB (a checkpoint rewrites at most the
+    /// LMDB pages it touches; 256 MiB of pages covers deleting ~60 GiB of fully written volume in one go).
+    /// </summary>
+    public static long MetadataReserveBytes(long fileSystemBytes) => Math.Clamp(fileSystemBytes / 32, 1L << 20, 256L << 20) & ~(BlockBytes - 1L);
+
+    /// <summary>
+    /// Shortest run of freed blocks given back to the file system (64 KiB). A hole punch costs about the same whatever
+    /// its length (measured on ext4: 1.3 ms for one 4 KiB block, 150 ms for 512 MiB; docs/PERFORMANCE.md) and runs on
+    /// the committer thread: punching every block a random overwrite frees would stall commits. Shorter runs stay in
+    /// the data file as free blocks the store reuses first.
+    /// </summary>
+    public const int PunchRunBlocksMin = 16;
+
     /// <summary>Longest a journal half stays active before the store switches and checkpoints it (bounds replay work after a crash).</summary>
     public static readonly TimeSpan CheckpointIntervalMax = TimeSpan.FromSeconds(5);
 

@@ -5,10 +5,11 @@ namespace Platter.Storage.Internal;
 
 /// <summary>
 /// What a volume's data path uses of the store: the data area, space, the committer, the reader epochs, counters and
-/// the log. Built once per store; every <see cref="Volume"/> handle holds it. Holds no state of its own but the
-/// closed flag.
+/// the log, and whether the store was opened for salvage. Built once per store; every <see cref="Volume"/> handle
+/// holds it. Holds no state of its own but the closed flag.
 /// </summary>
-internal sealed class EngineParts(IDataDevice data, Space space, Committer committer, EpochGate epochs, StorageCounters counters, ILogger logger)
+internal sealed class EngineParts(IDataDevice data, Space space, Committer committer, EpochGate epochs, StorageCounters counters, ILogger logger,
+    bool salvage)
 {
     public readonly IDataDevice Data = data;
     public readonly Space Space = space;
@@ -16,6 +17,8 @@ internal sealed class EngineParts(IDataDevice data, Space space, Committer commi
     public readonly EpochGate Epochs = epochs;
     public readonly StorageCounters Counters = counters;
     public readonly ILogger Logger = logger;
+    /// <summary>Opened with <see cref="StoreOptions.Salvage"/>: every volume is read-only, the catalog cannot change.</summary>
+    public readonly bool Salvage = salvage;
 
     private volatile bool _closed;
 

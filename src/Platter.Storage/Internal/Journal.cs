@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Buffers.Binary;
+using Microsoft.Extensions.Logging;
 using Platter.Storage.Devices;
 
 namespace Platter.Storage.Internal;
@@ -63,26 +64,34 @@ internal sealed class Journal : IDisposable
     /// <summary>
     /// Reads the journal from the start and returns, in order, the payloads of the intact records whose sequence is
     /// greater than <paramref name="appliedSequence"/>. Reading stops at the first torn, stale or foreign record.
+    /// A record dropped because it is damaged, or because it follows a gap in the sequence, is logged with what it
+    /// held: a crash during a commit tears only a record that was never acknowledged, but damage on disk can hit
+    /// one that was, and its writes are then lost — the log says which.
     /// </summary>
-    public List<(long Sequence, byte[] Payload)> ReadRecords(long appliedSequence)
+    public List<(long Sequence, byte[] Payload)> ReadRecords(long appliedSequence, ILogger? logger = null, Func<long, string?>? layerName = null)
     {
         var found = new List<(long Sequence, byte[] Payload)>();
-        ReadHalf(0, appliedSequence, found);
-        ReadHalf(_halfBytes, appliedSequence, found);
+        ReadHalf(0, appliedSequence, found, logger, layerName);
+        ReadHalf(_halfBytes, appliedSequence, found, logger, layerName);
         found.Sort((a, b) => a.Sequence.CompareTo(b.Sequence));
         // Only an unbroken run from the applied sequence on is history; anything after a gap never committed.
         var records = new List<(long, byte[])>();
         long expected = appliedSequence + 1;
         foreach (var (sequence, payload) in found)
         {
-            if (sequence != expected) break;
+            if (sequence != expected)
+            {
+                logger?.LogWarning("Dropped journal record {Sequence}: it follows a gap (record {Expected} is missing or damaged); it held {Contents}",
+                    sequence, expected, Describe(payload, layerName));
+                continue;
+            }
             records.Add((sequence, payload));
             expected++;
         }
         return records;
     }
 
-    private void ReadHalf(long start, long appliedSequence, List<(long, byte[])> records)
+    private void ReadHalf(long start, long appliedSequence, List<(long, byte[])> records, ILogger? logger, Func<long, string?>? layerName)
     {
         long end = start + _halfBytes;
         long position = start;
@@ -96,17 +105,81 @@ internal sealed class Journal : IDisposable
             int length = BinaryPrimitives.ReadInt32LittleEndian(header[8..]);
             uint crc = BinaryPrimitives.ReadUInt32LittleEndian(header[12..]);
             long sequence = BinaryPrimitives.ReadInt64LittleEndian(header[16..]);
-            if (length < 0 || position + HeaderBytes + length > end) break;
+            // A record that would continue the chain but fails its checks was torn by a crash or damaged since.
+            bool continues = previous >= 0 ? sequence == previous + 1 : sequence > appliedSequence;
+            if (length < 0 || position + HeaderBytes + length > end)
+            {
+                if (continues) LogDamaged(logger, sequence, position, $"its length {length} runs past the journal half", ReadOnlySpan<byte>.Empty, layerName);
+                break;
+            }
             if (previous >= 0 && sequence != previous + 1) break;
             var record = new byte[HeaderBytes + length];
             header.CopyTo(record);
             _device.Read(position + HeaderBytes, record.AsSpan(HeaderBytes));
             BinaryPrimitives.WriteUInt32LittleEndian(record.AsSpan(12), 0);
-            if (Crc32C.Compute(record) != crc) break;
+            if (Crc32C.Compute(record) != crc)
+            {
+                if (continues) LogDamaged(logger, sequence, position, "its checksum does not match", record.AsSpan(HeaderBytes), layerName);
+                break;
+            }
             if (sequence > appliedSequence) records.Add((sequence, record[HeaderBytes..]));
             previous = sequence;
             position += HeaderBytes + length;
         }
+    }
+
+    private static void LogDamaged(ILogger? logger, long sequence, long position, string why, ReadOnlySpan<byte> payload, Func<long, string?>? layerName) =>
+        logger?.LogWarning(
+            "Dropped journal record {Sequence} at journal offset {Offset}: {Why}. Either a crash tore it during its commit (then it was " +
+            "never acknowledged) or it was damaged since (then these acknowledged writes are lost); as far as it can be read it held {Contents}",
+            sequence, position, why, payload.IsEmpty ? "nothing readable" : Describe(payload, layerName));
+
+    /// <summary>
+    /// What a journal payload holds, in one line for a log: blocks written and unmapped per layer, and every catalog
+    /// change. Reads as far as the payload decodes (a damaged record may decode only in part).
+    /// </summary>
+    public static string Describe(ReadOnlySpan<byte> payload, Func<long, string?>? layerName = null)
+    {
+        var written = new SortedDictionary<long, (long Blocks, long First, long End)>();
+        var unmapped = new SortedDictionary<long, long>();
+        var catalog = new List<string>();
+        string tail = "";
+        var reader = new OpReader(payload);
+        try
+        {
+            while (reader.TryRead(out var op))
+            {
+                switch (op.Kind)
+                {
+                    case OpKind.MapExtent:
+                        var w = written.GetValueOrDefault(op.LayerId, (0, long.MaxValue, 0));
+                        written[op.LayerId] = (w.Blocks + op.Count, Math.Min(w.First, op.Block), Math.Max(w.End, op.Block + op.Count));
+                        break;
+                    case OpKind.Unmap:
+                    case OpKind.Tombstone:
+                        unmapped[op.LayerId] = unmapped.GetValueOrDefault(op.LayerId) + 1;
+                        break;
+                    case OpKind.CreateVolume: catalog.Add($"create volume '{op.Name}' (id {op.VolumeId})"); break;
+                    case OpKind.DeleteVolume: catalog.Add($"delete volume {op.VolumeId}"); break;
+                    case OpKind.ResizeVolume: catalog.Add($"resize volume {op.VolumeId} to {op.SizeBytes} bytes"); break;
+                    case OpKind.RenameVolume: catalog.Add($"rename volume {op.VolumeId} to '{op.Name}'"); break;
+                    case OpKind.CreateSnapshot: catalog.Add($"snapshot '{op.Name}' of volume {op.VolumeId}"); break;
+                    case OpKind.DeleteSnapshot: catalog.Add($"delete snapshot {op.SnapshotId} of volume {op.VolumeId}"); break;
+                    case OpKind.Rollback: catalog.Add($"roll volume {op.VolumeId} back to snapshot {op.SnapshotId}"); break;
+                }
+            }
+        }
+        catch (InvalidDataException e)
+        {
+            tail = $"; the rest does not decode ({e.Message})";
+        }
+        var parts = written.Select(kv => $"{kv.Value.Blocks} blocks written to {Owner(kv.Key)} at offsets {kv.Value.First << EngineLimits.BlockShift}..{(kv.Value.End << EngineLimits.BlockShift) - 1}")
+            .Concat(unmapped.Select(kv => $"{kv.Value} unmaps in {Owner(kv.Key)}"))
+            .Concat(catalog)
+            .ToList();
+        return (parts.Count == 0 ? "no operations" : string.Join(", ", parts)) + tail;
+
+        string Owner(long layer) => layerName?.Invoke(layer) is { } name ? $"'{name}'" : $"layer {layer}";
     }
 
     /// <summary>True when a record with this payload fits in the active half.</summary>

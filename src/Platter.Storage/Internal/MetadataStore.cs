@@ -76,6 +76,13 @@ internal sealed class MetadataStore : IDisposable
     }
 
     public long JournalRegionBytes { get; }
+
+    /// <summary>True when nothing was ever committed to this metadata: no volume, nothing applied from a journal.</summary>
+    public bool IsEmpty()
+    {
+        using var view = new View(this);
+        return view.AppliedSequence == 0 && view.NextId == 1 && view.CountEntries() == (0, 0, 0);
+    }
     public long AppliedSequence { get; private set; }
     public long NextId { get; private set; } = 1;
 
@@ -93,20 +100,56 @@ internal sealed class MetadataStore : IDisposable
 
         public long AppliedSequence => _txn.TryGet(_store._meta, AppliedSequenceKey, out var v) ? BinaryPrimitives.ReadInt64LittleEndian(v) : 0;
         public long NextId => _txn.TryGet(_store._meta, NextIdKey, out var v) ? BinaryPrimitives.ReadInt64LittleEndian(v) : 1;
-        public List<CatalogVolume> Volumes() => _store.ReadVolumes(_txn);
-        public List<CatalogSnapshot> Snapshots() => _store.ReadSnapshots(_txn);
 
-        /// <summary>Streams one layer's records in block order (tombstones have pba -1 and no CRCs).</summary>
-        public void VisitLayer(long layerId, ExtentVisitor visitor)
+        /// <summary>The catalog's volumes. Without <paramref name="damage"/> a damaged record throws; with it, it is reported and skipped.</summary>
+        public List<CatalogVolume> Volumes(MetadataDamage? damage = null) => _store.ReadVolumes(_txn, damage);
+
+        /// <summary>The catalog's snapshots. Without <paramref name="damage"/> a damaged record throws; with it, it is reported and skipped.</summary>
+        public List<CatalogSnapshot> Snapshots(MetadataDamage? damage = null) => _store.ReadSnapshots(_txn, damage);
+
+        /// <summary>Entries LMDB counts in the volumes, snapshots and extents databases (see <see cref="LmdbTransaction.CountEntries"/>).</summary>
+        public (long Volumes, long Snapshots, long Extents) CountEntries() =>
+            (_txn.CountEntries(_store._volumes), _txn.CountEntries(_store._snapshots), _txn.CountEntries(_store._extents));
+
+        /// <summary>
+        /// Streams one layer's records in block order (tombstones have pba -1 and no CRCs). Without
+        /// <paramref name="damage"/> a record that does not decode throws; with it, it is reported and skipped.
+        /// </summary>
+        public void VisitLayer(long layerId, ExtentVisitor visitor, MetadataDamage? damage = null)
         {
             using var cursor = _txn.OpenCursor(_store._extents);
             Span<byte> key = stackalloc byte[KeyBytes];
             WriteKey(key, layerId, 0);
-            for (bool ok = cursor.SeekAtOrAfter(key); ok && BinaryPrimitives.ReadInt64BigEndian(cursor.Key) == layerId; ok = cursor.Next())
+            for (bool ok = cursor.SeekAtOrAfter(key); ok && cursor.Key.Length >= 8 && BinaryPrimitives.ReadInt64BigEndian(cursor.Key) == layerId; ok = cursor.Next())
             {
+                if (damage is not null && !IsWellFormed(cursor.Key, cursor.Value))
+                {
+                    damage.Add(layerId, $"layer {layerId}: {DescribeDamage(cursor.Key, cursor.Value)}");
+                    continue;
+                }
                 var e = DecodeExtent(cursor.Key, cursor.Value);
                 visitor(e.LayerId, e.Block, e.Count, e.Pba, e.Birth, e.Crcs);
             }
+        }
+
+        /// <summary>Records a cursor walk finds in the volumes and snapshots databases (compare with <see cref="CountEntries"/>).</summary>
+        public (long Volumes, long Snapshots) CountCatalogRecords() => (Walk(_store._volumes), Walk(_store._snapshots));
+
+        private long Walk(LmdbDatabase db)
+        {
+            using var cursor = _txn.OpenCursor(db);
+            long n = 0;
+            for (bool ok = cursor.First(); ok; ok = cursor.Next()) n++;
+            return n;
+        }
+
+        /// <summary>
+        /// Streams every record as stored, without decoding (the verifier checks what the decoder would throw on).
+        /// </summary>
+        public void ScanRaw(RawRecordVisitor visitor)
+        {
+            using var cursor = _txn.OpenCursor(_store._extents);
+            for (bool ok = cursor.First(); ok; ok = cursor.Next()) visitor(cursor.Key, cursor.Value);
         }
 
         /// <summary>Streams every record of every layer.</summary>
@@ -392,16 +435,42 @@ internal sealed class MetadataStore : IDisposable
         public readonly ReadOnlySpan<byte> Crcs = crcs;
     }
 
-    private static ExtentRecord DecodeExtent(ReadOnlySpan<byte> key, ReadOnlySpan<byte> value)
+    /// <summary>True when an extent record has the shape <see cref="DecodeExtent"/> accepts.</summary>
+    public static bool IsWellFormed(ReadOnlySpan<byte> key, ReadOnlySpan<byte> value)
     {
-        if (key.Length != KeyBytes || value.Length < ExtentHeaderBytes)
-            throw new StorageException(StorageError.BadStore, "corrupt extent record in the metadata store");
+        if (key.Length != KeyBytes || value.Length < ExtentHeaderBytes) return false;
         long pba = BinaryPrimitives.ReadInt64LittleEndian(value);
         int count = BinaryPrimitives.ReadInt32LittleEndian(value[8..]);
-        bool ok = pba == TombstonePba
+        // Every record lies inside the largest volume (tombstones too: they only hide a parent's blocks).
+        long block = BinaryPrimitives.ReadInt64BigEndian(key[8..]);
+        if (block < 0 || block > (EngineLimits.VolumeBytesMax >> EngineLimits.BlockShift) - Math.Max(count, 0)) return false;
+        return pba == TombstonePba
             ? count > 0 && value.Length == ExtentHeaderBytes
             : pba >= 0 && count > 0 && count <= EngineLimits.ExtentBlocksMax && value.Length == ExtentHeaderBytes + 4 * count;
-        if (!ok) throw new StorageException(StorageError.BadStore, "corrupt extent record in the metadata store");
+    }
+
+    /// <summary>One line naming what is wrong with a record <see cref="IsWellFormed"/> refuses (key as hex).</summary>
+    public static string DescribeDamage(ReadOnlySpan<byte> key, ReadOnlySpan<byte> value)
+    {
+        string where = key.Length == KeyBytes
+            ? $"extent record at block {BinaryPrimitives.ReadInt64BigEndian(key[8..])}"
+            : $"extent record with a {key.Length}-byte key {Convert.ToHexString(key[..Math.Min(key.Length, 32)])}";
+        if (value.Length < ExtentHeaderBytes) return $"corrupt {where}: {value.Length}-byte value";
+        return $"corrupt {where}: physical block {BinaryPrimitives.ReadInt64LittleEndian(value)}, " +
+            $"{BinaryPrimitives.ReadInt32LittleEndian(value[8..])} blocks, {value.Length}-byte value";
+    }
+
+    /// <summary>Decodes a record's fields (the caller checked <see cref="IsWellFormed"/>).</summary>
+    public static (long Layer, long Block, long Pba, int Count) DecodeFields(ReadOnlySpan<byte> key, ReadOnlySpan<byte> value) =>
+        (BinaryPrimitives.ReadInt64BigEndian(key), BinaryPrimitives.ReadInt64BigEndian(key[8..]),
+         BinaryPrimitives.ReadInt64LittleEndian(value), BinaryPrimitives.ReadInt32LittleEndian(value[8..]));
+
+    private static ExtentRecord DecodeExtent(ReadOnlySpan<byte> key, ReadOnlySpan<byte> value)
+    {
+        if (!IsWellFormed(key, value))
+            throw new StorageException(StorageError.BadStore, $"the metadata store holds a {DescribeDamage(key, value)}");
+        long pba = BinaryPrimitives.ReadInt64LittleEndian(value);
+        int count = BinaryPrimitives.ReadInt32LittleEndian(value[8..]);
         return new ExtentRecord(
             BinaryPrimitives.ReadInt64BigEndian(key), BinaryPrimitives.ReadInt64BigEndian(key[8..]),
             pba, count, BinaryPrimitives.ReadInt64LittleEndian(value[12..]), value[ExtentHeaderBytes..]);
@@ -434,21 +503,37 @@ internal sealed class MetadataStore : IDisposable
         return DecodeSnapshot(id, value);
     }
 
-    private List<CatalogVolume> ReadVolumes(LmdbTransaction txn)
-    {
-        var list = new List<CatalogVolume>();
-        using var cursor = txn.OpenCursor(_volumes);
-        for (bool ok = cursor.First(); ok; ok = cursor.Next())
-            list.Add(DecodeVolume(BinaryPrimitives.ReadInt64BigEndian(cursor.Key), cursor.Value));
-        return list;
-    }
+    private List<CatalogVolume> ReadVolumes(LmdbTransaction txn, MetadataDamage? damage = null) =>
+        ReadCatalog(txn, _volumes, "volume", DecodeVolume, damage);
 
-    private List<CatalogSnapshot> ReadSnapshots(LmdbTransaction txn)
+    private List<CatalogSnapshot> ReadSnapshots(LmdbTransaction txn, MetadataDamage? damage = null) =>
+        ReadCatalog(txn, _snapshots, "snapshot", DecodeSnapshot, damage);
+
+    private delegate T CatalogDecoder<T>(long id, ReadOnlySpan<byte> value);
+
+    private static List<T> ReadCatalog<T>(LmdbTransaction txn, LmdbDatabase db, string what, CatalogDecoder<T> decode, MetadataDamage? damage)
     {
-        var list = new List<CatalogSnapshot>();
-        using var cursor = txn.OpenCursor(_snapshots);
+        var list = new List<T>();
+        using var cursor = txn.OpenCursor(db);
         for (bool ok = cursor.First(); ok; ok = cursor.Next())
-            list.Add(DecodeSnapshot(BinaryPrimitives.ReadInt64BigEndian(cursor.Key), cursor.Value));
+        {
+            if (cursor.Key.Length != 8)
+            {
+                var problem = $"corrupt {what} record with a {cursor.Key.Length}-byte key";
+                if (damage is null) throw new StorageException(StorageError.BadStore, $"the metadata store holds a {problem}");
+                damage.AddUnattributed(problem);
+                continue;
+            }
+            long id = BinaryPrimitives.ReadInt64BigEndian(cursor.Key);
+            try
+            {
+                list.Add(decode(id, cursor.Value));
+            }
+            catch (StorageException e) when (damage is not null)
+            {
+                damage.AddUnattributed(e.Message);
+            }
+        }
         return list;
     }
 
@@ -498,6 +583,9 @@ internal sealed class MetadataStore : IDisposable
 
     public void Dispose() => _env.Dispose();
 }
+
+/// <summary>Receives one extent record as stored (key and value bytes, not decoded).</summary>
+internal delegate void RawRecordVisitor(ReadOnlySpan<byte> key, ReadOnlySpan<byte> value);
 
 /// <summary>Receives one record of a layer: an extent, or a tombstone when <paramref name="pba"/> is -1 (then no CRCs).</summary>
 internal delegate void ExtentVisitor(long layerId, long block, int count, long pba, long birth, ReadOnlySpan<byte> crcs);

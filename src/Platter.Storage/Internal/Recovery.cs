@@ -5,59 +5,97 @@ namespace Platter.Storage.Internal;
 
 /// <summary>
 /// Rebuilds memory at open: the catalog from the KV store plus the journal's records newer than its applied sequence
-/// (dropping a last record whose data the crash cut short), and the set of referenced blocks from which free space
-/// is derived.
+/// (dropping a last record whose data the crash cut short), verifies it (<see cref="MetadataVerifier"/>: damaged
+/// metadata is refused, or in salvage mode the damaged volumes are set aside), and derives the set of referenced
+/// blocks from which free space is derived.
 /// </summary>
 internal static class Recovery
 {
+    /// <summary>
+    /// What open rebuilt. <paramref name="Volumes"/> are the volumes to serve (without the damaged ones when
+    /// salvaging); <paramref name="Damage"/> is what verification found (empty unless salvaging).
+    /// </summary>
     public sealed record Result(
-        Catalog Catalog,
+        List<VolumeState> Volumes,
         long NextId,
         long LastSequence,
         List<(long Sequence, byte[] Payload, int Length)> Replayed,
         List<(long Start, long Length)> UsedRuns,
-        long ReferencedBlocks);
+        long ReferencedBlocks,
+        IReadOnlyList<string> Damage);
 
-    public static Result Run(MetadataStore metadata, Journal journal, IDataDevice data, ILogger logger)
+    public static Result Run(MetadataStore metadata, Journal journal, IDataDevice data, bool salvage, ILogger logger)
     {
         Catalog catalog;
+        var damage = new MetadataDamage();
+        long dataBlocks = data.Length / EngineLimits.BlockBytes;
         using (var view = metadata.OpenView())
-            catalog = Catalog.Load(view);
+        {
+            catalog = Catalog.Load(view, damage);
+            MetadataVerifier.Verify(view, catalog, dataBlocks, damage);
+        }
         long nextId = metadata.NextId;
-        var records = journal.ReadRecords(metadata.AppliedSequence);
+        var layerNames = new Dictionary<long, string>();
+        foreach (var v in catalog.Volumes.Values)
+        {
+            layerNames[v.LayerId] = v.DisplayName;
+            foreach (var s in v.Snapshots) layerNames[s.LayerId] = s.DisplayName;
+        }
+        var records = journal.ReadRecords(metadata.AppliedSequence, logger, layerNames.GetValueOrDefault);
         if (records.Count > 0 && !LastRecordDataIsDurable(records[^1].Payload, data))
         {
-            logger.LogWarning("Dropped journal record {Sequence}: the crash interrupted its sync (it was never acknowledged)", records[^1].Sequence);
+            logger.LogWarning("Dropped journal record {Sequence}: the crash interrupted its sync (it was never acknowledged); it held {Contents}",
+                records[^1].Sequence, Journal.Describe(records[^1].Payload, layerNames.GetValueOrDefault));
             records.RemoveAt(records.Count - 1);
         }
         long last = metadata.AppliedSequence;
         var replayed = new List<(long Sequence, byte[] Payload, int Length)>();
         foreach (var (sequence, payload) in records)
         {
-            var reader = new OpReader(payload);
-            while (reader.TryRead(out var op))
-                catalog.Replay(op, ref nextId);
+            try
+            {
+                var reader = new OpReader(payload);
+                while (reader.TryRead(out var op))
+                    catalog.Replay(op, ref nextId);
+            }
+            catch (StorageException e) when (salvage)
+            {
+                // Salvage serves the metadata as it was before the record that does not fit it.
+                damage.AddUnattributed($"journal record {sequence} does not apply to the catalog ({e.Message}); it and later records were not replayed");
+                break;
+            }
             replayed.Add((sequence, payload, payload.Length));
             last = sequence;
         }
         if (replayed.Count > 0)
             logger.LogInformation("Replayed {Batches} journaled batches (sequences {First}..{Last})", replayed.Count, replayed[0].Sequence, last);
 
-        // Free space is everything no version of any volume references.
-        long dataBlocks = data.Length / EngineLimits.BlockBytes;
-        var used = Versions.ReferencedBlocks(catalog.Volumes.Values);
-        used.Sort();
-        var runs = new List<(long Start, long Length)>();
-        for (int i = 0; i < used.Count; i++)
+        var used = MetadataVerifier.VerifyVersions(catalog.Volumes.Values, dataBlocks, damage, Versions.ReferencedBlocks);
+        var volumes = catalog.Volumes.Values.ToList();
+        IReadOnlyList<string> problems = [];
+        if (damage.Any)
         {
-            if (i > 0 && used[i] == used[i - 1])
-                throw new StorageException(StorageError.BadStore, $"physical block {used[i]} is mapped twice; run `platter check`");
-            if (used[i] >= dataBlocks)
-                throw new StorageException(StorageError.BadStore, $"physical block {used[i]} is past the end of the data file ({dataBlocks} blocks); run `platter check`");
-            if (runs.Count > 0 && runs[^1].Start + runs[^1].Length == used[i]) runs[^1] = (runs[^1].Start, runs[^1].Length + 1);
-            else runs.Add((used[i], 1));
+            if (!salvage)
+                throw new StorageException(StorageError.BadStore,
+                    $"the store's metadata is damaged: {damage.Summary()}. Nothing was changed; `platter check` lists the damage, " +
+                    "`platter serve --salvage` serves the intact volumes read-only");
+            var damaged = MetadataVerifier.DamagedVolumes(volumes, damage);
+            foreach (var problem in damage.Problems) logger.LogError("Damaged metadata: {Problem}", problem);
+            foreach (var v in damaged) logger.LogError("Salvage: volume '{Volume}' is not served (its metadata is damaged)", v.Name);
+            if (damage.Unattributed)
+                logger.LogError("Salvage: some damage belongs to no known volume; served volumes may read zeros where records were lost (every block read is still checksummed)");
+            volumes.RemoveAll(damaged.Contains);
+            problems = [.. damage.Problems, .. damaged.Select(v => $"volume '{v.Name}' is not served: its metadata is damaged")];
         }
-        return new Result(catalog, nextId, last, replayed, runs, used.Count);
+
+        // Free space is everything no version of any volume references (used is sorted, each block once).
+        var runs = new List<(long Start, long Length)>();
+        foreach (long pba in used)
+        {
+            if (runs.Count > 0 && runs[^1].Start + runs[^1].Length == pba) runs[^1] = (runs[^1].Start, runs[^1].Length + 1);
+            else runs.Add((pba, 1));
+        }
+        return new Result(volumes, nextId, last, replayed, runs, used.Count, problems);
     }
 
     // The record and its data were synced together: if the crash came during that sync, some blocks the record maps

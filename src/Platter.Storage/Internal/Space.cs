@@ -1,16 +1,20 @@
+using Microsoft.Extensions.Logging;
 using Platter.Storage.Devices;
 
 namespace Platter.Storage.Internal;
 
 /// <summary>
 /// Physical space of the data area: the free-extent allocator, each volume's allocation region, growth of the data
-/// file, the count of referenced blocks and the quarantine of freed blocks waiting for readers to drain.
+/// file, the count of referenced blocks, the quarantine of freed blocks waiting for readers to drain, and the file
+/// system beneath: the metadata's reserve (<see cref="SpaceReserve"/>; data never takes the file system's last bytes)
+/// and the holes punched where freed runs were, so deleting makes the host's free space grow.
 ///
 /// A freed block goes: volume (pending free) -> committer (after the record that frees it is durable) ->
 /// <see cref="Quarantine"/> -> <see cref="ReleaseQuarantine"/> (once no reader of its epoch remains) -> allocator.
 /// Locks: <see cref="_accountingLock"/> guards the quarantine and its moves into the allocator, so a check sees each
 /// block in exactly one place; <see cref="_growLock"/> serialises growth of the data file; each
-/// <see cref="Region"/> has its own small lock; the allocator has its own. None is held across a commit wait.
+/// <see cref="Region"/> has its own small lock; the allocator has its own; the reserve has its own. None is held
+/// across a commit wait, and no lock is held while holes are punched.
 /// </summary>
 internal sealed class Space
 {
@@ -21,6 +25,8 @@ internal sealed class Space
     private readonly Func<List<VolumeState>> _volumes;
     private readonly Func<bool> _commitForSpace;
     private readonly Func<IOException, string, StorageException> _deviceError;
+    private readonly SpaceReserve _reserve;
+    private readonly ILogger _logger;
 
     // Serialises growth: two writers that both find the allocator short must not both extend the file.
     private readonly object _growLock = new();
@@ -35,8 +41,10 @@ internal sealed class Space
     // volumes: the live volumes (their regions are space in all but name). commitForSpace: commits pending operations
     // so their freed blocks can come back; false when the store has failed.
     public Space(IDataDevice data, long dataBytesMax, long growthBytes, Func<List<VolumeState>> volumes, Func<bool> commitForSpace,
-        Func<IOException, string, StorageException> deviceError)
+        Func<IOException, string, StorageException> deviceError, SpaceReserve reserve, ILogger logger)
     {
+        _reserve = reserve;
+        _logger = logger;
         _data = data;
         _dataBytesMax = dataBytesMax;
         _growthBytes = growthBytes;
@@ -48,6 +56,18 @@ internal sealed class Space
     public long TotalBlocks => _allocator.TotalBlocks;
 
     public long ReferencedBlocks => Interlocked.Read(ref _referencedBlocks);
+
+    /// <summary>The file system holding the store (total and available bytes), or null when it cannot be asked.</summary>
+    public (long TotalBytes, long AvailableBytes)? FileSystem => _reserve.FileSystem;
+
+    /// <summary>Bytes of the file system kept free for metadata (see <see cref="SpaceReserve"/>).</summary>
+    public long MetadataReserveBytes => _reserve.Bytes;
+
+    /// <summary>Makes the reserve file when the file system has room for it (at open and after each checkpoint).</summary>
+    public void HoldReserve() => _reserve.TryHold();
+
+    /// <summary>Drops the reserve file so a metadata commit that hit ENOSPC can retry; false when none was held.</summary>
+    public bool ReleaseReserve() => _reserve.Release();
 
     /// <summary>At open: every block not in <paramref name="usedSorted"/> is free.</summary>
     public void Initialize(long totalBlocks, List<(long Start, long Length)> usedSorted, long referencedBlocks)
@@ -91,6 +111,17 @@ internal sealed class Space
         long wantBlocks = Math.Max(want, EngineLimits.RegionBlocks);
         for (int attempt = 0; ; attempt++)
         {
+            // Data never takes the file system's last bytes: they are the metadata's (see SpaceReserve).
+            if (!_reserve.DataMayTake(wantBlocks << EngineLimits.BlockShift))
+            {
+                if (attempt >= 3)
+                    throw new StorageException(StorageError.NoSpace,
+                        $"no space left for volume '{state.Name}': the file system holding the store is full (the last {_reserve.Bytes >> 20} MiB are kept for metadata); delete volumes or snapshots, trim, or grow the file system");
+                // Freed blocks come back (and are punched) once their commit is durable: commit and look again.
+                _commitForSpace();
+                Thread.Sleep(attempt * 5);
+                continue;
+            }
             // Grow the file rather than scatter data while free space is scarce; reuse holes once it is plentiful.
             if (!_allocator.HasExtentOf(wantBlocks) && _allocator.FreeBlocks < Math.Max(_allocator.TotalBlocks / 8, wantBlocks))
                 TryGrow(wantBlocks);
@@ -190,19 +221,51 @@ internal sealed class Space
         }
     }
 
-    /// <summary>Hands quarantined blocks of epochs up to <paramref name="drainedEpoch"/> back to the allocator.</summary>
+    /// <summary>
+    /// Hands quarantined blocks of epochs up to <paramref name="drainedEpoch"/> back to the allocator, and their disk
+    /// space back to the file system first (punched while still in quarantine, so no new write can be in them yet).
+    /// Only the committer thread calls this (and <see cref="Quarantine"/>, which appends): the entries found ready
+    /// stay at the front while the lock is dropped for the punching.
+    /// </summary>
     public void ReleaseQuarantine(long drainedEpoch)
     {
+        var ready = new List<List<long>>();
         lock (_accountingLock)
         {
-            int released = 0;
-            while (released < _quarantine.Count && _quarantine[released].Epoch <= drainedEpoch)
+            while (ready.Count < _quarantine.Count && _quarantine[ready.Count].Epoch <= drainedEpoch) ready.Add(_quarantine[ready.Count].Blocks);
+        }
+        if (ready.Count == 0) return;
+        foreach (var blocks in ready) PunchHoles(blocks);
+        lock (_accountingLock)
+        {
+            foreach (var blocks in ready)
             {
-                _allocator.FreeBlocksBulk(_quarantine[released].Blocks);
-                _quarantinedBlocks -= _quarantine[released].Blocks.Count;
-                released++;
+                _allocator.FreeBlocksBulk(blocks);
+                _quarantinedBlocks -= blocks.Count;
             }
-            _quarantine.RemoveRange(0, released);
+            _quarantine.RemoveRange(0, ready.Count);
+        }
+    }
+
+    // One fallocate(PUNCH_HOLE) per run of adjacent blocks at least PunchRunBlocksMin long (deleted volumes and
+    // snapshots, large trims); shorter runs stay allocated as free blocks. A failure costs only the space.
+    private void PunchHoles(List<long> blocks)
+    {
+        blocks.Sort();
+        try
+        {
+            for (int i = 0; i < blocks.Count; )
+            {
+                int j = i + 1;
+                while (j < blocks.Count && blocks[j] == blocks[j - 1] + 1) j++;
+                if (j - i >= EngineLimits.PunchRunBlocksMin)
+                    _data.PunchHole(blocks[i] << EngineLimits.BlockShift, (long)(j - i) << EngineLimits.BlockShift);
+                i = j;
+            }
+        }
+        catch (IOException e)
+        {
+            _logger.LogWarning("Cannot return freed space to the file system: {Error}", e.Message);
         }
     }
 

@@ -42,13 +42,16 @@ internal static class Versions
         }
     }
 
-    /// <summary>Every physical block referenced by any version of the volumes, each once (see <see cref="VisitAdditions"/>).</summary>
-    public static List<long> ReferencedBlocks(IEnumerable<VolumeState> volumes)
+    /// <summary>Adds every physical block the volume's versions reference, each once, with the layer that first maps it (verification at open).</summary>
+    public static void ReferencedBlocks(VolumeState volume, List<(long Pba, long Layer)> used)
     {
-        var used = new List<long>();
-        foreach (var v in volumes)
-            VisitAdditions(Lineage(v, freezeVolume: false).Maps, (_, _, entry) => used.Add(entry.Pba));
-        return used;
+        var (maps, versions) = Lineage(volume, freezeVolume: false);
+        VisitAdditions(maps, (i, _, entry) => used.Add((entry.Pba, versions[i - 1] switch
+        {
+            VolumeState v => v.LayerId,
+            SnapshotState s => s.LayerId,
+            _ => 0,
+        })));
     }
 
     /// <summary>Like <see cref="ReferencedBlocks"/>, with each block's CRC and the version and block that first map it.</summary>

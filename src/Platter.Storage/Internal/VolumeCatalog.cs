@@ -44,8 +44,9 @@ internal sealed class VolumeCatalog : IDisposable
         {
             foreach (var state in volumes)
             {
+                // Two volumes under one name only in damaged metadata (refused at open unless salvaging): serve the first.
+                if (!_byName.TryAdd(state.Name, state)) continue;
                 _byId.Add(state.Id, state);
-                _byName.Add(state.Name, state);
             }
             _nextId = nextId;
         }
@@ -321,6 +322,8 @@ internal sealed class VolumeCatalog : IDisposable
     private T Admin<T>(Func<T> action)
     {
         _parts.ThrowIfClosed();
+        if (_parts.Salvage)
+            throw new StorageException(StorageError.ReadOnly, "the store is open for salvage (read-only): copy the volumes out, then repair or recreate it");
         Committer.ThrowIfFailed();
         // A blocking wait, kept on purpose: the catalog surface (IVolumeBackend) is synchronous and every catalog
         // change waits for its own commit (one fsync) anyway, so an HTTP handler holds its thread for that commit

@@ -233,6 +233,11 @@ internal sealed class FaultyDevice(IDataDevice inner) : IDataDevice
         _inner.Grow(newLength);
     }
 
+    public void PunchHole(long offset, long length)
+    {
+        if (!_crashed) _inner.PunchHole(offset, length);
+    }
+
     public void Dispose() => _inner.Dispose();
 
     private IOException Eio(string what, long offset, int length)
