@@ -12,32 +12,14 @@ namespace Platter.Interop.Tests;
 [System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public sealed class SafetyTests(ServerFixture fixture, ITestOutputHelper output) : InteropTest(fixture, output), IClassFixture<ServerFixture>
 {
-    // An nbdsh client that holds its connection until its stdin closes, like a VM that keeps its disk open.
-    private const string HoldConnection = """
-        import os, sys, nbd
-        h = nbd.NBD()
-        h.connect_uri(os.environ["URI"])
-        print("connected", flush=True)
-        sys.stdin.read()
-        h.shutdown()
-        """;
+    // A libnbd client that holds its connection (like a VM that keeps its disk open) until released. Every wait on
+    // it is bounded (NbdHolder), so a client that never connects or never leaves fails the test instead of hanging it.
+    private static NbdHolder Hold(string uri) => new(uri);
 
-    private static System.Diagnostics.Process Hold(string uri)
+    private static async Task Release(NbdHolder holder)
     {
-        var process = Nbdsh.Start(HoldConnection, new Dictionary<string, string> { ["URI"] = uri });
-        // The connection is up (handshake done) once the script says so.
-        var line = process.StandardOutput.ReadLine();
-        Assert.True(line == "connected", $"nbdsh did not connect: {line} {process.StandardError.ReadToEnd()}");
-        return process;
-    }
-
-    private static async Task Release(System.Diagnostics.Process process)
-    {
-        process.StandardInput.Close();
-        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-        try { await process.WaitForExitAsync(cts.Token); }
-        catch (OperationCanceledException) { ProcessRunner.KillTree(process); }
-        process.Dispose();
+        await holder.CloseAsync(TimeSpan.FromSeconds(30));
+        holder.Dispose();
     }
 
     private async Task<JsonElement> StatusAsync(string volume)
@@ -62,8 +44,8 @@ public sealed class SafetyTests(ServerFixture fixture, ITestOutputHelper output)
         (await Server.CliAsync("snapshot", "create", export.Name + "@s1")).EnsureSuccess();
         await Clients.QemuIoAsync(export.Uri, $"write -P 0x22 0 {1 * MiB}", "flush");
 
-        var vm = Hold(export.Uri);
-        var reader = Hold(NbdExport.NbdUri(export.Name + "@s1", Server.NbdSocketPath));
+        using var vm = Hold(export.Uri);
+        using var reader = Hold(NbdExport.NbdUri(export.Name + "@s1", Server.NbdSocketPath));
         try
         {
             var clients = (await StatusAsync(export.Name)).GetProperty("clients").EnumerateArray().ToList();
@@ -190,8 +172,8 @@ public sealed class SafetyTests(ServerFixture fixture, ITestOutputHelper output)
         await server.CreateVolumeAsync("shared", "8M", 8 * MiB);
         var tcp = $"nbd://127.0.0.1:{port}/shared";
 
-        var first = Hold(tcp);
-        var second = Hold(tcp);
+        using var first = Hold(tcp);
+        using var second = Hold(tcp);
         try
         {
             // A third connection from the same address is refused ...
