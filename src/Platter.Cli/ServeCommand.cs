@@ -153,7 +153,7 @@ internal static class ServeCommand
 
         var command = new Command("serve",
             "Run the Platter server: opens (or creates) the store, serves every volume as an NBD export of the same name " +
-            "on TCP and a unix socket, and the management API on a unix socket. Logs one line per event to stdout. Stops cleanly " +
+            "on a unix socket (and on TCP with --listen), and the management API on a unix socket. Logs one line per event to stdout. Stops cleanly " +
             "on SIGINT/SIGTERM: finishes in-flight requests (30 s at most; a second signal cuts them), flushes, closes the store.")
         {
             store, cephConf, cephId, cephOpTimeout, listen, socket, apiSocket, socketMode, socketGroup, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa,
