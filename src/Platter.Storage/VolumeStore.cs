@@ -56,7 +56,8 @@ public sealed partial class VolumeStore : IDisposable
                 committer.Commit();
                 return true;
             },
-            (e, what) => EngineParts.DeviceError(e, what, counters, logger), reserve, logger);
+            (e, what) => EngineParts.DeviceError(e, what, counters, logger), reserve, logger,
+            failStop: e => committer!.FailStop(e, "the release of freed blocks"));
         var epochs = new EpochGate();
         committer = new Committer(options, logger, metadata, journal, dataArea, space, epochs, counters, (batch, frees) => catalog!.Gather(batch, frees));
         _parts = new EngineParts(dataArea, space, committer, epochs, counters, logger, options.Salvage);
@@ -416,6 +417,7 @@ public sealed partial class VolumeStore : IDisposable
         _parts.Close();
         _catalog.WaitForReclaims();
         _parts.Committer.Dispose();
+        _parts.Space.Dispose(); // the last round's frees are punched before the data file closes
         _journal.Dispose();
         _dataFile.Dispose();
         _metadata.Dispose();
