@@ -82,12 +82,12 @@ internal static class ServeCommand
             HelpName = "N",
             DefaultValueFactory = _ => Nbd.NbdLimits.ConnectionsMax,
         };
-        var maxPerClient = new Option<int>("--max-connections-per-client")
+        var maxPerClient = new Option<int?>("--max-connections-per-client")
         {
-            Description = $"NBD connections one client may hold at once (default {Nbd.NbdLimits.ConnectionsPerPeerMax}): a client is an IP " +
-                          "address on TCP, a process on the unix socket. Keeps one greedy client from taking every connection.",
+            Description = $"NBD connections one client may hold at once (default: a quarter of --max-connections, at most " +
+                          $"{Nbd.NbdLimits.ConnectionsPerPeerMax}): a client is an IP address on TCP, a process on the unix socket. " +
+                          "Keeps one greedy client from taking every connection.",
             HelpName = "N",
-            DefaultValueFactory = _ => Nbd.NbdLimits.ConnectionsPerPeerMax,
         };
         var handshakeTimeout = new Option<int>("--handshake-timeout")
         {
@@ -224,7 +224,10 @@ internal static class ServeCommand
                 ReadOnly = parse.GetValue(readOnly) || parse.GetValue(salvage),
                 Salvage = parse.GetValue(salvage),
                 MaxConnections = parse.GetValue(maxConnections),
-                MaxConnectionsPerPeer = parse.GetValue(maxPerClient),
+                // Unset, the per-client cap follows the total (a quarter, so one client always leaves room for others),
+                // so --max-connections alone never makes the two disagree.
+                MaxConnectionsPerPeer = parse.GetValue(maxPerClient)
+                    ?? Math.Clamp(parse.GetValue(maxConnections) / 4, 1, Nbd.NbdLimits.ConnectionsPerPeerMax),
                 HandshakeTimeout = TimeSpan.FromSeconds(parse.GetValue(handshakeTimeout)),
                 SocketMode = parse.GetValue(socketMode) is { } mode ? ParseMode(mode) : UnixFileMode.UserRead | UnixFileMode.UserWrite,
                 SocketGroup = parse.GetValue(socketGroup),

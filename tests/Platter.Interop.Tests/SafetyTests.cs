@@ -192,6 +192,41 @@ public sealed class SafetyTests(ServerFixture fixture, ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task A_silent_client_is_dropped_after_the_handshake_timeout_and_the_total_cap_holds()
+    {
+        // --max-connections alone: the per-client cap follows it (a quarter, at least 1) instead of refusing to start.
+        await using var server = new PlatterServer { ExtraArguments = ["--handshake-timeout", "2", "--max-connections", "2"] };
+        await server.StartAsync();
+        await server.CreateVolumeAsync("capped", "8M", 8 * MiB);
+        var uri = NbdExport.NbdUri("capped", server.NbdSocketPath);
+
+        // A client that connects and never negotiates gets the greeting, then the server hangs up on it.
+        using (var silent = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified))
+        {
+            await silent.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(server.NbdSocketPath));
+            using var bound = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            var buffer = new byte[4096];
+            int received = 0, n;
+            while ((n = await silent.ReceiveAsync(buffer, System.Net.Sockets.SocketFlags.None, bound.Token)) > 0) received += n;
+            Assert.Equal(18, received); // NBDMAGIC, IHAVEOPT, handshake flags: nothing more, then end of stream
+        }
+
+        // Two connected clients fill the server: a third is refused, and gets in once one of them leaves.
+        using var first = Hold(uri);
+        using var second = Hold(uri);
+        var third = await ProcessRunner.RunAsync(Tools.NbdInfo, ["--size", uri]);
+        Assert.True(third.ExitCode != 0, "a third connection must be refused by --max-connections 2\n" + third.Describe());
+        Assert.Contains("connection limit 2 reached", server.Log);
+        await Release(first);
+        var deadline = DateTime.UtcNow.AddSeconds(60);
+        ProcessResult again;
+        do again = await ProcessRunner.RunAsync(Tools.NbdInfo, ["--size", uri]);
+        while (again.ExitCode != 0 && DateTime.UtcNow < deadline);
+        Assert.Equal($"{8 * MiB}", again.EnsureSuccess("a client must get in once a slot is free").Stdout.Trim());
+        await Release(second);
+    }
+
+    [Fact]
     public async Task Socket_group_and_mode_let_that_group_in_and_nobody_else()
     {
         // A directory others may pass through, holding the sockets (the store directory itself is private).
