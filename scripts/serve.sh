@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the Platter server on the default embedded store (created on first run). Extra arguments go to
-# `platter serve`, e.g. scripts/serve.sh --store /srv/platter --listen 0.0.0.0:10809
+# `platter serve`, e.g. scripts/serve.sh --store /srv/platter --listen 127.0.0.1:10809 (NBD on TCP is off by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

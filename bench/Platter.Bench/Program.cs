@@ -5,8 +5,11 @@ using Platter.Storage;
 // Usage: dotnet run -c Release --project bench/Platter.Bench -- [--dir DIR] [--size-gib 4] [--seconds 10] [--threads 4] [--write-threads 32]
 //        dotnet run -c Release --project bench/Platter.Bench -- --kv     (metadata store micro-benchmark)
 //        dotnet run -c Release --project bench/Platter.Bench -- --snapshots [...]   (snapshot creation time, see SnapshotBench.cs)
+//        dotnet run -c Release --project bench/Platter.Bench -- --punch [...]       (flush latency around a large delete, see PunchBench.cs)
 if (args.Length > 0 && args[0] == "--snapshots")
     return SnapshotBench.Run(args);
+if (args.Length > 0 && args[0] == "--punch")
+    return PunchBench.Run(args);
 if (args.Length > 0 && args[0] == "--kv")
 {
     KvBench.Run(Path.Combine(Path.GetTempPath(), "platter-kvbench"), keys: 1_000_000);

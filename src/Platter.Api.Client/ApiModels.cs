@@ -121,7 +121,22 @@ public sealed record VolumeListDto(IReadOnlyList<VolumeDto> Volumes);
 public sealed record CreateVolumeRequest(string? Name, long? SizeBytes, string? Cache = null);
 
 /// <summary>POST /v1/volumes/{name}/resize.</summary>
-public sealed record ResizeVolumeRequest(long? SizeBytes);
+/// <param name="SizeBytes">The new size.</param>
+/// <param name="AllowShrink">Must be true for a size below the current one (the data past it is discarded); else 409 shrink_refused.</param>
+public sealed record ResizeVolumeRequest(long? SizeBytes, bool? AllowShrink = null);
+
+/// <summary>An NBD client connected to a volume or one of its snapshots.</summary>
+/// <param name="Peer">Who: <c>ADDR:PORT</c> on TCP, <c>unix pid PID uid UID</c> on the unix socket.</param>
+/// <param name="Export">The export it uses: the volume's name, or <c>volume@snapshot</c> (current names).</param>
+/// <param name="ConnectedUtc">Since when.</param>
+/// <param name="ReadOnly">It cannot write (a snapshot, or a read-only server).</param>
+/// <param name="Tls">The connection runs over TLS.</param>
+public sealed record NbdClientDto(string Peer, string Export, DateTimeOffset ConnectedUtc, bool ReadOnly, bool Tls);
+
+/// <summary>GET /v1/volumes/{name}/status: who uses the volume now (like <c>rbd status</c>).</summary>
+/// <param name="Name">The volume.</param>
+/// <param name="Clients">NBD clients of the volume and of its snapshots, oldest connection first.</param>
+public sealed record VolumeStatusDto(string Name, IReadOnlyList<NbdClientDto> Clients);
 
 /// <summary>POST /v1/volumes/{name}/rename.</summary>
 public sealed record RenameVolumeRequest(string? NewName);
@@ -235,6 +250,7 @@ public sealed record BlockReferenceDto(string Version, long Offset);
 [JsonSerializable(typeof(SpaceUsageListDto))]
 [JsonSerializable(typeof(HealthDto))]
 [JsonSerializable(typeof(ErrorDto))]
+[JsonSerializable(typeof(VolumeStatusDto))]
 [JsonSerializable(typeof(StatsDto))]
 [JsonSerializable(typeof(ScrubStartRequest))]
 [JsonSerializable(typeof(ScrubStatusDto))]
@@ -251,6 +267,10 @@ public static class ApiErrorCodes
     public const string NoSuchEndpoint = "no_such_endpoint";
     /// <summary>A bug or an unexpected failure; the server log has details.</summary>
     public const string Internal = "internal";
+    /// <summary>Delete or rollback refused because NBD clients use the volume (409); <c>?force=true</c> overrides.</summary>
+    public const string ClientsConnected = "clients_connected";
+    /// <summary>A resize to a smaller size without <c>allowShrink</c> (409).</summary>
+    public const string ShrinkRefused = "shrink_refused";
 
     /// <summary>snake_case of the storage error, e.g. not_found, already_exists, no_space.</summary>
     public static string From(StorageError error) => error switch

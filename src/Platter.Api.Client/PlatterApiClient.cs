@@ -112,9 +112,9 @@ public sealed partial class PlatterApiClient : IDisposable
     public Task<ReleaseDto> ReleaseVolumeAsync(string name, CancellationToken cancellationToken = default) =>
         SendAsync(HttpMethod.Post, VolumePath(name) + "/release", null, Json.ReleaseDto, cancellationToken);
 
-    /// <summary>POST /v1/volumes/{name}/resize.</summary>
+    /// <summary>POST /v1/volumes/{name}/resize; only grows (a smaller size is refused, 409 shrink_refused).</summary>
     public Task<VolumeDto> ResizeVolumeAsync(string name, long sizeBytes, CancellationToken cancellationToken = default) =>
-        SendAsync(HttpMethod.Post, VolumePath(name) + "/resize", JsonContent.Create(new ResizeVolumeRequest(sizeBytes), Json.ResizeVolumeRequest), Json.VolumeDto, cancellationToken);
+        ResizeVolumeAsync(name, sizeBytes, allowShrink: false, cancellationToken);
 
     /// <summary>
     /// POST /v1/volumes/{name}/flatten: the clone stops depending on its origin snapshot. Takes as long as copying the
@@ -123,17 +123,39 @@ public sealed partial class PlatterApiClient : IDisposable
     public Task<FlattenDto> FlattenVolumeAsync(string name, CancellationToken cancellationToken = default) =>
         SendAsync(HttpMethod.Post, VolumePath(name) + "/flatten", null, Json.FlattenDto, cancellationToken);
 
-    /// <summary>POST /v1/volumes/{name}/rename.</summary>
+    /// <summary>POST /v1/volumes/{name}/resize; a smaller size needs <paramref name="allowShrink"/> (else 409 shrink_refused).</summary>
+    public Task<VolumeDto> ResizeVolumeAsync(string name, long sizeBytes, bool allowShrink, CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Post, VolumePath(name) + "/resize",
+            JsonContent.Create(new ResizeVolumeRequest(sizeBytes, allowShrink ? true : null), Json.ResizeVolumeRequest), Json.VolumeDto, cancellationToken);
+
+    /// <summary>POST /v1/volumes/{name}/rename (POST /v1/volumes/rename?name= for '.' and '..').</summary>
     public Task<VolumeDto> RenameVolumeAsync(string name, string newName, CancellationToken cancellationToken = default) =>
-        SendAsync(HttpMethod.Post, VolumePath(name) + "/rename", JsonContent.Create(new RenameVolumeRequest(newName), Json.RenameVolumeRequest), Json.VolumeDto, cancellationToken);
+        SendAsync(HttpMethod.Post, IsDotSegment(name) ? "v1/volumes/rename?name=" + Uri.EscapeDataString(name) : VolumePath(name) + "/rename",
+            JsonContent.Create(new RenameVolumeRequest(newName), Json.RenameVolumeRequest), Json.VolumeDto, cancellationToken);
 
     /// <summary>DELETE /v1/volumes/{name}.</summary>
     public Task DeleteVolumeAsync(string name, CancellationToken cancellationToken = default) =>
-        SendAsync<ErrorDto>(HttpMethod.Delete, VolumePath(name), null, null, cancellationToken);
+        DeleteVolumeAsync(name, recursive: false, force: false, cancellationToken);
 
     /// <summary>DELETE /v1/volumes/{name}?recursive=true|false: with <paramref name="recursive"/> its snapshots go too.</summary>
     public Task DeleteVolumeAsync(string name, bool recursive, CancellationToken cancellationToken = default) =>
-        SendAsync<ErrorDto>(HttpMethod.Delete, VolumePath(name) + (recursive ? "?recursive=true" : ""), null, null, cancellationToken);
+        DeleteVolumeAsync(name, recursive, force: false, cancellationToken);
+
+    /// <summary>
+    /// DELETE /v1/volumes/{name} (DELETE /v1/volumes?name= for '.' and '..'): with <paramref name="recursive"/> its
+    /// snapshots go too; without <paramref name="force"/> a volume with connected NBD clients is refused (409 clients_connected).
+    /// </summary>
+    public Task DeleteVolumeAsync(string name, bool recursive, bool force, CancellationToken cancellationToken = default)
+    {
+        var query = (recursive ? "&recursive=true" : "") + (force ? "&force=true" : "");
+        var path = IsDotSegment(name) ? "v1/volumes?name=" + Uri.EscapeDataString(name) + query
+            : VolumePath(name) + (query.Length > 0 ? "?" + query[1..] : "");
+        return SendAsync<ErrorDto>(HttpMethod.Delete, path, null, null, cancellationToken);
+    }
+
+    /// <summary>GET /v1/volumes/{name}/status: the NBD clients of the volume and of its snapshots.</summary>
+    public Task<VolumeStatusDto> GetVolumeStatusAsync(string name, CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Get, VolumePath(name) + "/status", null, Json.VolumeStatusDto, cancellationToken);
 
     /// <summary>GET /v1/snapshots: every snapshot of every volume.</summary>
     public async Task<IReadOnlyList<SnapshotDto>> ListSnapshotsAsync(CancellationToken cancellationToken = default) =>
@@ -152,9 +174,21 @@ public sealed partial class PlatterApiClient : IDisposable
     public Task<SnapshotDto> GetSnapshotAsync(string volume, string snapshot, CancellationToken cancellationToken = default) =>
         SendAsync(HttpMethod.Get, SnapshotPath(volume, snapshot), null, Json.SnapshotDto, cancellationToken);
 
-    /// <summary>DELETE /v1/volumes/{volume}/snapshots/{snapshot}; refused (409 has_dependents) while clones of it exist.</summary>
+    /// <summary>
+    /// DELETE /v1/volumes/{volume}/snapshots/{snapshot} (DELETE /v1/snapshots?volume=&amp;name= when a name is '.' or
+    /// '..'); refused (409 has_dependents) while clones of it exist, and (409 clients_connected) while NBD clients read it.
+    /// </summary>
     public Task DeleteSnapshotAsync(string volume, string snapshot, CancellationToken cancellationToken = default) =>
-        SendAsync<ErrorDto>(HttpMethod.Delete, SnapshotPath(volume, snapshot), null, null, cancellationToken);
+        DeleteSnapshotAsync(volume, snapshot, force: false, cancellationToken);
+
+    /// <summary>As <see cref="DeleteSnapshotAsync(string, string, CancellationToken)"/>; <paramref name="force"/> deletes it even while NBD clients read it.</summary>
+    public Task DeleteSnapshotAsync(string volume, string snapshot, bool force, CancellationToken cancellationToken = default)
+    {
+        var path = IsDotSegment(volume) || IsDotSegment(snapshot)
+            ? "v1/snapshots?volume=" + Uri.EscapeDataString(volume) + "&name=" + Uri.EscapeDataString(snapshot) + (force ? "&force=true" : "")
+            : SnapshotPath(volume, snapshot) + (force ? "?force=true" : "");
+        return SendAsync<ErrorDto>(HttpMethod.Delete, path, null, null, cancellationToken);
+    }
 
     /// <summary>POST /v1/volumes/{volume}/snapshots/{snapshot}/clone: a new writable volume with the snapshot's content.</summary>
     public Task<VolumeDto> CloneSnapshotAsync(string volume, string snapshot, string newVolume, CancellationToken cancellationToken = default) =>
@@ -166,7 +200,17 @@ public sealed partial class PlatterApiClient : IDisposable
     /// With <paramref name="recursive"/> newer snapshots are deleted; without, their existence refuses it (409).
     /// </summary>
     public Task<VolumeDto> RollbackAsync(string volume, string snapshot, bool recursive = false, CancellationToken cancellationToken = default) =>
-        SendAsync(HttpMethod.Post, SnapshotPath(volume, snapshot) + "/rollback" + (recursive ? "?recursive=true" : ""), null, Json.VolumeDto, cancellationToken);
+        RollbackAsync(volume, snapshot, recursive, force: false, cancellationToken);
+
+    /// <summary>
+    /// As <see cref="RollbackAsync(string, string, bool, CancellationToken)"/>; without <paramref name="force"/> a volume
+    /// with connected NBD clients is refused (409 clients_connected).
+    /// </summary>
+    public Task<VolumeDto> RollbackAsync(string volume, string snapshot, bool recursive, bool force, CancellationToken cancellationToken = default)
+    {
+        var query = (recursive ? "&recursive=true" : "") + (force ? "&force=true" : "");
+        return SendAsync(HttpMethod.Post, SnapshotPath(volume, snapshot) + "/rollback" + (query.Length > 0 ? "?" + query[1..] : ""), null, Json.VolumeDto, cancellationToken);
+    }
 
     /// <summary>GET /v1/volumes/{volume}/diff: ranges changed from snapshot <paramref name="from"/> to <paramref name="to"/> (null: the live volume).</summary>
     public Task<DiffDto> DiffAsync(string volume, string from, string? to = null, CancellationToken cancellationToken = default) =>
@@ -179,6 +223,10 @@ public sealed partial class PlatterApiClient : IDisposable
         (await SendAsync(HttpMethod.Get, "v1/space", null, Json.SpaceUsageListDto, cancellationToken).ConfigureAwait(false)).Entries;
 
     private static string VolumePath(string name) => "v1/volumes/" + Uri.EscapeDataString(name);
+
+    // '.' and '..' cannot be URL path segments: HttpClient and Kestrel both resolve them away (RFC 3986 5.2.4), so
+    // "DELETE v1/volumes/vm1/snapshots/.." would reach "DELETE v1/volumes/vm1". Such names go in the query instead.
+    private static bool IsDotSegment(string name) => name is "." or "..";
 
     private static string SnapshotPath(string volume, string snapshot) => VolumePath(volume) + "/snapshots/" + Uri.EscapeDataString(snapshot);
 

@@ -20,7 +20,7 @@ internal static class ImageCommands
 
     public static Command BuildImport(CliContext context)
     {
-        var file = new Argument<string>("FILE") { Description = "The disk image to import." };
+        var file = FileArgument("The disk image to import.");
         var volume = VolumeArgument("VOLUME", "The new volume; it is created with the image's virtual size.");
         var format = FormatOption(ImportFormats, "auto", "The image's format; auto lets qemu-img detect it (a raw image is detected as raw).");
         var json = PlatterCli.JsonOption();
@@ -39,13 +39,15 @@ internal static class ImageCommands
             var name = parse.GetRequiredValue(volume);
             var fmt = parse.GetValue(format)!;
             if (!File.Exists(path)) throw new CliException($"no such file: {path}");
+            // The server first: a stopped server (or one without a plain NBD listener) is reported before the image is
+            // read, which for a large compressed image takes a while.
+            using var client = PlatterCli.CreateClient(parse, api, context);
+            var uri = await NbdUriAsync(client, name, ct);
             var qemuImg = QemuImg();
             var info = await ImageInfoAsync(qemuImg, path, fmt == "auto" ? null : fmt, ct);
             if (info.VirtualSize <= 0 || info.VirtualSize % 512 != 0)
                 throw new CliException($"{path}: virtual size {info.VirtualSize} is not a positive multiple of 512 bytes");
 
-            using var client = PlatterCli.CreateClient(parse, api, context);
-            var uri = await NbdUriAsync(client, name, ct);
             await VolumeCommands.Call(() => client.CreateVolumeAsync(name, info.VirtualSize, ct), name);
             var clock = Stopwatch.StartNew();
             try
@@ -76,7 +78,7 @@ internal static class ImageCommands
         {
             Description = "The volume or snapshot to export. A snapshot gives a consistent image while the volume is in use.",
         };
-        var file = new Argument<string>("FILE") { Description = "The image file to write (must not exist)." };
+        var file = FileArgument("The image file to write (must not exist).");
         var format = FormatOption(ExportFormats, "raw", "The image's format. raw is written sparse (holes where the volume reads zeros).");
         var json = PlatterCli.JsonOption();
         var api = PlatterCli.ApiSocketOption();
@@ -110,7 +112,8 @@ internal static class ImageCommands
             }
             else
             {
-                if (VolumeNames.Validate(name) is { } reason) throw new CliException($"invalid volume name '{name}': {reason}", PlatterCli.ExitUsage);
+                // An existing volume: the older naming rules, so a volume named before they tightened can be exported.
+                if (VolumeNames.ValidateExisting(name) is { } reason) throw new CliException($"invalid volume name '{name}': {reason}", PlatterCli.ExitUsage);
                 size = (await VolumeCommands.Call(() => client.GetVolumeAsync(name, ct), name)).SizeBytes;
             }
             var qemuImg = QemuImg();
@@ -135,6 +138,19 @@ internal static class ImageCommands
         });
         return command;
     }
+
+    // An empty path would reach Path.GetFullPath and come out as an internal error; it is a usage error.
+    private static Argument<string> FileArgument(string description) => new("FILE")
+    {
+        Description = description,
+        Validators =
+        {
+            result =>
+            {
+                if (result.Tokens.Count > 0 && string.IsNullOrWhiteSpace(result.Tokens[0].Value)) result.AddError("FILE cannot be empty");
+            },
+        },
+    };
 
     private static Argument<string> VolumeArgument(string name, string description) => new(name)
     {

@@ -29,17 +29,28 @@ public static class PlatterCli
     public static async Task<int> RunAsync(string[] args, CliContext? context = null)
     {
         context ??= new CliContext();
-        var root = BuildRootCommand(context);
+        ParseResult parse;
         try
         {
-            args = ServeConfig.Expand(args, root.Subcommands.First(c => c.Name == "serve"));
+            var root = BuildRootCommand(context);
+            try
+            {
+                args = ServeConfig.Expand(args, root.Subcommands.First(c => c.Name == "serve"));
+            }
+            catch (CliException e)
+            {
+                context.Error.WriteLine("platter: " + e.Message);
+                return e.ExitCode;
+            }
+            // No response files: "@s" is how a snapshot name starts (platter snapshot create @s), never a file of arguments.
+            parse = root.Parse(args, new ParserConfiguration { ResponseFileTokenReplacer = null });
         }
-        catch (CliException e)
+        catch (Exception e)
         {
-            context.Error.WriteLine("platter: " + e.Message);
-            return e.ExitCode;
+            // A validator that throws is a bug; it still gets one line, not a stack trace and exit 134.
+            context.Error.WriteLine($"platter: internal error ({e.GetType().Name}): {OneLine(e.Message)}");
+            return ExitError;
         }
-        var parse = root.Parse(args);
         if (parse.Errors.Count > 0 && parse.Action is not System.CommandLine.Help.HelpAction)
         {
             var command = CommandPath(parse.CommandResult);
@@ -80,6 +91,12 @@ public static class PlatterCli
             context.Error.WriteLine("platter: " + OneLine(e.Message));
             return ExitError;
         }
+        catch (Exception e)
+        {
+            // A bug, but still one line: a stack trace helps nobody at a prompt, and scripts parse stderr.
+            context.Error.WriteLine($"platter: internal error ({e.GetType().Name}): {OneLine(e.Message)}");
+            return ExitError;
+        }
     }
 
     private static string CommandPath(CommandResult result)
@@ -112,14 +129,36 @@ public static class PlatterCli
         root.Add(AttachCommand.Build(context));
         root.Add(ScrubCommands.Build(context));
         root.Add(CheckCommand.Build(context));
+        AddStoreOption(root);
         return root;
     }
+
+    /// <summary>
+    /// Gives every client of the API (each command with --api-socket) a --store DIR option too, meaning that store's
+    /// API socket, so the same --store works for `serve`, `check` and everything in between.
+    /// </summary>
+    private static void AddStoreOption(Command command)
+    {
+        if (command.Options.Any(o => o.Name == ApiSocketOptionName) && !command.Options.Any(o => o.Name == StoreOptionName))
+        {
+            command.Add(new Option<string?>(StoreOptionName)
+            {
+                Description = "Talk to the server of the store in DIR (its API socket DIR/api.sock). Default: $PLATTER_STORE, " +
+                              "else $XDG_DATA_HOME/platter, else ~/.local/share/platter.",
+                HelpName = "DIR",
+            });
+        }
+        foreach (var sub in command.Subcommands) AddStoreOption(sub);
+    }
+
+    private const string ApiSocketOptionName = "--api-socket";
+    private const string StoreOptionName = "--store";
 
     /// <summary>--json: machine-readable output.</summary>
     internal static Option<bool> JsonOption() => new("--json") { Description = "Print the result as JSON for scripts instead of text for people." };
 
     /// <summary>--api-socket for client commands.</summary>
-    internal static Option<string?> ApiSocketOption() => new("--api-socket")
+    internal static Option<string?> ApiSocketOption() => new(ApiSocketOptionName)
     {
         Description = "The server's management API socket. Default: $PLATTER_API_SOCKET, else api.sock in the default store " +
                       "($PLATTER_STORE, else $XDG_DATA_HOME/platter, else ~/.local/share/platter). " +
@@ -142,11 +181,19 @@ public static class PlatterCli
         },
     };
 
-    /// <summary>The API client for a client command: --api-socket, else the environment, else the default store's socket.</summary>
+    /// <summary>
+    /// The API client for a client command: --api-socket, else --store's socket, else the environment, else the
+    /// default store's socket.
+    /// </summary>
     internal static PlatterApiClient CreateClient(ParseResult parse, Option<string?> apiSocket, CliContext context)
     {
         var socket = parse.GetValue(apiSocket);
+        var store = parse.CommandResult.Command.Options.OfType<Option<string?>>().FirstOrDefault(o => o.Name == StoreOptionName) is { } storeOption
+            ? parse.GetValue(storeOption) : null;
+        if (!string.IsNullOrWhiteSpace(socket) && !string.IsNullOrWhiteSpace(store))
+            throw new CliException("give --store or --api-socket, not both", ExitUsage);
         if (!string.IsNullOrWhiteSpace(socket)) return PlatterApiClient.ForUnixSocket(Path.GetFullPath(socket));
+        if (!string.IsNullOrWhiteSpace(store)) return PlatterApiClient.ForUnixSocket(StorePaths.ApiSocketPath(Path.GetFullPath(store)));
         var envSocket = context.GetEnvironment(StorePaths.ApiSocketEnvironmentVariable);
         if (!string.IsNullOrWhiteSpace(envSocket)) return PlatterApiClient.ForUnixSocket(Path.GetFullPath(envSocket));
         var url = context.GetEnvironment(ApiUrlEnvironmentVariable);

@@ -65,19 +65,57 @@ internal static class ServeCommand
         };
         var listen = new Option<string>("--listen")
         {
-            Description = "NBD TCP address as ADDR:PORT ([::1]:PORT for IPv6, localhost:PORT, port 0 for any free port), or 'none' to disable TCP.",
+            Description = $"Also serve NBD on TCP at ADDR:PORT (e.g. 127.0.0.1:{PlatterHostOptions.DefaultNbdPort}; [::1]:PORT for IPv6, " +
+                          "localhost:PORT, port 0 for any free port). Off by default ('none'): NBD has no login, so whoever reaches the " +
+                          "port reads and writes every volume; even on 127.0.0.1 that is every local user. Use --tls-cert with " +
+                          "--tls-client-ca to limit who may connect.",
             HelpName = "ADDR:PORT",
-            DefaultValueFactory = _ => $"127.0.0.1:{PlatterHostOptions.DefaultNbdPort}",
+            DefaultValueFactory = _ => "none",
         };
         var socket = new Option<string?>("--socket")
         {
-            Description = "NBD unix socket path, or 'none' to disable it. Default: nbd.sock in the store directory.",
+            Description = "NBD unix socket path, or 'none' to disable it. Default: nbd.sock in the store directory. Only the owner " +
+                          "may connect unless --socket-mode/--socket-group say otherwise.",
             HelpName = "PATH",
         };
         var apiSocket = new Option<string?>("--api-socket")
         {
-            Description = "Management API unix socket (owner-only access), or 'none' when --api-listen is used. Default: api.sock in the store directory.",
+            Description = "Management API unix socket, or 'none' when --api-listen is used. Default: api.sock in the store directory. " +
+                          "Only the owner may connect unless --socket-mode/--socket-group say otherwise.",
             HelpName = "PATH",
+        };
+        var socketMode = new Option<string?>("--socket-mode")
+        {
+            Description = "Permissions (octal) of the NBD and API unix sockets. Default 0600: only the owner (and root) may connect. " +
+                          "0660 with --socket-group lets that group in too, e.g. libvirt's QEMU: --socket-group libvirt-qemu " +
+                          "--socket-mode 0660 (its directory must let the group through: the store directory is private, so put the " +
+                          "socket elsewhere with --socket /run/platter/nbd.sock).",
+            HelpName = "MODE",
+        };
+        var socketGroup = new Option<string?>("--socket-group")
+        {
+            Description = "Group (name or id) that owns the NBD and API unix sockets; with --socket-mode 0660 its members may connect.",
+            HelpName = "GROUP",
+        };
+        var maxConnections = new Option<int>("--max-connections")
+        {
+            Description = $"NBD connections served at once (default {Nbd.NbdLimits.ConnectionsMax}); each may hold up to 64 MiB of requests in flight.",
+            HelpName = "N",
+            DefaultValueFactory = _ => Nbd.NbdLimits.ConnectionsMax,
+        };
+        var maxPerClient = new Option<int?>("--max-connections-per-client")
+        {
+            Description = $"NBD connections one client may hold at once (default: a quarter of --max-connections, at most " +
+                          $"{Nbd.NbdLimits.ConnectionsPerPeerMax}): a client is an IP address on TCP, a process on the unix socket. " +
+                          "Keeps one greedy client from taking every connection.",
+            HelpName = "N",
+        };
+        var handshakeTimeout = new Option<int>("--handshake-timeout")
+        {
+            Description = $"Seconds an NBD client has to finish its handshake before it is disconnected (default " +
+                          $"{(int)Nbd.NbdLimits.HandshakeTimeout.TotalSeconds}), so idle connections do not hold slots.",
+            HelpName = "SECONDS",
+            DefaultValueFactory = _ => (int)Nbd.NbdLimits.HandshakeTimeout.TotalSeconds,
         };
         var apiListen = new Option<string?>("--api-listen")
         {
@@ -95,7 +133,8 @@ internal static class ServeCommand
         var tlsRequired = new Option<bool>("--tls-required") { Description = "Refuse every NBD option but STARTTLS (and ABORT) until the client has started TLS. Needs --tls-cert." };
         var tlsClientCa = new Option<string?>("--tls-client-ca")
         {
-            Description = "PEM CA certificate: NBD clients must present a certificate it issued. Needs --tls-cert.",
+            Description = "PEM CA certificate: NBD clients must present a certificate it issued. Needs --tls-cert; implies " +
+                          "--tls-required (a client that never starts TLS would skip the certificate check).",
             HelpName = "FILE",
         };
         var readOnly = new Option<bool>("--read-only", "-r")
@@ -143,12 +182,12 @@ internal static class ServeCommand
 
         var command = new Command("serve",
             "Run the Platter server: opens (or creates) the store, serves every volume as an NBD export of the same name " +
-            "on TCP and a unix socket, and the management API on a unix socket. Logs one line per event to stdout. Stops cleanly " +
+            "on a unix socket (and on TCP with --listen), and the management API on a unix socket. Logs one line per event to stdout. Stops cleanly " +
             "on SIGINT/SIGTERM: finishes in-flight requests (30 s at most; a second signal cuts them), writes node caches back to the " +
             "cluster (until a second signal), flushes, closes the store.")
         {
-            store, cephConf, cephId, cephOpTimeout, cacheDir, cacheSize, listen, socket, apiSocket, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa, readOnly, salvage, config, verbose,
-            logFormat, noMetrics, metricsListen, vhostUserDir,
+            store, cephConf, cephId, cephOpTimeout, cacheDir, cacheSize, listen, socket, apiSocket, socketMode, socketGroup, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa,
+            maxConnections, maxPerClient, handshakeTimeout, readOnly, salvage, config, verbose, logFormat, noMetrics, metricsListen, vhostUserDir,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -216,10 +255,19 @@ internal static class ServeCommand
                 ApiTcpEndPoint = apiTcp,
                 ApiToken = token,
                 TlsCertificate = certificate,
-                TlsRequired = parse.GetValue(tlsRequired),
+                // Client certificates mean nothing if a client may skip TLS: the CA implies TLS required.
+                TlsRequired = parse.GetValue(tlsRequired) || clientCa is not null,
                 TlsClientCertificateAuthority = clientCa,
                 ReadOnly = parse.GetValue(readOnly) || parse.GetValue(salvage),
                 Salvage = parse.GetValue(salvage),
+                MaxConnections = parse.GetValue(maxConnections),
+                // Unset, the per-client cap follows the total (a quarter, so one client always leaves room for others),
+                // so --max-connections alone never makes the two disagree.
+                MaxConnectionsPerPeer = parse.GetValue(maxPerClient)
+                    ?? Math.Clamp(parse.GetValue(maxConnections) / 4, 1, Nbd.NbdLimits.ConnectionsPerPeerMax),
+                HandshakeTimeout = TimeSpan.FromSeconds(parse.GetValue(handshakeTimeout)),
+                SocketMode = parse.GetValue(socketMode) is { } mode ? ParseMode(mode) : UnixFileMode.UserRead | UnixFileMode.UserWrite,
+                SocketGroup = parse.GetValue(socketGroup),
                 // Under systemd socket activation (packaging/systemd/platter-*.socket) the listening sockets come
                 // from the service manager, which keeps them open across restarts.
                 ActivatedSockets = context.ShutdownRequested is null ? TakeActivatedSockets() : [],
@@ -335,6 +383,19 @@ internal static class ServeCommand
         {
             throw new CliException("socket activation: " + e.Message);
         }
+    }
+
+    private static UnixFileMode ParseMode(string text)
+    {
+        try
+        {
+            int bits = Convert.ToInt32(text, 8);
+            if (bits is >= 0 and <= 0x1FF) return (UnixFileMode)bits;
+        }
+        catch (Exception e) when (e is FormatException or OverflowException or ArgumentException)
+        {
+        }
+        throw new CliException($"invalid --socket-mode '{text}': expected octal permission bits such as 0600 or 0660", PlatterCli.ExitUsage);
     }
 
     private static string? NoneOr(string? value, string defaultValue) =>

@@ -25,7 +25,7 @@ internal static class SnapshotCommands
 
     private static Command Create(CliContext context)
     {
-        var name = SnapshotName.Argument("VOLUME@SNAPSHOT", "The volume to snapshot and the new snapshot's name.");
+        var name = SnapshotName.Argument("VOLUME@SNAPSHOT", "The volume to snapshot and the new snapshot's name.", forNew: true);
         var json = PlatterCli.JsonOption();
         var api = PlatterCli.ApiSocketOption();
         var command = new Command("create",
@@ -57,7 +57,7 @@ internal static class SnapshotCommands
         };
         volume.Validators.Add(result =>
         {
-            if (result.Tokens.Count > 0 && VolumeNames.Validate(result.Tokens[0].Value) is { } reason)
+            if (result.Tokens.Count > 0 && VolumeNames.ValidateExisting(result.Tokens[0].Value) is { } reason)
                 result.AddError($"invalid volume name '{result.Tokens[0].Value}': {reason}");
         });
         var json = PlatterCli.JsonOption();
@@ -104,6 +104,7 @@ internal static class SnapshotCommands
     private static Command Delete(CliContext context)
     {
         var name = SnapshotName.Argument("VOLUME@SNAPSHOT", "The snapshot to delete.");
+        var force = ForceOption("Delete it even while NBD clients read it (they then get I/O errors).");
         var json = PlatterCli.JsonOption();
         var api = PlatterCli.ApiSocketOption();
         var command = new Command("delete",
@@ -113,18 +114,22 @@ internal static class SnapshotCommands
         {
             name, json, api,
         };
+        command.Add(force);
         command.Aliases.Add("rm");
         command.SetAction(async (parse, ct) =>
         {
             var s = parse.GetRequiredValue(name);
             using var client = PlatterCli.CreateClient(parse, api, context);
-            await Call(client, async () => { await client.DeleteSnapshotAsync(s.Volume, s.Snapshot, ct); return 0; }, s.Volume, s.Snapshot, ct);
+            bool forced = parse.GetValue(force);
+            await Call(client, async () => { await client.DeleteSnapshotAsync(s.Volume, s.Snapshot, forced, ct); return 0; }, s.Volume, s.Snapshot, ct);
             if (parse.GetValue(json)) context.Out.WriteLine("{\"deleted\":\"" + JsonEncodedText.Encode(s.ToString()) + "\"}");
             else context.Out.WriteLine($"deleted snapshot '{s}'");
             return PlatterCli.ExitOk;
         });
         return command;
     }
+
+    internal static Option<bool> ForceOption(string description) => new("--force", "-f") { Description = description };
 
     /// <summary>platter clone VOL@SNAP NEWVOL.</summary>
     public static Command BuildClone(CliContext context)
@@ -175,21 +180,25 @@ internal static class SnapshotCommands
             Description = "Also delete the volume's snapshots newer than this one (without it their existence refuses the rollback). " +
                           "Snapshots that have clones are never deleted: the rollback is refused instead.",
         };
+        var force = ForceOption("Roll back even while NBD clients use the volume (they see its content change under them; " +
+                                "a VM's file systems can be corrupted). Without it, connected clients refuse the rollback.");
         var json = PlatterCli.JsonOption();
         var api = PlatterCli.ApiSocketOption();
         var command = new Command("rollback",
             "Return a volume to a snapshot: its content and size become the snapshot's, instantly. Everything written to the volume " +
             "since the snapshot was taken is discarded for good (the snapshot itself is kept). Clients connected to the volume see " +
-            "the old content at once, so stop the VM using it first.")
+            "the old content at once, so stop the VM using it first: while NBD clients are connected it is refused unless --force " +
+            "(`platter volume status VOLUME` lists them).")
         {
-            target, recursive, json, api,
+            target, recursive, force, json, api,
         };
         command.SetAction(async (parse, ct) =>
         {
             var s = parse.GetRequiredValue(target);
             bool deleteNewer = parse.GetValue(recursive);
             using var client = PlatterCli.CreateClient(parse, api, context);
-            var volume = await Call(client, () => client.RollbackAsync(s.Volume, s.Snapshot, deleteNewer, ct), s.Volume, s.Snapshot, ct);
+            bool forced = parse.GetValue(force);
+            var volume = await Call(client, () => client.RollbackAsync(s.Volume, s.Snapshot, deleteNewer, forced, ct), s.Volume, s.Snapshot, ct);
             if (parse.GetValue(json)) PlatterCli.WriteJson(context, volume, PlatterJsonContext.Default.VolumeDto);
             else context.Out.WriteLine($"rolled volume '{volume.Name}' back to snapshot '{s}' ({SizeText.Format(volume.SizeBytes)})");
             return PlatterCli.ExitOk;
@@ -217,7 +226,11 @@ internal static class SnapshotCommands
         };
         command.Validators.Add(result =>
         {
-            if (result.GetValue(from) is not { Volume.Length: > 0 } f || result.GetValue(to) is not { } t) return;
+            // FROM's own parser reports a bad FROM (e.g. a volume where a snapshot is expected); reading its value
+            // here would throw, so its text is parsed again instead.
+            if (result.GetResult(from) is not { Tokens: [var fromToken] } || SnapshotName.TryParse(fromToken.Value, out _) is not { } f) return;
+            if (result.GetResult(to) is not { Tokens: [var toToken] }) return;
+            var t = toToken.Value;
             if (VolumeNames.TrySplitSnapshotName(t, out var volume, out _))
             {
                 if (SnapshotName.TryParse(t, out var error) is null) result.AddError(error!);

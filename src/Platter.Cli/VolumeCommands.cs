@@ -18,25 +18,39 @@ internal static class VolumeCommands
         volume.Add(Rename(context));
         volume.Add(Delete(context));
         volume.Add(Flatten(context));
+        volume.Add(Status(context));
         volume.Add(TakeOver(context));
         volume.Add(Set(context));
         volume.Add(Release(context));
         return volume;
     }
 
-    private static Argument<string> NameArgument(string description = "The volume's name (also its NBD export name).", string argumentName = "NAME") =>
-        new(argumentName) { Description = description, Validators = { ValidateName } };
-
-    private static void ValidateName(System.CommandLine.Parsing.ArgumentResult result)
-    {
-        if (result.Tokens.Count == 0) return;
-        var reason = VolumeNames.Validate(result.Tokens[0].Value);
-        if (reason is not null) result.AddError($"invalid volume name '{result.Tokens[0].Value}': {reason}");
-    }
+    /// <summary>
+    /// A volume name argument. A new name (create, rename to) must pass today's rules; a name that refers to an existing
+    /// volume only the older, looser ones, so a volume an older version created as '..' or '-x' can still be renamed
+    /// and deleted (a name starting with '-' goes after '--': platter volume rename -- -x fixed).
+    /// </summary>
+    private static Argument<string> NameArgument(string description = "The volume's name (also its NBD export name).", string argumentName = "NAME",
+        bool forNew = false) =>
+        new(argumentName)
+        {
+            Description = description,
+            Validators =
+            {
+                result =>
+                {
+                    if (result.Tokens.Count == 0) return;
+                    var name = result.Tokens[0].Value;
+                    var reason = forNew ? VolumeNames.Validate(name) : VolumeNames.ValidateExisting(name);
+                    if (reason is not null) result.AddError($"invalid volume name '{name}': {reason}");
+                },
+            },
+        };
 
     private static Command Create(CliContext context)
     {
-        var name = NameArgument("Name of the new volume; it becomes the NBD export name.");
+        var name = NameArgument("Name of the new volume; it becomes the NBD export name. Letters, digits and most punctuation; " +
+                                "not '/', '@', '.' or '..', no leading '-', control or bidirectional-formatting characters.", forNew: true);
         var size = PlatterCli.SizeOption("Virtual size of the volume. Space is allocated only when written (thin provisioning).");
         var json = PlatterCli.JsonOption();
         var api = PlatterCli.ApiSocketOption();
@@ -223,14 +237,21 @@ internal static class VolumeCommands
     private static Command Resize(CliContext context)
     {
         var name = NameArgument();
-        var size = PlatterCli.SizeOption("The new virtual size. Shrinking discards the data past the new end.");
+        var size = PlatterCli.SizeOption("The new virtual size. Shrinking discards the data past the new end and needs --allow-shrink.");
+        var allowShrink = new Option<bool>("--allow-shrink")
+        {
+            Description = "Allow a size smaller than the current one. The data past the new end is discarded for good (take a " +
+                          "snapshot first to keep it); without this flag a shrink is refused.",
+        };
         var json = PlatterCli.JsonOption();
         var api = PlatterCli.ApiSocketOption();
-        var command = new Command("resize", "Grow or shrink a volume. Clients see the new size when they reconnect.") { name, size, json, api };
+        var command = new Command("resize",
+            "Grow a volume, or shrink it with --allow-shrink. Clients see the new size when they reconnect.") { name, size, allowShrink, json, api };
         command.SetAction(async (parse, ct) =>
         {
             using var client = PlatterCli.CreateClient(parse, api, context);
-            var v = await Call(() => client.ResizeVolumeAsync(parse.GetRequiredValue(name), parse.GetValue(size), ct), parse.GetRequiredValue(name));
+            var v = await Call(() => client.ResizeVolumeAsync(parse.GetRequiredValue(name), parse.GetValue(size), parse.GetValue(allowShrink), ct),
+                parse.GetRequiredValue(name));
             if (parse.GetValue(json)) PlatterCli.WriteJson(context, v, PlatterJsonContext.Default.VolumeDto);
             else context.Out.WriteLine($"resized volume '{v.Name}' to {SizeText.Format(v.SizeBytes)}");
             return PlatterCli.ExitOk;
@@ -241,7 +262,7 @@ internal static class VolumeCommands
     private static Command Rename(CliContext context)
     {
         var name = NameArgument("The volume's current name.");
-        var newName = NameArgument("The new name (and NBD export name).", "NEW_NAME");
+        var newName = NameArgument("The new name (and NBD export name).", "NEW_NAME", forNew: true);
         var json = PlatterCli.JsonOption();
         var api = PlatterCli.ApiSocketOption();
         var command = new Command("rename", "Rename a volume. Connected clients keep working; new clients use the new name.") { name, newName, json, api };
@@ -298,12 +319,15 @@ internal static class VolumeCommands
                           "Snapshots that volumes were cloned from are never deleted this way: delete those clones first, or make them " +
                           "independent with `platter volume flatten CLONE`.",
         };
+        var force = SnapshotCommands.ForceOption("Delete it even while NBD clients use it or its snapshots (they then get I/O errors). " +
+                                                 "Without it, connected clients refuse the delete (`platter volume status NAME` lists them).");
         var json = PlatterCli.JsonOption();
         var api = PlatterCli.ApiSocketOption();
         var command = new Command("delete",
-            "Delete a volume and free its space. A volume with snapshots needs --recursive. This cannot be undone.")
+            "Delete a volume and free its space. A volume with snapshots needs --recursive; one with connected NBD clients needs --force. " +
+            "This cannot be undone.")
         {
-            name, recursive, json, api,
+            name, recursive, force, json, api,
         };
         command.Aliases.Add("rm");
         command.SetAction(async (parse, ct) =>
@@ -312,9 +336,44 @@ internal static class VolumeCommands
             var volumeName = parse.GetRequiredValue(name);
             bool withSnapshots = parse.GetValue(recursive);
             // A refusal (snapshots, or clones of them) is the engine's sentence: it names them and says what to do.
-            await Call(async () => { await client.DeleteVolumeAsync(volumeName, withSnapshots, ct); return 0; }, volumeName);
+            bool forced = parse.GetValue(force);
+            await Call(async () => { await client.DeleteVolumeAsync(volumeName, withSnapshots, forced, ct); return 0; }, volumeName);
             if (parse.GetValue(json)) context.Out.WriteLine("{\"deleted\":\"" + System.Text.Json.JsonEncodedText.Encode(volumeName) + "\"}");
             else context.Out.WriteLine($"deleted volume '{volumeName}'{(withSnapshots ? " and its snapshots" : "")}");
+            return PlatterCli.ExitOk;
+        });
+        return command;
+    }
+
+    private static Command Status(CliContext context)
+    {
+        var name = NameArgument();
+        var json = PlatterCli.JsonOption();
+        var api = PlatterCli.ApiSocketOption();
+        var command = new Command("status",
+            "List the NBD clients connected to a volume and to its snapshots (like `rbd status`): who (ADDR:PORT, or the process " +
+            "on the unix socket), which export, since when, and whether they can write. Delete and rollback are refused while there are any.")
+        {
+            name, json, api,
+        };
+        command.SetAction(async (parse, ct) =>
+        {
+            using var client = PlatterCli.CreateClient(parse, api, context);
+            var status = await Call(() => client.GetVolumeStatusAsync(parse.GetRequiredValue(name), ct), parse.GetRequiredValue(name));
+            if (parse.GetValue(json))
+            {
+                PlatterCli.WriteJson(context, status, PlatterJsonContext.Default.VolumeStatusDto);
+                return PlatterCli.ExitOk;
+            }
+            if (status.Clients.Count == 0)
+            {
+                context.Out.WriteLine($"volume '{status.Name}' has no connected clients");
+                return PlatterCli.ExitOk;
+            }
+            var table = new Table("CLIENT", "EXPORT", "SINCE", "MODE", "TLS");
+            foreach (var c in status.Clients)
+                table.Add(c.Peer, c.Export, PlatterCli.FormatTime(c.ConnectedUtc), c.ReadOnly ? "read-only" : "read-write", c.Tls ? "yes" : "no");
+            context.Out.Write(table.ToString());
             return PlatterCli.ExitOk;
         });
         return command;
@@ -387,7 +446,7 @@ internal static class VolumeCommands
         {
             throw new CliException($"no volume named '{volumeName}' (see `platter volume list`)");
         }
-        catch (PlatterApiException e) when (e.Code == "already_exists")
+        catch (PlatterApiException e) when (e.Code is "already_exists" or "shrink_refused" or "clients_connected")
         {
             throw new CliException(PlatterCli.OneLine(e.Message));
         }

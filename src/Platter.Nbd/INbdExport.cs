@@ -101,10 +101,27 @@ public sealed class NbdErrorException(NbdError error, string message, Exception?
     public NbdError Error { get; } = error;
 }
 
+/// <summary>
+/// Thrown by <see cref="INbdExportProvider.TryOpen"/> when the export exists but cannot be opened now (the store
+/// failed, the server is stopping). The connection logs the reason and tells the client, instead of answering
+/// "unknown export" as for a name that does not exist.
+/// </summary>
+/// <param name="message">Why, in a sentence fit for the client and the log.</param>
+/// <param name="shuttingDown">The server or its store is going away: answered NBD_REP_ERR_SHUTDOWN.</param>
+/// <param name="inner">The underlying failure.</param>
+public sealed class NbdExportUnavailableException(string message, bool shuttingDown = false, Exception? inner = null) : Exception(message, inner)
+{
+    /// <summary>The server or its store is going away (NBD_REP_ERR_SHUTDOWN rather than NBD_REP_ERR_UNKNOWN).</summary>
+    public bool ShuttingDown { get; } = shuttingDown;
+}
+
 /// <summary>Finds exports by name for a connection. Implemented by the server (volumes) and by tests.</summary>
 public interface INbdExportProvider
 {
-    /// <summary>Opens the named export, or returns null when there is none. The connection disposes it.</summary>
+    /// <summary>
+    /// Opens the named export, or returns null when there is none. Throws <see cref="NbdExportUnavailableException"/>
+    /// when it exists but cannot be opened. The connection disposes it.
+    /// </summary>
     INbdExport? TryOpen(string name);
 
     /// <summary>Names and descriptions for NBD_OPT_LIST.</summary>

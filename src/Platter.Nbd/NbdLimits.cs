@@ -14,6 +14,14 @@ public static class NbdLimits
     public const int PayloadBytesMax = 32 * 1024 * 1024;
 
     /// <summary>
+    /// Largest WRITE payload that is read and thrown away (in small pieces, never held in memory) so that an
+    /// over-size write can be answered EINVAL and the connection stays in step, as nbdkit does. Twice the maximum
+    /// block size: a client that sends more than that is not confused about the limit, it is not an NBD client,
+    /// and reading its gigabytes would only waste the link; the connection is closed instead.
+    /// </summary>
+    public const long WritePayloadDiscardBytesMax = 2L * PayloadBytesMax;
+
+    /// <summary>
     /// Requests one connection may have in flight before the server stops reading from it (backpressure).
     /// 64 covers QEMU's and libnbd's default queue depths with room to spare, and bounds the reply queue.
     /// </summary>
@@ -63,12 +71,24 @@ public static class NbdLimits
     /// <summary>Longest error message sent in an error chunk or option error (the spec's string limit).</summary>
     public const int ErrorMessageBytesMax = 4096;
 
-    /// <summary>Default for concurrent connections per server: each may pin <see cref="InFlightPayloadBytesPerConnectionMax"/>.</summary>
+    /// <summary>
+    /// Default for concurrent connections per server (<c>platter serve --max-connections</c>): each may pin
+    /// <see cref="InFlightPayloadBytesPerConnectionMax"/>, so this bounds the server's request memory (256 x 64 MiB).
+    /// </summary>
     public const int ConnectionsMax = 256;
 
     /// <summary>
-    /// Default time a client has to finish negotiation. Stops idle half-open connections from holding a
-    /// connection slot forever; transmission has no idle limit because a VM may not touch its disk for hours.
+    /// Default for concurrent connections from one peer (an IP address, or one process on the unix socket):
+    /// a quarter of <see cref="ConnectionsMax"/>, so one careless or greedy client can never take every slot and
+    /// at least three others always find room. 64 is far above what one client uses: QEMU opens one connection
+    /// per disk, nbdcopy and multi-conn clients four to eight.
+    /// </summary>
+    public const int ConnectionsPerPeerMax = 64;
+
+    /// <summary>
+    /// Default time a client has to finish negotiation (<c>platter serve --handshake-timeout</c>). Stops idle or
+    /// half-open connections from holding a connection slot forever, so slots come back to new clients; transmission
+    /// has no idle limit because a VM may not touch its disk for hours.
     /// </summary>
     public static readonly TimeSpan HandshakeTimeout = TimeSpan.FromSeconds(30);
 

@@ -23,6 +23,9 @@ public sealed class NbdServer : IAsyncDisposable
     private readonly List<string> _socketFiles = [];
     private readonly List<Task> _acceptLoops = [];
     private readonly ConcurrentDictionary<NbdConnection, Task> _connections = new();
+    // Connections per peer (IP address, or process on a unix socket), for MaxConnectionsPerPeer. Only the accept
+    // loops add; an entry goes when its count drops to zero, so the map holds at most MaxConnections keys.
+    private readonly Dictionary<string, int> _perPeer = new(StringComparer.Ordinal);
     private readonly CancellationTokenSource _stopping = new();
     private readonly object _lock = new();
     private Task? _stopTask;
@@ -40,7 +43,10 @@ public sealed class NbdServer : IAsyncDisposable
             throw new ArgumentException("TlsRequired needs a TlsCertificate.", nameof(options));
         if (options.TlsCertificate is { HasPrivateKey: false })
             throw new ArgumentException("The TLS certificate has no private key.", nameof(options));
+        if (options.TlsClientCertificateAuthority is not null && options.TlsCertificate is null)
+            throw new ArgumentException("TlsClientCertificateAuthority needs a TlsCertificate.", nameof(options));
         if (options.MaxConnections <= 0) throw new ArgumentOutOfRangeException(nameof(options), "MaxConnections must be positive.");
+        if (options.MaxConnectionsPerPeer <= 0) throw new ArgumentOutOfRangeException(nameof(options), "MaxConnectionsPerPeer must be positive.");
         _log = (ILogger?)logger ?? NullLogger.Instance;
         _context = new ServerContext(exports, options, _log);
     }
@@ -61,9 +67,12 @@ public sealed class NbdServer : IAsyncDisposable
     /// </summary>
     public long HandshakesRefused => Interlocked.Read(ref _context.HandshakesRefused);
 
-    /// <summary>A snapshot of the connections being served now: peer, export (null during the handshake), since when.</summary>
-    public IReadOnlyList<NbdConnectionInfo> Connections =>
-        [.. _connections.Keys.Select(c => new NbdConnectionInfo(c.Peer, c.ExportName, c.ConnectedUtc))];
+    /// <summary>
+    /// A snapshot of the connections being served now: peer, export (null during the handshake), since when,
+    /// read-only, TLS. The one connection list: the dashboard shows it, volume status and the in-use refusals of
+    /// delete and rollback read it. Connections come and go while it is read.
+    /// </summary>
+    public IReadOnlyList<NbdConnectionInfo> Connections => [.. _connections.Keys.Select(c => c.Info)];
 
     /// <summary>Bound addresses (useful after listening on port 0).</summary>
     public IReadOnlyList<EndPoint> LocalEndPoints
@@ -151,7 +160,7 @@ public sealed class NbdServer : IAsyncDisposable
         return ServeAsync(stream, "stream", cancellationToken);
     }
 
-    private async Task ServeAsync(Stream stream, string peer, CancellationToken cancellationToken)
+    private async Task ServeAsync(Stream stream, string peer, CancellationToken cancellationToken, string? peerKey = null)
     {
         var connection = new NbdConnection(_context, stream, peer, _stopping.Token);
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -166,6 +175,7 @@ public sealed class NbdServer : IAsyncDisposable
         finally
         {
             Interlocked.Decrement(ref _active);
+            if (peerKey is not null) ReleasePeer(peerKey);
             _connections.TryRemove(connection, out _);
             done.TrySetResult();
         }
@@ -191,14 +201,21 @@ public sealed class NbdServer : IAsyncDisposable
                 continue;
             }
 
+            var (peer, peerKey) = Identify(client);
             if (ActiveConnections >= _context.Options.MaxConnections)
             {
                 Interlocked.Increment(ref _context.ConnectionsRefused);
-                _log.LogWarning("NBD: connection limit {Max} reached, refusing {Peer}", _context.Options.MaxConnections, client.RemoteEndPoint);
+                _log.LogWarning("NBD: connection limit {Max} reached, refusing {Peer}", _context.Options.MaxConnections, peer);
                 client.Dispose();
                 continue;
             }
-            string peer = client.RemoteEndPoint?.ToString() is { Length: > 0 } p ? p : "unix";
+            if (!TryAdmitPeer(peerKey))
+            {
+                _log.LogWarning("NBD: {Peer} already has {Max} connections (the per-client limit), refusing another",
+                    peer, _context.Options.MaxConnectionsPerPeer);
+                client.Dispose();
+                continue;
+            }
             try
             {
                 if (client.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6)
@@ -210,8 +227,65 @@ public sealed class NbdServer : IAsyncDisposable
             {
                 _log.LogDebug("NBD: socket options on {Peer} not applied: {Error}", peer, e.SocketErrorCode);
             }
-            _ = ServeAsync(new NetworkStream(client, ownsSocket: true), peer, CancellationToken.None);
+            _ = ServeAsync(new NetworkStream(client, ownsSocket: true), peer, CancellationToken.None, peerKey);
         }
+    }
+
+    private bool TryAdmitPeer(string key)
+    {
+        lock (_perPeer)
+        {
+            _perPeer.TryGetValue(key, out int count);
+            if (count >= _context.Options.MaxConnectionsPerPeer) return false;
+            _perPeer[key] = count + 1;
+            return true;
+        }
+    }
+
+    private void ReleasePeer(string key)
+    {
+        lock (_perPeer)
+        {
+            int count = _perPeer[key] - 1;
+            if (count == 0) _perPeer.Remove(key);
+            else _perPeer[key] = count;
+        }
+    }
+
+    // SOL_SOCKET and SO_PEERCRED on Linux: the credentials (pid, uid, gid) of the process that connected a unix socket.
+    private const int SolSocket = 1;
+    private const int SoPeerCred = 17;
+
+    /// <summary>
+    /// Who connected, for logs and status (<paramref name="client"/>'s address, or on a unix socket the connecting
+    /// process), and the key the per-peer limit counts by: the IP address on TCP (every port of one host is one
+    /// peer), the process id on a unix socket (every local client has the same empty address).
+    /// </summary>
+    private static (string Display, string Key) Identify(Socket client)
+    {
+        try
+        {
+            if (client.RemoteEndPoint is IPEndPoint ip)
+            {
+                var address = ip.Address.IsIPv4MappedToIPv6 ? ip.Address.MapToIPv4() : ip.Address;
+                return (new IPEndPoint(address, ip.Port).ToString(), address.ToString());
+            }
+            if (client.AddressFamily == AddressFamily.Unix && OperatingSystem.IsLinux())
+            {
+                Span<byte> credentials = stackalloc byte[12];
+                if (client.GetRawSocketOption(SolSocket, SoPeerCred, credentials) == 12)
+                {
+                    int pid = BitConverter.ToInt32(credentials);
+                    uint uid = BitConverter.ToUInt32(credentials[4..]);
+                    return ($"unix pid {pid} uid {uid}", "pid:" + pid.ToString(System.Globalization.CultureInfo.InvariantCulture));
+                }
+            }
+        }
+        catch (SocketException)
+        {
+            // The client is already gone; it fails on its first read.
+        }
+        return ("unix", "unix");
     }
 
     /// <summary>
@@ -269,8 +343,11 @@ public sealed class NbdServer : IAsyncDisposable
     }
 }
 
-/// <summary>One connection being served.</summary>
-/// <param name="Peer">The client's address (<c>unix</c> for a unix socket).</param>
-/// <param name="Export">The export it uses, or null while it is still in the handshake.</param>
+/// <summary>One connection being served, as <see cref="NbdServer.Connections"/> reports it.</summary>
+/// <param name="Peer">Who: <c>ADDR:PORT</c> on TCP, <c>unix pid PID uid UID</c> on a unix socket.</param>
+/// <param name="Export">The export name it asked for, or null while it is still in the handshake.</param>
 /// <param name="ConnectedUtc">When it connected.</param>
-public sealed record NbdConnectionInfo(string Peer, string? Export, DateTimeOffset ConnectedUtc);
+/// <param name="ReadOnly">The client may not write (a read-only export or server); false during the handshake.</param>
+/// <param name="Tls">The connection runs over TLS; false during the handshake.</param>
+/// <param name="OpenExport">The open export (the host maps it back to its volume, which may have been renamed since); null during the handshake.</param>
+public sealed record NbdConnectionInfo(string Peer, string? Export, DateTimeOffset ConnectedUtc, bool ReadOnly = false, bool Tls = false, INbdExport? OpenExport = null);

@@ -23,6 +23,12 @@ public sealed class NbdServerOptions
     /// <summary>Connections served at once; further connections are closed right after accept.</summary>
     public int MaxConnections { get; set; } = NbdLimits.ConnectionsMax;
 
+    /// <summary>
+    /// Connections one peer may hold at once (a peer is an IP address on TCP, a process on a unix socket); its
+    /// further connections are closed right after accept, so one client cannot lock the others out.
+    /// </summary>
+    public int MaxConnectionsPerPeer { get; set; } = NbdLimits.ConnectionsPerPeerMax;
+
     /// <summary>Time a client has to reach transmission (or abort); <see cref="Timeout.InfiniteTimeSpan"/> for none.</summary>
     public TimeSpan HandshakeTimeout { get; set; } = NbdLimits.HandshakeTimeout;
 

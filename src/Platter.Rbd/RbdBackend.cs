@@ -245,12 +245,17 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover, IVolumeMetadat
         }
     }
 
-    public void ResizeVolume(string name, long newSizeBytes)
+    public void ResizeVolume(string name, long newSizeBytes, bool allowShrink = false)
     {
         ThrowIfInvalidExisting(name);
         CheckSize(newSizeBytes);
         lock (_catalogLock)
         {
+            // The same refusal as the embedded engine (and rbd resize without --allow-shrink): a shrink drops data.
+            long oldSize = GetVolumeInfo(name).SizeBytes;
+            if (newSizeBytes < oldSize && !allowShrink)
+                throw new StorageException(StorageError.InvalidArgument,
+                    $"shrinking volume '{name}' from {oldSize} to {newSizeBytes} bytes discards the data past the new end; it needs allow-shrink (platter volume resize --allow-shrink)");
             WithWritableImage(name, image => image.Resize((ulong)newSizeBytes, allowShrink: true), $"resizing volume '{name}'");
         }
     }

@@ -18,6 +18,9 @@ public sealed partial class PlatterHost
             TlsCertificate = _options.TlsCertificate,
             TlsRequired = _options.TlsRequired,
             TlsClientCertificateAuthority = _options.TlsClientCertificateAuthority,
+            MaxConnections = _options.MaxConnections,
+            MaxConnectionsPerPeer = _options.MaxConnectionsPerPeer,
+            HandshakeTimeout = _options.HandshakeTimeout,
         };
         // qemu:dirty-bitmap:SNAP (what changed since a snapshot) and qemu:allocation-depth, next to base:allocation.
         nbdOptions.MetaContextProviders.Add(QemuMetaContextProvider.Instance);
@@ -41,11 +44,24 @@ public sealed partial class PlatterHost
             NbdTcpEndPoint = tcpActivated;
         }
         bool socketActivated = _options.NbdSocketPath is not null && ActivatedAt(_options.NbdSocketPath) is not null;
-        if (_options.NbdSocketPath is not null && !socketActivated) _nbd.Listen(new UnixDomainSocketEndPoint(Path.GetFullPath(_options.NbdSocketPath)));
+        if (_options.NbdSocketPath is not null && !socketActivated)
+        {
+            _nbd.Listen(new UnixDomainSocketEndPoint(Path.GetFullPath(_options.NbdSocketPath)));
+            // A socket the service manager made keeps the permissions its unit gives it; ours get --socket-mode/--socket-group.
+            SetSocketAccess(Path.GetFullPath(_options.NbdSocketPath));
+        }
         await _nbd.StartAsync().ConfigureAwait(false);
-        var tls = _options.TlsCertificate is null ? "no TLS" : _options.TlsRequired ? "TLS required" : "TLS offered";
+        var tls = _options.TlsCertificate is null ? "no TLS"
+            : _options.TlsRequired || _options.TlsClientCertificateAuthority is not null ? "TLS required" : "TLS offered";
+        if (_options.TlsClientCertificateAuthority is not null) tls += " with client certificates";
         if (_options.ReadOnly) tls += ", read-only";
         if (NbdTcpEndPoint is not null && NbdTcpEndPoint != tcpActivated) _log.LogInformation("NBD on {EndPoint} ({Tls})", NbdTcpEndPoint, tls);
+        if (NbdTcpEndPoint is not null && _options.TlsClientCertificateAuthority is null)
+        {
+            // NBD has no login: without client certificates the TCP port is as open as the address it listens on.
+            _log.LogWarning("NBD on TCP {EndPoint} has no client authentication: {Who} can read and write every volume (use --tls-client-ca)",
+                NbdTcpEndPoint, IPAddress.IsLoopback(NbdTcpEndPoint.Address) ? "every local user" : "anyone who can reach it");
+        }
         if (_options.NbdSocketPath is not null && !socketActivated) _log.LogInformation("NBD on unix:{Path} ({Tls})", Path.GetFullPath(_options.NbdSocketPath), tls);
     }
 

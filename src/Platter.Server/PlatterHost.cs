@@ -157,8 +157,8 @@ public sealed partial class PlatterHost : IAsyncDisposable
                 }
                 if (_options.ApiSocketPath is not null && ActivatedAt(_options.ApiSocketPath) is null)
                 {
-                    // No authentication on the unix socket: only the owner may connect.
-                    File.SetUnixFileMode(_options.ApiSocketPath, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+                    // No authentication on the unix socket: its permissions decide who may manage volumes.
+                    SetSocketAccess(_options.ApiSocketPath);
                     _log.LogInformation("management API on unix:{Path}", _options.ApiSocketPath);
                 }
                 if (_options.ApiTcpEndPoint is not null)
@@ -353,6 +353,17 @@ public sealed partial class PlatterHost : IAsyncDisposable
             File.Delete(path);
         }
         _ownedSockets.Add(path);
+    }
+
+    /// <summary>
+    /// Applies <c>--socket-mode</c> (default 0600: owner only) and <c>--socket-group</c> to a socket just bound. Whoever
+    /// can connect to the NBD socket can read and write every volume, and to the API socket manage them, so the
+    /// default leaves the owner alone; the group option lets e.g. libvirt's QEMU user in without opening it to all.
+    /// </summary>
+    private void SetSocketAccess(string path)
+    {
+        if (_options.SocketGroup is { } group) UnixFile.SetGroup(path, UnixFile.GroupId(group) ?? throw new IOException($"no group named '{group}'"));
+        File.SetUnixFileMode(path, _options.SocketMode);
     }
 
     /// <summary>Same as <see cref="StopAsync(CancellationToken)"/> with no deadline.</summary>

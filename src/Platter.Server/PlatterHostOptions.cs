@@ -44,6 +44,23 @@ public sealed class PlatterHostOptions
     /// </summary>
     public bool ReadOnly { get; init; }
 
+    /// <summary>NBD connections served at once (<c>--max-connections</c>).</summary>
+    public int MaxConnections { get; init; } = Nbd.NbdLimits.ConnectionsMax;
+
+    /// <summary>NBD connections one peer may hold at once (<c>--max-connections-per-client</c>).</summary>
+    public int MaxConnectionsPerPeer { get; init; } = Nbd.NbdLimits.ConnectionsPerPeerMax;
+
+    /// <summary>Time an NBD client has to finish its handshake (<c>--handshake-timeout</c>).</summary>
+    public TimeSpan HandshakeTimeout { get; init; } = Nbd.NbdLimits.HandshakeTimeout;
+
+    /// <summary>
+    /// Permission bits of the NBD and API unix sockets (<c>--socket-mode</c>). Connecting needs write permission, so
+    /// the default 0600 lets only the owner (and root) in; 0660 with <see cref="SocketGroup"/> lets that group in too.
+    /// </summary>
+    public UnixFileMode SocketMode { get; init; } = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+
+    /// <summary>Group (name or id) given the NBD and API unix sockets (<c>--socket-group</c>), or null to keep the owner's.</summary>
+    public string? SocketGroup { get; init; }
     /// <summary>
     /// Open a damaged store for salvage (<c>platter serve --salvage</c>): the volumes whose metadata verifies are
     /// served read-only, the damage is logged, the catalog cannot change and nothing is written to the store.
@@ -106,6 +123,15 @@ public sealed class PlatterHostOptions
         if (TlsRequired && TlsCertificate is null) return "--tls-required needs --tls-cert and --tls-key";
         if (TlsClientCertificateAuthority is not null && TlsCertificate is null) return "--tls-client-ca needs --tls-cert and --tls-key";
         if (TlsCertificate is not null && !TlsCertificate.HasPrivateKey) return "the TLS certificate has no private key";
+        if (MaxConnections <= 0) return "--max-connections must be at least 1";
+        if (MaxConnectionsPerPeer <= 0) return "--max-connections-per-client must be at least 1";
+        if (MaxConnectionsPerPeer > MaxConnections) return "--max-connections-per-client cannot exceed --max-connections";
+        if (HandshakeTimeout <= TimeSpan.Zero) return "--handshake-timeout must be positive";
+        if ((SocketMode & ~(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute | UnixFileMode.GroupRead |
+                            UnixFileMode.GroupWrite | UnixFileMode.GroupExecute | UnixFileMode.OtherRead | UnixFileMode.OtherWrite | UnixFileMode.OtherExecute)) != 0)
+            return "--socket-mode takes permission bits only (e.g. 0660)";
+        if ((SocketMode & UnixFileMode.UserWrite) == 0) return "--socket-mode must let the owner connect (u+w, e.g. 0600 or 0660)";
+        if (SocketGroup is not null && UnixFile.GroupId(SocketGroup) is null) return $"--socket-group: no group named '{SocketGroup}'";
         foreach (var path in new[] { NbdSocketPath, ApiSocketPath })
         {
             // sun_path holds 108 bytes including the terminator.

@@ -28,9 +28,10 @@ public sealed class VolumeExportProvider(IVolumeBackend store, bool readOnly = f
     public INbdExport? TryOpen(string name)
     {
         bool isSnapshot = VolumeNames.TrySplitSnapshotName(name, out var volume, out var snapshot);
-        // Names no volume or snapshot can have are "unknown export", not an error worth a log line.
-        if (VolumeNames.Validate(volume) is not null) return null;
-        if (isSnapshot && VolumeNames.Validate(snapshot) is not null) return null;
+        // Names no volume or snapshot can have are "unknown export", not an error worth a log line. The older, looser
+        // rules apply: a volume created under them is still served.
+        if (VolumeNames.ValidateExisting(volume) is not null) return null;
+        if (isSnapshot && VolumeNames.ValidateExisting(snapshot) is not null) return null;
         try
         {
             // A snapshot handle refuses writes itself; readOnly: true makes the export refuse them before the engine.
@@ -53,6 +54,11 @@ public sealed class VolumeExportProvider(IVolumeBackend store, bool readOnly = f
         {
             // "Not found" is an ordinary answer: the protocol replies NBD_REP_ERR_UNKNOWN.
             return null;
+        }
+        catch (StorageException e)
+        {
+            // It exists but cannot be opened (a failed or closing store): the client and the log get the reason.
+            throw new NbdExportUnavailableException(e.Message, shuttingDown: e.Error == StorageError.Closed, e);
         }
     }
 

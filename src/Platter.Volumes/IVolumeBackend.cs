@@ -37,8 +37,11 @@ public interface IVolumeBackend : IDisposable
     /// <summary>Renames a volume (its snapshots follow it). NotFound, AlreadyExists, InvalidName.</summary>
     void RenameVolume(string name, string newName);
 
-    /// <summary>Grows or shrinks a volume; data past a new, smaller end is discarded.</summary>
-    void ResizeVolume(string name, long newSizeBytes);
+    /// <summary>
+    /// Grows a volume, or with <paramref name="allowShrink"/> shrinks it (data past the new end is discarded); a smaller
+    /// size without the flag is refused with InvalidArgument and changes nothing (like <c>rbd resize --allow-shrink</c>).
+    /// </summary>
+    void ResizeVolume(string name, long newSizeBytes, bool allowShrink = false);
 
     /// <summary>Deletes a volume; with snapshots only when <paramref name="recursive"/> (HasDependents otherwise), never while a snapshot of it has clones.</summary>
     void DeleteVolume(string name, bool recursive);

@@ -6,14 +6,29 @@ public static class VolumeNames
     /// <summary>Longest name in UTF-8 bytes. NBD allows 4096; 200 leaves room for "@snapshot" and keeps keys short.</summary>
     public const int NameBytesMax = 200;
 
-    /// <summary>Returns null when <paramref name="name"/> is valid for a new volume or snapshot, otherwise the reason.</summary>
-    public static string? Validate(string? name) => ValidateExisting(name);
+    /// <summary>
+    /// Returns null when <paramref name="name"/> is valid for a new volume or snapshot, otherwise the reason. Beyond
+    /// <see cref="ValidateExisting"/> it refuses what cannot be managed safely afterwards: <c>.</c> and <c>..</c>
+    /// (HTTP clients and servers normalise them out of URL paths), a leading <c>-</c> (every command line reads it
+    /// as an option), and control or bidirectional-formatting characters (they make a name print as another one).
+    /// </summary>
+    public static string? Validate(string? name)
+    {
+        var reason = ValidateExisting(name);
+        if (reason is not null) return reason;
+        if (name is "." or "..") return "a name cannot be '.' or '..'";
+        if (name![0] == '-') return "a name cannot start with '-' (command lines would read it as an option)";
+        foreach (char c in name)
+        {
+            if (IsBidiControl(c)) return $"a name cannot contain bidirectional formatting characters (U+{(int)c:X4})";
+        }
+        return null;
+    }
 
     /// <summary>
-    /// What a name that already exists in a store may look like. Used where a name refers to an existing volume or
-    /// snapshot (rename from, delete, info, open), so that when <see cref="Validate"/> grows stricter a store
-    /// holding an older name (or an RBD image made with <c>rbd create</c>) can still be served, renamed or deleted.
-    /// Null when acceptable.
+    /// The looser rules names were created under before <see cref="Validate"/> tightened them: what a name that
+    /// already exists in a store may look like. Used where a name refers to an existing volume or snapshot (rename
+    /// from, delete, info, open), so a store holding such a name can still rename or delete it. Null when acceptable.
     /// </summary>
     public static string? ValidateExisting(string? name)
     {
@@ -28,6 +43,11 @@ public static class VolumeNames
         if (char.IsWhiteSpace(name[0]) || char.IsWhiteSpace(name[^1])) return "a name cannot start or end with white space";
         return null;
     }
+
+    // U+061C arabic letter mark, U+200E/U+200F LRM/RLM, U+202A..U+202E embeddings and overrides, U+2066..U+2069
+    // isolates: the characters "Trojan Source" (CVE-2021-42574) uses to make text display in another order.
+    private static bool IsBidiControl(char c) =>
+        c is '\u061C' or '\u200E' or '\u200F' or (>= '\u202A' and <= '\u202E') or (>= '\u2066' and <= '\u2069');
 
     /// <summary>Throws <see cref="StorageException"/> InvalidName when the name is not valid.</summary>
     public static void ThrowIfInvalid(string? name)

@@ -98,6 +98,13 @@ public abstract class BackendContractTests
         Assert.Equal(StorageError.InvalidName, FailureOf(() => Backend.CreateVolume("bad/name", VolumeBytes)));
         Assert.Equal(StorageError.InvalidName, FailureOf(() => Backend.CreateVolume("a@b", VolumeBytes)));
         Assert.Equal(StorageError.InvalidName, FailureOf(() => Backend.CreateVolume("", VolumeBytes)));
+        // Names that cannot be managed afterwards (URL dot segments, option-like, display-spoofing) are refused too.
+        foreach (var bad in new[] { ".", "..", "-x", "rtl\u202Etxt", "esc\u001b" })
+        {
+            Assert.Equal(StorageError.InvalidName, FailureOf(() => Backend.CreateVolume(bad, VolumeBytes)));
+            Assert.Equal(StorageError.InvalidName, FailureOf(() => Backend.RenameVolume(a, bad)));
+            Assert.Equal(StorageError.InvalidName, FailureOf(() => Backend.CreateSnapshot(a, bad)));
+        }
         Assert.Equal(StorageError.InvalidArgument, FailureOf(() => Backend.CreateVolume(Name("zero"), 0)));
         Assert.Equal(StorageError.InvalidArgument, FailureOf(() => Backend.CreateVolume(Name("odd"), 1000)));
         Assert.Equal(StorageError.NotFound, FailureOf(() => Backend.OpenVolumeHandle(Name("none"))));
@@ -214,7 +221,10 @@ public abstract class BackendContractTests
             Assert.Equal(Pattern(Block, 6), await ReadAsync(v, VolumeBytes - Block, Block));
             Assert.Equal(new byte[Block], await ReadAsync(v, VolumeBytes, Block));
         }
-        Backend.ResizeVolume(name, VolumeBytes / 2);
+        // A shrink discards data: refused without the flag, and nothing changes.
+        Assert.Equal(StorageError.InvalidArgument, FailureOf(() => Backend.ResizeVolume(name, VolumeBytes / 2)));
+        Assert.Equal(2 * VolumeBytes, Backend.GetVolumeInfo(name).SizeBytes);
+        Backend.ResizeVolume(name, VolumeBytes / 2, allowShrink: true);
         Assert.Equal(VolumeBytes / 2, Backend.GetVolumeInfo(name).SizeBytes);
         // Growing again shows zeros where the discarded data was.
         Backend.ResizeVolume(name, VolumeBytes);

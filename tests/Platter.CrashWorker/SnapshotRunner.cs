@@ -101,7 +101,7 @@ public static class SnapshotRunner
                 drop(op.Volume);
                 break;
             case SnapshotWorkload.OpKind.Resize:
-                store.ResizeVolume(op.Volume, op.SizeBytes);
+                store.ResizeVolume(op.Volume, op.SizeBytes, allowShrink: true);
                 break;
             case SnapshotWorkload.OpKind.Flatten:
                 store.FlattenVolume(op.Volume);

@@ -29,7 +29,14 @@ public sealed class ManagementTests(ServerFixture fixture, ITestOutputHelper out
         var export = await Server.CreateVolumeAsync("shrink", "64M", 64 * MiB);
         await Clients.QemuIoAsync(export.Uri, $"write -P 0x41 {30 * MiB} {4 * MiB}", "flush");
 
-        (await Server.CliAsync("volume", "resize", export.Name, "--size", "32M")).EnsureSuccess("shrink failed");
+        // A shrink discards data: refused without --allow-shrink, and nothing changes.
+        var refused = await Server.CliAsync("volume", "resize", export.Name, "--size", "32M");
+        Assert.True(refused.ExitCode == 1 && refused.Stderr.StartsWith("platter: shrinking volume", StringComparison.Ordinal)
+                    && refused.Stderr.Contains("--allow-shrink"), refused.Describe());
+        Assert.Equal(64 * MiB, (await Clients.NbdInfoJsonAsync(export.Uri)).GetProperty("exports")[0].GetProperty("export-size").GetInt64());
+        await Clients.QemuIoAsync(export.Uri, $"read -P 0x41 {30 * MiB} {4 * MiB}");
+
+        (await Server.CliAsync("volume", "resize", export.Name, "--size", "32M", "--allow-shrink")).EnsureSuccess("shrink failed");
         Assert.Equal(32 * MiB, (await Clients.NbdInfoJsonAsync(export.Uri)).GetProperty("exports")[0].GetProperty("export-size").GetInt64());
         (await Server.CliAsync("volume", "resize", export.Name, "--size", "64M")).EnsureSuccess("grow failed");
 

@@ -61,6 +61,37 @@ public sealed class TlsTests(ITestOutputHelper output) : IDisposable
         }
     }
 
+    [Fact]
+    public async Task A_client_CA_alone_refuses_clients_that_skip_TLS()
+    {
+        string serverCert = Path.Combine(_dir.Path, "server-cert.pem");
+        string serverKey = Path.Combine(_dir.Path, "server-key.pem");
+        string clientDir = Directory.CreateDirectory(Path.Combine(_dir.Path, "client")).FullName;
+        WriteSelfSignedCertificate(serverCert, serverKey, Path.Combine(clientDir, "ca-cert.pem"));
+
+        int port = Repository.FreeLoopbackPort();
+        // No --tls-required: the client CA implies it, or a client that never starts TLS would skip the certificate check.
+        await using var server = new PlatterServer
+        {
+            Listen = $"127.0.0.1:{port}",
+            ExtraArguments = ["--tls-cert", serverCert, "--tls-key", serverKey, "--tls-client-ca", serverCert],
+        };
+        try
+        {
+            await server.StartAsync();
+            (await server.CliAsync("volume", "create", "secure", "--size", "16M")).EnsureSuccess();
+            var plain = await Nbdsh.RunAsync(PlainConnect, new Dictionary<string, string> { ["URI"] = $"nbd://127.0.0.1:{port}/secure" });
+            Assert.False(plain.GetProperty("connected").GetBoolean(), "a client without TLS must be refused when --tls-client-ca is given");
+            Assert.Contains("handshake: server requires TLS encryption first", plain.GetProperty("error").GetString());
+        }
+        catch
+        {
+            output.WriteLine("--- TLS server log ---");
+            output.WriteLine(server.Log);
+            throw;
+        }
+    }
+
     // libnbd's own client, told not to use TLS: reports whether it connected and, if not, libnbd's reason.
     private const string PlainConnect = """
 import json, os

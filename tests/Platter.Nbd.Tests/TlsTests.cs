@@ -7,6 +7,8 @@ namespace Platter.Nbd.Tests;
 
 public class TlsTests
 {
+    internal static X509Certificate2 SelfSignedForTests(string subject, X509Certificate2? issuer = null, bool ca = false) => SelfSigned(subject, issuer, ca);
+
     private static X509Certificate2 SelfSigned(string subject, X509Certificate2? issuer = null, bool ca = false)
     {
         using var key = RSA.Create(2048);

@@ -174,6 +174,22 @@ public class ManagementApiTests
             Assert.Single(await right.ListVolumesAsync());
         }
 
+        // RFC 9110: the scheme is case-insensitive; the token is not. A change (reading needs no token): deleting a
+        // volume that does not exist gets past the token check to 404.
+        foreach (var (header, expected) in new[]
+                 {
+                     ("bearer s3cret-token", HttpStatusCode.NotFound), ("BEARER s3cret-token", HttpStatusCode.NotFound),
+                     ("Bearer  s3cret-token", HttpStatusCode.NotFound), ("bearer S3CRET-TOKEN", HttpStatusCode.Unauthorized),
+                     ("Basic s3cret-token", HttpStatusCode.Unauthorized), ("s3cret-token", HttpStatusCode.Unauthorized),
+                 })
+        {
+            using var raw = new HttpClient { BaseAddress = baseUri };
+            using var request = new HttpRequestMessage(HttpMethod.Delete, "v1/volumes/no-such-volume");
+            request.Headers.TryAddWithoutValidation("Authorization", header);
+            using var response = await raw.SendAsync(request);
+            Assert.True(expected == response.StatusCode, $"Authorization: {header} -> {(int)response.StatusCode}");
+        }
+
         // The unix socket needs no token: file permissions guard it.
         using var local = server.Client();
         Assert.Single(await local.ListVolumesAsync());

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Text;
+using Platter.Server.Api;
 using Xunit;
 using C = Platter.Testing.NbdTestClient;
 
@@ -186,7 +187,7 @@ public class SnapshotNbdTests
     }
 
     [Fact]
-    public async Task RollbackIsSeenByConnectedClients()
+    public async Task RollbackWithConnectedClientsIsRefusedUnlessForcedAndThenSeenByThem()
     {
         await using var server = await StartAsync();
         using var api = server.Client();
@@ -199,7 +200,13 @@ public class SnapshotNbdTests
         Assert.Equal(0u, await client.WriteAsync(0, Pattern(2)));
         Assert.Equal(Pattern(2), (await client.ReadAsync(0, Block)).Data);
 
-        await api.RollbackAsync("vm1", "s1");
+        // A connected client refuses the rollback: its content would change under it.
+        var refused = await Assert.ThrowsAsync<PlatterApiException>(() => api.RollbackAsync("vm1", "s1"));
+        Assert.Equal((409, "clients_connected"), (refused.StatusCode, refused.Code));
+        Assert.Contains($"unix pid {Environment.ProcessId}", refused.Message);
+        Assert.Equal(Pattern(2), (await client.ReadAsync(0, Block)).Data);
+
+        await api.RollbackAsync("vm1", "s1", recursive: false, force: true);
         Assert.Equal(Pattern(1), (await client.ReadAsync(0, Block)).Data);
     }
 

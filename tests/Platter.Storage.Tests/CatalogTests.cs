@@ -111,7 +111,31 @@ public sealed class CatalogTests : IDisposable
         "del\u007f",
         " leading",
         "trailing ",
+        ".",
+        "..",
+        "-x",
+        "--force",
+        "evil\u202Etxt.exe", // right-to-left override: displays as "evilexe.txt"
+        "iso\u2066late",
+        "mark\u200F",
+        "esc\u001b[31m",
     };
+
+    [Theory]
+    [InlineData(".")]
+    [InlineData("..")]
+    [InlineData("-x")]
+    [InlineData("rtl\u202Eoverride")]
+    public void A_name_created_under_the_older_rules_can_still_be_renamed_and_deleted(string legacy)
+    {
+        using var store = Open();
+        store.CreateVolumeUnchecked(legacy, MiB);
+        store.CreateVolumeUnchecked(legacy + "2", MiB);
+        Assert.Equal(MiB, store.GetVolumeInfo(legacy).SizeBytes);
+        store.RenameVolume(legacy, "fixed");
+        store.DeleteVolume(legacy + "2");
+        Assert.Equal(new[] { "fixed" }, store.ListVolumes().Select(v => v.Name));
+    }
 
     [Theory]
     [MemberData(nameof(InvalidNames))]
@@ -217,7 +241,9 @@ public sealed class CatalogTests : IDisposable
             v.Flush();
             long allocatedBefore = store.GetVolumeInfo("v").AllocatedBytes;
 
-            store.ResizeVolume("v", 2 * MiB);
+            StorageAssert.Throws(() => store.ResizeVolume("v", 2 * MiB), StorageError.InvalidArgument);
+            Assert.Equal(4 * MiB, v.SizeBytes); // refused without allowShrink: nothing discarded
+            store.ResizeVolume("v", 2 * MiB, allowShrink: true);
             Assert.Equal(2 * MiB, v.SizeBytes);
             StorageAssert.Throws(() => v.ReadAll(2 * MiB, 4096), StorageError.OutOfRange);
             StorageAssert.Throws(() => v.Write(2 * MiB - 1, new byte[2]), StorageError.OutOfRange);
@@ -332,7 +358,7 @@ public sealed class CatalogTests : IDisposable
         Assert.Equal(4 * 4096, allocated.Sum(e => e.Length));
         Assert.Equal(new VolumeExtent(0, 4096, true), extents[0]);
 
-        store.ResizeVolume("huge", PiB / 2);
+        store.ResizeVolume("huge", PiB / 2, allowShrink: true);
         v.Flush();
         Assert.Equal(4096, store.GetVolumeInfo("huge").AllocatedBytes);
     }

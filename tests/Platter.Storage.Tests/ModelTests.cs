@@ -179,7 +179,7 @@ public sealed class ModelTests(ITestOutputHelper output)
                 {
                     long newSize = _rng.Next(1, 9) * MiB - _rng.Next(0, 64) * B;
                     Log($"{name} resize {size} -> {newSize}");
-                    _store.ResizeVolume(name, newSize);
+                    _store.ResizeVolume(name, newSize, allowShrink: true);
                     model.Resize(newSize);
                     Assert.True(newSize == vol.SizeBytes, $"{Where}: handle of {name} says {vol.SizeBytes} after resize to {newSize}");
                     Assert.Equal(newSize, _store.GetVolumeInfo(name).SizeBytes);

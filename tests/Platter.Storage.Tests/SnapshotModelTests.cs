@@ -282,7 +282,7 @@ public sealed class SnapshotModelTests(ITestOutputHelper output)
                 {
                     long newSize = _rng.Next(1, 5) * MiB;
                     Log($"{name} resize {size} -> {newSize}");
-                    _store.ResizeVolume(name, newSize);
+                    _store.ResizeVolume(name, newSize, allowShrink: true);
                     model.Resize(newSize);
                     if (newSize < size) Touch(name, newSize, size - newSize);
                     AllDurable();

@@ -61,11 +61,17 @@ public sealed class PlatterServer : IAsyncDisposable
     /// </summary>
     public string StoreDirectory { get; set; }
 
-    /// <summary>The NBD unix socket (<c>--socket</c>), unless <see cref="ServeNbd"/> is off.</summary>
-    public string NbdSocketPath { get; }
+    /// <summary>
+    /// The NBD unix socket (<c>--socket</c>), unless <see cref="ServeNbd"/> is off; a test may move it before
+    /// <see cref="StartAsync"/>.
+    /// </summary>
+    public string NbdSocketPath { get; set; }
 
-    /// <summary>The management API's unix socket (<c>--api-socket</c>).</summary>
-    public string ApiSocketPath { get; }
+    /// <summary>
+    /// The management API's unix socket (<c>--api-socket</c>); a test may move it (e.g. into the store, where
+    /// <c>--store</c> finds it) before <see cref="StartAsync"/>.
+    /// </summary>
+    public string ApiSocketPath { get; set; }
 
     /// <summary>Start the next <see cref="StartAsync"/> with <c>--read-only</c>: every NBD export read-only.</summary>
     public bool ReadOnly { get; set; }

@@ -75,7 +75,7 @@ internal sealed partial class NbdConnection
     /// <returns>null to keep negotiating, true to enter transmission, false to end the connection.</returns>
     private async ValueTask<bool?> HandleOptionAsync(uint option, ReadOnlyMemory<byte> data, CancellationToken ct)
     {
-        if (_server.Options.TlsRequired && !_tls && option != Protocol.OptStartTls && option != Protocol.OptAbort)
+        if (_server.TlsRequired && !_tls && option != Protocol.OptStartTls && option != Protocol.OptAbort)
         {
             if (option == Protocol.OptExportName) throw new NbdProtocolException("EXPORT_NAME before required TLS");
             _refusal = "TLS is required";
@@ -153,7 +153,7 @@ internal sealed partial class NbdConnection
         if (_extended) throw new NbdProtocolException("EXPORT_NAME after extended headers");
         if (data.Length > NbdLimits.StringBytesMax || !TryDecode(data.Span, out string requested))
             throw new NbdProtocolException("bad export name");
-        INbdExport export = OpenExport(requested, out _, out string? failure) ?? throw new NbdProtocolException(failure ?? $"unknown export '{requested}'");
+        INbdExport export = OpenExport(requested, out _, out _, out string refusal) ?? throw new NbdProtocolException(refusal);
         try
         {
             BinaryPrimitives.WriteUInt64BigEndian(_scratch, (ulong)export.Size);
@@ -296,11 +296,11 @@ internal sealed partial class NbdConnection
             return false;
         }
 
-        INbdExport? export = OpenExport(requested, out string? canonical, out string? failure);
+        INbdExport? export = OpenExport(requested, out string? canonical, out uint openError, out string openMessage);
         if (export is null)
         {
-            _refusal = failure is null ? $"unknown export '{requested}'" : $"export '{requested}' cannot be opened: {failure}";
-            await SendOptionErrorAsync(option, Protocol.RepErrUnknown, failure ?? "unknown export", ct).ConfigureAwait(false);
+            await SendOptionErrorAsync(option, openError, openMessage, ct).ConfigureAwait(false);
+            _refusal = openMessage == "unknown export" ? $"unknown export '{requested}'" : openMessage;
             return false;
         }
         bool entered = false;
@@ -409,10 +409,10 @@ internal sealed partial class NbdConnection
             }
         }
 
-        INbdExport? export = OpenExport(exportName, out _, out string? failure);
+        INbdExport? export = OpenExport(exportName, out _, out uint openError, out string openMessage);
         if (export is null)
         {
-            await SendOptionErrorAsync(option, Protocol.RepErrUnknown, failure ?? "unknown export", ct).ConfigureAwait(false);
+            await SendOptionErrorAsync(option, openError, openMessage, ct).ConfigureAwait(false);
             return;
         }
         var names = new List<string>();
@@ -480,22 +480,32 @@ internal sealed partial class NbdConnection
     }
 
     /// <summary>
-    /// Opens an export; null when there is none by that name, or when opening it failed, with the reason in
-    /// <paramref name="failure"/> so the client sees it in the option error (e.g. which server holds a volume).
+    /// Opens the export a client asked for. Null with <paramref name="error"/> and <paramref name="message"/> set when
+    /// there is none (NBD_REP_ERR_UNKNOWN, "unknown export") or when it exists but cannot be opened: then the reason
+    /// is logged and sent (NBD_REP_ERR_SHUTDOWN while the server or store is going away, else NBD_REP_ERR_UNKNOWN,
+    /// the spec's "export not available") with the reason (e.g. which server holds a volume), so neither the operator nor the client mistakes it for a wrong name.
     /// </summary>
-    private INbdExport? OpenExport(string requested, out string? canonical, out string? failure)
+    private INbdExport? OpenExport(string requested, out string? canonical, out uint error, out string message)
     {
-        failure = null;
         canonical = requested.Length == 0 ? _server.Exports.DefaultExportName : requested;
+        error = Protocol.RepErrUnknown;
+        message = "unknown export";
         if (canonical is null) return null;
         try
         {
             return _server.Exports.TryOpen(canonical);
         }
+        catch (NbdExportUnavailableException e)
+        {
+            _log.LogWarning("NBD {Peer}: export '{Export}' exists but cannot be opened: {Reason}", _peer, canonical, e.Message);
+            if (e.ShuttingDown) error = Protocol.RepErrShutdown;
+            message = $"export '{canonical}' cannot be opened: {e.Message}";
+            return null;
+        }
         catch (Exception e)
         {
             _log.LogError(e, "NBD {Peer}: opening export '{Export}' failed", _peer, canonical);
-            failure = e.Message;
+            message = $"export '{canonical}' cannot be opened: {e.Message}";
             return null;
         }
     }

@@ -63,6 +63,7 @@ internal sealed partial class NbdConnection
             }
             _contexts = [.. contexts];
         }
+        _info = new NbdConnectionInfo(_peer, requestedName, ConnectedUtc, _readOnly, _tls, export);
         // Info, not Debug: an operator wants to see who uses which disk (journald keeps it with the peer).
         _log.LogInformation("NBD {Peer}: opened export '{Export}' ({Size} bytes, {Mode}{ReadOnly}{Tls})", _peer, requestedName, _size,
             _extended ? "extended headers" : _structured ? "structured replies" : "simple replies",
@@ -101,7 +102,10 @@ internal sealed partial class NbdConnection
 
             // Whether a payload follows decides how the stream continues, so it is settled before any validation.
             bool hasPayload = _extended ? (flags & Protocol.CmdFlagPayloadLen) != 0 : type == Protocol.CmdWrite;
-            if (hasPayload && length > NbdLimits.PayloadBytesMax)
+            // A payload over the maximum block size is answered with an error after reading past it, which keeps the
+            // stream in step (the spec: up to 32 MiB is never a denial of service); only one too large to be worth
+            // reading ends the connection.
+            if (hasPayload && length > NbdLimits.WritePayloadDiscardBytesMax)
                 throw new NbdProtocolException($"payload of {length} bytes over limit");
 
             if (type == Protocol.CmdDisc)
@@ -112,7 +116,8 @@ internal sealed partial class NbdConnection
 
             var (error, message) = Validate(type, flags, offset, length, hasPayload);
             long payloadLength = hasPayload ? (long)length : 0;
-            long gateBytes = payloadLength + (type == Protocol.CmdRead && error == NbdError.None ? (long)length : 0);
+            // A refused payload is skipped in small pieces, never held, so it takes no payload budget.
+            long gateBytes = error != NbdError.None ? 0 : payloadLength + (type == Protocol.CmdRead ? (long)length : 0);
             await _gate.AcquireAsync(gateBytes, ct).ConfigureAwait(false);
 
             NbdRequest request = RentRequest();

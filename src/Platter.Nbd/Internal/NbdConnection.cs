@@ -9,6 +9,12 @@ namespace Platter.Nbd.Internal;
 /// <summary>Server-wide state a connection needs.</summary>
 internal sealed class ServerContext(INbdExportProvider exports, NbdServerOptions options, ILogger logger)
 {
+    /// <summary>
+    /// TLS is required when asked for, and whenever client certificates are: a client that never starts TLS would
+    /// otherwise bypass the certificate check altogether.
+    /// </summary>
+    public bool TlsRequired { get; } = options.TlsRequired || options.TlsClientCertificateAuthority is not null;
+
     public INbdExportProvider Exports { get; } = exports;
     public NbdServerOptions Options { get; } = options;
     public ILogger Logger { get; } = logger;
@@ -44,6 +50,8 @@ internal sealed partial class NbdConnection
     // protocol violation); null while nothing was refused. Counted and logged once when the connection ends.
     private string? _refusal;
     private long _openedTimestamp;
+    // Set once the export is open (transmission), cleared when the connection closes: what Connections reports.
+    private volatile NbdConnectionInfo? _info;
 
     public NbdConnection(ServerContext server, Stream transport, string peer, CancellationToken stopping)
     {
@@ -63,6 +71,9 @@ internal sealed partial class NbdConnection
     public string? ExportName => Volatile.Read(ref _exportName);
 
     public DateTimeOffset ConnectedUtc { get; } = DateTimeOffset.UtcNow;
+
+    /// <summary>This connection for <see cref="NbdServer.Connections"/>: the full picture once in transmission.</summary>
+    public NbdConnectionInfo Info => _info ?? new NbdConnectionInfo(_peer, null, ConnectedUtc);
 
     /// <summary>Ends the connection at once: pending reads and writes fail, export calls see cancellation.</summary>
     public void Abort()
@@ -144,6 +155,7 @@ internal sealed partial class NbdConnection
         try { await _stream.DisposeAsync().ConfigureAwait(false); } catch { }
         try { await _transport.DisposeAsync().ConfigureAwait(false); } catch { }
         _writer.Dispose();
+        _info = null;
         if (_export is not null)
         {
             _log.LogInformation("NBD {Peer}: closed export '{Export}' after {Seconds:0.0} s", _peer, _exportName,

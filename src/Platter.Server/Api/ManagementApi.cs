@@ -104,7 +104,7 @@ internal static class ManagementApi
 
         var app = builder.Build();
         var log = loggerFactory.CreateLogger("Platter.Api");
-        var tokenBytes = options.Token is null ? null : Encoding.UTF8.GetBytes("Bearer " + options.Token);
+        var tokenBytes = options.Token is null ? null : Encoding.UTF8.GetBytes(options.Token);
 
         app.Use(async (http, next) =>
         {
@@ -254,14 +254,28 @@ internal static class ManagementApi
             var request = await ReadBody(http, json.ResizeVolumeRequest);
             var size = ValidSize(request.SizeBytes);
             var before = store.GetVolumeInfo(name).SizeBytes;
-            store.ResizeVolume(name, size);
+            bool allowShrink = request.AllowShrink ?? false;
+            if (size < before && !allowShrink)
+            {
+                // Checked here for a precise error code; the engine refuses it too (and decides under its lock).
+                await WriteError(http, 409, ApiErrorCodes.ShrinkRefused,
+                    $"shrinking volume '{name}' from {SizeText.Format(before)} to {SizeText.Format(size)} discards the data past {SizeText.Format(size)}; " +
+                    "send \"allowShrink\": true (platter volume resize --allow-shrink) to do it anyway");
+                return;
+            }
+            store.ResizeVolume(name, size, allowShrink);
             log.LogInformation("resized volume '{Name}' from {Before} to {After}", name, SizeText.Format(before), SizeText.Format(size));
             await Write(http, 200, VolumeDto.From(store.GetVolumeInfo(name), store), json.VolumeDto);
         })).Describe<VolumeDto, IEndpointConventionBuilder>("Resize a volume", 200, typeof(ResizeVolumeRequest));
 
-        app.MapPost("/v1/volumes/{name}/rename", (Handler)(async (HttpContext http) =>
+        // POST /v1/volumes/rename?name=OLD: the same for a name that cannot travel in a URL path ('.' and '..', which
+        // HTTP clients and servers normalise away). Only stores from before the naming rules tightened hold those.
+        app.MapPost("/v1/volumes/rename", (Handler)((HttpContext http) => Rename(http, QueryName(http, "name"))))
+            .Describe<VolumeDto, IEndpointConventionBuilder>("Rename a volume named '.' or '..' (?name=OLD)", 200, typeof(RenameVolumeRequest));
+        app.MapPost("/v1/volumes/{name}/rename", (Handler)((HttpContext http) => Rename(http, RouteName(http))))
+            .Describe<VolumeDto, IEndpointConventionBuilder>("Rename a volume", 200, typeof(RenameVolumeRequest));
+        async Task Rename(HttpContext http, string name)
         {
-            var name = RouteName(http);
             var request = await ReadBody(http, json.RenameVolumeRequest);
             var newName = request.NewName ?? throw new BadRequestException("missing 'newName'");
             VolumeNames.ThrowIfInvalid(newName);
@@ -269,19 +283,34 @@ internal static class ManagementApi
             log.LogInformation("renamed volume '{Name}' to '{NewName}'", name, newName);
             services.Metrics?.Forget(name);
             await Write(http, 200, VolumeDto.From(store.GetVolumeInfo(newName), store), json.VolumeDto);
-        })).Describe<VolumeDto, IEndpointConventionBuilder>("Rename a volume", 200, typeof(RenameVolumeRequest));
+        }
 
-        app.MapDelete("/v1/volumes/{name}", (Handler)((HttpContext http) =>
+        // DELETE /v1/volumes?name=NAME: the same for a name that cannot travel in a URL path (see rename).
+        app.MapDelete("/v1/volumes", (Handler)((HttpContext http) => Delete(http, QueryName(http, "name"))))
+            .DescribeNoContent("Delete a volume named '.' or '..' (?name=NAME)");
+        app.MapDelete("/v1/volumes/{name}", (Handler)((HttpContext http) => Delete(http, RouteName(http))))
+            .DescribeNoContent("Delete a volume (?recursive=true also deletes its snapshots; ?force=true even with NBD clients connected)")
+            .Query("recursive", "true: also delete the volume's snapshots (refused while any has clones)")
+            .Query("force", "true: delete even while NBD clients are connected (they get I/O errors)");
+        Task Delete(HttpContext http, string name)
         {
-            var name = RouteName(http);
             bool recursive = QueryFlag(http, "recursive");
+            bool force = QueryFlag(http, "force");
+            // Clients of the volume and of its snapshots (a recursive delete takes those too) lose their disk.
+            if (!force && ConnectedClients(store.GetVolumeInfo(name).Name, snapshotsToo: true) is { Count: > 0 } connected)
+                return RefuseInUse(http, name, connected, "deleting it");
             store.DeleteVolume(name, recursive);
-            log.LogInformation("deleted volume '{Name}'{Recursive}", name, recursive ? " and its snapshots" : "");
+            log.LogInformation("deleted volume '{Name}'{Recursive}{Force}", name, recursive ? " and its snapshots" : "", force ? " (forced)" : "");
             services.Metrics?.Forget(name);
             http.Response.StatusCode = 204;
             return Task.CompletedTask;
-        })).DescribeNoContent("Delete a volume (?recursive=true also deletes its snapshots)")
-            .Query("recursive", "true: also delete the volume's snapshots (refused while any has clones)");
+        }
+
+        app.MapGet("/v1/volumes/{name}/status", (Handler)((HttpContext http) =>
+        {
+            var info = store.GetVolumeInfo(RouteName(http));
+            return Write(http, 200, new VolumeStatusDto(info.Name, ConnectedClients(info.Name, snapshotsToo: true)), json.VolumeStatusDto);
+        })).Describe<VolumeStatusDto, IEndpointConventionBuilder>("The NBD clients connected to a volume and its snapshots");
 
         app.MapGet("/v1/snapshots", (Handler)((HttpContext http) =>
             Write(http, 200, SnapshotList(store.ListSnapshots()), json.SnapshotListDto)))
@@ -307,16 +336,23 @@ internal static class ManagementApi
             Write(http, 200, SnapshotDto.From(store.GetSnapshotInfo(RouteName(http), RouteSnapshot(http))), json.SnapshotDto)))
             .Describe<SnapshotDto, IEndpointConventionBuilder>("One snapshot");
 
-        app.MapDelete("/v1/volumes/{name}/snapshots/{snapshot}", (Handler)((HttpContext http) =>
+        // DELETE /v1/snapshots?volume=VOL&name=SNAP: the same for names that cannot travel in a URL path (see rename).
+        app.MapDelete("/v1/snapshots", (Handler)((HttpContext http) => DeleteSnapshot(http, QueryName(http, "volume"), QueryName(http, "name"))))
+            .DescribeNoContent("Delete a snapshot whose names cannot travel in a URL path (?volume=VOL&name=SNAP)");
+        app.MapDelete("/v1/volumes/{name}/snapshots/{snapshot}", (Handler)((HttpContext http) => DeleteSnapshot(http, RouteName(http), RouteSnapshot(http))))
+            .DescribeNoContent("Delete a snapshot (?force=true even with NBD clients connected to it)")
+            .Query("force", "true: delete even while NBD clients are connected to the snapshot");
+        Task DeleteSnapshot(HttpContext http, string volume, string snapshot)
         {
-            var volume = RouteName(http);
-            var snapshot = RouteSnapshot(http);
+            if (!QueryFlag(http, "force") && ConnectedClients(volume, snapshotsToo: true)
+                    .Where(c => c.Export == volume + "@" + snapshot).ToList() is { Count: > 0 } connected)
+                return RefuseInUse(http, volume + "@" + snapshot, connected, "deleting it");
             store.DeleteSnapshot(volume, snapshot);
             log.LogInformation("deleted snapshot '{Volume}@{Snapshot}'", volume, snapshot);
             services.Metrics?.Forget(volume + "@" + snapshot);
             http.Response.StatusCode = 204;
             return Task.CompletedTask;
-        })).DescribeNoContent("Delete a snapshot");
+        }
 
         app.MapPost("/v1/volumes/{name}/snapshots/{snapshot}/clone", (Handler)(async (HttpContext http) =>
         {
@@ -350,6 +386,10 @@ internal static class ManagementApi
             var volume = RouteName(http);
             var snapshot = RouteSnapshot(http);
             bool recursive = QueryFlag(http, "recursive");
+            // Clients of the volume would see its content change under them; snapshot clients only matter when the
+            // rollback deletes newer snapshots (recursive), and then only conservatively all of them are counted.
+            if (!QueryFlag(http, "force") && ConnectedClients(volume, snapshotsToo: recursive) is { Count: > 0 } connected)
+                return RefuseInUse(http, volume, connected, "rolling it back");
             store.RollbackVolume(volume, snapshot, recursive);
             log.LogInformation("rolled volume '{Volume}' back to '{Snapshot}'{Recursive}", volume, snapshot,
                 recursive ? ", deleting newer snapshots" : "");
@@ -392,6 +432,32 @@ internal static class ManagementApi
 
         app.MapOpenApi(OpenApiPath);
         Dashboard.Map(app);
+
+        List<NbdClientDto> ConnectedClients(string volume, bool snapshotsToo)
+        {
+            var result = new List<NbdClientDto>();
+            // The NBD server's one connection list (the dashboard reads it too); empty when NBD is off.
+            if (services.Nbd() is not { } nbd) return result;
+            foreach (var c in nbd.Connections)
+            {
+                // The handle's name follows renames, so a client that connected under an old name still counts.
+                if (c.OpenExport is not VolumeExport export) continue;
+                string current = export.Volume.Name;
+                bool isSnapshot = VolumeNames.TrySplitSnapshotName(current, out var owner, out _);
+                if (owner != volume || (isSnapshot && !snapshotsToo)) continue;
+                result.Add(new NbdClientDto(c.Peer, current, c.ConnectedUtc, c.ReadOnly, c.Tls));
+            }
+            result.Sort((a, b) => a.ConnectedUtc.CompareTo(b.ConnectedUtc));
+            return result;
+        }
+
+        Task RefuseInUse(HttpContext http, string name, List<NbdClientDto> connected, string what)
+        {
+            var who = string.Join(", ", connected.Take(3).Select(c => $"{c.Peer} on '{c.Export}'")) + (connected.Count > 3 ? ", ..." : "");
+            return WriteError(http, 409, ApiErrorCodes.ClientsConnected,
+                $"'{name}' has {connected.Count} connected NBD client{(connected.Count == 1 ? "" : "s")} ({who}); stop {(connected.Count == 1 ? "it" : "them")} " +
+                $"before {what}, or force it (?force=true, platter ... --force): the clients then get I/O errors or see the content change");
+        }
 
         app.MapFallback((HttpContext http) =>
             WriteError(http, 404, ApiErrorCodes.NoSuchEndpoint, $"no endpoint {http.Request.Method} {http.Request.Path}"));
@@ -472,6 +538,9 @@ internal static class ManagementApi
     private static string RouteName(HttpContext http) =>
         http.Request.RouteValues["name"] as string ?? throw new BadRequestException("missing volume name");
 
+    private static string QueryName(HttpContext http, string key) =>
+        QueryString(http, key) ?? throw new BadRequestException($"missing query parameter '{key}'");
+
     private static string RouteSnapshot(HttpContext http) =>
         http.Request.RouteValues["snapshot"] as string ?? throw new BadRequestException("missing snapshot name");
 
@@ -540,8 +609,11 @@ internal static class ManagementApi
     private static bool HasToken(HttpContext http, byte[]? expected)
     {
         if (expected is null) return false;
+        // RFC 9110 11.1: the auth scheme is case-insensitive ("bearer", "BEARER"); the token itself is not.
+        const string Scheme = "Bearer ";
         var header = http.Request.Headers.Authorization.ToString();
-        var actual = Encoding.UTF8.GetBytes(header);
+        if (!header.StartsWith(Scheme, StringComparison.OrdinalIgnoreCase)) return false;
+        var actual = Encoding.UTF8.GetBytes(header.AsSpan(Scheme.Length).TrimStart(' ').ToString());
         return CryptographicOperations.FixedTimeEquals(actual, expected);
     }
 

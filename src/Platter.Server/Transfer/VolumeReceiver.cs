@@ -124,7 +124,9 @@ public sealed class VolumeReceiver
         WriteMarker(marker);
         try
         {
-            if (header.VolumeSizeBytes != volume.SizeBytes) _store.ResizeVolume(target, header.VolumeSizeBytes);
+            // The stream carries the sender's size, which may have shrunk (with --allow-shrink there); what lies past
+            // the new end stays in the base snapshot, and a failed receive rolls back to it.
+            if (header.VolumeSizeBytes != volume.SizeBytes) _store.ResizeVolume(target, header.VolumeSizeBytes, allowShrink: true);
             var totals = await ApplyAsync(target, reader, skipZeros: false, cancellationToken).ConfigureAwait(false);
             await _store.FlushAsync(cancellationToken).ConfigureAwait(false);
             // The commit point: the new snapshot exists only once every record has been verified and written.

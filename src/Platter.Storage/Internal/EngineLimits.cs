@@ -78,11 +78,24 @@ internal static class EngineLimits
 
     /// <summary>
     /// Shortest run of freed blocks given back to the file system (64 KiB). A hole punch costs about the same whatever
-    /// its length (measured on ext4: 1.3 ms for one 4 KiB block, 150 ms for 512 MiB; docs/PERFORMANCE.md) and runs on
-    /// the committer thread: punching every block a random overwrite frees would stall commits. Shorter runs stay in
-    /// the data file as free blocks the store reuses first.
+    /// its length (measured on ext4: 1.3 ms for one 4 KiB block, 150 ms for 512 MiB; docs/PERFORMANCE.md): punching
+    /// every block a random overwrite frees would keep the punch thread busy and the space out of the allocator. Shorter
+    /// runs stay in the data file as free blocks the store reuses first.
     /// </summary>
     public const int PunchRunBlocksMin = 16;
+
+    /// <summary>
+    /// Most freed blocks waiting for the punch thread (<see cref="HolePuncher"/>): 4 Mi blocks, 16 GiB of freed space
+    /// (32 MiB of block numbers), about 5 s of punching on ext4. Past it the committer punches inline, so a burst of
+    /// deletes slows commits instead of growing memory, and a writer never waits long for freed space.
+    /// </summary>
+    public const long PunchQueueBlocksMax = 4L << 20;
+
+    /// <summary>
+    /// Longest a writer that found no space waits for the punch thread to hand freed blocks to the allocator, after the
+    /// commit that freed them; a stalled file system must not hang it (it retries, then gets ENOSPC).
+    /// </summary>
+    public static readonly TimeSpan PunchWaitMax = TimeSpan.FromSeconds(30);
 
     /// <summary>Longest a journal half stays active before the store switches and checkpoints it (bounds replay work after a crash).</summary>
     public static readonly TimeSpan CheckpointIntervalMax = TimeSpan.FromSeconds(5);

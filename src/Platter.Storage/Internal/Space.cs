@@ -14,9 +14,10 @@ namespace Platter.Storage.Internal;
 /// Locks: <see cref="_accountingLock"/> guards the quarantine and its moves into the allocator, so a check sees each
 /// block in exactly one place; <see cref="_growLock"/> serialises growth of the data file; each
 /// <see cref="Region"/> has its own small lock; the allocator has its own; the reserve has its own. None is held
-/// across a commit wait, and no lock is held while holes are punched.
+/// across a commit wait, and no lock is held while holes are punched. Released blocks that hold a run worth punching go
+/// through the <see cref="HolePuncher"/> (its own thread) on their way to the allocator, still counted as quarantined.
 /// </summary>
-internal sealed class Space
+internal sealed class Space : IDisposable
 {
     private readonly IDataDevice _data;
     private readonly long _dataBytesMax;
@@ -27,6 +28,7 @@ internal sealed class Space
     private readonly Func<IOException, string, StorageException> _deviceError;
     private readonly SpaceReserve _reserve;
     private readonly ILogger _logger;
+    private readonly HolePuncher _puncher;
 
     // Serialises growth: two writers that both find the allocator short must not both extend the file.
     private readonly object _growLock = new();
@@ -39,10 +41,12 @@ internal sealed class Space
     private long _referencedBlocks;
 
     // volumes: the live volumes (their regions are space in all but name). commitForSpace: commits pending operations
-    // so their freed blocks can come back; false when the store has failed.
+    // so their freed blocks can come back; false when the store has failed. failStop: a broken invariant found off the
+    // committer thread (a double free while the puncher hands blocks back) fails the store.
     public Space(IDataDevice data, long dataBytesMax, long growthBytes, Func<List<VolumeState>> volumes, Func<bool> commitForSpace,
-        Func<IOException, string, StorageException> deviceError, SpaceReserve reserve, ILogger logger)
+        Func<IOException, string, StorageException> deviceError, SpaceReserve reserve, ILogger logger, Action<Exception> failStop)
     {
+        _puncher = new HolePuncher(PunchHoles, ReleaseToAllocator, failStop);
         _reserve = reserve;
         _logger = logger;
         _data = data;
@@ -76,8 +80,11 @@ internal sealed class Space
         _referencedBlocks = referencedBlocks;
     }
 
-    /// <summary>Blocks free for new writes: the allocator's plus what volumes reserved and have not written.</summary>
-    public long FreeBlocks() => _allocator.FreeBlocks + ReservedRegionBlocks();
+    /// <summary>
+    /// Blocks free for new writes: the allocator's, what volumes reserved and have not written, and what the puncher
+    /// is about to hand back (a writer that needs it waits for it rather than growing the file).
+    /// </summary>
+    public long FreeBlocks() => _allocator.FreeBlocks + ReservedRegionBlocks() + _puncher.QueuedBlocks;
 
     /// <summary>A volume mapped <paramref name="blocks"/> newly allocated blocks.</summary>
     public void NoteMapped(int blocks)
@@ -109,6 +116,7 @@ internal sealed class Space
     private long RefillAndTake(VolumeState state, int want, out int got)
     {
         long wantBlocks = Math.Max(want, EngineLimits.RegionBlocks);
+        bool waitedForPunches = false;
         for (int attempt = 0; ; attempt++)
         {
             // Data never takes the file system's last bytes: they are the metadata's (see SpaceReserve).
@@ -118,13 +126,27 @@ internal sealed class Space
                     throw new StorageException(StorageError.NoSpace,
                         $"no space left for volume '{state.Name}': the file system holding the store is full (the last {_reserve.Bytes >> 20} MiB are kept for metadata); delete volumes or snapshots, trim, or grow the file system");
                 // Freed blocks come back (and are punched) once their commit is durable: commit and look again.
-                _commitForSpace();
+                CommitAndWaitForFreedSpace();
                 Thread.Sleep(attempt * 5);
                 continue;
             }
             // Grow the file rather than scatter data while free space is scarce; reuse holes once it is plentiful.
             if (!_allocator.HasExtentOf(wantBlocks) && _allocator.FreeBlocks < Math.Max(_allocator.TotalBlocks / 8, wantBlocks))
+            {
+                // Freed space on its way back from the puncher (a delete a moment ago) comes first: growing the file
+                // now would take disk the punch is about to return. The wait is a writer's, bounded, and rare.
+                // Once per allocation, and it does not count as an attempt.
+                if (!waitedForPunches && _puncher.QueuedBlocks > 0)
+                {
+                    waitedForPunches = true;
+                    if (_puncher.WaitIdle(EngineLimits.PunchWaitMax))
+                    {
+                        attempt--;
+                        continue;
+                    }
+                }
                 TryGrow(wantBlocks);
+            }
             if (_allocator.TryAllocate(state.Region.End, wantBlocks, out long start, out long length))
             {
                 // No lock is held while the allocator is searched: a concurrent writer of the same volume may have
@@ -141,10 +163,17 @@ internal sealed class Space
                 // This waits on the writer's own thread and holds no lock: usage queries and other writers go on.
                 if (attempt >= 3)
                     throw new StorageException(StorageError.NoSpace, $"no space left for volume '{state.Name}': the data disk is full or the store reached its size limit");
-                _commitForSpace();
+                CommitAndWaitForFreedSpace();
                 if (attempt > 0) Thread.Sleep(attempt * 5); // readers of an old epoch may still hold the space
             }
         }
+    }
+
+    // The commit hands what it freed to the allocator, or to the puncher when it holds long runs: wait for those too
+    // (bounded: a file system that stalls on punching must not hang a writer; it then retries and may see ENOSPC).
+    private void CommitAndWaitForFreedSpace()
+    {
+        if (_commitForSpace()) _puncher.WaitIdle(EngineLimits.PunchWaitMax);
     }
 
     /// <summary>Returns every other volume's unused region to the allocator; true when anything came back.</summary>
@@ -222,29 +251,51 @@ internal sealed class Space
     }
 
     /// <summary>
-    /// Hands quarantined blocks of epochs up to <paramref name="drainedEpoch"/> back to the allocator, and their disk
-    /// space back to the file system first (punched while still in quarantine, so no new write can be in them yet).
-    /// Only the committer thread calls this (and <see cref="Quarantine"/>, which appends): the entries found ready
-    /// stay at the front while the lock is dropped for the punching.
+    /// Hands quarantined blocks of epochs up to <paramref name="drainedEpoch"/> back to the allocator, their disk space
+    /// back to the file system first: batches with runs worth punching go to the <see cref="HolePuncher"/>, which
+    /// releases them once punched (so no new write can be in them before the punch lands); the rest are released at
+    /// once. Only the committer thread calls this.
     /// </summary>
     public void ReleaseQuarantine(long drainedEpoch)
     {
-        var ready = new List<List<long>>();
+        List<List<long>> ready;
         lock (_accountingLock)
         {
-            while (ready.Count < _quarantine.Count && _quarantine[ready.Count].Epoch <= drainedEpoch) ready.Add(_quarantine[ready.Count].Blocks);
+            int n = 0;
+            while (n < _quarantine.Count && _quarantine[n].Epoch <= drainedEpoch) n++;
+            if (n == 0) return;
+            ready = new List<List<long>>(n);
+            for (int i = 0; i < n; i++) ready.Add(_quarantine[i].Blocks);
+            _quarantine.RemoveRange(0, n); // still counted in _quarantinedBlocks until ReleaseToAllocator
         }
-        if (ready.Count == 0) return;
-        foreach (var blocks in ready) PunchHoles(blocks);
-        lock (_accountingLock)
+        foreach (var blocks in ready)
         {
-            foreach (var blocks in ready)
+            blocks.Sort();
+            if (!HasPunchableRun(blocks)) ReleaseToAllocator(blocks);
+            else if (!_puncher.TryEnqueue(blocks))
             {
-                _allocator.FreeBlocksBulk(blocks);
-                _quarantinedBlocks -= blocks.Count;
+                // The queue is at its limit: punch here, as a back-pressure on the commits that free so much.
+                PunchHoles(blocks);
+                ReleaseToAllocator(blocks);
             }
-            _quarantine.RemoveRange(0, ready.Count);
         }
+    }
+
+    private void ReleaseToAllocator(List<long> blocks)
+    {
+        lock (_accountingLock)
+        {
+            _allocator.FreeBlocksBulk(blocks);
+            _quarantinedBlocks -= blocks.Count;
+        }
+    }
+
+    private static bool HasPunchableRun(List<long> sortedBlocks)
+    {
+        int run = 1;
+        for (int i = 1; i < sortedBlocks.Count && run < EngineLimits.PunchRunBlocksMin; i++)
+            run = sortedBlocks[i] == sortedBlocks[i - 1] + 1 ? run + 1 : 1;
+        return sortedBlocks.Count > 0 && run >= EngineLimits.PunchRunBlocksMin;
     }
 
     // One fallocate(PUNCH_HOLE) per run of adjacent blocks at least PunchRunBlocksMin long (deleted volumes and
@@ -268,6 +319,12 @@ internal sealed class Space
             _logger.LogWarning("Cannot return freed space to the file system: {Error}", e.Message);
         }
     }
+
+    /// <summary>Blocks waiting for (or in) a hole punch before they return to the allocator.</summary>
+    public long PunchQueuedBlocks => _puncher.QueuedBlocks;
+
+    /// <summary>Punches what is queued and stops the puncher: after the committer's last round, before the data file closes.</summary>
+    public void Dispose() => _puncher.Dispose();
 
     public bool HasQuarantine
     {

@@ -170,9 +170,16 @@ internal sealed class VolumeCatalog : IDisposable
         return 0;
     });
 
-    public void ResizeVolume(string name, long newSizeBytes) => Admin(() =>
+    /// <summary>Grows, or with <paramref name="allowShrink"/> shrinks (InvalidArgument without it: the data past the new end would go).</summary>
+    public void ResizeVolume(string name, long newSizeBytes, bool allowShrink) => Admin(() =>
     {
         var state = Find(name);
+        long oldSize;
+        lock (state.Lock) oldSize = state.SizeBytes;
+        // Checked under the admin lock, so no other resize can move the size between this check and the change.
+        if (newSizeBytes < oldSize && !allowShrink)
+            throw new StorageException(StorageError.InvalidArgument,
+                $"shrinking volume '{name}' from {oldSize} to {newSizeBytes} bytes discards the data past the new end; it needs allow-shrink (platter volume resize --allow-shrink)");
         new Volume(_parts, state).Resize(newSizeBytes);
         lock (_lock) _pendingOps.AppendResizeVolume(state.Id, newSizeBytes);
         Committer.Commit();

@@ -173,6 +173,7 @@ internal sealed class FaultyDevice(IDataDevice inner) : IDataDevice
     public void Write(long offset, ReadOnlySpan<byte> source)
     {
         Interlocked.Increment(ref _writes);
+        NoteWrite(offset, source.Length);
         if (TrackUnsynced)
         {
             lock (_cutLock)
@@ -233,9 +234,52 @@ internal sealed class FaultyDevice(IDataDevice inner) : IDataDevice
         _inner.Grow(newLength);
     }
 
+    // ---- Hole punching ----
+
+    private readonly object _punchLock = new();
+    private readonly List<(long Start, long End)> _punching = new();
+    private long _punchesStarted, _punchesDone, _punchedBytes, _writesIntoPunching;
+
+    /// <summary>While set and not signalled, every hole punch waits for it (60 s at most, then fails): a stalled file system.</summary>
+    public ManualResetEventSlim? PunchGate { get; set; }
+
+    /// <summary>Every punch takes this much longer: a slow file system.</summary>
+    public TimeSpan PunchDelay { get; set; }
+
+    public long PunchesStarted => Interlocked.Read(ref _punchesStarted);
+    public long PunchesDone => Interlocked.Read(ref _punchesDone);
+    public long PunchedBytes => Interlocked.Read(ref _punchedBytes);
+
+    /// <summary>Writes that touched a range while its punch was in progress: each would be zeroed by it (must stay 0).</summary>
+    public long WritesIntoPunching => Interlocked.Read(ref _writesIntoPunching);
+
     public void PunchHole(long offset, long length)
     {
-        if (!_crashed) _inner.PunchHole(offset, length);
+        if (_crashed) return;
+        lock (_punchLock) _punching.Add((offset, offset + length));
+        Interlocked.Increment(ref _punchesStarted);
+        try
+        {
+            if (PunchGate is { } gate && !gate.Wait(TimeSpan.FromSeconds(60)))
+                throw new IOException("test: the punch gate was never opened");
+            if (PunchDelay > TimeSpan.Zero) Thread.Sleep(PunchDelay);
+            _inner.PunchHole(offset, length);
+            Interlocked.Add(ref _punchedBytes, length);
+        }
+        finally
+        {
+            lock (_punchLock) _punching.Remove((offset, offset + length));
+            Interlocked.Increment(ref _punchesDone);
+        }
+    }
+
+    private void NoteWrite(long offset, int length)
+    {
+        lock (_punchLock)
+        {
+            foreach (var (start, end) in _punching)
+                if (offset < end && start < offset + length) Interlocked.Increment(ref _writesIntoPunching);
+        }
     }
 
     public void Dispose() => _inner.Dispose();

@@ -1,0 +1,134 @@
+using Platter.Storage.Tests.Support;
+using Xunit;
+
+namespace Platter.Storage.Tests;
+
+/// <summary>
+/// Freed runs go back to the file system on the punch thread (HolePuncher), never on the commit thread: a flush does
+/// not wait for a punch, freed blocks reach the allocator only after their punch has landed (so a punch never zeroes
+/// a new write), a writer short of space waits for the space a punch is about to return, and closing the store
+/// punches what is queued first. The device below the engine (FaultyDevice) holds punches at a gate, or slows them,
+/// and counts writes that land in a range while its punch is in progress.
+/// </summary>
+public sealed class HolePunchTests : IDisposable
+{
+    private const long MiB = 1 << 20;
+    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(60);
+    private readonly TempDirectory _dir = new();
+
+    public void Dispose() => _dir.Dispose();
+
+    private static void WriteWhole(VolumeStore store, string name, long bytes, int seed)
+    {
+        using var volume = store.OpenVolume(name);
+        var rng = new Random(seed);
+        for (long at = 0; at < bytes; at += MiB) volume.Write(at, Blocks.RandomBytes(rng, (int)MiB));
+        volume.Flush();
+    }
+
+    private static void AssertWhole(VolumeStore store, string name, long bytes, int seed)
+    {
+        using var volume = store.OpenVolume(name);
+        var rng = new Random(seed);
+        for (long at = 0; at < bytes; at += MiB)
+            Assert.True(Blocks.RandomBytes(rng, (int)MiB).AsSpan().SequenceEqual(volume.ReadAll(at, (int)MiB)), $"{name} differs at {at}");
+    }
+
+    // A flush that does not complete within the bound fails the test instead of hanging it.
+    private static void FlushBounded(VolumeStore store, string context) =>
+        Assert.True(store.FlushAsync().AsTask().Wait(Bound), $"a flush did not complete within {Bound.TotalSeconds:0} s {context}");
+
+    [Fact]
+    public async Task A_flush_never_waits_for_a_punch_and_freed_blocks_are_reused_only_after_it_lands()
+    {
+        var faulty = new FaultyStore();
+        using var store = faulty.Open(_dir.Path);
+        store.CreateVolume("a", 16 * MiB);
+        WriteWhole(store, "a", 16 * MiB, seed: 1);
+        using var gate = new ManualResetEventSlim(false);
+        var device = faulty.Data!;
+        device.PunchGate = gate;
+        Task? writer = null;
+        try
+        {
+            store.DeleteVolume("a");
+            // The round that commits the free, then the one that releases it from quarantine: the punch starts and is
+            // held at the gate, and every flush still completes (the committer is not the one punching).
+            var deadline = DateTime.UtcNow + Bound;
+            while (device.PunchesStarted == 0 && DateTime.UtcNow < deadline)
+            {
+                FlushBounded(store, "while the free was on its way to the puncher");
+                Thread.Sleep(10);
+            }
+            Assert.True(device.PunchesStarted > 0, "the deleted volume's blocks never reached the puncher");
+            FlushBounded(store, "while a hole punch was held");
+
+            // A new volume's writes meanwhile: the freed blocks are not the allocator's yet, so nothing may land in them.
+            store.CreateVolume("b", 16 * MiB);
+            writer = Task.Run(() => WriteWhole(store, "b", 16 * MiB, seed: 2));
+            // Room for an engine that handed the blocks out early to write into the held range (then counted below).
+            await Task.WhenAny(writer, Task.Delay(TimeSpan.FromSeconds(1)));
+        }
+        finally
+        {
+            gate.Set();
+        }
+        await writer!.WaitAsync(Bound); // a TimeoutException fails the test: the writer did not finish once the punch landed
+        Assert.Equal(0, device.WritesIntoPunching);
+        Assert.True(device.PunchedBytes >= 15 * MiB, $"only {device.PunchedBytes} bytes punched of a 16 MiB delete");
+        AssertWhole(store, "b", 16 * MiB, seed: 2);
+
+        // And the punched space is used again, intact.
+        store.CreateVolume("c", 16 * MiB);
+        WriteWhole(store, "c", 16 * MiB, seed: 3);
+        AssertWhole(store, "b", 16 * MiB, seed: 2);
+        AssertWhole(store, "c", 16 * MiB, seed: 3);
+        StoreChecks.AssertConsistent(store, "after punching and reuse");
+    }
+
+    [Fact]
+    public void A_writer_short_of_space_waits_for_the_space_a_slow_punch_returns()
+    {
+        var faulty = new FaultyStore();
+        // Room for one 16 MiB volume and a little more: the second one needs the first one's blocks back.
+        using var store = faulty.Open(_dir.Path, dataGrowthBytes: MiB, dataBytesMax: 20 * MiB);
+        store.CreateVolume("a", 16 * MiB);
+        WriteWhole(store, "a", 16 * MiB, seed: 1);
+        faulty.Data!.PunchDelay = TimeSpan.FromMilliseconds(300); // a slow file system: the writer's own retries are shorter
+        store.DeleteVolume("a");
+        store.CreateVolume("b", 16 * MiB);
+        WriteWhole(store, "b", 16 * MiB, seed: 2);
+        AssertWhole(store, "b", 16 * MiB, seed: 2);
+        Assert.Equal(0, faulty.Data.WritesIntoPunching);
+        Assert.True(faulty.Data.PunchesDone > 0, "the delete's runs were never punched");
+        StoreChecks.AssertConsistent(store, "after reuse of punched space");
+    }
+
+    [Fact]
+    public void Closing_the_store_punches_what_is_queued_first()
+    {
+        var faulty = new FaultyStore();
+        long punched;
+        using (var store = faulty.Open(_dir.Path))
+        {
+            store.CreateVolume("a", 16 * MiB);
+            WriteWhole(store, "a", 16 * MiB, seed: 1);
+            faulty.Data!.PunchDelay = TimeSpan.FromMilliseconds(200);
+            store.DeleteVolume("a");
+            // Two rounds put the blocks in the puncher's queue (the first commits the free, the second releases it).
+            store.Flush();
+            store.Flush();
+        }
+        punched = faulty.Data!.PunchedBytes;
+        Assert.True(punched >= 15 * MiB, $"closed with only {punched} bytes of a 16 MiB delete punched");
+        Assert.Equal(faulty.Data.PunchesStarted, faulty.Data.PunchesDone);
+
+        // Reopened: the space is free and reused, and nothing else changed.
+        using var reopened = faulty.Open(_dir.Path);
+        Assert.Empty(reopened.ListVolumes());
+        reopened.CreateVolume("b", 16 * MiB);
+        WriteWhole(reopened, "b", 16 * MiB, seed: 2);
+        AssertWhole(reopened, "b", 16 * MiB, seed: 2);
+        StoreChecks.AssertConsistent(reopened, "after reopening");
+    }
+}
