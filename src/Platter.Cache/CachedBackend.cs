@@ -168,7 +168,7 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
     /// <inheritdoc />
     public IVolumeHandle OpenVolumeHandle(string name)
     {
-        VolumeNames.ThrowIfInvalid(name);
+        VolumeNames.ThrowIfInvalidExisting(name);
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
@@ -408,7 +408,7 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
     /// </summary>
     public long Release(string name, CancellationToken cancellationToken = default)
     {
-        VolumeNames.ThrowIfInvalid(name);
+        VolumeNames.ThrowIfInvalidExisting(name);
         _inner.GetVolumeInfo(name); // NotFound first
         lock (_gate)
         {
@@ -453,7 +453,7 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
     /// </summary>
     public string? TakeOverVolume(string name, bool acceptCacheLoss)
     {
-        VolumeNames.ThrowIfInvalid(name);
+        VolumeNames.ThrowIfInvalidExisting(name);
         if (_inner is not IVolumeTakeover takeover)
             throw new StorageException(StorageError.InvalidArgument, $"the {_inner.Kind} store has a single server: there is nothing to take over");
         lock (_gate)
@@ -499,16 +499,16 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
     }
 
     /// <inheritdoc />
-    public void ResizeVolume(string name, long newSizeBytes)
+    public void ResizeVolume(string name, long newSizeBytes, bool allowShrink = false)
     {
         Drain(name);
-        _inner.ResizeVolume(name, newSizeBytes);
+        _inner.ResizeVolume(name, newSizeBytes, allowShrink);
     }
 
     /// <summary>Deletes a volume after closing its cache here (drained: the backend may still refuse the delete).</summary>
     public void DeleteVolume(string name, bool recursive)
     {
-        VolumeNames.ThrowIfInvalid(name);
+        VolumeNames.ThrowIfInvalidExisting(name);
         lock (_gate)
         {
             if (_open.TryGetValue(name, out var e))

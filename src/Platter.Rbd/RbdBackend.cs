@@ -144,11 +144,7 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover, IVolumeMetadat
     // Names that refer to an existing image or snapshot are checked by the looser rules, as the embedded engine does:
     // an image made with 'rbd create' under a name today's rules refuse for new volumes can still be served,
     // renamed and deleted. New names (create, rename to, snapshot, clone) meet VolumeNames.Validate.
-    private static void ThrowIfInvalidExisting(string name)
-    {
-        if (VolumeNames.ValidateExisting(name) is { } reason)
-            throw new StorageException(StorageError.InvalidName, $"invalid name '{name}': {reason}");
-    }
+    private static void ThrowIfInvalidExisting(string name) => VolumeNames.ThrowIfInvalidExisting(name);
 
     public VolumeInfo GetVolumeInfo(string name) =>
         TryGetVolumeInfo(name, out var info) ? info! : throw new StorageException(StorageError.NotFound, $"no volume named '{name}'");

@@ -56,6 +56,17 @@ public static class VolumeNames
         if (reason is not null) throw new StorageException(StorageError.InvalidName, $"invalid volume name '{name}': {reason}");
     }
 
+    /// <summary>
+    /// Throws <see cref="StorageException"/> InvalidName when a name that refers to an existing volume or snapshot is
+    /// not acceptable even by the looser <see cref="ValidateExisting"/> rules (open, info, delete, rename from, release,
+    /// takeover): a store holding a name today's rules refuse for new volumes can still be served, renamed and deleted.
+    /// </summary>
+    public static void ThrowIfInvalidExisting(string? name)
+    {
+        var reason = ValidateExisting(name);
+        if (reason is not null) throw new StorageException(StorageError.InvalidName, $"invalid name '{name}': {reason}");
+    }
+
     /// <summary>Splits <c>volume@snapshot</c>; false when <paramref name="fullName"/> has no '@'.</summary>
     public static bool TrySplitSnapshotName(string fullName, out string volume, out string snapshot)
     {

@@ -146,7 +146,7 @@ public sealed class CachedBackendTests(ITestOutputHelper output) : EngineVolumeT
         public bool TryGetVolumeInfo(string name, out VolumeInfo? info) => S.TryGetVolumeInfo(name, out info);
         public VolumeInfo CreateVolume(string name, long sizeBytes) => S.CreateVolume(name, sizeBytes);
         public void RenameVolume(string name, string newName) => S.RenameVolume(name, newName);
-        public void ResizeVolume(string name, long newSizeBytes) => S.ResizeVolume(name, newSizeBytes);
+        public void ResizeVolume(string name, long newSizeBytes, bool allowShrink = false) => S.ResizeVolume(name, newSizeBytes, allowShrink);
         public void DeleteVolume(string name, bool recursive) => S.DeleteVolume(name, recursive);
         public SnapshotInfo CreateSnapshot(string volume, string snapshot) => S.CreateSnapshot(volume, snapshot);
         public IReadOnlyList<SnapshotInfo> ListSnapshots(string volume) => S.ListSnapshots(volume);
