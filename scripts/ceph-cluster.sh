@@ -37,7 +37,9 @@ pid_of() { # name (mon.a, osd.0): the pid when that daemon runs, else nothing
   [[ -s $file ]] || return 0
   local pid
   pid=$(<"$file")
-  if kill -0 "$pid" 2>/dev/null && grep -q "ceph-" "/proc/$pid/comm" 2>/dev/null; then echo "$pid"; fi
+  # A zombie (killed, not yet reaped: PID 1 in a container may never reap it) is not running.
+  if kill -0 "$pid" 2>/dev/null && grep -q "ceph-" "/proc/$pid/comm" 2>/dev/null &&
+    [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]; then echo "$pid"; fi
 }
 
 port_block_free() { # base: true when no TCP socket listens on base..base+31
@@ -233,6 +235,12 @@ case $command in
     pid=$(pid_of "osd.$3")
     [[ -n $pid ]] || die "osd.$3 is not running"
     kill -KILL "$pid"
+    # Wait until it is gone: a start-osd right after would otherwise still see it running and start nothing.
+    for _ in $(seq 1 300); do
+      [[ -z $(pid_of "osd.$3") ]] && exit 0
+      sleep 0.1
+    done
+    die "osd.$3 (pid $pid) did not exit within 30 s of SIGKILL"
     ;;
   start-osd) (($# == 3)) || usage; start_osd "$3" ;;
   status) ceph_cli status ;;

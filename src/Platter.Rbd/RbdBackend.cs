@@ -123,7 +123,7 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover, IVolumeMetadat
         var volumes = new List<VolumeInfo>(names.Count);
         foreach (var name in names)
         {
-            if (VolumeNames.Validate(name) is not null) continue; // not nameable as an NBD export: skip, do not fail the list
+            if (VolumeNames.ValidateExisting(name) is not null) continue; // not nameable as an NBD export: skip, do not fail the list
             try
             {
                 using var image = RbdImage.Open(_catalog, name, readOnly: true);

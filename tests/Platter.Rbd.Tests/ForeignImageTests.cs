@@ -56,8 +56,13 @@ public sealed class ForeignImageTests(CephCluster ceph)
         }
         backend.CreateSnapshot(name, "s1");
         Assert.Single(backend.ListSnapshots(name));
-        backend.RenameVolume(name, name + "x");
-        backend.DeleteVolume(name + "x", recursive: true);
-        Assert.DoesNotContain(backend.ListVolumes(), v => v.Name.StartsWith(name, StringComparison.Ordinal));
+        // A new name meets today's rules (VolumeNames.Validate refuses the leading '-'); renaming away from the odd
+        // name is how a user gets out of it.
+        Assert.Equal(StorageError.InvalidName,
+            Assert.Throws<StorageException>(() => backend.RenameVolume(name, name + "x")).Error);
+        string renamed = name.TrimStart('-');
+        backend.RenameVolume(name, renamed);
+        backend.DeleteVolume(renamed, recursive: true);
+        Assert.DoesNotContain(backend.ListVolumes(), v => v.Name == name || v.Name == renamed);
     }
 }
