@@ -44,6 +44,7 @@ public class CliSafetyTests
             });
         }
         if (command.Options.Any(o => o.Name == "--size" && o.Required)) args.AddRange(["--size", "1G"]);
+        if (command.Options.Any(o => o.Name == "--cache" && o.Required)) args.AddRange(["--cache", "none"]);
         return [.. args];
     }
 
