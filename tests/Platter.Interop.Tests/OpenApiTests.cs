@@ -35,7 +35,7 @@ public sealed partial class OpenApiTests(ObservabilityServer fixture) : IClassFi
         // Bodies and answers carry real schemas: the properties of the records the handlers read and write.
         var create = root.GetProperty("paths").GetProperty("/v1/volumes").GetProperty("post");
         var body = Resolve(root, create.GetProperty("requestBody").GetProperty("content").GetProperty("application/json").GetProperty("schema"));
-        Assert.Equal(["name", "sizeBytes"], PropertyNames(body));
+        Assert.Equal(["cache", "name", "sizeBytes"], PropertyNames(body));
         var created = Resolve(root, create.GetProperty("responses").GetProperty("201").GetProperty("content").GetProperty("application/json").GetProperty("schema"));
         Assert.Contains("sizeBytes", PropertyNames(created));
         Assert.Contains("allocatedBytes", PropertyNames(created));
