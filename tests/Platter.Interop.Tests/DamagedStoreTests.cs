@@ -79,7 +79,7 @@ public sealed class DamagedStoreTests(ITestOutputHelper output) : IAsyncLifetime
         var delete = await _server.CliAsync("volume", "delete", "v2");
         Assert.NotEqual(0, delete.ExitCode);
         Assert.Contains("salvage", delete.Stderr);
-        Assert.Contains("volume 'v1' is not served", _server.Log);
+        await _server.AssertLogContainsAsync("volume 'v1' is not served");
         Assert.Equal(0, await _server.StopAsync());
         Assert.Equal(bytes, await File.ReadAllBytesAsync(MetadataPath));
     }

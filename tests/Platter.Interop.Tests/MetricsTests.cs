@@ -55,9 +55,9 @@ public sealed class MetricsTests(ObservabilityServer fixture, ITestOutputHelper 
         Assert.Equal(Value(after, "platter_volume_written_bytes_total", "metered"), Value(viaApi, "platter_volume_written_bytes_total", "metered"));
 
         // The server logged the connection opening and closing, with the export, at info level.
-        Assert.Contains("opened export 'metered'", server.Log);
-        Assert.Contains("closed export 'metered'", server.Log);
-        Assert.Contains("handshake refused: unknown export 'no-such-volume'", server.Log);
+        await server.AssertLogContainsAsync("opened export 'metered'");
+        await server.AssertLogContainsAsync("closed export 'metered'");
+        await server.AssertLogContainsAsync("handshake refused: unknown export 'no-such-volume'");
     }
 
     private static async Task<string> ScrapeAsync(HttpClient http, Uri uri)

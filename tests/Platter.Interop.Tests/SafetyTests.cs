@@ -179,7 +179,7 @@ public sealed class SafetyTests(ServerFixture fixture, ITestOutputHelper output)
             // A third connection from the same address is refused ...
             var third = await ProcessRunner.RunAsync(Tools.NbdInfo, ["--size", tcp]);
             Assert.True(third.ExitCode != 0, "a third connection from 127.0.0.1 must be refused\n" + third.Describe());
-            Assert.Contains("per-client limit", server.Log);
+            await server.AssertLogContainsAsync("per-client limit");
             // ... while another client still gets in.
             var other = await ProcessRunner.RunAsync(Tools.NbdInfo, ["--size", NbdExport.NbdUri("shared", server.NbdSocketPath)]);
             Assert.Equal($"{8 * MiB}", other.EnsureSuccess().Stdout.Trim());
@@ -216,7 +216,7 @@ public sealed class SafetyTests(ServerFixture fixture, ITestOutputHelper output)
         using var second = Hold(uri);
         var third = await ProcessRunner.RunAsync(Tools.NbdInfo, ["--size", uri]);
         Assert.True(third.ExitCode != 0, "a third connection must be refused by --max-connections 2\n" + third.Describe());
-        Assert.Contains("connection limit 2 reached", server.Log);
+        await server.AssertLogContainsAsync("connection limit 2 reached");
         await Release(first);
         var deadline = DateTime.UtcNow.AddSeconds(60);
         ProcessResult again;

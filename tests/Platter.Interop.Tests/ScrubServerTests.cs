@@ -90,7 +90,7 @@ public sealed class ScrubServerTests(ITestOutputHelper output) : IAsyncLifetime
         var done = await WaitForAsync(s => s.State == "finished", "finished");
         Assert.Equal(Blocks, done.BlocksChecked); // each block once: nothing read twice, nothing skipped
         Assert.Equal(0, done.BadBlocksFound);
-        Assert.Contains("Resuming the scrub of the whole store", _server.Log);
+        await _server.AssertLogContainsAsync("Resuming the scrub of the whole store");
 
         var text = await _server.CliAsync("scrub", "status");
         Assert.Contains("finished, 100.0%", text.Stdout);
@@ -113,7 +113,7 @@ public sealed class ScrubServerTests(ITestOutputHelper output) : IAsyncLifetime
         }
         await _server.KillAsync();
         await _server.StartAsync();
-        Assert.Contains($"Resuming the scrub of the whole store at {onDisk} of {Blocks} blocks", _server.Log);
+        await _server.AssertLogContainsAsync($"Resuming the scrub of the whole store at {onDisk} of {Blocks} blocks");
         var first = await CliStatusAsync("status");
         Assert.True(first.BlocksChecked >= onDisk, $"progress went back: {first.BlocksChecked} < {onDisk}");
         await CliStatusAsync("start", "--rate", "0"); // same targets while running: takes the new rate
@@ -157,7 +157,7 @@ public sealed class ScrubServerTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.Contains("platter_scrub_bad_blocks 1", metrics.Stdout);
         var text = await _server.CliAsync("scrub", "status");
         Assert.Contains("vm1 at offset 1048576", text.Stdout);
-        Assert.Contains("Scrub found a bad block", _server.Log);
+        await _server.AssertLogContainsAsync("Scrub found a bad block");
 
         // Restoring the range (here: writing it again) frees the bad copy in the volume; the snapshot still holds it.
         await Clients.QemuIoAsync(export.Uri, $"write -P 0x5a {1 * MiB} 4k", "flush");

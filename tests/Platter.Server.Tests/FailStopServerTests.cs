@@ -77,7 +77,7 @@ public sealed class FailStopServerTests
         var critical = server.Log.Split('\n').Where(l => l.Contains(" crit ", StringComparison.Ordinal)).ToList();
         Assert.True(critical.Count == 1, server.Log);
         Assert.Contains("the store now refuses writes until it is reopened", critical[0]);
-        Assert.Contains("engine invariant broken: volume 'a' freed 1 blocks without a journaled change", server.Log);
+        await server.AssertLogContainsAsync("engine invariant broken: volume 'a' freed 1 blocks without a journaled change");
         Assert.True(server.IsRunning, "the server stays up, serving reads, until it is stopped");
 
         // A stop ends the server (its final flush fails, so the exit code says the shutdown was not clean), and a

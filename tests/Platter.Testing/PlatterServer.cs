@@ -109,6 +109,22 @@ public sealed class PlatterServer : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Waits (bounded) until the server's log contains <paramref name="fragment"/>, and fails the test with the log if
+    /// it never does. The server logs through a background queue and its output is read asynchronously, so a line about
+    /// something a client just saw can reach <see cref="Log"/> a moment after the client saw it.
+    /// </summary>
+    public async Task AssertLogContainsAsync(string fragment, TimeSpan? timeout = null)
+    {
+        var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(30));
+        while (!Log.Contains(fragment, StringComparison.Ordinal))
+        {
+            if (DateTime.UtcNow >= deadline)
+                throw new XunitException($"the server log never showed \"{fragment}\"\n--- server log ---\n{Log}");
+            await Task.Delay(50);
+        }
+    }
+
     /// <summary>True while a started server process has not exited.</summary>
     public bool IsRunning => _process is { HasExited: false };
 
