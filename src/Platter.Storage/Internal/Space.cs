@@ -7,7 +7,8 @@ namespace Platter.Storage.Internal;
 /// Physical space of the data area: the free-extent allocator, each volume's allocation region, growth of the data
 /// file, the count of referenced blocks, the quarantine of freed blocks waiting for readers to drain, and the file
 /// system beneath: the metadata's reserve (<see cref="SpaceReserve"/>; data never takes the file system's last bytes)
-/// and the holes punched where freed runs were, so deleting makes the host's free space grow.
+/// and the holes punched where freed runs were, so deleting makes the host's free space grow (what overwrites free is
+/// kept warm for the next writes instead, within <see cref="EngineLimits.WarmFreeBlocksMax"/>).
 ///
 /// A freed block goes: volume (pending free) -> committer (after the record that frees it is durable) ->
 /// <see cref="Quarantine"/> -> <see cref="ReleaseQuarantine"/> (once no reader of its epoch remains) -> allocator.
