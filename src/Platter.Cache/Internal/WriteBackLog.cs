@@ -12,10 +12,11 @@ namespace Platter.Cache.Internal;
 /// <remarks>
 /// <para><b>Order is the whole point.</b> Records get consecutive sequence numbers when they are reserved, and are
 /// written back strictly one write-back operation at a time, each durable on the backend (write + flush) before the
-/// log's head moves past it, and the head durable in the superblock before the next operation starts. So at any
-/// instant the backend holds exactly the records before some sequence number (plus, at most, the one operation in
-/// flight, which is one record or several contiguous records inside one backend atomic unit — one RADOS object for
-/// RBD). If the cache disk dies, the image is an ordered prefix of the acknowledged writes.</para>
+/// next starts; the head is durable in the superblock once per batch of operations on disjoint blocks (see
+/// WriteBackLoopAsync for why replay may then write a batch again). So at any instant the backend holds exactly the
+/// records before some sequence number (plus, at most, the one operation in flight, which is one record or several
+/// contiguous records inside one backend atomic unit — one RADOS object for RBD). If the cache disk dies, the image is
+/// an ordered prefix of the acknowledged writes.</para>
 /// <para><b>Durability.</b> A write is acknowledged once its record is written into the log file (page cache); FLUSH
 /// waits until every record reserved before it is written, then fdatasyncs the log. Replay after a crash stops at the
 /// first record that is missing, torn, stale (older incarnation or lap), or fails its checksum; every record before a
@@ -23,7 +24,8 @@ namespace Platter.Cache.Internal;
 /// comparing with the flushed sequence number the superblock records and reports.</para>
 /// <para><b>Locks</b> (taken in this order, never across I/O): <c>_appendLock</c> guards the ring's tail, the record
 /// slots and the written-through watermark; <c>_indexLock</c> guards the dirty-block index. The superblock is written
-/// under <c>_superGate</c> (an async gate: superblock writes are I/O and must not interleave). Readers of log blocks
+/// under <c>_superGate</c> (an async gate: superblock writes are I/O and must not interleave); flushes sync under
+/// <c>_syncGate</c>, independent of it, so a flush never waits for a head sync. Readers of log blocks
 /// are counted in two epoch counters so the writer of new records never overwrites space a reader still reads.</para>
 /// </remarks>
 internal sealed partial class WriteBackLog : IAsyncDisposable
