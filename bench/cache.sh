@@ -34,7 +34,9 @@ work=$(mktemp -d /tmp/platter-cache-bench.XXXXXX)
 own_cluster=0
 platter_pid=""
 qemu_pid=""
+holder_pid=""
 cleanup() {
+  [[ -n $holder_pid ]] && { kill "$holder_pid" 2>/dev/null || true; wait "$holder_pid" 2>/dev/null || true; }
   # SIGKILL: a SIGTERM would first write back what the write-back log still holds (minutes of random writes).
   [[ -n $platter_pid ]] && { kill -9 "$platter_pid" 2>/dev/null; wait "$platter_pid" 2>/dev/null || true; }
   [[ -n $qemu_pid ]] && { kill "$qemu_pid" 2>/dev/null; wait "$qemu_pid" 2>/dev/null || true; }
@@ -124,6 +126,22 @@ workloads=(
   "4k-randread-qd32-warm randread 4k 32"
 )
 
+# A write-through cache closes with its last client (and starts empty at its next open): one idle client stays
+# connected to that volume for the whole run, so its warm-up counts.
+/usr/bin/python3 -c 'import nbd, sys, time
+h = nbd.NBD(); h.connect_uri(sys.argv[1]); time.sleep(86400)' "$(uri writethrough)" &
+holder_pid=$!
+
+# The write-back volume's log written back completely (no write-back traffic in the cluster during a measured run).
+wait_written_back() {
+  local lag
+  for _ in $(seq 1 3600); do
+    lag=$(curl -s --unix-socket "$work/api.sock" "http://platter/v1/volumes/$prefix-writeback" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cache"]["lagRecords"])')
+    ((lag == 0)) && return
+    sleep 0.5
+  done
+}
+
 # Warm the read caches: one whole read of each image (not measured).
 for t in "${targets[@]}"; do
   fio --name=warm --ioengine=nbd --uri="$(uri "$t")" --rw=read --bs=1M --iodepth=8 --size="${size_mib}M" >/dev/null
@@ -133,6 +151,13 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A result
 for w in "${workloads[@]}"; do
   read -r name rw bs depth extra <<<"$w"
+  # Reads after the writes: first let write-back finish and warm the caches again (the writes invalidated copies).
+  if [[ $rw == randread ]]; then
+    wait_written_back
+    for t in "${targets[@]}"; do
+      fio --name=warm --ioengine=nbd --uri="$(uri "$t")" --rw=read --bs=1M --iodepth=8 --size="${size_mib}M" >/dev/null
+    done
+  fi
   for t in "${targets[@]}"; do
     server=$platter_pid
     [[ $t == qemu ]] && server=$qemu_pid
@@ -196,16 +221,24 @@ drain_uri="nbd+unix:///$prefix-drain?socket=$work/platter.sock"
 # 16 MiB of random 4 KiB writes: 4096 records, a backlog of tens of seconds at the cluster's latency.
 fio --name=rnd --ioengine=nbd --uri="$drain_uri" --rw=randwrite --bs=4k --iodepth=32 --size="${size_mib}M" --io_size=16M >/dev/null
 read -r _ rnd_rps rnd_s _ rnd_records <<<"$(drain_rate)"
+# Sequential data drains as fast as a client writes it, leaving no backlog to time; so it is queued behind the same
+# random backlog again, and its drain time is the total less the random drain's time above (an estimate).
+fio --name=rnd --ioengine=nbd --uri="$drain_uri" --rw=randwrite --bs=4k --iodepth=32 --size="${size_mib}M" --io_size=16M >/dev/null
+t_rnd_end=$(date +%s.%N)
 fio --name=seq --ioengine=nbd --uri="$drain_uri" --rw=write --bs=1M --iodepth=8 --size="${size_mib}M" >/dev/null
-read -r seq_mbps _ seq_s seq_mb _ <<<"$(drain_rate)"
+read -r _ _ rest_s _ _ <<<"$(drain_rate)"
+t_end=$(date +%s.%N)
+seq_mb=$size_mib
+seq_s=$(python3 -c "print(f'{$t_end - $t_rnd_end - $rnd_s:.1f}')")
+seq_mbps=$(python3 -c "print(f'{$size_mib * 1.048576 / max(0.1, $t_end - $t_rnd_end - $rnd_s):.1f}')")
 rbd_fio() { fio --name=d --ioengine=rbd --clientname=admin --pool=rbd --rbdname="$prefix-none" --output-format=json "$@" |
-  python3 -c 'import json,sys; w=json.load(sys.stdin)["jobs"][0]["write"]; print(f"{w[\"iops\"]:.0f} {w[\"bw_bytes\"]/1e6:.1f}")'; }
+  python3 -c 'import json,sys; w=json.load(sys.stdin)["jobs"][0]["write"]; print("%.0f %.1f" % (w["iops"], w["bw_bytes"]/1e6))'; }
 read -r fio_rnd_iops _ <<<"$(rbd_fio --rw=randwrite --bs=4k --iodepth=1 --size="${size_mib}M" --time_based --runtime="$seconds")"
 read -r _ fio_seq1 <<<"$(rbd_fio --rw=write --bs=4M --iodepth=1 --size="${size_mib}M")"
 read -r _ fio_seq16 <<<"$(rbd_fio --rw=write --bs=4M --iodepth=16 --size="${size_mib}M")"
 echo "drain of random 4 KiB writes: $rnd_records records in $rnd_s s = $rnd_rps records/s; fio rbd 4k randwrite depth 1: $fio_rnd_iops IOPS" \
   "($(python3 -c "print(f'{$rnd_rps/$fio_rnd_iops:.2f}x')"))"
-echo "drain of sequential writes: $seq_mb MB in $seq_s s = $seq_mbps MB/s; fio rbd 4M sequential write depth 1: $fio_seq1 MB/s" \
+echo "drain of sequential writes: $seq_mb MiB in about $seq_s s = $seq_mbps MB/s; fio rbd 4M sequential write depth 1: $fio_seq1 MB/s" \
   "($(python3 -c "print(f'{$seq_mbps/$fio_seq1:.2f}x')")), depth 16: $fio_seq16 MB/s ($(python3 -c "print(f'{$seq_mbps/$fio_seq16:.2f}x')"))"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 platter volume release "$prefix-drain" >/dev/null

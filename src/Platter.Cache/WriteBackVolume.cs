@@ -37,12 +37,6 @@ public sealed class WriteBackOptions
     /// <summary>Where log messages go.</summary>
     public ILoggerFactory LoggerFactory { get; init; } = NullLoggerFactory.Instance;
 
-    /// <summary>
-    /// How soon after a flush the superblock records it when no write-back head sync does (the window in which damage
-    /// to the newest flushed records reads as a torn tail; see WriteBackLog.ConfirmSoon). Tests set it to infinite.
-    /// </summary>
-    internal TimeSpan ConfirmDelay { get; init; } = TimeSpan.FromMilliseconds(100);
-
     /// <summary>How long write-back waits for another record before it makes its head durable (WriteBackLog).</summary>
     internal TimeSpan HeadIdleDelay { get; init; } = TimeSpan.FromMilliseconds(20);
 }
@@ -95,7 +89,7 @@ public sealed class WriteBackVolume : IAsyncDisposable
     {
         var logger = options.LoggerFactory.CreateLogger("Platter.Cache");
         var log = WriteBackLog.Open(logPath, identity, options.LogBytes, options.AtomicUnitBytes, backend, logger, options.AcceptLoss,
-            options.ConfirmDelay, options.HeadIdleDelay, out var report);
+            options.HeadIdleDelay, out var report);
         var readCache = options.ReadCacheBytes > 0 ? new ReadCache(logPath + ".rcache", options.ReadCacheBytes) : null;
         var volume = new WriteBackVolume(backend, log, readCache) { Replayed = report.Replayed, Damage = report.Damage };
         log.Start();

@@ -24,13 +24,10 @@ public sealed class WriteBackTests(ITestOutputHelper output) : EngineVolumeTest(
         var o = options ?? new WriteBackOptions();
         var cache = WriteBackVolume.Open(logPath ?? LogPath, "store-test/vm1", gate, new WriteBackOptions
         {
-            LogBytes = logBytes, AcceptLoss = acceptLoss, AtomicUnitBytes = o.AtomicUnitBytes, ConfirmDelay = o.ConfirmDelay, HeadIdleDelay = o.HeadIdleDelay,
+            LogBytes = logBytes, AcceptLoss = acceptLoss, AtomicUnitBytes = o.AtomicUnitBytes, HeadIdleDelay = o.HeadIdleDelay,
         });
         return (cache, gate);
     }
-
-    // No timer writes the superblock behind a test's back.
-    private static readonly WriteBackOptions NoConfirmTimer = new() { ConfirmDelay = Timeout.InfiniteTimeSpan };
 
     private static byte[] Stamp(long seq, int length = Block)
     {
@@ -311,9 +308,9 @@ public sealed class WriteBackTests(ITestOutputHelper output) : EngineVolumeTest(
     }
 
     [Fact]
-    public async Task A_flush_costs_one_fdatasync_and_writes_no_superblock()
+    public async Task A_flush_costs_one_fdatasync_and_no_head_sync()
     {
-        var (cache, gate) = Open(options: NoConfirmTimer);
+        var (cache, gate) = Open();
         await using (cache)
         {
             gate.Pause();
@@ -326,11 +323,8 @@ public sealed class WriteBackTests(ITestOutputHelper output) : EngineVolumeTest(
             await h.WriteAsync(64L * Block, Stamp(99), fua: true); // FUA: the same flush
             await h.FlushAsync(); // nothing new: no sync
             Assert.Equal(21, cache.Log.FlushSyncs);
-            Assert.Equal(0, cache.Log.HeadSyncs);
-            // The superblock still says what open wrote: the flushes did not touch it.
-            Assert.Equal(0, cache.Log.ConfirmedFlushSeq);
-            await cache.Log.ConfirmFlushesAsync(CancellationToken.None);
-            Assert.Equal(21, cache.Log.ConfirmedFlushSeq);
+            Assert.Equal(0, cache.Log.HeadSyncs); // write-back is held: nothing to record
+            Assert.Equal(21, cache.Log.ConfirmedFlushSeq); // in the same sync
             gate.Resume();
             await cache.DrainAsync();
         }
@@ -340,7 +334,7 @@ public sealed class WriteBackTests(ITestOutputHelper output) : EngineVolumeTest(
     public async Task Write_back_syncs_its_head_once_per_batch_of_operations_on_disjoint_blocks()
     {
         // One record per operation (4 KiB atomic unit), no idle head sync: only an overlap ends a batch here.
-        var (cache, gate) = Open(options: new WriteBackOptions { AtomicUnitBytes = Block, ConfirmDelay = Timeout.InfiniteTimeSpan, HeadIdleDelay = Timeout.InfiniteTimeSpan });
+        var (cache, gate) = Open(options: new WriteBackOptions { AtomicUnitBytes = Block, HeadIdleDelay = Timeout.InfiniteTimeSpan });
         await using (cache)
         {
             gate.Pause();
@@ -359,9 +353,9 @@ public sealed class WriteBackTests(ITestOutputHelper output) : EngineVolumeTest(
     }
 
     [Fact]
-    public async Task A_flipped_byte_in_a_flushed_record_is_refused_after_a_crash_once_the_flush_is_confirmed()
+    public async Task A_flipped_byte_in_a_flushed_record_is_refused_after_a_crash_right_after_the_flush()
     {
-        var (cache, gate) = Open(options: NoConfirmTimer);
+        var (cache, gate) = Open();
         gate.Pause();
         using (var h = cache.OpenHandle())
         {
@@ -369,7 +363,6 @@ public sealed class WriteBackTests(ITestOutputHelper output) : EngineVolumeTest(
             await h.WriteAsync(Block, Stamp(2), fua: false);
             await h.WriteAsync(2 * Block, Stamp(3), fua: true);
         }
-        await cache.Log.ConfirmFlushesAsync(CancellationToken.None);
         // SIGKILL now: the log as it is, never closed. Then the disk damages the second record's payload.
         var crashed = Path.Combine(_dir, "crashed.log");
         RawFile.Copy(LogPath, crashed);

@@ -24,8 +24,8 @@ namespace Platter.Cache.Internal;
 /// comparing with the flushed sequence number the superblock records and reports.</para>
 /// <para><b>Locks</b> (taken in this order, never across I/O): <c>_appendLock</c> guards the ring's tail, the record
 /// slots and the written-through watermark; <c>_indexLock</c> guards the dirty-block index. The superblock is written
-/// under <c>_superGate</c> (an async gate: superblock writes are I/O and must not interleave); flushes sync under
-/// <c>_syncGate</c>, independent of it, so a flush never waits for a head sync. Readers of log blocks
+/// under <c>_superGate</c> (an async gate: superblock writes are I/O and must not interleave); a flush's sync carries
+/// a superblock write, so flushes take it too (head syncs come once per batch, so they rarely meet). Readers of log blocks
 /// are counted in two epoch counters so the writer of new records never overwrites space a reader still reads.</para>
 /// </remarks>
 internal sealed partial class WriteBackLog : IAsyncDisposable
@@ -74,16 +74,9 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     // Superblock state, guarded by _superGate.
     private readonly SemaphoreSlim _superGate = new(1, 1);
     private long _generation;
-    private long _flushedSeq; // what the superblock last written says was flushed: only sequence numbers already synced
+    private long _flushedSeq; // the flushed sequence number the superblock carries
 
-    // Flushes: one fdatasync at a time under _syncGate; every flush waiting behind it shares the next one.
-    private readonly SemaphoreSlim _syncGate = new(1, 1);
-    private long _syncedThrough; // every record with seq <= this was fdatasynced
-
-    // The superblock learns of completed flushes within _confirmDelay (see ConfirmSoon); one confirmation pending at a time.
-    private readonly TimeSpan _confirmDelay;
-    private int _confirmScheduled;
-    private Task _confirm = Task.CompletedTask;
+    private long _syncedThrough; // every record with seq <= this was fdatasynced (flushes sync one at a time under _superGate)
 
     // Write-back waits this long for the next record before it makes the head durable and frees ring space, so a steady
     // writer's records share one superblock sync instead of paying one each (20 ms: far below any client timeout, long
@@ -119,9 +112,8 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     private readonly record struct DirtyBlock(long Pos, long Seq, ulong Sum);
 
     private WriteBackLog(SafeFileHandle file, IVolumeHandle backend, ILogger logger, string path, in LogFormat.Super super, int atomicUnitBytes,
-        TimeSpan confirmDelay, TimeSpan headIdleDelay)
+        TimeSpan headIdleDelay)
     {
-        _confirmDelay = confirmDelay;
         _headIdleDelay = headIdleDelay;
         _file = file;
         _backend = backend;
@@ -174,7 +166,7 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     /// <summary>fdatasyncs made to record the write-back head (one per batch of write-back operations).</summary>
     internal long HeadSyncs => Interlocked.Read(ref _headSyncs);
 
-    /// <summary>The flushed sequence number the superblock holds (it lags completed flushes by up to the confirm delay).</summary>
+    /// <summary>The flushed sequence number the superblock holds.</summary>
     internal long ConfirmedFlushSeq => Volatile.Read(ref _flushedSeq);
 
     /// <summary>Why write-back stopped (the log is damaged or the backend refused for good), or null.</summary>
@@ -359,8 +351,9 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
 
     /// <summary>
     /// Makes every record appended before this call durable in the log: one fdatasync, shared by concurrent flushes
-    /// (group commit), and no superblock write on the way — the records carry their own sequence numbers and checksums,
-    /// which is all replay needs to find them. The superblock learns of the flush afterwards (<see cref="ConfirmSoon"/>).
+    /// (group commit). The superblock's flushed sequence number goes in the same sync: it lets replay tell damage (a
+    /// flushed record that does not read back) from a torn tail, also for the newest record after a crash right after
+    /// its flush. Head syncs of write-back take the same gate but come once per batch of operations, not per operation.
     /// </summary>
     public async ValueTask FlushAsync(CancellationToken cancellationToken)
     {
@@ -379,63 +372,17 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
             ThrowIfFailed();
         }
         if (Volatile.Read(ref _syncedThrough) >= target) return;
-        await _syncGate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        await _superGate.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
             if (Volatile.Read(ref _syncedThrough) >= target) return; // the sync this flush waited behind covered it
             long through;
             lock (_appendLock) through = _writtenThrough;
+            _flushedSeq = through;
+            WriteSuperLocked(_headSeq, _headPos);
             Sync();
             Interlocked.Increment(ref _flushSyncs);
             Volatile.Write(ref _syncedThrough, through);
-        }
-        finally
-        {
-            _syncGate.Release();
-        }
-        ConfirmSoon();
-    }
-
-    // The superblock's flushed sequence number lets replay tell damage (a flushed record that does not read back) from a
-    // torn tail (records never flushed). It is written only after the sync that made those records durable returned —
-    // never in the same sync, where the disk may keep the superblock and drop the records, and replay would call a
-    // power cut during a flush damage. A head sync of write-back carries it for free; when none comes within
-    // _confirmDelay, this writes it. Until then a flushed record that is damaged on disk reads as a torn tail: the
-    // window is that delay after a flush.
-    private void ConfirmSoon()
-    {
-        if (_confirmDelay == Timeout.InfiniteTimeSpan || _stop.IsCancellationRequested) return;
-        if (Interlocked.Exchange(ref _confirmScheduled, 1) != 0) return;
-        _confirm = ConfirmLaterAsync(_stop.Token);
-    }
-
-    private async Task ConfirmLaterAsync(CancellationToken token)
-    {
-        try
-        {
-            await Task.Delay(_confirmDelay, token).ConfigureAwait(false);
-            Volatile.Write(ref _confirmScheduled, 0);
-            await ConfirmFlushesAsync(token).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException)
-        {
-            // Closing: DisposeAsync writes the superblock with everything flushed.
-        }
-        catch (StorageException)
-        {
-            // Sync failed: Fail() has recorded and logged it; the log takes no more writes.
-        }
-    }
-
-    /// <summary>Writes the flushed sequence number of every completed flush into the superblock, durably.</summary>
-    internal async Task ConfirmFlushesAsync(CancellationToken cancellationToken)
-    {
-        await _superGate.WaitAsync(cancellationToken).ConfigureAwait(false);
-        try
-        {
-            if (_flushedSeq >= Volatile.Read(ref _syncedThrough)) return;
-            WriteSuperLocked(_headSeq, _headPos);
-            Sync();
         }
         finally
         {
@@ -725,8 +672,6 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     private void WriteSuperLocked(long headSeq, long headPos)
     {
         _generation++;
-        // Only flushes whose sync has returned: see ConfirmSoon.
-        _flushedSeq = Math.Max(_flushedSeq, Volatile.Read(ref _syncedThrough));
         Span<byte> slot = stackalloc byte[LogFormat.SectorBytes];
         var super = new LogFormat.Super(_logId, _identity, _capacity, _generation, _incarnation, headSeq, headPos, _flushedSeq);
         LogFormat.EncodeSuper(slot, super);
@@ -759,7 +704,6 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
             try { await _writeBack.ConfigureAwait(false); }
             catch (OperationCanceledException) { }
         }
-        await _confirm.ConfigureAwait(false); // never throws (ConfirmLaterAsync catches)
         // The gate is kept: nothing writes the superblock after this one.
         await _superGate.WaitAsync().ConfigureAwait(false);
         if (_failure is null)
@@ -772,6 +716,7 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
                 lock (_appendLock) through = _writtenThrough;
                 Sync();
                 Volatile.Write(ref _syncedThrough, through);
+                _flushedSeq = through;
                 long appliedSeq = Volatile.Read(ref _appliedSeq);
                 long appliedPos = appliedSeq == _headSeq ? _headPos : Volatile.Read(ref _appliedPos);
                 WriteSuperLocked(appliedSeq, appliedPos);
