@@ -238,6 +238,8 @@ read -r _ fio_seq1 <<<"$(rbd_fio --rw=write --bs=4M --iodepth=1 --size="${size_m
 read -r _ fio_seq16 <<<"$(rbd_fio --rw=write --bs=4M --iodepth=16 --size="${size_mib}M")"
 echo "drain of random 4 KiB writes: $rnd_records records in $rnd_s s = $rnd_rps records/s; fio rbd 4k randwrite depth 1: $fio_rnd_iops IOPS" \
   "($(python3 -c "print(f'{$rnd_rps/$fio_rnd_iops:.2f}x')"))"
+# A non-positive estimate means write-back kept up with the writer: no backlog formed to time.
+python3 -c "import sys; sys.exit(0 if $seq_s > 0.5 else 1)" || echo "drain of sequential writes: write-back kept up with the writer (estimate $seq_s s): no backlog to time"
 echo "drain of sequential writes: $seq_mb MiB in about $seq_s s = $seq_mbps MB/s; fio rbd 4M sequential write depth 1: $fio_seq1 MB/s" \
   "($(python3 -c "print(f'{$seq_mbps/$fio_seq1:.2f}x')")), depth 16: $fio_seq16 MB/s ($(python3 -c "print(f'{$seq_mbps/$fio_seq16:.2f}x')"))"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
