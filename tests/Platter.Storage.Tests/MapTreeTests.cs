@@ -10,8 +10,11 @@ namespace Platter.Storage.Tests;
 /// whole-leaf loads, packing, snapshots and clones, with every read operation and the diff checked after each step.
 /// Each run prints its seed; PLATTER_TEST_SEED=N replays one.
 /// </summary>
+// Not in parallel with the other class that counts packed leaves: MapTree.LeavesPacked is process-wide.
+[Collection(MapTreeTests.PackingCounter)]
 public sealed class MapTreeTests(ITestOutputHelper output)
 {
+    public const string PackingCounter = "MapTree.LeavesPacked";
     private const int Leaf = 256;
     // A few leaves near 0 (physical block 0 included, the edge of a packed run) and a few far away.
     private static readonly long[] LeafBases = [0, Leaf, 2 * Leaf, 3 * Leaf, 1L << 30, (1L << 40) + 7 * Leaf];
@@ -31,7 +34,7 @@ public sealed class MapTreeTests(ITestOutputHelper output)
         var frozen = new List<(MapTree Map, Dictionary<long, BlockEntry> Model)>();
         long nextPba = 0;
 
-        for (int step = 0; step < 400; step++)
+        for (int step = 0; step < 200; step++)
         {
             long leafBase = LeafBases[rng.Next(LeafBases.Length)];
             switch (rng.Next(7))
