@@ -161,4 +161,11 @@ internal static class EngineLimits
 
     /// <summary>Bad blocks a scrub keeps listed (and in its progress file); more are still logged and counted.</summary>
     public const int ScrubBadBlocksListedMax = 10_000;
+
+    /// <summary>
+    /// Leaves of one volume's map kept in the dense form (3 KiB each, 12 MiB here) after writes unpacked them; older
+    /// ones are packed again (decision 0010). The leaves a volume is writing stay fast to change, and the map's memory
+    /// stays about 4 bytes per mapped block however much of the volume has been written.
+    /// </summary>
+    public const int DenseLeavesPerMapMax = 4096;
 }
