@@ -8,7 +8,15 @@ scripts/install-test-deps.sh || exit 1
 
 log=$(mktemp)
 aot=$(mktemp -d)
-trap 'rm -rf "$log" "$aot"' EXIT
+ceph=$(mktemp -d /tmp/platter-test-ceph.XXXXXX)
+trap 'scripts/ceph-cluster.sh stop "$ceph" >/dev/null 2>&1; rm -rf "$log" "$aot" "$ceph"' EXIT
+
+# One Ceph cluster for the whole run, started while the AOT publish below runs: the RBD tests of every project
+# (Rbd, Contract, Guest) attach to it through PLATTER_TEST_CEPH_DIR, each fixture in a pool of its own, instead of
+# each project starting a cluster of its own (seconds each, and idle daemons that take CPU from the tests). Only
+# the tests that kill OSDs still start their own. If it fails to start, the tests start their own as when run alone.
+scripts/ceph-cluster.sh start "$ceph" >"$ceph.out" 2>&1 &
+ceph_pid=$!
 
 # The binary the .deb ships, published once with Native AOT (its own artifacts path, so it never touches the bin/obj
 # the tests build into). DebPackageTests packages this one, and the tests of what AOT could break (the OpenAPI
@@ -20,6 +28,13 @@ else
   aot_status=1
   echo "tests: the Native AOT publish (scripts/build-deb.sh --publish-only) failed"
 fi
+
+if wait "$ceph_pid"; then
+  export PLATTER_TEST_CEPH_DIR="$ceph"
+else
+  echo "tests: the shared Ceph cluster did not start (each RBD test project starts its own): $(tail -3 "$ceph.out")"
+fi
+rm -f "$ceph.out"
 
 # --blame-hang cuts a test that hangs (and dumps where it hung) instead of letting the whole run stall.
 timeout 80m dotnet test Platter.slnx -c Release \

@@ -4,8 +4,9 @@ using Xunit;
 namespace Platter.Contract.Tests;
 
 /// <summary>
-/// The contract on RBD: a real one-host Ceph cluster shared by every test of this class (names are unique per test),
-/// a backend on its pool per test. Allocation is per RADOS object: 4 MiB, the object size of the images the backend
+/// The contract on RBD: a pool of this class's own on a real one-host Ceph cluster (the run's shared one, or one this
+/// assembly starts when run alone), shared by every test of the class (names are unique per test), a backend on the
+/// pool per test. Allocation is per RADOS object: 4 MiB, the object size of the images the backend
 /// creates (librbd's default order 22).
 /// </summary>
 [Collection(CephCollection.Name)]

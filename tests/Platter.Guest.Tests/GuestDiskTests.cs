@@ -69,7 +69,7 @@ public abstract class GuestDiskTests : IAsyncLifetime
         await target.StopAsync(graceful: true, ct);
     }
 
-    private async Task BootAndAssertAsync(GuestImage image, INbdTarget target, GuestMode mode, string accel,
+    private protected async Task BootAndAssertAsync(GuestImage image, INbdTarget target, GuestMode mode, string accel,
         int? expectedMarkers, string what, CancellationToken ct)
     {
         var boot = await GuestVm.BootAsync(image, target, mode, _work.Path, accel, expectedMarkers, BootTimeout, cancellationToken: ct);

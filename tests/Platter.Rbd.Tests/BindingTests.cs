@@ -156,7 +156,8 @@ public sealed unsafe class BindingTests(CephCluster ceph)
     [Fact]
     public void Unreachable_monitor_fails_with_a_timeout_not_a_hang()
     {
-        string conf = Path.Combine(ceph.Directory, "unreachable.conf");
+        using var dir = new TempDirectory("prbdu");
+        string conf = dir.Combine("unreachable.conf");
         File.WriteAllText(conf, "[global]\nmon host = [v2:127.0.0.1:9]\nkeyring = " + Path.Combine(ceph.Directory, "keyring") + "\n");
         var error = Assert.Throws<CephException>(() => RadosCluster.Connect(conf, "admin", [new("client_mount_timeout", "3")]));
         Assert.Contains("connecting to the Ceph monitors", error.Message);

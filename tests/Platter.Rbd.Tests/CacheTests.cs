@@ -11,8 +11,8 @@ namespace Platter.Rbd.Tests;
 /// bypassing Platter). Write-back is held up by killing two of the three OSDs (the pool's min_size is 2, so every
 /// write waits), which makes "the log holds writes the image lacks" a certainty instead of a race.
 /// </summary>
-[Collection(CephCollection.Name)]
-public sealed class CacheTests(CephCluster ceph)
+[Collection(IsolatedCephCollection.Name)]
+public sealed class CacheTests(IsolatedCephCluster ceph)
 {
     private const int BlockBytes = 4096;
 
@@ -35,7 +35,7 @@ public sealed class CacheTests(CephCluster ceph)
 
     private static int SlotOf(int write, int slots) => (int)((long)write * 7919 % slots);
 
-    private async Task WriteStampsAsync(RbdServer server, string volume, int first, int count, int slots, bool flushEach)
+    private async Task WriteStampsAsync(PlatterServer server, string volume, int first, int count, int slots, bool flushEach)
     {
         var result = await ProcessRunner.RunAsync("/usr/bin/python3", ["-c", StampScript, server.Uri(volume), first.ToString(), count.ToString(), slots.ToString(), flushEach ? "1" : "0"],
             TimeSpan.FromSeconds(300));
@@ -83,14 +83,14 @@ public sealed class CacheTests(CephCluster ceph)
     // Two of three OSDs gone: every write (write-back included) waits; the server's local log keeps taking writes.
     private void StallCluster()
     {
-        ceph.ExecOk(ceph.Script, "kill-osd", ceph.Directory, "1");
-        ceph.ExecOk(ceph.Script, "kill-osd", ceph.Directory, "2");
+        ceph.KillOsd(1);
+        ceph.KillOsd(2);
     }
 
     private void ResumeCluster()
     {
-        ceph.ExecOk(ceph.Script, "start-osd", ceph.Directory, "1");
-        ceph.ExecOk(ceph.Script, "start-osd", ceph.Directory, "2");
+        ceph.StartOsd(1);
+        ceph.StartOsd(2);
         var deadline = DateTime.UtcNow.AddSeconds(120);
         while (!ceph.ExecOk("ceph", "osd", "stat").Contains("3 osds: 3 up"))
         {
@@ -105,7 +105,7 @@ public sealed class CacheTests(CephCluster ceph)
         e.TryGetProperty(property, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
 
     // Waits until the server's write-back cache of the volume has nothing left to write back.
-    private static async Task WaitWrittenBackAsync(RbdServer server, string volume)
+    private static async Task WaitWrittenBackAsync(PlatterServer server, string volume)
     {
         var deadline = DateTime.UtcNow.AddSeconds(180);
         while (Cache(await server.CliOkAsync("volume", "info", volume, "--json")).GetProperty("lagRecords").GetInt64() > 0)
@@ -120,7 +120,7 @@ public sealed class CacheTests(CephCluster ceph)
     {
         const int slots = 64, writes = 200;
         string name = CephCluster.UniqueName("wbkill");
-        await using var a = new RbdServer(ceph) { CacheSize = "64M" };
+        await using var a = ceph.CreateServer(cacheSize: "64M");
         await a.StartAsync();
         await a.CliOkAsync("volume", "create", name, "--size", "1M", "--cache", "writeback");
         var created = Cache(await a.CliOkAsync("volume", "info", name, "--json"));
@@ -171,8 +171,8 @@ public sealed class CacheTests(CephCluster ceph)
     {
         const int slots = 64, writes = 250;
         string name = CephCluster.UniqueName("wblost");
-        await using var a = new RbdServer(ceph) { CacheSize = "64M" };
-        await using var b = new RbdServer(ceph) { CacheSize = "64M" };
+        await using var a = ceph.CreateServer(cacheSize: "64M");
+        await using var b = ceph.CreateServer(cacheSize: "64M");
         await a.StartAsync();
         await b.StartAsync();
         await a.CliOkAsync("volume", "create", name, "--size", "1M", "--cache", "writeback");
@@ -221,8 +221,8 @@ public sealed class CacheTests(CephCluster ceph)
     {
         const int slots = 2048;
         string name = CephCluster.UniqueName("wbmig");
-        await using var a = new RbdServer(ceph) { CacheSize = "64M" };
-        await using var b = new RbdServer(ceph) { CacheSize = "64M" };
+        await using var a = ceph.CreateServer(cacheSize: "64M");
+        await using var b = ceph.CreateServer(cacheSize: "64M");
         await a.StartAsync();
         await b.StartAsync();
         await a.CliOkAsync("volume", "create", name, "--size", "8M", "--cache", "writeback");
@@ -253,7 +253,7 @@ public sealed class CacheTests(CephCluster ceph)
         Assert.Equal(FinalState(2500, slots), ExportStamps(name, slots));
         await WriteStampsAsync(b, name, 2501, 500, slots, flushEach: false);
         var onB = Cache(await b.CliOkAsync("volume", "info", name, "--json"));
-        Assert.Contains($"pid {b.Pid}", Text(onB, "dirtyMarker"));
+        Assert.Contains($"pid {b.ProcessId}", Text(onB, "dirtyMarker"));
 
         // SIGTERM on B: clients are cut, the log is written back, the marker cleared: A may serve it at once.
         await b.StopAsync();
@@ -268,7 +268,7 @@ public sealed class CacheTests(CephCluster ceph)
     {
         const int slots = 16;
         string name = CephCluster.UniqueName("wbflip");
-        await using var a = new RbdServer(ceph) { CacheSize = "64M" };
+        await using var a = ceph.CreateServer(cacheSize: "64M");
         await a.StartAsync();
         await a.CliOkAsync("volume", "create", name, "--size", "1M", "--cache", "writeback");
         using (var first = new NbdHolder(a.Uri(name))) Assert.Equal("ok", first.Send("w 0 0", TimeSpan.FromSeconds(60))); // opens the cache
@@ -319,7 +319,7 @@ public sealed class CacheTests(CephCluster ceph)
     public async Task A_writer_far_faster_than_write_back_waits_and_the_cache_stays_in_its_size()
     {
         string name = CephCluster.UniqueName("wbfull");
-        await using var a = new RbdServer(ceph) { CacheSize = "16M" };
+        await using var a = ceph.CreateServer(cacheSize: "16M");
         await a.StartAsync();
         await a.CliOkAsync("volume", "create", name, "--size", "64M", "--cache", "writeback");
         // 48 MiB of writes through a 12 MiB log: three times over, every write acknowledged, none failed.
@@ -338,7 +338,7 @@ public sealed class CacheTests(CephCluster ceph)
     public async Task Writethrough_serves_repeated_reads_from_the_cache_and_counts_them()
     {
         string name = CephCluster.UniqueName("wtread");
-        await using var a = new RbdServer(ceph) { CacheSize = "32M" };
+        await using var a = ceph.CreateServer(cacheSize: "32M");
         await a.StartAsync();
         await a.CliOkAsync("volume", "create", name, "--size", "8M");
         Assert.Contains("cache mode writethrough", await a.CliOkAsync("volume", "set", name, "--cache", "writethrough"));

@@ -62,7 +62,7 @@ public sealed class FlattenTests(CephCluster ceph)
     public async Task Cli_flatten_on_an_rbd_store_then_origin_delete_and_qemu_img_compare()
     {
         string origin = CephCluster.UniqueName("cforig"), clone = CephCluster.UniqueName("cfclone");
-        await using var server = new RbdServer(ceph);
+        await using var server = ceph.CreateServer();
         await server.StartAsync();
         await server.CliOkAsync("volume", "create", origin, "--size", "16M");
         (await ProcessRunner.RunAsync("qemu-io", ["-f", "raw", "-c", "write -P 0x11 0 4M", "-c", "write -P 0x22 8M 1M", "-c", "flush", server.Uri(origin)])).EnsureSuccess();

@@ -9,8 +9,8 @@ namespace Platter.Rbd.Tests;
 /// Storage nodes dying under a running workload: fio over NBD with verification, against a Platter server on the
 /// size-3 / min_size-2 pool, while OSDs are SIGKILLed and started again.
 /// </summary>
-[Collection(CephCollection.Name)]
-public sealed class NodeLossTests(CephCluster ceph)
+[Collection(IsolatedCephCollection.Name)]
+public sealed class NodeLossTests(IsolatedCephCluster ceph)
 {
     private static Task<ProcessResult> FioAsync(string uri, int seed, string size) => ProcessRunner.RunAsync("fio",
     [
@@ -31,14 +31,14 @@ public sealed class NodeLossTests(CephCluster ceph)
     [Fact]
     public async Task One_osd_killed_during_verified_io_gives_the_client_no_error()
     {
-        await using var server = new RbdServer(ceph);
+        await using var server = ceph.CreateServer();
         await server.StartAsync();
         string name = CephCluster.UniqueName("loss1");
         await server.CliOkAsync("volume", "create", name, "--size", "64M");
         var fio = FioAsync(server.Uri(name), 11, "24M");
         await Task.Delay(TimeSpan.FromSeconds(2));
         Assert.False(fio.IsCompleted, "fio finished before the OSD was killed: make its run longer");
-        ceph.ExecOk(ceph.Script, "kill-osd", ceph.Directory, "1");
+        ceph.KillOsd(1);
         try
         {
             var result = await fio;
@@ -47,7 +47,7 @@ public sealed class NodeLossTests(CephCluster ceph)
         }
         finally
         {
-            ceph.ExecOk(ceph.Script, "start-osd", ceph.Directory, "1");
+            ceph.StartOsd(1);
             WaitAllOsdsUp();
         }
     }
@@ -66,7 +66,7 @@ public sealed class NodeLossTests(CephCluster ceph)
     [Fact]
     public async Task Two_osds_down_make_io_wait_and_it_resumes_when_one_returns()
     {
-        await using var server = new RbdServer(ceph);
+        await using var server = ceph.CreateServer();
         await server.StartAsync();
         string name = CephCluster.UniqueName("loss2");
         await server.CliOkAsync("volume", "create", name, "--size", "64M");
@@ -79,8 +79,8 @@ public sealed class NodeLossTests(CephCluster ceph)
         var fio = FioAsync(server.Uri(name), 12, "24M");
         await Task.Delay(TimeSpan.FromSeconds(2));
         Assert.False(fio.IsCompleted, "fio finished before the OSDs were killed: make its run longer");
-        ceph.ExecOk(ceph.Script, "kill-osd", ceph.Directory, "1");
-        ceph.ExecOk(ceph.Script, "kill-osd", ceph.Directory, "2");
+        ceph.KillOsd(1);
+        ceph.KillOsd(2);
         try
         {
             // Marked down now rather than after the heartbeat grace: from here on every placement group has one
@@ -97,7 +97,7 @@ public sealed class NodeLossTests(CephCluster ceph)
             Assert.False(((NetworkStream)client.Stream).DataAvailable, "a write below min_size was answered instead of waiting");
             Assert.False(fio.IsCompleted, "fio finished while the pool was below min_size");
 
-            ceph.ExecOk(ceph.Script, "start-osd", ceph.Directory, "2");
+            ceph.StartOsd(2);
             Assert.Equal(0u, NbdTestClient.ErrorOf(await client.ReadReplyAsync(cookie)));
             var result = await fio;
             Assert.True(result.ExitCode == 0, result.Describe());
@@ -113,8 +113,8 @@ public sealed class NodeLossTests(CephCluster ceph)
         }
         finally
         {
-            ceph.ExecOk(ceph.Script, "start-osd", ceph.Directory, "1");
-            ceph.ExecOk(ceph.Script, "start-osd", ceph.Directory, "2");
+            ceph.StartOsd(1);
+            ceph.StartOsd(2);
             WaitAllOsdsUp();
         }
     }
@@ -122,7 +122,7 @@ public sealed class NodeLossTests(CephCluster ceph)
     [Fact]
     public async Task Every_osd_lost_while_serving_fails_requests_with_a_clear_error_after_the_op_timeout()
     {
-        await using var server = new RbdServer(ceph, opTimeoutSeconds: 8);
+        await using var server = ceph.CreateServer(opTimeoutSeconds: 8);
         await server.StartAsync();
         string name = CephCluster.UniqueName("lossall");
         await server.CliOkAsync("volume", "create", name, "--size", "16M");
@@ -130,7 +130,7 @@ public sealed class NodeLossTests(CephCluster ceph)
         Assert.Equal(0u, await client.WriteAsync(0, new byte[4096], NbdTestClient.FlagFua));
         try
         {
-            foreach (var id in new[] { "0", "1", "2" }) ceph.ExecOk(ceph.Script, "kill-osd", ceph.Directory, id);
+            foreach (int id in new[] { 0, 1, 2 }) ceph.KillOsd(id);
             ceph.ExecOk("ceph", "osd", "down", "0", "1", "2");
             WaitOsdsUp(0);
 
@@ -147,7 +147,7 @@ public sealed class NodeLossTests(CephCluster ceph)
         }
         finally
         {
-            foreach (var id in new[] { "0", "1", "2" }) ceph.ExecOk(ceph.Script, "start-osd", ceph.Directory, id);
+            foreach (int id in new[] { 0, 1, 2 }) ceph.StartOsd(id);
             WaitAllOsdsUp();
         }
     }

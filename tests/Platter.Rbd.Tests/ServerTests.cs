@@ -34,10 +34,10 @@ public sealed class ServerTests(CephCluster ceph)
         Rbd("create", "--size", "64M", $"{ceph.Pool}/{name}"); // an image Platter did not make
         await QemuIo(QemuRbd(name), "write -P 0x11 0 64k");
 
-        await using var server = new RbdServer(ceph);
+        await using var server = ceph.CreateServer();
         await server.StartAsync();
         var info = await server.CliOkAsync("volume", "info", name);
-        Assert.Contains("backend:    rbd (rbd:rbd)", info);
+        Assert.Contains($"backend:    rbd (rbd:{ceph.Pool})", info);
         Assert.Contains("64 MiB", info);
 
         await QemuIo(server.Uri(name), "read -P 0x11 0 64k", "write -P 0x22 8M 64k", "flush");
@@ -76,8 +76,8 @@ public sealed class ServerTests(CephCluster ceph)
     [Fact]
     public async Task A_second_server_refuses_a_held_volume_naming_the_holder()
     {
-        await using var a = new RbdServer(ceph);
-        await using var b = new RbdServer(ceph);
+        await using var a = ceph.CreateServer();
+        await using var b = ceph.CreateServer();
         await a.StartAsync();
         await b.StartAsync();
         string name = CephCluster.UniqueName("held");
@@ -87,7 +87,7 @@ public sealed class ServerTests(CephCluster ceph)
 
         var refused = await ProcessRunner.RunAsync("qemu-io", ["-f", "raw", "-c", "read 0 4k", b.Uri(name)], TimeSpan.FromSeconds(60));
         Assert.NotEqual(0, refused.ExitCode);
-        Assert.Contains($"volume '{name}' is served by another server: held by {Environment.MachineName} (pid {a.Pid}", refused.Stderr);
+        Assert.Contains($"volume '{name}' is served by another server: held by {Environment.MachineName} (pid {a.ProcessId}", refused.Stderr);
         Assert.Contains("platter volume takeover", refused.Stderr);
         Assert.Equal("ok", holder.Send("w 4096 8", TimeSpan.FromSeconds(60))); // the holder was never disturbed
     }
@@ -95,8 +95,8 @@ public sealed class ServerTests(CephCluster ceph)
     [Fact]
     public async Task Crash_then_takeover_keeps_every_flushed_block_and_fences_the_dead_server()
     {
-        await using var a = new RbdServer(ceph);
-        await using var b = new RbdServer(ceph);
+        await using var a = ceph.CreateServer();
+        await using var b = ceph.CreateServer();
         await a.StartAsync();
         await b.StartAsync();
         string name = CephCluster.UniqueName("crash");
@@ -125,8 +125,8 @@ public sealed class ServerTests(CephCluster ceph)
     [Fact]
     public async Task Zombie_server_writes_fail_after_takeover_and_its_other_volumes_keep_working()
     {
-        await using var a = new RbdServer(ceph);
-        await using var b = new RbdServer(ceph);
+        await using var a = ceph.CreateServer();
+        await using var b = ceph.CreateServer();
         await a.StartAsync();
         await b.StartAsync();
         string zombie = CephCluster.UniqueName("zomb");

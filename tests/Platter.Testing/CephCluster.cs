@@ -4,15 +4,24 @@ using Platter.Rbd;
 namespace Platter.Testing;
 
 /// <summary>
-/// The one-host cluster (<see cref="CephTestCluster"/>: scripts/ceph-cluster.sh, one monitor, three bluestore OSDs,
-/// pool "rbd" of size 3 / min_size 2) with what the backend's tests add: connections through the binding and backends
-/// with short timeouts. Started once for every test class of a collection and stopped after the last. Each test
+/// A pool on the one-host cluster (<see cref="CephTestCluster"/>: the run's shared cluster, or one of this fixture's
+/// own) with what the backend's tests add: connections through the binding and backends with short timeouts. A
+/// collection fixture: started once for every test class of a collection and disposed after the last. Each test
 /// project that uses it declares its own xunit collection with this class as the collection fixture (xunit looks for
-/// collection definitions only in the test assembly itself); Platter.Rbd.Tests and Platter.Contract.Tests each start
-/// one cluster, on a port block of its own.
+/// collection definitions only in the test assembly itself).
 /// </summary>
-public sealed class CephCluster : CephTestCluster
+public class CephCluster : CephTestCluster
 {
+    /// <summary>A pool on the run's shared cluster when there is one, else on a cluster of this fixture's own.</summary>
+    public CephCluster() : this(isolated: false)
+    {
+    }
+
+    /// <param name="isolated">Always start a cluster of this fixture's own (tests that kill OSDs).</param>
+    protected CephCluster(bool isolated) : base(isolated)
+    {
+    }
+
     /// <summary>Settings every test connection uses: fail rather than hang when something is wrong.</summary>
     public static readonly KeyValuePair<string, string>[] TestSettings =
     [
@@ -33,4 +42,16 @@ public sealed class CephCluster : CephTestCluster
         ConnectTimeout = TimeSpan.FromSeconds(20),
         OperationTimeout = TimeSpan.FromSeconds(60),
     });
+}
+
+/// <summary>
+/// A cluster of this fixture's own, never the run's shared one: for tests that kill OSDs (node loss, a stalled
+/// write-back), which would stall every other test on a shared cluster.
+/// </summary>
+public sealed class IsolatedCephCluster : CephCluster
+{
+    /// <summary>Starts a cluster for this fixture alone (scripts/ceph-cluster.sh), stopped when disposed.</summary>
+    public IsolatedCephCluster() : base(isolated: true)
+    {
+    }
 }

@@ -53,6 +53,7 @@ public sealed class PlatterServer : IAsyncDisposable
         StoreDirectory = Path.Combine(workDirectory, "store");
         NbdSocketPath = Path.Combine(workDirectory, "nbd.sock");
         ApiSocketPath = Path.Combine(workDirectory, "api.sock");
+        CacheDirectory = Path.Combine(workDirectory, "cache");
     }
 
     /// <summary>
@@ -96,6 +97,15 @@ public sealed class PlatterServer : IAsyncDisposable
     /// of the clean environment every start gets; for example a .NET startup hook that injects a fault.
     /// </summary>
     public Dictionary<string, string?> Environment { get; } = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// With a size (e.g. "64M"), the next <see cref="StartAsync"/> runs with a node cache (<c>--cache-dir</c>
+    /// <see cref="CacheDirectory"/> <c>--cache-size</c> this): for cluster stores (<c>--store rbd:POOL</c>).
+    /// </summary>
+    public string? CacheSize { get; set; }
+
+    /// <summary>The node cache directory when <see cref="CacheSize"/> is set; kept across restarts, like a node's SSD.</summary>
+    public string CacheDirectory { get; }
 
     /// <summary>More <c>platter serve</c> arguments for the next <see cref="StartAsync"/> (TLS options).</summary>
     public string[] ExtraArguments { get; set; } = [];
@@ -180,6 +190,7 @@ public sealed class PlatterServer : IAsyncDisposable
             "--api-socket", ApiSocketPath,
             .. (ReadOnly ? (string[])["--read-only"] : []),
             .. (Verbose ? (string[])["--verbose"] : []),
+            .. (CacheSize is null ? [] : (string[])["--cache-dir", CacheDirectory, "--cache-size", CacheSize]),
             .. ExtraArguments,
         ]);
         var environment = new Dictionary<string, string?>(CleanEnvironment);
@@ -226,6 +237,26 @@ public sealed class PlatterServer : IAsyncDisposable
         return ProcessRunner.RunAsync(program, arguments, CliTimeout, CleanEnvironment);
     }
 
+    /// <summary>Runs <c>platter ARGS</c> like <see cref="CliAsync"/> and returns its stdout; fails the test, with the server's log, on a non-zero exit.</summary>
+    public async Task<string> CliOkAsync(params string[] args)
+    {
+        var result = await CliAsync(args);
+        if (result.TimedOut || result.ExitCode != 0)
+            throw new XunitException($"platter {string.Join(' ', args)} failed\n{result.Describe()}\n--- server log ---\n{Log}");
+        return result.Stdout;
+    }
+
+    /// <summary>The NBD URI of <paramref name="export"/> on this server's unix socket.</summary>
+    public string Uri(string export) => NbdExport.NbdUri(export, NbdSocketPath);
+
+    /// <summary>Sends signal <paramref name="signal"/> (a name such as "STOP" or "CONT") to the running server.</summary>
+    public void Signal(string signal)
+    {
+        AppendLog($"--- SIG{signal} to pid {ProcessId}");
+        ProcessRunner.RunAsync("kill", ["-" + signal, ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture)])
+            .GetAwaiter().GetResult().EnsureSuccess();
+    }
+
     /// <summary>Runs the CLI with the API socket given only through PLATTER_API_SOCKET.</summary>
     public Task<ProcessResult> CliWithEnvironmentSocketAsync(params string[] args)
     {
@@ -253,6 +284,8 @@ public sealed class PlatterServer : IAsyncDisposable
     {
         if (_process is { } process)
         {
+            // A server a test stopped (SIGSTOP) and did not continue would ignore SIGTERM until killed.
+            if (!process.HasExited) await ProcessRunner.RunAsync("kill", ["-CONT", process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
             try
             {
                 if (!process.HasExited) await process.TerminateAsync(TimeSpan.FromSeconds(10));
