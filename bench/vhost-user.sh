@@ -115,22 +115,4 @@ for ((r = 1; r <= rounds; r++)); do
 done
 echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$results.meta"
 
-python3 - "$results" <<'EOF'
-import csv, statistics, sys
-rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-by = {}
-for r in rows:
-    by.setdefault((r["workload"], r["target"]), []).append(r)
-print("| workload | target | IOPS | p99 us | server CPU us/op | IOPS vs qsd-vu | CPU/op vs platter-nbd |")
-print("|---|---|---|---|---|---|---|")
-med = lambda rs, k: statistics.median(float(x[k]) for x in rs)
-for w in dict.fromkeys(r["workload"] for r in rows):
-    for t in ("platter-vu", "qsd-vu", "platter-nbd"):
-        rs = by.get((w, t))
-        if not rs: continue
-        iops, p99, cpu = med(rs, "iops"), med(rs, "p99us"), med(rs, "cpu_us_per_op")
-        q = by.get((w, "qsd-vu")); n = by.get((w, "platter-nbd"))
-        vs_q = f"{iops / med(q, 'iops'):.2f}x" if q else ""
-        vs_n = f"{cpu / med(n, 'cpu_us_per_op'):.2f}x" if n and med(n, "cpu_us_per_op") else ""
-        print(f"| {w} | {t} | {iops:,.0f} | {p99:,.0f} | {cpu:.1f} | {vs_q} | {vs_n} |")
-EOF
+python3 bench/summarize-vhost-user.py "$results"
