@@ -125,13 +125,14 @@ public sealed record CreateVolumeRequest(string? Name, long? SizeBytes, string? 
 /// <param name="AllowShrink">Must be true for a size below the current one (the data past it is discarded); else 409 shrink_refused.</param>
 public sealed record ResizeVolumeRequest(long? SizeBytes, bool? AllowShrink = null);
 
-/// <summary>An NBD client connected to a volume or one of its snapshots.</summary>
-/// <param name="Peer">Who: <c>ADDR:PORT</c> on TCP, <c>unix pid PID uid UID</c> on the unix socket.</param>
+/// <summary>A client using a volume or one of its snapshots: an NBD connection or a vhost-user front-end (a VM's QEMU).</summary>
+/// <param name="Peer">Who: <c>ADDR:PORT</c> on TCP, <c>unix pid PID uid UID</c> on the NBD unix socket, <c>vhost-user pid PID uid UID</c> for QEMU on a vhost-user socket.</param>
 /// <param name="Export">The export it uses: the volume's name, or <c>volume@snapshot</c> (current names).</param>
 /// <param name="ConnectedUtc">Since when.</param>
 /// <param name="ReadOnly">It cannot write (a snapshot, or a read-only server).</param>
 /// <param name="Tls">The connection runs over TLS.</param>
-public sealed record NbdClientDto(string Peer, string Export, DateTimeOffset ConnectedUtc, bool ReadOnly, bool Tls);
+/// <param name="Door">How it reaches the volume: <c>NBD</c> or <c>vhost-user</c>.</param>
+public sealed record NbdClientDto(string Peer, string Export, DateTimeOffset ConnectedUtc, bool ReadOnly, bool Tls, string Door = "NBD");
 
 /// <summary>GET /v1/volumes/{name}/status: who uses the volume now (like <c>rbd status</c>).</summary>
 /// <param name="Name">The volume.</param>
@@ -166,8 +167,12 @@ public sealed record UsageDto(long DataFileBytes, long UsedBytes, long FreeBytes
 /// invariant: fail-stop) answers every write, flush and catalog change with an error until the server is restarted;
 /// reads of what was durable still work.
 /// </param>
+/// <param name="VhostUserDirectory">
+/// Where the vhost-user-blk sockets are (<c>platter serve --vhost-user-dir</c>: <c>DIR/NAME.sock</c> per volume), or null
+/// when vhost-user is off (and from servers that predate it).
+/// </param>
 public sealed record HealthDto(string Status, string Version, string StoreDirectory, string? NbdSocket, string? NbdTcp, bool Tls, bool TlsRequired,
-    bool NbdReadOnly = false, string? StoreFailure = null);
+    bool NbdReadOnly = false, string? StoreFailure = null, string? VhostUserDirectory = null);
 
 /// <summary>GET /v1/stats: live totals since the server started; rates come from two readings.</summary>
 /// <param name="MetricsEnabled">False under <c>platter serve --no-metrics</c>: then no export counts its requests.</param>

@@ -51,6 +51,18 @@ internal static class AttachCommand
             HelpName = "SECONDS",
             DefaultValueFactory = _ => AttachOptions.DefaultReconnectDelaySeconds,
         };
+        var vhostUser = new Option<bool>("--vhost-user")
+        {
+            Description = "Attach as a vhost-user-blk disk instead of NBD (the server must run with --vhost-user-dir; QEMU on the same " +
+                          "machine): prints the shared guest memory QEMU needs once per VM, the -chardev/-device pair of the disk, and " +
+                          "libvirt's <disk type='vhostuser'> with the <memoryBacking> its domain needs.",
+        };
+        var guestMemory = new Option<string>("--guest-memory")
+        {
+            Description = "With --vhost-user: the VM's RAM (-m), which the shared memory backend must cover, e.g. 4G.",
+            HelpName = "SIZE",
+            DefaultValueFactory = _ => "4G",
+        };
         var qemu = new Option<bool>("--qemu") { Description = "Print only the QEMU -blockdev arguments." };
         var libvirt = new Option<bool>("--libvirt") { Description = "Print only the libvirt <disk> XML." };
         var json = PlatterCli.JsonOption();
@@ -60,7 +72,7 @@ internal static class AttachCommand
             "a snapshot) to a VM. " +
             "Asks the running server for the volume and its NBD endpoints.")
         {
-            name, socket, tcp, nodeName, id, targetDev, tls, tlsDir, reconnectDelay, qemu, libvirt, json, api,
+            name, socket, tcp, nodeName, id, targetDev, tls, tlsDir, reconnectDelay, vhostUser, guestMemory, qemu, libvirt, json, api,
         };
         command.Validators.Add(result =>
         {
@@ -74,6 +86,16 @@ internal static class AttachCommand
                 result.AddError($"invalid --id '{i}': {idProblem}");
             if (result.GetValue(targetDev) is { } t && AttachText.ValidateTarget(t) is { } targetProblem)
                 result.AddError($"invalid --target '{t}': {targetProblem}");
+            if (result.GetValue(vhostUser))
+            {
+                foreach (var nbdOnly in new Option[] { socket, tcp, nodeName, tls, tlsDir })
+                    if (result.GetResult(nbdOnly) is { Implicit: false })
+                        result.AddError($"{nbdOnly.Name} is for NBD disks; a vhost-user disk is reached through the server's --vhost-user-dir");
+            }
+            else if (result.GetResult(guestMemory) is { Implicit: false })
+            {
+                result.AddError("--guest-memory goes with --vhost-user (an NBD disk needs no shared guest memory)");
+            }
             if (result.GetValue(reconnectDelay) is < 0 or > ReconnectDelaySecondsMax)
                 result.AddError($"--reconnect-delay must be between 0 and {ReconnectDelaySecondsMax} seconds");
         });
@@ -102,6 +124,9 @@ internal static class AttachCommand
             {
                 await VolumeCommands.Call(() => client.GetVolumeAsync(volumeName, ct), volumeName);
             }
+
+            if (parse.GetValue(vhostUser))
+                return PrintVhostUser(context, parse, health, volumeName, isSnapshot, readOnly, id, targetDev, reconnectDelay, guestMemory, qemu, libvirt, json);
 
             NbdTarget target;
             if (parse.GetValue(socket) is { } socketPath) target = new NbdTarget.Unix(Path.GetFullPath(socketPath));
@@ -179,6 +204,69 @@ internal static class AttachCommand
             return PlatterCli.ExitOk;
         });
         return command;
+    }
+
+    private static int PrintVhostUser(CliContext context, ParseResult parse, Platter.Server.Api.HealthDto health, string volumeName, bool isSnapshot,
+        bool readOnly, Option<string?> id, Option<string?> targetDev, Option<int> reconnectDelay, Option<string> guestMemory, Option<bool> qemu,
+        Option<bool> libvirt, Option<bool> json)
+    {
+        var directory = health.VhostUserDirectory
+            ?? throw new CliException("the server does not serve vhost-user-blk: start it with `platter serve --vhost-user-dir DIR`");
+        var socketPath = Path.Combine(directory, volumeName + ".sock");
+        // The server serves no socket for a path longer than sun_path holds (107 bytes); say so rather than print a dead path.
+        if (System.Text.Encoding.UTF8.GetByteCount(socketPath) > 107)
+            throw new CliException($"'{volumeName}' has no vhost-user socket: {socketPath} is longer than a unix socket path may be (use a shorter --vhost-user-dir)");
+        var memoryText = parse.GetValue(guestMemory)!;
+        if (!SizeParser.TryParse(memoryText, out long memoryBytes, out var sizeError))
+            throw new CliException($"invalid --guest-memory '{memoryText}': {sizeError}", PlatterCli.ExitUsage);
+        if (memoryBytes < 1L << 20 || memoryBytes % (1L << 20) != 0)
+            throw new CliException($"invalid --guest-memory '{memoryText}': QEMU takes a whole number of MiB, at least 1M", PlatterCli.ExitUsage);
+        var info = VhostUserAttachText.Build(volumeName, socketPath, new VhostUserAttachOptions
+        {
+            DeviceId = parse.GetValue(id),
+            Target = parse.GetValue(targetDev),
+            // The NBD reconnect delay is how long requests wait; QEMU's chardev reconnect is how often it retries, and
+            // the vhost-user-blk device holds requests until it is back. One try a second brings a restart back at once.
+            ReconnectSeconds = parse.GetValue(reconnectDelay) > 0 ? 1 : 0,
+            GuestMemoryBytes = memoryBytes,
+        });
+        if (parse.GetValue(json))
+        {
+            PlatterCli.WriteJson(context, info, CliJsonContext.Default.VhostUserAttachInfo);
+            return PlatterCli.ExitOk;
+        }
+        if (parse.GetValue(qemu))
+        {
+            context.Out.WriteLine(info.QemuMemory);
+            context.Out.WriteLine(info.QemuDevice);
+            return PlatterCli.ExitOk;
+        }
+        if (parse.GetValue(libvirt))
+        {
+            context.Out.WriteLine(info.LibvirtXml);
+            return PlatterCli.ExitOk;
+        }
+        context.Out.WriteLine("# QEMU, once per VM (guest RAM shared with the server; replaces -m):");
+        context.Out.WriteLine(info.QemuMemory);
+        context.Out.WriteLine();
+        context.Out.WriteLine("# QEMU, the disk:");
+        context.Out.WriteLine(info.QemuDevice);
+        context.Out.WriteLine();
+        context.Out.WriteLine("# libvirt, in <domain> once per VM:");
+        context.Out.WriteLine(info.LibvirtMemoryBackingXml);
+        context.Out.WriteLine();
+        context.Out.WriteLine("# libvirt, the disk (virsh attach-device DOMAIN disk.xml --persistent, or paste into <devices>):");
+        context.Out.WriteLine(info.LibvirtXml);
+        if (isSnapshot || readOnly)
+        {
+            context.Out.WriteLine();
+            context.Out.WriteLine(isSnapshot
+                ? "# A snapshot is read-only: the device tells the guest so (clone it with `platter clone` for a writable copy)."
+                : "# The server runs with --read-only: the device tells the guest so.");
+        }
+        context.Out.WriteLine();
+        context.Out.WriteLine("# QEMU must be allowed to open the socket (it is owner-only, in a directory of the server's); one VM per volume at a time.");
+        return PlatterCli.ExitOk;
     }
 
     // A day: beyond that a "restart" is an outage, and the guest is better off seeing errors.

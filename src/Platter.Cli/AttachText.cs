@@ -223,3 +223,87 @@ public static class AttachText
 
     private static string Hash(string text) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(text)));
 }
+
+/// <summary>
+/// A volume as a vhost-user-blk disk (<c>platter attach --vhost-user</c>): QEMU connects to the volume's socket in the
+/// server's <c>--vhost-user-dir</c>, and the guest's RAM must be shared memory (one backend per VM, not per disk).
+/// </summary>
+/// <param name="Name">Volume (or VOLUME@SNAPSHOT) name.</param>
+/// <param name="SocketPath">The volume's vhost-user socket.</param>
+/// <param name="CharDevId">The QEMU chardev id of the socket.</param>
+/// <param name="DeviceId">The QEMU device id; libvirt's alias is ua-DEVICEID.</param>
+/// <param name="Target">The libvirt target device (vdX).</param>
+/// <param name="ReconnectSeconds">QEMU's chardev reconnect interval: while the server restarts, QEMU retries this often and the guest's requests wait (0: no reconnect).</param>
+/// <param name="QemuMemory">The once-per-VM guest RAM arguments (-m, a shared memfd backend, its NUMA node), quoted for a POSIX shell.</param>
+/// <param name="QemuMemoryArgs">The same as an argument vector.</param>
+/// <param name="QemuDevice">The per-disk arguments (-chardev socket, -device vhost-user-blk-pci), quoted for a POSIX shell.</param>
+/// <param name="QemuDeviceArgs">The same as an argument vector.</param>
+/// <param name="LibvirtXml">The libvirt &lt;disk type='vhostuser'&gt; element.</param>
+/// <param name="LibvirtMemoryBackingXml">The domain's &lt;memoryBacking&gt; element libvirt needs for any vhost-user disk.</param>
+public sealed record VhostUserAttachInfo(string Name, string SocketPath, string CharDevId, string DeviceId, string Target, int ReconnectSeconds,
+    string QemuMemory, IReadOnlyList<string> QemuMemoryArgs, string QemuDevice, IReadOnlyList<string> QemuDeviceArgs, string LibvirtXml,
+    string LibvirtMemoryBackingXml);
+
+/// <summary>What <see cref="VhostUserAttachText.Build"/> prints besides the volume and its socket.</summary>
+public sealed record VhostUserAttachOptions
+{
+    /// <summary>Chardev id; null derives it from the volume name (<see cref="AttachText.DeriveNodeName"/>).</summary>
+    public string? CharDevId { get; init; }
+
+    /// <summary>QEMU device id and libvirt alias (ua-ID); null uses the chardev id.</summary>
+    public string? DeviceId { get; init; }
+
+    /// <summary>libvirt target device; null derives one from the volume name.</summary>
+    public string? Target { get; init; }
+
+    /// <summary>Seconds between QEMU's reconnect attempts when the socket goes away; 0 omits reconnecting.</summary>
+    public int ReconnectSeconds { get; init; } = 1;
+
+    /// <summary>The VM's RAM in bytes: the shared backend must cover all of it (QEMU refuses a NUMA layout that does not add up to -m).</summary>
+    public long GuestMemoryBytes { get; init; } = 4L << 30;
+}
+
+/// <summary>Builds <see cref="VhostUserAttachInfo"/>; every value is escaped for where it goes (QEMU options, XML, shell).</summary>
+public static class VhostUserAttachText
+{
+    /// <summary>The memory backend's id: one per VM, shared by all its vhost-user disks.</summary>
+    public const string MemoryId = "platter-mem";
+
+    /// <summary>Builds the attach strings for <paramref name="name"/> served on <paramref name="socketPath"/>.</summary>
+    public static VhostUserAttachInfo Build(string name, string socketPath, VhostUserAttachOptions options)
+    {
+        var chardev = options.CharDevId ?? AttachText.DeriveNodeName(name);
+        var id = options.DeviceId ?? chardev;
+        var dev = options.Target ?? AttachText.DeriveTarget(name);
+        // QEMU's -m takes a size with a suffix; a memfd backend the same size. Whole MiB keep both exact.
+        var size = $"{options.GuestMemoryBytes / (1024 * 1024)}M";
+        string[] memory =
+        [
+            "-m", size,
+            "-object", $"memory-backend-memfd,id={MemoryId},size={size},share=on",
+            "-numa", $"node,memdev={MemoryId}",
+        ];
+        // reconnect=N: QEMU retries the socket every N seconds after it went away (a server restart) and the
+        // vhost-user-blk device re-negotiates; the guest's requests wait meanwhile instead of failing.
+        var reconnect = options.ReconnectSeconds > 0 ? $",reconnect={options.ReconnectSeconds}" : "";
+        string[] device =
+        [
+            "-chardev", $"socket,id={chardev},path={AttachText.QemuValue(socketPath)}{reconnect}",
+            "-device", $"vhost-user-blk-pci,chardev={chardev},id={id}",
+        ];
+        var xml = new StringBuilder();
+        xml.Append("<disk type='vhostuser' device='disk'>\n");
+        xml.Append("  <driver name='qemu' type='raw'/>\n");
+        xml.Append($"  <source type='unix' path='{AttachText.Xml(socketPath)}'>\n");
+        if (options.ReconnectSeconds > 0) xml.Append($"    <reconnect enabled='yes' timeout='{options.ReconnectSeconds}'/>\n");
+        xml.Append("  </source>\n");
+        xml.Append($"  <target dev='{AttachText.Xml(dev)}' bus='virtio'/>\n");
+        // No <readonly/>: QEMU's vhost-user-blk device has no read-only property; a snapshot's (or a --read-only server's)
+        // device reports VIRTIO_BLK_F_RO itself and refuses writes.
+        xml.Append($"  <alias name='{AttachText.Xml(id.StartsWith("ua-", StringComparison.Ordinal) ? id : "ua-" + id)}'/>\n");
+        xml.Append("</disk>");
+        const string memoryBacking = "<memoryBacking>\n  <source type='memfd'/>\n  <access mode='shared'/>\n</memoryBacking>";
+        return new VhostUserAttachInfo(name, socketPath, chardev, id, dev, options.ReconnectSeconds, AttachText.ShellLine(memory), memory,
+            AttachText.ShellLine(device), device, xml.ToString(), memoryBacking);
+    }
+}

@@ -6,6 +6,7 @@ namespace Platter.Cli;
 /// <summary>Serializers for the CLI's own --json output (the API's records use PlatterJsonContext).</summary>
 [JsonSourceGenerationOptions(JsonSerializerDefaults.Web)]
 [JsonSerializable(typeof(AttachInfo))]
+[JsonSerializable(typeof(VhostUserAttachInfo))]
 [JsonSerializable(typeof(Platter.Volumes.CheckReport))]
 [JsonSerializable(typeof(DiskUsageReport))]
 [JsonSerializable(typeof(ImageTransferSummary))]

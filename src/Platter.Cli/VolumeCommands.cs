@@ -351,8 +351,9 @@ internal static class VolumeCommands
         var json = PlatterCli.JsonOption();
         var api = PlatterCli.ApiSocketOption();
         var command = new Command("status",
-            "List the NBD clients connected to a volume and to its snapshots (like `rbd status`): who (ADDR:PORT, or the process " +
-            "on the unix socket), which export, since when, and whether they can write. Delete and rollback are refused while there are any.")
+            "List the clients using a volume and its snapshots (like `rbd status`), NBD connections and VMs over vhost-user alike: who " +
+            "(ADDR:PORT, or the process on a unix socket), which export, since when, and whether they can write. Delete and rollback are " +
+            "refused while there are any.")
         {
             name, json, api,
         };

@@ -20,6 +20,14 @@ public interface INbdExport : IDisposable
 
     bool IsReadOnly { get; }
 
+    /// <summary>
+    /// Called once a connection starts transmission on this export, with who it is (the host records the users of its
+    /// volumes; see <c>platter volume status</c>). Nothing by default.
+    /// </summary>
+    void Opened(NbdConnectionInfo connection)
+    {
+    }
+
     /// <summary>True when a flush on any connection covers writes acknowledged on all connections.</summary>
     bool CanMultiConn { get; }
 

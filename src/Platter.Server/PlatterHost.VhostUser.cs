@@ -5,8 +5,8 @@ namespace Platter.Server;
 
 public sealed partial class PlatterHost
 {
-    // One writer per volume across NBD and vhost-user.
-    private readonly VolumeWriters _writers = new();
+    // Who uses each volume, through NBD or vhost-user (one writer per volume across both).
+    private readonly VolumeUsers _users = new();
     private VhostUserBlkServer? _vhostUser;
 
     /// <summary>The vhost-user-blk server, or null when it is off.</summary>
@@ -19,7 +19,7 @@ public sealed partial class PlatterHost
         {
             Directory = _options.VhostUserDirectory,
             ReadOnly = readOnly,
-            ClaimWriter = name => _writers.Claim(name, VolumeWriters.VhostUser),
+            AddUser = frontEnd => _users.Add(frontEnd.Volume, VolumeUsers.VhostUser, frontEnd.ReadOnly, frontEnd.Peer),
         }, _loggerFactory.CreateLogger("Platter.VhostUser"));
         _vhostUser.Start();
         _log.LogInformation("vhost-user-blk sockets in {Directory}{ReadOnly}", _vhostUser.Directory, readOnly ? " (read-only)" : "");

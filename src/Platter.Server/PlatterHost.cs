@@ -126,7 +126,7 @@ public sealed partial class PlatterHost : IAsyncDisposable
                 if (_options.ApiSocketPath is not null && ActivatedAt(_options.ApiSocketPath) is null) PrepareSocket(_options.ApiSocketPath);
 
                 if (_options.Metrics) Metrics = new PlatterMetrics { Store = _store, Engine = _store as VolumeStore };
-                await StartNbdAsync(new VolumeExportProvider(_store, _options.ReadOnly || salvage) { Metrics = Metrics, Writers = _writers }, cancellationToken).ConfigureAwait(false);
+                await StartNbdAsync(new VolumeExportProvider(_store, _options.ReadOnly || salvage) { Metrics = Metrics, Users = _users }, cancellationToken).ConfigureAwait(false);
                 if (Metrics is not null) Metrics.Nbd = _nbd;
                 StartVhostUser(_options.ReadOnly || salvage);
 
@@ -142,7 +142,7 @@ public sealed partial class PlatterHost : IAsyncDisposable
                     TcpEndPoint = _options.ApiTcpEndPoint,
                     ListenDescriptors = descriptors,
                     Token = _options.ApiToken,
-                }, _loggerFactory, Health, new ApiServices(Metrics, () => _nbd));
+                }, _loggerFactory, Health, new ApiServices(Metrics, () => _nbd, _users));
                 // Mapped after the fallback is fine: routing tries the fallback only when no endpoint matches.
                 TransferApi.Map(_api, _store, identities, receiver, _loggerFactory.CreateLogger("Platter.Api"));
                 await _api.StartAsync(cancellationToken).ConfigureAwait(false);
@@ -319,7 +319,8 @@ public sealed partial class PlatterHost : IAsyncDisposable
         _options.TlsCertificate is not null,
         _options.TlsRequired,
         _options.ReadOnly,
-        StoreFailure);
+        StoreFailure,
+        _vhostUser?.Directory);
 
     private string? StoreFailure => (_store as VolumeStore)?.Failure;
 

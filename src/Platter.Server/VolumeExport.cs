@@ -20,8 +20,8 @@ public sealed class VolumeExport : INbdExport
     private readonly bool _readOnly;
     // Null when metrics are off (platter serve --no-metrics): then a request takes no timestamps at all.
     private readonly VolumeMetrics? _metrics;
-    // This connection's share of the one-writer claim (VolumeWriters), released when the export closes.
-    private readonly IDisposable? _writerClaim;
+    // This connection's entry in the registry of volume users (VolumeUsers), removed when the export closes.
+    private readonly VolumeUsers.Registration? _user;
 
     /// <summary>
     /// Wraps <paramref name="volume"/>; the export owns the handle and disposes it. With <paramref name="readOnly"/>
@@ -31,15 +31,18 @@ public sealed class VolumeExport : INbdExport
     {
     }
 
-    internal VolumeExport(IVolumeHandle volume, bool readOnly, VolumeMetrics? metrics, IDisposable? writerClaim = null)
+    internal VolumeExport(IVolumeHandle volume, bool readOnly, VolumeMetrics? metrics, VolumeUsers.Registration? user = null)
     {
-        _writerClaim = writerClaim;
+        _user = user;
         _volume = volume;
         _readOnly = readOnly;
         _metrics = metrics;
         Name = volume.Name;
         Description = volume.IsReadOnly ? "Platter snapshot (read-only)" : "Platter volume";
     }
+
+    /// <inheritdoc />
+    public void Opened(NbdConnectionInfo connection) => _user?.Describe(connection.Peer, connection.Tls);
 
     /// <summary>The engine handle, for the metadata contexts that read more than allocation from it.</summary>
     internal IVolumeHandle Volume => _volume;
@@ -235,7 +238,7 @@ public sealed class VolumeExport : INbdExport
     public void Dispose()
     {
         _volume.Dispose();
-        _writerClaim?.Dispose();
+        _user?.Dispose();
     }
 
     /// <summary>Maps a storage failure to the NBD error a client understands.</summary>

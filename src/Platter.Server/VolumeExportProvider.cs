@@ -16,10 +16,10 @@ public sealed class VolumeExportProvider(IVolumeBackend store, bool readOnly = f
     internal PlatterMetrics? Metrics { get; init; }
 
     /// <summary>
-    /// The one-writer registry shared with vhost-user: a writable export claims its volume for NBD and an export of a
-    /// volume vhost-user writes is refused with a message saying so. Null: no other front door.
+    /// The registry of volume users shared with vhost-user: every export is added (read-only or not), and a writable
+    /// export of a volume vhost-user writes is refused with a message saying so. Null: nobody keeps count.
     /// </summary>
-    internal VolumeWriters? Writers { get; init; }
+    internal VolumeUsers? Users { get; init; }
 
     /// <summary>True when every export is served read-only.</summary>
     public bool ReadOnly => readOnly;
@@ -36,11 +36,11 @@ public sealed class VolumeExportProvider(IVolumeBackend store, bool readOnly = f
         {
             // A snapshot handle refuses writes itself; readOnly: true makes the export refuse them before the engine.
             var handle = isSnapshot ? store.OpenSnapshotHandle(volume, snapshot) : store.OpenVolumeHandle(name);
-            IDisposable? claim = null;
+            VolumeUsers.Registration? user = null;
             try
             {
-                // NBD has no read-only open: every connection to a writable export may write, so each one claims it.
-                if (!readOnly && !isSnapshot && Writers is not null) claim = Writers.Claim(name, VolumeWriters.Nbd);
+                // NBD has no read-only open: every connection to a writable export may write, so each one is a writer.
+                user = Users?.Add(handle, VolumeUsers.Nbd, readOnly: readOnly || isSnapshot);
             }
             catch
             {
@@ -48,7 +48,7 @@ public sealed class VolumeExportProvider(IVolumeBackend store, bool readOnly = f
                 throw;
             }
             // Series are made only for names that exist, so clients guessing names cannot grow the metrics.
-            return new VolumeExport(handle, readOnly || isSnapshot, Metrics?.ForVolume(name), claim);
+            return new VolumeExport(handle, readOnly || isSnapshot, Metrics?.ForVolume(name), user);
         }
         catch (StorageException e) when (e.Error == StorageError.NotFound)
         {

@@ -16,11 +16,12 @@ public sealed class VhostUserBlkOptions
     public bool ReadOnly { get; init; }
 
     /// <summary>
-    /// Called when a front-end connects to a writable volume: returns a claim held for as long as the connection lasts,
-    /// or throws a <see cref="StorageException"/> (InUse) saying who else writes the volume, and the connection is
-    /// refused. This is how one writer per volume is kept across front doors (NBD and vhost-user); null: no check.
+    /// Called when a front-end connects (to a volume or, read-only, a snapshot): returns a registration held for as long
+    /// as the connection lasts, or throws a <see cref="StorageException"/> (InUse) saying who else writes the volume, and
+    /// the connection is refused. This is how the host lists a volume's users and keeps one writer per volume across
+    /// front doors (NBD and vhost-user); null: no registry, no check.
     /// </summary>
-    public Func<string, IDisposable>? ClaimWriter { get; init; }
+    public Func<VhostUserFrontEnd, IDisposable>? AddUser { get; init; }
 
     /// <summary>
     /// How often the socket directory is brought in line with the catalog (volumes created, deleted, renamed through
@@ -28,6 +29,12 @@ public sealed class VhostUserBlkOptions
     /// </summary>
     public TimeSpan RefreshInterval { get; init; } = TimeSpan.FromSeconds(1);
 }
+
+/// <summary>A front-end about to be served, as <see cref="VhostUserBlkOptions.AddUser"/> sees it.</summary>
+/// <param name="Volume">The handle it will use (its name follows renames).</param>
+/// <param name="ReadOnly">The device is read-only (a snapshot, or a read-only server).</param>
+/// <param name="Peer">Who connected: <c>vhost-user pid PID uid UID</c> from the socket's credentials.</param>
+public sealed record VhostUserFrontEnd(IVolumeHandle Volume, bool ReadOnly, string Peer);
 
 /// <summary>A front-end connected to a volume's socket.</summary>
 public sealed record VhostUserConnectionInfo(string Volume, DateTimeOffset ConnectedUtc);
@@ -266,7 +273,7 @@ public sealed class VhostUserBlkServer : IAsyncDisposable
             try
             {
                 bool readOnly = _server._options.ReadOnly || handle.IsReadOnly;
-                if (!readOnly && _server._options.ClaimWriter is { } claimWriter) claim = claimWriter(Name);
+                if (_server._options.AddUser is { } addUser) claim = addUser(new VhostUserFrontEnd(handle, readOnly, PeerOf(client)));
                 int fd = (int)client.SafeHandle.DangerousGetHandle();
                 // The control thread blocks in recvmsg; .NET may have made the accepted socket non-blocking.
                 int fl = Native.fcntl(fd, Native.F_GETFL, 0);
@@ -294,6 +301,21 @@ public sealed class VhostUserBlkServer : IAsyncDisposable
                 handle.Dispose();
                 throw;
             }
+        }
+
+        // SO_PEERCRED (SOL_SOCKET 1, option 17): pid, uid and gid of the process that connected.
+        private static string PeerOf(Socket client)
+        {
+            Span<byte> credentials = stackalloc byte[12];
+            try
+            {
+                if (client.GetRawSocketOption(1, 17, credentials) == 12)
+                    return $"vhost-user pid {BitConverter.ToInt32(credentials)} uid {BitConverter.ToUInt32(credentials[4..])}";
+            }
+            catch (SocketException)
+            {
+            }
+            return "vhost-user";
         }
 
         private void RunConnection(VhostUserConnection connection, Socket client, IVolumeHandle handle, IDisposable? claim)

@@ -28,8 +28,8 @@ public sealed class VhostUserGuestTests(ITestOutputHelper output) : IDisposable
         using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(20));
         var ct = cts.Token;
         var image = await GuestImage.BuildAsync(ct);
-        // TCG always: under KVM on the build machines a vhost-user-blk guest never reached its serial console (not yet
-        // understood; the same guest under TCG, and the NBD guests under KVM, boot).
+        // TCG always: the build machines' /dev/kvm is PVM (kvm_pvm, no VT-x), which runs only PVM guest kernels; a stock
+        // Debian kernel never reaches its serial console under it, with or without this disk (docs/PERFORMANCE.md).
         const string accel = "tcg";
         output.WriteLine($"guest {image.Key}, accelerator {accel}");
         var vhostDir = _work.Combine("vu");

@@ -143,6 +143,58 @@ public sealed partial class AttachQemuTests(ITestOutputHelper output) : IDisposa
         });
     }
 
+    [Fact]
+    public async Task Vhost_user_output_connects_qemu_to_the_volume_and_its_libvirt_xml_validates()
+    {
+        string vhostDir = _dir.Combine("vu");
+        await using var server = new PlatterServer { ExtraArguments = ["--vhost-user-dir", vhostDir] };
+        await RunAsync(server, async () =>
+        {
+            await server.StartAsync();
+            await CreateVolumeAsync(server, FirstName);
+            var socket = Path.Combine(vhostDir, FirstName + ".sock");
+            var waited = System.Diagnostics.Stopwatch.StartNew();
+            while (!File.Exists(socket) && waited.Elapsed < TimeSpan.FromSeconds(30)) await Task.Delay(50);
+
+            // QEMU realizes the device at start: it connects, negotiates and reads the config (capacity) over the socket.
+            var qemuLines = await AttachAsync(server, FirstName, "--vhost-user", "--qemu", "--guest-memory", "256M");
+            Assert.Contains("reconnect=1", qemuLines);
+            var monitor = await RunQemuAsync(qemuLines.Replace('\n', ' '), ["info pci"]);
+            Assert.Contains("1af4:1001", monitor); // a virtio-blk PCI device, from vhost-user-blk-pci
+            await server.AssertLogContainsAsync($"vhost-user-blk {FirstName}: front-end connected");
+            var info = await AttachAsync(server, FirstName, "--vhost-user", "--json");
+            Assert.Contains(AttachTextEscapedSocket(socket), info);
+
+            // The libvirt forms: the disk and the domain's shared memory, checked by this libvirt's own schema.
+            string validator = Tools.Require("virt-xml-validate", "libvirt-clients and libxml2-utils");
+            var all = await AttachAsync(server, FirstName, "--vhost-user");
+            var disk = await AttachAsync(server, FirstName, "--vhost-user", "--libvirt");
+            Assert.Contains("<disk type='vhostuser' device='disk'>", disk);
+            int backingStart = all.IndexOf("<memoryBacking>", StringComparison.Ordinal);
+            int backingEnd = all.IndexOf("</memoryBacking>", StringComparison.Ordinal) + "</memoryBacking>".Length;
+            Assert.True(backingStart >= 0 && backingEnd > backingStart, all);
+            string domain = _dir.Combine("vu-domain.xml");
+            await File.WriteAllTextAsync(domain,
+                "<domain type='qemu'><name>attach-vu-test</name><memory unit='MiB'>256</memory>" + all[backingStart..backingEnd] +
+                "<os><type arch='x86_64'>hvm</type></os>" + $"<devices>\n{disk}\n</devices></domain>\n");
+            var valid = await ProcessRunner.RunAsync(validator, [domain, "domain"]);
+            Assert.True(valid.ExitCode == 0, valid.Describe() + "\n" + await File.ReadAllTextAsync(domain));
+
+            // A server without --vhost-user-dir has no such socket: one clear line.
+            await using var plain = new PlatterServer();
+            await plain.StartAsync();
+            await CreateVolumeAsync(plain, "x");
+            var refused = await plain.CliAsync("attach", "x", "--vhost-user");
+            Assert.Equal(1, refused.ExitCode);
+            Assert.Contains("does not serve vhost-user-blk", refused.Stderr);
+            Assert.Equal(0, await plain.StopAsync());
+        });
+    }
+
+    // JSON escapes the quote and the non-ASCII characters of the name; compare with what System.Text.Json writes.
+    private static string AttachTextEscapedSocket(string socket) =>
+        JsonSerializer.Serialize(socket, new JsonSerializerOptions(JsonSerializerDefaults.Web));
+
     private async Task RunAsync(PlatterServer server, Func<Task> body)
     {
         try

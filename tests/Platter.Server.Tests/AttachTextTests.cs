@@ -81,6 +81,43 @@ public class AttachTextTests
     }
 
     // A POSIX shell's word splitting for the subset attach prints: unquoted words, '...' and \' between them.
+    [Fact]
+    public void VhostUserFormsCarryTheSocketAndSharedMemoryForEveryName()
+    {
+        foreach (var name in Names)
+        {
+            var socket = $"/run/platter vu,'1'/{name}.sock";
+            var info = VhostUserAttachText.Build(name, socket, new VhostUserAttachOptions { GuestMemoryBytes = 2L << 30 });
+            // The shell line and the vector agree, and QEMU gets the socket with its commas doubled.
+            Assert.Equal(info.QemuDeviceArgs, SplitLikeSh(info.QemuDevice));
+            Assert.Equal(info.QemuMemoryArgs, SplitLikeSh(info.QemuMemory));
+            Assert.Equal($"socket,id={info.CharDevId},path={AttachText.QemuValue(socket)},reconnect=1", info.QemuDeviceArgs[1]);
+            Assert.Equal($"vhost-user-blk-pci,chardev={info.CharDevId},id={info.DeviceId}", info.QemuDeviceArgs[3]);
+            Assert.Null(AttachText.ValidateQemuId(info.CharDevId, nodeName: false));
+            Assert.Equal(["-m", "2048M", "-object", "memory-backend-memfd,id=platter-mem,size=2048M,share=on", "-numa", "node,memdev=platter-mem"],
+                info.QemuMemoryArgs);
+
+            var disk = XElement.Parse(info.LibvirtXml);
+            Assert.Equal("vhostuser", disk.Attribute("type")!.Value);
+            var source = disk.Element("source")!;
+            Assert.Equal(("unix", socket), (source.Attribute("type")!.Value, source.Attribute("path")!.Value));
+            Assert.Equal("yes", source.Element("reconnect")!.Attribute("enabled")!.Value);
+            Assert.Equal(info.Target, disk.Element("target")!.Attribute("dev")!.Value);
+            Assert.Equal("ua-" + info.DeviceId, disk.Element("alias")!.Attribute("name")!.Value);
+            var backing = XElement.Parse(info.LibvirtMemoryBackingXml);
+            Assert.Equal("shared", backing.Element("access")!.Attribute("mode")!.Value);
+        }
+    }
+
+    [Fact]
+    public void VhostUserWithoutReconnectLeavesItOutOfBothForms()
+    {
+        var info = VhostUserAttachText.Build("vm1", "/run/vu/vm1.sock", new VhostUserAttachOptions { ReconnectSeconds = 0, DeviceId = "disk1" });
+        Assert.Equal("socket,id=platter-vm1,path=/run/vu/vm1.sock", info.QemuDeviceArgs[1]);
+        Assert.Null(XElement.Parse(info.LibvirtXml).Element("source")!.Element("reconnect"));
+        Assert.Equal("vhost-user-blk-pci,chardev=platter-vm1,id=disk1", info.QemuDeviceArgs[3]);
+    }
+
     private static List<string> SplitLikeSh(string line)
     {
         var words = new List<string>();

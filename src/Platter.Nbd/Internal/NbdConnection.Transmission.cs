@@ -64,6 +64,7 @@ internal sealed partial class NbdConnection
             _contexts = [.. contexts];
         }
         _info = new NbdConnectionInfo(_peer, requestedName, ConnectedUtc, _readOnly, _tls, export);
+        export.Opened(_info);
         // Info, not Debug: an operator wants to see who uses which disk (journald keeps it with the peer).
         _log.LogInformation("NBD {Peer}: opened export '{Export}' ({Size} bytes, {Mode}{ReadOnly}{Tls})", _peer, requestedName, _size,
             _extended ? "extended headers" : _structured ? "structured replies" : "simple replies",

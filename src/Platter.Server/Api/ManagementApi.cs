@@ -43,8 +43,11 @@ public sealed class ManagementApiOptions
     public string? Token { get; init; }
 }
 
-/// <summary>What the API shows besides the store: metrics (null when off) and the NBD server (null when off).</summary>
-internal sealed record ApiServices(PlatterMetrics? Metrics, Func<NbdServer?> Nbd)
+/// <summary>
+/// What the API shows besides the store: metrics (null when off), the NBD server (null when off) and the registry of
+/// volume users (null: nobody keeps count, so nothing is refused for users).
+/// </summary>
+internal sealed record ApiServices(PlatterMetrics? Metrics, Func<NbdServer?> Nbd, VolumeUsers? Users = null)
 {
     public static readonly ApiServices None = new(null, () => null);
 }
@@ -436,26 +439,20 @@ internal static class ManagementApi
         List<NbdClientDto> ConnectedClients(string volume, bool snapshotsToo)
         {
             var result = new List<NbdClientDto>();
-            // The NBD server's one connection list (the dashboard reads it too); empty when NBD is off.
-            if (services.Nbd() is not { } nbd) return result;
-            foreach (var c in nbd.Connections)
-            {
-                // The handle's name follows renames, so a client that connected under an old name still counts.
-                if (c.OpenExport is not VolumeExport export) continue;
-                string current = export.Volume.Name;
-                bool isSnapshot = VolumeNames.TrySplitSnapshotName(current, out var owner, out _);
-                if (owner != volume || (isSnapshot && !snapshotsToo)) continue;
-                result.Add(new NbdClientDto(c.Peer, current, c.ConnectedUtc, c.ReadOnly, c.Tls));
-            }
-            result.Sort((a, b) => a.ConnectedUtc.CompareTo(b.ConnectedUtc));
+            // The one registry of users, NBD and vhost-user alike; names follow renames (they are the handles' names).
+            if (services.Users is not { } users) return result;
+            foreach (var u in users.UsersOf(volume, snapshotsToo))
+                result.Add(new NbdClientDto(u.Peer.Length > 0 ? u.Peer : u.Door, u.Name, u.SinceUtc, u.ReadOnly, u.Tls, u.Door));
             return result;
         }
 
         Task RefuseInUse(HttpContext http, string name, List<NbdClientDto> connected, string what)
         {
             var who = string.Join(", ", connected.Take(3).Select(c => $"{c.Peer} on '{c.Export}'")) + (connected.Count > 3 ? ", ..." : "");
+            var doors = connected.Select(c => c.Door).Distinct().ToList();
+            var kind = doors.Count == 1 ? doors[0] : string.Join(" and ", doors);
             return WriteError(http, 409, ApiErrorCodes.ClientsConnected,
-                $"'{name}' has {connected.Count} connected NBD client{(connected.Count == 1 ? "" : "s")} ({who}); stop {(connected.Count == 1 ? "it" : "them")} " +
+                $"'{name}' has {connected.Count} connected {kind} client{(connected.Count == 1 ? "" : "s")} ({who}); stop {(connected.Count == 1 ? "it" : "them")} " +
                 $"before {what}, or force it (?force=true, platter ... --force): the clients then get I/O errors or see the content change");
         }
 

@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""Summary table of a bench/vhost-user.sh run (its results TSV) as markdown.
+
+Medians over rounds; the ratios are medians of per-round ratios: both sides of a ratio ran within seconds of each
+other, while the machine's load moves between rounds."""
+import csv
+import statistics
+import sys
+
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+val = {(r["round"], r["workload"], r["target"]): r for r in rows}
+rounds = sorted({r["round"] for r in rows})
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def ratio(w, t, other, key):
+    out = []
+    for r in rounds:
+        a, b = val.get((r, w, t)), val.get((r, w, other))
+        if a and b and float(b[key]) > 0:
+            out.append(float(a[key]) / float(b[key]))
+    return med(out)
+
+
+print("| workload | target | IOPS | p99 us | server CPU us/op | IOPS / qsd-vu | CPU per op / platter-nbd |")
+print("|---|---|---|---|---|---|---|")
+for w in dict.fromkeys(r["workload"] for r in rows):
+    for t in ("platter-vu", "qsd-vu", "platter-nbd"):
+        rs = [val[(r, w, t)] for r in rounds if (r, w, t) in val]
+        if not rs:
+            continue
+        iops, p99, cpu = (med(float(x[k]) for x in rs) for k in ("iops", "p99us", "cpu_us_per_op"))
+        q, n = ratio(w, t, "qsd-vu", "iops"), ratio(w, t, "platter-nbd", "cpu_us_per_op")
+        print(f"| {w} | {t} | {iops:,.0f} | {p99:,.0f} | {cpu:.1f} | {q:.2f}x | {n:.2f}x |")

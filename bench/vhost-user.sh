@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# vhost-user-blk against NBD and against the peer, in one run, interleaved:
+#   platter-vu   Platter's vhost-user-blk back-end (platter serve --vhost-user-dir), driven by bench/Platter.Bench's
+#                vhost-user front-end (--vhost-user: memfd guest RAM, one split virtqueue, kick/call eventfds, as QEMU)
+#   qsd-vu       qemu-storage-daemon's vhost-user-blk export of a raw file, same front-end, same settings
+#   platter-nbd  the same Platter server and volume over NBD (unix socket), driven by fio's nbd engine
+# Workloads: 4 KiB random read and write at depth 32, 1 MiB sequential read and write at depth 4. Each round runs every
+# workload on every target before the next workload, the target order rotating per round, so load that comes and goes
+# hits them alike. Reported per (workload, target), medians over rounds: IOPS, p99 latency, and server CPU per
+# operation (utime+stime of the serving process from /proc, divided by the operations the client completed; the
+# client's own CPU is not counted). The load average is printed before and after: this machine is shared.
+#
+#   bench/vhost-user.sh [--rounds N] [--seconds N] [--size-mib N] [--out FILE]
+#
+# Build first: dotnet build src/Platter.Cli -c Release && dotnet build bench/Platter.Bench -c Release.
+# Needs qemu-storage-daemon (qemu-system-common), fio, nbdcopy (libnbd-bin), python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=3
+seconds=8
+size_mib=512
+out=""
+while (($#)); do
+  case $1 in
+    --rounds) rounds=$2; shift 2 ;;
+    --seconds) seconds=$2; shift 2 ;;
+    --size-mib) size_mib=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    *) echo "usage: $0 [--rounds N] [--seconds N] [--size-mib N] [--out FILE]" >&2; exit 2 ;;
+  esac
+done
+
+platter_dll=src/Platter.Cli/bin/Release/net10.0/platter.dll
+client=bench/Platter.Bench/bin/Release/net10.0/Platter.Bench
+[[ -f $platter_dll && -x $client ]] || { echo "build first: dotnet build src/Platter.Cli -c Release && dotnet build bench/Platter.Bench -c Release" >&2; exit 1; }
+
+work=$(mktemp -d /tmp/platter-vu-bench.XXXXXX)
+platter_pid=""
+qsd_pid=""
+cleanup() {
+  [[ -n $platter_pid ]] && { kill "$platter_pid" 2>/dev/null; wait "$platter_pid" 2>/dev/null || true; }
+  [[ -n $qsd_pid ]] && { kill "$qsd_pid" 2>/dev/null; wait "$qsd_pid" 2>/dev/null || true; }
+  [[ -n ${KEEP_WORK:-} ]] && echo "kept $work" || rm -rf "$work"
+}
+trap cleanup EXIT
+results=${out:-$work/results.tsv}
+size=$((size_mib * 1024 * 1024))
+
+# The same incompressible data on both: reads read real data (an unwritten volume answers reads from nothing).
+head -c "$size" /dev/urandom > "$work/src.img"
+cp "$work/src.img" "$work/raw.img"
+
+dotnet "$platter_dll" serve --store "$work/store" --socket "$work/nbd.sock" --api-socket "$work/api.sock" \
+  --vhost-user-dir "$work/vu" >"$work/platter.log" 2>&1 &
+platter_pid=$!
+for _ in $(seq 1 600); do [[ -S $work/api.sock ]] && break; sleep 0.1; done
+[[ -S $work/api.sock ]] || { echo "platter did not start: $(tail -3 "$work/platter.log")" >&2; exit 1; }
+dotnet "$platter_dll" volume create bench --size "${size_mib}M" --api-socket "$work/api.sock" >/dev/null
+nbdcopy --flush "$work/src.img" "nbd+unix:///bench?socket=$work/nbd.sock"
+for _ in $(seq 1 100); do [[ -S $work/vu/bench.sock ]] && break; sleep 0.1; done
+
+# Buffered I/O on the raw file, as Platter's data file is: both serve from the page cache.
+qemu-storage-daemon --blockdev "driver=file,node-name=file,filename=$work/raw.img,cache.direct=off,aio=threads" \
+  --blockdev driver=raw,node-name=disk,file=file \
+  --export "type=vhost-user-blk,id=exp,node-name=disk,addr.type=unix,addr.path=$work/qsd.sock,writable=on,num-queues=1" \
+  >"$work/qsd.log" 2>&1 &
+qsd_pid=$!
+for _ in $(seq 1 100); do [[ -S $work/qsd.sock ]] && break; sleep 0.1; done
+[[ -S $work/qsd.sock ]] || { echo "qemu-storage-daemon did not start: $(cat "$work/qsd.log")" >&2; exit 1; }
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+
+# run TARGET RW BS DEPTH -> "ops iops p99us"
+run() {
+  local target=$1 rw=$2 bs=$3 depth=$4
+  case $target in
+    platter-vu) "$client" --vhost-user --socket "$work/vu/bench.sock" --size "$size" --rw "$rw" --bs "$bs" --depth "$depth" --seconds "$seconds" |
+        sed -E 's/.*ops=([0-9]+).*iops=([0-9]+).*p99us=([0-9]+).*errors=0.*/\1 \2 \3/' ;;
+    qsd-vu) "$client" --vhost-user --socket "$work/qsd.sock" --size "$size" --rw "$rw" --bs "$bs" --depth "$depth" --seconds "$seconds" |
+        sed -E 's/.*ops=([0-9]+).*iops=([0-9]+).*p99us=([0-9]+).*errors=0.*/\1 \2 \3/' ;;
+    platter-nbd) fio --name=j --ioengine=nbd --uri="nbd+unix:///bench?socket=$work/nbd.sock" --rw="$rw" --bs="$bs" \
+        --iodepth="$depth" --time_based --runtime="$seconds" --size="$size" --output-format=json 2>"$work/fio.err" |
+        python3 -c '
+import json, sys
+text = sys.stdin.read()  # fio prints "fio: connected to NBD server" on stdout before the JSON
+j = json.loads(text[text.index("{"):])["jobs"][0]
+s = j["read"] if j["read"]["total_ios"] else j["write"]
+p99 = s["clat_ns"]["percentile"]["99.000000"] / 1000
+print(s["total_ios"], round(s["iops"]), round(p99))' ;;
+  esac
+}
+
+pid_of() { case $1 in qsd-vu) echo "$qsd_pid" ;; *) echo "$platter_pid" ;; esac; }
+
+echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores; ${size_mib} MiB; ${seconds} s per run; $rounds rounds" | tee "$results.meta"
+printf 'round\tworkload\ttarget\tops\tiops\tp99us\tcpu_us_per_op\n' > "$results"
+targets=(platter-vu qsd-vu platter-nbd)
+workloads=("randread 4096 32" "randwrite 4096 32" "read 1048576 4" "write 1048576 4")
+for ((r = 1; r <= rounds; r++)); do
+  for w in "${workloads[@]}"; do
+    read -r rw bs depth <<<"$w"
+    n=${#targets[@]}
+    for ((k = 0; k < n; k++)); do
+      t=${targets[$(((k + r) % n))]}
+      pid=$(pid_of "$t")
+      before=$(cpu_ticks "$pid")
+      read -r ops iops p99 < <(run "$t" "$rw" "$bs" "$depth")
+      after=$(cpu_ticks "$pid")
+      cpu=$(python3 -c "print(round(($after - $before) / $hz * 1e6 / max(1, $ops), 1))")
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$rw-$bs-qd$depth" "$t" "$ops" "$iops" "$p99" "$cpu" | tee -a "$results"
+    done
+  done
+done
+echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$results.meta"
+
+python3 bench/summarize-vhost-user.py "$results"
