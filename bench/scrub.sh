@@ -12,7 +12,7 @@
 # Prints a markdown table with the load average next to each measurement (the machine is shared: only same-round
 # ratios mean anything).
 #
-#   bench/scrub.sh [--size 2G] [--rounds 3] [--runtime 15]
+#   [PLATTER_BIN=EXE] bench/scrub.sh [--size 2G] [--rounds 3] [--runtime 15]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,8 +27,13 @@ while [ $# -gt 0 ]; do
 done
 for tool in fio dd fincore python3 dotnet; do command -v "$tool" >/dev/null || { echo "bench/scrub.sh: $tool not found" >&2; exit 1; }; done
 
-dotnet build src/Platter.Cli -c Release -v q -nologo >/dev/null
-platter=(dotnet "$PWD/src/Platter.Cli/bin/Release/net10.0/platter.dll")
+# PLATTER_BIN: an already built platter executable (e.g. another commit's, to compare in one session).
+if [ -n "${PLATTER_BIN:-}" ]; then
+  platter=("$PLATTER_BIN")
+else
+  dotnet build src/Platter.Cli -c Release -v q -nologo >/dev/null
+  platter=("$PWD/src/Platter.Cli/bin/Release/net10.0/platter")
+fi
 work=$(mktemp -d /tmp/platter-scrub-bench.XXXXXX)
 server=
 cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null; rm -rf "$work"; }
