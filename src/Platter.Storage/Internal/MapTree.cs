@@ -29,6 +29,15 @@ internal delegate bool MapDiffUntilVisitor(long block, BlockEntry older, BlockEn
 /// the same depth however deep the clone chain) and two versions can be compared by skipping shared subtrees (time
 /// proportional to what differs). A node may be changed in place only by the tree whose owner token it carries; any
 /// other tree copies the path first ("transient" persistent structures).
+/// <para>
+/// A leaf is held in one of two forms (decision 0010). <b>Dense</b>: 256 entries of 12 bytes, changed in place; the
+/// form of leaves being written. <b>Packed</b>: an immutable array of runs (first slot, length, first physical block)
+/// followed by the CRCs of the mapped slots, 8 bytes per run and 4 per mapped block: a leaf written sequentially costs
+/// about 1.1 KiB instead of 3 KiB, a leaf with 16 scattered blocks about 230 bytes. Leaves loaded at open are packed;
+/// a write to a packed leaf unpacks it, and each mutable tree packs again the leaves it unpacked longest ago once more
+/// than <see cref="EngineLimits.DenseLeavesPerMapMax"/> are dense, so the dense (fast to change) part is bounded per
+/// volume whatever its size. The two forms hold the same content: readers never see the difference.
+/// </para>
 /// Not thread-safe: the owner of a mutable tree guards it; a frozen tree is immutable and may be read freely.
 /// </summary>
 internal sealed class MapTree
@@ -37,6 +46,12 @@ internal sealed class MapTree
     private const int Fanout = 256;
     private const int LevelBits = 8;
     private const int InteriorLevels = 5;
+
+    // Packed run word: bits 0..7 first slot, 8..15 length - 1, 16..63 first physical block (< 2^48 blocks = 1 EiB).
+    private const int PbaShift = 16;
+    private const long PackedPbaLimit = 1L << (64 - PbaShift);
+    // A packed leaf is kept only when it is smaller than the dense one (words: count + runs + CRCs two per word).
+    private const int DenseLeafBytes = Fanout * 12;
 
     // Slots live inline in the node object, so each level of a lookup is one dependent load, not two.
     [InlineArray(Fanout)]
@@ -65,11 +80,27 @@ internal sealed class MapTree
         public override Node CopyFor(object owner) => new Interior(owner) { Children = Children, Count = Count };
     }
 
-    private sealed class Leaf(object owner) : Node(owner)
+    private sealed class DenseEntries
     {
         public EntrySlots Entries;
+    }
 
-        public override Node CopyFor(object owner) => new Leaf(owner) { Entries = Entries, Count = Count };
+    // Exactly one of Dense and Packed is set. Packed arrays are immutable (copies share them); dense entries change in
+    // place, by the owner only. A frozen leaf may go from dense to packed while unlocked readers look at it: Packed is
+    // written before Dense is cleared, and readers read Dense first, so they see one complete form or the other.
+    private sealed class Leaf(object owner) : Node(owner)
+    {
+        public DenseEntries? Dense;
+        public ulong[]? Packed;
+
+        public override Node CopyFor(object owner)
+        {
+            var copy = new Leaf(owner) { Count = Count };
+            var dense = Volatile.Read(ref Dense);
+            if (dense is not null) copy.Dense = new DenseEntries { Entries = dense.Entries };
+            else copy.Packed = Packed;
+            return copy;
+        }
     }
 
     // The level says which kind a node is (0 = leaf), so casts need no type check.
@@ -85,6 +116,10 @@ internal sealed class MapTree
     private Node? _root;
     private object? _owner; // null: frozen
 
+    // Leaves this tree unpacked (or created dense), oldest first; packed again past DenseLeavesPerMapMax. Only a
+    // mutable tree has one.
+    private Queue<Leaf>? _denseLeaves;
+
     private MapTree(Node? root, long mapped, bool frozen)
     {
         _root = root;
@@ -97,6 +132,10 @@ internal sealed class MapTree
 
     /// <summary>Number of mapped blocks.</summary>
     public long MappedBlocks { get; private set; }
+
+    /// <summary>Leaves packed so far by any map (a test observes that packing happened; not a timing).</summary>
+    public static long LeavesPacked => Interlocked.Read(ref s_leavesPacked);
+    private static long s_leavesPacked;
 
     /// <summary>
     /// Returns a frozen version holding the current content, in O(1). This tree stays mutable but no longer owns its
@@ -118,7 +157,10 @@ internal sealed class MapTree
     public BlockEntry Get(long block)
     {
         var leaf = FindLeaf(block);
-        return leaf is null ? default : leaf.Entries[(int)(block & (Fanout - 1))];
+        if (leaf is null) return default;
+        int slot = (int)(block & (Fanout - 1));
+        var dense = Volatile.Read(ref leaf.Dense);
+        return dense is not null ? dense.Entries[slot] : PackedGet(leaf.Packed!, slot);
     }
 
     /// <summary>Copies the entries of <paramref name="destination"/>.Length blocks starting at <paramref name="firstBlock"/>.</summary>
@@ -131,8 +173,9 @@ internal sealed class MapTree
             int inLeaf = (int)(block & (Fanout - 1));
             int n = Math.Min(Fanout - inLeaf, destination.Length - done);
             var leaf = FindLeaf(block);
-            if (leaf is not null) ((ReadOnlySpan<BlockEntry>)leaf.Entries).Slice(inLeaf, n).CopyTo(destination.Slice(done, n));
-            else destination.Slice(done, n).Clear();
+            if (leaf is null) destination.Slice(done, n).Clear();
+            else if (Volatile.Read(ref leaf.Dense) is { } dense) ((ReadOnlySpan<BlockEntry>)dense.Entries).Slice(inLeaf, n).CopyTo(destination.Slice(done, n));
+            else Unpack(leaf.Packed!, inLeaf, destination.Slice(done, n));
             done += n;
         }
     }
@@ -152,16 +195,33 @@ internal sealed class MapTree
         if ((ulong)block >= 1UL << (LevelBits * (InteriorLevels + 1))) throw new ArgumentOutOfRangeException(nameof(block));
         if (!entry.IsMapped && FindLeaf(block) is null) return default;
 
-        // Walk down, copying every node this tree does not own (path copy), creating missing ones.
         Span<int> slots = stackalloc int[InteriorLevels];
         var path = new NodePath();
+        WalkDown(owner, block, slots, ref path);
+
+        var leafNode = AsLeaf(path[0]);
+        var dense = leafNode.Dense ?? Unpack(leafNode);
+        ref var target = ref dense.Entries[(int)(block & (Fanout - 1))];
+        var old = target;
+        target = entry;
+        int delta = (entry.IsMapped ? 1 : 0) - (old.IsMapped ? 1 : 0);
+        leafNode.Count += delta;
+        MappedBlocks += delta;
+        Prune(slots, ref path);
+        return old;
+    }
+
+    // Walks down to the leaf of `block`, copying every node this tree does not own (path copy) and creating missing
+    // ones; a created leaf is empty, dense (for Set) or with no form yet (for SetLeaf, which gives it one).
+    private void WalkDown(object owner, long block, Span<int> slots, ref NodePath path, bool createDense = true)
+    {
         ref Node? link = ref _root;
         for (int level = InteriorLevels; level >= 0; level--)
         {
             var node = link;
             if (node is null)
             {
-                node = level == 0 ? new Leaf(owner) : new Interior(owner);
+                node = level != 0 ? new Interior(owner) : createDense ? NewDenseLeaf(owner) : new Leaf(owner);
                 link = node;
                 if (level < InteriorLevels) path[level + 1].Count++;
             }
@@ -169,6 +229,7 @@ internal sealed class MapTree
             {
                 node = node.CopyFor(owner);
                 link = node;
+                if (level == 0 && AsLeaf(node).Dense is not null) NoteDense(AsLeaf(node));
             }
             path[level] = node;
             if (level == 0) break;
@@ -176,22 +237,196 @@ internal sealed class MapTree
             slots[level - 1] = slot;
             link = ref AsInterior(node).Children[slot];
         }
+    }
 
-        var leafNode = AsLeaf(path[0]);
-        ref var target = ref leafNode.Entries[(int)(block & (Fanout - 1))];
-        var old = target;
-        target = entry;
-        int delta = (entry.IsMapped ? 1 : 0) - (old.IsMapped ? 1 : 0);
-        leafNode.Count += delta;
-        MappedBlocks += delta;
-        // Prune emptied nodes so scans skip them.
+    // Prunes emptied nodes along the path so scans skip them.
+    private void Prune(Span<int> slots, ref NodePath path)
+    {
         for (int level = 0; level < InteriorLevels && path[level].Count == 0; level++)
         {
             AsInterior(path[level + 1]).Children[slots[level]] = null;
             path[level + 1].Count--;
         }
         if (path[InteriorLevels].Count == 0) _root = null;
-        return old;
+    }
+
+    private Leaf NewDenseLeaf(object owner)
+    {
+        var leaf = new Leaf(owner) { Dense = new DenseEntries() };
+        NoteDense(leaf);
+        return leaf;
+    }
+
+    // Turns an owned packed leaf into its dense form (the owner holds the tree's lock, so no reader looks at it).
+    private DenseEntries Unpack(Leaf leaf)
+    {
+        var dense = new DenseEntries();
+        Unpack(leaf.Packed!, 0, dense.Entries);
+        leaf.Dense = dense;
+        leaf.Packed = null;
+        NoteDense(leaf);
+        return dense;
+    }
+
+    // Remembers a dense leaf of this tree; past the limit, packs the one made dense longest ago. That leaf may since
+    // have been frozen by a snapshot (then unlocked readers may look at it: see Leaf) or dropped (packing it is wasted
+    // but harmless); it is never a leaf another mutable tree owns.
+    private void NoteDense(Leaf leaf)
+    {
+        var queue = _denseLeaves ??= new Queue<Leaf>();
+        queue.Enqueue(leaf);
+        while (queue.Count > EngineLimits.DenseLeavesPerMapMax)
+        {
+            // A leaf unpacked again is queued twice: never pack the one the caller is about to change.
+            var oldest = queue.Dequeue();
+            if (!ReferenceEquals(oldest, leaf)) TryPack(oldest);
+        }
+    }
+
+    /// <summary>Packs every dense leaf this tree made dense (a test uses it, and so does a bulk load when done).</summary>
+    public void PackAll()
+    {
+        if (_denseLeaves is null) return;
+        while (_denseLeaves.Count > 0) TryPack(_denseLeaves.Dequeue());
+    }
+
+    private static void TryPack(Leaf leaf)
+    {
+        var dense = leaf.Dense;
+        if (dense is null) return;
+        var packed = Pack(dense.Entries);
+        if (packed is null) return;
+        Volatile.Write(ref leaf.Packed, packed);
+        Volatile.Write(ref leaf.Dense, null);
+        Interlocked.Increment(ref s_leavesPacked);
+    }
+
+    // The packed form of 256 entries, or null when it would not be smaller than the dense one (or a block is beyond
+    // what a run word holds).
+    private static ulong[]? Pack(ReadOnlySpan<BlockEntry> entries)
+    {
+        int runs = 0, mapped = 0;
+        for (int i = 0; i < Fanout; i++)
+        {
+            var e = entries[i];
+            if (!e.IsMapped) continue;
+            if ((ulong)e.Pba >= PackedPbaLimit) return null;
+            mapped++;
+            if (StartsRun(entries, i)) runs++;
+        }
+        int words = 1 + runs + (mapped + 1) / 2;
+        if (words * 8 >= DenseLeafBytes) return null;
+        var packed = new ulong[words];
+        packed[0] = (ulong)runs;
+        int run = 0, crc = 0;
+        for (int i = 0; i < Fanout; i++)
+        {
+            var e = entries[i];
+            if (!e.IsMapped) continue;
+            if (StartsRun(entries, i))
+                packed[1 + run++] = (uint)i | ((ulong)e.Pba << PbaShift);
+            else
+                packed[run] += 1UL << 8; // one more block in the current run
+            SetCrc(packed, 1 + runs, crc++, e.Crc);
+        }
+        return packed;
+    }
+
+    // Slot i (mapped) starts a run unless the slot before is mapped to the physical block just before.
+    private static bool StartsRun(ReadOnlySpan<BlockEntry> entries, int i) =>
+        i == 0 || !entries[i - 1].IsMapped || entries[i - 1].PbaPlusOne + 1 != entries[i].PbaPlusOne;
+
+    private static void SetCrc(ulong[] packed, int crcBase, int index, uint crc)
+    {
+        ref ulong word = ref packed[crcBase + (index >> 1)];
+        int shift = (index & 1) * 32;
+        word = (word & ~(0xFFFF_FFFFUL << shift)) | ((ulong)crc << shift);
+    }
+
+    private static uint GetCrc(ulong[] packed, int crcBase, int index) => (uint)(packed[crcBase + (index >> 1)] >> ((index & 1) * 32));
+
+    private static int RunStart(ulong run) => (int)(run & 0xFF);
+    private static int RunLength(ulong run) => (int)((run >> 8) & 0xFF) + 1;
+    private static long RunPba(ulong run) => (long)(run >> PbaShift);
+
+    private static BlockEntry PackedGet(ulong[] packed, int slot)
+    {
+        int runs = (int)packed[0];
+        int crcIndex = 0;
+        for (int r = 0; r < runs; r++)
+        {
+            ulong run = packed[1 + r];
+            int start = RunStart(run), length = RunLength(run);
+            if (slot < start) break;
+            if (slot < start + length)
+                return BlockEntry.Mapped(RunPba(run) + (slot - start), GetCrc(packed, 1 + runs, crcIndex + slot - start));
+            crcIndex += length;
+        }
+        return default;
+    }
+
+    // Writes the entries of slots [from, from + destination.Length) of a packed leaf.
+    private static void Unpack(ulong[] packed, int from, Span<BlockEntry> destination)
+    {
+        destination.Clear();
+        int end = from + destination.Length;
+        int runs = (int)packed[0];
+        int crcIndex = 0;
+        for (int r = 0; r < runs; r++)
+        {
+            ulong run = packed[1 + r];
+            int start = RunStart(run), length = RunLength(run);
+            if (start >= end) break;
+            long pba = RunPba(run);
+            for (int i = Math.Max(start, from); i < Math.Min(start + length, end); i++)
+                destination[i - from] = BlockEntry.Mapped(pba + (i - start), GetCrc(packed, 1 + runs, crcIndex + i - start));
+            crcIndex += length;
+        }
+    }
+
+    // The entries of a leaf as one span: the dense entries themselves, or the packed ones unpacked into `scratch`.
+    private static ReadOnlySpan<BlockEntry> EntriesOf(Leaf leaf, Span<BlockEntry> scratch)
+    {
+        if (Volatile.Read(ref leaf.Dense) is { } dense) return dense.Entries;
+        Unpack(leaf.Packed!, 0, scratch);
+        return scratch;
+    }
+
+    /// <summary>
+    /// Replaces the leaf holding <paramref name="leafBase"/> (a multiple of 256) with <paramref name="entries"/>, stored
+    /// packed when that is smaller. The bulk form of <see cref="Set"/> for building maps at open.
+    /// </summary>
+    public void SetLeaf(long leafBase, ReadOnlySpan<BlockEntry> entries)
+    {
+        var owner = _owner ?? throw new InvalidOperationException("a frozen map cannot change");
+        if ((leafBase & (Fanout - 1)) != 0 || entries.Length != Fanout) throw new ArgumentException("a whole leaf", nameof(entries));
+        if ((ulong)leafBase >= 1UL << (LevelBits * (InteriorLevels + 1))) throw new ArgumentOutOfRangeException(nameof(leafBase));
+        int count = 0;
+        foreach (var e in entries) if (e.IsMapped) count++;
+        if (count == 0 && FindLeaf(leafBase) is null) return;
+
+        Span<int> slots = stackalloc int[InteriorLevels];
+        var path = new NodePath();
+        WalkDown(owner, leafBase, slots, ref path, createDense: false);
+        var leaf = AsLeaf(path[0]);
+        MappedBlocks += count - leaf.Count;
+        leaf.Count = count;
+        if (Pack(entries) is { } packed)
+        {
+            leaf.Packed = packed;
+            leaf.Dense = null;
+        }
+        else
+        {
+            var dense = leaf.Dense ?? new DenseEntries();
+            entries.CopyTo(dense.Entries);
+            if (leaf.Dense is null)
+            {
+                leaf.Dense = dense;
+                leaf.Packed = null;
+            }
+        }
+        Prune(slots, ref path);
     }
 
     /// <summary>First mapped block at or after <paramref name="block"/> and before <paramref name="limit"/>, or -1.</summary>
@@ -200,6 +435,7 @@ internal sealed class MapTree
     private static long NextMapped(Node? node, int level, long nodeBase, long from, long limit)
     {
         if (node is null) return -1;
+        if (level == 0) return NextMappedInLeaf(AsLeaf(node), nodeBase, from, limit);
         int shift = level * LevelBits;
         long span = 1L << shift;
         int first = from <= nodeBase ? 0 : (int)((from - nodeBase) >> shift);
@@ -207,13 +443,33 @@ internal sealed class MapTree
         {
             long childBase = nodeBase + i * span;
             if (childBase >= limit) return -1;
-            if (level == 0)
-            {
-                if (AsLeaf(node).Entries[i].IsMapped && childBase >= from) return childBase;
-                continue;
-            }
             var found = NextMapped(AsInterior(node).Children[i], level - 1, childBase, from, limit);
             if (found >= 0) return found;
+        }
+        return -1;
+    }
+
+    private static long NextMappedInLeaf(Leaf leaf, long leafBase, long from, long limit)
+    {
+        int first = from <= leafBase ? 0 : (int)(from - leafBase);
+        if (Volatile.Read(ref leaf.Dense) is { } dense)
+        {
+            for (int i = first; i < Fanout; i++)
+            {
+                if (leafBase + i >= limit) return -1;
+                if (dense.Entries[i].IsMapped) return leafBase + i;
+            }
+            return -1;
+        }
+        var packed = leaf.Packed!;
+        int runs = (int)packed[0];
+        for (int r = 0; r < runs; r++)
+        {
+            ulong run = packed[1 + r];
+            int start = RunStart(run), end = start + RunLength(run);
+            if (end <= first) continue;
+            long found = leafBase + Math.Max(start, first);
+            return found < limit ? found : -1;
         }
         return -1;
     }
@@ -225,13 +481,29 @@ internal sealed class MapTree
         {
             var leaf = FindLeaf(block);
             if (leaf is null) return block;
-            ref var entries = ref leaf.Entries;
             long leafBase = block & ~(long)(Fanout - 1);
-            for (int i = (int)(block - leafBase); i < Fanout; i++)
+            int slot = (int)(block - leafBase);
+            if (Volatile.Read(ref leaf.Dense) is { } dense)
             {
-                long b = leafBase + i;
-                if (b >= limit) return limit;
-                if (!entries[i].IsMapped) return b;
+                for (; slot < Fanout; slot++)
+                {
+                    if (leafBase + slot >= limit) return limit;
+                    if (!dense.Entries[slot].IsMapped) return leafBase + slot;
+                }
+            }
+            else
+            {
+                var packed = leaf.Packed!;
+                int runs = (int)packed[0];
+                for (int r = 0; r < runs && slot < Fanout; r++)
+                {
+                    ulong run = packed[1 + r];
+                    int start = RunStart(run), end = start + RunLength(run);
+                    if (end <= slot) continue;
+                    if (start > slot) break; // slot lies in a gap before this run
+                    slot = end;
+                }
+                if (slot < Fanout) return Math.Min(leafBase + slot, limit);
             }
             block = leafBase + Fanout;
         }
@@ -270,10 +542,57 @@ internal sealed class MapTree
         Walk(older?._root, newer?._root, InteriorLevels, 0, from, to, visitor);
     }
 
+    /// <summary>
+    /// Calls <paramref name="visitor"/>(first block, first physical block, count) for each run of blocks that
+    /// <paramref name="newer"/> maps and <paramref name="older"/> does not map to the same physical block: what
+    /// <see cref="Diff"/> reports as mapped in the newer map, a run at a time (within a leaf) rather than a block at a
+    /// time. Open uses it to list referenced blocks; a packed leaf over nothing costs one call per run.
+    /// </summary>
+    public static void AddedRuns(MapTree? older, MapTree? newer, Action<long, long, int> visitor) =>
+        WalkAdded(older?._root, newer?._root, InteriorLevels, 0, visitor);
+
+    private static void WalkAdded(Node? a, Node? b, int level, long nodeBase, Action<long, long, int> visitor)
+    {
+        if (b is null || ReferenceEquals(a, b)) return;
+        if (level > 0)
+        {
+            long span = 1L << (level * LevelBits);
+            for (int i = 0; i < Fanout; i++)
+                WalkAdded(a is null ? null : AsInterior(a).Children[i], AsInterior(b).Children[i], level - 1, nodeBase + i * span, visitor);
+            return;
+        }
+        var leafB = AsLeaf(b);
+        if (a is null && Volatile.Read(ref leafB.Dense) is null)
+        {
+            var packed = leafB.Packed!;
+            for (int r = 0; r < (int)packed[0]; r++)
+                visitor(nodeBase + RunStart(packed[1 + r]), RunPba(packed[1 + r]), RunLength(packed[1 + r]));
+            return;
+        }
+        if (a is not null && AsLeaf(a).Packed is { } pa && ReferenceEquals(pa, leafB.Packed)) return;
+        Span<BlockEntry> scratchA = stackalloc BlockEntry[Fanout];
+        Span<BlockEntry> scratchB = stackalloc BlockEntry[Fanout];
+        if (a is null) scratchA.Clear();
+        var ea = a is null ? scratchA : EntriesOf(AsLeaf(a), scratchA);
+        var eb = EntriesOf(leafB, scratchB);
+        int runStart = -1;
+        for (int i = 0; i <= Fanout; i++)
+        {
+            bool added = i < Fanout && eb[i].IsMapped && ea[i].PbaPlusOne != eb[i].PbaPlusOne;
+            if (runStart >= 0 && (!added || eb[i].PbaPlusOne != eb[i - 1].PbaPlusOne + 1))
+            {
+                visitor(nodeBase + runStart, eb[runStart].Pba, i - runStart);
+                runStart = -1;
+            }
+            if (added && runStart < 0) runStart = i;
+        }
+    }
+
     // Returns false when the visitor asked to stop.
     private static bool Walk(Node? a, Node? b, int level, long nodeBase, long from, long to, MapDiffUntilVisitor visitor)
     {
         if (ReferenceEquals(a, b)) return true;
+        if (level == 0) return WalkLeaves(a is null ? null : AsLeaf(a), b is null ? null : AsLeaf(b), nodeBase, from, to, visitor);
         int shift = level * LevelBits;
         long span = 1L << shift;
         int first = from <= nodeBase ? 0 : (int)((from - nodeBase) >> shift);
@@ -281,16 +600,28 @@ internal sealed class MapTree
         {
             long childBase = nodeBase + i * span;
             if (childBase >= to) return true;
-            if (level == 0)
-            {
-                if (childBase < from) continue;
-                var ea = a is null ? default : AsLeaf(a).Entries[i];
-                var eb = b is null ? default : AsLeaf(b).Entries[i];
-                if (ea.PbaPlusOne != eb.PbaPlusOne && !visitor(childBase, ea, eb)) return false;
-                continue;
-            }
             if (!Walk(a is null ? null : AsInterior(a).Children[i], b is null ? null : AsInterior(b).Children[i], level - 1, childBase, from, to, visitor))
                 return false;
+        }
+        return true;
+    }
+
+    private static bool WalkLeaves(Leaf? a, Leaf? b, long leafBase, long from, long to, MapDiffUntilVisitor visitor)
+    {
+        // Copies of a packed leaf share its array: the same content.
+        if (a is not null && b is not null && a.Packed is { } pa && ReferenceEquals(pa, b.Packed)) return true;
+        Span<BlockEntry> scratchA = stackalloc BlockEntry[Fanout];
+        Span<BlockEntry> scratchB = stackalloc BlockEntry[Fanout];
+        if (a is null) scratchA.Clear();
+        if (b is null) scratchB.Clear();
+        var ea = a is null ? scratchA : EntriesOf(a, scratchA);
+        var eb = b is null ? scratchB : EntriesOf(b, scratchB);
+        int first = from <= leafBase ? 0 : (int)(from - leafBase);
+        for (int i = first; i < Fanout; i++)
+        {
+            long block = leafBase + i;
+            if (block >= to) return true;
+            if (ea[i].PbaPlusOne != eb[i].PbaPlusOne && !visitor(block, ea[i], eb[i])) return false;
         }
         return true;
     }

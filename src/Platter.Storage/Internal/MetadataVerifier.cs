@@ -157,12 +157,14 @@ internal static class MetadataVerifier
 
     /// <summary>
     /// The rule on the versions rebuilt (after replay): nothing mapped past a version's end, and each physical block
-    /// referenced by one version only and inside the data file. Returns the referenced blocks, sorted, each once.
+    /// referenced by one version only and inside the data file. Returns the referenced blocks as sorted, disjoint,
+    /// coalesced runs, and how many blocks they hold. Works on runs, not blocks, so a sequentially written TiB is a
+    /// million entries here, not 256 million.
     /// </summary>
-    public static List<long> VerifyVersions(IReadOnlyCollection<VolumeState> volumes, long dataBlocks, MetadataDamage damage,
-        Action<VolumeState, List<(long Pba, long Layer)>> referenced)
+    public static (List<(long Start, long Length)> Runs, long Blocks) VerifyVersions(IReadOnlyCollection<VolumeState> volumes, long dataBlocks,
+        MetadataDamage damage, Action<VolumeState, List<PbaRun>> referenced)
     {
-        var all = new List<(long Pba, long Layer)>();
+        var all = new List<PbaRun>();
         var owners = new Dictionary<long, string>();
         foreach (var v in volumes)
         {
@@ -175,24 +177,42 @@ internal static class MetadataVerifier
                     damage.Add(s.LayerId, $"'{s.DisplayName}': block {sp} is mapped past the end ({s.SizeBlocks} blocks)");
             referenced(v, all);
         }
-        all.Sort((a, b) => a.Pba.CompareTo(b.Pba));
-        var used = new List<long>(all.Count);
-        for (int i = 0; i < all.Count; i++)
+        // Usually in order already (the allocator hands out space in order): checked in one pass before sorting.
+        var span = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(all);
+        for (int i = 1; i < span.Length; i++)
         {
-            if (i > 0 && all[i].Pba == all[i - 1].Pba)
-            {
-                damage.Add(all[i].Layer, $"physical block {all[i].Pba} is mapped by '{owners.GetValueOrDefault(all[i - 1].Layer)}' and by '{owners.GetValueOrDefault(all[i].Layer)}'");
-                damage.Layers.Add(all[i - 1].Layer);
-                continue;
-            }
-            if (all[i].Pba >= dataBlocks)
-            {
-                damage.Add(all[i].Layer, $"'{owners.GetValueOrDefault(all[i].Layer)}': physical block {all[i].Pba} is past the end of the data file ({dataBlocks} blocks)");
-                continue;
-            }
-            used.Add(all[i].Pba);
+            if (span[i].Pba >= span[i - 1].Pba) continue;
+            span.Sort(static (a, b) => a.Pba.CompareTo(b.Pba));
+            break;
         }
-        return used;
+        var used = new List<(long Start, long Length)>();
+        long blocks = 0;
+        long coveredEnd = long.MinValue, coveredLayer = 0; // the furthest block end of the runs so far, and whose
+        foreach (var run in span)
+        {
+            long start = run.Pba, end = run.Pba + run.Length;
+            if (start < coveredEnd)
+            {
+                damage.Add(run.Layer, $"physical block {start} is mapped by '{owners.GetValueOrDefault(coveredLayer)}' and by '{owners.GetValueOrDefault(run.Layer)}'");
+                damage.Layers.Add(coveredLayer);
+                start = coveredEnd; // the rest of the run, past what is already counted
+            }
+            if (end > dataBlocks)
+            {
+                damage.Add(run.Layer, $"'{owners.GetValueOrDefault(run.Layer)}': physical block {Math.Max(start, dataBlocks)} is past the end of the data file ({dataBlocks} blocks)");
+                end = Math.Max(start, dataBlocks);
+            }
+            if (run.Pba + run.Length > coveredEnd)
+            {
+                coveredEnd = run.Pba + run.Length;
+                coveredLayer = run.Layer;
+            }
+            if (end <= start) continue;
+            if (used.Count > 0 && used[^1].Start + used[^1].Length == start) used[^1] = (used[^1].Start, used[^1].Length + end - start);
+            else used.Add((start, end - start));
+            blocks += end - start;
+        }
+        return (used, blocks);
     }
 
     /// <summary>

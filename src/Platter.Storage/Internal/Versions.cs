@@ -42,19 +42,32 @@ internal static class Versions
         }
     }
 
-    /// <summary>Adds every physical block the volume's versions reference, each once, with the layer that first maps it (verification at open).</summary>
-    public static void ReferencedBlocks(VolumeState volume, List<(long Pba, long Layer)> used)
+    /// <summary>
+    /// Adds every physical block the volume's versions reference, each once, with the layer that first maps it
+    /// (verification at open), as runs: consecutive blocks of one layer at consecutive physical blocks are one entry.
+    /// </summary>
+    public static void ReferencedBlocks(VolumeState volume, List<PbaRun> used)
     {
         var (maps, versions) = Lineage(volume, freezeVolume: false);
-        VisitAdditions(maps, (i, _, entry) => used.Add((entry.Pba, versions[i - 1] switch
+        for (int i = 1; i < maps.Count; i++)
         {
-            VolumeState v => v.LayerId,
-            SnapshotState s => s.LayerId,
-            _ => 0,
-        })));
+            long layer = versions[i - 1] switch
+            {
+                VolumeState v => v.LayerId,
+                SnapshotState s => s.LayerId,
+                _ => 0,
+            };
+            MapTree.AddedRuns(maps[i - 1], maps[i], (_, pba, count) =>
+            {
+                if (used.Count > 0 && used[^1] is var last && last.Layer == layer && last.Pba + last.Length == pba)
+                    used[^1] = last with { Length = last.Length + count };
+                else
+                    used.Add(new PbaRun(pba, count, layer));
+            });
+        }
     }
 
-    /// <summary>Like <see cref="ReferencedBlocks"/>, with each block's CRC and the version and block that first map it.</summary>
+    /// <summary>Like <see cref="ReferencedBlocks"/> but per block, with each block's CRC and the version and block that first map it.</summary>
     public static List<(long Pba, uint Crc, string Owner, long Block)> ReferencedEntries(IEnumerable<VolumeState> volumes)
     {
         var used = new List<(long, uint, string, long)>();
@@ -137,3 +150,6 @@ internal static class Versions
         return result;
     }
 }
+
+/// <summary>Physical blocks [<see cref="Pba"/>, +<see cref="Length"/>) first referenced by <see cref="Layer"/>.</summary>
+internal readonly record struct PbaRun(long Pba, long Length, long Layer);

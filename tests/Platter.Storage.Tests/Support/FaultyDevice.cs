@@ -356,6 +356,9 @@ internal sealed class FaultyStore
         DataGrowthBytes = dataGrowthBytes,
         DataBytesMax = dataBytesMax,
         CommitIntervalMax = commitIntervalMax ?? TimeSpan.FromSeconds(1),
+        // The smallest reserve file: sized from the file system it would be 256 MiB, and on tmpfs (the power-cut test's
+        // /dev/shm) allocating that zeroes 256 MiB of RAM per store: two stores per iteration, 2,000 iterations.
+        MetadataReserveBytes = 1 << 20,
     };
 
     public VolumeStore Open(string dir, long dataGrowthBytes = 1 << 20, long dataBytesMax = long.MaxValue, TimeSpan? commitIntervalMax = null)

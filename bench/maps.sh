@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Map memory and open time (issue 15 targets 4 and 5; decision 0010). Builds synthetic stores (bench/Platter.Bench
+# MapBench.cs: extent records written straight into the metadata store over a sparse data file) and opens each one in
+# a fresh process ROUNDS times, printing open time (wall and CPU), time to the first read, RSS and managed heap, and
+# RAM per TiB mapped. The stores are interleaved round by round, so load from other work on the machine spreads over
+# all of them; the load average is printed on every line.
+# Usage: bench/maps.sh [DIR] [ROUNDS] [LAYOUTS...]   layouts: sparse:N or sequential:N (N = extent records)
+#   default: sparse:1000000 sparse:10000000 sequential:65536 sequential:1048576 (the last maps 1 TiB: ~1 GB of metadata)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=${1:-/var/tmp/platter-maps-bench}
+rounds=${2:-3}
+shift $(( $# > 2 ? 2 : $# ))
+layouts=("$@")
+[ ${#layouts[@]} -gt 0 ] || layouts=(sparse:1000000 sparse:10000000 sequential:65536 sequential:1048576)
+mkdir -p "$dir"
+echo "# $(date -u +%FT%TZ) $(uname -r), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM, commit $(git rev-parse --short HEAD)"
+dotnet build -c Release bench/Platter.Bench -v q -nologo >/dev/null
+bench() { dotnet bench/Platter.Bench/bin/Release/net10.0/Platter.Bench.dll --maps "$@"; }
+for l in "${layouts[@]}"; do
+  kind=${l%%:*}; n=${l##*:}
+  [ -d "$dir/$kind-$n" ] || bench build --dir "$dir/$kind-$n" --extents "$n" --layout "$kind"
+done
+for r in $(seq 1 "$rounds"); do
+  for l in "${layouts[@]}"; do
+    kind=${l%%:*}; n=${l##*:}
+    echo "round $r $kind $n records: $(bench open --dir "$dir/$kind-$n" | tr '\n' ' ')"
+  done
+done
+echo "# stores kept in $dir (delete them when done: rm -rf $dir)"
