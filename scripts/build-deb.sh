@@ -2,13 +2,18 @@
 # Builds platter_VERSION_amd64.deb: the platter command published with Native AOT for linux-x64 (/usr/bin/platter,
 # one native executable, no .NET runtime needed), the systemd units (/lib/systemd/system), a sample
 # /etc/platter/platter.conf and the --help text of every command (/usr/share/doc/platter/help.txt, also `man`-less
-# `platter CMD --help`).
+# `platter CMD --help`), and maintainer scripts (packaging/debian/) that restart a running service on the new binary
+# after an upgrade.
 #
-#   scripts/build-deb.sh [--out DIR] [--binary FILE]
+#   scripts/build-deb.sh [--out DIR] [--binary FILE] [--version VERSION] [--compression xz|gzip|none]
 #   scripts/build-deb.sh --publish-only DIR
 #
 #   --out DIR            where the .deb goes (default: artifacts/)
 #   --binary FILE        package this already published binary instead of publishing (tests reuse one publish)
+#   --version VERSION    the package version (default: the binary's --version); the upgrade test packages one binary
+#                        twice, the second time as a newer version
+#   --compression TYPE   dpkg-deb's compression (default xz, the smallest; gzip builds in a seventh of the CPU time,
+#                        for tests)
 #   --publish-only DIR   publish the Native AOT binary to DIR/platter and stop (scripts/test.sh publishes once,
 #                        packages that binary and runs tests against it)
 set -euo pipefail
@@ -17,13 +22,17 @@ repo=$(pwd)
 
 out="$repo/artifacts"
 binary=""
+version=""
+compression=xz
 publish_only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out="$2"; shift 2 ;;
     --binary) binary="$2"; shift 2 ;;
+    --version) version="$2"; shift 2 ;;
+    --compression) compression="$2"; shift 2 ;;
     --publish-only) publish_only="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "build-deb.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -60,7 +69,7 @@ if [ -z "$binary" ]; then
 fi
 [ -x "$binary" ] || { say "no executable at $binary"; exit 1; }
 
-version=$("$binary" --version | head -n1 | sed 's/+.*//')
+[ -n "$version" ] || version=$("$binary" --version | head -n1 | sed 's/+.*//')
 [ -n "$version" ] || { say "$binary --version printed nothing"; exit 1; }
 root="$work/root"
 say "laying out platter $version"
@@ -105,9 +114,12 @@ Description: storage server for virtual machine disks over NBD
  systemd units with socket activation for restarts guests do not notice.
 CONTROL
 echo "/etc/platter/platter.conf" > "$root/DEBIAN/conffiles"
+for script in postinst prerm postrm; do
+  install -m 0755 "packaging/debian/$script" "$root/DEBIAN/$script"
+done
 
 mkdir -p "$out"
 deb="$out/platter_${version}_amd64.deb"
-dpkg-deb --root-owner-group --build "$root" "$deb" >&2
+dpkg-deb --root-owner-group "-Z$compression" --build "$root" "$deb" >&2
 say "built $deb"
 echo "$deb"

@@ -22,6 +22,19 @@ public sealed class PlatterTarget : INbdTarget
         SizeBytes = sizeBytes;
     }
 
+    /// <summary>
+    /// The published executable the server and CLI calls run (<see cref="PlatterServer.Binary"/>); null runs
+    /// platter.dll under dotnet. Set before the first start.
+    /// </summary>
+    public string? Binary
+    {
+        get => _server.Binary;
+        set => _server.Binary = value;
+    }
+
+    /// <summary>The running server's process id.</summary>
+    public int ProcessId => _server.ProcessId;
+
     /// <inheritdoc/>
     public string Name => "platter";
 

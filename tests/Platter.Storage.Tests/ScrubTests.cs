@@ -69,7 +69,9 @@ public sealed class ScrubTests : IDisposable
             store.Flush();
         }
         // Distinct physical blocks: 8 first writes + (2,2) + (3,4) + (4,6).
+        long uncached = Disk.UncachedReads;
         Assert.Equal(11, RunToEnd(store).BlocksChecked);
+        Assert.True(Disk.UncachedReads > uncached, "the scrub did not read past the page cache (IDataDevice.ReadUncached)");
         Assert.Equal(0, store.GetScrubStatus().BadBlocksFound);
 
         long snapshotOnly = Locate(Blocks.Pattern(1, 2)), shared = Locate(Blocks.Pattern(1, 0)), live = Locate(Blocks.Pattern(3, 4));

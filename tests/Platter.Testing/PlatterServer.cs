@@ -172,16 +172,33 @@ public sealed class PlatterServer : IAsyncDisposable
     public static string? TestBinary =>
         System.Environment.GetEnvironmentVariable("PLATTER_TEST_BINARY") is { Length: > 0 } binary ? Path.GetFullPath(binary) : null;
 
+    /// <summary>
+    /// The Native AOT binary the .deb ships, when the run has one: <c>PLATTER_TEST_BINARY</c>, else
+    /// <c>PLATTER_DEB_BINARY</c> (scripts/test.sh publishes it once and sets the latter for the whole run); null
+    /// otherwise. A test that must exercise the shipped binary rather than the JIT build (the guest restart test: how
+    /// fast the server is back decides how long guests wait) sets <see cref="Binary"/> to it.
+    /// </summary>
+    public static string? AotBinary =>
+        TestBinary ?? (System.Environment.GetEnvironmentVariable("PLATTER_DEB_BINARY") is { Length: > 0 } deb ? Path.GetFullPath(deb) : null);
+
     /// <summary>The program and arguments that run <c>platter ARGS</c>: <see cref="TestBinary"/>, else dotnet platter.dll.</summary>
-    public static (string FileName, string[] Arguments) PlatterCommand(IEnumerable<string> args) =>
-        TestBinary is { } binary ? (binary, [.. args]) : (DotnetHost, [PlatterDll, .. args]);
+    public static (string FileName, string[] Arguments) PlatterCommand(IEnumerable<string> args) => PlatterCommand(TestBinary, args);
+
+    private static (string FileName, string[] Arguments) PlatterCommand(string? binary, IEnumerable<string> args) =>
+        binary is not null ? (binary, [.. args]) : (DotnetHost, [PlatterDll, .. args]);
+
+    /// <summary>
+    /// The published executable this server and its CLI calls run (settable before a start), else platter.dll under
+    /// dotnet; <see cref="TestBinary"/> by default.
+    /// </summary>
+    public string? Binary { get; set; } = TestBinary;
 
     /// <summary>Starts <c>platter serve</c> and waits until the API socket (and the NBD socket, when served) accept connections.</summary>
     public async Task StartAsync(CancellationToken cancellationToken = default)
     {
         if (IsRunning) throw new InvalidOperationException("already running");
         await ForgetExitedAsync(); // exited on its own (or never listened): only its log remains
-        var (program, args) = PlatterCommand(
+        var (program, args) = PlatterCommand(Binary,
         [
             "serve",
             "--store", StoreDirectory,
@@ -233,7 +250,7 @@ public sealed class PlatterServer : IAsyncDisposable
     /// <summary>Runs <c>platter ARGS --api-socket SOCKET</c> against this server.</summary>
     public Task<ProcessResult> CliAsync(params string[] args)
     {
-        var (program, arguments) = PlatterCommand([.. args, "--api-socket", ApiSocketPath]);
+        var (program, arguments) = PlatterCommand(Binary, [.. args, "--api-socket", ApiSocketPath]);
         return ProcessRunner.RunAsync(program, arguments, CliTimeout, CleanEnvironment);
     }
 
@@ -260,7 +277,7 @@ public sealed class PlatterServer : IAsyncDisposable
     /// <summary>Runs the CLI with the API socket given only through PLATTER_API_SOCKET.</summary>
     public Task<ProcessResult> CliWithEnvironmentSocketAsync(params string[] args)
     {
-        var (program, arguments) = PlatterCommand(args);
+        var (program, arguments) = PlatterCommand(Binary, args);
         return ProcessRunner.RunAsync(program, arguments, CliTimeout,
             new Dictionary<string, string?> { ["PLATTER_API_SOCKET"] = ApiSocketPath, ["PLATTER_STORE"] = null });
     }

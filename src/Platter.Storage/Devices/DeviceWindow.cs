@@ -16,6 +16,18 @@ internal sealed class DeviceWindow(IDataDevice inner, long start, long fixedLeng
         inner.Read(start + offset, destination);
     }
 
+    public bool ReadUncached(long offset, Span<byte> destination)
+    {
+        CheckBounds(offset, destination.Length);
+        // A window that does not start on the alignment cannot pass aligned reads through: read through the cache.
+        if (start % IDataDevice.UncachedAlignment != 0)
+        {
+            inner.Read(start + offset, destination);
+            return false;
+        }
+        return inner.ReadUncached(start + offset, destination);
+    }
+
     public void Write(long offset, ReadOnlySpan<byte> source)
     {
         CheckBounds(offset, source.Length);

@@ -14,6 +14,25 @@ internal interface IDataDevice : IDisposable
     /// <summary>Reads exactly destination.Length bytes; bytes past <see cref="Length"/> read as zeros.</summary>
     void Read(long offset, Span<byte> destination);
 
+    /// <summary>
+    /// Reads like <see cref="Read"/>, but from the disk itself: neither served from the page cache nor adding to it
+    /// (O_DIRECT), for the scrubber, which must see what the disk holds and must not evict clients' cached pages.
+    /// <paramref name="offset"/>, the length and the address of <paramref name="destination"/> must be multiples of
+    /// <see cref="UncachedAlignment"/>. Returns false when the read went through the cache after all (a device or
+    /// file system that cannot bypass it), true when it did not.
+    /// </summary>
+    bool ReadUncached(long offset, Span<byte> destination)
+    {
+        Read(offset, destination);
+        return false;
+    }
+
+    /// <summary>
+    /// The alignment of <see cref="ReadUncached"/>'s offset, length and buffer: 4 KiB, a block, which is at least the
+    /// logical sector size of every disk O_DIRECT is used on (512 or 4096 bytes).
+    /// </summary>
+    const int UncachedAlignment = 4096;
+
     /// <summary>Writes all of source. May leave a prefix written when it throws (a torn write).</summary>
     void Write(long offset, ReadOnlySpan<byte> source);
 

@@ -153,8 +153,30 @@ internal static class EngineLimits
     /// </summary>
     public const int ScrubLockedVisitsMax = 1024;
 
-    /// <summary>Longest physically contiguous read of the scrubber (1 MiB): the unit the budget paces.</summary>
+    /// <summary>Longest read of the scrubber (1 MiB, first to last block of a run): the unit the budget paces.</summary>
     public const int ScrubRunBlocksMax = 256;
+
+    /// <summary>
+    /// Unreferenced blocks a scrub read may span between two blocks it checks (32 KiB), rather than splitting the read
+    /// in two: reading 32 KiB more costs a disk less than another request (an SSD's 4 KiB random read takes about as
+    /// long as a 32 KiB transfer; a disk head's seek far longer), so a fragmented store is read in fewer, larger reads.
+    /// The blocks in the gap are read and not checked.
+    /// </summary>
+    public const int ScrubGapBlocksMax = 8;
+
+    /// <summary>
+    /// Scrub reads submitted ahead of the one being checked (each up to <see cref="ScrubRunBlocksMax"/>: 4 MiB of
+    /// aligned memory for a running scrub). Checking 1 MiB takes a fraction of a millisecond, reading it one to ten,
+    /// so a few reads queued keep the disk busy while the CPU checks; more only holds memory.
+    /// </summary>
+    public const int ScrubReadsAheadMax = 4;
+
+    /// <summary>
+    /// Threads that read for the scrubber: two reads at the disk at once, so the disk never waits for the next request
+    /// between two reads (what the kernel's read-ahead does for a buffered sequential reader such as dd). One more
+    /// would not help a sequential read and would take more of the clients' queue.
+    /// </summary>
+    public const int ScrubReaderThreads = 2;
 
     /// <summary>How often a running scrub writes its progress file (at most this much work is redone after a crash).</summary>
     public static readonly TimeSpan ScrubPersistInterval = TimeSpan.FromSeconds(2);

@@ -17,8 +17,11 @@ namespace Platter.Storage.Internal;
 ///
 /// How. A batch (<see cref="EngineLimits.ScrubBatchBlocksMax"/> blocks) is gathered from the maps under each
 /// version's lock in short holds (<see cref="EngineLimits.ScrubLockedVisitsMax"/> entries), sorted by physical block
-/// and read in contiguous runs with no engine lock held, paced by the I/O budget. The comparison is the read path's
-/// own (<see cref="BlockVerify"/>).
+/// and read in runs of up to 1 MiB (spanning small gaps, <see cref="EngineLimits.ScrubGapBlocksMax"/>) with no engine
+/// lock held, paced by the I/O budget. Reads go ahead of the checking (<see cref="ScrubReadAhead"/>: reader threads,
+/// O_DIRECT into aligned slots) so the disk reads the next runs while this thread computes the CRCs of the last one;
+/// O_DIRECT because a scrub must check what the disk holds, not a cached copy, and must not push clients' data out of
+/// the page cache. The comparison is the read path's own (<see cref="BlockVerify"/>).
 ///
 /// The race with frees. The entries were looked up without holding off reclaim, so by the time a block is read it
 /// may have been freed, punched or reused by another write: a mismatch is only a candidate. It is confirmed the way a
@@ -275,13 +278,17 @@ internal sealed class Scrubber : IDisposable
     private void Run()
     {
         var batch = new List<Item>(EngineLimits.ScrubBatchBlocksMax);
-        var buffer = new byte[EngineLimits.ScrubRunBlocksMax << EngineLimits.BlockShift];
-        var entries = new BlockEntry[EngineLimits.ScrubRunBlocksMax];
-        long budgetStart = Stopwatch.GetTimestamp(), budgetBytes = 0;
+        var pacer = new Pacer();
         var lastPersist = Stopwatch.GetTimestamp();
         bool finished = false;
+        var inFlight = new Queue<(int First, int End, int Slot)>(EngineLimits.ScrubReadsAheadMax);
+        var entries = new BlockEntry[EngineLimits.ScrubRunBlocksMax];
+        bool saidThroughCache = false;
         try
         {
+            // Its reader threads live as long as this session; disposing waits for every read it started.
+            using var reads = new ScrubReadAhead(_parts.Data, EngineLimits.ScrubReadsAheadMax,
+                EngineLimits.ScrubRunBlocksMax << EngineLimits.BlockShift, EngineLimits.ScrubReaderThreads);
             while (_stopRequest == 0)
             {
                 string[] targets;
@@ -290,27 +297,11 @@ internal sealed class Scrubber : IDisposable
                 batch.Clear();
                 var next = Gather(targets, key, block, batch);
                 batch.Sort((a, b) => a.Pba.CompareTo(b.Pba));
-                int found = 0;
-                for (int i = 0; i < batch.Count; )
+                int found = CheckBatch(batch, reads, inFlight, entries, ref pacer);
+                if (!saidThroughCache && reads.ReadThroughCache)
                 {
-                    int k = i + 1;
-                    while (k < batch.Count && k - i < EngineLimits.ScrubRunBlocksMax && batch[k].Pba == batch[k - 1].Pba + 1) k++;
-                    found += CheckRun(batch, i, k, buffer, entries);
-                    // Paced: the budget is in bytes per second over the whole session, with no credit for time spent
-                    // idle beyond a quarter second (a scrub that was starved never bursts to catch up).
-                    long rate = Volatile.Read(ref _progress.RateBytesPerSecond);
-                    budgetBytes += (long)(k - i) << EngineLimits.BlockShift;
-                    if (rate > 0 && _stopRequest == 0)
-                    {
-                        double due = (double)budgetBytes / rate, elapsed = Stopwatch.GetElapsedTime(budgetStart).TotalSeconds;
-                        if (due > elapsed) _wake.Wait(TimeSpan.FromSeconds(due - elapsed));
-                        else if (elapsed - due > 0.25)
-                        {
-                            budgetStart = Stopwatch.GetTimestamp();
-                            budgetBytes = 0;
-                        }
-                    }
-                    i = k;
+                    saidThroughCache = true;
+                    _logger.LogWarning("The scrub reads through the page cache: the data file's file system refused O_DIRECT, so a block still cached is checked as cached and the scrub evicts clients' cached data");
                 }
                 Interlocked.Add(ref _parts.Counters.ScrubBlocksChecked, batch.Count);
                 lock (_lock)
@@ -468,42 +459,126 @@ internal sealed class Scrubber : IDisposable
         }
     }
 
-    /// <summary>Reads batch[i..k) (physically contiguous) and checks it; returns how many bad blocks it confirmed.</summary>
-    private int CheckRun(List<Item> batch, int i, int k, byte[] buffer, BlockEntry[] entries)
+    /// <summary>
+    /// Reads and checks one sorted batch; returns how many bad blocks it confirmed. Runs (physically ordered blocks, at
+    /// most <see cref="EngineLimits.ScrubGapBlocksMax"/> unreferenced blocks apart, at most
+    /// <see cref="EngineLimits.ScrubRunBlocksMax"/> from first to last) are submitted to the read-ahead as the budget
+    /// allows, up to <see cref="ScrubReadAhead.Slots"/> ahead, and checked oldest first while the later ones are read.
+    /// Every read of the batch ends before it returns: the cursor moves past a batch only once all of it is checked.
+    /// </summary>
+    private int CheckBatch(List<Item> batch, ScrubReadAhead reads, Queue<(int First, int End, int Slot)> inFlight, BlockEntry[] entries, ref Pacer pacer)
     {
-        int count = k - i;
-        for (int j = 0; j < count; j++) entries[j] = BlockEntry.Mapped(batch[i + j].Pba, batch[i + j].Crc);
-        BeforeRunRead?.Invoke(batch[i].Pba, count);
-        var run = buffer.AsSpan(0, count << EngineLimits.BlockShift);
+        int found = 0;
         try
         {
-            _parts.Data.Read(batch[i].Pba << EngineLimits.BlockShift, run);
-        }
-        catch (IOException)
-        {
-            // Find which blocks the disk cannot read: each one is confirmed (and re-read) alone.
-            int bad = 0;
-            for (int j = 0; j < count; j++)
+            for (int i = 0; i < batch.Count; )
             {
-                if (Confirm(batch[i + j], "io_error")) bad++;
+                int k = i + 1;
+                while (k < batch.Count && batch[k].Pba > batch[k - 1].Pba && batch[k].Pba - batch[k - 1].Pba <= 1 + EngineLimits.ScrubGapBlocksMax
+                       && batch[k].Pba - batch[i].Pba < EngineLimits.ScrubRunBlocksMax) k++;
+                int blocks = (int)(batch[k - 1].Pba - batch[i].Pba + 1);
+                if (inFlight.Count == reads.Slots) found += Finish(batch, reads, inFlight.Dequeue(), entries);
+                // Paced in bytes read from the disk (the gaps too): the budget is what the disk gives the scrub.
+                pacer.Pace(blocks, Volatile.Read(ref _progress.RateBytesPerSecond), this);
+                BeforeRunRead?.Invoke(batch[i].Pba, k - i);
+                inFlight.Enqueue((i, k, reads.Submit(batch[i].Pba << EngineLimits.BlockShift, blocks << EngineLimits.BlockShift)));
+                i = k;
             }
-            Interlocked.Add(ref _sessionBytes, (long)count << EngineLimits.BlockShift);
-            return bad;
+            while (inFlight.Count > 0) found += Finish(batch, reads, inFlight.Dequeue(), entries);
         }
-        Interlocked.Add(ref _sessionBytes, run.Length);
-        int found = 0;
-        for (int at = BlockVerify.FirstMismatch(run, entries.AsSpan(0, count)); at >= 0; at = BlockVerify.FirstMismatch(run, entries.AsSpan(0, count), at + 1))
+        finally
         {
-            if (Confirm(batch[i + at], "checksum_mismatch")) found++;
+            // An exception left reads in flight: they end (and their slots are given back) before the batch is left.
+            while (inFlight.Count > 0)
+            {
+                var (_, _, slot) = inFlight.Dequeue();
+                try { reads.Wait(slot); } catch (Exception) { /* the first failure is already on its way up */ }
+                reads.Release(slot);
+            }
         }
         return found;
+    }
+
+    /// <summary>Checks the blocks batch[First..End) of a read that was submitted; returns how many bad blocks it confirmed.</summary>
+    private int Finish(List<Item> batch, ScrubReadAhead reads, (int First, int End, int Slot) run, BlockEntry[] entries)
+    {
+        var (first, end, slot) = run;
+        try
+        {
+            Span<byte> data;
+            try
+            {
+                data = reads.Wait(slot);
+            }
+            catch (IOException)
+            {
+                // Find which blocks the disk cannot read: each one is confirmed (and re-read) alone.
+                int bad = 0;
+                for (int j = first; j < end; j++)
+                {
+                    if (Confirm(batch[j], "io_error", reads.ConfirmBuffer)) bad++;
+                }
+                Interlocked.Add(ref _sessionBytes, (long)(end - first) << EngineLimits.BlockShift);
+                return bad;
+            }
+            Interlocked.Add(ref _sessionBytes, (long)(end - first) << EngineLimits.BlockShift);
+            int found = 0;
+            long basePba = batch[first].Pba;
+            // The physically contiguous pieces of the run (it may span small gaps), each checked in one pass.
+            for (int g = first; g < end; )
+            {
+                int h = g + 1;
+                while (h < end && batch[h].Pba == batch[h - 1].Pba + 1) h++;
+                int count = h - g;
+                for (int j = 0; j < count; j++) entries[j] = BlockEntry.Mapped(batch[g + j].Pba, batch[g + j].Crc);
+                var piece = data.Slice((int)(batch[g].Pba - basePba) << EngineLimits.BlockShift, count << EngineLimits.BlockShift);
+                for (int at = BlockVerify.FirstMismatch(piece, entries.AsSpan(0, count)); at >= 0; at = BlockVerify.FirstMismatch(piece, entries.AsSpan(0, count), at + 1))
+                {
+                    if (Confirm(batch[g + at], "checksum_mismatch", reads.ConfirmBuffer)) found++;
+                }
+                g = h;
+            }
+            return found;
+        }
+        finally
+        {
+            reads.Release(slot);
+        }
+    }
+
+    /// <summary>
+    /// The I/O budget: bytes per second over the whole session, with no credit for time spent idle beyond a quarter
+    /// second (a scrub that was starved never bursts to catch up).
+    /// </summary>
+    private struct Pacer()
+    {
+        private long _start = Stopwatch.GetTimestamp();
+        private long _bytes;
+
+        /// <summary>Waits (stop or close cut the wait short) until reading <paramref name="blocks"/> more keeps within the rate.</summary>
+        public void Pace(int blocks, long rate, Scrubber scrubber)
+        {
+            if (rate <= 0 || scrubber._stopRequest != 0)
+            {
+                _bytes += (long)blocks << EngineLimits.BlockShift;
+                return;
+            }
+            double due = (double)_bytes / rate, elapsed = Stopwatch.GetElapsedTime(_start).TotalSeconds;
+            if (due > elapsed) scrubber._wake.Wait(TimeSpan.FromSeconds(due - elapsed));
+            else if (elapsed - due > 0.25)
+            {
+                _start = Stopwatch.GetTimestamp();
+                _bytes = 0;
+            }
+            _bytes += (long)blocks << EngineLimits.BlockShift;
+        }
     }
 
     /// <summary>
     /// A candidate bad block: confirmed inside a reader epoch (see the class comment). True when it is bad; then it is
     /// listed, logged and counted.
     /// </summary>
-    private bool Confirm(Item item, string reason)
+    private bool Confirm(Item item, string reason, Span<byte> block)
     {
         long epoch = _parts.Epochs.Enter();
         List<(string Name, uint Crc)> refs;
@@ -512,10 +587,10 @@ internal sealed class Scrubber : IDisposable
             refs = FindReferrers(item.Pba, item.Block, crc: null);
             if (refs.Count == 0) return false; // freed (and maybe reused) since the batch was gathered
             uint crc = refs[0].Crc;
-            Span<byte> block = stackalloc byte[EngineLimits.BlockBytes];
             try
             {
-                _parts.Data.Read(item.Pba << EngineLimits.BlockShift, block);
+                // From the disk, as the run was read (a copy still in the page cache says nothing of the disk).
+                _parts.Data.ReadUncached(item.Pba << EngineLimits.BlockShift, block);
                 ReadOnlySpan<BlockEntry> expected = [BlockEntry.Mapped(item.Pba, crc)];
                 if (BlockVerify.FirstMismatch(block, expected) < 0) return false; // changed under us and good now
                 reason = "checksum_mismatch";

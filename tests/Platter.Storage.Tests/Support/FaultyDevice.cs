@@ -20,7 +20,7 @@ internal sealed class FaultyDevice(IDataDevice inner) : IDataDevice
     private readonly IDataDevice _inner = inner;
     private int _failWrites, _tornWrites, _failSyncs, _failReads, _failGrows;
     private volatile bool _crashed;
-    private long _writes, _syncs, _reads, _grows, _injected;
+    private long _writes, _syncs, _reads, _uncachedReads, _grows, _injected;
 
     public string Path => (_inner as FileDataDevice)?.Path ?? "?";
 
@@ -169,6 +169,20 @@ internal sealed class FaultyDevice(IDataDevice inner) : IDataDevice
         _inner.Read(offset, destination);
         OnRead?.Invoke(offset, destination);
     }
+
+    /// <summary>The scrubber's direct reads meet the same faults, counters and corruption as <see cref="Read"/>.</summary>
+    public bool ReadUncached(long offset, Span<byte> destination)
+    {
+        Interlocked.Increment(ref _reads);
+        Interlocked.Increment(ref _uncachedReads);
+        if (InRange(offset) && TakeOne(ref _failReads)) throw Eio("read", offset, destination.Length);
+        bool direct = _inner.ReadUncached(offset, destination);
+        OnRead?.Invoke(offset, destination);
+        return direct;
+    }
+
+    /// <summary>Reads that asked to bypass the page cache (<see cref="ReadUncached"/>).</summary>
+    public long UncachedReads => Interlocked.Read(ref _uncachedReads);
 
     public void Write(long offset, ReadOnlySpan<byte> source)
     {
