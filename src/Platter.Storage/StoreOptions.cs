@@ -47,6 +47,12 @@ public sealed class StoreOptions
     /// </summary>
     public bool Salvage { get; init; }
 
+    /// <summary>
+    /// Budget of the relocator, which moves scattered data back together (bytes moved per second; decision 0011).
+    /// 0 turns it off (tests that drive it themselves, or that need the layout as written).
+    /// </summary>
+    internal long RelocateRateBytesPerSecond { get; init; } = Internal.EngineLimits.RelocateRateBytesPerSecondDefault;
+
     /// <summary>Largest the data file may grow to (a quota; ENOSPC past it). Default: unlimited.</summary>
     public long DataBytesMax { get; init; } = long.MaxValue;
 }

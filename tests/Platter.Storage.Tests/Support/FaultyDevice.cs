@@ -342,6 +342,9 @@ internal sealed class FaultyStore
         DataGrowthBytes = dataGrowthBytes,
         DataBytesMax = dataBytesMax,
         CommitIntervalMax = commitIntervalMax ?? TimeSpan.FromSeconds(1),
+        // The relocation thread would add device calls of its own at moments no seed decides: the device must see the
+        // same calls in the same order for a seed (power cuts, counted faults). Tests of relocation run passes themselves.
+        RelocateRateBytesPerSecond = 0,
     };
 
     public VolumeStore Open(string dir, long dataGrowthBytes = 1 << 20, long dataBytesMax = long.MaxValue, TimeSpan? commitIntervalMax = null)
