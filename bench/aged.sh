@@ -206,7 +206,11 @@ for r in $(seq 1 "$rounds"); do
     > "$out/raw/r$r-age.out" 2>&1 || die "ageing fio failed (see $out/raw/r$r-age.out)"
   kill "$snapper"; wait "$snapper" 2>/dev/null || true; snapper=""
   taken=$(wc -l < "$out/raw/snapshots-taken")
-  for snap in $(curl -s --unix-socket "$api" http://platter/v1/volumes/aged/snapshots | python3 -c 'import json,sys; [print(s["name"]) for s in json.load(sys.stdin)]'); do
+  left=$(curl -s --unix-socket "$api" http://platter/v1/volumes/aged/snapshots | python3 -c 'import json, sys
+d = json.load(sys.stdin)
+for s in (d if isinstance(d, list) else next(v for v in d.values() if isinstance(v, list))): print(s["name"])') \
+    || die "cannot list the snapshots left"
+  for snap in $left; do
     [ "$(api_call DELETE "/v1/volumes/aged/snapshots/$snap")" = 204 ] || die "delete $snap failed"
   done
   t1=$(date +%s)

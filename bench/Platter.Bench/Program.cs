@@ -6,8 +6,11 @@ using Platter.Storage;
 //        dotnet run -c Release --project bench/Platter.Bench -- --kv     (metadata store micro-benchmark)
 //        dotnet run -c Release --project bench/Platter.Bench -- --snapshots [...]   (snapshot creation time, see SnapshotBench.cs)
 //        dotnet run -c Release --project bench/Platter.Bench -- --punch [...]       (flush latency around a large delete, see PunchBench.cs)
+//        dotnet run -c Release --project bench/Platter.Bench -- --clones [...]      (4 KiB reads on clones against their origin, see CloneReadBench.cs)
 if (args.Length > 0 && args[0] == "--snapshots")
     return SnapshotBench.Run(args);
+if (args.Length > 0 && args[0] == "--clones")
+    return CloneReadBench.Run(args);
 if (args.Length > 0 && args[0] == "--punch")
     return PunchBench.Run(args);
 if (args.Length > 0 && args[0] == "--kv")
