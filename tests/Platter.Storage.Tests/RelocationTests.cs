@@ -210,4 +210,32 @@ public sealed class RelocationTests(ITestOutputHelper output) : IDisposable
         v.Flush();
         StoreChecks.AssertConsistent(store, "after the thread's relocation");
     }
+
+    [Fact]
+    public void The_store_thread_moves_what_a_deleted_snapshot_shared_without_another_write()
+    {
+        int seed = Seeds.Fixed ?? Random.Shared.Next();
+        output.WriteLine($"seed={seed}");
+        using (var store = Open())
+        {
+            store.CreateVolume("v", VolumeBlocks * (long)B);
+            using var v = store.OpenVolume("v");
+            WriteScattered(v, tag: 1, seed);
+            store.CreateSnapshot("v", "s");
+        }
+        using (var store = Open(rate: EngineLimits.RelocateRateBytesPerSecondDefault))
+        {
+            // The thread's first pass finds every block shared with the snapshot: nothing may move.
+            Thread.Sleep(TimeSpan.FromSeconds(2));
+            Assert.True(Runs(store, "v", 0) > EngineLimits.RelocateRunsMax, $"seed {seed}: blocks shared with a snapshot moved");
+            store.DeleteSnapshot("v", "s");
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
+            while (Enumerable.Range(0, 4).Any(c => Runs(store, "v", c) > 2) && DateTime.UtcNow < deadline) Thread.Sleep(50);
+            for (int c = 0; c < 4; c++) Assert.True(Runs(store, "v", c) <= 2, $"seed {seed}: chunk {c} not moved within 60 s of the snapshot's deletion");
+            using var v = store.OpenVolume("v");
+            AssertContent(v, b => Blocks.Pattern(1, b), "after the snapshot's deletion");
+            v.Flush();
+            StoreChecks.AssertConsistent(store, "after the snapshot's deletion");
+        }
+    }
 }

@@ -24,7 +24,8 @@ namespace Platter.Storage.Internal;
 /// clients write more than <see cref="EngineLimits.RelocateBusyWritesPerSecond"/> requests per second. Space: only
 /// free extents of at least a chunk, or growth of the data file while it holds at most twice the referenced blocks
 /// (<see cref="Space.AllocateForRelocation"/>); without either it waits. Idle: after a pass that moved nothing, it
-/// sleeps until the next client write. Locks: a volume's lock, for one chunk's lookup (256 entries) and one chunk's
+/// sleeps until the next client write or commit (at most one pass a second; a pass that moves nothing costs a lookup of
+/// every chunk's map entries, about a millisecond per GiB mapped). Locks: a volume's lock, for one chunk's lookup (256 entries) and one chunk's
 /// remap; no lock across I/O.
 /// </summary>
 internal sealed class Relocator : IDisposable
@@ -65,12 +66,14 @@ internal sealed class Relocator : IDisposable
 
     private void Run()
     {
-        long writesAtLastTidyPass = -1;
+        // What may have made chunks scattered or movable since the last pass that found nothing to move: client
+        // writes, and commits (a snapshot deleted frees the blocks it shared, which makes them movable).
+        (long Writes, long Commits) tidyAt = (-1, -1);
         _budgetStart = _busySampleAt = Stopwatch.GetTimestamp();
         while (!_stop.IsCancellationRequested)
         {
-            long writes = Interlocked.Read(ref _parts.Counters.WriteOps);
-            if (writes == writesAtLastTidyPass)
+            var now = (Interlocked.Read(ref _parts.Counters.WriteOps), Interlocked.Read(ref _parts.Counters.Commits));
+            if (now == tidyAt)
             {
                 _stop.Token.WaitHandle.WaitOne(EngineLimits.RelocateIdlePoll);
                 continue;
@@ -78,10 +81,10 @@ internal sealed class Relocator : IDisposable
             try
             {
                 var (moved, complete) = RunPass(Pace);
-                // Written to since? Then look again; otherwise sleep until the next write. A pass cut short for want of
-                // space (or stopped) is retried after the idle poll.
-                if (complete && moved == 0) writesAtLastTidyPass = writes;
-                else if (!complete) _stop.Token.WaitHandle.WaitOne(EngineLimits.RelocateIdlePoll);
+                // Nothing moved: sleep until something changes (a pass that moved blocks commits, so the next pass
+                // confirms the store is tidy). A pass cut short for want of space (or stopped) is retried after the poll.
+                if (complete && moved == 0) tidyAt = now;
+                _stop.Token.WaitHandle.WaitOne(EngineLimits.RelocateIdlePoll);
             }
             catch (StorageException e)
             {
