@@ -133,7 +133,7 @@ internal static class EngineLimits
     public const int RelocateRunsMax = 8;
 
     /// <summary>
-    /// Default relocation budget: 64 MB/s (10^6 bytes) of data moved (read once, written once) while clients write
+    /// Relocation budget when the relocator is turned on (it is off by default, decision 0011): 64 MB/s (10^6 bytes) of data moved (read once, written once) while clients write
     /// little, the scrub's default; an eighth of it while they write more than <see cref="RelocateBusyWritesPerSecond"/>,
     /// so a volume under constant random writes is still tidied, slowly, without taking their I/O.
     /// </summary>
