@@ -2,9 +2,11 @@
 # The node cache on an RBD store, side by side in one run: one `platter serve --store rbd:rbd --cache-dir` serving three
 # images whose cache modes are none, writethrough and writeback, and qemu-nbd serving a fourth through qemu's rbd:
 # driver. Workloads run interleaved (each workload on every target before the next workload), so the machine's load
-# hits them alike; the load average is printed with the table. IOPS or MB/s and p99 latency per workload and target.
-# Then the drain: how fast a write-back log of sequential data goes back to the cluster, against fio's rbd engine
-# writing the same sequentially (the backend's own rate).
+# hits them alike; the load average is printed with the table. IOPS or MB/s, p99 latency and CPU per operation (the
+# serving process plus the Ceph daemons, from /proc: the cores are the bottleneck here) per workload and target.
+# Then the drain: how fast write-back empties a log of random 4 KiB writes (records/s) and of sequential data (MB/s),
+# against fio's rbd engine doing the same on the cluster (the backend's own rate, one operation at a time as
+# write-back, and at depth 16).
 #
 #   bench/cache.sh [--seconds N] [--size-mib N] [--cluster DIR]
 #
@@ -32,7 +34,9 @@ work=$(mktemp -d /tmp/platter-cache-bench.XXXXXX)
 own_cluster=0
 platter_pid=""
 qemu_pid=""
+holder_pid=""
 cleanup() {
+  [[ -n $holder_pid ]] && { kill "$holder_pid" 2>/dev/null || true; wait "$holder_pid" 2>/dev/null || true; }
   # SIGKILL: a SIGTERM would first write back what the write-back log still holds (minutes of random writes).
   [[ -n $platter_pid ]] && { kill -9 "$platter_pid" 2>/dev/null; wait "$platter_pid" 2>/dev/null || true; }
   [[ -n $qemu_pid ]] && { kill "$qemu_pid" 2>/dev/null; wait "$qemu_pid" 2>/dev/null || true; }
@@ -81,6 +85,19 @@ uri() {
   esac
 }
 
+# CPU ticks (1/100 s) used so far by the processes that serve the I/O: platter or qemu-nbd, and the Ceph daemons.
+cpu_ticks() {
+  local pids
+  pids="$1 $(pgrep -d' ' -f "ceph-(osd|mon) .*$cluster" || true)"
+  local total=0 p
+  for p in $pids; do
+    [[ -r /proc/$p/stat ]] || continue
+    # utime and stime are fields 14 and 15 (the command name in field 2 has no spaces here).
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+
 # run URI RW BS DEPTH [fio args]: prints "iops mbps p99_us"
 run_fio() {
   local target=$1 rw=$2 bs=$3 depth=$4
@@ -109,6 +126,22 @@ workloads=(
   "4k-randread-qd32-warm randread 4k 32"
 )
 
+# A write-through cache closes with its last client (and starts empty at its next open): one idle client stays
+# connected to that volume for the whole run, so its warm-up counts.
+/usr/bin/python3 -c 'import nbd, sys, time
+h = nbd.NBD(); h.connect_uri(sys.argv[1]); time.sleep(86400)' "$(uri writethrough)" &
+holder_pid=$!
+
+# The write-back volume's log written back completely (no write-back traffic in the cluster during a measured run).
+wait_written_back() {
+  local lag
+  for _ in $(seq 1 3600); do
+    lag=$(curl -s --unix-socket "$work/api.sock" "http://platter/v1/volumes/$prefix-writeback" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cache"]["lagRecords"])')
+    ((lag == 0)) && return
+    sleep 0.5
+  done
+}
+
 # Warm the read caches: one whole read of each image (not measured).
 for t in "${targets[@]}"; do
   fio --name=warm --ioengine=nbd --uri="$(uri "$t")" --rw=read --bs=1M --iodepth=8 --size="${size_mib}M" >/dev/null
@@ -118,23 +151,38 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A result
 for w in "${workloads[@]}"; do
   read -r name rw bs depth extra <<<"$w"
+  # Reads after the writes: first let write-back finish and warm the caches again (the writes invalidated copies).
+  if [[ $rw == randread ]]; then
+    wait_written_back
+    for t in "${targets[@]}"; do
+      fio --name=warm --ioengine=nbd --uri="$(uri "$t")" --rw=read --bs=1M --iodepth=8 --size="${size_mib}M" >/dev/null
+    done
+  fi
   for t in "${targets[@]}"; do
+    server=$platter_pid
+    [[ $t == qemu ]] && server=$qemu_pid
+    c0=$(cpu_ticks "$server")
     # shellcheck disable=SC2086
-    result[$t,$name]=$(run_fio "$(uri "$t")" "$rw" "$bs" "$depth" $extra)
+    r=$(run_fio "$(uri "$t")" "$rw" "$bs" "$depth" $extra)
+    c1=$(cpu_ticks "$server")
+    read -r iops _ <<<"$r"
+    # CPU-microseconds per operation over the run (ramp included: a slight overestimate for every target alike).
+    result[$t,$name]="$r $(python3 -c "print(f'{($c1 - $c0) * 10000 / max(1, $iops * ($seconds + 1)):.0f}')")"
   done
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 echo "Node cache on a one-host cluster (3 bluestore OSDs), ${size_mib} MiB images, ${seconds} s per run, $(date -u +%F)"
 echo "load average before: $load_before, after: $load_after ($(nproc) cores)"
+echo "(each cell: IOPS, p99 latency, CPU-us per operation of the server process + Ceph daemons)"
 printf "| %-22s | %-16s | %-16s | %-16s | %-16s | %-11s | %-11s |\n" workload "none" "writethrough" "writeback" "qemu-nbd rbd:" "wb vs none" "wt vs none"
 printf "|%s|\n" "---|---|---|---|---|---|---"
 for w in "${workloads[@]}"; do
   read -r name _ <<<"$w"
   row=()
   for t in "${targets[@]}"; do
-    read -r iops _ p99 <<<"${result[$t,$name]}"
-    row+=("$iops IOPS, p99 ${p99} us")
+    read -r iops _ p99 cpu <<<"${result[$t,$name]}"
+    row+=("$iops, p99 ${p99} us, ${cpu} us CPU")
   done
   read -r n _ <<<"${result[none,$name]}"
   read -r wt _ <<<"${result[writethrough,$name]}"
@@ -148,22 +196,52 @@ for t in writethrough writeback; do
   platter volume info "$prefix-$t" --json | python3 -c "import json,sys; c=json.load(sys.stdin)['cache']; print(f\"$t read cache: {c['hits']} hits, {c['misses']} misses; dirty {c['dirtyBytes']} bytes, lag {c['lagRecords']} records\")"
 done
 
-# Drain: write sequential data into a fresh write-back volume's log (the cluster keeps up only partly), then time the
-# release, which returns when the log is written back; against fio's rbd engine writing sequentially to the cluster.
-# (The random writes above are still being written back meanwhile, as they would be in use.)
+# Drain: how fast write-back empties a backlog. A fresh write-back volume takes writes far faster than the cluster
+# (random 4 KiB at depth 32, then sequential 1 MiB); when the writer stops, the log's dirty bytes and records are
+# sampled until they reach zero, with no other I/O running: records/s and MB/s written back. Against fio's rbd engine
+# on the same cluster: 4 KiB random writes at depth 1 (write-back issues one operation at a time, the price of the
+# ordered prefix) and sequential 4 MiB writes at depth 1 and 16.
+# Through the API socket with curl: the CLI's start-up would cost more CPU than the drain it samples.
+status() { curl -s --unix-socket "$work/api.sock" "http://platter/v1/volumes/$prefix-drain" | python3 -c 'import json,sys; c=json.load(sys.stdin)["cache"]; print(c["dirtyBytes"], c["lagRecords"])'; }
+# drain_rate: samples status every 0.5 s from now until it is empty; prints "MB/s records/s seconds MB records"
+drain_rate() {
+  local t0 d0 r0 d r t
+  t0=$(date +%s.%N)
+  read -r d0 r0 <<<"$(status)"
+  while true; do
+    read -r d r <<<"$(status)"
+    t=$(date +%s.%N)
+    ((d == 0 && r == 0)) && break
+    sleep 0.5
+  done
+  python3 -c "dt=$t-$t0; print(f'{$d0/1e6/dt:.1f} {$r0/dt:.0f} {dt:.1f} {$d0/1e6:.1f} {$r0}')"
+}
 platter volume create "$prefix-drain" --size "${size_mib}M" --cache writeback >/dev/null
-fio --name=seq --ioengine=nbd --uri="nbd+unix:///$prefix-drain?socket=$work/platter.sock" --rw=write --bs=1M --iodepth=8 --size="${size_mib}M" >/dev/null
-dirty=$(platter volume info "$prefix-drain" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["cache"]["dirtyBytes"])')
-start=$(date +%s.%N)
+drain_uri="nbd+unix:///$prefix-drain?socket=$work/platter.sock"
+# 16 MiB of random 4 KiB writes: 4096 records, a backlog of tens of seconds at the cluster's latency.
+fio --name=rnd --ioengine=nbd --uri="$drain_uri" --rw=randwrite --bs=4k --iodepth=32 --size="${size_mib}M" --io_size=16M >/dev/null
+read -r _ rnd_rps rnd_s _ rnd_records <<<"$(drain_rate)"
+# Sequential data drains as fast as a client writes it, leaving no backlog to time; so it is queued behind the same
+# random backlog again, and its drain time is the total less the random drain's time above (an estimate).
+fio --name=rnd --ioengine=nbd --uri="$drain_uri" --rw=randwrite --bs=4k --iodepth=32 --size="${size_mib}M" --io_size=16M >/dev/null
+t_rnd_end=$(date +%s.%N)
+fio --name=seq --ioengine=nbd --uri="$drain_uri" --rw=write --bs=1M --iodepth=8 --size="${size_mib}M" >/dev/null
+read -r _ _ rest_s _ _ <<<"$(drain_rate)"
+t_end=$(date +%s.%N)
+seq_mb=$size_mib
+seq_s=$(python3 -c "print(f'{$t_end - $t_rnd_end - $rnd_s:.1f}')")
+seq_mbps=$(python3 -c "print(f'{$size_mib * 1.048576 / max(0.1, $t_end - $t_rnd_end - $rnd_s):.1f}')")
+rbd_fio() { fio --name=d --ioengine=rbd --clientname=admin --pool=rbd --rbdname="$prefix-none" --output-format=json "$@" |
+  python3 -c 'import json,sys; w=json.load(sys.stdin)["jobs"][0]["write"]; print("%.0f %.1f" % (w["iops"], w["bw_bytes"]/1e6))'; }
+read -r fio_rnd_iops _ <<<"$(rbd_fio --rw=randwrite --bs=4k --iodepth=1 --size="${size_mib}M" --time_based --runtime="$seconds")"
+read -r _ fio_seq1 <<<"$(rbd_fio --rw=write --bs=4M --iodepth=1 --size="${size_mib}M")"
+read -r _ fio_seq16 <<<"$(rbd_fio --rw=write --bs=4M --iodepth=16 --size="${size_mib}M")"
+echo "drain of random 4 KiB writes: $rnd_records records in $rnd_s s = $rnd_rps records/s; fio rbd 4k randwrite depth 1: $fio_rnd_iops IOPS" \
+  "($(python3 -c "print(f'{$rnd_rps/$fio_rnd_iops:.2f}x')"))"
+# A non-positive estimate means write-back kept up with the writer: no backlog formed to time.
+python3 -c "import sys; sys.exit(0 if $seq_s > 0.5 else 1)" || echo "drain of sequential writes: write-back kept up with the writer (estimate $seq_s s): no backlog to time"
+echo "drain of sequential writes: $seq_mb MiB in about $seq_s s = $seq_mbps MB/s; fio rbd 4M sequential write depth 1: $fio_seq1 MB/s" \
+  "($(python3 -c "print(f'{$seq_mbps/$fio_seq1:.2f}x')")), depth 16: $fio_seq16 MB/s ($(python3 -c "print(f'{$seq_mbps/$fio_seq16:.2f}x')"))"
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 platter volume release "$prefix-drain" >/dev/null
-end=$(date +%s.%N)
-direct=$(fio --name=seq --ioengine=rbd --clientname=admin --pool=rbd --rbdname="$prefix-none" --rw=write --bs=4M --iodepth=1 \
-  --size="${size_mib}M" --output-format=json | python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["write"]["bw_bytes"]/1e6)')
-python3 - "$dirty" "$start" "$end" "$direct" <<'EOF'
-import sys
-dirty, start, end, direct = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-rate = dirty / 1e6 / (end - start) if end > start else 0
-print(f"drain: {dirty / 1e6:.0f} MB dirty written back in {end - start:.1f} s = {rate:.1f} MB/s; "
-      f"fio rbd sequential 4M writes at depth 1 (one at a time, like write-back): {direct:.1f} MB/s ({rate / direct:.2f}x)")
-EOF
 platter volume delete "$prefix-drain" >/dev/null 2>&1 || true

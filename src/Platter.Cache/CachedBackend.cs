@@ -60,9 +60,11 @@ public sealed record VolumeCacheStatus(string Mode, string? Active, long Hits, l
 /// <para><b>Ordering with catalog changes.</b> A snapshot, rollback, resize or live diff first drains the write-back
 /// log, so a snapshot holds every write acknowledged before it, and nothing logged before a rollback lands on top of
 /// it afterwards.</para>
-/// <para><b>Locks.</b> <c>_gate</c> serialises opening and closing caches (each is a few catalog calls and a log
-/// replay); it is held across that I/O on purpose: opens are rare and two opens of one volume must not race. It is
-/// never taken on the I/O path.</para>
+/// <para><b>Locks</b>, in this order: a <i>volume gate</i> per volume name serialises opening and closing that
+/// volume's cache (a few catalog calls, a log replay, a drain on release) and is held across that I/O — two opens of
+/// one volume must not race, and nothing else waits for it; then <c>_gate</c>, a leaf held for a few instructions
+/// (the table of open caches, client counts, the gates themselves). One volume's long release never delays another
+/// volume's open. Neither is taken on the I/O path.</para>
 /// </remarks>
 public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
 {
@@ -77,8 +79,59 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
     private readonly NodeCacheOptions _options;
     private readonly ILogger _log;
     private readonly Lock _gate = new();
-    private readonly Dictionary<string, Entry> _open = new(StringComparer.Ordinal);
-    private bool _disposed;
+    private readonly Dictionary<string, Entry> _open = new(StringComparer.Ordinal); // guarded by _gate
+    private readonly Dictionary<string, VolumeGate> _volumeGates = new(StringComparer.Ordinal); // guarded by _gate
+    private bool _disposed; // guarded by _gate
+
+    // Held across one volume's cache open or close (I/O); counted so the table keeps only gates in use.
+    private sealed class VolumeGate
+    {
+        public readonly Lock Lock = new();
+        public int Users; // guarded by _gate
+    }
+
+    private readonly struct VolumeLease(CachedBackend owner, string name, VolumeGate gate) : IDisposable
+    {
+        public void Dispose()
+        {
+            gate.Lock.Exit();
+            lock (owner._gate)
+            {
+                if (--gate.Users == 0) owner._volumeGates.Remove(name);
+            }
+        }
+    }
+
+    // Takes the gate of volume <paramref name="name"/> (reentrant: a thread that holds it may enter again).
+    private VolumeLease EnterVolume(string name)
+    {
+        VolumeGate gate;
+        lock (_gate)
+        {
+            if (!_volumeGates.TryGetValue(name, out gate!)) _volumeGates[name] = gate = new VolumeGate();
+            gate.Users++;
+        }
+        gate.Lock.Enter();
+        return new VolumeLease(this, name, gate);
+    }
+
+    // Removes <paramref name="entry"/> from the table if it is still the volume's open cache and (unless
+    // <paramref name="evenWithClients"/>) has no client; true when it did. The caller holds the volume's gate and
+    // closes the entry afterwards, outside _gate.
+    private bool TryDetach(Entry entry, bool evenWithClients = false)
+    {
+        lock (_gate)
+        {
+            if (!_open.TryGetValue(entry.Name, out var current) || current != entry || (!evenWithClients && entry.Handles > 0)) return false;
+            _open.Remove(entry.Name);
+            return true;
+        }
+    }
+
+    private Entry? OpenEntry(string name)
+    {
+        lock (_gate) return _open.GetValueOrDefault(name);
+    }
 
     private sealed class Entry(string name, CacheMode mode, string logPath)
     {
@@ -135,9 +188,9 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
     {
         _metadata.SetVolumeMetadata(name, ModeKey, CacheModes.ToName(mode));
         _log.LogInformation("volume {Name}: cache mode set to {Mode}", name, CacheModes.ToName(mode));
-        lock (_gate)
+        using (EnterVolume(name))
         {
-            if (_open.TryGetValue(name, out var entry) && entry.Mode != mode && entry.Handles == 0) CloseLocked(entry, drain: true);
+            if (OpenEntry(name) is { } entry && entry.Mode != mode && TryDetach(entry)) CloseDetached(entry, drain: true);
         }
     }
 
@@ -169,21 +222,40 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
     public IVolumeHandle OpenVolumeHandle(string name)
     {
         VolumeNames.ThrowIfInvalidExisting(name);
+        // Open already: a client more, no I/O. (A close detaches under _gate only when no client is counted.)
         lock (_gate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            if (!_open.TryGetValue(name, out var entry))
+            if (_open.TryGetValue(name, out var open))
+            {
+                open.Handles++;
+                return new CountedHandle(this, open, open.WriteBack?.OpenHandle() ?? open.WriteThrough!.OpenHandle());
+            }
+        }
+        using (EnterVolume(name))
+        {
+            var entry = OpenEntry(name);
+            if (entry is null)
             {
                 entry = OpenLocked(name, acceptLoss: false, out var uncached);
                 if (entry is null) return uncached!; // mode none: nothing to wrap
             }
-            entry.Handles++;
-            return new CountedHandle(this, entry, entry.WriteBack?.OpenHandle() ?? entry.WriteThrough!.OpenHandle());
+            lock (_gate)
+            {
+                if (!_disposed)
+                {
+                    entry.Handles++;
+                    return new CountedHandle(this, entry, entry.WriteBack?.OpenHandle() ?? entry.WriteThrough!.OpenHandle());
+                }
+            }
+            // Disposed while this open ran: close what it opened (the log stays for the next run).
+            if (TryDetach(entry)) CloseDetached(entry, drain: false);
+            throw new ObjectDisposedException(nameof(CachedBackend));
         }
     }
 
     // Opens the volume's cache as its mode and marker say; null (and the plain backend handle in
-    // <paramref name="uncached"/>) when it is served uncached. Under _gate.
+    // <paramref name="uncached"/>) when it is served uncached. Under the volume's gate.
     private Entry? OpenLocked(string name, bool acceptLoss, out IVolumeHandle? uncached)
     {
         uncached = null;
@@ -206,7 +278,7 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
                 var replayed = OpenWriteBack(name, info, logPath, owned, acceptLoss, newLog: false);
                 if (mode == CacheMode.WriteBack && HasCache) return replayed;
                 _log.LogInformation("volume {Name}: writing back the log left by an earlier run before serving it as {Mode}", name, CacheModes.ToName(mode));
-                CloseLocked(replayed, drain: true);
+                if (TryDetach(replayed)) CloseDetached(replayed, drain: true);
                 backend = _inner.OpenVolumeHandle(name);
             }
             else if (local is not null || File.Exists(logPath))
@@ -230,7 +302,7 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
                 var wt = new WriteThroughVolume(backend, logPath + ".wtcache", _options.SizeBytes);
                 backend = null;
                 var entry = new Entry(name, CacheMode.WriteThrough, logPath) { WriteThrough = wt };
-                _open[name] = entry;
+                lock (_gate) _open[name] = entry;
                 return entry;
             }
             var handed = backend;
@@ -287,7 +359,7 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
         if (wb.Replayed > 0) _log.LogInformation("volume {Name}: {Records} record(s) replayed from the write-back log; writing them back", name, wb.Replayed);
         if (wb.Damage is not null) _log.LogError("volume {Name}: {Damage}; the loss was accepted", name, wb.Damage);
         var entry = new Entry(name, CacheMode.WriteBack, logPath) { WriteBack = wb };
-        _open[name] = entry;
+        lock (_gate) _open[name] = entry;
         return entry;
     }
 
@@ -357,17 +429,20 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
         {
             entry.Handles--;
             // Write-through holds nothing the backend lacks: close it (and free the volume's lock) with its last client.
-            if (entry.Handles == 0 && entry.Mode == CacheMode.WriteThrough && _open.TryGetValue(entry.Name, out var current) && current == entry)
-                CloseLocked(entry, drain: false);
+            if (entry.Handles > 0 || entry.Mode != CacheMode.WriteThrough) return;
+        }
+        using (EnterVolume(entry.Name))
+        {
+            if (TryDetach(entry)) CloseDetached(entry, drain: false); // unless a client came back meanwhile
         }
     }
 
-    // Closes a cache. With drain, a write-back log is written back completely first, then the marker is removed and
-    // the log deleted (in that order: a crash in between leaves a log the volume no longer names, deleted at the next
-    // open). Without, the log stays for the next open here and the marker keeps other nodes out. Under _gate.
-    private void CloseLocked(Entry entry, bool drain, CancellationToken cancellationToken = default)
+    // Closes a cache that TryDetach took out of the table. With drain, a write-back log is written back completely
+    // first, then the marker is removed and the log deleted (in that order: a crash in between leaves a log the volume
+    // no longer names, deleted at the next open). Without, the log stays for the next open here and the marker keeps
+    // other nodes out. Under the volume's gate, not _gate: this is I/O.
+    private void CloseDetached(Entry entry, bool drain, CancellationToken cancellationToken = default)
     {
-        _open.Remove(entry.Name);
         if (entry.WriteThrough is { } wt)
         {
             wt.Dispose();
@@ -410,13 +485,13 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
     {
         VolumeNames.ThrowIfInvalidExisting(name);
         _inner.GetVolumeInfo(name); // NotFound first
-        lock (_gate)
+        using (EnterVolume(name))
         {
-            if (!_open.TryGetValue(name, out var entry)) return 0;
-            if (entry.Handles > 0)
+            if (OpenEntry(name) is not { } entry) return 0;
+            if (!TryDetach(entry))
                 throw new StorageException(StorageError.InUse, $"volume '{name}' has {entry.Handles} connected client(s); disconnect them before releasing it");
             long dirty = entry.WriteBack?.Status.DirtyBytes ?? 0;
-            CloseLocked(entry, drain: true, cancellationToken);
+            CloseDetached(entry, drain: true, cancellationToken);
             return dirty;
         }
     }
@@ -433,9 +508,9 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
     // Closes an idle cache before a catalog change the backend refuses while the volume is open (rename).
     private void CloseIfIdle(string name)
     {
-        lock (_gate)
+        using (EnterVolume(name))
         {
-            if (_open.TryGetValue(name, out var e) && e.Handles == 0) CloseLocked(e, drain: true);
+            if (OpenEntry(name) is { } e && TryDetach(e)) CloseDetached(e, drain: true);
         }
     }
 
@@ -456,19 +531,20 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
         VolumeNames.ThrowIfInvalidExisting(name);
         if (_inner is not IVolumeTakeover takeover)
             throw new StorageException(StorageError.InvalidArgument, $"the {_inner.Kind} store has a single server: there is nothing to take over");
-        lock (_gate)
+        using (EnterVolume(name))
         {
             var info = _inner.GetVolumeInfo(name);
             var marker = _metadata.GetVolumeMetadata(name, DirtyKey);
             bool ours = marker is not null && WriteBackVolume.ReadLogId(LogPath(info)) is { } local && local == MarkerLogId(marker);
             if (marker is not null && !ours && !acceptCacheLoss) throw new StorageException(StorageError.InUse, DirtyElsewhere(name, marker));
-            string? holder = _open.ContainsKey(name) ? null : takeover.TakeOverVolume(name);
+            bool openHere = OpenEntry(name) is not null;
+            string? holder = openHere ? null : takeover.TakeOverVolume(name);
             if (marker is not null && !ours)
             {
                 _metadata.SetVolumeMetadata(name, DirtyKey, null);
                 _log.LogWarning("volume {Name}: the loss of the write-back cache {Marker} was accepted; serving the image as it was written back", name, marker);
             }
-            else if (ours && acceptCacheLoss && !_open.ContainsKey(name))
+            else if (ours && acceptCacheLoss && !openHere)
             {
                 OpenLocked(name, acceptLoss: true, out var uncached);
                 uncached?.Dispose();
@@ -509,13 +585,13 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
     public void DeleteVolume(string name, bool recursive)
     {
         VolumeNames.ThrowIfInvalidExisting(name);
-        lock (_gate)
+        using (EnterVolume(name))
         {
-            if (_open.TryGetValue(name, out var e))
+            if (OpenEntry(name) is { } e)
             {
-                if (e.Handles > 0) throw new StorageException(StorageError.InUse, $"volume '{name}' has {e.Handles} connected client(s); disconnect them before deleting it");
+                if (!TryDetach(e)) throw new StorageException(StorageError.InUse, $"volume '{name}' has {e.Handles} connected client(s); disconnect them before deleting it");
                 // Drained, not dropped: the delete may still be refused (snapshots), and then nothing may be lost.
-                CloseLocked(e, drain: true);
+                CloseDetached(e, drain: true);
             }
         }
         _inner.DeleteVolume(name, recursive);
@@ -596,13 +672,16 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
     /// </summary>
     public void Close(CancellationToken cancellationToken)
     {
-        lock (_gate)
+        List<Entry> entries;
+        lock (_gate) entries = [.. _open.Values];
+        foreach (var entry in entries)
         {
-            foreach (var entry in _open.Values.ToList())
+            using (EnterVolume(entry.Name))
             {
+                if (!TryDetach(entry, evenWithClients: true)) continue; // closed meanwhile
                 try
                 {
-                    CloseLocked(entry, drain: true, cancellationToken);
+                    CloseDetached(entry, drain: true, cancellationToken);
                 }
                 catch (Exception e) when (e is StorageException or OperationCanceledException)
                 {
@@ -615,11 +694,19 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
     /// <summary>Closes every cache without draining (a write-back log stays for the next open here), then the backend.</summary>
     public void Dispose()
     {
+        List<Entry> entries;
         lock (_gate)
         {
             if (_disposed) return;
             _disposed = true;
-            foreach (var entry in _open.Values.ToList()) CloseLocked(entry, drain: false);
+            entries = [.. _open.Values];
+        }
+        foreach (var entry in entries)
+        {
+            using (EnterVolume(entry.Name))
+            {
+                if (TryDetach(entry, evenWithClients: true)) CloseDetached(entry, drain: false);
+            }
         }
         _inner.Dispose();
     }

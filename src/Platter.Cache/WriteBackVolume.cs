@@ -36,6 +36,9 @@ public sealed class WriteBackOptions
 
     /// <summary>Where log messages go.</summary>
     public ILoggerFactory LoggerFactory { get; init; } = NullLoggerFactory.Instance;
+
+    /// <summary>How long write-back waits for another record before it makes its head durable (WriteBackLog).</summary>
+    internal TimeSpan HeadIdleDelay { get; init; } = TimeSpan.FromMilliseconds(20);
 }
 
 /// <summary>
@@ -85,7 +88,8 @@ public sealed class WriteBackVolume : IAsyncDisposable
     public static WriteBackVolume Open(string logPath, string identity, IVolumeHandle backend, WriteBackOptions options)
     {
         var logger = options.LoggerFactory.CreateLogger("Platter.Cache");
-        var log = WriteBackLog.Open(logPath, identity, options.LogBytes, options.AtomicUnitBytes, backend, logger, options.AcceptLoss, out var report);
+        var log = WriteBackLog.Open(logPath, identity, options.LogBytes, options.AtomicUnitBytes, backend, logger, options.AcceptLoss,
+            options.HeadIdleDelay, out var report);
         var readCache = options.ReadCacheBytes > 0 ? new ReadCache(logPath + ".rcache", options.ReadCacheBytes) : null;
         var volume = new WriteBackVolume(backend, log, readCache) { Replayed = report.Replayed, Damage = report.Damage };
         log.Start();
@@ -100,6 +104,9 @@ public sealed class WriteBackVolume : IAsyncDisposable
 
     /// <summary>Where the next record goes in the log file (for tests that cut power after a flush).</summary>
     internal long LogTailPosition => _log.TailPosition;
+
+    /// <summary>The write-back log itself (tests read its sync counters).</summary>
+    internal WriteBackLog Log => _log;
 
     /// <summary>The log's id, to record where the volume lives while this cache holds dirty data.</summary>
     public Guid LogId => _log.LogId;

@@ -135,6 +135,37 @@ public sealed class CachedBackendTests(ITestOutputHelper output) : EngineVolumeT
         Assert.Equal(Filled(5), data);
     }
 
+    [Fact]
+    public async Task Releasing_one_volume_does_not_hold_up_opening_another()
+    {
+        // A release drains the log, which takes as long as write-back needs; only that volume waits for it.
+        _store.CreateVolume("vm2", 16L << 20);
+        using var cached = Open();
+        cached.SetMode("vm1", CacheMode.WriteBack);
+        cached.SetMode("vm2", CacheMode.WriteBack);
+        using (var h = cached.OpenVolumeHandle("vm1"))
+        {
+            _gate!.Pause(); // vm1's write-back is held: its release cannot finish
+            await h.WriteAsync(0, Filled(4), fua: true);
+        }
+        var vm1Gate = _gate!;
+        var release = Task.Run(() => cached.Release("vm1"));
+        var opened = Task.Run(async () =>
+        {
+            while (!release.IsCompleted && cached.GetStatus("vm1").Active is not null) await Task.Delay(5); // the release has begun
+            using var other = cached.OpenVolumeHandle("vm2");
+            await other.WriteAsync(0, Filled(6), fua: true);
+            Assert.Equal(Filled(6), await ReadAsync(other, 0, Block));
+        });
+        // A bound, not a timing: with one lock for every volume this never completes while vm1's write-back is held.
+        await opened.WaitAsync(TimeSpan.FromMinutes(2));
+        Assert.False(release.IsCompleted, "vm1's release finished while its write-back was held");
+        vm1Gate.Resume();
+        Assert.Equal(Block, await release);
+        Assert.Equal(Filled(4), BackendRead(0));
+        cached.Release("vm2");
+    }
+
     // The engine with volume metadata in a dictionary and no one else to take over from: a stand-in for a shared store.
     private sealed class SharedStore(CachedBackendTests test) : IVolumeBackend, IVolumeMetadata, IVolumeTakeover
     {

@@ -17,10 +17,15 @@ public sealed class WriteBackTests(ITestOutputHelper output) : EngineVolumeTest(
 
     private string LogPath => Path.Combine(_dir, "vm1.log");
 
-    private (WriteBackVolume Cache, GatedBackend Gate) Open(long logBytes = 16L << 20, bool acceptLoss = false, string? logPath = null)
+    private (WriteBackVolume Cache, GatedBackend Gate) Open(long logBytes = 16L << 20, bool acceptLoss = false, string? logPath = null,
+        WriteBackOptions? options = null)
     {
         var gate = new GatedBackend(_store.OpenVolume("vm1"));
-        var cache = WriteBackVolume.Open(logPath ?? LogPath, "store-test/vm1", gate, new WriteBackOptions { LogBytes = logBytes, AcceptLoss = acceptLoss });
+        var o = options ?? new WriteBackOptions();
+        var cache = WriteBackVolume.Open(logPath ?? LogPath, "store-test/vm1", gate, new WriteBackOptions
+        {
+            LogBytes = logBytes, AcceptLoss = acceptLoss, AtomicUnitBytes = o.AtomicUnitBytes, HeadIdleDelay = o.HeadIdleDelay,
+        });
         return (cache, gate);
     }
 
@@ -218,8 +223,13 @@ public sealed class WriteBackTests(ITestOutputHelper output) : EngineVolumeTest(
         await cache.DisposeAsync();
         File.Delete(LogPath);
 
-        // Rebuild which blocks each write covered, then find k: the newest stamp on the backend; the image must be
-        // exactly "writes 1..k applied in order".
+        AssertOrderedPrefix(target, blocks, 600, seed);
+    }
+
+    // Writes 1..n are sequence-stamped; target lists each write's blocks, each write ended by -1. The backend must hold
+    // exactly "writes 1..k applied in order" for some k (k = its newest stamp).
+    private void AssertOrderedPrefix(List<int> target, int blocks, int writes, int seed)
+    {
         var writeBlocks = new List<List<int>>();
         var current = new List<int>();
         foreach (int t in target)
@@ -239,9 +249,132 @@ public sealed class WriteBackTests(ITestOutputHelper output) : EngineVolumeTest(
         var expected = new long[blocks];
         for (int seq = 1; seq <= k; seq++)
             foreach (int b in writeBlocks[seq - 1]) expected[b] = seq;
-        _output.WriteLine($"the backend holds writes 1..{k} of 600");
+        _output.WriteLine($"the backend holds writes 1..{k} of {writes}");
         for (int b = 0; b < blocks; b++)
             Assert.True(expected[b] == image[b], $"seed {seed}: with writes 1..{k} block {b} should hold {expected[b]} but holds {image[b]}");
+    }
+
+    // Sequence-stamped writes of one to four blocks at random places (overlapping often), some of them runs that
+    // write-back merges; returns the blocks of each write, each write ended by -1.
+    private static async Task<List<int>> WriteStampedAsync(IVolumeHandle h, Random random, int writes, int blocks)
+    {
+        var target = new List<int>();
+        for (int seq = 1; seq <= writes; seq++)
+        {
+            int b = random.Next(blocks - 4);
+            int n = random.Next(1, 5);
+            var data = new byte[n * Block];
+            for (int i = 0; i < n; i++) Stamp(seq).CopyTo(data, i * Block);
+            await h.WriteAsync(b * (long)Block, data, fua: false);
+            for (int i = 0; i < n; i++) target.Add(b + i);
+            target.Add(-1);
+        }
+        return target;
+    }
+
+    [Fact]
+    public async Task A_crash_then_a_cache_lost_while_replaying_still_leave_an_ordered_prefix()
+    {
+        // Write-back makes its head durable once per batch of operations on disjoint blocks, so after a crash replay
+        // writes some operations to the backend a second time. The backend must stay an ordered prefix while it does:
+        // the node crashes after a random number of write-back operations (the log copied as it is), the log replays
+        // on restart, and the cache dies after a random number of the replay's operations.
+        int seed = Environment.GetEnvironmentVariable("PLATTER_TEST_SEED") is { Length: > 0 } s ? int.Parse(s) : Random.Shared.Next();
+        _output.WriteLine($"seed {seed} (replay with PLATTER_TEST_SEED={seed})");
+        var random = new Random(seed);
+        // Few blocks, so writes overlap often: a rewrite out of order would show.
+        const int blocks = 64, writes = 600;
+        var (cache, gate) = Open();
+        gate.CutAfterWrites = random.Next(1, 300);
+        List<int> target;
+        gate.Pause();
+        using (var h = cache.OpenHandle()) target = await WriteStampedAsync(h, random, writes, blocks);
+        gate.Resume();
+        // Write-back stops at the cut (the next operation finds the backend gone): then nothing more is written.
+        while (cache.Status.Failure is null) await Task.Delay(5);
+        // The crash: the log as the dying process left it.
+        var crashed = Path.Combine(_dir, "crashed.log");
+        RawFile.Copy(LogPath, crashed);
+        await cache.DisposeAsync();
+        _output.WriteLine($"crash after {gate.Applied.Count} write-back operations; head syncs {cache.Log.HeadSyncs}");
+
+        var (again, gate2) = Open(logPath: crashed);
+        gate2.CutAfterWrites = random.Next(1, 32); // within the operations replay writes a second time
+        while (gate2.Applied.Count < gate2.CutAfterWrites && again.Status.LagRecords > 0 && again.Status.Failure is null) await Task.Delay(5);
+        _output.WriteLine($"replayed {again.Replayed} records; the cache dies after {gate2.Applied.Count} replay operations");
+        await again.DisposeAsync();
+        File.Delete(crashed);
+        AssertOrderedPrefix(target, blocks, writes, seed);
+    }
+
+    [Fact]
+    public async Task A_flush_costs_one_fdatasync_and_no_head_sync()
+    {
+        var (cache, gate) = Open();
+        await using (cache)
+        {
+            gate.Pause();
+            using var h = cache.OpenHandle();
+            for (int i = 0; i < 20; i++)
+            {
+                await h.WriteAsync(i * 2L * Block, Stamp(i + 1), fua: false);
+                await h.FlushAsync();
+            }
+            await h.WriteAsync(64L * Block, Stamp(99), fua: true); // FUA: the same flush
+            await h.FlushAsync(); // nothing new: no sync
+            Assert.Equal(21, cache.Log.FlushSyncs);
+            Assert.Equal(0, cache.Log.HeadSyncs); // write-back is held: nothing to record
+            Assert.Equal(21, cache.Log.ConfirmedFlushSeq); // in the same sync
+            gate.Resume();
+            await cache.DrainAsync();
+        }
+    }
+
+    [Fact]
+    public async Task Write_back_syncs_its_head_once_per_batch_of_operations_on_disjoint_blocks()
+    {
+        // One record per operation (4 KiB atomic unit), no idle head sync: only an overlap ends a batch here.
+        var (cache, gate) = Open(options: new WriteBackOptions { AtomicUnitBytes = Block, HeadIdleDelay = Timeout.InfiniteTimeSpan });
+        await using (cache)
+        {
+            gate.Pause();
+            using var h = cache.OpenHandle();
+            for (int i = 0; i < 30; i++) await h.WriteAsync(i * 3L * Block, Stamp(i + 1), fua: false);
+            await h.WriteAsync(0, Stamp(100), fua: false); // overlaps the first operation
+            await h.WriteAsync(1L * Block, Stamp(101), fua: false); // disjoint again
+            gate.Resume();
+            await cache.DrainAsync();
+            Assert.Equal(32, gate.Applied.Count);
+            Assert.Equal(1, cache.Log.HeadSyncs); // before the overlapping operation, none before the others
+            Assert.Equal(Stamp(100), BackendRead(0, Block));
+            Assert.Equal(Stamp(101), BackendRead(Block, Block));
+            for (int i = 1; i < 30; i++) Assert.Equal(Stamp(i + 1), BackendRead(i * 3L * Block, Block));
+        }
+    }
+
+    [Fact]
+    public async Task A_flipped_byte_in_a_flushed_record_is_refused_after_a_crash_right_after_the_flush()
+    {
+        var (cache, gate) = Open();
+        gate.Pause();
+        using (var h = cache.OpenHandle())
+        {
+            await h.WriteAsync(0, Stamp(1), fua: false);
+            await h.WriteAsync(Block, Stamp(2), fua: false);
+            await h.WriteAsync(2 * Block, Stamp(3), fua: true);
+        }
+        // SIGKILL now: the log as it is, never closed. Then the disk damages the second record's payload.
+        var crashed = Path.Combine(_dir, "crashed.log");
+        RawFile.Copy(LogPath, crashed);
+        gate.Cut();
+        await cache.DisposeAsync();
+        RawFile.FlipByte(crashed, 4096 + (512 + Block) + 512 + 100);
+
+        var refused = Assert.Throws<StorageException>(() => Open(logPath: crashed));
+        _output.WriteLine(refused.Message);
+        Assert.Equal(StorageError.IoError, refused.Error);
+        Assert.Contains("2 flushed write record(s)", refused.Message);
+        Assert.Equal(new byte[3 * Block], BackendRead(0, 3 * Block));
     }
 
     [Fact]

@@ -1,3 +1,4 @@
+using Platter.Storage.Devices;
 using Platter.Storage.Tests.Support;
 using Xunit;
 
@@ -130,5 +131,82 @@ public sealed class HolePunchTests : IDisposable
         WriteWhole(reopened, "b", 16 * MiB, seed: 2);
         AssertWhole(reopened, "b", 16 * MiB, seed: 2);
         StoreChecks.AssertConsistent(reopened, "after reopening");
+    }
+
+    [Fact]
+    public void An_overwrite_keeps_the_space_it_freed_for_the_next_writes_and_a_delete_still_punches()
+    {
+        var faulty = new FaultyStore();
+        using var store = faulty.Open(_dir.Path);
+        store.CreateVolume("a", 16 * MiB);
+        WriteWhole(store, "a", 16 * MiB, seed: 1);
+        var device = faulty.Data!;
+        // Each pass frees the previous pass's 16 MiB in long runs; the rounds that free them wrote as much, so the runs
+        // go back to the allocator unpunched and the next passes write into them.
+        for (int pass = 2; pass <= 5; pass++)
+        {
+            WriteWhole(store, "a", 16 * MiB, seed: pass);
+            store.Flush();
+        }
+        Assert.Equal(0, device.PunchesStarted);
+        AssertWhole(store, "a", 16 * MiB, seed: 5);
+        StoreChecks.AssertConsistent(store, "after overwrites into warm space");
+
+        // A delete writes nothing: what it frees goes back to the file system as before.
+        store.DeleteVolume("a");
+        var deadline = DateTime.UtcNow + Bound;
+        while (device.PunchedBytes < 15 * MiB && DateTime.UtcNow < deadline) FlushBounded(store, "after the delete");
+        Assert.True(device.PunchedBytes >= 15 * MiB, $"only {device.PunchedBytes} bytes punched of a 16 MiB delete");
+        StoreChecks.AssertConsistent(store, "after the delete's punch");
+    }
+
+    [Fact]
+    public async Task A_full_file_system_gets_the_warm_space_back_before_a_writer_is_refused()
+    {
+        // A tmpfs with room for the warm bound (1 GiB) and the metadata reserve, so overwrites keep their space warm;
+        // then something else fills it. A new volume's writes need new file-system space, which only punching the warm
+        // runs gives: without that they fail with NoSpace.
+        using var mount = new TempDirectory();
+        (await ProcessRunner.RunAsync("mount", ["-t", "tmpfs", "-o", "size=1300m", "tmpfs", mount.Path]))
+            .EnsureSuccess("mounting a tmpfs failed (the full-disk tests run as root)");
+        try
+        {
+            var faulty = new FaultyStore();
+            string storeDir = Path.Combine(mount.Path, "store");
+            using (var store = faulty.Open(storeDir))
+            {
+                store.CreateVolume("a", 16 * MiB);
+                for (int pass = 1; pass <= 3; pass++)
+                {
+                    WriteWhole(store, "a", 16 * MiB, seed: pass);
+                    store.Flush();
+                }
+                store.Flush();
+                Assert.Equal(0, faulty.Data!.PunchesStarted);
+
+                // Fill the file system to 3 MiB past the metadata reserve: too little for a 4 MiB allocation region.
+                var (_, available) = FileSystemSpace.Query(mount.Path)!.Value;
+                long fill = available - store.Parts.Space.MetadataReserveBytes - 3 * MiB;
+                using (var filler = new FileStream(Path.Combine(mount.Path, "filler"), FileMode.CreateNew, FileAccess.Write))
+                {
+                    var chunk = new byte[4 * MiB];
+                    for (long at = 0; at < fill; at += chunk.Length) filler.Write(chunk, 0, (int)Math.Min(chunk.Length, fill - at));
+                }
+                Assert.False(store.Parts.Space.FileSystem!.Value.AvailableBytes - 4 * MiB >= store.Parts.Space.MetadataReserveBytes,
+                    "the file system still has room for a region: the test does not reach the full-disk path");
+
+                store.CreateVolume("b", 8 * MiB);
+                WriteWhole(store, "b", 8 * MiB, seed: 7);
+                Assert.True(faulty.Data.PunchedBytes >= 8 * MiB, $"only {faulty.Data.PunchedBytes} bytes of warm space punched");
+                Assert.Equal(0, faulty.Data.WritesIntoPunching);
+                AssertWhole(store, "a", 16 * MiB, seed: 3);
+                AssertWhole(store, "b", 8 * MiB, seed: 7);
+                StoreChecks.AssertConsistent(store, "after the warm space was punched for a writer");
+            }
+        }
+        finally
+        {
+            (await ProcessRunner.RunAsync("umount", [mount.Path])).EnsureSuccess("unmounting the test tmpfs failed");
+        }
     }
 }

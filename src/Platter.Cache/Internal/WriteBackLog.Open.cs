@@ -22,7 +22,7 @@ internal sealed partial class WriteBackLog
     /// so the backend keeps its consistent, older image.
     /// </exception>
     public static WriteBackLog Open(string path, string identity, long capacityBytes, int atomicUnitBytes, IVolumeHandle backend,
-        ILogger logger, bool acceptLoss, out OpenReport report)
+        ILogger logger, bool acceptLoss, TimeSpan headIdleDelay, out OpenReport report)
     {
         if (!LogFormat.IdentityFits(identity))
             throw new StorageException(StorageError.InvalidArgument, $"volume identity '{identity}' is too long for a cache log");
@@ -48,7 +48,7 @@ internal sealed partial class WriteBackLog
             // A new incarnation for every open: records this run writes carry it, so replay never mistakes a stale
             // record left past a torn tail by an earlier run for the continuation of this one.
             super = super with { Incarnation = super.Incarnation + 1 };
-            var log = new WriteBackLog(file, backend, logger, path, super, atomicUnitBytes);
+            var log = new WriteBackLog(file, backend, logger, path, super, atomicUnitBytes, headIdleDelay);
             report = log.Replay(acceptLoss);
             return log;
         }
@@ -168,7 +168,9 @@ internal sealed partial class WriteBackLog
         _flushedSeq = seq - 1;
         _tailPos = pos == _capacity ? LogFormat.DataStart : pos;
         _usedBytes = used;
-        // Make the new incarnation durable before any record of it exists.
+        // Make the new incarnation durable before any record of it exists, and the replayed records before the
+        // superblock says they were flushed (after a SIGKILL they may be in the page cache only).
+        Sync();
         WriteSuperLocked(_headSeq, _headPos);
         Sync();
         return new OpenReport(replayed, lost, damage);

@@ -12,10 +12,11 @@ namespace Platter.Cache.Internal;
 /// <remarks>
 /// <para><b>Order is the whole point.</b> Records get consecutive sequence numbers when they are reserved, and are
 /// written back strictly one write-back operation at a time, each durable on the backend (write + flush) before the
-/// log's head moves past it, and the head durable in the superblock before the next operation starts. So at any
-/// instant the backend holds exactly the records before some sequence number (plus, at most, the one operation in
-/// flight, which is one record or several contiguous records inside one backend atomic unit — one RADOS object for
-/// RBD). If the cache disk dies, the image is an ordered prefix of the acknowledged writes.</para>
+/// next starts; the head is durable in the superblock once per batch of operations on disjoint blocks (see
+/// WriteBackLoopAsync for why replay may then write a batch again). So at any instant the backend holds exactly the
+/// records before some sequence number (plus, at most, the one operation in flight, which is one record or several
+/// contiguous records inside one backend atomic unit — one RADOS object for RBD). If the cache disk dies, the image is
+/// an ordered prefix of the acknowledged writes.</para>
 /// <para><b>Durability.</b> A write is acknowledged once its record is written into the log file (page cache); FLUSH
 /// waits until every record reserved before it is written, then fdatasyncs the log. Replay after a crash stops at the
 /// first record that is missing, torn, stale (older incarnation or lap), or fails its checksum; every record before a
@@ -23,7 +24,8 @@ namespace Platter.Cache.Internal;
 /// comparing with the flushed sequence number the superblock records and reports.</para>
 /// <para><b>Locks</b> (taken in this order, never across I/O): <c>_appendLock</c> guards the ring's tail, the record
 /// slots and the written-through watermark; <c>_indexLock</c> guards the dirty-block index. The superblock is written
-/// under <c>_superGate</c> (an async gate: superblock writes are I/O and must not interleave). Readers of log blocks
+/// under <c>_superGate</c> (an async gate: superblock writes are I/O and must not interleave); a flush's sync carries
+/// a superblock write, so flushes take it too (head syncs come once per batch, so they rarely meet). Readers of log blocks
 /// are counted in two epoch counters so the writer of new records never overwrites space a reader still reads.</para>
 /// </remarks>
 internal sealed partial class WriteBackLog : IAsyncDisposable
@@ -60,7 +62,11 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     private readonly object _indexLock = new();
     private readonly Dictionary<long, DirtyBlock> _index = new();
 
-    // Write-back progress: records before _headSeq are on the backend. Written only by the write-back task.
+    // Write-back progress. Records before _appliedSeq are on the backend (the write-back task writes it; readers and
+    // drains look). Records before _headSeq are on the backend *and* the superblock says so durably: only their ring
+    // space may be reused. The head lags the applied point by at most one batch (see WriteBackLoopAsync).
+    private long _appliedSeq;
+    private long _appliedPos; // where _appliedSeq's record starts, written when write-back stops (for DisposeAsync)
     private long _headSeq;
     private long _headPos;
     private TaskCompletionSource _applied = NewSignal();
@@ -68,8 +74,21 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     // Superblock state, guarded by _superGate.
     private readonly SemaphoreSlim _superGate = new(1, 1);
     private long _generation;
-    private long _flushedSeq;
-    private long _syncedThrough;
+    private long _flushedSeq; // the flushed sequence number the superblock carries
+
+    private long _syncedThrough; // every record with seq <= this was fdatasynced (flushes sync one at a time under _superGate)
+
+    // Write-back waits this long for the next record before it makes the head durable and frees ring space, so a steady
+    // writer's records share one superblock sync instead of paying one each (20 ms: far below any client timeout, long
+    // enough for depth-1 writers on a loaded node).
+    private readonly TimeSpan _headIdleDelay;
+
+    // A writer waits for ring space: write-back makes its head durable at once instead of batching.
+    private volatile bool _spaceWanted;
+
+    // fdatasyncs of the log, by cause (tests and the bench read them).
+    private long _flushSyncs;
+    private long _headSyncs;
 
     // Readers of log blocks: two counters, selected by the epoch's parity (see ReleaseSpaceAsync).
     private readonly long[] _readers = new long[2];
@@ -92,8 +111,10 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
 
     private readonly record struct DirtyBlock(long Pos, long Seq, ulong Sum);
 
-    private WriteBackLog(SafeFileHandle file, IVolumeHandle backend, ILogger logger, string path, in LogFormat.Super super, int atomicUnitBytes)
+    private WriteBackLog(SafeFileHandle file, IVolumeHandle backend, ILogger logger, string path, in LogFormat.Super super, int atomicUnitBytes,
+        TimeSpan headIdleDelay)
     {
+        _headIdleDelay = headIdleDelay;
         _file = file;
         _backend = backend;
         _logger = logger;
@@ -109,6 +130,7 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
         _flushedSeq = super.FlushedSeq;
         _headSeq = super.HeadSeq;
         _headPos = super.HeadPos;
+        _appliedSeq = super.HeadSeq;
         // The smallest record is one sector of header plus one block; a wrap marker is one sector but at most one
         // per lap. One slot per record that can be in the ring at once, plus slack for wrap markers.
         _slots = new RecordSlot[_dataBytes / (LogFormat.SectorBytes + BlockBytes) + 16];
@@ -136,7 +158,16 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     }
 
     /// <summary>Records appended but not yet written back.</summary>
-    public long LagRecords => Interlocked.Read(ref _nextSeq) - Volatile.Read(ref _headSeq);
+    public long LagRecords => Interlocked.Read(ref _nextSeq) - Volatile.Read(ref _appliedSeq);
+
+    /// <summary>fdatasyncs made by flushes (one per flush that found unsynced records; concurrent flushes share one).</summary>
+    internal long FlushSyncs => Interlocked.Read(ref _flushSyncs);
+
+    /// <summary>fdatasyncs made to record the write-back head (one per batch of write-back operations).</summary>
+    internal long HeadSyncs => Interlocked.Read(ref _headSyncs);
+
+    /// <summary>The flushed sequence number the superblock holds.</summary>
+    internal long ConfirmedFlushSeq => Volatile.Read(ref _flushedSeq);
 
     /// <summary>Why write-back stopped (the log is damaged or the backend refused for good), or null.</summary>
     public string? Failure => _failure;
@@ -207,7 +238,10 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
                         break;
                     }
                     wait = _spaceFreed.Task;
+                    _spaceWanted = true;
                 }
+                // Wake write-back if it is batching: it makes its head durable now and frees what it wrote back.
+                Signal(ref _recordWritten);
                 ThrowIfFailed();
                 await wait.WaitAsync(cancellationToken).ConfigureAwait(false);
             }
@@ -315,7 +349,12 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
 
     // ---- flush and drain ----
 
-    /// <summary>Makes every record appended before this call durable in the log (one fdatasync, shared by concurrent flushes).</summary>
+    /// <summary>
+    /// Makes every record appended before this call durable in the log: one fdatasync, shared by concurrent flushes
+    /// (group commit). The superblock's flushed sequence number goes in the same sync: it lets replay tell damage (a
+    /// flushed record that does not read back) from a torn tail, also for the newest record after a crash right after
+    /// its flush. Head syncs of write-back take the same gate but come once per batch of operations, not per operation.
+    /// </summary>
     public async ValueTask FlushAsync(CancellationToken cancellationToken)
     {
         ThrowIfFailed();
@@ -330,18 +369,19 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
                 wait = _recordWritten.Task;
             }
             await wait.WaitAsync(cancellationToken).ConfigureAwait(false);
+            ThrowIfFailed();
         }
         if (Volatile.Read(ref _syncedThrough) >= target) return;
         await _superGate.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            if (_syncedThrough >= target) return; // a flush that ran while this one waited covered it
+            if (Volatile.Read(ref _syncedThrough) >= target) return; // the sync this flush waited behind covered it
             long through;
             lock (_appendLock) through = _writtenThrough;
-            // Recording the flushed sequence number lets replay tell a torn tail (never flushed) from damage.
             _flushedSeq = through;
             WriteSuperLocked(_headSeq, _headPos);
             Sync();
+            Interlocked.Increment(ref _flushSyncs);
             Volatile.Write(ref _syncedThrough, through);
         }
         finally
@@ -355,11 +395,11 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     {
         long target;
         lock (_appendLock) target = _nextSeq;
-        while (Volatile.Read(ref _headSeq) < target)
+        while (Volatile.Read(ref _appliedSeq) < target)
         {
             ThrowIfFailed();
             var wait = _applied.Task;
-            if (Volatile.Read(ref _headSeq) >= target) break;
+            if (Volatile.Read(ref _appliedSeq) >= target) break;
             await wait.WaitAsync(cancellationToken).ConfigureAwait(false);
         }
         ThrowIfFailed();
@@ -373,17 +413,34 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
 
     // ---- write-back ----
 
+    // Most write-back operations between two head syncs. Bounds how much a restart after a crash writes back again
+    // (those operations are on the backend already) and how long ring space stays held.
+    private const int HeadBatchOpsMax = 64;
+
+    // One operation at a time, each durable on the backend (write + flush) before the next starts: that keeps the
+    // backend an ordered prefix of the log. The head — the first record not on the backend — is made durable in the
+    // superblock once per *batch* of operations, not once per operation, under one rule: the operations of a batch touch
+    // pairwise disjoint blocks. Why that is enough: after a crash, replay starts at the durable head and writes the
+    // batch's records again, over a backend that already holds some of them (say the first k). Writing record j <= k
+    // again puts back the value it already holds (no later record of the batch touched its blocks), so while the batch
+    // is rewritten the backend stays exactly "records through k", and then through j for j > k: an ordered prefix at
+    // every instant, even if the cache is lost during that replay. An operation that overlaps the batch first ends it
+    // (head sync); so do a full batch, a writer waiting for ring space, and _headIdleDelay without a new record.
     private async Task WriteBackLoopAsync()
     {
         var token = _stop.Token;
         var buffer = ArrayPool<byte>.Shared.Rent(Math.Max(_atomicUnitBytes, LogFormat.RecordBlocksMax * BlockBytes) + LogFormat.HeaderBytes(LogFormat.RecordBlocksMax));
         var sums = new ulong[LogFormat.RecordBlocksMax];
+        var batch = new List<RecordSlot>();           // records written back since the durable head
+        var batchBlocks = new List<(long First, long End)>(); // the block ranges of the batch's operations
+        long appliedPos = _headPos;
+        int batchOps = 0;
         try
         {
             while (!token.IsCancellationRequested)
             {
                 // Wait for the next record to be written into the log.
-                long seq = _headSeq;
+                long seq = _appliedSeq;
                 RecordSlot first;
                 Task wait;
                 lock (_appendLock)
@@ -391,24 +448,35 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
                     wait = _recordWritten.Task;
                     first = _slots[seq % _slots.Length];
                 }
-                if (seq >= Interlocked.Read(ref _nextSeq) || first.Seq != seq || !first.Written)
+                bool ready = seq < Interlocked.Read(ref _nextSeq) && first.Seq == seq && first.Written;
+                if (batch.Count > 0 && (_spaceWanted || (!ready && !await WaitForRecordAsync(wait, token).ConfigureAwait(false))))
                 {
-                    await wait.WaitAsync(token).ConfigureAwait(false);
+                    await AdvanceAsync(seq, appliedPos, batch, token).ConfigureAwait(false);
+                    batch.Clear();
+                    batchBlocks.Clear();
+                    batchOps = 0;
+                    continue;
+                }
+                if (!ready)
+                {
+                    if (batch.Count == 0) await wait.WaitAsync(token).ConfigureAwait(false);
                     continue;
                 }
 
                 if (first.Kind == LogFormat.KindWrap)
                 {
-                    await AdvanceAsync(seq + 1, LogFormat.DataStart, [first], token).ConfigureAwait(false);
+                    batch.Add(first);
+                    appliedPos = LogFormat.DataStart;
+                    Volatile.Write(ref _appliedSeq, seq + 1);
+                    Signal(ref _applied);
                     continue;
                 }
 
                 // One backend operation: this record and the written records right after it that continue it on the
                 // volume inside the same atomic unit (one RADOS object), so the operation is all-or-nothing.
-                var batch = new List<RecordSlot> { first };
+                var op = new List<RecordSlot> { first };
                 long unit = first.VolumeOffset / _atomicUnitBytes;
                 long end = first.VolumeOffset + (long)first.Blocks * BlockBytes;
-                long length = end - first.VolumeOffset;
                 lock (_appendLock)
                 {
                     for (long next = seq + 1; next < _nextSeq; next++)
@@ -417,14 +485,23 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
                         if (s.Seq != next || !s.Written || s.Kind != LogFormat.KindWrite) break;
                         long sEnd = s.VolumeOffset + (long)s.Blocks * BlockBytes;
                         if (s.VolumeOffset != end || (sEnd - 1) / _atomicUnitBytes != unit || sEnd - first.VolumeOffset > _atomicUnitBytes) break;
-                        batch.Add(s);
+                        op.Add(s);
                         end = sEnd;
                     }
                 }
-                length = end - first.VolumeOffset;
+                long length = end - first.VolumeOffset;
+                long firstBlock = first.VolumeOffset / BlockBytes, endBlock = end / BlockBytes;
+
+                if (batch.Count > 0 && (batchOps >= HeadBatchOpsMax || Overlaps(batchBlocks, firstBlock, endBlock)))
+                {
+                    await AdvanceAsync(seq, appliedPos, batch, token).ConfigureAwait(false);
+                    batch.Clear();
+                    batchBlocks.Clear();
+                    batchOps = 0;
+                }
 
                 int filled = 0;
-                foreach (var r in batch)
+                foreach (var r in op)
                 {
                     var verdict = ReadRecordPayload(r, buffer.AsSpan(filled, r.Blocks * BlockBytes), sums);
                     if (verdict is not null)
@@ -455,10 +532,27 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
                     }
                 }
 
-                var last = batch[^1];
-                long nextPos = last.Pos + last.Bytes;
-                if (nextPos == _capacity) nextPos = LogFormat.DataStart;
-                await AdvanceAsync(last.Seq + 1, nextPos, batch, token).ConfigureAwait(false);
+                // The backend serves these blocks now: drop the index entries (a reader that found one still reads the
+                // record safely: its ring space is freed only after the head sync and a reader epoch, AdvanceAsync).
+                lock (_indexLock)
+                {
+                    foreach (var r in op)
+                    {
+                        long b0 = r.VolumeOffset / BlockBytes;
+                        for (int i = 0; i < r.Blocks; i++)
+                        {
+                            if (_index.TryGetValue(b0 + i, out var e) && e.Seq == r.Seq) _index.Remove(b0 + i);
+                        }
+                    }
+                }
+                var last = op[^1];
+                appliedPos = last.Pos + last.Bytes;
+                if (appliedPos == _capacity) appliedPos = LogFormat.DataStart;
+                batch.AddRange(op);
+                batchBlocks.Add((firstBlock, endBlock));
+                batchOps++;
+                Volatile.Write(ref _appliedSeq, last.Seq + 1);
+                Signal(ref _applied);
             }
         }
         catch (OperationCanceledException) when (token.IsCancellationRequested)
@@ -472,6 +566,34 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
         finally
         {
             ArrayPool<byte>.Shared.Return(buffer);
+            // DisposeAsync records how far write-back got.
+            Volatile.Write(ref _appliedPos, appliedPos);
+        }
+    }
+
+    private static bool Overlaps(List<(long First, long End)> ranges, long first, long end)
+    {
+        foreach (var (f, e) in ranges)
+        {
+            if (first < e && f < end) return true;
+        }
+        return false;
+    }
+
+    // Waits for the next record up to _headIdleDelay; false when none came (or a writer wants ring space).
+    private async ValueTask<bool> WaitForRecordAsync(Task recordWritten, CancellationToken token)
+    {
+        if (recordWritten.IsCompleted) return true;
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(token);
+        timeout.CancelAfter(_headIdleDelay);
+        try
+        {
+            await recordWritten.WaitAsync(timeout.Token).ConfigureAwait(false);
+            return !_spaceWanted;
+        }
+        catch (OperationCanceledException) when (!token.IsCancellationRequested)
+        {
+            return false;
         }
     }
 
@@ -500,8 +622,8 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
         }
     }
 
-    // After a write-back operation is durable on the backend: record the new head durably, drop index entries the
-    // backend now serves, wait out readers of the released space, then let appends reuse it.
+    // After a batch of write-back operations is durable on the backend: record the new head durably (with the flushed
+    // sequence number), wait out readers of the released space, then let appends reuse it.
     private async Task AdvanceAsync(long headSeq, long headPos, List<RecordSlot> released, CancellationToken token)
     {
         await _superGate.WaitAsync(token).ConfigureAwait(false);
@@ -509,27 +631,16 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
         {
             WriteSuperLocked(headSeq, headPos);
             Sync();
+            Interlocked.Increment(ref _headSyncs);
         }
         finally
         {
             _superGate.Release();
         }
 
-        lock (_indexLock)
-        {
-            foreach (var r in released)
-            {
-                long first = r.VolumeOffset / BlockBytes;
-                for (int i = 0; i < r.Blocks; i++)
-                {
-                    if (_index.TryGetValue(first + i, out var e) && e.Seq == r.Seq) _index.Remove(first + i);
-                }
-            }
-        }
-
         // A reader registers in the current epoch before it looks at the index. Moving to a new epoch and waiting for
         // the old one's readers to leave means every reader that could have seen a released entry is done; readers
-        // of the new epoch looked after the removal above.
+        // of the new epoch looked after the entries were removed (when their operation reached the backend).
         long old = Interlocked.Increment(ref _epoch) - 1;
         var spin = new SpinWait();
         while (Interlocked.Read(ref _readers[old & 1]) != 0) spin.SpinOnce();
@@ -539,11 +650,11 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
         lock (_appendLock)
         {
             _usedBytes -= bytes;
+            _spaceWanted = false;
             Volatile.Write(ref _headPos, headPos);
             Volatile.Write(ref _headSeq, headSeq);
         }
         Signal(ref _spaceFreed);
-        Signal(ref _applied);
     }
 
     private void Fail(string reason)
@@ -593,22 +704,27 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
             try { await _writeBack.ConfigureAwait(false); }
             catch (OperationCanceledException) { }
         }
+        // The gate is kept: nothing writes the superblock after this one.
+        await _superGate.WaitAsync().ConfigureAwait(false);
         if (_failure is null)
         {
-            await _superGate.WaitAsync().ConfigureAwait(false);
             try
             {
-                lock (_appendLock) _flushedSeq = _writtenThrough;
-                WriteSuperLocked(_headSeq, _headPos);
+                // The records first, then the superblock that vouches for them (two syncs: closing is rare). The head is
+                // where write-back got: those operations are durable on the backend.
+                long through;
+                lock (_appendLock) through = _writtenThrough;
+                Sync();
+                Volatile.Write(ref _syncedThrough, through);
+                _flushedSeq = through;
+                long appliedSeq = Volatile.Read(ref _appliedSeq);
+                long appliedPos = appliedSeq == _headSeq ? _headPos : Volatile.Read(ref _appliedPos);
+                WriteSuperLocked(appliedSeq, appliedPos);
                 Sync();
             }
             catch (StorageException)
             {
                 // Already logged; the file is closed below either way.
-            }
-            finally
-            {
-                _superGate.Release();
             }
         }
         _file.Dispose();

@@ -151,6 +151,19 @@ internal sealed class Allocator
         }
     }
 
+    /// <summary>Removes and returns every free extent (in order): the caller owns them until it frees them again.</summary>
+    public List<(long Start, long Length)> TakeAll()
+    {
+        lock (_lock)
+        {
+            List<(long Start, long Length)> all = [.. _byStart];
+            _byStart.Clear();
+            _byLength.Clear();
+            _freeBlocks = 0;
+            return all;
+        }
+    }
+
     /// <summary>The free extents in order (for checks and tests).</summary>
     public List<(long Start, long Length)> Snapshot()
     {

@@ -273,10 +273,10 @@ internal sealed class Committer : IDisposable
         frees.Clear();
         _gather(batch, frees);
         Interlocked.Exchange(ref _pendingOpBytes, 0);
-        Interlocked.Exchange(ref _pendingDataBytes, 0);
+        long writtenBytes = Interlocked.Exchange(ref _pendingDataBytes, 0);
         if (batch.Length == 0)
         {
-            Quarantine(frees);
+            Quarantine(frees, writtenBytes);
             return;
         }
 
@@ -292,17 +292,19 @@ internal sealed class Committer : IDisposable
         // The batch's bytes wait with the active half until it is checkpointed.
         _activeBatches.Add((sequence, batch.Span.ToArray(), batch.Length));
         if (_activeBatches.Count == 1) _sinceSwitch.Restart();
-        Quarantine(frees);
+        Quarantine(frees, writtenBytes);
     }
 
     /// <summary>Told of every block whose free is durable, before it is quarantined (the scrubber's bad-block list).</summary>
     public Action<List<long>>? BlocksFreed { get; set; }
 
-    private void Quarantine(List<long> frees)
+    // writtenBytes: the data the round's writes put in new space, which bounds how much of what it freed stays warm
+    // (allocated for the next writes rather than punched; see EngineLimits.WarmFreeBlocksMax).
+    private void Quarantine(List<long> frees, long writtenBytes)
     {
         if (frees.Count == 0) return;
         BlocksFreed?.Invoke(frees);
-        _space.Quarantine(_epochs.Current, frees);
+        _space.Quarantine(_epochs.Current, frees, writtenBytes >> EngineLimits.BlockShift);
         _roundFrees = new List<long>();
     }
 

@@ -85,6 +85,20 @@ internal static class EngineLimits
     public const int PunchRunBlocksMin = 16;
 
     /// <summary>
+    /// Most free space kept allocated in the data file ("warm") for the writes that will reuse it, instead of punched
+    /// (1 GiB, 256 Ki blocks). Copy-on-write frees what an overwrite replaces; punching that only for the next writes to
+    /// land in the hole cost a 1 MiB sequential overwrite a punch per commit (which holds the file's inode lock against
+    /// every write) plus new file-system blocks and fresh page-cache pages for every write: 16% of the server's CPU in
+    /// fallocate and most of its 35% in the kernel's copy into new pages (docs/PERFORMANCE.md, issue 15). A round's
+    /// frees stay warm only up to the data that round wrote (so deletes and trims, which write nothing, are punched as
+    /// before) and while free space stays under this bound and the file system has room beyond it; a writer that finds
+    /// the file system full punches the warm space first (<see cref="Space"/>). At most this much of the host's disk is
+    /// held by free space that a delete does not give back: about 1 s of sequential writing, four rounds of
+    /// <see cref="PendingDataBytesSoftMax"/>.
+    /// </summary>
+    public const long WarmFreeBlocksMax = (1L << 30) >> BlockShift;
+
+    /// <summary>
     /// Most freed blocks waiting for the punch thread (<see cref="HolePuncher"/>): 4 Mi blocks, 16 GiB of freed space
     /// (32 MiB of block numbers), about 5 s of punching on ext4. Past it the committer punches inline, so a burst of
     /// deletes slows commits instead of growing memory, and a writer never waits long for freed space.

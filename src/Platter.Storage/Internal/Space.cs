@@ -7,7 +7,8 @@ namespace Platter.Storage.Internal;
 /// Physical space of the data area: the free-extent allocator, each volume's allocation region, growth of the data
 /// file, the count of referenced blocks, the quarantine of freed blocks waiting for readers to drain, and the file
 /// system beneath: the metadata's reserve (<see cref="SpaceReserve"/>; data never takes the file system's last bytes)
-/// and the holes punched where freed runs were, so deleting makes the host's free space grow.
+/// and the holes punched where freed runs were, so deleting makes the host's free space grow (what overwrites free is
+/// kept warm for the next writes instead, within <see cref="EngineLimits.WarmFreeBlocksMax"/>).
 ///
 /// A freed block goes: volume (pending free) -> committer (after the record that frees it is durable) ->
 /// <see cref="Quarantine"/> -> <see cref="ReleaseQuarantine"/> (once no reader of its epoch remains) -> allocator.
@@ -34,11 +35,15 @@ internal sealed class Space : IDisposable
     private readonly object _growLock = new();
 
     private readonly object _accountingLock = new();
-    private readonly List<(long Epoch, List<long> Blocks)> _quarantine = new();
+    private readonly List<(long Epoch, List<long> Blocks, long WarmBlocks)> _quarantine = new();
     private long _quarantinedBlocks;
 
     // Distinct physical blocks referenced by any version of any volume (mapped, not yet freed).
     private long _referencedBlocks;
+
+    // 1 once a run long enough to punch went to the allocator unpunched (warm); a writer that finds the file system full
+    // punches the free space first, and clears it. See EngineLimits.WarmFreeBlocksMax.
+    private int _mayHoldWarmRuns;
 
     // volumes: the live volumes (their regions are space in all but name). commitForSpace: commits pending operations
     // so their freed blocks can come back; false when the store has failed. failStop: a broken invariant found off the
@@ -122,6 +127,12 @@ internal sealed class Space : IDisposable
             // Data never takes the file system's last bytes: they are the metadata's (see SpaceReserve).
             if (!_reserve.DataMayTake(wantBlocks << EngineLimits.BlockShift))
             {
+                // Free runs kept warm hold file-system space a write into them would not need: give it back, look again.
+                if (PunchWarmRuns())
+                {
+                    attempt--;
+                    continue;
+                }
                 if (attempt >= 3)
                     throw new StorageException(StorageError.NoSpace,
                         $"no space left for volume '{state.Name}': the file system holding the store is full (the last {_reserve.Bytes >> 20} MiB are kept for metadata); delete volumes or snapshots, trim, or grow the file system");
@@ -267,13 +278,17 @@ internal sealed class Space : IDisposable
         }
     }
 
-    /// <summary>Holds blocks freed by a durable commit until readers of <paramref name="epoch"/> and older have left.</summary>
-    public void Quarantine(long epoch, List<long> frees)
+    /// <summary>
+    /// Holds blocks freed by a durable commit until readers of <paramref name="epoch"/> and older have left.
+    /// <paramref name="writtenBlocks"/>: the data the same round wrote to new space; up to that much of the frees may go
+    /// back to the allocator unpunched, for the next writes (see <see cref="EngineLimits.WarmFreeBlocksMax"/>).
+    /// </summary>
+    public void Quarantine(long epoch, List<long> frees, long writtenBlocks)
     {
         if (frees.Count == 0) return;
         lock (_accountingLock)
         {
-            _quarantine.Add((epoch, frees));
+            _quarantine.Add((epoch, frees, writtenBlocks));
             _quarantinedBlocks += frees.Count;
         }
     }
@@ -286,20 +301,26 @@ internal sealed class Space : IDisposable
     /// </summary>
     public void ReleaseQuarantine(long drainedEpoch)
     {
-        List<List<long>> ready;
+        List<(long Epoch, List<long> Blocks, long WarmBlocks)> ready;
         lock (_accountingLock)
         {
             int n = 0;
             while (n < _quarantine.Count && _quarantine[n].Epoch <= drainedEpoch) n++;
             if (n == 0) return;
-            ready = new List<List<long>>(n);
-            for (int i = 0; i < n; i++) ready.Add(_quarantine[i].Blocks);
+            ready = _quarantine.GetRange(0, n);
             _quarantine.RemoveRange(0, n); // still counted in _quarantinedBlocks until ReleaseToAllocator
         }
-        foreach (var blocks in ready)
+        foreach (var (_, blocks, warmBlocks) in ready)
         {
             blocks.Sort();
             if (!HasPunchableRun(blocks)) ReleaseToAllocator(blocks);
+            else if (MayStayWarm(blocks.Count, warmBlocks))
+            {
+                // Space an overwrite freed, that the next writes take again: punching it would only make them allocate
+                // file-system blocks and page-cache pages anew (EngineLimits.WarmFreeBlocksMax).
+                Volatile.Write(ref _mayHoldWarmRuns, 1);
+                ReleaseToAllocator(blocks);
+            }
             else if (!_puncher.TryEnqueue(blocks))
             {
                 // The queue is at its limit: punch here, as a back-pressure on the commits that free so much.
@@ -316,6 +337,52 @@ internal sealed class Space : IDisposable
             _allocator.FreeBlocksBulk(blocks);
             _quarantinedBlocks -= blocks.Count;
         }
+    }
+
+    // Warm when the round that freed the batch wrote at least as much (an overwrite, not a delete or a trim), free space
+    // stays within the warm bound, and the file system keeps room beyond the metadata's reserve and that bound (so warm
+    // space never brings a writer to the full-disk path; if the disk fills anyway, PunchWarmRuns gives it back).
+    private bool MayStayWarm(long blocks, long writtenBlocks)
+    {
+        if (blocks > writtenBlocks || _allocator.FreeBlocks + blocks > EngineLimits.WarmFreeBlocksMax) return false;
+        return FileSystem is not { } fs || fs.AvailableBytes >= _reserve.Bytes + (EngineLimits.WarmFreeBlocksMax << EngineLimits.BlockShift);
+    }
+
+    /// <summary>
+    /// The file system is too full for a new region: gives the allocator's free runs back to it (punches them), in case
+    /// some were kept warm. They leave the allocator for the punch (counted as quarantined, as on the puncher's way), so
+    /// no write can land in them meanwhile. True when anything was punched. Called by writers, with no lock held.
+    /// </summary>
+    private bool PunchWarmRuns()
+    {
+        if (Interlocked.Exchange(ref _mayHoldWarmRuns, 0) == 0) return false;
+        List<(long Start, long Length)> runs;
+        long total = 0;
+        lock (_accountingLock)
+        {
+            runs = _allocator.TakeAll();
+            foreach (var (_, length) in runs) total += length;
+            _quarantinedBlocks += total;
+        }
+        try
+        {
+            foreach (var (start, length) in runs)
+                if (length >= EngineLimits.PunchRunBlocksMin)
+                    _data.PunchHole(start << EngineLimits.BlockShift, length << EngineLimits.BlockShift);
+        }
+        catch (IOException e)
+        {
+            _logger.LogWarning("Cannot return free space to the file system: {Error}", e.Message);
+        }
+        finally
+        {
+            lock (_accountingLock)
+            {
+                foreach (var (start, length) in runs) _allocator.Free(start, length);
+                _quarantinedBlocks -= total;
+            }
+        }
+        return total > 0;
     }
 
     private static bool HasPunchableRun(List<long> sortedBlocks)
