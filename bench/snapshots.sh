@@ -390,8 +390,14 @@ part_clone() {
       # Read the whole export first: this machine's kernel pages out page cache left untouched for about a minute
       # (DAMON), so without it the first target after a pause would read the disk and the others the cache.
       timeout 900 nbdcopy --connections=4 "$u" null: || log "warm-up read of $t failed"
+      # The serving process's CPU over the run (CPU per read is steadier than IOPS on a loaded machine).
+      local spid=${pid[platter]:-}
+      [[ "$t" == platter-* ]] || spid=${pid[$t]:-}
+      local c0 c1 la
+      la=$(cut -d' ' -f1 /proc/loadavg); c0=$(cpu_ticks "$spid")
       fio_nbd "$raw" "$u" randread 4k 32 "$runtime" || log "FAILED: $raw.out"
-      record "{\"part\":\"clone\",\"round\":$r,\"target\":\"$t\",\"depth\":${t##*-d},\"fio_json\":\"$raw.json\"}"
+      c1=$(cpu_ticks "$spid")
+      record "{\"part\":\"clone\",\"round\":$r,\"target\":\"$t\",\"depth\":${t##*-d},\"fio_json\":\"$raw.json\",\"cpu_s\":$(awk -v d=$((c1 - c0)) -v h="$clk_tck" 'BEGIN { printf "%.3f", d / h }'),\"load\":$la}"
     done
   done
   for t in qcow2-d0 qcow2-d1 "qcow2-d$depth"; do stop_pid "$t"; done

@@ -5,7 +5,8 @@ create: snapshot creation time in-process (create-inproc.json from Platter.Bench
         (`platter snapshot create`, with `platter snapshot list` as the CLI's own cost), medians and ranges.
 cow:    4 KiB random write IOPS before and right after a snapshot, whole run and first 2 s, per target; the
         ratios after/before (median of per-round ratios, each round's runs being adjacent) and Platter / qcow2.
-clone:  4 KiB random read IOPS per depth and target; depth 16 / depth 1 and Platter / qcow2 per depth.
+clone:  4 KiB random read IOPS and server CPU per read per depth and target; depth 16 / depth 1 and depth 1 / depth 0
+        as ratios of medians and as medians of per-round ratios (a round's runs are minutes apart), and Platter / qcow2.
 delete: read latency (fio per-I/O log) during a snapshot's deletion and reclaim versus the control run, in the
         window from the command to the end of the reclaim (the same span in the control run), and over the whole run.
 
@@ -204,21 +205,59 @@ def main():
     clone = [r for r in runs if r["part"] == "clone"]
     if clone:
         out.append("## Random reads on clones (4 KiB, depth 32, IOPS)\n")
-        out.append("| target | depth | IOPS | range | p50 µs | p99 µs |")
-        out.append("|---|---|---|---|---|---|")
+        out.append("| target | depth | IOPS | range | p50 µs | p99 µs | server CPU µs per read | load avg |")
+        out.append("|---|---|---|---|---|---|---|---|")
         by = {}
+        per_round = {}
         for r in clone:
             m = load_fio(r["fio_json"], "read")
             if m is None:
                 failures.append(f"clone round {r['round']} {r['target']}: no fio result ({r['fio_json']})")
                 continue
-            by.setdefault((r["target"].rsplit("-d", 1)[0], r["depth"]), []).append(m)
+            side = r["target"].rsplit("-d", 1)[0]
+            m["cpu_us"] = None
+            if r.get("cpu_s") is not None:
+                try:
+                    with open(r["fio_json"]) as f:
+                        reads = json.load(f)["jobs"][0]["read"]["total_ios"]
+                    m["cpu_us"] = r["cpu_s"] * 1e6 / reads if reads else None
+                except (OSError, ValueError, KeyError, IndexError):
+                    pass
+            m["load"] = r.get("load")
+            by.setdefault((side, r["depth"]), []).append(m)
+            per_round.setdefault((side, r["round"]), {})[r["depth"]] = m
         iops = {}
         for (side, depth) in sorted(by, key=lambda k: (k[0] != "platter", k[1])):
             ms = by[(side, depth)]
             iops[(side, depth)] = med([m["iops"] for m in ms])
             out.append(f"| {side} | {depth} | {fmt(iops[(side, depth)])} | {rng([m['iops'] for m in ms])} | "
-                       f"{fmt(med([m['p50'] for m in ms]), 0)} | {fmt(med([m['p99'] for m in ms]), 0)} |")
+                       f"{fmt(med([m['p50'] for m in ms]), 0)} | {fmt(med([m['p99'] for m in ms]), 0)} | "
+                       f"{fmt(med([m['cpu_us'] for m in ms]), 1)} | {rng([m['load'] for m in ms], 1)} |")
+        out.append("")
+        # Per-round ratios: a round's targets ran minutes apart, so their ratio cancels the machine's slow drift.
+        for side in ["platter", "qcow2"]:
+            rounds_ = sorted(rd for (s_, rd) in per_round if s_ == side)
+            if not rounds_:
+                continue
+            depths_ = sorted({d for rd in rounds_ for d in per_round[(side, rd)]})
+            if len(depths_) < 2:
+                continue
+            deep_ = max(depths_)
+            def per(a, b, key):
+                vals = []
+                for rd in rounds_:
+                    row = per_round[(side, rd)]
+                    if a in row and b in row and row[a].get(key) and row[b].get(key):
+                        vals.append(row[a][key] / row[b][key])
+                return vals
+            lines = []
+            for a, b in ((1, 0), (deep_, 1)):
+                v = per(a, b, "iops")
+                c = per(b, a, "cpu_us")  # CPU per read inverted: above 1 means the first is cheaper
+                if v:
+                    lines.append(f"depth {a} / depth {b}: IOPS {med(v):.2f} (per round {', '.join(f'{x:.2f}' for x in v)})"
+                                 + (f", CPU per read inverted {med(c):.2f} (per round {', '.join(f'{x:.2f}' for x in c)})" if c else ""))
+            out.append(f"- {side}, medians of per-round ratios: " + "; ".join(lines))
         out.append("")
         depths = sorted({d for _, d in iops})
         deep = max(depths)

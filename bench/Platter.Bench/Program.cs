@@ -8,12 +8,15 @@ using Platter.Storage;
 //        dotnet run -c Release --project bench/Platter.Bench -- --punch [...]       (flush latency around a large delete, see PunchBench.cs)
 //        dotnet run -c Release --project bench/Platter.Bench -- --maps build|open [...] (map RAM and open time, see MapBench.cs)
 //        dotnet run -c Release --project bench/Platter.Bench -- --vhost-user [...]  (a vhost-user-blk front-end, see VhostUserBench.cs)
+//        dotnet run -c Release --project bench/Platter.Bench -- --clones [...]      (4 KiB reads on clones against their origin, see CloneReadBench.cs)
 if (args.Length > 0 && args[0] == "--snapshots")
     return SnapshotBench.Run(args);
 if (args.Length > 0 && args[0] == "--maps")
     return MapBench.Run(args);
 if (args.Length > 0 && args[0] == "--vhost-user")
     return VhostUserBench.Run(args);
+if (args.Length > 0 && args[0] == "--clones")
+    return CloneReadBench.Run(args);
 if (args.Length > 0 && args[0] == "--punch")
     return PunchBench.Run(args);
 if (args.Length > 0 && args[0] == "--kv")

@@ -33,6 +33,7 @@ public sealed partial class VolumeStore : IDisposable
     private readonly EngineParts _parts;
     private readonly VolumeCatalog _catalog;
     private readonly Scrubber _scrubber;
+    private readonly Relocator _relocator;
     private volatile bool _disposed;
 
     private VolumeStore(string directory, StoreOptions options, FileStream lockFile, MetadataStore metadata, IDataDevice dataFile, IDataDevice dataArea, Journal journal)
@@ -75,6 +76,17 @@ public sealed partial class VolumeStore : IDisposable
         _scrubber = CreateScrubber(directory, options.Salvage, logger);
         committer.BlocksFreed = _scrubber.NoteFreed;
         _scrubber.Load();
+        _relocator = new Relocator(_parts, () => catalog.AllVolumes(), options.Salvage ? 0 : options.RelocateRateBytesPerSecond, logger);
+        _relocator.Start();
+    }
+
+    /// <summary>Test hook: one relocation pass over every volume, unpaced (the store's own thread is off when the budget is 0).</summary>
+    internal (long Moved, bool Complete) RelocateForTests() => _relocator.RunPass();
+
+    /// <summary>Test hook: called by the relocator after a chunk's copy is written, before it is remapped.</summary>
+    internal Action<string, long>? BeforeRelocationRemapForTests
+    {
+        set => _relocator.BeforeRemapForTests = value is null ? null : (state, block) => value(state.Name, block);
     }
 
     /// <summary>
@@ -443,6 +455,7 @@ public sealed partial class VolumeStore : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
+        _relocator.Dispose();
         _scrubber.Dispose();
         _parts.Close();
         _catalog.WaitForReclaims();
@@ -477,4 +490,6 @@ public sealed class StorageCounters
     public long ScrubBlocksChecked;
     /// <summary>Bad blocks the online scrub found (confirmed: still referenced and still wrong on a second read).</summary>
     public long ScrubBadBlocks;
+    /// <summary>Blocks the relocator moved to put scattered data back together (decision 0011).</summary>
+    public long RelocatedBlocks;
 }

@@ -89,6 +89,36 @@ internal sealed class Allocator
         }
     }
 
+    /// <summary>
+    /// Like <see cref="TryAllocate"/>, but takes no extent shorter than <paramref name="minBlocks"/> (the one at
+    /// <paramref name="hint"/> included): the relocator wants contiguous space or none, since moving scattered data into
+    /// scattered holes would gain nothing. Returns false when no such extent is free.
+    /// </summary>
+    public bool TryAllocateAtLeast(long hint, long wantBlocks, long minBlocks, out long start, out long length)
+    {
+        lock (_lock)
+        {
+            start = length = 0;
+            if (_byLength.Count == 0 || _byLength.Max.Length < minBlocks) return false;
+            var atHint = hint >= 0 ? Ceiling(hint) : default;
+            (long Start, long Length) chosen;
+            if (atHint.Length >= minBlocks && atHint.Start == hint) chosen = atHint;
+            else
+            {
+                var best = _byLength.GetViewBetween((wantBlocks, long.MinValue), (long.MaxValue, long.MaxValue)).Min;
+                if (best.Length < wantBlocks) best = _byLength.Max;
+                chosen = (best.Start, best.Length);
+            }
+            Invariant.Check(chosen.Start >= 0 && chosen.Start + chosen.Length <= TotalBlocks,
+                $"free extent [{chosen.Start}, {chosen.Start + chosen.Length}) outside the device ({TotalBlocks} blocks)");
+            RemoveLocked(chosen.Start, chosen.Length);
+            start = chosen.Start;
+            length = Math.Min(wantBlocks, chosen.Length);
+            if (length < chosen.Length) InsertLocked(start + length, chosen.Length - length);
+            return true;
+        }
+    }
+
     /// <summary>Whether an extent of at least <paramref name="blocks"/> is free.</summary>
     public bool HasExtentOf(long blocks)
     {

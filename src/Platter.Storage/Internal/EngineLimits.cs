@@ -132,6 +132,33 @@ internal static class EngineLimits
     /// <summary>LMDB address space reservation: the largest the metadata file may grow to (1 TiB of virtual space, not disk).</summary>
     public const long MetadataMapBytes = 1L << 40;
 
+    // ---- Relocation (Internal/Relocator.cs; decision 0011) ----
+
+    /// <summary>
+    /// The unit the relocator looks at and moves: 1 MiB of a volume (one longest extent record, and the request size of
+    /// the sequential reads it exists for).
+    /// </summary>
+    public const int RelocateChunkBlocks = ExtentBlocksMax;
+
+    /// <summary>
+    /// A chunk whose blocks lie in more physical runs than this is moved. At 8 runs a cold 1 MiB read costs at most
+    /// 8 device reads of 128 KiB on average, close enough to one; a chunk of random 4 KiB overwrites has up to 256.
+    /// </summary>
+    public const int RelocateRunsMax = 8;
+
+    /// <summary>
+    /// Relocation budget when the relocator is turned on (it is off by default, decision 0011): 64 MB/s (10^6 bytes) of data moved (read once, written once) while clients write
+    /// little, the scrub's default; an eighth of it while they write more than <see cref="RelocateBusyWritesPerSecond"/>,
+    /// so a volume under constant random writes is still tidied, slowly, without taking their I/O.
+    /// </summary>
+    public const long RelocateRateBytesPerSecondDefault = 64_000_000;
+
+    /// <summary>Client write requests per second above which the store counts as busy (the relocator slows to an eighth).</summary>
+    public const long RelocateBusyWritesPerSecond = 1000;
+
+    /// <summary>How long the relocator sleeps after a pass over every volume found nothing to move and nothing was written since.</summary>
+    public static readonly TimeSpan RelocateIdlePoll = TimeSpan.FromSeconds(1);
+
     // ---- Scrub (Internal/Scrubber.cs) ----
 
     /// <summary>

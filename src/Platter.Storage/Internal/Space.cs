@@ -190,7 +190,9 @@ internal sealed class Space : IDisposable
     /// <summary>Returns every other volume's unused region to the allocator; true when anything came back.</summary>
     private bool ReclaimRegions(VolumeState except)
     {
-        bool any = false;
+        var (rs, rl) = RelocationRegion.TakeUnused();
+        if (rl > 0) _allocator.Free(rs, rl);
+        bool any = rl > 0;
         foreach (var v in _volumes())
         {
             if (v == except) continue;
@@ -213,9 +215,35 @@ internal sealed class Space : IDisposable
 
     private long ReservedRegionBlocks()
     {
-        long reserved = 0;
+        long reserved = RelocationRegion.Unused;
         foreach (var v in _volumes()) reserved += v.Region.Unused;
         return reserved;
+    }
+
+    /// <summary>The relocator's own region: the contiguous space it moves scattered data into (see <see cref="Relocator"/>).</summary>
+    public Region RelocationRegion { get; } = new();
+
+    /// <summary>
+    /// Takes up to <paramref name="want"/> contiguous blocks for the relocator, from its region, refilled only from a
+    /// free extent of at least <paramref name="minBlocks"/> or by growing the data file while it holds at most twice the
+    /// referenced blocks (relocation trades some space for contiguity, never without bound). Returns -1 when neither
+    /// holds: the relocator then waits. Never waits for a commit and never takes the metadata's reserve.
+    /// </summary>
+    public long AllocateForRelocation(int want, int minBlocks, out int got)
+    {
+        var region = RelocationRegion;
+        if (region.TryTake(want, out long pba, out got)) return pba;
+        long wantBlocks = Math.Max(want, EngineLimits.RegionBlocks);
+        if (!_reserve.DataMayTake(wantBlocks << EngineLimits.BlockShift)) return -1;
+        if (!_allocator.TryAllocateAtLeast(region.End, wantBlocks, minBlocks, out long start, out long length))
+        {
+            if (_allocator.TotalBlocks + wantBlocks > 2 * ReferencedBlocks + EngineLimits.RegionBlocks) return -1;
+            if (!TryGrow(wantBlocks)) return -1;
+            if (!_allocator.TryAllocateAtLeast(region.End, wantBlocks, minBlocks, out start, out length)) return -1;
+        }
+        pba = region.Install(start, length, want, out got, out var spare);
+        if (spare.Length > 0) _allocator.Free(spare.Start, spare.Length);
+        return pba;
     }
 
     private bool TryGrow(long minBlocks)
@@ -404,7 +432,7 @@ internal sealed class Space : IDisposable
         var volumes = _volumes(); // the catalog's lock comes before this one: take it first
         lock (_accountingLock)
         {
-            long reserved = 0;
+            long reserved = RelocationRegion.Unused;
             foreach (var v in volumes) reserved += v.Region.Unused;
             return (_allocator.Snapshot(), _quarantinedBlocks, reserved);
         }

@@ -359,6 +359,9 @@ internal sealed class FaultyStore
         // The smallest reserve file: sized from the file system it would be 256 MiB, and on tmpfs (the power-cut test's
         // /dev/shm) allocating that zeroes 256 MiB of RAM per store: two stores per iteration, 2,000 iterations.
         MetadataReserveBytes = 1 << 20,
+        // The relocation thread would add device calls of its own at moments no seed decides: the device must see the
+        // same calls in the same order for a seed (power cuts, counted faults). Tests of relocation run passes themselves.
+        RelocateRateBytesPerSecond = 0,
     };
 
     public VolumeStore Open(string dir, long dataGrowthBytes = 1 << 20, long dataBytesMax = long.MaxValue, TimeSpan? commitIntervalMax = null)

@@ -1,0 +1,313 @@
+using System.Diagnostics;
+using Microsoft.Extensions.Logging;
+
+namespace Platter.Storage.Internal;
+
+/// <summary>
+/// Moves scattered data back together (decision 0011). Copy-on-write sends every overwrite to new space, so a volume
+/// that took random 4 KiB writes ends up with each MiB spread over hundreds of places in the data file, and a cold
+/// sequential read of it becomes hundreds of small device reads. This thread walks the live volumes one MiB chunk
+/// at a time (<see cref="EngineLimits.RelocateChunkBlocks"/>); a chunk whose blocks lie in more than
+/// <see cref="EngineLimits.RelocateRunsMax"/> physical runs is read (checksums verified), written contiguously into
+/// the relocator's own region and remapped — a write of the same bytes, journaled like any write, so a crash before
+/// its commit leaves the old blocks mapped and nothing lost. Only blocks the volume alone holds move: a block its
+/// parent snapshot (or clone origin) maps too stays where it is, since moving it would keep two copies. The old
+/// blocks are freed through the pending frees like an overwrite's, so they return only after the commit is durable
+/// and older readers have left. Once a volume's scattered blocks have moved, the space they leave is free and merges
+/// with its neighbours, so random writes find long free extents again.
+///
+/// A remap happens only where the map still holds what was read: a client write, trim, snapshot, rollback or delete
+/// in between wins, and the copy is dropped. The whole chunk is handled inside one reader epoch, so no block read can
+/// be freed and handed out again before the remap compares it.
+///
+/// Budget: <see cref="EngineLimits.RelocateRateBytesPerSecondDefault"/> bytes moved per second, an eighth of it while
+/// clients write more than <see cref="EngineLimits.RelocateBusyWritesPerSecond"/> requests per second. Space: only
+/// free extents of at least a chunk, or growth of the data file while it holds at most twice the referenced blocks
+/// (<see cref="Space.AllocateForRelocation"/>); without either it waits. Idle: after a pass that moved nothing, it
+/// sleeps until the next client write or commit (at most one pass a second; a pass that moves nothing costs a lookup of
+/// every chunk's map entries, about a millisecond per GiB mapped). Locks: a volume's lock, for one chunk's lookup (256 entries) and one chunk's
+/// remap; no lock across I/O.
+/// </summary>
+internal sealed class Relocator : IDisposable
+{
+    private const int ChunkBlocks = EngineLimits.RelocateChunkBlocks;
+
+    private readonly EngineParts _parts;
+    private readonly Func<List<VolumeState>> _volumes;
+    private readonly long _rate;
+    private readonly ILogger _logger;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly byte[] _buffer = new byte[ChunkBlocks << EngineLimits.BlockShift]; // one chunk: only one thread moves
+    private Thread? _worker;
+
+    // Pacing (relocator thread only).
+    private long _budgetStart, _budgetBytes;
+    private long _busySampleAt, _busySampleWrites;
+    private bool _busy;
+
+    /// <summary>Test hook: called after a chunk's copy is written and before it is remapped.</summary>
+    internal Action<VolumeState, long>? BeforeRemapForTests;
+
+    public Relocator(EngineParts parts, Func<List<VolumeState>> volumes, long rateBytesPerSecond, ILogger logger)
+    {
+        _parts = parts;
+        _volumes = volumes;
+        _rate = rateBytesPerSecond;
+        _logger = logger;
+    }
+
+    /// <summary>Starts the thread, unless the budget is 0 (off: tests drive <see cref="RunPass"/> themselves).</summary>
+    public void Start()
+    {
+        if (_rate <= 0) return;
+        _worker = new Thread(Run) { IsBackground = true, Name = "platter-relocate" };
+        _worker.Start();
+    }
+
+    private void Run()
+    {
+        // What may have made chunks scattered or movable since the last pass that found nothing to move: client
+        // writes, and commits (a snapshot deleted frees the blocks it shared, which makes them movable).
+        (long Writes, long Commits) tidyAt = (-1, -1);
+        _budgetStart = _busySampleAt = Stopwatch.GetTimestamp();
+        while (!_stop.IsCancellationRequested)
+        {
+            var now = (Interlocked.Read(ref _parts.Counters.WriteOps), Interlocked.Read(ref _parts.Counters.Commits));
+            if (now == tidyAt)
+            {
+                _stop.Token.WaitHandle.WaitOne(EngineLimits.RelocateIdlePoll);
+                continue;
+            }
+            try
+            {
+                var (moved, complete) = RunPass(Pace);
+                // Nothing moved: sleep until something changes (a pass that moved blocks commits, so the next pass
+                // confirms the store is tidy). A pass cut short for want of space (or stopped) is retried after the poll.
+                if (complete && moved == 0) tidyAt = now;
+                _stop.Token.WaitHandle.WaitOne(EngineLimits.RelocateIdlePoll);
+            }
+            catch (StorageException e)
+            {
+                // The store failed or closed, or the device refused: nothing to fix here; try again later.
+                if (e.Error is StorageError.Closed or StorageError.StoreFailed) return;
+                _logger.LogWarning("Relocation paused: {Error}", e.Message);
+                _stop.Token.WaitHandle.WaitOne(EngineLimits.RelocateIdlePoll * 5);
+            }
+            catch (Exception e)
+            {
+                // Memory may disagree with the journal: fail the store as a writer's unexpected error would.
+                _parts.Committer.FailStop(e, "relocating scattered blocks");
+                return;
+            }
+        }
+    }
+
+    // Sleeps as long as the budget says after moving `bytes`; false when stopping.
+    private bool Pace(long bytes)
+    {
+        long now = Stopwatch.GetTimestamp();
+        double sinceSample = Stopwatch.GetElapsedTime(_busySampleAt, now).TotalSeconds;
+        if (sinceSample >= 1)
+        {
+            long writes = Interlocked.Read(ref _parts.Counters.WriteOps);
+            bool busy = (writes - _busySampleWrites) / sinceSample > EngineLimits.RelocateBusyWritesPerSecond;
+            if (busy != _busy)
+            {
+                _busy = busy;
+                _budgetStart = now;
+                _budgetBytes = 0;
+            }
+            _busySampleAt = now;
+            _busySampleWrites = writes;
+        }
+        _budgetBytes += bytes;
+        double rate = _busy ? _rate / 8.0 : _rate;
+        double due = _budgetBytes / rate, elapsed = Stopwatch.GetElapsedTime(_budgetStart, now).TotalSeconds;
+        if (due > elapsed && _stop.Token.WaitHandle.WaitOne(TimeSpan.FromSeconds(Math.Min(due - elapsed, 1)))) return false;
+        if (elapsed > 2)
+        {
+            // Keep the window short: idle time long ago must not buy a burst now.
+            _budgetStart = Stopwatch.GetTimestamp();
+            _budgetBytes = 0;
+        }
+        return !_stop.IsCancellationRequested;
+    }
+
+    /// <summary>
+    /// One pass over every live volume: moves each scattered chunk. <paramref name="pace"/> gets the bytes moved after
+    /// each chunk and returns false to stop. Returns the blocks moved and whether the pass went over everything (false
+    /// when it stopped, or ran out of contiguous space).
+    /// </summary>
+    internal (long Moved, bool Complete) RunPass(Func<long, bool>? pace = null)
+    {
+        long moved = 0;
+        foreach (var state in _volumes())
+        {
+            for (long chunk = 0; ; chunk += ChunkBlocks)
+            {
+                if (state.Deleted || chunk >= state.SizeBlocks) break;
+                _parts.Committer.ThrowIfFailed();
+                int n = RelocateChunk(state, chunk);
+                if (n < 0) return (moved, false);
+                moved += n;
+                if (n > 0)
+                {
+                    Interlocked.Add(ref _parts.Counters.RelocatedBlocks, n);
+                    if (pace is not null && !pace((long)n << EngineLimits.BlockShift)) return (moved, false);
+                }
+                else if (_stop.IsCancellationRequested) return (moved, false);
+            }
+        }
+        return (moved, true);
+    }
+
+    /// <summary>Moves the chunk at <paramref name="firstBlock"/> when it is scattered. Returns blocks moved, or -1 when there was no contiguous space.</summary>
+    private int RelocateChunk(VolumeState state, long firstBlock)
+    {
+        Span<BlockEntry> entries = stackalloc BlockEntry[ChunkBlocks];
+        Span<long> logical = stackalloc long[ChunkBlocks];
+        Span<BlockEntry> old = stackalloc BlockEntry[ChunkBlocks];
+        Span<long> fresh = stackalloc long[ChunkBlocks];
+        int count = 0;
+        long epoch = _parts.Epochs.Enter();
+        int opBytes = 0, movedBlocks = 0;
+        List<long>? dropped = null;
+        try
+        {
+            lock (state.Lock)
+            {
+                if (state.Deleted) return 0;
+                int n = (int)Math.Min(ChunkBlocks, state.SizeBlocks - firstBlock);
+                if (n <= 0) return 0;
+                state.Map.Get(firstBlock, entries[..n]);
+                var parent = state.Parent;
+                for (int i = 0; i < n; i++)
+                {
+                    if (!entries[i].IsMapped) continue;
+                    if (parent is not null && parent.Map.Get(firstBlock + i).PbaPlusOne == entries[i].PbaPlusOne) continue;
+                    logical[count] = firstBlock + i;
+                    old[count] = entries[i];
+                    count++;
+                }
+            }
+            int runs = 0;
+            for (int k = 0; k < count; k++)
+                if (k == 0 || old[k].Pba != old[k - 1].Pba + 1) runs++;
+            if (runs <= EngineLimits.RelocateRunsMax) return 0;
+
+            // Read what moves, packed in logical order, one device read per physically contiguous run; verify it.
+            for (int k = 0; k < count; )
+            {
+                int j = k + 1;
+                while (j < count && old[j].Pba == old[j - 1].Pba + 1) j++;
+                var run = _buffer.AsSpan(k << EngineLimits.BlockShift, (j - k) << EngineLimits.BlockShift);
+                try
+                {
+                    _parts.Data.Read(old[k].Pba << EngineLimits.BlockShift, run);
+                }
+                catch (IOException e)
+                {
+                    throw _parts.DeviceError(e, $"relocation read of '{state.Name}' at offset {logical[k] << EngineLimits.BlockShift}");
+                }
+                int bad = BlockVerify.FirstMismatch(run, old[k..j]);
+                if (bad >= 0)
+                {
+                    // Not ours to report twice or to repair: reads and the scrub name it. Leave the chunk as it is.
+                    _logger.LogWarning("Relocation skipped '{Volume}' at offset {Offset}: checksum mismatch at physical block {Pba}",
+                        state.Name, logical[k + bad] << EngineLimits.BlockShift, old[k + bad].Pba);
+                    return 0;
+                }
+                k = j;
+            }
+
+            // Contiguous new space for all of it, or none: partial space would scatter it again.
+            int placed = 0;
+            while (placed < count)
+            {
+                long pba = _parts.Space.AllocateForRelocation(count - placed, ChunkBlocks, out int got);
+                if (pba < 0)
+                {
+                    for (int k = 0; k < placed; k++) _parts.Space.FreeUnmapped(fresh[k], 1);
+                    return -1;
+                }
+                for (int i = 0; i < got; i++) fresh[placed + i] = pba + i;
+                placed += got;
+            }
+            try
+            {
+                for (int k = 0; k < count; )
+                {
+                    int j = k + 1;
+                    while (j < count && fresh[j] == fresh[j - 1] + 1) j++;
+                    _parts.Data.Write(fresh[k] << EngineLimits.BlockShift, _buffer.AsSpan(k << EngineLimits.BlockShift, (j - k) << EngineLimits.BlockShift));
+                    k = j;
+                }
+            }
+            catch (IOException e)
+            {
+                for (int k = 0; k < count; k++) _parts.Space.FreeUnmapped(fresh[k], 1);
+                throw _parts.DeviceError(e, $"relocation write of '{state.Name}'");
+            }
+
+            BeforeRemapForTests?.Invoke(state, firstBlock);
+
+            Span<uint> crcs = stackalloc uint[ChunkBlocks];
+            lock (state.Lock)
+            {
+                bool alive = !state.Deleted;
+                long size = state.SizeBlocks;
+                var parent = state.Parent;
+                for (int k = 0; k < count; )
+                {
+                    // Still what was read, and still the volume's alone? Otherwise a write, trim, snapshot or delete came
+                    // in between and wins: the copy is dropped.
+                    if (!alive || logical[k] >= size || state.Map.Get(logical[k]).PbaPlusOne != old[k].PbaPlusOne
+                        || (parent is not null && parent.Map.Get(logical[k]).PbaPlusOne == old[k].PbaPlusOne))
+                    {
+                        (dropped ??= new()).Add(fresh[k]);
+                        k++;
+                        continue;
+                    }
+                    // One extent record per run consecutive in both the volume and the new space.
+                    int j = k + 1;
+                    while (j < count && logical[j] == logical[j - 1] + 1 && fresh[j] == fresh[j - 1] + 1
+                           && logical[j] < size && state.Map.Get(logical[j]).PbaPlusOne == old[j].PbaPlusOne
+                           && (parent is null || parent.Map.Get(logical[j]).PbaPlusOne != old[j].PbaPlusOne))
+                        j++;
+                    for (int i = k; i < j; i++)
+                    {
+                        var replaced = state.Map.Set(logical[i], BlockEntry.Mapped(fresh[i], old[i].Crc));
+                        Invariant.Check(replaced.PbaPlusOne == old[i].PbaPlusOne, $"relocation of '{state.Name}' block {logical[i]} replaced an entry it did not compare");
+                        crcs[i - k] = old[i].Crc;
+                        state.PendingFrees.Add(old[i].Pba);
+                    }
+                    _parts.Space.NoteMapped(j - k);
+                    _parts.Space.NoteUnreferenced(j - k);
+                    int before = state.PendingOps.Length;
+                    state.PendingOps.AppendMapExtent(state.LayerId, logical[k], crcs[..(j - k)], fresh[k]);
+                    int bytes = state.PendingOps.Length - before;
+                    Invariant.Check(bytes == OpLog.MapExtentBytes(j - k), "the pending log did not take the extent just relocated");
+                    opBytes += bytes;
+                    movedBlocks += j - k;
+                    k = j;
+                }
+            }
+        }
+        finally
+        {
+            _parts.Epochs.Exit(epoch);
+        }
+        if (dropped is not null)
+            foreach (var pba in dropped) _parts.Space.FreeUnmapped(pba, 1);
+        if (opBytes > 0) _parts.Committer.NotePendingBytes(opBytes, (long)movedBlocks << EngineLimits.BlockShift);
+        return movedBlocks;
+    }
+
+    /// <summary>Stops the thread (waits for the chunk in hand). Safe to call twice.</summary>
+    public void Dispose()
+    {
+        if (_stop.IsCancellationRequested) return;
+        _stop.Cancel();
+        _worker?.Join();
+    }
+}
