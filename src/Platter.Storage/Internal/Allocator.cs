@@ -58,36 +58,8 @@ internal sealed class Allocator
     /// <paramref name="hint"/> (right after the caller's previous region), then the smallest extent that fits,
     /// then the largest there is. Returns false when nothing is free.
     /// </summary>
-    public bool TryAllocate(long hint, long wantBlocks, out long start, out long length)
-    {
-        lock (_lock)
-        {
-            if (_byStart.Count == 0)
-            {
-                start = length = 0;
-                return false;
-            }
-            (long Start, long Length) chosen;
-            var atHint = hint >= 0 ? Ceiling(hint) : default;
-            if (atHint.Length > 0 && atHint.Start == hint)
-            {
-                chosen = atHint;
-            }
-            else
-            {
-                var best = _byLength.GetViewBetween((wantBlocks, long.MinValue), (long.MaxValue, long.MaxValue)).Min;
-                if (best.Length < wantBlocks) best = _byLength.Max;
-                chosen = (best.Start, best.Length);
-            }
-            Invariant.Check(chosen.Start >= 0 && chosen.Start + chosen.Length <= TotalBlocks,
-                $"free extent [{chosen.Start}, {chosen.Start + chosen.Length}) outside the device ({TotalBlocks} blocks)");
-            RemoveLocked(chosen.Start, chosen.Length);
-            start = chosen.Start;
-            length = Math.Min(wantBlocks, chosen.Length);
-            if (length < chosen.Length) InsertLocked(start + length, chosen.Length - length);
-            return true;
-        }
-    }
+    public bool TryAllocate(long hint, long wantBlocks, out long start, out long length) =>
+        TryAllocateAtLeast(hint, wantBlocks, minBlocks: 1, out start, out length);
 
     /// <summary>
     /// Like <see cref="TryAllocate"/>, but takes no extent shorter than <paramref name="minBlocks"/> (the one at
