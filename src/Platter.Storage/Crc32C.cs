@@ -49,7 +49,7 @@ public static class Crc32C
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static uint Append(uint crc, ReadOnlySpan<byte> data)
+    internal static uint Append(uint crc, ReadOnlySpan<byte> data)
     {
         if (Sse42.X64.IsSupported)
         {

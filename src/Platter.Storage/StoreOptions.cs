@@ -55,6 +55,12 @@ public sealed class StoreOptions
     /// </summary>
     internal long RelocateRateBytesPerSecond { get; init; }
 
+    /// <summary>
+    /// The boot the pending-operation ring belongs to (null: this machine's, from /proc/sys/kernel/random/boot_id).
+    /// Tests set another to play a reboot or a power cut, after which the ring is ignored.
+    /// </summary>
+    internal string? BootIdForTests { get; init; }
+
     /// <summary>Largest the data file may grow to (a quota; ENOSPC past it). Default: unlimited.</summary>
     public long DataBytesMax { get; init; } = long.MaxValue;
 }

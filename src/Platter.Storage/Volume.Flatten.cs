@@ -141,6 +141,7 @@ public sealed partial class Volume
                     i = j;
                 }
                 opBytes = state.PendingOps.Length - before;
+                _parts.Ring.Append(state, state.PendingOps.Span[before..]);
             }
             // Counted like writes: enough pending bytes or data start a commit, and past the hard bound this waits
             // for one (the copy cannot outrun the journal).

@@ -419,6 +419,8 @@ public sealed partial class Volume : IVolumeHandle
                 throw _parts.DeviceError(e, $"write to volume '{state.Name}' at offset {(firstBlock + done) << EngineLimits.BlockShift}");
             }
             int opBytes;
+            // Room in the pending-operation ring before the lock: under it, a record never waits.
+            _parts.Ring.WaitForRoom(OpLog.MapExtentBytes(got));
             lock (state.Lock)
             {
                 if (state.Deleted || firstBlock + done + got > state.SizeBlocks)
@@ -443,6 +445,8 @@ public sealed partial class Volume : IVolumeHandle
                 opBytes = state.PendingOps.Length - before;
                 // Map and pending log in step: every block just mapped is in the record just appended.
                 Invariant.Check(opBytes == OpLog.MapExtentBytes(got), "the pending log did not take the extent just mapped");
+                // Before the write is acknowledged: a crash of the process from here on keeps it (PendingRing).
+                _parts.Ring.Append(state, state.PendingOps.Span[before..]);
             }
             _parts.Committer.NotePendingBytes(opBytes, (long)got << EngineLimits.BlockShift);
             done += got;
@@ -523,6 +527,7 @@ public sealed partial class Volume : IVolumeHandle
         _parts.Committer.ThrowIfFailed();
         if (count <= 0) return;
         int opBytes;
+        _parts.Ring.WaitForRoom(OpLog.UnmapBytes);
         lock (state.Lock)
         {
             if (state.Deleted) throw new StorageException(StorageError.Closed, $"volume '{state.Name}' was deleted");
@@ -538,6 +543,7 @@ public sealed partial class Volume : IVolumeHandle
             int before = state.PendingOps.Length;
             AppendUnmapOps(state, parent, firstBlock, end);
             opBytes = state.PendingOps.Length - before;
+            _parts.Ring.Append(state, state.PendingOps.Span[before..]);
         }
         _parts.Committer.NotePendingBytes(opBytes, 0);
     }
@@ -634,6 +640,8 @@ public sealed partial class Volume : IVolumeHandle
                 long firstDropped = state.SizeBlocks;
                 var parent = state.Parent;
                 state.Map.UnmapRange(firstDropped, long.MaxValue, (block, old) => FreeIfUnshared(state, parent, block, old));
+                // Not copied to the pending-operation ring: the resize itself is a catalog operation, which the ring
+                // does not hold, so after a crash before its commit the volume keeps its old size and its tail.
                 AppendUnmapOps(state, parent, firstDropped, long.MaxValue);
             }
         }

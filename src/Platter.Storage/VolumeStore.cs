@@ -36,7 +36,8 @@ public sealed partial class VolumeStore : IDisposable
     private readonly Relocator _relocator;
     private volatile bool _disposed;
 
-    private VolumeStore(string directory, StoreOptions options, FileStream lockFile, MetadataStore metadata, IDataDevice dataFile, IDataDevice dataArea, Journal journal)
+    private VolumeStore(string directory, StoreOptions options, FileStream lockFile, MetadataStore metadata, IDataDevice dataFile, IDataDevice dataArea, Journal journal,
+        PendingRing ring)
     {
         Directory = directory;
         _lockFile = lockFile;
@@ -61,18 +62,23 @@ public sealed partial class VolumeStore : IDisposable
             (e, what) => EngineParts.DeviceError(e, what, counters, logger), reserve, logger,
             failStop: e => committer!.FailStop(e, "the release of freed blocks"));
         var epochs = new EpochGate();
-        committer = new Committer(options, logger, metadata, journal, dataArea, space, epochs, counters, (batch, frees) => catalog!.Gather(batch, frees));
-        _parts = new EngineParts(dataArea, space, committer, epochs, counters, logger, options.Salvage);
+        committer = new Committer(options, logger, metadata, journal, dataArea, space, epochs, counters, ring,
+            (batch, frees, ringMarks) => catalog!.Gather(batch, frees, ringMarks));
+        ring.CommitAndWait = committer.Commit;
+        ring.Nudge = committer.Nudge;
+        _parts = new EngineParts(dataArea, space, committer, ring, epochs, counters, logger, options.Salvage);
         catalog = new VolumeCatalog(_parts, logger, options.BackgroundReclaimForTests);
         _catalog = catalog;
 
         // Verification at open happens here: damaged metadata throws BadStore (or, salvaging, is set aside).
-        var recovered = Recovery.Run(metadata, journal, dataArea, options.Salvage, logger);
+        // What the last process acknowledged but had not committed when it stopped comes back from the ring.
+        var recovered = Recovery.Run(metadata, journal, dataArea, options.Salvage, logger, options.Salvage ? null : ring.Read());
         Damage = recovered.Damage;
         _catalog.Load(recovered.Volumes, recovered.NextId);
         space.Initialize(dataArea.Length / EngineLimits.BlockBytes, recovered.UsedRuns, recovered.ReferencedBlocks);
         if (!options.Salvage) space.HoldReserve();
         committer.Start(recovered.LastSequence, recovered.Replayed, options.Salvage);
+        ring.Reset(); // what it held is committed now
         _scrubber = CreateScrubber(directory, options.Salvage, logger);
         committer.BlocksFreed = _scrubber.NoteFreed;
         _scrubber.Load();
@@ -110,7 +116,8 @@ public sealed partial class VolumeStore : IDisposable
         {
             if (!options.CreateIfMissing || options.Salvage) throw new StorageException(StorageError.NotFound, $"no Platter store in {directory}");
             if (System.IO.Directory.Exists(directory) && System.IO.Directory.EnumerateFileSystemEntries(directory)
-                    .Any(p => Path.GetFileName(p) is not (LockFileName or "lock.mdb" or MetadataFileName or DataFileName or SpaceReserve.FileName) && !p.EndsWith(".sock", StringComparison.Ordinal)))
+                    .Any(p => Path.GetFileName(p) is not (LockFileName or "lock.mdb" or MetadataFileName or DataFileName or SpaceReserve.FileName or PendingRing.FileName)
+                        && !p.EndsWith(".sock", StringComparison.Ordinal)))
                 throw new StorageException(StorageError.BadStore, $"{directory} is not empty and holds no Platter store; choose an empty directory");
             System.IO.Directory.CreateDirectory(directory);
         }
@@ -128,6 +135,7 @@ public sealed partial class VolumeStore : IDisposable
 
         MetadataStore? metadata = null;
         IDataDevice? file = null;
+        PendingRing? ring = null;
         try
         {
             if (options.JournalRegionBytes < EngineLimits.JournalRegionBytesMin) throw new ArgumentException("journal region too small", nameof(options));
@@ -150,12 +158,17 @@ public sealed partial class VolumeStore : IDisposable
             // Layout of the data file: the journal region, then data blocks (physical block 0 starts after the journal).
             var journal = new Journal(new DeviceWindow(file, 0, journalBytes));
             if (!exists || unformatted) journal.Format();
-            var store = new VolumeStore(directory, options, lockFile, metadata, file, new DeviceWindow(file, journalBytes), journal);
+            var ringLogger = options.LoggerFactory.CreateLogger("Platter.Storage");
+            ring = options.Salvage
+                ? PendingRing.Disabled(ringLogger) // a salvage open writes nothing to the store
+                : PendingRing.Open(directory, EngineLimits.PendingRingBytes(journalBytes), options.BootIdForTests, ringLogger);
+            var store = new VolumeStore(directory, options, lockFile, metadata, file, new DeviceWindow(file, journalBytes), journal, ring);
             OpenedForTests?.Invoke(store);
             return store;
         }
         catch (Exception e)
         {
+            ring?.Dispose();
             file?.Dispose();
             metadata?.Dispose();
             lockFile.Dispose();
@@ -460,6 +473,7 @@ public sealed partial class VolumeStore : IDisposable
         _parts.Close();
         _catalog.WaitForReclaims();
         _parts.Committer.Dispose();
+        _parts.Ring.Dispose();
         _parts.Space.Dispose(); // the last round's frees are punched before the data file closes
         _journal.Dispose();
         _dataFile.Dispose();

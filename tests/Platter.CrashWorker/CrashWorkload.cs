@@ -113,7 +113,10 @@ public static class CrashWorkload
         _ => TimeSpan.FromSeconds(1),
     };
 
-    /// <summary>Progress log lines: "I thread op" before an op starts, "F thread op" after a flush returns.</summary>
+    /// <summary>
+    /// Progress log lines: "I thread op" before an op starts, "A thread op" after a write, trim or write-zeroes
+    /// returns (acknowledged), "F thread op" after a flush returns.
+    /// </summary>
     public const string OpenedLine = "opened";
 
     /// <summary>Logged when a background reclaim starts ("reclaim" mode); a kill after it and before <see cref="ReclaimEndedLine"/> landed inside one.</summary>
@@ -123,4 +126,5 @@ public static class CrashWorkload
     public const string ReclaimEndedLine = "reclaim ended";
     public const string IntentPrefix = "I ";
     public const string FlushedPrefix = "F ";
+    public const string AcknowledgedPrefix = "A ";
 }

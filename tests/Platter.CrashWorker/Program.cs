@@ -86,6 +86,7 @@ var workers = Enumerable.Range(0, threads).Select(t => Task.Run(async () =>
                 volume.WriteZeroes(op.Offset, op.Length);
                 break;
         }
+        Log(CrashWorkload.AcknowledgedPrefix + prefix + index);
     }
 })).ToArray();
 await Task.WhenAll(workers);

@@ -195,32 +195,6 @@ public sealed class DamagedMetadataTests : IDisposable
     public void Dispose() => _dir.Dispose();
 }
 
-/// <summary>Keeps every log line (level and message) for assertions.</summary>
-internal sealed class ListLoggerFactory : ILoggerFactory, ILoggerProvider
-{
-    private readonly List<string> _lines = new();
-
-    public IReadOnlyList<string> Lines
-    {
-        get { lock (_lines) return [.. _lines]; }
-    }
-
-    public ILogger CreateLogger(string categoryName) => new Logger(this);
-    public void AddProvider(ILoggerProvider provider) { }
-    public void Dispose() { }
-
-    private sealed class Logger(ListLoggerFactory owner) : ILogger
-    {
-        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
-        public bool IsEnabled(LogLevel logLevel) => true;
-
-        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
-        {
-            lock (owner._lines) owner._lines.Add($"{logLevel}: {formatter(state, exception)}");
-        }
-    }
-}
-
 /// <summary>The metadata reserve: a checkpoint that finds the disk full drops the reserve file and goes through; the journal fits small file systems.</summary>
 public sealed class MetadataReserveTests : IDisposable
 {

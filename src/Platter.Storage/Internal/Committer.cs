@@ -26,7 +26,9 @@ internal sealed class Committer : IDisposable
     private readonly Space _space;
     private readonly EpochGate _epochs;
     private readonly StorageCounters _counters;
-    private readonly Action<OpLog, List<long>> _gather;
+    private readonly Action<OpLog, List<long>, List<(long VolumeId, long Number)>> _gather;
+    private readonly PendingRing _ring;
+    private readonly List<(long VolumeId, long Number)> _marks = new();
     private readonly Action? _beforeCheckpointCommit;
     private readonly TimeSpan _commitIntervalMax;
 
@@ -63,8 +65,9 @@ internal sealed class Committer : IDisposable
     private volatile bool _stoppingCheckpointer;
 
     public Committer(StoreOptions options, ILogger logger, MetadataStore metadata, Journal journal, IDataDevice data, Space space,
-        EpochGate epochs, StorageCounters counters, Action<OpLog, List<long>> gather)
+        EpochGate epochs, StorageCounters counters, PendingRing ring, Action<OpLog, List<long>, List<(long VolumeId, long Number)>> gather)
     {
+        _ring = ring;
         _logger = logger;
         _metadata = metadata;
         _journal = journal;
@@ -271,23 +274,30 @@ internal sealed class Committer : IDisposable
         batch.Clear();
         var frees = _roundFrees;
         frees.Clear();
-        _gather(batch, frees);
+        _marks.Clear();
+        // Every record the ring holds before this point is in a volume's pending log now, so in this round or an earlier one.
+        long ringHead = _ring.Head;
+        _gather(batch, frees, _marks);
         Interlocked.Exchange(ref _pendingOpBytes, 0);
         long writtenBytes = Interlocked.Exchange(ref _pendingDataBytes, 0);
         if (batch.Length == 0)
         {
+            _ring.Reclaim(ringHead);
             Quarantine(frees, writtenBytes);
             return;
         }
 
         if (!_journal.Fits(batch.Length)) SwitchHalves();
         long sequence = _nextSequence++;
+        // Before the journal record: a mark counts at replay only if its record turns out durable.
+        _ring.AppendMarks(sequence, _marks);
         _journal.Append(sequence, batch.Span);
         // One sync covers the batch's data blocks and its journal record (they share the data file).
         long syncStart = Stopwatch.GetTimestamp();
         _data.Sync();
         Interlocked.Add(ref _counters.SyncMicros, (long)Stopwatch.GetElapsedTime(syncStart).TotalMicroseconds);
         Interlocked.Increment(ref _counters.Commits);
+        _ring.Reclaim(ringHead);
 
         // The batch's bytes wait with the active half until it is checkpointed.
         _activeBatches.Add((sequence, batch.Span.ToArray(), batch.Length));

@@ -34,6 +34,14 @@ internal static class EngineLimits
     /// </summary>
     public static long PendingOpBytesHardMax(long journalRegionBytes) => journalRegionBytes / 8;
 
+    /// <summary>
+    /// Record area of the pending-operation ring (<see cref="PendingRing"/>): half the journal region (64 MiB by
+    /// default). A record costs up to twice its operations (a 40-byte header, 8-byte alignment), and writers wait for a
+    /// commit at three quarters, so the ring holds more than the hard overlay bound (<see cref="PendingOpBytesHardMax"/>,
+    /// an eighth of the region) and writers wait for the ring only when the overlay is that large anyway.
+    /// </summary>
+    public static long PendingRingBytes(long journalRegionBytes) => Math.Max(256L << 10, journalRegionBytes / 2);
+
     /// <summary>Bytes in the active journal half after which the store switches halves and checkpoints the full one.</summary>
     public static long JournalSwitchBytes(long journalRegionBytes) => journalRegionBytes / 4;
 

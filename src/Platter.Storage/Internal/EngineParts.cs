@@ -4,14 +4,16 @@ using Platter.Storage.Devices;
 namespace Platter.Storage.Internal;
 
 /// <summary>
-/// What a volume's data path uses of the store: the data area, space, the committer, the reader epochs, counters and
+/// What a volume's data path uses of the store: the data area, space, the committer, the pending-operation ring, the reader epochs, counters and
 /// the log, and whether the store was opened for salvage. Built once per store; every <see cref="Volume"/> handle
 /// holds it. Holds no state of its own but the closed flag.
 /// </summary>
-internal sealed class EngineParts(IDataDevice data, Space space, Committer committer, EpochGate epochs, StorageCounters counters, ILogger logger,
-    bool salvage)
+internal sealed class EngineParts(IDataDevice data, Space space, Committer committer, PendingRing ring, EpochGate epochs, StorageCounters counters,
+    ILogger logger, bool salvage)
 {
     public readonly IDataDevice Data = data;
+    /// <summary>Where every append to a volume's pending log is copied before the write is acknowledged (survives a process crash).</summary>
+    public readonly PendingRing Ring = ring;
     public readonly Space Space = space;
     public readonly Committer Committer = committer;
     public readonly EpochGate Epochs = epochs;

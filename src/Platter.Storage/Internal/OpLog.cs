@@ -62,13 +62,16 @@ internal sealed class OpLog : IDisposable
             BinaryPrimitives.WriteUInt32LittleEndian(s[(29 + 4 * i)..], crcs[i]);
     }
 
+    /// <summary>Encoded size of an Unmap or a Tombstone.</summary>
+    public const int UnmapBytes = 1 + 8 + 8 + 8;
+
     public void AppendUnmap(long layerId, long block, long count) => AppendRange(OpKind.Unmap, layerId, block, count);
 
     public void AppendTombstone(long layerId, long block, long count) => AppendRange(OpKind.Tombstone, layerId, block, count);
 
     private void AppendRange(OpKind kind, long layerId, long block, long count)
     {
-        var s = Reserve(1 + 8 + 8 + 8);
+        var s = Reserve(UnmapBytes);
         s[0] = (byte)kind;
         BinaryPrimitives.WriteInt64LittleEndian(s[1..], layerId);
         BinaryPrimitives.WriteInt64LittleEndian(s[9..], block);

@@ -24,7 +24,28 @@ internal static class Recovery
         long ReferencedBlocks,
         IReadOnlyList<string> Damage);
 
-    public static Result Run(MetadataStore metadata, Journal journal, IDataDevice data, bool salvage, ILogger logger)
+    /// <summary>
+    /// Rebuilds memory; with <paramref name="ring"/> (not when salvaging) also the acknowledged operations a crash
+    /// left uncommitted (<see cref="RingReplay"/>). Should what the ring added fail verification — it never should —
+    /// open says so and rebuilds again without it, rather than refuse a store whose durable state is intact.
+    /// </summary>
+    public static Result Run(MetadataStore metadata, Journal journal, IDataDevice data, bool salvage, ILogger logger, PendingRing.Contents? ring = null)
+    {
+        if (ring is null || salvage || ring.Records.Count == 0) return RunOnce(metadata, journal, data, salvage, logger, ring);
+        try
+        {
+            return RunOnce(metadata, journal, data, salvage, logger, ring);
+        }
+        catch (StorageException e) when (e.Error == StorageError.BadStore)
+        {
+            var without = RunOnce(metadata, journal, data, salvage, logger, null);
+            logger.LogError(e, "The operations replayed from the pending-operation ring left the metadata inconsistent; they were dropped and the store opened " +
+                "with what was committed (acknowledged but unflushed writes of the last second before the crash are lost)");
+            return without;
+        }
+    }
+
+    private static Result RunOnce(MetadataStore metadata, Journal journal, IDataDevice data, bool salvage, ILogger logger, PendingRing.Contents? ring)
     {
         Catalog catalog;
         var damage = new MetadataDamage();
@@ -73,6 +94,26 @@ internal static class Recovery
         }
         if (replayed.Count > 0)
             logger.LogInformation("Replayed {Batches} journaled batches (sequences {First}..{Last})", replayed.Count, replayed[0].Sequence, last);
+
+        if (ring is not null && !salvage)
+        {
+            if (ring.Ignored is not null && ring.Records.Count == 0)
+                logger.LogInformation("The pending-operation ring was not replayed: {Reason}", ring.Ignored);
+            else if (ring.Ignored is not null)
+                logger.LogWarning("The pending-operation ring was read only in part: {Reason}", ring.Ignored);
+            var fromRing = RingReplay.Apply(catalog, ring, last, data, ref nextId, logger);
+            if (fromRing.Records > 0)
+            {
+                // The data those operations map is in the page cache: durable before the metadata that points at it.
+                data.Sync();
+                var payload = fromRing.Applied.Span.ToArray();
+                replayed.Add((last + 1, payload, payload.Length));
+                last++;
+                logger.LogWarning("Recovered {Records} acknowledged but uncommitted operations of {Volumes} volumes from the pending-operation ring " +
+                    "(the process had stopped without a final commit)", fromRing.Records, fromRing.Volumes);
+            }
+            fromRing.Applied.Dispose();
+        }
 
         double replayMs = clock.Elapsed.TotalMilliseconds - loadMs - verifyMs;
         var used = MetadataVerifier.VerifyVersions(catalog.Volumes.Values, dataBlocks, damage, Versions.ReferencedBlocks);

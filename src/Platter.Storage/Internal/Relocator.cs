@@ -257,6 +257,7 @@ internal sealed class Relocator : IDisposable
                 bool alive = !state.Deleted;
                 long size = state.SizeBlocks;
                 var parent = state.Parent;
+                int ringFrom = state.PendingOps.Length;
                 for (int k = 0; k < count; )
                 {
                     // Still what was read, and still the volume's alone? Otherwise a write, trim, snapshot or delete came
@@ -291,6 +292,7 @@ internal sealed class Relocator : IDisposable
                     movedBlocks += j - k;
                     k = j;
                 }
+                _parts.Ring.Append(state, state.PendingOps.Span[ringFrom..]);
             }
         }
         finally

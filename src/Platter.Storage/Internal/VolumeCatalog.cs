@@ -57,9 +57,10 @@ internal sealed class VolumeCatalog : IDisposable
     /// <summary>
     /// For the committer: moves every pending operation (each volume's, then the catalog's) into
     /// <paramref name="batch"/> and their freed blocks into <paramref name="frees"/>. Catalog operations go last, so a
-    /// volume deleted in this round has all its writes in this round too.
+    /// volume deleted in this round has all its writes in this round too. <paramref name="ringMarks"/> gets, per volume
+    /// gathered, the number of its last record in the pending-operation ring (<see cref="PendingRing"/>).
     /// </summary>
-    public void Gather(OpLog batch, List<long> frees)
+    public void Gather(OpLog batch, List<long> frees, List<(long VolumeId, long Number)> ringMarks)
     {
         OpLog catalogOps;
         List<VolumeState> volumes;
@@ -80,6 +81,8 @@ internal sealed class VolumeCatalog : IDisposable
                 Invariant.Check(v.PendingOps.Length > 0, $"volume '{v.Name}' freed {v.PendingFrees.Count} blocks without a journaled change");
                 batch.Append(v.PendingOps.Span);
                 v.PendingOps.Clear();
+                ringMarks.Add((v.Id, v.RingNumber));
+                v.RingBroken = false; // everything it did not copy is in this batch
                 frees.AddRange(v.PendingFrees);
                 v.PendingFrees.Clear();
             }
@@ -231,7 +234,9 @@ internal sealed class VolumeCatalog : IDisposable
             if (state.Snapshots.Any(s => s.Name == snapshot))
                 throw new StorageException(StorageError.AlreadyExists, $"snapshot '{volume}@{snapshot}' already exists");
             snap = Catalog.TakeSnapshot(state, id, snapshot, DateTimeOffset.UtcNow, layer);
+            int ringFrom = state.PendingOps.Length;
             state.PendingOps.AppendCreateSnapshot(state.Id, id, layer, snap.Created, snapshot);
+            _parts.Ring.Append(state, state.PendingOps.Span[ringFrom..]); // writes after it name its new layer
         }
         Committer.Commit();
         return ToInfo(snap);
@@ -252,7 +257,9 @@ internal sealed class VolumeCatalog : IDisposable
             // are judged by the write path against the snapshot's parent, which it now inherits from.
             childMap = child is VolumeState v ? v.Map.Snapshot() : child.Map;
             Catalog.RemoveSnapshot(snap);
+            int ringFrom = state.PendingOps.Length;
             state.PendingOps.AppendDeleteSnapshot(state.Id, snap.Id);
+            _parts.Ring.Append(state, state.PendingOps.Span[ringFrom..]); // writes after it name its new layer
         }
         Committer.Commit();
         StartReclaim($"snapshot '{snap.DisplayName}'", snap.Map.MappedBlocks + childMap.MappedBlocks, free => MapTree.Diff(snap.Map, childMap, 0, long.MaxValue, (block, older, _) =>
@@ -301,7 +308,9 @@ internal sealed class VolumeCatalog : IDisposable
         {
             oldMap = state.Map.Snapshot();
             dropped = Catalog.RollBack(state, snap, layer);
+            int ringFrom = state.PendingOps.Length;
             state.PendingOps.AppendRollback(state.Id, snap.Id, layer);
+            _parts.Ring.Append(state, state.PendingOps.Span[ringFrom..]); // writes after it name its new layer
         }
         Committer.Commit();
         // What the dropped versions added on top of the snapshot was theirs alone.
@@ -370,7 +379,9 @@ internal sealed class VolumeCatalog : IDisposable
                         long shared = CountShared(state, origin);
                         Invariant.Check(shared == 0, $"volume '{state.Name}' still shares {shared} blocks with '{origin.DisplayName}' after its flatten copy");
                         Catalog.Flatten(state);
+                        int ringFrom = state.PendingOps.Length;
                         state.PendingOps.AppendFlatten(state.Id);
+                        _parts.Ring.Append(state, state.PendingOps.Span[ringFrom..]); // writes after it name its new layer
                     }
                 }
                 Committer.Commit();

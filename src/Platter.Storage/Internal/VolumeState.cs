@@ -59,6 +59,12 @@ internal sealed class VolumeState(long id, string name, long sizeBytes, DateTime
     public readonly OpLog PendingOps = new(1024);
     public readonly List<long> PendingFrees = new();
 
+    /// <summary>Appends to <see cref="PendingOps"/> copied to the pending-operation ring so far in this process (<see cref="PendingRing"/>).</summary>
+    public long RingNumber;
+
+    /// <summary>An append did not fit the ring: nothing more is copied until the pending operations are gathered.</summary>
+    public bool RingBroken;
+
     /// <summary>Space reserved for this volume's next writes, kept contiguous (used by <see cref="Space"/> only).</summary>
     public readonly Region Region = new();
 

@@ -341,8 +341,16 @@ internal sealed class FaultyStore
 
     public int CheckpointsFailed => Volatile.Read(ref _checkpointsFailed);
 
-    public StoreOptions Options(long dataGrowthBytes = 1 << 20, long dataBytesMax = long.MaxValue, TimeSpan? commitIntervalMax = null) => new()
+    /// <summary>
+    /// Options of a test store. <paramref name="bootId"/>: the boot the store believes it runs in (null: this
+    /// machine's); another one plays a reboot for the pending-operation ring. <paramref name="loggerFactory"/>: where
+    /// the store logs (null: nowhere).
+    /// </summary>
+    public StoreOptions Options(long dataGrowthBytes = 1 << 20, long dataBytesMax = long.MaxValue, TimeSpan? commitIntervalMax = null,
+        string? bootId = null, Microsoft.Extensions.Logging.ILoggerFactory? loggerFactory = null) => new()
     {
+        BootIdForTests = bootId,
+        LoggerFactory = loggerFactory ?? Microsoft.Extensions.Logging.Abstractions.NullLoggerFactory.Instance,
         DataDeviceFactory = path => Data = new FaultyDevice(new FileDataDevice(path)),
         JournalRegionBytes = JournalBytes,
         BeforeCheckpointCommit = () =>
@@ -364,10 +372,11 @@ internal sealed class FaultyStore
         RelocateRateBytesPerSecond = 0,
     };
 
-    public VolumeStore Open(string dir, long dataGrowthBytes = 1 << 20, long dataBytesMax = long.MaxValue, TimeSpan? commitIntervalMax = null)
+    public VolumeStore Open(string dir, long dataGrowthBytes = 1 << 20, long dataBytesMax = long.MaxValue, TimeSpan? commitIntervalMax = null,
+        string? bootId = null, Microsoft.Extensions.Logging.ILoggerFactory? loggerFactory = null)
     {
         _failCheckpoints = false;
-        return VolumeStore.Open(dir, Options(dataGrowthBytes, dataBytesMax, commitIntervalMax));
+        return VolumeStore.Open(dir, Options(dataGrowthBytes, dataBytesMax, commitIntervalMax, bootId, loggerFactory));
     }
 
     /// <summary>
