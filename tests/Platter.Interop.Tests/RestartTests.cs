@@ -210,6 +210,71 @@ public sealed class RestartTests(ServerFixture fixture, ITestOutputHelper output
         await Clients.QemuIoAsync(export.Uri, [.. reads]);
     }
 
+    [Fact]
+    public async Task Acknowledged_writes_survive_a_sigkill_without_any_flush()
+    {
+        // The kill must land while acknowledged writes are still uncommitted (the committer commits every second): a
+        // client stalled for a second on a loaded machine would let everything commit first and prove nothing. So
+        // the check repeats until a restart has replayed writes from the pending-operation ring (the first, nearly always).
+        for (int attempt = 1; attempt <= 3; attempt++)
+        {
+            int recoveredBefore = CountOf(Server.Log, "Recovered ");
+            await KillWhileWritingAndVerifyAsync($"unflushed-{attempt}");
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+            while (CountOf(Server.Log, "Recovered ") <= recoveredBefore && DateTime.UtcNow < deadline) await Task.Delay(100);
+            if (CountOf(Server.Log, "Recovered ") > recoveredBefore) return;
+            Output.WriteLine($"attempt {attempt}: every acknowledged write had been committed before the kill; again");
+        }
+        Assert.Fail("in three kills during writes the restart never recovered anything from the pending-operation ring:\n" + Server.Log);
+    }
+
+    private async Task KillWhileWritingAndVerifyAsync(string name)
+    {
+        const int Chunk = 64 * 1024, Chunks = 1024;
+        var export = await Fixture.CreateExportAsync(name, (long)Chunk * Chunks);
+
+        // The client never flushes: it writes chunk after chunk and prints each index once its write is acknowledged.
+        using var client = Nbdsh.Start("""
+            import os, nbd
+            h = nbd.NBD()
+            h.connect_uri(os.environ["URI"])
+            for i in range(int(os.environ["CHUNKS"])):
+                h.pwrite(bytes([1 + i % 251]) * int(os.environ["CHUNK"]), i * int(os.environ["CHUNK"]))
+                print(i, flush=True)
+            """, Variables(export, Chunk, Chunks));
+        int acknowledged = -1;
+        try
+        {
+            while (acknowledged < 200)
+            {
+                var line = await client.StandardOutput.ReadLineAsync().WaitAsync(TimeSpan.FromSeconds(60))
+                    ?? throw new XunitException($"the client ended before its 200th write: {await client.StandardError.ReadToEndAsync()}");
+                acknowledged = int.Parse(line, System.Globalization.CultureInfo.InvariantCulture);
+            }
+            await Server.KillAsync();
+            // Lines printed after the kill are writes acknowledged before it.
+            while (await client.StandardOutput.ReadLineAsync().WaitAsync(TimeSpan.FromSeconds(60)) is { } line)
+                acknowledged = int.Parse(line, System.Globalization.CultureInfo.InvariantCulture);
+        }
+        finally
+        {
+            ProcessRunner.KillTree(client);
+        }
+        Output.WriteLine($"{name}: {acknowledged + 1} writes acknowledged before the kill");
+        await Server.StartAsync();
+
+        var reads = new List<string>();
+        for (int i = 0; i <= acknowledged; i++) reads.Add($"read -P 0x{1 + i % 251:x2} {(long)i * Chunk} {Chunk}");
+        await Clients.QemuIoAsync(export.Uri, [.. reads]);
+    }
+
+    private static int CountOf(string text, string fragment)
+    {
+        int n = 0;
+        for (int at = text.IndexOf(fragment, StringComparison.Ordinal); at >= 0; at = text.IndexOf(fragment, at + 1, StringComparison.Ordinal)) n++;
+        return n;
+    }
+
     private static async Task WaitForLineAsync(Process process, string expected)
     {
         var line = await process.StandardOutput.ReadLineAsync().WaitAsync(TimeSpan.FromSeconds(60));
