@@ -78,7 +78,6 @@ public sealed partial class VolumeStore : IDisposable
         space.Initialize(dataArea.Length / EngineLimits.BlockBytes, recovered.UsedRuns, recovered.ReferencedBlocks);
         if (!options.Salvage) space.HoldReserve();
         committer.Start(recovered.LastSequence, recovered.Replayed, options.Salvage);
-        ring.Reset(); // what it held is committed now
         _scrubber = CreateScrubber(directory, options.Salvage, logger);
         committer.BlocksFreed = _scrubber.NoteFreed;
         _scrubber.Load();
@@ -437,6 +436,9 @@ public sealed partial class VolumeStore : IDisposable
 
     /// <summary>The parts, for tests that inject broken state (fail-stop tests).</summary>
     internal EngineParts Parts => _parts;
+
+    /// <summary>Test hook: the process "dies" here as far as the pending-operation ring is concerned (what a SIGKILL leaves).</summary>
+    internal void DetachRingForTests() => _parts.Ring.DetachForTests();
 
     /// <summary>A volume's in-memory state, for tests that inject broken state.</summary>
     internal VolumeState VolumeStateForTests(string name) => _catalog.Find(name);

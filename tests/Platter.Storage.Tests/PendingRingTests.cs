@@ -51,6 +51,32 @@ public sealed class PendingRingTests : IDisposable
     }
 
     [Fact]
+    public void After_the_store_failed_the_ring_is_not_replayed_and_the_store_holds_what_it_committed()
+    {
+        var faults = new FaultyStore();
+        var store = faults.Open(_dir.Path, commitIntervalMax: Hour);
+        store.CreateVolume("v", 64 * B);
+        var v = store.OpenVolume("v");
+        v.Write(0, Blocks.Pattern(1, 0));
+        v.Flush();
+        v.Write(B, Blocks.Pattern(1, 1)); // acknowledged, not flushed
+        // The journal write fails: the store fails (as after a failed fdatasync, when the page cache may hold data the
+        // disk lost), so nothing it had not committed may come back, though the ring holds the write.
+        faults.AimAtJournal();
+        faults.Data!.FailWrites = 1;
+        StorageAssert.ThrowsFlush(() => v.FlushAsync(), StorageError.StoreFailed);
+        try { v.Dispose(); store.Dispose(); } catch (StorageException) { }
+
+        var log = new ListLoggerFactory();
+        using var reopened = faults.Open(_dir.Path, commitIntervalMax: Hour, loggerFactory: log);
+        using var r = reopened.OpenVolume("v");
+        Assert.Equal(Blocks.Pattern(1, 0), r.ReadAll(0, B));
+        Assert.True(Blocks.IsZero(r.ReadAll(B, B)), "an uncommitted write of a failed store came back");
+        Assert.Contains(log.Lines, l => l.Contains("the store had failed"));
+        Assert.True(reopened.Check(verifyChecksums: true).Ok);
+    }
+
+    [Fact]
     public void Writes_after_a_snapshot_come_back_in_the_volume_and_the_snapshot_keeps_what_it_froze()
     {
         var faults = new FaultyStore();

@@ -93,6 +93,7 @@ internal sealed class Committer : IDisposable
         {
             ApplyToMetadata(replayed);
             _journal.Reset();
+            _ring.Reset(); // what it held is committed now; before the committer thread reads its head
         }
         _checkpointer = new Thread(CheckpointerLoop) { Name = "platter-checkpoint", IsBackground = true };
         _checkpointer.Start();
@@ -173,6 +174,7 @@ internal sealed class Committer : IDisposable
     {
         if (Interlocked.CompareExchange(ref _failure, e, null) is null)
             _logger.LogCritical(e, "Unexpected error during {During}; the store now refuses writes until it is reopened", during);
+        _ring.Invalidate();
         lock (_waitersLock) Monitor.PulseAll(_waitersLock); // synchronous committers stop waiting
         Nudge();
         return new StorageException(StorageError.StoreFailed,
@@ -238,6 +240,7 @@ internal sealed class Committer : IDisposable
                 {
                     error = e;
                     Volatile.Write(ref _failure, e);
+                    _ring.Invalidate();
                     _logger.LogCritical(e, "Commit failed; the store now refuses writes until it is reopened");
                 }
             }
@@ -349,6 +352,7 @@ internal sealed class Committer : IDisposable
             catch (Exception e)
             {
                 Volatile.Write(ref _failure, e);
+                _ring.Invalidate();
                 _logger.LogCritical(e, "Checkpoint into the metadata store failed; the store now refuses writes until it is reopened (the journal keeps every commit)");
             }
             finally

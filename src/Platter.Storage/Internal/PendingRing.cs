@@ -49,6 +49,8 @@ internal sealed unsafe class PendingRing : IDisposable
     private const int RecordHeaderBytes = 40;
     private const uint KindOps = 1, KindMarks = 2;
     private const int BootIdBytes = 36;
+    // Values of the header's valid field.
+    private const uint Valid = 1, Overflowed = 0, StoreFailed = 2;
 
     // Header fields.
     private const int MagicAt = 0, VersionAt = 8, ValidAt = 12, TailAt = 16, HeadAt = 24, CapacityAt = 32, BootIdAt = 40;
@@ -93,8 +95,28 @@ internal sealed unsafe class PendingRing : IDisposable
         _base = p + view.PointerOffset;
     }
 
-    /// <summary>True when writes are copied (the file exists and is mapped).</summary>
-    public bool Enabled => _base != null;
+    private volatile bool _detached;
+
+    /// <summary>True when writes are copied (the file exists and is mapped, and the store has not failed).</summary>
+    public bool Enabled => _base != null && !_detached;
+
+    /// <summary>
+    /// The store failed (a sync, a journal write or a checkpoint failed, or an invariant broke): memory may disagree
+    /// with what is durable, and after a failed sync the page cache may hold data the disk lost, so nothing the ring
+    /// holds may be replayed. The next open keeps what was committed, as before the ring existed.
+    /// </summary>
+    public void Invalidate()
+    {
+        if (!Enabled) return;
+        lock (_lock)
+        {
+            _detached = true;
+            BinaryPrimitives.WriteUInt32LittleEndian(new Span<byte>(_base + ValidAt, 4), StoreFailed);
+        }
+    }
+
+    /// <summary>Test hook: the process "dies" now; nothing more reaches the ring (FaultyStore.Crash).</summary>
+    public void DetachForTests() => _detached = true;
 
     /// <summary>Bytes of record area.</summary>
     public long CapacityBytes => _capacity;
@@ -175,7 +197,15 @@ internal sealed unsafe class PendingRing : IDisposable
         if (BinaryPrimitives.ReadInt64LittleEndian(header[CapacityAt..]) != _capacity) return new Contents([], [], "the ring has another size");
         string boot = Encoding.ASCII.GetString(header.Slice(BootIdAt, BootIdBytes));
         if (boot != _bootId) return new Contents([], [], "the machine has restarted since it was written (a power cut or reboot keeps only flushed writes)");
-        if (BinaryPrimitives.ReadUInt32LittleEndian(header[ValidAt..]) != 1) return new Contents([], [], "the ring overflowed before the crash");
+        switch (BinaryPrimitives.ReadUInt32LittleEndian(header[ValidAt..]))
+        {
+            case Valid:
+                break;
+            case StoreFailed:
+                return new Contents([], [], "the store had failed (a failed sync or a broken invariant): it keeps what it committed");
+            default:
+                return new Contents([], [], "the ring had overflowed before the crash");
+        }
         long tail = BinaryPrimitives.ReadInt64LittleEndian(header[TailAt..]);
         long head = BinaryPrimitives.ReadInt64LittleEndian(header[HeadAt..]);
         if (tail < 0 || head < tail || head - tail > _capacity) return new Contents([], [], $"its tail {tail} and head {head} do not fit");
@@ -228,14 +258,14 @@ internal sealed unsafe class PendingRing : IDisposable
         lock (_lock)
         {
             _head = _tail = start;
-            BinaryPrimitives.WriteUInt32LittleEndian(header[ValidAt..], 0);
+            BinaryPrimitives.WriteUInt32LittleEndian(header[ValidAt..], Overflowed);
             BinaryPrimitives.WriteUInt64LittleEndian(header[MagicAt..], Magic);
             BinaryPrimitives.WriteUInt32LittleEndian(header[VersionAt..], Version);
             BinaryPrimitives.WriteInt64LittleEndian(header[CapacityAt..], _capacity);
             Encoding.ASCII.GetBytes(_bootId, header.Slice(BootIdAt, BootIdBytes));
             BinaryPrimitives.WriteInt64LittleEndian(header[TailAt..], start);
             BinaryPrimitives.WriteInt64LittleEndian(header[HeadAt..], start);
-            BinaryPrimitives.WriteUInt32LittleEndian(header[ValidAt..], 1);
+            BinaryPrimitives.WriteUInt32LittleEndian(header[ValidAt..], Valid);
         }
     }
 
@@ -320,7 +350,7 @@ internal sealed unsafe class PendingRing : IDisposable
             {
                 // Replay could no longer tell what this round covers: trust nothing until a round covers all there is.
                 _invalidUntil = _head;
-                BinaryPrimitives.WriteUInt32LittleEndian(new Span<byte>(_base + ValidAt, 4), 0);
+                BinaryPrimitives.WriteUInt32LittleEndian(new Span<byte>(_base + ValidAt, 4), Overflowed);
                 return;
             }
             pos = _head;
@@ -360,7 +390,7 @@ internal sealed unsafe class PendingRing : IDisposable
             if (_invalidUntil >= 0 && position >= _invalidUntil)
             {
                 _invalidUntil = -1;
-                BinaryPrimitives.WriteUInt32LittleEndian(new Span<byte>(_base + ValidAt, 4), 1);
+                BinaryPrimitives.WriteUInt32LittleEndian(new Span<byte>(_base + ValidAt, 4), Valid);
             }
         }
     }

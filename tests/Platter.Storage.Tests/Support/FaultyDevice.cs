@@ -386,6 +386,8 @@ internal sealed class FaultyStore
     /// </summary>
     public void Crash(VolumeStore store, params Volume[] volumes)
     {
+        // A killed process writes nothing more to the ring either (its final, failing commit would mark the ring invalid).
+        store.DetachRingForTests();
         if (Data is not null) Data.Crashed = true;
         _failCheckpoints = true;
         foreach (var v in volumes)
