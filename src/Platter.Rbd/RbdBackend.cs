@@ -88,6 +88,10 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover, IVolumeMetadat
             new("rbd_skip_partial_discard", "false"),
             // Breaking a lock fences its holder: without this a takeover could let a hung server write later.
             new("rbd_blocklist_on_break_lock", "true"),
+            // See RbdBackendOptions.ZeroCopyWrites. librbd 16.2 holds a write's completion back until it has dropped
+            // its last reference to the caller's buffer (its UserBufferDeleter), and a request's buffer stays pinned
+            // until that completion, so only a caller changing the buffer mid-write could hurt, and those keep the copy.
+            new("rbd_disable_zero_copy_writes", options.ZeroCopyWrites ? "false" : "true"),
             new("client_mount_timeout", ((int)Math.Ceiling(options.ConnectTimeout.TotalSeconds)).ToString()),
             new("rados_mon_op_timeout", ((int)Math.Ceiling(options.ConnectTimeout.TotalSeconds)).ToString()),
             new("rados_osd_op_timeout", ((int)Math.Ceiling(options.OperationTimeout.TotalSeconds)).ToString()),
