@@ -64,10 +64,13 @@ public sealed record TakeoverDto(string Name, string? PreviousHolder);
 /// <param name="Name">The snapshot's own name.</param>
 /// <param name="Id">Internal id, never reused.</param>
 /// <param name="SizeBytes">The volume's size when the snapshot was taken.</param>
-/// <param name="AllocatedBytes">Bytes of data the snapshot maps (shared with the volume or not).</param>
+/// <param name="AllocatedBytes">Bytes of data the snapshot maps (shared with the volume or not); null when not computed:
+/// an RBD store counts them only for one snapshot (GET /v1/volumes/{name}/snapshots/{snapshot}) and in the space report
+/// (GET /v1/space), since counting walks the snapshot's object map, so taking and listing snapshots stays O(1) in the
+/// volume's size.</param>
 /// <param name="CreatedUtc">When it was taken.</param>
 /// <param name="Clones">Volumes cloned from it; while there are any it cannot be deleted.</param>
-public sealed record SnapshotDto(string FullName, string Volume, string Name, long Id, long SizeBytes, long AllocatedBytes,
+public sealed record SnapshotDto(string FullName, string Volume, string Name, long Id, long SizeBytes, long? AllocatedBytes,
     DateTimeOffset CreatedUtc, IReadOnlyList<string> Clones)
 {
     /// <summary>Converts the catalog's record.</summary>

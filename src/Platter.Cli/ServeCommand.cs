@@ -208,6 +208,8 @@ internal static class ServeCommand
                     ConfFile = confFile,
                     Id = id,
                     OperationTimeout = opTimeout,
+                    // NBD hands librbd request buffers nobody touches until the reply; vhost-user hands it guest memory.
+                    ZeroCopyWrites = parse.GetValue(vhostUserDir) is null,
                     LoggerFactory = logging,
                 });
                 directory = Path.GetFullPath(StorePaths.DefaultStoreDirectory(context.GetEnvironment));

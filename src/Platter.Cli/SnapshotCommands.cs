@@ -48,6 +48,9 @@ internal static class SnapshotCommands
         return command;
     }
 
+    /// <summary>What the ALLOCATED column shows for a snapshot whose allocated bytes the server did not count (not 0: that would be a claim).</summary>
+    internal const string NotComputed = "n/a";
+
     private static Command List(CliContext context)
     {
         var volume = new Argument<string?>("VOLUME")
@@ -92,10 +95,12 @@ internal static class SnapshotCommands
             // Grouped by volume, each volume's snapshots in the server's order (oldest first).
             foreach (var s in snapshots.OrderBy(s => s.Volume, StringComparer.Ordinal))
             {
-                table.Add(s.FullName, SizeText.Format(s.SizeBytes), SizeText.Format(s.AllocatedBytes), PlatterCli.FormatTime(s.CreatedUtc),
-                    s.Clones.Count == 0 ? "-" : string.Join(",", s.Clones));
+                table.Add(s.FullName, SizeText.Format(s.SizeBytes), s.AllocatedBytes is { } allocated ? SizeText.Format(allocated) : NotComputed,
+                    PlatterCli.FormatTime(s.CreatedUtc), s.Clones.Count == 0 ? "-" : string.Join(",", s.Clones));
             }
             context.Out.Write(table.ToString());
+            if (snapshots.Any(s => s.AllocatedBytes is null))
+                context.Out.WriteLine($"{NotComputed}: not counted when listing on this store (an RBD store walks each snapshot's object map for it); `platter du` counts it");
             return PlatterCli.ExitOk;
         });
         return command;

@@ -28,6 +28,16 @@ public sealed class RbdBackendOptions
     /// </summary>
     public TimeSpan OperationTimeout { get; init; } = TimeSpan.FromMinutes(5);
 
+    /// <summary>
+    /// Lets librbd write from the caller's buffers instead of copying each one first (<c>rbd_disable_zero_copy_writes
+    /// = false</c>): the copy was about 9% of the server's CPU on 1 MiB writes. Only for callers that never change a
+    /// buffer while its write is in flight. NBD's request buffers qualify (each is the request's own until its reply);
+    /// vhost-user's do not (they are guest memory, which a guest may rewrite during the write, and Ceph's messenger
+    /// then sees data that no longer matches its checksum). librbd fires the completion only once it holds no
+    /// reference to the buffer, so a buffer is free again when its write completes either way. Off by default.
+    /// </summary>
+    public bool ZeroCopyWrites { get; init; }
+
     /// <summary>Extra Ceph options (name -> value) applied to every connection after the defaults (tests, tuning).</summary>
     public IReadOnlyDictionary<string, string>? CephOptions { get; init; }
 

@@ -46,16 +46,20 @@ public interface IVolumeBackend : IDisposable
     /// <summary>Deletes a volume; with snapshots only when <paramref name="recursive"/> (HasDependents otherwise), never while a snapshot of it has clones.</summary>
     void DeleteVolume(string name, bool recursive);
 
-    /// <summary>Takes a point-in-time, read-only snapshot of a volume in O(1).</summary>
+    /// <summary>
+    /// Takes a point-in-time, read-only snapshot of a volume in O(1) of the volume's size. The answer leaves
+    /// <see cref="SnapshotInfo.AllocatedBytes"/> null where knowing it would cost a walk of the image (RBD):
+    /// <see cref="GetSnapshotInfo"/> or <see cref="GetSpaceUsage"/> computes it when asked.
+    /// </summary>
     SnapshotInfo CreateSnapshot(string volume, string snapshot);
 
-    /// <summary>A volume's snapshots, oldest first.</summary>
+    /// <summary>A volume's snapshots, oldest first (allocated bytes as in <see cref="CreateSnapshot"/>: null where costly).</summary>
     IReadOnlyList<SnapshotInfo> ListSnapshots(string volume);
 
-    /// <summary>Every snapshot of every volume.</summary>
+    /// <summary>Every snapshot of every volume (allocated bytes as in <see cref="CreateSnapshot"/>: null where costly).</summary>
     IReadOnlyList<SnapshotInfo> ListSnapshots();
 
-    /// <summary>One snapshot; NotFound when the volume or the snapshot does not exist.</summary>
+    /// <summary>One snapshot, allocated bytes included (always computed); NotFound when the volume or the snapshot does not exist.</summary>
     SnapshotInfo GetSnapshotInfo(string volume, string snapshot);
 
     /// <summary>Deletes a snapshot and frees what only it held; HasDependents while clones of it exist.</summary>

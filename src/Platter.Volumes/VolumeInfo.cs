@@ -74,10 +74,13 @@ public readonly record struct VolumeExtent(long Offset, long Length, bool Alloca
 /// <param name="Volume">The volume it was taken of.</param>
 /// <param name="Name">The snapshot's own name (unique within its volume).</param>
 /// <param name="SizeBytes">The volume's size when the snapshot was taken.</param>
-/// <param name="AllocatedBytes">Bytes of data blocks the snapshot maps (shared or not).</param>
+/// <param name="AllocatedBytes">Bytes of data blocks the snapshot maps (shared or not); null when the backend did not
+/// compute them for this answer. The embedded engine always knows them (a counter); on RBD they take a walk of the
+/// snapshot's object map, one step per 4 MiB object of the image, so only <see cref="IVolumeBackend.GetSnapshotInfo"/>
+/// and the space report compute them, never a create or a list (see <see cref="IVolumeBackend.CreateSnapshot"/>).</param>
 /// <param name="CreatedUtc">Creation time.</param>
 /// <param name="Clones">Names of the volumes cloned from this snapshot (they keep it from being deleted).</param>
-public sealed record SnapshotInfo(long Id, string Volume, string Name, long SizeBytes, long AllocatedBytes, DateTimeOffset CreatedUtc, IReadOnlyList<string> Clones)
+public sealed record SnapshotInfo(long Id, string Volume, string Name, long SizeBytes, long? AllocatedBytes, DateTimeOffset CreatedUtc, IReadOnlyList<string> Clones)
 {
     /// <summary><c>volume@snapshot</c>: the NBD export name and the CLI's way to name it.</summary>
     public string FullName => $"{Volume}@{Name}";

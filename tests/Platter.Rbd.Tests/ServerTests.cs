@@ -52,6 +52,16 @@ public sealed class ServerTests(CephCluster ceph)
             .GetProperty("snapshots").EnumerateArray().Select(s => s.GetProperty("name").GetString()!).ToArray();
         Assert.Equal(["s1", "s2"], rbdSnaps);
         Assert.Equal(rbdSnaps, platterSnaps);
+        // A listing does not count the snapshots' allocated bytes on RBD (a walk of each object map) and says so
+        // rather than showing 0; du counts them (s1 holds objects 0 and 2: 8 MiB).
+        Assert.All(JsonDocument.Parse(await server.CliOkAsync("snapshot", "list", name, "--json")).RootElement.GetProperty("snapshots").EnumerateArray(),
+            s => Assert.Equal(JsonValueKind.Null, s.GetProperty("allocatedBytes").ValueKind));
+        var listing = await server.CliOkAsync("snapshot", "list", name);
+        Assert.Matches($@"{name}@s1\s+64 MiB\s+n/a\s", listing);
+        Assert.Contains("n/a: not counted when listing on this store", listing);
+        var du = JsonDocument.Parse(await server.CliOkAsync("du", "--json")).RootElement;
+        Assert.Equal(8L << 20, du.GetProperty("entries").EnumerateArray().Single(e => e.GetProperty("name").GetString() == $"{name}@s1")
+            .GetProperty("allocatedBytes").GetInt64());
 
         // rbd diff and platter diff agree, extent by extent
         var rbdDiff = JsonDocument.Parse(Rbd("diff", "--from-snap", "s1", "--format", "json", $"{ceph.Pool}/{name}@s2")).RootElement
