@@ -83,9 +83,20 @@ internal sealed unsafe class FakeGuest : IDisposable
         return (Unsafe.ReadUnaligned<uint>(e), Unsafe.ReadUnaligned<uint>(e + 4));
     }
 
-    public SplitVirtqueue CreateQueue()
+    /// <summary>Writes descriptor <paramref name="index"/> of an indirect table at <paramref name="tableGpa"/>.</summary>
+    public void SetIndirectDescriptor(ulong tableGpa, int index, ulong address, uint length, ushort flags, ushort next)
     {
-        var q = SplitVirtqueue.Create(Memory, QueueSize, UserBase + DescriptorsGpa, UserBase + AvailableGpa, UserBase + UsedGpa, 0, out var problem);
+        byte* d = Base + tableGpa + 16 * (ulong)index;
+        Unsafe.WriteUnaligned(d, address);
+        Unsafe.WriteUnaligned(d + 8, length);
+        Unsafe.WriteUnaligned(d + 12, flags);
+        Unsafe.WriteUnaligned(d + 14, next);
+    }
+
+    public SplitVirtqueue CreateQueue(bool indirectDescriptors = false)
+    {
+        var q = SplitVirtqueue.Create(Memory, QueueSize, UserBase + DescriptorsGpa, UserBase + AvailableGpa, UserBase + UsedGpa, 0, out var problem,
+            indirectDescriptors);
         Assert.True(q is not null, problem);
         return q!;
     }
