@@ -33,6 +33,17 @@ public static class VhostUserLimits
     /// </summary>
     public const int OffloadBytesMin = 64 * 1024;
 
+    /// <summary>
+    /// A read or write whose data pieces average less than this goes through one pooled buffer: one engine call and a
+    /// copy instead of one engine call per piece. Linux hands over a request as a list of guest pages, 4 KiB each unless
+    /// physically contiguous; measured per 4 KiB piece, an engine call cost about 1 µs more than copying the piece
+    /// (docs/PERFORMANCE.md). From 8 KiB on the copy costs about as much as the call it saves.
+    /// </summary>
+    public const int BounceSegmentBytesMax = 8 * 1024;
+
+    /// <summary>Bytes of the largest request bounced (see <see cref="BounceSegmentBytesMax"/>): a guest's page list is at most seg_max pages; larger requests go piece by piece rather than hold a bigger buffer.</summary>
+    public const int BounceBytesMax = 1024 * 1024;
+
     /// <summary>Bytes one read or write request may move (64 MiB): far above what Linux sends (its max_sectors), low enough that one request cannot hold the engine for long.</summary>
     public const long RequestBytesMax = 64L * 1024 * 1024;
 

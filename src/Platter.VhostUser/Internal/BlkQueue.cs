@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Buffers.Binary;
 using System.Runtime.CompilerServices;
 using Microsoft.Extensions.Logging;
@@ -312,6 +313,12 @@ internal sealed class BlkQueue : IDisposable
                     if (!TryRange(sector, bytes, volume.SizeBytes, out long offset)) return VirtioBlk.StatusIoError;
                     int first = isRead ? readable : 0;
                     int count = isRead ? writable : readable;
+                    if (count > 1 && bytes <= VhostUserLimits.BounceBytesMax && bytes / count < VhostUserLimits.BounceSegmentBytesMax)
+                    {
+                        await BounceAsync(request, isRead, offset, (int)bytes, first, count).ConfigureAwait(false);
+                        if (isRead) request.WrittenBytes = (uint)bytes;
+                        return VirtioBlk.StatusOk;
+                    }
                     for (int i = first; i < first + count; i++)
                     {
                         var memory = SegmentMemory(request, i);
@@ -345,6 +352,46 @@ internal sealed class BlkQueue : IDisposable
         {
             _log.LogError(e, "vhost-user-blk {Volume}: request failed unexpectedly", _target.Volume.Name);
             return VirtioBlk.StatusIoError;
+        }
+    }
+
+    /// <summary>
+    /// A request of many small pieces (a guest's page list): one engine call over a pooled buffer, and a copy between it
+    /// and the pieces, instead of one engine call per piece (see <see cref="VhostUserLimits.BounceSegmentBytesMax"/>).
+    /// </summary>
+    private async ValueTask BounceAsync(BlkRequest request, bool isRead, long offset, int bytes, int first, int count)
+    {
+        byte[] bounce = ArrayPool<byte>.Shared.Rent(bytes);
+        try
+        {
+            var buffer = bounce.AsMemory(0, bytes);
+            if (isRead)
+            {
+                await _target.Volume.ReadAsync(offset, buffer).ConfigureAwait(false);
+                CopyPieces(request, first, count, buffer.Span, toGuest: true);
+            }
+            else
+            {
+                CopyPieces(request, first, count, buffer.Span, toGuest: false);
+                await _target.Volume.WriteAsync(offset, buffer, _target.WriteThrough).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(bounce);
+        }
+    }
+
+    private static unsafe void CopyPieces(BlkRequest request, int first, int count, Span<byte> buffer, bool toGuest)
+    {
+        int at = 0;
+        for (int i = first; i < first + count; i++)
+        {
+            var s = request.Segments[i];
+            var piece = new Span<byte>(s.Host, (int)s.Length);
+            if (toGuest) buffer.Slice(at, piece.Length).CopyTo(piece);
+            else piece.CopyTo(buffer[at..]);
+            at += piece.Length;
         }
     }
 
