@@ -177,31 +177,17 @@ internal sealed unsafe class SplitVirtqueue
                 return false;
             }
             // One read of each field: the guest may change the table under us; only these copies are used.
-            ulong address;
-            uint length;
-            ushort flags;
-            ushort next;
-            if (!inIndirect)
-            {
-                byte* d = _descriptors + 16 * index;
-                address = Unsafe.ReadUnaligned<ulong>(d);
-                length = Unsafe.ReadUnaligned<uint>(d + 8);
-                flags = Unsafe.ReadUnaligned<ushort>(d + 12);
-                next = Unsafe.ReadUnaligned<ushort>(d + 14);
-            }
-            else if (!_memory.TryTranslate(indirectGpa + 16UL * index, 16, out byte* d, out ulong contiguous) || contiguous < 16)
+            byte* d = _descriptors + 16 * index;
+            if (inIndirect && (!_memory.TryTranslate(indirectGpa + 16UL * index, 16, out d, out ulong tableBytes) || tableBytes < 16))
             {
                 // The table is not (wholly) guest memory: the request fails; nothing more of it can be read.
                 chain.BadAddress = true;
                 return true;
             }
-            else
-            {
-                address = Unsafe.ReadUnaligned<ulong>(d);
-                length = Unsafe.ReadUnaligned<uint>(d + 8);
-                flags = Unsafe.ReadUnaligned<ushort>(d + 12);
-                next = Unsafe.ReadUnaligned<ushort>(d + 14);
-            }
+            ulong address = Unsafe.ReadUnaligned<ulong>(d);
+            uint length = Unsafe.ReadUnaligned<uint>(d + 8);
+            ushort flags = Unsafe.ReadUnaligned<ushort>(d + 12);
+            ushort next = Unsafe.ReadUnaligned<ushort>(d + 14);
             if ((flags & DescIndirect) != 0)
             {
                 if (!IndirectDescriptors)

@@ -143,6 +143,8 @@ internal sealed unsafe class VhostUserConnection : IDisposable
                 }
                 _features = features;
                 _featuresSet = true;
+                _log.LogInformation("vhost-user-blk {Volume}: driver features 0x{Features:x}{Indirect}", _name, features,
+                    (features & (1UL << VirtioBlk.FeatureIndirectDescriptors)) != 0 ? " (indirect descriptors)" : "");
                 // Without protocol features rings start enabled; with them SET_VRING_ENABLE decides.
                 if ((features & (1UL << VhostUserProtocol.FeatureProtocolFeatures)) == 0)
                     foreach (var v in _vrings) v.Enabled = true;
