@@ -13,8 +13,11 @@ using System.Runtime.InteropServices;
 /// </summary>
 /// <remarks>
 /// Usage: Platter.Bench --vhost-user --socket PATH --size BYTES [--rw randread|randwrite|read|write] [--bs 4096]
-/// [--depth 32] [--seconds 10]. Prints one line: <c>ops=N seconds=S iops=I mbps=M p99us=P errors=E</c>. Ring features
-/// (EVENT_IDX, INDIRECT_DESC) are not negotiated, for either back-end: every completion batch raises a call.
+/// [--depth 32] [--seconds 10] [--segment-bytes N] [--indirect]. Prints one line:
+/// <c>ops=N seconds=S iops=I mbps=M p99us=P errors=E</c>. <c>--segment-bytes</c> splits each request's data into
+/// descriptors of that size, as a guest's page list (default: one descriptor); <c>--indirect</c> negotiates
+/// VIRTIO_RING_F_INDIRECT_DESC and puts each chain in an indirect table, as Linux does once it is offered. EVENT_IDX is
+/// not negotiated, for either back-end: every completion batch raises a call.
 /// </remarks>
 internal static unsafe partial class VhostUserBench
 {
@@ -24,6 +27,7 @@ internal static unsafe partial class VhostUserBench
     private const ulong UsedGpa = 8192;
     private const ulong HeadersGpa = 16384;
     private const ulong StatusGpa = 20480;
+    private const ulong TablesGpa = 65536;
     private const ulong DataGpa = 1 << 20;
 
     public static int Run(string[] args)
@@ -31,7 +35,8 @@ internal static unsafe partial class VhostUserBench
         string? socketPath = null;
         long size = 0;
         string rw = "randread";
-        int bs = 4096, depth = 32;
+        int bs = 4096, depth = 32, segmentBytes = 0;
+        bool indirect = false;
         double seconds = 10;
         for (int i = 1; i < args.Length; i++)
         {
@@ -43,13 +48,20 @@ internal static unsafe partial class VhostUserBench
                 case "--rw": rw = Next(); break;
                 case "--bs": bs = int.Parse(Next()); break;
                 case "--depth": depth = int.Parse(Next()); break;
+                case "--segment-bytes": segmentBytes = int.Parse(Next()); break;
+                case "--indirect": indirect = true; break;
                 case "--seconds": seconds = double.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
                 default: throw new ArgumentException($"unknown argument {args[i]}");
             }
         }
         if (socketPath is null || size <= 0) throw new ArgumentException("--socket and --size are required");
-        if (depth < 1 || depth * 3 > QueueSize || depth > 64) throw new ArgumentException($"--depth 1 to {QueueSize / 3}");
         if (bs % 512 != 0 || bs <= 0 || size < bs) throw new ArgumentException("--bs must be a multiple of 512 and at most --size");
+        if (segmentBytes == 0) segmentBytes = bs;
+        if (segmentBytes % 512 != 0 || bs % segmentBytes != 0) throw new ArgumentException("--segment-bytes must divide --bs in multiples of 512");
+        int segments = bs / segmentBytes, perChain = segments + 2;
+        if ((ulong)(perChain * 16 * 64) > DataGpa - TablesGpa) throw new ArgumentException("too many segments per request");
+        int ringPerRequest = indirect ? 1 : perChain;
+        if (depth < 1 || depth * ringPerRequest > QueueSize || depth > 64) throw new ArgumentException($"--depth 1 to {Math.Min(64, QueueSize / ringPerRequest)}");
         bool read = rw is "randread" or "read";
         bool random = rw is "randread" or "randwrite";
         if (rw is not ("randread" or "randwrite" or "read" or "write")) throw new ArgumentException($"unknown --rw {rw}");
@@ -74,15 +86,16 @@ internal static unsafe partial class VhostUserBench
         // QEMU's order: owner, features, protocol features, memory, then the ring.
         Send(fd, 3 /* SET_OWNER */, []);
         ulong features = Get(fd, 1 /* GET_FEATURES */);
-        const ulong version1 = 1UL << 32, protocolFeatures = 1UL << 30, flush = 1UL << 9;
+        const ulong version1 = 1UL << 32, protocolFeatures = 1UL << 30, flush = 1UL << 9, indirectDesc = 1UL << 28;
         Check((features & version1) != 0, "the back-end does not offer VIRTIO_F_VERSION_1");
+        Check(!indirect || (features & indirectDesc) != 0, "the back-end does not offer VIRTIO_RING_F_INDIRECT_DESC");
         bool haveProtocol = (features & protocolFeatures) != 0;
         if (haveProtocol)
         {
             Get(fd, 15 /* GET_PROTOCOL_FEATURES */);
             SendU64(fd, 16 /* SET_PROTOCOL_FEATURES */, 0);
         }
-        SendU64(fd, 2 /* SET_FEATURES */, version1 | (features & (protocolFeatures | flush)));
+        SendU64(fd, 2 /* SET_FEATURES */, version1 | (features & (protocolFeatures | flush)) | (indirect ? indirectDesc : 0));
         Span<byte> table = stackalloc byte[8 + 32];
         table.Clear();
         BinaryPrimitives.WriteUInt32LittleEndian(table, 1);
@@ -103,12 +116,19 @@ internal static unsafe partial class VhostUserBench
         SendU64(fd, 12 /* SET_VRING_KICK */, 0, kick);
         if (haveProtocol) SendState(fd, 18 /* SET_VRING_ENABLE */, 0, 1);
 
-        // Descriptors: request slot i is the chain 3i (header) -> 3i+1 (data) -> 3i+2 (status).
+        // Request slot i is the chain header -> data segments -> status: in the ring from descriptor perChain * i, or in
+        // slot i's indirect table that ring descriptor i names.
         for (int i = 0; i < depth; i++)
         {
-            SetDescriptor(ram, 3 * i, HeadersGpa + 16UL * (ulong)i, 16, 1, (ushort)(3 * i + 1));
-            SetDescriptor(ram, 3 * i + 1, DataGpa + (ulong)i * (ulong)bs, (uint)bs, (ushort)(1 | (read ? 2 : 0)), (ushort)(3 * i + 2));
-            SetDescriptor(ram, 3 * i + 2, StatusGpa + (ulong)i, 1, 2, 0);
+            byte* chainTable = indirect ? ram + TablesGpa + (ulong)(i * perChain * 16) : ram + DescriptorsGpa;
+            int first = indirect ? 0 : i * perChain;
+            SetDescriptor(chainTable, first, HeadersGpa + 16UL * (ulong)i, 16, 1, (ushort)(first + 1));
+            for (int k = 0; k < segments; k++)
+                // Pieces in reverse order: a guest's pages are scattered, and a back-end must not find them contiguous.
+                SetDescriptor(chainTable, first + 1 + k, DataGpa + (ulong)i * (ulong)bs + (ulong)((segments - 1 - k) * segmentBytes), (uint)segmentBytes,
+                    (ushort)(1 | (read ? 2 : 0)), (ushort)(first + 2 + k));
+            SetDescriptor(chainTable, first + perChain - 1, StatusGpa + (ulong)i, 1, 2, 0);
+            if (indirect) SetDescriptor(ram + DescriptorsGpa, i, TablesGpa + (ulong)(i * perChain * 16), (uint)(perChain * 16), 4 /* INDIRECT */, 0);
         }
         var available = (ushort*)(ram + AvailableGpa);
         var used = ram + UsedGpa;
@@ -128,7 +148,7 @@ internal static unsafe partial class VhostUserBench
             Unsafe.WriteUnaligned(header + 4, 0u);
             Unsafe.WriteUnaligned(header + 8, (ulong)(block * bs / 512));
             ram[StatusGpa + (ulong)slot] = 0xff;
-            available[2 + availableIndex % QueueSize] = (ushort)(3 * slot);
+            available[2 + availableIndex % QueueSize] = (ushort)(slot * ringPerRequest);
             availableIndex++;
             started[slot] = Stopwatch.GetTimestamp();
             inFlight++;
@@ -158,8 +178,8 @@ internal static unsafe partial class VhostUserBench
             {
                 uint id = Unsafe.ReadUnaligned<uint>(used + 4 + 8 * (lastUsed % QueueSize));
                 lastUsed++;
-                int slot = (int)id / 3;
-                if (id % 3 != 0 || slot >= depth) throw new InvalidOperationException($"the back-end returned descriptor {id}, which no request heads");
+                int slot = (int)id / ringPerRequest;
+                if (id % ringPerRequest != 0 || slot >= depth) throw new InvalidOperationException($"the back-end returned descriptor {id}, which no request heads");
                 inFlight--;
                 if (ram[StatusGpa + (ulong)slot] != 0) errors++;
                 ops++;
@@ -186,9 +206,9 @@ internal static unsafe partial class VhostUserBench
         return errors == 0 ? 0 : 1;
     }
 
-    private static void SetDescriptor(byte* ram, int index, ulong address, uint length, ushort flags, ushort next)
+    private static void SetDescriptor(byte* table, int index, ulong address, uint length, ushort flags, ushort next)
     {
-        byte* d = ram + DescriptorsGpa + 16 * (ulong)index;
+        byte* d = table + 16 * (ulong)index;
         Unsafe.WriteUnaligned(d, address);
         Unsafe.WriteUnaligned(d + 8, length);
         Unsafe.WriteUnaligned(d + 12, flags);

@@ -18,6 +18,32 @@ public static class VhostUserLimits
     /// <summary>Segments a request holds after translation: a descriptor that spans two memory regions becomes two.</summary>
     internal const int SegmentsPerRequestMax = DataSegmentsMax + 2 + 8;
 
+    /// <summary>
+    /// Descriptors of one indirect table (VIRTIO_RING_F_INDIRECT_DESC). A bigger table is a broken driver and breaks the
+    /// queue; 1024 is QEMU's own bound (VIRTQUEUE_MAX_SIZE), and a request keeps at most
+    /// <see cref="DataSegmentsMax"/> data segments anyway. It also bounds the walk of a hostile table.
+    /// </summary>
+    public const int IndirectDescriptorsMax = 1024;
+
+    /// <summary>
+    /// Requests naming at least this many bytes run on the thread pool, beside the queue's own thread, when more requests
+    /// wait behind them; smaller ones run on the queue's thread. Handing a request over costs a few microseconds (a work
+    /// item and maybe a thread wake-up), a tenth of what the engine spends moving 64 KiB (about 150 µs per MiB of reads
+    /// and more for writes, docs/PERFORMANCE.md), while a 4 KiB request is done in less than the hand-over costs.
+    /// </summary>
+    public const int OffloadBytesMin = 64 * 1024;
+
+    /// <summary>
+    /// A read or write whose data pieces average less than this goes through one pooled buffer: one engine call and a
+    /// copy instead of one engine call per piece. Linux hands over a request as a list of guest pages, 4 KiB each unless
+    /// physically contiguous; measured per 4 KiB piece, an engine call cost about 1 µs more than copying the piece
+    /// (docs/PERFORMANCE.md). From 8 KiB on the copy costs about as much as the call it saves.
+    /// </summary>
+    public const int BounceSegmentBytesMax = 8 * 1024;
+
+    /// <summary>Bytes of the largest request bounced (see <see cref="BounceSegmentBytesMax"/>): a guest's page list is at most seg_max pages; larger requests go piece by piece rather than hold a bigger buffer.</summary>
+    public const int BounceBytesMax = 1024 * 1024;
+
     /// <summary>Bytes one read or write request may move (64 MiB): far above what Linux sends (its max_sectors), low enough that one request cannot hold the engine for long.</summary>
     public const long RequestBytesMax = 64L * 1024 * 1024;
 

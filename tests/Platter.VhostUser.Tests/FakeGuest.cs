@@ -48,14 +48,8 @@ internal sealed unsafe class FakeGuest : IDisposable
 
     public Span<byte> Bytes(ulong gpa, int length) => new(Base + gpa, length);
 
-    public void SetDescriptor(int index, ulong address, uint length, ushort flags, ushort next)
-    {
-        byte* d = Base + DescriptorsGpa + 16 * (ulong)index;
-        Unsafe.WriteUnaligned(d, address);
-        Unsafe.WriteUnaligned(d + 8, length);
-        Unsafe.WriteUnaligned(d + 12, flags);
-        Unsafe.WriteUnaligned(d + 14, next);
-    }
+    public void SetDescriptor(int index, ulong address, uint length, ushort flags, ushort next) =>
+        SetIndirectDescriptor(DescriptorsGpa, index, address, length, flags, next);
 
     /// <summary>Publishes <paramref name="head"/> on the available ring.</summary>
     public void Publish(ushort head)
@@ -83,9 +77,20 @@ internal sealed unsafe class FakeGuest : IDisposable
         return (Unsafe.ReadUnaligned<uint>(e), Unsafe.ReadUnaligned<uint>(e + 4));
     }
 
-    public SplitVirtqueue CreateQueue()
+    /// <summary>Writes descriptor <paramref name="index"/> of the table at <paramref name="tableGpa"/> (the ring's own, or an indirect one).</summary>
+    public void SetIndirectDescriptor(ulong tableGpa, int index, ulong address, uint length, ushort flags, ushort next)
     {
-        var q = SplitVirtqueue.Create(Memory, QueueSize, UserBase + DescriptorsGpa, UserBase + AvailableGpa, UserBase + UsedGpa, 0, out var problem);
+        byte* d = Base + tableGpa + 16 * (ulong)index;
+        Unsafe.WriteUnaligned(d, address);
+        Unsafe.WriteUnaligned(d + 8, length);
+        Unsafe.WriteUnaligned(d + 12, flags);
+        Unsafe.WriteUnaligned(d + 14, next);
+    }
+
+    public SplitVirtqueue CreateQueue(bool indirectDescriptors = false)
+    {
+        var q = SplitVirtqueue.Create(Memory, QueueSize, UserBase + DescriptorsGpa, UserBase + AvailableGpa, UserBase + UsedGpa, 0, out var problem,
+            indirectDescriptors);
         Assert.True(q is not null, problem);
         return q!;
     }

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Buffers.Binary;
 using System.Runtime.CompilerServices;
 using Microsoft.Extensions.Logging;
@@ -16,14 +17,19 @@ internal sealed class BlkTarget(IVolumeHandle volume, bool readOnly, bool writeT
     public string Id { get; } = id;
 }
 
-/// <summary>One in-flight virtio-blk request; pooled per queue so a request allocates nothing.</summary>
-internal sealed unsafe class BlkRequest
+/// <summary>
+/// One in-flight virtio-blk request; pooled per queue so a request allocates nothing, and its own thread-pool work item
+/// when it runs beside the queue's thread.
+/// </summary>
+internal sealed unsafe class BlkRequest(BlkQueue? owner = null) : IThreadPoolWorkItem
 {
     public readonly Segment[] Segments = new Segment[VhostUserLimits.SegmentsPerRequestMax];
     public readonly PointerMemory Buffer = new();
     public Chain Chain;
     public ushort Head;
     public uint WrittenBytes;
+
+    void IThreadPoolWorkItem.Execute() => owner!.RunOffloaded(this);
 }
 
 /// <summary>
@@ -31,10 +37,14 @@ internal sealed unsafe class BlkRequest
 /// virtio-blk requests against the volume, returns them on the used ring and signals the call eventfd.
 /// </summary>
 /// <remarks>
-/// <para>Requests complete inline when the volume does (the embedded engine: page cache, positional I/O), and the
-/// queue signals the guest once per batch. A request that truly waits (RBD) completes on its own continuation, which
-/// pushes it under <see cref="_usedLock"/>; in-flight requests are bounded by the queue size, even when a hostile
-/// driver publishes the same head twice.</para>
+/// <para>Requests of one queue are in flight together and complete in any order (virtio allows it: the used ring names
+/// each chain). Small requests run on the queue's thread, which the embedded engine completes inline (page cache,
+/// positional I/O); each goes to the used ring as soon as it is done and the guest is signalled once per batch. A
+/// request of <see cref="VhostUserLimits.OffloadBytesMin"/> or more with others waiting behind it runs on the thread
+/// pool instead, so that several large requests move data on several cores, and signals the guest itself when done.
+/// A request that truly waits (RBD) completes on its own continuation. Every push to the used ring is under
+/// <see cref="_usedLock"/>; in-flight requests are bounded by the queue size, even when a hostile driver publishes the
+/// same head twice.</para>
 /// <para>A driver that breaks the ring (indices out of range, a looping chain, descriptors out of order) gets the queue
 /// stopped ("broken") with one log line: nothing more is read from it until the front-end sets it up again. A request
 /// whose buffers are not in guest memory, or that breaks virtio-blk's framing, gets VIRTIO_BLK_S_IOERR.</para>
@@ -105,6 +115,10 @@ internal sealed class BlkQueue : IDisposable
         // A backend call that never returns would hang the stop; the volume seam bounds its calls (RBD times out).
         var spin = new SpinWait();
         while (Volatile.Read(ref _inFlight) > 0) spin.SpinOnce(sleep1Threshold: 10);
+        // The last completion freed its slot inside this lock: once we hold it, it is done with guest memory.
+        lock (_usedLock)
+        {
+        }
         return _queue.LastAvailableIndex;
     }
 
@@ -167,7 +181,8 @@ internal sealed class BlkQueue : IDisposable
 
     private void Process()
     {
-        bool completed = false;
+        // Completions pushed to the used ring by this batch and not yet signalled.
+        bool unsignalled = false;
         while (Volatile.Read(ref _inFlight) < _queue.Size && !_stopping)
         {
             var popped = _queue.TryPop(out ushort head);
@@ -180,30 +195,58 @@ internal sealed class BlkQueue : IDisposable
                 break;
             }
             Interlocked.Increment(ref _inFlight);
+            bool large = request.Chain.Bytes >= VhostUserLimits.OffloadBytesMin;
+            if (large && _queue.HasAvailable)
+            {
+                // More waits behind it: move this one's data on another core while this thread takes the next.
+                ThreadPool.UnsafeQueueUserWorkItem(request, preferLocal: false);
+                continue;
+            }
+            if (large && unsignalled)
+            {
+                // Requests done already are not held behind a long one.
+                Notify();
+                unsignalled = false;
+            }
             var run = ExecuteAsync(request);
             if (run.IsCompleted)
             {
-                Complete(request, run.Result, notify: false);
-                completed = true;
+                Complete(request, run.Result, signal: false);
+                unsignalled = true;
             }
             else
             {
                 CompleteLater(request, run);
             }
         }
-        if (completed) Notify();
+        if (unsignalled) Notify();
+    }
+
+    /// <summary>Runs a request handed to the thread pool by <see cref="Process"/>; it signals its own completion.</summary>
+    internal void RunOffloaded(BlkRequest request)
+    {
+        var run = ExecuteAsync(request);
+        if (run.IsCompleted) Complete(request, run.Result, signal: true);
+        else CompleteLater(request, run);
     }
 
     private async void CompleteLater(BlkRequest request, ValueTask<byte> run)
     {
         // ExecuteAsync catches everything, so this await never throws.
         byte status = await run.ConfigureAwait(false);
-        Complete(request, status, notify: true);
+        Complete(request, status, signal: true);
     }
 
-    private unsafe void Complete(BlkRequest request, byte status, bool notify)
+    /// <summary>
+    /// Writes the status, returns the chain on the used ring (in completion order, wherever it ran), signals the guest
+    /// when <paramref name="signal"/> (else the batch does) and frees the slot. The slot is freed last and under
+    /// <see cref="_usedLock"/>: once <see cref="Stop"/> has seen no request in flight and taken that lock, no completion
+    /// touches guest memory or the eventfds any more.
+    /// </summary>
+    private unsafe void Complete(BlkRequest request, byte status, bool signal)
     {
         uint written = 0;
+        ushort head = request.Head;
         if (request.Chain.Status is not null)
         {
             *request.Chain.Status = status;
@@ -212,27 +255,31 @@ internal sealed class BlkQueue : IDisposable
         else
         {
             _log.LogWarning("vhost-user-blk {Volume}: queue {Queue} request {Head} has no writable status byte in guest memory; returned unanswered",
-                _target.Volume.Name, _index, request.Head);
+                _target.Volume.Name, _index, head);
         }
-        lock (_usedLock) _queue.PushUsed(request.Head, written);
         Return(request);
-        int left = Interlocked.Decrement(ref _inFlight);
-        if (notify) Notify();
-        // The worker stops popping at the in-flight bound; wake it when a slot frees up.
-        if (left == _queue.Size - 1) Native.SignalEventFd(_wakeFd);
+        lock (_usedLock)
+        {
+            _queue.PushUsed(head, written);
+            if (signal) SignalLocked();
+            // The worker stops popping at the in-flight bound; wake it when a slot frees up.
+            if (Interlocked.Decrement(ref _inFlight) == _queue.Size - 1) Native.SignalEventFd(_wakeFd);
+        }
     }
 
     private void Notify()
     {
-        lock (_usedLock)
-        {
-            if (_callFd >= 0 && _queue.DriverWantsInterrupt()) Native.SignalEventFd(_callFd);
-        }
+        lock (_usedLock) SignalLocked();
+    }
+
+    private void SignalLocked()
+    {
+        if (_callFd >= 0 && _queue.DriverWantsInterrupt()) Native.SignalEventFd(_callFd);
     }
 
     private BlkRequest Rent()
     {
-        lock (_pool) return _pool.Count > 0 ? _pool.Pop() : new BlkRequest();
+        lock (_pool) return _pool.Count > 0 ? _pool.Pop() : new BlkRequest(this);
     }
 
     private void Return(BlkRequest request)
@@ -266,6 +313,12 @@ internal sealed class BlkQueue : IDisposable
                     if (!TryRange(sector, bytes, volume.SizeBytes, out long offset)) return VirtioBlk.StatusIoError;
                     int first = isRead ? readable : 0;
                     int count = isRead ? writable : readable;
+                    if (count > 1 && bytes <= VhostUserLimits.BounceBytesMax && bytes / count < VhostUserLimits.BounceSegmentBytesMax)
+                    {
+                        await BounceAsync(request, isRead, offset, (int)bytes, first, count).ConfigureAwait(false);
+                        if (isRead) request.WrittenBytes = (uint)bytes;
+                        return VirtioBlk.StatusOk;
+                    }
                     for (int i = first; i < first + count; i++)
                     {
                         var memory = SegmentMemory(request, i);
@@ -299,6 +352,46 @@ internal sealed class BlkQueue : IDisposable
         {
             _log.LogError(e, "vhost-user-blk {Volume}: request failed unexpectedly", _target.Volume.Name);
             return VirtioBlk.StatusIoError;
+        }
+    }
+
+    /// <summary>
+    /// A request of many small pieces (a guest's page list): one engine call over a pooled buffer, and a copy between it
+    /// and the pieces, instead of one engine call per piece (see <see cref="VhostUserLimits.BounceSegmentBytesMax"/>).
+    /// </summary>
+    private async ValueTask BounceAsync(BlkRequest request, bool isRead, long offset, int bytes, int first, int count)
+    {
+        byte[] bounce = ArrayPool<byte>.Shared.Rent(bytes);
+        try
+        {
+            var buffer = bounce.AsMemory(0, bytes);
+            if (isRead)
+            {
+                await _target.Volume.ReadAsync(offset, buffer).ConfigureAwait(false);
+                CopyPieces(request, first, count, buffer.Span, toGuest: true);
+            }
+            else
+            {
+                CopyPieces(request, first, count, buffer.Span, toGuest: false);
+                await _target.Volume.WriteAsync(offset, buffer, _target.WriteThrough).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(bounce);
+        }
+    }
+
+    private static unsafe void CopyPieces(BlkRequest request, int first, int count, Span<byte> buffer, bool toGuest)
+    {
+        int at = 0;
+        for (int i = first; i < first + count; i++)
+        {
+            var s = request.Segments[i];
+            var piece = new Span<byte>(s.Host, (int)s.Length);
+            if (toGuest) buffer.Slice(at, piece.Length).CopyTo(piece);
+            else piece.CopyTo(buffer[at..]);
+            at += piece.Length;
         }
     }
 

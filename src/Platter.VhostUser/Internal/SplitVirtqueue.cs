@@ -30,6 +30,8 @@ internal unsafe struct Chain
     public bool TooManySegments;
     /// <summary>The last byte of the last descriptor when it is device-writable and in guest memory, else null.</summary>
     public byte* Status;
+    /// <summary>Bytes the chain's descriptors name, header and status included: what decides where it runs.</summary>
+    public ulong Bytes;
 
     public readonly bool HasStatus => Status != null;
 }
@@ -42,8 +44,9 @@ internal unsafe struct Chain
 /// owner's lock.
 /// </summary>
 /// <remarks>
-/// Not offered, so refused if a driver uses them anyway: indirect descriptors (VIRTIO_RING_F_INDIRECT_DESC) and
-/// event index suppression (VIRTIO_RING_F_EVENT_IDX); without the latter the device interrupts unless the driver set
+/// Indirect descriptors (VIRTIO_RING_F_INDIRECT_DESC) are followed when negotiated: each entry of an indirect table is
+/// read through <see cref="GuestMemory"/> like the ring's own, and its buffers are checked like any others. Event index
+/// suppression (VIRTIO_RING_F_EVENT_IDX) is not offered, so the device interrupts unless the driver set
 /// VIRTQ_AVAIL_F_NO_INTERRUPT.
 /// </remarks>
 internal sealed unsafe class SplitVirtqueue
@@ -61,9 +64,11 @@ internal sealed unsafe class SplitVirtqueue
     private ushort _lastAvailable;
     private ushort _usedIndex;
 
-    private SplitVirtqueue(GuestMemory memory, ushort size, byte* descriptors, ushort* available, byte* used, ushort lastAvailable)
+    private SplitVirtqueue(GuestMemory memory, ushort size, byte* descriptors, ushort* available, byte* used, ushort lastAvailable,
+        bool indirectDescriptors)
     {
         _memory = memory;
+        IndirectDescriptors = indirectDescriptors;
         Size = size;
         _descriptors = descriptors;
         _available = available;
@@ -76,6 +81,9 @@ internal sealed unsafe class SplitVirtqueue
 
     public ushort Size { get; }
 
+    /// <summary>VIRTIO_RING_F_INDIRECT_DESC was negotiated: chains may go on in an indirect table.</summary>
+    public bool IndirectDescriptors { get; }
+
     /// <summary>How many available entries the device has taken (what GET_VRING_BASE reports).</summary>
     public ushort LastAvailableIndex => _lastAvailable;
 
@@ -86,7 +94,7 @@ internal sealed unsafe class SplitVirtqueue
     /// when the size is not a power of two up to 32768, or a ring is not wholly inside one region or misaligned.
     /// </summary>
     public static SplitVirtqueue? Create(GuestMemory memory, uint size, ulong descriptorsUser, ulong availableUser, ulong usedUser,
-        ushort lastAvailable, out string? problem)
+        ushort lastAvailable, out string? problem, bool indirectDescriptors = false)
     {
         problem = null;
         if (size == 0 || size > SizeMax || !uint.IsPow2(size))
@@ -108,7 +116,7 @@ internal sealed unsafe class SplitVirtqueue
             problem = "a ring of the queue is misaligned";
             return null;
         }
-        return new SplitVirtqueue(memory, (ushort)size, d, (ushort*)a, u, lastAvailable);
+        return new SplitVirtqueue(memory, (ushort)size, d, (ushort*)a, u, lastAvailable, indirectDescriptors);
     }
 
     /// <summary>Takes the next available chain head, if any.</summary>
@@ -128,6 +136,9 @@ internal sealed unsafe class SplitVirtqueue
         return PopResult.Popped;
     }
 
+    /// <summary>True when the driver has published entries not taken yet (a hint: <see cref="TryPop"/> decides).</summary>
+    public bool HasAvailable => Volatile.Read(ref _available[1]) != _lastAvailable;
+
     private PopResult Break(string reason)
     {
         BrokenReason = reason;
@@ -136,37 +147,77 @@ internal sealed unsafe class SplitVirtqueue
 
     /// <summary>
     /// Walks the chain from <paramref name="head"/> into <paramref name="segments"/>. False (and the queue broken) when
-    /// the chain's structure is wrong: a next index past the table, more descriptors than the queue has (a loop), an
-    /// indirect descriptor, a device-readable descriptor after a device-writable one. A descriptor whose memory is not
-    /// the guest's only fails its request (<see cref="Chain.BadAddress"/>).
+    /// the chain's structure is wrong: a next index past its table, more descriptors than the table has (a loop), a
+    /// device-readable descriptor after a device-writable one, an indirect descriptor when
+    /// VIRTIO_RING_F_INDIRECT_DESC was not negotiated, or one that also chains on (NEXT), sits in an indirect table
+    /// itself, or names a table that is not a whole number of descriptors (at most
+    /// <see cref="VhostUserLimits.IndirectDescriptorsMax"/>). A descriptor whose memory is not the guest's — data
+    /// buffer or indirect table — only fails its request (<see cref="Chain.BadAddress"/>).
     /// </summary>
     public bool TryReadChain(ushort head, Span<Segment> segments, out Chain chain)
     {
         chain = default;
-        ushort index = head;
-        int descriptors = 0;
+        // The table being walked: the ring's own (null: _descriptors, Size entries) or an indirect one, read descriptor
+        // by descriptor through the memory map (it may straddle regions) at indirectGpa, indirectCount entries.
+        bool inIndirect = false;
+        ulong indirectGpa = 0;
+        uint tableCount = Size;
+        uint index = head;
+        uint walked = 0;
         bool seenWritable = false;
         ulong lastAddress = 0;
         uint lastLength = 0;
         bool lastWritable = false;
         while (true)
         {
-            // A chain has at most Size descriptors: one more means it loops.
-            if (++descriptors > Size)
+            // A chain has at most as many descriptors as its table: one more means it loops.
+            if (++walked > tableCount)
             {
-                Break($"descriptor chain from {head} is longer than the queue ({Size}): a loop");
+                Break($"descriptor chain from {head} is longer than its table ({tableCount}{(inIndirect ? ", indirect" : "")}): a loop");
                 return false;
             }
-            byte* d = _descriptors + 16 * index;
             // One read of each field: the guest may change the table under us; only these copies are used.
+            byte* d = _descriptors + 16 * index;
+            if (inIndirect && (!_memory.TryTranslate(indirectGpa + 16UL * index, 16, out d, out ulong tableBytes) || tableBytes < 16))
+            {
+                // The table is not (wholly) guest memory: the request fails; nothing more of it can be read.
+                chain.BadAddress = true;
+                return true;
+            }
             ulong address = Unsafe.ReadUnaligned<ulong>(d);
             uint length = Unsafe.ReadUnaligned<uint>(d + 8);
             ushort flags = Unsafe.ReadUnaligned<ushort>(d + 12);
             ushort next = Unsafe.ReadUnaligned<ushort>(d + 14);
             if ((flags & DescIndirect) != 0)
             {
-                Break("indirect descriptor (VIRTIO_RING_F_INDIRECT_DESC was not offered)");
-                return false;
+                if (!IndirectDescriptors)
+                {
+                    Break("indirect descriptor (VIRTIO_RING_F_INDIRECT_DESC was not negotiated)");
+                    return false;
+                }
+                if (inIndirect)
+                {
+                    Break($"indirect descriptor inside the indirect table of the chain from {head}");
+                    return false;
+                }
+                if ((flags & DescNext) != 0)
+                {
+                    Break($"indirect descriptor {index} in the chain from {head} also has NEXT set");
+                    return false;
+                }
+                if (length == 0 || length % 16 != 0 || length / 16 > VhostUserLimits.IndirectDescriptorsMax)
+                {
+                    Break($"indirect table of {length} bytes in the chain from {head} (a multiple of 16, at most {VhostUserLimits.IndirectDescriptorsMax} descriptors)");
+                    return false;
+                }
+                // The write flag of the descriptor naming the table means nothing (virtio 1.1 2.7.5.3.2); the walk
+                // goes on in the table from its first entry, and ends there.
+                inIndirect = true;
+                indirectGpa = address;
+                tableCount = length / 16;
+                index = 0;
+                walked = 0;
+                continue;
             }
             bool writable = (flags & DescWrite) != 0;
             if (!writable && seenWritable)
@@ -199,15 +250,16 @@ internal sealed unsafe class SplitVirtqueue
                         segments[chain.SegmentCount++] = new Segment { Host = host, Length = (uint)contiguous, Writable = writable };
                         done += contiguous;
                     }
+                    chain.Bytes += length;
                 }
             }
             lastAddress = address;
             lastLength = length;
             lastWritable = writable;
             if ((flags & DescNext) == 0) break;
-            if (next >= Size)
+            if (next >= tableCount)
             {
-                Break($"descriptor {index} names next descriptor {next} on a queue of {Size}");
+                Break($"descriptor {index} names next descriptor {next} in a table of {tableCount}{(inIndirect ? " (indirect)" : "")}");
                 return false;
             }
             index = next;

@@ -9,7 +9,7 @@ namespace Platter.VhostUser.Internal;
 /// guest memory they map, and the queues they start.
 /// </summary>
 /// <remarks>
-/// <para>Offered and honoured: VIRTIO_F_VERSION_1, VHOST_USER_F_PROTOCOL_FEATURES; protocol features MQ, REPLY_ACK and
+/// <para>Offered and honoured: VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC, VHOST_USER_F_PROTOCOL_FEATURES; protocol features MQ, REPLY_ACK and
 /// CONFIG (QEMU's vhost-user-blk needs CONFIG to read the capacity). Not offered, hence refused if sent anyway: dirty
 /// logging for migration (SET_LOG_BASE/SET_LOG_FD), the in-flight shared memory for reconnects
 /// (GET/SET_INFLIGHT_FD), the back-end request channel (so no config-change notice on resize: the guest sees a new
@@ -143,6 +143,8 @@ internal sealed unsafe class VhostUserConnection : IDisposable
                 }
                 _features = features;
                 _featuresSet = true;
+                _log.LogInformation("vhost-user-blk {Volume}: driver features 0x{Features:x}{Indirect}", _name, features,
+                    (features & (1UL << VirtioBlk.FeatureIndirectDescriptors)) != 0 ? " (indirect descriptors)" : "");
                 // Without protocol features rings start enabled; with them SET_VRING_ENABLE decides.
                 if ((features & (1UL << VhostUserProtocol.FeatureProtocolFeatures)) == 0)
                     foreach (var v in _vrings) v.Enabled = true;
@@ -369,7 +371,8 @@ internal sealed unsafe class VhostUserConnection : IDisposable
         else if (v.Size == 0) problem = "no SET_VRING_NUM before the queue started";
         else if (!_featuresSet) problem = "no SET_FEATURES before the queue started";
         SplitVirtqueue? queue = null;
-        if (problem is null) queue = SplitVirtqueue.Create(_memory!, v.Size, v.Descriptors, v.Available, v.Used, v.Base, out problem);
+        bool indirect = (_features & (1UL << VirtioBlk.FeatureIndirectDescriptors)) != 0;
+        if (problem is null) queue = SplitVirtqueue.Create(_memory!, v.Size, v.Descriptors, v.Available, v.Used, v.Base, out problem, indirect);
         if (queue is null)
         {
             Native.CloseIfOpen(ref kick);

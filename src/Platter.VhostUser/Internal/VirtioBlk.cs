@@ -60,11 +60,11 @@ internal static class VirtioBlk
         config[56] = 1; // write_zeroes_may_unmap
     }
 
-    /// <summary>The device features offered: what the volume seam can honour.</summary>
+    /// <summary>The device features offered: what the volume seam can honour, and indirect descriptors (validated like direct ones).</summary>
     public static ulong Features(bool readOnly)
     {
         ulong f = (1UL << FeatureVersion1) | (1UL << FeatureSegMax) | (1UL << FeatureBlockSize) | (1UL << FeatureTopology)
-                  | (1UL << FeatureFlush) | (1UL << FeatureMultiQueue);
+                  | (1UL << FeatureFlush) | (1UL << FeatureMultiQueue) | (1UL << FeatureIndirectDescriptors);
         f |= readOnly ? 1UL << FeatureReadOnly : (1UL << FeatureDiscard) | (1UL << FeatureWriteZeroes);
         return f;
     }
