@@ -20,6 +20,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
+. "$here/lib.sh"
 
 rounds=3
 size=1G
@@ -31,21 +32,7 @@ dir="$repo/.cache/bench-aged"
 out=""
 settle_max=300
 
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --rounds) rounds=$2; shift 2 ;;
-    --size) size=$2; shift 2 ;;
-    --runtime) runtime=$2; shift 2 ;;
-    --overwrite-factor) factor=$2; shift 2 ;;
-    --snapshot-every) snap_every=$2; shift 2 ;;
-    --snapshots-kept) snaps_kept=$2; shift 2 ;;
-    --dir) dir=$2; shift 2 ;;
-    --out) out=$2; shift 2 ;;
-    --settle-max) settle_max=$2; shift 2 ;;
-    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-    *) echo "aged.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
-  esac
-done
+bench_options "[--rounds 3] [--size 1G] [--runtime 10] [--overwrite-factor 3] ... (see --help)" rounds size runtime overwrite-factor=factor snapshot-every=snap_every snapshots-kept=snaps_kept dir out settle-max -- "$@"
 
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 die() { echo "aged.sh: ERROR: $*" >&2; exit 1; }

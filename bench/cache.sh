@@ -14,24 +14,15 @@
 # Build first: dotnet build src/Platter.Cli -c Release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 seconds=8
 size_mib=256
 cluster=""
-while (($#)); do
-  case $1 in
-    --seconds) seconds=$2; shift 2 ;;
-    --size-mib) size_mib=$2; shift 2 ;;
-    --cluster) cluster=$2; shift 2 ;;
-    *) echo "usage: $0 [--seconds N] [--size-mib N] [--cluster DIR]" >&2; exit 2 ;;
-  esac
-done
-
-platter_dll=src/Platter.Cli/bin/Release/net10.0/platter.dll
-[[ -f $platter_dll ]] || { echo "build first: dotnet build src/Platter.Cli -c Release" >&2; exit 1; }
+bench_options "[--seconds N] [--size-mib N] [--cluster DIR]" seconds size-mib cluster -- "$@"
+bench_require_build
 
 work=$(mktemp -d /tmp/platter-cache-bench.XXXXXX)
-own_cluster=0
 platter_pid=""
 qemu_pid=""
 holder_pid=""
@@ -40,17 +31,12 @@ cleanup() {
   # SIGKILL: a SIGTERM would first write back what the write-back log still holds (minutes of random writes).
   [[ -n $platter_pid ]] && { kill -9 "$platter_pid" 2>/dev/null; wait "$platter_pid" 2>/dev/null || true; }
   [[ -n $qemu_pid ]] && { kill "$qemu_pid" 2>/dev/null; wait "$qemu_pid" 2>/dev/null || true; }
-  ((own_cluster)) && scripts/ceph-cluster.sh stop "$cluster" >/dev/null 2>&1
+  bench_cluster_stop
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-if [[ -z $cluster ]]; then
-  cluster=$work/ceph
-  own_cluster=1
-  scripts/ceph-cluster.sh start "$cluster" >/dev/null
-fi
-export CEPH_CONF=$cluster/ceph.conf
+bench_cluster "$work"
 prefix=cbench-$$
 for mode in none writethrough writeback qemu; do
   rbd create --size "${size_mib}M" "rbd/$prefix-$mode"
@@ -67,8 +53,7 @@ cache_mib=$((size_mib * 8))
 dotnet "$platter_dll" serve --store rbd:rbd --ceph-conf "$CEPH_CONF" --socket "$work/platter.sock" --api-socket "$work/api.sock" \
   --listen none --cache-dir "$work/cache" --cache-size "${cache_mib}M" >"$work/platter.log" 2>&1 &
 platter_pid=$!
-for _ in $(seq 1 600); do [[ -S $work/platter.sock && -S $work/api.sock ]] && break; sleep 0.1; done
-[[ -S $work/api.sock ]] || { echo "platter did not start: $(tail -3 "$work/platter.log")" >&2; exit 1; }
+bench_wait_socket "$work/platter.log" "$work/platter.sock" "$work/api.sock"
 platter volume set "$prefix-writethrough" --cache writethrough >/dev/null
 platter volume set "$prefix-writeback" --cache writeback >/dev/null
 
@@ -76,7 +61,7 @@ platter volume set "$prefix-writeback" --cache writeback >/dev/null
 qemu-nbd --persistent --format=raw --cache=none --aio=threads -e 32 --socket="$work/qemu.sock" \
   "rbd:rbd/$prefix-qemu:conf=$CEPH_CONF" >"$work/qemu.log" 2>&1 &
 qemu_pid=$!
-for _ in $(seq 1 200); do [[ -S $work/qemu.sock ]] && break; sleep 0.1; done
+bench_wait_socket "$work/qemu.log" "$work/qemu.sock"
 
 uri() {
   case $1 in

@@ -13,38 +13,25 @@
 # Build first: dotnet build src/Platter.Cli -c Release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 runs=10
 cluster=""
-while (($#)); do
-  case $1 in
-    --runs) runs=$2; shift 2 ;;
-    --cluster) cluster=$2; shift 2 ;;
-    *) echo "usage: $0 [--runs N] [--cluster DIR]" >&2; exit 2 ;;
-  esac
-done
-
-platter_dll=src/Platter.Cli/bin/Release/net10.0/platter.dll
-[[ -f $platter_dll ]] || { echo "build first: dotnet build src/Platter.Cli -c Release" >&2; exit 1; }
+bench_options "[--runs N] [--cluster DIR]" runs cluster -- "$@"
+bench_require_build
 
 work=$(mktemp -d /tmp/platter-rbd-snap.XXXXXX)
-own_cluster=0
 server_pid=""
 images=()
 cleanup() {
   [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
   for i in "${images[@]}"; do rbd snap purge "rbd/$i" >/dev/null 2>&1; rbd rm "rbd/$i" >/dev/null 2>&1; done
-  ((own_cluster)) && scripts/ceph-cluster.sh stop "$cluster" >/dev/null 2>&1
+  bench_cluster_stop
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-if [[ -z $cluster ]]; then
-  cluster=$work/ceph
-  own_cluster=1
-  scripts/ceph-cluster.sh start "$cluster" >/dev/null
-fi
-export CEPH_CONF=$cluster/ceph.conf
+bench_cluster "$work"
 
 # name size fio-rw bs bytes (what is written: 4 KiB at the start of every 4 MiB object, or of every 16th or 256th
 # object: 1024 writes, as fio's io_size counts bytes moved, not the span)
@@ -64,8 +51,7 @@ done
 dotnet "$platter_dll" serve --store rbd:rbd --ceph-conf "$CEPH_CONF" --socket "$work/platter.sock" \
   --api-socket "$work/api.sock" --listen none >"$work/platter.log" 2>&1 &
 server_pid=$!
-for _ in $(seq 1 200); do [[ -S $work/api.sock ]] && break; sleep 0.1; done
-[[ -S $work/api.sock ]] || { echo "platter did not start: $(tail -3 "$work/platter.log")" >&2; exit 1; }
+bench_wait_socket "$work/platter.log" "$work/api.sock"
 
 # summary SECONDS...: "median max" in milliseconds
 summary() { printf '%s\n' "$@" | python3 -c 'import statistics,sys; v=[float(x)*1000 for x in sys.stdin]; print(f"{statistics.median(v):.0f} {max(v):.0f}")'; }

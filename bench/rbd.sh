@@ -15,43 +15,28 @@
 # Build first: dotnet build src/Platter.Cli -c Release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 seconds=8
 size_mib=2048
 rounds=2
 cluster=""
-while (($#)); do
-  case $1 in
-    --seconds) seconds=$2; shift 2 ;;
-    --size-mib) size_mib=$2; shift 2 ;;
-    --rounds) rounds=$2; shift 2 ;;
-    --cluster) cluster=$2; shift 2 ;;
-    *) echo "usage: $0 [--seconds N] [--size-mib N] [--rounds N] [--cluster DIR]" >&2; exit 2 ;;
-  esac
-done
-
-platter_dll=src/Platter.Cli/bin/Release/net10.0/platter.dll
-[[ -f $platter_dll ]] || { echo "build first: dotnet build src/Platter.Cli -c Release" >&2; exit 1; }
+bench_options "[--seconds N] [--size-mib N] [--rounds N] [--cluster DIR]" seconds size-mib rounds cluster -- "$@"
+bench_require_build
 
 work=$(mktemp -d /tmp/platter-rbd-bench.XXXXXX)
-own_cluster=0
 server_pid=""
 holder_pid=""
 open_cpu_ms=()
 cleanup() {
   [[ -n $holder_pid ]] && kill "$holder_pid" 2>/dev/null
   [[ -n $server_pid ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-  ((own_cluster)) && scripts/ceph-cluster.sh stop "$cluster" >/dev/null 2>&1
+  bench_cluster_stop
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-if [[ -z $cluster ]]; then
-  cluster=$work/ceph
-  own_cluster=1
-  scripts/ceph-cluster.sh start "$cluster" >/dev/null
-fi
-export CEPH_CONF=$cluster/ceph.conf
+bench_cluster "$work"
 image=bench-$$
 rbd create --size "${size_mib}M" "rbd/$image"
 # Fill the image once so reads hit data (a never-written RBD object reads as zeros without touching a disk).
@@ -104,9 +89,7 @@ start_platter() {
   dotnet "$platter_dll" serve --store rbd:rbd --ceph-conf "$CEPH_CONF" --socket "$work/platter.sock" \
     --api-socket "$work/api.sock" --listen none >"$work/platter.log" 2>&1 &
   server_pid=$!
-  local up=0
-  for _ in $(seq 1 200); do [[ -S $work/platter.sock && -S $work/api.sock ]] && { up=1; break; }; sleep 0.1; done
-  ((up)) || { echo "platter did not start: $(tail -3 "$work/platter.log")" >&2; exit 1; }
+  bench_wait_socket "$work/platter.log" "$work/platter.sock" "$work/api.sock"
   # Platter opens a volume (its own RADOS connection, the exclusive lock) when the first client connects and closes
   # it when the last one leaves: 100-150 ms of CPU each time, where qemu-nbd opens its image once, before any run is
   # measured. A client holding a connection for the whole target keeps the volume open, so both servers' CPU per
@@ -127,8 +110,7 @@ start_qemu_nbd() {
   qemu-nbd --persistent --format=raw --cache=none --aio=threads -e 32 --socket="$work/qemu.sock" \
     "rbd:rbd/$image:conf=$CEPH_CONF" >"$work/qemu.log" 2>&1 &
   server_pid=$!
-  for _ in $(seq 1 200); do [[ -S $work/qemu.sock ]] && return; sleep 0.1; done
-  echo "qemu-nbd did not start: $(cat "$work/qemu.log")" >&2; exit 1
+  bench_wait_socket "$work/qemu.log" "$work/qemu.sock"
 }
 
 stop_server() {

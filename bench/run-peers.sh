@@ -40,6 +40,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
+. "$here/lib.sh"
 
 rounds=5
 size=4G
@@ -50,21 +51,10 @@ dir="$repo/.cache/bench"
 out=""
 keep=0
 
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --rounds) rounds=$2; shift 2 ;;
-    --size) size=$2; shift 2 ;;
-    --runtime) runtime=$2; shift 2 ;;
-    --targets) targets=$2; shift 2 ;;
-    --workloads) workloads=$2; shift 2 ;;
-    --dir) dir=$2; shift 2 ;;
-    --out) out=$2; shift 2 ;;
-    --keep) keep=1; shift ;;
-    --quick) rounds=2; size=1G; runtime=3; shift ;;
-    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-    *) echo "run-peers.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
-  esac
-done
+# --quick (a short run to try the script) sets smaller defaults; options given explicitly still win, wherever they stand.
+for arg in "$@"; do [[ $arg == --quick ]] && { rounds=2; size=1G; runtime=3; }; done
+quick=0
+bench_options "[--rounds N] [--size 4G] [--runtime SECONDS] [--targets a,b,...] [--workloads a,b,...] [--dir DIR] [--out FILE] [--keep] [--quick]" rounds size runtime targets workloads dir out keep! quick! -- "$@"
 
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 die() { echo "run-peers.sh: ERROR: $*" >&2; exit 1; }

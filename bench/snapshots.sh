@@ -34,6 +34,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
+. "$here/lib.sh"
 
 parts=create,cow,clone,delete
 rounds=5
@@ -51,28 +52,10 @@ dir="$repo/.cache/bench-snap"
 out=""
 keep=0
 
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --parts) parts=$2; shift 2 ;;
-    --rounds) rounds=$2; shift 2 ;;
-    --size) size=$2; shift 2 ;;
-    --runtime) runtime=$2; shift 2 ;;
-    --create-runs) create_runs=$2; shift 2 ;;
-    --big-gib) big_gib=$2; shift 2 ;;
-    --big-pattern) big_pattern=$2; shift 2 ;;
-    --depth) depth=$2; shift 2 ;;
-    --reclaim-size) reclaim_size=$2; shift 2 ;;
-    --delete-runtime) delete_runtime=$2; shift 2 ;;
-    --delete-via) delete_via=$2; shift 2 ;;
-    --sides) sides=$2; shift 2 ;;
-    --dir) dir=$2; shift 2 ;;
-    --out) out=$2; shift 2 ;;
-    --keep) keep=1; shift ;;
-    --quick) rounds=2; size=1G; runtime=3; create_runs=5; big_gib=4; reclaim_size=512M; delete_runtime=8; shift ;;
-    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-    *) echo "snapshots.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
-  esac
-done
+# --quick (a short run to try the script) sets smaller defaults; options given explicitly still win, wherever they stand.
+for arg in "$@"; do [[ $arg == --quick ]] && { rounds=2; size=1G; runtime=3; create_runs=5; big_gib=4; reclaim_size=512M; delete_runtime=8; }; done
+quick=0
+bench_options "[--parts LIST] [--rounds N] [--size 4G] [--runtime SECONDS] ... (see --help)" parts rounds size runtime create-runs big-gib big-pattern depth reclaim-size delete-runtime delete-via sides dir out keep! quick! -- "$@"
 
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 die() { echo "snapshots.sh: ERROR: $*" >&2; exit 1; }

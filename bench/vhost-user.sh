@@ -23,26 +23,17 @@
 # Needs qemu-storage-daemon (qemu-system-common), fio, nbdcopy (libnbd-bin), python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 rounds=3
 seconds=8
 size_mib=512
 out=""
 only=""
-while (($#)); do
-  case $1 in
-    --rounds) rounds=$2; shift 2 ;;
-    --seconds) seconds=$2; shift 2 ;;
-    --size-mib) size_mib=$2; shift 2 ;;
-    --out) out=$2; shift 2 ;;
-    --only) only=$2; shift 2 ;;
-    *) echo "usage: $0 [--rounds N] [--seconds N] [--size-mib N] [--only REGEX] [--out FILE]" >&2; exit 2 ;;
-  esac
-done
-
-platter_dll=src/Platter.Cli/bin/Release/net10.0/platter.dll
+bench_options "[--rounds N] [--seconds N] [--size-mib N] [--only REGEX] [--out FILE]" rounds seconds size-mib only out -- "$@"
+bench_require_build
 client=bench/Platter.Bench/bin/Release/net10.0/Platter.Bench
-[[ -f $platter_dll && -x $client ]] || { echo "build first: dotnet build src/Platter.Cli -c Release && dotnet build bench/Platter.Bench -c Release" >&2; exit 1; }
+[[ -x $client ]] || { echo "build first: dotnet build bench/Platter.Bench -c Release" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/platter-vu-bench.XXXXXX)
 platter_pid=""
@@ -63,11 +54,10 @@ cp "$work/src.img" "$work/raw.img"
 dotnet "$platter_dll" serve --store "$work/store" --socket "$work/nbd.sock" --api-socket "$work/api.sock" \
   --vhost-user-dir "$work/vu" >"$work/platter.log" 2>&1 &
 platter_pid=$!
-for _ in $(seq 1 600); do [[ -S $work/api.sock ]] && break; sleep 0.1; done
-[[ -S $work/api.sock ]] || { echo "platter did not start: $(tail -3 "$work/platter.log")" >&2; exit 1; }
+bench_wait_socket "$work/platter.log" "$work/api.sock"
 dotnet "$platter_dll" volume create bench --size "${size_mib}M" --api-socket "$work/api.sock" >/dev/null
 nbdcopy --flush "$work/src.img" "nbd+unix:///bench?socket=$work/nbd.sock"
-for _ in $(seq 1 100); do [[ -S $work/vu/bench.sock ]] && break; sleep 0.1; done
+bench_wait_socket "$work/platter.log" "$work/vu/bench.sock"
 
 # Buffered I/O on the raw file, as Platter's data file is: both serve from the page cache.
 qemu-storage-daemon --blockdev "driver=file,node-name=file,filename=$work/raw.img,cache.direct=off,aio=threads" \
@@ -75,8 +65,7 @@ qemu-storage-daemon --blockdev "driver=file,node-name=file,filename=$work/raw.im
   --export "type=vhost-user-blk,id=exp,node-name=disk,addr.type=unix,addr.path=$work/qsd.sock,writable=on,num-queues=1" \
   >"$work/qsd.log" 2>&1 &
 qsd_pid=$!
-for _ in $(seq 1 100); do [[ -S $work/qsd.sock ]] && break; sleep 0.1; done
-[[ -S $work/qsd.sock ]] || { echo "qemu-storage-daemon did not start: $(cat "$work/qsd.log")" >&2; exit 1; }
+bench_wait_socket "$work/qsd.log" "$work/qsd.sock"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)

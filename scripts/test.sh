@@ -19,8 +19,9 @@ scripts/ceph-cluster.sh start "$ceph" >"$ceph.out" 2>&1 &
 ceph_pid=$!
 
 # The binary the .deb ships, published once with Native AOT (its own artifacts path, so it never touches the bin/obj
-# the tests build into). DebPackageTests and DebUpgradeTests package this one, and the tests of what AOT could break
-# (the OpenAPI description, the dashboard, /metrics) run a second time against it below.
+# the tests build into). DebPackageTests and DebUpgradeTests package this one, the guest restart test
+# (Platter.Guest.Tests, restarts under a running guest) runs it instead of the JIT build, and the tests of what AOT
+# could break (the OpenAPI description, the dashboard, /metrics) run a second time against it below.
 aot_status=0
 if scripts/build-deb.sh --publish-only "$aot" >/dev/null; then
   export PLATTER_DEB_BINARY="$aot/platter"

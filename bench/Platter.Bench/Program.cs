@@ -9,6 +9,7 @@ using Platter.Storage;
 //        dotnet run -c Release --project bench/Platter.Bench -- --maps build|open [...] (map RAM and open time, see MapBench.cs)
 //        dotnet run -c Release --project bench/Platter.Bench -- --vhost-user [...]  (a vhost-user-blk front-end, see VhostUserBench.cs)
 //        dotnet run -c Release --project bench/Platter.Bench -- --clones [...]      (4 KiB reads on clones against their origin, see CloneReadBench.cs)
+//        dotnet run -c Release --project bench/Platter.Bench -- --metrics [...]     (CPU cost of counting a request, see MetricsBench.cs)
 if (args.Length > 0 && args[0] == "--snapshots")
     return SnapshotBench.Run(args);
 if (args.Length > 0 && args[0] == "--maps")
@@ -17,6 +18,8 @@ if (args.Length > 0 && args[0] == "--vhost-user")
     return VhostUserBench.Run(args);
 if (args.Length > 0 && args[0] == "--clones")
     return CloneReadBench.Run(args);
+if (args.Length > 0 && args[0] == "--metrics" && OperatingSystem.IsLinux())
+    return MetricsBench.Run(args);
 if (args.Length > 0 && args[0] == "--punch")
     return PunchBench.Run(args);
 if (args.Length > 0 && args[0] == "--kv")

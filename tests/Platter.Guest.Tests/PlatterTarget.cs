@@ -1,25 +1,48 @@
 namespace Platter.Guest.Tests;
 
 /// <summary>
-/// The real <c>platter serve</c> process (the shared <see cref="PlatterServer"/> launcher) on a private store, NBD
-/// and the management API on unix sockets, no TCP. The first start creates the volume with the real CLI
-/// (<c>platter volume create guest --size 512M</c>); later starts reopen the same store, so the guest sees whatever
-/// Platter kept across the restart.
+/// The real <c>platter serve</c> process (the shared <see cref="PlatterServer"/> launcher), NBD and the management API
+/// on unix sockets, no TCP: on a private embedded store, or with a <see cref="CephTestCluster"/> on
+/// <c>--store rbd:POOL</c> so that the guest's disk is an RBD image behind Platter's NBD export. The first start
+/// creates the volume with the real CLI (<c>platter volume create NAME --size 512M</c>); later starts reopen the same
+/// store, so the guest sees whatever Platter kept across the restart. On RBD a start after a SIGKILL first takes the
+/// volume over (<c>platter volume takeover</c>), as an operator does after a server crash: the dead server's exclusive
+/// lock is never handed over silently.
 /// </summary>
 public sealed class PlatterTarget : INbdTarget
 {
     private readonly PlatterServer _server;
+    private readonly bool _rbd;
     private bool _volumeCreated;
+    private bool _killed;
 
     /// <summary>
     /// Creates a target whose store and sockets live in <paramref name="workDirectory"/>; <paramref name="extraArguments"/>
     /// go to <c>platter serve</c> (e.g. <c>--vhost-user-dir DIR</c>).
     /// </summary>
     public PlatterTarget(string workDirectory, long sizeBytes, params string[] extraArguments)
+        : this(workDirectory, sizeBytes, cluster: null, extraArguments)
+    {
+    }
+
+    /// <summary>
+    /// Creates a target whose sockets live in <paramref name="workDirectory"/> and whose volume is an image in
+    /// <paramref name="cluster"/>'s pool (or, without a cluster, on an embedded store in the directory).
+    /// </summary>
+    public PlatterTarget(string workDirectory, long sizeBytes, CephTestCluster? cluster, params string[] extraArguments)
     {
         if (sizeBytes % 512 != 0) throw new ArgumentOutOfRangeException(nameof(sizeBytes), "a volume size is a multiple of 512 bytes");
         _server = new PlatterServer(workDirectory) { ExtraArguments = extraArguments };
+        if (cluster is not null)
+        {
+            _rbd = true;
+            _server.StoreDirectory = "rbd:" + cluster.Pool;
+            // a cut-off cluster fails requests within the test's patience instead of librbd's default of never
+            _server.ExtraArguments = ["--ceph-conf", cluster.ConfFile, "--ceph-op-timeout", "60", .. extraArguments];
+        }
         SizeBytes = sizeBytes;
+        // Images of every RBD test share the cluster: a unique name keeps this test's volume its own.
+        ExportName = cluster is null ? "guest" : CephTestCluster.UniqueName("guest");
     }
 
     /// <summary>
@@ -36,19 +59,22 @@ public sealed class PlatterTarget : INbdTarget
     public int ProcessId => _server.ProcessId;
 
     /// <inheritdoc/>
-    public string Name => "platter";
+    public string Name => _rbd ? "platter rbd" : "platter";
 
     /// <inheritdoc/>
     public string SocketPath => _server.NbdSocketPath;
 
     /// <inheritdoc/>
-    public string ExportName => "guest";
+    public string ExportName { get; }
 
     /// <inheritdoc/>
     public long SizeBytes { get; }
 
     /// <inheritdoc/>
     public string Log => _server.Log;
+
+    /// <summary>What each thread of the running server waits on (see <see cref="PlatterServer.DescribeThreads"/>), for a hang's failure message.</summary>
+    public string DescribeThreads() => _server.DescribeThreads();
 
     /// <inheritdoc/>
     public async Task StartAsync(CancellationToken cancellationToken)
@@ -59,6 +85,12 @@ public sealed class PlatterTarget : INbdTarget
             await _server.CreateExportAsync(ExportName, SizeBytes);
             _volumeCreated = true;
         }
+        if (_killed && _rbd)
+        {
+            var takeover = await _server.CliAsync("volume", "takeover", ExportName);
+            if (takeover.ExitCode != 0) throw new InvalidOperationException("platter volume takeover failed:\n" + takeover.Describe());
+        }
+        _killed = false;
     }
 
     /// <summary>Runs the real CLI (<c>platter ARGS --api-socket SOCKET</c>) against this server.</summary>
@@ -71,6 +103,7 @@ public sealed class PlatterTarget : INbdTarget
         if (!graceful)
         {
             await _server.KillAsync();
+            _killed = true;
             return;
         }
         // A server that cannot shut down cleanly is a bug the test should see.

@@ -14,7 +14,7 @@ public sealed class RbdGuestDiskTests(ITestOutputHelper output, CephTestCluster 
     // (a raw pattern, then mkfs.ext4 on 512 MiB) took longer than the embedded store's bound on a loaded machine.
     protected override TimeSpan BootTimeout => TimeSpan.FromMinutes(8);
 
-    protected override INbdTarget CreateTarget(string workDirectory, long sizeBytes) => new RbdPlatterTarget(workDirectory, sizeBytes, cluster);
+    protected override INbdTarget CreateTarget(string workDirectory, long sizeBytes) => new PlatterTarget(workDirectory, sizeBytes, cluster);
 
     /// <summary>
     /// Boot 1 writes a raw pattern, makes an ext4 file system with files of known checksums, and checks them all
@@ -26,15 +26,9 @@ public sealed class RbdGuestDiskTests(ITestOutputHelper output, CephTestCluster 
     [Fact]
     public async Task Guest_file_system_on_an_rbd_volume_survives_server_restart_and_kill_with_takeover()
     {
-        using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(20));
-        var ct = cts.Token;
-        var image = await GuestImage.BuildAsync(ct);
-        var accel = await GuestVm.ChooseAccelAsync(image, _work.Path, ct);
-        _output.WriteLine($"guest {image.Key}, accelerator {accel}");
-
-        await using var target = CreateTarget(_work.Path, VolumeSizeBytes);
-        await target.StartAsync(ct);
-        await BootAndAssertAsync(image, target, GuestMode.Write, accel, null, "boot (write)", ct);
+        await using var session = await StartSessionAsync();
+        var (target, ct) = (session.Target, session.Token);
+        await session.BootAndAssertAsync(GuestMode.Write, "boot (write)", timeout: BootTimeout);
 
         string uri = NbdExport.NbdUri(target.ExportName, target.SocketPath);
         string left = Path.Combine(_work.Path, "left-by-guest.raw");

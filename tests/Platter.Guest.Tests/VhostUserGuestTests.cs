@@ -25,16 +25,12 @@ public sealed class VhostUserGuestTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public async Task Guest_writes_flushes_and_discards_over_vhost_user_and_the_data_reads_back_over_nbd()
     {
-        using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(20));
-        var ct = cts.Token;
-        var image = await GuestImage.BuildAsync(ct);
         // TCG always: the build machines' /dev/kvm is PVM (kvm_pvm, no VT-x), which runs only PVM guest kernels; a stock
         // Debian kernel never reaches its serial console under it, with or without this disk (docs/PERFORMANCE.md).
-        const string accel = "tcg";
-        output.WriteLine($"guest {image.Key}, accelerator {accel}");
         var vhostDir = _work.Combine("vu");
-        await using var target = new PlatterTarget(_work.Path, VolumeSizeBytes, "--vhost-user-dir", vhostDir);
-        await target.StartAsync(ct);
+        await using var session = await GuestSession<PlatterTarget>.StartAsync(
+            new PlatterTarget(_work.Path, VolumeSizeBytes, "--vhost-user-dir", vhostDir), _work.Path, output, accel: "tcg");
+        var (target, ct, image, accel) = (session.Target, session.Token, session.Image, session.Accel);
         var socket = Path.Combine(vhostDir, target.ExportName + ".sock");
         await WaitForAsync(() => File.Exists(socket), "the volume's vhost-user socket", target, ct);
 
@@ -51,7 +47,7 @@ public sealed class VhostUserGuestTests(ITestOutputHelper output) : IDisposable
         Assert.NotEqual(0, refused.ExitCode);
         // qemu-io prints the server's reason ("server reported: ...") on stdout.
         Assert.Contains("being written over vhost-user", refused.Stdout + refused.Stderr);
-        await AssertPassedAsync(await boot, "boot 1 (write, over vhost-user)", target);
+        session.AssertPassed(await boot, "boot 1 (write, over vhost-user)", GuestVm.BootTimeout);
 
         // Only flushed data may be relied on after SIGKILL; the guest synced and unmounted, so all of it must be there.
         await target.StopAsync(graceful: false, ct);
@@ -68,12 +64,10 @@ public sealed class VhostUserGuestTests(ITestOutputHelper output) : IDisposable
             if (bytes.AsSpan(block, 4096).IndexOfAnyExcept((byte)0xAB) < 0) stale++;
         Assert.True(stale == 0, $"{stale} 4 KiB blocks of the range still hold the 0xAB fill: mkfs.ext4's discard did not reach the volume");
 
-        var verifyOverNbd = await GuestVm.BootAsync(image, target, GuestMode.Verify, _work.Path, accel, expectedMarkers: 0, cancellationToken: ct);
-        await AssertPassedAsync(verifyOverNbd, "boot 2 (verify, over NBD)", target);
+        await session.BootAndAssertAsync(GuestMode.Verify, "boot 2 (verify, over NBD)", expectedMarkers: 0);
 
         // NBD's claim ends with its connection: vhost-user may write again.
-        var again = await GuestVm.BootAsync(image, null, GuestMode.Verify, _work.Path, accel, expectedMarkers: 1, diskArguments: VhostUserDisk(socket), cancellationToken: ct);
-        await AssertPassedAsync(again, "boot 3 (verify, over vhost-user)", target);
+        await session.BootAndAssertAsync(GuestMode.Verify, "boot 3 (verify, over vhost-user)", expectedMarkers: 1, diskArguments: VhostUserDisk(socket));
         // Linux lays every request out in an indirect table once the feature is offered: this boot ran on them.
         Assert.Contains("(indirect descriptors)", target.Log);
         await target.StopAsync(graceful: true, ct);
@@ -87,13 +81,6 @@ public sealed class VhostUserGuestTests(ITestOutputHelper output) : IDisposable
         "-chardev", $"socket,id=vu0,path={socket}",
         "-device", "vhost-user-blk-pci,chardev=vu0",
     ];
-
-    private async Task AssertPassedAsync(GuestBoot boot, string what, PlatterTarget target)
-    {
-        output.WriteLine($"{what}: {(boot.Passed ? "PASS" : "FAIL")}, wall {boot.Elapsed.TotalSeconds:F1} s, guest uptime {boot.GuestUptimeSeconds?.ToString("F1") ?? "?"} s");
-        Assert.True(boot.Passed, $"{what} did not report PASS:\n{boot.Describe()}\n--- platter log ---\n{target.Log}");
-        await Task.CompletedTask;
-    }
 
     private static async Task WaitForAsync(Func<bool> condition, string what, PlatterTarget target, CancellationToken ct)
     {

@@ -126,6 +126,59 @@ public class ObservabilityApiTests
         Assert.DoesNotContain("vm1", System.Text.Encoding.UTF8.GetString(text.ToArray()));
     }
 
+    /// <summary>
+    /// The request path counts into buckets of its own and the histogram series get them at each scrape: every request
+    /// must reach the exposed histogram exactly once, in the bucket its duration falls in, however often it is scraped.
+    /// Durations are whatever the clock says, so the check is against the counters' own totals, not fixed values.
+    /// </summary>
+    [Fact]
+    public async Task EveryCountedRequestReachesTheScrapedHistogramOnce()
+    {
+        var metrics = new PlatterMetrics();
+        var volume = metrics.ForVolume("vm2");
+        long reads = 0;
+        for (int scrape = 1; scrape <= 3; scrape++)
+        {
+            for (int i = 0; i < 1000 * scrape; i++, reads++)
+            {
+                long start = VolumeMetrics.Start();
+                // Every few requests a slow one, so that more than one bucket fills.
+                if (i % 250 == 0) Thread.SpinWait(20_000);
+                volume.Done(VolumeOp.Read, 4096, start);
+            }
+            string text = await ScrapeAsync(metrics);
+            string series = "platter_volume_request_duration_seconds";
+            const string labels = "volume=\"vm2\",op=\"read\"";
+            Assert.Equal(reads, long.Parse(Sample(text, $"{series}_count{{{labels}}}"), System.Globalization.CultureInfo.InvariantCulture));
+            Assert.Equal(reads, long.Parse(Sample(text, $"{series}_bucket{{{labels},le=\"+Inf\"}}"), System.Globalization.CultureInfo.InvariantCulture));
+            Assert.Equal(reads * 4096, double.Parse(Sample(text, $"platter_volume_read_bytes_total{{volume=\"vm2\"}}"), System.Globalization.CultureInfo.InvariantCulture));
+            var totals = volume.Totals();
+            Assert.Equal(reads, totals.Reads);
+            double sum = double.Parse(Sample(text, $"{series}_sum{{{labels}}}"), System.Globalization.CultureInfo.InvariantCulture);
+            Assert.InRange(sum, totals.ReadSeconds * (1 - 1e-9), totals.ReadSeconds * (1 + 1e-9));
+            // Cumulative buckets never decrease, and more than one holds requests.
+            var buckets = Regex.Matches(text, $@"^{series}_bucket\{{{Regex.Escape(labels)},le=""[^""]+""\}} (\d+)", RegexOptions.Multiline)
+                .Select(m => long.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).ToList();
+            Assert.Equal(17, buckets.Count);
+            for (int b = 1; b < buckets.Count; b++) Assert.True(buckets[b] >= buckets[b - 1], $"bucket {b} below bucket {b - 1}:\n{text}");
+            Assert.True(buckets[0] < reads || buckets.Distinct().Count() > 1, $"every request in one bucket:\n{text}");
+        }
+    }
+
+    private static async Task<string> ScrapeAsync(PlatterMetrics metrics)
+    {
+        using var stream = new MemoryStream();
+        await metrics.Registry.CollectAndExportAsTextAsync(stream);
+        return System.Text.Encoding.UTF8.GetString(stream.ToArray());
+    }
+
+    private static string Sample(string text, string name)
+    {
+        var line = text.Split('\n').FirstOrDefault(l => l.StartsWith(name + " ", StringComparison.Ordinal));
+        Assert.True(line is not null, $"no sample {name} in:\n{text}");
+        return line![(name.Length + 1)..].Trim();
+    }
+
     private static IEnumerable<string> Operations(JsonDocument document)
     {
         foreach (var path in document.RootElement.GetProperty("paths").EnumerateObject())

@@ -247,6 +247,43 @@ public sealed class PlatterServer : IAsyncDisposable
         AppendLog("--- killed");
     }
 
+    /// <summary>
+    /// One line per thread of the running server: its name, scheduler state and the kernel function it sleeps in
+    /// (<c>/proc/PID/task/TID/{comm,stat,wchan}</c>), grouped and counted. For the failure message of a test that saw
+    /// the server stop answering: threads asleep in <c>futex_wait</c> wait on each other, one in a file system's
+    /// sync waits on the disk, all in <c>ep_poll</c> wait for a client that sends nothing. Works for the JIT and the
+    /// Native AOT build alike (no debugger attach, which an AOT binary would not answer to).
+    /// </summary>
+    public string DescribeThreads()
+    {
+        if (_process is not { HasExited: false } process) return "(the server is not running)";
+        var counts = new SortedDictionary<string, int>(StringComparer.Ordinal);
+        try
+        {
+            foreach (var task in Directory.EnumerateDirectories($"/proc/{process.Id}/task"))
+            {
+                try
+                {
+                    string name = File.ReadAllText(Path.Combine(task, "comm")).Trim();
+                    string stat = File.ReadAllText(Path.Combine(task, "stat"));
+                    string state = stat[(stat.LastIndexOf(')') + 2)..].Split(' ')[0];
+                    string wchan = File.ReadAllText(Path.Combine(task, "wchan")).Trim();
+                    string key = $"{name} state {state} in {(wchan is "" or "0" ? "(running)" : wchan)}";
+                    counts[key] = counts.GetValueOrDefault(key) + 1;
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    // The thread ended while being read.
+                }
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return $"(threads of pid {process.Id} not readable: {e.Message})";
+        }
+        return string.Join('\n', counts.Select(c => $"{c.Value,3} x {c.Key}"));
+    }
+
     /// <summary>Runs <c>platter ARGS --api-socket SOCKET</c> against this server.</summary>
     public Task<ProcessResult> CliAsync(params string[] args)
     {

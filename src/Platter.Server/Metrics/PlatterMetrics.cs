@@ -10,9 +10,9 @@ namespace Platter.Server.Metrics;
 /// hosts in one process, as in the tests, never mix their numbers.
 /// </summary>
 /// <remarks>
-/// Per-volume I/O is counted on the request path through <see cref="VolumeMetrics"/>. Everything the store and the
-/// NBD server already count (space, commits, syncs, checkpoints, journal, connections) is copied into the registry
-/// only when /metrics is scraped, so it costs the request path nothing.
+/// Per-volume I/O is counted on the request path through <see cref="VolumeMetrics"/>, in counters of its own that are
+/// handed to the registry when /metrics is scraped, like everything the store and the NBD server already count (space,
+/// commits, syncs, checkpoints, journal, connections): the request path never calls into the library.
 /// </remarks>
 internal sealed class PlatterMetrics
 {
@@ -26,6 +26,7 @@ internal sealed class PlatterMetrics
     private readonly Counter _errors;
     private readonly Counter _checksumFailures;
     private readonly ConcurrentDictionary<string, VolumeMetrics> _volumes = new(StringComparer.Ordinal);
+    private readonly Lock _publishLock = new();
 
     private readonly Gauge _dataFileBytes;
     private readonly Gauge _usedBytes;
@@ -136,7 +137,7 @@ internal sealed class PlatterMetrics
     /// <summary>The shared counters of one export, created on first use.</summary>
     public VolumeMetrics ForVolume(string name) =>
         _volumes.GetOrAdd(name, static (n, self) =>
-            new VolumeMetrics(n, self._duration, self._readBytes, self._writtenBytes, self._errors, self._checksumFailures), this);
+            new VolumeMetrics(n, self._duration, DurationBuckets, self._readBytes, self._writtenBytes, self._errors, self._checksumFailures), this);
 
     /// <summary>Every export served since start, for the dashboard's live rates.</summary>
     public IEnumerable<VolumeMetrics> Volumes => _volumes.Values;
@@ -159,9 +160,14 @@ internal sealed class PlatterMetrics
         }
     }
 
-    // Runs on each scrape: copies what the store and the NBD server count into the registry.
+    // Runs on each scrape: copies what the request path, the store and the NBD server count into the registry.
     private void Refresh()
     {
+        // Two scrapes at once (/metrics on two listeners) must not hand the same requests to a histogram twice.
+        lock (_publishLock)
+        {
+            foreach (var volume in _volumes.Values) volume.Publish();
+        }
         if (_store is { } store)
         {
             try
