@@ -53,6 +53,53 @@ public sealed class MovingTests(ServerFixture fixture, ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task Import_and_send_draw_progress_on_a_terminal_and_nothing_when_piped()
+    {
+        string raw = Scratch.Combine("progress.raw");
+        (await ProcessRunner.RunAsync(Tools.QemuImg, ["create", "-q", "-f", "raw", raw, $"{Size}"])).EnsureSuccess();
+        (await ProcessRunner.RunAsync(Tools.QemuIo, ["-f", "raw", "-c", $"write -P 0x5a 0 {8 * MiB}", raw])).EnsureSuccess();
+
+        // On a terminal (script(1) gives the CLI a pseudo-terminal): import draws a bar with its rate and ETA on stdout.
+        var onTty = await OnTerminalAsync(["import", raw, "tty1", "--format", "raw"]);
+        Assert.True(onTty.Contains("100.0%", StringComparison.Ordinal) && onTty.Contains("/s", StringComparison.Ordinal)
+                    && onTty.Contains("ETA", StringComparison.Ordinal), $"no progress line on a terminal:\n{onTty}");
+
+        // Piped: no progress, no carriage returns, only the result.
+        var piped = (await Server.CliAsync("import", raw, "piped1", "--format", "raw")).EnsureSuccess("platter import failed");
+        Assert.DoesNotContain('\r', piped.Stdout + piped.Stderr);
+        Assert.DoesNotContain("ETA", piped.Stdout + piped.Stderr);
+
+        // send writes its stream to a file and its progress to stderr when that is a terminal.
+        (await Server.CliAsync("snapshot", "create", "tty1@s1")).EnsureSuccess();
+        var sendTty = await OnTerminalAsync(["send", "tty1@s1", "-o", Scratch.Combine("tty1.stream")]);
+        Assert.True(sendTty.Contains("send tty1@s1", StringComparison.Ordinal) && sendTty.Contains("/s", StringComparison.Ordinal),
+            $"no send progress on a terminal:\n{sendTty}");
+        var sendPiped = (await Server.CliAsync("send", "tty1@s1", "-o", Scratch.Combine("piped.stream"))).EnsureSuccess();
+        Assert.DoesNotContain('\r', sendPiped.Stdout + sendPiped.Stderr);
+    }
+
+    [Fact]
+    public async Task Import_and_export_help_say_they_use_qemu_img_and_where_it_comes_from()
+    {
+        foreach (var command in new[] { "import", "export" })
+        {
+            string help = System.Text.RegularExpressions.Regex.Replace((await Server.CliAsync(command, "--help")).EnsureSuccess().Stdout, @"\s+", " ");
+            Assert.Contains("qemu-img (package qemu-utils)", help);
+            Assert.Contains("--format", help);
+        }
+    }
+
+    /// <summary>Runs <c>platter ARGS</c> on a pseudo-terminal (script -q -e) and returns what it drew there.</summary>
+    private async Task<string> OnTerminalAsync(string[] args)
+    {
+        string command = string.Join(' ', new[] { PlatterServer.DotnetHost, PlatterServer.PlatterDll }.Concat(args).Concat(["--api-socket", Server.ApiSocketPath]).Select(a => "'" + a + "'"));
+        var result = await ProcessRunner.RunAsync("script", ["-q", "-e", "-c", command, "/dev/null"]);
+        Output.WriteLine(result.Describe());
+        result.EnsureSuccess($"platter {string.Join(' ', args)} on a terminal failed");
+        return result.Stdout;
+    }
+
+    [Fact]
     public async Task A_failed_import_leaves_no_volume_and_an_existing_file_is_not_overwritten()
     {
         string notAnImage = Scratch.Combine("bad.qcow2");
@@ -248,13 +295,9 @@ public sealed class MovingTests(ServerFixture fixture, ITestOutputHelper output)
         }
     }
 
-    /// <summary>`platter SEND... | platter RECEIVE...` through a real pipe, each against its own server.</summary>
     private async Task PipeAsync(PlatterServer from, string[] send, PlatterServer to, string[] receive)
     {
-        string Quote(IEnumerable<string> args) => string.Join(' ', args.Select(a => "'" + a + "'"));
-        string dotnet = PlatterServer.DotnetHost, dll = PlatterServer.PlatterDll;
-        var script = $"set -o pipefail; '{dotnet}' '{dll}' {Quote(send)} --api-socket '{from.ApiSocketPath}' | '{dotnet}' '{dll}' {Quote(receive)} --api-socket '{to.ApiSocketPath}'";
-        var result = await ProcessRunner.RunAsync("bash", ["-c", script]);
+        var result = await PlatterServer.PipeAsync(from, send, to, receive);
         Output.WriteLine(result.Describe());
         result.EnsureSuccess("send | receive failed");
     }

@@ -227,6 +227,45 @@ public sealed class SafetyTests(ServerFixture fixture, ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task The_api_refuses_names_that_could_not_be_managed()
+    {
+        // Straight to the management API with curl (the CLI checks names first): the server refuses them too.
+        foreach (var name in new[] { ".", "..", "-x", "rtl\u202Eevil", "esc\u001b[31m" })
+        {
+            string body = JsonSerializer.Serialize(new { name, sizeBytes = 1 * MiB });
+            var result = await ProcessRunner.RunAsync("curl", ["-s", "-w", "\n%{http_code}", "--unix-socket", Server.ApiSocketPath,
+                "-H", "Content-Type: application/json", "-d", body, "http://x/v1/volumes"]);
+            string[] lines = result.EnsureSuccess("curl failed").Stdout.TrimEnd().Split('\n');
+            Assert.True(lines[^1] == "400" && lines[0].Contains("invalid_name", StringComparison.Ordinal),
+                $"creating volume {JsonSerializer.Serialize(name)} through the API: {result.Stdout}");
+        }
+        var list = (await Server.CliAsync("volume", "list", "--json")).EnsureSuccess();
+        var names = Clients.ParseJson(list, list.Stdout).GetProperty("volumes").EnumerateArray().Select(v => v.GetProperty("name").GetString()!).ToList();
+        Assert.DoesNotContain(names, n => n is "." or ".." or "-x" || n.Contains('\u202E') || n.Contains('\u001b'));
+    }
+
+    [Fact]
+    public async Task Nbd_is_off_tcp_by_default_and_a_tcp_listener_warns_who_can_reach_every_volume()
+    {
+        // No --listen at all: the unix socket only (owner-only, in the private store directory), no TCP port.
+        await using (var plain = new PlatterServer { Listen = null })
+        {
+            await plain.StartAsync();
+            await plain.AssertLogContainsAsync("NBD on unix:");
+            Assert.DoesNotMatch(@"NBD on (\d|\[|TCP)", plain.Log);
+            Assert.True((File.GetUnixFileMode(plain.NbdSocketPath) & (UnixFileMode.GroupWrite | UnixFileMode.OtherWrite)) == 0,
+                $"the default NBD socket is writable by others: {File.GetUnixFileMode(plain.NbdSocketPath)}");
+            Assert.Equal(0, await plain.StopAsync());
+        }
+
+        // TCP on loopback, without client certificates: served, with a warning that names the exposure.
+        await using var tcp = new PlatterServer { Listen = "127.0.0.1:0" };
+        await tcp.StartAsync();
+        await tcp.AssertLogContainsAsync("has no client authentication: every local user can read and write every volume");
+        Assert.Equal(0, await tcp.StopAsync());
+    }
+
+    [Fact]
     public async Task Socket_group_and_mode_let_that_group_in_and_nobody_else()
     {
         // A directory others may pass through, holding the sockets (the store directory itself is private).

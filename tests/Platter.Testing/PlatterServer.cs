@@ -80,8 +80,11 @@ public sealed class PlatterServer : IAsyncDisposable
     /// <summary>Serve NBD on <see cref="NbdSocketPath"/>; off gives <c>--socket none</c> (the API alone).</summary>
     public bool ServeNbd { get; set; } = true;
 
-    /// <summary>The <c>--listen</c> value of the next <see cref="StartAsync"/>: no TCP listener unless a test needs one.</summary>
-    public string Listen { get; set; } = "none";
+    /// <summary>
+    /// The <c>--listen</c> value of the next <see cref="StartAsync"/>: no TCP listener unless a test needs one; null
+    /// leaves the option out (the server's own default).
+    /// </summary>
+    public string? Listen { get; set; } = "none";
 
     /// <summary>Start the next <see cref="StartAsync"/> with <c>--verbose</c> (a log line per API request).</summary>
     public bool Verbose { get; set; }
@@ -140,6 +143,18 @@ public sealed class PlatterServer : IAsyncDisposable
 
     /// <summary>The running server's process id.</summary>
     public int ProcessId => (_process ?? throw new InvalidOperationException("not started")).Id;
+
+    /// <summary>
+    /// <c>platter SEND... | platter RECEIVE...</c> through a real shell pipe (pipefail: either end failing fails it),
+    /// each end against its own server's API socket.
+    /// </summary>
+    public static Task<ProcessResult> PipeAsync(PlatterServer from, string[] send, PlatterServer to, string[] receive)
+    {
+        static string Quote(IEnumerable<string> args) => string.Join(' ', args.Select(a => "'" + a + "'"));
+        string platter = Quote([DotnetHost, PlatterDll]);
+        return ProcessRunner.RunAsync("bash", ["-c",
+            $"set -o pipefail; {platter} {Quote(send)} --api-socket '{from.ApiSocketPath}' | {platter} {Quote(receive)} --api-socket '{to.ApiSocketPath}'"]);
+    }
 
     /// <summary>platter.dll next to the test assembly (copied there by the project reference to src/Platter.Cli).</summary>
     public static string PlatterDll
@@ -203,7 +218,7 @@ public sealed class PlatterServer : IAsyncDisposable
             "serve",
             "--store", StoreDirectory,
             "--socket", ServeNbd ? NbdSocketPath : "none",
-            "--listen", Listen,
+            .. (Listen is null ? [] : (string[])["--listen", Listen]),
             "--api-socket", ApiSocketPath,
             .. (ReadOnly ? (string[])["--read-only"] : []),
             .. (Verbose ? (string[])["--verbose"] : []),
