@@ -102,8 +102,11 @@ internal sealed class Allocator
         if (wantBlocks >= shorterThan) return false;
         lock (_lock)
         {
-            if (_byLength.Count == 0 || _byLength.Min.Length >= shorterThan) return false;
-            var fit = _byLength.GetViewBetween((wantBlocks, long.MinValue), (shorterThan - 1, long.MaxValue)).Min;
+            if (_byLength.Count == 0) return false;
+            var fit = _byLength.Min;
+            if (fit.Length >= shorterThan) return false;
+            // A one-block write (most small writes) takes the smallest extent without building a view (an allocation).
+            if (fit.Length < wantBlocks) fit = _byLength.GetViewBetween((wantBlocks, long.MinValue), (shorterThan - 1, long.MaxValue)).Min;
             if (fit.Length < wantBlocks) return false; // an empty view answers default
             RemoveLocked(fit.Start, fit.Length);
             if (fit.Length > wantBlocks) InsertLocked(fit.Start + wantBlocks, fit.Length - wantBlocks);
