@@ -103,4 +103,11 @@ public static class NbdLimits
 
     /// <summary>Minimum read size of the request pipe: one syscall takes in many small requests at once.</summary>
     public const int ReceiveSegmentBytes = 64 * 1024;
+
+    /// <summary>
+    /// Write payloads of this size or more are read from the stream straight into their buffer, not through the request
+    /// pipe (one copy less). Smaller ones stay on the pipe: one of its reads takes in many small requests, where reading
+    /// each payload on its own would cost a syscall per request. Half a pipe read: below it the pipe's reads are as few.
+    /// </summary>
+    public const int DirectPayloadBytesMin = ReceiveSegmentBytes / 2;
 }

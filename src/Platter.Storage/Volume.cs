@@ -405,7 +405,7 @@ public sealed partial class Volume : IVolumeHandle
         int done = 0;
         while (done < blocks)
         {
-            long pba = _parts.Space.Allocate(state, Math.Min(blocks - done, EngineLimits.ExtentBlocksMax), out int got);
+            long pba = _parts.Space.Allocate(state, firstBlock + done, Math.Min(blocks - done, EngineLimits.ExtentBlocksMax), out int got);
             var piece = data.Slice(done << EngineLimits.BlockShift, got << EngineLimits.BlockShift);
             Crc32C.ComputeBlocks(piece, EngineLimits.BlockBytes, crcs[..got]);
             try

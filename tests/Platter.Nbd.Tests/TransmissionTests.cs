@@ -340,6 +340,57 @@ public class TransmissionTests
         Assert.Equal(0u, await simple.FlushAsync()); // still in sync after an error without payload
     }
 
+    [Theory]
+    [InlineData(1 << 20, 1)]   // the whole stream in one write: payloads arrive with the next requests' headers
+    [InlineData(4093, 2)]      // odd pieces: payloads split anywhere, headers split across reads
+    [InlineData(97, 3)]
+    public async Task LargeAndSmallWrites_InOneStream_LandIntactWhateverTheReadBoundaries(int pieceBytes, int seed)
+    {
+        // Large payloads are read straight from the socket, small ones through the request pipe; the two must hand over
+        // at the right byte however the stream arrives.
+        await using var server = await TestServer.StartDefaultAsync();
+        await using var client = await server.OpenAsync();
+        var rng = new Random(seed);
+        var expected = new byte[4 << 20];
+        var stream = new List<byte>();
+        var cookies = new HashSet<ulong>();
+        int[] sizes = [1 << 20, 4096, 512, 200_000, 32 * 1024, 32 * 1024 - 1, 65_536, 7, 1 << 20];
+        long offset = 0;
+        foreach (int size in sizes)
+        {
+            byte[] data = new byte[size];
+            rng.NextBytes(data);
+            data.CopyTo(expected, offset);
+            ulong cookie = client.NextCookie();
+            cookies.Add(cookie);
+            byte[] h = new byte[28];
+            BinaryPrimitives.WriteUInt32BigEndian(h, 0x25609513u);
+            BinaryPrimitives.WriteUInt16BigEndian(h.AsSpan(6), CmdWrite);
+            BinaryPrimitives.WriteUInt64BigEndian(h.AsSpan(8), cookie);
+            BinaryPrimitives.WriteUInt64BigEndian(h.AsSpan(16), (ulong)offset);
+            BinaryPrimitives.WriteUInt32BigEndian(h.AsSpan(24), (uint)size);
+            stream.AddRange(h);
+            stream.AddRange(data);
+            offset += size;
+        }
+        byte[] all = [.. stream];
+        var sender = Task.Run(async () =>
+        {
+            for (int at = 0; at < all.Length; at += pieceBytes)
+                await client.WriteAsync(all[at..Math.Min(all.Length, at + pieceBytes)]);
+        });
+        while (cookies.Count > 0)
+        {
+            var c = await client.ReadChunkAsync();
+            Assert.Equal(0u, c.Error);
+            Assert.True(cookies.Remove(c.Cookie), $"unexpected or repeated reply {c.Cookie}");
+        }
+        await sender;
+        var back = await client.ReadAsync(0, (int)offset);
+        Assert.Equal(0u, back.Error);
+        Assert.True(expected.AsSpan(0, (int)offset).SequenceEqual(back.Data), "the export does not hold what was written");
+    }
+
     [Fact]
     public async Task ManyConcurrentRequests_AllAnswered()
     {

@@ -102,10 +102,13 @@ public sealed class FailStopTests : IDisposable
             (free, _, _) = store.Parts.Space.AccountingSnapshot();
         }
         Assert.NotEmpty(free);
-        long freeBlock = free[0].Start;
         using (var a = store.OpenVolume("a"))
         {
             a.Write(0, Blocks.Pattern('a', 0)); // a real change (same content, so the reopen check stays simple)
+            // Chosen after the write, which may itself take a freed block (small writes reuse short free runs).
+            (free, _, _) = store.Parts.Space.AccountingSnapshot();
+            Assert.NotEmpty(free);
+            long freeBlock = free[0].Start;
             var state = store.VolumeStateForTests("a");
             lock (state.Lock) state.PendingFrees.Add(freeBlock);
             // The commit that carries the free succeeds (it is journaled); the double free is found when the quarantine

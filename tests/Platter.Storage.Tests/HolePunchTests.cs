@@ -161,6 +161,65 @@ public sealed class HolePunchTests : IDisposable
     }
 
     [Fact]
+    public void Small_random_overwrites_reuse_space_the_file_system_holds_and_small_sequential_writes_stay_contiguous()
+    {
+        const int Blocks4K = (int)(16 * MiB / 4096);
+        var faulty = new FaultyStore();
+        using var store = faulty.Open(_dir.Path);
+        store.CreateVolume("a", 16 * MiB);
+        var device = faulty.Data!;
+        device.TrackFreshFrom = FaultyStore.JournalBytes; // the data blocks; the journal region is written at creation
+        WriteWhole(store, "a", 16 * MiB, seed: 1);
+        var expected = new byte[16 * MiB];
+        var fill = new Random(1); // WriteWhole's data: 1 MiB at a time from one generator
+        for (int m = 0; m < 16; m++) Blocks.RandomBytes(fill, (int)MiB).CopyTo(expected, m * MiB);
+
+        // 4 KiB overwrites at random places, each flushed (a database's pattern): after the first one or two, each takes
+        // a block an earlier one freed, not a hole, so the flush has no file-system allocation to write.
+        using var volume = store.OpenVolume("a");
+        var rng = new Random(7);
+        long freshBefore = device.FreshBlocks;
+        const int Overwrites = 512;
+        for (int i = 0; i < Overwrites; i++)
+        {
+            int block = rng.Next(Blocks4K);
+            var data = Blocks.RandomBytes(rng, 4096);
+            volume.Write((long)block * 4096, data);
+            data.CopyTo(expected, (long)block * 4096);
+            volume.Flush();
+        }
+        long freshRandom = device.FreshBlocks - freshBefore;
+        Assert.True(freshRandom <= 8, $"{freshRandom} of {Overwrites} random 4 KiB overwrites went into holes of the data file");
+
+        // 4 KiB writes in sequence, each flushed: they keep to the volume's region (contiguous), even with short freed
+        // runs at hand. The first continues no earlier write and may take a short run; then one run, or two where a
+        // region ends.
+        for (int block = 1024; block < 1024 + 256; block++)
+        {
+            var data = Blocks.RandomBytes(rng, 4096);
+            volume.Write((long)block * 4096, data);
+            data.CopyTo(expected, (long)block * 4096);
+            volume.Flush();
+        }
+        var state = store.VolumeStateForTests("a");
+        int runs = 0;
+        long previous = -2;
+        lock (state.Lock)
+        {
+            for (int block = 1024; block < 1024 + 256; block++)
+            {
+                long pba = state.Map.Get(block).Pba;
+                if (pba != previous + 1) runs++;
+                previous = pba;
+            }
+        }
+        Assert.True(runs <= 3, $"256 sequential 4 KiB writes landed in {runs} physical runs");
+
+        Assert.True(expected.AsSpan().SequenceEqual(volume.ReadAll(0, (int)(16 * MiB))), "the volume does not read back what was written");
+        StoreChecks.AssertConsistent(store, "after small random and sequential overwrites");
+    }
+
+    [Fact]
     public async Task A_full_file_system_gets_the_warm_space_back_before_a_writer_is_refused()
     {
         // A tmpfs with room for the warm bound (1 GiB) and the metadata reserve, so overwrites keep their space warm;

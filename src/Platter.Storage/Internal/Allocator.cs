@@ -91,6 +91,30 @@ internal sealed class Allocator
         }
     }
 
+    /// <summary>
+    /// Takes <paramref name="wantBlocks"/> blocks from the smallest free extent that holds them and is shorter than
+    /// <paramref name="shorterThan"/> blocks (the short runs overwrites leave behind, which the file system still holds:
+    /// see <see cref="Space.Allocate"/>). Returns false when there is none; never splits the request.
+    /// </summary>
+    public bool TryAllocateShort(long wantBlocks, long shorterThan, out long start)
+    {
+        start = 0;
+        if (wantBlocks >= shorterThan) return false;
+        lock (_lock)
+        {
+            if (_byLength.Count == 0) return false;
+            var fit = _byLength.Min;
+            if (fit.Length >= shorterThan) return false;
+            // A one-block write (most small writes) takes the smallest extent without building a view (an allocation).
+            if (fit.Length < wantBlocks) fit = _byLength.GetViewBetween((wantBlocks, long.MinValue), (shorterThan - 1, long.MaxValue)).Min;
+            if (fit.Length < wantBlocks) return false; // an empty view answers default
+            RemoveLocked(fit.Start, fit.Length);
+            if (fit.Length > wantBlocks) InsertLocked(fit.Start + wantBlocks, fit.Length - wantBlocks);
+            start = fit.Start;
+            return true;
+        }
+    }
+
     /// <summary>Whether an extent of at least <paramref name="blocks"/> is free.</summary>
     public bool HasExtentOf(long blocks)
     {

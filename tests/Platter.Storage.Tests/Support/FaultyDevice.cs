@@ -279,6 +279,8 @@ internal sealed class FaultyDevice(IDataDevice inner) : IDataDevice
             if (PunchDelay > TimeSpan.Zero) Thread.Sleep(PunchDelay);
             _inner.PunchHole(offset, length);
             Interlocked.Add(ref _punchedBytes, length);
+            lock (_punchLock)
+                for (long b = offset / 4096; b < (offset + length) / 4096; b++) _written.Remove(b);
         }
         finally
         {
@@ -293,7 +295,29 @@ internal sealed class FaultyDevice(IDataDevice inner) : IDataDevice
         {
             foreach (var (start, end) in _punching)
                 if (offset < end && start < offset + length) Interlocked.Increment(ref _writesIntoPunching);
+            if (TrackFreshFrom >= 0 && offset + length > TrackFreshFrom)
+            {
+                for (long b = Math.Max(offset, TrackFreshFrom) / 4096; b < (offset + length + 4095) / 4096; b++)
+                    if (_written.Add(b)) _freshBlocks++;
+            }
         }
+    }
+
+    // ---- Writes into never-written space (holes of the sparse data file) ----
+
+    private readonly HashSet<long> _written = new();
+    private long _freshBlocks;
+
+    /// <summary>
+    /// When set (at or after 0), counts the 4 KiB blocks at or past this offset that are written for the first time, or
+    /// first since a punch: writes into holes, whose flush must also write the file system's block allocation.
+    /// </summary>
+    public long TrackFreshFrom { get; set; } = -1;
+
+    /// <summary>Blocks written into holes since <see cref="TrackFreshFrom"/> was set.</summary>
+    public long FreshBlocks
+    {
+        get { lock (_punchLock) return _freshBlocks; }
     }
 
     public void Dispose() => _inner.Dispose();
