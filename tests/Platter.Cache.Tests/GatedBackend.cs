@@ -53,28 +53,7 @@ internal sealed class GatedBackend(IVolumeHandle inner) : IVolumeHandle
     public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken cancellationToken = default) =>
         inner.ReadAsync(offset, destination, cancellationToken);
 
-    /// <summary>The most writes that were inside <see cref="WriteAsync"/> at once.</summary>
-    public int InFlightMax => Volatile.Read(ref _inFlightMax);
-
-    private int _inFlight;
-    private int _inFlightMax;
-
     public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken cancellationToken = default)
-    {
-        int now = Interlocked.Increment(ref _inFlight);
-        int max;
-        while (now > (max = Volatile.Read(ref _inFlightMax)) && Interlocked.CompareExchange(ref _inFlightMax, now, max) != max) { }
-        try
-        {
-            await GatedWriteAsync(offset, source, fua, cancellationToken);
-        }
-        finally
-        {
-            Interlocked.Decrement(ref _inFlight);
-        }
-    }
-
-    private async ValueTask GatedWriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken cancellationToken)
     {
         Task gate;
         lock (_lock) gate = _open.Task;

@@ -115,7 +115,7 @@ internal sealed partial class WriteBackLog
             if (h.Kind == LogFormat.KindWrap)
             {
                 long waste = _capacity - pos;
-                _slots[seq % _slots.Length] = new RecordSlot { Seq = seq, Pos = pos, Bytes = waste, Kind = LogFormat.KindWrap, Dep = seq - 1, Written = true };
+                _slots[seq % _slots.Length] = new RecordSlot { Seq = seq, Pos = pos, Bytes = waste, Kind = LogFormat.KindWrap, Written = true };
                 used += waste;
                 seq++;
                 pos = LogFormat.DataStart;
@@ -137,8 +137,7 @@ internal sealed partial class WriteBackLog
 
             _slots[seq % _slots.Length] = new RecordSlot
             {
-                // The log does not store what a record depended on: replayed records go back strictly in order.
-                Seq = seq, Pos = pos, Bytes = bytes, VolumeOffset = h.VolumeOffset, Blocks = h.Blocks, Kind = LogFormat.KindWrite, Dep = seq - 1, Written = true,
+                Seq = seq, Pos = pos, Bytes = bytes, VolumeOffset = h.VolumeOffset, Blocks = h.Blocks, Kind = LogFormat.KindWrite, Written = true,
             };
             long firstBlock = h.VolumeOffset / LogFormat.BlockBytes;
             for (int i = 0; i < h.Blocks; i++)
@@ -164,7 +163,6 @@ internal sealed partial class WriteBackLog
         if (replayed > 0) _logger.LogInformation("cache log {Path}: {Records} record(s) not yet written back replayed", _path, replayed);
 
         _nextSeq = seq;
-        _ackedMax = seq - 1; // later writes come after every replayed one
         _writtenThrough = seq - 1;
         _syncedThrough = seq - 1;
         _flushedSeq = seq - 1;

@@ -10,15 +10,13 @@ namespace Platter.Cache.Internal;
 /// holds newer than the backend, and the background task that writes records back to the backend in order.
 /// </summary>
 /// <remarks>
-/// <para><b>Order is the whole point.</b> Records get consecutive sequence numbers when they are reserved. A record
-/// reaches the backend only after every record whose write could have been acknowledged before its own write arrived
-/// (each operation durable on the backend, a FUA write, before those that depend on it start); records of writes a
-/// client had in flight together go back concurrently. The head is durable in the superblock once per batch of
-/// operations on disjoint blocks (see WriteBackLoopAsync for why replay may then write a batch again). So at any
-/// instant the backend holds what a disk without a volatile cache holds after a power cut: every write acknowledged
-/// before some instant, and some of those in flight then — never a write without one acknowledged before it arrived.
-/// An operation is one record or contiguous records inside one backend atomic unit (one RADOS object for RBD), so
-/// it lands whole. A client that waits for each write before the next gets a strict prefix.</para>
+/// <para><b>Order is the whole point.</b> Records get consecutive sequence numbers when they are reserved, and are
+/// written back strictly one write-back operation at a time, each durable on the backend (write + flush) before the
+/// next starts; the head is durable in the superblock once per batch of operations on disjoint blocks (see
+/// WriteBackLoopAsync for why replay may then write a batch again). So at any instant the backend holds exactly the
+/// records before some sequence number (plus, at most, the one operation in flight, which is one record or several
+/// contiguous records inside one backend atomic unit — one RADOS object for RBD). If the cache disk dies, the image is
+/// an ordered prefix of the acknowledged writes.</para>
 /// <para><b>Durability.</b> A write is acknowledged once its record is written into the log file (page cache); FLUSH
 /// waits until every record reserved before it is written, then fdatasyncs the log. Replay after a crash stops at the
 /// first record that is missing, torn, stale (older incarnation or lap), or fails its checksum; every record before a
@@ -57,7 +55,6 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     private long _nextSeq;
     private long _usedBytes;
     private long _writtenThrough; // every record with seq <= this is written into the log file
-    private long _ackedMax; // the newest record written into the log (its write may be acknowledged from then on)
     private TaskCompletionSource _spaceFreed = NewSignal();
     private TaskCompletionSource _recordWritten = NewSignal();
 
@@ -107,7 +104,6 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
         public long Pos;
         public long Bytes;
         public long VolumeOffset;
-        public long Dep; // every record up to this one was acknowledged before this record's write arrived
         public int Blocks;
         public ushort Kind;
         public bool Written;
@@ -197,20 +193,17 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     public async ValueTask AppendAsync(long volumeOffset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
         ThrowIfFailed();
-        // What this write may depend on: the records that could have been acknowledged before it arrived (write-back
-        // puts none of its records on the backend before those; see WriteBackLoopAsync). Read before reserving.
-        long dep = Interlocked.Read(ref _ackedMax);
         while (!data.IsEmpty)
         {
             int blocks = Math.Min(data.Length / BlockBytes, LogFormat.RecordBlocksMax);
             var chunk = data[..(blocks * BlockBytes)];
-            await AppendRecordAsync(volumeOffset, chunk, blocks, dep, cancellationToken).ConfigureAwait(false);
+            await AppendRecordAsync(volumeOffset, chunk, blocks, cancellationToken).ConfigureAwait(false);
             volumeOffset += chunk.Length;
             data = data[chunk.Length..];
         }
     }
 
-    private async ValueTask AppendRecordAsync(long volumeOffset, ReadOnlyMemory<byte> payload, int blocks, long dep, CancellationToken cancellationToken)
+    private async ValueTask AppendRecordAsync(long volumeOffset, ReadOnlyMemory<byte> payload, int blocks, CancellationToken cancellationToken)
     {
         int headerBytes = LogFormat.HeaderBytes(blocks);
         long recordBytes = headerBytes + (long)blocks * BlockBytes;
@@ -234,12 +227,12 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
                         {
                             wrapSeq = _nextSeq++;
                             wrapPos = _tailPos;
-                            Reserve(wrapSeq, wrapPos, waste, 0, 0, LogFormat.KindWrap, wrapSeq - 1);
+                            Reserve(wrapSeq, wrapPos, waste, 0, 0, LogFormat.KindWrap);
                             _tailPos = LogFormat.DataStart;
                         }
                         seq = _nextSeq++;
                         pos = _tailPos;
-                        Reserve(seq, pos, recordBytes, volumeOffset, blocks, LogFormat.KindWrite, dep);
+                        Reserve(seq, pos, recordBytes, volumeOffset, blocks, LogFormat.KindWrite);
                         _tailPos += recordBytes;
                         if (_tailPos == _capacity) _tailPos = LogFormat.DataStart;
                         break;
@@ -283,14 +276,14 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
         }
     }
 
-    private void Reserve(long seq, long pos, long bytes, long volumeOffset, int blocks, ushort kind, long dep)
+    private void Reserve(long seq, long pos, long bytes, long volumeOffset, int blocks, ushort kind)
     {
         ref var slot = ref _slots[seq % _slots.Length];
         // The slot's previous record must have been written back and released: the ring's byte bound keeps the
         // number of live records below the slot count.
         if (slot.Seq != 0 && slot.Seq >= Volatile.Read(ref _headSeq) && slot.Seq != seq)
             throw new InvalidOperationException($"write-back log {_path}: record slot {seq % _slots.Length} still holds live record {slot.Seq}");
-        slot = new RecordSlot { Seq = seq, Pos = pos, Bytes = bytes, VolumeOffset = volumeOffset, Blocks = blocks, Kind = kind, Dep = dep, Written = false };
+        slot = new RecordSlot { Seq = seq, Pos = pos, Bytes = bytes, VolumeOffset = volumeOffset, Blocks = blocks, Kind = kind, Written = false };
         _usedBytes += bytes;
     }
 
@@ -299,9 +292,6 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
         lock (_appendLock)
         {
             _slots[seq % _slots.Length].Written = true;
-            // Counted as acknowledged from here, a little before the client hears of it: a later write then depends on
-            // it, which is never less safe.
-            if (seq > _ackedMax) Volatile.Write(ref _ackedMax, seq);
             while (_writtenThrough + 1 < _nextSeq && _slots[(_writtenThrough + 1) % _slots.Length] is { Written: true } s && s.Seq == _writtenThrough + 1)
                 _writtenThrough++;
         }
@@ -427,129 +417,66 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     // (those operations are on the backend already) and how long ring space stays held.
     private const int HeadBatchOpsMax = 64;
 
-    // Write-back operations in flight at once, and their bytes (each holds a buffer of its data): RBD answers 4 KiB
-    // writes at depth 32 at 4-5x its depth-1 rate on the test cluster; more would only queue in librbd, and the bytes
-    // bound keeps memory at 16 MiB per volume when operations are whole 4 MiB objects.
-    private const int InFlightOpsMax = 32;
-    private const long InFlightBytesMax = 16L << 20;
-
-    // One write-back operation: a record, or contiguous records inside one backend atomic unit, written as one backend
-    // write; or a wrap marker, which writes nothing.
-    private sealed class Op
-    {
-        public required List<RecordSlot> Records;
-        public long FirstBlock, EndBlock;
-        public byte[]? Buffer;
-        public int Length;
-        public Task? Write; // null for a wrap marker (done at once)
-        public bool IsDone => Write is null || Write.IsCompleted;
-    }
-
-    // Write-back keeps the backend crash-consistent at every instant, even if the cache dies mid-operation: the set of
-    // records on the backend is always closed under "acknowledged before": a record is on it only if every record
-    // acknowledged before that record's write arrived is too (Dep, taken when the write arrives). That is the state a
-    // disk without a volatile cache shows after a power cut at some instant t: everything acknowledged before t, plus
-    // some of the writes in flight at t. Writes a client had in flight together have no order (NBD may run them in any
-    // order), so their records are written back concurrently, up to InFlightOpsMax; a client that waits for each write
-    // (depth 1, or a guest ordering its journal) makes every record depend on the one before, one at a time. An operation
-    // starts when (1) every record up to its Dep is on the backend, (2) it touches no block of an operation in flight
-    // (the newest record of a block must land last), (3) the in-flight bounds allow. Records replayed after a restart
-    // carry Dep = the record before (the log does not store Dep): strictly in order.
-    //
-    // The head (first record not on the backend, everything before it is) is made durable in the superblock once per
-    // *batch* of operations, not once per operation, under one rule: the operations of a batch touch pairwise disjoint
-    // blocks. Why that is enough: after a crash, replay starts at the durable head and writes the batch's records again,
-    // one at a time in order, over a backend that holds some of them. Rewriting a record the backend holds puts back the
-    // value it already holds (no other record of the batch touched its blocks), so the backend stays a closed set while
-    // the batch is rewritten, even if the cache is lost during that replay. An operation that overlaps the batch first
-    // ends it (in-flight operations complete, then the head sync); so do a full batch, a writer waiting for ring space,
-    // and _headIdleDelay without a new record.
+    // One operation at a time, each durable on the backend (write + flush) before the next starts: that keeps the
+    // backend an ordered prefix of the log. The head — the first record not on the backend — is made durable in the
+    // superblock once per *batch* of operations, not once per operation, under one rule: the operations of a batch touch
+    // pairwise disjoint blocks. Why that is enough: after a crash, replay starts at the durable head and writes the
+    // batch's records again, over a backend that already holds some of them (say the first k). Writing record j <= k
+    // again puts back the value it already holds (no later record of the batch touched its blocks), so while the batch
+    // is rewritten the backend stays exactly "records through k", and then through j for j > k: an ordered prefix at
+    // every instant, even if the cache is lost during that replay. An operation that overlaps the batch first ends it
+    // (head sync); so do a full batch, a writer waiting for ring space, and _headIdleDelay without a new record.
     private async Task WriteBackLoopAsync()
     {
         var token = _stop.Token;
+        var buffer = ArrayPool<byte>.Shared.Rent(Math.Max(_atomicUnitBytes, LogFormat.RecordBlocksMax * BlockBytes) + LogFormat.HeaderBytes(LogFormat.RecordBlocksMax));
         var sums = new ulong[LogFormat.RecordBlocksMax];
-        var ops = new List<Op>();                               // issued and not yet retired, in sequence order
-        var batchBlocks = new List<(long First, long End)>();    // block ranges of the batch's operations
-        var waits = new List<Task>();
+        var batch = new List<RecordSlot>();           // records written back since the durable head
+        var batchBlocks = new List<(long First, long End)>(); // the block ranges of the batch's operations
         long appliedPos = _headPos;
-        long batchBytes = 0;                                    // ring bytes of retired records since the durable head
-        long nextSeq = _appliedSeq;                             // the next record to issue
         int batchOps = 0;
-        long inFlightBytes = 0;
         try
         {
             while (!token.IsCancellationRequested)
             {
-                // Retire finished operations in order: the applied point moves over a contiguous run of them.
-                while (ops.Count > 0 && ops[0].IsDone)
-                {
-                    var done = ops[0];
-                    if (done.Write is { IsCompletedSuccessfully: false })
-                    {
-                        if (token.IsCancellationRequested) return; // stopping: the operation was cancelled, not refused
-                        Fail($"write-back cache {_path}: the backend refused write-back for good: {done.Write.Exception?.InnerException?.Message ?? "cancelled"}");
-                        return;
-                    }
-                    ops.RemoveAt(0);
-                    if (done.Buffer is not null)
-                    {
-                        inFlightBytes -= done.Length;
-                        ArrayPool<byte>.Shared.Return(done.Buffer);
-                        done.Buffer = null;
-                    }
-                    var last = done.Records[^1];
-                    appliedPos = last.Kind == LogFormat.KindWrap ? LogFormat.DataStart : last.Pos + last.Bytes;
-                    if (appliedPos == _capacity) appliedPos = LogFormat.DataStart;
-                    foreach (var r in done.Records) batchBytes += r.Bytes;
-                    Volatile.Write(ref _appliedSeq, last.Seq + 1);
-                    Signal(ref _applied);
-                }
-
-                long seq = nextSeq;
+                // Wait for the next record to be written into the log.
+                long seq = _appliedSeq;
                 RecordSlot first;
-                Task recordWritten;
+                Task wait;
                 lock (_appendLock)
                 {
-                    recordWritten = _recordWritten.Task;
+                    wait = _recordWritten.Task;
                     first = _slots[seq % _slots.Length];
                 }
                 bool ready = seq < Interlocked.Read(ref _nextSeq) && first.Seq == seq && first.Written;
-                bool batchOpen = batchOps > 0 || ops.Count > 0 || batchBytes > 0;
-
-                // End the batch: when a writer waits for ring space, or nothing came for _headIdleDelay.
-                if (batchOpen && (_spaceWanted || (!ready && ops.Count == 0 && !await WaitForRecordAsync(recordWritten, token).ConfigureAwait(false))))
+                if (batch.Count > 0 && (_spaceWanted || (!ready && !await WaitForRecordAsync(wait, token).ConfigureAwait(false))))
                 {
-                    if (ops.Count > 0)
-                    {
-                        await WaitAnyAsync(ops, waits, null, token).ConfigureAwait(false);
-                        continue;
-                    }
-                    await AdvanceAsync(_appliedSeq, appliedPos, batchBytes, token).ConfigureAwait(false);
+                    await AdvanceAsync(seq, appliedPos, batch, token).ConfigureAwait(false);
+                    batch.Clear();
                     batchBlocks.Clear();
                     batchOps = 0;
-                    batchBytes = 0;
                     continue;
                 }
                 if (!ready)
                 {
-                    if (ops.Count > 0) await WaitAnyAsync(ops, waits, recordWritten, token).ConfigureAwait(false);
-                    else if (!batchOpen) await recordWritten.WaitAsync(token).ConfigureAwait(false);
+                    if (batch.Count == 0) await wait.WaitAsync(token).ConfigureAwait(false);
                     continue;
                 }
 
                 if (first.Kind == LogFormat.KindWrap)
                 {
-                    ops.Add(new Op { Records = [first] });
-                    nextSeq = seq + 1;
+                    batch.Add(first);
+                    appliedPos = LogFormat.DataStart;
+                    Volatile.Write(ref _appliedSeq, seq + 1);
+                    Signal(ref _applied);
                     continue;
                 }
 
                 // One backend operation: this record and the written records right after it that continue it on the
                 // volume inside the same atomic unit (one RADOS object), so the operation is all-or-nothing.
-                var records = new List<RecordSlot> { first };
+                var op = new List<RecordSlot> { first };
                 long unit = first.VolumeOffset / _atomicUnitBytes;
                 long end = first.VolumeOffset + (long)first.Blocks * BlockBytes;
-                long dep = first.Dep;
                 lock (_appendLock)
                 {
                     for (long next = seq + 1; next < _nextSeq; next++)
@@ -558,57 +485,74 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
                         if (s.Seq != next || !s.Written || s.Kind != LogFormat.KindWrite) break;
                         long sEnd = s.VolumeOffset + (long)s.Blocks * BlockBytes;
                         if (s.VolumeOffset != end || (sEnd - 1) / _atomicUnitBytes != unit || sEnd - first.VolumeOffset > _atomicUnitBytes) break;
-                        records.Add(s);
+                        op.Add(s);
                         end = sEnd;
-                        dep = Math.Max(dep, Math.Min(s.Dep, seq - 1)); // the operation's own records land together
                     }
                 }
-                int length = (int)(end - first.VolumeOffset);
+                long length = end - first.VolumeOffset;
                 long firstBlock = first.VolumeOffset / BlockBytes, endBlock = end / BlockBytes;
 
-                // An overlap with the batch (which holds every operation in flight) ends it: all in flight complete,
-                // then the head sync. A full batch too.
-                if (batchOps > 0 && (batchOps >= HeadBatchOpsMax || Overlaps(batchBlocks, firstBlock, endBlock)))
+                if (batch.Count > 0 && (batchOps >= HeadBatchOpsMax || Overlaps(batchBlocks, firstBlock, endBlock)))
                 {
-                    if (ops.Count > 0)
-                    {
-                        await WaitAnyAsync(ops, waits, null, token).ConfigureAwait(false);
-                        continue;
-                    }
-                    await AdvanceAsync(_appliedSeq, appliedPos, batchBytes, token).ConfigureAwait(false);
+                    await AdvanceAsync(seq, appliedPos, batch, token).ConfigureAwait(false);
+                    batch.Clear();
                     batchBlocks.Clear();
                     batchOps = 0;
-                    batchBytes = 0;
-                    continue;
-                }
-                // Wait for what this operation depends on, and for room.
-                int inFlight = 0;
-                foreach (var o in ops) if (o.Write is not null && !o.Write.IsCompleted) inFlight++;
-                if (Volatile.Read(ref _appliedSeq) <= dep || inFlight >= InFlightOpsMax || (inFlight > 0 && inFlightBytes + length > InFlightBytesMax))
-                {
-                    await WaitAnyAsync(ops, waits, null, token).ConfigureAwait(false);
-                    continue;
                 }
 
-                var op = new Op { Records = records, FirstBlock = firstBlock, EndBlock = endBlock, Length = length, Buffer = ArrayPool<byte>.Shared.Rent(length) };
                 int filled = 0;
-                foreach (var r in records)
+                foreach (var r in op)
                 {
-                    var verdict = ReadRecordPayload(r, op.Buffer.AsSpan(filled, r.Blocks * BlockBytes), sums);
+                    var verdict = ReadRecordPayload(r, buffer.AsSpan(filled, r.Blocks * BlockBytes), sums);
                     if (verdict is not null)
                     {
-                        ArrayPool<byte>.Shared.Return(op.Buffer);
                         Fail(verdict);
                         return;
                     }
                     filled += r.Blocks * BlockBytes;
                 }
-                inFlightBytes += length;
-                op.Write = WriteOpAsync(op, first.VolumeOffset, token);
-                ops.Add(op);
+
+                while (true)
+                {
+                    try
+                    {
+                        await _backend.WriteAsync(first.VolumeOffset, buffer.AsMemory(0, (int)length), fua: false, token).ConfigureAwait(false);
+                        await _backend.FlushAsync(token).ConfigureAwait(false);
+                        break;
+                    }
+                    catch (StorageException e) when (e.Error is not (StorageError.Closed or StorageError.ReadOnly or StorageError.OutOfRange or StorageError.InvalidArgument))
+                    {
+                        _logger.LogWarning("write-back of {Path} to the backend failed, retrying: {Message}", _path, e.Message);
+                        await Task.Delay(BackendRetryDelay, token).ConfigureAwait(false);
+                    }
+                    catch (StorageException e)
+                    {
+                        Fail($"write-back cache {_path}: the backend refused write-back for good ({e.Error}): {e.Message}");
+                        return;
+                    }
+                }
+
+                // The backend serves these blocks now: drop the index entries (a reader that found one still reads the
+                // record safely: its ring space is freed only after the head sync and a reader epoch, AdvanceAsync).
+                lock (_indexLock)
+                {
+                    foreach (var r in op)
+                    {
+                        long b0 = r.VolumeOffset / BlockBytes;
+                        for (int i = 0; i < r.Blocks; i++)
+                        {
+                            if (_index.TryGetValue(b0 + i, out var e) && e.Seq == r.Seq) _index.Remove(b0 + i);
+                        }
+                    }
+                }
+                var last = op[^1];
+                appliedPos = last.Pos + last.Bytes;
+                if (appliedPos == _capacity) appliedPos = LogFormat.DataStart;
+                batch.AddRange(op);
                 batchBlocks.Add((firstBlock, endBlock));
                 batchOps++;
-                nextSeq = records[^1].Seq + 1;
+                Volatile.Write(ref _appliedSeq, last.Seq + 1);
+                Signal(ref _applied);
             }
         }
         catch (OperationCanceledException) when (token.IsCancellationRequested)
@@ -621,66 +565,10 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
         }
         finally
         {
-            // Operations still in flight finish (or fail) before the backend handle can be closed; the applied point
-            // stays where the contiguous run of finished ones ends.
-            foreach (var o in ops)
-            {
-                if (o.Write is not null)
-                {
-                    try { await o.Write.ConfigureAwait(false); }
-                    catch (Exception) { }
-                }
-                if (o.Buffer is not null) ArrayPool<byte>.Shared.Return(o.Buffer);
-            }
+            ArrayPool<byte>.Shared.Return(buffer);
             // DisposeAsync records how far write-back got.
             Volatile.Write(ref _appliedPos, appliedPos);
         }
-    }
-
-    // One operation to the backend, durable when it completes (FUA: a separate flush would wait for every write in
-    // flight, coupling the operations), retried while the backend fails for a reason that may pass (the data is safe
-    // in the log meanwhile). The index entries go when it lands: readers then read the backend, which has the blocks.
-    private async Task WriteOpAsync(Op op, long offset, CancellationToken token)
-    {
-        while (true)
-        {
-            try
-            {
-                await _backend.WriteAsync(offset, op.Buffer.AsMemory(0, op.Length), fua: true, token).ConfigureAwait(false);
-                break;
-            }
-            catch (StorageException e) when (e.Error is not (StorageError.Closed or StorageError.ReadOnly or StorageError.OutOfRange or StorageError.InvalidArgument))
-            {
-                _logger.LogWarning("write-back of {Path} to the backend failed, retrying: {Message}", _path, e.Message);
-                await Task.Delay(BackendRetryDelay, token).ConfigureAwait(false);
-            }
-        }
-        // A reader that found an entry still reads the record safely: its ring space is freed only after the head sync
-        // and a reader epoch (AdvanceAsync).
-        lock (_indexLock)
-        {
-            foreach (var r in op.Records)
-            {
-                long b0 = r.VolumeOffset / BlockBytes;
-                for (int i = 0; i < r.Blocks; i++)
-                {
-                    if (_index.TryGetValue(b0 + i, out var e) && e.Seq == r.Seq) _index.Remove(b0 + i);
-                }
-            }
-        }
-    }
-
-    // Waits until an operation in flight finishes (or, when given, a new record is written).
-    private static async ValueTask WaitAnyAsync(List<Op> ops, List<Task> waits, Task? recordWritten, CancellationToken token)
-    {
-        waits.Clear();
-        foreach (var o in ops)
-        {
-            if (o.Write is { IsCompleted: false }) waits.Add(o.Write);
-        }
-        if (waits.Count == 0) return; // nothing in flight: what the caller waits for is decided already
-        if (recordWritten is not null) waits.Add(recordWritten);
-        await Task.WhenAny(waits).WaitAsync(token).ConfigureAwait(false);
     }
 
     private static bool Overlaps(List<(long First, long End)> ranges, long first, long end)
@@ -736,7 +624,7 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
 
     // After a batch of write-back operations is durable on the backend: record the new head durably (with the flushed
     // sequence number), wait out readers of the released space, then let appends reuse it.
-    private async Task AdvanceAsync(long headSeq, long headPos, long releasedBytes, CancellationToken token)
+    private async Task AdvanceAsync(long headSeq, long headPos, List<RecordSlot> released, CancellationToken token)
     {
         await _superGate.WaitAsync(token).ConfigureAwait(false);
         try
@@ -757,9 +645,11 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
         var spin = new SpinWait();
         while (Interlocked.Read(ref _readers[old & 1]) != 0) spin.SpinOnce();
 
+        long bytes = 0;
+        foreach (var r in released) bytes += r.Bytes;
         lock (_appendLock)
         {
-            _usedBytes -= releasedBytes;
+            _usedBytes -= bytes;
             _spaceWanted = false;
             Volatile.Write(ref _headPos, headPos);
             Volatile.Write(ref _headSeq, headSeq);
