@@ -8,7 +8,11 @@
 # against fio's rbd engine doing the same on the cluster (the backend's own rate, one operation at a time as
 # write-back, and at depth 16).
 #
-#   bench/cache.sh [--seconds N] [--size-mib N] [--cluster DIR]
+#   bench/cache.sh [--seconds N] [--size-mib N] [--cluster DIR] [--cache-dir DIR]
+#
+# --cache-dir puts the node cache there (default: a directory under /tmp, on the disk here). The cost of one 4 KiB
+# write + fdatasync in that directory is measured and printed with the table: a write-back flush is one of them, so
+# it bounds write+flush at depth 1 (on /dev/shm it is free: an upper bound only, nothing there survives a crash).
 #
 # Without --cluster a one-host cluster is started in a temp directory (scripts/ceph-cluster.sh) and stopped at the end.
 # Build first: dotnet build src/Platter.Cli -c Release.
@@ -18,12 +22,14 @@ cd "$(dirname "$0")/.."
 seconds=8
 size_mib=256
 cluster=""
+cache_parent=""
 while (($#)); do
   case $1 in
     --seconds) seconds=$2; shift 2 ;;
     --size-mib) size_mib=$2; shift 2 ;;
     --cluster) cluster=$2; shift 2 ;;
-    *) echo "usage: $0 [--seconds N] [--size-mib N] [--cluster DIR]" >&2; exit 2 ;;
+    --cache-dir) cache_parent=$2; shift 2 ;;
+    *) echo "usage: $0 [--seconds N] [--size-mib N] [--cluster DIR] [--cache-dir DIR]" >&2; exit 2 ;;
   esac
 done
 
@@ -31,6 +37,8 @@ platter_dll=src/Platter.Cli/bin/Release/net10.0/platter.dll
 [[ -f $platter_dll ]] || { echo "build first: dotnet build src/Platter.Cli -c Release" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/platter-cache-bench.XXXXXX)
+cache_dir=$work/cache
+[[ -n $cache_parent ]] && cache_dir=$(mktemp -d "$cache_parent/platter-cache-bench.XXXXXX")
 own_cluster=0
 platter_pid=""
 qemu_pid=""
@@ -42,6 +50,7 @@ cleanup() {
   [[ -n $qemu_pid ]] && { kill "$qemu_pid" 2>/dev/null; wait "$qemu_pid" 2>/dev/null || true; }
   ((own_cluster)) && scripts/ceph-cluster.sh stop "$cluster" >/dev/null 2>&1
   rm -rf "$work"
+  [[ -n $cache_parent ]] && rm -rf "$cache_dir"
 }
 trap cleanup EXIT
 
@@ -65,7 +74,7 @@ platter() { dotnet "$platter_dll" "$@" --api-socket "$work/api.sock"; }
 # numbers are the cache's own speed; the drain below measures write-back.
 cache_mib=$((size_mib * 8))
 dotnet "$platter_dll" serve --store rbd:rbd --ceph-conf "$CEPH_CONF" --socket "$work/platter.sock" --api-socket "$work/api.sock" \
-  --listen none --cache-dir "$work/cache" --cache-size "${cache_mib}M" >"$work/platter.log" 2>&1 &
+  --listen none --cache-dir "$cache_dir" --cache-size "${cache_mib}M" >"$work/platter.log" 2>&1 &
 platter_pid=$!
 for _ in $(seq 1 600); do [[ -S $work/platter.sock && -S $work/api.sock ]] && break; sleep 0.1; done
 [[ -S $work/api.sock ]] || { echo "platter did not start: $(tail -3 "$work/platter.log")" >&2; exit 1; }
@@ -172,8 +181,28 @@ for w in "${workloads[@]}"; do
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# One 4 KiB pwrite + fdatasync in the cache directory, 200 times: what one write-back flush costs at least there.
+sync_cost=$(python3 - "$cache_dir" <<'EOF'
+import os, sys, time
+path = os.path.join(sys.argv[1], "sync-probe")
+fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+block = os.urandom(4096)
+times = []
+for i in range(200):
+    t = time.perf_counter()
+    os.pwrite(fd, block, (i % 64) * 4096)
+    os.fdatasync(fd)
+    times.append(time.perf_counter() - t)
+os.close(fd)
+os.unlink(path)
+times.sort()
+print(f"median {times[100] * 1e3:.2f} ms, p99 {times[197] * 1e3:.2f} ms")
+EOF
+)
+
 echo "Node cache on a one-host cluster (3 bluestore OSDs), ${size_mib} MiB images, ${seconds} s per run, $(date -u +%F)"
 echo "load average before: $load_before, after: $load_after ($(nproc) cores)"
+echo "cache dir $cache_dir ($(df --output=source "$cache_dir" | tail -1)): 4 KiB write + fdatasync there: $sync_cost"
 echo "(each cell: IOPS, p99 latency, CPU-us per operation of the server process + Ceph daemons)"
 printf "| %-22s | %-16s | %-16s | %-16s | %-16s | %-11s | %-11s |\n" workload "none" "writethrough" "writeback" "qemu-nbd rbd:" "wb vs none" "wt vs none"
 printf "|%s|\n" "---|---|---|---|---|---|---"
