@@ -8,7 +8,11 @@
 # against fio's rbd engine doing the same on the cluster (the backend's own rate, one operation at a time as
 # write-back, and at depth 16).
 #
-#   bench/cache.sh [--seconds N] [--size-mib N] [--cluster DIR]
+#   bench/cache.sh [--seconds N] [--size-mib N] [--cluster DIR] [--cache-dir DIR]
+#
+# --cache-dir puts the node cache there (default: a directory under /tmp, on the disk here). The cost of one 4 KiB
+# write + fdatasync in that directory is measured and printed with the table: a write-back flush is one of them, so
+# it bounds write+flush at depth 1 (on /dev/shm it is free: an upper bound only, nothing there survives a crash).
 #
 # Without --cluster a one-host cluster is started in a temp directory (scripts/ceph-cluster.sh) and stopped at the end.
 # Build first: dotnet build src/Platter.Cli -c Release.
@@ -19,10 +23,13 @@ cd "$(dirname "$0")/.."
 seconds=8
 size_mib=256
 cluster=""
-bench_options "[--seconds N] [--size-mib N] [--cluster DIR]" seconds size-mib cluster -- "$@"
+cache_parent=""
+bench_options "[--seconds N] [--size-mib N] [--cluster DIR] [--cache-dir DIR]" seconds size-mib cluster cache-dir=cache_parent -- "$@"
 bench_require_build
 
 work=$(mktemp -d /tmp/platter-cache-bench.XXXXXX)
+cache_dir=$work/cache
+[[ -n $cache_parent ]] && cache_dir=$(mktemp -d "$cache_parent/platter-cache-bench.XXXXXX")
 platter_pid=""
 qemu_pid=""
 holder_pid=""
@@ -33,6 +40,7 @@ cleanup() {
   [[ -n $qemu_pid ]] && { kill "$qemu_pid" 2>/dev/null; wait "$qemu_pid" 2>/dev/null || true; }
   bench_cluster_stop
   rm -rf "$work"
+  [[ -n $cache_parent ]] && rm -rf "$cache_dir"
 }
 trap cleanup EXIT
 
@@ -51,7 +59,7 @@ platter() { dotnet "$platter_dll" "$@" --api-socket "$work/api.sock"; }
 # numbers are the cache's own speed; the drain below measures write-back.
 cache_mib=$((size_mib * 8))
 dotnet "$platter_dll" serve --store rbd:rbd --ceph-conf "$CEPH_CONF" --socket "$work/platter.sock" --api-socket "$work/api.sock" \
-  --listen none --cache-dir "$work/cache" --cache-size "${cache_mib}M" >"$work/platter.log" 2>&1 &
+  --listen none --cache-dir "$cache_dir" --cache-size "${cache_mib}M" >"$work/platter.log" 2>&1 &
 platter_pid=$!
 bench_wait_socket "$work/platter.log" "$work/platter.sock" "$work/api.sock"
 platter volume set "$prefix-writethrough" --cache writethrough >/dev/null
@@ -157,8 +165,28 @@ for w in "${workloads[@]}"; do
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# One 4 KiB pwrite + fdatasync in the cache directory, 200 times: what one write-back flush costs at least there.
+sync_cost=$(python3 - "$cache_dir" <<'EOF'
+import os, sys, time
+path = os.path.join(sys.argv[1], "sync-probe")
+fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+block = os.urandom(4096)
+times = []
+for i in range(200):
+    t = time.perf_counter()
+    os.pwrite(fd, block, (i % 64) * 4096)
+    os.fdatasync(fd)
+    times.append(time.perf_counter() - t)
+os.close(fd)
+os.unlink(path)
+times.sort()
+print(f"median {times[100] * 1e3:.2f} ms, p99 {times[197] * 1e3:.2f} ms")
+EOF
+)
+
 echo "Node cache on a one-host cluster (3 bluestore OSDs), ${size_mib} MiB images, ${seconds} s per run, $(date -u +%F)"
 echo "load average before: $load_before, after: $load_after ($(nproc) cores)"
+echo "cache dir $cache_dir ($(df --output=source "$cache_dir" | tail -1)): 4 KiB write + fdatasync there: $sync_cost"
 echo "(each cell: IOPS, p99 latency, CPU-us per operation of the server process + Ceph daemons)"
 printf "| %-22s | %-16s | %-16s | %-16s | %-16s | %-11s | %-11s |\n" workload "none" "writethrough" "writeback" "qemu-nbd rbd:" "wb vs none" "wt vs none"
 printf "|%s|\n" "---|---|---|---|---|---|---"
@@ -184,8 +212,8 @@ done
 # Drain: how fast write-back empties a backlog. A fresh write-back volume takes writes far faster than the cluster
 # (random 4 KiB at depth 32, then sequential 1 MiB); when the writer stops, the log's dirty bytes and records are
 # sampled until they reach zero, with no other I/O running: records/s and MB/s written back. Against fio's rbd engine
-# on the same cluster: 4 KiB random writes at depth 1 (write-back issues one operation at a time, the price of the
-# ordered prefix) and sequential 4 MiB writes at depth 1 and 16.
+# on the same cluster, librbd's cache off: 4 KiB random writes at depth 1 (write-back issues one operation at a time,
+# the price of the ordered prefix) and 32, and sequential 4 MiB writes at depth 1 and 16.
 # Through the API socket with curl: the CLI's start-up would cost more CPU than the drain it samples.
 status() { curl -s --unix-socket "$work/api.sock" "http://platter/v1/volumes/$prefix-drain" | python3 -c 'import json,sys; c=json.load(sys.stdin)["cache"]; print(c["dirtyBytes"], c["lagRecords"])'; }
 # drain_rate: samples status every 0.5 s from now until it is empty; prints "MB/s records/s seconds MB records"
@@ -216,13 +244,18 @@ t_end=$(date +%s.%N)
 seq_mb=$size_mib
 seq_s=$(python3 -c "print(f'{$t_end - $t_rnd_end - $rnd_s:.1f}')")
 seq_mbps=$(python3 -c "print(f'{$size_mib * 1.048576 / max(0.1, $t_end - $t_rnd_end - $rnd_s):.1f}')")
-rbd_fio() { fio --name=d --ioengine=rbd --clientname=admin --pool=rbd --rbdname="$prefix-none" --output-format=json "$@" |
+# librbd's cache off, as in Platter and qemu-nbd --cache=none: with it on (librbd's default), fio's writes complete from
+# client memory and are written back in any order, which is neither durable nor ordered (an earlier version of this
+# bench compared the drain against that, 3-10x the cluster's real rate at depth 1).
+rbd_fio() { CEPH_ARGS="--rbd_cache=false" fio --name=d --ioengine=rbd --clientname=admin --pool=rbd --rbdname="$prefix-none" --output-format=json "$@" |
   python3 -c 'import json,sys; w=json.load(sys.stdin)["jobs"][0]["write"]; print("%.0f %.1f" % (w["iops"], w["bw_bytes"]/1e6))'; }
 read -r fio_rnd_iops _ <<<"$(rbd_fio --rw=randwrite --bs=4k --iodepth=1 --size="${size_mib}M" --time_based --runtime="$seconds")"
+# Depth 32: what unordered write-back could reach (dm-cache/bcache style), which guarantee 2 rules out (decision 0009).
+read -r fio_rnd32_iops _ <<<"$(rbd_fio --rw=randwrite --bs=4k --iodepth=32 --size="${size_mib}M" --time_based --runtime="$seconds")"
 read -r _ fio_seq1 <<<"$(rbd_fio --rw=write --bs=4M --iodepth=1 --size="${size_mib}M")"
 read -r _ fio_seq16 <<<"$(rbd_fio --rw=write --bs=4M --iodepth=16 --size="${size_mib}M")"
 echo "drain of random 4 KiB writes: $rnd_records records in $rnd_s s = $rnd_rps records/s; fio rbd 4k randwrite depth 1: $fio_rnd_iops IOPS" \
-  "($(python3 -c "print(f'{$rnd_rps/$fio_rnd_iops:.2f}x')"))"
+  "($(python3 -c "print(f'{$rnd_rps/$fio_rnd_iops:.2f}x')")); depth 32: $fio_rnd32_iops IOPS ($(python3 -c "print(f'{$rnd_rps/$fio_rnd32_iops:.2f}x')"))"
 # A non-positive estimate means write-back kept up with the writer: no backlog formed to time.
 python3 -c "import sys; sys.exit(0 if $seq_s > 0.5 else 1)" || echo "drain of sequential writes: write-back kept up with the writer (estimate $seq_s s): no backlog to time"
 echo "drain of sequential writes: $seq_mb MiB in about $seq_s s = $seq_mbps MB/s; fio rbd 4M sequential write depth 1: $fio_seq1 MB/s" \

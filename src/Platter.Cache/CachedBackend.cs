@@ -403,6 +403,7 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
         public long SizeBytes => inner.SizeBytes;
         public bool IsReadOnly => inner.IsReadOnly;
         public bool FlushCoversAllHandles => inner.FlushCoversAllHandles;
+        public bool ExtentsAreCheap => inner.ExtentsAreCheap;
         public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken cancellationToken = default) => inner.ReadAsync(offset, destination, cancellationToken);
         public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken cancellationToken = default) => inner.WriteAsync(offset, source, fua, cancellationToken);
         public ValueTask FlushAsync(CancellationToken cancellationToken = default) => inner.FlushAsync(cancellationToken);

@@ -259,6 +259,9 @@ public sealed partial class Volume : IVolumeHandle
     /// <summary>True: a flush commits the whole store, so it covers writes acknowledged on every handle.</summary>
     public bool FlushCoversAllHandles => true;
 
+    /// <summary>True: the map is in memory.</summary>
+    public bool ExtentsAreCheap => true;
+
     // The asynchronous surface of the backend seam. The engine's I/O completes inline (positional I/O into the page
     // cache, map updates in memory), so these run the synchronous calls and return completed tasks; failures travel
     // as faulted tasks, so callers on the network side have one error path. Only a flush truly waits.

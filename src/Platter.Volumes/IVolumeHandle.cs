@@ -28,9 +28,10 @@ public interface IVolumeHandle : IDisposable
     /// <summary>
     /// True when <see cref="GetExtents"/> answers from memory (the embedded engine's map). False when it costs a
     /// round trip (an RBD image asks the OSDs object by object): a front door then must not ask it on every read,
-    /// only when a client asks for block status.
+    /// only when a client asks for block status. No default: a wrapper that forgot to pass it on made every read of a
+    /// cached RBD volume ask the OSDs for its allocation first (docs/PERFORMANCE.md, issue 11).
     /// </summary>
-    bool ExtentsAreCheap => true;
+    bool ExtentsAreCheap { get; }
 
     /// <summary>Reads <paramref name="destination"/>.Length bytes; unmapped ranges read as zeros.</summary>
     ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken cancellationToken = default);

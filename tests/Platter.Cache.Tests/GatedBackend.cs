@@ -48,6 +48,7 @@ internal sealed class GatedBackend(IVolumeHandle inner) : IVolumeHandle
     public long SizeBytes => inner.SizeBytes;
     public bool IsReadOnly => inner.IsReadOnly;
     public bool FlushCoversAllHandles => inner.FlushCoversAllHandles;
+    public bool ExtentsAreCheap => inner.ExtentsAreCheap;
 
     public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken cancellationToken = default) =>
         inner.ReadAsync(offset, destination, cancellationToken);

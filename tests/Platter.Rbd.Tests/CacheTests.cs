@@ -355,4 +355,34 @@ public sealed class CacheTests(IsolatedCephCluster ceph)
         var direct = await ProcessRunner.RunAsync("qemu-io", ["-f", "raw", "-r", "-c", "read -P 77 8192 4k", $"rbd:{ceph.Pool}/{name}:conf={ceph.ConfFile}"], TimeSpan.FromSeconds(120));
         Assert.True(direct.ExitCode == 0 && direct.Stdout.Contains("read 4096/4096") && !direct.Stdout.Contains("fail", StringComparison.OrdinalIgnoreCase), direct.Describe());
     }
+
+    // Reads a hole of the volume with a structured read and prints the kinds of the reply's chunks ("data", "hole").
+    private const string ChunkKindsScript = """
+        import nbd, sys
+        h = nbd.NBD()
+        h.connect_uri(sys.argv[1])
+        kinds = []
+        h.pread_structured(65536, 1 << 20, lambda buf, offset, status, err: kinds.append({nbd.READ_DATA: "data", nbd.READ_HOLE: "hole"}.get(status, str(status))))
+        h.shutdown()
+        print(" ".join(kinds))
+        """;
+
+    [Theory]
+    [InlineData("writethrough")]
+    [InlineData("writeback")]
+    public async Task A_read_of_a_cached_volume_does_not_ask_the_cluster_for_its_allocation(string mode)
+    {
+        // An allocation query on RBD is an OSD round trip (rbd_diff_iterate2); a read must not make one. Seen from the
+        // client: a read of a never-written range comes back as one data chunk of zeros, not as a hole the server
+        // found by asking. A cache layer that did not pass the backend's answer on made every cached read ask (it
+        // cost cached reads more than uncached ones, docs/PERFORMANCE.md).
+        string name = CephCluster.UniqueName("cheap");
+        await using var a = ceph.CreateServer(cacheSize: "32M");
+        await a.StartAsync();
+        await a.CliOkAsync("volume", "create", name, "--size", "8M");
+        await a.CliOkAsync("volume", "set", name, "--cache", mode);
+        var result = await ProcessRunner.RunAsync("/usr/bin/python3", ["-c", ChunkKindsScript, a.Uri(name)], TimeSpan.FromSeconds(120));
+        Assert.True(result.ExitCode == 0, result.Describe());
+        Assert.Equal("data", result.Stdout.Trim());
+    }
 }
