@@ -6,7 +6,8 @@
 #   bench/moving.sh [--size 4G] [--rounds 3] [--dir DIR]
 #
 # Prints one line per measurement (seconds, bytes) and a markdown table of medians at the end. Needs qemu-utils,
-# libnbd-bin and a Release build of src/Platter.Cli (built here unless PLATTER_DLL points at platter.dll).
+# libnbd-bin and a Release build of src/Platter.Cli (built here unless PLATTER_DLL points at platter.dll), or
+# PLATTER_BIN=the Native AOT binary (what the .deb ships).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,12 +24,19 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -n "$dir" ]] || dir=$(mktemp -d /tmp/platter-moving-XXXXXX)
 mkdir -p "$dir"
-dll=${PLATTER_DLL:-}
-if [[ -z "$dll" ]]; then
-  dotnet build src/Platter.Cli -c Release -v q >/dev/null
-  dll=src/Platter.Cli/bin/Release/net10.0/platter.dll
+# The command line that runs platter: PLATTER_BIN (an executable: the Native AOT binary the .deb ships,
+# scripts/build-deb.sh --publish-only DIR), else `dotnet platter.dll` (PLATTER_DLL, or built here).
+if [[ -n ${PLATTER_BIN:-} ]]; then
+  cli=$PLATTER_BIN
+else
+  dll=${PLATTER_DLL:-}
+  if [[ -z "$dll" ]]; then
+    dotnet build src/Platter.Cli -c Release -v q >/dev/null
+    dll=src/Platter.Cli/bin/Release/net10.0/platter.dll
+  fi
+  cli="dotnet $dll"
 fi
-platter() { dotnet "$dll" "$@"; }
+platter() { $cli "$@"; }
 bytes=$(numfmt --from=iec "$size")
 mib=$((bytes / 1048576))
 
@@ -42,7 +50,7 @@ trap cleanup EXIT
 serve() { # NAME: a fresh store and sockets under $dir/NAME
   rm -rf "$dir/$1"; mkdir -p "$dir/$1"
   # dotnet itself in the background (not the platter function, whose subshell's pid a kill would not pass on).
-  dotnet "$dll" serve --store "$dir/$1/store" --socket "$dir/$1/nbd.sock" --listen none --api-socket "$dir/$1/api.sock" \
+  $cli serve --store "$dir/$1/store" --socket "$dir/$1/nbd.sock" --listen none --api-socket "$dir/$1/api.sock" \
     >"$dir/$1/log" 2>&1 &
   pids+=($!)
   for _ in $(seq 200); do [[ -S "$dir/$1/api.sock" && -S "$dir/$1/nbd.sock" ]] && return; sleep 0.1; done
@@ -82,7 +90,7 @@ for ((round = 1; round <= rounds; round++)); do
   platter volume create copy --size "$size" --api-socket "$dir/b/api.sock" >/dev/null
   record "nbdcopy Platter -> Platter (s)" "$(seconds nbdcopy "$(uri a vol@s1)" "$(uri b copy)")"
   record "send | receive full (s)" \
-    "$(seconds bash -c "set -o pipefail; dotnet '$dll' send vol@s1 --api-socket '$dir/a/api.sock' | dotnet '$dll' receive recv --api-socket '$dir/b/api.sock'")"
+    "$(seconds bash -c "set -o pipefail; $cli send vol@s1 --api-socket '$dir/a/api.sock' | $cli receive recv --api-socket '$dir/b/api.sock'")"
   platter send vol@s1 --api-socket "$dir/a/api.sock" -o "$dir/full.stream"
   record "full stream (bytes)" "$(stat -c %s "$dir/full.stream")"
   rm -f "$dir/full.stream"
@@ -94,11 +102,11 @@ for ((round = 1; round <= rounds; round++)); do
   qemu-io -f raw "${cmds[@]}" -c flush "$(uri a vol)" >/dev/null
   platter snapshot create vol@s2 --api-socket "$dir/a/api.sock" >/dev/null
   record "send | receive incremental 1% (s)" \
-    "$(seconds bash -c "set -o pipefail; dotnet '$dll' send vol@s2 --from s1 --api-socket '$dir/a/api.sock' | dotnet '$dll' receive recv --api-socket '$dir/b/api.sock'")"
+    "$(seconds bash -c "set -o pipefail; $cli send vol@s2 --from s1 --api-socket '$dir/a/api.sock' | $cli receive recv --api-socket '$dir/b/api.sock'")"
   platter send vol@s2 --from s1 --api-socket "$dir/a/api.sock" -o "$dir/inc.stream"
   record "incremental stream (bytes)" "$(stat -c %s "$dir/inc.stream")"
   rm -f "$dir/inc.stream"
-  # The CLI's own start (dotnet host, ~0.1-0.3 s) is in every platter number: measure it to subtract it.
+  # The CLI's own start (the dotnet host: ~0.1-0.3 s; the AOT binary: milliseconds) is in every platter number.
   record "platter --help start-up (s)" "$(seconds platter --help)"
   stop_all
 done
