@@ -208,8 +208,9 @@ internal static class ServeCommand
                     ConfFile = confFile,
                     Id = id,
                     OperationTimeout = opTimeout,
-                    // NBD hands librbd request buffers nobody touches until the reply; vhost-user hands it guest memory.
-                    ZeroCopyWrites = parse.GetValue(vhostUserDir) is null,
+                    // Off: with librbd writing from our buffers, a fenced (blocklisted) server's writes never complete
+                    // instead of failing (Rbd ServerTests' zombie test), so a zombie would hang its clients forever.
+                    ZeroCopyWrites = false,
                     LoggerFactory = logging,
                 });
                 directory = Path.GetFullPath(StorePaths.DefaultStoreDirectory(context.GetEnvironment));

@@ -34,7 +34,10 @@ public sealed class RbdBackendOptions
     /// buffer while its write is in flight. NBD's request buffers qualify (each is the request's own until its reply);
     /// vhost-user's do not (they are guest memory, which a guest may rewrite during the write, and Ceph's messenger
     /// then sees data that no longer matches its checksum). librbd fires the completion only once it holds no
-    /// reference to the buffer, so a buffer is free again when its write completes either way. Off by default.
+    /// reference to the buffer, so a buffer is free again when its write completes either way. Off by default, and
+    /// `platter serve` leaves it off: with it on, the writes of a server that was fenced (blocklisted) while it hung
+    /// never complete, where with the copy they fail at once (Rbd ServerTests, the zombie test), so a zombie would
+    /// hold its clients forever instead of answering them with an error.
     /// </summary>
     public bool ZeroCopyWrites { get; init; }
 

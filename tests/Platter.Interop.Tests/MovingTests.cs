@@ -254,7 +254,7 @@ public sealed class MovingTests(ServerFixture fixture, ITestOutputHelper output)
         Assert.NotEqual(0, cut.ExitCode);
 
         await target.StartAsync();
-        Assert.Contains("rolled it back", target.Log);
+        await target.AssertLogContainsAsync("rolled it back"); // the log is written asynchronously
         await AssertUnchangedAsync(target, vol.Name, "copy", "s1", "after the crash");
         (await target.CliAsync("receive", "copy", "-i", inc)).EnsureSuccess();
         await AssertSameAsync(target, vol.Name, "copy", "s2");
@@ -280,7 +280,7 @@ public sealed class MovingTests(ServerFixture fixture, ITestOutputHelper output)
         await target.StartAsync();
         deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
         while (!target.Log.Contains("deleted its partial volume") && DateTime.UtcNow < deadline) await Task.Delay(50);
-        Assert.Contains("deleted its partial volume", target.Log);
+        await target.AssertLogContainsAsync("deleted its partial volume");
         Assert.Equal("[\"copy\"]", await VolumeNamesAsync(target));
         Assert.Empty(Directory.GetFiles(Path.Combine(target.StoreDirectory, "receiving")));
     }

@@ -4,8 +4,8 @@ using Xunit;
 namespace Platter.Rbd.Tests;
 
 /// <summary>
-/// <see cref="RbdBackendOptions.ZeroCopyWrites"/>: librbd then writes from the caller's buffer, and a buffer is the
-/// caller's again as soon as its write completes.
+/// <see cref="RbdBackendOptions.ZeroCopyWrites"/> (off in `platter serve`: decision 0006): librbd then writes from the
+/// caller's buffer, and a buffer is the caller's again as soon as its write completes.
 /// </summary>
 [Collection(CephCollection.Name)]
 public sealed class ZeroCopyWriteTests(CephCluster ceph)
@@ -18,7 +18,7 @@ public sealed class ZeroCopyWriteTests(CephCluster ceph)
             using var connection = copying.Connect();
             Assert.Equal("true", connection.GetOption("rbd_disable_zero_copy_writes"));
         }
-        using var zeroCopy = ceph.OpenBackend(); // ZeroCopyWrites = true, as `platter serve` without vhost-user
+        using var zeroCopy = ceph.OpenBackend(zeroCopyWrites: true);
         using var zc = zeroCopy.Connect();
         Assert.Equal("false", zc.GetOption("rbd_disable_zero_copy_writes"));
     }
@@ -26,7 +26,7 @@ public sealed class ZeroCopyWriteTests(CephCluster ceph)
     [Fact]
     public async Task A_buffer_reused_right_after_its_write_completes_leaves_that_write_intact()
     {
-        using var backend = ceph.OpenBackend();
+        using var backend = ceph.OpenBackend(zeroCopyWrites: true);
         string name = CephCluster.UniqueName("zerocopy");
         backend.CreateVolume(name, 64L << 20);
         using var volume = backend.OpenVolumeHandle(name);

@@ -34,14 +34,17 @@ public class CephCluster : CephTestCluster
     /// <summary>A new librados connection as client.admin with <see cref="TestSettings"/>.</summary>
     public RadosCluster Connect() => RadosCluster.Connect(ConfFile, "admin", TestSettings);
 
-    /// <summary>An RBD backend on the pool, with short timeouts so a broken cluster fails the test instead of hanging it.</summary>
-    public RbdBackend OpenBackend() => RbdBackend.Open(new RbdBackendOptions
+    /// <summary>
+    /// An RBD backend on the pool, with short timeouts so a broken cluster fails the test instead of hanging it; with
+    /// <paramref name="zeroCopyWrites"/> librbd writes from the caller's buffers (off, as in `platter serve`).
+    /// </summary>
+    public RbdBackend OpenBackend(bool zeroCopyWrites = false) => RbdBackend.Open(new RbdBackendOptions
     {
         Pool = Pool,
         ConfFile = ConfFile,
         ConnectTimeout = TimeSpan.FromSeconds(20),
         OperationTimeout = TimeSpan.FromSeconds(60),
-        ZeroCopyWrites = true, // as `platter serve` without vhost-user: the tests' buffers are untouched while written
+        ZeroCopyWrites = zeroCopyWrites,
     });
 }
 

@@ -52,17 +52,39 @@ public class CephTestCluster : IDisposable
             return;
         }
 
-        Directory = System.IO.Directory.CreateTempSubdirectory("platter-ceph-").FullName;
-        var (code, output) = Run(Script, "start", Directory);
-        if (code != 0)
+        // Two tries, each in a directory (and so a block of ports) of its own: the script picks ports no socket listens
+        // on, but a test server's ephemeral port can take one of them before the monitor binds it (a CI run saw the
+        // monitor fail to start once while every other project ran).
+        for (int attempt = 1; ; attempt++)
         {
+            Directory = System.IO.Directory.CreateTempSubdirectory("platter-ceph-").FullName;
+            var (code, output) = Run(Script, "start", Directory);
+            if (code == 0) break;
+            string logs = LogTails(Directory);
             Run(Script, "stop", Directory);
-            throw new InvalidOperationException($"ceph-cluster.sh start failed ({code}): {output}");
+            try { System.IO.Directory.Delete(Directory, recursive: true); } catch (IOException) { }
+            if (attempt == 2) throw new InvalidOperationException($"ceph-cluster.sh start failed ({code}) twice: {output}\n{logs}");
         }
         ConfFile = Path.Combine(Directory, "ceph.conf");
         OwnsCluster = true;
         Pool = "rbd"; // the pool the script creates
         StartReaper();
+    }
+
+    // The ends of the daemons' logs, for a start that failed.
+    private static string LogTails(string directory)
+    {
+        var lines = new System.Text.StringBuilder();
+        string logDir = Path.Combine(directory, "log");
+        if (!System.IO.Directory.Exists(logDir)) return "";
+        foreach (var file in System.IO.Directory.EnumerateFiles(logDir).Order(StringComparer.Ordinal))
+        {
+            var tail = File.ReadLines(file).TakeLast(5).ToList();
+            if (tail.Count == 0) continue;
+            lines.AppendLine($"--- {Path.GetFileName(file)} (last lines)");
+            foreach (var line in tail) lines.AppendLine(line);
+        }
+        return lines.ToString();
     }
 
     /// <summary>
