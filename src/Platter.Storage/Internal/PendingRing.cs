@@ -307,23 +307,9 @@ internal sealed unsafe class PendingRing : IDisposable
         if (!Enabled || volume.RingBroken || ops.IsEmpty) return;
         long need = RecordBytes(ops.Length);
         long pos;
-        lock (_lock)
-        {
-            if (_head + need - _tail > WriterLimit)
-            {
-                pos = -1;
-            }
-            else
-            {
-                pos = _head;
-                _head += need;
-                Span<byte> length = stackalloc byte[4];
-                BinaryPrimitives.WriteUInt32LittleEndian(length, (uint)need);
-                Write(pos, length); // the length first: a reader can step over a record the crash left half-copied
-                BinaryPrimitives.WriteInt64LittleEndian(new Span<byte>(_base + HeadAt, 8), _head);
-            }
-        }
-        if (pos < 0)
+        bool reserved;
+        lock (_lock) reserved = TryReserveLocked(need, WriterLimit, out pos);
+        if (!reserved)
         {
             volume.RingBroken = true;
             if (Interlocked.Exchange(ref _brokenWarned, 1) == 0)
@@ -335,8 +321,8 @@ internal sealed unsafe class PendingRing : IDisposable
 
     /// <summary>
     /// The committer, before it appends journal record <paramref name="sequence"/>: the gathered volumes' records up to
-    /// these numbers are in it. Returns the head as it is now; the committer reclaims up to the head it read before
-    /// gathering (<see cref="Head"/>), never past these marks' own records.
+    /// these numbers are in it. The committer reclaims up to the head it read before gathering (<see cref="Head"/>),
+    /// never past these marks' own records.
     /// </summary>
     public void AppendMarks(long sequence, List<(long VolumeId, long Number)> marks)
     {
@@ -346,19 +332,13 @@ internal sealed unsafe class PendingRing : IDisposable
         long pos;
         lock (_lock)
         {
-            if (_head + need - _tail > _capacity)
+            if (!TryReserveLocked(need, _capacity, out pos))
             {
                 // Replay could no longer tell what this round covers: trust nothing until a round covers all there is.
                 _invalidUntil = _head;
                 BinaryPrimitives.WriteUInt32LittleEndian(new Span<byte>(_base + ValidAt, 4), Overflowed);
                 return;
             }
-            pos = _head;
-            _head += need;
-            Span<byte> length = stackalloc byte[4];
-            BinaryPrimitives.WriteUInt32LittleEndian(length, (uint)need);
-            Write(pos, length);
-            BinaryPrimitives.WriteInt64LittleEndian(new Span<byte>(_base + HeadAt, 8), _head);
         }
         Span<byte> bytes = payload <= 4096 ? stackalloc byte[payload] : new byte[payload];
         for (int i = 0; i < marks.Count; i++)
@@ -367,6 +347,20 @@ internal sealed unsafe class PendingRing : IDisposable
             BinaryPrimitives.WriteInt64LittleEndian(bytes[(16 * i + 8)..], marks[i].Number);
         }
         WriteRecord(pos, need, KindMarks, sequence, marks.Count, bytes);
+    }
+
+    // Under _lock: claims need bytes at the head if the ring's use stays within limit. The record's length goes first,
+    // so a reader can step over a record the crash left half-copied; then the new head.
+    private bool TryReserveLocked(long need, long limit, out long pos)
+    {
+        pos = _head;
+        if (_head + need - _tail > limit) return false;
+        _head += need;
+        Span<byte> length = stackalloc byte[4];
+        BinaryPrimitives.WriteUInt32LittleEndian(length, (uint)need);
+        Write(pos, length);
+        BinaryPrimitives.WriteInt64LittleEndian(new Span<byte>(_base + HeadAt, 8), _head);
+        return true;
     }
 
     /// <summary>The head now: the committer reads it before it gathers a round.</summary>
