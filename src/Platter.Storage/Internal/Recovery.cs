@@ -31,12 +31,11 @@ internal static class Recovery
     /// </summary>
     public static Result Run(MetadataStore metadata, Journal journal, IDataDevice data, bool salvage, ILogger logger, PendingRing.Contents? ring = null)
     {
-        if (ring is null || salvage || ring.Records.Count == 0) return RunOnce(metadata, journal, data, salvage, logger, ring);
         try
         {
             return RunOnce(metadata, journal, data, salvage, logger, ring);
         }
-        catch (StorageException e) when (e.Error == StorageError.BadStore)
+        catch (StorageException e) when (e.Error == StorageError.BadStore && !salvage && ring is { Records.Count: > 0 })
         {
             var without = RunOnce(metadata, journal, data, salvage, logger, null);
             logger.LogError(e, "The operations replayed from the pending-operation ring left the metadata inconsistent; they were dropped and the store opened " +
