@@ -1,4 +1,5 @@
 using Platter.Storage.Devices;
+using Platter.Storage.Internal;
 using Platter.Storage.Tests.Support;
 using Xunit;
 
@@ -217,6 +218,55 @@ public sealed class HolePunchTests : IDisposable
 
         Assert.True(expected.AsSpan().SequenceEqual(volume.ReadAll(0, (int)(16 * MiB))), "the volume does not read back what was written");
         StoreChecks.AssertConsistent(store, "after small random and sequential overwrites");
+    }
+
+    [Fact]
+    public void Small_random_writes_committed_together_land_in_one_contiguous_run_not_scattered_over_freed_blocks()
+    {
+        const int Blocks4K = (int)(16 * MiB / 4096);
+        var faulty = new FaultyStore();
+        // No timed commit: the batch below is one commit round however slow the machine.
+        using var store = faulty.Open(_dir.Path, commitIntervalMax: TimeSpan.FromHours(1));
+        store.CreateVolume("a", 16 * MiB);
+        WriteWhole(store, "a", 16 * MiB, seed: 1);
+        using var volume = store.OpenVolume("a");
+        var rng = new Random(11);
+        // Random overwrites leave single freed blocks all over the data file once committed.
+        for (int i = 0; i < 512; i++) volume.Write((long)rng.Next(Blocks4K) * 4096, Blocks.RandomBytes(rng, 4096));
+        volume.Flush();
+        volume.Flush();
+
+        // 128 random 4 KiB writes, then one flush (32 writers flushing every 32 writes look like this to the engine):
+        // after the first few, which may still take freed blocks, they go to the volume's region side by side, so the
+        // commit's sync writes one run instead of a hundred scattered blocks.
+        var targets = new HashSet<int>();
+        while (targets.Count < 128) targets.Add(rng.Next(Blocks4K));
+        var order = targets.ToArray();
+        var written = new Dictionary<int, byte[]>();
+        foreach (int block in order)
+        {
+            var data = Blocks.RandomBytes(rng, 4096);
+            volume.Write((long)block * 4096, data);
+            written[block] = data;
+        }
+        var state = store.VolumeStateForTests("a");
+        int runs = 0;
+        long previous = -2;
+        lock (state.Lock)
+        {
+            foreach (int block in order)
+            {
+                long pba = state.Map.Get(block).Pba;
+                if (pba != previous + 1) runs++;
+                previous = pba;
+            }
+        }
+        int shortRunWrites = EngineLimits.ShortRunPendingBytesMax / OpLog.MapExtentBytes(1) + 1;
+        Assert.True(runs <= shortRunWrites + 3, $"128 random 4 KiB writes of one commit round landed in {runs} physical runs");
+        volume.Flush();
+        foreach (var (block, data) in written)
+            Assert.True(data.AsSpan().SequenceEqual(volume.ReadAll((long)block * 4096, 4096)), $"block {block} does not read back");
+        StoreChecks.AssertConsistent(store, "after a round of small random writes");
     }
 
     [Fact]

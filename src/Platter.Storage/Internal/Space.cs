@@ -121,12 +121,17 @@ internal sealed class Space : IDisposable
     /// nbdkit and qemu-nbd overwrite in place. Random small writes gain nothing from the region's contiguity (their
     /// neighbours in the volume are elsewhere anyway), and filling short holes keeps the long ones for large writes;
     /// small writes in sequence keep using the region, so a volume written 4 KiB at a time still reads back contiguously.
+    /// Only while the volume's commit round is small, though (<see cref="EngineLimits.ShortRunPendingBytesMax"/>): many
+    /// small writes synced together are cheaper as one contiguous run than scattered over freed blocks.
     /// </summary>
     public long Allocate(VolumeState state, long logicalBlock, int want, out int got)
     {
         var region = state.Region;
         bool continues = region.NextLogical == logicalBlock;
-        if (continues || want >= EngineLimits.PunchRunBlocksMin || !_allocator.TryAllocateShort(want, EngineLimits.PunchRunBlocksMin, out long pba))
+        // A hint read without the volume's lock: a racing append only moves the choice between two valid placements.
+        bool roundIsBusy = state.PendingOps.Length > EngineLimits.ShortRunPendingBytesMax;
+        if (continues || roundIsBusy || want >= EngineLimits.PunchRunBlocksMin
+            || !_allocator.TryAllocateShort(want, EngineLimits.PunchRunBlocksMin, out long pba))
         {
             if (!region.TryTake(want, out pba, out got)) pba = RefillAndTake(state, want, out got);
         }
