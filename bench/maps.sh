@@ -5,6 +5,9 @@
 # RAM per TiB mapped. The stores are interleaved round by round, so load from other work on the machine spreads over
 # all of them; the load average is printed on every line.
 # Usage: bench/maps.sh [DIR] [ROUNDS] [LAYOUTS...]   layouts: sparse:N or sequential:N (N = extent records)
+#   OLD=COMMIT bench/maps.sh ...  also opens every store with COMMIT's engine (built in a git worktree under DIR, or
+#   OLD=DIR: a checkout already there),
+#   interleaved with this tree's, store by store and round by round (remove the worktree after: git worktree remove).
 #   default: sparse:1000000 sparse:10000000 sequential:65536 sequential:1048576 (the last maps 1 TiB: ~1 GB of metadata)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +20,17 @@ mkdir -p "$dir"
 echo "# $(date -u +%FT%TZ) $(uname -r), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM, commit $(git rev-parse --short HEAD)"
 dotnet build -c Release bench/Platter.Bench -v q -nologo >/dev/null
 bench() { dotnet bench/Platter.Bench/bin/Release/net10.0/Platter.Bench.dll --maps "$@"; }
+old=${OLD:-}
+if [ -d "$old" ]; then
+  oldwt=$old # a checkout already made
+elif [ -n "$old" ]; then
+  oldwt="$dir/old-$(git rev-parse --short "$old")"
+  [ -d "$oldwt" ] || git worktree add --detach "$oldwt" "$old" >/dev/null
+fi
+if [ -n "$old" ]; then
+  dotnet build -c Release "$oldwt/bench/Platter.Bench" -v q -nologo >/dev/null
+  echo "# old: $(git -C "$oldwt" rev-parse --short HEAD) in $oldwt"
+fi
 for l in "${layouts[@]}"; do
   kind=${l%%:*}; n=${l##*:}
   [ -d "$dir/$kind-$n" ] || bench build --dir "$dir/$kind-$n" --extents "$n" --layout "$kind"
@@ -24,6 +38,7 @@ done
 for r in $(seq 1 "$rounds"); do
   for l in "${layouts[@]}"; do
     kind=${l%%:*}; n=${l##*:}
+    [ -z "$old" ] || echo "round $r $kind $n records, old: $(dotnet "$oldwt/bench/Platter.Bench/bin/Release/net10.0/Platter.Bench.dll" --maps open --dir "$dir/$kind-$n" | tr '\n' ' ')"
     echo "round $r $kind $n records: $(bench open --dir "$dir/$kind-$n" | tr '\n' ' ')"
   done
 done

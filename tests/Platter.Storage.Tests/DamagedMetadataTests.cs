@@ -95,6 +95,34 @@ public sealed class DamagedMetadataTests : IDisposable
         Assert.Equal(before, File.ReadAllBytes(MetadataPath));
     }
 
+    // A damaged catalog cannot be loaded in open's one walk of the extent records: it is loaded layer by layer and
+    // verified by a second walk, and the damage to the catalog record is what open names.
+    [Fact]
+    public void A_garbled_catalog_record_is_refused_naming_it()
+    {
+        CreateTwoVolumes();
+        // The second volume's catalog record ends with its name after a 2-byte length: make the length disagree.
+        var bytes = File.ReadAllBytes(MetadataPath);
+        byte[] pattern = [6, 0, .. "second"u8];
+        int hits = 0;
+        for (int at = bytes.AsSpan(8192).IndexOf(pattern); at >= 0; hits++)
+        {
+            int position = 8192 + at;
+            bytes[position] = 7;
+            int next = bytes.AsSpan(position + 1).IndexOf(pattern);
+            at = next < 0 ? -1 : position + 1 + next - 8192;
+        }
+        Assert.True(hits > 0, "the second volume's catalog record was not found in data.mdb");
+        File.WriteAllBytes(MetadataPath, bytes);
+
+        var e = StorageAssert.Throws(() => VolumeStore.Open(_dir.Path, Options()).Dispose(), StorageError.BadStore);
+        Assert.Contains("metadata is damaged: corrupt catalog record for volume", e.Message);
+        Assert.Equal(bytes, File.ReadAllBytes(MetadataPath));
+        using var store = VolumeStore.Open(_dir.Path, Options(salvage: true));
+        Assert.Contains(store.Damage, d => d.Contains("corrupt catalog record", StringComparison.Ordinal));
+        Assert.DoesNotContain("second", store.ListVolumes().Select(v => v.Name));
+    }
+
     [Fact]
     public void Intact_store_opens_and_salvage_of_it_reports_no_damage()
     {

@@ -74,6 +74,102 @@ internal sealed class Catalog
     }
 
     /// <summary>
+    /// <see cref="Load"/> and the record rules of <see cref="MetadataVerifier"/> in one walk of the extents table in
+    /// key order (issue 15, target 5: open read every record twice, once per layer to load it and once more to verify
+    /// the table). One walk builds every version because a version's layers come in key order: along a volume's chain
+    /// (origin snapshot, its snapshots oldest first, the volume) layer ids grow — new layers take fresh ids, a deleted
+    /// snapshot's layer passes to the next version in the chain, which is younger — so applying layers in id order
+    /// applies every parent before its child, as <see cref="Load"/> does. That order, a clean catalog and unique
+    /// layers are checked first: when any does not hold (a damaged catalog) this returns null and nothing in
+    /// <paramref name="damage"/>, and the caller loads and verifies the old way, two walks.
+    /// </summary>
+    public static Catalog? LoadInOneWalk(MetadataStore.View view, long dataBlocks, MetadataDamage damage)
+    {
+        var scratch = new MetadataDamage();
+        var volumeRecords = view.Volumes(scratch);
+        var snapshotRecords = view.Snapshots(scratch);
+        if (scratch.Any) return null;
+        var snapshotsByVolume = snapshotRecords.GroupBy(s => s.VolumeId).ToDictionary(g => g.Key, g => g.OrderBy(s => s.Id).ToList());
+        var catalog = new Catalog();
+        var steps = new List<LayerStep>();
+        var layers = new HashSet<long>();
+        foreach (var v in volumeRecords.OrderBy(v => v.Id))
+        {
+            SnapshotState? origin = null;
+            if ((v.OriginId != 0 && !catalog.Snapshots.TryGetValue(v.OriginId, out origin)) || catalog.Volumes.ContainsKey(v.Id)) return null;
+            var state = new VolumeState(v.Id, v.Name, v.SizeBytes, v.Created, v.LayerId, origin);
+            long previous = origin?.LayerId ?? long.MinValue;
+            bool first = true;
+            foreach (var s in snapshotsByVolume.GetValueOrDefault(v.Id) ?? [])
+            {
+                if (s.LayerId <= previous || !layers.Add(s.LayerId)) return null;
+                var snap = new SnapshotState(s.Id, s.Name, state, state.Map, s.SizeBytes, s.Created, s.LayerId);
+                state.Snapshots.Add(snap);
+                catalog.Snapshots.Add(snap.Id, snap);
+                steps.Add(new LayerStep(s.LayerId, state, snap, first));
+                previous = s.LayerId;
+                first = false;
+            }
+            if (v.LayerId <= previous || !layers.Add(v.LayerId)) return null;
+            steps.Add(new LayerStep(v.LayerId, state, null, first));
+            origin?.Clones.Add(state);
+            catalog.Volumes.Add(state.Id, state);
+            catalog._byLayer.Add(state.LayerId, state);
+        }
+        if (snapshotsByVolume.Keys.Any(id => !catalog.Volumes.ContainsKey(id))) return null;
+
+        var walk = new MetadataVerifier.RecordWalk(MetadataVerifier.VerifyCatalog(catalog, view.NextId, damage), dataBlocks, damage);
+        steps.Sort(static (a, b) => a.Layer.CompareTo(b.Layer));
+        int at = 0;
+        bool started = false;
+        LeafLoader loader = null!;
+        long records = 0;
+        view.ScanRaw((key, value) =>
+        {
+            if (!walk.Visit(key, value))
+            {
+                // Loading by layer reported a record that does not decode on the layer it was found in: so does this.
+                long prefix = key.Length >= 8 ? BinaryPrimitives.ReadInt64BigEndian(key) : -1;
+                if (layers.Contains(prefix)) damage.Add(prefix, $"layer {prefix}: {MetadataStore.DescribeDamage(key, value)}");
+                return;
+            }
+            var (layer, block, pba, count) = MetadataStore.DecodeFields(key, value);
+            while (at < steps.Count && steps[at].Layer < layer) Finish();
+            if (at == steps.Count || steps[at].Layer != layer) return; // a layer nobody owns: the walk reported it
+            if (!started) Start();
+            loader.Apply(block, count, pba, MetadataStore.CrcsOf(value));
+            records++;
+        });
+        while (at < steps.Count) Finish();
+        walk.Finish(view);
+        return catalog;
+
+        void Start()
+        {
+            var step = steps[at];
+            // The volume's map is its working map while its layers load; the snapshots take frozen copies of it.
+            if (step.First && step.Volume.Origin is { } origin) step.Volume.Map = origin.Map.CloneMutable();
+            loader = new LeafLoader(step.Volume.Map);
+            records = 0;
+            started = true;
+        }
+
+        void Finish()
+        {
+            if (!started) Start();
+            var step = steps[at];
+            loader.Flush();
+            damage.RecordsLoaded[step.Layer] = damage.RecordsLoaded.GetValueOrDefault(step.Layer) + records;
+            if (step.Snapshot is { } snap) snap.Map = step.Volume.Map.Snapshot();
+            at++;
+            started = false;
+        }
+    }
+
+    /// <summary>One layer of <see cref="LoadInOneWalk"/>: the version it completes (a snapshot, or the volume when null).</summary>
+    private sealed record LayerStep(long Layer, VolumeState Volume, SnapshotState? Snapshot, bool First);
+
+    /// <summary>
     /// Applies one layer's records, which come in block order, a leaf at a time: the entries of the leaf being filled
     /// are gathered in a buffer and stored (packed) once the records move past it, so loading costs one leaf write per
     /// leaf rather than one tree update per block.
@@ -82,8 +178,11 @@ internal sealed class Catalog
     {
         private const int LeafBlocks = 256;
         private readonly BlockEntry[] _entries = new BlockEntry[LeafBlocks];
+        // A leaf the map does not hold yet (a volume's first layer: nearly every leaf at open) is gathered as runs and
+        // stored packed straight from them; a leaf over its parent's content is gathered as entries over the parent's.
+        private readonly MapTree.LeafRuns _runs = new();
         private long _leafBase = -1;
-        private bool _dirty;
+        private bool _dirty, _fresh;
 
         public void Apply(long block, long count, long pba, ReadOnlySpan<byte> crcs)
         {
@@ -94,25 +193,43 @@ internal sealed class Catalog
                 map.UnmapRange(block, block + count);
                 return;
             }
-            for (int i = 0; i < count; i++)
+            for (int done = 0; done < count; )
             {
-                long b = block + i;
+                long b = block + done;
                 long leafBase = b & ~(long)(LeafBlocks - 1);
+                int slot = (int)(b - leafBase), n = (int)Math.Min(LeafBlocks - slot, count - done);
                 if (leafBase != _leafBase)
                 {
                     Flush();
                     _leafBase = leafBase;
-                    map.Get(leafBase, _entries);
+                    _fresh = !map.HasLeaf(leafBase);
+                    if (_fresh) _runs.Clear();
+                    else map.Get(leafBase, _entries);
                 }
-                _entries[b - leafBase] = BlockEntry.Mapped(pba + i, BinaryPrimitives.ReadUInt32LittleEndian(crcs[(4 * i)..]));
+                var blockCrcs = crcs.Slice(4 * done, 4 * n);
+                if (_fresh && !_runs.TryAdd(slot, n, pba + done, blockCrcs))
+                {
+                    _runs.CopyTo(_entries);
+                    _fresh = false;
+                }
+                if (!_fresh)
+                    for (int i = 0; i < n; i++)
+                        _entries[slot + i] = BlockEntry.Mapped(pba + done + i, BinaryPrimitives.ReadUInt32LittleEndian(blockCrcs[(4 * i)..]));
                 _dirty = true;
+                done += n;
             }
         }
 
         public void Flush()
         {
-            if (_dirty) map.SetLeaf(_leafBase, _entries);
+            if (!_dirty) return;
             _dirty = false;
+            if (_fresh)
+            {
+                if (map.TrySetNewLeaf(_leafBase, _runs)) return;
+                _runs.CopyTo(_entries);
+            }
+            map.SetLeaf(_leafBase, _entries);
         }
     }
 

@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
@@ -390,6 +391,89 @@ internal sealed class MapTree
         if (Volatile.Read(ref leaf.Dense) is { } dense) return dense.Entries;
         Unpack(leaf.Packed!, 0, scratch);
         return scratch;
+    }
+
+    /// <summary>True when some block of the leaf holding <paramref name="block"/> may be mapped (the leaf exists).</summary>
+    public bool HasLeaf(long block) => FindLeaf(block) is not null;
+
+    /// <summary>
+    /// The runs of one leaf being built, in slot order (open's loader: a layer's records are runs already), so the
+    /// leaf can be stored packed (<see cref="TrySetNewLeaf"/>) without the passes over 256 entries that packing
+    /// <see cref="SetLeaf"/>'s entries costs. Reused leaf after leaf.
+    /// </summary>
+    public sealed class LeafRuns
+    {
+        private readonly ulong[] _runs = new ulong[Fanout];
+        private readonly uint[] _crcs = new uint[Fanout];
+        private int _runCount, _mapped, _end;
+
+        public void Clear() => _runCount = _mapped = _end = 0;
+
+        /// <summary>
+        /// Adds <paramref name="length"/> blocks from <paramref name="slot"/> at physical <paramref name="pba"/> with
+        /// their CRCs (4 bytes each, little-endian). False, changing nothing, when they do not follow what the leaf
+        /// holds (records out of order: a damaged store) or lie beyond what a run word holds: use entries instead.
+        /// </summary>
+        public bool TryAdd(int slot, int length, long pba, ReadOnlySpan<byte> crcs)
+        {
+            if (slot < _end || (ulong)(pba + length) > PackedPbaLimit) return false;
+            ref ulong last = ref _runs[Math.Max(_runCount - 1, 0)];
+            if (_runCount > 0 && slot == _end && RunPba(last) + RunLength(last) == pba)
+                last += (ulong)length << 8; // continues the run before it, physically too
+            else
+                _runs[_runCount++] = (uint)slot | ((ulong)(length - 1) << 8) | ((ulong)pba << PbaShift);
+            for (int i = 0; i < length; i++) _crcs[_mapped + i] = BinaryPrimitives.ReadUInt32LittleEndian(crcs[(4 * i)..]);
+            _mapped += length;
+            _end = slot + length;
+            return true;
+        }
+
+        /// <summary>Writes the runs as 256 entries (the fallback to <see cref="SetLeaf"/>).</summary>
+        public void CopyTo(Span<BlockEntry> entries)
+        {
+            entries.Clear();
+            int crc = 0;
+            for (int r = 0; r < _runCount; r++)
+            {
+                ulong run = _runs[r];
+                for (int i = 0; i < RunLength(run); i++) entries[RunStart(run) + i] = BlockEntry.Mapped(RunPba(run) + i, _crcs[crc++]);
+            }
+        }
+
+        internal ulong[]? Pack()
+        {
+            int words = 1 + _runCount + (_mapped + 1) / 2;
+            if (words * 8 >= DenseLeafBytes) return null;
+            var packed = new ulong[words];
+            packed[0] = (ulong)_runCount;
+            _runs.AsSpan(0, _runCount).CopyTo(packed.AsSpan(1));
+            for (int i = 0; i < _mapped; i++) SetCrc(packed, 1 + _runCount, i, _crcs[i]);
+            return packed;
+        }
+
+        internal int Mapped => _mapped;
+    }
+
+    /// <summary>
+    /// Stores <paramref name="runs"/> as the leaf holding <paramref name="leafBase"/> (a multiple of 256), packed, when
+    /// that leaf holds nothing yet and packed is the smaller form; false, changing nothing, otherwise (then
+    /// <see cref="SetLeaf"/> with the entries does it). The result is what <see cref="SetLeaf"/> would store.
+    /// </summary>
+    public bool TrySetNewLeaf(long leafBase, LeafRuns runs)
+    {
+        var owner = _owner ?? throw new InvalidOperationException("a frozen map cannot change");
+        if ((leafBase & (Fanout - 1)) != 0) throw new ArgumentException("a whole leaf", nameof(leafBase));
+        if ((ulong)leafBase >= 1UL << (LevelBits * (InteriorLevels + 1))) throw new ArgumentOutOfRangeException(nameof(leafBase));
+        if (runs.Mapped == 0 || FindLeaf(leafBase) is not null || runs.Pack() is not { } packed) return false;
+        Span<int> slots = stackalloc int[InteriorLevels];
+        var path = new NodePath();
+        WalkDown(owner, leafBase, slots, ref path, createDense: false);
+        var leaf = AsLeaf(path[0]);
+        MappedBlocks += runs.Mapped;
+        leaf.Count = runs.Mapped;
+        leaf.Packed = packed;
+        leaf.Dense = null;
+        return true;
     }
 
     /// <summary>

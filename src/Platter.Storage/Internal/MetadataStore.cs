@@ -471,6 +471,9 @@ internal sealed class MetadataStore : IDisposable
         (BinaryPrimitives.ReadInt64BigEndian(key), BinaryPrimitives.ReadInt64BigEndian(key[8..]),
          BinaryPrimitives.ReadInt64LittleEndian(value), BinaryPrimitives.ReadInt32LittleEndian(value[8..]));
 
+    /// <summary>The CRCs of a well-formed extent record's blocks (4 bytes each; none for a tombstone).</summary>
+    public static ReadOnlySpan<byte> CrcsOf(ReadOnlySpan<byte> value) => value[ExtentHeaderBytes..];
+
     private static ExtentRecord DecodeExtent(ReadOnlySpan<byte> key, ReadOnlySpan<byte> value)
     {
         if (!IsWellFormed(key, value))

@@ -67,13 +67,23 @@ internal static class MetadataVerifier
     /// <summary>Checks the durable records behind <paramref name="catalog"/> (as loaded from <paramref name="view"/>).</summary>
     public static void Verify(MetadataStore.View view, Catalog catalog, long dataBlocks, MetadataDamage damage)
     {
+        var walk = new RecordWalk(VerifyCatalog(catalog, view.NextId, damage), dataBlocks, damage);
+        view.ScanRaw((key, value) => walk.Visit(key, value));
+        walk.Finish(view);
+    }
+
+    /// <summary>
+    /// The rules on the catalog itself (layer owners, ids below next-id, unique names). Returns each layer's owner by
+    /// name, for <see cref="RecordWalk"/>.
+    /// </summary>
+    public static Dictionary<long, string> VerifyCatalog(Catalog catalog, long nextId, MetadataDamage damage)
+    {
         var owners = new Dictionary<long, string>();
         foreach (var v in catalog.Volumes.Values)
         {
             AddOwner(owners, v.LayerId, v.DisplayName, damage);
             foreach (var s in v.Snapshots) AddOwner(owners, s.LayerId, s.DisplayName, damage);
         }
-        long nextId = view.NextId;
         foreach (var v in catalog.Volumes.Values)
         {
             if (v.Id >= nextId || v.LayerId >= nextId)
@@ -84,70 +94,105 @@ internal static class MetadataVerifier
         }
         foreach (var group in catalog.Volumes.Values.GroupBy(v => v.Name, StringComparer.Ordinal).Where(g => g.Count() > 1))
             foreach (var v in group) damage.Add(v.LayerId, $"two volumes are named '{group.Key}' (ids {string.Join(", ", group.Select(x => x.Id))})");
+        return owners;
+    }
 
-        long records = 0;
-        var previousKey = new byte[16];
-        bool first = true, blameNext = false;
-        long previousLayer = -1, previousEnd = 0;
-        var perLayer = new Dictionary<long, long>();
-        view.ScanRaw((key, value) =>
+    /// <summary>
+    /// The rules on the extent records, checked one record at a time in key order: by the verification's own walk
+    /// (<see cref="Verify"/>), or by the walk that loads the maps (<see cref="Catalog.LoadInOneWalk"/>), so open
+    /// reads every record once. <see cref="Finish"/> then compares what was walked with what LMDB counts and with
+    /// what each layer loaded.
+    /// </summary>
+    public sealed class RecordWalk(Dictionary<long, string> owners, long dataBlocks, MetadataDamage damage)
+    {
+        private readonly byte[] _previousKey = new byte[16];
+        private readonly Dictionary<long, long> _perLayer = new();
+        private long _records;
+        private bool _first = true, _blameNext;
+        private long _previousLayer = -1, _previousEnd;
+        // The layer of the run of records being walked, whether an owner holds it, and its records so far (counted
+        // here and added to _perLayer when the layer changes: one dictionary update per layer, not per record).
+        private long _runLayer = -1, _runRecords;
+        private bool _runOwned;
+
+        /// <summary>Checks the next record in key order; false when it does not decode (it must not be loaded).</summary>
+        public bool Visit(ReadOnlySpan<byte> key, ReadOnlySpan<byte> value)
         {
-            records++;
-            bool wellFormed = MetadataStore.IsWellFormed(key, value);
-            long layer = wellFormed ? MetadataStore.DecodeFields(key, value).Layer : -1;
-            // A garbled record sits where the intact one was: between its neighbours in key order. Its own key cannot
-            // be trusted, so the damage is pinned on the layers of the records on either side.
-            if (blameNext && wellFormed) damage.Layers.Add(layer);
-            blameNext = false;
-            if (!wellFormed)
+            _records++;
+            if (!MetadataStore.IsWellFormed(key, value))
             {
+                // A garbled record sits where the intact one was: between its neighbours in key order. Its own key
+                // cannot be trusted, so the damage is pinned on the layers of the records on either side.
+                _blameNext = false;
                 damage.AddUnattributed(MetadataStore.DescribeDamage(key, value));
-                Blame(previousLayer);
-                return;
+                Blame();
+                return false;
             }
-            var (_, block, pba, count) = MetadataStore.DecodeFields(key, value);
-            perLayer[layer] = perLayer.GetValueOrDefault(layer) + 1;
-            string owner = owners.GetValueOrDefault(layer) ?? $"layer {layer}";
-            if (!first && key.SequenceCompareTo(previousKey) <= 0)
+            var (layer, block, pba, count) = MetadataStore.DecodeFields(key, value);
+            if (_blameNext) damage.Layers.Add(layer);
+            _blameNext = false;
+            if (layer != _runLayer)
+            {
+                EndRun();
+                _runLayer = layer;
+                _runOwned = owners.ContainsKey(layer);
+            }
+            _runRecords++;
+            if (!_first && key.SequenceCompareTo(_previousKey) <= 0)
             {
                 // A key smaller than the one before it was garbled in place: the B-tree no longer finds its neighbours.
-                damage.Add(layer, $"extent records out of order at {owner} block {block} (a damaged metadata page)");
-                Blame(previousLayer);
+                damage.Add(layer, $"extent records out of order at {Owner(layer)} block {block} (a damaged metadata page)");
+                Blame();
             }
-            if (!owners.ContainsKey(layer))
+            if (!_runOwned)
             {
                 damage.AddUnattributed($"extent record at block {block} belongs to layer {layer}, which no volume or snapshot owns");
-                Blame(previousLayer);
+                Blame();
             }
-            if (layer == previousLayer && block < previousEnd)
-                damage.Add(layer, $"'{owner}': extent records overlap at block {block}");
+            if (layer == _previousLayer && block < _previousEnd)
+                damage.Add(layer, $"'{Owner(layer)}': extent records overlap at block {block}");
             if (pba != MetadataStore.TombstonePba && pba + count > dataBlocks)
-                damage.Add(layer, $"'{owner}': extent at block {block} points at physical [{pba}, {pba + count}), outside the data file ({dataBlocks} blocks)");
-            key.CopyTo(previousKey);
-            first = false;
-            previousLayer = layer;
-            previousEnd = block + count;
-        });
-        // A damaged page can misdirect the B-tree's searches, which load each layer: the walk above reads every record
-        // in order without searching, so each layer must have loaded exactly the records the walk found for it.
-        foreach (var (layer, found) in perLayer)
-        {
-            long loaded = damage.RecordsLoaded.GetValueOrDefault(layer);
-            if (owners.TryGetValue(layer, out var owner) && loaded != found)
-                damage.Add(layer, $"'{owner}': {found} extent records are stored but {loaded} were found by layer (a damaged metadata page)");
+                damage.Add(layer, $"'{Owner(layer)}': extent at block {block} points at physical [{pba}, {pba + count}), outside the data file ({dataBlocks} blocks)");
+            key.CopyTo(_previousKey);
+            _first = false;
+            _previousLayer = layer;
+            _previousEnd = block + count;
+            return true;
         }
 
-        void Blame(long previous)
+        /// <summary>After the walk: the counts LMDB keeps against what was walked, and what each layer loaded.</summary>
+        public void Finish(MetadataStore.View view)
         {
-            if (previous >= 0) damage.Layers.Add(previous);
-            blameNext = true;
+            EndRun();
+            // A damaged page can misdirect the B-tree's searches, which load each layer when it is loaded by layer:
+            // the walk reads every record in order without searching, so each layer must have loaded exactly the
+            // records the walk found for it.
+            foreach (var (layer, found) in _perLayer)
+            {
+                long loaded = damage.RecordsLoaded.GetValueOrDefault(layer);
+                if (owners.TryGetValue(layer, out var owner) && loaded != found)
+                    damage.Add(layer, $"'{owner}': {found} extent records are stored but {loaded} were found by layer (a damaged metadata page)");
+            }
+            var (volumes, snapshots, extents) = view.CountEntries();
+            var (walkedVolumes, walkedSnapshots) = view.CountCatalogRecords();
+            if (walkedVolumes != volumes) damage.AddUnattributed($"the volumes table counts {volumes} records but {walkedVolumes} can be read (a damaged metadata page)");
+            if (walkedSnapshots != snapshots) damage.AddUnattributed($"the snapshots table counts {snapshots} records but {walkedSnapshots} can be read (a damaged metadata page)");
+            if (_records != extents) damage.AddUnattributed($"the extents table counts {extents} records but {_records} can be read (a damaged metadata page)");
         }
 
-        var (volumes, snapshots, extents) = view.CountEntries();
-        var (walkedVolumes, walkedSnapshots) = view.CountCatalogRecords();
-        if (walkedVolumes != volumes) damage.AddUnattributed($"the volumes table counts {volumes} records but {walkedVolumes} can be read (a damaged metadata page)");
-        if (walkedSnapshots != snapshots) damage.AddUnattributed($"the snapshots table counts {snapshots} records but {walkedSnapshots} can be read (a damaged metadata page)");
-        if (records != extents) damage.AddUnattributed($"the extents table counts {extents} records but {records} can be read (a damaged metadata page)");
+        private void EndRun()
+        {
+            if (_runRecords > 0) _perLayer[_runLayer] = _perLayer.GetValueOrDefault(_runLayer) + _runRecords;
+            _runRecords = 0;
+        }
+
+        private string Owner(long layer) => owners.GetValueOrDefault(layer) ?? $"layer {layer}";
+
+        private void Blame()
+        {
+            if (_previousLayer >= 0) damage.Layers.Add(_previousLayer);
+            _blameNext = true;
+        }
     }
 
     private static void AddOwner(Dictionary<long, string> owners, long layer, string name, MetadataDamage damage)
