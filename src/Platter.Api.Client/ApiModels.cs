@@ -8,14 +8,16 @@ namespace Platter.Server.Api;
 /// <param name="Name">Name (and NBD export name).</param>
 /// <param name="Id">Internal id, never reused.</param>
 /// <param name="SizeBytes">Virtual size.</param>
-/// <param name="AllocatedBytes">Bytes of data the volume maps.</param>
+/// <param name="AllocatedBytes">Bytes of data the volume maps; null when not counted: an RBD store counts them only when
+/// asked (GET /v1/volumes/{name}?usage=true) and in the space report (GET /v1/space), since counting walks the image's
+/// object map, so listing volumes stays O(1) per volume whatever its size.</param>
 /// <param name="CreatedUtc">Creation time.</param>
 /// <param name="Origin">For a clone, the snapshot it was cloned from as <c>volume@snapshot</c>; null otherwise.</param>
 /// <param name="SnapshotCount">Number of snapshots of the volume.</param>
 /// <param name="Backend">Which backend holds it: <c>embedded</c> or <c>rbd</c>.</param>
 /// <param name="Store">Where: the store directory, or <c>rbd:POOL</c> (set with Backend).</param>
 /// <param name="Cache">The volume's node cache (cluster stores; null on the embedded store and in lists).</param>
-public sealed record VolumeDto(string Name, long Id, long SizeBytes, long AllocatedBytes, DateTimeOffset CreatedUtc,
+public sealed record VolumeDto(string Name, long Id, long SizeBytes, long? AllocatedBytes, DateTimeOffset CreatedUtc,
     string? Origin = null, int SnapshotCount = 0, string? Backend = null, string? Store = null, VolumeCacheDto? Cache = null)
 {
     /// <summary>Converts the catalog's record; with <paramref name="store"/>, says which backend holds it

@@ -74,7 +74,12 @@ public sealed partial class PlatterApiClient : IDisposable
 
     /// <summary>GET /v1/volumes/{name}.</summary>
     public Task<VolumeDto> GetVolumeAsync(string name, CancellationToken cancellationToken = default) =>
-        SendAsync(HttpMethod.Get, VolumePath(name), null, Json.VolumeDto, cancellationToken);
+        GetVolumeAsync(name, usage: false, cancellationToken);
+
+    /// <summary>GET /v1/volumes/{name}; with <paramref name="usage"/> (<c>?usage=true</c>) its allocated bytes are counted
+    /// even on a store where that walks the image (RBD).</summary>
+    public Task<VolumeDto> GetVolumeAsync(string name, bool usage, CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Get, VolumePath(name) + (usage ? "?usage=true" : ""), null, Json.VolumeDto, cancellationToken);
 
     /// <summary>POST /v1/volumes.</summary>
     public Task<VolumeDto> CreateVolumeAsync(string name, long sizeBytes, CancellationToken cancellationToken = default) =>

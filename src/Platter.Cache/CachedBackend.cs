@@ -563,6 +563,9 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
     public VolumeInfo GetVolumeInfo(string name) => _inner.GetVolumeInfo(name);
 
     /// <inheritdoc />
+    public VolumeInfo GetVolumeInfo(string name, bool withAllocation) => _inner.GetVolumeInfo(name, withAllocation);
+
+    /// <inheritdoc />
     public bool TryGetVolumeInfo(string name, out VolumeInfo? info) => _inner.TryGetVolumeInfo(name, out info);
 
     /// <inheritdoc />

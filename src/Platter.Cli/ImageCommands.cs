@@ -62,10 +62,11 @@ internal static class ImageCommands
                 catch (Exception e) when (e is PlatterApiException or ServerUnreachableException) { }
                 throw;
             }
-            var after = await client.GetVolumeAsync(name, ct);
-            var summary = new ImageTransferSummary("import", path, info.Format, name, info.VirtualSize, after.AllocatedBytes, clock.Elapsed.TotalSeconds);
+            var after = await client.GetVolumeAsync(name, usage: true, ct);
+            long allocated = after.AllocatedBytes ?? 0; // counted: usage asked for
+            var summary = new ImageTransferSummary("import", path, info.Format, name, info.VirtualSize, allocated, clock.Elapsed.TotalSeconds);
             Print(context, parse.GetValue(json), summary,
-                $"imported {path} ({info.Format}) into '{name}': {SizeText.Format(info.VirtualSize)}, {SizeText.Format(after.AllocatedBytes)} allocated, " +
+                $"imported {path} ({info.Format}) into '{name}': {SizeText.Format(info.VirtualSize)}, {SizeText.Format(allocated)} allocated, " +
                 $"{clock.Elapsed.TotalSeconds.ToString("0.0", CultureInfo.InvariantCulture)} s");
             return PlatterCli.ExitOk;
         });

@@ -151,27 +151,36 @@ internal static class VolumeCommands
             }
             var table = new Table("NAME", "SIZE", "ALLOCATED", "CREATED").AlignRight(1, 2);
             foreach (var v in volumes.OrderBy(v => v.Name, StringComparer.Ordinal))
-                table.Add(v.Name, SizeText.Format(v.SizeBytes), SizeText.Format(v.AllocatedBytes), PlatterCli.FormatTime(v.CreatedUtc));
+                table.Add(v.Name, SizeText.Format(v.SizeBytes), Allocated(v.AllocatedBytes), PlatterCli.FormatTime(v.CreatedUtc));
             context.Out.Write(table.ToString());
+            if (volumes.Any(v => v.AllocatedBytes is null))
+                context.Out.WriteLine($"{SnapshotCommands.NotComputed}: not counted when listing on this store (an RBD store walks each image's object map for it); `platter volume info NAME --usage` and `platter du` count it");
             return PlatterCli.ExitOk;
         });
         return command;
     }
+
+    // Allocated bytes as the list shows them: n/a where the store did not count them (never 0 for "unknown").
+    private static string Allocated(long? bytes) => bytes is { } b ? SizeText.Format(b) : SnapshotCommands.NotComputed;
 
     private static Command Info(CliContext context)
     {
         var name = NameArgument();
         var json = PlatterCli.JsonOption();
         var api = PlatterCli.ApiSocketOption();
+        var usage = new Option<bool>("--usage")
+        {
+            Description = "Count the allocated space also on a store where that walks the image (RBD: as `rbd du`, one step per 4 MiB object); without it an RBD volume shows n/a",
+        };
         var command = new Command("info",
             "Show one volume: size, allocated space, its origin (for a clone, the VOLUME@SNAPSHOT it was cloned from) and how many snapshots it has.")
         {
-            name, json, api,
+            name, usage, json, api,
         };
         command.SetAction(async (parse, ct) =>
         {
             using var client = PlatterCli.CreateClient(parse, api, context);
-            var v = await Call(() => client.GetVolumeAsync(parse.GetRequiredValue(name), ct), parse.GetRequiredValue(name));
+            var v = await Call(() => client.GetVolumeAsync(parse.GetRequiredValue(name), parse.GetValue(usage), ct), parse.GetRequiredValue(name));
             if (parse.GetValue(json))
             {
                 PlatterCli.WriteJson(context, v, PlatterJsonContext.Default.VolumeDto);
@@ -179,7 +188,9 @@ internal static class VolumeCommands
             }
             context.Out.WriteLine($"name:       {v.Name}");
             context.Out.WriteLine($"size:       {SizeText.Format(v.SizeBytes)} ({v.SizeBytes} bytes)");
-            context.Out.WriteLine($"allocated:  {SizeText.Format(v.AllocatedBytes)} ({v.AllocatedBytes} bytes)");
+            context.Out.WriteLine(v.AllocatedBytes is { } allocated
+                ? $"allocated:  {SizeText.Format(allocated)} ({allocated} bytes)"
+                : $"allocated:  {SnapshotCommands.NotComputed} (not counted on this store unless asked: --usage)");
             context.Out.WriteLine($"created:    {PlatterCli.FormatTime(v.CreatedUtc)}");
             context.Out.WriteLine($"origin:     {v.Origin ?? "-"}");
             context.Out.WriteLine($"snapshots:  {v.SnapshotCount}");

@@ -131,7 +131,7 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover, IVolumeMetadat
             try
             {
                 using var image = RbdImage.Open(_catalog, name, readOnly: true);
-                volumes.Add(Describe(image));
+                volumes.Add(Describe(image, allocated: null)); // not counted: see VolumeInfo.AllocatedBytes
             }
             catch (CephException e) when (e.Errno == CephException.ENOENT)
             {
@@ -150,16 +150,23 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover, IVolumeMetadat
     // renamed and deleted. New names (create, rename to, snapshot, clone) meet VolumeNames.Validate.
     private static void ThrowIfInvalidExisting(string name) => VolumeNames.ThrowIfInvalidExisting(name);
 
-    public VolumeInfo GetVolumeInfo(string name) =>
-        TryGetVolumeInfo(name, out var info) ? info! : throw new StorageException(StorageError.NotFound, $"no volume named '{name}'");
+    public VolumeInfo GetVolumeInfo(string name) => GetVolumeInfo(name, withAllocation: false);
 
+    /// <summary>One volume; its allocated bytes only <paramref name="withAllocation"/> (a walk of its object map, as <c>rbd du</c>).</summary>
+    public VolumeInfo GetVolumeInfo(string name, bool withAllocation)
+    {
+        ThrowIfInvalidExisting(name);
+        return WithImage(name, image => Describe(image, withAllocation ? AllocatedBytes(image, includeParent: false) : null), $"reading volume '{name}'");
+    }
+
+    /// <summary>Whether the volume exists, and its description without allocated bytes (the catalog's checks never need them).</summary>
     public bool TryGetVolumeInfo(string name, out VolumeInfo? info)
     {
         ThrowIfInvalidExisting(name);
         try
         {
             using var image = RbdImage.Open(_catalog, name, readOnly: true);
-            info = Describe(image);
+            info = Describe(image, allocated: null);
             return true;
         }
         catch (CephException e) when (e.Errno == CephException.ENOENT)
@@ -173,11 +180,14 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover, IVolumeMetadat
         }
     }
 
-    /// <summary>A volume's description; <paramref name="allocated"/> when known without a walk (a new image: 0).</summary>
-    private static VolumeInfo Describe(RbdImage image, long? allocated = null)
+    /// <summary>
+    /// A volume's description from its header alone (a few RADOS reads, whatever its size). <paramref name="allocated"/>:
+    /// the count when the caller has one (a new image: 0; asked for: a walk), else null, "not counted", never 0.
+    /// </summary>
+    private static VolumeInfo Describe(RbdImage image, long? allocated)
     {
         var parent = image.GetParent();
-        return new VolumeInfo(ImageId(image.Id), image.Name, (long)image.Size, allocated ?? AllocatedBytes(image, includeParent: false), image.CreatedAt)
+        return new VolumeInfo(ImageId(image.Id), image.Name, (long)image.Size, allocated, image.CreatedAt)
         {
             Origin = parent is { } p ? (p.Pool == image.IoContext.Pool ? "" : p.Pool + "/") + $"{p.Image}@{p.Snapshot}" : null,
             SnapshotCount = image.ListSnapshots().Count,

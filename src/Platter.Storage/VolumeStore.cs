@@ -214,6 +214,9 @@ public sealed partial class VolumeStore : IDisposable
         return _catalog.Find(name).ToInfo();
     }
 
+    /// <summary>The same as <see cref="GetVolumeInfo(string)"/>: the engine keeps allocated bytes as a counter.</summary>
+    public VolumeInfo GetVolumeInfo(string name, bool withAllocation) => GetVolumeInfo(name);
+
     public bool TryGetVolumeInfo(string name, out VolumeInfo? info)
     {
         ThrowIfDisposed();

@@ -22,11 +22,20 @@ public interface IVolumeBackend : IDisposable
     /// <summary>Where the store lives, for logs and <c>volume info</c>: a directory, or <c>rbd:POOL</c>.</summary>
     string Location { get; }
 
-    /// <summary>Every volume, ordered by name.</summary>
+    /// <summary>
+    /// Every volume, ordered by name. <see cref="VolumeInfo.AllocatedBytes"/> is null where counting it would walk each
+    /// image (RBD): a list must cost O(volumes), not O(their allocated size).
+    /// </summary>
     IReadOnlyList<VolumeInfo> ListVolumes();
 
-    /// <summary>One volume; NotFound when there is none by that name.</summary>
+    /// <summary>One volume; NotFound when there is none by that name. Allocated bytes as in <see cref="ListVolumes"/>.</summary>
     VolumeInfo GetVolumeInfo(string name);
+
+    /// <summary>
+    /// One volume; with <paramref name="withAllocation"/> its allocated bytes are counted even where that walks the
+    /// image (RBD: <c>rbd du</c>'s cost), so <see cref="VolumeInfo.AllocatedBytes"/> is never null then.
+    /// </summary>
+    VolumeInfo GetVolumeInfo(string name, bool withAllocation);
 
     /// <summary>One volume, or false when there is none by that name ("not found" is a normal answer here).</summary>
     bool TryGetVolumeInfo(string name, out VolumeInfo? info);

@@ -4,9 +4,13 @@ namespace Platter.Volumes;
 /// <param name="Id">Internal id, never reused.</param>
 /// <param name="Name">Current name (the NBD export name).</param>
 /// <param name="SizeBytes">Virtual size.</param>
-/// <param name="AllocatedBytes">Bytes of data blocks mapped by this volume (thin: at most SizeBytes).</param>
+/// <param name="AllocatedBytes">Bytes of data blocks mapped by this volume (thin: at most SizeBytes); null when the
+/// backend did not count them for this answer. The embedded engine always knows them (a counter); on RBD they take a
+/// walk of the image's object map (<c>rbd_diff_iterate2</c>, one step per 4 MiB object, and one object map per
+/// snapshot), so a list or a plain lookup leaves them null and only
+/// <see cref="IVolumeBackend.GetVolumeInfo(string, bool)"/> with <c>withAllocation</c> and the space report count them.</param>
 /// <param name="CreatedUtc">Creation time.</param>
-public sealed record VolumeInfo(long Id, string Name, long SizeBytes, long AllocatedBytes, DateTimeOffset CreatedUtc)
+public sealed record VolumeInfo(long Id, string Name, long SizeBytes, long? AllocatedBytes, DateTimeOffset CreatedUtc)
 {
     /// <summary>For a clone, the snapshot it was cloned from as <c>volume@snapshot</c>; null otherwise.</summary>
     public string? Origin { get; init; }

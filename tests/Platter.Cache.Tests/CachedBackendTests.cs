@@ -174,6 +174,7 @@ public sealed class CachedBackendTests(ITestOutputHelper output) : EngineVolumeT
         public string Location => "test:" + test._dir;
         public IReadOnlyList<VolumeInfo> ListVolumes() => S.ListVolumes();
         public VolumeInfo GetVolumeInfo(string name) => S.GetVolumeInfo(name);
+        public VolumeInfo GetVolumeInfo(string name, bool withAllocation) => S.GetVolumeInfo(name, withAllocation);
         public bool TryGetVolumeInfo(string name, out VolumeInfo? info) => S.TryGetVolumeInfo(name, out info);
         public VolumeInfo CreateVolume(string name, long sizeBytes) => S.CreateVolume(name, sizeBytes);
         public void RenameVolume(string name, string newName) => S.RenameVolume(name, newName);

@@ -39,6 +39,7 @@ public sealed class ServerTests(CephCluster ceph)
         var info = await server.CliOkAsync("volume", "info", name);
         Assert.Contains($"backend:    rbd (rbd:{ceph.Pool})", info);
         Assert.Contains("64 MiB", info);
+        Assert.Contains("allocated:  n/a (not counted on this store unless asked: --usage)", info); // a lookup does not walk the image
 
         await QemuIo(server.Uri(name), "read -P 0x11 0 64k", "write -P 0x22 8M 64k", "flush");
         await server.CliOkAsync("snapshot", "create", $"{name}@s1");
@@ -62,6 +63,12 @@ public sealed class ServerTests(CephCluster ceph)
         var du = JsonDocument.Parse(await server.CliOkAsync("du", "--json")).RootElement;
         Assert.Equal(8L << 20, du.GetProperty("entries").EnumerateArray().Single(e => e.GetProperty("name").GetString() == $"{name}@s1")
             .GetProperty("allocatedBytes").GetInt64());
+        // The same for volumes: the list says n/a; info --usage counts what du counts for the volume.
+        var volumes = await server.CliOkAsync("volume", "list");
+        Assert.Matches($@"{name}\s+64 MiB\s+n/a\s", volumes);
+        Assert.Contains("n/a: not counted when listing on this store", volumes);
+        Assert.Equal(du.GetProperty("entries").EnumerateArray().Single(e => e.GetProperty("name").GetString() == name).GetProperty("allocatedBytes").GetInt64(),
+            JsonDocument.Parse(await server.CliOkAsync("volume", "info", name, "--usage", "--json")).RootElement.GetProperty("allocatedBytes").GetInt64());
 
         // rbd diff and platter diff agree, extent by extent
         var rbdDiff = JsonDocument.Parse(Rbd("diff", "--from-snap", "s1", "--format", "json", $"{ceph.Pool}/{name}@s2")).RootElement

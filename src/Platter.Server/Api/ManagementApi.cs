@@ -189,9 +189,10 @@ internal static class ManagementApi
             await Write(http, 201, Describe(store, info), json.VolumeDto);
         })).Describe<VolumeDto, IEndpointConventionBuilder>("Create a volume", 201, typeof(CreateVolumeRequest));
 
+        // Allocated bytes only with ?usage=true on stores where counting them walks the image (RBD): a lookup stays cheap.
         app.MapGet("/v1/volumes/{name}", (Handler)((HttpContext http) =>
-            Write(http, 200, Describe(store, store.GetVolumeInfo(RouteName(http))), json.VolumeDto)))
-            .Describe<VolumeDto, IEndpointConventionBuilder>("One volume, with its node cache (mode, hits, dirty bytes, write-back lag) on cluster stores");
+            Write(http, 200, Describe(store, store.GetVolumeInfo(RouteName(http), withAllocation: QueryFlag(http, "usage"))), json.VolumeDto)))
+            .Describe<VolumeDto, IEndpointConventionBuilder>("One volume, with its node cache (mode, hits, dirty bytes, write-back lag) on cluster stores; allocatedBytes is null unless counted (?usage=true counts it on RBD stores)");
 
         app.MapPost("/v1/volumes/{name}/cache", (Handler)(async (HttpContext http) =>
         {
