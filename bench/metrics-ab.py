@@ -10,8 +10,8 @@ the same machine at every instant: whatever the neighbours do lands on both. Eve
 one read and one write round per pair of processes) both servers are restarted with their roles swapped (the store
 that served with metrics now serves without), so a difference between the two stores or processes that is not the
 metrics cancels out instead of passing for their cost. Swapping once, halfway, was not enough: a Native AOT profile
-showed the kernel's copy from the page cache into the server's buffer costing 3.1 µs per 4 KiB read in one process and
-5.0 in the other of the same round (their buffers and pages differ), a process-wide difference that one swap leaves to
+showed the kernel's copy from the page cache into the server's buffer costing 0.78 µs per 4 KiB read in one process and
+1.24 in the other of the same round (their buffers and pages differ), a process-wide difference that one swap leaves to
 chance and that the rounds of one pair of processes, resampled as if independent, hide from the interval.
 
 Two measures per round, each as a ratio metrics on / off:
