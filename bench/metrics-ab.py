@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """What metrics cost on the request path, measured with both servers running at the same time (issue 14).
 
-Usage: bench/metrics-ab.py PLATTER_EXECUTABLE [--rounds 40] [--runtime 8] [--size 512M] [--seed 1]
+Usage: bench/metrics-ab.py PLATTER_EXECUTABLE [--rounds 40] [--runtime 8] [--size 512M] [--seed 1] [--swap-every 2]
 
 Starts two `platter serve` processes from the same executable, one as is and one with --no-metrics, each on its own
 store with one prefilled volume. Each round runs ONE fio process with two jobs, one per server, side by side (4 KiB
 random reads or writes at queue depth 32, alternating by round; the job order alternates too), so both servers meet
-the same machine at every instant: whatever the neighbours do lands on both. Halfway through, both servers are
-restarted with their roles swapped (the store that served with metrics now serves without), so a difference between
-the two stores or processes that is not the metrics cancels out instead of passing for their cost.
+the same machine at every instant: whatever the neighbours do lands on both. Every --swap-every rounds (default 2:
+one read and one write round per pair of processes) both servers are restarted with their roles swapped (the store
+that served with metrics now serves without), so a difference between the two stores or processes that is not the
+metrics cancels out instead of passing for their cost. Swapping once, halfway, was not enough: a Native AOT profile
+showed the kernel's copy from the page cache into the server's buffer costing 0.78 µs per 4 KiB read in one process and
+1.24 in the other of the same round (their buffers and pages differ), a process-wide difference that one swap leaves to
+chance and that the rounds of one pair of processes, resampled as if independent, hide from the interval.
 
 Two measures per round, each as a ratio metrics on / off:
 - server CPU per operation: utime+stime of the server process from /proc/PID/stat over the round (all its threads)
@@ -84,7 +88,7 @@ def main():
     if not args or args[0].startswith("-"):
         print(__doc__, file=sys.stderr)
         return 2
-    exe, rounds, runtime, size, seed, rate = args[0], 40, 8, "512M", 1, 0
+    exe, rounds, runtime, size, seed, rate, swap_every = args[0], 40, 8, "512M", 1, 0, 2
     i = 1
     while i < len(args):
         if args[i] == "--rounds": rounds = int(args[i + 1])
@@ -92,6 +96,7 @@ def main():
         elif args[i] == "--size": size = args[i + 1]
         elif args[i] == "--seed": seed = int(args[i + 1])
         elif args[i] == "--rate": rate = int(args[i + 1])
+        elif args[i] == "--swap-every": swap_every = int(args[i + 1])
         else: raise SystemExit(f"metrics-ab: unknown argument {args[i]}")
         i += 2
     work = tempfile.mkdtemp(prefix="platter-metrics-ab.")
@@ -108,17 +113,24 @@ def main():
                             "--bs=1M", f"--size={size}", "--iodepth=8", "--output=/dev/null"], check=True)
         role = {"on": dirs[0], "off": dirs[1]}
         results = {}  # workload -> list of (cpu ratio, throughput ratio)
-        print(f"metrics-ab: {exe}, {rounds} rounds of {runtime} s, roles swap after round {rounds // 2}; load at start "
-              f"{open('/proc/loadavg').read().split()[0]}")
+        print(f"metrics-ab: {exe}, {rounds} rounds of {runtime} s, both servers restarted with roles swapped every "
+              f"{swap_every} rounds; load at start {open('/proc/loadavg').read().split()[0]}")
         print("| round | workload | metrics on: store | CPU µs/op on | off | CPU on / off | ops on / off | load avg |")
         print("|---|---|---|---|---|---|---|---|")
         for r in range(1, rounds + 1):
-            if r == rounds // 2 + 1:
+            if r > 1 and (r - 1) % swap_every == 0:
                 for d in dirs:
                     stop(procs[d])
-                role = {"on": dirs[1], "off": dirs[0]}
+                role = {"on": role["off"], "off": role["on"]}
                 for name, d in role.items():
                     procs[d] = start(exe, d, name == "on")
+                # Unmeasured: a process just started (its thread pool, its map, the store's pages) served one read
+                # round at 3.5x the CPU per operation of the other in one run.
+                warm = ["fio", "--time_based", "--runtime=2", "--ioengine=nbd", "--rw=randrw", "--bs=4k", "--iodepth=32",
+                        f"--size={size}", "--output=/dev/null"]
+                for d in dirs:
+                    warm += [f"--name=warm-{os.path.basename(d)}", f"--uri=nbd+unix:///v?socket={d}/nbd.sock"]
+                subprocess.run(warm, check=True, stdout=subprocess.DEVNULL)
             rw = "randread" if r % 2 else "randwrite"
             # Job order alternates too, in case fio starts the first job a moment earlier.
             names = ["on", "off"] if (r // 2) % 2 == 0 else ["off", "on"]

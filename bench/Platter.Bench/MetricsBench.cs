@@ -3,10 +3,10 @@ using Platter.Server.Metrics;
 
 // What counting one NBD request costs on the request path (issue 14: metrics at most 3% of throughput). The loop makes
 // exactly the calls VolumeExport makes per request with metrics on (VolumeMetrics.Start when the request arrives, Done
-// when it completes: two timestamps, one histogram observation, one byte counter), reads and writes alternating, on the
-// server's own PlatterMetrics registry; the same loop without them is the baseline. Rounds alternate baseline and
-// metrics, on 1 thread and on 2 threads counting into the same export (two connections of one volume: their interlocked
-// updates fight over the same cache lines, the worst case on this 2-core machine). The measure is the process's CPU time
+// when it completes: two timestamps and three additions into the calling thread's own counters), reads and writes
+// alternating, on the server's own PlatterMetrics registry; the same loop without them is the baseline. Rounds alternate
+// baseline and metrics, on 1 thread and on 2 threads counting into the same export (two connections of one volume;
+// before the counters were per thread, their interlocked updates fought over the same cache lines). The measure is the process's CPU time
 // (user + system, so time spent descheduled by other jobs does not count) over the round divided by the requests.
 // Divided by the server's CPU per request (bench/metrics-ab.py measures it), this bounds the throughput metrics cost a
 // CPU-bound server.

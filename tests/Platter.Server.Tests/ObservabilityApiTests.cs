@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Net;
 using System.Text.Json;
 using System.Text.RegularExpressions;
@@ -163,6 +164,57 @@ public class ObservabilityApiTests
             for (int b = 1; b < buckets.Count; b++) Assert.True(buckets[b] >= buckets[b - 1], $"bucket {b} below bucket {b - 1}:\n{text}");
             Assert.True(buckets[0] < reads || buckets.Distinct().Count() > 1, $"every request in one bucket:\n{text}");
         }
+    }
+
+    /// <summary>
+    /// Each thread counts into a block of its own, added up at the scrape: requests counted on many threads at once,
+    /// by threads that then exit, and on two exports that share threads, must all reach the scrape exactly once, also
+    /// after a deleted export's slot is reused by a new one.
+    /// </summary>
+    [Fact]
+    public async Task RequestsCountedOnManyThreadsReachTheScrapeExactlyOnce()
+    {
+        var metrics = new PlatterMetrics();
+        var a = metrics.ForVolume("va");
+        var b = metrics.ForVolume("vb");
+        const int PerThread = 20_000;
+        long expected = 0;
+        for (int wave = 1; wave <= 3; wave++)
+        {
+            var threads = Enumerable.Range(0, 4).Select(t => new Thread(() =>
+            {
+                for (int i = 0; i < PerThread; i++)
+                {
+                    a.Done(VolumeOp.Read, 4096, VolumeMetrics.Start());
+                    if (i % 2 == 0) b.Done(VolumeOp.Write, 512, VolumeMetrics.Start());
+                }
+            })).ToList();
+            threads.ForEach(t => t.Start());
+            // Scrape while they count: nothing may be counted twice or lost across scrapes.
+            string during = await ScrapeAsync(metrics);
+            threads.ForEach(t => t.Join());
+            expected += 4 * PerThread;
+            string text = await ScrapeAsync(metrics);
+            Assert.Equal(expected, long.Parse(Sample(text, "platter_volume_request_duration_seconds_count{volume=\"va\",op=\"read\"}"), CultureInfo.InvariantCulture));
+            Assert.Equal(expected / 2, long.Parse(Sample(text, "platter_volume_request_duration_seconds_count{volume=\"vb\",op=\"write\"}"), CultureInfo.InvariantCulture));
+            Assert.Equal(expected * 4096, double.Parse(Sample(text, "platter_volume_read_bytes_total{volume=\"va\"}"), CultureInfo.InvariantCulture));
+            Assert.Equal(expected / 2 * 512, double.Parse(Sample(text, "platter_volume_written_bytes_total{volume=\"vb\"}"), CultureInfo.InvariantCulture));
+            Assert.Equal(expected, a.Totals().Reads);
+            Assert.True(long.Parse(Sample(during, "platter_volume_request_duration_seconds_count{volume=\"va\",op=\"read\"}"), CultureInfo.InvariantCulture) <= expected);
+        }
+
+        // A new export, which may take over the deleted one's slot, starts from zero on a thread that counted for the old one,
+        // and the old instance (a connection still open to it) keeps its own counts.
+        metrics.Forget("vb");
+        a.Done(VolumeOp.Read, 4096, VolumeMetrics.Start());
+        b.Done(VolumeOp.Write, 512, VolumeMetrics.Start());
+        var c = metrics.ForVolume("vc");
+        c.Done(VolumeOp.Write, 512, VolumeMetrics.Start());
+        b.Done(VolumeOp.Write, 512, VolumeMetrics.Start());
+        c.Done(VolumeOp.Write, 512, VolumeMetrics.Start());
+        Assert.Equal(2, c.Totals().Writes);
+        Assert.Equal(expected / 2 + 2, b.Totals().Writes);
+        Assert.Equal(expected + 1, a.Totals().Reads);
     }
 
     private static async Task<string> ScrapeAsync(PlatterMetrics metrics)

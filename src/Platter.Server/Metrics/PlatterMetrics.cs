@@ -148,7 +148,8 @@ internal sealed class PlatterMetrics
         foreach (var name in _volumes.Keys)
         {
             if (name != volume && !name.StartsWith(volume + "@", StringComparison.Ordinal)) continue;
-            if (!_volumes.TryRemove(name, out _)) continue;
+            if (!_volumes.TryRemove(name, out var gone)) continue;
+            gone.Release();
             foreach (var op in VolumeMetrics.OpLabels)
             {
                 _duration.RemoveLabelled(name, op);
