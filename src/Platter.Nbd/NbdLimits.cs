@@ -110,12 +110,4 @@ public static class NbdLimits
     /// each payload on its own would cost a syscall per request. Half a pipe read: below it the pipe's reads are as few.
     /// </summary>
     public const int DirectPayloadBytesMin = ReceiveSegmentBytes / 2;
-
-    /// <summary>
-    /// Writes of this size or more are served on the thread pool, not inline on the connection's read loop, so the loop
-    /// reads the next payload while the page cache takes this one and one connection's writes use more than one core.
-    /// Below it the hop through the pool costs more than it overlaps (4 KiB writes ran at half the IOPS dispatched).
-    /// 256 KiB: nbdcopy's request size, about a hundred times the cost of the hop on the machines measured.
-    /// </summary>
-    public const int PooledWriteBytesMin = 256 * 1024;
 }

@@ -6,8 +6,8 @@ using Xunit;
 namespace Platter.Storage.Tests;
 
 /// <summary>
-/// Large aligned writes to the data file bypass the page cache (O_DIRECT through pooled aligned buffers); everything
-/// else goes through it. Whichever way a write went, every later read sees it: a read right after, a direct write over
+/// With direct writes on (<c>platter serve --direct-writes</c>), large aligned writes to the data file bypass the page
+/// cache (O_DIRECT through pooled aligned buffers); everything else goes through it. Whichever way a write went, every later read sees it: a read right after, a direct write over
 /// pages still dirty in the cache, a small cached write inside a direct one, unaligned and partial writes, and a store
 /// reopened. The file lives beside the test binaries, on the repository's disk (/tmp may be a tmpfs), as in
 /// <see cref="UncachedReadTests"/>.
@@ -23,7 +23,7 @@ public sealed class DirectWriteTests : IDisposable
     public async Task Large_aligned_writes_skip_the_cache_and_every_read_sees_them_whatever_was_cached()
     {
         string path = Path.Combine(_dir, "data");
-        using var device = new FileDataDevice(path);
+        using var device = new FileDataDevice(path, directWrites: true);
         device.Grow(4 * MiB);
         var rng = new Random(5);
         var expected = new byte[4 * MiB];
@@ -60,10 +60,23 @@ public sealed class DirectWriteTests : IDisposable
     }
 
     [Fact]
+    public async Task Without_direct_writes_large_writes_stay_in_the_cache()
+    {
+        // The default (direct writes are opt-in): data just written is read back from memory.
+        string path = Path.Combine(_dir, "data");
+        using var device = new FileDataDevice(path);
+        device.Grow(MiB);
+        var data = Blocks.RandomBytes(new Random(4), MiB);
+        device.Write(0, data);
+        Assert.Equal(MiB, await CachedBytesAsync(path));
+        Assert.Equal(data, ReadBack(device));
+    }
+
+    [Fact]
     public void Unaligned_and_short_writes_go_through_the_cache_and_read_back()
     {
         string path = Path.Combine(_dir, "data");
-        using var device = new FileDataDevice(path);
+        using var device = new FileDataDevice(path, directWrites: true);
         device.Grow(4 * MiB);
         var rng = new Random(6);
         var expected = new byte[4 * MiB];
@@ -85,7 +98,7 @@ public sealed class DirectWriteTests : IDisposable
         var rng = new Random(7);
         var expected = new byte[8 * MiB];
         var writes = new (long Offset, int Length)[] { (512, 3 * MiB + 100), (MiB, MiB), (MiB + 4096 + 17, 300), (5 * MiB, 2 * MiB) };
-        var options = new StoreOptions { DataGrowthBytes = MiB, JournalRegionBytes = FaultyStore.JournalBytes };
+        var options = new StoreOptions { DataGrowthBytes = MiB, JournalRegionBytes = FaultyStore.JournalBytes, DirectWrites = true };
         using (var store = VolumeStore.Open(Path.Combine(_dir, "store"), options))
         {
             store.CreateVolume("v", 8 * MiB);

@@ -9,11 +9,8 @@ using Microsoft.Extensions.Logging;
 namespace Platter.Nbd.Internal;
 
 /// <summary>One parsed request on its way to the export. Pooled per connection.</summary>
-internal sealed class NbdRequest : IThreadPoolWorkItem
+internal sealed class NbdRequest
 {
-    // The connection that serves it, for a large write started on the thread pool (set when rented, never cleared:
-    // a request is only ever reused by the connection whose pool it is in).
-    public NbdConnection? Connection;
     public ushort Flags;
     public ushort Type;
     public ulong Cookie;
@@ -34,8 +31,6 @@ internal sealed class NbdRequest : IThreadPoolWorkItem
         Error = NbdError.None;
         Message = null;
     }
-
-    void IThreadPoolWorkItem.Execute() => _ = Connection!.ProcessAsync(this);
 }
 
 internal sealed partial class NbdConnection
@@ -216,14 +211,7 @@ internal sealed partial class NbdConnection
             // (page cache, positional I/O), so a hop through the thread pool per request cost more than the work:
             // inline start measured 2x the 4 KiB IOPS of pool dispatch on 2 cores (docs/PERFORMANCE.md). Requests
             // that wait (flushes, replies blocked on the socket) still go on asynchronously, so replies stay out of order.
-            // Large writes are the exception: their copy into the page cache costs far more than the hop, and started
-            // inline it kept the loop from reading the next payload meanwhile, so one connection (qemu-img convert,
-            // platter import) wrote on one core (docs/PERFORMANCE.md, issue 13). The spec orders no two writes in
-            // flight, and a flush still waits for every write received before it (the write epoch).
-            if (request.Type == Protocol.CmdWrite && request.Error == NbdError.None && request.Length >= NbdLimits.PooledWriteBytesMin)
-                ThreadPool.UnsafeQueueUserWorkItem(request, preferLocal: false);
-            else
-                _ = ProcessAsync(request);
+            _ = ProcessAsync(request);
         }
     }
 
@@ -319,7 +307,7 @@ internal sealed partial class NbdConnection
 
     private NbdRequest RentRequest()
     {
-        if (!_requestPool.TryDequeue(out NbdRequest? request)) request = new NbdRequest { Connection = this };
+        if (!_requestPool.TryDequeue(out NbdRequest? request)) request = new NbdRequest();
         return request;
     }
 

@@ -14,16 +14,18 @@ internal sealed partial class FileDataDevice : IDataDevice
     private readonly object _directLock = new();
     private SafeFileHandle? _direct;
     private int _directState;
-    // Large writes go through O_DIRECT until the file system refuses one (then through the cache for good).
+    // Large writes go through O_DIRECT when asked for (StoreOptions.DirectWrites), until the file system refuses one
+    // (then through the cache for good).
     private volatile bool _directWritesRefused;
     // Aligned buffers a large write copies its data into (O_DIRECT needs an aligned address; callers' spans are managed
     // memory). Guarded by _directLock; at most DirectWriteBuffersPooled kept, the rest freed when given back.
     private readonly Stack<IntPtr> _directBuffers = new();
     private bool _disposed;
 
-    public FileDataDevice(string path)
+    public FileDataDevice(string path, bool directWrites = false)
     {
         Path = path;
+        _directWritesRefused = !directWrites;
         _handle = File.OpenHandle(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
         _length = RandomAccess.GetLength(_handle);
     }
@@ -118,7 +120,8 @@ internal sealed partial class FileDataDevice : IDataDevice
     /// <summary>
     /// A large aligned write through the O_DIRECT descriptor, copied into pooled aligned buffers: the kernel's copy into
     /// page-cache pages of new space (pages it must first allocate, and on a VM that reports free pages to its host, have
-    /// the host fault in) was most of the server's CPU on large writes (docs/PERFORMANCE.md, issue 15). Linux keeps
+    /// the host fault in) was most of the server's CPU on large writes (docs/PERFORMANCE.md, issue 15). The price: the
+    /// data is not cached, so a read of it soon after goes to the disk, hence opt-in (StoreOptions.DirectWrites). Linux keeps
     /// buffered and direct I/O of one file coherent: dirty cached pages of the range are written back first and cached
     /// pages dropped after, so a later buffered read sees this write, and Sync makes it durable like any other (the data
     /// is on the disk, not yet past its cache). False when the file system refused (nothing written; the caller writes

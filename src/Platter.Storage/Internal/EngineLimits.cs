@@ -17,7 +17,8 @@ internal static class EngineLimits
     public const int ExtentBlocksMax = 256;
 
     /// <summary>
-    /// Data-file writes of this size or more (aligned to a block) bypass the page cache (O_DIRECT, FileDataDevice): a
+    /// With StoreOptions.DirectWrites, data-file writes of this size or more (aligned to a block) bypass the page cache
+    /// (O_DIRECT, FileDataDevice): a
     /// copy-on-write write always lands in new space, whose pages the kernel must allocate before copying into them,
     /// which cost more CPU than the rest of a large write together (docs/PERFORMANCE.md, issue 15). Smaller writes stay
     /// cached: for them the disk's latency would cost more than the copy, and nearby small writes share pages.
