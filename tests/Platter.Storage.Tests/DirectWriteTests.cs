@@ -50,13 +50,13 @@ public sealed class DirectWriteTests : IDisposable
         patch.CopyTo(expected, MiB + 5 * 4096);
         Assert.Equal(expected, ReadBack(device));
         device.Sync();
-        await DropCacheAsync(path);
+        await PageCache.DropAsync(path);
         Assert.Equal(expected, ReadBack(device));
 
         // The large write went to the disk, not into the cache (this disk takes O_DIRECT: UncachedReadTests).
-        await DropCacheAsync(path);
+        await PageCache.DropAsync(path);
         device.Write(0, Blocks.RandomBytes(rng, MiB));
-        Assert.Equal(0, await CachedBytesAsync(path));
+        Assert.Equal(0, await PageCache.CachedBytesAsync(path));
     }
 
     [Fact]
@@ -68,7 +68,7 @@ public sealed class DirectWriteTests : IDisposable
         device.Grow(MiB);
         var data = Blocks.RandomBytes(new Random(4), MiB);
         device.Write(0, data);
-        Assert.Equal(MiB, await CachedBytesAsync(path));
+        Assert.Equal(MiB, await PageCache.CachedBytesAsync(path));
         Assert.Equal(data, ReadBack(device));
     }
 
@@ -128,13 +128,4 @@ public sealed class DirectWriteTests : IDisposable
         return buffer;
     }
 
-    // posix_fadvise(DONTNEED) of this file only (never the machine's caches).
-    private static async Task DropCacheAsync(string path) =>
-        (await ProcessRunner.RunAsync("dd", [$"if={path}", "iflag=nocache", "count=0", "status=none"])).EnsureSuccess("dd iflag=nocache");
-
-    private static async Task<long> CachedBytesAsync(string path)
-    {
-        var result = (await ProcessRunner.RunAsync("fincore", ["--bytes", "--noheadings", "--output", "RES", path])).EnsureSuccess("fincore");
-        return long.Parse(result.Stdout.Trim(), System.Globalization.CultureInfo.InvariantCulture);
-    }
 }
