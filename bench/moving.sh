@@ -7,7 +7,8 @@
 #
 # Prints one line per measurement (seconds, bytes) and a markdown table of medians at the end. Needs qemu-utils,
 # libnbd-bin and a Release build of src/Platter.Cli (built here unless PLATTER_DLL points at platter.dll), or
-# PLATTER_BIN=the Native AOT binary (what the .deb ships).
+# PLATTER_BIN=the Native AOT binary (what the .deb ships). PLATTER_SERVE_ARGS adds arguments to both servers'
+# `platter serve` (e.g. --direct-writes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,8 +51,9 @@ trap cleanup EXIT
 serve() { # NAME: a fresh store and sockets under $dir/NAME
   rm -rf "$dir/$1"; mkdir -p "$dir/$1"
   # dotnet itself in the background (not the platter function, whose subshell's pid a kill would not pass on).
+  # shellcheck disable=SC2086 # PLATTER_SERVE_ARGS is a list of arguments
   $cli serve --store "$dir/$1/store" --socket "$dir/$1/nbd.sock" --listen none --api-socket "$dir/$1/api.sock" \
-    >"$dir/$1/log" 2>&1 &
+    ${PLATTER_SERVE_ARGS:-} >"$dir/$1/log" 2>&1 &
   pids+=($!)
   for _ in $(seq 200); do [[ -S "$dir/$1/api.sock" && -S "$dir/$1/nbd.sock" ]] && return; sleep 0.1; done
   echo "server $1 did not start" >&2; cat "$dir/$1/log" >&2; exit 1

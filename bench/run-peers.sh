@@ -15,6 +15,7 @@
 #                   with a clear line when it cannot be built or started
 #   platter-nometrics  the same with `--no-metrics` (not in the default list): run it beside platter to
 #                   measure what per-volume metrics cost on the request path
+#   platter-direct  the same with `--direct-writes` (not in the default list): large writes bypass the page cache
 #   platter-base    the same with the executable $PLATTER_BASE_BIN, a build of another commit (not in the
 #                   default list): run it beside platter to compare two versions in one interleaved run
 #                   (bench/old-vs-new.sh builds both and does this)
@@ -229,6 +230,7 @@ for t in "${target_list[@]}"; do
         nbdkit --foreground --unix "$dir/$t.sock" --exportname "$export_name" file "$dir/raw.img" ;;
     platter) { [ -n "$platter_bin" ] || find_platter; } && platter_start "$t" || true ;;
     platter-nometrics) { [ -n "$platter_bin" ] || find_platter; } && platter_start "$t" --no-metrics || true ;;
+    platter-direct) { [ -n "$platter_bin" ] || find_platter; } && platter_start "$t" --direct-writes || true ;;
     platter-base)
       if [ -x "${PLATTER_BASE_BIN:-}" ]; then { [ -n "$platter_bin" ] || find_platter; } && platter_start "$t" || true
       else skip[$t]="PLATTER_BASE_BIN (the other commit's platter executable) is not set or not executable"; fi ;;

@@ -16,7 +16,7 @@ import sys
 
 # NBD servers that compete with Platter. raw-* are limits, not peers.
 PEERS = ["qemu-nbd-raw", "qemu-nbd-qcow2", "qcow2-snap", "nbdkit-file"]
-TARGET_ORDER = ["raw-direct", "raw-cached", "qemu-nbd-raw", "qemu-nbd-qcow2", "qcow2-snap", "nbdkit-file", "platter", "platter-nometrics", "platter-base"]
+TARGET_ORDER = ["raw-direct", "raw-cached", "qemu-nbd-raw", "qemu-nbd-qcow2", "qcow2-snap", "nbdkit-file", "platter", "platter-nometrics", "platter-direct", "platter-base"]
 WORKLOAD_ORDER = ["randwrite-4k-qd1-flush", "randwrite-4k-qd32", "randread-4k-qd32", "seqwrite-1m-qd8",
                   "seqread-1m-qd8", "copy-from-file", "copy-to-null"]
 

@@ -68,6 +68,12 @@ public sealed class PlatterHostOptions
     public bool Salvage { get; init; }
 
     /// <summary>
+    /// Large writes bypass the page cache (<c>platter serve --direct-writes</c>, <see cref="Platter.Storage.StoreOptions.DirectWrites"/>):
+    /// less CPU and time for large writes and imports, but data just written is read back from the disk.
+    /// </summary>
+    public bool DirectWrites { get; init; }
+
+    /// <summary>
     /// Listening sockets passed in by the service manager (systemd socket activation). A socket named "api", or a
     /// unix socket at <see cref="ApiSocketPath"/>, serves the management API; every other one serves NBD. A passed
     /// socket at a configured address replaces binding that address; the others are served in addition.

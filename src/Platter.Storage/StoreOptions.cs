@@ -12,6 +12,15 @@ public sealed class StoreOptions
     /// <summary>Longest time acknowledged writes may stay uncommitted when the client never flushes.</summary>
     public TimeSpan CommitIntervalMax { get; init; } = TimeSpan.FromSeconds(1);
 
+    /// <summary>
+    /// Large aligned writes (128 KiB or more) bypass the page cache (O_DIRECT; <c>platter serve --direct-writes</c>).
+    /// Off by default: it roughly halves the CPU and time of large writes, imports and copies into new space, but data
+    /// written this way is not in the page cache, so reading it back soon after goes to the disk (docs/PERFORMANCE.md,
+    /// issue 15: 1 MiB reads of just-written data at a fifth of the cached rate). For servers whose guests, with their
+    /// own caches, rarely read back what they just wrote, and for bulk loads.
+    /// </summary>
+    public bool DirectWrites { get; init; }
+
     /// <summary>Logger for checksum errors, faults and recovery.</summary>
     public ILoggerFactory LoggerFactory { get; init; } = NullLoggerFactory.Instance;
 

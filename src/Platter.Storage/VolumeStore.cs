@@ -153,7 +153,7 @@ public sealed partial class VolumeStore : IDisposable
                     : $"{directory} holds metadata for volumes but its data file ({DataFileName}) is missing. Nothing was changed");
             if (options.Salvage && unformatted)
                 throw new StorageException(StorageError.BadStore, $"{directory} holds no data to salvage");
-            file = (options.DataDeviceFactory ?? (p => new FileDataDevice(p)))(dataPath);
+            file = (options.DataDeviceFactory ?? (p => new FileDataDevice(p, options.DirectWrites)))(dataPath);
             // Layout of the data file: the journal region, then data blocks (physical block 0 starts after the journal).
             var journal = new Journal(new DeviceWindow(file, 0, journalBytes));
             if (!exists || unformatted) journal.Format();

@@ -25,12 +25,12 @@ public sealed class UncachedReadTests : IDisposable
         new Random(7).NextBytes(content);
         device.Write(0, content);
         device.Sync();
-        await DropCacheAsync(path);
-        Assert.Equal(0, await CachedBytesAsync(path));
+        await PageCache.DropAsync(path);
+        Assert.Equal(0, await PageCache.CachedBytesAsync(path));
 
         Assert.True(device.ReadUncached(0, Buffer), "the data file's file system refused O_DIRECT");
         Assert.True(Buffer.SequenceEqual(content), "a direct read returned other bytes than were written");
-        Assert.Equal(0, await CachedBytesAsync(path)); // the disk was read, nothing was cached
+        Assert.Equal(0, await PageCache.CachedBytesAsync(path)); // the disk was read, nothing was cached
 
         // A buffered write not yet synced (a dirty page) is seen by the next direct read: Linux writes it back first.
         content[4096 * 3 + 17] ^= 0xFF;
@@ -39,20 +39,11 @@ public sealed class UncachedReadTests : IDisposable
         Assert.True(Buffer.SequenceEqual(content), "a direct read missed a completed write");
 
         // The measurement can see caching: a buffered read of the same file fills the page cache.
-        await DropCacheAsync(path);
+        await PageCache.DropAsync(path);
         device.Read(0, new byte[Bytes]);
-        Assert.True(await CachedBytesAsync(path) > 0, "fincore saw no cached pages after a buffered read");
+        Assert.True(await PageCache.CachedBytesAsync(path) > 0, "fincore saw no cached pages after a buffered read");
     }
 
-    // posix_fadvise(DONTNEED) of this file only, as bench/scrub.sh does (never the machine's caches).
-    private static async Task DropCacheAsync(string path) =>
-        (await ProcessRunner.RunAsync("dd", [$"if={path}", "iflag=nocache", "count=0", "status=none"])).EnsureSuccess("dd iflag=nocache");
-
-    private static async Task<long> CachedBytesAsync(string path)
-    {
-        var result = (await ProcessRunner.RunAsync("fincore", ["--bytes", "--noheadings", "--output", "RES", path])).EnsureSuccess("fincore");
-        return long.Parse(result.Stdout.Trim(), System.Globalization.CultureInfo.InvariantCulture);
-    }
 
     // O_DIRECT needs an aligned buffer: native memory, as the scrubber's.
     private static unsafe IntPtr AlignedAlloc() => (IntPtr)NativeMemory.AlignedAlloc(Bytes, IDataDevice.UncachedAlignment);

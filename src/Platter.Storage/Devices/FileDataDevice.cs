@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
+using Platter.Storage.Internal;
 
 namespace Platter.Storage.Devices;
 
@@ -8,15 +9,23 @@ internal sealed partial class FileDataDevice : IDataDevice
 {
     private readonly SafeFileHandle _handle;
     private long _length;
-    // A second descriptor of the same file opened with O_DIRECT, for ReadUncached (opened on first use: only the
-    // scrubber reads this way). _directState: 0 not tried yet, 1 open, -1 the file system refused O_DIRECT.
+    // A second descriptor of the same file opened with O_DIRECT, for ReadUncached and large writes (opened on first
+    // use). _directState: 0 not tried yet, 1 open, -1 the file system refused O_DIRECT.
     private readonly object _directLock = new();
     private SafeFileHandle? _direct;
     private int _directState;
+    // Large writes go through O_DIRECT when asked for (StoreOptions.DirectWrites), until the file system refuses one
+    // (then through the cache for good).
+    private volatile bool _directWritesRefused;
+    // Aligned buffers a large write copies its data into (O_DIRECT needs an aligned address; callers' spans are managed
+    // memory). Guarded by _directLock; at most DirectWriteBuffersPooled kept, the rest freed when given back.
+    private readonly Stack<IntPtr> _directBuffers = new();
+    private bool _disposed;
 
-    public FileDataDevice(string path)
+    public FileDataDevice(string path, bool directWrites = false)
     {
         Path = path;
+        _directWritesRefused = !directWrites;
         _handle = File.OpenHandle(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
         _length = RandomAccess.GetLength(_handle);
     }
@@ -77,7 +86,7 @@ internal sealed partial class FileDataDevice : IDataDevice
         {
             if (_directState != 0) return _direct;
             int flags = DirectFlag();
-            int fd = flags == 0 ? -1 : open(Path, ORdOnly | OCloExec | flags);
+            int fd = flags == 0 ? -1 : open(Path, ORdWr | OCloExec | flags);
             if (fd >= 0) _direct = new SafeFileHandle(fd, ownsHandle: true);
             else if (flags != 0 && Marshal.GetLastPInvokeError() is var errno && errno != Errno.EINVAL)
                 throw new IOException($"cannot open {Path} for direct reads: {Marshal.GetPInvokeErrorMessage(errno)}", errno);
@@ -95,10 +104,81 @@ internal sealed partial class FileDataDevice : IDataDevice
         _ => 0,
     };
 
-    private const int ORdOnly = 0;
+    private const int ORdWr = 2;
     private const int OCloExec = 0x80000;
 
-    public void Write(long offset, ReadOnlySpan<byte> source) => RandomAccess.Write(_handle, source, offset);
+    public void Write(long offset, ReadOnlySpan<byte> source)
+    {
+        if (source.Length >= EngineLimits.DirectWriteBytesMin && !_directWritesRefused
+            && ((offset | (long)source.Length) & (IDataDevice.UncachedAlignment - 1)) == 0 && DirectHandle() is { } direct)
+        {
+            if (WriteDirect(direct, offset, source)) return;
+        }
+        RandomAccess.Write(_handle, source, offset);
+    }
+
+    /// <summary>
+    /// A large aligned write through the O_DIRECT descriptor, copied into pooled aligned buffers: the kernel's copy into
+    /// page-cache pages of new space (pages it must first allocate, and on a VM that reports free pages to its host, have
+    /// the host fault in) was most of the server's CPU on large writes (docs/PERFORMANCE.md, issue 15). The price: the
+    /// data is not cached, so a read of it soon after goes to the disk, hence opt-in (StoreOptions.DirectWrites). Linux keeps
+    /// buffered and direct I/O of one file coherent: dirty cached pages of the range are written back first and cached
+    /// pages dropped after, so a later buffered read sees this write, and Sync makes it durable like any other (the data
+    /// is on the disk, not yet past its cache). False when the file system refused (nothing written; the caller writes
+    /// through the cache).
+    /// </summary>
+    private unsafe bool WriteDirect(SafeFileHandle direct, long offset, ReadOnlySpan<byte> source)
+    {
+        IntPtr buffer = RentDirectBuffer();
+        try
+        {
+            int done = 0;
+            while (done < source.Length)
+            {
+                int n = Math.Min(EngineLimits.DirectWriteBufferBytes, source.Length - done);
+                var aligned = new Span<byte>((void*)buffer, n);
+                source.Slice(done, n).CopyTo(aligned);
+                try
+                {
+                    RandomAccess.Write(direct, aligned, offset + done);
+                }
+                catch (IOException e) when (done == 0 && (e.HResult == Errno.EINVAL || (e.HResult & 0xFFFF) == Errno.EINVAL))
+                {
+                    // A file system that opens with O_DIRECT but will not write this way: the cache from now on.
+                    _directWritesRefused = true;
+                    return false;
+                }
+                done += n;
+            }
+            return true;
+        }
+        finally
+        {
+            ReturnDirectBuffer(buffer);
+        }
+    }
+
+    private unsafe IntPtr RentDirectBuffer()
+    {
+        lock (_directLock)
+        {
+            if (_directBuffers.TryPop(out IntPtr buffer)) return buffer;
+        }
+        return (IntPtr)NativeMemory.AlignedAlloc(EngineLimits.DirectWriteBufferBytes, IDataDevice.UncachedAlignment);
+    }
+
+    private unsafe void ReturnDirectBuffer(IntPtr buffer)
+    {
+        lock (_directLock)
+        {
+            if (!_disposed && _directBuffers.Count < EngineLimits.DirectWriteBuffersPooled)
+            {
+                _directBuffers.Push(buffer);
+                return;
+            }
+        }
+        NativeMemory.AlignedFree((void*)buffer);
+    }
 
     public void Sync()
     {
@@ -135,10 +215,15 @@ internal sealed partial class FileDataDevice : IDataDevice
     private const int FallocKeepSize = 0x01;
     private const int FallocPunchHole = 0x02;
 
-    public void Dispose()
+    public unsafe void Dispose()
     {
         _handle.Dispose();
-        lock (_directLock) _direct?.Dispose();
+        lock (_directLock)
+        {
+            _disposed = true;
+            _direct?.Dispose();
+            while (_directBuffers.TryPop(out IntPtr buffer)) NativeMemory.AlignedFree((void*)buffer);
+        }
     }
 
     [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]

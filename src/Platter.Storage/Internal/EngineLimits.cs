@@ -16,6 +16,21 @@ internal static class EngineLimits
     /// </summary>
     public const int ExtentBlocksMax = 256;
 
+    /// <summary>
+    /// With StoreOptions.DirectWrites, data-file writes of this size or more (aligned to a block) bypass the page cache
+    /// (O_DIRECT, FileDataDevice): a
+    /// copy-on-write write always lands in new space, whose pages the kernel must allocate before copying into them,
+    /// which cost more CPU than the rest of a large write together (docs/PERFORMANCE.md, issue 15). Smaller writes stay
+    /// cached: for them the disk's latency would cost more than the copy, and nearby small writes share pages.
+    /// </summary>
+    public const int DirectWriteBytesMin = 128 * 1024;
+
+    /// <summary>Size of the aligned buffers direct writes copy through: one extent, the largest write the engine issues at once.</summary>
+    public const int DirectWriteBufferBytes = ExtentBlocksMax * BlockBytes;
+
+    /// <summary>Aligned buffers a data file keeps for direct writes: one per writer thread on a small server; more are allocated and freed.</summary>
+    public const int DirectWriteBuffersPooled = 8;
+
     /// <summary>Blocks a volume reserves from the allocator at a time, so consecutive writes land contiguously (4 MiB).</summary>
     public const int RegionBlocks = 1024;
 
