@@ -4,8 +4,9 @@
 #                vhost-user front-end (--vhost-user: memfd guest RAM, one split virtqueue, kick/call eventfds, as QEMU)
 #   qsd-vu       qemu-storage-daemon's vhost-user-blk export of a raw file, same front-end, same settings
 #   platter-nbd  the same Platter server and volume over NBD (unix socket), driven by fio's nbd engine
-#   platter-vu-inflight, qsd-vu-inflight (only with --targets): as platter-vu and qsd-vu, with the front-end sharing
-#                an in-flight area (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD), as QEMU does whenever the back-end offers it
+#   platter-vu-inflight (only with --targets): as platter-vu, the front-end sharing an in-flight area
+#                (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD), as QEMU does whenever the back-end offers it (qemu-storage-daemon
+#                7.2's vhost-user-blk export does not offer it)
 # Workloads: 4 KiB random read and write at depth 32, 1 MiB sequential read and write at depth 4 (data in one
 # descriptor), and 256 KiB sequential read and write at depth 4 laid out as a Linux guest does (each chain in an
 # indirect table, its data in 64 scattered 4 KiB descriptors: "pages"; fio over NBD runs them as plain 256 KiB I/O).
@@ -82,7 +83,7 @@ run() {
   case $target in
     platter-vu|platter-vu-inflight) "$client" --vhost-user --socket "$work/vu/bench.sock" --size "$size" --rw "$rw" --bs "$bs" --depth "$depth" --seconds "$seconds" "${shape[@]}" |
         sed -E 's/.*ops=([0-9]+).*iops=([0-9]+).*p99us=([0-9]+).*errors=0.*/\1 \2 \3/' ;;
-    qsd-vu|qsd-vu-inflight) "$client" --vhost-user --socket "$work/qsd.sock" --size "$size" --rw "$rw" --bs "$bs" --depth "$depth" --seconds "$seconds" "${shape[@]}" |
+    qsd-vu) "$client" --vhost-user --socket "$work/qsd.sock" --size "$size" --rw "$rw" --bs "$bs" --depth "$depth" --seconds "$seconds" "${shape[@]}" |
         sed -E 's/.*ops=([0-9]+).*iops=([0-9]+).*p99us=([0-9]+).*errors=0.*/\1 \2 \3/' ;;
     platter-nbd) fio --name=j --ioengine=nbd --uri="nbd+unix:///bench?socket=$work/nbd.sock" --rw="$rw" --bs="$bs" \
         --iodepth="$depth" --time_based --runtime="$seconds" --size="$size" --output-format=json 2>"$work/fio.err" |
@@ -96,7 +97,7 @@ print(s["total_ios"], round(s["iops"]), round(p99))' ;;
   esac
 }
 
-pid_of() { case $1 in qsd-vu*) echo "$qsd_pid" ;; *) echo "$platter_pid" ;; esac; }
+pid_of() { case $1 in qsd-vu) echo "$qsd_pid" ;; *) echo "$platter_pid" ;; esac; }
 
 echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores; ${size_mib} MiB; ${seconds} s per run; $rounds rounds" | tee "$results.meta"
 printf 'round\tworkload\ttarget\tops\tiops\tp99us\tcpu_us_per_op\n' > "$results"
