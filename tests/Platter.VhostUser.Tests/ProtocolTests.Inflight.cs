@@ -95,6 +95,25 @@ public sealed unsafe partial class ProtocolTests
         Native.close(call);
     }
 
+    /// <summary>A driver may shrink a queue below the size QEMU made the area for: tracking works on the first entries.</summary>
+    [Fact]
+    public void A_ring_smaller_than_the_inflight_area_is_tracked()
+    {
+        var (kick, call) = StartQueue(beforeRings: () =>
+        {
+            ulong bytes = GetInflightArea(1, QueueSize * 4);
+            Assert.Equal(0UL, SetInflightArea(_inflightFd, bytes, 1, QueueSize * 4));
+        });
+        Assert.Equal(QueueSize * 4, RegionField(RegionDescNum));
+        Assert.Equal(VirtioBlk.StatusOk, Request(kick, call, VirtioBlk.TypeFlush, 0, 0, 0, writable: false));
+        Assert.Equal(VirtioBlk.StatusOk, Request(kick, call, VirtioBlk.TypeFlush, 0, 0, 0, writable: false));
+        Assert.Equal(3, RegionField(RegionLastBatchHead));
+        Assert.Equal(1UL, EntryCounterOf(3));
+        AssertNothingInFlight();
+        Native.close(kick);
+        Native.close(call);
+    }
+
     /// <summary>
     /// A server died with requests in flight that completed out of order: it had taken A (head 0), B (head 3) and C
     /// (head 6), completed B, and A and C were marked in its in-flight area (C taken first). QEMU reconnects to a new
@@ -201,13 +220,19 @@ public sealed unsafe partial class ProtocolTests
     [InlineData("flag", true)]
     [InlineData("last-batch-head", true)]
     [InlineData("used-index-far-behind", true)]
-    [InlineData("queue-size-differs-from-ring", true)]
+    [InlineData("area-smaller-than-ring", true)]
+    [InlineData("flag-past-ring", true)]
     public void A_malformed_inflight_area_is_refused(string what, bool atQueueStart)
     {
         ulong ack = 0;
         var (kick, call) = StartQueue(refusedAtStart: atQueueStart, beforeRings: () =>
         {
-            ushort areaQueueSize = what == "queue-size-differs-from-ring" ? (ushort)(QueueSize * 2) : QueueSize;
+            ushort areaQueueSize = (ushort)(what switch
+            {
+                "area-smaller-than-ring" => QueueSize / 2,
+                "flag-past-ring" => QueueSize * 2,
+                _ => QueueSize,
+            });
             ulong bytes = GetInflightArea(1, areaQueueSize);
             int fd = _inflightFd;
             ushort queues = 1;
@@ -240,6 +265,12 @@ public sealed unsafe partial class ProtocolTests
                     RegionField(RegionDescNum) = QueueSize;
                     _guest.SetUsed(0, 0, 1, usedIndex: 1);
                     RegionField(RegionLastBatchHead) = 1000;
+                    break;
+                case "flag-past-ring":
+                    // The area is for queues of 32 and the ring has 16: an entry past 16 can be no head of it.
+                    RegionField(RegionVersion) = 1;
+                    RegionField(RegionDescNum) = (ushort)(QueueSize * 2);
+                    EntryFlag(QueueSize + 3) = 1;
                     break;
                 case "used-index-far-behind":
                     RegionField(RegionVersion) = 1;

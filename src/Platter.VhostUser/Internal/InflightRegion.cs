@@ -121,14 +121,18 @@ internal sealed unsafe class InflightArea : IDisposable
         return new InflightArea((byte*)p, (nuint)sizeBytes, (int)queueCount, (ushort)queueSize);
     }
 
-    /// <summary>Queue <paramref name="index"/>'s region, or null with the reason when the area has none of that size.</summary>
+    /// <summary>
+    /// Queue <paramref name="index"/>'s region for a ring of <paramref name="size"/> descriptors, or null with the reason.
+    /// The ring may be smaller than the area's queue size (a driver may shrink a queue; QEMU sizes the area by the
+    /// device's maximum): the region still has the area's entry count, of which the ring uses the first.
+    /// </summary>
     public InflightQueue? Queue(int index, uint size, out string? problem)
     {
         ObjectDisposedException.ThrowIf(_base is null, this);
         problem = null;
         if (index >= QueueCount) problem = $"the in-flight area tracks {QueueCount} queues, not queue {index}";
-        else if (size != QueueSize) problem = $"the in-flight area has {QueueSize} entries per queue, the queue has {size}";
-        return problem is null ? new InflightQueue(_base + (ulong)index * QueueRegionBytes(QueueSize), QueueSize) : null;
+        else if (size > QueueSize) problem = $"the in-flight area has {QueueSize} entries per queue, fewer than the queue's {size}";
+        return problem is null ? new InflightQueue(_base + (ulong)index * QueueRegionBytes(QueueSize), QueueSize, (ushort)size) : null;
     }
 
     /// <summary>Unmaps; the queues using it must be stopped first.</summary>
@@ -148,7 +152,10 @@ internal sealed unsafe class InflightArea : IDisposable
 /// entry published. Marks come from the one thread that pops; the used steps are serialised by the queue's used lock;
 /// they touch different fields of different entries.
 /// </summary>
-internal sealed unsafe class InflightQueue(byte* region, ushort size)
+/// <param name="region">The queue's region.</param>
+/// <param name="entries">Its entry count (desc_num: the area's queue size).</param>
+/// <param name="size">The ring's size: every head is below it.</param>
+internal sealed unsafe class InflightQueue(byte* region, ushort entries, ushort size)
 {
     private ulong _counter;
 
@@ -168,9 +175,9 @@ internal sealed unsafe class InflightQueue(byte* region, ushort size)
         ushort version = Volatile.Read(ref *(ushort*)(region + 8));
         if (version == 0)
         {
-            new Span<byte>(region + 16, InflightArea.EntryOffset(size) - 16).Clear();
+            new Span<byte>(region + 16, InflightArea.EntryOffset(entries) - 16).Clear();
             Unsafe.WriteUnaligned(region, 0UL);
-            *(ushort*)(region + 10) = size;
+            *(ushort*)(region + 10) = entries;
             LastBatchHead = 0;
             UsedIndex = ringUsedIndex;
             Volatile.Write(ref *(ushort*)(region + 8), InflightArea.Version);
@@ -183,9 +190,9 @@ internal sealed unsafe class InflightQueue(byte* region, ushort size)
             return null;
         }
         ushort descNum = Volatile.Read(ref *(ushort*)(region + 10));
-        if (descNum != size)
+        if (descNum != entries)
         {
-            problem = $"in-flight region for {descNum} descriptors on a queue of {size}";
+            problem = $"in-flight region for {descNum} descriptors in an area of {entries} per queue";
             return null;
         }
         ushort regionUsed = Volatile.Read(ref UsedIndex);
@@ -215,14 +222,14 @@ internal sealed unsafe class InflightQueue(byte* region, ushort size)
         }
         var pending = new List<(ulong Counter, ushort Head)>();
         ulong newest = 0;
-        for (int h = 0; h < size; h++)
+        for (int h = 0; h < entries; h++)
         {
             byte* e = Entry(h);
             byte flag = Volatile.Read(ref *e);
             if (flag == 0) continue;
-            if (flag != 1)
+            if (flag != 1 || h >= size)
             {
-                problem = $"in-flight region entry {h} has flag {flag} (0 or 1)";
+                problem = $"in-flight region entry {h} has flag {flag} (0, or 1 below the queue size {size})";
                 return null;
             }
             ulong counter = Unsafe.ReadUnaligned<ulong>(e + 8);
