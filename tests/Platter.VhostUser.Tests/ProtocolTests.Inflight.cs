@@ -60,6 +60,13 @@ public sealed unsafe partial class ProtocolTests
     private ref ushort EntryNextOf(int head) => ref *(ushort*)(_inflight + RegionHeaderBytes + EntryBytes * head + EntryNext);
     private ref ulong EntryCounterOf(int head) => ref *(ulong*)(_inflight + RegionHeaderBytes + EntryBytes * head + EntryCounter);
 
+    /// <summary>A region header as a server that used it leaves it: version 1, <paramref name="descNum"/> entries.</summary>
+    private void InUse(int descNum)
+    {
+        RegionField(RegionVersion) = 1;
+        RegionField(RegionDescNum) = (ushort)descNum;
+    }
+
     private void AssertNothingInFlight()
     {
         for (int h = 0; h < QueueSize; h++) Assert.True(EntryFlag(h) == 0, $"descriptor {h} is still marked in flight");
@@ -251,30 +258,25 @@ public sealed unsafe partial class ProtocolTests
                     break;
                 case "version": RegionField(RegionVersion) = 2; break;
                 case "desc-num":
-                    RegionField(RegionVersion) = 1;
-                    RegionField(RegionDescNum) = QueueSize / 2;
+                    InUse(QueueSize / 2);
                     break;
                 case "flag":
-                    RegionField(RegionVersion) = 1;
-                    RegionField(RegionDescNum) = QueueSize;
+                    InUse(QueueSize);
                     EntryFlag(5) = 2;
                     break;
                 case "last-batch-head":
                     // The used ring moved one past the area's used_idx, and the batch to clear names no descriptor.
-                    RegionField(RegionVersion) = 1;
-                    RegionField(RegionDescNum) = QueueSize;
+                    InUse(QueueSize);
                     _guest.SetUsed(0, 0, 1, usedIndex: 1);
                     RegionField(RegionLastBatchHead) = 1000;
                     break;
                 case "flag-past-ring":
                     // The area is for queues of 32 and the ring has 16: an entry past 16 can be no head of it.
-                    RegionField(RegionVersion) = 1;
-                    RegionField(RegionDescNum) = (ushort)(QueueSize * 2);
+                    InUse(QueueSize * 2);
                     EntryFlag(QueueSize + 3) = 1;
                     break;
                 case "used-index-far-behind":
-                    RegionField(RegionVersion) = 1;
-                    RegionField(RegionDescNum) = QueueSize;
+                    InUse(QueueSize);
                     RegionField(RegionUsedIdx) = unchecked((ushort)-100);
                     break;
             }
