@@ -4,6 +4,9 @@
 #                vhost-user front-end (--vhost-user: memfd guest RAM, one split virtqueue, kick/call eventfds, as QEMU)
 #   qsd-vu       qemu-storage-daemon's vhost-user-blk export of a raw file, same front-end, same settings
 #   platter-nbd  the same Platter server and volume over NBD (unix socket), driven by fio's nbd engine
+#   platter-vu-inflight (only with --targets): as platter-vu, the front-end sharing an in-flight area
+#                (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD), as QEMU does whenever the back-end offers it (qemu-storage-daemon
+#                7.2's vhost-user-blk export does not offer it)
 # Workloads: 4 KiB random read and write at depth 32, 1 MiB sequential read and write at depth 4 (data in one
 # descriptor), and 256 KiB sequential read and write at depth 4 laid out as a Linux guest does (each chain in an
 # indirect table, its data in 64 scattered 4 KiB descriptors: "pages"; fio over NBD runs them as plain 256 KiB I/O).
@@ -13,7 +16,7 @@
 # operation (utime+stime of the serving process from /proc, divided by the operations the client completed; the
 # client's own CPU is not counted). The load average is printed before and after: this machine is shared.
 #
-#   bench/vhost-user.sh [--rounds N] [--seconds N] [--size-mib N] [--only REGEX] [--out FILE]
+#   bench/vhost-user.sh [--rounds N] [--seconds N] [--size-mib N] [--only REGEX] [--targets "T1 T2 ..."] [--out FILE]
 #
 # --only keeps the workloads whose "RW BS DEPTH LAYOUT" matches REGEX (e.g. --only '^(read|write) ' for the sequential
 # ones on a volume no random write has scattered: Platter's copy-on-write engine places 4 KiB random writes anywhere,
@@ -30,7 +33,8 @@ seconds=8
 size_mib=512
 out=""
 only=""
-bench_options "[--rounds N] [--seconds N] [--size-mib N] [--only REGEX] [--out FILE]" rounds seconds size-mib only out -- "$@"
+targets="platter-vu qsd-vu platter-nbd"
+bench_options "[--rounds N] [--seconds N] [--size-mib N] [--only REGEX] [--targets \"T1 T2 ...\"] [--out FILE]" rounds seconds size-mib only targets out -- "$@"
 bench_require_build
 client=bench/Platter.Bench/bin/Release/net10.0/Platter.Bench
 [[ -x $client ]] || { echo "build first: dotnet build bench/Platter.Bench -c Release" >&2; exit 1; }
@@ -75,8 +79,9 @@ run() {
   local target=$1 rw=$2 bs=$3 depth=$4 layout=$5
   local shape=()
   [[ $layout == pages ]] && shape=(--indirect --segment-bytes 4096)
+  [[ $target == *-inflight ]] && shape+=(--inflight)
   case $target in
-    platter-vu) "$client" --vhost-user --socket "$work/vu/bench.sock" --size "$size" --rw "$rw" --bs "$bs" --depth "$depth" --seconds "$seconds" "${shape[@]}" |
+    platter-vu|platter-vu-inflight) "$client" --vhost-user --socket "$work/vu/bench.sock" --size "$size" --rw "$rw" --bs "$bs" --depth "$depth" --seconds "$seconds" "${shape[@]}" |
         sed -E 's/.*ops=([0-9]+).*iops=([0-9]+).*p99us=([0-9]+).*errors=0.*/\1 \2 \3/' ;;
     qsd-vu) "$client" --vhost-user --socket "$work/qsd.sock" --size "$size" --rw "$rw" --bs "$bs" --depth "$depth" --seconds "$seconds" "${shape[@]}" |
         sed -E 's/.*ops=([0-9]+).*iops=([0-9]+).*p99us=([0-9]+).*errors=0.*/\1 \2 \3/' ;;
@@ -96,7 +101,7 @@ pid_of() { case $1 in qsd-vu) echo "$qsd_pid" ;; *) echo "$platter_pid" ;; esac;
 
 echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores; ${size_mib} MiB; ${seconds} s per run; $rounds rounds" | tee "$results.meta"
 printf 'round\tworkload\ttarget\tops\tiops\tp99us\tcpu_us_per_op\n' > "$results"
-targets=(platter-vu qsd-vu platter-nbd)
+read -r -a targets <<<"$targets"
 workloads=("randread 4096 32 one" "randwrite 4096 32 one" "read 1048576 4 one" "write 1048576 4 one" "read 262144 4 pages" "write 262144 4 pages")
 for ((r = 1; r <= rounds; r++)); do
   for w in "${workloads[@]}"; do

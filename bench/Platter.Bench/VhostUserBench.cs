@@ -16,7 +16,9 @@ using System.Runtime.InteropServices;
 /// [--depth 32] [--seconds 10] [--segment-bytes N] [--indirect]. Prints one line:
 /// <c>ops=N seconds=S iops=I mbps=M p99us=P errors=E</c>. <c>--segment-bytes</c> splits each request's data into
 /// descriptors of that size, as a guest's page list (default: one descriptor); <c>--indirect</c> negotiates
-/// VIRTIO_RING_F_INDIRECT_DESC and puts each chain in an indirect table, as Linux does once it is offered. EVENT_IDX is
+/// VIRTIO_RING_F_INDIRECT_DESC and puts each chain in an indirect table, as Linux does once it is offered;
+/// <c>--inflight</c> negotiates VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD and hands the back-end its in-flight area
+/// (GET_INFLIGHT_FD, SET_INFLIGHT_FD), as QEMU's vhost-user-blk does whenever it is offered. EVENT_IDX is
 /// not negotiated, for either back-end: every completion batch raises a call.
 /// </remarks>
 internal static unsafe partial class VhostUserBench
@@ -36,7 +38,7 @@ internal static unsafe partial class VhostUserBench
         long size = 0;
         string rw = "randread";
         int bs = 4096, depth = 32, segmentBytes = 0;
-        bool indirect = false;
+        bool indirect = false, inflight = false;
         double seconds = 10;
         for (int i = 1; i < args.Length; i++)
         {
@@ -50,6 +52,7 @@ internal static unsafe partial class VhostUserBench
                 case "--depth": depth = int.Parse(Next()); break;
                 case "--segment-bytes": segmentBytes = int.Parse(Next()); break;
                 case "--indirect": indirect = true; break;
+                case "--inflight": inflight = true; break;
                 case "--seconds": seconds = double.Parse(Next(), System.Globalization.CultureInfo.InvariantCulture); break;
                 default: throw new ArgumentException($"unknown argument {args[i]}");
             }
@@ -90,11 +93,18 @@ internal static unsafe partial class VhostUserBench
         Check((features & version1) != 0, "the back-end does not offer VIRTIO_F_VERSION_1");
         Check(!indirect || (features & indirectDesc) != 0, "the back-end does not offer VIRTIO_RING_F_INDIRECT_DESC");
         bool haveProtocol = (features & protocolFeatures) != 0;
+        const ulong inflightShmfd = 1UL << 12;
         if (haveProtocol)
         {
-            Get(fd, 15 /* GET_PROTOCOL_FEATURES */);
-            SendU64(fd, 16 /* SET_PROTOCOL_FEATURES */, 0);
+            ulong offered = Get(fd, 15 /* GET_PROTOCOL_FEATURES */);
+            Check(!inflight || (offered & inflightShmfd) != 0, "the back-end does not offer INFLIGHT_SHMFD");
+            SendU64(fd, 16 /* SET_PROTOCOL_FEATURES */, inflight ? inflightShmfd : 0);
         }
+        else
+        {
+            Check(!inflight, "the back-end does not offer protocol features (INFLIGHT_SHMFD)");
+        }
+        if (inflight) ShareInflightArea(fd);
         SendU64(fd, 2 /* SET_FEATURES */, version1 | (features & (protocolFeatures | flush)) | (indirect ? indirectDesc : 0));
         Span<byte> table = stackalloc byte[8 + 32];
         table.Clear();
@@ -213,6 +223,32 @@ internal static unsafe partial class VhostUserBench
         Unsafe.WriteUnaligned(d + 8, length);
         Unsafe.WriteUnaligned(d + 12, flags);
         Unsafe.WriteUnaligned(d + 14, next);
+    }
+
+    /// <summary>QEMU's steps on a device start: GET_INFLIGHT_FD for one queue of QueueSize, map the area, SET_INFLIGHT_FD with it.</summary>
+    private static void ShareInflightArea(int fd)
+    {
+        Span<byte> description = stackalloc byte[24];
+        description.Clear();
+        BinaryPrimitives.WriteUInt16LittleEndian(description[16..], 1);
+        BinaryPrimitives.WriteUInt16LittleEndian(description[18..], QueueSize);
+        Send(fd, 31 /* GET_INFLIGHT_FD */, description);
+        Span<byte> reply = stackalloc byte[12 + 24];
+        byte* control = stackalloc byte[24];
+        int area = -1;
+        fixed (byte* p = reply)
+        {
+            var iov = new IoVec { Base = p, Length = (nuint)reply.Length };
+            var msg = new MsgHdr { Iov = &iov, IovLength = 1, Control = control, ControlLength = 24 };
+            Check(recvmsg(fd, &msg, 0) == reply.Length, "reading the GET_INFLIGHT_FD reply");
+            if (msg.ControlLength >= 20 && *(int*)(control + 12) == 1 /* SCM_RIGHTS */) area = *(int*)(control + 16);
+        }
+        ulong bytes = BinaryPrimitives.ReadUInt64LittleEndian(reply[12..]);
+        Check(area >= 0 && bytes > 0, "GET_INFLIGHT_FD (no area)");
+        // The front-end keeps it mapped (QEMU does, to hand it to the next back-end).
+        Check(mmap(null, (nuint)bytes, 3, 1, area, 0) != (void*)-1, "mapping the in-flight area");
+        reply.Slice(12, 24).CopyTo(description);
+        Send(fd, 32 /* SET_INFLIGHT_FD */, description, area);
     }
 
     private static void SendU64(int fd, uint request, ulong value, int passFd = -1)
@@ -340,6 +376,9 @@ internal static unsafe partial class VhostUserBench
 
     [LibraryImport("libc", SetLastError = true, EntryPoint = "poll")]
     private static partial int pollfds(PollFd* fds, nuint count, int timeoutMs);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial nint recvmsg(int fd, MsgHdr* message, int flags);
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial nint sendmsg(int fd, MsgHdr* message, int flags);

@@ -72,11 +72,11 @@ public abstract class GuestDiskTests : IAsyncLifetime
 public sealed partial class PlatterGuestDiskTests(ITestOutputHelper output) : GuestDiskTests(output)
 {
     // Rounds of write/fsync/read-back the guest must complete after each restart: the I/O went on over a new connection.
-    private const int RoundsAfterRestart = 3;
+    internal const int RoundsAfterRestart = 3;
     // The guest prints a line per round (well under a second each under TCG on a quiet machine, seconds on a loaded
     // one) and the kernel prints while it boots: this long without a new line on the serial console is a hang. It is
     // measured from the last new line, not from the boot, so a slow boot on a loaded machine is not taken for one.
-    private static readonly TimeSpan ProgressTimeout = TimeSpan.FromMinutes(3);
+    internal static readonly TimeSpan ProgressTimeout = TimeSpan.FromMinutes(3);
 
     protected override INbdTarget CreateTarget(string workDirectory, long sizeBytes) => new PlatterTarget(workDirectory, sizeBytes);
 
@@ -155,14 +155,14 @@ public sealed partial class PlatterGuestDiskTests(ITestOutputHelper output) : Gu
         else Assert.Equal("dotnet", Path.GetFileName(exe));
     }
 
-    private static string ReadSerial(string serialPath)
+    internal static string ReadSerial(string serialPath)
     {
         if (!File.Exists(serialPath)) return "";
         using var stream = new FileStream(serialPath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
         return new StreamReader(stream).ReadToEnd();
     }
 
-    private static int CurrentRound(string serialPath) => RoundOf(ReadSerial(serialPath));
+    internal static int CurrentRound(string serialPath) => RoundOf(ReadSerial(serialPath));
 
     private static int RoundOf(string serial)
     {
@@ -173,7 +173,7 @@ public sealed partial class PlatterGuestDiskTests(ITestOutputHelper output) : Gu
     // Waits until the guest has done `rounds` rounds; fails when the guest powers off first or prints nothing new for
     // ProgressTimeout, with what the guest and the server were doing: the end of the serial console (booting, preparing,
     // or in which round), the state of every server thread, and the server's log.
-    private static async Task<int> WaitForRoundsAsync(string serialPath, Task<GuestBoot> boot, int rounds, PlatterTarget target, CancellationToken ct)
+    internal static async Task<int> WaitForRoundsAsync(string serialPath, Task<GuestBoot> boot, int rounds, PlatterTarget target, CancellationToken ct)
     {
         var quiet = System.Diagnostics.Stopwatch.StartNew();
         int seen = -1;

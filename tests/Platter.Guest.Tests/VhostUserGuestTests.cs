@@ -73,12 +73,65 @@ public sealed class VhostUserGuestTests(ITestOutputHelper output) : IDisposable
         await target.StopAsync(graceful: true, ct);
     }
 
+    /// <summary>
+    /// The guest does synchronous direct I/O in rounds (write, fsync, read back and compare) on a vhost-user-blk disk
+    /// whose chardev reconnects, while the server is stopped with SIGTERM and started again, then killed with SIGKILL
+    /// and started again. QEMU negotiates in-flight tracking (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) and hands its area
+    /// to the new server, which resubmits what was in flight when the old one died: the guest must see no I/O error
+    /// and every round's data must read back. The guest's stop block cannot be written over NBD while QEMU writes the
+    /// volume (one writer), so the guest is killed once it has gone on after the second restart.
+    /// </summary>
+    [Fact]
+    public async Task Guest_io_goes_on_without_errors_while_the_vhost_user_server_restarts_and_is_killed()
+    {
+        var vhostDir = _work.Combine("vu");
+        await using var session = await GuestSession<PlatterTarget>.StartAsync(
+            new PlatterTarget(_work.Path, VolumeSizeBytes, "--vhost-user-dir", vhostDir), _work.Path, output, accel: "tcg");
+        var (target, ct) = (session.Target, session.Token);
+        var socket = Path.Combine(vhostDir, target.ExportName + ".sock");
+        await WaitForAsync(() => File.Exists(socket), "the volume's vhost-user socket", target, ct);
+
+        var serial = _work.Combine("serial-io.log");
+        using var bootCts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        var boot = GuestVm.BootAsync(session.Image, null, GuestMode.Io, _work.Path, session.Accel, timeout: TimeSpan.FromMinutes(12),
+            cancellationToken: bootCts.Token, diskArguments: VhostUserDisk(socket, reconnectSeconds: 1), serialPath: serial);
+        try
+        {
+            int rounds = await PlatterGuestDiskTests.WaitForRoundsAsync(serial, boot, PlatterGuestDiskTests.RoundsAfterRestart, target, ct);
+            int Tracked() => System.Text.RegularExpressions.Regex.Count(target.Log, "in-flight tracking on");
+            // QEMU hands the area over on every device start (the guest's driver may start it more than once).
+            int tracked = Tracked();
+            Assert.True(tracked >= 1, "QEMU did not set up in-flight tracking");
+            foreach (bool graceful in new[] { true, false })
+            {
+                var stopped = System.Diagnostics.Stopwatch.StartNew();
+                await target.StopAsync(graceful, ct);
+                await target.StartAsync(ct);
+                int atRestart = PlatterGuestDiskTests.CurrentRound(serial);
+                output.WriteLine($"{(graceful ? "SIGTERM" : "SIGKILL")} restart at guest round {rounds}..{atRestart}, server down and up in {stopped.Elapsed.TotalSeconds:F1} s");
+                rounds = await PlatterGuestDiskTests.WaitForRoundsAsync(serial, boot, atRestart + PlatterGuestDiskTests.RoundsAfterRestart, target, ct);
+                // The new server got QEMU's area back (the log spans the restarts).
+                Assert.True(Tracked() > tracked, "QEMU did not hand its in-flight area to the restarted server");
+                tracked = Tracked();
+            }
+            output.WriteLine($"io guest: {rounds} rounds without an error");
+            // Whether a request was in flight at the SIGKILL is luck; when one was, the new server says so.
+            foreach (var line in target.Log.Split('\n').Where(l => l.Contains("resubmits", StringComparison.Ordinal))) output.WriteLine(line.Trim());
+        }
+        finally
+        {
+            await bootCts.CancelAsync();
+            try { await boot; } catch (OperationCanceledException) { }
+        }
+        await target.StopAsync(graceful: true, ct);
+    }
+
     /// <summary>QEMU's arguments for a vhost-user-blk disk: guest RAM shared with the back-end, the socket, the device.</summary>
-    private static List<string> VhostUserDisk(string socket) =>
+    private static List<string> VhostUserDisk(string socket, int reconnectSeconds = 0) =>
     [
         // GuestVm boots with -m 512M: the shared backend covers all of it.
         "-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-numa", "node,memdev=mem",
-        "-chardev", $"socket,id=vu0,path={socket}",
+        "-chardev", $"socket,id=vu0,path={socket}{(reconnectSeconds > 0 ? $",reconnect={reconnectSeconds}" : "")}",
         "-device", "vhost-user-blk-pci,chardev=vu0",
     ];
 

@@ -71,6 +71,15 @@ internal sealed unsafe class FakeGuest : IDisposable
 
     public ushort UsedIndex => Volatile.Read(ref ((ushort*)(Base + UsedGpa))[1]);
 
+    /// <summary>Writes a used element and the used index, as a back-end that completed <paramref name="id"/> did.</summary>
+    public void SetUsed(int slot, uint id, uint length, ushort usedIndex)
+    {
+        byte* e = Base + UsedGpa + 4 + 8 * (ulong)(slot % QueueSize);
+        Unsafe.WriteUnaligned(e, id);
+        Unsafe.WriteUnaligned(e + 4, length);
+        Volatile.Write(ref ((ushort*)(Base + UsedGpa))[1], usedIndex);
+    }
+
     public (uint Id, uint Length) UsedElement(int slot)
     {
         byte* e = Base + UsedGpa + 4 + 8 * (ulong)(slot % QueueSize);

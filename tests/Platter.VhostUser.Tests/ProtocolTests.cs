@@ -12,7 +12,7 @@ namespace Platter.VhostUser.Tests;
 /// memory through a file descriptor (SCM_RIGHTS), sets up a queue, kicks and waits for the call eventfd. QEMU and a
 /// Linux guest are the real test (tests/Platter.Guest.Tests); this one is fast and reaches the hostile cases.
 /// </summary>
-public sealed unsafe class ProtocolTests : IDisposable
+public sealed unsafe partial class ProtocolTests : IDisposable
 {
     private const ushort QueueSize = 16;
     private const ulong GuestBytes = 4 * 1024 * 1024;
@@ -56,6 +56,7 @@ public sealed unsafe class ProtocolTests : IDisposable
         _client.Dispose();
         _thread.Join();
         _connection.Dispose();
+        DisposeInflightArea();
         Native.close(_serverFd);
         _guest.Dispose();
         Native.munmap(_mapped, (nuint)GuestBytes);
@@ -259,9 +260,14 @@ public sealed unsafe class ProtocolTests : IDisposable
         _client.Send(VhostUserProtocol.SetFeatures, U64(features));
     }
 
-    private (int Kick, int Call) StartQueue()
+    /// <summary>
+    /// Sets up and starts queue 0 (base <paramref name="vringBase"/>, <paramref name="beforeRings"/> run after the
+    /// feature handshake); with <paramref name="refusedAtStart"/> it stops after SET_VRING_KICK, which is expected to fail.
+    /// </summary>
+    private (int Kick, int Call) StartQueue(uint vringBase = 0, Action? beforeRings = null, bool refusedAtStart = false)
     {
         Handshake();
+        beforeRings?.Invoke();
         var table = new byte[8 + 32];
         BinaryPrimitives.WriteUInt32LittleEndian(table, 1);
         BinaryPrimitives.WriteUInt64LittleEndian(table.AsSpan(8), 0);
@@ -271,7 +277,7 @@ public sealed unsafe class ProtocolTests : IDisposable
         var ack = _client.Call(VhostUserProtocol.SetMemTable, table, [(int)_memoryFile.DangerousGetHandle()], needReply: true);
         Assert.Equal(0UL, BinaryPrimitives.ReadUInt64LittleEndian(ack));
         _client.Send(VhostUserProtocol.SetVringNum, State(0, QueueSize));
-        _client.Send(VhostUserProtocol.SetVringBase, State(0, 0));
+        _client.Send(VhostUserProtocol.SetVringBase, State(0, vringBase));
         var address = new byte[40];
         BinaryPrimitives.WriteUInt64LittleEndian(address.AsSpan(8), FakeGuest.UserBase + FakeGuest.DescriptorsGpa);
         BinaryPrimitives.WriteUInt64LittleEndian(address.AsSpan(16), FakeGuest.UserBase + FakeGuest.UsedGpa);
@@ -281,6 +287,7 @@ public sealed unsafe class ProtocolTests : IDisposable
         int call = Native.eventfd(0, Native.EFD_CLOEXEC);
         _client.Send(VhostUserProtocol.SetVringCall, U64(0), [call]);
         _client.Send(VhostUserProtocol.SetVringKick, U64(0), [kick]);
+        if (refusedAtStart) return (kick, call);
         var enabled = _client.Call(VhostUserProtocol.SetVringEnable, State(0, 1), needReply: true);
         Assert.Equal(0UL, BinaryPrimitives.ReadUInt64LittleEndian(enabled));
         return (kick, call);
@@ -293,16 +300,7 @@ public sealed unsafe class ProtocolTests : IDisposable
     {
         ushort head = (ushort)(_nextHead % (QueueSize - 2));
         _nextHead += 3;
-        ulong header = FakeGuest.BuffersGpa + 400_000 + (ulong)head * 32;
-        BinaryPrimitives.WriteUInt32LittleEndian(_guest.Bytes(header, 4), type);
-        BinaryPrimitives.WriteUInt64LittleEndian(_guest.Bytes(header + 8, 8), sector);
-        ulong status = header + 16;
-        _guest.Bytes(status, 1)[0] = 0xff;
-        ushort statusDescriptor = (ushort)(head + (dataBytes > 0 ? 2 : 1));
-        _guest.SetDescriptor(head, header, 16, SplitVirtqueue.DescNext, (ushort)(head + 1));
-        if (dataBytes > 0)
-            _guest.SetDescriptor(head + 1, dataGpa, dataBytes, (ushort)(SplitVirtqueue.DescNext | (writable ? SplitVirtqueue.DescWrite : 0)), statusDescriptor);
-        _guest.SetDescriptor(statusDescriptor, status, 1, SplitVirtqueue.DescWrite, 0);
+        ulong status = WriteChain(head, type, sector, dataGpa, dataBytes, writable);
         ushort usedBefore = _guest.UsedIndex;
         _guest.Publish(head);
         Native.SignalEventFd(kick);
@@ -317,6 +315,25 @@ public sealed unsafe class ProtocolTests : IDisposable
         }
         Assert.Equal(head, (ushort)_guest.UsedElement(usedBefore).Id);
         return _guest.Bytes(status, 1)[0];
+    }
+
+    /// <summary>
+    /// Writes a request's chain from descriptor <paramref name="head"/> (header, optional data, status: up to three
+    /// descriptors) with its header at a place of its own; returns where its status byte is (set to 0xff).
+    /// </summary>
+    private ulong WriteChain(ushort head, uint type, ulong sector, ulong dataGpa, uint dataBytes, bool writable)
+    {
+        ulong header = FakeGuest.BuffersGpa + 400_000 + (ulong)head * 32;
+        BinaryPrimitives.WriteUInt32LittleEndian(_guest.Bytes(header, 4), type);
+        BinaryPrimitives.WriteUInt64LittleEndian(_guest.Bytes(header + 8, 8), sector);
+        ulong status = header + 16;
+        _guest.Bytes(status, 1)[0] = 0xff;
+        ushort statusDescriptor = (ushort)(head + (dataBytes > 0 ? 2 : 1));
+        _guest.SetDescriptor(head, header, 16, SplitVirtqueue.DescNext, (ushort)(head + 1));
+        if (dataBytes > 0)
+            _guest.SetDescriptor(head + 1, dataGpa, dataBytes, (ushort)(SplitVirtqueue.DescNext | (writable ? SplitVirtqueue.DescWrite : 0)), statusDescriptor);
+        _guest.SetDescriptor(statusDescriptor, status, 1, SplitVirtqueue.DescWrite, 0);
+        return status;
     }
 
     // The engine completes reads inline; a helper keeps the test methods free of blocking waits on tasks.
@@ -388,6 +405,24 @@ internal sealed unsafe class TestFrontEnd(int fd) : IDisposable
         var header = Read(12);
         Assert.Equal(request, BinaryPrimitives.ReadUInt32LittleEndian(header));
         Assert.Equal(VhostUserProtocol.Version | VhostUserProtocol.FlagReply, BinaryPrimitives.ReadUInt32LittleEndian(header.AsSpan(4)));
+        return Read((int)BinaryPrimitives.ReadUInt32LittleEndian(header.AsSpan(8)));
+    }
+
+    /// <summary>Sends and returns the reply's payload and the descriptor that came with it (-1 if none).</summary>
+    public byte[] CallReceivingFd(uint request, ReadOnlySpan<byte> payload, out int received)
+    {
+        Send(request, payload);
+        var header = new byte[12];
+        byte* control = stackalloc byte[64];
+        received = -1;
+        fixed (byte* p = header)
+        {
+            var iov = new Native.IoVec { Base = p, Length = 12 };
+            var msg = new Native.MsgHdr { Iov = &iov, IovLength = 1, Control = control, ControlLength = 64 };
+            Assert.Equal(12, (int)Native.recvmsg(fd, &msg, Native.MSG_CMSG_CLOEXEC));
+            if (msg.ControlLength >= Native.CmsgHeaderBytes + 4 && *(int*)(control + 12) == Native.SCM_RIGHTS) received = *(int*)(control + 16);
+        }
+        Assert.Equal(request, BinaryPrimitives.ReadUInt32LittleEndian(header));
         return Read((int)BinaryPrimitives.ReadUInt32LittleEndian(header.AsSpan(8)));
     }
 

@@ -87,13 +87,14 @@ internal sealed class BlkQueue : IDisposable
         _thread.Start();
     }
 
-    /// <summary>A new call eventfd (SET_VRING_CALL while running); the old one is closed.</summary>
+    /// <summary>A new call eventfd (SET_VRING_CALL while running); the old one is closed, the new one signalled once (see <see cref="Run"/>).</summary>
     public void ReplaceCallFd(int fd)
     {
         lock (_usedLock)
         {
             Native.CloseIfOpen(ref _callFd);
             _callFd = fd;
+            SignalLocked();
         }
     }
 
@@ -155,6 +156,10 @@ internal sealed class BlkQueue : IDisposable
         fds[0] = new Native.PollFd { Fd = _kickFd, Events = Native.POLLIN };
         fds[1] = new Native.PollFd { Fd = _wakeFd, Events = Native.POLLIN };
         bool reported = false;
+        // One interrupt at start: a server that went away may have put its last completions on the used ring after
+        // QEMU had let go of the call eventfd it signalled (QEMU drops it as soon as the socket closes), and a driver
+        // waiting for them would wait for ever. A spurious one costs the driver a look at the used ring.
+        Notify();
         // Requests the driver queued before the kick fd arrived (a reconnect) are taken at once.
         while (!_stopping)
         {

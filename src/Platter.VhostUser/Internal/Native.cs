@@ -4,7 +4,7 @@ namespace Platter.VhostUser.Internal;
 
 /// <summary>
 /// The few libc calls vhost-user needs that .NET does not expose: recvmsg/sendmsg with SCM_RIGHTS (QEMU passes guest
-/// memory and eventfds as descriptors), mmap of those descriptors, eventfd and poll for kicks and calls.
+/// memory and eventfds as descriptors), mmap of those descriptors, a sealed memfd for the in-flight area, eventfd and poll for kicks and calls.
 /// Linux x86-64/arm64 layouts (LP64).
 /// </summary>
 internal static unsafe partial class Native
@@ -29,6 +29,14 @@ internal static unsafe partial class Native
     internal const int AF_UNIX = 1;
     internal const int SOCK_STREAM = 1;
     internal const int SOCK_CLOEXEC = 0x80000;
+    internal const uint MFD_CLOEXEC = 1;
+    internal const uint MFD_ALLOW_SEALING = 2;
+    internal const int F_ADD_SEALS = 1033;
+    internal const int F_GET_SEALS = 1034;
+    internal const int F_SEAL_SEAL = 1;
+    internal const int F_SEAL_SHRINK = 2;
+    internal const int F_SEAL_GROW = 4;
+    internal const int SEEK_END = 2;
 
     [StructLayout(LayoutKind.Sequential)]
     internal struct IoVec
@@ -77,6 +85,15 @@ internal static unsafe partial class Native
 
     [LibraryImport("libc", SetLastError = true)]
     internal static partial void* mmap(void* address, nuint length, int protection, int flags, int fd, long offset);
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial int memfd_create(string name, uint flags);
+
+    [LibraryImport("libc", SetLastError = true)]
+    internal static partial int ftruncate(int fd, long length);
+
+    [LibraryImport("libc", SetLastError = true)]
+    internal static partial long lseek(int fd, long offset, int whence);
 
     [LibraryImport("libc", SetLastError = true)]
     internal static partial int munmap(void* address, nuint length);

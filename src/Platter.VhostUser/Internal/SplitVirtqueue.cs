@@ -63,9 +63,14 @@ internal sealed unsafe class SplitVirtqueue
     private readonly byte* _used;
     private ushort _lastAvailable;
     private ushort _usedIndex;
+    // In-flight tracking (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD), when the front-end set an area up; and the heads it
+    // still had marked when the queue started, oldest first, taken before anything new from the available ring.
+    private readonly InflightQueue? _inflight;
+    private readonly ushort[] _resubmit;
+    private int _resubmitted;
 
     private SplitVirtqueue(GuestMemory memory, ushort size, byte* descriptors, ushort* available, byte* used, ushort lastAvailable,
-        bool indirectDescriptors)
+        bool indirectDescriptors, InflightQueue? inflight, ushort[] resubmit)
     {
         _memory = memory;
         IndirectDescriptors = indirectDescriptors;
@@ -74,6 +79,8 @@ internal sealed unsafe class SplitVirtqueue
         _available = available;
         _used = used;
         _lastAvailable = lastAvailable;
+        _inflight = inflight;
+        _resubmit = resubmit;
         // The driver zeroes the used ring when it sets the queue up; after a stop and restart the front-end hands back
         // our last available index and the used index in memory is ours from before.
         _usedIndex = Volatile.Read(ref *(ushort*)(used + 2));
@@ -84,6 +91,9 @@ internal sealed unsafe class SplitVirtqueue
     /// <summary>VIRTIO_RING_F_INDIRECT_DESC was negotiated: chains may go on in an indirect table.</summary>
     public bool IndirectDescriptors { get; }
 
+    /// <summary>Heads found in flight when the queue started (in-flight tracking), to be taken again first.</summary>
+    public int ResubmitCount => _resubmit.Length;
+
     /// <summary>How many available entries the device has taken (what GET_VRING_BASE reports).</summary>
     public ushort LastAvailableIndex => _lastAvailable;
 
@@ -92,9 +102,13 @@ internal sealed unsafe class SplitVirtqueue
     /// <summary>
     /// Locates the rings (front-end virtual addresses, as SET_VRING_ADDR gives them) in guest memory; null with the reason
     /// when the size is not a power of two up to 32768, or a ring is not wholly inside one region or misaligned.
+    /// With <paramref name="inflight"/> (in-flight tracking), also null when its region is malformed; otherwise the heads
+    /// it still marks are resubmitted first, and the available entries taken are those completed (the used index) plus
+    /// those resubmitted, whatever <paramref name="lastAvailable"/> says: after a crash the front-end can only guess
+    /// the used index, which misses the requests that were in flight.
     /// </summary>
     public static SplitVirtqueue? Create(GuestMemory memory, uint size, ulong descriptorsUser, ulong availableUser, ulong usedUser,
-        ushort lastAvailable, out string? problem, bool indirectDescriptors = false)
+        ushort lastAvailable, out string? problem, bool indirectDescriptors = false, InflightQueue? inflight = null)
     {
         problem = null;
         if (size == 0 || size > SizeMax || !uint.IsPow2(size))
@@ -116,7 +130,16 @@ internal sealed unsafe class SplitVirtqueue
             problem = "a ring of the queue is misaligned";
             return null;
         }
-        return new SplitVirtqueue(memory, (ushort)size, d, (ushort*)a, u, lastAvailable, indirectDescriptors);
+        ushort[] resubmit = [];
+        if (inflight is not null)
+        {
+            ushort usedIndex = Volatile.Read(ref *(ushort*)(u + 2));
+            var pending = inflight.Recover(usedIndex, out problem);
+            if (pending is null) return null;
+            resubmit = pending;
+            lastAvailable = (ushort)(usedIndex + pending.Length);
+        }
+        return new SplitVirtqueue(memory, (ushort)size, d, (ushort*)a, u, lastAvailable, indirectDescriptors, inflight, resubmit);
     }
 
     /// <summary>Takes the next available chain head, if any.</summary>
@@ -124,6 +147,12 @@ internal sealed unsafe class SplitVirtqueue
     {
         head = 0;
         if (BrokenReason is not null) return PopResult.Broken;
+        if (_resubmitted < _resubmit.Length)
+        {
+            // Still marked in the region from before, with its counter: nothing to mark again.
+            head = _resubmit[_resubmitted++];
+            return PopResult.Popped;
+        }
         // Acquire: the ring entry is read after the index that published it.
         ushort availableIndex = Volatile.Read(ref _available[1]);
         ushort pending = (ushort)(availableIndex - _lastAvailable);
@@ -132,12 +161,14 @@ internal sealed unsafe class SplitVirtqueue
         ushort h = Volatile.Read(ref _available[2 + (_lastAvailable & (Size - 1))]);
         if (h >= Size) return Break($"available ring entry names descriptor {h} on a queue of {Size}");
         _lastAvailable++;
+        // Marked before the request runs: if the back-end dies from here on, the next one resubmits it.
+        _inflight?.Mark(h);
         head = h;
         return PopResult.Popped;
     }
 
     /// <summary>True when the driver has published entries not taken yet (a hint: <see cref="TryPop"/> decides).</summary>
-    public bool HasAvailable => Volatile.Read(ref _available[1]) != _lastAvailable;
+    public bool HasAvailable => _resubmitted < _resubmit.Length || Volatile.Read(ref _available[1]) != _lastAvailable;
 
     private PopResult Break(string reason)
     {
@@ -275,12 +306,16 @@ internal sealed unsafe class SplitVirtqueue
     /// <summary>Returns a chain to the driver with the number of bytes written into it. The caller serialises pushes.</summary>
     public void PushUsed(ushort head, uint writtenBytes)
     {
+        // In-flight tracking: a batch of one, linked before the used index moves and cleared after (a back-end that dies
+        // in between leaves used_idx behind the ring, and the next one clears the batch instead of resubmitting it).
+        _inflight?.BeforeUsed(head);
         byte* element = _used + 4 + 8 * (_usedIndex & (Size - 1));
         Unsafe.WriteUnaligned(element, (uint)head);
         Unsafe.WriteUnaligned(element + 4, writtenBytes);
         _usedIndex++;
         // Release: the element is visible before the index that publishes it.
         Volatile.Write(ref *(ushort*)(_used + 2), _usedIndex);
+        _inflight?.AfterUsed(head, _usedIndex);
     }
 
     /// <summary>True unless the driver asked for no interrupts (VIRTQ_AVAIL_F_NO_INTERRUPT).</summary>

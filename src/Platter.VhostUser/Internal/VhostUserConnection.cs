@@ -9,10 +9,11 @@ namespace Platter.VhostUser.Internal;
 /// guest memory they map, and the queues they start.
 /// </summary>
 /// <remarks>
-/// <para>Offered and honoured: VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC, VHOST_USER_F_PROTOCOL_FEATURES; protocol features MQ, REPLY_ACK and
-/// CONFIG (QEMU's vhost-user-blk needs CONFIG to read the capacity). Not offered, hence refused if sent anyway: dirty
-/// logging for migration (SET_LOG_BASE/SET_LOG_FD), the in-flight shared memory for reconnects
-/// (GET/SET_INFLIGHT_FD), the back-end request channel (so no config-change notice on resize: the guest sees a new
+/// <para>Offered and honoured: VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC, VHOST_USER_F_PROTOCOL_FEATURES; protocol features MQ, REPLY_ACK,
+/// CONFIG (QEMU's vhost-user-blk needs CONFIG to read the capacity) and INFLIGHT_SHMFD (GET/SET_INFLIGHT_FD: the
+/// shared area in which every taken request is marked until it is on the used ring, so that after a crash of the
+/// server the next one resubmits what was in flight; <see cref="InflightArea"/>). Not offered, hence refused if sent
+/// anyway: dirty logging for migration (SET_LOG_BASE/SET_LOG_FD), the back-end request channel (so no config-change notice on resize: the guest sees a new
 /// size after it reconnects), IOMMU, packed rings, memory slots. Such a message gets a failure reply when the front-end
 /// asked for one, and otherwise ends the connection with a log line naming it.</para>
 /// <para>A malformed message (bad version, oversized payload, a payload shorter than its request needs, a queue index
@@ -33,6 +34,8 @@ internal sealed unsafe class VhostUserConnection : IDisposable
     private ulong _protocolFeatures;
     private bool _featuresSet;
     private GuestMemory? _memory;
+    // The in-flight area of SET_INFLIGHT_FD, or null: requests are then not tracked across a crash.
+    private InflightArea? _inflight;
     private int _closed;
 
     private sealed class VringState
@@ -64,7 +67,8 @@ internal sealed unsafe class VhostUserConnection : IDisposable
     public ulong OfferedFeatures => VirtioBlk.Features(_readOnly) | (1UL << VhostUserProtocol.FeatureProtocolFeatures);
 
     public static ulong OfferedProtocolFeatures =>
-        (1UL << VhostUserProtocol.ProtocolMultiQueue) | (1UL << VhostUserProtocol.ProtocolReplyAck) | (1UL << VhostUserProtocol.ProtocolConfig);
+        (1UL << VhostUserProtocol.ProtocolMultiQueue) | (1UL << VhostUserProtocol.ProtocolReplyAck) | (1UL << VhostUserProtocol.ProtocolConfig)
+        | (1UL << VhostUserProtocol.ProtocolInflightShmfd);
 
     /// <summary>Serves messages until the front-end hangs up, breaks the protocol, or <see cref="Close"/> is called.</summary>
     public void Run()
@@ -108,6 +112,9 @@ internal sealed unsafe class VhostUserConnection : IDisposable
         StopAll();
         _memory?.Dispose();
         _memory = null;
+        // After the queues: they write the area until they stop.
+        _inflight?.Dispose();
+        _inflight = null;
         foreach (var v in _vrings) Native.CloseIfOpen(ref v.CallFd);
     }
 
@@ -274,6 +281,12 @@ internal sealed unsafe class VhostUserConnection : IDisposable
                 Reply(request, reply);
                 return;
             }
+            case VhostUserProtocol.GetInflightFd:
+                GetInflightFd(payload);
+                return;
+            case VhostUserProtocol.SetInflightFd:
+                failure = SetInflightFd(payload);
+                break;
             case VhostUserProtocol.SetConfig:
                 // No field of the virtio-blk config is writable here (CONFIG_WCE is not offered).
                 failure = "SET_CONFIG: the config space is read-only (VIRTIO_BLK_F_CONFIG_WCE is not offered)";
@@ -342,6 +355,68 @@ internal sealed unsafe class VhostUserConnection : IDisposable
         return restartFailures.Count == 0 ? null : string.Join("; ", restartFailures);
     }
 
+    /// <summary>
+    /// GET_INFLIGHT_FD: a new, empty in-flight area of the asked shape for the front-end to keep and hand back with
+    /// SET_INFLIGHT_FD (also to the next server, after a crash). A shape not served gets a zero-sized answer without a
+    /// descriptor, which QEMU takes as "no tracking".
+    /// </summary>
+    private void GetInflightFd(ReadOnlySpan<byte> payload)
+    {
+        if ((_protocolFeatures & (1UL << VhostUserProtocol.ProtocolInflightShmfd)) == 0)
+            throw new VhostUserException("GET_INFLIGHT_FD without INFLIGHT_SHMFD negotiated");
+        if (payload.Length < VhostUserProtocol.InflightDescriptionBytes) throw new VhostUserException($"GET_INFLIGHT_FD payload of {payload.Length} bytes");
+        ushort queues = BinaryPrimitives.ReadUInt16LittleEndian(payload[16..]);
+        ushort queueSize = BinaryPrimitives.ReadUInt16LittleEndian(payload[18..]);
+        Span<byte> reply = stackalloc byte[VhostUserProtocol.InflightDescriptionPaddedBytes];
+        reply.Clear();
+        BinaryPrimitives.WriteUInt16LittleEndian(reply[16..], queues);
+        BinaryPrimitives.WriteUInt16LittleEndian(reply[18..], queueSize);
+        if (InflightArea.CheckShape(queues, queueSize) is { } problem)
+        {
+            _log.LogWarning("vhost-user-blk {Volume}: GET_INFLIGHT_FD refused: {Problem}; requests are not tracked across a restart", _name, problem);
+            Reply(VhostUserProtocol.GetInflightFd, reply);
+            return;
+        }
+        int fd = InflightArea.Create(queues, queueSize, out ulong bytes);
+        try
+        {
+            BinaryPrimitives.WriteUInt64LittleEndian(reply, bytes);
+            Reply(VhostUserProtocol.GetInflightFd, reply, fd);
+        }
+        finally
+        {
+            Native.close(fd);
+        }
+    }
+
+    /// <summary>SET_INFLIGHT_FD: maps the front-end's in-flight area (checked, <see cref="InflightArea.Map"/>); queues started from here on use it.</summary>
+    private string? SetInflightFd(ReadOnlySpan<byte> payload)
+    {
+        if ((_protocolFeatures & (1UL << VhostUserProtocol.ProtocolInflightShmfd)) == 0)
+            throw new VhostUserException("SET_INFLIGHT_FD without INFLIGHT_SHMFD negotiated");
+        if (payload.Length < VhostUserProtocol.InflightDescriptionBytes) throw new VhostUserException($"SET_INFLIGHT_FD payload of {payload.Length} bytes");
+        int fd = TakeFd(VhostUserProtocol.SetInflightFd);
+        try
+        {
+            foreach (var v in _vrings)
+                if (v.Queue is not null) return "SET_INFLIGHT_FD while a queue runs";
+            ulong size = BinaryPrimitives.ReadUInt64LittleEndian(payload);
+            ulong offset = BinaryPrimitives.ReadUInt64LittleEndian(payload[8..]);
+            ushort queues = BinaryPrimitives.ReadUInt16LittleEndian(payload[16..]);
+            ushort queueSize = BinaryPrimitives.ReadUInt16LittleEndian(payload[18..]);
+            var area = InflightArea.Map(fd, size, offset, queues, queueSize, out string? problem);
+            if (area is null) return problem;
+            _inflight?.Dispose();
+            _inflight = area;
+            _log.LogInformation("vhost-user-blk {Volume}: in-flight tracking on ({Queues} queue(s) of {Size})", _name, queues, queueSize);
+            return null;
+        }
+        finally
+        {
+            Native.close(fd);
+        }
+    }
+
     private string? SetVringKick(ReadOnlySpan<byte> payload)
     {
         ulong value = U64(payload, VhostUserProtocol.SetVringKick);
@@ -372,7 +447,9 @@ internal sealed unsafe class VhostUserConnection : IDisposable
         else if (!_featuresSet) problem = "no SET_FEATURES before the queue started";
         SplitVirtqueue? queue = null;
         bool indirect = (_features & (1UL << VirtioBlk.FeatureIndirectDescriptors)) != 0;
-        if (problem is null) queue = SplitVirtqueue.Create(_memory!, v.Size, v.Descriptors, v.Available, v.Used, v.Base, out problem, indirect);
+        InflightQueue? inflight = null;
+        if (problem is null && _inflight is not null) inflight = _inflight.Queue(index, v.Size, out problem);
+        if (problem is null) queue = SplitVirtqueue.Create(_memory!, v.Size, v.Descriptors, v.Available, v.Used, v.Base, out problem, indirect, inflight);
         if (queue is null)
         {
             Native.CloseIfOpen(ref kick);
@@ -384,7 +461,11 @@ internal sealed unsafe class VhostUserConnection : IDisposable
         v.CallFd = -1;
         v.Queue = new BlkQueue(index, queue, target, kick, call, v.Enabled ?? true, _log);
         v.Queue.Start();
-        _log.LogDebug("vhost-user-blk {Volume}: queue {Queue} started (size {Size}, base {Base})", _name, index, v.Size, v.Base);
+        if (queue!.ResubmitCount > 0)
+            _log.LogInformation("vhost-user-blk {Volume}: queue {Queue} resubmits {Count} request(s) in flight when the last server stopped",
+                _name, index, queue.ResubmitCount);
+        _log.LogDebug("vhost-user-blk {Volume}: queue {Queue} started (size {Size}, base {Base}, available taken {Taken})", _name, index, v.Size, v.Base,
+            queue.LastAvailableIndex);
         return null;
     }
 
@@ -425,7 +506,8 @@ internal sealed unsafe class VhostUserConnection : IDisposable
         Reply(request, b);
     }
 
-    private void Reply(uint request, ReadOnlySpan<byte> payload)
+    /// <summary>Sends a reply; <paramref name="fd"/>, when not -1, rides on its first byte (SCM_RIGHTS) and stays the caller's.</summary>
+    private void Reply(uint request, ReadOnlySpan<byte> payload, int fd = -1)
     {
         Span<byte> message = stackalloc byte[VhostUserProtocol.HeaderBytes + payload.Length];
         BinaryPrimitives.WriteUInt32LittleEndian(message, request);
@@ -435,6 +517,24 @@ internal sealed unsafe class VhostUserConnection : IDisposable
         fixed (byte* p = message)
         {
             int done = 0;
+            if (fd >= 0)
+            {
+                // CMSG_SPACE(4) = 16 + 8: the header and one descriptor, padded.
+                byte* control = stackalloc byte[24];
+                new Span<byte>(control, 24).Clear();
+                *(nuint*)control = (nuint)(Native.CmsgHeaderBytes + 4);
+                *(int*)(control + 8) = Native.SOL_SOCKET;
+                *(int*)(control + 12) = Native.SCM_RIGHTS;
+                *(int*)(control + 16) = fd;
+                var iov = new Native.IoVec { Base = p, Length = (nuint)message.Length };
+                var msg = new Native.MsgHdr { Iov = &iov, IovLength = 1, Control = control, ControlLength = 24 };
+                nint sent;
+                while ((sent = Native.sendmsg(_fd, &msg, Native.MSG_NOSIGNAL)) < 0 && Native.Errno == Native.EINTR)
+                {
+                }
+                if (sent <= 0) throw new VhostUserException($"sending a reply failed: errno {Native.Errno}");
+                done = (int)sent;
+            }
             while (done < message.Length)
             {
                 nint n = Native.write(_fd, p + done, (nuint)(message.Length - done));

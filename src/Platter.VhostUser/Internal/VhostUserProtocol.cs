@@ -15,6 +15,11 @@ internal static class VhostUserProtocol
     public const int ProtocolMultiQueue = 0;
     public const int ProtocolReplyAck = 3;
     public const int ProtocolConfig = 9;
+    public const int ProtocolInflightShmfd = 12;
+
+    /// <summary>The inflight description of GET/SET_INFLIGHT_FD: u64 mmap_size, u64 mmap_offset, u16 num_queues, u16 queue_size (QEMU pads it to 24).</summary>
+    public const int InflightDescriptionBytes = 20;
+    public const int InflightDescriptionPaddedBytes = 24;
 
     // Requests (front-end to back-end).
     public const uint GetFeatures = 1;
