@@ -88,6 +88,9 @@ public sealed partial class VolumeStore : IDisposable
     /// <summary>Test hook: one relocation pass over every volume, unpaced (the store's own thread is off when the budget is 0).</summary>
     internal (long Moved, bool Complete) RelocateForTests() => _relocator.RunPass();
 
+    /// <summary>Test hook: one relocation pass that stops as soon as a client writes, as the store's thread does.</summary>
+    internal (long Moved, bool Complete) RelocateQuietPassForTests() => _relocator.RunQuietPassForTests();
+
     /// <summary>Test hook: called by the relocator after a chunk's copy is written, before it is remapped.</summary>
     internal Action<string, long>? BeforeRelocationRemapForTests
     {
