@@ -27,6 +27,13 @@ public sealed class RelocationTests(ITestOutputHelper output) : IDisposable
         DataGrowthBytes = growthBytes,
     });
 
+    private int Seed()
+    {
+        int seed = Seeds.Fixed ?? Random.Shared.Next();
+        output.WriteLine($"seed={seed}");
+        return seed;
+    }
+
     // Writes every block, one at a time, in a seeded random order: each chunk's blocks land all over the volume's space.
     private static void WriteScattered(Volume volume, long tag, int seed, int blocks = VolumeBlocks)
     {
@@ -75,8 +82,7 @@ public sealed class RelocationTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void A_scattered_volume_is_moved_together_reads_the_same_and_stays_so_after_reopening()
     {
-        int seed = Seeds.Fixed ?? Random.Shared.Next();
-        output.WriteLine($"seed={seed}");
+        int seed = Seed();
         using (var store = Open())
         {
             store.CreateVolume("v", VolumeBlocks * (long)B);
@@ -106,8 +112,7 @@ public sealed class RelocationTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void Blocks_a_snapshot_shares_stay_where_they_are_and_the_snapshot_reads_as_it_was()
     {
-        int seed = Seeds.Fixed ?? Random.Shared.Next();
-        output.WriteLine($"seed={seed}");
+        int seed = Seed();
         using var store = Open();
         store.CreateVolume("v", VolumeBlocks * (long)B);
         using var v = store.OpenVolume("v");
@@ -134,8 +139,7 @@ public sealed class RelocationTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void A_write_or_trim_between_the_copy_and_the_remap_wins()
     {
-        int seed = Seeds.Fixed ?? Random.Shared.Next();
-        output.WriteLine($"seed={seed}");
+        int seed = Seed();
         using (var store = Open())
         {
             store.CreateVolume("v", VolumeBlocks * (long)B);
@@ -170,8 +174,7 @@ public sealed class RelocationTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void A_power_cut_after_a_relocation_loses_nothing_whether_or_not_it_was_committed()
     {
-        int seed = Seeds.Fixed ?? Random.Shared.Next();
-        output.WriteLine($"seed={seed}");
+        int seed = Seed();
         var rng = new Random(seed);
         foreach (bool committed in new[] { false, true })
         {
@@ -199,8 +202,7 @@ public sealed class RelocationTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void The_store_thread_moves_scattered_data_on_its_own_budget()
     {
-        int seed = Seeds.Fixed ?? Random.Shared.Next();
-        output.WriteLine($"seed={seed}");
+        int seed = Seed();
         using var store = Open(rate: EngineLimits.RelocateRateBytesPerSecondDefault);
         store.CreateVolume("v", VolumeBlocks * (long)B);
         using var v = store.OpenVolume("v");
@@ -216,8 +218,7 @@ public sealed class RelocationTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void The_store_thread_moves_what_a_deleted_snapshot_shared_without_another_write()
     {
-        int seed = Seeds.Fixed ?? Random.Shared.Next();
-        output.WriteLine($"seed={seed}");
+        int seed = Seed();
         using (var store = Open())
         {
             store.CreateVolume("v", VolumeBlocks * (long)B);
@@ -245,8 +246,7 @@ public sealed class RelocationTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void A_pass_gives_way_as_soon_as_a_client_writes_and_the_next_quiet_pass_finishes_the_work()
     {
-        int seed = Seeds.Fixed ?? Random.Shared.Next();
-        output.WriteLine($"seed={seed}");
+        int seed = Seed();
         using var store = Open();
         store.CreateVolume("v", VolumeBlocks * (long)B);
         using var v = store.OpenVolume("v");
@@ -291,8 +291,7 @@ public sealed class RelocationTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void Free_space_in_short_extents_only_is_enough_to_move_into_and_the_file_does_not_grow()
     {
-        int seed = Seeds.Fixed ?? Random.Shared.Next();
-        output.WriteLine($"seed={seed}");
+        int seed = Seed();
         const int Stretch = 128, Freed = 112, PadBlocks = 64 * Stretch; // free extents of 448 KiB: none of a whole chunk
         using (var store = Open(growthBytes: EngineLimits.RegionBlocks * (long)B))
         {
