@@ -59,7 +59,7 @@ snapper=""
 
 cpu_ticks() { [ -n "$1" ] && [ -r "/proc/$1/stat" ] || { echo 0; return; }; awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 
-io_bytes() { [ -n "$1" ] && [ -r "/proc/$1/io" ] || { echo 0; return; }; awk '/^(rchar|wchar):/ { n += $2 } END { print n + 0 }' "/proc/$1/io"; }
+io_bytes() { [ -n "$1" ] && [ -r "/proc/$1/io" ] || { echo 0; return; }; awk '/^(rchar|wchar):/ { n += $2 } END { printf "%d\n", n }' "/proc/$1/io"; }
 
 # Waits until the server has used under 3% of a core and read or written under 1 MiB (file and socket I/O) in each of
 # 5 seconds in a row: background work such as the relocator starts only after 2 s without client writes and polls

@@ -29,7 +29,8 @@ namespace Platter.Storage.Internal;
 /// the data file while it holds at most twice the referenced blocks (<see cref="Space.AllocateForRelocation"/>);
 /// without any of these it waits. After a pass that moved nothing, it sleeps until the next client write or commit (a
 /// pass that moves nothing costs a lookup of every chunk's map entries, about a millisecond per GiB mapped). Locks: a
-/// volume's lock, for one chunk's lookup (256 entries) and one chunk's remap; no lock across I/O.
+/// volume's lock, for one chunk's lookup (256 entries) and one chunk's remap, never across I/O; its own chunk lock, held for
+/// one chunk, is contended only by the consistency check (<see cref="Pause"/>).
 /// </summary>
 internal sealed class Relocator : IDisposable
 {
@@ -45,6 +46,11 @@ internal sealed class Relocator : IDisposable
 
     // Pacing (relocator thread only).
     private long _budgetStart, _budgetBytes;
+
+    // Held by the relocating thread for one chunk at a time, and by Pause to wait out the chunk in hand. Taken before a
+    // volume's lock, never under one; contended only by a consistency check.
+    private readonly object _chunkLock = new();
+    private int _pauses;
 
     // Client writes counted when the current pass started (relocator thread only): a write since then stops the pass.
     private long _passWrites;
@@ -160,7 +166,8 @@ internal sealed class Relocator : IDisposable
             {
                 if (state.Deleted || chunk >= state.SizeBlocks) break;
                 _parts.Committer.ThrowIfFailed();
-                int n = RelocateChunk(state, chunk, giveWay);
+                int n;
+                lock (_chunkLock) n = Volatile.Read(ref _pauses) > 0 ? -1 : RelocateChunk(state, chunk, giveWay);
                 if (n < 0) return (moved, false);
                 moved += n;
                 if (n > 0) Interlocked.Add(ref _parts.Counters.RelocatedBlocks, n);
@@ -319,6 +326,28 @@ internal sealed class Relocator : IDisposable
             foreach (var pba in dropped) _parts.Space.FreeUnmapped(pba, 1);
         if (opBytes > 0) _parts.Committer.NotePendingBytes(opBytes, (long)movedBlocks << EngineLimits.BlockShift);
         return movedBlocks;
+    }
+
+    /// <summary>
+    /// Keeps the relocator from moving anything until the result is disposed (waits for the chunk in hand): the
+    /// consistency check compares the durable maps with memory and needs both to hold still, and the relocator works
+    /// exactly when clients are quiet.
+    /// </summary>
+    public IDisposable Pause()
+    {
+        Interlocked.Increment(ref _pauses);
+        lock (_chunkLock) { } // the chunk in hand, if any, is finished: the next one sees the pause
+        return new Resume(this);
+    }
+
+    private sealed class Resume(Relocator relocator) : IDisposable
+    {
+        private int _done;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _done, 1) == 0) Interlocked.Decrement(ref relocator._pauses);
+        }
     }
 
     /// <summary>Stops the thread (waits for the chunk in hand). Safe to call twice.</summary>
