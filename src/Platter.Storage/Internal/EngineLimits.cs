@@ -172,6 +172,14 @@ internal static class EngineLimits
     public const int RelocateExtentBlocksMin = 32;
 
     /// <summary>
+    /// The relocator grows the data file only while it holds at most this many times the referenced blocks. After
+    /// random overwrites the free space is single blocks spread evenly (bench/aged.sh: a 512 MiB volume in a 1.4-1.7 GiB
+    /// file, 65% free and no free run of 128 KiB), and moving a volume back together needs about its size in fresh
+    /// space before its old blocks merge into long free runs; at twice it had no room at all (decision 0011).
+    /// </summary>
+    public const int RelocateFileReferencedMax = 4;
+
+    /// <summary>
     /// Relocation budget (on by default, decision 0011): 64 MB/s (10^6 bytes) of data moved (read once, written once),
     /// the scrub's default, and only while clients do not write (<see cref="RelocateQuietTime"/>).
     /// </summary>

@@ -26,7 +26,8 @@ namespace Platter.Storage.Internal;
 /// quiet: <see cref="EngineLimits.RelocateRateBytesPerSecondDefault"/> bytes moved per second. Space: a free extent of
 /// a whole chunk, else free extents of at least <see cref="EngineLimits.RelocateExtentBlocksMin"/> blocks (a chunk in
 /// at most <see cref="EngineLimits.RelocateRunsMax"/> such pieces reads well and is never picked again), else growth of
-/// the data file while it holds at most twice the referenced blocks (<see cref="Space.AllocateForRelocation"/>);
+/// the data file while it holds at most <see cref="EngineLimits.RelocateFileReferencedMax"/> times the referenced blocks
+/// (<see cref="Space.AllocateForRelocation"/>);
 /// without any of these it waits. After a pass that moved nothing, it sleeps until the next client write or commit (a
 /// pass that moves nothing costs a lookup of every chunk's map entries, about a millisecond per GiB mapped). Locks: a
 /// volume's lock, for one chunk's lookup (256 entries) and one chunk's remap, never across I/O; its own chunk lock, held for
@@ -51,6 +52,9 @@ internal sealed class Relocator : IDisposable
     // volume's lock, never under one; contended only by a consistency check.
     private readonly object _chunkLock = new();
     private int _pauses;
+
+    // The last pass stopped for want of space to move into (for its log line).
+    private bool _lastShortOfSpace, _shortLogged;
 
     // Client writes counted when the current pass started (relocator thread only): a write since then stops the pass.
     private long _passWrites;
@@ -95,12 +99,24 @@ internal sealed class Relocator : IDisposable
                 _passWrites = now.Item1;
                 _budgetStart = Stopwatch.GetTimestamp();
                 _budgetBytes = 0;
+                long started = Stopwatch.GetTimestamp();
+                _lastShortOfSpace = false;
                 var (moved, complete) = RunPass(Pace, ClientsWrote);
+                // One line per pass that moved something, and one when it first runs short of space (not every retry).
+                if (moved > 0) _shortLogged = false;
+                if (moved > 0 || (_lastShortOfSpace && !_shortLogged))
+                    _logger.LogInformation("Relocation pass moved {Blocks} scattered blocks in {Seconds:F1} s: {Outcome}",
+                        moved, Stopwatch.GetElapsedTime(started).TotalSeconds,
+                        complete ? "every volume is tidy" : _lastShortOfSpace ? "no free extent of 128 KiB and no room to grow the data file; retrying as space comes free"
+                        : "clients write again; resuming once they are quiet");
+                _shortLogged |= _lastShortOfSpace;
                 // Nothing moved: sleep until something changes (a pass that moved blocks commits, so the next pass
                 // confirms the store is tidy). A pass cut short (clients wrote, no space, stopping) is retried once
                 // clients are quiet again, or after the poll.
                 if (complete && moved == 0) tidyAt = now;
-                _stop.Token.WaitHandle.WaitOne(EngineLimits.RelocateIdlePoll);
+                // Short of space with nothing moved: space comes back only as commits free it; do not reread the same
+                // chunk every poll meanwhile.
+                _stop.Token.WaitHandle.WaitOne(_lastShortOfSpace && moved == 0 ? EngineLimits.RelocateIdlePoll * 10 : EngineLimits.RelocateIdlePoll);
             }
             catch (StorageException e)
             {
@@ -251,6 +267,7 @@ internal sealed class Relocator : IDisposable
                 {
                     if (pba >= 0) _parts.Space.FreeUnmapped(pba, got);
                     for (int k = 0; k < placed; k++) _parts.Space.FreeUnmapped(fresh[k], 1);
+                    _lastShortOfSpace = true;
                     return -1;
                 }
                 for (int i = 0; i < got; i++) fresh[placed + i] = pba + i;

@@ -251,8 +251,8 @@ internal sealed class Space : IDisposable
     /// <summary>
     /// Takes up to <paramref name="want"/> contiguous blocks for the relocator, from its region, refilled from a free
     /// extent of at least <paramref name="wholeBlocks"/> (a whole chunk), else of at least <paramref name="minBlocks"/>,
-    /// else by growing the data file while it holds at most twice the referenced blocks (relocation trades some space
-    /// for contiguity, never without bound). Short extents come before growth: after random overwrites the free space
+    /// else by growing the data file while it holds at most <see cref="EngineLimits.RelocateFileReferencedMax"/> times the
+    /// referenced blocks (relocation trades some space for contiguity, never without bound). Short extents come before growth: after random overwrites the free space
     /// is short runs, and using them keeps the file from growing (decision 0011). A region left shorter than
     /// <paramref name="minBlocks"/> and than <paramref name="want"/> goes back to the allocator first, so each piece
     /// the relocator gets is at least that long or finishes its chunk. Returns -1 when none of these holds: the
@@ -273,7 +273,7 @@ internal sealed class Space : IDisposable
         if (!_allocator.TryAllocateAtLeast(region.End, wantBlocks, Math.Min(wholeBlocks, want), out long start, out long length)
             && !_allocator.TryAllocateAtLeast(region.End, wantBlocks, Math.Min(minBlocks, want), out start, out length))
         {
-            if (_allocator.TotalBlocks + wantBlocks > 2 * ReferencedBlocks + EngineLimits.RegionBlocks) return -1;
+            if (_allocator.TotalBlocks + wantBlocks > EngineLimits.RelocateFileReferencedMax * ReferencedBlocks + EngineLimits.RegionBlocks) return -1;
             if (!TryGrow(wantBlocks)) return -1;
             if (!_allocator.TryAllocateAtLeast(region.End, wantBlocks, Math.Min(minBlocks, want), out start, out length)) return -1;
         }
