@@ -8,7 +8,7 @@
 # then ages it: 4 KiB random overwrites totalling --overwrite-factor x the volume (fio, depth 32), while a loop takes a
 # snapshot every --snapshot-every seconds through the management API and deletes the oldest beyond --snapshots-kept
 # (so snapshots are taken and deleted under load, each holding the blocks overwritten since it); at the end the rest
-# are deleted. The server then settles (its CPU idle for three seconds: checkpoints, reclaim and any background work the
+# are deleted. The server then settles (its CPU and I/O idle for five seconds: checkpoints, reclaim and any background work the
 # store does on its own budget finish; the time it took is recorded) and the same two measurements run on the aged
 # volume. Ratios aged / fresh per round; medians over rounds in summary.md, with the load average at every step.
 #
@@ -59,14 +59,17 @@ snapper=""
 
 cpu_ticks() { [ -n "$1" ] && [ -r "/proc/$1/stat" ] || { echo 0; return; }; awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 
-# Waits until the server has used under 3% of a core for 3 seconds in a row (background work such as the relocator
-# wakes up to a second after the change that calls for it); prints the seconds it took.
+io_bytes() { [ -n "$1" ] && [ -r "/proc/$1/io" ] || { echo 0; return; }; awk '/^(rchar|wchar):/ { n += $2 } END { printf "%d\n", n }' "/proc/$1/io"; }
+
+# Waits until the server has used under 3% of a core and read or written under 1 MiB (file and socket I/O) in each of
+# 5 seconds in a row: background work such as the relocator starts only after 2 s without client writes and polls
+# every 0.5 s, and moving scattered blocks can cost little CPU while it reads a lot; prints the seconds it took.
 settle() {
-  local i a b quiet=0
+  local i a b ia ib quiet=0
   for i in $(seq 1 "$settle_max"); do
-    a=$(cpu_ticks "$server"); sleep 1; b=$(cpu_ticks "$server")
-    if [ $((b - a)) -le $((clk_tck * 3 / 100)) ]; then quiet=$((quiet + 1)); else quiet=0; fi
-    [ "$quiet" -ge 3 ] && { echo "$i"; return 0; }
+    a=$(cpu_ticks "$server"); ia=$(io_bytes "$server"); sleep 1; b=$(cpu_ticks "$server"); ib=$(io_bytes "$server")
+    if [ $((b - a)) -le $((clk_tck * 3 / 100)) ] && [ $((ib - ia)) -lt 1048576 ]; then quiet=$((quiet + 1)); else quiet=0; fi
+    [ "$quiet" -ge 5 ] && { echo "$i"; return 0; }
   done
   log "WARNING: server still busy after $settle_max s"
   echo "$settle_max"

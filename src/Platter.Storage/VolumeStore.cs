@@ -88,6 +88,12 @@ public sealed partial class VolumeStore : IDisposable
     /// <summary>Test hook: one relocation pass over every volume, unpaced (the store's own thread is off when the budget is 0).</summary>
     internal (long Moved, bool Complete) RelocateForTests() => _relocator.RunPass();
 
+    /// <summary>Test hook: one relocation pass that stops as soon as a client writes, as the store's thread does.</summary>
+    internal (long Moved, bool Complete) RelocateQuietPassForTests() => _relocator.RunQuietPassForTests();
+
+    /// <summary>Test hook: the pause the consistency check takes.</summary>
+    internal IDisposable PauseRelocationForTests() => _relocator.Pause();
+
     /// <summary>Test hook: called by the relocator after a chunk's copy is written, before it is remapped.</summary>
     internal Action<string, long>? BeforeRelocationRemapForTests
     {
@@ -410,11 +416,13 @@ public sealed partial class VolumeStore : IDisposable
     /// snapshots) in memory; every record lies inside the data file; no physical block is referenced by two unrelated
     /// versions; free + referenced (+ reserved, + awaiting reuse) = total. With <paramref name="verifyChecksums"/>
     /// every referenced block is read and its CRC compared. Waits for background reclaims, commits and checkpoints
-    /// first; run it on an idle store (the CLI runs it offline).
+    /// first, and keeps the relocator still meanwhile; run it on an idle store (the CLI runs it offline).
     /// </summary>
     public CheckReport Check(bool verifyChecksums)
     {
         ThrowIfDisposed();
+        // The relocator works when clients are quiet, as during a check: it holds still until the check is done.
+        using var paused = _relocator.Pause();
         _catalog.WaitForReclaims();
         _parts.Committer.Checkpoint();
         return StoreCheck.Run(_metadata, _catalog.AllVolumes(), _parts.Space, _parts.Data, verifyChecksums);

@@ -20,13 +20,18 @@ namespace Platter.Storage.Internal;
 /// in between wins, and the copy is dropped. The whole chunk is handled inside one reader epoch, so no block read can
 /// be freed and handed out again before the remap compares it.
 ///
-/// Budget: <see cref="EngineLimits.RelocateRateBytesPerSecondDefault"/> bytes moved per second, an eighth of it while
-/// clients write more than <see cref="EngineLimits.RelocateBusyWritesPerSecond"/> requests per second. Space: only
-/// free extents of at least a chunk, or growth of the data file while it holds at most twice the referenced blocks
-/// (<see cref="Space.AllocateForRelocation"/>); without either it waits. Idle: after a pass that moved nothing, it
-/// sleeps until the next client write or commit (at most one pass a second; a pass that moves nothing costs a lookup of
-/// every chunk's map entries, about a millisecond per GiB mapped). Locks: a volume's lock, for one chunk's lookup (256 entries) and one chunk's
-/// remap; no lock across I/O.
+/// When: only while clients do not write. The thread starts a pass after <see cref="EngineLimits.RelocateQuietTime"/>
+/// without a client write (<see cref="QuietGate"/>) and stops after the chunk in hand as soon as one comes: moving chunks
+/// while clients write costs them I/O, and the writes scattered again what had moved (decision 0011). Budget while
+/// quiet: <see cref="EngineLimits.RelocateRateBytesPerSecondDefault"/> bytes moved per second. Space: a free extent of
+/// a whole chunk, else free extents of at least <see cref="EngineLimits.RelocateExtentBlocksMin"/> blocks (a chunk in
+/// at most <see cref="EngineLimits.RelocateRunsMax"/> such pieces reads well and is never picked again), else growth of
+/// the data file while it holds at most <see cref="EngineLimits.RelocateFileReferencedMax"/> times the referenced blocks
+/// (<see cref="Space.AllocateForRelocation"/>);
+/// without any of these it waits. After a pass that moved nothing, it sleeps until the next client write or commit (a
+/// pass that moves nothing costs a lookup of every chunk's map entries, about a millisecond per GiB mapped). Locks: a
+/// volume's lock, for one chunk's lookup (256 entries) and one chunk's remap, never across I/O; its own chunk lock, held for
+/// one chunk, is contended only by the consistency check (<see cref="Pause"/>).
 /// </summary>
 internal sealed class Relocator : IDisposable
 {
@@ -42,8 +47,17 @@ internal sealed class Relocator : IDisposable
 
     // Pacing (relocator thread only).
     private long _budgetStart, _budgetBytes;
-    private long _busySampleAt, _busySampleWrites;
-    private bool _busy;
+
+    // Held by the relocating thread for one chunk at a time, and by Pause to wait out the chunk in hand. Taken before a
+    // volume's lock, never under one; contended only by a consistency check.
+    private readonly object _chunkLock = new();
+    private int _pauses;
+
+    // The last pass stopped for want of space to move into (for its log line).
+    private bool _lastShortOfSpace, _shortLogged;
+
+    // Client writes counted when the current pass started (relocator thread only): a write since then stops the pass.
+    private long _passWrites;
 
     /// <summary>Test hook: called after a chunk's copy is written and before it is remapped.</summary>
     internal Action<VolumeState, long>? BeforeRemapForTests;
@@ -64,34 +78,52 @@ internal sealed class Relocator : IDisposable
         _worker.Start();
     }
 
+    private long ClientWrites => Interlocked.Read(ref _parts.Counters.WriteOps);
+
     private void Run()
     {
         // What may have made chunks scattered or movable since the last pass that found nothing to move: client
         // writes, and commits (a snapshot deleted frees the blocks it shared, which makes them movable).
         (long Writes, long Commits) tidyAt = (-1, -1);
-        _budgetStart = _busySampleAt = Stopwatch.GetTimestamp();
+        var quiet = new QuietGate(EngineLimits.RelocateQuietTime);
         while (!_stop.IsCancellationRequested)
         {
-            var now = (Interlocked.Read(ref _parts.Counters.WriteOps), Interlocked.Read(ref _parts.Counters.Commits));
-            if (now == tidyAt)
+            var now = (ClientWrites, Interlocked.Read(ref _parts.Counters.Commits));
+            if (now == tidyAt || !quiet.IsQuiet(now.Item1, Stopwatch.GetTimestamp()))
             {
                 _stop.Token.WaitHandle.WaitOne(EngineLimits.RelocateIdlePoll);
                 continue;
             }
             try
             {
-                var (moved, complete) = RunPass(Pace);
+                _passWrites = now.Item1;
+                _budgetStart = Stopwatch.GetTimestamp();
+                _budgetBytes = 0;
+                long started = Stopwatch.GetTimestamp();
+                _lastShortOfSpace = false;
+                var (moved, complete) = RunPass(Pace, ClientsWrote);
+                // One line per pass that moved something, and one when it first runs short of space (not every retry).
+                if (moved > 0) _shortLogged = false;
+                if (moved > 0 || (_lastShortOfSpace && !_shortLogged))
+                    _logger.LogInformation("Relocation pass moved {Blocks} scattered blocks in {Seconds:F1} s: {Outcome}",
+                        moved, Stopwatch.GetElapsedTime(started).TotalSeconds,
+                        complete ? "every volume is tidy" : _lastShortOfSpace ? "no free extent of 128 KiB and no room to grow the data file; retrying as space comes free"
+                        : "clients write again; resuming once they are quiet");
+                _shortLogged |= _lastShortOfSpace;
                 // Nothing moved: sleep until something changes (a pass that moved blocks commits, so the next pass
-                // confirms the store is tidy). A pass cut short for want of space (or stopped) is retried after the poll.
+                // confirms the store is tidy). A pass cut short (clients wrote, no space, stopping) is retried once
+                // clients are quiet again, or after the poll.
                 if (complete && moved == 0) tidyAt = now;
-                _stop.Token.WaitHandle.WaitOne(EngineLimits.RelocateIdlePoll);
+                // Short of space with nothing moved: space comes back only as commits free it; do not reread the same
+                // chunk every poll meanwhile.
+                _stop.Token.WaitHandle.WaitOne(_lastShortOfSpace && moved == 0 ? EngineLimits.RelocateIdlePoll * 10 : EngineLimits.RelocateIdlePoll);
             }
             catch (StorageException e)
             {
                 // The store failed or closed, or the device refused: nothing to fix here; try again later.
                 if (e.Error is StorageError.Closed or StorageError.StoreFailed) return;
                 _logger.LogWarning("Relocation paused: {Error}", e.Message);
-                _stop.Token.WaitHandle.WaitOne(EngineLimits.RelocateIdlePoll * 5);
+                _stop.Token.WaitHandle.WaitOne(EngineLimits.RelocateIdlePoll * 10);
             }
             catch (Exception e)
             {
@@ -102,43 +134,46 @@ internal sealed class Relocator : IDisposable
         }
     }
 
-    // Sleeps as long as the budget says after moving `bytes`; false when stopping.
+    // A client wrote since the pass started: the pass gives way at once (after the chunk in hand, or before its copy).
+    private bool ClientsWrote() => ClientWrites != _passWrites || _stop.IsCancellationRequested;
+
+    // Sleeps as long as the budget says after moving `bytes`; false when stopping or when clients write again.
     private bool Pace(long bytes)
     {
+        if (ClientsWrote()) return false;
+        if (bytes == 0) return true;
         long now = Stopwatch.GetTimestamp();
-        double sinceSample = Stopwatch.GetElapsedTime(_busySampleAt, now).TotalSeconds;
-        if (sinceSample >= 1)
-        {
-            long writes = Interlocked.Read(ref _parts.Counters.WriteOps);
-            bool busy = (writes - _busySampleWrites) / sinceSample > EngineLimits.RelocateBusyWritesPerSecond;
-            if (busy != _busy)
-            {
-                _busy = busy;
-                _budgetStart = now;
-                _budgetBytes = 0;
-            }
-            _busySampleAt = now;
-            _busySampleWrites = writes;
-        }
         _budgetBytes += bytes;
-        double rate = _busy ? _rate / 8.0 : _rate;
-        double due = _budgetBytes / rate, elapsed = Stopwatch.GetElapsedTime(_budgetStart, now).TotalSeconds;
-        if (due > elapsed && _stop.Token.WaitHandle.WaitOne(TimeSpan.FromSeconds(Math.Min(due - elapsed, 1)))) return false;
+        double due = _budgetBytes / (double)_rate, elapsed = Stopwatch.GetElapsedTime(_budgetStart, now).TotalSeconds;
+        // Sleep in short steps so a client write ends the pass without waiting out the budget.
+        while (due > elapsed)
+        {
+            if (_stop.Token.WaitHandle.WaitOne(TimeSpan.FromSeconds(Math.Min(due - elapsed, 0.05))) || ClientsWrote()) return false;
+            elapsed = Stopwatch.GetElapsedTime(_budgetStart).TotalSeconds;
+        }
         if (elapsed > 2)
         {
-            // Keep the window short: idle time long ago must not buy a burst now.
+            // Keep the window short: time spent on slow reads long ago must not buy a burst now.
             _budgetStart = Stopwatch.GetTimestamp();
             _budgetBytes = 0;
         }
-        return !_stop.IsCancellationRequested;
+        return true;
+    }
+
+    /// <summary>Test hook: one unpaced pass that gives way to client writes as the thread's passes do.</summary>
+    internal (long Moved, bool Complete) RunQuietPassForTests()
+    {
+        _passWrites = ClientWrites;
+        return RunPass(_ => !ClientsWrote(), ClientsWrote);
     }
 
     /// <summary>
     /// One pass over every live volume: moves each scattered chunk. <paramref name="pace"/> gets the bytes moved after
-    /// each chunk and returns false to stop. Returns the blocks moved and whether the pass went over everything (false
-    /// when it stopped, or ran out of contiguous space).
+    /// each chunk (0 when it moved nothing) and returns false to stop; <paramref name="giveWay"/>, asked before a
+    /// chunk's copy is written, returns true to drop the chunk and stop (clients write again). Returns the blocks moved
+    /// and whether the pass went over everything (false when it stopped, or ran out of space to move into).
     /// </summary>
-    internal (long Moved, bool Complete) RunPass(Func<long, bool>? pace = null)
+    internal (long Moved, bool Complete) RunPass(Func<long, bool>? pace = null, Func<bool>? giveWay = null)
     {
         long moved = 0;
         foreach (var state in _volumes())
@@ -147,22 +182,20 @@ internal sealed class Relocator : IDisposable
             {
                 if (state.Deleted || chunk >= state.SizeBlocks) break;
                 _parts.Committer.ThrowIfFailed();
-                int n = RelocateChunk(state, chunk);
+                int n;
+                lock (_chunkLock) n = Volatile.Read(ref _pauses) > 0 ? -1 : RelocateChunk(state, chunk, giveWay);
                 if (n < 0) return (moved, false);
                 moved += n;
-                if (n > 0)
-                {
-                    Interlocked.Add(ref _parts.Counters.RelocatedBlocks, n);
-                    if (pace is not null && !pace((long)n << EngineLimits.BlockShift)) return (moved, false);
-                }
-                else if (_stop.IsCancellationRequested) return (moved, false);
+                if (n > 0) Interlocked.Add(ref _parts.Counters.RelocatedBlocks, n);
+                if (pace is not null && !pace((long)n << EngineLimits.BlockShift)) return (moved, false);
+                if (_stop.IsCancellationRequested) return (moved, false);
             }
         }
         return (moved, true);
     }
 
-    /// <summary>Moves the chunk at <paramref name="firstBlock"/> when it is scattered. Returns blocks moved, or -1 when there was no contiguous space.</summary>
-    private int RelocateChunk(VolumeState state, long firstBlock)
+    /// <summary>Moves the chunk at <paramref name="firstBlock"/> when it is scattered. Returns blocks moved, or -1 when there was no space to move it into or <paramref name="giveWay"/> said to stop.</summary>
+    private int RelocateChunk(VolumeState state, long firstBlock, Func<bool>? giveWay)
     {
         Span<BlockEntry> entries = stackalloc BlockEntry[ChunkBlocks];
         Span<long> logical = stackalloc long[ChunkBlocks];
@@ -220,14 +253,21 @@ internal sealed class Relocator : IDisposable
                 k = j;
             }
 
-            // Contiguous new space for all of it, or none: partial space would scatter it again.
-            int placed = 0;
+            // Clients write again: leave the chunk as it is (nothing allocated or written yet) and give way.
+            if (giveWay is not null && giveWay()) return -1;
+
+            // New space in at most RelocateRunsMax pieces, or none: more pieces would leave the chunk as scattered as
+            // it was (and the next pass would move it again).
+            int placed = 0, pieces = 0;
             while (placed < count)
             {
-                long pba = _parts.Space.AllocateForRelocation(count - placed, ChunkBlocks, out int got);
-                if (pba < 0)
+                long pba = _parts.Space.AllocateForRelocation(count - placed, ChunkBlocks, EngineLimits.RelocateExtentBlocksMin, out int got);
+                if (pba >= 0 && (placed == 0 || pba != fresh[placed - 1] + 1)) pieces++;
+                if (pba < 0 || pieces > EngineLimits.RelocateRunsMax)
                 {
+                    if (pba >= 0) _parts.Space.FreeUnmapped(pba, got);
                     for (int k = 0; k < placed; k++) _parts.Space.FreeUnmapped(fresh[k], 1);
+                    _lastShortOfSpace = true;
                     return -1;
                 }
                 for (int i = 0; i < got; i++) fresh[placed + i] = pba + i;
@@ -305,11 +345,55 @@ internal sealed class Relocator : IDisposable
         return movedBlocks;
     }
 
+    /// <summary>
+    /// Keeps the relocator from moving anything until the result is disposed (waits for the chunk in hand): the
+    /// consistency check compares the durable maps with memory and needs both to hold still, and the relocator works
+    /// exactly when clients are quiet.
+    /// </summary>
+    public IDisposable Pause()
+    {
+        Interlocked.Increment(ref _pauses);
+        lock (_chunkLock) { } // the chunk in hand, if any, is finished: the next one sees the pause
+        return new Resume(this);
+    }
+
+    private sealed class Resume(Relocator relocator) : IDisposable
+    {
+        private int _done;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _done, 1) == 0) Interlocked.Decrement(ref relocator._pauses);
+        }
+    }
+
     /// <summary>Stops the thread (waits for the chunk in hand). Safe to call twice.</summary>
     public void Dispose()
     {
         if (_stop.IsCancellationRequested) return;
         _stop.Cancel();
         _worker?.Join();
+    }
+}
+
+/// <summary>
+/// Whether clients have been quiet long enough for the relocator (decision 0011): quiet once the count of client
+/// writes has not moved for <c>quietTime</c>. Fed the count and a <see cref="Stopwatch"/> timestamp by its one
+/// caller (the relocator thread); no lock.
+/// </summary>
+internal sealed class QuietGate(TimeSpan quietTime)
+{
+    private long _writes = -1;
+    private long _since;
+
+    public bool IsQuiet(long writes, long timestamp)
+    {
+        if (writes != _writes)
+        {
+            _writes = writes;
+            _since = timestamp;
+            return false;
+        }
+        return Stopwatch.GetElapsedTime(_since, timestamp) >= quietTime;
     }
 }

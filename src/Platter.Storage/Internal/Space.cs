@@ -249,22 +249,33 @@ internal sealed class Space : IDisposable
     public Region RelocationRegion { get; } = new();
 
     /// <summary>
-    /// Takes up to <paramref name="want"/> contiguous blocks for the relocator, from its region, refilled only from a
-    /// free extent of at least <paramref name="minBlocks"/> or by growing the data file while it holds at most twice the
-    /// referenced blocks (relocation trades some space for contiguity, never without bound). Returns -1 when neither
-    /// holds: the relocator then waits. Never waits for a commit and never takes the metadata's reserve.
+    /// Takes up to <paramref name="want"/> contiguous blocks for the relocator, from its region, refilled from a free
+    /// extent of at least <paramref name="wholeBlocks"/> (a whole chunk), else of at least <paramref name="minBlocks"/>,
+    /// else by growing the data file while it holds at most <see cref="EngineLimits.RelocateFileReferencedMax"/> times the
+    /// referenced blocks (relocation trades some space for contiguity, never without bound). Short extents come before growth: after random overwrites the free space
+    /// is short runs, and using them keeps the file from growing (decision 0011). A region left shorter than
+    /// <paramref name="minBlocks"/> and than <paramref name="want"/> goes back to the allocator first, so each piece
+    /// the relocator gets is at least that long or finishes its chunk. Returns -1 when none of these holds: the
+    /// relocator then waits. Never waits for a commit and never takes the metadata's reserve.
     /// </summary>
-    public long AllocateForRelocation(int want, int minBlocks, out int got)
+    public long AllocateForRelocation(int want, int wholeBlocks, int minBlocks, out int got)
     {
         var region = RelocationRegion;
+        long unused = region.Unused;
+        if (unused > 0 && unused < Math.Min(want, minBlocks))
+        {
+            var (rs, rl) = region.TakeUnused();
+            if (rl > 0) _allocator.Free(rs, rl);
+        }
         if (region.TryTake(want, out long pba, out got)) return pba;
         long wantBlocks = Math.Max(want, EngineLimits.RegionBlocks);
         if (!_reserve.DataMayTake(wantBlocks << EngineLimits.BlockShift)) return -1;
-        if (!_allocator.TryAllocateAtLeast(region.End, wantBlocks, minBlocks, out long start, out long length))
+        if (!_allocator.TryAllocateAtLeast(region.End, wantBlocks, Math.Min(wholeBlocks, want), out long start, out long length)
+            && !_allocator.TryAllocateAtLeast(region.End, wantBlocks, Math.Min(minBlocks, want), out start, out length))
         {
-            if (_allocator.TotalBlocks + wantBlocks > 2 * ReferencedBlocks + EngineLimits.RegionBlocks) return -1;
+            if (_allocator.TotalBlocks + wantBlocks > EngineLimits.RelocateFileReferencedMax * ReferencedBlocks + EngineLimits.RegionBlocks) return -1;
             if (!TryGrow(wantBlocks)) return -1;
-            if (!_allocator.TryAllocateAtLeast(region.End, wantBlocks, minBlocks, out start, out length)) return -1;
+            if (!_allocator.TryAllocateAtLeast(region.End, wantBlocks, Math.Min(minBlocks, want), out start, out length)) return -1;
         }
         pba = region.Install(start, length, want, out got, out var spare);
         if (spare.Length > 0) _allocator.Free(spare.Start, spare.Length);
