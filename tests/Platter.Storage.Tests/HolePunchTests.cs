@@ -261,7 +261,7 @@ public sealed class HolePunchTests : IDisposable
                 previous = pba;
             }
         }
-        int shortRunWrites = EngineLimits.ShortRunPendingBytesMax / OpLog.MapExtentBytes(1) + 1;
+        int shortRunWrites = EngineLimits.ShortRunPendingWritesMax + 1;
         Assert.True(runs <= shortRunWrites + 3, $"128 random 4 KiB writes of one commit round landed in {runs} physical runs");
         volume.Flush();
         foreach (var (block, data) in written)

@@ -108,13 +108,13 @@ internal static class EngineLimits
     public const int PunchRunBlocksMin = 16;
 
     /// <summary>
-    /// Pending (not yet committed) operation bytes of a volume up to which a small random write still takes a short
-    /// freed run (<see cref="Space.Allocate"/>): about eight 4 KiB writes. A write flushed alone is cheapest in space the
+    /// Pending (not yet committed) 4 KiB writes of a volume up to which a small random write still takes a short
+    /// freed run (<see cref="Space.Allocate"/>, which compares it with the pending operations' bytes). A write flushed alone is cheapest in space the
     /// file system already holds (no block allocation to sync), but a commit round of many small writes syncs fastest
     /// as one contiguous run from the volume's region: scattered over freed blocks, 32 writers flushing every 32 writes
     /// synced 2.4x slower (docs/PERFORMANCE.md, session 7).
     /// </summary>
-    public const int ShortRunPendingBytesMax = 8 * (1 + 8 + 8 + 4 + 8 + 4);
+    public const int ShortRunPendingWritesMax = 8;
 
     /// <summary>
     /// Most free space kept allocated in the data file ("warm") for the writes that will reuse it, instead of punched

@@ -121,7 +121,7 @@ internal sealed class Space : IDisposable
     /// nbdkit and qemu-nbd overwrite in place. Random small writes gain nothing from the region's contiguity (their
     /// neighbours in the volume are elsewhere anyway), and filling short holes keeps the long ones for large writes;
     /// small writes in sequence keep using the region, so a volume written 4 KiB at a time still reads back contiguously.
-    /// Only while the volume's commit round is small, though (<see cref="EngineLimits.ShortRunPendingBytesMax"/>): many
+    /// Only while the volume's commit round is small, though (<see cref="EngineLimits.ShortRunPendingWritesMax"/>): many
     /// small writes synced together are cheaper as one contiguous run than scattered over freed blocks.
     /// </summary>
     public long Allocate(VolumeState state, long logicalBlock, int want, out int got)
@@ -129,7 +129,7 @@ internal sealed class Space : IDisposable
         var region = state.Region;
         bool continues = region.NextLogical == logicalBlock;
         // A hint read without the volume's lock: a racing append only moves the choice between two valid placements.
-        bool roundIsBusy = state.PendingOps.Length > EngineLimits.ShortRunPendingBytesMax;
+        bool roundIsBusy = state.PendingOps.Length > EngineLimits.ShortRunPendingWritesMax * OpLog.MapExtentBytes(1);
         if (continues || roundIsBusy || want >= EngineLimits.PunchRunBlocksMin
             || !_allocator.TryAllocateShort(want, EngineLimits.PunchRunBlocksMin, out long pba))
         {
