@@ -33,18 +33,39 @@ internal static class Recovery
     {
         try
         {
-            return RunOnce(metadata, journal, data, salvage, logger, ring);
+            return RunWithRing(metadata, journal, data, salvage, logger, ring, interruptedSequence: null);
+        }
+        catch (InterruptedRecord e)
+        {
+            // The newest journal record's sync did not complete: rebuild without it (it was never acknowledged).
+            return RunWithRing(metadata, journal, data, salvage, logger, ring, e.Sequence);
+        }
+    }
+
+    private static Result RunWithRing(MetadataStore metadata, Journal journal, IDataDevice data, bool salvage, ILogger logger, PendingRing.Contents? ring,
+        long? interruptedSequence)
+    {
+        try
+        {
+            return RunOnce(metadata, journal, data, salvage, logger, ring, interruptedSequence);
         }
         catch (StorageException e) when (e.Error == StorageError.BadStore && !salvage && ring is { Records.Count: > 0 })
         {
-            var without = RunOnce(metadata, journal, data, salvage, logger, null);
+            var without = RunOnce(metadata, journal, data, salvage, logger, null, interruptedSequence);
             logger.LogError(e, "The operations replayed from the pending-operation ring left the metadata inconsistent; they were dropped and the store opened " +
                 "with what was committed (acknowledged but unflushed writes of the last second before the crash are lost)");
             return without;
         }
     }
 
-    private static Result RunOnce(MetadataStore metadata, Journal journal, IDataDevice data, bool salvage, ILogger logger, PendingRing.Contents? ring)
+    /// <summary>Thrown by a first rebuild that finds the newest journal record's data incomplete; the second leaves that record out.</summary>
+    private sealed class InterruptedRecord(long sequence) : Exception
+    {
+        public long Sequence { get; } = sequence;
+    }
+
+    private static Result RunOnce(MetadataStore metadata, Journal journal, IDataDevice data, bool salvage, ILogger logger, PendingRing.Contents? ring,
+        long? interruptedSequence)
     {
         Catalog? catalog;
         var damage = new MetadataDamage();
@@ -74,7 +95,7 @@ internal static class Recovery
             foreach (var s in v.Snapshots) layerNames[s.LayerId] = s.DisplayName;
         }
         var records = journal.ReadRecords(metadata.AppliedSequence, logger, layerNames.GetValueOrDefault);
-        if (records.Count > 0 && !LastRecordDataIsDurable(records[^1].Payload, data))
+        if (records.Count > 0 && records[^1].Sequence == interruptedSequence)
         {
             logger.LogWarning("Dropped journal record {Sequence}: the crash interrupted its sync (it was never acknowledged); it held {Contents}",
                 records[^1].Sequence, Journal.Describe(records[^1].Payload, layerNames.GetValueOrDefault));
@@ -99,6 +120,10 @@ internal static class Recovery
             replayed.Add((sequence, payload, payload.Length));
             last = sequence;
         }
+        // Whether the newest record's sync completed is judged on the catalog it leaves (see LastRecordDataIsDurable).
+        if (interruptedSequence is null && records.Count > 0 && replayed.Count > 0 && replayed[^1].Sequence == records[^1].Sequence
+            && !LastRecordDataIsDurable(records[^1].Payload, catalog, data))
+            throw new InterruptedRecord(records[^1].Sequence);
         if (replayed.Count > 0)
             logger.LogInformation("Replayed {Batches} journaled batches (sequences {First}..{Last})", replayed.Count, replayed[0].Sequence, last);
 
@@ -151,8 +176,12 @@ internal static class Recovery
     }
 
     // The record and its data were synced together: if the crash came during that sync, some blocks the record maps
-    // may not be on disk. Every block the record leaves mapped must match its checksum, or the record never completed.
-    private static bool LastRecordDataIsDurable(byte[] payload, IDataDevice data)
+    // may not be on disk. Every block the record leaves referenced must match its checksum, or the record never
+    // completed. Only those: a block the record maps and then lets go of within itself — a write to a volume the same
+    // record deletes, or rolls back, or a block a deleted snapshot held that its child replaced — was freed once the
+    // record was durable, and the space may since hold newer data (its CRC then no longer matches, which says nothing
+    // about this record). Judging those blocks dropped acknowledged records, a delete among them, after a SIGKILL.
+    private static bool LastRecordDataIsDurable(byte[] payload, Catalog catalog, IDataDevice data)
     {
         var final = new Dictionary<(long Layer, long Block), (long Pba, uint Crc)>();
         var reader = new OpReader(payload);
@@ -166,8 +195,6 @@ internal static class Recovery
                 case OpKind.Unmap:
                 case OpKind.Tombstone:
                 {
-                    // Blocks unmapped later in the same record need not have reached the disk. (Other operations only
-                    // make the check stricter by leaving blocks in it.)
                     long start = op.Block;
                     long end = op.Count < long.MaxValue - op.Block ? op.Block + op.Count : long.MaxValue;
                     long layer = op.LayerId;
@@ -177,9 +204,20 @@ internal static class Recovery
                 }
             }
         }
-        var buffer = new byte[EngineLimits.BlockBytes];
-        foreach (var (pba, crc) in final.Values)
+        if (final.Count == 0) return true;
+        var versions = new Dictionary<long, MapTree>();
+        foreach (var v in catalog.Volumes.Values)
         {
+            versions[v.LayerId] = v.Map;
+            foreach (var s in v.Snapshots) versions[s.LayerId] = s.Map;
+        }
+        bool StillReferenced(long layer, long block, long pba) =>
+            (versions.TryGetValue(layer, out var own) && own.Get(block).PbaPlusOne == pba + 1)
+            || versions.Values.Any(map => map.Get(block).PbaPlusOne == pba + 1);
+        var buffer = new byte[EngineLimits.BlockBytes];
+        foreach (var ((layer, block), (pba, crc)) in final)
+        {
+            if (!StillReferenced(layer, block, pba)) continue;
             if (((pba + 1) << EngineLimits.BlockShift) > data.Length) return false;
             data.Read(pba << EngineLimits.BlockShift, buffer);
             if (Crc32C.Compute(buffer) != crc) return false;
