@@ -136,7 +136,7 @@ public sealed partial class Volume
                         j++;
                     }
                     state.PendingOps.AppendMapExtent(state.LayerId, firstBlock + done + i, crcs[i..j], pba + i);
-                    _parts.Space.NoteMapped(j - i);
+                    _parts.Space.NoteMapped(state, j - i);
                     installed += j - i;
                     i = j;
                 }

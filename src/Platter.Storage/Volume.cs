@@ -442,7 +442,7 @@ public sealed partial class Volume : IVolumeHandle
                     if (old.PbaPlusOne == pba + i + 1) Invariant.Fail($"physical block {pba + i} was allocated while '{state.Name}' maps it at block {block}");
                     if (old.IsMapped) FreeIfUnshared(state, parent, block, old);
                 }
-                _parts.Space.NoteMapped(got);
+                _parts.Space.NoteMapped(state, got);
                 int before = state.PendingOps.Length;
                 state.PendingOps.AppendMapExtent(state.LayerId, firstBlock + done, crcs[..got], pba);
                 opBytes = state.PendingOps.Length - before;

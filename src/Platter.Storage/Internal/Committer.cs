@@ -26,7 +26,7 @@ internal sealed class Committer : IDisposable
     private readonly Space _space;
     private readonly EpochGate _epochs;
     private readonly StorageCounters _counters;
-    private readonly Action<OpLog, List<long>, List<(long VolumeId, long Number)>> _gather;
+    private readonly Func<OpLog, List<long>, List<(long VolumeId, long Number)>, long> _gather;
     private readonly PendingRing _ring;
     private readonly List<(long VolumeId, long Number)> _marks = new();
     private readonly Action? _beforeCheckpointCommit;
@@ -65,7 +65,7 @@ internal sealed class Committer : IDisposable
     private volatile bool _stoppingCheckpointer;
 
     public Committer(StoreOptions options, ILogger logger, MetadataStore metadata, Journal journal, IDataDevice data, Space space,
-        EpochGate epochs, StorageCounters counters, PendingRing ring, Action<OpLog, List<long>, List<(long VolumeId, long Number)>> gather)
+        EpochGate epochs, StorageCounters counters, PendingRing ring, Func<OpLog, List<long>, List<(long VolumeId, long Number)>, long> gather)
     {
         _ring = ring;
         _logger = logger;
@@ -280,13 +280,17 @@ internal sealed class Committer : IDisposable
         _marks.Clear();
         // Every record the ring holds before this point is in a volume's pending log now, so in this round or an earlier one.
         long ringHead = _ring.Head;
-        _gather(batch, frees, _marks);
+        // The blocks the gathered operations mapped, counted with them under each volume's lock: the committer's own
+        // data count (below) also holds writes whose operations were appended after the gather, and a round whose frees
+        // seemed to outweigh its writes by those few MiB was punched, an overwrite's space made a hole again
+        // (docs/PERFORMANCE.md, session 8).
+        long writtenBlocks = _gather(batch, frees, _marks);
         Interlocked.Exchange(ref _pendingOpBytes, 0);
-        long writtenBytes = Interlocked.Exchange(ref _pendingDataBytes, 0);
+        Interlocked.Exchange(ref _pendingDataBytes, 0);
         if (batch.Length == 0)
         {
             _ring.Reclaim(ringHead);
-            Quarantine(frees, writtenBytes);
+            Quarantine(frees, writtenBlocks);
             return;
         }
 
@@ -305,19 +309,19 @@ internal sealed class Committer : IDisposable
         // The batch's bytes wait with the active half until it is checkpointed.
         _activeBatches.Add((sequence, batch.Span.ToArray(), batch.Length));
         if (_activeBatches.Count == 1) _sinceSwitch.Restart();
-        Quarantine(frees, writtenBytes);
+        Quarantine(frees, writtenBlocks);
     }
 
     /// <summary>Told of every block whose free is durable, before it is quarantined (the scrubber's bad-block list).</summary>
     public Action<List<long>>? BlocksFreed { get; set; }
 
-    // writtenBytes: the data the round's writes put in new space, which bounds how much of what it freed stays warm
+    // writtenBlocks: the new space the round's operations mapped, which bounds how much of what it freed stays warm
     // (allocated for the next writes rather than punched; see EngineLimits.WarmFreeBlocksMax).
-    private void Quarantine(List<long> frees, long writtenBytes)
+    private void Quarantine(List<long> frees, long writtenBlocks)
     {
         if (frees.Count == 0) return;
         BlocksFreed?.Invoke(frees);
-        _space.Quarantine(_epochs.Current, frees, writtenBytes >> EngineLimits.BlockShift);
+        _space.Quarantine(_epochs.Current, frees, writtenBlocks);
         _roundFrees = new List<long>();
     }
 

@@ -322,7 +322,7 @@ internal sealed class Relocator : IDisposable
                         crcs[i - k] = old[i].Crc;
                         state.PendingFrees.Add(old[i].Pba);
                     }
-                    _parts.Space.NoteMapped(j - k);
+                    _parts.Space.NoteMapped(state, j - k);
                     _parts.Space.NoteUnreferenced(j - k);
                     int before = state.PendingOps.Length;
                     state.PendingOps.AppendMapExtent(state.LayerId, logical[k], crcs[..(j - k)], fresh[k]);

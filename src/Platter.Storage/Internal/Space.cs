@@ -91,9 +91,13 @@ internal sealed class Space : IDisposable
     /// </summary>
     public long FreeBlocks() => _allocator.FreeBlocks + ReservedRegionBlocks() + _puncher.QueuedBlocks;
 
-    /// <summary>A volume mapped <paramref name="blocks"/> newly allocated blocks.</summary>
-    public void NoteMapped(int blocks)
+    /// <summary>
+    /// <paramref name="state"/> mapped <paramref name="blocks"/> newly allocated blocks in its pending operations.
+    /// Caller holds the volume's lock (the count is gathered with those operations).
+    /// </summary>
+    public void NoteMapped(VolumeState state, int blocks)
     {
+        state.PendingMappedBlocks += blocks;
         long referenced = Interlocked.Add(ref _referencedBlocks, blocks);
         Invariant.Check(referenced <= _allocator.TotalBlocks, $"{referenced} blocks referenced in a data area of {_allocator.TotalBlocks}");
     }

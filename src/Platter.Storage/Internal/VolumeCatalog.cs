@@ -58,10 +58,12 @@ internal sealed class VolumeCatalog : IDisposable
     /// For the committer: moves every pending operation (each volume's, then the catalog's) into
     /// <paramref name="batch"/> and their freed blocks into <paramref name="frees"/>. Catalog operations go last, so a
     /// volume deleted in this round has all its writes in this round too. <paramref name="ringMarks"/> gets, per volume
-    /// gathered, the number of its last record in the pending-operation ring (<see cref="PendingRing"/>).
+    /// gathered, the number of its last record in the pending-operation ring (<see cref="PendingRing"/>). Returns the
+    /// blocks of new space the gathered operations mapped (<see cref="VolumeState.PendingMappedBlocks"/>).
     /// </summary>
-    public void Gather(OpLog batch, List<long> frees, List<(long VolumeId, long Number)> ringMarks)
+    public long Gather(OpLog batch, List<long> frees, List<(long VolumeId, long Number)> ringMarks)
     {
+        long mapped = 0;
         OpLog catalogOps;
         List<VolumeState> volumes;
         lock (_lock)
@@ -85,10 +87,13 @@ internal sealed class VolumeCatalog : IDisposable
                 v.RingBroken = false; // everything it did not copy is in this batch
                 frees.AddRange(v.PendingFrees);
                 v.PendingFrees.Clear();
+                mapped += v.PendingMappedBlocks;
+                v.PendingMappedBlocks = 0;
             }
         }
         batch.Append(catalogOps.Span);
         catalogOps.Dispose();
+        return mapped;
     }
 
     /// <summary>Every live volume (including one being deleted until its deletion is durable).</summary>

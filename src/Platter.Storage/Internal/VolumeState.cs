@@ -59,6 +59,13 @@ internal sealed class VolumeState(long id, string name, long sizeBytes, DateTime
     public readonly OpLog PendingOps = new(1024);
     public readonly List<long> PendingFrees = new();
 
+    /// <summary>
+    /// Blocks of new space the pending operations mapped (writes, flatten's copies, relocations; guarded by
+    /// <see cref="Lock"/>), gathered with them: the commit round that frees what they replaced knows exactly how much
+    /// it wrote, which decides whether its frees stay warm (<see cref="EngineLimits.WarmFreeBlocksMax"/>).
+    /// </summary>
+    public long PendingMappedBlocks;
+
     /// <summary>Appends to <see cref="PendingOps"/> copied to the pending-operation ring so far in this process (<see cref="PendingRing"/>).</summary>
     public long RingNumber;
 
