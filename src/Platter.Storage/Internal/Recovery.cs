@@ -29,22 +29,24 @@ internal static class Recovery
     /// left uncommitted (<see cref="RingReplay"/>). Should what the ring added fail verification — it never should —
     /// open says so and rebuilds again without it, rather than refuse a store whose durable state is intact.
     /// </summary>
-    public static Result Run(MetadataStore metadata, Journal journal, IDataDevice data, bool salvage, ILogger logger, PendingRing.Contents? ring = null)
+    public static Result Run(MetadataStore metadata, Journal journal, IDataDevice data, bool salvage, ILogger logger, PendingRing.Contents? ring = null,
+        MapCrcPager? pager = null)
     {
         try
         {
-            return RunOnce(metadata, journal, data, salvage, logger, ring);
+            return RunOnce(metadata, journal, data, salvage, logger, ring, pager);
         }
         catch (StorageException e) when (e.Error == StorageError.BadStore && !salvage && ring is { Records.Count: > 0 })
         {
-            var without = RunOnce(metadata, journal, data, salvage, logger, null);
+            var without = RunOnce(metadata, journal, data, salvage, logger, null, pager);
             logger.LogError(e, "The operations replayed from the pending-operation ring left the metadata inconsistent; they were dropped and the store opened " +
                 "with what was committed (acknowledged but unflushed writes of the last second before the crash are lost)");
             return without;
         }
     }
 
-    private static Result RunOnce(MetadataStore metadata, Journal journal, IDataDevice data, bool salvage, ILogger logger, PendingRing.Contents? ring)
+    private static Result RunOnce(MetadataStore metadata, Journal journal, IDataDevice data, bool salvage, ILogger logger, PendingRing.Contents? ring,
+        MapCrcPager? pager)
     {
         Catalog? catalog;
         var damage = new MetadataDamage();
@@ -55,12 +57,12 @@ internal static class Recovery
         using (var view = metadata.OpenView())
         {
             // One walk loads and verifies every record; a catalog it cannot build in one walk (damaged) takes two.
-            catalog = Catalog.LoadInOneWalk(view, dataBlocks, damage);
+            catalog = Catalog.LoadInOneWalk(view, dataBlocks, damage, pager);
             loadMs = clock.Elapsed.TotalMilliseconds;
             if (catalog is null)
             {
                 walks = "a load by layer, then a verification walk";
-                catalog = Catalog.Load(view, damage);
+                catalog = Catalog.Load(view, damage, pager);
                 loadMs = clock.Elapsed.TotalMilliseconds;
                 MetadataVerifier.Verify(view, catalog, dataBlocks, damage);
             }
