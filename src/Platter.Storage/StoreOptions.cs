@@ -77,7 +77,10 @@ public sealed class StoreOptions
     /// memory). Leaves changed since open keep their CRCs. Default
     /// <see cref="Internal.EngineLimits.MapChecksumCacheBytesDefault"/> (256 MiB: the CRCs of 64 GiB of data).
     /// </summary>
-    public long MapChecksumCacheBytes { get; init; } = Internal.EngineLimits.MapChecksumCacheBytesDefault;
+    public long MapChecksumCacheBytes { get; init; } = MapChecksumCacheBytesDefault;
+
+    /// <summary>The default of <see cref="MapChecksumCacheBytes"/>.</summary>
+    public const long MapChecksumCacheBytesDefault = Internal.EngineLimits.MapChecksumCacheBytesDefault;
 
     /// <summary>Largest the data file may grow to (a quota; ENOSPC past it). Default: unlimited.</summary>
     public long DataBytesMax { get; init; } = long.MaxValue;
