@@ -87,7 +87,8 @@ public sealed partial class PlatterHost : IAsyncDisposable
                 _store = _options.OpenBackend is { } open
                     ? open(_loggerFactory)
                     : VolumeStore.Open(directory, _options.StoreOptions
-                        ?? new StoreOptions { LoggerFactory = _loggerFactory, Salvage = _options.Salvage, CreateIfMissing = !_options.Salvage, DirectWrites = _options.DirectWrites });
+                        ?? new StoreOptions { LoggerFactory = _loggerFactory, Salvage = _options.Salvage, CreateIfMissing = !_options.Salvage, DirectWrites = _options.DirectWrites,
+                            MapChecksumCacheBytes = _options.MapChecksumCacheBytes });
                 if (_store is IVolumeMetadata)
                 {
                     // The node cache wraps the backend's volume handles here, where volumes are opened; the engine and

@@ -74,6 +74,12 @@ public sealed class PlatterHostOptions
     public bool DirectWrites { get; init; }
 
     /// <summary>
+    /// Memory for the checksums of the maps loaded from the store (<c>platter serve --map-checksum-cache</c>,
+    /// <see cref="Platter.Storage.StoreOptions.MapChecksumCacheBytes"/>; decision 0013).
+    /// </summary>
+    public long MapChecksumCacheBytes { get; init; } = Platter.Storage.StoreOptions.MapChecksumCacheBytesDefault;
+
+    /// <summary>
     /// Listening sockets passed in by the service manager (systemd socket activation). A socket named "api", or a
     /// unix socket at <see cref="ApiSocketPath"/>, serves the management API; every other one serves NBD. A passed
     /// socket at a configured address replaces binding that address; the others are served in addition.

@@ -70,6 +70,18 @@ public sealed class StoreOptions
     /// </summary>
     internal string? BootIdForTests { get; init; }
 
+    /// <summary>
+    /// Budget of the map checksum cache (decision 0013; <c>platter serve --map-checksum-cache</c>): the CRCs of the map
+    /// leaves loaded at open may take this many bytes of memory; past it, the CRCs of the leaves read longest ago are
+    /// dropped and read again from the metadata store when needed (the leaves' runs, which say where blocks are, stay in
+    /// memory). Leaves changed since open keep their CRCs. Default
+    /// <see cref="Internal.EngineLimits.MapChecksumCacheBytesDefault"/> (1 GiB: the CRCs of 256 GiB of data).
+    /// </summary>
+    public long MapChecksumCacheBytes { get; init; } = MapChecksumCacheBytesDefault;
+
+    /// <summary>The default of <see cref="MapChecksumCacheBytes"/>.</summary>
+    public const long MapChecksumCacheBytesDefault = Internal.EngineLimits.MapChecksumCacheBytesDefault;
+
     /// <summary>Largest the data file may grow to (a quota; ENOSPC past it). Default: unlimited.</summary>
     public long DataBytesMax { get; init; } = long.MaxValue;
 }

@@ -18,12 +18,12 @@ internal sealed class Catalog
     /// Without <paramref name="damage"/> damaged metadata throws; with it, the damage is reported there and what can
     /// be read is loaded (the verification at open, and salvage, decide what to do with it).
     /// </summary>
-    public static Catalog Load(MetadataStore.View view, MetadataDamage? damage = null)
+    public static Catalog Load(MetadataStore.View view, MetadataDamage? damage = null, MapCrcPager? pager = null)
     {
         var catalog = new Catalog();
         void LoadLayer(long layerId, MapTree map)
         {
-            var loader = new LeafLoader(map);
+            var loader = new LeafLoader(map, pager, layerId);
             long records = 0;
             view.VisitLayer(layerId, (_, block, count, pba, _, crcs) =>
             {
@@ -83,7 +83,7 @@ internal sealed class Catalog
     /// layers are checked first: when any does not hold (a damaged catalog) this returns null and nothing in
     /// <paramref name="damage"/>, and the caller loads and verifies the old way, two walks.
     /// </summary>
-    public static Catalog? LoadInOneWalk(MetadataStore.View view, long dataBlocks, MetadataDamage damage)
+    public static Catalog? LoadInOneWalk(MetadataStore.View view, long dataBlocks, MetadataDamage damage, MapCrcPager? pager = null)
     {
         var scratch = new MetadataDamage();
         var volumeRecords = view.Volumes(scratch);
@@ -149,7 +149,7 @@ internal sealed class Catalog
             var step = steps[at];
             // The volume's map is its working map while its layers load; the snapshots take frozen copies of it.
             if (step.First && step.Volume.Origin is { } origin) step.Volume.Map = origin.Map.CloneMutable();
-            loader = new LeafLoader(step.Volume.Map);
+            loader = new LeafLoader(step.Volume.Map, pager, step.Layer);
             records = 0;
             started = true;
         }
@@ -174,7 +174,7 @@ internal sealed class Catalog
     /// are gathered in a buffer and stored (packed) once the records move past it, so loading costs one leaf write per
     /// leaf rather than one tree update per block.
     /// </summary>
-    private sealed class LeafLoader(MapTree map)
+    private sealed class LeafLoader(MapTree map, MapCrcPager? pager, long layer)
     {
         private const int LeafBlocks = 256;
         private readonly BlockEntry[] _entries = new BlockEntry[LeafBlocks];
@@ -226,7 +226,7 @@ internal sealed class Catalog
             _dirty = false;
             if (_fresh)
             {
-                if (map.TrySetNewLeaf(_leafBase, _runs)) return;
+                if (map.TrySetNewLeaf(_leafBase, _runs, pager, layer)) return;
                 _runs.CopyTo(_entries);
             }
             map.SetLeaf(_leafBase, _entries);

@@ -267,4 +267,12 @@ internal static class EngineLimits
     /// stays about 4 bytes per mapped block however much of the volume has been written.
     /// </summary>
     public const int DenseLeavesPerMapMax = 4096;
+
+    /// <summary>
+    /// Default budget of the map checksum cache (<see cref="StoreOptions.MapChecksumCacheBytes"/>, decision 0013): the
+    /// CRCs of packed leaves loaded at open, 4 bytes per mapped block, that may stay in memory. 1 GiB holds the CRCs
+    /// of 256 GiB of data; beyond that the leaves read longest ago drop theirs and fetch them again from the metadata
+    /// store when a read needs them.
+    /// </summary>
+    public const long MapChecksumCacheBytesDefault = 1L << 30;
 }

@@ -89,17 +89,24 @@ internal sealed class MapTree
     // Exactly one of Dense and Packed is set. Packed arrays are immutable (copies share them); dense entries change in
     // place, by the owner only. A frozen leaf may go from dense to packed while unlocked readers look at it: Packed is
     // written before Dense is cleared, and readers read Dense first, so they see one complete form or the other.
+    // Paged is set only with Packed, on a leaf loaded from the metadata store (decision 0013): then Packed holds the
+    // runs alone and the CRCs live in Paged, shared by every copy, which the pager may drop and fetch again.
     private sealed class Leaf(object owner) : Node(owner)
     {
         public DenseEntries? Dense;
         public ulong[]? Packed;
+        public PagedCrcs? Paged;
 
         public override Node CopyFor(object owner)
         {
             var copy = new Leaf(owner) { Count = Count };
             var dense = Volatile.Read(ref Dense);
             if (dense is not null) copy.Dense = new DenseEntries { Entries = dense.Entries };
-            else copy.Packed = Packed;
+            else
+            {
+                copy.Packed = Packed;
+                copy.Paged = Paged;
+            }
             return copy;
         }
     }
@@ -161,7 +168,7 @@ internal sealed class MapTree
         if (leaf is null) return default;
         int slot = (int)(block & (Fanout - 1));
         var dense = Volatile.Read(ref leaf.Dense);
-        return dense is not null ? dense.Entries[slot] : PackedGet(leaf.Packed!, slot);
+        return dense is not null ? dense.Entries[slot] : PackedGet(leaf, slot);
     }
 
     /// <summary>Copies the entries of <paramref name="destination"/>.Length blocks starting at <paramref name="firstBlock"/>.</summary>
@@ -176,7 +183,7 @@ internal sealed class MapTree
             var leaf = FindLeaf(block);
             if (leaf is null) destination.Slice(done, n).Clear();
             else if (Volatile.Read(ref leaf.Dense) is { } dense) ((ReadOnlySpan<BlockEntry>)dense.Entries).Slice(inLeaf, n).CopyTo(destination.Slice(done, n));
-            else Unpack(leaf.Packed!, inLeaf, destination.Slice(done, n));
+            else Unpack(leaf, inLeaf, destination.Slice(done, n), crcs: true);
             done += n;
         }
     }
@@ -262,9 +269,10 @@ internal sealed class MapTree
     private DenseEntries Unpack(Leaf leaf)
     {
         var dense = new DenseEntries();
-        Unpack(leaf.Packed!, 0, dense.Entries);
+        Unpack(leaf, 0, dense.Entries, crcs: true);
         leaf.Dense = dense;
         leaf.Packed = null;
+        leaf.Paged = null; // the dense entries hold the CRCs now; a copy sharing the paged ones keeps them
         NoteDense(leaf);
         return dense;
     }
@@ -346,13 +354,22 @@ internal sealed class MapTree
 
     private static uint GetCrc(ulong[] packed, int crcBase, int index) => (uint)(packed[crcBase + (index >> 1)] >> ((index & 1) * 32));
 
-    private static int RunStart(ulong run) => (int)(run & 0xFF);
-    private static int RunLength(ulong run) => (int)((run >> 8) & 0xFF) + 1;
-    private static long RunPba(ulong run) => (long)(run >> PbaShift);
+    internal static int RunStart(ulong run) => (int)(run & 0xFF);
+    internal static int RunLength(ulong run) => (int)((run >> 8) & 0xFF) + 1;
+    internal static long RunPba(ulong run) => (long)(run >> PbaShift);
 
-    private static BlockEntry PackedGet(ulong[] packed, int slot)
+    // The CRCs of a packed leaf: null when they follow its runs in the packed array, else its paged CRCs (fetched from
+    // the metadata store when they were dropped). A caller keeps the array it got even if the pager drops it meanwhile.
+    private static uint[]? PagedCrcsOf(Leaf leaf) => leaf.Paged is { } paged ? paged.Pager.Crcs(paged, leaf.Packed!) : null;
+
+    private static uint CrcAt(ulong[] packed, uint[]? paged, int runs, int index) =>
+        paged is not null ? paged[index] : GetCrc(packed, 1 + runs, index);
+
+    private static BlockEntry PackedGet(Leaf leaf, int slot)
     {
+        var packed = leaf.Packed!;
         int runs = (int)packed[0];
+        uint[]? paged = null;
         int crcIndex = 0;
         for (int r = 0; r < runs; r++)
         {
@@ -360,18 +377,24 @@ internal sealed class MapTree
             int start = RunStart(run), length = RunLength(run);
             if (slot < start) break;
             if (slot < start + length)
-                return BlockEntry.Mapped(RunPba(run) + (slot - start), GetCrc(packed, 1 + runs, crcIndex + slot - start));
+            {
+                if (leaf.Paged is not null) paged = PagedCrcsOf(leaf);
+                return BlockEntry.Mapped(RunPba(run) + (slot - start), CrcAt(packed, paged, runs, crcIndex + slot - start));
+            }
             crcIndex += length;
         }
         return default;
     }
 
-    // Writes the entries of slots [from, from + destination.Length) of a packed leaf.
-    private static void Unpack(ulong[] packed, int from, Span<BlockEntry> destination)
+    // Writes the entries of slots [from, from + destination.Length) of a packed leaf; without `crcs`, the CRCs are left 0
+    // (a caller that compares physical blocks only does not make the pager fetch paged-out CRCs).
+    private static void Unpack(Leaf leaf, int from, Span<BlockEntry> destination, bool crcs)
     {
         destination.Clear();
+        var packed = leaf.Packed!;
         int end = from + destination.Length;
         int runs = (int)packed[0];
+        uint[]? paged = null; // fetched at the first mapped slot in range
         int crcIndex = 0;
         for (int r = 0; r < runs; r++)
         {
@@ -379,17 +402,19 @@ internal sealed class MapTree
             int start = RunStart(run), length = RunLength(run);
             if (start >= end) break;
             long pba = RunPba(run);
+            if (crcs && paged is null && leaf.Paged is not null && Math.Max(start, from) < Math.Min(start + length, end)) paged = PagedCrcsOf(leaf);
             for (int i = Math.Max(start, from); i < Math.Min(start + length, end); i++)
-                destination[i - from] = BlockEntry.Mapped(pba + (i - start), GetCrc(packed, 1 + runs, crcIndex + i - start));
+                destination[i - from] = BlockEntry.Mapped(pba + (i - start), crcs ? CrcAt(packed, paged, runs, crcIndex + i - start) : 0);
             crcIndex += length;
         }
     }
 
     // The entries of a leaf as one span: the dense entries themselves, or the packed ones unpacked into `scratch`.
-    private static ReadOnlySpan<BlockEntry> EntriesOf(Leaf leaf, Span<BlockEntry> scratch)
+    // Without `crcs` the CRCs of a packed leaf may read as 0 (see Unpack).
+    private static ReadOnlySpan<BlockEntry> EntriesOf(Leaf leaf, Span<BlockEntry> scratch, bool crcs = true)
     {
         if (Volatile.Read(ref leaf.Dense) is { } dense) return dense.Entries;
-        Unpack(leaf.Packed!, 0, scratch);
+        Unpack(leaf, 0, scratch, crcs);
         return scratch;
     }
 
@@ -440,16 +465,29 @@ internal sealed class MapTree
             }
         }
 
-        internal ulong[]? Pack()
+        // True when the packed form (runs and CRCs) is smaller than the dense one.
+        internal bool PacksSmaller => (1 + _runCount + (_mapped + 1) / 2) * 8 < DenseLeafBytes;
+
+        internal ulong[] Pack()
         {
             int words = 1 + _runCount + (_mapped + 1) / 2;
-            if (words * 8 >= DenseLeafBytes) return null;
             var packed = new ulong[words];
             packed[0] = (ulong)_runCount;
             _runs.AsSpan(0, _runCount).CopyTo(packed.AsSpan(1));
             for (int i = 0; i < _mapped; i++) SetCrc(packed, 1 + _runCount, i, _crcs[i]);
             return packed;
         }
+
+        // The runs alone (count, then run words): the packed form of a leaf whose CRCs are paged.
+        internal ulong[] PackRuns()
+        {
+            var packed = new ulong[1 + _runCount];
+            packed[0] = (ulong)_runCount;
+            _runs.AsSpan(0, _runCount).CopyTo(packed.AsSpan(1));
+            return packed;
+        }
+
+        internal uint[] Crcs() => _crcs.AsSpan(0, _mapped).ToArray();
 
         internal int Mapped => _mapped;
     }
@@ -458,20 +496,30 @@ internal sealed class MapTree
     /// Stores <paramref name="runs"/> as the leaf holding <paramref name="leafBase"/> (a multiple of 256), packed, when
     /// that leaf holds nothing yet and packed is the smaller form; false, changing nothing, otherwise (then
     /// <see cref="SetLeaf"/> with the entries does it). The result is what <see cref="SetLeaf"/> would store.
+    /// <para>
+    /// With a <paramref name="pager"/>, the runs came from the records of <paramref name="layer"/> as the metadata store
+    /// holds them, so the pager may drop the leaf's CRCs and fetch them again from those records (decision 0013).
+    /// </para>
     /// </summary>
-    public bool TrySetNewLeaf(long leafBase, LeafRuns runs)
+    public bool TrySetNewLeaf(long leafBase, LeafRuns runs, MapCrcPager? pager = null, long layer = 0)
     {
         var owner = _owner ?? throw new InvalidOperationException("a frozen map cannot change");
         if ((leafBase & (Fanout - 1)) != 0) throw new ArgumentException("a whole leaf", nameof(leafBase));
         if ((ulong)leafBase >= 1UL << (LevelBits * (InteriorLevels + 1))) throw new ArgumentOutOfRangeException(nameof(leafBase));
-        if (runs.Mapped == 0 || FindLeaf(leafBase) is not null || runs.Pack() is not { } packed) return false;
+        if (runs.Mapped == 0 || FindLeaf(leafBase) is not null || !runs.PacksSmaller) return false;
         Span<int> slots = stackalloc int[InteriorLevels];
         var path = new NodePath();
         WalkDown(owner, leafBase, slots, ref path, createDense: false);
         var leaf = AsLeaf(path[0]);
         MappedBlocks += runs.Mapped;
         leaf.Count = runs.Mapped;
-        leaf.Packed = packed;
+        if (pager is null) leaf.Packed = runs.Pack();
+        else
+        {
+            leaf.Packed = runs.PackRuns();
+            leaf.Paged = new PagedCrcs(pager, layer, leafBase, runs.Crcs());
+            pager.Admit(leaf.Paged);
+        }
         leaf.Dense = null;
         return true;
     }
@@ -495,6 +543,7 @@ internal sealed class MapTree
         var leaf = AsLeaf(path[0]);
         MappedBlocks += count - leaf.Count;
         leaf.Count = count;
+        leaf.Paged = null; // the entries hold every CRC (a paged leaf of the parent was copied for this tree)
         if (Pack(entries) is { } packed)
         {
             leaf.Packed = packed;
@@ -657,8 +706,8 @@ internal sealed class MapTree
         Span<BlockEntry> scratchA = stackalloc BlockEntry[Fanout];
         Span<BlockEntry> scratchB = stackalloc BlockEntry[Fanout];
         if (a is null) scratchA.Clear();
-        var ea = a is null ? scratchA : EntriesOf(AsLeaf(a), scratchA);
-        var eb = EntriesOf(leafB, scratchB);
+        var ea = a is null ? scratchA : EntriesOf(AsLeaf(a), scratchA, crcs: false);
+        var eb = EntriesOf(leafB, scratchB, crcs: false);
         int runStart = -1;
         for (int i = 0; i <= Fanout; i++)
         {

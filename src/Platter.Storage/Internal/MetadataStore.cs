@@ -132,6 +132,41 @@ internal sealed class MetadataStore : IDisposable
             }
         }
 
+        /// <summary>
+        /// Streams the records of <paramref name="layerId"/> that overlap blocks [<paramref name="from"/>,
+        /// <paramref name="to"/>), in block order; a record that does not decode throws. The map pager's lookup
+        /// (decision 0013): one seek, not a walk of the layer.
+        /// </summary>
+        public void VisitLayerRange(long layerId, long from, long to, ExtentVisitor visitor)
+        {
+            using var cursor = _txn.OpenCursor(_store._extents);
+            Span<byte> key = stackalloc byte[KeyBytes];
+            WriteKey(key, layerId, from);
+            bool ok = cursor.SeekAtOrAfter(key);
+            // A record that starts before `from` may reach into the range (records of a layer never overlap, so only
+            // the one just before can): start there when it belongs to the layer.
+            bool back = ok ? cursor.Previous() : cursor.Last();
+            if (!back || !InLayer(cursor.Key, layerId)) ok = cursor.SeekAtOrAfter(key);
+            else ok = true;
+            for (; ok && InLayer(cursor.Key, layerId); ok = cursor.Next())
+            {
+                var e = DecodeExtent(cursor.Key, cursor.Value);
+                if (e.Block >= to) break;
+                if (e.Block + e.Count > from) visitor(e.LayerId, e.Block, e.Count, e.Pba, e.Birth, e.Crcs);
+            }
+        }
+
+        /// <summary>The first layer at or after <paramref name="layerId"/> that holds a record, or -1.</summary>
+        public long NextLayer(long layerId)
+        {
+            using var cursor = _txn.OpenCursor(_store._extents);
+            Span<byte> key = stackalloc byte[KeyBytes];
+            WriteKey(key, layerId, 0);
+            return cursor.SeekAtOrAfter(key) && cursor.Key.Length >= 8 ? BinaryPrimitives.ReadInt64BigEndian(cursor.Key) : -1;
+        }
+
+        private static bool InLayer(ReadOnlySpan<byte> key, long layerId) => key.Length >= 8 && BinaryPrimitives.ReadInt64BigEndian(key) == layerId;
+
         /// <summary>Records a cursor walk finds in the volumes and snapshots databases (compare with <see cref="CountEntries"/>).</summary>
         public (long Volumes, long Snapshots) CountCatalogRecords() => (Walk(_store._volumes), Walk(_store._snapshots));
 
@@ -165,6 +200,9 @@ internal sealed class MetadataStore : IDisposable
 
         public void Dispose() => _txn.Dispose();
     }
+
+    /// <summary>A read-only view for lookups from any thread (unlike <see cref="OpenView"/>, it records nothing on the store).</summary>
+    public View OpenLookupView() => new(this);
 
     public View OpenView()
     {

@@ -29,29 +29,30 @@ internal static class Recovery
     /// left uncommitted (<see cref="RingReplay"/>). Should what the ring added fail verification — it never should —
     /// open says so and rebuilds again without it, rather than refuse a store whose durable state is intact.
     /// </summary>
-    public static Result Run(MetadataStore metadata, Journal journal, IDataDevice data, bool salvage, ILogger logger, PendingRing.Contents? ring = null)
+    public static Result Run(MetadataStore metadata, Journal journal, IDataDevice data, bool salvage, ILogger logger, PendingRing.Contents? ring = null,
+        MapCrcPager? pager = null)
     {
         try
         {
-            return RunWithRing(metadata, journal, data, salvage, logger, ring, interruptedSequence: null);
+            return RunWithRing(metadata, journal, data, salvage, logger, ring, pager, interruptedSequence: null);
         }
         catch (InterruptedRecord e)
         {
             // The newest journal record's sync did not complete: rebuild without it (it was never acknowledged).
-            return RunWithRing(metadata, journal, data, salvage, logger, ring, e.Sequence);
+            return RunWithRing(metadata, journal, data, salvage, logger, ring, pager, e.Sequence);
         }
     }
 
     private static Result RunWithRing(MetadataStore metadata, Journal journal, IDataDevice data, bool salvage, ILogger logger, PendingRing.Contents? ring,
-        long? interruptedSequence)
+        MapCrcPager? pager, long? interruptedSequence)
     {
         try
         {
-            return RunOnce(metadata, journal, data, salvage, logger, ring, interruptedSequence);
+            return RunOnce(metadata, journal, data, salvage, logger, ring, pager, interruptedSequence);
         }
         catch (StorageException e) when (e.Error == StorageError.BadStore && !salvage && ring is { Records.Count: > 0 })
         {
-            var without = RunOnce(metadata, journal, data, salvage, logger, null, interruptedSequence);
+            var without = RunOnce(metadata, journal, data, salvage, logger, null, pager, interruptedSequence);
             logger.LogError(e, "The operations replayed from the pending-operation ring left the metadata inconsistent; they were dropped and the store opened " +
                 "with what was committed (acknowledged but unflushed writes of the last second before the crash are lost)");
             return without;
@@ -65,7 +66,7 @@ internal static class Recovery
     }
 
     private static Result RunOnce(MetadataStore metadata, Journal journal, IDataDevice data, bool salvage, ILogger logger, PendingRing.Contents? ring,
-        long? interruptedSequence)
+        MapCrcPager? pager, long? interruptedSequence)
     {
         Catalog? catalog;
         var damage = new MetadataDamage();
@@ -76,12 +77,12 @@ internal static class Recovery
         using (var view = metadata.OpenView())
         {
             // One walk loads and verifies every record; a catalog it cannot build in one walk (damaged) takes two.
-            catalog = Catalog.LoadInOneWalk(view, dataBlocks, damage);
+            catalog = Catalog.LoadInOneWalk(view, dataBlocks, damage, pager);
             loadMs = clock.Elapsed.TotalMilliseconds;
             if (catalog is null)
             {
                 walks = "a load by layer, then a verification walk";
-                catalog = Catalog.Load(view, damage);
+                catalog = Catalog.Load(view, damage, pager);
                 loadMs = clock.Elapsed.TotalMilliseconds;
                 MetadataVerifier.Verify(view, catalog, dataBlocks, damage);
             }

@@ -1,0 +1,173 @@
+using Platter.Storage.Tests.Support;
+using Xunit;
+
+namespace Platter.Storage.Tests;
+
+/// <summary>
+/// The map checksum cache (decision 0013) with a budget far smaller than the store's map: the CRCs of leaves loaded at
+/// open are dropped and fetched again from the metadata store, and reads still return the data written (so every
+/// fetched CRC is right: a wrong one fails the read) and still detect damage. That paging happened is asserted by the
+/// pager's counters, not inferred from memory or timing.
+/// </summary>
+public sealed class MapChecksumPagingTests : IDisposable
+{
+    private const int B = Blocks.Size;
+    private const long MiB = 1 << 20;
+    private const int Leaves = 48;
+    private readonly TempDirectory _dir = new("platter-crcpage");
+
+    public void Dispose() => _dir.Dispose();
+
+    private VolumeStore Open(long budget) =>
+        VolumeStore.Open(_dir.Path, new StoreOptions { JournalRegionBytes = 8 << 20, MapChecksumCacheBytes = budget, RelocateRateBytesPerSecond = 0 });
+
+    // What each version should read, block by block (tag of Blocks.Pattern, 0 = zeros).
+    private readonly Dictionary<string, Dictionary<long, int>> _expected = new();
+
+    private void Write(Volume v, string version, long block, int count, int tag)
+    {
+        var data = new byte[count * B];
+        for (int i = 0; i < count; i++) Blocks.FillPattern(data.AsSpan(i * B, B), tag, block + i);
+        v.Write(block * B, data);
+        var map = _expected.TryGetValue(version, out var m) ? m : _expected[version] = new();
+        for (int i = 0; i < count; i++) map[block + i] = tag;
+    }
+
+    private void Copy(string from, string to) => _expected[to] = new Dictionary<long, int>(_expected[from]);
+
+    private void AssertReads(Volume v, string version)
+    {
+        var expected = _expected[version];
+        var leaf = new byte[MiB];
+        for (long l = 0; l < 64; l++)
+        {
+            v.Read(l * MiB, leaf);
+            for (int i = 0; i < 256; i++)
+            {
+                long block = l * 256 + i;
+                var got = leaf.AsSpan(i * B, B);
+                if (expected.TryGetValue(block, out int tag))
+                    Assert.True(got.SequenceEqual(Blocks.Pattern(tag, block)), $"{version} block {block}: {Blocks.Describe(got)}, expected tag {tag}");
+                else
+                    Assert.True(Blocks.IsZero(got), $"{version} block {block}: {Blocks.Describe(got)}, expected zeros");
+            }
+        }
+    }
+
+    private void AssertAll(VolumeStore store, params string[] versions)
+    {
+        foreach (var version in versions)
+        {
+            var parts = version.Split('@');
+            using var v = parts.Length == 2 ? store.OpenSnapshot(parts[0], parts[1]) : store.OpenVolume(version);
+            AssertReads(v, version);
+        }
+    }
+
+    // A volume with runs in 48 leaves, two snapshots over it and a clone of the first: every kind of leaf open builds.
+    private void Build()
+    {
+        using var store = Open(long.MaxValue);
+        store.CreateVolume("vm", 64 * MiB);
+        using (var v = store.OpenVolume("vm"))
+        {
+            for (int l = 0; l < Leaves; l++) Write(v, "vm", l * 256L, 16, 1);
+            v.Flush();
+            Copy("vm", "vm@s1");
+            store.CreateSnapshot("vm", "s1");
+            for (int l = 0; l < Leaves; l += 2) Write(v, "vm", l * 256L + 4, 4, 2);
+            v.Flush();
+            Copy("vm", "vm@s2");
+            store.CreateSnapshot("vm", "s2");
+            for (int l = 50; l < 56; l++) Write(v, "vm", l * 256L + 100, 30, 3);
+            v.Flush();
+        }
+        store.CloneSnapshot("vm", "s1", "clone");
+        Copy("vm@s1", "clone");
+        using (var c = store.OpenVolume("clone"))
+        {
+            Write(c, "clone", 3 * 256L + 8, 2, 4);
+            c.Flush();
+        }
+        store.Checkpoint();
+    }
+
+    [Fact]
+    public void Reads_under_a_tiny_budget_return_what_was_written_through_writes_snapshot_deletion_and_checkpoints()
+    {
+        Build();
+        using (var store = Open(budget: 1))
+        {
+            var pager = store.MapChecksums;
+            Assert.True(pager.Evictions >= Leaves, $"open kept the CRCs of the leaves: {pager.Evictions} evictions");
+            long fetches = pager.Fetches;
+            AssertAll(store, "vm", "vm@s1", "vm@s2", "clone");
+            Assert.True(pager.Fetches - fetches >= Leaves, $"reads fetched {pager.Fetches - fetches} leaves' CRCs");
+
+            // Writes into paged leaves (partial leaves: the rest of each leaf keeps its CRCs from the fetch).
+            using (var v = store.OpenVolume("vm"))
+            {
+                for (int l = 1; l < Leaves; l += 3) Write(v, "vm", l * 256L + 20, 3, 5);
+                v.Flush();
+            }
+            AssertAll(store, "vm", "vm@s1", "clone");
+
+            // Deleting s2 merges the volume's layer into s2's in memory now and in LMDB at the checkpoint: leaves loaded
+            // from the volume's old layer find their records in another layer afterwards.
+            store.DeleteSnapshot("vm", "s2");
+            _expected.Remove("vm@s2");
+            AssertAll(store, "vm", "vm@s1", "clone");
+            store.Checkpoint();
+            AssertAll(store, "vm", "vm@s1", "clone");
+            StoreChecks.AssertConsistent(store, "under a tiny map checksum budget");
+        }
+        using (var store = Open(budget: 1))
+        {
+            AssertAll(store, "vm", "vm@s1", "clone");
+            Assert.True(store.MapChecksums.Fetches > 0, "reads after the merge fetched nothing");
+        }
+        // A budget the map fits in: nothing dropped, nothing fetched.
+        using (var store = Open(long.MaxValue))
+        {
+            AssertAll(store, "vm", "vm@s1", "clone");
+            Assert.Equal(0, store.MapChecksums.Evictions);
+            Assert.Equal(0, store.MapChecksums.Fetches);
+        }
+    }
+
+    [Fact]
+    public void Damage_is_detected_with_fetched_checksums()
+    {
+        using (var store = Open(long.MaxValue))
+        {
+            store.CreateVolume("vm", 64 * MiB);
+            using var v = store.OpenVolume("vm");
+            for (int l = 0; l < Leaves; l++) Write(v, "vm", l * 256L, 16, 1);
+            v.Flush();
+            store.Checkpoint();
+        }
+        // Flip one bit of block 7 of leaf 30 where the data file holds it.
+        var victim = Blocks.Pattern(1, 30 * 256L + 7);
+        var file = File.ReadAllBytes(Path.Combine(_dir.Path, "data"));
+        int at = file.AsSpan().IndexOf(victim);
+        Assert.True(at >= 0, "the block's content is not in the data file");
+        using (var fs = new FileStream(Path.Combine(_dir.Path, "data"), FileMode.Open, FileAccess.ReadWrite))
+        {
+            fs.Position = at + 100;
+            int old = fs.ReadByte();
+            fs.Position = at + 100;
+            fs.WriteByte((byte)(old ^ 0x01));
+        }
+
+        using (var store = Open(budget: 1))
+        {
+            using var v = store.OpenVolume("vm");
+            long fetches = store.MapChecksums.Fetches;
+            StorageAssert.Throws(() => v.ReadAll((30 * 256L + 7) * B, B), StorageError.ChecksumMismatch);
+            Assert.True(store.MapChecksums.Fetches > fetches, "the read did not fetch the leaf's CRCs: the test proves nothing");
+            Assert.Equal(Blocks.Pattern(1, 30 * 256L + 6), v.ReadAll((30 * 256L + 6) * B, B));
+            Assert.Equal(Blocks.Pattern(1, 29 * 256L + 7), v.ReadAll((29 * 256L + 7) * B, B));
+            Assert.False(store.Check(verifyChecksums: true).Ok, "the checksum scan must find the flipped bit");
+        }
+    }
+}
