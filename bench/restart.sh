@@ -44,7 +44,8 @@ for ((i = 1; i <= rounds; i++)); do
   t0=$(now)
   "$bin" serve --store "$store" --listen none --socket "$work/nbd.sock" --api-socket "$work/api.sock" >"$work/serve.log" 2>&1 &
   server=$!
-  until nbdsh -u "nbd+unix:///$volume?socket=$work/nbd.sock" -c 'h.pread(4096, 0)' >/dev/null 2>&1; do
+  # nbdsh runs `python3 -m nbd`: Debian's python3 has the binding, not one earlier on PATH (pyenv).
+  until PATH=/usr/bin:$PATH nbdsh -u "nbd+unix:///$volume?socket=$work/nbd.sock" -c 'h.pread(4096, 0)' >/dev/null 2>&1; do
     kill -0 "$server" 2>/dev/null || { echo "platter serve exited:" >&2; cat "$work/serve.log" >&2; exit 1; }
     sleep 0.01
   done
