@@ -400,6 +400,7 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
         private int _disposed;
 
         public void AcknowledgeThroughClock() => (inner as IClockedAcknowledgements)?.AcknowledgeThroughClock();
+        public void AcknowledgementsLeaving() => (inner as IClockedAcknowledgements)?.AcknowledgementsLeaving();
 
         public string Name => inner.Name;
         public long SizeBytes => inner.SizeBytes;

@@ -300,9 +300,11 @@ public sealed class WriteBackVolume : IAsyncDisposable
     private sealed class Handle(WriteBackVolume cache) : IVolumeHandle, IClockedAcknowledgements
     {
         private volatile bool _disposed;
-        private volatile bool _clocked; // the caller ticks AcknowledgementClock before our acknowledgements reach a client
+        private volatile bool _clocked; // the caller moves the log's clock before our acknowledgements reach a client
 
         public void AcknowledgeThroughClock() => _clocked = true;
+
+        public void AcknowledgementsLeaving() => cache._log.AcknowledgementsLeaving();
 
         public string Name => cache._backend.Name;
         public long SizeBytes => cache._backend.SizeBytes;

@@ -92,6 +92,10 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     private long _flushSyncs;
     private long _headSyncs;
 
+    // The clock of acknowledgements (IClockedAcknowledgements): records are stamped with it when their write arrives
+    // and when they are written; write-back lets records go back together only if none may depend on another.
+    private long _ackClock;
+
     // Write-back waves and their backend writes (tests and the bench read them).
     private long _waves;
     private long _waveOps;
@@ -113,8 +117,8 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
         public int Blocks;
         public ushort Kind;
         public bool Written;
-        public long Entered; // AcknowledgementClock when the write arrived (long.MaxValue: replayed, arrival unknown)
-        public long Acked;   // AcknowledgementClock when it was written into the log (long.MinValue: replayed)
+        public long Entered; // _ackClock when the write arrived (long.MaxValue: replayed, arrival unknown)
+        public long Acked;   // _ackClock when it was written into the log (long.MinValue: replayed)
     }
 
     private readonly record struct DirtyBlock(long Pos, long Seq, ulong Sum);
@@ -176,6 +180,9 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     /// <summary>fdatasyncs made to record the write-back head (one per batch of write-back operations).</summary>
     internal long HeadSyncs => Interlocked.Read(ref _headSyncs);
 
+    /// <summary>Moves the clock of acknowledgements: those made so far may reach clients from now on.</summary>
+    public void AcknowledgementsLeaving() => Interlocked.Increment(ref _ackClock);
+
     /// <summary>Write-back waves so far (each: backend writes in flight together, then one backend flush).</summary>
     internal long Waves => Interlocked.Read(ref _waves);
 
@@ -208,14 +215,14 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     /// </summary>
     /// <param name="volumeOffset">Where the blocks go on the volume.</param>
     /// <param name="data">Whole blocks.</param>
-    /// <param name="clocked">The caller ticks <see cref="AcknowledgementClock"/> before the acknowledgement reaches its
-    /// client (<see cref="IClockedAcknowledgements"/>); otherwise this method ticks it before it returns.</param>
+    /// <param name="clocked">The caller calls <see cref="AcknowledgementsLeaving"/> before the acknowledgement reaches
+    /// its client (<see cref="IClockedAcknowledgements"/>); otherwise this method does before it returns.</param>
     /// <param name="cancellationToken">Cancels a wait for ring space.</param>
     public async ValueTask AppendAsync(long volumeOffset, ReadOnlyMemory<byte> data, bool clocked, CancellationToken cancellationToken)
     {
         ThrowIfFailed();
         // The write arrived now: it cannot depend on a write whose acknowledgement had not left before this value.
-        long entered = AcknowledgementClock.Now;
+        long entered = Volatile.Read(ref _ackClock);
         try
         {
             while (!data.IsEmpty)
@@ -231,7 +238,7 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
         {
             // Any outcome the caller hands on may be what a later write depends on (a failed write's records are
             // conservatively ordered too).
-            if (!clocked) AcknowledgementClock.Tick();
+            if (!clocked) AcknowledgementsLeaving();
         }
     }
 
@@ -325,7 +332,7 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
         {
             ref var slot = ref _slots[seq % _slots.Length];
             // Read before the acknowledgement can leave (the tick that lets it leave comes after this).
-            slot.Acked = AcknowledgementClock.Now;
+            slot.Acked = Volatile.Read(ref _ackClock);
             slot.Written = true;
             while (_writtenThrough + 1 < _nextSeq && _slots[(_writtenThrough + 1) % _slots.Length] is { Written: true } s && s.Seq == _writtenThrough + 1)
                 _writtenThrough++;
@@ -467,7 +474,7 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
 
     // Write-back goes in *waves* (decision 0014). A wave is a run of consecutive records, from the first not yet on the
     // backend, in which no record may depend on an earlier one of the run: each arrived before every earlier one was
-    // acknowledged (AcknowledgementClock), so no client can have ordered them, and a cacheless disk that lost power
+    // acknowledged (the clock of acknowledgements, IClockedAcknowledgements), so no client can have ordered them, and a cacheless disk that lost power
     // with them in flight could hold any subset of them. The wave's records are coalesced into pairwise disjoint
     // backend writes (a record that continues a write inside one atomic unit — one RADOS object — joins it; one that
     // overlaps a write of the wave ends the wave), all in flight together (at most _waveOpsMax, _waveBytesMax), then
