@@ -36,7 +36,7 @@ cleanup() {
   [[ -n $platter_pid ]] && { kill -9 "$platter_pid" 2>/dev/null; wait "$platter_pid" 2>/dev/null || true; }
   bench_cluster_stop
   rm -rf "$work"
-  [[ -n $cache_parent ]] && rm -rf "$cache_root"
+  if [[ -n $cache_parent ]]; then rm -rf "$cache_root"; fi
 }
 trap cleanup EXIT
 
@@ -62,7 +62,7 @@ wait_drained() {
 
 # measure LABEL DLL ROUND: one server of that build, one fresh volume; appends a result line to $work/results
 measure() {
-  local label=$1 dll=$2 round=$3 vol=$prefix-$1-$3 uri t0 t1 records rnd_s seq_s
+  local label=$1 dll=$2 round=$3 vol=$prefix-$1-$3 uri t0 tw t1 records rnd_s seq_s write_s
   rm -f "$work/platter.sock" "$work/api.sock"
   mkdir -p "$cache_root/$label-$round"
   dotnet "$dll" serve --store rbd:rbd --ceph-conf "$CEPH_CONF" --socket "$work/platter.sock" --api-socket "$work/api.sock" \
@@ -77,14 +77,16 @@ measure() {
   read -r records rnd_s <<<"$(wait_drained "$vol")"
   t0=$(date +%s.%N)
   fio --name=seq --ioengine=nbd --uri="$uri" --rw=write --bs=1M --iodepth=8 --size="${size_mib}M" >/dev/null
+  tw=$(date +%s.%N)
   wait_drained "$vol" >/dev/null
   t1=$(date +%s.%N)
   seq_s=$(python3 -c "print(f'{$t1-$t0:.2f}')")
+  write_s=$(python3 -c "print(f'{$tw-$t0:.2f}')")
   dotnet "$dll" volume release "$vol" --api-socket "$work/api.sock" >/dev/null
   kill -9 "$platter_pid" 2>/dev/null; wait "$platter_pid" 2>/dev/null || true
   platter_pid=""
   rbd rm "rbd/$vol" >/dev/null 2>&1 || true
-  echo "$round $label $records $rnd_s $seq_s $load0 $(cut -d' ' -f1 /proc/loadavg)" >>"$work/results"
+  echo "$round $label $records $rnd_s $seq_s $write_s $load0 $(cut -d' ' -f1 /proc/loadavg)" >>"$work/results"
 }
 
 rbd_fio() { CEPH_ARGS="--rbd_cache=false" fio --name=d --ioengine=rbd --clientname=admin --pool=rbd --rbdname="$prefix-fio" --output-format=json "$@" |
@@ -115,13 +117,13 @@ for line in open(sys.argv[1]):
         fio[f[0]] = [float(x) for x in f[2:]]
     else:
         rows.append(f)
-print("| round | build | random drain, records/s | / fio 4k depth 1 | / fio 4k depth 32 | sequential write + drain, MB/s | / fio 4M depth 1 | / fio 4M depth 16 | load before → after |")
+print("| round | build | random drain, records/s | / fio 4k depth 1 | / fio 4k depth 32 | sequential write + drain, MB/s (of it the client's writes) | / fio 4M depth 1 | / fio 4M depth 16 | load before → after |")
 print("|---|---|---|---|---|---|---|---|---|")
-for r, label, records, rnd_s, seq_s, l0, l1 in rows:
+for r, label, records, rnd_s, seq_s, write_s, l0, l1 in rows:
     r1, r32, s1, s16 = fio[r]
     rps = float(records) / max(float(rnd_s), 0.01)
     mbps = size / max(float(seq_s), 0.01)
-    print(f"| {r} | {label} | {rps:.0f} ({records} in {rnd_s} s) | {rps/r1:.2f} | {rps/r32:.2f} | {mbps:.1f} ({seq_s} s) | {mbps/s1:.2f} | {mbps/s16:.2f} | {l0} → {l1} |")
+    print(f"| {r} | {label} | {rps:.0f} ({records} in {rnd_s} s) | {rps/r1:.2f} | {rps/r32:.2f} | {mbps:.1f} ({seq_s} s; {write_s} s) | {mbps/s1:.2f} | {mbps/s16:.2f} | {l0} → {l1} |")
 for r in sorted(fio):
     r1, r32, s1, s16 = fio[r]
     print(f"round {r} fio rbd (librbd cache off): 4k randwrite depth 1 {r1:.0f} IOPS, depth 32 {r32:.0f} IOPS; 4M write depth 1 {s1:.1f} MB/s, depth 16 {s16:.1f} MB/s")
