@@ -40,7 +40,7 @@ cleanup() {
   [[ -n $qemu_pid ]] && { kill "$qemu_pid" 2>/dev/null; wait "$qemu_pid" 2>/dev/null || true; }
   bench_cluster_stop
   rm -rf "$work"
-  [[ -n $cache_parent ]] && rm -rf "$cache_dir"
+  if [[ -n $cache_parent ]]; then rm -rf "$cache_dir"; fi
 }
 trap cleanup EXIT
 

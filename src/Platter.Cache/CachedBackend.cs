@@ -395,9 +395,12 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
 
     // ---- closing ----
 
-    private sealed class CountedHandle(CachedBackend owner, Entry entry, IVolumeHandle inner) : IVolumeHandle
+    private sealed class CountedHandle(CachedBackend owner, Entry entry, IVolumeHandle inner) : IVolumeHandle, IClockedAcknowledgements
     {
         private int _disposed;
+
+        public void AcknowledgeThroughClock() => (inner as IClockedAcknowledgements)?.AcknowledgeThroughClock();
+        public void AcknowledgementsLeaving() => (inner as IClockedAcknowledgements)?.AcknowledgementsLeaving();
 
         public string Name => inner.Name;
         public long SizeBytes => inner.SizeBytes;

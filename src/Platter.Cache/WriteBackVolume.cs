@@ -26,6 +26,15 @@ public sealed class WriteBackOptions
     public int AtomicUnitBytes { get; init; } = 4 << 20;
 
     /// <summary>
+    /// Backend writes write-back keeps in flight together at most (records that no client can have ordered, decision
+    /// 0014). 1 writes back one operation at a time.
+    /// </summary>
+    public int WriteBackOpsInFlight { get; init; } = 16;
+
+    /// <summary>Bytes write-back keeps in flight together at most (its staging buffer; at least one atomic unit).</summary>
+    public int WriteBackBytesInFlight { get; init; } = 16 << 20;
+
+    /// <summary>
     /// Open even when the log is damaged and flushed records cannot be read back: the backend's older, consistent
     /// image is served and the unreadable rest of the log is discarded. False (the default) refuses to open.
     /// </summary>
@@ -89,7 +98,7 @@ public sealed class WriteBackVolume : IAsyncDisposable
     {
         var logger = options.LoggerFactory.CreateLogger("Platter.Cache");
         var log = WriteBackLog.Open(logPath, identity, options.LogBytes, options.AtomicUnitBytes, backend, logger, options.AcceptLoss,
-            options.HeadIdleDelay, out var report);
+            options.HeadIdleDelay, options.WriteBackOpsInFlight, options.WriteBackBytesInFlight, out var report);
         var readCache = options.ReadCacheBytes > 0 ? new ReadCache(logPath + ".rcache", options.ReadCacheBytes) : null;
         var volume = new WriteBackVolume(backend, log, readCache) { Replayed = report.Replayed, Damage = report.Damage };
         log.Start();
@@ -198,13 +207,13 @@ public sealed class WriteBackVolume : IAsyncDisposable
         }
     }
 
-    private async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken cancellationToken)
+    private async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, bool clocked, CancellationToken cancellationToken)
     {
         CheckRange(offset, source.Length);
         if (source.IsEmpty) return;
         if (IsAligned(offset, source.Length))
         {
-            await AppendAsync(offset, source, cancellationToken).ConfigureAwait(false);
+            await AppendAsync(offset, source, clocked, cancellationToken).ConfigureAwait(false);
         }
         else
         {
@@ -223,7 +232,7 @@ public sealed class WriteBackVolume : IAsyncDisposable
             {
                 await ReadBlocksAsync(first, buffer.AsMemory(0, bytes), cancellationToken).ConfigureAwait(false);
                 source.Span.CopyTo(buffer.AsSpan((int)(offset - first * BlockBytes)));
-                await AppendAsync(first * BlockBytes, buffer.AsMemory(0, bytes), cancellationToken).ConfigureAwait(false);
+                await AppendAsync(first * BlockBytes, buffer.AsMemory(0, bytes), clocked, cancellationToken).ConfigureAwait(false);
             }
             finally
             {
@@ -237,10 +246,10 @@ public sealed class WriteBackVolume : IAsyncDisposable
 
     // The read cache must never outlive the log's newer copy of a block: it is invalidated before the append (no
     // racing reader inserts the old copy afterwards) and after it (none that looked in between does either).
-    private async ValueTask AppendAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    private async ValueTask AppendAsync(long offset, ReadOnlyMemory<byte> data, bool clocked, CancellationToken cancellationToken)
     {
         _readCache?.Invalidate(offset / BlockBytes, data.Length / BlockBytes);
-        await _log.AppendAsync(offset, data, cancellationToken).ConfigureAwait(false);
+        await _log.AppendAsync(offset, data, clocked, cancellationToken).ConfigureAwait(false);
         _readCache?.Invalidate(offset / BlockBytes, data.Length / BlockBytes);
     }
 
@@ -288,9 +297,14 @@ public sealed class WriteBackVolume : IAsyncDisposable
         return count;
     }
 
-    private sealed class Handle(WriteBackVolume cache) : IVolumeHandle
+    private sealed class Handle(WriteBackVolume cache) : IVolumeHandle, IClockedAcknowledgements
     {
         private volatile bool _disposed;
+        private volatile bool _clocked; // the caller moves the log's clock before our acknowledgements reach a client
+
+        public void AcknowledgeThroughClock() => _clocked = true;
+
+        public void AcknowledgementsLeaving() => cache._log.AcknowledgementsLeaving();
 
         public string Name => cache._backend.Name;
         public long SizeBytes => cache._backend.SizeBytes;
@@ -312,7 +326,7 @@ public sealed class WriteBackVolume : IAsyncDisposable
         public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken cancellationToken = default)
         {
             ThrowIfClosed();
-            return cache.WriteAsync(offset, source, fua, cancellationToken);
+            return cache.WriteAsync(offset, source, fua, _clocked, cancellationToken);
         }
 
         public ValueTask FlushAsync(CancellationToken cancellationToken = default)

@@ -138,3 +138,14 @@ public interface INbdExportProvider
     /// <summary>The export used when a client asks for the empty name, or null for none.</summary>
     string? DefaultExportName { get; }
 }
+
+/// <summary>
+/// An export that must hear when replies are about to leave: the connection calls <see cref="BeforeRepliesSent"/>
+/// before every send of reply bytes on a connection serving it (replies of requests served together leave in one send,
+/// see ReplyWriter). A write-back cache orders its write-back by it (Platter.Volumes.IClockedAcknowledgements).
+/// </summary>
+public interface INbdRepliesSending
+{
+    /// <summary>Reply bytes are about to be sent.</summary>
+    void BeforeRepliesSent();
+}

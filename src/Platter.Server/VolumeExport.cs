@@ -10,7 +10,7 @@ namespace Platter.Server;
 /// positional I/O) and return completed <see cref="ValueTask"/>s, which pass straight through; a backend that truly
 /// waits (RBD) returns pending ones. Storage errors become the NBD error a client can act on.
 /// </summary>
-public sealed class VolumeExport : INbdExport
+public sealed class VolumeExport : INbdExport, INbdRepliesSending
 {
     // Largest number of engine extents fetched per block-status reply; NBD clients ask again from where the
     // reply stopped, and 64 runs of 24 bytes keep the scratch buffer on the stack.
@@ -22,6 +22,9 @@ public sealed class VolumeExport : INbdExport
     private readonly VolumeMetrics? _metrics;
     // This connection's entry in the registry of volume users (VolumeUsers), removed when the export closes.
     private readonly VolumeUsers.Registration? _user;
+    // The volume's clock of acknowledgements when its writes are ordered by one (a write-back cache), moved before every
+    // send of replies; null otherwise.
+    private readonly IClockedAcknowledgements? _clock;
 
     /// <summary>
     /// Wraps <paramref name="volume"/>; the export owns the handle and disposes it. With <paramref name="readOnly"/>
@@ -37,9 +40,19 @@ public sealed class VolumeExport : INbdExport
         _volume = volume;
         _readOnly = readOnly;
         _metrics = metrics;
+        // Our replies leave only after BeforeRepliesSent ticks the clock, so a write-back cache may count the writes
+        // this connection received before its last send as concurrent (decision 0014).
+        if (!_readOnly && volume is IClockedAcknowledgements clock)
+        {
+            clock.AcknowledgeThroughClock();
+            _clock = clock;
+        }
         Name = volume.Name;
         Description = volume.IsReadOnly ? "Platter snapshot (read-only)" : "Platter volume";
     }
+
+    /// <inheritdoc />
+    public void BeforeRepliesSent() => _clock?.AcknowledgementsLeaving();
 
     /// <inheritdoc />
     public void Opened(NbdConnectionInfo connection) => _user?.Describe(connection.Peer, connection.Tls);

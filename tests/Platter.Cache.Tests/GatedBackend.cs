@@ -23,6 +23,18 @@ internal sealed class GatedBackend(IVolumeHandle inner) : IVolumeHandle
     /// <summary>After this many writes reach the backend, cut it off (as <see cref="Cut"/>).</summary>
     public int CutAfterWrites { get; set; } = int.MaxValue;
 
+    /// <summary>After this many writes reach the backend, hold later ones (as <see cref="Pause"/>).</summary>
+    public int PauseAfterWrites { get; set; } = int.MaxValue;
+
+    /// <summary>Writes in flight now (called and not yet returned).</summary>
+    public int InFlight => Volatile.Read(ref _inFlight);
+
+    /// <summary>Most writes that were in flight at once (called and not yet returned).</summary>
+    public int MaxInFlight => Volatile.Read(ref _maxInFlight);
+
+    private int _inFlight;
+    private int _maxInFlight;
+
     /// <summary>Writes that reached the backend, in order.</summary>
     public List<(long Offset, int Length)> Applied { get; } = [];
 
@@ -55,6 +67,21 @@ internal sealed class GatedBackend(IVolumeHandle inner) : IVolumeHandle
 
     public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken cancellationToken = default)
     {
+        int inFlight = Interlocked.Increment(ref _inFlight);
+        for (int max = Volatile.Read(ref _maxInFlight); inFlight > max; max = Volatile.Read(ref _maxInFlight))
+            Interlocked.CompareExchange(ref _maxInFlight, inFlight, max);
+        try
+        {
+            await WriteCoreAsync(offset, source, fua, cancellationToken);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref _inFlight);
+        }
+    }
+
+    private async ValueTask WriteCoreAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken cancellationToken)
+    {
         Task gate;
         lock (_lock) gate = _open.Task;
         await gate.WaitAsync(cancellationToken);
@@ -66,6 +93,7 @@ internal sealed class GatedBackend(IVolumeHandle inner) : IVolumeHandle
             inner.WriteAsync(offset, source, fua, cancellationToken).AsTask().GetAwaiter().GetResult();
             Applied.Add((offset, source.Length));
             if (Applied.Count >= CutAfterWrites) _cut = true;
+            if (Applied.Count == PauseAfterWrites) Pause();
         }
     }
 

@@ -22,7 +22,7 @@ internal sealed partial class WriteBackLog
     /// so the backend keeps its consistent, older image.
     /// </exception>
     public static WriteBackLog Open(string path, string identity, long capacityBytes, int atomicUnitBytes, IVolumeHandle backend,
-        ILogger logger, bool acceptLoss, TimeSpan headIdleDelay, out OpenReport report)
+        ILogger logger, bool acceptLoss, TimeSpan headIdleDelay, int waveOpsMax, int waveBytesMax, out OpenReport report)
     {
         if (!LogFormat.IdentityFits(identity))
             throw new StorageException(StorageError.InvalidArgument, $"volume identity '{identity}' is too long for a cache log");
@@ -48,7 +48,7 @@ internal sealed partial class WriteBackLog
             // A new incarnation for every open: records this run writes carry it, so replay never mistakes a stale
             // record left past a torn tail by an earlier run for the continuation of this one.
             super = super with { Incarnation = super.Incarnation + 1 };
-            var log = new WriteBackLog(file, backend, logger, path, super, atomicUnitBytes, headIdleDelay);
+            var log = new WriteBackLog(file, backend, logger, path, super, atomicUnitBytes, headIdleDelay, waveOpsMax, waveBytesMax);
             report = log.Replay(acceptLoss);
             return log;
         }
@@ -115,7 +115,7 @@ internal sealed partial class WriteBackLog
             if (h.Kind == LogFormat.KindWrap)
             {
                 long waste = _capacity - pos;
-                _slots[seq % _slots.Length] = new RecordSlot { Seq = seq, Pos = pos, Bytes = waste, Kind = LogFormat.KindWrap, Written = true };
+                _slots[seq % _slots.Length] = new RecordSlot { Seq = seq, Pos = pos, Bytes = waste, Kind = LogFormat.KindWrap, Written = true, Entered = long.MaxValue, Acked = long.MinValue };
                 used += waste;
                 seq++;
                 pos = LogFormat.DataStart;
@@ -138,6 +138,7 @@ internal sealed partial class WriteBackLog
             _slots[seq % _slots.Length] = new RecordSlot
             {
                 Seq = seq, Pos = pos, Bytes = bytes, VolumeOffset = h.VolumeOffset, Blocks = h.Blocks, Kind = LogFormat.KindWrite, Written = true,
+                Entered = long.MaxValue, Acked = long.MinValue, // replayed: ordered after everything before it
             };
             long firstBlock = h.VolumeOffset / LogFormat.BlockBytes;
             for (int i = 0; i < h.Blocks; i++)

@@ -43,6 +43,8 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     private readonly long _capacity;
     private readonly long _dataBytes;
     private readonly int _atomicUnitBytes;
+    private readonly int _waveOpsMax;   // backend writes in flight together at most
+    private readonly int _waveBytesMax; // bytes in flight together at most (the staging buffer)
     private readonly ulong _logTag;
     private readonly Guid _logId;
     private readonly string _identity;
@@ -90,6 +92,14 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     private long _flushSyncs;
     private long _headSyncs;
 
+    // The clock of acknowledgements (IClockedAcknowledgements): records are stamped with it when their write arrives
+    // and when they are written; write-back lets records go back together only if none may depend on another.
+    private long _ackClock;
+
+    // Write-back waves and their backend writes (tests and the bench read them).
+    private long _waves;
+    private long _waveOps;
+
     // Readers of log blocks: two counters, selected by the epoch's parity (see ReleaseSpaceAsync).
     private readonly long[] _readers = new long[2];
     private long _epoch;
@@ -107,13 +117,17 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
         public int Blocks;
         public ushort Kind;
         public bool Written;
+        public long Entered; // _ackClock when the write arrived (long.MaxValue: replayed, arrival unknown)
+        public long Acked;   // _ackClock when it was written into the log (long.MinValue: replayed)
     }
 
     private readonly record struct DirtyBlock(long Pos, long Seq, ulong Sum);
 
     private WriteBackLog(SafeFileHandle file, IVolumeHandle backend, ILogger logger, string path, in LogFormat.Super super, int atomicUnitBytes,
-        TimeSpan headIdleDelay)
+        TimeSpan headIdleDelay, int waveOpsMax, int waveBytesMax)
     {
+        _waveOpsMax = Math.Max(1, waveOpsMax);
+        _waveBytesMax = waveBytesMax;
         _headIdleDelay = headIdleDelay;
         _file = file;
         _backend = backend;
@@ -166,6 +180,15 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     /// <summary>fdatasyncs made to record the write-back head (one per batch of write-back operations).</summary>
     internal long HeadSyncs => Interlocked.Read(ref _headSyncs);
 
+    /// <summary>Moves the clock of acknowledgements: those made so far may reach clients from now on.</summary>
+    public void AcknowledgementsLeaving() => Interlocked.Increment(ref _ackClock);
+
+    /// <summary>Write-back waves so far (each: backend writes in flight together, then one backend flush).</summary>
+    internal long Waves => Interlocked.Read(ref _waves);
+
+    /// <summary>Backend writes of all waves so far.</summary>
+    internal long WaveOps => Interlocked.Read(ref _waveOps);
+
     /// <summary>The flushed sequence number the superblock holds.</summary>
     internal long ConfirmedFlushSeq => Volatile.Read(ref _flushedSeq);
 
@@ -190,20 +213,36 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     /// ring is full (back-pressure: write-back frees space). Acknowledged when the records are in the log file and
     /// the index points at them.
     /// </summary>
-    public async ValueTask AppendAsync(long volumeOffset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    /// <param name="volumeOffset">Where the blocks go on the volume.</param>
+    /// <param name="data">Whole blocks.</param>
+    /// <param name="clocked">The caller calls <see cref="AcknowledgementsLeaving"/> before the acknowledgement reaches
+    /// its client (<see cref="IClockedAcknowledgements"/>); otherwise this method does before it returns.</param>
+    /// <param name="cancellationToken">Cancels a wait for ring space.</param>
+    public async ValueTask AppendAsync(long volumeOffset, ReadOnlyMemory<byte> data, bool clocked, CancellationToken cancellationToken)
     {
         ThrowIfFailed();
-        while (!data.IsEmpty)
+        // The write arrived now: it cannot depend on a write whose acknowledgement had not left before this value.
+        long entered = Volatile.Read(ref _ackClock);
+        try
         {
-            int blocks = Math.Min(data.Length / BlockBytes, LogFormat.RecordBlocksMax);
-            var chunk = data[..(blocks * BlockBytes)];
-            await AppendRecordAsync(volumeOffset, chunk, blocks, cancellationToken).ConfigureAwait(false);
-            volumeOffset += chunk.Length;
-            data = data[chunk.Length..];
+            while (!data.IsEmpty)
+            {
+                int blocks = Math.Min(data.Length / BlockBytes, LogFormat.RecordBlocksMax);
+                var chunk = data[..(blocks * BlockBytes)];
+                await AppendRecordAsync(volumeOffset, chunk, blocks, entered, cancellationToken).ConfigureAwait(false);
+                volumeOffset += chunk.Length;
+                data = data[chunk.Length..];
+            }
+        }
+        finally
+        {
+            // Any outcome the caller hands on may be what a later write depends on (a failed write's records are
+            // conservatively ordered too).
+            if (!clocked) AcknowledgementsLeaving();
         }
     }
 
-    private async ValueTask AppendRecordAsync(long volumeOffset, ReadOnlyMemory<byte> payload, int blocks, CancellationToken cancellationToken)
+    private async ValueTask AppendRecordAsync(long volumeOffset, ReadOnlyMemory<byte> payload, int blocks, long entered, CancellationToken cancellationToken)
     {
         int headerBytes = LogFormat.HeaderBytes(blocks);
         long recordBytes = headerBytes + (long)blocks * BlockBytes;
@@ -227,12 +266,12 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
                         {
                             wrapSeq = _nextSeq++;
                             wrapPos = _tailPos;
-                            Reserve(wrapSeq, wrapPos, waste, 0, 0, LogFormat.KindWrap);
+                            Reserve(wrapSeq, wrapPos, waste, 0, 0, LogFormat.KindWrap, entered);
                             _tailPos = LogFormat.DataStart;
                         }
                         seq = _nextSeq++;
                         pos = _tailPos;
-                        Reserve(seq, pos, recordBytes, volumeOffset, blocks, LogFormat.KindWrite);
+                        Reserve(seq, pos, recordBytes, volumeOffset, blocks, LogFormat.KindWrite, entered);
                         _tailPos += recordBytes;
                         if (_tailPos == _capacity) _tailPos = LogFormat.DataStart;
                         break;
@@ -276,14 +315,14 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
         }
     }
 
-    private void Reserve(long seq, long pos, long bytes, long volumeOffset, int blocks, ushort kind)
+    private void Reserve(long seq, long pos, long bytes, long volumeOffset, int blocks, ushort kind, long entered)
     {
         ref var slot = ref _slots[seq % _slots.Length];
         // The slot's previous record must have been written back and released: the ring's byte bound keeps the
         // number of live records below the slot count.
         if (slot.Seq != 0 && slot.Seq >= Volatile.Read(ref _headSeq) && slot.Seq != seq)
             throw new InvalidOperationException($"write-back log {_path}: record slot {seq % _slots.Length} still holds live record {slot.Seq}");
-        slot = new RecordSlot { Seq = seq, Pos = pos, Bytes = bytes, VolumeOffset = volumeOffset, Blocks = blocks, Kind = kind, Written = false };
+        slot = new RecordSlot { Seq = seq, Pos = pos, Bytes = bytes, VolumeOffset = volumeOffset, Blocks = blocks, Kind = kind, Written = false, Entered = entered };
         _usedBytes += bytes;
     }
 
@@ -291,7 +330,10 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     {
         lock (_appendLock)
         {
-            _slots[seq % _slots.Length].Written = true;
+            ref var slot = ref _slots[seq % _slots.Length];
+            // Read before the acknowledgement can leave (the tick that lets it leave comes after this).
+            slot.Acked = Volatile.Read(ref _ackClock);
+            slot.Written = true;
             while (_writtenThrough + 1 < _nextSeq && _slots[(_writtenThrough + 1) % _slots.Length] is { Written: true } s && s.Seq == _writtenThrough + 1)
                 _writtenThrough++;
         }
@@ -417,22 +459,51 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     // (those operations are on the backend already) and how long ring space stays held.
     private const int HeadBatchOpsMax = 64;
 
-    // One operation at a time, each durable on the backend (write + flush) before the next starts: that keeps the
-    // backend an ordered prefix of the log. The head — the first record not on the backend — is made durable in the
-    // superblock once per *batch* of operations, not once per operation, under one rule: the operations of a batch touch
-    // pairwise disjoint blocks. Why that is enough: after a crash, replay starts at the durable head and writes the
-    // batch's records again, over a backend that already holds some of them (say the first k). Writing record j <= k
-    // again puts back the value it already holds (no later record of the batch touched its blocks), so while the batch
-    // is rewritten the backend stays exactly "records through k", and then through j for j > k: an ordered prefix at
-    // every instant, even if the cache is lost during that replay. An operation that overlaps the batch first ends it
-    // (head sync); so do a full batch, a writer waiting for ring space, and _headIdleDelay without a new record.
+    // Most records one wave takes (bounds the planning done under _appendLock).
+    private const int WaveRecordsMax = 1024;
+
+    // One backend write of a wave: volume bytes [Start, End), staged at Offset of the staging buffer.
+    private struct WaveOp
+    {
+        public long Start;
+        public long End;
+        public int Offset;
+    }
+
+    private readonly record struct WaveRecord(RecordSlot Slot, int Op);
+
+    // Write-back goes in *waves* (decision 0014). A wave is a run of consecutive records, from the first not yet on the
+    // backend, in which no record may depend on an earlier one of the run: each arrived before every earlier one was
+    // acknowledged (the clock of acknowledgements, IClockedAcknowledgements), so no client can have ordered them, and a cacheless disk that lost power
+    // with them in flight could hold any subset of them. The wave's records are coalesced into pairwise disjoint
+    // backend writes (a record that continues a write inside one atomic unit — one RADOS object — joins it; one that
+    // overlaps a write of the wave ends the wave), all in flight together (at most _waveOpsMax, _waveBytesMax), then
+    // one backend flush; only then is the wave applied and the next one planned, since its records may depend on this
+    // one's. A record that may depend on the wave joins it only as the continuation of a wave of one write, landing
+    // atomically with what it depends on. So whenever the cache can be lost, the backend
+    // holds every record before the wave, some of the wave's writes, and nothing after: closed under "acknowledged
+    // before this write arrived", which is guarantee 2. Writes from one writer at depth 1 each depend on the one
+    // before: their waves are one record long, and the backend is an ordered prefix of the log at every instant.
+    //
+    // The head — the first record not on the backend — is made durable in the superblock once per *batch* of
+    // operations, not once per wave, under one rule: the operations of a batch touch pairwise disjoint blocks. Why that
+    // is enough: after a crash, replay starts at the durable head and writes the batch's records again, one at a time
+    // (replayed records carry no arrival stamps), over a backend that holds some of them. Rewriting record j puts back
+    // the value it already holds or would hold (no other record of the batch touched its blocks), and j's own
+    // dependencies are records before it, so the backend stays closed under dependencies at every instant, even if the
+    // cache is lost during that replay. An operation that overlaps the batch first ends it (head sync); so do a full
+    // batch, a writer waiting for ring space, and _headIdleDelay without a new record.
     private async Task WriteBackLoopAsync()
     {
         var token = _stop.Token;
-        var buffer = ArrayPool<byte>.Shared.Rent(Math.Max(_atomicUnitBytes, LogFormat.RecordBlocksMax * BlockBytes) + LogFormat.HeaderBytes(LogFormat.RecordBlocksMax));
+        int stagingBytes = Math.Max(_waveBytesMax, Math.Max(_atomicUnitBytes, LogFormat.RecordBlocksMax * BlockBytes));
+        var buffer = ArrayPool<byte>.Shared.Rent(stagingBytes);
         var sums = new ulong[LogFormat.RecordBlocksMax];
         var batch = new List<RecordSlot>();           // records written back since the durable head
         var batchBlocks = new List<(long First, long End)>(); // the block ranges of the batch's operations
+        var records = new List<WaveRecord>();
+        var ops = new List<WaveOp>();
+        var writes = new Task<bool>[_waveOpsMax];
         long appliedPos = _headPos;
         int batchOps = 0;
         try
@@ -472,27 +543,8 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
                     continue;
                 }
 
-                // One backend operation: this record and the written records right after it that continue it on the
-                // volume inside the same atomic unit (one RADOS object), so the operation is all-or-nothing.
-                var op = new List<RecordSlot> { first };
-                long unit = first.VolumeOffset / _atomicUnitBytes;
-                long end = first.VolumeOffset + (long)first.Blocks * BlockBytes;
-                lock (_appendLock)
-                {
-                    for (long next = seq + 1; next < _nextSeq; next++)
-                    {
-                        var s = _slots[next % _slots.Length];
-                        if (s.Seq != next || !s.Written || s.Kind != LogFormat.KindWrite) break;
-                        long sEnd = s.VolumeOffset + (long)s.Blocks * BlockBytes;
-                        if (s.VolumeOffset != end || (sEnd - 1) / _atomicUnitBytes != unit || sEnd - first.VolumeOffset > _atomicUnitBytes) break;
-                        op.Add(s);
-                        end = sEnd;
-                    }
-                }
-                long length = end - first.VolumeOffset;
-                long firstBlock = first.VolumeOffset / BlockBytes, endBlock = end / BlockBytes;
-
-                if (batch.Count > 0 && (batchOps >= HeadBatchOpsMax || Overlaps(batchBlocks, firstBlock, endBlock)))
+                long firstBlock = first.VolumeOffset / BlockBytes;
+                if (batch.Count > 0 && (batchOps >= HeadBatchOpsMax || Overlaps(batchBlocks, firstBlock, firstBlock + first.Blocks)))
                 {
                     await AdvanceAsync(seq, appliedPos, batch, token).ConfigureAwait(false);
                     batch.Clear();
@@ -500,43 +552,29 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
                     batchOps = 0;
                 }
 
-                int filled = 0;
-                foreach (var r in op)
+                // Plan the wave and read its records into place. A damaged record ends the wave before it; first in
+                // its wave, it stops write-back (the backend holds every record before it).
+                long limit = long.MaxValue;
+                while (true)
                 {
-                    var verdict = ReadRecordPayload(r, buffer.AsSpan(filled, r.Blocks * BlockBytes), sums);
-                    if (verdict is not null)
+                    PlanWave(seq, limit, stagingBytes, Math.Min(_waveOpsMax, HeadBatchOpsMax - batchOps), batchBlocks, records, ops);
+                    var (damaged, verdict) = StageWave(records, ops, buffer, sums);
+                    if (verdict is null) break;
+                    if (damaged == seq)
                     {
                         Fail(verdict);
                         return;
                     }
-                    filled += r.Blocks * BlockBytes;
+                    limit = damaged;
                 }
 
-                while (true)
-                {
-                    try
-                    {
-                        await _backend.WriteAsync(first.VolumeOffset, buffer.AsMemory(0, (int)length), fua: false, token).ConfigureAwait(false);
-                        await _backend.FlushAsync(token).ConfigureAwait(false);
-                        break;
-                    }
-                    catch (StorageException e) when (e.Error is not (StorageError.Closed or StorageError.ReadOnly or StorageError.OutOfRange or StorageError.InvalidArgument))
-                    {
-                        _logger.LogWarning("write-back of {Path} to the backend failed, retrying: {Message}", _path, e.Message);
-                        await Task.Delay(BackendRetryDelay, token).ConfigureAwait(false);
-                    }
-                    catch (StorageException e)
-                    {
-                        Fail($"write-back cache {_path}: the backend refused write-back for good ({e.Error}): {e.Message}");
-                        return;
-                    }
-                }
+                if (!await WriteWaveAsync(ops, buffer, writes, token).ConfigureAwait(false)) return;
 
                 // The backend serves these blocks now: drop the index entries (a reader that found one still reads the
                 // record safely: its ring space is freed only after the head sync and a reader epoch, AdvanceAsync).
                 lock (_indexLock)
                 {
-                    foreach (var r in op)
+                    foreach (var (r, _) in records)
                     {
                         long b0 = r.VolumeOffset / BlockBytes;
                         for (int i = 0; i < r.Blocks; i++)
@@ -545,12 +583,14 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
                         }
                     }
                 }
-                var last = op[^1];
+                var last = records[^1].Slot;
                 appliedPos = last.Pos + last.Bytes;
                 if (appliedPos == _capacity) appliedPos = LogFormat.DataStart;
-                batch.AddRange(op);
-                batchBlocks.Add((firstBlock, endBlock));
-                batchOps++;
+                foreach (var (r, _) in records) batch.Add(r);
+                foreach (var o in ops) batchBlocks.Add((o.Start / BlockBytes, o.End / BlockBytes));
+                batchOps += ops.Count;
+                Interlocked.Increment(ref _waves);
+                Interlocked.Add(ref _waveOps, ops.Count);
                 Volatile.Write(ref _appliedSeq, last.Seq + 1);
                 Signal(ref _applied);
             }
@@ -568,6 +608,169 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
             ArrayPool<byte>.Shared.Return(buffer);
             // DisposeAsync records how far write-back got.
             Volatile.Write(ref _appliedPos, appliedPos);
+        }
+    }
+
+    // Plans the wave that starts at record seq (see WriteBackLoopAsync): written records before limit, none of which
+    // may depend on an earlier one of the wave (but for continuations of a one-write wave) or touches the head batch's
+    // blocks, in at most opsMax disjoint
+    // operations whose bytes fit the staging buffer. Always takes record seq itself.
+    private void PlanWave(long seq, long limit, int stagingBytes, int opsMax, List<(long First, long End)> batchBlocks,
+        List<WaveRecord> records, List<WaveOp> ops)
+    {
+        records.Clear();
+        ops.Clear();
+        long minAcked = long.MaxValue;
+        long staged = 0;
+        lock (_appendLock)
+        {
+            for (long next = seq; next < _nextSeq && next < limit && records.Count < WaveRecordsMax; next++)
+            {
+                var s = _slots[next % _slots.Length];
+                if (s.Seq != next || !s.Written || s.Kind != LogFormat.KindWrite) break;
+                long start = s.VolumeOffset, end = start + (long)s.Blocks * BlockBytes;
+                int op;
+                if (records.Count == 0)
+                {
+                    op = 0;
+                    ops.Add(new WaveOp { Start = start, End = end });
+                    staged = end - start;
+                }
+                else
+                {
+                    if (Overlaps(batchBlocks, start / BlockBytes, end / BlockBytes)) break;
+                    if (s.Entered > minAcked)
+                    {
+                        // It arrived after an acknowledgement of the wave could have left, so it may depend on it: it
+                        // can only continue a wave of one operation, landing with what it depends on in one atomic
+                        // write (a sequential writer's records go back in operations of one atomic unit).
+                        if (ops.Count != 1 || start != ops[0].End || !InOneUnit(ops[0].Start, end)) break;
+                        op = 0;
+                    }
+                    else
+                    {
+                        op = JoinableOp(ops, start, end, out bool conflict);
+                        if (conflict) break;
+                    }
+                    if (op >= 0)
+                    {
+                        ref var o = ref CollectionsMarshal.AsSpan(ops)[op];
+                        long joinedStart = Math.Min(o.Start, start), joinedEnd = Math.Max(o.End, end);
+                        long grown = (joinedEnd - joinedStart) - (o.End - o.Start);
+                        if (staged + grown > stagingBytes) break;
+                        staged += grown;
+                        o.Start = joinedStart;
+                        o.End = joinedEnd;
+                    }
+                    else
+                    {
+                        if (ops.Count >= opsMax || staged + (end - start) > stagingBytes) break;
+                        op = ops.Count;
+                        ops.Add(new WaveOp { Start = start, End = end });
+                        staged += end - start;
+                    }
+                }
+                records.Add(new WaveRecord(s, op));
+                minAcked = Math.Min(minAcked, s.Acked);
+            }
+        }
+    }
+
+    // The operation of the wave that blocks [start, end) continue inside one atomic unit (so the two land together),
+    // or -1. conflict: they overlap an operation, so they cannot be in this wave: two writes in flight to the same
+    // blocks may land in either order, and joining them into one would let replay (which rewrites the batch's records
+    // one at a time) put back the older data over the newer.
+    private int JoinableOp(List<WaveOp> ops, long start, long end, out bool conflict)
+    {
+        int adjacent = -1;
+        conflict = false;
+        for (int i = 0; i < ops.Count; i++)
+        {
+            var o = ops[i];
+            if (start < o.End && o.Start < end)
+            {
+                conflict = true;
+                return -1;
+            }
+            if (adjacent < 0 && (start == o.End || end == o.Start) && InOneUnit(Math.Min(o.Start, start), Math.Max(o.End, end))) adjacent = i;
+        }
+        return adjacent;
+    }
+
+    private bool InOneUnit(long start, long end) => start / _atomicUnitBytes == (end - 1) / _atomicUnitBytes;
+
+    // Gives each operation its place in the staging buffer and reads the wave's records there in record order (a later
+    // record's blocks overwrite an earlier one's). Returns the first damaged record and why, or (-1, null).
+    private (long Damaged, string? Verdict) StageWave(List<WaveRecord> records, List<WaveOp> ops, byte[] buffer, ulong[] sums)
+    {
+        var placed = CollectionsMarshal.AsSpan(ops);
+        int offset = 0;
+        for (int i = 0; i < placed.Length; i++)
+        {
+            placed[i].Offset = offset;
+            offset += (int)(placed[i].End - placed[i].Start);
+        }
+        foreach (var (r, op) in records)
+        {
+            var o = placed[op];
+            var verdict = ReadRecordPayload(r, buffer.AsSpan(o.Offset + (int)(r.VolumeOffset - o.Start), r.Blocks * BlockBytes), sums);
+            if (verdict is not null) return (r.Seq, verdict);
+        }
+        return (-1, null);
+    }
+
+    // All of a wave's operations in flight together, then one backend flush: the wave is durable on the backend before
+    // the next one (whose records may depend on it) starts. False when the backend refused for good (write-back failed).
+    private async ValueTask<bool> WriteWaveAsync(List<WaveOp> ops, byte[] buffer, Task<bool>[] writes, CancellationToken token)
+    {
+        bool ok = true;
+        if (ops.Count == 1)
+        {
+            var o = ops[0];
+            ok = await WriteOpAsync(o.Start, buffer.AsMemory(o.Offset, (int)(o.End - o.Start)), token).ConfigureAwait(false);
+        }
+        else
+        {
+            for (int i = 0; i < ops.Count; i++)
+            {
+                var o = ops[i];
+                writes[i] = WriteOpAsync(o.Start, buffer.AsMemory(o.Offset, (int)(o.End - o.Start)), token);
+            }
+            // Every write is awaited, also after one failed: the staging buffer must not be reused under a write.
+            Exception? error = null;
+            for (int i = 0; i < ops.Count; i++)
+            {
+                try { ok &= await writes[i].ConfigureAwait(false); }
+                catch (Exception e) { error ??= e; }
+                writes[i] = null!;
+            }
+            if (error is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(error);
+        }
+        return ok && await WriteOpAsync(0, ReadOnlyMemory<byte>.Empty, token).ConfigureAwait(false);
+    }
+
+    // One backend write (or, with no data, a backend flush), retried while the backend fails in a way that may pass:
+    // the data is safe in the log. False when the backend refused for good (write-back has failed).
+    private async Task<bool> WriteOpAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken token)
+    {
+        while (true)
+        {
+            try
+            {
+                if (data.IsEmpty) await _backend.FlushAsync(token).ConfigureAwait(false);
+                else await _backend.WriteAsync(offset, data, fua: false, token).ConfigureAwait(false);
+                return true;
+            }
+            catch (StorageException e) when (e.Error is not (StorageError.Closed or StorageError.ReadOnly or StorageError.OutOfRange or StorageError.InvalidArgument))
+            {
+                _logger.LogWarning("write-back of {Path} to the backend failed, retrying: {Message}", _path, e.Message);
+                await Task.Delay(BackendRetryDelay, token).ConfigureAwait(false);
+            }
+            catch (StorageException e)
+            {
+                Fail($"write-back cache {_path}: the backend refused write-back for good ({e.Error}): {e.Message}");
+                return false;
+            }
         }
     }
 

@@ -48,6 +48,7 @@ internal sealed partial class NbdConnection
     private void EnterTransmission(INbdExport export, string requestedName, bool blockSizeRequested)
     {
         _export = export;
+        _writer.BeforeSend = export is INbdRepliesSending sending ? sending.BeforeRepliesSent : null;
         _exportName = requestedName;
         _openedTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
         _size = export.Size;

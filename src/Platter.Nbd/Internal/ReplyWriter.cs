@@ -105,6 +105,9 @@ internal sealed class ReplyWriter : IDisposable
 
     public ReplyWriter(Stream stream) => _stream = stream;
 
+    /// <summary>Called before every send (<see cref="INbdRepliesSending"/>), or null.</summary>
+    public Action? BeforeSend { get; set; }
+
     /// <summary>Extended headers negotiated: every reply is a 32-byte extended chunk header.</summary>
     public bool Extended { get; set; }
 
@@ -221,6 +224,7 @@ internal sealed class ReplyWriter : IDisposable
     {
         try
         {
+            BeforeSend?.Invoke();
             await _stream.WriteAsync(data, cancellationToken).ConfigureAwait(false);
         }
         catch
