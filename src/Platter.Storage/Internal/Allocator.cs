@@ -81,7 +81,12 @@ internal sealed class Allocator
                 if (best.Length < wantBlocks) best = _byLength.Max;
                 chosen = (best.Start, best.Length);
             }
-            TakeLocked(chosen.Start, chosen.Length, wantBlocks, out start, out length);
+            Invariant.Check(chosen.Start >= 0 && chosen.Start + chosen.Length <= TotalBlocks,
+                $"free extent [{chosen.Start}, {chosen.Start + chosen.Length}) outside the device ({TotalBlocks} blocks)");
+            RemoveLocked(chosen.Start, chosen.Length);
+            start = chosen.Start;
+            length = Math.Min(wantBlocks, chosen.Length);
+            if (length < chosen.Length) InsertLocked(start + length, chosen.Length - length);
             return true;
         }
     }
@@ -114,7 +119,12 @@ internal sealed class Allocator
                 }
                 if (chosen.Length < minBlocks || chosen.Start >= freshFrom) return false; // an empty view answers default
             }
-            TakeLocked(chosen.Start, chosen.Length, wantBlocks, out start, out length);
+            Invariant.Check(chosen.Start >= 0 && chosen.Start + chosen.Length <= TotalBlocks,
+                $"free extent [{chosen.Start}, {chosen.Start + chosen.Length}) outside the device ({TotalBlocks} blocks)");
+            RemoveLocked(chosen.Start, chosen.Length);
+            start = chosen.Start;
+            length = Math.Min(wantBlocks, chosen.Length);
+            if (length < chosen.Length) InsertLocked(start + length, chosen.Length - length);
             return true;
         }
     }
@@ -192,17 +202,6 @@ internal sealed class Allocator
     public List<(long Start, long Length)> Snapshot()
     {
         lock (_lock) return [.. _byStart];
-    }
-
-    // Takes the first wantBlocks of free extent [extentStart, +extentLength), leaving the rest free.
-    private void TakeLocked(long extentStart, long extentLength, long wantBlocks, out long start, out long length)
-    {
-        Invariant.Check(extentStart >= 0 && extentStart + extentLength <= TotalBlocks,
-            $"free extent [{extentStart}, {extentStart + extentLength}) outside the device ({TotalBlocks} blocks)");
-        RemoveLocked(extentStart, extentLength);
-        start = extentStart;
-        length = Math.Min(wantBlocks, extentLength);
-        if (length < extentLength) InsertLocked(start + length, extentLength - length);
     }
 
     private void FreeLocked(long start, long length)
