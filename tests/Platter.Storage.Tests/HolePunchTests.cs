@@ -235,54 +235,6 @@ public sealed class HolePunchTests : IDisposable
     }
 
     [Fact]
-    public void Large_writes_take_space_overwrites_freed_before_the_files_never_written_growth()
-    {
-        // The first 32 MiB of the volume written interleaved (volume MiB 0, 16, 1, 17, ...), so overwriting MiB 0-15
-        // frees sixteen 1 MiB runs, none next to another: no free run a whole 4 MiB region fits in, and less free space
-        // than an eighth of the file, where the allocator used to grow the file rather than split regions. A large write
-        // fits whole in such a run, and a write into space written before costs no new file-system blocks or page-cache
-        // pages (issue 15, docs/PERFORMANCE.md session 10).
-        const int Chunks = 192;
-        static byte[] Chunk(int pass, int chunk) => Blocks.RandomBytes(new Random(pass * 1000 + chunk), (int)MiB);
-        var faulty = new FaultyStore();
-        using (var store = faulty.Open(_dir.Path))
-        {
-            var device = faulty.Data!;
-            device.TrackFreshFrom = FaultyStore.JournalBytes;
-            store.CreateVolume("a", Chunks * MiB);
-            using (var volume = store.OpenVolume("a"))
-            {
-                for (int c = 0; c < 16; c++)
-                {
-                    volume.Write(c * MiB, Chunk(0, c));
-                    volume.Write((c + 16) * MiB, Chunk(0, c + 16));
-                }
-                for (int c = 32; c < Chunks; c++) volume.Write(c * MiB, Chunk(0, c));
-                for (int c = 0; c < 16; c++) volume.Write(c * MiB, Chunk(1, c));
-            }
-            // Out of quarantine: the record that frees them is durable and no reader is left (two rounds).
-            for (int i = 0; i < 3; i++) FlushBounded(store, "after the first overwrite");
-            long lengthBefore = device.Length;
-            long freshBefore = device.FreshBlocks;
-            using (var volume = store.OpenVolume("a"))
-                for (int c = 0; c < 16; c++) volume.Write(c * MiB, Chunk(2, c));
-            FlushBounded(store, "after the second overwrite");
-
-            long fresh = (device.FreshBlocks - freshBefore) * 4096;
-            // At most what was left of the volume's region from the first overwrite (in new space: nothing was free yet).
-            Assert.True(fresh <= 4 * MiB, $"{fresh >> 20} MiB of a 16 MiB overwrite went into never-written space while 16 MiB written before was free");
-            Assert.Equal(lengthBefore, device.Length);
-            Assert.Equal(0, device.PunchesStarted);
-            StoreChecks.AssertConsistent(store, "after overwrites into space written before");
-        }
-        using var reopened = faulty.Open(_dir.Path);
-        using (var volume = reopened.OpenVolume("a"))
-            for (int c = 0; c < Chunks; c++)
-                Assert.True(Chunk(c < 16 ? 2 : 0, c).AsSpan().SequenceEqual(volume.ReadAll(c * MiB, (int)MiB)), $"volume MiB {c} differs after a reopen");
-        StoreChecks.AssertConsistent(reopened, "after reopening");
-    }
-
-    [Fact]
     public void Small_random_overwrites_reuse_space_the_file_system_holds_and_small_sequential_writes_stay_contiguous()
     {
         const int Blocks4K = (int)(16 * MiB / 4096);

@@ -133,10 +133,10 @@ internal sealed class Space : IDisposable
     /// Only while the volume's commit round is small, though (<see cref="EngineLimits.ShortRunPendingWritesMax"/>): many
     /// small writes synced together are cheaper as one contiguous run than scattered over freed blocks.
     ///
-    /// A write that needs a new region takes it from space written before (what overwrites freed, kept warm: still
-    /// allocated in the file system and cached) ahead of the file's never-written growth, in a free run that holds the
-    /// whole write and at least <see cref="EngineLimits.WrittenRunBlocksMin"/> blocks (so a region is never a scatter
-    /// of single freed blocks, which syncs slowly). Copy-on-write always writes to free space, and into
+    /// A large write (<see cref="EngineLimits.PunchRunBlocksMin"/> blocks or more) that needs a new region takes it from
+    /// space written before (what overwrites freed, kept warm: still allocated in the file system and cached) ahead of
+    /// the file's never-written growth, in a free run that holds the whole write and at least
+    /// <see cref="EngineLimits.WrittenRunBlocksMin"/> blocks. Copy-on-write always writes to free space, and into
     /// never-written space the kernel allocates new file-system blocks and new page-cache pages for every 4 KiB, which on
     /// this kind of VM cost several times the copy into cached pages (docs/PERFORMANCE.md, session 10).
     /// </summary>
@@ -162,7 +162,7 @@ internal sealed class Space : IDisposable
     private long RefillAndTake(VolumeState state, int want, out int got)
     {
         long wantBlocks = Math.Max(want, EngineLimits.RegionBlocks);
-        if (_reserve.DataMayTake(wantBlocks << EngineLimits.BlockShift)
+        if (want >= EngineLimits.PunchRunBlocksMin && _reserve.DataMayTake(wantBlocks << EngineLimits.BlockShift)
             && _allocator.TryAllocateWritten(Interlocked.Read(ref _freshFrom), state.Region.End, wantBlocks,
                 Math.Max(want, EngineLimits.WrittenRunBlocksMin), out long warmStart, out long warmLength))
             return InstallRegion(state, warmStart, warmLength, want, out got);
