@@ -92,44 +92,6 @@ internal sealed class Allocator
     }
 
     /// <summary>
-    /// Like <see cref="TryAllocateAtLeast"/>, but takes no extent that starts at or past <paramref name="freshFrom"/>:
-    /// space the store never wrote (the sparse file's growth, a hole), where a write costs new file-system blocks and
-    /// new page-cache pages (see <see cref="Space.Allocate"/>). Everything from <paramref name="freshFrom"/> on is free
-    /// and contiguous, so at most one extent is skipped. Returns false when no other extent of
-    /// <paramref name="minBlocks"/> is free.
-    /// </summary>
-    public bool TryAllocateWritten(long freshFrom, long hint, long wantBlocks, long minBlocks, out long start, out long length)
-    {
-        lock (_lock)
-        {
-            start = length = 0;
-            if (_byLength.Count == 0) return false;
-            var atHint = hint >= 0 ? Ceiling(hint) : default;
-            (long Length, long Start) chosen;
-            if (atHint.Length >= minBlocks && atHint.Start == hint && atHint.Start < freshFrom) chosen = (atHint.Length, atHint.Start);
-            else
-            {
-                chosen = _byLength.GetViewBetween((wantBlocks, long.MinValue), (long.MaxValue, long.MaxValue)).Min;
-                if (chosen.Length >= wantBlocks && chosen.Start >= freshFrom)
-                    chosen = _byLength.GetViewBetween((chosen.Length, chosen.Start + 1), (long.MaxValue, long.MaxValue)).Min;
-                if (chosen.Length < wantBlocks)
-                {
-                    chosen = _byLength.Max;
-                    if (chosen.Start >= freshFrom) chosen = _byLength.GetViewBetween((long.MinValue, long.MinValue), (chosen.Length, chosen.Start - 1)).Max;
-                }
-                if (chosen.Length < minBlocks || chosen.Start >= freshFrom) return false; // an empty view answers default
-            }
-            Invariant.Check(chosen.Start >= 0 && chosen.Start + chosen.Length <= TotalBlocks,
-                $"free extent [{chosen.Start}, {chosen.Start + chosen.Length}) outside the device ({TotalBlocks} blocks)");
-            RemoveLocked(chosen.Start, chosen.Length);
-            start = chosen.Start;
-            length = Math.Min(wantBlocks, chosen.Length);
-            if (length < chosen.Length) InsertLocked(start + length, chosen.Length - length);
-            return true;
-        }
-    }
-
-    /// <summary>
     /// Takes <paramref name="wantBlocks"/> blocks from the smallest free extent that holds them and is shorter than
     /// <paramref name="shorterThan"/> blocks (the short runs overwrites leave behind, which the file system still holds:
     /// see <see cref="Space.Allocate"/>). Returns false when there is none; never splits the request.

@@ -34,13 +34,6 @@ internal static class EngineLimits
     /// <summary>Blocks a volume reserves from the allocator at a time, so consecutive writes land contiguously (4 MiB).</summary>
     public const int RegionBlocks = 1024;
 
-    /// <summary>
-    /// Shortest free run a large write takes from space written before rather than the file's never-written growth
-    /// (<see cref="Space.Allocate"/>): 128 KiB, so a 1 MiB chunk of a volume lies in at most
-    /// <see cref="RelocateRunsMax"/> runs and the relocator never counts such data as scattered.
-    /// </summary>
-    public const int WrittenRunBlocksMin = ExtentBlocksMax / RelocateRunsMax;
-
     /// <summary>Largest volume: 1 PiB (the minimum) times 64. Block numbers then fit in 44 bits.</summary>
     public const long VolumeBytesMax = 64L << 50;
 

@@ -45,10 +45,6 @@ internal sealed class Space : IDisposable
     // punches the free space first, and clears it. See EngineLimits.WarmFreeBlocksMax.
     private int _mayHoldWarmRuns;
 
-    // Blocks at and past this one were never handed out since the store opened, and past the last block mapped at open:
-    // the sparse file's growth, holes. Only grows (see Allocate: large writes take space below it first).
-    private long _freshFrom;
-
     // volumes: the live volumes (their regions are space in all but name). commitForSpace: commits pending operations
     // so their freed blocks can come back; false when the store has failed. failStop: a broken invariant found off the
     // committer thread (a double free while the puncher hands blocks back) fails the store.
@@ -87,7 +83,6 @@ internal sealed class Space : IDisposable
     {
         _allocator.Initialize(totalBlocks, usedSorted);
         _referencedBlocks = referencedBlocks;
-        _freshFrom = usedSorted.Count > 0 ? usedSorted[^1].Start + usedSorted[^1].Length : 0;
     }
 
     /// <summary>
@@ -132,13 +127,6 @@ internal sealed class Space : IDisposable
     /// small writes in sequence keep using the region, so a volume written 4 KiB at a time still reads back contiguously.
     /// Only while the volume's commit round is small, though (<see cref="EngineLimits.ShortRunPendingWritesMax"/>): many
     /// small writes synced together are cheaper as one contiguous run than scattered over freed blocks.
-    ///
-    /// A large write (<see cref="EngineLimits.PunchRunBlocksMin"/> blocks or more) that needs a new region takes it from
-    /// space written before (what overwrites freed, kept warm: still allocated in the file system and cached) ahead of
-    /// the file's never-written growth, in a free run that holds the whole write and at least
-    /// <see cref="EngineLimits.WrittenRunBlocksMin"/> blocks. Copy-on-write always writes to free space, and into
-    /// never-written space the kernel allocates new file-system blocks and new page-cache pages for every 4 KiB, which on
-    /// this kind of VM cost several times the copy into cached pages (docs/PERFORMANCE.md, session 10).
     /// </summary>
     public long Allocate(VolumeState state, long logicalBlock, int want, out int got)
     {
@@ -162,10 +150,6 @@ internal sealed class Space : IDisposable
     private long RefillAndTake(VolumeState state, int want, out int got)
     {
         long wantBlocks = Math.Max(want, EngineLimits.RegionBlocks);
-        if (want >= EngineLimits.PunchRunBlocksMin && _reserve.DataMayTake(wantBlocks << EngineLimits.BlockShift)
-            && _allocator.TryAllocateWritten(Interlocked.Read(ref _freshFrom), state.Region.End, wantBlocks,
-                Math.Max(want, EngineLimits.WrittenRunBlocksMin), out long warmStart, out long warmLength))
-            return InstallRegion(state, warmStart, warmLength, want, out got);
         bool waitedForPunches = false;
         for (int attempt = 0; ; attempt++)
         {
@@ -204,7 +188,13 @@ internal sealed class Space : IDisposable
                 TryGrow(wantBlocks);
             }
             if (_allocator.TryAllocate(state.Region.End, wantBlocks, out long start, out long length))
-                return InstallRegion(state, start, length, want, out got);
+            {
+                // No lock is held while the allocator is searched: a concurrent writer of the same volume may have
+                // refilled the region meanwhile, and then the spare extent goes straight back.
+                long pba = state.Region.Install(start, length, want, out got, out var spare);
+                if (spare.Length > 0) _allocator.Free(spare.Start, spare.Length);
+                return pba;
+            }
             if (!TryGrow(wantBlocks))
             {
                 // Other volumes may hold unused reservations: take them back before giving up.
@@ -216,28 +206,6 @@ internal sealed class Space : IDisposable
                 CommitAndWaitForFreedSpace();
                 if (attempt > 0) Thread.Sleep(attempt * 5); // readers of an old epoch may still hold the space
             }
-        }
-    }
-
-    private long InstallRegion(VolumeState state, long start, long length, int want, out int got)
-    {
-        // No lock is held while the allocator is searched: a concurrent writer of the same volume may have
-        // refilled the region meanwhile, and then the spare extent goes straight back.
-        NoteHandedOut(start + length);
-        long pba = state.Region.Install(start, length, want, out got, out var spare);
-        if (spare.Length > 0) _allocator.Free(spare.Start, spare.Length);
-        return pba;
-    }
-
-    // Moves the never-written mark past space handed out (a region, the relocator's region).
-    private void NoteHandedOut(long end)
-    {
-        long seen = Interlocked.Read(ref _freshFrom);
-        while (end > seen)
-        {
-            long was = Interlocked.CompareExchange(ref _freshFrom, end, seen);
-            if (was == seen) return;
-            seen = was;
         }
     }
 
@@ -313,7 +281,6 @@ internal sealed class Space : IDisposable
             if (!TryGrow(wantBlocks)) return -1;
             if (!_allocator.TryAllocateAtLeast(region.End, wantBlocks, Math.Min(minBlocks, want), out start, out length)) return -1;
         }
-        NoteHandedOut(start + length);
         pba = region.Install(start, length, want, out got, out var spare);
         if (spare.Length > 0) _allocator.Free(spare.Start, spare.Length);
         return pba;
