@@ -26,13 +26,19 @@ def ratio(w, t, other, key):
     return med(out)
 
 
-print("| workload | target | IOPS | p99 us | server CPU us/op | IOPS / qsd-vu | CPU per op / qsd-vu | CPU per op / platter-nbd |")
-print("|---|---|---|---|---|---|---|---|")
+targets = list(dict.fromkeys(r["target"] for r in rows))
+base = "platter-vu-base" in targets
+print("| workload | target | IOPS | p99 us | server CPU us/op | IOPS / qsd-vu | CPU per op / qsd-vu | CPU per op / platter-nbd |"
+      + (" IOPS / platter-vu-base | CPU per op / platter-vu-base |" if base else ""))
+print("|---|---|---|---|---|---|---|---|" + ("---|---|" if base else ""))
 for w in dict.fromkeys(r["workload"] for r in rows):
-    for t in ("platter-vu", "qsd-vu", "platter-nbd"):
+    for t in targets:
         rs = [val[(r, w, t)] for r in rounds if (r, w, t) in val]
         if not rs:
             continue
         iops, p99, cpu = (med(float(x[k]) for x in rs) for k in ("iops", "p99us", "cpu_us_per_op"))
         q, c, n = ratio(w, t, "qsd-vu", "iops"), ratio(w, t, "qsd-vu", "cpu_us_per_op"), ratio(w, t, "platter-nbd", "cpu_us_per_op")
-        print(f"| {w} | {t} | {iops:,.0f} | {p99:,.0f} | {cpu:.1f} | {q:.2f}x | {c:.2f}x | {n:.2f}x |")
+        line = f"| {w} | {t} | {iops:,.0f} | {p99:,.0f} | {cpu:.1f} | {q:.2f}x | {c:.2f}x | {n:.2f}x |"
+        if base:
+            line += f" {ratio(w, t, 'platter-vu-base', 'iops'):.2f}x | {ratio(w, t, 'platter-vu-base', 'cpu_us_per_op'):.2f}x |"
+        print(line)
