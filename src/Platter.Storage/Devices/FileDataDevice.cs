@@ -118,7 +118,8 @@ internal sealed partial class FileDataDevice : IDataDevice
     }
 
     /// <summary>
-    /// A large aligned write through the O_DIRECT descriptor, copied into pooled aligned buffers: the kernel's copy into
+    /// A large aligned write through the O_DIRECT descriptor, copied into pooled aligned buffers unless the source is
+    /// page-aligned already (then written as it is; the caller keeps it unchanged during the call): the kernel's copy into
     /// page-cache pages of new space (pages it must first allocate, and on a VM that reports free pages to its host, have
     /// the host fault in) was most of the server's CPU on large writes (docs/PERFORMANCE.md, issue 15). The price: the
     /// data is not cached, so a read of it soon after goes to the disk, hence opt-in (StoreOptions.DirectWrites). Linux keeps
