@@ -17,6 +17,10 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+def x(v):
+    return "-" if v != v else f"{v:.2f}x"  # nan: the other target did not run
+
+
 def ratio(w, t, other, key):
     out = []
     for r in rounds:
@@ -26,13 +30,19 @@ def ratio(w, t, other, key):
     return med(out)
 
 
-print("| workload | target | IOPS | p99 us | server CPU us/op | IOPS / qsd-vu | CPU per op / qsd-vu | CPU per op / platter-nbd |")
-print("|---|---|---|---|---|---|---|---|")
+targets = list(dict.fromkeys(r["target"] for r in rows))
+base = "platter-vu-base" in targets
+print("| workload | target | IOPS | p99 us | server CPU us/op | IOPS / qsd-vu | CPU per op / qsd-vu | CPU per op / platter-nbd |"
+      + (" IOPS / platter-vu-base | CPU per op / platter-vu-base |" if base else ""))
+print("|---|---|---|---|---|---|---|---|" + ("---|---|" if base else ""))
 for w in dict.fromkeys(r["workload"] for r in rows):
-    for t in ("platter-vu", "qsd-vu", "platter-nbd"):
+    for t in targets:
         rs = [val[(r, w, t)] for r in rounds if (r, w, t) in val]
         if not rs:
             continue
         iops, p99, cpu = (med(float(x[k]) for x in rs) for k in ("iops", "p99us", "cpu_us_per_op"))
         q, c, n = ratio(w, t, "qsd-vu", "iops"), ratio(w, t, "qsd-vu", "cpu_us_per_op"), ratio(w, t, "platter-nbd", "cpu_us_per_op")
-        print(f"| {w} | {t} | {iops:,.0f} | {p99:,.0f} | {cpu:.1f} | {q:.2f}x | {c:.2f}x | {n:.2f}x |")
+        line = f"| {w} | {t} | {iops:,.0f} | {p99:,.0f} | {cpu:.1f} | {x(q)} | {x(c)} | {x(n)} |"
+        if base:
+            line += f" {x(ratio(w, t, 'platter-vu-base', 'iops'))} | {x(ratio(w, t, 'platter-vu-base', 'cpu_us_per_op'))} |"
+        print(line)

@@ -4,6 +4,8 @@
 #                vhost-user front-end (--vhost-user: memfd guest RAM, one split virtqueue, kick/call eventfds, as QEMU)
 #   qsd-vu       qemu-storage-daemon's vhost-user-blk export of a raw file, same front-end, same settings
 #   platter-nbd  the same Platter server and volume over NBD (unix socket), driven by fio's nbd engine
+#   platter-vu-base (with --base-dll DLL): as platter-vu, served by another build's platter.dll (e.g. main's, copied
+#                aside: cp -a src/Platter.Cli/bin/Release/net10.0 /tmp/base) from its own store, same data
 #   platter-vu-inflight (only with --targets): as platter-vu, the front-end sharing an in-flight area
 #                (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD), as QEMU does whenever the back-end offers it (qemu-storage-daemon
 #                7.2's vhost-user-blk export does not offer it)
@@ -16,7 +18,10 @@
 # operation (utime+stime of the serving process from /proc, divided by the operations the client completed; the
 # client's own CPU is not counted). The load average is printed before and after: this machine is shared.
 #
-#   bench/vhost-user.sh [--rounds N] [--seconds N] [--size-mib N] [--only REGEX] [--targets "T1 T2 ..."] [--out FILE]
+#   bench/vhost-user.sh [--rounds N] [--seconds N] [--size-mib N] [--only REGEX] [--targets "T1 T2 ..."]
+#                       [--base-dll DLL] [--serve-args "ARGS"] [--out FILE]
+#
+# --serve-args passes more options to every platter server (e.g. "--direct-writes").
 #
 # --only keeps the workloads whose "RW BS DEPTH LAYOUT" matches REGEX (e.g. --only '^(read|write) ' for the sequential
 # ones on a volume no random write has scattered: Platter's copy-on-write engine places 4 KiB random writes anywhere,
@@ -33,17 +38,25 @@ seconds=8
 size_mib=512
 out=""
 only=""
-targets="platter-vu qsd-vu platter-nbd"
-bench_options "[--rounds N] [--seconds N] [--size-mib N] [--only REGEX] [--targets \"T1 T2 ...\"] [--out FILE]" rounds seconds size-mib only targets out -- "$@"
+targets=""
+base_dll=""
+serve_args=""
+bench_options "[--rounds N] [--seconds N] [--size-mib N] [--only REGEX] [--targets \"T1 T2 ...\"] [--base-dll DLL] [--serve-args \"ARGS\"] [--out FILE]" \
+  rounds seconds size-mib only targets base-dll serve-args out -- "$@"
+[[ -n $targets ]] || targets="platter-vu qsd-vu platter-nbd${base_dll:+ platter-vu-base}"
+[[ -z $base_dll || -f $base_dll ]] || { echo "no such file: $base_dll" >&2; exit 1; }
+[[ $targets != *platter-vu-base* || -n $base_dll ]] || { echo "platter-vu-base needs --base-dll" >&2; exit 1; }
 bench_require_build
 client=bench/Platter.Bench/bin/Release/net10.0/Platter.Bench
 [[ -x $client ]] || { echo "build first: dotnet build bench/Platter.Bench -c Release" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/platter-vu-bench.XXXXXX)
 platter_pid=""
+base_pid=""
 qsd_pid=""
 cleanup() {
   [[ -n $platter_pid ]] && { kill "$platter_pid" 2>/dev/null; wait "$platter_pid" 2>/dev/null || true; }
+  [[ -n $base_pid ]] && { kill "$base_pid" 2>/dev/null; wait "$base_pid" 2>/dev/null || true; }
   [[ -n $qsd_pid ]] && { kill "$qsd_pid" 2>/dev/null; wait "$qsd_pid" 2>/dev/null || true; }
   [[ -n ${KEEP_WORK:-} ]] && echo "kept $work" || rm -rf "$work"
 }
@@ -55,13 +68,24 @@ size=$((size_mib * 1024 * 1024))
 head -c "$size" /dev/urandom > "$work/src.img"
 cp "$work/src.img" "$work/raw.img"
 
-dotnet "$platter_dll" serve --store "$work/store" --socket "$work/nbd.sock" --api-socket "$work/api.sock" \
-  --vhost-user-dir "$work/vu" >"$work/platter.log" 2>&1 &
-platter_pid=$!
-bench_wait_socket "$work/platter.log" "$work/api.sock"
-dotnet "$platter_dll" volume create bench --size "${size_mib}M" --api-socket "$work/api.sock" >/dev/null
-nbdcopy --flush "$work/src.img" "nbd+unix:///bench?socket=$work/nbd.sock"
-bench_wait_socket "$work/platter.log" "$work/vu/bench.sock"
+# serve DLL DIR PIDVAR: starts a platter server of the build DLL in DIR (its pid into PIDVAR, for cleanup) with the
+# volume "bench" holding src.img.
+serve() {
+  local dll=$1 dir=$2
+  # shellcheck disable=SC2086 # --serve-args is a list of options
+  dotnet "$dll" serve --store "$dir/store" --socket "$dir/nbd.sock" --api-socket "$dir/api.sock" \
+    --vhost-user-dir "$dir/vu" $serve_args >"$dir/platter.log" 2>&1 &
+  printf -v "$3" '%s' $!
+  bench_wait_socket "$dir/platter.log" "$dir/api.sock"
+  dotnet "$dll" volume create bench --size "${size_mib}M" --api-socket "$dir/api.sock" >/dev/null
+  nbdcopy --flush "$work/src.img" "nbd+unix:///bench?socket=$dir/nbd.sock"
+  bench_wait_socket "$dir/platter.log" "$dir/vu/bench.sock"
+}
+serve "$platter_dll" "$work" platter_pid
+if [[ -n $base_dll ]]; then
+  mkdir -p "$work/base"
+  serve "$base_dll" "$work/base" base_pid
+fi
 
 # Buffered I/O on the raw file, as Platter's data file is: both serve from the page cache.
 qemu-storage-daemon --blockdev "driver=file,node-name=file,filename=$work/raw.img,cache.direct=off,aio=threads" \
@@ -81,6 +105,8 @@ run() {
   [[ $layout == pages ]] && shape=(--indirect --segment-bytes 4096)
   [[ $target == *-inflight ]] && shape+=(--inflight)
   case $target in
+    platter-vu-base) "$client" --vhost-user --socket "$work/base/vu/bench.sock" --size "$size" --rw "$rw" --bs "$bs" --depth "$depth" --seconds "$seconds" "${shape[@]}" |
+        sed -E 's/.*ops=([0-9]+).*iops=([0-9]+).*p99us=([0-9]+).*errors=0.*/\1 \2 \3/' ;;
     platter-vu|platter-vu-inflight) "$client" --vhost-user --socket "$work/vu/bench.sock" --size "$size" --rw "$rw" --bs "$bs" --depth "$depth" --seconds "$seconds" "${shape[@]}" |
         sed -E 's/.*ops=([0-9]+).*iops=([0-9]+).*p99us=([0-9]+).*errors=0.*/\1 \2 \3/' ;;
     qsd-vu) "$client" --vhost-user --socket "$work/qsd.sock" --size "$size" --rw "$rw" --bs "$bs" --depth "$depth" --seconds "$seconds" "${shape[@]}" |
@@ -97,9 +123,9 @@ print(s["total_ios"], round(s["iops"]), round(p99))' ;;
   esac
 }
 
-pid_of() { case $1 in qsd-vu) echo "$qsd_pid" ;; *) echo "$platter_pid" ;; esac; }
+pid_of() { case $1 in qsd-vu) echo "$qsd_pid" ;; platter-vu-base) echo "$base_pid" ;; *) echo "$platter_pid" ;; esac; }
 
-echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores; ${size_mib} MiB; ${seconds} s per run; $rounds rounds" | tee "$results.meta"
+echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores; ${size_mib} MiB; ${seconds} s per run; $rounds rounds${serve_args:+; serve $serve_args}${base_dll:+; base $base_dll}" | tee "$results.meta"
 printf 'round\tworkload\ttarget\tops\tiops\tp99us\tcpu_us_per_op\n' > "$results"
 read -r -a targets <<<"$targets"
 workloads=("randread 4096 32 one" "randwrite 4096 32 one" "read 1048576 4 one" "write 1048576 4 one" "read 262144 4 pages" "write 262144 4 pages")

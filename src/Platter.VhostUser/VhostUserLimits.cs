@@ -41,8 +41,28 @@ public static class VhostUserLimits
     /// </summary>
     public const int BounceSegmentBytesMax = 8 * 1024;
 
-    /// <summary>Bytes of the largest request bounced (see <see cref="BounceSegmentBytesMax"/>): a guest's page list is at most seg_max pages; larger requests go piece by piece rather than hold a bigger buffer.</summary>
+    /// <summary>Bytes of the largest read bounced (see <see cref="BounceSegmentBytesMax"/>): a guest's page list is at most seg_max pages; larger reads go piece by piece rather than hold a bigger buffer.</summary>
     public const int BounceBytesMax = 1024 * 1024;
+
+    /// <summary>
+    /// Bytes of write data copied out of guest memory per engine call: a write is copied into a buffer of the server's
+    /// before the engine checksums and stores it (a guest may change its pages under I/O), a larger write in pieces of
+    /// this size. 1 MiB is the engine's largest extent and about what Linux sends at most in one request.
+    /// </summary>
+    public const int WriteBufferBytes = 1024 * 1024;
+
+    /// <summary>
+    /// Writes of this size or more are copied into a page-aligned native buffer, smaller ones into a pooled array: the
+    /// engine writes large aligned writes past the page cache when asked to (<c>platter serve --direct-writes</c>, from
+    /// 128 KiB on), and from an aligned buffer it does so without copying the data once more.
+    /// </summary>
+    public const int AlignedWriteBytesMin = 128 * 1024;
+
+    /// <summary>Alignment of the native write buffers: a page, what O_DIRECT asks of a buffer's address.</summary>
+    public const int WriteBufferAlignment = 4096;
+
+    /// <summary>Native write buffers (of <see cref="WriteBufferBytes"/>) a queue keeps for reuse; more in flight are allocated and freed. 4 MiB per busy queue at most.</summary>
+    public const int WriteBuffersPooled = 4;
 
     /// <summary>Bytes one read or write request may move (64 MiB): far above what Linux sends (its max_sectors), low enough that one request cannot hold the engine for long.</summary>
     public const long RequestBytesMax = 64L * 1024 * 1024;

@@ -21,6 +21,8 @@ public sealed unsafe partial class ProtocolTests : IDisposable
     private readonly TempDirectory _dir = new("platter-vhost-proto");
     private readonly VolumeStore _store;
     private readonly IVolumeHandle _volume;
+    // What the connection serves: the volume, with a hook a test can run before each write reaches it.
+    private readonly HookedVolume _served;
     private readonly SafeFileHandle _memoryFile;
     private readonly byte* _mapped;
     private readonly FakeGuest _guest;
@@ -46,7 +48,8 @@ public sealed unsafe partial class ProtocolTests : IDisposable
         Assert.Equal(0, Native.socketpair(Native.AF_UNIX, Native.SOCK_STREAM | Native.SOCK_CLOEXEC, 0, pair));
         _serverFd = pair[0];
         _client = new TestFrontEnd(pair[1]);
-        _connection = new VhostUserConnection(_serverFd, _volume, readOnly: false, NullLogger.Instance);
+        _served = new HookedVolume(_volume);
+        _connection = new VhostUserConnection(_serverFd, _served, readOnly: false, NullLogger.Instance);
         _thread = new Thread(_connection.Run) { IsBackground = true };
         _thread.Start();
     }

@@ -17,8 +17,8 @@ internal sealed partial class FileDataDevice : IDataDevice
     // Large writes go through O_DIRECT when asked for (StoreOptions.DirectWrites), until the file system refuses one
     // (then through the cache for good).
     private volatile bool _directWritesRefused;
-    // Aligned buffers a large write copies its data into (O_DIRECT needs an aligned address; callers' spans are managed
-    // memory). Guarded by _directLock; at most DirectWriteBuffersPooled kept, the rest freed when given back.
+    // Aligned buffers a large write copies its data into (O_DIRECT needs an aligned address; callers' spans are mostly
+    // managed memory, and an aligned one is written without the copy). Guarded by _directLock; at most DirectWriteBuffersPooled kept, the rest freed when given back.
     private readonly Stack<IntPtr> _directBuffers = new();
     private bool _disposed;
 
@@ -118,7 +118,8 @@ internal sealed partial class FileDataDevice : IDataDevice
     }
 
     /// <summary>
-    /// A large aligned write through the O_DIRECT descriptor, copied into pooled aligned buffers: the kernel's copy into
+    /// A large aligned write through the O_DIRECT descriptor, copied into pooled aligned buffers unless the source is
+    /// page-aligned already (then written as it is; the caller keeps it unchanged during the call): the kernel's copy into
     /// page-cache pages of new space (pages it must first allocate, and on a VM that reports free pages to its host, have
     /// the host fault in) was most of the server's CPU on large writes (docs/PERFORMANCE.md, issue 15). The price: the
     /// data is not cached, so a read of it soon after goes to the disk, hence opt-in (StoreOptions.DirectWrites). Linux keeps
@@ -129,32 +130,46 @@ internal sealed partial class FileDataDevice : IDataDevice
     /// </summary>
     private unsafe bool WriteDirect(SafeFileHandle direct, long offset, ReadOnlySpan<byte> source)
     {
-        IntPtr buffer = RentDirectBuffer();
-        try
+        fixed (byte* at = source)
         {
-            int done = 0;
-            while (done < source.Length)
+            // An aligned source (vhost-user's large write buffers are) is written as it is, without the copy.
+            bool inPlace = ((nint)at & (IDataDevice.UncachedAlignment - 1)) == 0;
+            IntPtr buffer = inPlace ? 0 : RentDirectBuffer();
+            try
             {
-                int n = Math.Min(EngineLimits.DirectWriteBufferBytes, source.Length - done);
-                var aligned = new Span<byte>((void*)buffer, n);
-                source.Slice(done, n).CopyTo(aligned);
-                try
+                int done = 0;
+                while (done < source.Length)
                 {
-                    RandomAccess.Write(direct, aligned, offset + done);
+                    ReadOnlySpan<byte> aligned;
+                    if (inPlace)
+                    {
+                        aligned = source;
+                    }
+                    else
+                    {
+                        int n = Math.Min(EngineLimits.DirectWriteBufferBytes, source.Length - done);
+                        var copy = new Span<byte>((void*)buffer, n);
+                        source.Slice(done, n).CopyTo(copy);
+                        aligned = copy;
+                    }
+                    try
+                    {
+                        RandomAccess.Write(direct, aligned, offset + done);
+                    }
+                    catch (IOException e) when (done == 0 && (e.HResult == Errno.EINVAL || (e.HResult & 0xFFFF) == Errno.EINVAL))
+                    {
+                        // A file system that opens with O_DIRECT but will not write this way: the cache from now on.
+                        _directWritesRefused = true;
+                        return false;
+                    }
+                    done += aligned.Length;
                 }
-                catch (IOException e) when (done == 0 && (e.HResult == Errno.EINVAL || (e.HResult & 0xFFFF) == Errno.EINVAL))
-                {
-                    // A file system that opens with O_DIRECT but will not write this way: the cache from now on.
-                    _directWritesRefused = true;
-                    return false;
-                }
-                done += n;
+                return true;
             }
-            return true;
-        }
-        finally
-        {
-            ReturnDirectBuffer(buffer);
+            finally
+            {
+                if (!inPlace) ReturnDirectBuffer(buffer);
+            }
         }
     }
 

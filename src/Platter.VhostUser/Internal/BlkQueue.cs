@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Microsoft.Extensions.Logging;
 using Platter.Volumes;
 
@@ -28,6 +29,9 @@ internal sealed unsafe class BlkRequest(BlkQueue? owner = null) : IThreadPoolWor
     public Chain Chain;
     public ushort Head;
     public uint WrittenBytes;
+    /// <summary>The write buffer the request holds while the engine writes from it (one of the two, or neither).</summary>
+    public byte[]? SmallBuffer;
+    public IntPtr NativeBuffer;
 
     void IThreadPoolWorkItem.Execute() => owner!.RunOffloaded(this);
 }
@@ -57,6 +61,9 @@ internal sealed class BlkQueue : IDisposable
     private readonly ILogger _log;
     private readonly object _usedLock = new();
     private readonly Stack<BlkRequest> _pool = new();
+    // Page-aligned write buffers (see RentWriteBuffer); guarded by itself, freed with the queue.
+    private readonly Stack<IntPtr> _writeBuffers = new();
+    private bool _writeBuffersFreed;
     private int _wakeFd;
     private int _kickFd;
     private int _callFd;
@@ -148,7 +155,15 @@ internal sealed class BlkQueue : IDisposable
         Native.CloseIfOpen(ref _wakeFd);
         Native.CloseIfOpen(ref _kickFd);
         lock (_usedLock) Native.CloseIfOpen(ref _callFd);
+        // Stopped: no request holds a write buffer any more.
+        lock (_writeBuffers)
+        {
+            _writeBuffersFreed = true;
+            while (_writeBuffers.TryPop(out IntPtr buffer)) FreeAligned(buffer);
+        }
     }
+
+    private static unsafe void FreeAligned(IntPtr buffer) => NativeMemory.AlignedFree((void*)buffer);
 
     private unsafe void Run()
     {
@@ -316,22 +331,25 @@ internal sealed class BlkQueue : IDisposable
                     if (!isRead && _target.ReadOnly) return VirtioBlk.StatusIoError;
                     long bytes = isRead ? writableBytes : readableBytes;
                     if (!TryRange(sector, bytes, volume.SizeBytes, out long offset)) return VirtioBlk.StatusIoError;
-                    int first = isRead ? readable : 0;
-                    int count = isRead ? writable : readable;
-                    if (count > 1 && bytes <= VhostUserLimits.BounceBytesMax && bytes / count < VhostUserLimits.BounceSegmentBytesMax)
+                    if (!isRead)
                     {
-                        await BounceAsync(request, isRead, offset, (int)bytes, first, count).ConfigureAwait(false);
-                        if (isRead) request.WrittenBytes = (uint)bytes;
+                        await WriteCopiedAsync(request, offset, bytes, readable).ConfigureAwait(false);
                         return VirtioBlk.StatusOk;
                     }
-                    for (int i = first; i < first + count; i++)
+                    if (writable > 1 && bytes <= VhostUserLimits.BounceBytesMax && bytes / writable < VhostUserLimits.BounceSegmentBytesMax)
                     {
-                        var memory = SegmentMemory(request, i);
-                        if (isRead) await volume.ReadAsync(offset, memory).ConfigureAwait(false);
-                        else await volume.WriteAsync(offset, memory, _target.WriteThrough).ConfigureAwait(false);
-                        offset += memory.Length;
+                        await BounceReadAsync(request, offset, (int)bytes, readable, writable).ConfigureAwait(false);
                     }
-                    if (isRead) request.WrittenBytes = (uint)bytes;
+                    else
+                    {
+                        for (int i = readable; i < readable + writable; i++)
+                        {
+                            var memory = SegmentMemory(request, i);
+                            await volume.ReadAsync(offset, memory).ConfigureAwait(false);
+                            offset += memory.Length;
+                        }
+                    }
+                    request.WrittenBytes = (uint)bytes;
                     return VirtioBlk.StatusOk;
                 }
                 case VirtioBlk.TypeFlush:
@@ -361,25 +379,17 @@ internal sealed class BlkQueue : IDisposable
     }
 
     /// <summary>
-    /// A request of many small pieces (a guest's page list): one engine call over a pooled buffer, and a copy between it
-    /// and the pieces, instead of one engine call per piece (see <see cref="VhostUserLimits.BounceSegmentBytesMax"/>).
+    /// A read of many small pieces (a guest's page list): one engine call into a pooled buffer and a copy out to the
+    /// pieces, instead of one engine call per piece (see <see cref="VhostUserLimits.BounceSegmentBytesMax"/>).
     /// </summary>
-    private async ValueTask BounceAsync(BlkRequest request, bool isRead, long offset, int bytes, int first, int count)
+    private async ValueTask BounceReadAsync(BlkRequest request, long offset, int bytes, int first, int count)
     {
         byte[] bounce = ArrayPool<byte>.Shared.Rent(bytes);
         try
         {
             var buffer = bounce.AsMemory(0, bytes);
-            if (isRead)
-            {
-                await _target.Volume.ReadAsync(offset, buffer).ConfigureAwait(false);
-                CopyPieces(request, first, count, buffer.Span, toGuest: true);
-            }
-            else
-            {
-                CopyPieces(request, first, count, buffer.Span, toGuest: false);
-                await _target.Volume.WriteAsync(offset, buffer, _target.WriteThrough).ConfigureAwait(false);
-            }
+            await _target.Volume.ReadAsync(offset, buffer).ConfigureAwait(false);
+            CopyToPieces(request, first, count, buffer.Span);
         }
         finally
         {
@@ -387,17 +397,88 @@ internal sealed class BlkQueue : IDisposable
         }
     }
 
-    private static unsafe void CopyPieces(BlkRequest request, int first, int count, Span<byte> buffer, bool toGuest)
+    private static unsafe void CopyToPieces(BlkRequest request, int first, int count, ReadOnlySpan<byte> buffer)
     {
         int at = 0;
         for (int i = first; i < first + count; i++)
         {
             var s = request.Segments[i];
-            var piece = new Span<byte>(s.Host, (int)s.Length);
-            if (toGuest) buffer.Slice(at, piece.Length).CopyTo(piece);
-            else piece.CopyTo(buffer[at..]);
-            at += piece.Length;
+            buffer.Slice(at, (int)s.Length).CopyTo(new Span<byte>(s.Host, (int)s.Length));
+            at += (int)s.Length;
         }
+    }
+
+    /// <summary>
+    /// A write: its data is copied out of guest memory into a buffer of the server's before the engine sees it, in
+    /// pieces of at most <see cref="VhostUserLimits.WriteBufferBytes"/>. The guest may change a buffer while its write is
+    /// in flight (Linux does not keep pages stable under writeback for virtio-blk), and the engine computes a block's
+    /// checksum and writes its data in two passes over the source: from guest memory, a page changed in between would
+    /// be stored under a checksum of other bytes, and read back as corrupt. The copy also gathers a page list into one
+    /// engine call, and a large buffer is page-aligned, so the engine's direct writes (O_DIRECT) take it as it is.
+    /// </summary>
+    private async ValueTask WriteCopiedAsync(BlkRequest request, long offset, long bytes, int readable)
+    {
+        int segment = 0;
+        uint within = 0;
+        while (bytes > 0)
+        {
+            int n = (int)Math.Min(bytes, VhostUserLimits.WriteBufferBytes);
+            var buffer = RentWriteBuffer(request, n);
+            try
+            {
+                Gather(request, readable, ref segment, ref within, buffer.Span);
+                await _target.Volume.WriteAsync(offset, buffer, _target.WriteThrough).ConfigureAwait(false);
+            }
+            finally
+            {
+                ReturnWriteBuffer(request);
+            }
+            offset += n;
+            bytes -= n;
+        }
+    }
+
+    /// <summary>
+    /// A buffer for <paramref name="bytes"/> of write data: a pooled array for small writes, a page-aligned native
+    /// buffer (pooled per queue, at most <see cref="VhostUserLimits.WriteBuffersPooled"/> kept) from
+    /// <see cref="VhostUserLimits.AlignedWriteBytesMin"/> on. Held by the request until <see cref="ReturnWriteBuffer"/>.
+    /// </summary>
+    private unsafe Memory<byte> RentWriteBuffer(BlkRequest request, int bytes)
+    {
+        if (bytes < VhostUserLimits.AlignedWriteBytesMin)
+        {
+            request.SmallBuffer = ArrayPool<byte>.Shared.Rent(bytes);
+            return request.SmallBuffer.AsMemory(0, bytes);
+        }
+        IntPtr native = 0;
+        lock (_writeBuffers)
+        {
+            if (_writeBuffers.Count > 0) native = _writeBuffers.Pop();
+        }
+        if (native == 0) native = (IntPtr)NativeMemory.AlignedAlloc(VhostUserLimits.WriteBufferBytes, VhostUserLimits.WriteBufferAlignment);
+        request.NativeBuffer = native;
+        return request.Buffer.Point((byte*)native, bytes);
+    }
+
+    private unsafe void ReturnWriteBuffer(BlkRequest request)
+    {
+        if (request.SmallBuffer is { } small)
+        {
+            request.SmallBuffer = null;
+            ArrayPool<byte>.Shared.Return(small);
+        }
+        IntPtr native = request.NativeBuffer;
+        if (native == 0) return;
+        request.NativeBuffer = 0;
+        lock (_writeBuffers)
+        {
+            if (!_writeBuffersFreed && _writeBuffers.Count < VhostUserLimits.WriteBuffersPooled)
+            {
+                _writeBuffers.Push(native);
+                return;
+            }
+        }
+        FreeAligned(native);
     }
 
     private static unsafe Memory<byte> SegmentMemory(BlkRequest request, int index)
