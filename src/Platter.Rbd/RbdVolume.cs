@@ -138,7 +138,11 @@ internal sealed unsafe class RbdVolume : IDisposable
 
     // ---- I/O: librbd's asynchronous calls, each a pooled request ----
 
-    public ValueTask<long> ReadAsync(long offset, Memory<byte> destination)
+    public ValueTask<long> ReadAsync(long offset, Memory<byte> destination) => StartRead(offset, destination).Task;
+
+    public ValueTask<long> WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua) => StartWrite(offset, source, fua).Task;
+
+    public RbdRequest StartRead(long offset, Memory<byte> destination)
     {
         var request = RbdRequest.Rent();
         var pin = destination.Pin(); // unpinned by the request when librbd completes it
@@ -152,10 +156,10 @@ internal sealed unsafe class RbdVolume : IDisposable
             request.Abandon(completion);
             throw;
         }
-        return request.Task;
+        return request;
     }
 
-    public ValueTask<long> WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua)
+    public RbdRequest StartWrite(long offset, ReadOnlyMemory<byte> source, bool fua)
     {
         var request = RbdRequest.Rent();
         var pin = source.Pin();
@@ -172,7 +176,7 @@ internal sealed unsafe class RbdVolume : IDisposable
             request.Abandon(completion);
             throw;
         }
-        return request.Task;
+        return request;
     }
 
     public ValueTask<long> FlushAsync()

@@ -51,6 +51,42 @@ public sealed class FlushTests(CephCluster ceph)
         }
     }
 
+    /// <summary>
+    /// What the Contract tests did when the answered flush first landed (a native abort, std::system_error EINVAL):
+    /// a write, a flush answered at once, and the volume closed while librbd may still be finishing the write's
+    /// completion. Many rounds, because the window is narrow.
+    /// </summary>
+    [Fact]
+    public async Task A_volume_closed_right_after_a_write_and_an_answered_flush_closes_cleanly()
+    {
+        using var backend = ceph.OpenBackend();
+        string name = CephCluster.UniqueName("flushclose");
+        backend.CreateVolume(name, 16L << 20);
+        try
+        {
+            for (int round = 0; round < 40; round++)
+            {
+                using var handle = (RbdVolumeHandle)backend.OpenVolumeHandle(name);
+                Assert.True(handle.Volume.WritesDurableOnCompletion);
+                var data = new byte[4096];
+                Array.Fill(data, (byte)round);
+                await handle.WriteAsync(4096L * round, data, fua: round % 2 == 0);
+                await handle.FlushAsync();
+            }
+            using var check = backend.OpenVolumeHandle(name);
+            var back = new byte[4096];
+            for (int round = 0; round < 40; round++)
+            {
+                await check.ReadAsync(4096L * round, back);
+                Assert.All(back, b => Assert.Equal((byte)round, b));
+            }
+        }
+        finally
+        {
+            backend.DeleteVolume(name, recursive: false);
+        }
+    }
+
     [Theory]
     [InlineData("false", null, true)]
     [InlineData("false", "disabled", true)]
