@@ -58,15 +58,6 @@ internal static unsafe partial class Native
     internal const int RBD_IMAGE_OPTION_ORDER = 2;
     internal const int RBD_IMAGE_OPTION_CLONE_FORMAT = 12;
 
-    /// <summary>One librbd option as an open image sees it: its value after pool and image overrides.</summary>
-    [StructLayout(LayoutKind.Sequential)]
-    internal struct rbd_config_option_t
-    {
-        public byte* name;
-        public byte* value;
-        public int source; // rbd_config_source_t: 0 the client's config, 1 the pool's, 2 the image's
-    }
-
     [StructLayout(LayoutKind.Sequential)]
     internal struct rbd_image_spec_t
     {
@@ -147,8 +138,6 @@ internal static unsafe partial class Native
     [LibraryImport(Rbd)] internal static partial int rbd_stat(RbdImageHandle image, rbd_image_info_t* info, nuint infoSize);
     [LibraryImport(Rbd)] internal static partial int rbd_get_size(RbdImageHandle image, out ulong size);
     [LibraryImport(Rbd)] internal static partial int rbd_get_features(RbdImageHandle image, out ulong features);
-    [LibraryImport(Rbd)] internal static partial int rbd_config_image_list(RbdImageHandle image, rbd_config_option_t* options, ref int maxOptions);
-    [LibraryImport(Rbd)] internal static partial void rbd_config_image_list_cleanup(rbd_config_option_t* options, int count);
     [LibraryImport(Rbd)] internal static partial int rbd_get_create_timestamp(RbdImageHandle image, Timespec* timestamp);
     [LibraryImport(Rbd)] internal static partial int rbd_get_id(RbdImageHandle image, byte* id, nuint idLen);
     [LibraryImport(Rbd)]

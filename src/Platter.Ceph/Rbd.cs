@@ -244,34 +244,6 @@ public sealed unsafe class RbdImage : IDisposable
         }
     }
 
-    /// <summary>
-    /// The value of every librbd option as this open image applies it (<c>rbd config image list</c>): the client's
-    /// configuration with the pool's and the image's overrides (<c>rbd config pool/image set</c>) on top.
-    /// </summary>
-    public Dictionary<string, string> EffectiveConfig()
-    {
-        int capacity = 256;
-        while (true)
-        {
-            var options = new rbd_config_option_t[capacity];
-            fixed (rbd_config_option_t* p = options)
-            {
-                int count = capacity;
-                int rc = rbd_config_image_list(_handle, p, ref count);
-                if (rc == -34) // ERANGE: count now holds the number needed
-                {
-                    capacity = count;
-                    continue;
-                }
-                Check(rc, $"config of {What}");
-                var config = new Dictionary<string, string>(count);
-                for (int i = 0; i < count; i++) config[Utf8(p[i].name)] = Utf8(p[i].value);
-                rbd_config_image_list_cleanup(p, count);
-                return config;
-            }
-        }
-    }
-
     /// <summary>An image-metadata value (<c>rbd image-meta get</c>), or null when the key is not set.</summary>
     public string? GetMetadata(string key)
     {

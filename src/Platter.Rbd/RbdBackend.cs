@@ -638,8 +638,6 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover, IVolumeMetadat
             }
             var volume = RbdVolume.OpenWritable(this, name);
             _log.LogInformation("volume {Name} open for writing; holding its exclusive lock as {Address}", name, volume.Address);
-            if (!volume.WritesDurableOnCompletion)
-                _log.LogWarning("volume {Name}: a librbd cache is configured for it (rbd_cache or rbd_persistent_cache_mode, in the Ceph options or a pool/image override): every flush goes to librbd", name);
             lock (_openLock) _open[name] = volume;
             return new RbdVolumeHandle(this, volume);
         }

@@ -21,14 +21,13 @@ internal sealed unsafe class RbdVolume : IDisposable
     private int _references = 1;
     private volatile bool _closed;
 
-    private RbdVolume(string name, RbdImage image, RadosCluster? connection, RadosIoContext? io, bool readOnly, bool writesDurableOnCompletion)
+    private RbdVolume(string name, RbdImage image, RadosCluster? connection, RadosIoContext? io, bool readOnly)
     {
         Name = name;
         Image = image;
         _connection = connection;
         _io = io;
         IsReadOnly = readOnly;
-        WritesDurableOnCompletion = writesDurableOnCompletion;
     }
 
     public string Name { get; }
@@ -38,14 +37,6 @@ internal sealed unsafe class RbdVolume : IDisposable
     public bool IsReadOnly { get; }
 
     public bool IsClosed => _closed;
-
-    /// <summary>
-    /// True when librbd completes a write only once every replica has it on stable storage: no librbd cache holds
-    /// written data (<c>rbd_cache</c> off and no persistent write-log cache, as this image applies its options, with
-    /// the pool's and its own overrides). A flush then has nothing to make durable, and <see cref="FlushAsync"/>
-    /// answers without a librbd round trip (decision 0006).
-    /// </summary>
-    public bool WritesDurableOnCompletion { get; }
 
     /// <summary>The client address holding the lock (this connection's), for logs and takeover.</summary>
     public string? Address => _connection?.Address;
@@ -81,7 +72,7 @@ internal sealed unsafe class RbdVolume : IDisposable
             }
             // Who holds it, for the refusal another server prints (see DescribeHolder). Written while holding the lock.
             image.SetMetadata(RbdBackend.HolderKey, $"{Environment.MachineName} pid {Environment.ProcessId} {connection.Address}");
-            return new RbdVolume(name, image, connection, io, readOnly: false, WithoutWriteCache(image.EffectiveConfig()));
+            return new RbdVolume(name, image, connection, io, readOnly: false);
         }
         catch (CephException e)
         {
@@ -103,24 +94,13 @@ internal sealed unsafe class RbdVolume : IDisposable
     {
         try
         {
-            return new RbdVolume($"{volume}@{snapshot}", RbdImage.Open(catalog, volume, snapshot), null, null, readOnly: true,
-                writesDurableOnCompletion: true); // takes no writes
+            return new RbdVolume($"{volume}@{snapshot}", RbdImage.Open(catalog, volume, snapshot), null, null, readOnly: true);
         }
         catch (CephException e)
         {
             throw RbdErrors.Map(e, $"opening snapshot '{volume}@{snapshot}'");
         }
     }
-
-    /// <summary>
-    /// Whether an image's effective librbd options keep written data out of any librbd cache. The backend sets
-    /// <c>rbd_cache = false</c> on its connections, but <c>--ceph-option</c>, and <c>rbd config pool/image set</c>
-    /// overrides that librbd applies when it opens the image, can turn a cache on: then a flush must go to librbd.
-    /// Anything not recognised as off counts as on.
-    /// </summary>
-    internal static bool WithoutWriteCache(IReadOnlyDictionary<string, string> config) =>
-        config.TryGetValue("rbd_cache", out string? cache) && (cache is "false" or "0")
-        && (!config.TryGetValue("rbd_persistent_cache_mode", out string? persistent) || persistent == "disabled");
 
     /// <summary>Adds a sharer; false when the volume was closed meanwhile (the caller opens it anew).</summary>
     public bool TryAddReference()
@@ -138,10 +118,7 @@ internal sealed unsafe class RbdVolume : IDisposable
 
     // ---- I/O: librbd's asynchronous calls, each a pooled request ----
 
-    public ValueTask<long> ReadAsync(long offset, Memory<byte> destination) => StartRead(offset, destination).Task;
-
-    public ValueTask<long> WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua) => StartWrite(offset, source, fua).Task;
-
+    // Reads and writes hand back the started request: the handle returns it as its task (RbdRequest.Checked).
     public RbdRequest StartRead(long offset, Memory<byte> destination)
     {
         var request = RbdRequest.Rent();
@@ -181,11 +158,6 @@ internal sealed unsafe class RbdVolume : IDisposable
 
     public ValueTask<long> FlushAsync()
     {
-        // Every write this image acknowledged is already on every replica's stable storage (no librbd cache holds
-        // any): nothing to make durable, and a flush covers only acknowledged writes (IVolumeHandle.FlushAsync).
-        // rbd_aio_flush would go through librbd's dispatch and completion threads and back through the thread pool
-        // for nothing: answered here, a flush at depth 1 took half the time (docs/PERFORMANCE.md, 2026-12-02).
-        if (WritesDurableOnCompletion) return new ValueTask<long>(0);
         var request = RbdRequest.Rent();
         var completion = request.Start(default);
         try

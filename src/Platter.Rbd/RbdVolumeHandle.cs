@@ -25,9 +25,6 @@ internal sealed class RbdVolumeHandle : IVolumeHandle
 
     public string Name => _volume.Name;
 
-    /// <summary>The shared open image (tests look at how it was opened).</summary>
-    internal RbdVolume Volume => _volume;
-
     public long SizeBytes
     {
         get
