@@ -3,7 +3,11 @@
 # driver, and fio's rbd engine (librbd directly, no server) as the limit. Prints one table: IOPS or MB/s per workload
 # and target, and the server's CPU time per operation (small racks are short of CPU).
 #
-#   bench/rbd.sh [--seconds N] [--size-mib N] [--rounds N] [--cluster DIR]
+#   bench/rbd.sh [--seconds N] [--size-mib N] [--rounds N] [--cluster DIR] [--old DLL] [--only REGEX]
+#
+# --old DLL measures a second Platter build (its platter.dll) as target "old" in the same rounds (the two builds take
+# turns going first), for old-against-new comparisons on a shared machine; --only runs the workloads whose name matches REGEX
+# (e.g. 'randwrite|flush').
 #
 # The targets take turns: every round runs all workloads on fio rbd, then qemu-nbd, then Platter, and the table shows
 # each target's median over the rounds (the machine is shared: only ratios from interleaved rounds mean something).
@@ -21,7 +25,10 @@ seconds=8
 size_mib=2048
 rounds=2
 cluster=""
-bench_options "[--seconds N] [--size-mib N] [--rounds N] [--cluster DIR]" seconds size-mib rounds cluster -- "$@"
+old=""
+only=""
+bench_options "[--seconds N] [--size-mib N] [--rounds N] [--cluster DIR] [--old DLL] [--only REGEX]" seconds size-mib rounds cluster old only -- "$@"
+[[ -z $old || -f $old ]] || { echo "--old: no such file: $old" >&2; exit 2; }
 bench_require_build
 
 work=$(mktemp -d /tmp/platter-rbd-bench.XXXXXX)
@@ -51,6 +58,13 @@ workloads=(
   "1M-seqread-qd8 read 1M 8"
   "1M-seqwrite-qd8 write 1M 8"
 )
+if [[ -n $only ]]; then
+  kept=()
+  for w in "${workloads[@]}"; do [[ ${w%% *} =~ $only ]] && kept+=("$w"); done
+  workloads=("${kept[@]}")
+fi
+targets=(rbd qemu platter)
+[[ -n $old ]] && targets+=(old)
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
@@ -86,7 +100,8 @@ EOF
 }
 
 start_platter() {
-  dotnet "$platter_dll" serve --store rbd:rbd --ceph-conf "$CEPH_CONF" --socket "$work/platter.sock" \
+  local dll=${1:-$platter_dll}
+  dotnet "$dll" serve --store rbd:rbd --ceph-conf "$CEPH_CONF" --socket "$work/platter.sock" \
     --api-socket "$work/api.sock" --listen none >"$work/platter.log" 2>&1 &
   server_pid=$!
   bench_wait_socket "$work/platter.log" "$work/platter.sock" "$work/api.sock"
@@ -130,13 +145,17 @@ EOF
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A result
 for ((round = 1; round <= rounds; round++)); do
-  for target in rbd qemu platter; do
+  order=("${targets[@]}")
+  # The two builds swap places every other round, so neither always runs on the warmer (or busier) machine.
+  ((round % 2 == 0)) && [[ -n $old ]] && order=(rbd qemu old platter)
+  for target in "${order[@]}"; do
     case $target in
       rbd) pid=- uri=rbd ;;
       qemu) start_qemu_nbd; pid=$server_pid uri="nbd+unix:///?socket=$work/qemu.sock" ;;
       platter) start_platter; pid=$server_pid uri="nbd+unix:///$image?socket=$work/platter.sock" ;;
+      old) start_platter "$old"; pid=$server_pid uri="nbd+unix:///$image?socket=$work/platter.sock" ;;
     esac
-    if [[ $target == platter ]]; then
+    if [[ $target == platter || $target == old ]]; then
       # The JIT's second tier compiles the hot paths during the first seconds of load (about 0.4 s of CPU, 47 µs per
       # operation in an 8 s run): warm every path up unmeasured, as qemu-nbd (compiled ahead) needs no warm-up.
       for w in "${workloads[@]}"; do
@@ -155,7 +174,7 @@ for ((round = 1; round <= rounds; round++)); do
     [[ $target != rbd ]] && stop_server
   done
 done
-for target in rbd qemu platter; do
+for target in "${targets[@]}"; do
   for w in "${workloads[@]}"; do
     read -r name _ <<<"$w"
     runs=()
@@ -179,5 +198,20 @@ for w in "${workloads[@]}"; do
     "$(python3 -c "print(f'{$p/$q:.2f}x' if $q else '-')")" "$(python3 -c "print(f'{$p/$r:.2f}x' if $r else '-')")" \
     "${q_cpu} us" "${p_cpu} us"
 done
+if [[ -n $old ]]; then
+  echo "old build ($old), same rounds:"
+  printf "| %-20s | %-12s | %-9s | %-9s | %-14s | %-14s |\n" workload old "vs qemu" "new / old" "cpu/op old" "cpu/op new"
+  printf "|%s|\n" "---|---|---|---|---|---"
+  for w in "${workloads[@]}"; do
+    read -r name _ <<<"$w"
+    read -r q_iops q_mbps _ <<<"${result[qemu,$name]}"
+    read -r p_iops p_mbps p_cpu <<<"${result[platter,$name]}"
+    read -r o_iops o_mbps o_cpu <<<"${result[old,$name]}"
+    if [[ $name == 1M* ]]; then q=$q_mbps; p=$p_mbps; o=$o_mbps; else q=$q_iops; p=$p_iops; o=$o_iops; fi
+    printf "| %-20s | %-12s | %-9s | %-9s | %-14s | %-14s |\n" "$name" "$o" \
+      "$(python3 -c "print(f'{$o/$q:.2f}x' if $q else '-')")" "$(python3 -c "print(f'{$p/$o:.2f}x' if $o else '-')")" \
+      "${o_cpu} us" "${p_cpu} us"
+  done
+fi
 echo "Platter's volume open on the first client (not in the table: a client held the volume open): ${open_cpu_ms[*]} ms of CPU"
 rbd rm "rbd/$image" >/dev/null 2>&1 || true

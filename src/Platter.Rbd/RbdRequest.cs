@@ -7,11 +7,13 @@ using Platter.Ceph;
 namespace Platter.Rbd;
 
 /// <summary>
-/// One asynchronous librbd request as a <see cref="ValueTask{T}"/>: librbd's completion callback completes it. Requests
-/// are pooled (a request object, its GCHandle and its callback are reused), so a read or write allocates nothing on
-/// the managed heap; librbd allocates its own completion per request (the C API has no way to reuse one).
+/// One asynchronous librbd request as a <see cref="ValueTask{T}"/> of librbd's result, or as a <see cref="ValueTask"/>
+/// that throws the request's error itself (<see cref="Checked"/>: a handle's read or write returns it directly, without
+/// an async method of its own around it). librbd's completion callback completes it. Requests are pooled (a request
+/// object, its GCHandle and its callback are reused), so a read or write allocates nothing on the managed heap; librbd
+/// allocates its own completion per request (the C API has no way to reuse one).
 /// </summary>
-internal sealed unsafe class RbdRequest : IValueTaskSource<long>
+internal sealed unsafe class RbdRequest : IValueTaskSource<long>, IValueTaskSource
 {
     // Requests kept for reuse. Beyond it a burst's extra requests are dropped to the GC: the pool never grows past
     // what a busy server keeps in flight (NBD limits in-flight requests per connection to a few hundred).
@@ -22,6 +24,8 @@ internal sealed unsafe class RbdRequest : IValueTaskSource<long>
     private readonly GCHandle _self;
     private ManualResetValueTaskSourceCore<long> _core;
     private MemoryHandle _pin;
+    private string? _volume; // for the error a failed Checked request throws
+    private string? _operation;
 
     private RbdRequest()
     {
@@ -60,6 +64,14 @@ internal sealed unsafe class RbdRequest : IValueTaskSource<long>
 
     public ValueTask<long> Task => new(this, _core.Version);
 
+    /// <summary>The request as a task that completes when librbd does and throws the seam's error if librbd failed it.</summary>
+    public ValueTask Checked(string volume, string operation)
+    {
+        _volume = volume;
+        _operation = operation;
+        return new ValueTask(this, _core.Version);
+    }
+
     [UnmanagedCallersOnly]
     private static void OnComplete(nint completion, nint arg)
     {
@@ -83,6 +95,24 @@ internal sealed unsafe class RbdRequest : IValueTaskSource<long>
             _core.Reset();
             Return();
         }
+    }
+
+    void IValueTaskSource.GetResult(short token)
+    {
+        long result;
+        string? volume = _volume, operation = _operation;
+        try
+        {
+            result = _core.GetResult(token);
+        }
+        finally
+        {
+            _volume = null;
+            _operation = null;
+            _core.Reset();
+            Return();
+        }
+        if (result < 0) throw RbdErrors.ForRequest(result, volume!, operation!);
     }
 
     public ValueTaskSourceStatus GetStatus(short token) => _core.GetStatus(token);

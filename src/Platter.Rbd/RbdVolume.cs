@@ -118,7 +118,8 @@ internal sealed unsafe class RbdVolume : IDisposable
 
     // ---- I/O: librbd's asynchronous calls, each a pooled request ----
 
-    public ValueTask<long> ReadAsync(long offset, Memory<byte> destination)
+    // Reads and writes hand back the started request: the handle returns it as its task (RbdRequest.Checked).
+    public RbdRequest StartRead(long offset, Memory<byte> destination)
     {
         var request = RbdRequest.Rent();
         var pin = destination.Pin(); // unpinned by the request when librbd completes it
@@ -132,10 +133,10 @@ internal sealed unsafe class RbdVolume : IDisposable
             request.Abandon(completion);
             throw;
         }
-        return request.Task;
+        return request;
     }
 
-    public ValueTask<long> WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua)
+    public RbdRequest StartWrite(long offset, ReadOnlyMemory<byte> source, bool fua)
     {
         var request = RbdRequest.Rent();
         var pin = source.Pin();
@@ -152,7 +153,7 @@ internal sealed unsafe class RbdVolume : IDisposable
             request.Abandon(completion);
             throw;
         }
-        return request.Task;
+        return request;
     }
 
     public ValueTask<long> FlushAsync()
