@@ -4,7 +4,7 @@ namespace Platter.Cache.Tests;
 /// A backend handle (the embedded engine's, below) whose writes can be held back, slowed down or cut off, so a test
 /// decides how far write-back gets. Records the order in which writes reach the backend.
 /// </summary>
-internal sealed class GatedBackend(IVolumeHandle inner) : IVolumeHandle
+internal sealed class GatedBackend(IVolumeHandle inner) : DelegatingVolumeHandle(inner)
 {
     private readonly object _lock = new();
     private TaskCompletionSource _open = Opened();
@@ -56,16 +56,7 @@ internal sealed class GatedBackend(IVolumeHandle inner) : IVolumeHandle
         Resume();
     }
 
-    public string Name => inner.Name;
-    public long SizeBytes => inner.SizeBytes;
-    public bool IsReadOnly => inner.IsReadOnly;
-    public bool FlushCoversAllHandles => inner.FlushCoversAllHandles;
-    public bool ExtentsAreCheap => inner.ExtentsAreCheap;
-
-    public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken cancellationToken = default) =>
-        inner.ReadAsync(offset, destination, cancellationToken);
-
-    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken cancellationToken = default)
+    public override async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken cancellationToken = default)
     {
         int inFlight = Interlocked.Increment(ref _inFlight);
         for (int max = Volatile.Read(ref _maxInFlight); inFlight > max; max = Volatile.Read(ref _maxInFlight))
@@ -90,29 +81,10 @@ internal sealed class GatedBackend(IVolumeHandle inner) : IVolumeHandle
         {
             if (_cut) throw new StorageException(StorageError.Closed, "the test cut the backend off");
             // Applied under the lock, so "cut after N" means exactly N writes reached the backend.
-            inner.WriteAsync(offset, source, fua, cancellationToken).AsTask().GetAwaiter().GetResult();
+            Inner.WriteAsync(offset, source, fua, cancellationToken).AsTask().GetAwaiter().GetResult();
             Applied.Add((offset, source.Length));
             if (Applied.Count >= CutAfterWrites) _cut = true;
             if (Applied.Count == PauseAfterWrites) Pause();
         }
     }
-
-    public ValueTask FlushAsync(CancellationToken cancellationToken = default) => inner.FlushAsync(cancellationToken);
-
-    public ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken = default) =>
-        inner.TrimAsync(offset, length, fua, cancellationToken);
-
-    public ValueTask WriteZeroesAsync(long offset, long length, bool deallocate, bool fua, CancellationToken cancellationToken = default) =>
-        inner.WriteZeroesAsync(offset, length, deallocate, fua, cancellationToken);
-
-    public int GetExtents(long offset, long length, Span<VolumeExtent> destination) => inner.GetExtents(offset, length, destination);
-
-    public int GetChangedExtents(string sinceSnapshot, long offset, long length, Span<VolumeExtent> destination) =>
-        inner.GetChangedExtents(sinceSnapshot, offset, length, destination);
-
-    public int GetAllocationDepth(long offset, long length, Span<DepthExtent> destination) => inner.GetAllocationDepth(offset, length, destination);
-
-    public IReadOnlyList<string> DirtyBitmapSnapshots => inner.DirtyBitmapSnapshots;
-
-    public void Dispose() => inner.Dispose();
 }
