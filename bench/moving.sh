@@ -3,23 +3,26 @@
 # file to a raw file and to Platter over NBD; a full send | receive between two Platter servers against nbdcopy
 # between the same two servers; an incremental stream of 1% changed data against the full stream.
 #
-#   bench/moving.sh [--size 4G] [--rounds 3] [--dir DIR]
+#   bench/moving.sh [--size 4G] [--rounds 3] [--dir DIR] [--import-only]
 #
 # Prints one line per measurement (seconds, bytes) and a markdown table of medians at the end. Needs qemu-utils,
 # libnbd-bin and a Release build of src/Platter.Cli (built here unless PLATTER_DLL points at platter.dll), or
 # PLATTER_BIN=the Native AOT binary (what the .deb ships). PLATTER_SERVE_ARGS adds arguments to both servers'
-# `platter serve` (e.g. --direct-writes).
+# `platter serve` (e.g. --direct-writes). --import-only stops each round after the import (raw-file convert, qemu-img
+# into Platter over NBD, platter import and the server's CPU time during the import).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 size=4G
 rounds=3
 dir=""
+import_only=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --size) size="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
     --dir) dir="$2"; shift 2 ;;
+    --import-only) import_only=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -60,6 +63,12 @@ serve() { # NAME: a fresh store and sockets under $dir/NAME
 }
 stop_all() { cleanup; pids=(); }
 seconds() { local t0=$(date +%s.%N); "$@" >/dev/null; echo "$(date +%s.%N) - $t0" | bc; }
+# Time until the copy is on disk: what the page cache still held from before is written out first, and the copy's
+# own dirty pages are counted. qemu-img convert to a file does not sync, platter import flushes once at its end:
+# without this the raw-file baseline ran 1.4-11 s in one run, depending on the writeback it inherited.
+durable_seconds() { sync; local t0=$(date +%s.%N); "$@" >/dev/null; sync; echo "$(date +%s.%N) - $t0" | bc; }
+# utime + stime of a process, in seconds (USER_HZ ticks from /proc/PID/stat).
+cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"; }
 uri() { echo "nbd+unix:///$2?socket=$dir/$1/nbd.sock"; }
 
 # Half data, half holes: 1 MiB of data every 2 MiB (random bytes, so nothing compresses or reads as zeros).
@@ -78,14 +87,17 @@ record() { results["$1"]+="$2 "; echo "$1 round $round: $2"; }
 for ((round = 1; round <= rounds; round++)); do
   cat "$src" >/dev/null # warm the page cache: every variant reads the same cached file
   rm -f "$dir/out.raw"; sync
-  record "qemu-img convert qcow2 -> raw file (s)" "$(seconds qemu-img convert -f qcow2 -O raw "$src" "$dir/out.raw")"
+  record "qemu-img convert qcow2 -> raw file, to disk (s)" "$(durable_seconds qemu-img convert -f qcow2 -O raw "$src" "$dir/out.raw")"
   rm -f "$dir/out.raw"
 
   serve a
   platter volume create direct --size "$size" --api-socket "$dir/a/api.sock" >/dev/null
-  record "qemu-img convert qcow2 -> Platter over NBD (s)" \
-    "$(seconds qemu-img convert -n --target-is-zero -W -f qcow2 -O raw "$src" "$(uri a direct)")"
-  record "platter import (s)" "$(seconds platter import "$src" vol --api-socket "$dir/a/api.sock")"
+  record "qemu-img convert qcow2 -> Platter over NBD, to disk (s)" \
+    "$(durable_seconds qemu-img convert -n --target-is-zero -W -f qcow2 -O raw "$src" "$(uri a direct)")"
+  cpu0=$(cpu_seconds "${pids[-1]}")
+  record "platter import, to disk (s)" "$(durable_seconds platter import "$src" vol --api-socket "$dir/a/api.sock")"
+  record "server CPU during platter import (s)" "$(echo "$(cpu_seconds "${pids[-1]}") - $cpu0" | bc)"
+  if [[ -n $import_only ]]; then stop_all; continue; fi
   platter snapshot create vol@s1 --api-socket "$dir/a/api.sock" >/dev/null
 
   serve b

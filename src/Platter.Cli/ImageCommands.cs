@@ -28,8 +28,8 @@ internal static class ImageCommands
         var command = new Command("import",
             "Create VOLUME from a disk image file (raw, qcow2, vmdk, vdi, vhdx). The volume gets the image's virtual size and its data; " +
             "holes and runs of zeros stay unallocated, so the volume takes only the space of the data. qemu-img (package qemu-utils) " +
-            "reads the format and copies over NBD to the running server (qemu-img convert -n --target-is-zero). A failed import " +
-            "deletes the volume it created. Progress with rate and ETA on a terminal; --json prints a summary instead.")
+            "reads the format and copies over NBD to the running server (qemu-img convert -n --target-is-zero), and the import ends " +
+            "with a flush: when it returns, the volume is on disk. A failed import deletes the volume it created. Progress with rate and ETA on a terminal; --json prints a summary instead.")
         {
             file, volume, format, json, api,
         };
@@ -52,6 +52,9 @@ internal static class ImageCommands
             var clock = Stopwatch.StartNew();
             try
             {
+                // qemu-img's NBD driver flushes the target when it closes it, even in convert's default cache mode
+                // (unsafe: it skips flushes to disk, and NBD's flush counts as one to the OS), so a finished import is
+                // on disk (MovingTests checks the flush).
                 await RunQemuImgAsync(context, qemuImg, $"import {name}", info.VirtualSize, parse.GetValue(json),
                     ["convert", "-p", "-n", "--target-is-zero", "-W", "-f", info.Format, "-O", "raw", path, uri], ct);
             }

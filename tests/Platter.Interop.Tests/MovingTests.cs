@@ -30,6 +30,10 @@ public sealed class MovingTests(ServerFixture fixture, ITestOutputHelper output)
             Assert.Equal("qcow2", summary.RootElement.GetProperty("format").GetString());
             Assert.Equal(Size, summary.RootElement.GetProperty("sizeBytes").GetInt64());
         }
+        // The import ended with a flush (its data is on disk when it says "imported"): counted before anything else
+        // opens the volume.
+        string metrics = await UnixHttp.GetAsync(Server.ApiSocketPath, "metrics");
+        Assert.Matches(@"(?m)^platter_volume_request_duration_seconds_count\{volume=""img1"",op=""flush""\} [1-9]", metrics);
         var volume = new NbdExport("img1", Server.NbdSocketPath, Size);
         var compare = await ProcessRunner.RunAsync(Tools.QemuImg, ["compare", "-f", "qcow2", "-F", "raw", qcow2, volume.Uri]);
         Assert.True(compare.ExitCode == 0, $"the imported volume differs from the qcow2\n{compare.Describe()}");

@@ -84,7 +84,7 @@ public class ManagementApiTests
     public async Task MalformedRequestsAreBadRequests()
     {
         await using var server = await RunningHost.StartAsync();
-        using var http = RawClient(server.ApiSocket);
+        using var http = UnixHttp.Client(server.ApiSocket);
 
         async Task<(HttpStatusCode, ErrorDto?)> Post(string path, string body, string contentType = "application/json")
         {
@@ -268,19 +268,5 @@ public class ManagementApiTests
         var e = await Assert.ThrowsAsync<IOException>(() => host.StartAsync());
         Assert.Contains("not a socket", e.Message);
         Assert.Equal("precious", File.ReadAllText(dir.Combine("api.sock")));
-    }
-
-    internal static HttpClient RawClient(string socketPath)
-    {
-        var handler = new SocketsHttpHandler
-        {
-            ConnectCallback = async (_, ct) =>
-            {
-                var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-                await socket.ConnectAsync(new UnixDomainSocketEndPoint(socketPath), ct);
-                return new NetworkStream(socket, ownsSocket: true);
-            },
-        };
-        return new HttpClient(handler) { BaseAddress = new Uri("http://platter/") };
     }
 }

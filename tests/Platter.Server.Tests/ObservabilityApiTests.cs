@@ -16,7 +16,7 @@ public class ObservabilityApiTests
     public async Task OpenApiDescribesEveryEndpointAndTheReadmeListsThemAll()
     {
         await using var server = await RunningHost.StartAsync();
-        using var http = UnixHttp(server.ApiSocket);
+        using var http = UnixHttp.Client(server.ApiSocket);
         using var response = await http.GetAsync(ManagementApi.OpenApiPath.TrimStart('/'));
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
         using var document = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
@@ -80,7 +80,7 @@ public class ObservabilityApiTests
             Metrics = false,
         });
         Assert.Null(server.Host.Metrics);
-        using var http = UnixHttp(server.ApiSocket);
+        using var http = UnixHttp.Client(server.ApiSocket);
         using var metrics = await http.GetAsync("metrics");
         Assert.Equal(HttpStatusCode.NotFound, metrics.StatusCode);
         using var stats = await http.GetAsync("v1/stats");
@@ -241,20 +241,5 @@ public class ObservabilityApiTests
                     yield return method.Name.ToUpperInvariant() + " " + path.Name;
             }
         }
-    }
-
-    private static HttpClient UnixHttp(string socketPath)
-    {
-        var handler = new SocketsHttpHandler
-        {
-            ConnectCallback = async (_, ct) =>
-            {
-                var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream,
-                    System.Net.Sockets.ProtocolType.Unspecified);
-                await socket.ConnectAsync(new System.Net.Sockets.UnixDomainSocketEndPoint(socketPath), ct);
-                return new System.Net.Sockets.NetworkStream(socket, ownsSocket: true);
-            },
-        };
-        return new HttpClient(handler) { BaseAddress = new Uri("http://platter/") };
     }
 }

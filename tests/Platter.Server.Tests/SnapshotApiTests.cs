@@ -275,7 +275,7 @@ public class SnapshotApiTests
         await Expect(409, "already_exists", "s1", () => client.CreateSnapshotAsync("vm1", "s1"));
         await Expect(409, "already_exists", "taken", () => client.CloneSnapshotAsync("vm1", "s1", "taken"));
 
-        using var http = ManagementApiTests.RawClient(server.ApiSocket);
+        using var http = UnixHttp.Client(server.ApiSocket);
         using (var noFrom = await http.GetAsync("/v1/volumes/vm1/diff"))
         {
             Assert.Equal(HttpStatusCode.BadRequest, noFrom.StatusCode);
