@@ -9,6 +9,12 @@
 # write-back, and at depth 16).
 #
 #   bench/cache.sh [--seconds N] [--size-mib N] [--cluster DIR] [--cache-dir DIR] [--old-dll DLL]
+#                  [--workloads NAME,...] [--rounds N] [--no-drain]
+#
+# --workloads runs only the named workloads (names as in the table: 4k-write+flush-qd1, 4k-randwrite-qd32,
+# 4k-randread-qd1-warm, 4k-randread-qd32-warm), --rounds repeats them (a row per round), --no-drain skips the drain.
+# (After 4k-randwrite-qd32 the reads wait until write-back has emptied the logs: tens of thousands of scattered
+# records, minutes at the cluster's depth-1 rate.)
 #
 # --old-dll runs a second server of another build (its platter.dll) beside the first, serving one more write-back
 # image (target writeback-old, its own cache directory next to the first), so the two builds' write-back caches are
@@ -29,7 +35,11 @@ size_mib=256
 cluster=""
 cache_parent=""
 old_dll=""
-bench_options "[--seconds N] [--size-mib N] [--cluster DIR] [--cache-dir DIR] [--old-dll DLL]" seconds size-mib cluster cache-dir=cache_parent old-dll=old_dll -- "$@"
+only=""
+rounds=1
+no_drain=0
+bench_options "[--seconds N] [--size-mib N] [--cluster DIR] [--cache-dir DIR] [--old-dll DLL] [--workloads NAME,...] [--rounds N] [--no-drain]" \
+  seconds size-mib cluster cache-dir=cache_parent old-dll=old_dll workloads=only rounds no-drain! -- "$@"
 [[ -n $old_dll ]] && old_dll=$(realpath "$old_dll")
 bench_require_build
 
@@ -136,6 +146,17 @@ workloads=(
   "4k-randread-qd1-warm randread 4k 1"
   "4k-randread-qd32-warm randread 4k 32"
 )
+if [[ -n $only ]]; then
+  selected=()
+  for w in "${workloads[@]}"; do [[ ,$only, == *,${w%% *},* ]] && selected+=("$w"); done
+  ((${#selected[@]})) || { echo "no workload named in --workloads $only" >&2; exit 2; }
+  workloads=("${selected[@]}")
+fi
+if ((rounds > 1)); then
+  repeated=()
+  for r in $(seq 1 "$rounds"); do for w in "${workloads[@]}"; do repeated+=("${w%% *}#$r ${w#* }"); done; done
+  workloads=("${repeated[@]}")
+fi
 
 # A write-through cache closes with its last client (and starts empty at its next open): one idle client stays
 # connected to that volume for the whole run, so its warm-up counts.
@@ -166,9 +187,10 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A result
 for w in "${workloads[@]}"; do
   read -r name rw bs depth extra <<<"$w"
-  # Reads after the writes: first let write-back finish and warm the caches again (the writes invalidated copies).
+  # No write-back traffic from the last workload in the cluster while this one runs.
+  wait_written_back
+  # Reads after the writes: warm the caches again (the writes invalidated copies).
   if [[ $rw == randread ]]; then
-    wait_written_back
     for t in "${targets[@]}"; do
       fio --name=warm --ioengine=nbd --uri="$(uri "$t")" --rw=read --bs=1M --iodepth=8 --size="${size_mib}M" >/dev/null
     done
@@ -251,6 +273,11 @@ done
 for t in writethrough writeback; do
   platter volume info "$prefix-$t" --json | python3 -c "import json,sys; c=json.load(sys.stdin)['cache']; print(f\"$t read cache: {c['hits']} hits, {c['misses']} misses; dirty {c['dirtyBytes']} bytes, lag {c['lagRecords']} records\")"
 done
+
+if ((no_drain)); then
+  echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+  exit 0
+fi
 
 # Drain: how fast write-back empties a backlog. A fresh write-back volume takes writes far faster than the cluster
 # (random 4 KiB at depth 32, then sequential 1 MiB); when the writer stops, the log's dirty bytes and records are
