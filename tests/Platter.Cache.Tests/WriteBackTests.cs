@@ -210,73 +210,95 @@ public sealed class WriteBackTests(ITestOutputHelper output) : EngineVolumeTest(
         }
     }
 
-    // Fills the ring for more than one lap, drained as it goes, then holds write-back (so the log keeps what follows)
-    // and writes `flushedWrites` flushed writes. Returns the log as the last flush left it (what a power cut keeps of
-    // the records), the tail at that flush, and the block stamps then.
-    private async Task<(byte[] Synced, long SyncedTail, long[] Flushed, long Seq)> LapThenFlushAsync(
-        WriteBackVolume cache, GatedBackend gate, IVolumeHandle h, Random random, int blocks, int flushedWrites, long[] latest)
+    // A crash of a log whose ring has gone round more than once: the ring filled for 1.1 to 3 laps (drained as it
+    // goes), then write-back held (so the log keeps what follows), `flushedWrites` writes with flushes among them and
+    // a last flush, then one-block writes to `laterBlocks` with no flush. The log as the last flush left it (what a
+    // power cut keeps of the records) and as it is at the crash, with the tails and block stamps of both moments.
+    private sealed record MidLapCrash(byte[] Synced, byte[] Now, long SyncedTail, long NowTail, long[] Flushed, List<(int Block, long Stamp)> Unflushed);
+
+    private async Task<MidLapCrash> CrashMidLapAsync(Random random, int blocks, int flushedWrites, IReadOnlyList<int> laterBlocks)
     {
-        long seq = 0;
-        int lapWrites = random.Next(1_000, 2_700); // 1.1 to 3 laps
-        for (int i = 0; i < lapWrites; i++)
+        using (var v = _store.OpenVolume("vm1")) v.WriteZeroes(0, blocks * (long)Block);
+        File.Delete(LogPath);
+        var (cache, gate) = Open(logBytes: LapLogBytes);
+        var latest = new long[blocks];
+        var unflushed = new List<(int Block, long Stamp)>();
+        MidLapCrash crash;
+        using (var h = cache.OpenHandle())
         {
-            int b = random.Next(blocks);
-            await h.WriteAsync(b * (long)Block, Stamp(++seq), fua: false);
-            latest[b] = seq;
+            long seq = 0;
+            int lapWrites = random.Next(1_000, 2_700);
+            for (int i = 0; i < lapWrites + flushedWrites; i++)
+            {
+                if (i == lapWrites)
+                {
+                    await cache.DrainAsync();
+                    gate.Pause();
+                    while (!cache.Log.HeadSettled) await Task.Delay(5); // no superblock write in flight while the test copies the file
+                }
+                int b = random.Next(blocks);
+                await h.WriteAsync(b * (long)Block, Stamp(++seq), fua: false);
+                latest[b] = seq;
+                if (i >= lapWrites && random.Next(4) == 0) await h.FlushAsync();
+            }
+            await h.FlushAsync();
+            var synced = RawFile.ReadAll(LogPath);
+            long syncedTail = cache.LogTailPosition;
+            var flushed = (long[])latest.Clone();
+            foreach (int b in laterBlocks)
+            {
+                await h.WriteAsync(b * (long)Block, Stamp(++seq), fua: false);
+                unflushed.Add((b, seq));
+            }
+            crash = new MidLapCrash(synced, RawFile.ReadAll(LogPath), syncedTail, cache.LogTailPosition, flushed, unflushed);
         }
-        await cache.DrainAsync();
-        gate.Pause();
-        while (!cache.Log.HeadSettled) await Task.Delay(5); // no superblock write in flight while the test copies the file
-        for (int i = 0; i < flushedWrites; i++)
-        {
-            int b = random.Next(blocks);
-            await h.WriteAsync(b * (long)Block, Stamp(++seq), fua: false);
-            latest[b] = seq;
-            if (random.Next(4) == 0) await h.FlushAsync();
-        }
-        await h.FlushAsync();
-        return (RawFile.ReadAll(LogPath), cache.LogTailPosition, (long[])latest.Clone(), seq);
+        gate.Cut();
+        await cache.DisposeAsync();
+        return crash;
     }
 
-    // The log after a power cut: the file as it is now, but each 512-byte sector written since the flush that left
-    // `synced` (the ring from syncedTail to nowTail, wrapping) independently new, old (what the disk held before: an
+    // The log after a power cut: the file at the crash, but each 512-byte sector written since the last flush (the ring
+    // from its tail then to the tail at the crash, wrapping) independently new, old (what the disk held before: an
     // earlier lap's record) or garbage, as `choose` says (0, 1, 2). Checks that nothing else changed since that flush.
-    private static byte[] PowerCut(byte[] synced, byte[] now, long syncedTail, long nowTail, Func<long, int> choose, Random random)
+    // Then opens it (replay) and returns k: the volume it serves must be the flushed state plus the first k later writes.
+    private async Task<int> PowerCutAndReplayAsync(MidLapCrash c, Func<long, int> choose, Random random, int blocks, string context)
     {
-        var cut = (byte[])now.Clone();
-        var torn = new bool[now.Length / 512];
-        for (long pos = syncedTail; pos != nowTail; pos += 512)
+        var cut = (byte[])c.Now.Clone();
+        var torn = new bool[cut.Length / 512];
+        for (long pos = c.SyncedTail; pos != c.NowTail; pos += 512)
         {
-            if (pos == now.Length) { pos = 4096; if (pos == nowTail) break; }
+            if (pos == cut.Length) { pos = 4096; if (pos == c.NowTail) break; }
             torn[pos / 512] = true;
             var sector = cut.AsSpan((int)pos, 512);
             switch (choose(pos))
             {
-                case 1: synced.AsSpan((int)pos, 512).CopyTo(sector); break;
+                case 1: c.Synced.AsSpan((int)pos, 512).CopyTo(sector); break;
                 case 2: random.NextBytes(sector); break;
             }
         }
         for (int s = 8; s < torn.Length; s++)
-            if (!torn[s]) Assert.True(now.AsSpan(s * 512, 512).SequenceEqual(synced.AsSpan(s * 512, 512)), $"sector {s} changed after the flush but is not between the flushed tail and the tail");
-        return cut;
-    }
+            if (!torn[s]) Assert.True(c.Now.AsSpan(s * 512, 512).SequenceEqual(c.Synced.AsSpan(s * 512, 512)), $"sector {s} changed after the flush but is not between the flushed tail and the tail");
+        File.WriteAllBytes(LogPath, cut);
 
-    // The volume as the reopened log serves it must be the flushed state plus the first k unflushed writes, for some k.
-    private static async Task<int> AssertFlushedPlusPrefixAsync(IVolumeHandle h, long[] flushed, List<(int Block, long Stamp)> unflushed, int blocks, string context)
-    {
-        var image = new long[blocks];
-        for (int b = 0; b < blocks; b++)
+        var (again, _) = Open(logBytes: LapLogBytes);
+        await using (again)
         {
-            var data = await ReadAsync(h, b * (long)Block, Block);
-            image[b] = BinaryPrimitives.ReadInt64LittleEndian(data);
-            Assert.True(data.AsSpan().SequenceEqual(Stamp(image[b])), $"{context}: block {b} is torn");
-        }
-        var expected = (long[])flushed.Clone();
-        for (int k = 0; ; k++)
-        {
-            if (expected.AsSpan().SequenceEqual(image)) return k;
-            Assert.True(k < unflushed.Count, $"{context}: the volume is not the flushed state plus a prefix of the unflushed writes");
-            expected[unflushed[k].Block] = unflushed[k].Stamp;
+            using var h = again.OpenHandle();
+            var image = new long[blocks];
+            for (int b = 0; b < blocks; b++)
+            {
+                var data = await ReadAsync(h, b * (long)Block, Block);
+                image[b] = BinaryPrimitives.ReadInt64LittleEndian(data);
+                Assert.True(data.AsSpan().SequenceEqual(Stamp(image[b])), $"{context}: block {b} is torn");
+            }
+            await again.DrainAsync();
+            var expected = (long[])c.Flushed.Clone();
+            for (int k = 0; ; k++)
+            {
+                if (expected.AsSpan().SequenceEqual(image)) return k;
+                Assert.True(k < c.Unflushed.Count, $"{context}: the volume is not the flushed state plus a prefix of the unflushed writes");
+                expected[c.Unflushed[k].Block] = c.Unflushed[k].Stamp;
+            }
         }
     }
 
@@ -293,46 +315,14 @@ public sealed class WriteBackTests(ITestOutputHelper output) : EngineVolumeTest(
         const int blocks = 256;
         for (int round = 0; round < 4; round++)
         {
-            using (var v = _store.OpenVolume("vm1")) v.WriteZeroes(0, blocks * (long)Block);
-            File.Delete(LogPath);
-            var (cache, gate) = Open(logBytes: LapLogBytes);
-            var latest = new long[blocks];
-            byte[] synced, now;
-            long syncedTail, nowTail;
-            long[] flushed;
-            var unflushed = new List<(int Block, long Stamp)>();
-            using (var h = cache.OpenHandle())
-            {
-                long seq;
-                (synced, syncedTail, flushed, seq) = await LapThenFlushAsync(cache, gate, h, random, blocks, random.Next(1, 200), latest);
-                int later = random.Next(1, 40);
-                for (int i = 0; i < later; i++)
-                {
-                    int b = random.Next(blocks);
-                    await h.WriteAsync(b * (long)Block, Stamp(++seq), fua: false);
-                    unflushed.Add((b, seq));
-                }
-                now = RawFile.ReadAll(LogPath);
-                nowTail = cache.LogTailPosition;
-            }
-            gate.Cut();
-            await cache.DisposeAsync();
-            Assert.True(now.AsSpan((int)nowTail, 512).IndexOfAnyExcept((byte)0) >= 0, "the ring after the tail should hold an earlier lap's data");
-
-            int mode = round % 2; // round 0, 2: every sector at random; 1, 3: all new up to a random sector, then old
-            long cutAt = syncedTail + 512L * random.Next(0, 20);
-            var image = PowerCut(synced, now, syncedTail, nowTail,
-                pos => mode == 0 ? random.Next(3) : (pos >= syncedTail && pos < cutAt ? 0 : 1), random);
-            File.WriteAllBytes(LogPath, image);
-
-            var (again, _) = Open(logBytes: LapLogBytes);
-            await using (again)
-            {
-                using var r = again.OpenHandle();
-                int k = await AssertFlushedPlusPrefixAsync(r, flushed, unflushed, blocks, $"seed {seed} round {round}");
-                _output.WriteLine($"round {round}: replay kept {k} of {unflushed.Count} unflushed writes");
-                await again.DrainAsync();
-            }
+            var later = Enumerable.Range(0, random.Next(1, 40)).Select(_ => random.Next(blocks)).ToList();
+            var c = await CrashMidLapAsync(random, blocks, random.Next(1, 200), later);
+            Assert.True(c.Now.AsSpan((int)c.NowTail, 512).IndexOfAnyExcept((byte)0) >= 0, "the ring after the tail should hold an earlier lap's data");
+            // Rounds 0 and 2: every sector at random; 1 and 3: new up to a random sector, old after it.
+            long cutAt = c.SyncedTail + 512L * random.Next(0, 20);
+            int k = await PowerCutAndReplayAsync(c, pos => round % 2 == 0 ? random.Next(3) : (pos >= c.SyncedTail && pos < cutAt ? 0 : 1),
+                random, blocks, $"seed {seed} round {round}");
+            _output.WriteLine($"round {round}: replay kept {k} of {c.Unflushed.Count} unflushed writes");
         }
     }
 
@@ -343,55 +333,24 @@ public sealed class WriteBackTests(ITestOutputHelper output) : EngineVolumeTest(
         var random = new Random(11);
         foreach (var tear in new[] { "stale header", "garbage payload sector", "all old" })
         {
-            using (var v = _store.OpenVolume("vm1")) v.WriteZeroes(0, blocks * (long)Block);
-            File.Delete(LogPath);
-            var (cache, gate) = Open(logBytes: LapLogBytes);
-            var latest = new long[blocks];
-            byte[] synced, now;
-            long syncedTail, nowTail;
-            long[] flushed;
-            var unflushed = new List<(int Block, long Stamp)>();
-            using (var h = cache.OpenHandle())
-            {
-                long seq;
-                (synced, syncedTail, flushed, seq) = await LapThenFlushAsync(cache, gate, h, random, blocks, 10, latest);
-                // Three unflushed one-block writes, A, B, C, to blocks that hold flushed data.
-                foreach (int b in new[] { 1, 2, 3 })
-                {
-                    await h.WriteAsync(b * (long)Block, Stamp(++seq), fua: false);
-                    unflushed.Add((b, seq));
-                }
-                now = RawFile.ReadAll(LogPath);
-                nowTail = cache.LogTailPosition;
-            }
-            gate.Cut();
-            await cache.DisposeAsync();
-
+            // Three unflushed one-block writes, A, B, C, to blocks that hold flushed data.
+            var c = await CrashMidLapAsync(random, blocks, 10, [1, 2, 3]);
             // One-block records are 4,608 bytes, the same place in every lap: an earlier lap's record header (valid,
             // with a sequence number one lap older) lies exactly where B's header goes.
             const int recordBytes = 512 + Block;
-            long a = syncedTail, b0 = a + recordBytes, c = b0 + recordBytes;
-            Assert.True(c + recordBytes <= now.Length, "the three records should not wrap");
-            Assert.Equal(0x52425750u, BinaryPrimitives.ReadUInt32LittleEndian(synced.AsSpan((int)b0))); // "PWBR"
-            var image = PowerCut(synced, now, syncedTail, nowTail, pos => tear switch
+            long b0 = c.SyncedTail + recordBytes;
+            Assert.True(b0 + 2 * recordBytes <= c.Now.Length, "the three records should not wrap");
+            Assert.Equal(0x52425750u, BinaryPrimitives.ReadUInt32LittleEndian(c.Synced.AsSpan((int)b0))); // "PWBR"
+            int k = await PowerCutAndReplayAsync(c, pos => tear switch
             {
                 "stale header" => pos == b0 ? 1 : 0,
                 "garbage payload sector" => pos == b0 + 512 + 1024 ? 2 : 0,
                 _ => 1,
-            }, random);
-            File.WriteAllBytes(LogPath, image);
-
-            var (again, _) = Open(logBytes: LapLogBytes);
-            await using (again)
-            {
-                using var r = again.OpenHandle();
-                int k = await AssertFlushedPlusPrefixAsync(r, flushed, unflushed, blocks, tear);
-                // A survives whole; B is torn or an earlier lap's record, so neither it nor C (intact) comes back.
-                Assert.Equal(tear == "all old" ? 0 : 1, k);
-                await again.DrainAsync();
-            }
+            }, random, blocks, tear);
+            // A survives whole; B is torn or an earlier lap's record, so neither it nor C (intact) comes back.
+            Assert.Equal(tear == "all old" ? 0 : 1, k);
             for (int b = 1; b <= 3; b++)
-                Assert.Equal(Stamp(b == 1 && tear != "all old" ? unflushed[0].Stamp : flushed[b]), BackendRead(b * (long)Block, Block));
+                Assert.Equal(Stamp(b == 1 && k == 1 ? c.Unflushed[0].Stamp : c.Flushed[b]), BackendRead(b * (long)Block, Block));
         }
     }
 
