@@ -65,7 +65,7 @@ internal sealed partial class WriteBackLog
     // record overwrites blocks the file system has already allocated and written, so a flush's fdatasync carries the
     // records and the device flush only: appending into a hole (a sparse file, or fallocate's unwritten extents) made
     // each first-lap sync also write the inode and the allocation metadata, one device write more before the flush
-    // (docs/PERFORMANCE.md, "logsync"). Zeros read as no record, so replay of a new log stops where it did.
+    // (docs/PERFORMANCE.md, "Node cache", session 11). Zeros read as no record, so replay of a new log stops where it did.
     private static void WriteRingOnce(SafeFileHandle file, long capacity)
     {
         const int ChunkBytes = 1 << 20;
