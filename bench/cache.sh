@@ -8,7 +8,17 @@
 # against fio's rbd engine doing the same on the cluster (the backend's own rate, one operation at a time as
 # write-back, and at depth 16).
 #
-#   bench/cache.sh [--seconds N] [--size-mib N] [--cluster DIR] [--cache-dir DIR]
+#   bench/cache.sh [--seconds N] [--size-mib N] [--cluster DIR] [--cache-dir DIR] [--old-dll DLL]
+#                  [--workloads NAME,...] [--rounds N] [--no-drain]
+#
+# --workloads runs only the named workloads (names as in the table: 4k-write+flush-qd1, 4k-randwrite-qd32,
+# 4k-randread-qd1-warm, 4k-randread-qd32-warm), --rounds repeats them (a row per round), --no-drain skips the drain.
+# (After 4k-randwrite-qd32 the reads wait until write-back has emptied the logs: tens of thousands of scattered
+# records, minutes at the cluster's depth-1 rate.)
+#
+# --old-dll runs a second server of another build (its platter.dll) beside the first, serving one more write-back
+# image (target writeback-old, its own cache directory next to the first), so the two builds' write-back caches are
+# measured in the same run, interleaved with the other targets.
 #
 # --cache-dir puts the node cache there (default: a directory under /tmp, on the disk here). The cost of one 4 KiB
 # write + fdatasync in that directory is measured and printed with the table: a write-back flush is one of them, so
@@ -24,19 +34,27 @@ seconds=8
 size_mib=256
 cluster=""
 cache_parent=""
-bench_options "[--seconds N] [--size-mib N] [--cluster DIR] [--cache-dir DIR]" seconds size-mib cluster cache-dir=cache_parent -- "$@"
+old_dll=""
+only=""
+rounds=1
+no_drain=0
+bench_options "[--seconds N] [--size-mib N] [--cluster DIR] [--cache-dir DIR] [--old-dll DLL] [--workloads NAME,...] [--rounds N] [--no-drain]" \
+  seconds size-mib cluster cache-dir=cache_parent old-dll=old_dll workloads=only rounds no-drain! -- "$@"
+[[ -n $old_dll ]] && old_dll=$(realpath "$old_dll")
 bench_require_build
 
 work=$(mktemp -d /tmp/platter-cache-bench.XXXXXX)
 cache_dir=$work/cache
 [[ -n $cache_parent ]] && cache_dir=$(mktemp -d "$cache_parent/platter-cache-bench.XXXXXX")
 platter_pid=""
+old_pid=""
 qemu_pid=""
 holder_pid=""
 cleanup() {
   [[ -n $holder_pid ]] && { kill "$holder_pid" 2>/dev/null || true; wait "$holder_pid" 2>/dev/null || true; }
   # SIGKILL: a SIGTERM would first write back what the write-back log still holds (minutes of random writes).
   [[ -n $platter_pid ]] && { kill -9 "$platter_pid" 2>/dev/null; wait "$platter_pid" 2>/dev/null || true; }
+  [[ -n $old_pid ]] && { kill -9 "$old_pid" 2>/dev/null; wait "$old_pid" 2>/dev/null || true; }
   [[ -n $qemu_pid ]] && { kill "$qemu_pid" 2>/dev/null; wait "$qemu_pid" 2>/dev/null || true; }
   bench_cluster_stop
   rm -rf "$work"
@@ -46,7 +64,9 @@ trap cleanup EXIT
 
 bench_cluster "$work"
 prefix=cbench-$$
-for mode in none writethrough writeback qemu; do
+targets=(none writethrough writeback qemu)
+[[ -n $old_dll ]] && targets=(none writethrough writeback writeback-old qemu)
+for mode in "${targets[@]}"; do
   rbd create --size "${size_mib}M" "rbd/$prefix-$mode"
   # Written once, so reads hit data (a never-written RBD object reads as zeros without touching a disk).
   fio --name=fill --ioengine=rbd --clientname=admin --pool=rbd --rbdname="$prefix-$mode" --rw=write --bs=4M --iodepth=4 \
@@ -64,6 +84,14 @@ platter_pid=$!
 bench_wait_socket "$work/platter.log" "$work/platter.sock" "$work/api.sock"
 platter volume set "$prefix-writethrough" --cache writethrough >/dev/null
 platter volume set "$prefix-writeback" --cache writeback >/dev/null
+if [[ -n $old_dll ]]; then
+  mkdir -p "$cache_dir-old"
+  dotnet "$old_dll" serve --store rbd:rbd --ceph-conf "$CEPH_CONF" --socket "$work/old.sock" --api-socket "$work/old-api.sock" \
+    --listen none --cache-dir "$cache_dir-old" --cache-size "${cache_mib}M" >"$work/old.log" 2>&1 &
+  old_pid=$!
+  bench_wait_socket "$work/old.log" "$work/old.sock" "$work/old-api.sock"
+  dotnet "$old_dll" volume set "$prefix-writeback-old" --cache writeback --api-socket "$work/old-api.sock" >/dev/null
+fi
 
 # --cache=none: qemu's rbd driver with librbd's cache off, like Platter; --persistent: it would exit after the first run.
 qemu-nbd --persistent --format=raw --cache=none --aio=threads -e 32 --socket="$work/qemu.sock" \
@@ -74,6 +102,7 @@ bench_wait_socket "$work/qemu.log" "$work/qemu.sock"
 uri() {
   case $1 in
     qemu) echo "nbd+unix:///?socket=$work/qemu.sock" ;;
+    writeback-old) echo "nbd+unix:///$prefix-$1?socket=$work/old.sock" ;;
     *) echo "nbd+unix:///$prefix-$1?socket=$work/platter.sock" ;;
   esac
 }
@@ -110,7 +139,6 @@ print(f"{iops:.0f} {mbps:.1f} {p99:.0f}")
 EOF
 }
 
-targets=(none writethrough writeback qemu)
 # name rw bs depth extra
 workloads=(
   "4k-write+flush-qd1 randwrite 4k 1 --fsync=1"
@@ -118,6 +146,17 @@ workloads=(
   "4k-randread-qd1-warm randread 4k 1"
   "4k-randread-qd32-warm randread 4k 32"
 )
+if [[ -n $only ]]; then
+  selected=()
+  for w in "${workloads[@]}"; do [[ ,$only, == *,${w%% *},* ]] && selected+=("$w"); done
+  ((${#selected[@]})) || { echo "no workload named in --workloads $only" >&2; exit 2; }
+  workloads=("${selected[@]}")
+fi
+if ((rounds > 1)); then
+  repeated=()
+  for r in $(seq 1 "$rounds"); do for w in "${workloads[@]}"; do repeated+=("${w%% *}#$r ${w#* }"); done; done
+  workloads=("${repeated[@]}")
+fi
 
 # A write-through cache closes with its last client (and starts empty at its next open): one idle client stays
 # connected to that volume for the whole run, so its warm-up counts.
@@ -127,9 +166,13 @@ holder_pid=$!
 
 # The write-back volume's log written back completely (no write-back traffic in the cluster during a measured run).
 wait_written_back() {
+  if [[ -n $old_dll ]]; then wait_written_back_of "$work/old-api.sock" "$prefix-writeback-old"; fi
+  wait_written_back_of "$work/api.sock" "$prefix-writeback"
+}
+wait_written_back_of() {
   local lag
   for _ in $(seq 1 3600); do
-    lag=$(curl -s --unix-socket "$work/api.sock" "http://platter/v1/volumes/$prefix-writeback" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cache"]["lagRecords"])')
+    lag=$(curl -s --unix-socket "$1" "http://platter/v1/volumes/$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cache"]["lagRecords"])')
     ((lag == 0)) && return
     sleep 0.5
   done
@@ -144,9 +187,10 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A result
 for w in "${workloads[@]}"; do
   read -r name rw bs depth extra <<<"$w"
-  # Reads after the writes: first let write-back finish and warm the caches again (the writes invalidated copies).
+  # No write-back traffic from the last workload in the cluster while this one runs.
+  wait_written_back
+  # Reads after the writes: warm the caches again (the writes invalidated copies).
   if [[ $rw == randread ]]; then
-    wait_written_back
     for t in "${targets[@]}"; do
       fio --name=warm --ioengine=nbd --uri="$(uri "$t")" --rw=read --bs=1M --iodepth=8 --size="${size_mib}M" >/dev/null
     done
@@ -154,6 +198,7 @@ for w in "${workloads[@]}"; do
   for t in "${targets[@]}"; do
     server=$platter_pid
     [[ $t == qemu ]] && server=$qemu_pid
+    [[ $t == writeback-old ]] && server=$old_pid
     c0=$(cpu_ticks "$server")
     # shellcheck disable=SC2086
     r=$(run_fio "$(uri "$t")" "$rw" "$bs" "$depth" $extra)
@@ -165,49 +210,74 @@ for w in "${workloads[@]}"; do
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
-# One 4 KiB pwrite + fdatasync in the cache directory, 200 times: what one write-back flush costs at least there.
+# 4 KiB pwrite + fdatasync in the cache directory, 200 times each, sequentially: into a hole of a sparse file (what a
+# log that was never written costs per flush: the sync also writes the file's allocation metadata) and over blocks
+# written before (a log whose ring was written once: the record and the device flush only). A write-back flush is one
+# of these, so it bounds write+flush at depth 1.
 sync_cost=$(python3 - "$cache_dir" <<'EOF'
 import os, sys, time
-path = os.path.join(sys.argv[1], "sync-probe")
-fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-block = os.urandom(4096)
-times = []
-for i in range(200):
-    t = time.perf_counter()
-    os.pwrite(fd, block, (i % 64) * 4096)
-    os.fdatasync(fd)
-    times.append(time.perf_counter() - t)
-os.close(fd)
-os.unlink(path)
-times.sort()
-print(f"median {times[100] * 1e3:.2f} ms, p99 {times[197] * 1e3:.2f} ms")
+def probe(prepare):
+    path = os.path.join(sys.argv[1], "sync-probe")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    if prepare == "written":
+        os.pwrite(fd, bytes(200 * 4096), 0)
+        os.fdatasync(fd)
+    else:
+        os.ftruncate(fd, 200 * 4096)
+    block = os.urandom(4096)
+    times = []
+    for i in range(200):
+        t = time.perf_counter()
+        os.pwrite(fd, block, i * 4096)
+        os.fdatasync(fd)
+        times.append(time.perf_counter() - t)
+    os.close(fd)
+    os.unlink(path)
+    times.sort()
+    return f"{prepare}: median {times[100] * 1e3:.2f} ms, p99 {times[197] * 1e3:.2f} ms"
+print("; ".join(probe(p) for p in ("hole", "written", "hole", "written")))
 EOF
 )
 
 echo "Node cache on a one-host cluster (3 bluestore OSDs), ${size_mib} MiB images, ${seconds} s per run, $(date -u +%F)"
 echo "load average before: $load_before, after: $load_after ($(nproc) cores)"
-echo "cache dir $cache_dir ($(df --output=source "$cache_dir" | tail -1)): 4 KiB write + fdatasync there: $sync_cost"
+echo "cache dir $cache_dir ($(df --output=source "$cache_dir" | tail -1)): 4 KiB write + fdatasync there, two rounds: $sync_cost"
+if [[ -n $old_dll ]]; then echo "writeback-old: $old_dll"; fi
 echo "(each cell: IOPS, p99 latency, CPU-us per operation of the server process + Ceph daemons)"
-printf "| %-22s | %-16s | %-16s | %-16s | %-16s | %-11s | %-11s |\n" workload "none" "writethrough" "writeback" "qemu-nbd rbd:" "wb vs none" "wt vs none"
-printf "|%s|\n" "---|---|---|---|---|---|---"
+header="| workload"
+for t in "${targets[@]}"; do header+=" | $t"; done
+header+=" | wb vs none | wt vs none |"
+if [[ -n $old_dll ]]; then header+=" wb-old vs none | wb vs wb-old |"; fi
+echo "$header"
+echo "$header" | sed 's/[^|]//g; s/|/|---/g; s/---$//'
+ratio() { python3 -c "print(f'{$1/$2:.2f}x' if $2 else '-')"; }
 for w in "${workloads[@]}"; do
   read -r name _ <<<"$w"
-  row=()
+  line="| $name"
   for t in "${targets[@]}"; do
     read -r iops _ p99 cpu <<<"${result[$t,$name]}"
-    row+=("$iops, p99 ${p99} us, ${cpu} us CPU")
+    line+=" | $iops, p99 ${p99} us, ${cpu} us CPU"
   done
   read -r n _ <<<"${result[none,$name]}"
   read -r wt _ <<<"${result[writethrough,$name]}"
   read -r wb _ <<<"${result[writeback,$name]}"
-  printf "| %-22s | %-16s | %-16s | %-16s | %-16s | %-11s | %-11s |\n" "$name" "${row[0]}" "${row[1]}" "${row[2]}" "${row[3]}" \
-    "$(python3 -c "print(f'{$wb/$n:.2f}x' if $n else '-')")" "$(python3 -c "print(f'{$wt/$n:.2f}x' if $n else '-')")"
+  line+=" | $(ratio "$wb" "$n") | $(ratio "$wt" "$n") |"
+  if [[ -n $old_dll ]]; then
+    read -r wbo _ <<<"${result[writeback-old,$name]}"
+    line+=" $(ratio "$wbo" "$n") | $(ratio "$wb" "$wbo") |"
+  fi
+  echo "$line"
 done
 
 # The read caches' own counters, to tell a cache that missed from one that hit but cost as much as the cluster.
 for t in writethrough writeback; do
   platter volume info "$prefix-$t" --json | python3 -c "import json,sys; c=json.load(sys.stdin)['cache']; print(f\"$t read cache: {c['hits']} hits, {c['misses']} misses; dirty {c['dirtyBytes']} bytes, lag {c['lagRecords']} records\")"
 done
+
+if ((no_drain)); then
+  echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+  exit 0
+fi
 
 # Drain: how fast write-back empties a backlog. A fresh write-back volume takes writes far faster than the cluster
 # (random 4 KiB at depth 32, then sequential 1 MiB); when the writer stops, the log's dirty bytes and records are

@@ -54,6 +54,27 @@ internal static partial class RawFile
         }
     }
 
+    /// <summary>Where the file's first hole starts (its length when it has none): lseek with SEEK_HOLE.</summary>
+    public static long FirstHole(string path)
+    {
+        int fd = Open(path);
+        try
+        {
+            long at = lseek(fd, 0, SEEK_HOLE);
+            if (at < 0) throw new IOException($"lseek SEEK_HOLE on {path} failed: errno {Marshal.GetLastPInvokeError()}");
+            return at;
+        }
+        finally
+        {
+            close(fd);
+        }
+    }
+
+    private const int SEEK_HOLE = 4;
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial long lseek(int fd, long offset, int whence);
+
     private static int Open(string path)
     {
         int fd = open(path, O_RDWR);

@@ -1,3 +1,4 @@
+using System.Buffers;
 using Microsoft.Extensions.Logging;
 using Microsoft.Win32.SafeHandles;
 
@@ -35,6 +36,7 @@ internal sealed partial class WriteBackLog
             {
                 long capacity = LogFormat.DataStart + (Math.Max(capacityBytes - LogFormat.DataStart, 4L << 20) & ~(LogFormat.SectorBytes - 1L));
                 RandomAccess.SetLength(file, capacity);
+                WriteRingOnce(file, capacity);
                 super = new LogFormat.Super(Guid.NewGuid(), identity, capacity, Generation: 0, Incarnation: 0, HeadSeq: 1, HeadPos: LogFormat.DataStart, FlushedSeq: 0);
             }
             else
@@ -56,6 +58,27 @@ internal sealed partial class WriteBackLog
         {
             file.Dispose();
             throw;
+        }
+    }
+
+    // Writes the whole ring once (zeros) when the log is made; Replay's first sync makes it durable. From then on every
+    // record overwrites blocks the file system has already allocated and written, so a flush's fdatasync carries the
+    // records and the device flush only: appending into a hole (a sparse file, or fallocate's unwritten extents) made
+    // each first-lap sync also write the inode and the allocation metadata, one device write more before the flush
+    // (docs/PERFORMANCE.md, "Node cache", session 11). Zeros read as no record, so replay of a new log stops where it did.
+    private static void WriteRingOnce(SafeFileHandle file, long capacity)
+    {
+        const int ChunkBytes = 1 << 20;
+        var zeros = ArrayPool<byte>.Shared.Rent(ChunkBytes);
+        try
+        {
+            Array.Clear(zeros, 0, ChunkBytes);
+            for (long pos = LogFormat.DataStart; pos < capacity; pos += ChunkBytes)
+                RandomAccess.Write(file, zeros.AsSpan(0, (int)Math.Min(ChunkBytes, capacity - pos)), pos);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(zeros);
         }
     }
 

@@ -189,6 +189,9 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     /// <summary>Backend writes of all waves so far.</summary>
     internal long WaveOps => Interlocked.Read(ref _waveOps);
 
+    /// <summary>True when the superblock's durable head has caught up with write-back (no head sync pending).</summary>
+    internal bool HeadSettled => Volatile.Read(ref _headSeq) == Volatile.Read(ref _appliedSeq);
+
     /// <summary>The flushed sequence number the superblock holds.</summary>
     internal long ConfirmedFlushSeq => Volatile.Read(ref _flushedSeq);
 
