@@ -38,6 +38,14 @@ internal abstract class ChildHandle : SafeHandle
 
     protected abstract void ReleaseNative(nint value);
 
+    /// <summary>Hands the reference on the parent to the caller, who releases it once the native object is gone.</summary>
+    protected SafeHandle? TakeParent()
+    {
+        var parent = _parent;
+        _parent = null;
+        return parent;
+    }
+
     protected override bool ReleaseHandle()
     {
         ReleaseNative(handle);
@@ -59,5 +67,18 @@ internal sealed class RbdImageHandle : ChildHandle
     /// <summary>rbd_close's result (it flushes and releases the lock; a fenced client gets an error here).</summary>
     internal int CloseResult { get; private set; }
 
+    /// <summary>
+    /// Closed by <see cref="DeferredImageClose"/> a grace period after disposal instead of at once: set for read-only
+    /// opens, which hold no watch and no lock, so nobody can tell when they really close.
+    /// </summary>
+    internal bool CloseLater { get; set; }
+
     protected override void ReleaseNative(nint value) => CloseResult = Native.rbd_close(value);
+
+    protected override bool ReleaseHandle()
+    {
+        if (!CloseLater) return base.ReleaseHandle();
+        DeferredImageClose.Enqueue(handle, TakeParent());
+        return true;
+    }
 }

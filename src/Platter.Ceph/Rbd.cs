@@ -129,7 +129,8 @@ public sealed unsafe class RbdImage : IDisposable
             ? rbd_open_read_only(io.Handle, name, out nint raw, snapshot)
             : rbd_open(io.Handle, name, out raw, null);
         Check(rc, snapshot == null ? $"opening image {io.Pool}/{name}" : $"opening snapshot {io.Pool}/{name}@{snapshot}");
-        var handle = new RbdImageHandle();
+        // A read-only image is closed a grace period after its disposal: see DeferredImageClose (issue 10's abort).
+        var handle = new RbdImageHandle { CloseLater = readOnly || snapshot != null };
         handle.Set(raw, io.Handle);
         return new RbdImage(handle, io, name, snapshot);
     }
@@ -438,7 +439,11 @@ public sealed unsafe class RbdImage : IDisposable
     public void Flush() => Check(rbd_flush(_handle), $"flush of {What}");
 
     /// <summary>Closes the image (flushes and, when held, releases the exclusive lock).</summary>
+    /// <summary>Disposes the image: a writable one is closed now, a read-only one a grace period later (DeferredImageClose).</summary>
     public void Dispose() => _handle.Dispose();
+
+    /// <summary>Waits until every read-only image disposed so far is closed (before its pool and connection are).</summary>
+    public static void WaitForDeferredCloses() => DeferredImageClose.Drain();
 }
 
 /// <summary>LIBRADOS_OP_FLAG_* values accepted by librbd's write2/read2.</summary>

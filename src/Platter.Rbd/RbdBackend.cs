@@ -904,6 +904,8 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover, IVolumeMetadat
                 _log.LogWarning("closing volume {Name}: {Error}", volume.Name, e.Message);
             }
         }
+        // Read-only images are closed late (DeferredImageClose); close them before their pool and connection go.
+        RbdImage.WaitForDeferredCloses();
         _catalog.Dispose();
         _catalogConnection.Dispose();
     }

@@ -1,0 +1,42 @@
+using Platter.Ceph;
+using Platter.Testing;
+using Xunit;
+
+namespace Platter.Rbd.Tests;
+
+/// <summary>
+/// Read-only images are closed a grace period after disposal (DeferredImageClose: librbd 16.2 may still be inside an
+/// image a synchronous call just returned from; closing it at once aborted the server, issue 10).
+/// </summary>
+[Collection(CephCollection.Name)]
+public sealed class DeferredCloseTests(CephCluster ceph)
+{
+    [Fact]
+    public void A_read_only_image_outlives_its_disposal_and_its_connection_until_the_deferred_close()
+    {
+        string name = CephCluster.UniqueName("defer");
+        var cluster = ceph.Connect();
+        var io = cluster.OpenPool(ceph.Pool);
+        RbdImages.Create(io, name, 4 << 20, RbdFeatures.Layering | RbdFeatures.ExclusiveLock);
+
+        long closedBefore = DeferredImageClose.ClosedCount;
+        var image = RbdImage.Open(io, name, readOnly: true);
+        Assert.Equal(4UL << 20, image.Size);
+        image.Dispose();
+        // Pool and connection go at once, as a backend's Dispose or a failed open would do: their native release
+        // waits for the image's (each holds a reference on its parent).
+        io.Dispose();
+        cluster.Dispose();
+        Assert.True(DeferredImageClose.PendingCount >= 1, "a disposed read-only image must wait for its grace period");
+
+        RbdImage.WaitForDeferredCloses();
+        Assert.Equal(0, DeferredImageClose.PendingCount);
+        Assert.True(DeferredImageClose.ClosedCount > closedBefore);
+
+        // A writable open still closes at once: its watch must not outlive the caller (a delete refuses while one does).
+        using var admin = ceph.Connect();
+        using var pool = admin.OpenPool(ceph.Pool);
+        RbdImage.Open(pool, name).Dispose();
+        RbdImages.Remove(pool, name);
+    }
+}
