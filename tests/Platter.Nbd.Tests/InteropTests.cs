@@ -49,6 +49,27 @@ public class InteropTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task A_client_that_sets_meta_contexts_then_goes_opens_the_export_once()
+    {
+        // qemu-io negotiates base:allocation (SET_META_CONTEXT) before NBD_OPT_GO, on the same export: the server keeps
+        // the export the SET opened for the GO instead of closing and opening it again (on RBD a second open and lock).
+        await using var server = await TestServer.StartDefaultAsync();
+        var (exit, stdout, _) = await RunAsync("qemu-io", "-f", "raw", "-c", "map", server.Uri("disk"));
+        Assert.Equal(0, exit);
+        Assert.Contains("4 MiB", stdout);
+        Assert.Equal(1, server.Exports.Opened);
+        // Every open is closed again once the clients are gone, including those of negotiations without a GO
+        // (nbdinfo --list asks for the contexts of every export, then ends the handshake).
+        (exit, _, _) = await RunAsync("nbdinfo", "--list", "--json", "--content", $"nbd+unix://?socket={server.SocketPath}");
+        Assert.Equal(0, exit);
+        Assert.True(server.Exports.Opened > 1);
+        int Disposed() => new[] { "aligned", "disk", "ro" }.Sum(name => Volatile.Read(ref server.Exports[name].Disposed));
+        for (var deadline = DateTime.UtcNow.AddSeconds(10); Disposed() != server.Exports.Opened && DateTime.UtcNow < deadline;) await Task.Delay(20);
+        Assert.Equal(server.Exports.Opened, Disposed());
+        Assert.Empty(server.Logger.Errors);
+    }
+
+    [Fact]
     public async Task NbdInfo_List_ShowsAllExports()
     {
         await using var server = await TestServer.StartDefaultAsync();

@@ -186,7 +186,14 @@ public sealed class MemoryExportProvider(params MemoryExport[] exports) : INbdEx
 
     public MemoryExport this[string name] => _exports[name];
 
-    public INbdExport? TryOpen(string name) => _exports.GetValueOrDefault(name);
+    /// <summary>Opens of any export so far (each open is one volume handle in the real server).</summary>
+    public int Opened;
+
+    public INbdExport? TryOpen(string name)
+    {
+        Interlocked.Increment(ref Opened);
+        return _exports.GetValueOrDefault(name);
+    }
 
     public IReadOnlyList<(string Name, string? Description)> List() => [.. _exports.Values.Select(e => (e.Name, e.Description))];
 }

@@ -153,7 +153,7 @@ internal sealed partial class NbdConnection
         if (_extended) throw new NbdProtocolException("EXPORT_NAME after extended headers");
         if (data.Length > NbdLimits.StringBytesMax || !TryDecode(data.Span, out string requested))
             throw new NbdProtocolException("bad export name");
-        INbdExport export = OpenExport(requested, out _, out _, out string refusal) ?? throw new NbdProtocolException(refusal);
+        INbdExport export = TakeHeldOrOpenExport(requested, out _, out _, out string refusal) ?? throw new NbdProtocolException(refusal);
         try
         {
             BinaryPrimitives.WriteUInt64BigEndian(_scratch, (ulong)export.Size);
@@ -296,7 +296,7 @@ internal sealed partial class NbdConnection
             return false;
         }
 
-        INbdExport? export = OpenExport(requested, out string? canonical, out uint openError, out string openMessage);
+        INbdExport? export = TakeHeldOrOpenExport(requested, out string? canonical, out uint openError, out string openMessage);
         if (export is null)
         {
             await SendOptionErrorAsync(option, openError, openMessage, ct).ConfigureAwait(false);
@@ -409,13 +409,14 @@ internal sealed partial class NbdConnection
             }
         }
 
-        INbdExport? export = OpenExport(exportName, out _, out uint openError, out string openMessage);
+        INbdExport? export = TakeHeldOrOpenExport(exportName, out string? canonical, out uint openError, out string openMessage);
         if (export is null)
         {
             await SendOptionErrorAsync(option, openError, openMessage, ct).ConfigureAwait(false);
             return;
         }
         var names = new List<string>();
+        bool hold = false;
         try
         {
             if (set)
@@ -447,10 +448,12 @@ internal sealed partial class NbdConnection
                         if (!names.Contains(name) && names.Count < NbdLimits.BlockStatusExtentsMax) names.Add(name);
                 }
             }
+            hold = true;
         }
         finally
         {
-            export.Dispose();
+            if (hold) Hold(export, canonical!);
+            else export.Dispose();
         }
 
         for (int i = 0; i < names.Count; i++)
@@ -477,6 +480,52 @@ internal sealed partial class NbdConnection
         foreach (var provider in _server.MetaProviders)
             if (ns.SequenceEqual(provider.Namespace)) return provider;
         return null;
+    }
+
+    /// <summary>
+    /// The export the last LIST or SET_META_CONTEXT opened, kept open for the GO (or INFO, or EXPORT_NAME) that
+    /// usually follows: clients negotiate contexts first, then enter transmission on the same export, and opening it
+    /// twice cost a second open and close per connection (on RBD a second RADOS connection and lock acquisition, and
+    /// an open closed straight away, which librbd 16.2 does not always survive: issue 10). Disposed when another
+    /// export is asked for, or with the connection.
+    /// </summary>
+    private INbdExport? _heldExport;
+    private string? _heldExportName;
+
+    private void Hold(INbdExport export, string canonical)
+    {
+        if (!ReferenceEquals(_heldExport, export)) ReleaseHeldExport();
+        _heldExport = export;
+        _heldExportName = canonical;
+    }
+
+    private void ReleaseHeldExport()
+    {
+        var held = _heldExport;
+        _heldExport = null;
+        _heldExportName = null;
+        try { held?.Dispose(); }
+        catch (Exception e) { _log.LogWarning(e, "NBD {Peer}: disposing export failed", _peer); }
+    }
+
+    /// <summary>
+    /// The held export when it is the one asked for (the caller owns it from now on), else <see cref="OpenExport"/>
+    /// after releasing any held one.
+    /// </summary>
+    private INbdExport? TakeHeldOrOpenExport(string requested, out string? canonical, out uint error, out string message)
+    {
+        string? wanted = requested.Length == 0 ? _server.Exports.DefaultExportName : requested;
+        if (_heldExport is { } held && wanted is not null && wanted == _heldExportName)
+        {
+            _heldExport = null;
+            _heldExportName = null;
+            canonical = wanted;
+            error = 0;
+            message = "";
+            return held;
+        }
+        ReleaseHeldExport();
+        return OpenExport(requested, out canonical, out error, out message);
     }
 
     /// <summary>

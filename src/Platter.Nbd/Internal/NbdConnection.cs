@@ -164,6 +164,7 @@ internal sealed partial class NbdConnection
         try { _export?.Dispose(); }
         catch (Exception e) { _log.LogWarning(e, "NBD {Peer}: disposing export failed", _peer); }
         _export = null;
+        ReleaseHeldExport(); // a handshake that ended after SET_META_CONTEXT without GO
         _abort.Dispose();
     }
 }
