@@ -15,8 +15,8 @@ namespace Platter.Ceph;
 /// from outside is not to free the image while a librbd thread may still be in it: an image is closed only after it
 /// has been left alone for <see cref="Grace"/>, which is orders of magnitude longer than the tail (a few instructions
 /// plus however long the thread waits for a CPU). Read-only images only: they hold no header watch and no lock, so a
-/// late close changes nothing anyone can observe. Writable images keep closing at once (a watch or a lock left behind
-/// would refuse a delete or a takeover).
+/// late close changes nothing anyone can observe. Writable images close when disposed (a watch or a lock left behind
+/// would refuse a delete or a takeover), after waiting out a shorter margin themselves (RbdImage.WritableCloseGrace).
 /// </remarks>
 internal static class DeferredImageClose
 {

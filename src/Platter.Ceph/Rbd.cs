@@ -112,6 +112,7 @@ public sealed unsafe class RbdImage : IDisposable
 
     private RbdImage(RbdImageHandle handle, RadosIoContext io, string name, string? snapshot)
     {
+        _lastCallReturned = Environment.TickCount64; // rbd_open just returned
         _handle = handle;
         _raw = handle.DangerousGetHandle();
         IoContext = io;
@@ -123,7 +124,11 @@ public sealed unsafe class RbdImage : IDisposable
     /// Opens an image, or its snapshot <paramref name="snapshot"/>. <paramref name="readOnly"/> opens without a watch
     /// on the header (no lock, no write).
     /// </summary>
-    public static RbdImage Open(RadosIoContext io, string name, string? snapshot = null, bool readOnly = false)
+    /// <remarks>
+    /// <paramref name="settleBeforeClose"/> (writable images): disposal first waits out <see cref="WritableCloseGrace"/>
+    /// since the last synchronous call. False for an image whose lock must go the moment its owner is done with it.
+    /// </remarks>
+    public static RbdImage Open(RadosIoContext io, string name, string? snapshot = null, bool readOnly = false, bool settleBeforeClose = true)
     {
         int rc = readOnly || snapshot != null
             ? rbd_open_read_only(io.Handle, name, out nint raw, snapshot)
@@ -132,7 +137,7 @@ public sealed unsafe class RbdImage : IDisposable
         // A read-only image is closed a grace period after its disposal: see DeferredImageClose (issue 10's abort).
         var handle = new RbdImageHandle { CloseLater = readOnly || snapshot != null };
         handle.Set(raw, io.Handle);
-        return new RbdImage(handle, io, name, snapshot);
+        return new RbdImage(handle, io, name, snapshot) { _settleBeforeClose = settleBeforeClose };
     }
 
     public RadosIoContext IoContext { get; }
@@ -147,7 +152,7 @@ public sealed unsafe class RbdImage : IDisposable
     {
         get
         {
-            Check(rbd_get_size(_handle, out ulong size), $"size of {What}");
+            Call(rbd_get_size(_handle, out ulong size), $"size of {What}");
             return size;
         }
     }
@@ -156,7 +161,7 @@ public sealed unsafe class RbdImage : IDisposable
     {
         get
         {
-            Check(rbd_get_features(_handle, out ulong features), $"features of {What}");
+            Call(rbd_get_features(_handle, out ulong features), $"features of {What}");
             return (RbdFeatures)features;
         }
     }
@@ -167,7 +172,7 @@ public sealed unsafe class RbdImage : IDisposable
         get
         {
             rbd_image_info_t info;
-            Check(rbd_stat(_handle, &info, (nuint)sizeof(rbd_image_info_t)), $"stat of {What}");
+            Call(rbd_stat(_handle, &info, (nuint)sizeof(rbd_image_info_t)), $"stat of {What}");
             return info.obj_size;
         }
     }
@@ -178,7 +183,7 @@ public sealed unsafe class RbdImage : IDisposable
         get
         {
             byte* buffer = stackalloc byte[64];
-            Check(rbd_get_id(_handle, buffer, 64), $"id of {What}");
+            Call(rbd_get_id(_handle, buffer, 64), $"id of {What}");
             return Utf8(buffer);
         }
     }
@@ -188,14 +193,14 @@ public sealed unsafe class RbdImage : IDisposable
         get
         {
             Timespec ts;
-            Check(rbd_get_create_timestamp(_handle, &ts), $"creation time of {What}");
+            Call(rbd_get_create_timestamp(_handle, &ts), $"creation time of {What}");
             return DateTimeOffset.FromUnixTimeSeconds(ts.tv_sec).AddTicks(ts.tv_nsec / 100);
         }
     }
 
     /// <summary>Resizes; a shrink is refused with EINVAL unless <paramref name="allowShrink"/>.</summary>
     public void Resize(ulong sizeBytes, bool allowShrink) =>
-        Check(rbd_resize2(_handle, sizeBytes, allowShrink, &NoProgress, 0), $"resizing {What} to {sizeBytes} bytes");
+        Call(rbd_resize2(_handle, sizeBytes, allowShrink, &NoProgress, 0), $"resizing {What} to {sizeBytes} bytes");
 
     /// <summary>The parent of a clone, or null for an image that is not one.</summary>
     public RbdParent? GetParent()
@@ -204,7 +209,7 @@ public sealed unsafe class RbdImage : IDisposable
         rbd_snap_spec_t snap;
         int rc = rbd_get_parent(_handle, &image, &snap);
         if (rc == -CephException.ENOENT) return null;
-        Check(rc, $"parent of {What}");
+        Call(rc, $"parent of {What}");
         var parent = new RbdParent(Utf8(image.pool_name), Utf8(image.image_name), Utf8(snap.name), snap.id);
         rbd_linked_image_spec_cleanup(&image);
         rbd_snap_spec_cleanup(&snap);
@@ -215,7 +220,7 @@ public sealed unsafe class RbdImage : IDisposable
     /// Copies the parent's data the clone still reads through into the clone and detaches it (<c>rbd_flatten</c>;
     /// with deep-flatten, from its snapshots too). Blocks for the copy. EINVAL when the image has no parent.
     /// </summary>
-    public void Flatten() => Check(rbd_flatten(_handle), $"flattening {What}");
+    public void Flatten() => Call(rbd_flatten(_handle), $"flattening {What}");
 
     /// <summary>The clones of the snapshot this handle is opened at (open the snapshot to ask).</summary>
     public List<RbdChild> ListChildren()
@@ -233,7 +238,7 @@ public sealed unsafe class RbdImage : IDisposable
                     capacity = count;
                     continue;
                 }
-                Check(rc, $"children of {What}");
+                Call(rc, $"children of {What}");
                 var children = new List<RbdChild>((int)count);
                 for (int i = 0; i < (int)count; i++)
                 {
@@ -256,23 +261,25 @@ public sealed unsafe class RbdImage : IDisposable
             {
                 nuint size = length;
                 int rc = rbd_metadata_get(_handle, key, p, ref size);
+                Returned();
                 if (rc == -CephException.ENOENT) return null;
                 if (rc == -34)
                 {
                     length = size;
                     continue;
                 }
-                Check(rc, $"metadata {key} of {What}");
+                Call(rc, $"metadata {key} of {What}");
                 return Utf8(p);
             }
         }
     }
 
-    public void SetMetadata(string key, string value) => Check(rbd_metadata_set(_handle, key, value), $"setting metadata {key} of {What}");
+    public void SetMetadata(string key, string value) => Call(rbd_metadata_set(_handle, key, value), $"setting metadata {key} of {What}");
 
     public void RemoveMetadata(string key)
     {
         int rc = rbd_metadata_remove(_handle, key);
+        Returned();
         if (rc != -CephException.ENOENT) Check(rc, $"removing metadata {key} of {What}");
     }
 
@@ -294,7 +301,7 @@ public sealed unsafe class RbdImage : IDisposable
                     capacity = count;
                     continue;
                 }
-                Check(rc, $"snapshots of {What}");
+                Call(rc, $"snapshots of {What}");
                 var snapshots = new List<RbdSnapshot>(rc);
                 for (int i = 0; i < rc; i++) snapshots.Add(new RbdSnapshot(p[i].id, Utf8(p[i].name), p[i].size));
                 rbd_snap_list_end(p);
@@ -306,19 +313,19 @@ public sealed unsafe class RbdImage : IDisposable
     public DateTimeOffset GetSnapshotTimestamp(ulong snapshotId)
     {
         Timespec ts;
-        Check(rbd_snap_get_timestamp(_handle, snapshotId, &ts), $"timestamp of a snapshot of {What}");
+        Call(rbd_snap_get_timestamp(_handle, snapshotId, &ts), $"timestamp of a snapshot of {What}");
         return DateTimeOffset.FromUnixTimeSeconds(ts.tv_sec).AddTicks(ts.tv_nsec / 100);
     }
 
     /// <summary>Creates a snapshot (librbd flushes in-flight writes first). Skips the quiesce hooks: there are none.</summary>
     public void CreateSnapshot(string name) =>
-        Check(rbd_snap_create2(_handle, name, 1 /* RBD_SNAP_CREATE_SKIP_QUIESCE */, &NoProgress, 0), $"creating snapshot {What}@{name}");
+        Call(rbd_snap_create2(_handle, name, 1 /* RBD_SNAP_CREATE_SKIP_QUIESCE */, &NoProgress, 0), $"creating snapshot {What}@{name}");
 
     /// <summary>Removes a snapshot; EBUSY while clones of it exist (clone format 2 moves it to the trash instead).</summary>
-    public void RemoveSnapshot(string name) => Check(rbd_snap_remove(_handle, name), $"removing snapshot {What}@{name}");
+    public void RemoveSnapshot(string name) => Call(rbd_snap_remove(_handle, name), $"removing snapshot {What}@{name}");
 
     /// <summary>Rolls the image's content back to a snapshot (rewrites every object; needs the exclusive lock).</summary>
-    public void RollbackSnapshot(string name) => Check(rbd_snap_rollback(_handle, name), $"rolling {What} back to {name}");
+    public void RollbackSnapshot(string name) => Call(rbd_snap_rollback(_handle, name), $"rolling {What} back to {name}");
 
     /// <summary>
     /// Calls <paramref name="callback"/>(offset, length, exists) for every extent in [offset, offset+length) that changed
@@ -337,7 +344,7 @@ public sealed unsafe class RbdImage : IDisposable
                 wholeObject ? (byte)1 : (byte)0, &OnDiffExtent, GCHandle.ToIntPtr(gc));
             if (state.Stopped) return false;
             if (state.Failure != null) throw state.Failure;
-            Check(rc, fromSnapshot == null ? $"allocated extents of {What}" : $"changes of {What} since {fromSnapshot}");
+            Call(rc, fromSnapshot == null ? $"allocated extents of {What}" : $"changes of {What} since {fromSnapshot}");
             return true;
         }
         finally
@@ -383,15 +390,15 @@ public sealed unsafe class RbdImage : IDisposable
     /// not handed over when another client asks for it (that client gets EROFS) until this handle releases it or
     /// someone breaks it. EROFS/EBUSY here when another client holds it.
     /// </summary>
-    public void AcquireExclusiveLock() => Check(rbd_lock_acquire(_handle, RBD_LOCK_MODE_EXCLUSIVE), $"locking {What}");
+    public void AcquireExclusiveLock() => Call(rbd_lock_acquire(_handle, RBD_LOCK_MODE_EXCLUSIVE), $"locking {What}");
 
-    public void ReleaseExclusiveLock() => Check(rbd_lock_release(_handle), $"unlocking {What}");
+    public void ReleaseExclusiveLock() => Call(rbd_lock_release(_handle), $"unlocking {What}");
 
     public bool IsExclusiveLockOwner
     {
         get
         {
-            Check(rbd_is_exclusive_lock_owner(_handle, out int owner), $"lock owner of {What}");
+            Call(rbd_is_exclusive_lock_owner(_handle, out int owner), $"lock owner of {What}");
             return owner != 0;
         }
     }
@@ -404,7 +411,7 @@ public sealed unsafe class RbdImage : IDisposable
         nuint count = capacity;
         int rc = rbd_lock_get_owners(_handle, out _, owners, ref count);
         if (rc == -CephException.ENOENT) return [];
-        Check(rc, $"lock owners of {What}");
+        Call(rc, $"lock owners of {What}");
         var result = new List<string>((int)count);
         for (int i = 0; i < (int)count; i++) result.Add(Marshal.PtrToStringUTF8(owners[i]) ?? "");
         rbd_lock_get_owners_cleanup(owners, count);
@@ -416,7 +423,7 @@ public sealed unsafe class RbdImage : IDisposable
     /// <c>rbd_blocklist_on_break_lock</c> (on by default) librbd blocklists the owner first.
     /// </summary>
     public void BreakExclusiveLock(string owner) =>
-        Check(rbd_lock_break(_handle, RBD_LOCK_MODE_EXCLUSIVE, owner), $"breaking the lock of {What} held by {owner}");
+        Call(rbd_lock_break(_handle, RBD_LOCK_MODE_EXCLUSIVE, owner), $"breaking the lock of {What} held by {owner}");
 
     // ---- data: asynchronous ----
     // The caller keeps each buffer pinned and this image undisposed until the completion fires.
@@ -436,11 +443,44 @@ public sealed unsafe class RbdImage : IDisposable
         Check(rbd_aio_write_zeroes(_raw, offset, length, completion.Handle, 0, 0), $"write-zeroes on {What}");
 
     /// <summary>Synchronous flush of everything written through this handle.</summary>
-    public void Flush() => Check(rbd_flush(_handle), $"flush of {What}");
+    public void Flush() => Call(rbd_flush(_handle), $"flush of {What}");
 
     /// <summary>Closes the image (flushes and, when held, releases the exclusive lock).</summary>
     /// <summary>Disposes the image: a writable one is closed now, a read-only one a grace period later (DeferredImageClose).</summary>
-    public void Dispose() => _handle.Dispose();
+    public void Dispose()
+    {
+        if (_settleBeforeClose && !_handle.CloseLater && !_handle.IsClosed)
+        {
+            // A writable image closes now (a watch or lock left behind would be seen), so it waits out the margin
+            // here instead: librbd may still be inside the image after the last synchronous call returned
+            // (DeferredImageClose explains the race). Only an image used a moment ago waits.
+            long wait = (long)WritableCloseGrace.TotalMilliseconds - (Environment.TickCount64 - Volatile.Read(ref _lastCallReturned));
+            if (wait > 0) Thread.Sleep((int)wait);
+        }
+        _handle.Dispose();
+    }
+
+    /// <summary>
+    /// How long a writable image is left alone after a synchronous librbd call returned before it is closed. Shorter
+    /// than the read-only images' deferral (whose closes nobody waits for): this one is waited for by the caller, after
+    /// a snapshot create, delete or metadata change on a volume this server does not serve. It is many times the
+    /// scheduler's wait for a CPU on a loaded two-core machine, and a writable close then spends several round trips
+    /// to the OSDs (flush, lock release, unwatch) before it frees anything.
+    /// </summary>
+    internal static readonly TimeSpan WritableCloseGrace = TimeSpan.FromMilliseconds(250);
+
+    private long _lastCallReturned;
+    private bool _settleBeforeClose;
+
+    /// <summary>Checks a synchronous call's result and notes when it returned (see <see cref="Dispose"/>).</summary>
+    private void Call(int rc, string what)
+    {
+        Returned();
+        Check(rc, what);
+    }
+
+    /// <summary>Notes that a synchronous call on the image just returned (for calls whose result is not simply checked).</summary>
+    private void Returned() => Volatile.Write(ref _lastCallReturned, Environment.TickCount64);
 
     /// <summary>Waits until every read-only image disposed so far is closed (before its pool and connection are).</summary>
     public static void WaitForDeferredCloses() => DeferredImageClose.Drain();

@@ -53,7 +53,10 @@ internal sealed unsafe class RbdVolume : IDisposable
         try
         {
             io = connection.OpenPool(backend.Pool);
-            image = RbdImage.Open(io, name);
+            // No settling wait at close: the lock must be free the moment the last client leaves, for the next
+            // opener (this server's next client, another server, a delete). A volume opened and closed again within
+            // a moment stays exposed to issue 10's librbd race; the NBD door opens an export once per connection.
+            image = RbdImage.Open(io, name, settleBeforeClose: false);
             // Without the feature rbd_lock_acquire fails with a bare EINVAL, and nothing would keep a second writer
             // (another server, 'rbd map' elsewhere) off the image: refuse, naming the fix.
             if ((image.Features & RbdFeatures.ExclusiveLock) == 0)
