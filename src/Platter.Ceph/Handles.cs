@@ -69,16 +69,20 @@ internal sealed class RbdImageHandle : ChildHandle
 
     /// <summary>
     /// Closed by <see cref="DeferredImageClose"/> a grace period after disposal instead of at once: set for read-only
-    /// opens, which hold no watch and no lock, so nobody can tell when they really close.
+    /// opens, which hold no watch and no lock, so nobody can tell when they really close, and for served writable
+    /// images, whose owner releases the lock before disposing them.
     /// </summary>
     internal bool CloseLater { get; set; }
+
+    /// <summary>When a deferred close is due (Environment.TickCount64); 0 for DeferredImageClose's default grace.</summary>
+    internal long CloseDue { get; set; }
 
     protected override void ReleaseNative(nint value) => CloseResult = Native.rbd_close(value);
 
     protected override bool ReleaseHandle()
     {
         if (!CloseLater) return base.ReleaseHandle();
-        DeferredImageClose.Enqueue(handle, TakeParent());
+        DeferredImageClose.Enqueue(handle, TakeParent(), CloseDue);
         return true;
     }
 }

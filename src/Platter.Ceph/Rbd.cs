@@ -125,19 +125,23 @@ public sealed unsafe class RbdImage : IDisposable
     /// on the header (no lock, no write).
     /// </summary>
     /// <remarks>
-    /// <paramref name="settleBeforeClose"/> (writable images): disposal first waits out <see cref="WritableCloseGrace"/>
-    /// since the last synchronous call. False for an image whose lock must go the moment its owner is done with it.
+    /// How a writable image is closed (issue 10's librbd race, see DeferredImageClose): by default disposal first waits
+    /// out <see cref="WritableCloseGrace"/> since the last synchronous call, then closes. <paramref name="closeLater"/>
+    /// is for an image whose owner calls <see cref="ReleaseForLaterClose"/> before disposing it (a served volume, whose
+    /// lock must be free the moment its last client leaves): disposal returns at once and the image is closed on the
+    /// deferred-close thread once that margin has passed.
     /// </remarks>
-    public static RbdImage Open(RadosIoContext io, string name, string? snapshot = null, bool readOnly = false, bool settleBeforeClose = true)
+    public static RbdImage Open(RadosIoContext io, string name, string? snapshot = null, bool readOnly = false, bool closeLater = false)
     {
-        int rc = readOnly || snapshot != null
-            ? rbd_open_read_only(io.Handle, name, out nint raw, snapshot)
-            : rbd_open(io.Handle, name, out raw, null);
+        bool writable = !readOnly && snapshot == null;
+        int rc = writable
+            ? rbd_open(io.Handle, name, out nint raw, null)
+            : rbd_open_read_only(io.Handle, name, out raw, snapshot);
         Check(rc, snapshot == null ? $"opening image {io.Pool}/{name}" : $"opening snapshot {io.Pool}/{name}@{snapshot}");
         // A read-only image is closed a grace period after its disposal: see DeferredImageClose (issue 10's abort).
-        var handle = new RbdImageHandle { CloseLater = readOnly || snapshot != null };
+        var handle = new RbdImageHandle { CloseLater = !writable || closeLater };
         handle.Set(raw, io.Handle);
-        return new RbdImage(handle, io, name, snapshot) { _settleBeforeClose = settleBeforeClose };
+        return new RbdImage(handle, io, name, snapshot) { _writable = writable };
     }
 
     public RadosIoContext IoContext { get; }
@@ -445,16 +449,45 @@ public sealed unsafe class RbdImage : IDisposable
     /// <summary>Synchronous flush of everything written through this handle.</summary>
     public void Flush() => Call(rbd_flush(_handle), $"flush of {What}");
 
-    /// <summary>Closes the image (flushes and, when held, releases the exclusive lock).</summary>
-    /// <summary>Disposes the image: a writable one is closed now, a read-only one a grace period later (DeferredImageClose).</summary>
+    /// <summary>
+    /// Flushes and releases the exclusive lock if this handle holds it, so that the next opener (this server's next
+    /// client, another server) gets the lock at once while the image itself is closed later (an image opened with
+    /// closeLater). A fenced client cannot do either (its writes fail, its lock was broken): its error is returned, not
+    /// thrown, since the image is being given up either way.
+    /// </summary>
+    public CephException? ReleaseForLaterClose()
+    {
+        try
+        {
+            Flush();
+            if (IsExclusiveLockOwner) ReleaseExclusiveLock();
+            return null;
+        }
+        catch (CephException e)
+        {
+            return e;
+        }
+    }
+
+    /// <summary>
+    /// Disposes the image. A read-only one, or one opened with closeLater, is closed on the deferred-close thread (a
+    /// grace period later); any other writable one waits out <see cref="WritableCloseGrace"/> since its last synchronous
+    /// call and is closed now (flushed, its lock released).
+    /// </summary>
     public void Dispose()
     {
-        if (_settleBeforeClose && !_handle.CloseLater && !_handle.IsClosed)
+        if (_handle.IsClosed) return;
+        long due = Volatile.Read(ref _lastCallReturned) + (long)WritableCloseGrace.TotalMilliseconds;
+        if (_writable && _handle.CloseLater)
+        {
+            _handle.CloseDue = Math.Max(due, Environment.TickCount64);
+        }
+        else if (_writable)
         {
             // A writable image closes now (a watch or lock left behind would be seen), so it waits out the margin
             // here instead: librbd may still be inside the image after the last synchronous call returned
             // (DeferredImageClose explains the race). Only an image used a moment ago waits.
-            long wait = (long)WritableCloseGrace.TotalMilliseconds - (Environment.TickCount64 - Volatile.Read(ref _lastCallReturned));
+            long wait = due - Environment.TickCount64;
             if (wait > 0) Thread.Sleep((int)wait);
         }
         _handle.Dispose();
@@ -470,7 +503,7 @@ public sealed unsafe class RbdImage : IDisposable
     internal static readonly TimeSpan WritableCloseGrace = TimeSpan.FromMilliseconds(250);
 
     private long _lastCallReturned;
-    private bool _settleBeforeClose;
+    private bool _writable;
 
     /// <summary>Checks a synchronous call's result and notes when it returned (see <see cref="Dispose"/>).</summary>
     private void Call(int rc, string what)

@@ -292,7 +292,7 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover, IVolumeMetadat
             {
                 WithWritableImage(name, image => image.RemoveSnapshot(snapshot.Name), $"deleting snapshot '{snapshot.FullName}'");
             }
-            Catalog(() => RbdImages.Remove(_catalog, name), $"deleting volume '{name}'",
+            Catalog(() => RemoveImage(name), $"deleting volume '{name}'",
                 (CephException.ENOENT, StorageError.NotFound, $"no volume named '{name}'"),
                 (CephException.EBUSY, StorageError.InUse, $"volume '{name}' is open on another server (its image has watchers)"));
             _log.LogInformation("volume {Name} deleted", name);
@@ -661,10 +661,30 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover, IVolumeMetadat
         try
         {
             volume.Dispose();
+            if (volume.ReleaseFailure is { } failure)
+                _log.LogWarning("volume {Name} closed without its final flush and unlock (fenced?): {Error}", volume.Name, failure.Message);
         }
         catch (Exception e)
         {
             _log.LogWarning("closing volume {Name}: {Error}", volume.Name, e.Message);
+        }
+    }
+
+    /// <summary>
+    /// Removes an image. A volume served here a moment ago keeps its header watch until its deferred close
+    /// (DeferredImageClose), which rbd_remove refuses with EBUSY: after waiting for those closes it tries once more,
+    /// and EBUSY then means a watcher elsewhere.
+    /// </summary>
+    private void RemoveImage(string name)
+    {
+        try
+        {
+            RbdImages.Remove(_catalog, name);
+        }
+        catch (CephException e) when (e.Errno == CephException.EBUSY)
+        {
+            RbdImage.WaitForDeferredCloses();
+            RbdImages.Remove(_catalog, name);
         }
     }
 

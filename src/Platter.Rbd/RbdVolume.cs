@@ -53,10 +53,10 @@ internal sealed unsafe class RbdVolume : IDisposable
         try
         {
             io = connection.OpenPool(backend.Pool);
-            // No settling wait at close: the lock must be free the moment the last client leaves, for the next
-            // opener (this server's next client, another server, a delete). A volume opened and closed again within
-            // a moment stays exposed to issue 10's librbd race; the NBD door opens an export once per connection.
-            image = RbdImage.Open(io, name, settleBeforeClose: false);
+            // Closed later: the lock must be free the moment the last client leaves, for the next opener (this
+            // server's next client, another server), but librbd may still be inside the image for a moment after a
+            // synchronous call returned (issue 10's race), so Dispose releases the lock and the close comes later.
+            image = RbdImage.Open(io, name, closeLater: true);
             // Without the feature rbd_lock_acquire fails with a bare EINVAL, and nothing would keep a second writer
             // (another server, 'rbd map' elsewhere) off the image: refuse, naming the fix.
             if ((image.Features & RbdFeatures.ExclusiveLock) == 0)
@@ -207,6 +207,9 @@ internal sealed unsafe class RbdVolume : IDisposable
         return request.Task;
     }
 
+    /// <summary>Why the flush and lock release at close failed (a fenced connection), or null.</summary>
+    public CephException? ReleaseFailure { get; private set; }
+
     /// <summary>Marks the volume closed: its handles fail with Closed from now on (deleted, or the backend stops).</summary>
     public void MarkClosed() => _closed = true;
 
@@ -215,7 +218,10 @@ internal sealed unsafe class RbdVolume : IDisposable
         _closed = true;
         try
         {
-            Image.Dispose(); // flushes and releases the lock (a fenced connection cannot; its lock was broken already)
+            // Flushes and gives up the lock now; the image (its watch, then this connection) closes a moment later.
+            // A fenced connection can do neither: its lock was broken already and its writes fail.
+            if (!IsReadOnly && Image.ReleaseForLaterClose() is { } error) ReleaseFailure = error;
+            Image.Dispose();
         }
         finally
         {

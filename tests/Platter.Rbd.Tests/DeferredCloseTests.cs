@@ -39,4 +39,28 @@ public sealed class DeferredCloseTests(CephCluster ceph)
         RbdImage.Open(pool, name).Dispose();
         RbdImages.Remove(pool, name);
     }
+
+    [Fact]
+    public void A_served_volume_gives_up_its_lock_at_once_and_closes_its_image_later()
+    {
+        using var backend = ceph.OpenBackend();
+        using var other = ceph.OpenBackend(); // another server on the same pool
+        string name = CephCluster.UniqueName("servedclose");
+        backend.CreateVolume(name, 4L << 20);
+        RbdImage.WaitForDeferredCloses(); // earlier tests' read-only images
+
+        // Opened and closed within a moment, as an nbdinfo or a probing client does: librbd may still be inside the
+        // image right after rbd_open and rbd_lock_acquire returned, so the image must not be freed now (issue 10's
+        // abort in CI) -- but its lock must be free now.
+        backend.OpenVolumeHandle(name).Dispose();
+        Assert.True(DeferredImageClose.PendingCount >= 1, "the served image must be closed later, not at once");
+
+        // The next writer, another server here, gets the lock at once, while the first image may still be open.
+        using (other.OpenVolumeHandle(name)) { }
+
+        // A delete straight after waits for the deferred close of the watch rbd_remove would refuse.
+        backend.OpenVolumeHandle(name).Dispose();
+        backend.DeleteVolume(name, recursive: false);
+        Assert.DoesNotContain(backend.ListVolumes(), v => v.Name == name);
+    }
 }
