@@ -35,6 +35,8 @@ internal sealed unsafe class RbdRequest : IValueTaskSource<long>, IValueTaskSour
     private MemoryHandle _pin;
     private string? _volume; // for the error a failed Checked request throws
     private string? _operation;
+    // librbd's result, kept beside _core's so that the Checked view can report a failure as Faulted before GetResult.
+    private long _result;
 
     private RbdRequest()
     {
@@ -94,6 +96,7 @@ internal sealed unsafe class RbdRequest : IValueTaskSource<long>, IValueTaskSour
         request._pin = default;
         // A failure's continuation builds and throws an exception and may log: never on librbd's thread.
         if (result < 0) request._core.RunContinuationsAsynchronously = true;
+        request._result = result; // before SetResult publishes the completion
         request._core.SetResult(result);
     }
 
@@ -129,6 +132,15 @@ internal sealed unsafe class RbdRequest : IValueTaskSource<long>, IValueTaskSour
     }
 
     public ValueTaskSourceStatus GetStatus(short token) => _core.GetStatus(token);
+
+    // The Checked view throws librbd's error: a request that already failed must say Faulted, or a caller that looks at
+    // IsCompletedSuccessfully before awaiting (VolumeExport does, for completions that beat it) never calls GetResult
+    // and answers the client "ok" for a failed write (a fenced zombie's, in the Rbd ServerTests).
+    ValueTaskSourceStatus IValueTaskSource.GetStatus(short token)
+    {
+        var status = _core.GetStatus(token);
+        return status == ValueTaskSourceStatus.Succeeded && _result < 0 ? ValueTaskSourceStatus.Faulted : status;
+    }
 
     public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
         _core.OnCompleted(continuation, state, token, flags);

@@ -108,6 +108,35 @@ public sealed class InlineCompletionTests(CephCluster ceph)
         }
     });
 
+    // A request librbd fails before the caller looks at it must look failed: VolumeExport answers a request that is
+    // already IsCompletedSuccessfully without awaiting it, so a failure reported as success was an "ok" to the client
+    // (a fenced zombie's write, seen in ServerTests).
+    [Fact]
+    public Task A_request_that_failed_before_it_was_awaited_reports_its_failure() => Task.Run(async () =>
+    {
+        using var backend = ceph.OpenBackend();
+        string name = CephCluster.UniqueName("failed-early");
+        backend.CreateVolume(name, 16L << 20);
+        try
+        {
+            using var handle = backend.OpenVolumeHandle(name);
+            var data = new byte[4096];
+            await handle.WriteAsync(0, data, fua: false);
+            using (var other = ceph.OpenBackend()) Assert.NotNull(other.TakeOverVolume(name));
+            for (int attempt = 0; attempt < 3; attempt++)
+            {
+                ValueTask write = handle.WriteAsync(0, data, fua: false);
+                Assert.True(SpinWait.SpinUntil(() => write.IsCompleted, TimeSpan.FromSeconds(60)), "the fenced write did not complete");
+                Assert.False(write.IsCompletedSuccessfully, "a write librbd failed reported success");
+                await Assert.ThrowsAsync<StorageException>(async () => await write);
+            }
+        }
+        finally
+        {
+            backend.DeleteVolume(name, recursive: false);
+        }
+    });
+
     private static async Task<bool> ContinuesOnLibrbdThread(Func<ValueTask> request)
     {
         for (int attempt = 0; attempt < 20; attempt++)
