@@ -395,9 +395,12 @@ public sealed class CachedBackend : IVolumeBackend, IVolumeTakeover
 
     // ---- closing ----
 
-    private sealed class CountedHandle(CachedBackend owner, Entry entry, IVolumeHandle inner) : IVolumeHandle, IClockedAcknowledgements
+    private sealed class CountedHandle(CachedBackend owner, Entry entry, IVolumeHandle inner) : IVolumeHandle, IClockedAcknowledgements, IInlineCompletions
     {
         private int _disposed;
+
+        // Only forwards: the caller's continuation is the inner handle's (a cache's own handle does not implement it).
+        public void CompleteInline() => (inner as IInlineCompletions)?.CompleteInline();
 
         public void AcknowledgeThroughClock() => (inner as IClockedAcknowledgements)?.AcknowledgeThroughClock();
         public void AcknowledgementsLeaving() => (inner as IClockedAcknowledgements)?.AcknowledgementsLeaving();

@@ -734,8 +734,7 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover, IVolumeMetadat
         foreach (var volume in volumes)
         {
             if (volume.IsClosed) continue;
-            long result = await volume.FlushAsync().ConfigureAwait(false);
-            if (result < 0) throw RbdErrors.ForRequest(result, volume.Name, "flush");
+            await volume.StartFlush(inline: false).Checked(volume.Name, "flush").ConfigureAwait(false);
         }
     }
 

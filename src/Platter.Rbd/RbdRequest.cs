@@ -13,6 +13,15 @@ namespace Platter.Rbd;
 /// object, its GCHandle and its callback are reused), so a read or write allocates nothing on the managed heap; librbd
 /// allocates its own completion per request (the C API has no way to reuse one).
 /// </summary>
+/// <remarks>
+/// librbd 16.2 calls every completion callback of an image on one strand of its <c>io_context_pool</c> threads
+/// (<c>AioCompletion::complete_external_callback</c>), so whatever runs there holds up every other completion of the
+/// image. By default the continuation goes to the thread pool. A request started with <c>inline: true</c> (a handle
+/// whose caller promised a short continuation that never waits, <see cref="Platter.Volumes.IInlineCompletions"/>) runs
+/// it on librbd's thread when the request succeeded; a failed one still goes to the thread pool (its continuation
+/// throws, maps and logs the error). The callback itself only reads the result, releases librbd's completion and
+/// unpins the buffer: it takes no lock.
+/// </remarks>
 internal sealed unsafe class RbdRequest : IValueTaskSource<long>, IValueTaskSource
 {
     // Requests kept for reuse. Beyond it a burst's extra requests are dropped to the GC: the pool never grows past
@@ -26,12 +35,12 @@ internal sealed unsafe class RbdRequest : IValueTaskSource<long>, IValueTaskSour
     private MemoryHandle _pin;
     private string? _volume; // for the error a failed Checked request throws
     private string? _operation;
+    // librbd's result, kept beside _core's so that the Checked view can report a failure as Faulted before GetResult.
+    private long _result;
 
     private RbdRequest()
     {
         _self = GCHandle.Alloc(this);
-        // Completions arrive on librbd's finisher thread; continuations (NBD reply writes) must not run there, or
-        // they would delay every other completion of the image.
         _core.RunContinuationsAsynchronously = true;
     }
 
@@ -45,10 +54,14 @@ internal sealed unsafe class RbdRequest : IValueTaskSource<long>, IValueTaskSour
         return new RbdRequest();
     }
 
-    /// <summary>A completion that completes this request; the buffer (if any) stays pinned until then.</summary>
-    public RbdCompletion Start(MemoryHandle pin)
+    /// <summary>
+    /// A completion that completes this request; the buffer (if any) stays pinned until then. With
+    /// <paramref name="inline"/> a successful completion runs the awaiting continuation on librbd's thread.
+    /// </summary>
+    public RbdCompletion Start(MemoryHandle pin, bool inline = false)
     {
         _pin = pin;
+        _core.RunContinuationsAsynchronously = !inline;
         return RbdCompletion.Create(GCHandle.ToIntPtr(_self), &OnComplete);
     }
 
@@ -81,6 +94,9 @@ internal sealed unsafe class RbdRequest : IValueTaskSource<long>, IValueTaskSour
         c.Release();
         request._pin.Dispose();
         request._pin = default;
+        // A failure's continuation builds and throws an exception and may log: never on librbd's thread.
+        if (result < 0) request._core.RunContinuationsAsynchronously = true;
+        request._result = result; // before SetResult publishes the completion
         request._core.SetResult(result);
     }
 
@@ -116,6 +132,15 @@ internal sealed unsafe class RbdRequest : IValueTaskSource<long>, IValueTaskSour
     }
 
     public ValueTaskSourceStatus GetStatus(short token) => _core.GetStatus(token);
+
+    // The Checked view throws librbd's error: a request that already failed must say Faulted, or a caller that looks at
+    // IsCompletedSuccessfully before awaiting (VolumeExport does, for completions that beat it) never calls GetResult
+    // and answers the client "ok" for a failed write (a fenced zombie's, in the Rbd ServerTests).
+    ValueTaskSourceStatus IValueTaskSource.GetStatus(short token)
+    {
+        var status = _core.GetStatus(token);
+        return status == ValueTaskSourceStatus.Succeeded && _result < 0 ? ValueTaskSourceStatus.Faulted : status;
+    }
 
     public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
         _core.OnCompleted(continuation, state, token, flags);

@@ -121,12 +121,13 @@ internal sealed unsafe class RbdVolume : IDisposable
 
     // ---- I/O: librbd's asynchronous calls, each a pooled request ----
 
-    // Reads and writes hand back the started request: the handle returns it as its task (RbdRequest.Checked).
-    public RbdRequest StartRead(long offset, Memory<byte> destination)
+    // Each call hands back the started request: the handle returns it as its task (RbdRequest.Checked, or Task).
+    // With inline, a successful completion runs the caller's continuation on librbd's thread (RbdRequest).
+    public RbdRequest StartRead(long offset, Memory<byte> destination, bool inline)
     {
         var request = RbdRequest.Rent();
         var pin = destination.Pin(); // unpinned by the request when librbd completes it
-        var completion = request.Start(pin);
+        var completion = request.Start(pin, inline);
         try
         {
             Image.BeginRead((ulong)offset, (byte*)pin.Pointer, (nuint)destination.Length, completion, RbdOpFlags.None);
@@ -139,11 +140,11 @@ internal sealed unsafe class RbdVolume : IDisposable
         return request;
     }
 
-    public RbdRequest StartWrite(long offset, ReadOnlyMemory<byte> source, bool fua)
+    public RbdRequest StartWrite(long offset, ReadOnlyMemory<byte> source, bool fua, bool inline)
     {
         var request = RbdRequest.Rent();
         var pin = source.Pin();
-        var completion = request.Start(pin);
+        var completion = request.Start(pin, inline);
         try
         {
             // FUA needs nothing extra with librbd's cache off (a completed write is on every replica); the flag
@@ -159,10 +160,10 @@ internal sealed unsafe class RbdVolume : IDisposable
         return request;
     }
 
-    public ValueTask<long> FlushAsync()
+    public RbdRequest StartFlush(bool inline)
     {
         var request = RbdRequest.Rent();
-        var completion = request.Start(default);
+        var completion = request.Start(default, inline);
         try
         {
             Image.BeginFlush(completion);
@@ -172,13 +173,13 @@ internal sealed unsafe class RbdVolume : IDisposable
             request.Abandon(completion);
             throw;
         }
-        return request.Task;
+        return request;
     }
 
-    public ValueTask<long> DiscardAsync(long offset, long length)
+    public ValueTask<long> DiscardAsync(long offset, long length, bool inline)
     {
         var request = RbdRequest.Rent();
-        var completion = request.Start(default);
+        var completion = request.Start(default, inline);
         try
         {
             Image.BeginDiscard((ulong)offset, (ulong)length, completion);
@@ -191,10 +192,10 @@ internal sealed unsafe class RbdVolume : IDisposable
         return request.Task;
     }
 
-    public ValueTask<long> WriteZeroesAsync(long offset, long length)
+    public ValueTask<long> WriteZeroesAsync(long offset, long length, bool inline)
     {
         var request = RbdRequest.Rent();
-        var completion = request.Start(default);
+        var completion = request.Start(default, inline);
         try
         {
             Image.BeginWriteZeroes((ulong)offset, (nuint)length, completion);

@@ -7,15 +7,22 @@ namespace Platter.Rbd;
 /// One front-door handle on an RBD volume or snapshot. Handles of the same volume share one
 /// <see cref="RbdVolume"/> (one open image, one lock); disposing the last closes it.
 /// </summary>
-internal sealed class RbdVolumeHandle : IVolumeHandle
+internal sealed class RbdVolumeHandle : IVolumeHandle, IInlineCompletions
 {
     // Block-status queries walk librbd's diff object by object: one call looks at most this much of the image, so
     // a query on a 1 TiB volume does bounded work and the client asks again from where the reply stopped.
     internal const long ExtentQueryBytesMax = 1L << 30;
 
+    // Largest read whose continuation may run on librbd's thread (IInlineCompletions): the NBD door copies a reply this
+    // small into its reply buffer and sends it in one call, a few microseconds. A 1 MiB reply's send copies a megabyte
+    // into the socket (about 100 µs here), which on librbd's thread would hold up every other completion of the image.
+    internal const int InlineReadBytesMax = 64 * 1024;
+
     private readonly RbdBackend _backend;
     private readonly RbdVolume _volume;
     private int _disposed;
+    // Set once by the caller (IInlineCompletions), read by every request after.
+    private volatile bool _inline;
 
     public RbdVolumeHandle(RbdBackend backend, RbdVolume volume)
     {
@@ -53,28 +60,34 @@ internal sealed class RbdVolumeHandle : IVolumeHandle
     /// <summary>True: every handle of a volume is the same open image, and librbd's flush covers all its writes.</summary>
     public bool FlushCoversAllHandles => true;
 
-    // Reads and writes return the request itself as their task (it throws the mapped error): an async method around
-    // it cost a state machine on the heap and one more continuation per request, on the NBD hot path.
+    /// <inheritdoc />
+    /// <remarks>
+    /// From now on a successful request's continuation runs on librbd's completion thread (see <see cref="RbdRequest"/>),
+    /// except a read larger than <see cref="InlineReadBytesMax"/>: one thread-pool hop less per request.
+    /// </remarks>
+    public void CompleteInline() => _inline = true;
+
+    // Reads, writes and flushes return the request itself as their task (it throws the mapped error): an async method
+    // around it cost a state machine on the heap and one more continuation per request, on the NBD hot path.
     public ValueTask ReadAsync(long offset, Memory<byte> destination, CancellationToken cancellationToken = default)
     {
         ThrowIfClosed();
         if (destination.Length == 0) return default;
-        return _volume.StartRead(offset, destination).Checked(Name, "read");
+        return _volume.StartRead(offset, destination, _inline && destination.Length <= InlineReadBytesMax).Checked(Name, "read");
     }
 
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> source, bool fua, CancellationToken cancellationToken = default)
     {
         ThrowIfWritable();
         if (source.Length == 0) return default;
-        return _volume.StartWrite(offset, source, fua).Checked(Name, "write");
+        return _volume.StartWrite(offset, source, fua, _inline).Checked(Name, "write");
     }
 
-    public async ValueTask FlushAsync(CancellationToken cancellationToken = default)
+    public ValueTask FlushAsync(CancellationToken cancellationToken = default)
     {
         ThrowIfClosed();
-        if (_volume.IsReadOnly) return;
-        long result = await _volume.FlushAsync().ConfigureAwait(false);
-        if (result < 0) throw RbdErrors.ForRequest(result, Name, "flush");
+        if (_volume.IsReadOnly) return default;
+        return _volume.StartFlush(_inline).Checked(Name, "flush");
     }
 
     public async ValueTask TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken = default)
@@ -83,7 +96,7 @@ internal sealed class RbdVolumeHandle : IVolumeHandle
         if (length == 0) return;
         // librbd frees whole objects and zeroes partial ones (rbd_skip_partial_discard is off), so a trimmed range
         // reads as zeros, as the seam promises.
-        long result = await _volume.DiscardAsync(offset, length).ConfigureAwait(false);
+        long result = await _volume.DiscardAsync(offset, length, _inline).ConfigureAwait(false);
         if (result < 0) throw RbdErrors.ForRequest(result, Name, "trim");
     }
 
@@ -94,7 +107,7 @@ internal sealed class RbdVolumeHandle : IVolumeHandle
         // Both go to librbd as what it does best: a discard frees objects it covers whole; write-zeroes lets librbd
         // choose (it discards too, writing zeros only where an object is covered partly).
         long result = deallocate
-            ? await _volume.DiscardAsync(offset, length).ConfigureAwait(false)
+            ? await _volume.DiscardAsync(offset, length, _inline).ConfigureAwait(false)
             : await WriteZeroesInChunksAsync(offset, length).ConfigureAwait(false);
         if (result < 0) throw RbdErrors.ForRequest(result, Name, "write-zeroes");
     }
@@ -106,7 +119,8 @@ internal sealed class RbdVolumeHandle : IVolumeHandle
         while (length > 0)
         {
             long chunk = Math.Min(length, ChunkBytesMax);
-            long result = await _volume.WriteZeroesAsync(offset, chunk).ConfigureAwait(false);
+            // Only the last chunk's continuation may run on librbd's thread: the others start the next request.
+            long result = await _volume.WriteZeroesAsync(offset, chunk, _inline && chunk == length).ConfigureAwait(false);
             if (result < 0) return result;
             offset += chunk;
             length -= chunk;

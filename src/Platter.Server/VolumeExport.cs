@@ -47,6 +47,12 @@ public sealed class VolumeExport : INbdExport, INbdRepliesSending
             clock.AcknowledgeThroughClock();
             _clock = clock;
         }
+        // What follows a successful request here is short and never waits: metrics (per-thread counters), then the NBD
+        // layer's reply, which takes the reply writer's lock asynchronously and writes to a non-blocking socket, and
+        // completes the connection's waiters asynchronously (its gate, write epochs); closing the export waits for
+        // them on the thread pool. So the backend may run it on its completion thread: for RBD one thread-pool hop
+        // less per request (docs/PERFORMANCE.md, issue 10). Failures still reach us on the thread pool.
+        if (volume is IInlineCompletions inline) inline.CompleteInline();
         Name = volume.Name;
         Description = volume.IsReadOnly ? "Platter snapshot (read-only)" : "Platter volume";
     }
