@@ -14,7 +14,7 @@ namespace Platter.Ceph;
 /// the process ("terminate called after throwing an instance of 'std::system_error' what(): Invalid argument";
 /// docs/PERFORMANCE.md, issue 10, has the stack). No librbd call orders the caller after that tail, so the only cure
 /// from outside is not to free the image while a librbd thread may still be in it: an image is closed only after it
-/// /// has been left alone for a grace period, which is orders of magnitude longer than the tail (a few instructions plus
+/// has been left alone for a grace period, which is orders of magnitude longer than the tail (a few instructions plus
 /// however long the thread waits for a CPU). Read-only images wait <see cref="Grace"/> after disposal: they hold no
 /// header watch and no lock, so a late close changes nothing anyone can observe. A served writable image has flushed
 /// and released its exclusive lock before it comes here (the next opener gets the lock at once) and waits

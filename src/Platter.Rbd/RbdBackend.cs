@@ -658,6 +658,12 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover, IVolumeMetadat
         {
             if (_open.TryGetValue(volume.Name, out var current) && current == volume) _open.Remove(volume.Name);
         }
+        CloseVolume(volume);
+    }
+
+    /// <summary>Disposes a served volume whose last handle is gone, logging what its close could not do.</summary>
+    private void CloseVolume(RbdVolume volume)
+    {
         try
         {
             volume.Dispose();
@@ -702,7 +708,7 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover, IVolumeMetadat
         }
         volume.MarkClosed();
         // The image stays open until its last handle goes (Release disposes it); a request in flight finishes.
-        if (volume.Release()) volume.Dispose();
+        if (volume.Release()) CloseVolume(volume);
     }
 
     /// <summary>The image and its ancestors (each parent opened at the snapshot the child was cloned from).</summary>
@@ -914,14 +920,7 @@ public sealed class RbdBackend : IVolumeBackend, IVolumeTakeover, IVolumeMetadat
         foreach (var volume in volumes)
         {
             volume.MarkClosed();
-            try
-            {
-                volume.Dispose();
-            }
-            catch (Exception e)
-            {
-                _log.LogWarning("closing volume {Name}: {Error}", volume.Name, e.Message);
-            }
+            CloseVolume(volume);
         }
         // Read-only images are closed late (DeferredImageClose); close them before their pool and connection go.
         RbdImage.WaitForDeferredCloses();
