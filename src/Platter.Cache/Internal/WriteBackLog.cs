@@ -88,9 +88,12 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     // A writer waits for ring space: write-back makes its head durable at once instead of batching.
     private volatile bool _spaceWanted;
 
-    // fdatasyncs of the log, by cause (tests and the bench read them).
+    // Syncs of the log, by cause (tests and the bench read them).
     private long _flushSyncs;
     private long _headSyncs;
+    private long _slotSyncs; // head syncs that made the superblock's slot alone durable (pwritev2 RWF_DSYNC)
+
+    private bool _slotSyncUnsupported; // the kernel or file system refused RWF_DSYNC: head syncs fdatasync the file
 
     // The clock of acknowledgements (IClockedAcknowledgements): records are stamped with it when their write arrives
     // and when they are written; write-back lets records go back together only if none may depend on another.
@@ -177,8 +180,11 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
     /// <summary>fdatasyncs made by flushes (one per flush that found unsynced records; concurrent flushes share one).</summary>
     internal long FlushSyncs => Interlocked.Read(ref _flushSyncs);
 
-    /// <summary>fdatasyncs made to record the write-back head (one per batch of write-back operations).</summary>
+    /// <summary>Durable head writes (one per batch of write-back operations).</summary>
     internal long HeadSyncs => Interlocked.Read(ref _headSyncs);
+
+    /// <summary>Head syncs that made the superblock's slot alone durable, not the whole file.</summary>
+    internal long SlotSyncs => Interlocked.Read(ref _slotSyncs);
 
     /// <summary>Moves the clock of acknowledgements: those made so far may reach clients from now on.</summary>
     public void AcknowledgementsLeaving() => Interlocked.Increment(ref _ackClock);
@@ -191,6 +197,9 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
 
     /// <summary>True when the superblock's durable head has caught up with write-back (no head sync pending).</summary>
     internal bool HeadSettled => Volatile.Read(ref _headSeq) == Volatile.Read(ref _appliedSeq);
+
+    /// <summary>Where the durable head is in the ring (the first record not on the backend).</summary>
+    internal long HeadPosition => Volatile.Read(ref _headPos);
 
     /// <summary>The flushed sequence number the superblock holds.</summary>
     internal long ConfirmedFlushSeq => Volatile.Read(ref _flushedSeq);
@@ -835,8 +844,7 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
         await _superGate.WaitAsync(token).ConfigureAwait(false);
         try
         {
-            WriteSuperLocked(headSeq, headPos);
-            Sync();
+            WriteSuperDurableLocked(headSeq, headPos);
             Interlocked.Increment(ref _headSyncs);
         }
         finally
@@ -877,12 +885,81 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
 
     private void WriteSuperLocked(long headSeq, long headPos)
     {
-        _generation++;
         Span<byte> slot = stackalloc byte[LogFormat.SectorBytes];
+        long pos = EncodeNextSuper(slot, headSeq, headPos);
+        WriteFully(slot, pos);
+    }
+
+    // Writes the superblock and makes it durable, and only it. A head sync needs no more: the records before the head
+    // are durable on the backend (the wave's backend flush), and the flushed sequence number the superblock carries
+    // was made durable, with the records it vouches for, by the flush that set it (flushes fdatasync the whole file,
+    // under the same gate). An fdatasync of the whole file here would also write every record appended since the last
+    // flush: a writer that never flushes leaves hundreds of MiB in the page cache, and one head sync took 184 ms of
+    // write-back time to write them (docs/PERFORMANCE.md, "The sequential drain: where a wave's time goes"); the slot
+    // alone took 0.3-3.7 ms. pwritev2 with RWF_DSYNC writes the slot and waits for it as O_DSYNC would, device cache
+    // flush included; where the kernel or file system refuses the flag, the whole file is synced as before.
+    private void WriteSuperDurableLocked(long headSeq, long headPos)
+    {
+        Span<byte> slot = stackalloc byte[LogFormat.SectorBytes];
+        long pos = EncodeNextSuper(slot, headSeq, headPos);
+        if (!_slotSyncUnsupported && TryWriteDsync(slot, pos))
+        {
+            Interlocked.Increment(ref _slotSyncs);
+            return;
+        }
+        WriteFully(slot, pos);
+        Sync();
+    }
+
+    // The next generation's superblock into `slot`; returns where it goes (the two slots alternate, so a torn write of
+    // one leaves the other).
+    private long EncodeNextSuper(Span<byte> slot, long headSeq, long headPos)
+    {
+        _generation++;
         var super = new LogFormat.Super(_logId, _identity, _capacity, _generation, _incarnation, headSeq, headPos, _flushedSeq);
         LogFormat.EncodeSuper(slot, super);
-        WriteFully(slot, (_generation & 1) * LogFormat.SectorBytes);
+        return (_generation & 1) * LogFormat.SectorBytes;
     }
+
+    // One write made durable by itself (RWF_DSYNC). False, once and for good, when the kernel or file system does not
+    // know the flag; any other failure is a failed sync (see Sync): the log stops taking writes.
+    private unsafe bool TryWriteDsync(ReadOnlySpan<byte> data, long pos)
+    {
+        const int RWF_DSYNC = 0x2;
+        const int EINVAL = 22, ENOSYS = 38, EOPNOTSUPP = 95;
+        nint written;
+        int errno = 0;
+        fixed (byte* p = data)
+        {
+            var iov = new IoVec { Base = p, Length = (nuint)data.Length };
+            do
+            {
+                written = pwritev2((int)_file.DangerousGetHandle(), &iov, 1, pos, RWF_DSYNC);
+                errno = written < 0 ? Marshal.GetLastPInvokeError() : 0;
+            } while (written < 0 && errno == 4); // EINTR
+        }
+        if (written == data.Length) return true;
+        if (written < 0 && errno is EINVAL or ENOSYS or EOPNOTSUPP)
+        {
+            _slotSyncUnsupported = true;
+            _logger.LogInformation("write-back cache {Path}: durable superblock writes (RWF_DSYNC) are not supported here ({Error}); head syncs fdatasync the log", _path, Marshal.GetPInvokeErrorMessage(errno));
+            return false;
+        }
+        var message = written < 0
+            ? $"write-back cache {_path}: durable superblock write failed: {Marshal.GetPInvokeErrorMessage(errno)}"
+            : $"write-back cache {_path}: durable superblock write was short ({written} of {data.Length} bytes)";
+        Fail(message);
+        throw new StorageException(StorageError.IoError, message);
+    }
+
+    private unsafe struct IoVec
+    {
+        public byte* Base;
+        public nuint Length;
+    }
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static unsafe partial nint pwritev2(int fd, IoVec* iov, int iovcnt, long offset, int flags);
 
     private void Sync()
     {
