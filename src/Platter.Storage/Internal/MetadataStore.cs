@@ -40,6 +40,7 @@ internal sealed class MetadataStore : IDisposable
     private static readonly byte[] JournalBytesKey = "journal-bytes"u8.ToArray();
 
     private readonly LmdbEnvironment _env;
+    private readonly string _directory;
     private readonly LmdbDatabase _meta;
     private readonly LmdbDatabase _volumes;
     private readonly LmdbDatabase _snapshots;
@@ -48,6 +49,7 @@ internal sealed class MetadataStore : IDisposable
     /// <summary>Opens the metadata; a new store records <paramref name="journalRegionBytes"/>, an existing one reports its own.</summary>
     public MetadataStore(string directory, bool create, long journalRegionBytes)
     {
+        _directory = directory;
         _env = LmdbEnvironment.Open(directory, EngineLimits.MetadataMapBytes, maxDatabases: 8);
         using var txn = _env.BeginTransaction(readOnly: false);
         _meta = txn.OpenDatabase("meta", create: true);
@@ -200,6 +202,9 @@ internal sealed class MetadataStore : IDisposable
 
         public void Dispose() => _txn.Dispose();
     }
+
+    /// <summary>Reads the metadata file into the page cache while a walk over every record runs; dispose when it ends.</summary>
+    public MetadataReadAhead ReadAheadForWalk() => new(Path.Combine(_directory, "data.mdb"));
 
     /// <summary>A read-only view for lookups from any thread (unlike <see cref="OpenView"/>, it records nothing on the store).</summary>
     public View OpenLookupView() => new(this);

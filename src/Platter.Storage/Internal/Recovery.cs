@@ -74,6 +74,7 @@ internal static class Recovery
         double loadMs, verifyMs;
         string walks = "one walk";
         long dataBlocks = data.Length / EngineLimits.BlockBytes;
+        using (metadata.ReadAheadForWalk())
         using (var view = metadata.OpenView())
         {
             // One walk loads and verifies every record; a catalog it cannot build in one walk (damaged) takes two.
