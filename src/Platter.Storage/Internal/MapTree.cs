@@ -436,9 +436,14 @@ internal sealed class MapTree
         if (dense is null) return;
         if (TryPackAsRun(leaf, leafBase, dense.Entries))
         {
-            Interlocked.Increment(ref s_leavesPacked);
             Interlocked.Increment(ref s_leavesPackedAsRuns);
-            return;
+            // A leaf a snapshot shares stays in its tree: pack it there too (the tree packing owns it otherwise, and
+            // just dropped it).
+            if (ReferenceEquals(leaf.Owner, _owner))
+            {
+                Interlocked.Increment(ref s_leavesPacked);
+                return;
+            }
         }
         var packed = Pack(dense.Entries);
         if (packed is null) return;
