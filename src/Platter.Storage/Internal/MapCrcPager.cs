@@ -78,8 +78,10 @@ internal sealed class PagedCrcs(MapCrcPager pager, long layer, long leafBase, ui
 internal sealed class MapCrcPager(MetadataStore metadata, long budgetBytes)
 {
     private const int LeafBlocks = 256;
-    // What an array of CRCs costs besides its elements (object header, method table, length).
+    // What an array of CRCs costs besides its elements (object header, method table, length), and its place in the
+    // clock (a holder and a slot): the budget bounds the cache's bookkeeping too.
     private const int ArrayOverheadBytes = 24;
+    private const int QueueEntryBytes = 16;
 
     private readonly object _lock = new();
     private readonly Queue<(IPagedCrcs Holder, int Slot)> _resident = new();
@@ -88,7 +90,7 @@ internal sealed class MapCrcPager(MetadataStore metadata, long budgetBytes)
     /// <summary>Largest number of bytes the resident CRC arrays take (one leaf's may exceed it, so a read can always proceed).</summary>
     public long BudgetBytes => budgetBytes;
 
-    /// <summary>Bytes the resident CRC arrays take now.</summary>
+    /// <summary>Bytes the resident CRC arrays (and their places in the clock) take now.</summary>
     public long ResidentBytes => Interlocked.Read(ref _bytes);
 
     /// <summary>Leaves whose CRCs were fetched again from the metadata store (tests and benchmarks observe paging; not a timing).</summary>
@@ -140,7 +142,7 @@ internal sealed class MapCrcPager(MetadataStore metadata, long budgetBytes)
         _bytes += size;
     }
 
-    private static long Bytes(uint[] values) => ArrayOverheadBytes + 4L * values.Length;
+    private static long Bytes(uint[] values) => ArrayOverheadBytes + QueueEntryBytes + 4L * values.Length;
 
     private uint[] Fetch(IPagedCrcs holder, int slot, ulong[] runs)
     {
