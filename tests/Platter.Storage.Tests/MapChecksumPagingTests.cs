@@ -64,14 +64,15 @@ public sealed class MapChecksumPagingTests : IDisposable
         }
     }
 
-    // A volume with runs in 48 leaves, two snapshots over it and a clone of the first: every kind of leaf open builds.
+    // A volume with runs in 48 leaves (80 blocks each: enough for a leaf to page its CRCs), two snapshots over it and a
+    // clone of the first: every kind of leaf open builds.
     private void Build()
     {
         using var store = Open(long.MaxValue);
         store.CreateVolume("vm", 64 * MiB);
         using (var v = store.OpenVolume("vm"))
         {
-            for (int l = 0; l < Leaves; l++) Write(v, "vm", l * 256L, 16, 1);
+            for (int l = 0; l < Leaves; l++) Write(v, "vm", l * 256L, 80, 1);
             v.Flush();
             Copy("vm", "vm@s1");
             store.CreateSnapshot("vm", "s1");
@@ -187,13 +188,35 @@ public sealed class MapChecksumPagingTests : IDisposable
     }
 
     [Fact]
+    public void Leaves_with_a_few_scattered_blocks_keep_their_checksums_in_the_leaf()
+    {
+        // Paging a leaf's CRCs costs more than the CRCs of 16 blocks: such leaves keep them, whatever the budget.
+        using (var store = Open(long.MaxValue))
+        {
+            store.CreateVolume("vm", 64 * MiB);
+            using var v = store.OpenVolume("vm");
+            for (int l = 0; l < Leaves; l++)
+                for (int i = 0; i < 16; i++) Write(v, "vm", l * 256L + 16 * i, 1, 1 + i % 5);
+            v.Flush();
+            store.Checkpoint();
+        }
+        using (var store = Open(budget: 1))
+        {
+            Assert.Equal(0, store.MapChecksums.Evictions);
+            AssertAll(store, "vm");
+            Assert.Equal(0, store.MapChecksums.Fetches);
+            Assert.Equal(0, store.MapChecksums.ResidentBytes);
+        }
+    }
+
+    [Fact]
     public void Damage_is_detected_with_fetched_checksums()
     {
         using (var store = Open(long.MaxValue))
         {
             store.CreateVolume("vm", 64 * MiB);
             using var v = store.OpenVolume("vm");
-            for (int l = 0; l < Leaves; l++) Write(v, "vm", l * 256L, 16, 1);
+            for (int l = 0; l < Leaves; l++) Write(v, "vm", l * 256L, 80, 1);
             v.Flush();
             store.Checkpoint();
         }

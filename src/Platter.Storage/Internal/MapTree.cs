@@ -62,6 +62,9 @@ internal sealed class MapTree
     private const long PackedPbaLimit = 1L << (64 - PbaShift);
     // A packed leaf is kept only when it is smaller than the dense one (words: count + runs + CRCs two per word).
     private const int DenseLeafBytes = Fanout * 12;
+    // A packed leaf loaded at open pages its CRCs only when it maps at least this many blocks: paging costs a holder,
+    // its array's header and a place in the pager's clock (~96 bytes), more than the CRCs of a few scattered blocks.
+    private const int PagedLeafMinBlocks = 64;
 
     // Slots live inline in the node object, so each level of a lookup is one dependent load, not two.
     [InlineArray(Fanout)]
@@ -690,7 +693,8 @@ internal sealed class MapTree
     /// <see cref="SetLeaf"/> with the entries does it). The result is what <see cref="SetLeaf"/> would store.
     /// <para>
     /// With a <paramref name="pager"/>, the runs came from the records of <paramref name="layer"/> as the metadata store
-    /// holds them, so the pager may drop the leaf's CRCs and fetch them again from those records (decision 0013).
+    /// holds them, so the pager may drop the leaf's CRCs and fetch them again from those records (decision 0013), when
+    /// the leaf maps enough blocks for that to save memory (a full run always does: decision 0018).
     /// </para>
     /// </summary>
     public bool TrySetNewLeaf(long leafBase, LeafRuns runs, MapCrcPager? pager = null, long layer = 0)
@@ -715,7 +719,7 @@ internal sealed class MapTree
         var leaf = AsLeaf(path[0]);
         MappedBlocks += runs.Mapped;
         leaf.Count = runs.Mapped;
-        if (pager is null) leaf.Packed = runs.Pack();
+        if (pager is null || runs.Mapped < PagedLeafMinBlocks) leaf.Packed = runs.Pack();
         else
         {
             leaf.Packed = runs.PackRuns();
