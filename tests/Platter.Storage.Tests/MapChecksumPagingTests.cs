@@ -64,6 +64,16 @@ public sealed class MapChecksumPagingTests : IDisposable
         }
     }
 
+    // Clones vm@s1 as "clone" and writes `count` blocks into it.
+    private void CloneAndWrite(VolumeStore store, long block, int count, int tag)
+    {
+        store.CloneSnapshot("vm", "s1", "clone");
+        Copy("vm@s1", "clone");
+        using var c = store.OpenVolume("clone");
+        Write(c, "clone", block, count, tag);
+        c.Flush();
+    }
+
     // A volume with runs in 48 leaves (80 blocks each: enough for a leaf to page its CRCs), two snapshots over it and a
     // clone of the first: every kind of leaf open builds.
     private void Build()
@@ -83,13 +93,7 @@ public sealed class MapChecksumPagingTests : IDisposable
             for (int l = 50; l < 56; l++) Write(v, "vm", l * 256L + 100, 30, 3);
             v.Flush();
         }
-        store.CloneSnapshot("vm", "s1", "clone");
-        Copy("vm@s1", "clone");
-        using (var c = store.OpenVolume("clone"))
-        {
-            Write(c, "clone", 3 * 256L + 8, 2, 4);
-            c.Flush();
-        }
+        CloneAndWrite(store, 3 * 256L + 8, 2, 4);
         store.Checkpoint();
     }
 
@@ -172,13 +176,7 @@ public sealed class MapChecksumPagingTests : IDisposable
                     for (long b = 10 * 256L + 200; b < 10 * 256L + 300; b++) _expected["vm"].Remove(b);
                     v.Flush();
                 }
-                store.CloneSnapshot("vm", "s1", "clone");
-                Copy("vm@s1", "clone");
-                using (var c = store.OpenVolume("clone"))
-                {
-                    Write(c, "clone", 20 * 256L + 5, 300, 4);
-                    c.Flush();
-                }
+                CloneAndWrite(store, 20 * 256L + 5, 300, 4);
                 // 14 leaves overwritten (every third of 40), 2 trimmed.
                 Assert.Equal((16L, Written - 16L), store.VolumeStateForTests("vm").Map.CountLeafForms());
                 AssertAll(store, "vm", "vm@s1", "clone");

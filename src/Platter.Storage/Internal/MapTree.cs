@@ -126,8 +126,6 @@ internal sealed class MapTree
             return true;
         }
 
-        public bool IsPaged(int slot) => _layers[slot] != 0;
-
         /// <summary>The 256 CRCs of the slot's leaf, fetched from the metadata store when the pager dropped them.</summary>
         public uint[] Crcs(int slot)
         {
