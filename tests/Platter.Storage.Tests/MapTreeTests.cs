@@ -94,6 +94,7 @@ public sealed class MapTreeTests(ITestOutputHelper output)
                     for (int i = 0; i < Leaf; i++)
                         Set(map, model, leafBase + i, BlockEntry.Mapped(nextPba + i, (uint)rng.Next()));
                     nextPba += Leaf + rng.Next(3);
+                    if (rng.Next(2) == 0) map.PackAll(); // at once, while this tree owns the leaf's parent
                     break;
                 case 8: // a whole leaf as open loads a full run into a leaf the map does not hold yet
                 {
