@@ -10,6 +10,7 @@
 #   interleaved with this tree's, store by store and round by round (remove the worktree after: git worktree remove).
 #   NEWARGS="--map-checksum-cache BYTES --reads N" bench/maps.sh ...  passes options to this tree's opens only (decision
 #   0013: the budget of the map's CRCs, and a timed read benchmark after the open; see MapBench.cs),
+#   ARGS="..." passes options to both the old and this tree's opens (the old one must know them),
 #   default: sparse:1000000 sparse:10000000 sequential:65536 sequential:1048576 (the last maps 1 TiB: ~1 GB of metadata)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,9 +41,10 @@ done
 for r in $(seq 1 "$rounds"); do
   for l in "${layouts[@]}"; do
     kind=${l%%:*}; n=${l##*:}
-    [ -z "$old" ] || echo "round $r $kind $n records, old: $(dotnet "$oldwt/bench/Platter.Bench/bin/Release/net10.0/Platter.Bench.dll" --maps open --dir "$dir/$kind-$n" | tr '\n' ' ')"
-    # shellcheck disable=SC2086 # NEWARGS is a list of options
-    echo "round $r $kind $n records: $(bench open --dir "$dir/$kind-$n" ${NEWARGS:-} | tr '\n' ' ')"
+    # shellcheck disable=SC2086 # ARGS and NEWARGS are lists of options
+    [ -z "$old" ] || echo "round $r $kind $n records, old: $(dotnet "$oldwt/bench/Platter.Bench/bin/Release/net10.0/Platter.Bench.dll" --maps open --dir "$dir/$kind-$n" ${ARGS:-} | tr '\n' ' ')"
+    # shellcheck disable=SC2086
+    echo "round $r $kind $n records: $(bench open --dir "$dir/$kind-$n" ${ARGS:-} ${NEWARGS:-} | tr '\n' ' ')"
   done
 done
 echo "# stores kept in $dir (delete them when done: rm -rf $dir)"

@@ -17,7 +17,8 @@ using Platter.Storage.Internal;
 // the engine's); the heap is then also given without the CRCs the cache holds (the part that grows with the map).
 // With `--reads N` it then times N random 4 KiB reads of mapped blocks (one thread), first spread over the whole
 // volume (with a budget smaller than the map, most of them fetch their leaf's CRCs from LMDB) and then within the
-// first 64 MiB (leaves whose CRCs stay cached: what paging costs warm reads), printing microseconds per read.
+// first 64 MiB (leaves whose CRCs stay cached: what paging costs warm reads), printing microseconds per read, and then
+// 50 N lookups of the volume's map alone (the read path's lookup without its I/O and checksum), in nanoseconds.
 //
 // Usage: Platter.Bench --maps build --dir DIR --extents N [--layout sequential|sparse]
 //        Platter.Bench --maps open --dir DIR [--map-checksum-cache BYTES] [--reads N]
@@ -123,8 +124,38 @@ internal static class MapBench
             long stride = info.AllocatedBytes.Value == volume.SizeBytes ? 1 : 16;
             Console.WriteLine($"reads: over the whole volume {TimeReads(volume, blocks / stride, stride, reads, pager)}; " +
                               $"within the first 64 MiB {TimeReads(volume, Math.Min(blocks, 16384) / stride, stride, reads, pager)}");
+            var map = store.VolumeStateForTests("maps").Map;
+            Console.WriteLine($"map lookups (the read path's, without its I/O): over the whole volume {TimeLookups(map, blocks / stride, stride, 50 * reads)}; " +
+                              $"within the first 64 MiB {TimeLookups(map, Math.Min(blocks, 16384) / stride, stride, 50 * reads)}");
         }
         return 0;
+    }
+
+    // Nanoseconds per lookup of a random mapped block in the volume's map, one block at a time (Get(block)) and as a
+    // read does it (Get(first, entries) with one entry), the best of five passes (the machine is shared: the fastest
+    // pass is the one least disturbed). Touches each lookup's CRC, as a read that verifies does.
+    private static string TimeLookups(MapTree map, long count, long stride, int lookups)
+    {
+        var rng = new Random(16);
+        var blocks = new long[lookups];
+        for (int i = 0; i < lookups; i++) blocks[i] = rng.NextInt64(count) * stride;
+        Span<BlockEntry> one = stackalloc BlockEntry[1];
+        double bestSingle = double.MaxValue, bestRange = double.MaxValue;
+        uint sink = 0;
+        for (int pass = 0; pass < 5; pass++)
+        {
+            var sw = Stopwatch.StartNew();
+            foreach (long b in blocks) sink += map.Get(b).Crc;
+            bestSingle = Math.Min(bestSingle, sw.Elapsed.TotalNanoseconds / lookups);
+            sw.Restart();
+            foreach (long b in blocks)
+            {
+                map.Get(b, one);
+                sink += one[0].Crc;
+            }
+            bestRange = Math.Min(bestRange, sw.Elapsed.TotalNanoseconds / lookups);
+        }
+        return $"{bestSingle:F0} ns per Get(block), {bestRange:F0} ns per Get(block, 1 entry) (best of 5 x {lookups:N0}; {sink % 2})";
     }
 
     // Microseconds per random 4 KiB read of `count` mapped blocks `stride` apart, and how many leaves' CRCs were fetched.

@@ -64,14 +64,25 @@ public sealed class MapChecksumPagingTests : IDisposable
         }
     }
 
-    // A volume with runs in 48 leaves, two snapshots over it and a clone of the first: every kind of leaf open builds.
+    // Clones vm@s1 as "clone" and writes `count` blocks into it.
+    private void CloneAndWrite(VolumeStore store, long block, int count, int tag)
+    {
+        store.CloneSnapshot("vm", "s1", "clone");
+        Copy("vm@s1", "clone");
+        using var c = store.OpenVolume("clone");
+        Write(c, "clone", block, count, tag);
+        c.Flush();
+    }
+
+    // A volume with runs in 48 leaves (80 blocks each: enough for a leaf to page its CRCs), two snapshots over it and a
+    // clone of the first: every kind of leaf open builds.
     private void Build()
     {
         using var store = Open(long.MaxValue);
         store.CreateVolume("vm", 64 * MiB);
         using (var v = store.OpenVolume("vm"))
         {
-            for (int l = 0; l < Leaves; l++) Write(v, "vm", l * 256L, 16, 1);
+            for (int l = 0; l < Leaves; l++) Write(v, "vm", l * 256L, 80, 1);
             v.Flush();
             Copy("vm", "vm@s1");
             store.CreateSnapshot("vm", "s1");
@@ -82,13 +93,7 @@ public sealed class MapChecksumPagingTests : IDisposable
             for (int l = 50; l < 56; l++) Write(v, "vm", l * 256L + 100, 30, 3);
             v.Flush();
         }
-        store.CloneSnapshot("vm", "s1", "clone");
-        Copy("vm@s1", "clone");
-        using (var c = store.OpenVolume("clone"))
-        {
-            Write(c, "clone", 3 * 256L + 8, 2, 4);
-            c.Flush();
-        }
+        CloneAndWrite(store, 3 * 256L + 8, 2, 4);
         store.Checkpoint();
     }
 
@@ -136,13 +141,80 @@ public sealed class MapChecksumPagingTests : IDisposable
     }
 
     [Fact]
+    public void Sequentially_written_leaves_open_as_full_runs_and_read_back_through_overwrites_trims_snapshots_and_clones()
+    {
+        const int Written = 40;
+        using (var store = Open(long.MaxValue))
+        {
+            store.CreateVolume("vm", 64 * MiB);
+            using (var v = store.OpenVolume("vm"))
+            {
+                for (int l = 0; l < Written; l++) Write(v, "vm", l * 256L, 256, 1 + l % 3); // 1 MiB writes: one run per leaf
+                v.Flush();
+            }
+            Copy("vm", "vm@s1");
+            store.CreateSnapshot("vm", "s1");
+            store.Checkpoint();
+        }
+        for (int round = 0; round < 2; round++)
+            using (var store = Open(budget: 1))
+            {
+                // Open keeps every full leaf above the leaf level (decision 0018), its CRCs paged out (0013).
+                var forms = store.VolumeStateForTests("vm").Map.CountLeafForms();
+                Assert.Equal(round == 0 ? (0L, Written) : (16L, Written - 16L), forms);
+                long fetches = store.MapChecksums.Fetches;
+                AssertAll(store, round == 0 ? ["vm", "vm@s1"] : ["vm", "vm@s1", "clone"]);
+                Assert.True(store.MapChecksums.Fetches - fetches >= Written, $"reads fetched {store.MapChecksums.Fetches - fetches} leaves' CRCs");
+                if (round > 0) break;
+
+                // One block overwritten inside every third leaf, a range trimmed across two leaves, a clone of the
+                // snapshot written elsewhere: the full runs the writes touch become ordinary leaves of the writer only.
+                using (var v = store.OpenVolume("vm"))
+                {
+                    for (int l = 0; l < Written; l += 3) Write(v, "vm", l * 256L + 77, 1, 9);
+                    v.Trim((10 * 256L + 200) * B, 100 * B);
+                    for (long b = 10 * 256L + 200; b < 10 * 256L + 300; b++) _expected["vm"].Remove(b);
+                    v.Flush();
+                }
+                CloneAndWrite(store, 20 * 256L + 5, 300, 4);
+                // 14 leaves overwritten (every third of 40), 2 trimmed.
+                Assert.Equal((16L, Written - 16L), store.VolumeStateForTests("vm").Map.CountLeafForms());
+                AssertAll(store, "vm", "vm@s1", "clone");
+                store.Checkpoint();
+                StoreChecks.AssertConsistent(store, "full-run leaves under a tiny map checksum budget");
+            }
+    }
+
+    [Fact]
+    public void Leaves_with_a_few_scattered_blocks_keep_their_checksums_in_the_leaf()
+    {
+        // Paging a leaf's CRCs costs more than the CRCs of 16 blocks: such leaves keep them, whatever the budget.
+        using (var store = Open(long.MaxValue))
+        {
+            store.CreateVolume("vm", 64 * MiB);
+            using var v = store.OpenVolume("vm");
+            for (int l = 0; l < Leaves; l++)
+                for (int i = 0; i < 16; i++) Write(v, "vm", l * 256L + 16 * i, 1, 1 + i % 5);
+            v.Flush();
+            store.Checkpoint();
+        }
+        using (var store = Open(budget: 1))
+        {
+            Assert.Equal(0, store.MapChecksums.Evictions);
+            AssertAll(store, "vm");
+            Assert.Equal(0, store.MapChecksums.Fetches);
+            Assert.Equal(0, store.MapChecksums.ResidentBytes);
+        }
+    }
+
+    [Fact]
     public void Damage_is_detected_with_fetched_checksums()
     {
         using (var store = Open(long.MaxValue))
         {
             store.CreateVolume("vm", 64 * MiB);
             using var v = store.OpenVolume("vm");
-            for (int l = 0; l < Leaves; l++) Write(v, "vm", l * 256L, 16, 1);
+            for (int l = 0; l < Leaves; l++) Write(v, "vm", l * 256L, 80, 1);
             v.Flush();
             store.Checkpoint();
         }

@@ -6,8 +6,9 @@ using Xunit.Abstractions;
 namespace Platter.Storage.Tests;
 
 /// <summary>
-/// The block map's two leaf forms (dense and packed, decision 0010) against a plain dictionary: random sets, unmaps,
-/// whole-leaf loads, packing, snapshots and clones, with every read operation and the diff checked after each step.
+/// The block map's leaf forms (dense and packed, decision 0010; full runs kept above the leaf level, decision 0018)
+/// against a plain dictionary: random sets, unmaps, whole-leaf loads, packing, snapshots and clones, with every read
+/// operation and the diff checked after each step.
 /// Each run prints its seed; PLATTER_TEST_SEED=N replays one.
 /// </summary>
 // Not in parallel with the other class that counts packed leaves: MapTree.LeavesPacked is process-wide.
@@ -28,7 +29,9 @@ public sealed class MapTreeTests(ITestOutputHelper output)
     {
         int seed = Seeds.ForSlot(slot, output, nameof(Random_changes_read_back_like_a_dictionary_in_both_leaf_forms));
         var rng = new Random(seed);
-        long packedBefore = MapTree.LeavesPacked;
+        long packedBefore = MapTree.LeavesPacked, runsPackedBefore = MapTree.LeavesPackedAsRuns;
+        long mostRunLeaves = 0;
+        var runs = new MapTree.LeafRuns();
         var map = new MapTree();
         var model = new Dictionary<long, BlockEntry>();
         var frozen = new List<(MapTree Map, Dictionary<long, BlockEntry> Model)>();
@@ -37,7 +40,7 @@ public sealed class MapTreeTests(ITestOutputHelper output)
         for (int step = 0; step < 200; step++)
         {
             long leafBase = LeafBases[rng.Next(LeafBases.Length)];
-            switch (rng.Next(7))
+            switch (rng.Next(9))
             {
                 case 0: // a sequential write: one run of consecutive physical blocks
                 case 1:
@@ -87,7 +90,27 @@ public sealed class MapTreeTests(ITestOutputHelper output)
                     if (rng.Next(2) == 0) frozen.Add((map.Snapshot(), new Dictionary<long, BlockEntry>(model)));
                     else map = map.CloneMutable();
                     break;
+                case 7: // a whole leaf written sequentially: one full run once packed
+                    for (int i = 0; i < Leaf; i++)
+                        Set(map, model, leafBase + i, BlockEntry.Mapped(nextPba + i, (uint)rng.Next()));
+                    nextPba += Leaf + rng.Next(3);
+                    if (rng.Next(2) == 0) map.PackAll(); // at once, while this tree owns the leaf's parent
+                    break;
+                case 8: // a whole leaf as open loads a full run into a leaf the map does not hold yet
+                {
+                    if (map.HasLeaf(leafBase)) break;
+                    var crcs = new byte[4 * Leaf];
+                    rng.NextBytes(crcs);
+                    runs.Clear();
+                    Assert.True(runs.TryAdd(0, 100, nextPba, crcs) && runs.TryAdd(100, Leaf - 100, nextPba + 100, crcs.AsSpan(400)));
+                    Assert.True(map.TrySetNewLeaf(leafBase, runs), $"seed {seed}, step {step}: a full run was not stored");
+                    for (int i = 0; i < Leaf; i++)
+                        model[leafBase + i] = BlockEntry.Mapped(nextPba + i, BitConverter.ToUInt32(crcs, 4 * i));
+                    nextPba += Leaf;
+                    break;
+                }
             }
+            mostRunLeaves = Math.Max(mostRunLeaves, map.CountLeafForms().FullRuns);
             Verify(map, model, $"seed {seed}, step {step}, current map");
             if (frozen.Count > 0)
             {
@@ -100,6 +123,91 @@ public sealed class MapTreeTests(ITestOutputHelper output)
         Verify(map, model, $"seed {seed}, after packing all");
         foreach (var (oldMap, oldModel) in frozen) Verify(oldMap, oldModel, $"seed {seed}, frozen version at the end");
         Assert.True(MapTree.LeavesPacked > packedBefore, "no leaf was ever packed: the packed form went untested");
+        Assert.True(MapTree.LeavesPackedAsRuns > runsPackedBefore, "no leaf was ever packed into a full run: that form went untested");
+        Assert.True(mostRunLeaves >= 1, "no full-run leaf was ever held: that form went untested");
+    }
+
+    [Fact]
+    public void Full_run_leaves_share_one_region_through_snapshots_overwrites_trims_and_clones()
+    {
+        // Every leaf of two regions loaded as full runs (open's form), a snapshot, then a block overwritten inside one,
+        // a range trimmed across two, a clone of the snapshot changed elsewhere: each version reads as its model.
+        var map = new MapTree();
+        var model = new Dictionary<long, BlockEntry>();
+        var runs = new MapTree.LeafRuns();
+        var crcs = new byte[4 * Leaf];
+        long loadedBefore = MapTree.RunLeavesLoaded;
+        for (long leafBase = 0; leafBase < 2 * Leaf * Leaf; leafBase += Leaf)
+        {
+            for (int i = 0; i < Leaf; i++) BitConverter.TryWriteBytes(crcs.AsSpan(4 * i), (uint)(leafBase + i) * 2654435761u);
+            runs.Clear();
+            long pba = 1000 + leafBase * 2; // a gap between leaves: runs are one leaf long
+            Assert.True(runs.TryAdd(0, Leaf, pba, crcs));
+            Assert.True(map.TrySetNewLeaf(leafBase, runs));
+            for (int i = 0; i < Leaf; i++) model[leafBase + i] = BlockEntry.Mapped(pba + i, (uint)(leafBase + i) * 2654435761u);
+        }
+        Assert.True(MapTree.RunLeavesLoaded - loadedBefore >= 2 * Leaf, $"{MapTree.RunLeavesLoaded - loadedBefore} full runs loaded");
+        Assert.Equal((0L, 2L * Leaf), map.CountLeafForms());
+        Assert.Equal(2L * Leaf * Leaf, map.MappedBlocks);
+
+        var snapModel = new Dictionary<long, BlockEntry>(model);
+        var snap = map.Snapshot();
+        Set(map, model, 5 * Leaf + 17, BlockEntry.Mapped(1L << 30, 7));
+        map.UnmapRange(9 * Leaf + 200, 10 * Leaf + 30);
+        for (long b = 9 * Leaf + 200; b < 10 * Leaf + 30; b++) model.Remove(b);
+        var clone = snap.CloneMutable();
+        var cloneModel = new Dictionary<long, BlockEntry>(snapModel);
+        Set(clone, cloneModel, Leaf * Leaf + 3, default);
+        cloneModel.Remove(Leaf * Leaf + 3);
+
+        // Only the leaves written became ordinary leaves; the rest still share the snapshot's run leaves.
+        Assert.Equal((3L, 2L * Leaf - 3), map.CountLeafForms());
+        Assert.Equal((0L, 2L * Leaf), snap.CountLeafForms());
+        Assert.Equal((1L, 2L * Leaf - 1), clone.CountLeafForms());
+        VerifyAll(map, model, "the volume");
+        VerifyAll(snap, snapModel, "the snapshot");
+        VerifyAll(clone, cloneModel, "the clone");
+        VerifyDiff(snap, snapModel, map, model, "snapshot to volume");
+        VerifyDiff(snap, snapModel, clone, cloneModel, "snapshot to clone");
+        VerifyDiff(map, model, clone, cloneModel, "volume to clone");
+
+        // Writing the changed leaves back to full runs and packing them returns them to the run form, in the volume only.
+        long packedBefore = MapTree.LeavesPackedAsRuns;
+        foreach (long leafBase in new long[] { 5 * Leaf, 9 * Leaf, 10 * Leaf })
+            for (int i = 0; i < Leaf; i++)
+                Set(map, model, leafBase + i, BlockEntry.Mapped((1L << 32) + leafBase + i, (uint)i));
+        map.PackAll();
+        Assert.True(MapTree.LeavesPackedAsRuns - packedBefore >= 3, "the rewritten leaves were not packed as full runs");
+        Assert.Equal((0L, 2L * Leaf), map.CountLeafForms());
+        VerifyAll(map, model, "the volume after packing");
+        VerifyAll(snap, snapModel, "the snapshot after the volume packed");
+        VerifyDiff(snap, snapModel, map, model, "snapshot to volume after packing");
+    }
+
+    // Every block of the model's range, read one at a time and in ranges, and the scans.
+    private static void VerifyAll(MapTree map, Dictionary<long, BlockEntry> model, string where)
+    {
+        Assert.True(model.Count == map.MappedBlocks, $"{where}: {map.MappedBlocks} mapped, the model has {model.Count}");
+        const int End = 2 * Leaf * Leaf + Leaf;
+        var entries = new BlockEntry[777]; // straddles leaves at every offset
+        for (long from = 0; from < End; from += entries.Length)
+        {
+            map.Get(from, entries);
+            for (int i = 0; i < entries.Length; i++)
+            {
+                var expected = model.GetValueOrDefault(from + i);
+                Assert.True(expected.Equals(entries[i]), $"{where}: block {from + i} reads {Show(entries[i])} in a range, expected {Show(expected)}");
+                Assert.True(expected.Equals(map.Get(from + i)), $"{where}: block {from + i} reads {Show(map.Get(from + i))}, expected {Show(expected)}");
+            }
+        }
+        var mapped = new List<long>();
+        for (long b = map.NextMapped(0, End); b >= 0; )
+        {
+            long end = map.NextUnmapped(b, End);
+            while (b < end) mapped.Add(b++);
+            b = map.NextMapped(end, End);
+        }
+        Assert.True(model.Keys.Order().SequenceEqual(mapped), $"{where}: the scans find {mapped.Count} mapped blocks, the model has {model.Count}");
     }
 
     [Fact]

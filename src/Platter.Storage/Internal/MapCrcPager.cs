@@ -3,24 +3,55 @@ using System.Buffers.Binary;
 namespace Platter.Storage.Internal;
 
 /// <summary>
+/// Holders of CRCs that <see cref="MapCrcPager"/> may drop and fetch again, one set of a leaf's CRCs per slot: a
+/// <see cref="PagedCrcs"/> holds one leaf's (one slot), the run leaves of a map region (decision 0018) up to 256.
+/// </summary>
+internal interface IPagedCrcs
+{
+    /// <summary>The CRCs of the leaf in <paramref name="slot"/> in slot order, or null while paged out.</summary>
+    uint[]? Values(int slot);
+
+    /// <summary>Sets (the pager, under its lock) or drops the CRCs of <paramref name="slot"/>.</summary>
+    void SetValues(int slot, uint[]? values);
+
+    /// <summary>The slot's second chance in the pager's clock (read since the hand last passed it).</summary>
+    bool Referenced(int slot);
+
+    void SetReferenced(int slot, bool referenced);
+
+    /// <summary>The layer whose records the slot's leaf was loaded from: the lookup looks there first.</summary>
+    long Layer(int slot);
+
+    /// <summary>First block of the slot's leaf.</summary>
+    long LeafBase(int slot);
+}
+
+/// <summary>
 /// The CRCs of one packed leaf loaded from the metadata store (decision 0013), shared by every copy of the leaf (path
 /// copies, snapshots, clones): the pager may drop them and fetch them again from the records they were loaded from.
 /// </summary>
-internal sealed class PagedCrcs(MapCrcPager pager, long layer, long leafBase, uint[] values)
+internal sealed class PagedCrcs(MapCrcPager pager, long layer, long leafBase, uint[] values) : IPagedCrcs
 {
     public readonly MapCrcPager Pager = pager;
 
     /// <summary>The layer whose records the leaf was loaded from: the lookup looks there first.</summary>
-    public readonly long Layer = layer;
+    public readonly long LoadLayer = layer;
 
     /// <summary>First block of the leaf.</summary>
-    public readonly long LeafBase = leafBase;
+    public readonly long First = leafBase;
 
     /// <summary>The CRCs of the leaf's mapped slots in slot order, or null while paged out. Written under the pager's lock, read without it.</summary>
-    public uint[]? Values = values;
+    public uint[]? Current = values;
 
     /// <summary>Read since the pager's clock last passed it (its second chance).</summary>
-    public bool Referenced;
+    public bool WasRead;
+
+    public uint[]? Values(int slot) => Volatile.Read(ref Current);
+    public void SetValues(int slot, uint[]? values) => Volatile.Write(ref Current, values);
+    public bool Referenced(int slot) => WasRead;
+    public void SetReferenced(int slot, bool referenced) => WasRead = referenced;
+    public long Layer(int slot) => LoadLayer;
+    public long LeafBase(int slot) => First;
 }
 
 /// <summary>
@@ -47,17 +78,19 @@ internal sealed class PagedCrcs(MapCrcPager pager, long layer, long leafBase, ui
 internal sealed class MapCrcPager(MetadataStore metadata, long budgetBytes)
 {
     private const int LeafBlocks = 256;
-    // What an array of CRCs costs besides its elements (object header, method table, length).
+    // What an array of CRCs costs besides its elements (object header, method table, length), and its place in the
+    // clock (a holder and a slot): the budget bounds the cache's bookkeeping too.
     private const int ArrayOverheadBytes = 24;
+    private const int QueueEntryBytes = 16;
 
     private readonly object _lock = new();
-    private readonly Queue<PagedCrcs> _resident = new();
+    private readonly Queue<(IPagedCrcs Holder, int Slot)> _resident = new();
     private long _bytes, _fetches, _evictions;
 
     /// <summary>Largest number of bytes the resident CRC arrays take (one leaf's may exceed it, so a read can always proceed).</summary>
     public long BudgetBytes => budgetBytes;
 
-    /// <summary>Bytes the resident CRC arrays take now.</summary>
+    /// <summary>Bytes the resident CRC arrays (and their places in the clock) take now.</summary>
     public long ResidentBytes => Interlocked.Read(ref _bytes);
 
     /// <summary>Leaves whose CRCs were fetched again from the metadata store (tests and benchmarks observe paging; not a timing).</summary>
@@ -69,49 +102,58 @@ internal sealed class MapCrcPager(MetadataStore metadata, long budgetBytes)
     /// <summary>The CRCs of <paramref name="paged"/>, fetched from the metadata store when they were dropped. <paramref name="runs"/>: the leaf's runs.</summary>
     public uint[] Crcs(PagedCrcs paged, ulong[] runs)
     {
-        var values = Volatile.Read(ref paged.Values);
-        if (values is null) return Fetch(paged, runs);
-        if (!paged.Referenced) paged.Referenced = true; // a plain write: a lost one only costs the leaf its second chance
+        var values = Volatile.Read(ref paged.Current);
+        if (values is null) return Fetch(paged, 0, runs);
+        if (!paged.WasRead) paged.WasRead = true; // a plain write: a lost one only costs the leaf its second chance
+        return values;
+    }
+
+    /// <summary>The CRCs of the leaf in <paramref name="slot"/> of <paramref name="holder"/>, fetched when they were dropped. <paramref name="runs"/>: the leaf's runs.</summary>
+    public uint[] Crcs(IPagedCrcs holder, int slot, ulong[] runs)
+    {
+        var values = holder.Values(slot);
+        if (values is null) return Fetch(holder, slot, runs);
+        if (!holder.Referenced(slot)) holder.SetReferenced(slot, true);
         return values;
     }
 
     /// <summary>Takes in a leaf whose CRCs were just loaded, dropping others' CRCs past the budget.</summary>
-    public void Admit(PagedCrcs paged)
+    public void Admit(IPagedCrcs holder, int slot = 0)
     {
-        lock (_lock) AdmitLocked(paged);
+        lock (_lock) AdmitLocked(holder, slot);
     }
 
-    private void AdmitLocked(PagedCrcs paged)
+    private void AdmitLocked(IPagedCrcs holder, int slot)
     {
-        long size = Bytes(paged.Values!);
+        long size = Bytes(holder.Values(slot)!);
         while (_bytes + size > budgetBytes && _resident.TryDequeue(out var oldest))
         {
-            if (oldest.Referenced)
+            if (oldest.Holder.Referenced(oldest.Slot))
             {
-                oldest.Referenced = false;
+                oldest.Holder.SetReferenced(oldest.Slot, false);
                 _resident.Enqueue(oldest);
                 continue;
             }
-            _bytes -= Bytes(oldest.Values!);
-            Volatile.Write(ref oldest.Values, null);
+            _bytes -= Bytes(oldest.Holder.Values(oldest.Slot)!);
+            oldest.Holder.SetValues(oldest.Slot, null);
             _evictions++;
         }
-        _resident.Enqueue(paged);
+        _resident.Enqueue((holder, slot));
         _bytes += size;
     }
 
-    private static long Bytes(uint[] values) => ArrayOverheadBytes + 4L * values.Length;
+    private static long Bytes(uint[] values) => ArrayOverheadBytes + QueueEntryBytes + 4L * values.Length;
 
-    private uint[] Fetch(PagedCrcs paged, ulong[] runs)
+    private uint[] Fetch(IPagedCrcs holder, int slot, ulong[] runs)
     {
-        var values = Lookup(paged, runs);
+        var values = Lookup(holder.Layer(slot), holder.LeafBase(slot), runs);
         lock (_lock)
         {
             // Another reader may have fetched them meanwhile: keep one copy.
-            if (paged.Values is { } other) return other;
-            Volatile.Write(ref paged.Values, values);
-            paged.Referenced = false; // earned by a second read: a one-off scan (relocator, scrub) must not push out the leaves in use
-            AdmitLocked(paged);
+            if (holder.Values(slot) is { } other) return other;
+            holder.SetValues(slot, values);
+            holder.SetReferenced(slot, false); // earned by a second read: a one-off scan (relocator, scrub) must not push out the leaves in use
+            AdmitLocked(holder, slot);
             _fetches++;
         }
         return values;
@@ -119,19 +161,19 @@ internal sealed class MapCrcPager(MetadataStore metadata, long budgetBytes)
 
     // Finds the CRC of every slot the runs map in the records LMDB holds (see the class comment for why any record
     // mapping the slot's block to the slot's physical block will do).
-    private uint[] Lookup(PagedCrcs paged, ulong[] runs)
+    private uint[] Lookup(long loadLayer, long leafBase, ulong[] runs)
     {
-        var slots = new Slots(paged.LeafBase, runs);
+        var slots = new Slots(leafBase, runs);
         using (var view = metadata.OpenLookupView())
         {
-            slots.Search(view, paged.Layer);
+            slots.Search(view, loadLayer);
             for (long layer = view.NextLayer(1); slots.Missing > 0 && layer > 0; layer = layer == long.MaxValue ? -1 : view.NextLayer(layer + 1))
-                if (layer != paged.Layer) slots.Search(view, layer);
+                if (layer != loadLayer) slots.Search(view, layer);
         }
         if (slots.Missing > 0)
             throw new StorageException(StorageError.IoError,
-                $"the metadata store holds no record of blocks {paged.LeafBase}..{paged.LeafBase + LeafBlocks - 1} as the map has them " +
-                $"({slots.Missing} of {slots.Values.Length} checksums not found; layer {paged.Layer}); run `platter check`");
+                $"the metadata store holds no record of blocks {leafBase}..{leafBase + LeafBlocks - 1} as the map has them " +
+                $"({slots.Missing} of {slots.Values.Length} checksums not found; layer {loadLayer}); run `platter check`");
         return slots.Values;
     }
 

@@ -39,6 +39,15 @@ internal delegate bool MapDiffUntilVisitor(long block, BlockEntry older, BlockEn
 /// than <see cref="EngineLimits.DenseLeavesPerMapMax"/> are dense, so the dense (fast to change) part is bounded per
 /// volume whatever its size. The two forms hold the same content: readers never see the difference.
 /// </para>
+/// <para>
+/// A leaf that is one run of 256 blocks (1 MiB at consecutive physical blocks: what sequential writes make) is kept
+/// above the leaf level (decision 0018): the interior slot that would point to it points instead to a
+/// <see cref="RunLeaves"/> node shared by the full-run leaves of that interior, which holds each one's first physical
+/// block and CRCs (paged like a packed leaf's, decision 0013, when they were loaded at open). Such a leaf costs about
+/// 26 bytes of RAM besides its CRCs instead of ~150, and no object of its own. A write into it turns it into an
+/// ordinary leaf of the writer's tree; open loads full-run leaves in this form, and a dense leaf that packs into one
+/// full run takes it when its parent belongs to the tree packing it.
+/// </para>
 /// Not thread-safe: the owner of a mutable tree guards it; a frozen tree is immutable and may be read freely.
 /// </summary>
 internal sealed class MapTree
@@ -53,6 +62,9 @@ internal sealed class MapTree
     private const long PackedPbaLimit = 1L << (64 - PbaShift);
     // A packed leaf is kept only when it is smaller than the dense one (words: count + runs + CRCs two per word).
     private const int DenseLeafBytes = Fanout * 12;
+    // A packed leaf loaded at open pages its CRCs only when it maps at least this many blocks: paging costs a holder,
+    // its array's header and a place in the pager's clock (~96 bytes), more than the CRCs of a few scattered blocks.
+    private const int PagedLeafMinBlocks = 64;
 
     // Slots live inline in the node object, so each level of a lookup is one dependent load, not two.
     [InlineArray(Fanout)]
@@ -78,8 +90,60 @@ internal sealed class MapTree
     {
         public ChildSlots Children;
 
-        public override Node CopyFor(object owner) => new Interior(owner) { Children = Children, Count = Count };
+        // Level 1 only: the run leaves new full-run children of this node take a slot in (copies share it).
+        public RunLeaves? Runs;
+
+        public override Node CopyFor(object owner) => new Interior(owner) { Children = Children, Count = Count, Runs = Runs };
     }
+
+    /// <summary>
+    /// The full-run leaves of one level-1 region (256 leaves, 65,536 blocks; decision 0018), each in the slot of its
+    /// position, so a child slot of an interior pointing here means "leaf i of this region is 256 blocks at physical
+    /// block <c>PbaPlusOne[i] - 1</c>". Shared by every tree whose interior points to it (snapshots, clones, path
+    /// copies). A slot is set once, claimed by a compare-and-swap, before any interior points to it, and never changes
+    /// after (a tree that writes into such a leaf replaces its pointer with an ordinary leaf); only the CRCs of a slot
+    /// loaded from the metadata store come and go with the pager. Never owned by a tree: a change always copies.
+    /// </summary>
+    private sealed class RunLeaves(long regionBase, MapCrcPager? pager) : Node(s_noOwner), IPagedCrcs
+    {
+        public readonly long RegionBase = regionBase;
+        public readonly MapCrcPager? Pager = pager;
+        public readonly long[] PbaPlusOne = new long[Fanout];
+        // The 256 CRCs of each slot's leaf (null while paged out), and the layer they were loaded from (0: not paged,
+        // kept in memory: a leaf made by a write, whose records may be only in the journal).
+        private readonly uint[]?[] _crcs = new uint[]?[Fanout];
+        private readonly long[] _layers = new long[Fanout];
+        private readonly bool[] _referenced = new bool[Fanout];
+
+        public override Node CopyFor(object owner) => throw new InvalidOperationException("run leaves are never copied");
+
+        /// <summary>Claims a free slot and fills it; false when it is taken (by this tree or another sharing it).</summary>
+        public bool TryFill(int slot, long pba, uint[] crcs, long layer)
+        {
+            if (Interlocked.CompareExchange(ref PbaPlusOne[slot], pba + 1, 0) != 0) return false;
+            _layers[slot] = layer;
+            Volatile.Write(ref _crcs[slot], crcs);
+            return true;
+        }
+
+        /// <summary>The 256 CRCs of the slot's leaf, fetched from the metadata store when the pager dropped them.</summary>
+        public uint[] Crcs(int slot)
+        {
+            var values = Volatile.Read(ref _crcs[slot]);
+            if (values is null) return Pager!.Crcs(this, slot, [1, RunWord(0, Fanout, PbaPlusOne[slot] - 1)]);
+            if (_layers[slot] != 0 && !_referenced[slot]) _referenced[slot] = true;
+            return values;
+        }
+
+        public uint[]? Values(int slot) => Volatile.Read(ref _crcs[slot]);
+        public void SetValues(int slot, uint[]? values) => Volatile.Write(ref _crcs[slot], values);
+        public bool Referenced(int slot) => _referenced[slot];
+        public void SetReferenced(int slot, bool referenced) => _referenced[slot] = referenced;
+        public long Layer(int slot) => _layers[slot];
+        public long LeafBase(int slot) => RegionBase + (long)slot * Fanout;
+    }
+
+    private static readonly object s_noOwner = new();
 
     private sealed class DenseEntries
     {
@@ -111,9 +175,15 @@ internal sealed class MapTree
         }
     }
 
-    // The level says which kind a node is (0 = leaf), so casts need no type check.
+    // The level says which kind a node is (0 = a leaf or run leaves), so casts need no type check above level 0.
     private static Interior AsInterior(Node node) => Unsafe.As<Interior>(node);
     private static Leaf AsLeaf(Node node) => Unsafe.As<Leaf>(node);
+    private static RunLeaves AsRuns(Node node) => Unsafe.As<RunLeaves>(node);
+
+    // The slot of a leaf among its level-1 region's 256 (where run leaves keep it).
+    private static int RegionSlot(long block) => (int)((block >> LevelBits) & (Fanout - 1));
+
+    internal static ulong RunWord(int start, int length, long pba) => (uint)start | ((ulong)(length - 1) << 8) | ((ulong)pba << PbaShift);
 
     [InlineArray(InteriorLevels + 1)]
     private struct NodePath
@@ -124,9 +194,9 @@ internal sealed class MapTree
     private Node? _root;
     private object? _owner; // null: frozen
 
-    // Leaves this tree unpacked (or created dense), oldest first; packed again past DenseLeavesPerMapMax. Only a
-    // mutable tree has one.
-    private Queue<Leaf>? _denseLeaves;
+    // Leaves this tree unpacked (or created dense) with their first blocks, oldest first; packed again past
+    // DenseLeavesPerMapMax. Only a mutable tree has one.
+    private Queue<(Leaf Leaf, long Base)>? _denseLeaves;
 
     private MapTree(Node? root, long mapped, bool frozen)
     {
@@ -144,6 +214,34 @@ internal sealed class MapTree
     /// <summary>Leaves packed so far by any map (a test observes that packing happened; not a timing).</summary>
     public static long LeavesPacked => Interlocked.Read(ref s_leavesPacked);
     private static long s_leavesPacked;
+
+    /// <summary>Leaves packed into run leaves so far by any map (part of <see cref="LeavesPacked"/>; tests observe it).</summary>
+    public static long LeavesPackedAsRuns => Interlocked.Read(ref s_leavesPackedAsRuns);
+    private static long s_leavesPackedAsRuns;
+
+    /// <summary>Full-run leaves stored as run leaves by <see cref="TrySetNewLeaf"/> so far (open's loader; tests observe it).</summary>
+    public static long RunLeavesLoaded => Interlocked.Read(ref s_runLeavesLoaded);
+    private static long s_runLeavesLoaded;
+
+    /// <summary>This version's leaves by form: ordinary ones, and full runs kept in run leaves (tests observe forms).</summary>
+    public (long Leaves, long FullRuns) CountLeafForms()
+    {
+        long leaves = 0, runs = 0;
+        Count(_root, InteriorLevels);
+        return (leaves, runs);
+
+        void Count(Node? node, int level)
+        {
+            if (node is null) return;
+            if (level == 0)
+            {
+                if (node is Leaf) leaves++;
+                else runs++;
+                return;
+            }
+            for (int i = 0; i < Fanout; i++) Count(AsInterior(node).Children[i], level - 1);
+        }
+    }
 
     /// <summary>
     /// Returns a frozen version holding the current content, in O(1). This tree stays mutable but no longer owns its
@@ -164,11 +262,29 @@ internal sealed class MapTree
 
     public BlockEntry Get(long block)
     {
-        var leaf = FindLeaf(block);
-        if (leaf is null) return default;
+        var node = FindLeaf(block);
+        if (node is null) return default;
         int slot = (int)(block & (Fanout - 1));
+        if (node is not Leaf leaf) return RunGet(AsRuns(node), block);
         var dense = Volatile.Read(ref leaf.Dense);
         return dense is not null ? dense.Entries[slot] : PackedGet(leaf, slot);
+    }
+
+    private static BlockEntry RunGet(RunLeaves runs, long block)
+    {
+        int region = RegionSlot(block), slot = (int)(block & (Fanout - 1));
+        return BlockEntry.Mapped(runs.PbaPlusOne[region] - 1 + slot, runs.Crcs(region)[slot]);
+    }
+
+    // Writes the entries of slots [from, from + destination.Length) of the full-run leaf holding `block`; without
+    // `crcs`, the CRCs are left 0 (see Unpack).
+    private static void RunUnpack(RunLeaves runs, long block, int from, Span<BlockEntry> destination, bool crcs)
+    {
+        int region = RegionSlot(block);
+        long pba = runs.PbaPlusOne[region] - 1 + from;
+        var values = crcs ? runs.Crcs(region) : null;
+        for (int i = 0; i < destination.Length; i++)
+            destination[i] = BlockEntry.Mapped(pba + i, values is null ? 0 : values[from + i]);
     }
 
     /// <summary>Copies the entries of <paramref name="destination"/>.Length blocks starting at <paramref name="firstBlock"/>.</summary>
@@ -180,20 +296,22 @@ internal sealed class MapTree
             long block = firstBlock + done;
             int inLeaf = (int)(block & (Fanout - 1));
             int n = Math.Min(Fanout - inLeaf, destination.Length - done);
-            var leaf = FindLeaf(block);
-            if (leaf is null) destination.Slice(done, n).Clear();
+            var node = FindLeaf(block);
+            if (node is null) destination.Slice(done, n).Clear();
+            else if (node is not Leaf leaf) RunUnpack(AsRuns(node), block, inLeaf, destination.Slice(done, n), crcs: true);
             else if (Volatile.Read(ref leaf.Dense) is { } dense) ((ReadOnlySpan<BlockEntry>)dense.Entries).Slice(inLeaf, n).CopyTo(destination.Slice(done, n));
             else Unpack(leaf, inLeaf, destination.Slice(done, n), crcs: true);
             done += n;
         }
     }
 
-    private Leaf? FindLeaf(long block)
+    // The leaf level's node for `block`: a Leaf, or the RunLeaves holding its leaf as a full run.
+    private Node? FindLeaf(long block)
     {
         var node = _root;
         for (int level = InteriorLevels; level > 0 && node is not null; level--)
             node = AsInterior(node).Children[(int)((block >> (level * LevelBits)) & (Fanout - 1))];
-        return node is null ? null : AsLeaf(node);
+        return node;
     }
 
     /// <summary>Sets one block and returns what was there before.</summary>
@@ -208,7 +326,7 @@ internal sealed class MapTree
         WalkDown(owner, block, slots, ref path);
 
         var leafNode = AsLeaf(path[0]);
-        var dense = leafNode.Dense ?? Unpack(leafNode);
+        var dense = leafNode.Dense ?? Unpack(leafNode, block & ~(long)(Fanout - 1));
         ref var target = ref dense.Entries[(int)(block & (Fanout - 1))];
         var old = target;
         target = entry;
@@ -219,28 +337,38 @@ internal sealed class MapTree
         return old;
     }
 
-    // Walks down to the leaf of `block`, copying every node this tree does not own (path copy) and creating missing
-    // ones; a created leaf is empty, dense (for Set) or with no form yet (for SetLeaf, which gives it one).
-    private void WalkDown(object owner, long block, Span<int> slots, ref NodePath path, bool createDense = true)
+    // Walks down to the leaf of `block` (or to its level-1 interior when `toLevel` is 1), copying every node this tree
+    // does not own (path copy) and creating missing ones; a created leaf is empty, dense (for Set) or with no form yet
+    // (for SetLeaf, which gives it one). A full-run leaf (RunLeaves) becomes an ordinary dense leaf of this tree.
+    private void WalkDown(object owner, long block, Span<int> slots, ref NodePath path, bool createDense = true, int toLevel = 0)
     {
         ref Node? link = ref _root;
-        for (int level = InteriorLevels; level >= 0; level--)
+        long leafBase = block & ~(long)(Fanout - 1);
+        for (int level = InteriorLevels; level >= toLevel; level--)
         {
             var node = link;
             if (node is null)
             {
-                node = level != 0 ? new Interior(owner) : createDense ? NewDenseLeaf(owner) : new Leaf(owner);
+                node = level != 0 ? new Interior(owner) : createDense ? NewDenseLeaf(owner, leafBase) : new Leaf(owner);
                 link = node;
                 if (level < InteriorLevels) path[level + 1].Count++;
+            }
+            else if (level == 0 && node is RunLeaves runs)
+            {
+                var leaf = new Leaf(owner) { Count = Fanout, Dense = new DenseEntries() };
+                RunUnpack(runs, block, 0, leaf.Dense.Entries, crcs: true);
+                node = leaf;
+                link = node;
+                NoteDense(leaf, leafBase);
             }
             else if (!ReferenceEquals(node.Owner, owner))
             {
                 node = node.CopyFor(owner);
                 link = node;
-                if (level == 0 && AsLeaf(node).Dense is not null) NoteDense(AsLeaf(node));
+                if (level == 0 && AsLeaf(node).Dense is not null) NoteDense(AsLeaf(node), leafBase);
             }
             path[level] = node;
-            if (level == 0) break;
+            if (level == toLevel) break;
             int slot = (int)((block >> (level * LevelBits)) & (Fanout - 1));
             slots[level - 1] = slot;
             link = ref AsInterior(node).Children[slot];
@@ -258,37 +386,37 @@ internal sealed class MapTree
         if (path[InteriorLevels].Count == 0) _root = null;
     }
 
-    private Leaf NewDenseLeaf(object owner)
+    private Leaf NewDenseLeaf(object owner, long leafBase)
     {
         var leaf = new Leaf(owner) { Dense = new DenseEntries() };
-        NoteDense(leaf);
+        NoteDense(leaf, leafBase);
         return leaf;
     }
 
     // Turns an owned packed leaf into its dense form (the owner holds the tree's lock, so no reader looks at it).
-    private DenseEntries Unpack(Leaf leaf)
+    private DenseEntries Unpack(Leaf leaf, long leafBase)
     {
         var dense = new DenseEntries();
         Unpack(leaf, 0, dense.Entries, crcs: true);
         leaf.Dense = dense;
         leaf.Packed = null;
         leaf.Paged = null; // the dense entries hold the CRCs now; a copy sharing the paged ones keeps them
-        NoteDense(leaf);
+        NoteDense(leaf, leafBase);
         return dense;
     }
 
     // Remembers a dense leaf of this tree; past the limit, packs the one made dense longest ago. That leaf may since
     // have been frozen by a snapshot (then unlocked readers may look at it: see Leaf) or dropped (packing it is wasted
     // but harmless); it is never a leaf another mutable tree owns.
-    private void NoteDense(Leaf leaf)
+    private void NoteDense(Leaf leaf, long leafBase)
     {
-        var queue = _denseLeaves ??= new Queue<Leaf>();
-        queue.Enqueue(leaf);
+        var queue = _denseLeaves ??= new Queue<(Leaf, long)>();
+        queue.Enqueue((leaf, leafBase));
         while (queue.Count > EngineLimits.DenseLeavesPerMapMax)
         {
             // A leaf unpacked again is queued twice: never pack the one the caller is about to change.
             var oldest = queue.Dequeue();
-            if (!ReferenceEquals(oldest, leaf)) TryPack(oldest);
+            if (!ReferenceEquals(oldest.Leaf, leaf)) TryPack(oldest.Leaf, oldest.Base);
         }
     }
 
@@ -296,18 +424,79 @@ internal sealed class MapTree
     public void PackAll()
     {
         if (_denseLeaves is null) return;
-        while (_denseLeaves.Count > 0) TryPack(_denseLeaves.Dequeue());
+        while (_denseLeaves.Count > 0)
+        {
+            var (leaf, leafBase) = _denseLeaves.Dequeue();
+            TryPack(leaf, leafBase);
+        }
     }
 
-    private static void TryPack(Leaf leaf)
+    private void TryPack(Leaf leaf, long leafBase)
     {
         var dense = leaf.Dense;
         if (dense is null) return;
+        if (TryPackAsRun(leaf, leafBase, dense.Entries))
+        {
+            Interlocked.Increment(ref s_leavesPackedAsRuns);
+            // A leaf a snapshot shares stays in its tree: pack it there too (the tree packing owns it otherwise, and
+            // just dropped it).
+            if (ReferenceEquals(leaf.Owner, _owner))
+            {
+                Interlocked.Increment(ref s_leavesPacked);
+                return;
+            }
+        }
         var packed = Pack(dense.Entries);
         if (packed is null) return;
         Volatile.Write(ref leaf.Packed, packed);
         Volatile.Write(ref leaf.Dense, null);
         Interlocked.Increment(ref s_leavesPacked);
+    }
+
+    // A dense leaf that is one full run moves to its region's run leaves when this tree owns its parent (then no frozen
+    // tree, hence no unlocked reader, can see the parent) and still holds the leaf there. The leaf's CRCs stay in memory
+    // (not paged: its records may be only in the journal).
+    private bool TryPackAsRun(Leaf leaf, long leafBase, ReadOnlySpan<BlockEntry> entries)
+    {
+        var owner = _owner;
+        if (owner is null || !IsFullRun(entries)) return false;
+        var node = _root;
+        for (int level = InteriorLevels; level > 1 && node is not null; level--)
+            node = AsInterior(node).Children[(int)((leafBase >> (level * LevelBits)) & (Fanout - 1))];
+        if (node is null || !ReferenceEquals(node.Owner, owner)) return false;
+        var parent = AsInterior(node);
+        int region = RegionSlot(leafBase);
+        if (!ReferenceEquals(parent.Children[region], leaf)) return false;
+        var crcs = new uint[Fanout];
+        for (int i = 0; i < Fanout; i++) crcs[i] = entries[i].Crc;
+        parent.Children[region] = ClaimRun(parent, leafBase, entries[0].Pba, crcs, pager: null, layer: 0);
+        return true;
+    }
+
+    // Fills the slot of `leafBase` in the interior's run leaves (new ones when it has none, they page differently, or
+    // the slot is taken) and returns them, for the caller to point the interior's slot at.
+    private static RunLeaves ClaimRun(Interior parent, long leafBase, long pba, uint[] crcs, MapCrcPager? pager, long layer)
+    {
+        int region = RegionSlot(leafBase);
+        var runs = parent.Runs;
+        if (runs is null || (layer != 0 && !ReferenceEquals(runs.Pager, pager)) || !runs.TryFill(region, pba, crcs, layer))
+        {
+            runs = new RunLeaves(leafBase & ~((long)Fanout * Fanout - 1), pager);
+            runs.TryFill(region, pba, crcs, layer);
+            parent.Runs = runs;
+        }
+        if (layer != 0) pager!.Admit(runs, region);
+        return runs;
+    }
+
+    // True when all 256 entries are mapped to consecutive physical blocks (one run).
+    private static bool IsFullRun(ReadOnlySpan<BlockEntry> entries)
+    {
+        long first = entries[0].PbaPlusOne;
+        if (first == 0 || (ulong)(first - 1 + Fanout) > PackedPbaLimit) return false;
+        for (int i = 1; i < Fanout; i++)
+            if (entries[i].PbaPlusOne != first + i) return false;
+        return true;
     }
 
     // The packed form of 256 entries, or null when it would not be smaller than the dense one (or a block is beyond
@@ -409,12 +598,13 @@ internal sealed class MapTree
         }
     }
 
-    // The entries of a leaf as one span: the dense entries themselves, or the packed ones unpacked into `scratch`.
-    // Without `crcs` the CRCs of a packed leaf may read as 0 (see Unpack).
-    private static ReadOnlySpan<BlockEntry> EntriesOf(Leaf leaf, Span<BlockEntry> scratch, bool crcs = true)
+    // The entries of a leaf-level node (at `leafBase`) as one span: the dense entries themselves, or the packed (or
+    // full-run) ones unpacked into `scratch`. Without `crcs` the CRCs of a packed or full-run leaf may read as 0.
+    private static ReadOnlySpan<BlockEntry> EntriesOf(Node node, long leafBase, Span<BlockEntry> scratch, bool crcs = true)
     {
-        if (Volatile.Read(ref leaf.Dense) is { } dense) return dense.Entries;
-        Unpack(leaf, 0, scratch, crcs);
+        if (node is not Leaf leaf) RunUnpack(AsRuns(node), leafBase, 0, scratch, crcs);
+        else if (Volatile.Read(ref leaf.Dense) is { } dense) return dense.Entries;
+        else Unpack(leaf, 0, scratch, crcs);
         return scratch;
     }
 
@@ -489,6 +679,9 @@ internal sealed class MapTree
 
         internal uint[] Crcs() => _crcs.AsSpan(0, _mapped).ToArray();
 
+        // The first physical block when the leaf is one run of all 256 blocks, else null.
+        internal long? FullRunPba => _runCount == 1 && _mapped == Fanout ? RunPba(_runs[0]) : null;
+
         internal int Mapped => _mapped;
     }
 
@@ -498,7 +691,8 @@ internal sealed class MapTree
     /// <see cref="SetLeaf"/> with the entries does it). The result is what <see cref="SetLeaf"/> would store.
     /// <para>
     /// With a <paramref name="pager"/>, the runs came from the records of <paramref name="layer"/> as the metadata store
-    /// holds them, so the pager may drop the leaf's CRCs and fetch them again from those records (decision 0013).
+    /// holds them, so the pager may drop the leaf's CRCs and fetch them again from those records (decision 0013), when
+    /// the leaf maps enough blocks for that to save memory (a full run always does: decision 0018).
     /// </para>
     /// </summary>
     public bool TrySetNewLeaf(long leafBase, LeafRuns runs, MapCrcPager? pager = null, long layer = 0)
@@ -509,11 +703,21 @@ internal sealed class MapTree
         if (runs.Mapped == 0 || FindLeaf(leafBase) is not null || !runs.PacksSmaller) return false;
         Span<int> slots = stackalloc int[InteriorLevels];
         var path = new NodePath();
+        if (runs.FullRunPba is long pba)
+        {
+            WalkDown(owner, leafBase, slots, ref path, toLevel: 1);
+            var parent = AsInterior(path[1]);
+            parent.Children[RegionSlot(leafBase)] = ClaimRun(parent, leafBase, pba, runs.Crcs(), pager, pager is null ? 0 : layer);
+            parent.Count++;
+            MappedBlocks += Fanout;
+            Interlocked.Increment(ref s_runLeavesLoaded);
+            return true;
+        }
         WalkDown(owner, leafBase, slots, ref path, createDense: false);
         var leaf = AsLeaf(path[0]);
         MappedBlocks += runs.Mapped;
         leaf.Count = runs.Mapped;
-        if (pager is null) leaf.Packed = runs.Pack();
+        if (pager is null || runs.Mapped < PagedLeafMinBlocks) leaf.Packed = runs.Pack();
         else
         {
             leaf.Packed = runs.PackRuns();
@@ -568,7 +772,12 @@ internal sealed class MapTree
     private static long NextMapped(Node? node, int level, long nodeBase, long from, long limit)
     {
         if (node is null) return -1;
-        if (level == 0) return NextMappedInLeaf(AsLeaf(node), nodeBase, from, limit);
+        if (level == 0)
+        {
+            if (node is Leaf leaf) return NextMappedInLeaf(leaf, nodeBase, from, limit);
+            long found = Math.Max(nodeBase, from); // a full-run leaf maps every block
+            return found < limit ? found : -1;
+        }
         int shift = level * LevelBits;
         long span = 1L << shift;
         int first = from <= nodeBase ? 0 : (int)((from - nodeBase) >> shift);
@@ -612,11 +821,12 @@ internal sealed class MapTree
     {
         while (block < limit)
         {
-            var leaf = FindLeaf(block);
-            if (leaf is null) return block;
+            var node = FindLeaf(block);
+            if (node is null) return block;
             long leafBase = block & ~(long)(Fanout - 1);
             int slot = (int)(block - leafBase);
-            if (Volatile.Read(ref leaf.Dense) is { } dense)
+            if (node is not Leaf leaf) { } // a full-run leaf maps every block
+            else if (Volatile.Read(ref leaf.Dense) is { } dense)
             {
                 for (; slot < Fanout; slot++)
                 {
@@ -694,20 +904,30 @@ internal sealed class MapTree
                 WalkAdded(a is null ? null : AsInterior(a).Children[i], AsInterior(b).Children[i], level - 1, nodeBase + i * span, visitor);
             return;
         }
-        var leafB = AsLeaf(b);
-        if (a is null && Volatile.Read(ref leafB.Dense) is null)
+        if (b is not Leaf leafB)
         {
-            var packed = leafB.Packed!;
-            for (int r = 0; r < (int)packed[0]; r++)
-                visitor(nodeBase + RunStart(packed[1 + r]), RunPba(packed[1 + r]), RunLength(packed[1 + r]));
-            return;
+            if (a is null)
+            {
+                visitor(nodeBase, AsRuns(b).PbaPlusOne[RegionSlot(nodeBase)] - 1, Fanout);
+                return;
+            }
         }
-        if (a is not null && AsLeaf(a).Packed is { } pa && ReferenceEquals(pa, leafB.Packed)) return;
+        else
+        {
+            if (a is null && Volatile.Read(ref leafB.Dense) is null)
+            {
+                var packed = leafB.Packed!;
+                for (int r = 0; r < (int)packed[0]; r++)
+                    visitor(nodeBase + RunStart(packed[1 + r]), RunPba(packed[1 + r]), RunLength(packed[1 + r]));
+                return;
+            }
+            if (SharePacked(a, b)) return;
+        }
         Span<BlockEntry> scratchA = stackalloc BlockEntry[Fanout];
         Span<BlockEntry> scratchB = stackalloc BlockEntry[Fanout];
         if (a is null) scratchA.Clear();
-        var ea = a is null ? scratchA : EntriesOf(AsLeaf(a), scratchA, crcs: false);
-        var eb = EntriesOf(leafB, scratchB, crcs: false);
+        var ea = a is null ? scratchA : EntriesOf(a, nodeBase, scratchA, crcs: false);
+        var eb = EntriesOf(b, nodeBase, scratchB, crcs: false);
         int runStart = -1;
         for (int i = 0; i <= Fanout; i++)
         {
@@ -725,7 +945,7 @@ internal sealed class MapTree
     private static bool Walk(Node? a, Node? b, int level, long nodeBase, long from, long to, MapDiffUntilVisitor visitor)
     {
         if (ReferenceEquals(a, b)) return true;
-        if (level == 0) return WalkLeaves(a is null ? null : AsLeaf(a), b is null ? null : AsLeaf(b), nodeBase, from, to, visitor);
+        if (level == 0) return WalkLeaves(a, b, nodeBase, from, to, visitor);
         int shift = level * LevelBits;
         long span = 1L << shift;
         int first = from <= nodeBase ? 0 : (int)((from - nodeBase) >> shift);
@@ -739,16 +959,19 @@ internal sealed class MapTree
         return true;
     }
 
-    private static bool WalkLeaves(Leaf? a, Leaf? b, long leafBase, long from, long to, MapDiffUntilVisitor visitor)
+    // Copies of a packed leaf share its array: the same content.
+    private static bool SharePacked(Node? a, Node? b) =>
+        a is Leaf la && b is Leaf lb && la.Packed is { } pa && ReferenceEquals(pa, lb.Packed);
+
+    private static bool WalkLeaves(Node? a, Node? b, long leafBase, long from, long to, MapDiffUntilVisitor visitor)
     {
-        // Copies of a packed leaf share its array: the same content.
-        if (a is not null && b is not null && a.Packed is { } pa && ReferenceEquals(pa, b.Packed)) return true;
+        if (SharePacked(a, b)) return true;
         Span<BlockEntry> scratchA = stackalloc BlockEntry[Fanout];
         Span<BlockEntry> scratchB = stackalloc BlockEntry[Fanout];
         if (a is null) scratchA.Clear();
         if (b is null) scratchB.Clear();
-        var ea = a is null ? scratchA : EntriesOf(a, scratchA);
-        var eb = b is null ? scratchB : EntriesOf(b, scratchB);
+        var ea = a is null ? scratchA : EntriesOf(a, leafBase, scratchA);
+        var eb = b is null ? scratchB : EntriesOf(b, leafBase, scratchB);
         int first = from <= leafBase ? 0 : (int)(from - leafBase);
         for (int i = first; i < Fanout; i++)
         {
