@@ -9,7 +9,7 @@
 #     drain alone: the dirty bytes left when the writer stops over the time until the log is empty (the log's own
 #     write-back rate of sequential data, when the writer outran it);
 # the Ceph daemons' CPU (monitor and OSDs, from /proc) over the sequential phase, and over 5 s after it (the OSDs
-# trim snapshots in the background after a write-back point is removed, decision 0017);
+# trim snapshots in the background: branch epochs, decision 0017 there);
 # and once per round fio's rbd engine on the same cluster with librbd's cache off (as Platter's): 4 KiB random writes
 # at depth 1 and 32, 4 MiB sequential writes at depth 1 and 16 (the backend's own rates).
 #
