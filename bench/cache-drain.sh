@@ -48,20 +48,13 @@ bench_cluster "$work"
 prefix=dbench-$$
 rbd create --size "${size_mib}M" "rbd/$prefix-fio"
 
-# Through the API socket with curl: the CLI's start-up would cost more CPU than the drain it samples.
-status() { curl -s --unix-socket "$work/api.sock" "http://platter/v1/volumes/$1" | python3 -c 'import json,sys; c=json.load(sys.stdin)["cache"]; print(c["dirtyBytes"], c["lagRecords"])'; }
-# wait_drained VOLUME: samples every 0.5 s until the log is empty; prints "records-at-start seconds"
+# The cache's status through the API socket (bench/lib.sh): the CLI's start-up would cost more CPU than the drain.
+status() { bench_cache_status "$work/api.sock" "$1"; }
+# wait_drained VOLUME: samples every 20 ms until the log is empty; prints "records-at-start seconds"
 wait_drained() {
-  local t0 r0 d r t
-  t0=$(date +%s.%N)
-  read -r _ r0 <<<"$(status "$1")"
-  while true; do
-    read -r d r <<<"$(status "$1")"
-    t=$(date +%s.%N)
-    ((d == 0 && r == 0)) && break
-    sleep 0.5
-  done
-  python3 -c "print($r0, f'{$t-$t0:.2f}')"
+  local r0 s
+  read -r _ r0 s <<<"$(bench_wait_drained "$work/api.sock" "$1")"
+  echo "$r0 $s"
 }
 
 # ceph_cpu: CPU seconds the cluster's daemons (the pids in DIR/run) have used so far

@@ -284,20 +284,11 @@ fi
 # sampled until they reach zero, with no other I/O running: records/s and MB/s written back. Against fio's rbd engine
 # on the same cluster, librbd's cache off: 4 KiB random writes at depth 1 (write-back issues one operation at a time,
 # the price of the ordered prefix) and 32, and sequential 4 MiB writes at depth 1 and 16.
-# Through the API socket with curl: the CLI's start-up would cost more CPU than the drain it samples.
-status() { curl -s --unix-socket "$work/api.sock" "http://platter/v1/volumes/$prefix-drain" | python3 -c 'import json,sys; c=json.load(sys.stdin)["cache"]; print(c["dirtyBytes"], c["lagRecords"])'; }
-# drain_rate: samples status every 0.5 s from now until it is empty; prints "MB/s records/s seconds MB records"
+# drain_rate: samples the cache every 20 ms from now until it is empty; prints "MB/s records/s seconds MB records"
 drain_rate() {
-  local t0 d0 r0 d r t
-  t0=$(date +%s.%N)
-  read -r d0 r0 <<<"$(status)"
-  while true; do
-    read -r d r <<<"$(status)"
-    t=$(date +%s.%N)
-    ((d == 0 && r == 0)) && break
-    sleep 0.5
-  done
-  python3 -c "dt=$t-$t0; print(f'{$d0/1e6/dt:.1f} {$r0/dt:.0f} {dt:.1f} {$d0/1e6:.1f} {$r0}')"
+  local d0 r0 dt
+  read -r d0 r0 dt <<<"$(bench_wait_drained "$work/api.sock" "$prefix-drain")"
+  python3 -c "dt=max($dt, 0.001); print(f'{$d0/1e6/dt:.1f} {$r0/dt:.0f} {dt:.2f} {$d0/1e6:.1f} {$r0}')"
 }
 platter volume create "$prefix-drain" --size "${size_mib}M" --cache writeback >/dev/null
 drain_uri="nbd+unix:///$prefix-drain?socket=$work/platter.sock"

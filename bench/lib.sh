@@ -76,3 +76,27 @@ bench_wait_socket() {
   echo "the server did not start: $(tail -3 "$log")" >&2
   exit 1
 }
+
+# bench_cache_status API_SOCKET VOLUME: prints "dirtyBytes lagRecords" of a cached volume (GET /v1/volumes/NAME through
+# the API socket with curl and sed: no python3 start-up, so it can be sampled often).
+bench_cache_status() {
+  curl -s --unix-socket "$1" "http://platter/v1/volumes/$2" |
+    sed -n 's/.*"dirtyBytes":\([0-9]*\).*"lagRecords":\([0-9]*\).*/\1 \2/p'
+}
+
+# bench_wait_drained API_SOCKET VOLUME: samples the cache every 20 ms from now until its log is empty; prints
+# "dirty-bytes-at-start records-at-start seconds". The interval bounds the error of the time: an earlier version
+# sampled every 0.5 s through python3, which added up to ~0.6 s to drains of 1-2 s (a third of their time).
+bench_wait_drained() {
+  local t0 d0 r0 d r t
+  t0=$(date +%s.%N)
+  read -r d0 r0 <<<"$(bench_cache_status "$1" "$2")"
+  while true; do
+    read -r d r <<<"$(bench_cache_status "$1" "$2")"
+    t=$(date +%s.%N)
+    [[ -n $d && -n $r ]] || { echo "bench_wait_drained: no cache status for volume $2" >&2; return 1; }
+    ((d == 0 && r == 0)) && break
+    sleep 0.02
+  done
+  echo "$d0 $r0 $(python3 -c "print(f'{$t-$t0:.3f}')")"
+}
