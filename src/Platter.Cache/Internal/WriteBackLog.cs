@@ -923,23 +923,11 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
 
     // One write made durable by itself (RWF_DSYNC). False, once and for good, when the kernel or file system does not
     // know the flag; any other failure is a failed sync (see Sync): the log stops taking writes.
-    private unsafe bool TryWriteDsync(ReadOnlySpan<byte> data, long pos)
+    private bool TryWriteDsync(ReadOnlySpan<byte> data, long pos)
     {
-        const int RWF_DSYNC = 0x2;
-        const int EINVAL = 22, ENOSYS = 38, EOPNOTSUPP = 95;
-        nint written;
-        int errno = 0;
-        fixed (byte* p = data)
-        {
-            var iov = new IoVec { Base = p, Length = (nuint)data.Length };
-            do
-            {
-                written = pwritev2((int)_file.DangerousGetHandle(), &iov, 1, pos, RWF_DSYNC);
-                errno = written < 0 ? Marshal.GetLastPInvokeError() : 0;
-            } while (written < 0 && errno == 4); // EINTR
-        }
+        nint written = LogFileCalls.WriteDurable(_file, data, pos, out int errno);
         if (written == data.Length) return true;
-        if (written < 0 && errno is EINVAL or ENOSYS or EOPNOTSUPP)
+        if (written < 0 && errno is LogFileCalls.EINVAL or LogFileCalls.ENOSYS or LogFileCalls.EOPNOTSUPP)
         {
             _slotSyncUnsupported = true;
             _logger.LogInformation("write-back cache {Path}: durable superblock writes (RWF_DSYNC) are not supported here ({Error}); head syncs fdatasync the log", _path, Marshal.GetPInvokeErrorMessage(errno));
@@ -952,20 +940,10 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
         throw new StorageException(StorageError.IoError, message);
     }
 
-    private unsafe struct IoVec
-    {
-        public byte* Base;
-        public nuint Length;
-    }
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static unsafe partial nint pwritev2(int fd, IoVec* iov, int iovcnt, long offset, int flags);
-
     private void Sync()
     {
-        if (fdatasync((int)_file.DangerousGetHandle()) != 0)
+        if (LogFileCalls.DataSync(_file) is int errno and not 0)
         {
-            int errno = Marshal.GetLastPInvokeError();
             var message = $"write-back cache {_path}: fdatasync failed: {Marshal.GetPInvokeErrorMessage(errno)}";
             // After a failed sync the kernel may have dropped dirty pages: nothing in the log can be trusted to be
             // durable any more, so the log stops taking writes.
@@ -974,8 +952,6 @@ internal sealed partial class WriteBackLog : IAsyncDisposable
         }
     }
 
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int fdatasync(int fd);
 
     /// <summary>Stops write-back (without draining: the log keeps what is not written back) and closes the file.</summary>
     public async ValueTask DisposeAsync()
