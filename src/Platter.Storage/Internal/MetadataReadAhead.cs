@@ -34,7 +34,7 @@ internal sealed class MetadataReadAhead : IDisposable
             _file = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, FileOptions.SequentialScan);
             length = RandomAccess.GetLength(_file);
         }
-        catch (IOException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             _file?.Dispose();
             _file = null;
