@@ -99,7 +99,7 @@ internal static class MapBench
         var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
         var sw = Stopwatch.StartNew();
         var options = new StoreOptions { CreateIfMissing = false, LoggerFactory = new ConsoleLines() };
-        if (budget is { } b) options = new StoreOptions { CreateIfMissing = false, LoggerFactory = options.LoggerFactory, MapChecksumCacheBytes = b };
+        if (budget is { } b) options = new StoreOptions { CreateIfMissing = false, LoggerFactory = options.LoggerFactory, MapCacheBytes = b };
         using var store = VolumeStore.Open(dir, options);
         double openSeconds = sw.Elapsed.TotalSeconds;
         double openCpuSeconds = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
@@ -111,7 +111,7 @@ internal static class MapBench
         var info = store.ListVolumes().Single();
         var (rss1, heap1) = Memory();
         double mappedTiB = info.AllocatedBytes!.Value / (double)(1L << 40); // the engine always counts it
-        var pager = store.MapChecksums;
+        var pager = store.MapCache;
         long cached = pager.ResidentBytes;
         Console.WriteLine($"open {openSeconds:F2} s ({openCpuSeconds:F2} s CPU), first read served at {firstReadSeconds:F2} s; load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]}; mapped {info.AllocatedBytes >> 30} GiB; " +
                           $"RSS {rss0 >> 20} -> {rss1 >> 20} MiB, managed heap {heap0 >> 20} -> {heap1 >> 20} MiB; " +
