@@ -434,6 +434,16 @@ public sealed partial class Volume : IVolumeHandle
                         : new StorageException(StorageError.OutOfRange, $"volume '{state.Name}' shrank below this write");
                 }
                 var parent = state.Parent;
+                try
+                {
+                    // Leaves dropped by the map cache are rebuilt before anything changes (decision 0019).
+                    state.Map.PrepareSet(firstBlock + done, got);
+                }
+                catch (StorageException)
+                {
+                    _parts.Space.FreeUnmapped(pba, got);
+                    throw;
+                }
                 for (int i = 0; i < got; i++)
                 {
                     long block = firstBlock + done + i;

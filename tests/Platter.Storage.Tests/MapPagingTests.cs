@@ -333,6 +333,10 @@ public sealed class MapPagingTests : IDisposable
                 Assert.Contains($"{30 * 256L}..{30 * 256L + 255}", e.Message);
             }
             Assert.True(store.MapCache.RebuildFailures >= 2, "the reads did not fail where the leaf was rebuilt");
+            // A write into the leaf fails the same way before changing anything: the leaf still reads as it did.
+            var write = Assert.Throws<StorageException>(() => v.Write((30 * 256L + 100) * B, Blocks.Pattern(70, 30 * 256L + 100)));
+            Assert.Equal(StorageError.IoError, write.Error);
+            Assert.Equal(StorageError.IoError, Assert.Throws<StorageException>(() => v.ReadAll((30 * 256L + 100) * B, B)).Error);
             // The other leaves still read (rebuilt from their intact records).
             Assert.Equal(Blocks.Pattern(1 + 3 % 5, 31 * 256L + 48), v.ReadAll((31 * 256L + 48) * B, B));
         }

@@ -397,6 +397,24 @@ internal sealed class MapTree
         return old;
     }
 
+    /// <summary>
+    /// Makes the leaves holding [<paramref name="firstBlock"/>, + <paramref name="count"/>) this tree's own, rebuilding
+    /// a paged leaf from the metadata store if it was dropped (decision 0019), so that the <see cref="Set"/> calls that
+    /// follow need nothing from the store: a leaf that cannot be rebuilt fails here, before anything changed, rather
+    /// than halfway through a write of several blocks.
+    /// </summary>
+    public void PrepareSet(long firstBlock, int count)
+    {
+        var owner = _owner ?? throw new InvalidOperationException("a frozen map cannot change");
+        Span<int> slots = stackalloc int[InteriorLevels];
+        for (long leafBase = firstBlock & ~(long)(Fanout - 1); leafBase < firstBlock + count; leafBase += Fanout)
+        {
+            if (FindLeaf(leafBase) is not PagedLeaf) continue;
+            var path = new NodePath();
+            WalkDown(owner, leafBase, slots, ref path, createDense: false);
+        }
+    }
+
     // Walks down to the leaf of `block` (or to its level-1 interior when `toLevel` is 1), copying every node this tree
     // does not own (path copy) and creating missing ones; a created leaf is empty, dense (for Set) or with no form yet
     // (for SetLeaf, which gives it one). A full-run leaf (RunLeaves) becomes an ordinary dense leaf of this tree.
