@@ -66,6 +66,15 @@ public sealed class MapPagingTests : IDisposable
         }
     }
 
+    // A budget the map fits in: nothing dropped, nothing fetched.
+    private void AssertNothingPagedWithinABudgetTheMapFits(params string[] versions)
+    {
+        using var store = Open(long.MaxValue);
+        AssertAll(store, versions);
+        Assert.Equal(0, store.MapCache.Evictions);
+        Assert.Equal(0, store.MapCache.Fetches);
+    }
+
     // Block status (the map's next mapped and unmapped block) says allocated exactly where something was written.
     private void AssertExtents(Volume v, string version)
     {
@@ -152,13 +161,7 @@ public sealed class MapPagingTests : IDisposable
             AssertAll(store, "vm", "vm@s1", "clone");
             Assert.True(store.MapCache.Fetches > 0, "reads after the merge fetched nothing");
         }
-        // A budget the map fits in: nothing dropped, nothing fetched.
-        using (var store = Open(long.MaxValue))
-        {
-            AssertAll(store, "vm", "vm@s1", "clone");
-            Assert.Equal(0, store.MapCache.Evictions);
-            Assert.Equal(0, store.MapCache.Fetches);
-        }
+        AssertNothingPagedWithinABudgetTheMapFits("vm", "vm@s1", "clone");
     }
 
     [Fact]
@@ -284,13 +287,7 @@ public sealed class MapPagingTests : IDisposable
             Assert.True(store.MapCache.LeafFetches > 0, "reads after reopening rebuilt nothing");
             Assert.Equal(0, store.MapCache.RebuildFailures);
         }
-        // A budget the map fits in: nothing dropped, nothing fetched.
-        using (var store = Open(long.MaxValue))
-        {
-            AssertAll(store, "vm", "vm@s1", "clone");
-            Assert.Equal(0, store.MapCache.Evictions);
-            Assert.Equal(0, store.MapCache.Fetches);
-        }
+        AssertNothingPagedWithinABudgetTheMapFits("vm", "vm@s1", "clone");
     }
 
     [Fact]
