@@ -175,7 +175,7 @@ internal static class ServeCommand
         var mapCache = new Option<long>("--map-cache", "--map-checksum-cache")
         {
             Description = "Memory for the volumes' maps loaded from the store (default 1G: the maps of about 256 GiB written sequentially, " +
-                          "or 200 GiB written as scattered 4 KiB blocks). Past it, the parts read longest ago leave memory and are read again " +
+                          "or 270 GiB written as scattered 4 KiB blocks). Past it, the parts read longest ago leave memory and are read again " +
                           "from the metadata store when a read needs them (a small stub per MiB stays). --map-checksum-cache is its old name.",
             HelpName = "SIZE",
             DefaultValueFactory = _ => Platter.Storage.StoreOptions.MapCacheBytesDefault,

@@ -74,10 +74,10 @@ public sealed class StoreOptions
     /// Budget of the map cache (decisions 0013, 0019; <c>platter serve --map-cache</c>): the map leaves loaded at open
     /// (where scattered blocks are, with their CRCs) and the CRCs of sequentially written ones may take this many bytes
     /// of memory; past it, those read longest ago are dropped and rebuilt from the metadata store when needed. What
-    /// stays besides is a small stub per scattered leaf (~90 bytes per MiB of address space holding data) and ~36 bytes
+    /// stays besides is a small stub per scattered leaf (~110 bytes per MiB of address space holding data) and ~36 bytes
     /// per MiB written sequentially. Leaves changed since open stay in memory. Default
     /// <see cref="Internal.EngineLimits.MapCacheBytesDefault"/> (1 GiB: the maps of ~256 GiB written sequentially, or
-    /// of ~200 GiB scattered at one 4 KiB extent per 64 KiB).
+    /// of ~270 GiB scattered at one 4 KiB extent per 64 KiB).
     /// </summary>
     public long MapCacheBytes { get; init; } = MapCacheBytesDefault;
 
