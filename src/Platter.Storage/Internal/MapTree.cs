@@ -198,6 +198,8 @@ internal sealed class MapTree
 
         public override Node CopyFor(object owner) => new Leaf(owner) { Count = Count, Packed = PackedOf(this) };
 
+        public ulong[] Fetch() => Pager.Leaf(this);
+
         ulong[]? IPagedLeaf.Packed => Volatile.Read(ref Packed);
         public void Install(ulong[] packed) => Volatile.Write(ref Packed, packed);
         public long Layer { get => Volatile.Read(ref _layer); set => Volatile.Write(ref _layer, value); }
@@ -215,7 +217,7 @@ internal sealed class MapTree
     private static ulong[] PackedOf(Leaf leaf)
     {
         var packed = Volatile.Read(ref leaf.Packed);
-        if (packed is null) return Unsafe.As<PagedLeaf>(leaf).Pager.Leaf(Unsafe.As<PagedLeaf>(leaf));
+        if (packed is null) return ((PagedLeaf)leaf).Fetch(); // the cold path: a checked cast
         if (!leaf.WasRead) leaf.WasRead = true; // a plain write: a lost one only costs a paged leaf its second chance
         return packed;
     }
