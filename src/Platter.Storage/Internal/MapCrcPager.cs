@@ -199,7 +199,7 @@ internal sealed class MapCrcPager(MetadataStore metadata, long budgetBytes)
         Interlocked.Increment(ref _rebuildFailures);
         throw new StorageException(StorageError.IoError,
             $"the map of blocks {leafBase}..{leafBase + LeafBlocks - 1} cannot be rebuilt from the metadata store: no layer's " +
-            $"records give the content the map held (layer {first}); the read fails and nothing is guessed; run `platter check`");
+            $"records give the content the map held (layer {first}); the I/O that needs it fails and nothing is guessed; run `platter check`");
 
         ulong[]? TryLayer(MetadataStore.View view, long layer)
         {
