@@ -351,22 +351,9 @@ public sealed class MapPagingTests : IDisposable
         {
             using var v = store.OpenVolume("vm");
             Assert.Equal(Blocks.Pattern(1, 29 * 256L), v.ReadAll(29 * 256L * B, B)); // leaf 30 is dropped now, 29 resident
-            // Flip one bit of the CRC of block 30*256+48 in its extent record, in the metadata file under the running
-            // store (LMDB maps the file: its next read transaction sees the change).
+            // Flip one bit of the CRC of block 30*256+48 in its extent record.
             long victim = 30 * 256L + 48;
-            var crc = new byte[4];
-            System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(crc, Crc32C.Compute(Blocks.Pattern(1 + 3 % 5, victim)));
-            string mdb = Directory.GetFiles(_dir.Path, "data.mdb", SearchOption.AllDirectories).Single();
-            var file = File.ReadAllBytes(mdb);
-            int flipped = 0;
-            using (var fs = new FileStream(mdb, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite))
-                for (int at = file.AsSpan().IndexOf(crc); at >= 0; at = NextIndex(file, crc, at + 1))
-                {
-                    fs.Position = at;
-                    fs.WriteByte((byte)(file[at] ^ 0x01));
-                    flipped++;
-                }
-            Assert.True(flipped > 0, "the block's CRC is not in the metadata file");
+            FlipInMetadata(Crc32C.Compute(Blocks.Pattern(1 + 3 % 5, victim)));
 
             // Any block of the leaf: an I/O error naming the leaf's blocks, never zeros, another block's data or a guess.
             foreach (long block in new[] { victim, 30 * 256L + 16 })
@@ -383,12 +370,74 @@ public sealed class MapPagingTests : IDisposable
             // The other leaves still read (rebuilt from their intact records).
             Assert.Equal(Blocks.Pattern(1 + 3 % 5, 31 * 256L + 48), v.ReadAll((31 * 256L + 48) * B, B));
         }
+    }
 
-        static int NextIndex(byte[] file, byte[] what, int from)
+    [Fact]
+    public void A_damaged_record_under_a_snapshots_dropped_leaf_fails_overwrites_and_trims_before_anything_changes()
+    {
+        long victim = 30 * 256L + 48;
+        using (var store = Open(long.MaxValue))
         {
-            int i = file.AsSpan(from).IndexOf(what);
-            return i < 0 ? -1 : from + i;
+            store.CreateVolume("vm", 64 * MiB);
+            using var v = store.OpenVolume("vm");
+            WriteScattered(v, "vm", 0, Leaves, 1); // the snapshot's layer: its leaves open paged
+            store.CreateSnapshot("vm", "s1");
+            Write(v, "vm", 30 * 256L + 1, 1, 60); // the volume's leaf 30 opens as an ordinary leaf over the snapshot's
+            v.Flush();
+            store.Checkpoint();
         }
+        using (var store = Open(budget: 1))
+        {
+            using var v = store.OpenVolume("vm");
+            Assert.Equal(Blocks.Pattern(60, 30 * 256L + 1), v.ReadAll((30 * 256L + 1) * B, B));
+            // Open read the snapshot's leaf 30 last (to copy it for the volume's own): reading the other leaves twice
+            // round makes the clock drop it.
+            for (int round = 0; round < 2; round++)
+                for (long l = 0; l < Leaves; l++)
+                    if (l != 30) Assert.Equal(Blocks.Pattern(1, l * 256), v.ReadAll(l * 256 * B, B));
+            // One bit of the snapshot's record for `victim` (its CRC), flipped under the running store.
+            FlipInMetadata(Crc32C.Compute(Blocks.Pattern(1 + 3 % 5, victim)));
+
+            // The volume maps `victim` to the snapshot's block, so an overwrite must ask the snapshot's leaf whether
+            // that block stays referenced: the leaf cannot be rebuilt, and the write fails before the map changed.
+            var write = Assert.Throws<StorageException>(() => v.Write(victim * B, Blocks.Pattern(70, victim)));
+            Assert.Equal(StorageError.IoError, write.Error);
+            Assert.Contains($"{30 * 256L}..{30 * 256L + 255}", write.Message);
+            Assert.Equal(Blocks.Pattern(1 + 3 % 5, victim), v.ReadAll(victim * B, B)); // still the old data
+            // A trim over the leaf fails the same way; nothing of it was unmapped.
+            var trim = Assert.Throws<StorageException>(() => v.Trim(30 * MiB, MiB));
+            Assert.Equal(StorageError.IoError, trim.Error);
+            Assert.Equal(Blocks.Pattern(60, 30 * 256L + 1), v.ReadAll((30 * 256L + 1) * B, B));
+            // The store did not fail: other leaves are written, flushed and read.
+            v.Write((31 * 256L + 5) * B, Blocks.Pattern(71, 31 * 256L + 5));
+            v.Flush();
+            Assert.Equal(Blocks.Pattern(71, 31 * 256L + 5), v.ReadAll((31 * 256L + 5) * B, B));
+        }
+    }
+
+    // Flips one bit of every copy of a block's CRC in the metadata file under the running store (LMDB maps the file:
+    // its next read transaction sees the change).
+    private void FlipInMetadata(uint crcValue)
+    {
+        var crc = new byte[4];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(crc, crcValue);
+        string mdb = Directory.GetFiles(_dir.Path, "data.mdb", SearchOption.AllDirectories).Single();
+        var file = File.ReadAllBytes(mdb);
+        int flipped = 0;
+        using (var fs = new FileStream(mdb, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite))
+            for (int at = file.AsSpan().IndexOf(crc); at >= 0; at = NextIndexOf(file, crc, at + 1))
+            {
+                fs.Position = at;
+                fs.WriteByte((byte)(file[at] ^ 0x01));
+                flipped++;
+            }
+        Assert.True(flipped > 0, "the block's CRC is not in the metadata file");
+    }
+
+    private static int NextIndexOf(byte[] file, byte[] what, int from)
+    {
+        int i = file.AsSpan(from).IndexOf(what);
+        return i < 0 ? -1 : from + i;
     }
 
     [Fact]

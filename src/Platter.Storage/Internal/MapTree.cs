@@ -417,6 +417,20 @@ internal sealed class MapTree
         }
     }
 
+    /// <summary>
+    /// Rebuilds now any dropped paged leaf holding [<paramref name="firstBlock"/>, + <paramref name="count"/>) (decision
+    /// 0019), without changing the tree: a writer calls it on its parent's map before changing its own, so that a leaf
+    /// that cannot be rebuilt fails the write before anything changed. (The cache may drop the leaf again before it is
+    /// read; its rebuild then succeeds unless the metadata file was damaged in that instant.)
+    /// </summary>
+    public void FetchLeaves(long firstBlock, long count)
+    {
+        // NextMapped reads each leaf that maps anything in the range (rebuilding a dropped one) and skips empty space
+        // through the interiors, so a trim of a huge thin range costs what the tree holds there, not its length.
+        long end = firstBlock + count;
+        for (long b = NextMapped(firstBlock, end); b >= 0; b = NextMapped((b | (Fanout - 1)) + 1, end)) { }
+    }
+
     // Walks down to the leaf of `block` (or to its level-1 interior when `toLevel` is 1), copying every node this tree
     // does not own (path copy) and creating missing ones; a created leaf is empty, dense (for Set) or with no form yet
     // (for SetLeaf, which gives it one). A full-run leaf (RunLeaves) becomes an ordinary dense leaf of this tree.
