@@ -8,8 +8,10 @@
 #   OLD=COMMIT bench/maps.sh ...  also opens every store with COMMIT's engine (built in a git worktree under DIR, or
 #   OLD=DIR: a checkout already there),
 #   interleaved with this tree's, store by store and round by round (remove the worktree after: git worktree remove).
-#   NEWARGS="--map-checksum-cache BYTES --reads N" bench/maps.sh ...  passes options to this tree's opens only (decision
-#   0013: the budget of the map's CRCs, and a timed read benchmark after the open; see MapBench.cs),
+#   NEWARGS="--map-cache BYTES --reads N" bench/maps.sh ...  passes options to this tree's opens only (decisions 0013,
+#   0019: the map cache's budget, and a timed read benchmark after the open; see MapBench.cs),
+#   BUDGETS="DEFAULT 16777216" bench/maps.sh ...  opens every store once per budget in each round, old and new alike
+#   (DEFAULT: the engine's; BYTES is passed as --map-checksum-cache, the name old trees know too),
 #   ARGS="..." passes options to both the old and this tree's opens (the old one must know them),
 #   default: sparse:1000000 sparse:10000000 sequential:65536 sequential:1048576 (the last maps 1 TiB: ~1 GB of metadata)
 set -euo pipefail
@@ -38,13 +40,17 @@ for l in "${layouts[@]}"; do
   kind=${l%%:*}; n=${l##*:}
   [ -d "$dir/$kind-$n" ] || bench build --dir "$dir/$kind-$n" --extents "$n" --layout "$kind"
 done
+read -r -a budgets <<< "${BUDGETS:-DEFAULT}"
 for r in $(seq 1 "$rounds"); do
   for l in "${layouts[@]}"; do
     kind=${l%%:*}; n=${l##*:}
-    # shellcheck disable=SC2086 # ARGS and NEWARGS are lists of options
-    [ -z "$old" ] || echo "round $r $kind $n records, old: $(dotnet "$oldwt/bench/Platter.Bench/bin/Release/net10.0/Platter.Bench.dll" --maps open --dir "$dir/$kind-$n" ${ARGS:-} | tr '\n' ' ')"
-    # shellcheck disable=SC2086
-    echo "round $r $kind $n records: $(bench open --dir "$dir/$kind-$n" ${ARGS:-} ${NEWARGS:-} | tr '\n' ' ')"
+    for b in "${budgets[@]}"; do
+      bargs=""; [ "$b" = DEFAULT ] || bargs="--map-checksum-cache $b"
+      # shellcheck disable=SC2086 # ARGS, NEWARGS and bargs are lists of options
+      [ -z "$old" ] || echo "round $r $kind $n records, budget $b, old: $(dotnet "$oldwt/bench/Platter.Bench/bin/Release/net10.0/Platter.Bench.dll" --maps open --dir "$dir/$kind-$n" $bargs ${ARGS:-} | tr '\n' ' ')"
+      # shellcheck disable=SC2086
+      echo "round $r $kind $n records, budget $b: $(bench open --dir "$dir/$kind-$n" $bargs ${ARGS:-} ${NEWARGS:-} | tr '\n' ' ')"
+    done
   done
 done
 echo "# stores kept in $dir (delete them when done: rm -rf $dir)"

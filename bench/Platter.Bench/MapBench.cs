@@ -13,15 +13,16 @@ using Platter.Storage.Internal;
 //   --layout sparse:     one 4 KiB block in every 64 KiB, each its own record (the worst case per byte mapped).
 // `--maps open` opens the store in this (fresh) process, reads the first mapped block and the last, and reports the
 // open time, the time to the first read, and the process's RSS and managed heap before and after. With
-// `--map-checksum-cache BYTES` the store opens with that budget for the CRCs of its map (decision 0013; the default is
-// the engine's); the heap is then also given without the CRCs the cache holds (the part that grows with the map).
+// `--map-cache BYTES` (old name `--map-checksum-cache`, which older trees know) the store opens with that budget for its
+// map cache (decisions 0013, 0019; the default is the engine's); the heap is then also given without what the cache
+// holds (the rest is what grows with the map whatever the budget).
 // With `--reads N` it then times N random 4 KiB reads of mapped blocks (one thread), first spread over the whole
-// volume (with a budget smaller than the map, most of them fetch their leaf's CRCs from LMDB) and then within the
-// first 64 MiB (leaves whose CRCs stay cached: what paging costs warm reads), printing microseconds per read, and then
-// 50 N lookups of the volume's map alone (the read path's lookup without its I/O and checksum), in nanoseconds.
+// volume (with a budget smaller than the map, most of them rebuild their leaf, or fetch its CRCs, from LMDB) and then
+// within the first 64 MiB (leaves that stay cached: what paging costs warm reads), printing microseconds per read, and
+// then 50 N lookups of the volume's map alone (the read path's lookup without its I/O and checksum), in nanoseconds.
 //
 // Usage: Platter.Bench --maps build --dir DIR --extents N [--layout sequential|sparse]
-//        Platter.Bench --maps open --dir DIR [--map-checksum-cache BYTES] [--reads N]
+//        Platter.Bench --maps open --dir DIR [--map-cache BYTES] [--reads N]
 internal static class MapBench
 {
     private const int BatchOps = 100_000;
@@ -41,7 +42,7 @@ internal static class MapBench
                 case "--dir": dir = args[++i]; break;
                 case "--extents": extents = long.Parse(args[++i]); break;
                 case "--layout": layout = args[++i]; break;
-                case "--map-checksum-cache": budget = long.Parse(args[++i]); break;
+                case "--map-cache" or "--map-checksum-cache": budget = long.Parse(args[++i]); break;
                 case "--reads": reads = int.Parse(args[++i]); break;
                 default: throw new ArgumentException($"unknown argument {args[i]}; see the header of bench/Platter.Bench/MapBench.cs");
             }
@@ -99,7 +100,7 @@ internal static class MapBench
         var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
         var sw = Stopwatch.StartNew();
         var options = new StoreOptions { CreateIfMissing = false, LoggerFactory = new ConsoleLines() };
-        if (budget is { } b) options = new StoreOptions { CreateIfMissing = false, LoggerFactory = options.LoggerFactory, MapChecksumCacheBytes = b };
+        if (budget is { } b) options = new StoreOptions { CreateIfMissing = false, LoggerFactory = options.LoggerFactory, MapCacheBytes = b };
         using var store = VolumeStore.Open(dir, options);
         double openSeconds = sw.Elapsed.TotalSeconds;
         double openCpuSeconds = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds;
@@ -111,12 +112,12 @@ internal static class MapBench
         var info = store.ListVolumes().Single();
         var (rss1, heap1) = Memory();
         double mappedTiB = info.AllocatedBytes!.Value / (double)(1L << 40); // the engine always counts it
-        var pager = store.MapChecksums;
+        var pager = store.MapCache;
         long cached = pager.ResidentBytes;
         Console.WriteLine($"open {openSeconds:F2} s ({openCpuSeconds:F2} s CPU), first read served at {firstReadSeconds:F2} s; load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]}; mapped {info.AllocatedBytes >> 30} GiB; " +
                           $"RSS {rss0 >> 20} -> {rss1 >> 20} MiB, managed heap {heap0 >> 20} -> {heap1 >> 20} MiB; " +
                           $"RSS growth per TiB mapped {(rss1 - rss0) / mappedTiB / (1 << 20):N0} MiB, heap per TiB {(heap1 - heap0) / mappedTiB / (1 << 20):N0} MiB; " +
-                          $"checksum cache {cached >> 20} of {Math.Min(pager.BudgetBytes, long.MaxValue >> 20) >> 20} MiB, heap per TiB without it {(heap1 - heap0 - cached) / mappedTiB / (1 << 20):N0} MiB");
+                          $"map cache {cached >> 20} of {Math.Min(pager.BudgetBytes, long.MaxValue >> 20) >> 20} MiB, heap per TiB without it {(heap1 - heap0 - cached) / mappedTiB / (1 << 20):N0} MiB");
         if (reads > 0)
         {
             // Mapped blocks: every block of a sequential store, one in 16 of a sparse one (see Build).
@@ -158,18 +159,18 @@ internal static class MapBench
         return $"{bestSingle:F0} ns per Get(block), {bestRange:F0} ns per Get(block, 1 entry) (best of 5 x {lookups:N0}; {sink % 2})";
     }
 
-    // Microseconds per random 4 KiB read of `count` mapped blocks `stride` apart, and how many leaves' CRCs were fetched.
+    // Microseconds per random 4 KiB read of `count` mapped blocks `stride` apart, and how many leaves (or their CRCs) were fetched.
     private static string TimeReads(Volume volume, long count, long stride, int reads, MapCrcPager pager)
     {
         var rng = new Random(15);
         var buffer = new byte[EngineLimits.BlockBytes];
         for (int i = 0; i < Math.Min(reads, 1000); i++) volume.Read(rng.NextInt64(count) * stride * EngineLimits.BlockBytes, buffer); // warm up
-        long fetches = pager.Fetches;
+        long fetches = pager.Fetches, leafFetches = pager.LeafFetches;
         var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
         var sw = Stopwatch.StartNew();
         for (int i = 0; i < reads; i++) volume.Read(rng.NextInt64(count) * stride * EngineLimits.BlockBytes, buffer);
         double cpuUs = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalMicroseconds / reads;
-        return $"{sw.Elapsed.TotalMicroseconds / reads:F1} us/read ({cpuUs:F1} us CPU), {pager.Fetches - fetches:N0} leaf CRC fetches";
+        return $"{sw.Elapsed.TotalMicroseconds / reads:F1} us/read ({cpuUs:F1} us CPU), {pager.Fetches - fetches:N0} fetches ({pager.LeafFetches - leafFetches:N0} whole leaves)";
     }
 
     // The engine's own account of where open time went (Recovery logs it), printed as it comes.

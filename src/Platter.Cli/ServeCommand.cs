@@ -172,18 +172,18 @@ internal static class ServeCommand
                           "this halved the CPU and time of large writes and imports; on a quiet one it made them slower, and data just " +
                           "written is read back from the disk, not from memory. Off by default; measure before turning it on.",
         };
-        var mapChecksumCache = new Option<long>("--map-checksum-cache")
+        var mapCache = new Option<long>("--map-cache", "--map-checksum-cache")
         {
-            Description = "Memory for the checksums of the volumes' maps loaded from the store (default 1G: the checksums of 256 GiB of " +
-                          "data; 4 bytes per 4 KiB block mapped). Past it, the checksums read longest ago leave memory and are read again from " +
-                          "the metadata store when a read needs them; where blocks are stays in memory.",
+            Description = "Memory for the volumes' maps loaded from the store (default 1G: the maps of about 256 GiB written sequentially, " +
+                          "or 270 GiB written as scattered 4 KiB blocks). Past it, the parts read longest ago leave memory and are read again " +
+                          "from the metadata store when a read needs them (a small stub per MiB stays). --map-checksum-cache is its old name.",
             HelpName = "SIZE",
-            DefaultValueFactory = _ => Platter.Storage.StoreOptions.MapChecksumCacheBytesDefault,
+            DefaultValueFactory = _ => Platter.Storage.StoreOptions.MapCacheBytesDefault,
             CustomParser = result =>
             {
                 var text = result.Tokens.Count > 0 ? result.Tokens[0].Value : "";
                 if (SizeParser.TryParse(text, out var bytes, out var error)) return bytes;
-                result.AddError("--map-checksum-cache: " + error);
+                result.AddError("--map-cache: " + error);
                 return 0;
             },
         };
@@ -209,7 +209,7 @@ internal static class ServeCommand
         {
             store, cephConf, cephId, cephOpTimeout, cacheDir, cacheSize, listen, socket, apiSocket, socketMode, socketGroup, apiListen, apiTokenFile, tlsCert, tlsKey, tlsRequired, tlsClientCa,
             maxConnections, maxPerClient, handshakeTimeout, readOnly, salvage, config, verbose, logFormat, noMetrics, metricsListen, vhostUserDir, directWrites,
-            mapChecksumCache,
+            mapCache,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -286,7 +286,7 @@ internal static class ServeCommand
                 ReadOnly = parse.GetValue(readOnly) || parse.GetValue(salvage),
                 Salvage = parse.GetValue(salvage),
                 DirectWrites = parse.GetValue(directWrites),
-                MapChecksumCacheBytes = parse.GetValue(mapChecksumCache),
+                MapCacheBytes = parse.GetValue(mapCache),
                 MaxConnections = parse.GetValue(maxConnections),
                 // Unset, the per-client cap follows the total (a quarter, so one client always leaves room for others),
                 // so --max-connections alone never makes the two disagree.

@@ -55,9 +55,10 @@ internal static class ServeConfig
             if (eq <= 0) throw new CliException($"{path}:{i + 1}: expected 'name = value', got '{line}'", PlatterCli.ExitUsage);
             var name = "--" + line[..eq].Trim();
             var value = line[(eq + 1)..].Trim();
-            var option = serve.Options.FirstOrDefault(o => o.Name == name && name != OptionName && name != "--help");
+            // A setting may use a flag's old name (map-checksum-cache for map-cache): files written for an older version keep working.
+            var option = serve.Options.FirstOrDefault(o => (o.Name == name || o.Aliases.Contains(name)) && name != OptionName && name != "--help");
             if (option is null) throw new CliException($"{path}:{i + 1}: unknown setting '{name[2..]}' (the settings are serve's flags without '--': see platter serve --help)", PlatterCli.ExitUsage);
-            if (given.Contains(name)) continue;
+            if (given.Contains(option.Name)) continue;
             if (option is Option<bool>)
             {
                 if (!bool.TryParse(value, out var on)) throw new CliException($"{path}:{i + 1}: '{name[2..]}' is true or false, not '{value}'", PlatterCli.ExitUsage);

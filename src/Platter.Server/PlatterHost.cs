@@ -88,7 +88,7 @@ public sealed partial class PlatterHost : IAsyncDisposable
                     ? open(_loggerFactory)
                     : VolumeStore.Open(directory, _options.StoreOptions
                         ?? new StoreOptions { LoggerFactory = _loggerFactory, Salvage = _options.Salvage, CreateIfMissing = !_options.Salvage, DirectWrites = _options.DirectWrites,
-                            MapChecksumCacheBytes = _options.MapChecksumCacheBytes });
+                            MapCacheBytes = _options.MapCacheBytes });
                 if (_store is IVolumeMetadata)
                 {
                     // The node cache wraps the backend's volume handles here, where volumes are opened; the engine and

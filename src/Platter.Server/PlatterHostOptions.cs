@@ -74,10 +74,10 @@ public sealed class PlatterHostOptions
     public bool DirectWrites { get; init; }
 
     /// <summary>
-    /// Memory for the checksums of the maps loaded from the store (<c>platter serve --map-checksum-cache</c>,
-    /// <see cref="Platter.Storage.StoreOptions.MapChecksumCacheBytes"/>; decision 0013).
+    /// Memory for the maps loaded from the store (<c>platter serve --map-cache</c>,
+    /// <see cref="Platter.Storage.StoreOptions.MapCacheBytes"/>; decisions 0013, 0019).
     /// </summary>
-    public long MapChecksumCacheBytes { get; init; } = Platter.Storage.StoreOptions.MapChecksumCacheBytesDefault;
+    public long MapCacheBytes { get; init; } = Platter.Storage.StoreOptions.MapCacheBytesDefault;
 
     /// <summary>
     /// Listening sockets passed in by the service manager (systemd socket activation). A socket named "api", or a

@@ -71,16 +71,18 @@ public sealed class StoreOptions
     internal string? BootIdForTests { get; init; }
 
     /// <summary>
-    /// Budget of the map checksum cache (decision 0013; <c>platter serve --map-checksum-cache</c>): the CRCs of the map
-    /// leaves loaded at open may take this many bytes of memory; past it, the CRCs of the leaves read longest ago are
-    /// dropped and read again from the metadata store when needed (the leaves' runs, which say where blocks are, stay in
-    /// memory). Leaves changed since open keep their CRCs. Default
-    /// <see cref="Internal.EngineLimits.MapChecksumCacheBytesDefault"/> (1 GiB: the CRCs of 256 GiB of data).
+    /// Budget of the map cache (decisions 0013, 0019; <c>platter serve --map-cache</c>): the map leaves loaded at open
+    /// (where scattered blocks are, with their CRCs) and the CRCs of sequentially written ones may take this many bytes
+    /// of memory; past it, those read longest ago are dropped and rebuilt from the metadata store when needed. What
+    /// stays besides is a small stub per scattered leaf (~110 bytes per MiB of address space holding data) and ~36 bytes
+    /// per MiB written sequentially. Leaves changed since open stay in memory. Default
+    /// <see cref="Internal.EngineLimits.MapCacheBytesDefault"/> (1 GiB: the maps of ~256 GiB written sequentially, or
+    /// of ~270 GiB scattered at one 4 KiB extent per 64 KiB).
     /// </summary>
-    public long MapChecksumCacheBytes { get; init; } = MapChecksumCacheBytesDefault;
+    public long MapCacheBytes { get; init; } = MapCacheBytesDefault;
 
-    /// <summary>The default of <see cref="MapChecksumCacheBytes"/>.</summary>
-    public const long MapChecksumCacheBytesDefault = Internal.EngineLimits.MapChecksumCacheBytesDefault;
+    /// <summary>The default of <see cref="MapCacheBytes"/>.</summary>
+    public const long MapCacheBytesDefault = Internal.EngineLimits.MapCacheBytesDefault;
 
     /// <summary>Largest the data file may grow to (a quota; ENOSPC past it). Default: unlimited.</summary>
     public long DataBytesMax { get; init; } = long.MaxValue;

@@ -114,31 +114,53 @@ public sealed partial class Volume
                     throw;
                 }
                 var parent = state.Parent;
+                try
+                {
+                    // Leaves dropped by the map cache are rebuilt before anything changes (decision 0019).
+                    long inRange = Math.Min(got, state.SizeBlocks - (firstBlock + done));
+                    if (inRange > 0)
+                    {
+                        state.Map.PrepareSet(firstBlock + done, (int)inRange);
+                        parent?.Map.FetchLeaves(firstBlock + done, (int)inRange);
+                    }
+                }
+                catch (StorageException)
+                {
+                    _parts.Space.FreeUnmapped(pba, got);
+                    throw;
+                }
                 int before = state.PendingOps.Length;
                 // Install maximal sub-runs the clone still inherits; a block a guest rewrote (or a shrink dropped)
                 // meanwhile keeps the guest's version and its copy is given back unmapped.
                 int i = 0;
-                while (i < got)
+                try
                 {
-                    long block = firstBlock + done + i;
-                    if (block >= state.SizeBlocks || state.Map.Get(block).PbaPlusOne != expected[done + i].PbaPlusOne)
+                    while (i < got)
                     {
-                        _parts.Space.FreeUnmapped(pba + i, 1);
-                        i++;
-                        continue;
+                        long block = firstBlock + done + i;
+                        if (block >= state.SizeBlocks || state.Map.Get(block).PbaPlusOne != expected[done + i].PbaPlusOne)
+                        {
+                            _parts.Space.FreeUnmapped(pba + i, 1);
+                            i++;
+                            continue;
+                        }
+                        int j = i;
+                        while (j < got && firstBlock + done + j < state.SizeBlocks && state.Map.Get(firstBlock + done + j).PbaPlusOne == expected[done + j].PbaPlusOne)
+                        {
+                            var old = state.Map.Set(firstBlock + done + j, BlockEntry.Mapped(pba + j, crcs[j]));
+                            // The replaced block is the origin's (the parent maps it): never freed here.
+                            FreeIfUnshared(state, parent, firstBlock + done + j, old);
+                            j++;
+                        }
+                        state.PendingOps.AppendMapExtent(state.LayerId, firstBlock + done + i, crcs[i..j], pba + i);
+                        _parts.Space.NoteMapped(state, j - i);
+                        installed += j - i;
+                        i = j;
                     }
-                    int j = i;
-                    while (j < got && firstBlock + done + j < state.SizeBlocks && state.Map.Get(firstBlock + done + j).PbaPlusOne == expected[done + j].PbaPlusOne)
-                    {
-                        var old = state.Map.Set(firstBlock + done + j, BlockEntry.Mapped(pba + j, crcs[j]));
-                        // The replaced block is the origin's (the parent maps it): never freed here.
-                        FreeIfUnshared(state, parent, firstBlock + done + j, old);
-                        j++;
-                    }
-                    state.PendingOps.AppendMapExtent(state.LayerId, firstBlock + done + i, crcs[i..j], pba + i);
-                    _parts.Space.NoteMapped(state, j - i);
-                    installed += j - i;
-                    i = j;
+                }
+                catch (StorageException e)
+                {
+                    throw MapChangedHalfway(state, e);
                 }
                 opBytes = state.PendingOps.Length - before;
                 _parts.Ring.Append(state, state.PendingOps.Span[before..]);

@@ -434,13 +434,32 @@ public sealed partial class Volume : IVolumeHandle
                         : new StorageException(StorageError.OutOfRange, $"volume '{state.Name}' shrank below this write");
                 }
                 var parent = state.Parent;
-                for (int i = 0; i < got; i++)
+                try
                 {
-                    long block = firstBlock + done + i;
-                    var old = state.Map.Set(block, BlockEntry.Mapped(pba + i, crcs[i]));
-                    // The allocator handed out a block this very volume maps: space accounting is broken.
-                    if (old.PbaPlusOne == pba + i + 1) Invariant.Fail($"physical block {pba + i} was allocated while '{state.Name}' maps it at block {block}");
-                    if (old.IsMapped) FreeIfUnshared(state, parent, block, old);
+                    // Leaves dropped by the map cache are rebuilt before anything changes (decision 0019): the
+                    // volume's own become its own, its parent's (read to judge what the write frees) are fetched.
+                    state.Map.PrepareSet(firstBlock + done, got);
+                    parent?.Map.FetchLeaves(firstBlock + done, got);
+                }
+                catch (StorageException)
+                {
+                    _parts.Space.FreeUnmapped(pba, got);
+                    throw;
+                }
+                try
+                {
+                    for (int i = 0; i < got; i++)
+                    {
+                        long block = firstBlock + done + i;
+                        var old = state.Map.Set(block, BlockEntry.Mapped(pba + i, crcs[i]));
+                        // The allocator handed out a block this very volume maps: space accounting is broken.
+                        if (old.PbaPlusOne == pba + i + 1) Invariant.Fail($"physical block {pba + i} was allocated while '{state.Name}' maps it at block {block}");
+                        if (old.IsMapped) FreeIfUnshared(state, parent, block, old);
+                    }
+                }
+                catch (StorageException e)
+                {
+                    throw MapChangedHalfway(state, e);
                 }
                 _parts.Space.NoteMapped(state, got);
                 int before = state.PendingOps.Length;
@@ -457,6 +476,15 @@ public sealed partial class Volume : IVolumeHandle
         Interlocked.Increment(ref _parts.Counters.WriteOps);
         Interlocked.Add(ref _parts.Counters.WriteBytes, data.Length);
     }
+
+    /// <summary>
+    /// A map leaf the map cache dropped could not be rebuilt (decision 0019: damaged metadata) after a change of the
+    /// volume's map had begun: the map in memory no longer matches what the pending log will hold, so this is a broken
+    /// invariant and the store fails (fail-stop) rather than commit frees the journal does not explain. Writers fetch
+    /// the leaves they need first, so only damage appearing between that fetch and the change gets here.
+    /// </summary>
+    private InvariantViolation MapChangedHalfway(VolumeState state, StorageException e) =>
+        new($"the map of '{state.Name}' changed halfway: {e.Message}");
 
     /// <summary>
     /// A volume unmapped or replaced a block's entry: the block is free unless the volume's parent (its newest
@@ -537,14 +565,28 @@ public sealed partial class Volume : IVolumeHandle
             long end = firstBlock + count;
             var parent = state.Parent;
             bool any = false;
-            state.Map.UnmapRange(firstBlock, end, (b, old) =>
-            {
-                FreeIfUnshared(state, parent, b, old);
-                any = true;
-            });
-            if (!any) return; // already reads as zeros: nothing to journal
             int before = state.PendingOps.Length;
-            AppendUnmapOps(state, parent, firstBlock, end);
+            try
+            {
+                // The parent's leaves dropped by the map cache are rebuilt first (decision 0019): what the trim frees
+                // is judged against them, and a leaf that cannot be rebuilt fails the trim before anything changed.
+                parent?.Map.FetchLeaves(firstBlock, end - firstBlock);
+                state.Map.UnmapRange(firstBlock, end, (b, old) =>
+                {
+                    any = true; // the map has changed from here on (UnmapRange reports a block once it is unmapped)
+                    FreeIfUnshared(state, parent, b, old);
+                });
+                if (!any) return; // already reads as zeros: nothing to journal
+                AppendUnmapOps(state, parent, firstBlock, end);
+            }
+            catch (StorageException) when (!any)
+            {
+                throw; // a leaf the map cache dropped could not be rebuilt before anything changed: this trim fails alone
+            }
+            catch (StorageException e)
+            {
+                throw MapChangedHalfway(state, e);
+            }
             opBytes = state.PendingOps.Length - before;
             _parts.Ring.Append(state, state.PendingOps.Span[before..]);
         }

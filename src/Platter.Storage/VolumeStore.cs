@@ -34,7 +34,7 @@ public sealed partial class VolumeStore : IDisposable
     private readonly VolumeCatalog _catalog;
     private readonly Scrubber _scrubber;
     private readonly Relocator _relocator;
-    private readonly MapCrcPager _mapChecksums;
+    private readonly MapCrcPager _mapCache;
     private volatile bool _disposed;
 
     private VolumeStore(string directory, StoreOptions options, FileStream lockFile, MetadataStore metadata, IDataDevice dataFile, IDataDevice dataArea, Journal journal,
@@ -73,8 +73,8 @@ public sealed partial class VolumeStore : IDisposable
 
         // Verification at open happens here: damaged metadata throws BadStore (or, salvaging, is set aside).
         // What the last process acknowledged but had not committed when it stopped comes back from the ring.
-        _mapChecksums = new MapCrcPager(metadata, options.MapChecksumCacheBytes);
-        var recovered = Recovery.Run(metadata, journal, dataArea, options.Salvage, logger, options.Salvage ? null : ring.Read(), _mapChecksums);
+        _mapCache = new MapCrcPager(metadata, options.MapCacheBytes);
+        var recovered = Recovery.Run(metadata, journal, dataArea, options.Salvage, logger, options.Salvage ? null : ring.Read(), _mapCache);
         Damage = recovered.Damage;
         _catalog.Load(recovered.Volumes, recovered.NextId);
         space.Initialize(dataArea.Length / EngineLimits.BlockBytes, recovered.UsedRuns, recovered.ReferencedBlocks);
@@ -451,7 +451,7 @@ public sealed partial class VolumeStore : IDisposable
     internal EngineParts Parts => _parts;
 
     /// <summary>The map checksum cache (decision 0013): tests and the map benchmark observe its paging.</summary>
-    internal MapCrcPager MapChecksums => _mapChecksums;
+    internal MapCrcPager MapCache => _mapCache;
 
     /// <summary>Test hook: the process "dies" here as far as the pending-operation ring is concerned (what a SIGKILL leaves).</summary>
     internal void DetachRingForTests() => _parts.Ring.DetachForTests();

@@ -183,7 +183,7 @@ public class CliErrorTests
             Assert.Equal("", result.Error);
         }
         var serve = await CliRunner.RunAsync(null, "serve", "--help");
-        foreach (var option in new[] { "--store", "--listen", "--socket", "--api-socket", "--api-listen", "--tls-cert", "--tls-key", "--tls-required", "--tls-client-ca" })
+        foreach (var option in new[] { "--store", "--listen", "--socket", "--api-socket", "--api-listen", "--tls-cert", "--tls-key", "--tls-required", "--tls-client-ca", "--map-cache" })
             Assert.Contains(option, serve.Out);
     }
 }

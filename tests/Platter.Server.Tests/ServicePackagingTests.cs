@@ -67,6 +67,7 @@ public class ServicePackagingTests
             "listen = none   # NBD on TCP off\n" +
             "socket = none\n" +
             "read-only = true\n" +
+            "map-checksum-cache = 64M   # the map cache's old name, in files written for older versions\n" +
             "verbose = false\n");
         var stop = new TaskCompletionSource();
         var serving = new TaskCompletionSource<PlatterHost>(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -86,6 +87,7 @@ public class ServicePackagingTests
         var options = (await serving.Task).Options;
         Assert.Equal(dir.Combine("from-flag"), options.StoreDirectory);
         Assert.True(options.ReadOnly);
+        Assert.Equal(64L << 20, options.MapCacheBytes);
         Assert.Null(options.NbdTcpEndPoint);
         Assert.Null(options.NbdSocketPath);
         stop.SetResult();

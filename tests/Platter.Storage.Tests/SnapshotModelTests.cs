@@ -28,6 +28,18 @@ public sealed class SnapshotModelTests(ITestOutputHelper output)
         new Run(seed, output).Execute(operations: 500);
     }
 
+    // The same with a map cache of one byte (decision 0019): every leaf loaded at open is dropped at once and rebuilt
+    // from the metadata store whenever something needs it.
+    [SkippableTheory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void Random_version_operations_match_the_model_with_a_tiny_map_cache(int slot)
+    {
+        int seed = Seeds.ForSlot(slot, output, nameof(Random_version_operations_match_the_model_with_a_tiny_map_cache));
+        new Run(seed, output, mapCacheBytes: 1).Execute(operations: 500);
+    }
+
     private sealed class Snap(string volume, string name, VolumeModel content)
     {
         public readonly string Volume = volume;
@@ -38,10 +50,10 @@ public sealed class SnapshotModelTests(ITestOutputHelper output)
         public string Full => $"{Volume}@{Name}";
     }
 
-    private sealed class Run(int seed, ITestOutputHelper output)
+    private sealed class Run(int seed, ITestOutputHelper output, long mapCacheBytes = StoreOptions.MapCacheBytesDefault)
     {
         private readonly Random _rng = new(seed);
-        private readonly FaultyStore _faults = new();
+        private readonly FaultyStore _faults = new() { MapCacheBytes = mapCacheBytes };
         private readonly List<string> _volumes = [];
         private readonly Dictionary<string, VolumeModel> _models = [];
         private readonly Dictionary<string, List<Snap>> _snaps = [];

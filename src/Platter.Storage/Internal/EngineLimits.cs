@@ -269,10 +269,10 @@ internal static class EngineLimits
     public const int DenseLeavesPerMapMax = 4096;
 
     /// <summary>
-    /// Default budget of the map checksum cache (<see cref="StoreOptions.MapChecksumCacheBytes"/>, decision 0013): the
-    /// CRCs of packed leaves loaded at open, 4 bytes per mapped block, that may stay in memory. 1 GiB holds the CRCs
-    /// of 256 GiB of data; beyond that the leaves read longest ago drop theirs and fetch them again from the metadata
-    /// store when a read needs them.
+    /// Default budget of the map cache (<see cref="StoreOptions.MapCacheBytes"/>, decisions 0013, 0019): the packed
+    /// leaves loaded at open and the CRCs of full-run ones (4 bytes per mapped block) that may stay in memory. 1 GiB
+    /// holds the CRCs of 256 GiB written sequentially; beyond that the parts read longest ago leave memory and are
+    /// rebuilt from the metadata store when something needs them.
     /// </summary>
-    public const long MapChecksumCacheBytesDefault = 1L << 30;
+    public const long MapCacheBytesDefault = 1L << 30;
 }

@@ -3,21 +3,31 @@ using System.Buffers.Binary;
 namespace Platter.Storage.Internal;
 
 /// <summary>
-/// Holders of CRCs that <see cref="MapCrcPager"/> may drop and fetch again, one set of a leaf's CRCs per slot: a
-/// <see cref="PagedCrcs"/> holds one leaf's (one slot), the run leaves of a map region (decision 0018) up to 256.
+/// Something whose parts <see cref="MapCrcPager"/> keeps within its budget, one part per slot: the CRCs of a full-run
+/// slot of a map region (decision 0018), or a whole paged leaf (decision 0019, one slot).
 /// </summary>
-internal interface IPagedCrcs
+internal interface IPagedPart
 {
-    /// <summary>The CRCs of the leaf in <paramref name="slot"/> in slot order, or null while paged out.</summary>
-    uint[]? Values(int slot);
+    /// <summary>Bytes the slot's resident part takes (its array's elements), 0 while it is paged out.</summary>
+    long ResidentBytes(int slot);
 
-    /// <summary>Sets (the pager, under its lock) or drops the CRCs of <paramref name="slot"/>.</summary>
-    void SetValues(int slot, uint[]? values);
+    /// <summary>Drops the slot's part (the pager, under its lock).</summary>
+    void Drop(int slot);
 
     /// <summary>The slot's second chance in the pager's clock (read since the hand last passed it).</summary>
     bool Referenced(int slot);
 
     void SetReferenced(int slot, bool referenced);
+}
+
+/// <summary>The CRCs of full-run leaves (decision 0018) that <see cref="MapCrcPager"/> may drop and fetch again.</summary>
+internal interface IPagedCrcs : IPagedPart
+{
+    /// <summary>The CRCs of the leaf in <paramref name="slot"/> in slot order, or null while paged out.</summary>
+    uint[]? Values(int slot);
+
+    /// <summary>Sets the CRCs of <paramref name="slot"/> (the pager, under its lock).</summary>
+    void SetValues(int slot, uint[] values);
 
     /// <summary>The layer whose records the slot's leaf was loaded from: the lookup looks there first.</summary>
     long Layer(int slot);
@@ -27,105 +37,103 @@ internal interface IPagedCrcs
 }
 
 /// <summary>
-/// The CRCs of one packed leaf loaded from the metadata store (decision 0013), shared by every copy of the leaf (path
-/// copies, snapshots, clones): the pager may drop them and fetch them again from the records they were loaded from.
+/// A leaf built at open from one layer's records over nothing (decision 0019): its packed form (runs and CRCs) may be
+/// dropped and rebuilt from the records; the stub keeps where to look and a digest of the content to check it against.
 /// </summary>
-internal sealed class PagedCrcs(MapCrcPager pager, long layer, long leafBase, uint[] values) : IPagedCrcs
+internal interface IPagedLeaf : IPagedPart
 {
-    public readonly MapCrcPager Pager = pager;
+    /// <summary>The packed form (<see cref="MapTree"/>'s runs and CRCs), or null while paged out.</summary>
+    ulong[]? Packed { get; }
 
-    /// <summary>The layer whose records the leaf was loaded from: the lookup looks there first.</summary>
-    public readonly long LoadLayer = layer;
+    /// <summary>Installs the rebuilt packed form (the pager, under its lock).</summary>
+    void Install(ulong[] packed);
 
-    /// <summary>First block of the leaf.</summary>
-    public readonly long First = leafBase;
+    /// <summary>The layer whose records rebuilt the leaf last (loaded it, at first): a rebuild looks there first.</summary>
+    long Layer { get; set; }
 
-    /// <summary>The CRCs of the leaf's mapped slots in slot order, or null while paged out. Written under the pager's lock, read without it.</summary>
-    public uint[]? Current = values;
+    long LeafBase { get; }
 
-    /// <summary>Read since the pager's clock last passed it (its second chance).</summary>
-    public bool WasRead;
-
-    public uint[]? Values(int slot) => Volatile.Read(ref Current);
-    public void SetValues(int slot, uint[]? values) => Volatile.Write(ref Current, values);
-    public bool Referenced(int slot) => WasRead;
-    public void SetReferenced(int slot, bool referenced) => WasRead = referenced;
-    public long Layer(int slot) => LoadLayer;
-    public long LeafBase(int slot) => First;
+    /// <summary><see cref="MapTree.Digest"/> of the packed form.</summary>
+    ulong Digest { get; }
 }
 
 /// <summary>
-/// Keeps the CRCs of packed leaves loaded from the metadata store within a budget (decision 0013; the CRCs are ~4 of
-/// the ~4.3 bytes a sequentially mapped block costs in a packed leaf, decision 0010). The leaves' runs stay in memory;
-/// past the budget the CRCs of the leaves read longest ago are dropped (a clock: a FIFO in which a leaf read since the
-/// hand last passed gets a second chance) and fetched again from LMDB when something needs them: a read that
-/// verifies, scrub, the relocator, a write that unpacks the leaf.
+/// Keeps the map parts loaded from the metadata store within one budget (<c>platter serve --map-cache</c>): whole
+/// packed leaves built at open (decision 0019) and the CRCs of full-run leaves (decisions 0013, 0018). Past the budget
+/// the parts read longest ago are dropped (a clock: a FIFO in which a part read since the hand last passed gets a
+/// second chance) and rebuilt from LMDB when something needs them: a read, a range read, block status, a diff, scrub,
+/// the relocator, the unpack before a write.
 /// <para>
-/// Why a fetched CRC is right: only leaves built at open straight from one layer's records are paged, and such a leaf
-/// is never changed (a write makes the volume's copy dense, with its own entries; the paged CRCs stay with the copies
-/// that did not change). So every block the leaf maps, logical block L at physical block P, was mapped so by a record in
-/// LMDB when the store opened, and P has stayed referenced since (the leaf still maps it), so it was never freed and
-/// never written again. Any record that LMDB holds now mapping L to P is therefore that same write (or a copy of it made
-/// by a checkpoint that merged a deleted snapshot's layer), with its CRC. The lookup takes, for each slot, a record
-/// covering L whose physical block is P — from the leaf's own layer first, then from any layer (a deleted snapshot's
-/// layer takes over its next version's records when the checkpoint merges them, so a leaf's records may have moved to
-/// another layer) — and refuses to guess: a slot no record covers with the leaf's physical block fails the read with an
-/// I/O error, which never happens on an intact store.
+/// <b>Why a fetched CRC is right</b> (full-run slots, 0013): such a slot is filled once from one layer's records at open
+/// and never changes (a write makes the writer's copy an ordinary leaf). So every block it maps, logical block L at
+/// physical block P, was mapped so by a record in LMDB when the store opened, and P has stayed referenced since (the
+/// slot still maps it), so it was never freed and never written again. Any record that LMDB holds now mapping L to P is
+/// therefore that same write (or a copy of it made by a checkpoint that merged a deleted snapshot's layer), with its
+/// CRC. The lookup takes, for each block, a record covering L whose physical block is P — from the slot's own layer
+/// first, then from any layer — and refuses to guess: a block no record covers so fails the read with an I/O error.
 /// </para>
-/// Lock order: the pager's lock is a leaf lock (taken inside a volume's lock by a read; takes nothing). The LMDB lookup
-/// runs outside it, inside the volume's lock of the reader (a cold fetch: one read transaction and a few cursor seeks).
+/// <para>
+/// <b>Why a rebuilt leaf is right</b> (0019). Only leaves built at open straight from one
+/// layer's records over nothing (the map held no leaf there) are paged, and they never change: no tree owns them, so
+/// a write, a trim or a load over one copies it into an ordinary leaf of the writer first. The leaf is exactly that
+/// layer's extent records in its 256 blocks. The rebuild gathers a layer's extent records in the range into the same
+/// canonical packed form and accepts it only when its digest equals the stub's; it tries the layer that built the leaf
+/// last, then every other layer (a checkpoint that merges a deleted snapshot's layer moves the child's records into the
+/// snapshot's layer, which held no extent in that range, since the child's leaf was built over nothing). No layer whose
+/// records give the digest: the I/O fails with an error naming the range and nothing is installed.
+/// </para>
+/// Lock order: the pager's lock is a leaf lock (taken inside a volume's lock by a read; takes nothing). The LMDB
+/// lookup runs outside it, inside the volume's lock of the reader (a cold fetch: one read transaction and a few cursor
+/// seeks).
 /// </summary>
 internal sealed class MapCrcPager(MetadataStore metadata, long budgetBytes)
 {
     private const int LeafBlocks = 256;
-    // What an array of CRCs costs besides its elements (object header, method table, length), and its place in the
-    // clock (a holder and a slot): the budget bounds the cache's bookkeeping too.
+    // What an array costs besides its elements (object header, method table, length), and its place in the clock (a
+    // holder and a slot): the budget bounds the cache's bookkeeping too.
     private const int ArrayOverheadBytes = 24;
     private const int QueueEntryBytes = 16;
 
     private readonly object _lock = new();
-    private readonly Queue<(IPagedCrcs Holder, int Slot)> _resident = new();
-    private long _bytes, _fetches, _evictions;
+    private readonly Queue<(IPagedPart Holder, int Slot)> _resident = new();
+    private long _bytes, _fetches, _evictions, _leafFetches, _rebuildFailures;
 
-    /// <summary>Largest number of bytes the resident CRC arrays take (one leaf's may exceed it, so a read can always proceed).</summary>
+    /// <summary>Largest number of bytes the resident parts take (one part may exceed it, so a read can always proceed).</summary>
     public long BudgetBytes => budgetBytes;
 
-    /// <summary>Bytes the resident CRC arrays (and their places in the clock) take now.</summary>
+    /// <summary>Bytes the resident parts (and their places in the clock) take now.</summary>
     public long ResidentBytes => Interlocked.Read(ref _bytes);
 
-    /// <summary>Leaves whose CRCs were fetched again from the metadata store (tests and benchmarks observe paging; not a timing).</summary>
+    /// <summary>Parts fetched again from the metadata store, leaves and CRCs (tests and benchmarks observe paging; not a timing).</summary>
     public long Fetches => Interlocked.Read(ref _fetches);
 
-    /// <summary>Leaves whose CRCs were dropped.</summary>
+    /// <summary>Whole leaves rebuilt from the metadata store (part of <see cref="Fetches"/>).</summary>
+    public long LeafFetches => Interlocked.Read(ref _leafFetches);
+
+    /// <summary>Parts dropped.</summary>
     public long Evictions => Interlocked.Read(ref _evictions);
 
-    /// <summary>The CRCs of <paramref name="paged"/>, fetched from the metadata store when they were dropped. <paramref name="runs"/>: the leaf's runs.</summary>
-    public uint[] Crcs(PagedCrcs paged, ulong[] runs)
-    {
-        var values = Volatile.Read(ref paged.Current);
-        if (values is null) return Fetch(paged, 0, runs);
-        if (!paged.WasRead) paged.WasRead = true; // a plain write: a lost one only costs the leaf its second chance
-        return values;
-    }
+    /// <summary>Leaves no layer's records rebuilt with the stub's digest (a broken invariant: each failed that I/O).</summary>
+    public long RebuildFailures => Interlocked.Read(ref _rebuildFailures);
 
     /// <summary>The CRCs of the leaf in <paramref name="slot"/> of <paramref name="holder"/>, fetched when they were dropped. <paramref name="runs"/>: the leaf's runs.</summary>
     public uint[] Crcs(IPagedCrcs holder, int slot, ulong[] runs)
     {
         var values = holder.Values(slot);
-        if (values is null) return Fetch(holder, slot, runs);
+        if (values is null) return FetchCrcs(holder, slot, runs);
         if (!holder.Referenced(slot)) holder.SetReferenced(slot, true);
         return values;
     }
 
-    /// <summary>Takes in a leaf whose CRCs were just loaded, dropping others' CRCs past the budget.</summary>
-    public void Admit(IPagedCrcs holder, int slot = 0)
+    /// <summary>Takes in a part just loaded, dropping others past the budget.</summary>
+    public void Admit(IPagedPart holder, int slot = 0)
     {
         lock (_lock) AdmitLocked(holder, slot);
     }
 
-    private void AdmitLocked(IPagedCrcs holder, int slot)
+    private void AdmitLocked(IPagedPart holder, int slot)
     {
-        long size = Bytes(holder.Values(slot)!);
+        long size = Bytes(holder.ResidentBytes(slot));
         while (_bytes + size > budgetBytes && _resident.TryDequeue(out var oldest))
         {
             if (oldest.Holder.Referenced(oldest.Slot))
@@ -134,34 +142,86 @@ internal sealed class MapCrcPager(MetadataStore metadata, long budgetBytes)
                 _resident.Enqueue(oldest);
                 continue;
             }
-            _bytes -= Bytes(oldest.Holder.Values(oldest.Slot)!);
-            oldest.Holder.SetValues(oldest.Slot, null);
+            _bytes -= Bytes(oldest.Holder.ResidentBytes(oldest.Slot));
+            oldest.Holder.Drop(oldest.Slot);
             _evictions++;
         }
         _resident.Enqueue((holder, slot));
         _bytes += size;
     }
 
-    private static long Bytes(uint[] values) => ArrayOverheadBytes + QueueEntryBytes + 4L * values.Length;
+    private static long Bytes(long elementBytes) => ArrayOverheadBytes + QueueEntryBytes + elementBytes;
 
-    private uint[] Fetch(IPagedCrcs holder, int slot, ulong[] runs)
+    private uint[] FetchCrcs(IPagedCrcs holder, int slot, ulong[] runs)
     {
-        var values = Lookup(holder.Layer(slot), holder.LeafBase(slot), runs);
+        var values = LookupCrcs(holder.Layer(slot), holder.LeafBase(slot), runs);
         lock (_lock)
         {
             // Another reader may have fetched them meanwhile: keep one copy.
             if (holder.Values(slot) is { } other) return other;
             holder.SetValues(slot, values);
-            holder.SetReferenced(slot, false); // earned by a second read: a one-off scan (relocator, scrub) must not push out the leaves in use
+            holder.SetReferenced(slot, false); // earned by a second read: a one-off scan (relocator, scrub) must not push out the parts in use
             AdmitLocked(holder, slot);
             _fetches++;
         }
         return values;
     }
 
+    /// <summary>The packed form of a paged leaf, rebuilt from the metadata store when it was dropped (decision 0019).</summary>
+    public ulong[] Leaf(IPagedLeaf leaf)
+    {
+        var (packed, layer) = Rebuild(leaf);
+        lock (_lock)
+        {
+            if (leaf.Packed is { } other) return other;
+            leaf.Install(packed);
+            leaf.Layer = layer;
+            leaf.SetReferenced(0, false);
+            AdmitLocked(leaf, 0);
+            _fetches++;
+            _leafFetches++;
+        }
+        return packed;
+    }
+
+    // Gathers a layer's extent records in the leaf's range into the packed form, and accepts the first layer (the one
+    // that built the leaf last, then the others in order) whose form has the stub's digest.
+    private (ulong[] Packed, long Layer) Rebuild(IPagedLeaf leaf)
+    {
+        long first = leaf.Layer, leafBase = leaf.LeafBase;
+        var runs = new MapTree.LeafRuns();
+        using (var view = metadata.OpenLookupView())
+        {
+            if (TryLayer(view, first) is { } found) return (found, first);
+            for (long layer = view.NextLayer(1); layer > 0; layer = layer == long.MaxValue ? -1 : view.NextLayer(layer + 1))
+                if (layer != first && TryLayer(view, layer) is { } other) return (other, layer);
+        }
+        Interlocked.Increment(ref _rebuildFailures);
+        throw new StorageException(StorageError.IoError,
+            $"the map of blocks {leafBase}..{leafBase + LeafBlocks - 1} cannot be rebuilt from the metadata store: no layer's " +
+            $"records give the content the map held (layer {first}); the I/O that needs it fails and nothing is guessed; run `platter check`");
+
+        ulong[]? TryLayer(MetadataStore.View view, long layer)
+        {
+            runs.Clear();
+            bool ordered = true;
+            view.VisitLayerRange(layer, leafBase, leafBase + LeafBlocks, (_, block, count, pba, _, crcs) =>
+            {
+                if (pba == MetadataStore.TombstonePba || !ordered) return;
+                long from = Math.Max(block, leafBase), to = Math.Min(block + count, leafBase + LeafBlocks);
+                if (from >= to) return;
+                int skip = (int)(from - block);
+                ordered = runs.TryAdd((int)(from - leafBase), (int)(to - from), pba + skip, crcs[(4 * skip)..]);
+            });
+            if (!ordered || runs.Mapped == 0) return null;
+            var packed = runs.Pack();
+            return MapTree.Digest(packed) == leaf.Digest ? packed : null;
+        }
+    }
+
     // Finds the CRC of every slot the runs map in the records LMDB holds (see the class comment for why any record
     // mapping the slot's block to the slot's physical block will do).
-    private uint[] Lookup(long loadLayer, long leafBase, ulong[] runs)
+    private uint[] LookupCrcs(long loadLayer, long leafBase, ulong[] runs)
     {
         var slots = new Slots(leafBase, runs);
         using (var view = metadata.OpenLookupView())

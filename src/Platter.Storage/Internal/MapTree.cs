@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 
@@ -48,6 +49,12 @@ internal delegate bool MapDiffUntilVisitor(long block, BlockEntry older, BlockEn
 /// ordinary leaf of the writer's tree; open loads full-run leaves in this form, and a dense leaf that packs into one
 /// full run takes it when its parent belongs to the tree packing it.
 /// </para>
+/// <para>
+/// A packed leaf that open builds from one layer's records over nothing is a <see cref="PagedLeaf"/> (decision 0019):
+/// a stub (count, layer, digest) whose packed form the store-wide <see cref="MapCrcPager"/> keeps within the map cache's
+/// budget and rebuilds from LMDB when a reader needs it, checked against the digest. No tree owns a paged leaf, so it
+/// never changes; a write copies it into an ordinary leaf first.
+/// </para>
 /// Not thread-safe: the owner of a mutable tree guards it; a frozen tree is immutable and may be read freely.
 /// </summary>
 internal sealed class MapTree
@@ -62,9 +69,9 @@ internal sealed class MapTree
     private const long PackedPbaLimit = 1L << (64 - PbaShift);
     // A packed leaf is kept only when it is smaller than the dense one (words: count + runs + CRCs two per word).
     private const int DenseLeafBytes = Fanout * 12;
-    // A packed leaf loaded at open pages its CRCs only when it maps at least this many blocks: paging costs a holder,
-    // its array's header and a place in the pager's clock (~96 bytes), more than the CRCs of a few scattered blocks.
-    private const int PagedLeafMinBlocks = 64;
+    // A packed leaf loaded at open is paged whole (decision 0019) only when it maps at least this many blocks: its stub
+    // costs ~32 bytes more than an ordinary leaf node, and the packed array of one or two blocks little more than that.
+    private const int PagedLeafMinBlocks = 4;
 
     // Slots live inline in the node object, so each level of a lookup is one dependent load, not two.
     [InlineArray(Fanout)]
@@ -136,7 +143,9 @@ internal sealed class MapTree
         }
 
         public uint[]? Values(int slot) => Volatile.Read(ref _crcs[slot]);
-        public void SetValues(int slot, uint[]? values) => Volatile.Write(ref _crcs[slot], values);
+        public void SetValues(int slot, uint[] values) => Volatile.Write(ref _crcs[slot], values);
+        public long ResidentBytes(int slot) => Volatile.Read(ref _crcs[slot]) is { } values ? 4L * values.Length : 0;
+        public void Drop(int slot) => Volatile.Write(ref _crcs[slot], null);
         public bool Referenced(int slot) => _referenced[slot];
         public void SetReferenced(int slot, bool referenced) => _referenced[slot] = referenced;
         public long Layer(int slot) => _layers[slot];
@@ -150,29 +159,81 @@ internal sealed class MapTree
         public EntrySlots Entries;
     }
 
-    // Exactly one of Dense and Packed is set. Packed arrays are immutable (copies share them); dense entries change in
-    // place, by the owner only. A frozen leaf may go from dense to packed while unlocked readers look at it: Packed is
-    // written before Dense is cleared, and readers read Dense first, so they see one complete form or the other.
-    // Paged is set only with Packed, on a leaf loaded from the metadata store (decision 0013): then Packed holds the
-    // runs alone and the CRCs live in Paged, shared by every copy, which the pager may drop and fetch again.
-    private sealed class Leaf(object owner) : Node(owner)
+    // Exactly one of Dense and Packed is set, except in a PagedLeaf, which is never dense and whose Packed is null while
+    // the pager has dropped it. Packed arrays are immutable (copies share them); dense entries change in place, by the
+    // owner only. A frozen leaf may go from dense to packed while unlocked readers look at it: Packed is written before
+    // Dense is cleared, and readers read Dense first, so they see one complete form or the other.
+    private class Leaf(object owner) : Node(owner)
     {
         public DenseEntries? Dense;
         public ulong[]? Packed;
-        public PagedCrcs? Paged;
+
+        // Read since the pager's clock last passed it (its second chance): meaningful for a PagedLeaf only, but kept
+        // here (in the node's padding) so a read marks it without a type check.
+        public bool WasRead;
 
         public override Node CopyFor(object owner)
         {
             var copy = new Leaf(owner) { Count = Count };
             var dense = Volatile.Read(ref Dense);
             if (dense is not null) copy.Dense = new DenseEntries { Entries = dense.Entries };
-            else
-            {
-                copy.Packed = Packed;
-                copy.Paged = Paged;
-            }
+            else copy.Packed = Packed;
             return copy;
         }
+    }
+
+    /// <summary>
+    /// A leaf built at open straight from one layer's records over nothing (decision 0019): the stub that stays in the
+    /// tree (its count, where its records were, and a digest of its packed form) while the pager may drop the packed
+    /// form and rebuild it from the records. It never changes: no tree owns it, so a write, a trim or a load over it
+    /// copies it into an ordinary leaf of the writer's tree first (as a full-run leaf, decision 0018). Copies, snapshots
+    /// and clones share it.
+    /// </summary>
+    private sealed class PagedLeaf(MapCrcPager pager, long layer, long leafBase, ulong digest) : Leaf(s_noOwner), IPagedLeaf
+    {
+        public readonly MapCrcPager Pager = pager;
+        private readonly long _leafBase = leafBase;
+        private readonly ulong _digest = digest;
+        private long _layer = layer;
+
+        public override Node CopyFor(object owner) => new Leaf(owner) { Count = Count, Packed = PackedOf(this) };
+
+        public ulong[] Fetch() => Pager.Leaf(this);
+
+        ulong[]? IPagedLeaf.Packed => Volatile.Read(ref Packed);
+        public void Install(ulong[] packed) => Volatile.Write(ref Packed, packed);
+        public long Layer { get => Volatile.Read(ref _layer); set => Volatile.Write(ref _layer, value); }
+        public long LeafBase => _leafBase;
+        public ulong Digest => _digest;
+        public long ResidentBytes(int slot) => Volatile.Read(ref Packed) is { } packed ? 8L * packed.Length : 0;
+        public void Drop(int slot) => Volatile.Write(ref Packed, null);
+        public bool Referenced(int slot) => WasRead;
+        public void SetReferenced(int slot, bool referenced) => WasRead = referenced;
+    }
+
+    // The packed form of a leaf that is not dense: its array, or a paged leaf's, rebuilt from the metadata store when
+    // the pager dropped it (only a PagedLeaf has neither form). A caller keeps the array it got even if it is dropped
+    // meanwhile.
+    private static ulong[] PackedOf(Leaf leaf)
+    {
+        var packed = Volatile.Read(ref leaf.Packed);
+        if (packed is null) return ((PagedLeaf)leaf).Fetch(); // the cold path: a checked cast
+        if (!leaf.WasRead) leaf.WasRead = true; // a plain write: a lost one only costs a paged leaf its second chance
+        return packed;
+    }
+
+    /// <summary>A 64-bit digest of a packed leaf (decision 0019: a rebuilt leaf is accepted only with its stub's digest).</summary>
+    internal static ulong Digest(ulong[] packed)
+    {
+        ulong h = 0x9E37_79B9_7F4A_7C15UL ^ (ulong)packed.Length;
+        foreach (ulong word in packed)
+        {
+            h ^= word;
+            h *= 0xBF58_476D_1CE4_E5B9UL;
+            h ^= h >> 31;
+            h = BitOperations.RotateLeft(h, 27) * 0x94D0_49BB_1331_11EBUL;
+        }
+        return h ^ (h >> 29);
     }
 
     // The level says which kind a node is (0 = a leaf or run leaves), so casts need no type check above level 0.
@@ -235,8 +296,8 @@ internal sealed class MapTree
             if (node is null) return;
             if (level == 0)
             {
-                if (node is Leaf) leaves++;
-                else runs++;
+                if (node is RunLeaves) runs++;
+                else leaves++;
                 return;
             }
             for (int i = 0; i < Fanout; i++) Count(AsInterior(node).Children[i], level - 1);
@@ -265,7 +326,8 @@ internal sealed class MapTree
         var node = FindLeaf(block);
         if (node is null) return default;
         int slot = (int)(block & (Fanout - 1));
-        if (node is not Leaf leaf) return RunGet(AsRuns(node), block);
+        if (node is RunLeaves runs) return RunGet(runs, block);
+        var leaf = AsLeaf(node);
         var dense = Volatile.Read(ref leaf.Dense);
         return dense is not null ? dense.Entries[slot] : PackedGet(leaf, slot);
     }
@@ -298,9 +360,9 @@ internal sealed class MapTree
             int n = Math.Min(Fanout - inLeaf, destination.Length - done);
             var node = FindLeaf(block);
             if (node is null) destination.Slice(done, n).Clear();
-            else if (node is not Leaf leaf) RunUnpack(AsRuns(node), block, inLeaf, destination.Slice(done, n), crcs: true);
-            else if (Volatile.Read(ref leaf.Dense) is { } dense) ((ReadOnlySpan<BlockEntry>)dense.Entries).Slice(inLeaf, n).CopyTo(destination.Slice(done, n));
-            else Unpack(leaf, inLeaf, destination.Slice(done, n), crcs: true);
+            else if (node is RunLeaves runs) RunUnpack(runs, block, inLeaf, destination.Slice(done, n), crcs: true);
+            else if (Volatile.Read(ref AsLeaf(node).Dense) is { } dense) ((ReadOnlySpan<BlockEntry>)dense.Entries).Slice(inLeaf, n).CopyTo(destination.Slice(done, n));
+            else Unpack(AsLeaf(node), inLeaf, destination.Slice(done, n), crcs: true);
             done += n;
         }
     }
@@ -335,6 +397,38 @@ internal sealed class MapTree
         MappedBlocks += delta;
         Prune(slots, ref path);
         return old;
+    }
+
+    /// <summary>
+    /// Makes the leaves holding [<paramref name="firstBlock"/>, + <paramref name="count"/>) this tree's own, rebuilding
+    /// a paged leaf from the metadata store if it was dropped (decision 0019), so that the <see cref="Set"/> calls that
+    /// follow need nothing from the store: a leaf that cannot be rebuilt fails here, before anything changed, rather
+    /// than halfway through a write of several blocks.
+    /// </summary>
+    public void PrepareSet(long firstBlock, int count)
+    {
+        var owner = _owner ?? throw new InvalidOperationException("a frozen map cannot change");
+        Span<int> slots = stackalloc int[InteriorLevels];
+        for (long leafBase = firstBlock & ~(long)(Fanout - 1); leafBase < firstBlock + count; leafBase += Fanout)
+        {
+            if (FindLeaf(leafBase) is not PagedLeaf) continue;
+            var path = new NodePath();
+            WalkDown(owner, leafBase, slots, ref path, createDense: false);
+        }
+    }
+
+    /// <summary>
+    /// Rebuilds now any dropped paged leaf holding [<paramref name="firstBlock"/>, + <paramref name="count"/>) (decision
+    /// 0019), without changing the tree: a writer calls it on its parent's map before changing its own, so that a leaf
+    /// that cannot be rebuilt fails the write before anything changed. (The cache may drop the leaf again before it is
+    /// read; its rebuild then succeeds unless the metadata file was damaged in that instant.)
+    /// </summary>
+    public void FetchLeaves(long firstBlock, long count)
+    {
+        // NextMapped reads each leaf that maps anything in the range (rebuilding a dropped one) and skips empty space
+        // through the interiors, so a trim of a huge thin range costs what the tree holds there, not its length.
+        long end = firstBlock + count;
+        for (long b = NextMapped(firstBlock, end); b >= 0; b = NextMapped((b | (Fanout - 1)) + 1, end)) { }
     }
 
     // Walks down to the leaf of `block` (or to its level-1 interior when `toLevel` is 1), copying every node this tree
@@ -400,7 +494,6 @@ internal sealed class MapTree
         Unpack(leaf, 0, dense.Entries, crcs: true);
         leaf.Dense = dense;
         leaf.Packed = null;
-        leaf.Paged = null; // the dense entries hold the CRCs now; a copy sharing the paged ones keeps them
         NoteDense(leaf, leafBase);
         return dense;
     }
@@ -547,18 +640,10 @@ internal sealed class MapTree
     internal static int RunLength(ulong run) => (int)((run >> 8) & 0xFF) + 1;
     internal static long RunPba(ulong run) => (long)(run >> PbaShift);
 
-    // The CRCs of a packed leaf: null when they follow its runs in the packed array, else its paged CRCs (fetched from
-    // the metadata store when they were dropped). A caller keeps the array it got even if the pager drops it meanwhile.
-    private static uint[]? PagedCrcsOf(Leaf leaf) => leaf.Paged is { } paged ? paged.Pager.Crcs(paged, leaf.Packed!) : null;
-
-    private static uint CrcAt(ulong[] packed, uint[]? paged, int runs, int index) =>
-        paged is not null ? paged[index] : GetCrc(packed, 1 + runs, index);
-
     private static BlockEntry PackedGet(Leaf leaf, int slot)
     {
-        var packed = leaf.Packed!;
+        var packed = PackedOf(leaf);
         int runs = (int)packed[0];
-        uint[]? paged = null;
         int crcIndex = 0;
         for (int r = 0; r < runs; r++)
         {
@@ -566,10 +651,7 @@ internal sealed class MapTree
             int start = RunStart(run), length = RunLength(run);
             if (slot < start) break;
             if (slot < start + length)
-            {
-                if (leaf.Paged is not null) paged = PagedCrcsOf(leaf);
-                return BlockEntry.Mapped(RunPba(run) + (slot - start), CrcAt(packed, paged, runs, crcIndex + slot - start));
-            }
+                return BlockEntry.Mapped(RunPba(run) + (slot - start), GetCrc(packed, 1 + runs, crcIndex + slot - start));
             crcIndex += length;
         }
         return default;
@@ -580,10 +662,9 @@ internal sealed class MapTree
     private static void Unpack(Leaf leaf, int from, Span<BlockEntry> destination, bool crcs)
     {
         destination.Clear();
-        var packed = leaf.Packed!;
+        var packed = PackedOf(leaf);
         int end = from + destination.Length;
         int runs = (int)packed[0];
-        uint[]? paged = null; // fetched at the first mapped slot in range
         int crcIndex = 0;
         for (int r = 0; r < runs; r++)
         {
@@ -591,9 +672,8 @@ internal sealed class MapTree
             int start = RunStart(run), length = RunLength(run);
             if (start >= end) break;
             long pba = RunPba(run);
-            if (crcs && paged is null && leaf.Paged is not null && Math.Max(start, from) < Math.Min(start + length, end)) paged = PagedCrcsOf(leaf);
             for (int i = Math.Max(start, from); i < Math.Min(start + length, end); i++)
-                destination[i - from] = BlockEntry.Mapped(pba + (i - start), crcs ? CrcAt(packed, paged, runs, crcIndex + i - start) : 0);
+                destination[i - from] = BlockEntry.Mapped(pba + (i - start), crcs ? GetCrc(packed, 1 + runs, crcIndex + i - start) : 0);
             crcIndex += length;
         }
     }
@@ -602,9 +682,9 @@ internal sealed class MapTree
     // full-run) ones unpacked into `scratch`. Without `crcs` the CRCs of a packed or full-run leaf may read as 0.
     private static ReadOnlySpan<BlockEntry> EntriesOf(Node node, long leafBase, Span<BlockEntry> scratch, bool crcs = true)
     {
-        if (node is not Leaf leaf) RunUnpack(AsRuns(node), leafBase, 0, scratch, crcs);
-        else if (Volatile.Read(ref leaf.Dense) is { } dense) return dense.Entries;
-        else Unpack(leaf, 0, scratch, crcs);
+        if (node is RunLeaves runs) RunUnpack(runs, leafBase, 0, scratch, crcs);
+        else if (Volatile.Read(ref AsLeaf(node).Dense) is { } dense) return dense.Entries;
+        else Unpack(AsLeaf(node), 0, scratch, crcs);
         return scratch;
     }
 
@@ -668,15 +748,6 @@ internal sealed class MapTree
             return packed;
         }
 
-        // The runs alone (count, then run words): the packed form of a leaf whose CRCs are paged.
-        internal ulong[] PackRuns()
-        {
-            var packed = new ulong[1 + _runCount];
-            packed[0] = (ulong)_runCount;
-            _runs.AsSpan(0, _runCount).CopyTo(packed.AsSpan(1));
-            return packed;
-        }
-
         internal uint[] Crcs() => _crcs.AsSpan(0, _mapped).ToArray();
 
         // The first physical block when the leaf is one run of all 256 blocks, else null.
@@ -691,8 +762,9 @@ internal sealed class MapTree
     /// <see cref="SetLeaf"/> with the entries does it). The result is what <see cref="SetLeaf"/> would store.
     /// <para>
     /// With a <paramref name="pager"/>, the runs came from the records of <paramref name="layer"/> as the metadata store
-    /// holds them, so the pager may drop the leaf's CRCs and fetch them again from those records (decision 0013), when
-    /// the leaf maps enough blocks for that to save memory (a full run always does: decision 0018).
+    /// holds them, over nothing, so the pager may drop the leaf and rebuild it from those records: a full run keeps its
+    /// physical block and pages its CRCs (decisions 0013, 0018), another leaf that maps enough blocks for it to save
+    /// memory becomes a <see cref="PagedLeaf"/> stub whose whole packed form pages (decision 0019).
     /// </para>
     /// </summary>
     public bool TrySetNewLeaf(long leafBase, LeafRuns runs, MapCrcPager? pager = null, long layer = 0)
@@ -713,17 +785,21 @@ internal sealed class MapTree
             Interlocked.Increment(ref s_runLeavesLoaded);
             return true;
         }
+        MappedBlocks += runs.Mapped;
+        if (pager is not null && runs.Mapped >= PagedLeafMinBlocks)
+        {
+            var packed = runs.Pack();
+            var paged = new PagedLeaf(pager, layer, leafBase, Digest(packed)) { Count = runs.Mapped, Packed = packed };
+            WalkDown(owner, leafBase, slots, ref path, toLevel: 1);
+            AsInterior(path[1]).Children[RegionSlot(leafBase)] = paged;
+            path[1].Count++;
+            pager.Admit(paged);
+            return true;
+        }
         WalkDown(owner, leafBase, slots, ref path, createDense: false);
         var leaf = AsLeaf(path[0]);
-        MappedBlocks += runs.Mapped;
         leaf.Count = runs.Mapped;
-        if (pager is null || runs.Mapped < PagedLeafMinBlocks) leaf.Packed = runs.Pack();
-        else
-        {
-            leaf.Packed = runs.PackRuns();
-            leaf.Paged = new PagedCrcs(pager, layer, leafBase, runs.Crcs());
-            pager.Admit(leaf.Paged);
-        }
+        leaf.Packed = runs.Pack();
         leaf.Dense = null;
         return true;
     }
@@ -747,7 +823,6 @@ internal sealed class MapTree
         var leaf = AsLeaf(path[0]);
         MappedBlocks += count - leaf.Count;
         leaf.Count = count;
-        leaf.Paged = null; // the entries hold every CRC (a paged leaf of the parent was copied for this tree)
         if (Pack(entries) is { } packed)
         {
             leaf.Packed = packed;
@@ -774,7 +849,7 @@ internal sealed class MapTree
         if (node is null) return -1;
         if (level == 0)
         {
-            if (node is Leaf leaf) return NextMappedInLeaf(leaf, nodeBase, from, limit);
+            if (node is not RunLeaves) return NextMappedInLeaf(AsLeaf(node), nodeBase, from, limit);
             long found = Math.Max(nodeBase, from); // a full-run leaf maps every block
             return found < limit ? found : -1;
         }
@@ -803,7 +878,7 @@ internal sealed class MapTree
             }
             return -1;
         }
-        var packed = leaf.Packed!;
+        var packed = PackedOf(leaf);
         int runs = (int)packed[0];
         for (int r = 0; r < runs; r++)
         {
@@ -825,8 +900,8 @@ internal sealed class MapTree
             if (node is null) return block;
             long leafBase = block & ~(long)(Fanout - 1);
             int slot = (int)(block - leafBase);
-            if (node is not Leaf leaf) { } // a full-run leaf maps every block
-            else if (Volatile.Read(ref leaf.Dense) is { } dense)
+            if (node is RunLeaves) { } // a full-run leaf maps every block
+            else if (Volatile.Read(ref AsLeaf(node).Dense) is { } dense)
             {
                 for (; slot < Fanout; slot++)
                 {
@@ -836,7 +911,7 @@ internal sealed class MapTree
             }
             else
             {
-                var packed = leaf.Packed!;
+                var packed = PackedOf(AsLeaf(node));
                 int runs = (int)packed[0];
                 for (int r = 0; r < runs && slot < Fanout; r++)
                 {
@@ -904,7 +979,7 @@ internal sealed class MapTree
                 WalkAdded(a is null ? null : AsInterior(a).Children[i], AsInterior(b).Children[i], level - 1, nodeBase + i * span, visitor);
             return;
         }
-        if (b is not Leaf leafB)
+        if (b is RunLeaves)
         {
             if (a is null)
             {
@@ -914,9 +989,9 @@ internal sealed class MapTree
         }
         else
         {
-            if (a is null && Volatile.Read(ref leafB.Dense) is null)
+            if (a is null && Volatile.Read(ref AsLeaf(b).Dense) is null)
             {
-                var packed = leafB.Packed!;
+                var packed = PackedOf(AsLeaf(b));
                 for (int r = 0; r < (int)packed[0]; r++)
                     visitor(nodeBase + RunStart(packed[1 + r]), RunPba(packed[1 + r]), RunLength(packed[1 + r]));
                 return;
@@ -961,7 +1036,8 @@ internal sealed class MapTree
 
     // Copies of a packed leaf share its array: the same content.
     private static bool SharePacked(Node? a, Node? b) =>
-        a is Leaf la && b is Leaf lb && la.Packed is { } pa && ReferenceEquals(pa, lb.Packed);
+        a is not null and not RunLeaves && b is not null and not RunLeaves && Volatile.Read(ref AsLeaf(a).Packed) is { } pa &&
+        ReferenceEquals(pa, Volatile.Read(ref AsLeaf(b).Packed));
 
     private static bool WalkLeaves(Node? a, Node? b, long leafBase, long from, long to, MapDiffUntilVisitor visitor)
     {

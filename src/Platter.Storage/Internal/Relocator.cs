@@ -315,6 +315,17 @@ internal sealed class Relocator : IDisposable
                            && logical[j] < size && state.Map.Get(logical[j]).PbaPlusOne == old[j].PbaPlusOne
                            && (parent is null || parent.Map.Get(logical[j]).PbaPlusOne != old[j].PbaPlusOne))
                         j++;
+                    try
+                    {
+                        // A leaf the map cache dropped is rebuilt before anything changes (decision 0019).
+                        state.Map.PrepareSet(logical[k], j - k);
+                    }
+                    catch (StorageException)
+                    {
+                        // It cannot be rebuilt (damaged metadata; reads of it fail too): leave the rest where it is.
+                        for (int i = k; i < count; i++) (dropped ??= new()).Add(fresh[i]);
+                        break;
+                    }
                     for (int i = k; i < j; i++)
                     {
                         var replaced = state.Map.Set(logical[i], BlockEntry.Mapped(fresh[i], old[i].Crc));

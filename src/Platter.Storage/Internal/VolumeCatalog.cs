@@ -212,6 +212,8 @@ internal sealed class VolumeCatalog : IDisposable
             chain = Versions.Lineage(state, freezeVolume: true).Maps;
         }
         _parts.Space.ReleaseRegion(state);
+        long work = chain.Sum(m => m?.MappedBlocks ?? 0);
+        var reclaim = EnumerateIfSmall(work, free => Versions.VisitAdditions(chain, (_, _, e) => free(e.Pba)));
         lock (_lock) _pendingOps.AppendDeleteVolume(state.Id);
         Committer.Commit();
         lock (_lock)
@@ -219,7 +221,7 @@ internal sealed class VolumeCatalog : IDisposable
             _byId.Remove(state.Id);
             state.Origin?.Clones.Remove(state);
         }
-        StartReclaim($"volume '{name}'", chain.Sum(m => m?.MappedBlocks ?? 0), free => Versions.VisitAdditions(chain, (_, _, e) => free(e.Pba)));
+        StartReclaim($"volume '{name}'", work, reclaim);
         return 0;
     });
 
@@ -252,25 +254,28 @@ internal sealed class VolumeCatalog : IDisposable
         var snap = FindSnapshot(volume, snapshot);
         ThrowIfCloned(snap);
         var state = snap.Volume;
-        SnapshotState? parent;
-        MapTree childMap;
+        long work;
+        Action<Action<long>> reclaim;
         lock (state.Lock)
         {
-            parent = snap.Parent;
+            var parent = snap.Parent;
             var child = snap.Child;
             // The volume keeps writing: compare against a frozen view of it as of now. Blocks it replaces later
             // are judged by the write path against the snapshot's parent, which it now inherits from.
-            childMap = child is VolumeState v ? v.Map.Snapshot() : child.Map;
+            var childMap = child is VolumeState v ? v.Map.Snapshot() : child.Map;
+            work = snap.Map.MappedBlocks + childMap.MappedBlocks;
+            // Before the operation is appended: a background commit cannot take it to a checkpoint meanwhile.
+            reclaim = EnumerateIfSmall(work, free => MapTree.Diff(snap.Map, childMap, 0, long.MaxValue, (block, older, _) =>
+            {
+                if (older.IsMapped && (parent is null || parent.Map.Get(block).PbaPlusOne != older.PbaPlusOne)) free(older.Pba);
+            }));
             Catalog.RemoveSnapshot(snap);
             int ringFrom = state.PendingOps.Length;
             state.PendingOps.AppendDeleteSnapshot(state.Id, snap.Id);
             _parts.Ring.Append(state, state.PendingOps.Span[ringFrom..]); // writes after it name its new layer
         }
         Committer.Commit();
-        StartReclaim($"snapshot '{snap.DisplayName}'", snap.Map.MappedBlocks + childMap.MappedBlocks, free => MapTree.Diff(snap.Map, childMap, 0, long.MaxValue, (block, older, _) =>
-        {
-            if (older.IsMapped && (parent is null || parent.Map.Get(block).PbaPlusOne != older.PbaPlusOne)) free(older.Pba);
-        }));
+        StartReclaim($"snapshot '{snap.DisplayName}'", work, reclaim);
         return 0;
     });
 
@@ -307,22 +312,25 @@ internal sealed class VolumeCatalog : IDisposable
         foreach (var s in newer) ThrowIfCloned(s);
         long layer;
         lock (_lock) layer = _nextId++;
-        MapTree oldMap;
-        List<SnapshotState> dropped;
+        long work;
+        Action<Action<long>> reclaim;
         lock (state.Lock)
         {
-            oldMap = state.Map.Snapshot();
-            dropped = Catalog.RollBack(state, snap, layer);
+            // What the versions the rollback drops (the newer snapshots and the volume as it is) added on top of the
+            // snapshot was theirs alone. Walked before anything changes when small: until the operation is appended, a
+            // background commit cannot take it to a checkpoint.
+            var chain = new List<MapTree?> { snap.Map };
+            chain.AddRange(state.Snapshots.SkipWhile(s => s != snap).Skip(1).Select(d => d.Map));
+            chain.Add(state.Map.Snapshot());
+            work = chain.Sum(m => m!.MappedBlocks);
+            reclaim = EnumerateIfSmall(work, free => Versions.VisitAdditions(chain, (_, _, e) => free(e.Pba)));
+            Catalog.RollBack(state, snap, layer);
             int ringFrom = state.PendingOps.Length;
             state.PendingOps.AppendRollback(state.Id, snap.Id, layer);
             _parts.Ring.Append(state, state.PendingOps.Span[ringFrom..]); // writes after it name its new layer
         }
         Committer.Commit();
-        // What the dropped versions added on top of the snapshot was theirs alone.
-        var chain = new List<MapTree?> { snap.Map };
-        chain.AddRange(dropped.Select(d => d.Map));
-        chain.Add(oldMap);
-        StartReclaim($"rollback of '{volume}' to '{snapshot}'", chain.Sum(m => m!.MappedBlocks), free => Versions.VisitAdditions(chain, (_, _, e) => free(e.Pba)));
+        StartReclaim($"rollback of '{volume}' to '{snapshot}'", work, reclaim);
         return 0;
     });
 
@@ -446,6 +454,29 @@ internal sealed class VolumeCatalog : IDisposable
         {
             _adminLock.Release();
         }
+    }
+
+    /// <summary>
+    /// For a reclaim small enough to run inline, walks the dropped versions' maps now, before the operation is appended
+    /// to a pending log, and returns what it found: a map leaf the map cache dropped is rebuilt from records that a
+    /// checkpoint of the operation would merge or delete (decision 0019), and until the operation is appended no commit
+    /// or checkpoint holds it. The maps walked
+    /// are frozen, so the result is what the walk after the commit would find. A larger reclaim walks in the background
+    /// after the commit, as before; a walk that fails here is left to that path (which logs it).
+    /// </summary>
+    private static Action<Action<long>> EnumerateIfSmall(long workBlocks, Action<Action<long>> enumerate)
+    {
+        if (workBlocks > EngineLimits.InlineReclaimBlocks) return enumerate;
+        var blocks = new List<long>();
+        try
+        {
+            enumerate(blocks.Add);
+        }
+        catch (StorageException)
+        {
+            return enumerate;
+        }
+        return free => blocks.ForEach(free);
     }
 
     /// <summary>

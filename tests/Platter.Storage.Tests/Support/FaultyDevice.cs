@@ -354,6 +354,9 @@ internal sealed class FaultyStore
     /// <summary>The data file's device (journal region first, then data blocks).</summary>
     public FaultyDevice? Data { get; private set; }
 
+    /// <summary>The map cache's budget of the stores opened (decision 0019: a tiny one pages every map leaf loaded at open).</summary>
+    public long MapCacheBytes { get; set; } = StoreOptions.MapCacheBytesDefault;
+
     /// <summary>Aims counted faults at the data blocks only.</summary>
     public void AimAtData() { Data!.FaultRangeStart = JournalBytes; Data.FaultRangeEnd = long.MaxValue; }
 
@@ -387,6 +390,7 @@ internal sealed class FaultyStore
         },
         DataGrowthBytes = dataGrowthBytes,
         DataBytesMax = dataBytesMax,
+        MapCacheBytes = MapCacheBytes,
         CommitIntervalMax = commitIntervalMax ?? TimeSpan.FromSeconds(1),
         // The smallest reserve file: sized from the file system it would be 256 MiB, and on tmpfs (the power-cut test's
         // /dev/shm) allocating that zeroes 256 MiB of RAM per store: two stores per iteration, 2,000 iterations.
