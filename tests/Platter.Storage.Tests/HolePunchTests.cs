@@ -213,9 +213,11 @@ public sealed class HolePunchTests : IDisposable
 
             long written = Passes * Writers * Share;
             Assert.Equal(0, device.PunchesStarted);
-            // Bounded: the steady state needs no new space (a region per writer at most, as writes race a refill).
+            // Bounded: the steady state needs no new space (a region per writer at most, as writes race a refill, and as
+            // much again while a slow disk holds a commit's sync: CI once saw 40 MiB beside a build). Without reuse the
+            // file would grow by all 384 MiB written.
             long grown = device.Length - lengthBefore;
-            Assert.True(grown <= Writers * 4 * MiB, $"the data file grew by {grown >> 20} MiB while {written >> 20} MiB overwrote a {(Writers * Share) >> 20} MiB volume");
+            Assert.True(grown <= Writers * 8 * MiB, $"the data file grew by {grown >> 20} MiB while {written >> 20} MiB overwrote a {(Writers * Share) >> 20} MiB volume");
             // Holes written: the growth, and at most the regions the writers held when measuring began.
             long freshBytes = (device.FreshBlocks - freshBefore) * 4096;
             Assert.True(freshBytes <= grown + Writers * 4 * MiB, $"{freshBytes >> 20} MiB of {written >> 20} MiB of overwrites went into holes of the data file (it grew by {grown >> 20} MiB)");
