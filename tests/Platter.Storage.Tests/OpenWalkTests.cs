@@ -125,23 +125,30 @@ public sealed class OpenWalkTests : IDisposable
 
         using var metadata = new MetadataStore(_dir.Path, create: false, FaultyStore.JournalBytes);
         using var view = metadata.OpenView();
+        Assert.True(view.CountEntries().Extents > 4 * 4096, $"only {view.CountEntries().Extents} records: too few chunks");
+        var one = AssertSlicedWalkBuildsWhatOneThreadBuilds(view, walkers: 2);
+        AssertSameCatalog(Catalog.Load(view), one);
+    }
+
+    // Walks the store on one thread and in slices by `walkers` threads: both find it intact and build the same versions
+    // (maps with their CRCs), count the same records per layer and reference the same physical blocks. Returns the
+    // catalog of the walk on one thread.
+    private static Catalog AssertSlicedWalkBuildsWhatOneThreadBuilds(MetadataStore.View view, int walkers)
+    {
         long dataBlocks = long.MaxValue >> EngineLimits.BlockShift;
         var damageOne = new MetadataDamage();
-        var one = Catalog.LoadInOneWalk(view, dataBlocks, damageOne, walkers: 0);
-        var damageTwo = new MetadataDamage();
-        var two = Catalog.LoadInOneWalk(view, dataBlocks, damageTwo, walkers: 2);
-        Assert.NotNull(one);
-        Assert.NotNull(two);
-        Assert.False(damageTwo.Any, damageTwo.Any ? damageTwo.Summary() : "");
-        Assert.Equal(2, two.Walkers);
-        Assert.True(view.CountEntries().Extents > 4 * 4096, $"only {view.CountEntries().Extents} records: too few chunks");
-        AssertSameCatalog(one, two);
-        AssertSameCatalog(Catalog.Load(view), two);
-        Assert.Equal(damageOne.RecordsLoaded.OrderBy(p => p.Key), damageTwo.RecordsLoaded.OrderBy(p => p.Key));
+        var one = Catalog.LoadInOneWalk(view, dataBlocks, damageOne, walkers: 0)!;
+        var damageSliced = new MetadataDamage();
+        var sliced = Catalog.LoadInOneWalk(view, dataBlocks, damageSliced, walkers: walkers)!;
+        Assert.False(damageOne.Any || damageSliced.Any, damageSliced.Any ? damageSliced.Summary() : "");
+        Assert.Equal(walkers, sliced.Walkers); // walked in slices, not again on one thread
+        AssertSameCatalog(one, sliced);
+        Assert.Equal(damageOne.RecordsLoaded.OrderBy(p => p.Key), damageSliced.RecordsLoaded.OrderBy(p => p.Key));
         var usedOne = MetadataVerifier.VerifyVersions(one.Volumes.Values, dataBlocks, new MetadataDamage(), Versions.ReferencedBlocks);
-        var usedTwo = MetadataVerifier.VerifyVersions(two.Volumes.Values, dataBlocks, new MetadataDamage(), Versions.ReferencedBlocks);
-        Assert.Equal(usedOne.Blocks, usedTwo.Blocks);
-        Assert.Equal(usedOne.Runs, usedTwo.Runs);
+        var usedSliced = MetadataVerifier.VerifyVersions(sliced.Volumes.Values, dataBlocks, new MetadataDamage(), Versions.ReferencedBlocks);
+        Assert.Equal(usedOne.Blocks, usedSliced.Blocks);
+        Assert.Equal(usedOne.Runs, usedSliced.Runs);
+        return one;
     }
 
     // One layer only: the slices cut the walk by block, so their seams fall inside leaves (and inside runs of records a
@@ -165,15 +172,7 @@ public sealed class OpenWalkTests : IDisposable
         }
         using var metadata = new MetadataStore(_dir.Path, create: false, FaultyStore.JournalBytes);
         using var view = metadata.OpenView();
-        long dataBlocks = long.MaxValue >> EngineLimits.BlockShift;
-        var damageOne = new MetadataDamage();
-        var one = Catalog.LoadInOneWalk(view, dataBlocks, damageOne, walkers: 0)!;
-        var damageSliced = new MetadataDamage();
-        var sliced = Catalog.LoadInOneWalk(view, dataBlocks, damageSliced, walkers: walkers)!;
-        Assert.False(damageSliced.Any, damageSliced.Any ? damageSliced.Summary() : "");
-        Assert.Equal(walkers, sliced.Walkers);
-        AssertSameCatalog(one, sliced);
-        Assert.Equal(damageOne.RecordsLoaded.OrderBy(p => p.Key), damageSliced.RecordsLoaded.OrderBy(p => p.Key));
+        var one = AssertSlicedWalkBuildsWhatOneThreadBuilds(view, walkers);
         Assert.Equal(5000 + 400 - 300, one.Volumes.Values.Single().Map.MappedBlocks);
     }
 
