@@ -128,18 +128,24 @@ public sealed class OpenWalkTests : IDisposable
         Assert.True(view.CountEntries().Extents > 4 * 4096, $"only {view.CountEntries().Extents} records: too few chunks");
         var one = AssertSlicedWalkBuildsWhatOneThreadBuilds(view, walkers: 2);
         AssertSameCatalog(Catalog.Load(view), one);
+        AssertSlicedWalkBuildsWhatOneThreadBuilds(view, walkers: 3, Starved);
     }
+
+    // Chunks of 7 records, 4 of them for 3 walkers, 8 slices each: walkers ahead of the slice being applied wait for
+    // chunks nearly all the time, and the walker of that slice takes the last ones (the rule that keeps it from waiting
+    // for a builder that waits for it).
+    private static readonly Catalog.WalkLimits Starved = new(SlicesPerWalker: 8, Chunks: 4, ChunkRecords: 7);
 
     // Walks the store on one thread and in slices by `walkers` threads: both find it intact and build the same versions
     // (maps with their CRCs), count the same records per layer and reference the same physical blocks. Returns the
     // catalog of the walk on one thread.
-    private static Catalog AssertSlicedWalkBuildsWhatOneThreadBuilds(MetadataStore.View view, int walkers)
+    private static Catalog AssertSlicedWalkBuildsWhatOneThreadBuilds(MetadataStore.View view, int walkers, Catalog.WalkLimits? limits = null)
     {
         long dataBlocks = long.MaxValue >> EngineLimits.BlockShift;
         var damageOne = new MetadataDamage();
         var one = Catalog.LoadInOneWalk(view, dataBlocks, damageOne, walkers: 0)!;
         var damageSliced = new MetadataDamage();
-        var sliced = Catalog.LoadInOneWalk(view, dataBlocks, damageSliced, walkers: walkers)!;
+        var sliced = Catalog.LoadInOneWalk(view, dataBlocks, damageSliced, walkers: walkers, limits: limits)!;
         Assert.False(damageOne.Any || damageSliced.Any, damageSliced.Any ? damageSliced.Summary() : "");
         Assert.Equal(walkers, sliced.Walkers); // walked in slices, not again on one thread
         AssertSameCatalog(one, sliced);
@@ -154,10 +160,12 @@ public sealed class OpenWalkTests : IDisposable
     // One layer only: the slices cut the walk by block, so their seams fall inside leaves (and inside runs of records a
     // leaf gathers), and between a record and the tombstone after it.
     [Theory]
-    [InlineData(1)]
-    [InlineData(2)]
-    [InlineData(4)]
-    public void Slices_cut_inside_one_layer_build_what_one_walk_builds(int walkers)
+    [InlineData(1, false)]
+    [InlineData(2, false)]
+    [InlineData(4, false)]
+    [InlineData(2, true)]
+    [InlineData(3, true)]
+    public void Slices_cut_inside_one_layer_build_what_one_walk_builds(int walkers, bool starved)
     {
         using (var store = Open())
         {
@@ -172,7 +180,7 @@ public sealed class OpenWalkTests : IDisposable
         }
         using var metadata = new MetadataStore(_dir.Path, create: false, FaultyStore.JournalBytes);
         using var view = metadata.OpenView();
-        var one = AssertSlicedWalkBuildsWhatOneThreadBuilds(view, walkers);
+        var one = AssertSlicedWalkBuildsWhatOneThreadBuilds(view, walkers, starved ? Starved : null);
         Assert.Equal(5000 + 400 - 300, one.Volumes.Values.Single().Map.MappedBlocks);
     }
 

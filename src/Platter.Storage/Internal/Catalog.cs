@@ -91,7 +91,7 @@ internal sealed class Catalog
     /// thread).
     /// </summary>
     public static Catalog? LoadInOneWalk(MetadataStore.View view, long dataBlocks, MetadataDamage damage, MapCrcPager? pager = null,
-        int walkers = 0)
+        int walkers = 0, WalkLimits? limits = null)
     {
         var scratch = new MetadataDamage();
         var volumeRecords = view.Volumes(scratch);
@@ -130,7 +130,7 @@ internal sealed class Catalog
         steps.Sort(static (a, b) => a.Layer.CompareTo(b.Layer));
         if (walkers > 0 && !damage.Any)
         {
-            if (TryWalkInSlices(view, owners, dataBlocks, layers, new VersionBuilder(steps, pager), walkers, damage))
+            if (TryWalkInSlices(view, owners, dataBlocks, layers, new VersionBuilder(steps, pager), walkers, limits ?? WalkLimits.Engine, damage))
             {
                 catalog.Walkers = walkers;
                 return catalog;
@@ -180,10 +180,10 @@ internal sealed class Catalog
     /// a <see cref="ChunkHand"/>.
     /// </summary>
     private static bool TryWalkInSlices(MetadataStore.View view, Dictionary<long, string> owners, long dataBlocks, HashSet<long> layers,
-        VersionBuilder builder, int walkers, MetadataDamage damage)
+        VersionBuilder builder, int walkers, WalkLimits limits, MetadataDamage damage)
     {
-        var slices = Slice.Cut(view.ExtentKeyBounds(), walkers == 1 ? 1 : walkers * EngineLimits.OpenWalkSlicesPerWalker);
-        var hand = new ChunkHand(slices.Length, EngineLimits.OpenWalkChunks, reserve: walkers);
+        var slices = Slice.Cut(view.ExtentKeyBounds(), walkers == 1 ? 1 : walkers * limits.SlicesPerWalker);
+        var hand = new ChunkHand(slices.Length, limits.Chunks, limits.ChunkRecords, reserve: walkers);
         Exception? failed = null;
         int next = 0;
         var threads = new Thread[walkers];
@@ -240,6 +240,15 @@ internal sealed class Catalog
         if (slices.Any(s => s.Damage.Any)) return false;
         foreach (var (layer, records) in scratch.RecordsLoaded) damage.RecordsLoaded[layer] = records;
         return true;
+    }
+
+    /// <summary>
+    /// The sizes of the walk in slices: the engine's (<see cref="Engine"/>, from <see cref="EngineLimits"/>), or tiny
+    /// ones with which tests make the walkers wait for chunks all the time.
+    /// </summary>
+    internal sealed record WalkLimits(int SlicesPerWalker, int Chunks, int ChunkRecords)
+    {
+        public static readonly WalkLimits Engine = new(EngineLimits.OpenWalkSlicesPerWalker, EngineLimits.OpenWalkChunks, EngineLimits.OpenWalkChunkRecords);
     }
 
     /// <summary>One slice of the walk in slices: keys from <see cref="From"/> to <see cref="Until"/> (empty: the table's start or end).</summary>
@@ -313,12 +322,12 @@ internal sealed class Catalog
         private int _front;
         private volatile bool _stopped;
 
-        public ChunkHand(int slices, int chunks, int reserve)
+        public ChunkHand(int slices, int chunks, int chunkRecords, int reserve)
         {
             _walked = new Queue<RecordChunk>[slices];
             for (int i = 0; i < slices; i++) _walked[i] = new Queue<RecordChunk>();
             _ended = new bool[slices];
-            for (int i = 0; i < chunks; i++) _free.Push(new RecordChunk());
+            for (int i = 0; i < chunks; i++) _free.Push(new RecordChunk(chunkRecords));
             _reserve = reserve;
         }
 
@@ -387,22 +396,21 @@ internal sealed class Catalog
 
     /// <summary>
     /// Decoded records on their way from a walker to the thread that builds the versions (<see cref="TryWalkInSlices"/>):
-    /// up to <see cref="RecordsMax"/> records, and their CRCs copied out of LMDB's pages.
+    /// up to <see cref="WalkLimits.ChunkRecords"/> records, and their CRCs copied out of LMDB's pages.
     /// </summary>
-    private sealed class RecordChunk
+    private sealed class RecordChunk(int recordsMax)
     {
-        private const int RecordsMax = 4096;
         private const int CrcBytesMax = 64 << 10; // 4 bytes a block: 4,096 one-block records, or 64 of ExtentBlocksMax blocks
-        public readonly long[] Layer = new long[RecordsMax], Block = new long[RecordsMax], Pba = new long[RecordsMax];
-        public readonly int[] Count = new int[RecordsMax];
-        private readonly int[] _crcEnd = new int[RecordsMax];
+        public readonly long[] Layer = new long[recordsMax], Block = new long[recordsMax], Pba = new long[recordsMax];
+        public readonly int[] Count = new int[recordsMax];
+        private readonly int[] _crcEnd = new int[recordsMax];
         private readonly byte[] _crcs = new byte[CrcBytesMax];
         public int Records { get; private set; }
 
         public bool TryAdd(long layer, long block, int count, long pba, ReadOnlySpan<byte> crcs)
         {
             int from = Records == 0 ? 0 : _crcEnd[Records - 1];
-            if (Records == RecordsMax || from + crcs.Length > _crcs.Length) return false;
+            if (Records == recordsMax || from + crcs.Length > _crcs.Length) return false;
             crcs.CopyTo(_crcs.AsSpan(from));
             (Layer[Records], Block[Records], Count[Records], Pba[Records]) = (layer, block, count, pba);
             _crcEnd[Records++] = from + crcs.Length;
