@@ -31,6 +31,29 @@ internal static class EngineLimits
     /// <summary>Aligned buffers a data file keeps for direct writes: one per writer thread on a small server; more are allocated and freed.</summary>
     public const int DirectWriteBuffersPooled = 8;
 
+    /// <summary>
+    /// Threads that walk the extents table at open, in slices, while the opening thread builds the maps (decision 0020):
+    /// one per core up to this. The walk (LMDB's cursor, the record rules, decoding) costs about twice what building
+    /// the maps costs, so more walkers than this would wait for the one builder.
+    /// </summary>
+    public const int OpenWalkersMax = 4;
+
+    /// <summary>
+    /// Slices of the key space per walker at open: enough that a slice is small next to what the chunks hold (10 M
+    /// records on two walkers: 156 k records a slice), so a walker ahead of the slice being applied rarely waits.
+    /// </summary>
+    public const int OpenWalkSlicesPerWalker = 32;
+
+    /// <summary>
+    /// Chunks of decoded records (each up to 4,096 records or 64 KiB of CRCs, ~200 KiB) the walkers at open share: what
+    /// is walked but not applied yet. 64 chunks, ~13 MiB, hold 262 k one-block records: a walker ahead of the builder
+    /// can walk most of a slice before it waits.
+    /// </summary>
+    public const int OpenWalkChunks = 64;
+
+    /// <summary>Records a chunk of the walk at open holds (one-block records: 16 KiB of CRCs; ~0.3 ms of walking).</summary>
+    public const int OpenWalkChunkRecords = 4096;
+
     /// <summary>Blocks a volume reserves from the allocator at a time, so consecutive writes land contiguously (4 MiB).</summary>
     public const int RegionBlocks = 1024;
 

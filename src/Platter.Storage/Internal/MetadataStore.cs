@@ -189,6 +189,33 @@ internal sealed class MetadataStore : IDisposable
             for (bool ok = cursor.First(); ok; ok = cursor.Next()) visitor(cursor.Key, cursor.Value);
         }
 
+        /// <summary>
+        /// The raw records with keys from <paramref name="from"/> (inclusive; empty: from the first) to
+        /// <paramref name="until"/> (exclusive; empty: to the end), in key order: one slice of open's walk (decision 0020).
+        /// </summary>
+        public void ScanRaw(ReadOnlySpan<byte> from, ReadOnlySpan<byte> until, RawRecordVisitor visitor)
+        {
+            using var cursor = _txn.OpenCursor(_store._extents);
+            for (bool ok = from.IsEmpty ? cursor.First() : cursor.SeekAtOrAfter(from); ok; ok = cursor.Next())
+            {
+                var key = cursor.Key;
+                if (!until.IsEmpty && key.SequenceCompareTo(until) >= 0) return;
+                visitor(key, cursor.Value);
+            }
+        }
+
+        /// <summary>The smallest and largest keys of the extents table, or nulls when it is empty.</summary>
+        public (byte[]? First, byte[]? Last) ExtentKeyBounds()
+        {
+            using var cursor = _txn.OpenCursor(_store._extents);
+            if (!cursor.First()) return (null, null);
+            var first = cursor.Key.ToArray();
+            return cursor.Last() ? (first, cursor.Key.ToArray()) : (first, null);
+        }
+
+        /// <summary>Another read-only view of the same store (its own LMDB read transaction, for another thread).</summary>
+        public View Sibling() => new(_store);
+
         /// <summary>Streams every record of every layer.</summary>
         public void VisitAll(ExtentVisitor visitor)
         {

@@ -105,7 +105,9 @@ internal static class MetadataVerifier
     /// </summary>
     public sealed class RecordWalk(Dictionary<long, string> owners, long dataBlocks, MetadataDamage damage)
     {
-        private readonly byte[] _previousKey = new byte[16];
+        // The previous record's key as two big-endian words: keys are compared as LMDB orders them (memcmp).
+        private ulong _previousKeyLayer, _previousKeyBlock;
+        private ulong _firstKeyLayer, _firstKeyBlock; // the first record's key (where a slice of the walk starts)
         private readonly Dictionary<long, long> _perLayer = new();
         private long _records;
         private bool _first = true, _blameNext;
@@ -138,7 +140,8 @@ internal static class MetadataVerifier
                 _runOwned = owners.ContainsKey(layer);
             }
             _runRecords++;
-            if (!_first && key.SequenceCompareTo(_previousKey) <= 0)
+            ulong keyLayer = (ulong)layer, keyBlock = (ulong)block;
+            if (!_first && (keyLayer < _previousKeyLayer || (keyLayer == _previousKeyLayer && keyBlock <= _previousKeyBlock)))
             {
                 // A key smaller than the one before it was garbled in place: the B-tree no longer finds its neighbours.
                 damage.Add(layer, $"extent records out of order at {Owner(layer)} block {block} (a damaged metadata page)");
@@ -153,11 +156,35 @@ internal static class MetadataVerifier
                 damage.Add(layer, $"'{Owner(layer)}': extent records overlap at block {block}");
             if (pba != MetadataStore.TombstonePba && pba + count > dataBlocks)
                 damage.Add(layer, $"'{Owner(layer)}': extent at block {block} points at physical [{pba}, {pba + count}), outside the data file ({dataBlocks} blocks)");
-            key.CopyTo(_previousKey);
+            if (_first) (_firstKeyLayer, _firstKeyBlock) = (keyLayer, keyBlock);
+            (_previousKeyLayer, _previousKeyBlock) = (keyLayer, keyBlock);
             _first = false;
             _previousLayer = layer;
             _previousEnd = block + count;
             return true;
+        }
+
+        /// <summary>
+        /// Takes in the walk of the slice of the table that follows this one in key order (decision 0020): its counts,
+        /// and the rules at the seam between the two (keys still increasing, no overlap across it). Then this walk
+        /// continues from where <paramref name="next"/> ended.
+        /// </summary>
+        public void Absorb(RecordWalk next)
+        {
+            EndRun();
+            next.EndRun();
+            _records += next._records;
+            foreach (var (layer, found) in next._perLayer) _perLayer[layer] = _perLayer.GetValueOrDefault(layer) + found;
+            if (next._first) return; // an empty slice
+            if (!_first)
+            {
+                if (next._firstKeyLayer < _previousKeyLayer || (next._firstKeyLayer == _previousKeyLayer && next._firstKeyBlock <= _previousKeyBlock))
+                    damage.Add((long)next._firstKeyLayer, $"extent records out of order at {Owner((long)next._firstKeyLayer)} block {(long)next._firstKeyBlock} (a damaged metadata page)");
+                if ((long)next._firstKeyLayer == _previousLayer && (long)next._firstKeyBlock < _previousEnd)
+                    damage.Add(_previousLayer, $"'{Owner(_previousLayer)}': extent records overlap at block {(long)next._firstKeyBlock}");
+            }
+            _first = false;
+            (_previousKeyLayer, _previousKeyBlock, _previousLayer, _previousEnd) = (next._previousKeyLayer, next._previousKeyBlock, next._previousLayer, next._previousEnd);
         }
 
         /// <summary>After the walk: the counts LMDB keeps against what was walked, and what each layer loaded.</summary>

@@ -77,9 +77,11 @@ internal static class Recovery
         using (metadata.ReadAheadForWalk())
         using (var view = metadata.OpenView())
         {
-            // One walk loads and verifies every record; a catalog it cannot build in one walk (damaged) takes two.
-            catalog = Catalog.LoadInOneWalk(view, dataBlocks, damage, pager);
+            // One walk loads and verifies every record (in slices over the cores, decision 0020; salvage, which expects
+            // damage, on one thread); a catalog it cannot build in one walk (damaged) takes two.
+            catalog = Catalog.LoadInOneWalk(view, dataBlocks, damage, pager, salvage ? 0 : Catalog.WalkersAtOpen);
             loadMs = clock.Elapsed.TotalMilliseconds;
+            if (catalog is { Walkers: > 0 }) walks = $"one walk in slices by {catalog.Walkers} threads";
             if (catalog is null)
             {
                 walks = "a load by layer, then a verification walk";
