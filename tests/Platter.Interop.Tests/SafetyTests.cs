@@ -1,5 +1,5 @@
 using System.Text.Json;
-using System.Text.RegularExpressions;
+using System.Globalization;
 using Platter.Storage;
 
 namespace Platter.Interop.Tests;
@@ -168,7 +168,7 @@ public sealed class SafetyTests(ServerFixture fixture, ITestOutputHelper output)
     {
         await using var server = new PlatterServer { Listen = "127.0.0.1:0", ExtraArguments = ["--max-connections-per-client", "2"] };
         await server.StartAsync();
-        var port = int.Parse(Regex.Match(server.Log, @"NBD on 127\.0\.0\.1:(\d+)").Groups[1].Value);
+        var port = int.Parse((await server.WaitForLogMatchAsync(@"NBD on 127\.0\.0\.1:(\d+)")).Groups[1].Value, CultureInfo.InvariantCulture);
         await server.CreateVolumeAsync("shared", "8M", 8 * MiB);
         var tcp = $"nbd://127.0.0.1:{port}/shared";
 

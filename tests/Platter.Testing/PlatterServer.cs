@@ -138,6 +138,25 @@ public sealed class PlatterServer : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Waits (bounded) until a line of the server's log matches <paramref name="pattern"/> and returns the match (for a
+    /// value the server only logs, such as the port it chose for <c>--listen 127.0.0.1:0</c>); fails the test with the log
+    /// if none does. <see cref="StartAsync"/> returns once the unix sockets exist, which can be before the TCP
+    /// listener's line has been read from the server's output.
+    /// </summary>
+    public async Task<System.Text.RegularExpressions.Match> WaitForLogMatchAsync(string pattern, TimeSpan? timeout = null)
+    {
+        var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(30));
+        while (true)
+        {
+            var match = System.Text.RegularExpressions.Regex.Match(Log, pattern);
+            if (match.Success) return match;
+            if (DateTime.UtcNow >= deadline)
+                throw new XunitException($"no line of the server log matched /{pattern}/\n--- server log ---\n{Log}");
+            await Task.Delay(50);
+        }
+    }
+
     /// <summary>True while a started server process has not exited.</summary>
     public bool IsRunning => _process is { HasExited: false };
 
